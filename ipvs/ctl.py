@@ -1,0 +1,724 @@
+"""The control plane: virtual services, real servers, settings and errors.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_ctl.c`` (kernel 6.1): the service tables,
+``ip_vs_add_service`` / ``edit`` / ``del``, ``ip_vs_add_dest`` / ``edit`` /
+``del`` with the destination trash, flush, zero, timeouts, and the
+``/proc/sys/net/ipv4/vs/*`` settings (:class:`Sysctls`).
+
+Every command takes the instance (:class:`ipvs.netns.NetnsIPVS`, the
+kernel's ``struct netns_ipvs``) and raises :class:`IPVSError` carrying the
+errno the kernel returns, so the tools can print ipvsadm's messages.
+
+Differences from the kernel, and why:
+
+* The service hash tables are Python dicts keyed by packed bytes; the
+  kernel's bucket order (which ``/proc/net/ip_vs`` and ``--nosort`` show)
+  is reproduced by :func:`svc_hashkey` with the per-netns pointer taken as
+  zero, since the real value is an address and not reproducible anyway.
+* The destination trash is a dict; its 60 s cleanup runs from the
+  instance's timer processing (``now`` in jiffies), not a kernel timer.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ipvs import uapi
+from ipvs.est import Stats
+from ipvs.sched import Scheduler, scheduler_get
+from ipvs.uapi import (
+    AF_INET,
+    AF_INET6,
+    IP_VS_CONN_F_DEST_MASK,
+    IP_VS_CONN_F_FWD_MASK,
+    IP_VS_CONN_F_INACTIVE,
+    IP_VS_CONN_F_MASQ,
+    IP_VS_CONN_F_NOOUTPUT,
+    IP_VS_DEST_F_AVAILABLE,
+    IP_VS_DEST_F_OVERLOAD,
+    IP_VS_SVC_F_HASHED,
+    IP_VS_SVC_F_PERSISTENT,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.netns import NetnsIPVS
+
+#: Connection-table size bits (CONFIG_IP_VS_TAB_BITS) and its clamp.
+IP_VS_CONN_TAB_BITS_DEFAULT = 12
+IP_VS_CONN_TAB_BITS_MIN = 8
+IP_VS_CONN_TAB_BITS_MAX = 20
+#: Service hash table: 256 buckets each for (proto, addr, port) and fwmark.
+IP_VS_SVC_TAB_BITS = 8
+IP_VS_SVC_TAB_MASK = (1 << IP_VS_SVC_TAB_BITS) - 1
+#: Trash period: a deleted destination lingers this long once idle.
+IP_VS_DEST_TRASH_PERIOD_S = 120
+
+SUPPORTED_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
+PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP", 0: "IP"}
+
+
+class IPVSError(Exception):
+    """A control command failed; ``errno`` is what the kernel would return."""
+
+    def __init__(self, err: int, detail: str = "") -> None:
+        super().__init__(err, detail or errno.errorcode.get(err, str(err)))
+        self.errno = err
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------
+# Addresses
+
+
+def parse_addr(af: int, text: str) -> bytes:
+    """Packed network-order bytes of an address string of family ``af``."""
+    ip = ipaddress.ip_address(text)
+    if (af == AF_INET) != (ip.version == 4):
+        raise ValueError(f"{text} is not an address of family {af}")
+    return ip.packed
+
+
+def format_addr(af: int, addr: bytes) -> str:
+    """The address as ipvsadm prints it with -n (IPv6 compressed)."""
+    if af == AF_INET6:
+        return str(ipaddress.IPv6Address(addr))
+    return str(ipaddress.IPv4Address(addr))
+
+
+def addr_fold(addr: bytes) -> int:
+    """``ip_vs_addr_fold``-style u32: the IPv4 address, or the XOR of the
+    four IPv6 words, in host order."""
+    if len(addr) == 4:
+        return int.from_bytes(addr, "big")
+    v = 0
+    for i in range(0, 16, 4):
+        v ^= int.from_bytes(addr[i : i + 4], "big")
+    return v
+
+
+def svc_key(protocol: int, addr: bytes, port: int) -> bytes:
+    """Key of the (proto, addr, port) service table.
+
+    The address length (4 or 16) carries the family, so the same bytes can
+    be sliced straight out of a packet header on the fast path.
+    """
+    return bytes((protocol,)) + addr + port.to_bytes(2, "big")
+
+
+def svc_hashkey(protocol: int, addr: bytes, port: int) -> int:
+    """The kernel's ``ip_vs_svc_hashkey`` bucket (netns pointer taken as 0)."""
+    return (protocol ^ addr_fold(addr) ^ (port >> IP_VS_SVC_TAB_BITS) ^ port) & IP_VS_SVC_TAB_MASK
+
+
+def fwm_hashkey(fwmark: int) -> int:
+    return fwmark & IP_VS_SVC_TAB_MASK
+
+
+# --------------------------------------------------------------------------
+# Settings
+
+
+def _range(lo: int, hi: int):
+    def check(inst, attribute, value):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{attribute.name} must be an integer in [{lo}, {hi}]")
+
+    return check
+
+
+_INT_MAX = 2**31 - 1
+
+
+@attrs.define(slots=True)
+class Sysctls:
+    """The ``net.ipv4.vs.*`` settings of one instance, with kernel defaults.
+
+    Only the settings that change behaviour in PyIPVS are here; the names
+    are the sysctl names so ``ipvsadm``-side tooling can map them 1:1.
+    ``conn_tab_bits`` is the module parameter, fixed when the instance is
+    created.  Time-valued settings are in seconds.
+    """
+
+    am_droprate: int = attrs.field(default=10, validator=_range(0, _INT_MAX))
+    amemthresh: int = attrs.field(default=1024, validator=_range(0, _INT_MAX))
+    backup_only: int = attrs.field(default=0, validator=_range(0, 1))
+    cache_bypass: int = attrs.field(default=0, validator=_range(0, 1))
+    conn_reuse_mode: int = attrs.field(default=1, validator=_range(0, _INT_MAX))
+    conntrack: int = attrs.field(default=0, validator=_range(0, 1))
+    drop_entry: int = attrs.field(default=0, validator=_range(0, 3))
+    drop_packet: int = attrs.field(default=0, validator=_range(0, 3))
+    expire_nodest_conn: int = attrs.field(default=0, validator=_range(0, 1))
+    expire_quiescent_template: int = attrs.field(default=0, validator=_range(0, 1))
+    ignore_tunneled: int = attrs.field(default=0, validator=_range(0, 1))
+    nat_icmp_send: int = attrs.field(default=0, validator=_range(0, 1))
+    pmtu_disc: int = attrs.field(default=1, validator=_range(0, 1))
+    run_estimation: int = attrs.field(default=1, validator=_range(0, 1))
+    schedule_icmp: int = attrs.field(default=0, validator=_range(0, 1))
+    secure_tcp: int = attrs.field(default=0, validator=_range(0, 3))
+    sloppy_sctp: int = attrs.field(default=0, validator=_range(0, 1))
+    sloppy_tcp: int = attrs.field(default=0, validator=_range(0, 1))
+    snat_reroute: int = attrs.field(default=1, validator=_range(0, 1))
+    lblc_expiration: int = attrs.field(default=24 * 60 * 60, validator=_range(0, _INT_MAX))
+    lblcr_expiration: int = attrs.field(default=24 * 60 * 60, validator=_range(0, _INT_MAX))
+    conn_tab_bits: int = attrs.field(default=IP_VS_CONN_TAB_BITS_DEFAULT, validator=_range(1, 64))
+
+    def __attrs_post_init__(self) -> None:
+        # The kernel reverts an out-of-range module parameter to the default.
+        if not IP_VS_CONN_TAB_BITS_MIN <= self.conn_tab_bits <= IP_VS_CONN_TAB_BITS_MAX:
+            self.conn_tab_bits = IP_VS_CONN_TAB_BITS_DEFAULT
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [a.name for a in attrs.fields(cls)]
+
+    def set(self, name: str, value: int) -> None:
+        """Set one setting by its sysctl name, validating it (EINVAL)."""
+        if name not in self.names() or name == "conn_tab_bits":
+            raise IPVSError(errno.ENOENT, f"no setting {name!r}")
+        field = attrs.fields_dict(type(self))[name]
+        try:
+            field.validator(self, field, value)
+        except ValueError as e:
+            raise IPVSError(errno.EINVAL, str(e)) from None
+        setattr(self, name, value)
+
+
+# --------------------------------------------------------------------------
+# Destinations and services
+
+
+@attrs.define(slots=True, eq=False)
+class Dest:
+    """A real server of one virtual service (``struct ip_vs_dest``)."""
+
+    af: int
+    addr: bytes
+    port: int
+    weight: int = 1
+    conn_flags: int = IP_VS_CONN_F_INACTIVE
+    u_threshold: int = 0
+    l_threshold: int = 0
+    flags: int = IP_VS_DEST_F_AVAILABLE
+    last_weight: int = 0
+    activeconns: int = 0
+    inactconns: int = 0
+    persistconns: int = 0
+    refcnt: int = 0  # connections bound to this dest
+    stats: Stats = attrs.field(factory=Stats)
+    svc: Service | None = None
+    # Copies of the service identity, kept while the dest sits in the trash.
+    protocol: int = 0
+    vaddr: bytes = b""
+    vport: int = 0
+    vfwmark: int = 0
+    idle_start: int = 0
+    tun_type: int = 0
+    tun_port: int = 0
+    tun_flags: int = 0
+    in_rs_table: bool = False
+
+    @property
+    def fwd(self) -> int:
+        return self.conn_flags & IP_VS_CONN_F_FWD_MASK
+
+    @property
+    def available(self) -> bool:
+        return bool(self.flags & IP_VS_DEST_F_AVAILABLE)
+
+    def __repr__(self) -> str:
+        return f"<Dest {format_addr(self.af, self.addr)}:{self.port} w={self.weight}>"
+
+
+@attrs.define(slots=True, eq=False)
+class Service:
+    """A virtual service (``struct ip_vs_service``).
+
+    ``timeout`` is the persistence timeout in jiffies and ``netmask`` the
+    IPv4 mask as a host-order integer or the IPv6 prefix length, as the
+    kernel stores them.  ``destinations`` is newest first.
+    """
+
+    af: int
+    protocol: int
+    addr: bytes
+    port: int
+    fwmark: int = 0
+    flags: int = 0
+    timeout: int = 0
+    netmask: int = 0xFFFFFFFF
+    destinations: list[Dest] = attrs.field(factory=list)
+    stats: Stats = attrs.field(factory=Stats)
+    scheduler: Scheduler | None = None
+    pe_name: str = ""
+
+    @property
+    def num_dests(self) -> int:
+        return len(self.destinations)
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.flags & IP_VS_SVC_F_PERSISTENT)
+
+    @property
+    def sched_name(self) -> str:
+        return self.scheduler.name if self.scheduler else ""
+
+    def key(self) -> bytes | tuple[int, int]:
+        return (self.af, self.fwmark) if self.fwmark else svc_key(self.protocol, self.addr, self.port)
+
+    def hash_bucket(self) -> int:
+        if self.fwmark:
+            return fwm_hashkey(self.fwmark)
+        return svc_hashkey(self.protocol, self.addr, self.port)
+
+    def __repr__(self) -> str:
+        if self.fwmark:
+            return f"<Service FWM {self.fwmark}>"
+        name = PROTO_NAMES.get(self.protocol, str(self.protocol))
+        return f"<Service {name} {format_addr(self.af, self.addr)}:{self.port} {self.sched_name}>"
+
+
+@attrs.define(slots=True, kw_only=True)
+class ServiceUser:
+    """What user space sends to add or edit a service (``ip_vs_service_user_kern``).
+
+    ``timeout`` is in seconds; ``netmask`` as the kernel stores it.
+    """
+
+    af: int = AF_INET
+    protocol: int = IPPROTO_TCP
+    addr: bytes = b"\0\0\0\0"
+    port: int = 0
+    fwmark: int = 0
+    sched_name: str = "wlc"
+    flags: int = 0
+    timeout: int = 0
+    netmask: int = 0xFFFFFFFF
+    pe_name: str = ""
+
+
+@attrs.define(slots=True, kw_only=True)
+class DestUser:
+    """What user space sends to add or edit a destination (``ip_vs_dest_user_kern``)."""
+
+    addr: bytes
+    port: int
+    af: int = AF_INET
+    conn_flags: int = uapi.IP_VS_CONN_F_DROUTE
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    tun_type: int = 0
+    tun_port: int = 0
+    tun_flags: int = 0
+
+
+# --------------------------------------------------------------------------
+# Lookups
+
+
+def service_find(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int) -> Service | None:
+    """Exact (proto, addr, port) lookup (``__ip_vs_service_find``)."""
+    return ipvs.svc_table.get(svc_key(protocol, addr, port))
+
+
+def fwm_service_find(ipvs: NetnsIPVS, af: int, fwmark: int) -> Service | None:
+    return ipvs.fwm_table.get((af, fwmark))
+
+
+def service_get(
+    ipvs: NetnsIPVS, af: int, fwmark: int, protocol: int, addr: bytes, port: int
+) -> Service | None:
+    """The packet-path lookup with the kernel's fallbacks (``ip_vs_service_find``).
+
+    fwmark first, then exact, then the FTP data-port rule, then port zero.
+    """
+    if fwmark:
+        svc = ipvs.fwm_table.get((af, fwmark))
+        if svc is not None:
+            return svc
+    table = ipvs.svc_table
+    svc = table.get(svc_key(protocol, addr, port))
+    if svc is not None:
+        return svc
+    if ipvs.ftpsvc_counter and protocol == IPPROTO_TCP and (port == 20 or port >= 1024):
+        # An FTP data connection to a persistent FTP service's VIP.
+        svc = table.get(svc_key(protocol, addr, 21))
+        if svc is not None:
+            return svc
+    if ipvs.nullsvc_counter:
+        return table.get(svc_key(protocol, addr, 0))
+    return None
+
+
+def _user_service_find(ipvs: NetnsIPVS, u: ServiceUser) -> Service | None:
+    if u.fwmark:
+        return fwm_service_find(ipvs, u.af, u.fwmark)
+    return service_find(ipvs, u.af, u.protocol, u.addr, u.port)
+
+
+def find_dest(svc: Service, af: int, addr: bytes, port: int) -> Dest | None:
+    """``ip_vs_lookup_dest``: a destination of ``svc`` by (af, addr, port)."""
+    for d in svc.destinations:
+        if d.port == port and d.addr == addr and d.af == af:
+            return d
+    return None
+
+
+def has_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int) -> bool:
+    """Is ``addr:port`` a MASQ real server of some service (``ip_vs_has_real_service``)?"""
+    return ipvs.rs_table.get((af, protocol, addr, port), 0) > 0
+
+
+# --------------------------------------------------------------------------
+# Services
+
+
+def _check_service_user(u: ServiceUser) -> None:
+    if u.protocol not in SUPPORTED_PROTOCOLS:
+        raise IPVSError(errno.EFAULT, "invalid protocol")
+    if u.af not in (AF_INET, AF_INET6):
+        raise IPVSError(errno.EAFNOSUPPORT)
+    if len(u.addr) != (4 if u.af == AF_INET else 16):
+        raise IPVSError(errno.EINVAL, "address does not match the family")
+    if not 0 <= u.port <= 0xFFFF or not 0 <= u.fwmark <= 0xFFFFFFFF:
+        raise IPVSError(errno.EINVAL, "port or fwmark out of range")
+    if u.af == AF_INET6 and not 1 <= u.netmask <= 128:
+        raise IPVSError(errno.EINVAL, "bad IPv6 prefix length")
+    if len(u.sched_name) >= uapi.IP_VS_SCHEDNAME_MAXLEN:
+        raise IPVSError(errno.EINVAL, "scheduler name too long")
+    if u.timeout < 0 or u.timeout > uapi.IP_VS_MAX_PERSISTENT_TIMEOUT * 1000:
+        raise IPVSError(errno.EINVAL, "bad persistence timeout")
+
+
+def _check_pe(name: str) -> None:
+    # The only persistence engine the kernel ships is "sip", which PyIPVS
+    # does not implement yet: asking for any engine is "not found".
+    if name:
+        raise IPVSError(errno.ENOENT, f"persistence engine {name!r} not found")
+
+
+def _hash_service(ipvs: NetnsIPVS, svc: Service) -> None:
+    if svc.fwmark:
+        ipvs.fwm_table[(svc.af, svc.fwmark)] = svc
+    else:
+        ipvs.svc_table[svc.key()] = svc
+    svc.flags |= IP_VS_SVC_F_HASHED
+    ipvs.svc_seq += 1
+    ipvs.svc_order[svc] = ipvs.svc_seq
+
+
+def _unhash_service(ipvs: NetnsIPVS, svc: Service) -> None:
+    if svc.fwmark:
+        ipvs.fwm_table.pop((svc.af, svc.fwmark), None)
+    else:
+        ipvs.svc_table.pop(svc.key(), None)
+    ipvs.svc_order.pop(svc, None)
+    svc.flags &= ~IP_VS_SVC_F_HASHED
+
+
+def add_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
+    """``IPVS_CMD_NEW_SERVICE``: EEXIST if present, ENOENT for an unknown scheduler."""
+    _check_service_user(u)
+    if _user_service_find(ipvs, u) is not None:
+        raise IPVSError(errno.EEXIST, "service already exists")
+    sched_cls = scheduler_get(u.sched_name)
+    if sched_cls is None:
+        raise IPVSError(errno.ENOENT, f"scheduler {u.sched_name!r} not found")
+    _check_pe(u.pe_name)
+    svc = Service(
+        af=u.af,
+        protocol=u.protocol,
+        addr=u.addr,
+        port=u.port,
+        fwmark=u.fwmark,
+        flags=u.flags & ~IP_VS_SVC_F_HASHED,
+        timeout=u.timeout * ipvs.hz,
+        netmask=u.netmask,
+    )
+    svc.scheduler = sched_cls(svc)
+    if svc.port == 21 and not svc.fwmark:
+        ipvs.ftpsvc_counter += 1
+    elif svc.port == 0 and not svc.fwmark:
+        ipvs.nullsvc_counter += 1
+    ipvs.est.start(svc.stats)
+    _hash_service(ipvs, svc)
+    ipvs.enable = True
+    return svc
+
+
+def edit_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
+    """``IPVS_CMD_SET_SERVICE``: ESRCH if absent; swaps the scheduler if named differently."""
+    _check_service_user(u)
+    svc = _user_service_find(ipvs, u)
+    if svc is None:
+        raise IPVSError(errno.ESRCH, "no such service")
+    sched_cls = scheduler_get(u.sched_name)
+    if sched_cls is None:
+        raise IPVSError(errno.ENOENT, f"scheduler {u.sched_name!r} not found")
+    _check_pe(u.pe_name)
+    # The kernel keeps the HASHED bit and takes everything else from user space.
+    svc.flags = (u.flags & ~IP_VS_SVC_F_HASHED) | (svc.flags & IP_VS_SVC_F_HASHED)
+    svc.timeout = u.timeout * ipvs.hz
+    svc.netmask = u.netmask
+    if svc.scheduler is None or svc.scheduler.name != sched_cls.name:
+        if svc.scheduler is not None:
+            svc.scheduler.done_service()
+        svc.scheduler = sched_cls(svc)
+        # A new scheduler learns the existing destinations oldest first, so
+        # its internal view ends up in list order.
+        for d in reversed(svc.destinations):
+            svc.scheduler.add_dest(d)
+    return svc
+
+
+def _unlink_service(ipvs: NetnsIPVS, svc: Service) -> None:
+    """``__ip_vs_del_service``: unhash, move every dest to the trash."""
+    _unhash_service(ipvs, svc)
+    ipvs.est.stop(svc.stats)
+    if svc.port == 21 and not svc.fwmark:
+        ipvs.ftpsvc_counter -= 1
+    elif svc.port == 0 and not svc.fwmark:
+        ipvs.nullsvc_counter -= 1
+    for d in list(svc.destinations):
+        _unlink_dest(ipvs, svc, d, svcupd=False)
+        _trash_dest(ipvs, d)
+    if svc.scheduler is not None:
+        svc.scheduler.done_service()
+    ipvs.conn_tab.unbind_service(svc)
+
+
+def del_service(ipvs: NetnsIPVS, u: ServiceUser) -> None:
+    """``IPVS_CMD_DEL_SERVICE``: ESRCH if absent."""
+    svc = _user_service_find(ipvs, u)
+    if svc is None:
+        raise IPVSError(errno.ESRCH, "no such service")
+    _unlink_service(ipvs, svc)
+
+
+def flush(ipvs: NetnsIPVS) -> None:
+    """``IPVS_CMD_FLUSH`` (ipvsadm -C): delete every service."""
+    for svc in list(ipvs.svc_order):
+        _unlink_service(ipvs, svc)
+
+
+# --------------------------------------------------------------------------
+# Destinations
+
+
+def _check_dest_user(svc: Service, u: DestUser) -> None:
+    if u.weight < 0:
+        raise IPVSError(errno.ERANGE, "weight below zero")
+    if u.weight > uapi.IP_VS_MAX_WEIGHT * 32768:  # the kernel takes any int
+        raise IPVSError(errno.ERANGE, "weight too large")
+    if u.l_threshold > u.u_threshold:
+        raise IPVSError(errno.ERANGE, "l_threshold above u_threshold")
+    if u.u_threshold < 0 or u.l_threshold < 0:
+        raise IPVSError(errno.ERANGE, "negative threshold")
+    if len(u.addr) != (4 if u.af == AF_INET else 16):
+        raise IPVSError(errno.EINVAL, "address does not match the family")
+    if not 0 <= u.port <= 0xFFFF:
+        raise IPVSError(errno.EINVAL, "port out of range")
+    if u.af != svc.af and (u.conn_flags & IP_VS_CONN_F_FWD_MASK) != uapi.IP_VS_CONN_F_TUNNEL:
+        # Mixed families only make sense for tunnels.
+        raise IPVSError(errno.EINVAL, "mixed address family needs tunnelling")
+    ip = ipaddress.ip_address(u.addr)
+    if ip.is_multicast or (u.af == AF_INET and u.addr in (b"\xff\xff\xff\xff", b"\0\0\0\0")):
+        # ip_vs_new_dest/__ip_vs_update checks: the real server must be unicast.
+        raise IPVSError(errno.EINVAL, "real server address is not unicast")
+
+
+def _update_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, u: DestUser, add: bool) -> None:
+    """``__ip_vs_update_dest``: apply user settings, link when adding."""
+    conn_flags = (u.conn_flags & IP_VS_CONN_F_DEST_MASK) | IP_VS_CONN_F_INACTIVE
+    if (conn_flags & IP_VS_CONN_F_FWD_MASK) != IP_VS_CONN_F_MASQ:
+        conn_flags |= IP_VS_CONN_F_NOOUTPUT
+        _rs_unhash(ipvs, svc, dest)
+    else:
+        # MASQ real servers go into the rs_table used by ip_vs_out and nat_icmp_send.
+        _rs_hash(ipvs, svc, dest)
+    dest.conn_flags = conn_flags
+    dest.tun_type, dest.tun_port, dest.tun_flags = u.tun_type, u.tun_port, u.tun_flags
+    dest.weight = u.weight
+    if u.weight > 0:
+        dest.last_weight = u.weight
+    # Lowering or removing the upper threshold lifts the overload at once.
+    if u.u_threshold == 0 or u.u_threshold > dest.u_threshold:
+        dest.flags &= ~IP_VS_DEST_F_OVERLOAD
+    dest.u_threshold = u.u_threshold
+    dest.l_threshold = u.l_threshold
+    dest.svc = svc
+    if add:
+        ipvs.est.start(dest.stats)
+        svc.destinations.insert(0, dest)  # the head: newest first
+        if svc.scheduler is not None:
+            svc.scheduler.add_dest(dest)
+    elif svc.scheduler is not None:
+        svc.scheduler.upd_dest(dest)
+
+
+def _rs_hash(ipvs: NetnsIPVS, svc: Service, dest: Dest) -> None:
+    if not dest.in_rs_table:
+        key = (dest.af, svc.protocol, dest.addr, dest.port)
+        ipvs.rs_table[key] = ipvs.rs_table.get(key, 0) + 1
+        dest.in_rs_table = True
+
+
+def _rs_unhash(ipvs: NetnsIPVS, svc: Service, dest: Dest) -> None:
+    if dest.in_rs_table:
+        key = (dest.af, svc.protocol, dest.addr, dest.port)
+        n = ipvs.rs_table.get(key, 0) - 1
+        if n > 0:
+            ipvs.rs_table[key] = n
+        else:
+            ipvs.rs_table.pop(key, None)
+        dest.in_rs_table = False
+
+
+def _find_service_for_dest(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
+    svc = _user_service_find(ipvs, u)
+    if svc is None:
+        raise IPVSError(errno.ESRCH, "service not defined")
+    return svc
+
+
+def _trash_key(svc: Service, af: int, addr: bytes, port: int) -> tuple:
+    ident = (svc.fwmark,) if svc.fwmark else (svc.protocol, svc.addr, svc.port)
+    return (af, addr, port, *ident)
+
+
+def add_dest(ipvs: NetnsIPVS, su: ServiceUser, u: DestUser) -> Dest:
+    """``IPVS_CMD_NEW_DEST``: ESRCH no service, EEXIST duplicate, ERANGE bad weight/thresholds."""
+    svc = _find_service_for_dest(ipvs, su)
+    _check_dest_user(svc, u)
+    if find_dest(svc, u.af, u.addr, u.port) is not None:
+        raise IPVSError(errno.EEXIST, "destination already exists")
+    dest = ipvs.dest_trash.pop(_trash_key(svc, u.af, u.addr, u.port), None)
+    if dest is not None:
+        # Revived from the trash: counters and stats are kept.
+        dest.flags |= IP_VS_DEST_F_AVAILABLE
+    else:
+        dest = Dest(af=u.af, addr=u.addr, port=u.port)
+        dest.protocol = svc.protocol
+        dest.vaddr = svc.addr
+        dest.vport = svc.port
+        dest.vfwmark = svc.fwmark
+    _update_dest(ipvs, svc, dest, u, add=True)
+    return dest
+
+
+def edit_dest(ipvs: NetnsIPVS, su: ServiceUser, u: DestUser) -> Dest:
+    """``IPVS_CMD_SET_DEST``: ESRCH no service, ENOENT no such destination."""
+    svc = _find_service_for_dest(ipvs, su)
+    _check_dest_user(svc, u)
+    dest = find_dest(svc, u.af, u.addr, u.port)
+    if dest is None:
+        raise IPVSError(errno.ENOENT, "no such destination")
+    _update_dest(ipvs, svc, dest, u, add=False)
+    return dest
+
+
+def _unlink_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, svcupd: bool) -> None:
+    """``__ip_vs_unlink_dest``: out of the list, not available any more."""
+    dest.flags &= ~IP_VS_DEST_F_AVAILABLE
+    svc.destinations.remove(dest)
+    _rs_unhash(ipvs, svc, dest)
+    if svcupd and svc.scheduler is not None:
+        svc.scheduler.del_dest(dest)
+
+
+def _trash_dest(ipvs: NetnsIPVS, dest: Dest) -> None:
+    """``__ip_vs_del_dest``: stop the estimator and keep the dest for reuse."""
+    ipvs.est.stop(dest.stats)
+    svc = dest.svc
+    dest.idle_start = ipvs.now
+    if svc is not None:
+        ipvs.dest_trash[_trash_key(svc, dest.af, dest.addr, dest.port)] = dest
+
+
+def del_dest(ipvs: NetnsIPVS, su: ServiceUser, af: int, addr: bytes, port: int) -> None:
+    """``IPVS_CMD_DEL_DEST``: ESRCH no service, ENOENT no such destination."""
+    svc = _find_service_for_dest(ipvs, su)
+    dest = find_dest(svc, af, addr, port)
+    if dest is None:
+        raise IPVSError(errno.ENOENT, "no such destination")
+    _unlink_dest(ipvs, svc, dest, svcupd=True)
+    _trash_dest(ipvs, dest)
+    if ipvs.sysctl.expire_nodest_conn:
+        # 5.9+: connections of a deleted dest are flushed soon after.
+        ipvs.conn_tab.expire_dest_conns(dest, ipvs.now)
+
+
+def dest_trash_expire(ipvs: NetnsIPVS, now: int) -> None:
+    """The trash timer: free dests with no connections idle for one period."""
+    period = IP_VS_DEST_TRASH_PERIOD_S * ipvs.hz
+    for key, dest in list(ipvs.dest_trash.items()):
+        if dest.refcnt:
+            dest.idle_start = now
+        elif now - dest.idle_start >= period:
+            del ipvs.dest_trash[key]
+
+
+# --------------------------------------------------------------------------
+# Zero, timeouts, info
+
+
+def zero(ipvs: NetnsIPVS, u: ServiceUser | None = None) -> None:
+    """``IPVS_CMD_ZERO``: one service and its dests, or everything (ESRCH)."""
+    if u is None:
+        for svc in ipvs.svc_order:
+            _zero_service(svc)
+        ipvs.tot_stats.zero_stats()
+        return
+    svc = _user_service_find(ipvs, u)
+    if svc is None:
+        raise IPVSError(errno.ESRCH, "no such service")
+    _zero_service(svc)
+
+
+def _zero_service(svc: Service) -> None:
+    for d in svc.destinations:
+        d.stats.zero_stats()
+    svc.stats.zero_stats()
+
+
+def get_timeouts(ipvs: NetnsIPVS) -> tuple[int, int, int]:
+    """(tcp, tcpfin, udp) in seconds, as ``ipvsadm --timeout`` shows them."""
+    return ipvs.proto_data_get(IPPROTO_TCP).timeouts_seconds_for_admin() + (
+        ipvs.proto_data_get(IPPROTO_UDP).timeout_seconds("UDP"),
+    )
+
+
+def set_timeouts(ipvs: NetnsIPVS, tcp: int, tcpfin: int, udp: int) -> None:
+    """``ipvsadm --set``: ESTABLISHED, FIN_WAIT and UDP; 0 leaves a value alone."""
+    for v in (tcp, tcpfin, udp):
+        if not 0 <= v <= _INT_MAX // ipvs.hz:
+            raise IPVSError(errno.EINVAL, "timeout out of range")
+    tcpd = ipvs.proto_data_get(IPPROTO_TCP)
+    if tcp:
+        tcpd.set_timeout("ESTABLISHED", tcp)
+    if tcpfin:
+        tcpd.set_timeout("FIN_WAIT", tcpfin)
+    if udp:
+        ipvs.proto_data_get(IPPROTO_UDP).set_timeout("UDP", udp)
+
+
+def services_sorted_by_bucket(ipvs: NetnsIPVS) -> list[Service]:
+    """Services in the kernel's table walk order (``/proc/net/ip_vs``, --nosort).
+
+    The normal table first, then the fwmark table; inside a bucket the most
+    recently hashed service comes first.
+    """
+    order = ipvs.svc_order
+    normal = [s for s in order if not s.fwmark]
+    fwm = [s for s in order if s.fwmark]
+    normal.sort(key=lambda s: (s.hash_bucket(), -order[s]))
+    fwm.sort(key=lambda s: (s.hash_bucket(), -order[s]))
+    return normal + fwm

@@ -1,0 +1,66 @@
+"""One IPVS instance: everything the kernel keeps per network namespace.
+
+Mirrors ``struct netns_ipvs`` from ``include/net/ip_vs.h``.  A PyIPVS
+director owns exactly one :class:`NetnsIPVS`; the control plane
+(``ipvs.ctl``) and the packet path (``ipvs.core``) both work on it.
+
+``now`` is the latest jiffies value the instance has been given; the
+instance never reads a clock.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import attrs
+
+from ipvs.conn import ConnTable
+from ipvs.est import Estimator, Stats
+from ipvs.proto import ProtoData, make_proto_data
+
+#: Debian's kernel runs at HZ=250; /proc shows persistence timeouts in jiffies.
+HZ = 250
+
+
+@attrs.define(slots=True, eq=False)
+class NetnsIPVS:
+    """Per-instance state: settings, services, connections, counters."""
+
+    hz: int = HZ
+    sysctl: object = None  # ipvs.ctl.Sysctls (set in __attrs_post_init__)
+    svc_table: dict = attrs.field(factory=dict)  # svc_key bytes -> Service
+    fwm_table: dict = attrs.field(factory=dict)  # (af, fwmark) -> Service
+    svc_order: dict = attrs.field(factory=dict)  # Service -> hash sequence number
+    svc_seq: int = 0
+    ftpsvc_counter: int = 0
+    nullsvc_counter: int = 0
+    rs_table: dict = attrs.field(factory=dict)  # (af, proto, addr, port) -> count
+    dest_trash: dict = attrs.field(factory=dict)
+    conn_tab: ConnTable = None  # type: ignore[assignment]
+    proto_data: dict[int, ProtoData] = attrs.field(factory=dict)
+    tot_stats: Stats = attrs.field(factory=Stats)
+    est: Estimator = None  # type: ignore[assignment]
+    apps: dict = attrs.field(factory=dict)  # (protocol, port) -> app incarnation
+    enable: bool = False
+    now: int = 0
+    #: Drops and not-handled packets by reason (ipvs.packet.Drop).
+    drops: collections.Counter = attrs.field(factory=collections.Counter)
+    #: Frames the core generated (ICMP errors): (bytearray) routed by daddr.
+    outbox: list = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        from ipvs.ctl import Sysctls
+
+        if self.sysctl is None:
+            self.sysctl = Sysctls()
+        if self.conn_tab is None:
+            self.conn_tab = ConnTable(self.hz, tab_bits=self.sysctl.conn_tab_bits)
+        if not self.proto_data:
+            self.proto_data = make_proto_data(self.hz)
+        if self.est is None:
+            self.est = Estimator(self.hz)
+            self.est.start(self.tot_stats)
+
+    def proto_data_get(self, protocol: int) -> ProtoData | None:
+        """``ip_vs_proto_data_get``."""
+        return self.proto_data.get(protocol)

@@ -1,0 +1,174 @@
+"""TCP: the IPVS connection state machine, timeouts and scheduling rule.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_proto_tcp.c`` as in kernel 6.1.
+
+The state tables are data, copied cell for cell from the kernel's
+``tcp_states`` and ``tcp_states_dos`` (the latter is used while the
+``secure_tcp`` defence is on).  A row is picked by direction (INPUT,
+OUTPUT, INPUT_ONLY for connections that never see replies) and by the
+packet's flags with priority RST > SYN > FIN > ACK; a packet with none of
+them moves the connection to CLOSE.  The column is the current state.
+
+Active/inactive accounting follows ``tcp_state_active_table`` (4.8+): a
+connection counts as active in SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from ipvs.proto import ProtoData
+from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.conn import Connection
+
+PROTOCOL = IPPROTO_TCP
+NAME = "TCP"
+
+# State numbers (enum ip_vs_tcp_states).
+NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK = range(11)
+STATE_NAMES = (
+    "NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT",
+    "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK",
+)
+#: Default timeouts in seconds, by state (tcp_timeouts[]).
+DEFAULT_TIMEOUTS_S = (2, 15 * 60, 2 * 60, 1 * 60, 2 * 60, 2 * 60, 10, 60, 30, 2 * 60, 2 * 60)
+#: States in which a connection counts in ``activeconns``.
+ACTIVE_STATES = frozenset((ESTABLISHED, SYN_SENT, SYN_RECV, SYNACK))
+
+# Direction offsets into the table (tcp_state_off[]).
+INPUT, OUTPUT, INPUT_ONLY = 0, 4, 8
+# Flag index within a direction (tcp_state_idx()).
+IDX_SYN, IDX_FIN, IDX_ACK, IDX_RST = 0, 1, 2, 3
+
+_ABBR = {
+    "NO": NONE, "ES": ESTABLISHED, "SS": SYN_SENT, "SR": SYN_RECV, "FW": FIN_WAIT, "TW": TIME_WAIT,
+    "CL": CLOSE, "CW": CLOSE_WAIT, "LA": LAST_ACK, "LI": LISTEN, "SA": SYNACK,
+}
+
+
+def _table(text: str) -> tuple[tuple[int, ...], ...]:
+    """Parse rows written like the kernel's (columns: NO ES SS SR FW TW CL CW LA LI SA)."""
+    rows = []
+    for line in text.strip().splitlines():
+        cells = line.split(":", 1)[1].split()
+        assert len(cells) == 11, line
+        rows.append(tuple(_ABBR[c] for c in cells))
+    assert len(rows) == 12
+    return tuple(rows)
+
+
+#: ``tcp_states``: rows INPUT syn/fin/ack/rst, OUTPUT ..., INPUT_ONLY ...
+TCP_STATES = _table("""
+in-syn:  SR ES ES SR SR SR SR SR SR SR SR
+in-fin:  CL CW SS TW TW TW CL CW LA LI TW
+in-ack:  ES ES SS ES FW TW CL CW CL LI ES
+in-rst:  CL CL CL SR CL CL CL CL LA LI SR
+out-syn: SS ES SS SR SS SS SS SS SS LI SR
+out-fin: TW FW SS TW FW TW CL TW LA LI TW
+out-ack: ES ES SS ES FW TW CL CW LA ES ES
+out-rst: CL CL SS CL CL TW CL CL CL CL CL
+io-syn:  SR ES ES SR SR SR SR SR SR SR SR
+io-fin:  CL FW SS TW FW TW CL CW LA LI TW
+io-ack:  ES ES SS ES FW TW CL CW CL LI ES
+io-rst:  CL CL CL SR CL CL CL CL LA LI CL
+""")
+
+#: ``tcp_states_dos``: the secure_tcp table.
+TCP_STATES_DOS = _table("""
+in-syn:  SR ES ES SR SR SR SR SR SR SR SA
+in-fin:  CL CW SS TW TW TW CL CW LA LI SA
+in-ack:  ES ES SS SR FW TW CL CW CL LI SA
+in-rst:  CL CL CL SR CL CL CL CL LA LI CL
+out-syn: SS ES SS SA SS SS SS SS SS LI SA
+out-fin: TW FW SS TW FW TW CL TW LA LI TW
+out-ack: ES ES SS ES FW TW CL CW LA ES ES
+out-rst: CL CL SS CL CL TW CL CL CL CL CL
+io-syn:  SA ES ES SR SA SA SA SA SA SA SA
+io-fin:  CL FW SS TW FW TW CL CW LA LI TW
+io-ack:  ES ES SS ES FW TW CL CW CL LI ES
+io-rst:  CL CL CL SR CL CL CL CL LA LI CL
+""")
+
+
+def init_netns(hz: int) -> ProtoData:
+    return ProtoData(
+        PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz, state_table=TCP_STATES
+    )
+
+
+def timeout_change(pd: ProtoData, secure_tcp_on: bool) -> None:
+    """``tcp_timeout_change``: switch tables when the defence level changes."""
+    pd.state_table = TCP_STATES_DOS if secure_tcp_on else TCP_STATES
+
+
+def state_idx(flags: int) -> int:
+    """Row within a direction for TCP header flags; -1 when none is set."""
+    if flags & TCP_RST:
+        return IDX_RST
+    if flags & TCP_SYN:
+        return IDX_SYN
+    if flags & TCP_FIN:
+        return IDX_FIN
+    if flags & TCP_ACK:
+        return IDX_ACK
+    return -1
+
+
+def next_state(table, direction: int, flags: int, state: int) -> int:
+    """The pure transition function of the table (no side effects)."""
+    idx = state_idx(flags)
+    if idx < 0:
+        return CLOSE
+    return table[direction + idx][state]
+
+
+def set_state(cp: Connection, pd: ProtoData, direction: int, flags: int) -> None:
+    """``set_tcp_state``: move ``cp`` and keep its dest's counters right.
+
+    ``direction`` is INPUT or OUTPUT; INPUT becomes INPUT_ONLY while the
+    connection has seen no reply, and the first reply clears NOOUTPUT.
+    """
+    if cp.flags & IP_VS_CONN_F_NOOUTPUT:
+        if direction == OUTPUT:
+            cp.flags &= ~IP_VS_CONN_F_NOOUTPUT
+        else:
+            direction = INPUT_ONLY
+    new_state = next_state(pd.state_table, direction, flags, cp.state)
+    if new_state != cp.state:
+        dest = cp.dest
+        if dest is not None:
+            if not cp.flags & IP_VS_CONN_F_INACTIVE and new_state not in ACTIVE_STATES:
+                dest.activeconns -= 1
+                dest.inactconns += 1
+                cp.flags |= IP_VS_CONN_F_INACTIVE
+            elif cp.flags & IP_VS_CONN_F_INACTIVE and new_state in ACTIVE_STATES:
+                dest.activeconns += 1
+                dest.inactconns -= 1
+                cp.flags &= ~IP_VS_CONN_F_INACTIVE
+        cp.state = new_state
+        if new_state == ESTABLISHED:
+            assure_template(cp)
+    cp.timeout = pd.timeout_table[new_state]
+
+
+def may_schedule(flags: int, sloppy_tcp: int) -> bool:
+    """``tcp_conn_schedule``'s gate: SYN (or sloppy non-RST) creates a conn."""
+    if flags & TCP_RST:
+        return False
+    return bool(flags & TCP_SYN) or bool(sloppy_tcp)
+
+
+def conn_listen(cp: Connection, pd: ProtoData) -> None:
+    """``ip_vs_tcp_conn_listen``: an expected (FTP data) connection waits."""
+    cp.state = LISTEN
+    cp.timeout = pd.timeout_table[LISTEN]
+
+
+def assure_template(cp: Connection) -> None:
+    """``ip_vs_control_assure_ct``: a controlling template becomes ASSURED."""
+    ct = cp.control
+    if ct is not None and ct.flags & IP_VS_CONN_F_TEMPLATE:
+        ct.state = 1

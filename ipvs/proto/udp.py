@@ -1,0 +1,28 @@
+"""UDP: one state, its timeout, and the NAT handlers.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_proto_udp.c``.  Every UDP datagram to a
+service may create a connection; a connection has the single state "UDP"
+(300 s).  The NAT handlers rewrite the port and update the checksum
+incrementally, except that a datagram carrying no checksum (0) gets a
+full one computed, and a computed 0 is sent as 0xFFFF, as the kernel does.
+"""
+
+from __future__ import annotations
+
+from ipvs.proto import ProtoData
+from ipvs.uapi import IPPROTO_UDP
+
+PROTOCOL = IPPROTO_UDP
+NAME = "UDP"
+IP_VS_UDP_S_NORMAL = 0
+STATE_NAMES = ("UDP",)
+DEFAULT_TIMEOUTS_S = (5 * 60,)
+
+
+def init_netns(hz: int) -> ProtoData:
+    return ProtoData(PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz)
+
+
+def state_transition(cp, pd: ProtoData) -> None:
+    """``udp_state_transition``: refresh the single state's timeout."""
+    cp.timeout = pd.timeout_table[IP_VS_UDP_S_NORMAL]

@@ -1,0 +1,130 @@
+"""Scheduler registry and the scheduler interface.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_sched.c`` and ``struct ip_vs_scheduler``
+from ``include/net/ip_vs.h``.
+
+Difference from the kernel: the kernel keeps one scheduler object per
+algorithm and hangs per-service state off ``svc->sched_data``.  Here a
+scheduler class is instantiated once per service (``init_service`` is the
+constructor) and the instance *is* the sched_data.  The hooks keep the
+kernel's names and meaning: ``add_dest``, ``del_dest``, ``upd_dest`` are
+called after the destination list changed, ``schedule`` picks a
+destination for a new connection or returns ``None``.
+
+Every scheduler walks ``svc.destinations`` from the head, and the control
+plane inserts new destinations at the head, so the most recently added
+destination is tried first, exactly as in the kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
+
+from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.ctl import Dest, Service
+
+log = logging.getLogger("ipvs.sched")
+
+#: Scheduler names ipvsadm 1.31 knows, in its help-text order, plus twos.
+SCHEDULER_NAMES = (
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+)
+
+
+class IPHdr(NamedTuple):
+    """What a scheduler may look at in the packet (``struct ip_vs_iphdr``).
+
+    Addresses are packed network-order bytes (4 or 16 long); ports are ints.
+    ``inverse`` is set when the header came from inside an ICMP error, so
+    source and destination are swapped relative to the connection.
+    """
+
+    af: int
+    protocol: int
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+    inverse: bool = False
+
+
+class Scheduler:
+    """Base class: one instance per virtual service."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def done_service(self) -> None:
+        """Release per-service state (``done_service``)."""
+
+    def add_dest(self, dest: Dest) -> None:
+        """``dest`` was just inserted at the head of ``svc.destinations``."""
+
+    def del_dest(self, dest: Dest) -> None:
+        """``dest`` was just unlinked from ``svc.destinations``."""
+
+    def upd_dest(self, dest: Dest) -> None:
+        """``dest``'s weight or thresholds were edited."""
+
+    def schedule(self, iph: IPHdr, now: int) -> Dest | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Scheduler]] = {}
+
+
+def register_scheduler(cls: type[Scheduler]) -> type[Scheduler]:
+    """Class decorator: ``register_ip_vs_scheduler``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"bad or duplicate scheduler name {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def scheduler_get(name: str) -> type[Scheduler] | None:
+    """Find a scheduler by name, loading ``ipvs.sched.<name>`` on demand.
+
+    This is the kernel's ``request_module("ip_vs_%s")`` autoload.  Unknown
+    names give ``None`` (the control plane turns that into ENOENT).
+    """
+    cls = _REGISTRY.get(name)
+    if cls is None and name.isidentifier() and name.islower():
+        try:
+            importlib.import_module(f"ipvs.sched.{name}")
+        except ImportError:
+            return None
+        cls = _REGISTRY.get(name)
+    return cls
+
+
+def available_schedulers() -> list[str]:
+    """Names that load (for help texts and /proc-like listings)."""
+    return [n for n in SCHEDULER_NAMES if scheduler_get(n) is not None]
+
+
+def dest_conn_overhead(dest: Dest) -> int:
+    """``ip_vs_dest_conn_overhead``: active connections weigh 256 inactive."""
+    return (dest.activeconns << 8) + dest.inactconns
+
+
+def is_overloaded(dest: Dest) -> bool:
+    return bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
+
+
+def scheduler_err(svc: Service, msg: str) -> None:
+    """``ip_vs_scheduler_err``: the rate-limited "no destination" log line."""
+    from ipvs.ctl import format_addr  # local: ctl imports this package
+
+    if svc.fwmark:
+        log.info("%s: FWM %d 0x%08X - %s", svc.scheduler.name, svc.fwmark, svc.fwmark, msg)
+    else:
+        proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}.get(svc.protocol, "?")
+        log.info(
+            "%s: %s %s:%d - %s", svc.scheduler.name, proto, format_addr(svc.af, svc.addr), svc.port, msg
+        )

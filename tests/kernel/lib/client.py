@@ -1,0 +1,160 @@
+"""The scenario's client: one process drives a whole request sequence.
+
+Runs in the director's (root) namespace and makes its sockets inside the
+client namespace (``cli``), so ``!sh`` steps can run ipvsadm between
+requests without another process juggling namespaces.
+
+Usage: ``python3 client.py DELAY < steps``; one step per line:
+
+``LABEL SRC SPORT DST DPORT``
+    an HTTP/1.0 GET from SRC:SPORT (fixed) to DST:DPORT; prints
+    ``LABEL N SRC:SPORT server=rsK local=IP:PORT peer=IP:PORT``
+    (``server=NONE error=...`` when it fails), then sleeps DELAY s.
+``!hold LABEL SRC SPORT DST DPORT``
+    connect, send ``HOLD`` and keep the connection open (ESTABLISHED, so it
+    counts as an active connection) until ``!release``; prints like above.
+``!release SRC SPORT`` / ``!release-all``
+    close held connections (the client closes first).
+``!udp LABEL SRC SPORT DST DPORT``
+    one datagram, wait for the answer (or the ICMP error) for 3 s.
+``!sleep SECONDS``, ``!note TEXT`` (prints ``# TEXT``),
+``!sh COMMAND`` (run in the director's namespace; its stdout goes to stderr
+so it never mixes with the request lines unless redirected).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import sys
+import time
+
+from nsutil import socket_in
+
+NS = "cli"
+TIMEOUT = 10.0
+
+
+class Client:
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.n = 0
+        self.held: dict[tuple[str, int], socket.socket] = {}
+
+    def out(self, line: str) -> None:
+        print(line, flush=True)
+
+    def _tcp(self, src: str, sport: int, dst: str, dport: int) -> socket.socket:
+        s = socket_in(NS)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(TIMEOUT)
+        s.bind((src, sport))
+        s.connect((dst, dport))
+        return s
+
+    def _fail(self, label: str, src: str, sport: int, exc: BaseException) -> None:
+        name = errno.errorcode.get(getattr(exc, "errno", None) or 0, type(exc).__name__)
+        self.out(f"{label} {self.n} {src}:{sport} server=NONE error={name}")
+
+    def http(self, label, src, sport, dst, dport) -> None:
+        self.n += 1
+        try:
+            s = self._tcp(src, sport, dst, dport)
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {dst}\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            body = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+            self.out(f"{label} {self.n} {src}:{sport} {body}")
+        except OSError as exc:
+            self._fail(label, src, sport, exc)
+        if self.delay:
+            time.sleep(self.delay)
+
+    def hold(self, label, src, sport, dst, dport) -> None:
+        self.n += 1
+        try:
+            s = self._tcp(src, sport, dst, dport)
+            s.sendall(b"HOLD\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            self.held[(src, sport)] = s
+            self.out(f"{label} {self.n} {src}:{sport} {data.decode(errors='replace').strip()}")
+        except OSError as exc:
+            self._fail(label, src, sport, exc)
+        if self.delay:
+            time.sleep(self.delay)
+
+    def release(self, src, sport) -> None:
+        s = self.held.pop((src, sport), None)
+        if s is not None:
+            s.close()
+
+    def udp(self, label, src, sport, dst, dport) -> None:
+        self.n += 1
+        s = socket_in(NS, socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(3.0)
+            s.bind((src, sport))
+            s.connect((dst, dport))
+            s.send(f"{label} {self.n}\n".encode())
+            data = s.recv(4096)
+            self.out(f"{label} {self.n} {src}:{sport} {data.decode(errors='replace').strip()}")
+        except (OSError, socket.timeout) as exc:
+            self._fail(label, src, sport, exc)
+        finally:
+            s.close()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def step(self, line: str) -> None:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return
+        if line.startswith("!"):
+            verb, _, rest = line[1:].partition(" ")
+            args = rest.split()
+            if verb == "sleep":
+                time.sleep(float(args[0]))
+            elif verb == "note":
+                self.out(f"# {rest}")
+            elif verb == "sh":
+                sys.stderr.flush()
+                subprocess.run(rest, shell=True, stdout=sys.stderr, check=False)
+            elif verb == "hold":
+                self.hold(args[0], args[1], int(args[2]), args[3], int(args[4]))
+            elif verb == "udp":
+                self.udp(args[0], args[1], int(args[2]), args[3], int(args[4]))
+            elif verb == "release":
+                self.release(args[0], int(args[1]))
+            elif verb == "release-all":
+                for key in list(self.held):
+                    self.release(*key)
+            else:
+                raise SystemExit(f"client.py: unknown step {line!r}")
+            return
+        label, src, sport, dst, dport = line.split()
+        self.http(label, src, int(sport), dst, int(dport))
+
+
+def main(argv: list[str]) -> int:
+    c = Client(float(argv[0]) if argv else 0.0)
+    for line in sys.stdin:
+        c.step(line)
+    for key in list(c.held):
+        c.release(*key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

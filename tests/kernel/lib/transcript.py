@@ -1,0 +1,72 @@
+"""Record a command transcript: argv, stdin, stdout, stderr and exit code.
+
+Usage: ``python3 transcript.py OUTBASE < commands`` writes
+``OUTBASE.jsonl`` (one JSON object per command, the golden) and
+``OUTBASE.txt`` (the same for humans).
+
+Input, one command per line, split with shlex (no shell: the argv is
+recorded exactly as run):
+
+* ``ipvsadm -A -t 203.0.113.5:80`` - run it;
+* ``ipvsadm -R <<< "JSON string"`` - run it with that text on stdin;
+* ``# text`` - starts a new section; following records carry
+  ``"section": "text"``;
+* blank lines are ignored.
+
+Commands run one after another against the same IPVS table, so replaying
+the transcript in order on another implementation must give the same
+results.  JSON record fields: ``n`` (1-based), ``section``, ``cmd`` (the
+line as written, without the stdin part), ``argv``, ``stdin`` (null when
+none: stdin is then empty), ``stdout``, ``stderr``, ``rc``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+
+def main(argv: list[str]) -> int:
+    base = argv[0]
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    section = ""
+    n = 0
+    with open(base + ".jsonl", "w") as js, open(base + ".txt", "w") as txt:
+        for raw in sys.stdin:
+            line = raw.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("#"):
+                section = line.lstrip()[1:].strip()
+                txt.write(f"\n## {section}\n")
+                continue
+            stdin = None
+            cmd = line
+            if " <<< " in line:
+                cmd, _, payload = line.partition(" <<< ")
+                stdin = json.loads(payload)
+            args = shlex.split(cmd)
+            n += 1
+            p = subprocess.run(args, input=(stdin or "").encode(),
+                               capture_output=True, env=env, check=False)
+            rec = {
+                "n": n, "section": section, "cmd": cmd, "argv": args, "stdin": stdin,
+                "stdout": p.stdout.decode(errors="surrogateescape"),
+                "stderr": p.stderr.decode(errors="surrogateescape"),
+                "rc": p.returncode,
+            }
+            js.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            txt.write(f"$ {cmd}\n")
+            if stdin is not None:
+                txt.write("".join(f"< {ln}\n" for ln in stdin.splitlines()))
+            txt.write("".join(f"1| {ln}\n" for ln in rec["stdout"].splitlines()))
+            txt.write("".join(f"2| {ln}\n" for ln in rec["stderr"].splitlines()))
+            txt.write(f"rc={p.returncode}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
