@@ -1,0 +1,166 @@
+"""Weighted round-robin scheduling.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_wrr.c`` (kernel 6.1).
+
+State (``struct ip_vs_wrr_mark``): the cursor ``cl`` (the last chosen
+destination, or the list head), the current weight ``cw``, ``di`` the gcd
+of the positive weights (1 if none) and ``mw = max weight - (di - 1)``.
+A pass walks the list from the cursor and takes the first destination that
+is not overloaded and has ``weight >= cw``; at the end of the list ``cw``
+drops by ``di`` and the walk restarts at the head; below 1 it wraps to
+``mw``.  The last pass (``cw <= di``) goes round once more up to the
+starting point before giving up, so a destination whose weight was lowered
+below ``di`` is still found.
+
+Every add/del/update (``ip_vs_wrr_dest_changed``) puts the cursor back to
+the head, recomputes ``di`` and ``mw`` and keeps ``cw`` unless it is above
+``mw`` or 0 (then ``cw = mw``); otherwise, with ``di > 1``, ``cw`` becomes
+``(cw // di) * di + 1``.  Because a service starts empty (``mw = cw = 0``)
+and destinations arrive one by one, the first cycle after setup depends on
+the order they were added in, exactly as on the kernel: weights 1, 2, 3
+added in that order give ``rs3 rs2 rs1 rs3 rs3 rs2 rs3 rs2 rs1 ...``.
+
+Difference from the kernel, for speed only: instead of testing every
+destination against ``cw``, a pass walks the sorted list positions of the
+destinations whose weight is at least ``cw`` (kept incrementally while
+``cw`` steps down).  The choices are the same; a pass costs O(log n) plus
+the overloaded destinations it skips, instead of O(n), which makes skewed
+weights (one heavy server among many light ones) O(1) amortised.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import TYPE_CHECKING
+
+from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.ctl import Dest, Service
+
+#: Growing the eligible list by more than this many entries re-sorts it
+#: instead of inserting one by one.
+_INSORT_MAX = 8
+
+
+@register_scheduler
+class WeightedRoundRobin(Scheduler):
+    """``ip_vs_wrr_scheduler``."""
+
+    name = "wrr"
+
+    def __init__(self, svc: Service) -> None:
+        super().__init__(svc)
+        #: Cursor: the last chosen dest (None = the list head) and its index.
+        self.cl: Dest | None = None
+        self._cl_idx = -1
+        self.di = 1
+        self.mw = 0
+        self.cw = 0
+        self._dirty = True
+        # Derived from the list, rebuilt lazily after a change:
+        self._order: list[int] = []  # list positions, heaviest first
+        self._negw: list[int] = []  # -weight in that order (ascending)
+        self._elig: list[int] = []  # sorted positions with weight >= some cw
+        self._k = 0  # len(self._elig): how many of _order it holds
+        self._dest_changed()
+
+    # ------------------------------------------------------------ state
+
+    def _dest_changed(self) -> None:
+        """``ip_vs_wrr_dest_changed`` (also ``init_svc`` for cw)."""
+        weights = [d.weight for d in self.svc.destinations]
+        pos = [w for w in weights if w > 0]
+        di = math.gcd(*pos) if pos else 1
+        di = di or 1
+        mw = max(weights, default=0) - (di - 1)
+        self.cl, self._cl_idx = None, -1
+        self.di, self.mw = di, mw
+        if self.cw > mw or not self.cw:
+            self.cw = mw
+        elif di > 1:
+            self.cw = (self.cw // di) * di + 1
+        self._dirty = True
+
+    def add_dest(self, dest: Dest) -> None:
+        self._dest_changed()
+
+    def del_dest(self, dest: Dest) -> None:
+        self._dest_changed()
+
+    def upd_dest(self, dest: Dest) -> None:
+        self._dest_changed()
+
+    def _rebuild(self) -> None:
+        dests = self.svc.destinations
+        self._order = sorted(range(len(dests)), key=lambda i: -dests[i].weight)
+        self._negw = [-dests[i].weight for i in self._order]
+        self._elig = []
+        self._k = 0
+        self._dirty = False
+
+    def _eligible(self, cw: int) -> list[int]:
+        """Sorted list positions of the destinations with weight >= cw."""
+        k = bisect.bisect_right(self._negw, -cw)
+        k0 = self._k
+        if k != k0:
+            if k0 < k <= k0 + _INSORT_MAX:
+                elig = self._elig
+                for i in self._order[k0:k]:
+                    bisect.insort(elig, i)
+            else:
+                self._elig = sorted(self._order[:k])
+            self._k = k
+        return self._elig
+
+    # --------------------------------------------------------- schedule
+
+    def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        if self._dirty:
+            self._rebuild()
+        dests = self.svc.destinations
+        last = self._cl_idx
+        if last >= len(dests) or (last >= 0 and dests[last] is not self.cl):
+            last = -1  # the list changed without a hook: restart at the head
+        if self.mw == 0:
+            scheduler_err(self.svc, "no destination available")
+            return None
+        stop = -2  # no stop point yet
+        last_pass = restarted = False
+        start = last + 1
+        while True:
+            elig = self._eligible(self.cw)
+            for p in range(bisect.bisect_left(elig, start), len(elig)):
+                j = elig[p]
+                if stop >= 0 and j > stop:
+                    break
+                d = dests[j]
+                if not d.flags & IP_VS_DEST_F_OVERLOAD:
+                    self.cl, self._cl_idx = d, j
+                    return d
+                if j == stop:
+                    break
+            if stop >= 0:
+                # The last pass reached the starting point again: the
+                # kernel leaves the cursor there.
+                return self._overloaded(stop)
+            self.cw -= self.di
+            if self.cw <= 0:
+                self.cw = self.mw
+                if last_pass or last < 0:
+                    return self._overloaded(-1)
+                restarted = True
+            last_pass = self.cw <= self.di
+            if last_pass and restarted and last >= 0:
+                stop = last
+            start = 0
+
+    def _overloaded(self, idx: int) -> None:
+        if idx >= 0:
+            self.cl, self._cl_idx = self.svc.destinations[idx], idx
+        else:
+            self.cl, self._cl_idx = None, -1
+        scheduler_err(self.svc, "no destination available: all destinations are overloaded")
+        return None
