@@ -47,9 +47,9 @@ from ipvs.ctl import services_sorted_by_bucket
 from ipvs.proto import state_name
 from ipvs.uapi import (
     AF_INET6,
+    IP_VS_CONN_F_DROUTE,
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_LOCALNODE,
-    IP_VS_CONN_F_DROUTE,
     IP_VS_CONN_F_SYNC,
     IP_VS_CONN_F_TUNNEL,
     IP_VS_SVC_F_ONEPACKET,
