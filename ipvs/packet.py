@@ -226,3 +226,45 @@ def csum_replace(check: int, old: bytes | bytearray, new: bytes | bytearray) -> 
 def csum_words_raw(data: bytes | bytearray) -> int:
     """Plain (unfolded) sum of the 16-bit words of ``data``."""
     return sum(_H.unpack_from(data, i)[0] for i in range(0, len(data), 2))
+
+
+def l4_csum_nat(
+    buf: bytearray, coff: int, old_addr: bytes, new_addr: bytes, old_port: int, new_port: int, partial: bool
+) -> None:
+    """Update the TCP/UDP checksum at ``coff`` for an address and port change.
+
+    The complemented checksum gets the RFC 1624 update over both (the
+    kernel's ``tcp_fast_csum_update``).  A partial checksum (offload:
+    the field holds the *uncomplemented* pseudo-header sum, ports not yet
+    included) gets the address change only, uncomplemented
+    (``tcp_partial_csum_update``).
+    """
+    check = (buf[coff] << 8) | buf[coff + 1]
+    delta = csum_words_raw(new_addr) + (0xFFFF * (len(old_addr) >> 1) - csum_words_raw(old_addr))
+    if partial:
+        s = fold(check + delta)
+    else:
+        s = (~check & 0xFFFF) + delta + (0xFFFF - old_port) + new_port
+        s = ~fold(s) & 0xFFFF
+    buf[coff] = s >> 8
+    buf[coff + 1] = s & 0xFF
+
+
+def l4_csum_full(buf: bytearray, h: IPHeader, partial: bool = False) -> None:
+    """Recompute a TCP/UDP checksum from scratch (``csum_tcpudp_magic``).
+
+    With ``partial`` the field gets the uncomplemented pseudo-header sum
+    an offloading NIC expects instead.  A UDP result of 0 is sent as
+    0xFFFF (``CSUM_MANGLED_0``).
+    """
+    coff = h.l4 + (16 if h.protocol == IPPROTO_TCP else 6)
+    if partial:
+        s = fold(
+            pseudo_sum(bytes(buf[h.saddr : h.saddr + h.alen]), bytes(buf[h.daddr : h.daddr + h.alen]),
+                       h.protocol, h.end - h.l4)
+        )
+    else:
+        s = l4_checksum(buf, h)
+        if s == 0 and h.protocol == IPPROTO_UDP:
+            s = 0xFFFF
+    _H.pack_into(buf, coff, s)

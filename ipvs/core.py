@@ -1,0 +1,571 @@
+"""The packet path: requests in, replies out, related ICMP errors.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_core.c`` (kernel 6.1): ``ip_vs_in``,
+``ip_vs_out``, ``ip_vs_in_icmp``, ``ip_vs_out_icmp``, ``ip_vs_schedule``,
+``ip_vs_sched_persist``, ``ip_vs_leave`` and the stats helpers.
+
+:class:`Director` is the sans-I/O entry point, in the style of h11 and
+aioquic: :meth:`Director.process` takes one packet (a ``bytearray`` and the
+offset of its IP header) and the current time in jiffies, rewrites the
+packet in place and returns a verdict; :meth:`Director.run_timers` and
+:meth:`Director.next_timer` drive expiry.  The driver owns sockets,
+routing and time.
+
+Where the kernel uses two netfilter hooks, this module uses one call: a
+reply from a real server is recognised by the out-table lookup (the
+kernel's FORWARD-hook ``ip_vs_out``), which is tried first, exactly as the
+LOCAL_IN hook order (``ip_vs_out`` at priority 98, ``ip_vs_in`` at 99)
+does for packets to a local address.  Because the kernel forwards replies
+with ``ip_forward``, their TTL is decremented here too.
+
+Verdicts: ``NF_ACCEPT`` (not ours: let the host have it), ``NF_DROP``, or
+``NF_STOLEN`` (rewritten: route it by its destination and send it).
+Generated ICMP errors are queued in ``ipvs.outbox``.  IPv4 only for now:
+IPv6 packets are passed on untouched and counted; the keys and tables
+already carry the address family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ipvs import conn as _conn
+from ipvs.ctl import dest_trash_expire, format_addr, has_real_service, service_get
+from ipvs.netns import NetnsIPVS
+from ipvs.packet import (
+    ICMP_DEST_UNREACH,
+    ICMP_PORT_UNREACH,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    TCP_RST,
+    TCP_SYN,
+    Drop,
+    IPHeader,
+    icmp_checksum,
+    l4_csum_ok,
+    parse,
+)
+from ipvs.proto import tcp as _tcp
+from ipvs.proto import udp as _udp
+from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
+from ipvs.sched import IPHdr
+from ipvs.uapi import (
+    AF_INET,
+    IP_VS_CONN_F_MASQ,
+    IP_VS_CONN_F_NO_CPORT,
+    IP_VS_CONN_F_ONE_PACKET,
+    IP_VS_CONN_F_TEMPLATE,
+    IP_VS_DEST_F_AVAILABLE,
+    IP_VS_SVC_F_ONEPACKET,
+    IP_VS_SVC_F_PERSISTENT,
+    IPPROTO_IP,
+)
+from ipvs.xmit import NF_ACCEPT, NF_DROP, NF_STOLEN, icmp_xmit, nat_icmp, nat_xmit, snat_response
+
+__all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
+
+FTPPORT = 21
+FTPDATA = 20
+_PFX = [bytes((i,)) for i in range(256)]
+#: Period of the destination-trash cleanup (IP_VS_DEST_TRASH_PERIOD / 2).
+TRASH_RUN_S = 60
+
+
+def _ports(buf: bytearray, l4: int) -> tuple[int, int]:
+    return (buf[l4] << 8) | buf[l4 + 1], (buf[l4 + 2] << 8) | buf[l4 + 3]
+
+
+class Director:
+    """One director: an IPVS instance and its packet path.
+
+    ``mtu`` is the path MTU towards the real servers (None: the driver
+    does not know it, no frag-needed).  ``trace``, when set, receives one
+    line per decision (used by ``tools/ipvs-replay --trace``).
+    """
+
+    def __init__(self, ipvs: NetnsIPVS | None = None) -> None:
+        self.ipvs = ipvs if ipvs is not None else NetnsIPVS()
+        self.mtu: int | None = None
+        self.trace: Callable[[str], None] | None = None
+        self._next_trash = 0
+        self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
+        self._udp = self.ipvs.proto_data[IPPROTO_UDP]
+
+    # ------------------------------------------------------------------ API
+
+    def process(self, buf: bytearray, l3: int, now: int, csum_partial: bool = False) -> int:
+        """Handle one IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN."""
+        ipvs = self.ipvs
+        ipvs.now = now
+        h = parse(buf, l3)
+        if type(h) is not IPHeader:
+            ipvs.drops[h] += 1
+            return NF_DROP
+        if not ipvs.enable:
+            return NF_ACCEPT
+        if h.af != AF_INET:
+            ipvs.drops[Drop.UNSUPPORTED] += 1
+            return NF_ACCEPT
+        proto = h.protocol
+        if proto == IPPROTO_ICMP:
+            return self._icmp(buf, h, now)
+        if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
+            return NF_ACCEPT
+        if h.fragoffs or h.more_frags:
+            # The kernel sees reassembled packets (nf_defrag / ip_vs_gather_frags);
+            # the driver reassembles before calling the core.
+            ipvs.drops[Drop.FRAGMENT] += 1
+            return NF_ACCEPT
+        l4 = h.l4
+        if proto == IPPROTO_TCP:
+            if h.end - l4 < 20 or (buf[l4 + 12] >> 4) < 5 or l4 + ((buf[l4 + 12] >> 4) << 2) > h.end:
+                ipvs.drops[Drop.BAD_L4] += 1
+                return NF_DROP
+        elif h.end - l4 < 8:
+            ipvs.drops[Drop.BAD_L4] += 1
+            return NF_DROP
+        key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
+        tab = ipvs.conn_tab
+        # ip_vs_out first: is this a reply of a connection?
+        cp = tab.out_table.get(key)
+        if cp is not None:
+            if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+                return NF_ACCEPT
+            return self._handle_response(cp, buf, h, now, csum_partial)
+        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, h):
+            return NF_DROP
+        return self._in(buf, h, key, now, csum_partial)
+
+    def run_timers(self, now: int) -> None:
+        """Expire what is due by ``now``: connections, estimator, dest trash."""
+        ipvs = self.ipvs
+        ipvs.now = now
+        tab = ipvs.conn_tab
+        for cp in tab.due(now):
+            self._conn_expire(cp, now)
+        ipvs.est.enabled = bool(ipvs.sysctl.run_estimation)
+        ipvs.est.run(now)
+        if now >= self._next_trash:
+            dest_trash_expire(ipvs, now)
+            self._next_trash = now + TRASH_RUN_S * ipvs.hz
+
+    def next_timer(self) -> int | None:
+        """The jiffy at which :meth:`run_timers` next has work."""
+        t = self.ipvs.conn_tab.next_timer()
+        est = self.ipvs.est.next_run
+        cands = [x for x in (t, est, self._next_trash) if x is not None]
+        return min(cands) if cands else None
+
+    # ------------------------------------------------------------ ip_vs_in
+
+    def _in(self, buf: bytearray, h: IPHeader, key: bytes, now: int, partial: bool) -> int:
+        ipvs = self.ipvs
+        tab = ipvs.conn_tab
+        proto = h.protocol
+        l4 = h.l4
+        cp = tab.in_table.get(key)
+        if cp is None and tab.no_cport_count:
+            cp = tab.in_table.get(key[:-4] + b"\0\0" + key[-2:])
+            if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
+                cp = None
+        tcp_flags = buf[l4 + 13] if proto == IPPROTO_TCP else 0
+        if cp is not None and tcp_flags & TCP_SYN and ipvs.sysctl.conn_reuse_mode:
+            cp = self._conn_reuse(cp, now)
+        if cp is None:
+            if proto == IPPROTO_TCP and not _tcp.may_schedule(tcp_flags, ipvs.sysctl.sloppy_tcp):
+                return NF_ACCEPT
+            sport, dport = _ports(buf, l4)
+            svc = service_get(ipvs, AF_INET, 0, proto, bytes(buf[h.daddr : h.daddr + 4]), dport)
+            if svc is None:
+                return NF_ACCEPT
+            if ipvs.sysctl.drop_packet == 3:  # ip_vs_todrop with the defence always on
+                ipvs.drops[Drop.DEFENSE] += 1
+                return NF_DROP
+            iph = IPHdr(
+                AF_INET, proto, bytes(buf[h.saddr : h.saddr + 4]), bytes(buf[h.daddr : h.daddr + 4]),
+                sport, dport,
+            )
+            cp, ignored = self._schedule(svc, iph, now)
+            if cp is None:
+                if ignored > 0:
+                    return NF_ACCEPT
+                if ignored < 0:
+                    ipvs.drops[Drop.TABLE_FULL] += 1
+                    return NF_DROP
+                return self._leave(svc, buf, h, iph)
+        dest = cp.dest
+        if dest is not None and not dest.flags & IP_VS_DEST_F_AVAILABLE:
+            # The real server was deleted: drop without restarting the timer.
+            if ipvs.sysctl.expire_nodest_conn:
+                tab.expire_now(cp, now)
+            ipvs.drops[Drop.DEST_UNAVAILABLE] += 1
+            return NF_DROP
+        if dest is not None:
+            n = h.end - h.l3
+            st = dest.stats
+            st.inpkts += 1
+            st.inbytes += n
+            st = dest.svc.stats
+            st.inpkts += 1
+            st.inbytes += n
+            st = ipvs.tot_stats
+            st.inpkts += 1
+            st.inbytes += n
+        tr = self.trace
+        if tr is not None:
+            old = cp.state
+        if proto == IPPROTO_TCP:
+            _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
+        else:
+            _udp.state_transition(cp, self._udp)
+        if cp.flags & 7 == IP_VS_CONN_F_MASQ:
+            if cp.flags & IP_VS_CONN_F_NO_CPORT:
+                tab.fill_cport(cp, _ports(buf, l4)[0])
+            app_ret = 1
+            if cp.app is not None:
+                app_ret, h = self._app(cp, buf, h, now, True)
+                if not app_ret:
+                    verdict = NF_DROP
+            if app_ret:
+                verdict = nat_xmit(ipvs, cp, buf, h, partial, self.mtu, app_ret)
+        else:
+            # DR/TUN/local forwarding come with their own issue.
+            verdict = NF_ACCEPT
+        if tr is not None:
+            tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            if cp.control is not None:
+                cp.control.in_pkts += 1
+        else:
+            cp.in_pkts += 1
+        self._conn_put(cp, now)
+        return verdict
+
+    def _conn_reuse(self, cp: _conn.Connection, now: int) -> _conn.Connection | None:
+        """The conn_reuse_mode block of ``ip_vs_in`` for a new SYN."""
+        ipvs = self.ipvs
+        resched = False
+        if ipvs.sysctl.expire_nodest_conn and cp.dest is not None and not cp.dest.weight:
+            resched = True
+        elif self._is_new_conn_expected(cp, ipvs.sysctl.conn_reuse_mode):
+            # Without conntrack the "old_ct" case never arises.
+            resched = True
+        if not resched:
+            return cp
+        if not cp.n_control:
+            ipvs.conn_tab.expire_now(cp, now)
+        if self.trace is not None:
+            self.trace(f"reuse {self._conn_text(cp)}: rescheduling")
+        return None
+
+    @staticmethod
+    def _is_new_conn_expected(cp: _conn.Connection, mode: int) -> bool:
+        if cp.control is not None:
+            return False
+        if cp.protocol == IPPROTO_TCP:
+            return (
+                cp.state == _tcp.TIME_WAIT
+                or cp.state == _tcp.CLOSE
+                or (bool(mode & 2) and cp.state == _tcp.FIN_WAIT and bool(cp.flags & 0x0080))
+            )
+        return False
+
+    # ----------------------------------------------------------- scheduling
+
+    def _schedule(self, svc, iph: IPHdr, now: int) -> tuple[_conn.Connection | None, int]:
+        """``ip_vs_schedule``: (conn, ignored) with the kernel's ignored codes."""
+        if iph.sport == FTPDATA:
+            return None, 1  # never schedule active FTP data from a real server
+        if svc.flags & IP_VS_SVC_F_PERSISTENT:
+            return self._sched_persist(svc, iph, now)
+        if not svc.fwmark and iph.dport != svc.port:
+            return None, 0  # port zero only supported in persistent services
+        dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
+        if dest is None:
+            self._no_dest(svc)
+            return None, 0
+        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
+        cp = self._conn_new(
+            iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport,
+            dest.addr, dest.port or iph.dport, flags, dest,
+        )
+        if cp is None:
+            return None, -1
+        self._conn_stats(cp, svc)
+        return cp, 0
+
+    def _sched_persist(self, svc, iph: IPHdr, now: int) -> tuple[_conn.Connection | None, int]:
+        """``ip_vs_sched_persist``: find or make the client's template first."""
+        tab = self.ipvs.conn_tab
+        snet = (int.from_bytes(iph.saddr, "big") & svc.netmask).to_bytes(4, "big")
+        protocol, vaddr, vport = iph.protocol, iph.daddr, 0
+        if iph.dport == svc.port:
+            if svc.port != FTPPORT:
+                vport = iph.dport
+        elif svc.fwmark:
+            protocol, vaddr = IPPROTO_IP, svc.fwmark.to_bytes(4, "big")
+        ct = tab.ct_in_get(protocol, snet, vaddr, 0, vport)
+        if ct is None or not self._check_template(ct):
+            dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
+            if dest is None:
+                self._no_dest(svc)
+                return None, 0
+            dport = dest.port if iph.dport == svc.port and svc.port != FTPPORT else 0
+            ct = self._conn_new(
+                iph.af, protocol, snet, 0, vaddr, vport, dest.addr, dport, IP_VS_CONN_F_TEMPLATE, dest,
+                fwmark=svc.fwmark,
+            )
+            if ct is None:
+                return None, -1
+            ct.timeout = svc.timeout
+        else:
+            dest = ct.dest
+        dport = iph.dport
+        if dport == svc.port and dest.port:
+            dport = dest.port
+        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
+        cp = self._conn_new(
+            iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport, dest.addr, dport, flags, dest,
+        )
+        if cp is None:
+            tab.put(ct, now)
+            return None, -1
+        tab.control_add(cp, ct)
+        tab.put(ct, now)
+        self._conn_stats(cp, svc)
+        return cp, 0
+
+    def _check_template(self, ct: _conn.Connection) -> bool:
+        """``ip_vs_check_template``: invalidate a template whose dest is gone."""
+        dest = ct.dest
+        if (
+            dest is None
+            or not dest.flags & IP_VS_DEST_F_AVAILABLE
+            or (self.ipvs.sysctl.expire_quiescent_template and not dest.weight)
+        ):
+            if ct.vport != 0xFFFF:
+                tab = self.ipvs.conn_tab
+                if ct.flags & 0x0040:
+                    tab.unhash(ct)
+                    ct.dport = 0xFFFF
+                    ct.vport = 0xFFFF
+                    ct.cport = 0
+                    tab.hash(ct)
+            return False
+        return True
+
+    def _conn_new(self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0):
+        cp = self.ipvs.conn_tab.new(af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark)
+        if cp is not None and self.ipvs.apps and protocol == IPPROTO_TCP and not flags & IP_VS_CONN_F_TEMPLATE:
+            from ipvs import app
+
+            app.bind_conn(self.ipvs, cp)
+        return cp
+
+    def _conn_stats(self, cp: _conn.Connection, svc) -> None:
+        """``ip_vs_conn_stats``: one more connection for dest, service, total."""
+        cp.dest.stats.conns += 1
+        svc.stats.conns += 1
+        self.ipvs.tot_stats.conns += 1
+
+    def _no_dest(self, svc) -> None:
+        from ipvs.sched import scheduler_err
+
+        scheduler_err(svc, "no destination available")
+        if self.trace is not None:
+            self.trace(f"sched {svc!r}: no destination available")
+
+    def _leave(self, svc, buf: bytearray, h: IPHeader, iph: IPHdr) -> int:
+        """``ip_vs_leave``: no real server; tell the client (port unreachable)."""
+        ipvs = self.ipvs
+        if svc.port == FTPPORT and iph.dport != FTPPORT:
+            return NF_ACCEPT
+        ipvs.outbox.append(build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, iph.daddr))
+        ipvs.drops[Drop.NO_DEST] += 1
+        return NF_DROP
+
+    # ----------------------------------------------------------- ip_vs_out
+
+    def _handle_response(self, cp: _conn.Connection, buf: bytearray, h: IPHeader, now: int, partial: bool) -> int:
+        ipvs = self.ipvs
+        app_ret = 1
+        if cp.app is not None:
+            app_ret, h = self._app(cp, buf, h, now, False)
+            if not app_ret:
+                return NF_DROP
+        verdict = snat_response(ipvs, cp, buf, h, partial, app_ret)
+        if verdict == NF_DROP:
+            return verdict
+        dest = cp.dest
+        if dest is not None:
+            n = h.end - h.l3
+            st = dest.stats
+            st.outpkts += 1
+            st.outbytes += n
+            svc = dest.svc
+            if svc is not None:
+                st = svc.stats
+                st.outpkts += 1
+                st.outbytes += n
+            st = ipvs.tot_stats
+            st.outpkts += 1
+            st.outbytes += n
+        tr = self.trace
+        if tr is not None:
+            old = cp.state
+        if h.protocol == IPPROTO_TCP:
+            _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[h.l4 + 13])
+        else:
+            _udp.state_transition(cp, self._udp)
+            _tcp.assure_template(cp)
+        if tr is not None:
+            tr(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
+        self._conn_put(cp, now)
+        return verdict
+
+    def _nat_icmp_send(self, buf: bytearray, h: IPHeader) -> bool:
+        """No connection, but from a MASQ real server: answer port unreachable."""
+        sport, _ = _ports(buf, h.l4)
+        saddr = bytes(buf[h.saddr : h.saddr + 4])
+        if not has_real_service(self.ipvs, AF_INET, h.protocol, saddr, sport):
+            return False
+        if h.protocol == IPPROTO_TCP and buf[h.l4 + 13] & TCP_RST:
+            return False
+        self.ipvs.outbox.append(build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, saddr))
+        return True
+
+    # ----------------------------------------------------------------- ICMP
+
+    def _icmp(self, buf: bytearray, h: IPHeader, now: int) -> int:
+        """``ip_vs_out_icmp`` then ``ip_vs_in_icmp`` for an ICMP packet."""
+        ipvs = self.ipvs
+        if h.fragoffs or h.more_frags:
+            ipvs.drops[Drop.FRAGMENT] += 1
+            return NF_ACCEPT
+        if h.end - h.l4 < 8 or buf[h.l4] not in RELATED_TYPES:
+            return NF_ACCEPT
+        q = parse_quoted(buf, h.l4, h.end)
+        if q is None or q.protocol not in (IPPROTO_TCP, IPPROTO_UDP) or q.fragoffs:
+            return NF_ACCEPT
+        # The quoted packet travelled the other way: build the key reversed.
+        qkey = _PFX[q.protocol] + buf[q.daddr : q.daddr + 4] + buf[q.saddr : q.saddr + 4]
+        qkey += buf[q.l4 + 2 : q.l4 + 4] + buf[q.l4 : q.l4 + 2]
+        tab = ipvs.conn_tab
+        cp = tab.out_table.get(qkey)
+        if cp is not None:
+            # An error from the real server about a packet it received.
+            if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+                return NF_ACCEPT
+            if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
+                ipvs.drops[Drop.BAD_CSUM] += 1
+                return NF_DROP
+            if buf[h.l3 + 8] <= 1:
+                ipvs.drops[Drop.TTL_EXCEEDED] += 1
+                return NF_DROP
+            buf[h.l3 + 8] -= 1  # forwarded by the kernel before ip_vs_out
+            nat_icmp(buf, h, q, cp, inout=True)
+            self._out_stats(cp, h)
+            if self.trace is not None:
+                self.trace(f"icmp-out {self._conn_text(cp)} type {buf[h.l4]} rewritten")
+            self._conn_put(cp, now)
+            return NF_STOLEN
+        cp = tab.in_table.get(qkey)
+        if cp is None:
+            return NF_ACCEPT
+        if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
+            ipvs.drops[Drop.BAD_CSUM] += 1
+            return NF_DROP
+        dest = cp.dest
+        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
+            self._in_stats(cp, h)
+        if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+            verdict = NF_ACCEPT
+        else:
+            verdict = icmp_xmit(ipvs, cp, buf, h, q)
+        if self.trace is not None:
+            self.trace(f"icmp-in {self._conn_text(cp)} type {buf[h.l4]} -> {_VERDICT[verdict]}")
+        self._conn_put(cp, now)
+        return verdict
+
+    def _in_stats(self, cp, h: IPHeader) -> None:
+        n = h.end - h.l3
+        for st in (cp.dest.stats, cp.dest.svc.stats, self.ipvs.tot_stats):
+            st.inpkts += 1
+            st.inbytes += n
+
+    def _out_stats(self, cp, h: IPHeader) -> None:
+        dest = cp.dest
+        if dest is None:
+            return
+        n = h.end - h.l3
+        stats = [dest.stats, self.ipvs.tot_stats]
+        if dest.svc is not None:
+            stats.append(dest.svc.stats)
+        for st in stats:
+            st.outpkts += 1
+            st.outbytes += n
+
+    # ----------------------------------------------------------------- apps
+
+    def _app(self, cp, buf: bytearray, h: IPHeader, now: int, inbound: bool) -> tuple[int, IPHeader]:
+        """Run the bound application helper; re-parse if it resized the packet."""
+        from ipvs import app
+
+        if not l4_csum_ok(buf, h) and h.protocol == IPPROTO_TCP:
+            self.ipvs.drops[Drop.BAD_CSUM] += 1
+            return 0, h
+        ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, h.l3, now)
+        if ret:
+            nh = parse(buf, h.l3)
+            if type(nh) is not IPHeader:
+                self.ipvs.drops[nh] += 1
+                return 0, h
+            h = nh
+        return ret, h
+
+    # ------------------------------------------------------------- expiry
+
+    def _conn_put(self, cp: _conn.Connection, now: int) -> None:
+        """``ip_vs_conn_put``: restart the timer; one-packet conns die now."""
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            self._conn_expire(cp, now)
+        else:
+            self.ipvs.conn_tab.put(cp, now)
+
+    def _conn_expire(self, cp: _conn.Connection, now: int) -> None:
+        """``ip_vs_conn_expire``: free ``cp``, or re-arm it while it controls others."""
+        tab = self.ipvs.conn_tab
+        if cp.n_control:
+            cp.timeout = _conn.EXPIRE_LATER_S * self.ipvs.hz
+            tab.put(cp, now)
+            return
+        ct = cp.control
+        has_ref = cp.timeout == 0
+        if cp.app is not None:
+            from ipvs import app
+
+            app.unbind_conn(self.ipvs, cp)
+        if self.trace is not None:
+            self.trace(f"expire {self._conn_text(cp)}")
+        tab.release(cp)
+        if ct is not None and has_ref and not ct.n_control:
+            if not ct.flags & IP_VS_CONN_F_TEMPLATE or not ct.state:
+                tab.expire_now(ct, now)
+
+    # ---------------------------------------------------------------- trace
+
+    def _conn_text(self, cp: _conn.Connection) -> str:
+        proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}.get(cp.protocol, "IP")
+        return (
+            f"{proto} {format_addr(cp.af, cp.caddr)}:{cp.cport} -> {format_addr(cp.af, cp.vaddr)}:{cp.vport}"
+            f" => {format_addr(cp.af, cp.daddr)}:{cp.dport}"
+        )
+
+    def _state_text(self, cp: _conn.Connection, old: int) -> str:
+        pd = self._tcp if cp.protocol == IPPROTO_TCP else self._udp
+        names = pd.state_names
+        return f"{names[old]}->{names[cp.state]}"
+
+
+_VERDICT = {NF_DROP: "DROP", NF_ACCEPT: "ACCEPT", NF_STOLEN: "XMIT"}
