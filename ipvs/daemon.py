@@ -1,0 +1,732 @@
+"""The director daemon: one IPVS instance, its control socket, its timers
+and (optionally) a data path.
+
+No single kernel file corresponds to this module.  It plays the parts the
+kernel spreads around IPVS: the generic-netlink socket user space talks to
+(``ip_vs_genl_*`` in ``ip_vs_ctl.c``, reached here through a Unix socket
+and :func:`ipvs.netlink.dispatch`), the ``CAP_NET_ADMIN`` check on every
+command, the timers (connection expiry, the estimator, the destination
+trash: :meth:`ipvs.core.Director.run_timers`) and the ``/proc`` files
+(:mod:`ipvs.procfs`, optionally written into a directory every second).
+
+Pieces:
+
+* :class:`ControlServer`: the Unix socket.  Non-blocking, driven by a
+  :mod:`selectors` selector, any number of clients at once, requests may be
+  pipelined.  Each connection is checked once with ``SO_PEERCRED``: uid 0
+  (and the daemon's own uid) may talk to it; ``allowed_gid`` grants a
+  group too.  Others get one ``EPERM`` reply and are disconnected, as the
+  kernel answers ``EPERM`` to a user without ``CAP_NET_ADMIN``.  A frame
+  over ``max_request`` bytes gets an ``EMSGSIZE`` reply and the connection
+  is closed (the rest of the stream can no longer be framed); bad JSON or
+  a non-object gets an ``EINVAL`` reply and the connection stays usable.
+* :class:`Daemon`: the main loop.  One selector serves the control socket
+  and the data-path plug-in's file descriptors; between events it runs the
+  director's timers when due (every jiffy at most, HZ=250) and refreshes
+  the ``/proc`` directory.  SIGTERM stops it cleanly (rules saved if asked,
+  socket and files removed), SIGHUP reloads the rules file.
+
+The data-path plug-in interface (implemented by :mod:`ipvs.driver`):
+``fds() -> list[int]``, ``on_readable(fd, now)``, ``poll_timeout() ->
+float | None`` (seconds), ``on_idle(now)`` and ``close()``; ``now`` is in
+jiffies.
+
+Time: the daemon is the only place above the driver that reads a clock;
+``now`` in jiffies is ``int(time.monotonic() * hz)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ipvs import procfs
+from ipvs.client import MAX_REQUEST, display_address, encode, socket_address
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.netns import NetnsIPVS
+
+log = logging.getLogger("ipvs.daemon")
+
+_LEN = struct.Struct("!I")
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+#: Stop reading a client's requests while this much reply data waits for it.
+OUT_HIGH_WATER = 8 << 20
+#: Bytes read from a client at a time.
+RECV_CHUNK = 256 << 10
+#: Most clients connected at once; more are answered EAGAIN and closed.
+MAX_CLIENTS = 256
+#: A client that has sent part of a frame and nothing more for this long is dropped.
+IDLE_TIMEOUT_S = 60.0
+
+
+def error_reply(err: int, message: str) -> dict:
+    """An error reply: the kernel errno (number and name) and a message.
+
+    The same shape as the error replies of :func:`ipvs.netlink.dispatch`.
+    """
+    try:
+        nl = importlib.import_module("ipvs.netlink")
+        make = getattr(nl, "error_reply", None)
+        if make is not None:
+            return make(err, message)
+    except ImportError:
+        pass
+    return {"errno": err, "error": errno.errorcode.get(err, str(err)), "message": message}
+
+
+def jiffies(hz: int, clock: Callable[[], float] = time.monotonic) -> int:
+    """The current time in jiffies."""
+    return int(clock() * hz)
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    """A process's supplementary groups (SO_PEERCRED gives only the primary gid)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+class _Peer:
+    """One connected client."""
+
+    __slots__ = ("sock", "fd", "inbuf", "outbuf", "pid", "uid", "gid", "closing", "last", "events")
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, now: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.pid, self.uid, self.gid = pid, uid, gid
+        self.closing = False  # close once outbuf is flushed
+        self.last = now
+        self.events = 0
+
+
+class ControlServer:
+    """The control socket of one instance.
+
+    ``path`` is a filesystem path or an abstract name (leading NUL or
+    ``@``); None means ``$IPVS_SOCKET`` or the default abstract name.
+    With ``selector`` given, the server registers its sockets there (the
+    :class:`Daemon` does this); otherwise call :meth:`serve` to run it.
+    ``handler`` replaces :func:`ipvs.netlink.dispatch` (tests).
+    """
+
+    def __init__(
+        self,
+        ipvs: NetnsIPVS,
+        director: Any = None,
+        path: str | None = None,
+        allowed_gid: int | None = None,
+        *,
+        max_request: int = MAX_REQUEST,
+        selector: selectors.BaseSelector | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        handler: Callable[[NetnsIPVS, dict, int], dict] | None = None,
+    ) -> None:
+        self.ipvs = ipvs
+        self.director = director
+        self.allowed_gid = allowed_gid
+        self.max_request = max_request
+        self.clock = clock
+        self.handler = handler
+        self.address = socket_address(path)
+        self._own_selector = selector is None
+        self.sel = selector if selector is not None else selectors.DefaultSelector()
+        self.peers: dict[int, _Peer] = {}
+        self.requests = 0
+        self.errors = 0
+        self.refused = 0
+        self._dispatch: Callable | None = None
+        self._listen = self._bind(self.address)
+        self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
+
+    # ---------------------------------------------------------- socket
+
+    @staticmethod
+    def _bind(address: str) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if not address.startswith("\0"):
+                ControlServer._remove_stale(address)
+            s.bind(address)
+            if not address.startswith("\0"):
+                # Anyone may connect and be told EPERM; SO_PEERCRED decides.
+                os.chmod(address, 0o666)
+            s.listen(128)
+            s.setblocking(False)
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    @staticmethod
+    def _remove_stale(path: str) -> None:
+        """Remove a socket file left by a daemon that died, refuse to steal a live one."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: stale
+            return
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, f"a daemon already listens on {path}")
+
+    def fileno(self) -> int:
+        return self._listen.fileno()
+
+    def close(self) -> None:
+        """Close every connection and the listening socket, unlink its file."""
+        for peer in list(self.peers.values()):
+            self._drop(peer)
+        if self._listen.fileno() >= 0:
+            self.sel.unregister(self._listen)
+            self._listen.close()
+            if not self.address.startswith("\0"):
+                try:
+                    os.unlink(self.address)
+                except FileNotFoundError:
+                    pass
+        if self._own_selector:
+            self.sel.close()
+
+    def serve(self, timeout: float | None = None) -> None:
+        """Handle whatever is ready (standalone use, with the own selector)."""
+        for key, mask in self.sel.select(timeout):
+            key.data(mask)
+
+    # --------------------------------------------------------- clients
+
+    def _allowed(self, pid: int, uid: int, gid: int) -> bool:
+        if uid == 0 or uid == os.geteuid():
+            return True
+        if self.allowed_gid is None:
+            return False
+        return gid == self.allowed_gid or self.allowed_gid in _supplementary_groups(pid)
+
+    def _on_accept(self, mask: int) -> None:
+        while True:
+            try:
+                sock, _ = self._listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: keep serving the others
+                log.warning("accept on control socket failed: %s", e)
+                return
+            sock.setblocking(False)
+            try:
+                pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            except OSError:
+                pid = uid = gid = -1
+            peer = _Peer(sock, pid, uid, gid, self.clock())
+            self.peers[peer.fd] = peer
+            self.sel.register(sock, selectors.EVENT_READ, lambda m, p=peer: self._on_peer(p, m))
+            peer.events = selectors.EVENT_READ
+            if len(self.peers) > MAX_CLIENTS:
+                self._fail(peer, errno.EAGAIN, "too many control connections")
+            elif not self._allowed(pid, uid, gid):
+                self.refused += 1
+                log.info("control connection from uid %d (pid %d) refused", uid, pid)
+                self._fail(peer, errno.EPERM, "Permission denied (you must be root)")
+
+    def _fail(self, peer: _Peer, err: int, message: str) -> None:
+        """Answer once with an error, then close."""
+        self.errors += 1
+        peer.outbuf += encode(error_reply(err, message))
+        peer.closing = True
+        peer.inbuf.clear()
+        self._flush(peer)
+
+    def _drop(self, peer: _Peer) -> None:
+        self.peers.pop(peer.fd, None)
+        try:
+            self.sel.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+
+    def _on_peer(self, peer: _Peer, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            self._read(peer)
+        if peer.fd in self.peers and mask & selectors.EVENT_WRITE:
+            self._flush(peer)
+
+    def _read(self, peer: _Peer) -> None:
+        try:
+            data = peer.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(peer)
+            return
+        if not data:
+            # The client is done sending; answer what is complete, then close.
+            if not peer.closing:
+                self._process(peer, high_water=None)
+            peer.closing = True
+            peer.inbuf.clear()
+            self._flush(peer)
+            return
+        peer.last = self.clock()
+        if peer.closing:
+            return  # refused or failed: discard
+        peer.inbuf += data
+        self._process(peer)
+        self._flush(peer)
+
+    def _process(self, peer: _Peer, high_water: int | None = OUT_HIGH_WATER) -> None:
+        buf = peer.inbuf
+        pos = 0
+        limit = high_water if high_water is not None else float("inf")
+        while not peer.closing and len(peer.outbuf) < limit and len(buf) - pos >= 4:
+            (n,) = _LEN.unpack_from(buf, pos)
+            if n > self.max_request:
+                del buf[:]
+                pos = 0
+                self._fail(peer, errno.EMSGSIZE, f"request of {n} bytes is over the {self.max_request} byte limit")
+                return
+            if len(buf) - pos - 4 < n:
+                break
+            body = bytes(buf[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+            peer.outbuf += encode(self._answer(body))
+        if pos:
+            del buf[:pos]
+
+    def _answer(self, body: bytes) -> dict:
+        self.requests += 1
+        try:
+            req = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            self.errors += 1
+            return error_reply(errno.EINVAL, f"request is not UTF-8 JSON: {e}")
+        except RecursionError:
+            self.errors += 1
+            return error_reply(errno.EINVAL, "request nests too deeply")
+        if not isinstance(req, dict):
+            self.errors += 1
+            return error_reply(errno.EINVAL, f"request must be a JSON object, not {type(req).__name__}")
+        return self.handle(req)
+
+    def handle(self, req: dict) -> dict:
+        """Answer one decoded request (``ipvs.netlink.dispatch``)."""
+        dispatch = self.handler or self._load_dispatch()
+        if dispatch is None:
+            self.errors += 1
+            return error_reply(errno.ENOSYS, "this PyIPVS has no message schema (ipvs.netlink is missing)")
+        now = jiffies(self.ipvs.hz, self.clock)
+        try:
+            reply = dispatch(self.ipvs, req, now)
+        except RecursionError:
+            self.errors += 1
+            return error_reply(errno.EINVAL, "request nests too deeply")
+        except Exception as e:  # bad input must never take the daemon down
+            self.errors += 1
+            log.warning("request %.200r failed: %s: %s", req, type(e).__name__, e, exc_info=log.isEnabledFor(10))
+            err = getattr(e, "errno", None)
+            return error_reply(err if isinstance(err, int) and err > 0 else errno.EINVAL, f"{type(e).__name__}: {e}")
+        if not isinstance(reply, dict):
+            self.errors += 1
+            return error_reply(errno.EIO, "internal error: dispatch returned no reply object")
+        return reply
+
+    def _load_dispatch(self) -> Callable | None:
+        if self._dispatch is None:
+            try:
+                nl = importlib.import_module("ipvs.netlink")
+            except ModuleNotFoundError as e:
+                if e.name != "ipvs.netlink":
+                    raise
+                return None
+            self._dispatch = nl.dispatch
+        return self._dispatch
+
+    def _flush(self, peer: _Peer) -> None:
+        if peer.outbuf:
+            try:
+                sent = peer.sock.send(peer.outbuf)
+                del peer.outbuf[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._drop(peer)
+                return
+        if not peer.outbuf:
+            if peer.closing:
+                self._drop(peer)
+                return
+            if peer.inbuf and len(peer.inbuf) >= 4:
+                # Requests held back by the high-water mark can go on now.
+                self._process(peer)
+                if peer.outbuf:
+                    return self._flush(peer)
+        want = 0
+        if not peer.closing and len(peer.outbuf) < OUT_HIGH_WATER:
+            want |= selectors.EVENT_READ
+        if peer.outbuf:
+            want |= selectors.EVENT_WRITE
+        if want != peer.events:
+            if want:
+                self.sel.modify(peer.sock, want, lambda m, p=peer: self._on_peer(p, m))
+            peer.events = want
+
+    def sweep(self) -> None:
+        """Drop clients that stalled in the middle of a frame."""
+        limit = self.clock() - IDLE_TIMEOUT_S
+        for peer in list(self.peers.values()):
+            if peer.last < limit and (peer.inbuf or peer.outbuf):
+                log.info("dropping stalled control connection (pid %d)", peer.pid)
+                self._drop(peer)
+
+
+class InProcessTransport:
+    """A transport for :mod:`ipvs.cli.ipvsadm` that calls the schema directly
+    (used by the daemon itself to restore and save its rules file)."""
+
+    def __init__(self, server: ControlServer) -> None:
+        self.server = server
+
+    def call(self, req: dict) -> dict:
+        return self.server.handle(req)
+
+    def call_many(self, reqs: list[dict]) -> list[dict]:
+        return [self.server.handle(r) for r in reqs]
+
+    def close(self) -> None:
+        pass
+
+
+class ProcfsWriter:
+    """Writes the ``/proc`` views into ``root`` the way ``/proc`` lays them out:
+    ``root/net/ip_vs*`` and ``root/sys/net/ipv4/vs/*``, each file replaced
+    atomically so a reader (node_exporter) never sees half a file."""
+
+    def __init__(self, ipvs: NetnsIPVS, root: str | os.PathLike) -> None:
+        self.ipvs = ipvs
+        self.root = Path(root)
+        self.written: set[Path] = set()
+        self.created: list[Path] = []
+
+    def _mkdir(self, d: Path) -> None:
+        missing = []
+        p = d
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for m in reversed(missing):
+            m.mkdir()
+            self.created.append(m)
+
+    def _write(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        self.written.add(path)
+
+    def write(self, now: int) -> None:
+        net = self.root / "net"
+        vs = self.root / "sys" / "net" / "ipv4" / "vs"
+        self._mkdir(net)
+        self._mkdir(vs)
+        for name in procfs.PROC_NAMES:
+            self._write(net / name, procfs.render(self.ipvs, name, now))
+        for name, text in procfs.render_sysctl(self.ipvs).items():
+            self._write(vs / name, text)
+
+    def remove(self) -> None:
+        """Remove the files (and the directories) this writer created."""
+        for p in self.written:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        self.written.clear()
+        for d in reversed(self.created):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        self.created.clear()
+
+
+class _FallbackTimers:
+    """Timer work when :mod:`ipvs.core` is not available: the estimator and
+    the destination trash (there are no connections without a data path)."""
+
+    def __init__(self, ipvs: NetnsIPVS) -> None:
+        self.ipvs = ipvs
+
+    def run_timers(self, now: int) -> None:
+        from ipvs.ctl import dest_trash_expire
+
+        self.ipvs.est.run(now)
+        dest_trash_expire(self.ipvs, now)
+
+    def next_timer(self) -> int | None:
+        return None
+
+
+def make_director(ipvs: NetnsIPVS) -> Any:
+    """``ipvs.core.Director(ipvs)``, or a timer-only stand-in if the core is missing."""
+    try:
+        core = importlib.import_module("ipvs.core")
+        return core.Director(ipvs)
+    except (ImportError, AttributeError) as e:
+        log.warning("ipvs.core unavailable (%s): control plane and timers only", e)
+        return _FallbackTimers(ipvs)
+
+
+class Daemon:
+    """The director's main loop.
+
+    ``rules_file`` is restored at :meth:`start` and on SIGHUP (after a
+    flush, as the ipvsadm service's reload does); ``save_file`` receives
+    ``ipvsadm -S -n`` at :meth:`shutdown`.
+    """
+
+    def __init__(
+        self,
+        ipvs: NetnsIPVS,
+        director: Any = None,
+        *,
+        socket_path: str | None = None,
+        allowed_gid: int | None = None,
+        driver: Any = None,
+        procfs_dir: str | None = None,
+        procfs_interval: float = 1.0,
+        rules_file: str | None = None,
+        save_file: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_request: int = MAX_REQUEST,
+    ) -> None:
+        self.ipvs = ipvs
+        self.director = director if director is not None else make_director(ipvs)
+        self.clock = clock
+        self.sel = selectors.DefaultSelector()
+        self.server = ControlServer(
+            ipvs, self.director, socket_path, allowed_gid, max_request=max_request, selector=self.sel, clock=clock
+        )
+        self.driver = None
+        self.procfs = ProcfsWriter(ipvs, procfs_dir) if procfs_dir else None
+        self.procfs_interval = procfs_interval
+        self.rules_file = rules_file
+        self.save_file = save_file
+        self._stop = False
+        self._reload = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._old_handlers: dict[int, Any] = {}
+        self._old_wakeup_fd: int | None = None
+        self._next_procfs = 0.0
+        self._next_sweep = 0.0
+        self.ticks = 0
+        if driver is not None:
+            self.attach_driver(driver)
+
+    # ------------------------------------------------------------ pieces
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def now(self) -> int:
+        return jiffies(self.ipvs.hz, self.clock)
+
+    def attach_driver(self, driver: Any) -> None:
+        """Serve a data-path plug-in's descriptors from this loop."""
+        self.driver = driver
+        for fd in driver.fds():
+            self.sel.register(fd, selectors.EVENT_READ, lambda m, fd=fd: driver.on_readable(fd, self.now()))
+
+    def transport(self) -> InProcessTransport:
+        return InProcessTransport(self.server)
+
+    def _on_wake(self, mask: int) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def wake(self) -> None:
+        """Make a sleeping :meth:`run` look at its flags (thread or signal safe)."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self.wake()
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self.wake()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads (main thread only)."""
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno())
+        for sig, fn in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                        (signal.SIGHUP, self.request_reload)):
+            self._old_handlers[sig] = signal.signal(sig, lambda s, f, fn=fn: fn())
+
+    def restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers.clear()
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._old_wakeup_fd = None
+
+    # ------------------------------------------------------------- rules
+
+    def load_rules(self, path: str, flush_first: bool = False) -> int:
+        """Restore an ``ipvsadm -S`` rules file; returns ipvsadm's exit code."""
+        from ipvs.cli import ipvsadm
+
+        with open(path) as f:
+            lines = f.read().splitlines()
+        err = io.StringIO()
+        tr = self.transport()
+        if flush_first:
+            ipvsadm.main(["-C"], transport=tr, stdout=io.StringIO(), stderr=err)
+        rc = ipvsadm.restore(lines, tr, err)
+        for line in err.getvalue().splitlines():
+            log.warning("%s: %s", path, line)
+        log.info("rules restored from %s (exit %d, %d services)", path, rc, len(self.ipvs.svc_order))
+        return rc
+
+    def save_rules(self, path: str) -> int:
+        """Write ``ipvsadm -S -n`` into ``path`` (atomically)."""
+        from ipvs.cli import ipvsadm
+
+        out, err = io.StringIO(), io.StringIO()
+        rc = ipvsadm.main(["-S", "-n"], transport=self.transport(), stdout=out, stderr=err)
+        if rc == 0:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(out.getvalue())
+            os.replace(tmp, path)
+            log.info("rules saved to %s", path)
+        else:
+            log.error("saving rules failed: %s", err.getvalue().strip())
+        return rc
+
+    # -------------------------------------------------------------- loop
+
+    def start(self) -> None:
+        """Restore the rules file and write the first /proc snapshot."""
+        if self.rules_file:
+            self.load_rules(self.rules_file)
+        if self.procfs is not None:
+            self.procfs.write(self.now())
+            self._next_procfs = self.clock() + self.procfs_interval
+        log.info("control socket %s", display_address(self.address))
+
+    def _timeout(self) -> float:
+        hz = self.ipvs.hz
+        now_s = self.clock()
+        wait = 1.0
+        nt = getattr(self.director, "next_timer", None)
+        due = nt() if nt is not None else None
+        if due is not None:
+            wait = min(wait, max(0.0, due / hz - now_s))
+        if self.driver is not None:
+            pt = self.driver.poll_timeout()
+            if pt is not None:
+                wait = min(wait, max(0.0, pt))
+        if self.procfs is not None:
+            wait = min(wait, max(0.0, self._next_procfs - now_s))
+        return wait
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """Wait for events (at most ``timeout`` or until a timer is due), handle them, run timers."""
+        wait = self._timeout() if timeout is None else timeout
+        for key, mask in self.sel.select(wait):
+            key.data(mask)
+        now = self.now()
+        self.director.run_timers(now)
+        self.ticks += 1
+        if self.driver is not None:
+            self.driver.on_idle(now)
+        now_s = self.clock()
+        if self.procfs is not None and now_s >= self._next_procfs:
+            try:
+                self.procfs.write(now)
+            except OSError as e:
+                log.error("writing %s failed: %s", self.procfs.root, e)
+            self._next_procfs = now_s + self.procfs_interval
+        if now_s >= self._next_sweep:
+            self.server.sweep()
+            self._next_sweep = now_s + 5.0
+        if self._reload:
+            self._reload = False
+            if self.rules_file:
+                try:
+                    self.load_rules(self.rules_file, flush_first=True)
+                except (OSError, ImportError) as e:
+                    log.error("reloading %s failed: %s", self.rules_file, e)
+            else:
+                log.info("SIGHUP: no rules file to reload")
+
+    def run(self) -> None:
+        """Serve until :meth:`request_stop` (or SIGTERM), then shut down."""
+        try:
+            while not self._stop:
+                self.run_once()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Save the rules if asked, close everything, remove the socket and files."""
+        if self.save_file:
+            try:
+                self.save_rules(self.save_file)
+            except (OSError, ImportError) as e:
+                log.error("saving %s failed: %s", self.save_file, e)
+            self.save_file = None
+        if self.driver is not None:
+            try:
+                self.driver.close()
+            finally:
+                self.driver = None
+        self.server.close()
+        if self.procfs is not None:
+            self.procfs.remove()
+        try:
+            self.sel.unregister(self._wake_r)
+        except (KeyError, ValueError):
+            pass
+        self.restore_signal_handlers()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.sel.close()

@@ -1,0 +1,149 @@
+"""ipvs/client.py: addressing, framing, pipelining and transport errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+from ipvs import client
+from ipvs.client import Client, ProtocolError
+
+
+def test_address_order(monkeypatch):
+    monkeypatch.delenv(client.SOCKET_ENV, raising=False)
+    assert client.socket_address() == "\0pyipvs-ipvsd"
+    monkeypatch.setenv(client.SOCKET_ENV, "/run/x.sock")
+    assert client.socket_address() == "/run/x.sock"
+    assert client.socket_address("/tmp/y") == "/tmp/y"
+    assert client.socket_address("@lab") == "\0lab"
+    assert client.display_address("\0lab") == "@lab"
+
+
+def test_encode_is_length_prefixed_utf8_json():
+    frame = client.encode({"cmd": "GET_INFO", "name": "é"})
+    (n,) = struct.unpack("!I", frame[:4])
+    assert n == len(frame) - 4
+    assert json.loads(frame[4:].decode("utf-8")) == {"cmd": "GET_INFO", "name": "é"}
+
+
+def test_no_daemon_is_an_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Client(str(tmp_path / "none.sock")).call({"cmd": "GET_INFO"})
+    # A socket file nobody listens on.
+    path = str(tmp_path / "dead.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    with pytest.raises(ConnectionRefusedError):
+        Client(path).call({"cmd": "GET_INFO"})
+
+
+def test_oversized_request_is_refused_before_sending(tmp_path):
+    with pytest.raises(OSError) as ei:
+        Client(str(tmp_path / "none.sock")).call({"blob": "x" * client.MAX_REQUEST})
+    assert ei.value.errno == errno.EMSGSIZE
+
+
+class FakeServer:
+    """A one-connection server that answers with canned bytes."""
+
+    def __init__(self, path: str, answer) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(1)
+        self.answer = answer
+        self.got = b""
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(5)
+            self.answer(conn, self)
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.sock.close()
+
+
+def _read_frame(conn) -> bytes:
+    hdr = b""
+    while len(hdr) < 4:
+        hdr += conn.recv(4 - len(hdr))
+    (n,) = struct.unpack("!I", hdr)
+    body = b""
+    while len(body) < n:
+        body += conn.recv(n - len(body))
+    return body
+
+
+@pytest.mark.parametrize(
+    "raw, msg",
+    [
+        (struct.pack("!I", 5) + b"nope!", "not JSON"),
+        (struct.pack("!I", 2) + b"[]", "not a JSON object"),
+        (struct.pack("!I", 10) + b"{}", "closed"),  # promised more than sent
+        (struct.pack("!I", client.MAX_REPLY + 1), "over the"),
+        (b"\x00\x00", "closed"),
+    ],
+)
+def test_bad_replies_raise_protocol_error(tmp_path, raw, msg):
+    path = str(tmp_path / "s.sock")
+
+    def answer(conn, srv):
+        _read_frame(conn)
+        conn.sendall(raw)
+
+    srv = FakeServer(path, answer)
+    try:
+        c = Client(path, timeout=5)
+        with pytest.raises(ProtocolError, match=msg) as ei:
+            c.call({"cmd": "GET_INFO"})
+        assert isinstance(ei.value, OSError) and ei.value.errno == errno.EPROTO
+        assert c._sock is None  # a broken stream is not reused
+    finally:
+        srv.close()
+
+
+def test_pipelined_replies_come_back_in_order(tmp_path):
+    path = str(tmp_path / "s.sock")
+    n = 1000
+
+    def answer(conn, srv):
+        for _ in range(n):
+            req = json.loads(_read_frame(conn))
+            conn.sendall(client.encode({"seq": req["seq"], "pid": os.getpid()}))
+
+    srv = FakeServer(path, answer)
+    try:
+        with Client(path, timeout=10) as c:
+            replies = c.call_many([{"seq": i} for i in range(n)], window=64)
+        assert [r["seq"] for r in replies] == list(range(n))
+    finally:
+        srv.close()
+
+
+def test_refusal_after_close_is_still_read(tmp_path):
+    """A daemon that answers and closes before reading still gets its answer across."""
+    path = str(tmp_path / "s.sock")
+
+    def answer(conn, srv):
+        conn.sendall(client.encode({"ok": False, "errno": errno.EPERM}))
+
+    srv = FakeServer(path, answer)
+    try:
+        c = Client(path, timeout=5)
+        c.connect()
+        srv.thread.join(5)  # the server has answered and closed
+        assert not srv.thread.is_alive()
+        reply = c.call({"cmd": "GET_INFO", "pad": "x" * 300_000})
+        assert reply["errno"] == errno.EPERM
+    finally:
+        srv.close()
