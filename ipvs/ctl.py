@@ -444,6 +444,7 @@ def add_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
         netmask=u.netmask,
     )
     svc.scheduler = sched_cls(svc)
+    svc.scheduler.netns = ipvs  # lblc/lblcr read their expiration sysctl through it
     if svc.port == 21 and not svc.fwmark:
         ipvs.ftpsvc_counter += 1
     elif svc.port == 0 and not svc.fwmark:
@@ -472,6 +473,7 @@ def edit_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
         if svc.scheduler is not None:
             svc.scheduler.done_service()
         svc.scheduler = sched_cls(svc)
+        svc.scheduler.netns = ipvs
         # A new scheduler learns the existing destinations oldest first, so
         # its internal view ends up in list order.
         for d in reversed(svc.destinations):
@@ -546,9 +548,11 @@ def _update_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, u: DestUser, add: bo
         _rs_hash(ipvs, svc, dest)
     dest.conn_flags = conn_flags
     dest.tun_type, dest.tun_port, dest.tun_flags = u.tun_type, u.tun_port, u.tun_flags
-    dest.weight = u.weight
-    if u.weight > 0:
+    # The kernel keeps the latest non-zero weight, but an add (even one
+    # reviving a dest from the trash) always sets it, zero included.
+    if add or u.weight != 0:
         dest.last_weight = u.weight
+    dest.weight = u.weight
     # Lowering or removing the upper threshold lifts the overload at once.
     if u.u_threshold == 0 or u.u_threshold > dest.u_threshold:
         dest.flags &= ~IP_VS_DEST_F_OVERLOAD

@@ -26,6 +26,7 @@ from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ctl import Dest, Service
+    from ipvs.netns import NetnsIPVS
 
 log = logging.getLogger("ipvs.sched")
 
@@ -53,9 +54,15 @@ class IPHdr(NamedTuple):
 
 
 class Scheduler:
-    """Base class: one instance per virtual service."""
+    """Base class: one instance per virtual service.
+
+    ``netns`` is the owning :class:`~ipvs.netns.NetnsIPVS` when the control
+    plane sets it after construction; schedulers that read settings
+    (lblc, lblcr: ``lblc_expiration``) use the kernel defaults without it.
+    """
 
     name: ClassVar[str] = ""
+    netns: NetnsIPVS | None = None
 
     def __init__(self, svc: Service) -> None:
         self.svc = svc
@@ -106,6 +113,20 @@ def scheduler_get(name: str) -> type[Scheduler] | None:
 def available_schedulers() -> list[str]:
     """Names that load (for help texts and /proc-like listings)."""
     return [n for n in SCHEDULER_NAMES if scheduler_get(n) is not None]
+
+
+#: ``GOLDEN_RATIO_32`` of ``include/linux/hash.h`` (the multiplier since 4.7).
+GOLDEN_RATIO_32 = 0x61C88647
+
+
+def hash_32(val: int, bits: int) -> int:
+    """The kernel's ``hash_32(val, bits)``: the top ``bits`` of the 32-bit
+    product of the u32 ``val`` and :data:`GOLDEN_RATIO_32`.
+
+    sh, dh, lblc and lblcr hash with it in 6.1 (older kernels multiplied
+    by 2654435761 and kept the low bits).
+    """
+    return (((val & 0xFFFFFFFF) * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
 
 
 def dest_conn_overhead(dest: Dest) -> int:

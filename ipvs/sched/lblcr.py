@@ -1,0 +1,145 @@
+"""Locality-based least-connection scheduling with replication.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_lblcr.c`` (kernel 6.1).  Like lblc
+(:mod:`ipvs.sched.lblc`, whose table, hash and collection it shares), but
+each destination address maps to a *set* of servers, newest first:
+
+* on a hit (``lastuse = now``) the candidate is the set's weighted least
+  loaded member (the first member not overloaded, AVAILABLE and of weight
+  > 0, then any later AVAILABLE, non-overloaded member with a strictly
+  lower overhead/weight);
+* if the set has more than one member and was not modified for
+  ``lblcr_expiration`` (24 h by default), its weighted most loaded member
+  (among weight > 0) is dropped;
+* the candidate is used unless missing or lblc-"overloaded"; otherwise the
+  wlc choice over the service is added to the set (not twice) and used;
+* on a miss the wlc choice starts a new one-member set.
+
+Any insertion or removal sets the set's ``lastmod``.  A miss with no
+destination does not log (the kernel only has a debug message there).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched.lblc import LocalityTable, overloaded
+from ipvs.sched.wlc import wlc_pick
+from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.ctl import Dest, Service
+
+
+@attrs.define(slots=True, eq=False)
+class LBLCREntry:
+    """``struct ip_vs_lblcr_entry`` with its ``ip_vs_dest_set``."""
+
+    addr: bytes
+    dests: list  # newest first, as list_add_rcu leaves them
+    lastmod: int
+    lastuse: int
+
+    def insert(self, dest: Dest, now: int) -> None:
+        """``ip_vs_dest_set_insert`` with the duplicate check."""
+        if any(d is dest for d in self.dests):
+            return
+        self.dests.insert(0, dest)
+        self.lastmod = now
+
+    def erase(self, dest: Dest, now: int) -> None:
+        for i, d in enumerate(self.dests):
+            if d is dest:
+                del self.dests[i]
+                self.lastmod = now
+                return
+
+    def min(self) -> Dest | None:
+        """``ip_vs_dest_set_min``: the weighted least-loaded usable member."""
+        dests = self.dests
+        n = len(dests)
+        i = 0
+        while i < n:
+            least = dests[i]
+            i += 1
+            if least.flags & IP_VS_DEST_F_OVERLOAD:
+                continue
+            if least.weight > 0 and least.flags & IP_VS_DEST_F_AVAILABLE:
+                break
+        else:
+            return None
+        loh = (least.activeconns << 8) + least.inactconns
+        while i < n:
+            d = dests[i]
+            i += 1
+            if d.flags & IP_VS_DEST_F_OVERLOAD:
+                continue
+            doh = (d.activeconns << 8) + d.inactconns
+            if loh * d.weight > doh * least.weight and d.flags & IP_VS_DEST_F_AVAILABLE:
+                least, loh = d, doh
+        return least
+
+    def max(self) -> Dest | None:
+        """``ip_vs_dest_set_max``: the weighted most-loaded member of weight > 0."""
+        dests = self.dests
+        n = len(dests)
+        i = 0
+        while i < n:
+            most = dests[i]
+            i += 1
+            if most.weight > 0:
+                break
+        else:
+            return None
+        moh = (most.activeconns << 8) + most.inactconns
+        while i < n:
+            d = dests[i]
+            i += 1
+            doh = (d.activeconns << 8) + d.inactconns
+            if moh * d.weight < doh * most.weight and d.weight > 0:
+                most, moh = d, doh
+        return most
+
+
+@register_scheduler
+class LBLCR(LocalityTable, Scheduler):
+    """``ip_vs_lblcr_scheduler``."""
+
+    name = "lblcr"
+    expiration_setting = "lblcr_expiration"
+
+    def __init__(self, svc: Service) -> None:
+        Scheduler.__init__(self, svc)
+        LocalityTable.__init__(self)
+
+    def done_service(self) -> None:
+        self.flush()
+
+    def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        if self.next_check is None or now >= self.next_check:
+            self.expire(now)
+        svc = self.svc
+        daddr = iph.daddr
+        en = self.entries.get(daddr)
+        if en is None:
+            d = wlc_pick(svc)
+            if d is not None:
+                self.entries[daddr] = LBLCREntry(daddr, [d], now, now)
+            return d
+        en.lastuse = now
+        d = en.min()
+        if len(en.dests) > 1 and now > en.lastmod + self.expiration(self._hz()):
+            m = en.max()
+            if m is not None:
+                en.erase(m, now)
+        if d is not None and not overloaded(d, svc):
+            return d
+        d = wlc_pick(svc)
+        if d is None:
+            scheduler_err(svc, "no destination available")
+            return None
+        en.insert(d, now)
+        return d

@@ -1,0 +1,261 @@
+"""Maglev hashing scheduling.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_mh.c`` (kernel 6.1), the consistent
+hashing of the Maglev paper (section 3.4).
+
+Table: ``M = 4093`` slots (``primes[CONFIG_IP_VS_MH_TAB_INDEX - 8]`` with
+the default index 12).  Each destination, in list order, gets a preference
+order of the slots: it starts at ``offset = h(hash1, addr, port) % M`` and
+steps by ``skip = h(hash2, addr, port) % (M - 1) + 1``.  Population walks
+the list round and round; a destination takes its next free preferred slot
+``turns`` times in a row before the next one's turn, until all M slots are
+full.  ``turns`` is ``(last_weight / gcd) >> rshift`` (at least 1 for a
+non-zero last_weight), where gcd is over the positive ``last_weight`` and
+``rshift = max(0, fls(max_last_weight / gcd) - 6)`` keeps the turns small.
+``last_weight`` is the latest non-zero weight, so quiescing a destination
+(weight 0) keeps its slots: lookups landing there fail, or fall back.
+The table is rebuilt on add, delete and update; with no positive
+last_weight it is emptied; with more destinations than slots the rebuild
+is refused (-EINVAL in the kernel) and the old table stays.
+
+Lookup: slot ``h(hash1, src, port) % M`` where port is the source port with
+``mh-port`` (``IP_VS_SVC_F_SCHED2``, TCP/UDP/SCTP only), else 0; the
+destination address/port for an ``inverse`` (ICMP-embedded) header.  A
+destination of weight <= 0 or overloaded is unavailable: None, or with
+``mh-fallback`` (``IP_VS_SVC_F_SCHED1``) try ``roffset = (offset + slot)
+% M`` for offset 0..M-1 through ``h(hash1, src, port, roffset) % M``,
+stopping at an empty slot.
+
+Hash: ``h(key, addr, port, offset) = hsiphash(u32(offset + port +
+ntohl(addr_fold)), key)``.  On 64-bit kernels ``hsiphash`` of 4 bytes is
+SipHash-1-3 with the two key words as 64-bit values, the u32 read
+little-endian into the final block ``b = (4 << 56) | v``, and the result
+the low 32 bits of ``v0 ^ v1 ^ v2 ^ v3`` (``lib/siphash.c``,
+``hsiphash_1u32`` with ``HSIPROUND = SIPROUND``).  The keys are fixed:
+``hash1 = (2654435761, 2654435761)``, ``hash2 = (2654446892, 2654446892)``.
+A 32-bit kernel would use HalfSipHash and give different tables.
+
+Differences from the kernel, for speed only: the SipHash initial state
+for each key is computed once, and lookups memoise the slot of recently
+seen keys in a bounded dict (cleared when full); results are identical.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ipvs.ctl import addr_fold
+from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.uapi import (
+    IP_VS_DEST_F_OVERLOAD,
+    IP_VS_SVC_F_SCHED_MH_FALLBACK,
+    IP_VS_SVC_F_SCHED_MH_PORT,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.ctl import Dest, Service
+
+#: The table sizes CONFIG_IP_VS_MH_TAB_INDEX (8..17) selects.
+MH_PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
+#: CONFIG_IP_VS_MH_TAB_INDEX default.
+MH_TAB_INDEX = 12
+MH_TAB_BITS = MH_TAB_INDEX // 2
+MH_TAB_SIZE = MH_PRIMES[MH_TAB_INDEX - 8]
+
+#: ``generate_hash_secret``: the fixed keys, each word a 64-bit value.
+HASH1 = (2654435761, 2654435761)
+HASH2 = (2654446892, 2654446892)
+
+#: Bound of the per-instance memo of lookup slots.
+_MEMO_MAX = 1 << 16
+
+_M64 = 0xFFFFFFFFFFFFFFFF
+_PORT_PROTOS = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP))
+
+
+def _key_state(key: tuple[int, int]) -> tuple[int, int, int, int]:
+    """SipHash's ``PREAMBLE``: the initial v0..v3 for a key."""
+    k0, k1 = key
+    return (
+        0x736F6D6570736575 ^ k0,
+        0x646F72616E646F6D ^ k1,
+        0x6C7967656E657261 ^ k0,
+        0x7465646279746573 ^ k1,
+    )
+
+
+def _siphash13_u32(state: tuple[int, int, int, int], value: int) -> int:
+    """``hsiphash_1u32`` on a 64-bit kernel: SipHash-1-3 of one u32."""
+    v0, v1, v2, v3 = state
+    b = (4 << 56) | (value & 0xFFFFFFFF)
+    v3 ^= b
+    # One compression round, then three finalisation rounds (SIPROUND
+    # unrolled; rotations by 13, 32, 16, 21, 17, 32 on 64-bit words).
+    for rnd in range(4):
+        if rnd == 1:
+            v0 ^= b
+            v2 ^= 0xFF
+        v0 = (v0 + v1) & _M64
+        v1 = ((v1 << 13) | (v1 >> 51)) & _M64
+        v1 ^= v0
+        v0 = ((v0 << 32) | (v0 >> 32)) & _M64
+        v2 = (v2 + v3) & _M64
+        v3 = ((v3 << 16) | (v3 >> 48)) & _M64
+        v3 ^= v2
+        v0 = (v0 + v3) & _M64
+        v3 = ((v3 << 21) | (v3 >> 43)) & _M64
+        v3 ^= v0
+        v2 = (v2 + v1) & _M64
+        v1 = ((v1 << 17) | (v1 >> 47)) & _M64
+        v1 ^= v2
+        v2 = ((v2 << 32) | (v2 >> 32)) & _M64
+    return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
+
+
+def hsiphash_u32(value: int, key: tuple[int, int]) -> int:
+    """``hsiphash(&value, 4, key)`` as a 64-bit kernel computes it."""
+    return _siphash13_u32(_key_state(key), value)
+
+
+_STATE1 = _key_state(HASH1)
+_STATE2 = _key_state(HASH2)
+
+
+def mh_hashkey(state: tuple[int, int, int, int], addr: bytes, port: int, offset: int) -> int:
+    """``ip_vs_mh_hashkey`` (``state`` from the key, see :data:`HASH1`)."""
+    return _siphash13_u32(state, offset + port + addr_fold(addr))
+
+
+def _unavailable(d: Dest) -> bool:
+    return d.weight <= 0 or bool(d.flags & IP_VS_DEST_F_OVERLOAD)
+
+
+@register_scheduler
+class MaglevHashing(Scheduler):
+    """``ip_vs_mh_scheduler``."""
+
+    name = "mh"
+
+    def __init__(self, svc: Service, tab_size: int = MH_TAB_SIZE) -> None:
+        super().__init__(svc)
+        if tab_size not in MH_PRIMES:
+            raise ValueError(f"mh table size must be one of {MH_PRIMES}")
+        self.size = tab_size
+        self.lookup: list[Dest | None] = [None] * tab_size
+        self.gcd = 0
+        self.rshift = 0
+        self._memo: dict[int, int] = {}
+        self._dest_changed()
+
+    # ---------------------------------------------------------- building
+
+    def _dest_changed(self) -> int:
+        """``ip_vs_mh_dest_changed``: recompute gcd/rshift and rebuild.
+
+        Returns 0, or -EINVAL (-22) when there are more destinations than
+        slots, as the kernel hook does.
+        """
+        dests = self.svc.destinations
+        lws = [d.last_weight for d in dests if d.last_weight > 0]
+        self.gcd = math.gcd(*lws) if lws else 0
+        self.rshift = 0
+        if self.gcd >= 1:
+            self.rshift = max(0, (max(lws) // self.gcd).bit_length() - MH_TAB_BITS)
+        if len(dests) > self.size:
+            return -22
+        self._populate()
+        return 0
+
+    def _populate(self) -> None:
+        """``ip_vs_mh_permutate`` + ``ip_vs_mh_populate``."""
+        m = self.size
+        dests = self.svc.destinations
+        if self.gcd < 1:
+            self.lookup = [None] * m
+            return
+        setup = []  # [perm, skip, turns, dest] per dest in list order
+        for d in dests:
+            lw = d.last_weight
+            turns = (lw // self.gcd) >> self.rshift
+            if not turns:
+                turns = 1 if lw else 0
+            offset = mh_hashkey(_STATE1, d.addr, d.port, 0) % m
+            skip = mh_hashkey(_STATE2, d.addr, d.port, 0) % (m - 1) + 1
+            setup.append([offset, skip, turns, d])
+        # Only destinations with turns take slots; visiting the others is
+        # a no-op in the kernel's loop, so leave them out.
+        active = [s for s in setup if s[2] >= 1]
+        lookup: list[Dest | None] = [None] * m
+        taken = bytearray(m)
+        n = 0
+        while True:
+            for s in active:
+                perm, skip, turns, d = s
+                for _ in range(turns):
+                    while taken[perm]:
+                        perm += skip
+                        if perm >= m:
+                            perm -= m
+                    taken[perm] = 1
+                    lookup[perm] = d
+                    n += 1
+                    if n == m:
+                        self.lookup = lookup
+                        self._memo.clear()
+                        return
+                s[0] = perm
+
+    def add_dest(self, dest: Dest) -> None:
+        self._dest_changed()
+
+    def del_dest(self, dest: Dest) -> None:
+        self._dest_changed()
+
+    def upd_dest(self, dest: Dest) -> None:
+        self._dest_changed()
+
+    def done_service(self) -> None:
+        self.lookup = [None] * self.size
+        self._memo.clear()
+
+    # ---------------------------------------------------------- lookup
+
+    def _slot(self, v: int) -> int:
+        memo = self._memo
+        slot = memo.get(v)
+        if slot is None:
+            slot = _siphash13_u32(_STATE1, v) % self.size
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[v] = slot
+        return slot
+
+    def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        flags = self.svc.flags
+        if iph.inverse:
+            addr, port = iph.daddr, iph.dport
+        else:
+            addr, port = iph.saddr, iph.sport
+        if not (flags & IP_VS_SVC_F_SCHED_MH_PORT and iph.protocol in _PORT_PROTOS):
+            port = 0
+        key = port + addr_fold(addr)
+        lookup = self.lookup
+        ihash = self._slot(key & 0xFFFFFFFF)
+        d = lookup[ihash]
+        if d is not None and not _unavailable(d):
+            return d
+        if d is not None and flags & IP_VS_SVC_F_SCHED_MH_FALLBACK:
+            m = self.size
+            for offset in range(m):
+                roffset = (offset + ihash) % m
+                d = lookup[_siphash13_u32(_STATE1, roffset + key) % m]
+                if d is None:
+                    break
+                if not _unavailable(d):
+                    return d
+        scheduler_err(self.svc, "no destination available")
+        return None

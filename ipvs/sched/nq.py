@@ -1,0 +1,41 @@
+"""Never-queue scheduling.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_nq.c`` (kernel 6.1).  Over the
+destinations that are not overloaded and have non-zero weight, in list
+order: the first one with no active connection is taken at once;
+otherwise it is sed, the minimum of ``(active + 1) / weight`` by the strict
+cross-multiplied comparison (ties keep the earlier destination).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.ctl import Dest
+
+
+@register_scheduler
+class NeverQueue(Scheduler):
+    """``ip_vs_nq_scheduler``."""
+
+    name = "nq"
+
+    def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        least = None
+        loh = lw = 0
+        for d in self.svc.destinations:
+            w = d.weight
+            if d.flags & IP_VS_DEST_F_OVERLOAD or not w:
+                continue
+            if d.activeconns == 0:
+                return d  # an idle server: no queueing at all
+            doh = d.activeconns + 1
+            if least is None or loh * w > doh * lw:
+                least, loh, lw = d, doh, w
+        if least is None:
+            scheduler_err(self.svc, "no destination available")
+        return least

@@ -1,0 +1,50 @@
+"""Shortest expected delay scheduling.
+
+Mirrors ``net/netfilter/ipvs/ip_vs_sed.c`` (kernel 6.1).  Like wlc, but
+the overhead is ``activeconns + 1`` (inactive connections do not count):
+the destination minimising ``(active + 1) / weight`` wins.  The first
+candidate must be not overloaded with weight > 0; later ones are only
+checked for OVERLOAD (a weight-0 one cannot win the strict comparison).
+Ties keep the earlier, more recently added destination.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.ctl import Dest
+
+
+@register_scheduler
+class ShortestExpectedDelay(Scheduler):
+    """``ip_vs_sed_scheduler``."""
+
+    name = "sed"
+
+    def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        dests = self.svc.destinations
+        n = len(dests)
+        i = 0
+        while i < n:
+            least = dests[i]
+            i += 1
+            if not least.flags & IP_VS_DEST_F_OVERLOAD and least.weight > 0:
+                break
+        else:
+            scheduler_err(self.svc, "no destination available")
+            return None
+        loh = least.activeconns + 1
+        lw = least.weight
+        while i < n:
+            d = dests[i]
+            i += 1
+            if d.flags & IP_VS_DEST_F_OVERLOAD:
+                continue
+            doh = d.activeconns + 1
+            if loh * d.weight > doh * lw:
+                least, loh, lw = d, doh, d.weight
+        return least
