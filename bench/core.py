@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Core fast-path figures: prints ``name value unit`` lines.
+
+established_pps   client->VIP and RS->client packets of open connections
+new_conn_pps      SYNs that create a connection (rr scheduler)
+bytes_per_conn    memory per held connection over N connections (tracemalloc)
+expire_us_per_conn  cost of expiring them
+
+Run: .venv/bin/python bench/core.py [--conns N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import os
+import sys
+import time
+import tracemalloc
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from ipvs import ctl, uapi  # noqa: E402
+from ipvs.core import NF_STOLEN, Director  # noqa: E402
+from ipvs.packet import ip_send_check, l4_checksum, parse  # noqa: E402
+
+VIP = ipaddress.ip_address("203.0.113.5").packed
+RS = [ipaddress.ip_address(f"172.16.0.{i}").packed for i in (2, 3)]
+
+
+def tcp_frame(src: bytes, sport: int, dst: bytes, dport: int, flags: int, payload: bytes = b"") -> bytearray:
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
+    tot = 20 + 20 + len(payload)
+    ip = bytearray(20)
+    ip[0] = 0x45
+    ip[2:4] = tot.to_bytes(2, "big")
+    ip[6] = 0x40
+    ip[8] = 64
+    ip[9] = 6
+    ip[12:16] = src
+    ip[16:20] = dst
+    tcp = bytearray(20)
+    tcp[0:2] = sport.to_bytes(2, "big")
+    tcp[2:4] = dport.to_bytes(2, "big")
+    tcp[4:8] = (1000).to_bytes(4, "big")
+    tcp[12] = 5 << 4
+    tcp[13] = flags
+    tcp[14:16] = (64240).to_bytes(2, "big")
+    buf = bytearray(eth) + ip + tcp + payload
+    ip_send_check(buf, 14)
+    h = parse(buf, 14)
+    buf[14 + 20 + 16 : 14 + 20 + 18] = l4_checksum(buf, h).to_bytes(2, "big")
+    return buf
+
+
+def director(sched: str = "rr") -> Director:
+    d = Director()
+    su = ctl.ServiceUser(addr=VIP, port=80, sched_name=sched)
+    ctl.add_service(d.ipvs, su)
+    for rs in RS:
+        ctl.add_dest(d.ipvs, su, ctl.DestUser(addr=rs, port=80, conn_flags=uapi.IP_VS_CONN_F_MASQ))
+    d.ipvs.conn_tab.max_conns = 1 << 24
+    return d
+
+
+def client(i: int) -> tuple[bytes, int]:
+    return (0xC6336400 + 2 + (i >> 16)).to_bytes(4, "big"), 1024 + (i & 0xFFFF) % 60000
+
+
+def bench_new(n: int) -> float:
+    d = director()
+    frames = [tcp_frame(*client(i), VIP, 80, 0x02) for i in range(n)]
+    t = time.perf_counter()
+    for f in frames:
+        d.process(f, 14, 1000)
+    return n / (time.perf_counter() - t)
+
+
+def bench_established(nconn: int, rounds: int) -> float:
+    d = director()
+    ins = []
+    outs = []
+    for i in range(nconn):
+        c, p = client(i)
+        syn = tcp_frame(c, p, VIP, 80, 0x02)
+        assert d.process(syn, 14, 1000) == NF_STOLEN
+        rs = syn[30:34]
+        ins.append(bytes(tcp_frame(c, p, VIP, 80, 0x10, b"x" * 100)))
+        outs.append(bytes(tcp_frame(bytes(rs), 80, c, p, 0x10, b"y" * 500)))
+    pkts = [x for pair in zip(ins, outs, strict=True) for x in pair]
+    proc = d.process
+    n = 0
+    t = time.perf_counter()
+    for r in range(rounds):
+        now = 1000 + r
+        for p in pkts:
+            proc(bytearray(p), 14, now)
+        n += len(pkts)
+    return n / (time.perf_counter() - t)
+
+
+def bench_memory(n: int) -> tuple[float, float]:
+    d = director()
+    tab = d.ipvs.conn_tab
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    buf = tcp_frame(*client(0), VIP, 80, 0x02)
+    for i in range(n):
+        c, p = client(i)
+        buf[26:30] = c
+        buf[34:36] = p.to_bytes(2, "big")
+        buf[30:34] = VIP
+        buf[36:38] = b"\x00\x50"
+        d.process(buf, 14, 1000)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(tab) == n, (len(tab), n)
+    t = time.perf_counter()
+    d.run_timers(1000 + 3 * 60 * 250)
+    dt = time.perf_counter() - t
+    assert len(tab) == 0
+    return used / n, dt / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conns", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    a = ap.parse_args()
+    n = 20_000 if a.quick else 200_000
+    print(f"new_conn_pps {bench_new(n):.0f} pkt/s")
+    print(f"established_pps {bench_established(1000, 20 if a.quick else 200):.0f} pkt/s")
+    per, exp = bench_memory(20_000 if a.quick else a.conns)
+    print(f"bytes_per_conn {per:.0f} B")
+    print(f"expire_us_per_conn {exp:.2f} us")
+
+
+if __name__ == "__main__":
+    main()
