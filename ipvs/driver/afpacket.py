@@ -1,0 +1,662 @@
+"""The data path on real NICs: AF_PACKET rings feeding :class:`ipvs.core.Director`.
+
+This is what the kernel's netfilter hooks, IP routing, ARP and output
+path do around ``ip_vs_core.c``; here they are the daemon's data-path
+plug-in (``tools/ipvsd --outer IF --inner IF``).  One or two interfaces:
+
+* **outer**: where clients come from.  The driver answers ARP for the VIPs
+  (every service address in ``ipvs.svc_table``) and for its outer address,
+  which is also the masquerading address.
+* **inner**: the real servers' network.  The driver answers ARP for the
+  inner address, the real servers' default gateway (172.16.0.1 in the lab).
+* or one interface (``--interface``) playing both parts.
+
+Two ways to sit on a NIC:
+
+* ``--mode spare``: the NIC has no kernel addresses; the driver is the
+  host there.  It answers ARP, replies to pings to its addresses and sends
+  TCP resets and ICMP port unreachables for closed ports, as the kernel
+  would.
+* ``--mode shared``: the kernel keeps its addresses (and everything not
+  stolen); early nftables drop rules (:mod:`ipvs.driver.nft`) keep it off
+  the services, the masquerading ports and the traffic the driver routes.
+
+For each received IPv4 frame: fragments are reassembled
+(:mod:`ipvs.driver.frag`), then the core decides.  ``NF_STOLEN``: the
+rewritten packet is routed by its destination and sent, refragmented if it
+was reassembled.  ``NF_ACCEPT``: the packet is not IPVS traffic, so the
+driver does what the host would: masquerade the real servers' own
+connections (:mod:`ipvs.driver.masq`) and undo it for the answers, deliver
+to itself, route it if ``--forward`` says so, or drop it (counted, like a
+host with ``ip_forward=0``).  ICMP errors the core queues in
+``ipvs.outbox`` are routed and sent the same way.
+
+Offloads stay on: frames carry a ``virtio_net_hdr`` (:mod:`ipvs.driver.ring`),
+GSO super-frames are handled whole and the core is told when a checksum is
+partial.  ``--strict-checksums`` turns TX checksumming and TSO off on the
+director's interfaces for the run, so every checksum the driver emits is
+computed in software and a wrong one is caught by the receivers.
+
+Differences from the kernel, and why: no IPv6 data path yet (the core
+passes IPv6 through); 802.1Q-tagged frames are dropped (use a VLAN
+device); routes are the connected networks plus ``--route`` entries, not
+the kernel's FIB; no ICMP rate limiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import ipaddress
+import logging
+import shutil
+import socket
+import struct
+import subprocess
+from collections import Counter
+
+from ipvs.driver import bpf, nft
+from ipvs.driver.frag import Reassembler, fragment
+from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
+from ipvs.driver.neigh import (
+    ARPOP_REPLY,
+    ARPOP_REQUEST,
+    BROADCAST,
+    ZERO_MAC,
+    NeighTable,
+    arp_frame,
+    parse_arp,
+)
+from ipvs.driver.ring import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
+from ipvs.packet import (
+    ICMP_DEST_UNREACH,
+    ICMP_EXC_TTL,
+    ICMP_FRAG_NEEDED,
+    ICMP_PORT_UNREACH,
+    ICMP_TIME_EXCEEDED,
+    IP_DF,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    csum_words,
+    icmp_checksum,
+    ip_send_check,
+    l4_csum_full,
+    parse,
+)
+from ipvs.proto.icmp import build_error
+
+log = logging.getLogger("ipvs.driver")
+
+NF_DROP, NF_ACCEPT, NF_STOLEN = 0, 1, 2
+#: Offset of the IP header in a frame buffer: vnet header + Ethernet.
+L3 = VNET_HDR_LEN + 14
+ETH_IP = b"\x08\x00"
+ICMP_PROT_UNREACH = 2
+ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+
+_I = struct.Struct("!I")
+_H = struct.Struct("!H")
+SIOCGIFHWADDR = 0x8927
+SIOCGIFMTU = 0x8921
+
+
+def if_info(name: str) -> tuple[bytes, int]:
+    """(MAC address, MTU) of an interface, by ioctl."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("16s24x", name.encode())
+        mac = fcntl.ioctl(s, SIOCGIFHWADDR, req)[18:24]
+        mtu = struct.unpack_from("i", fcntl.ioctl(s, SIOCGIFMTU, req), 16)[0]
+    finally:
+        s.close()
+    return bytes(mac), mtu
+
+
+def _net(text: str) -> tuple[int, int, int]:
+    """'a.b.c.d/p' -> (address, mask, prefix length) as host-order ints."""
+    iface = ipaddress.IPv4Interface(text)
+    return int(iface.ip), int(iface.network.netmask), iface.network.prefixlen
+
+
+class Port:
+    """One interface of the director: its ring, addresses and neighbours."""
+
+    def __init__(self, name: str, role: str, addr: int, mask: int, hz: int,
+                 mac: bytes | None = None, mtu: int = 1500, ring=None) -> None:
+        self.name = name
+        self.role = role  # "outer", "inner" or "both"
+        self.addr = addr
+        self.addr_b = _I.pack(addr)
+        self.mask = mask
+        self.net = addr & mask
+        self.mac = mac or ZERO_MAC
+        self.mtu = mtu
+        self.ring = ring
+        self.neigh = NeighTable(hz)
+        self.arp_for: set[int] = {addr}
+
+    def queue(self, buf: bytearray, n: int) -> bool:
+        return self.ring.queue(buf, n)
+
+    def flush(self) -> None:
+        self.ring.flush()
+
+
+class AFPacketDriver:
+    """The daemon's data-path plug-in (see :mod:`ipvs.daemon`).
+
+    Built by :func:`from_args` on real interfaces; tests build it with
+    ports whose ``ring`` is any object with ``queue(buf, n)`` and
+    ``flush()`` and feed frames to :meth:`rx_frame`.
+    """
+
+    def __init__(self, director, ports: list[Port], mode: str = "spare",
+                 masq_nets: list[tuple[int, int]] | None = None,
+                 masq_ports: tuple[int, int] = (PORT_MASQ_BEGIN, PORT_MASQ_END),
+                 routes: list[tuple[int, int, int]] | None = None,
+                 forward: bool = False, batch: int = 256) -> None:
+        self.d = director
+        self.ipvs = director.ipvs
+        self.hz = self.ipvs.hz
+        self.ports = ports
+        self.mode = mode
+        self.batch = batch
+        self.forward = forward
+        self.outer = next(p for p in ports if p.role in ("outer", "both"))
+        self.inner = [p for p in ports if p.role in ("inner", "both")]
+        self.inner_mtu = min((p.mtu for p in self.inner), default=None)
+        self.by_fd = {p.ring.fileno(): p for p in ports if hasattr(p.ring, "fileno")}
+        self.now = 0
+        self.drops: Counter = Counter()
+        self.counts: Counter = Counter()
+        self.frags = Reassembler(self.hz)
+        self.masq = None
+        if masq_nets:
+            self.masq = Masq(masq_nets, self.outer.addr, self.hz, ports=masq_ports)
+        # Routes: connected networks of the ports, then the configured ones.
+        self.routes: list[tuple[int, int, int, Port, int]] = []
+        for p in ports:
+            self.routes.append((p.net, p.mask, bin(p.mask).count("1"), p, 0))
+        for net, mask, gw in routes or ():
+            gp = self._connected(gw)
+            if gp is None:
+                raise ValueError(f"gateway {ipaddress.IPv4Address(gw)} is on no interface's network")
+            self.routes.append((net & mask, mask, bin(mask).count("1"), gp, gw))
+        self.routes.sort(key=lambda r: -r[2])
+        self.route_cache: dict[int, tuple[Port, int] | None] = {}
+        self.svc_keys: frozenset = frozenset()
+        self.vips: set[int] = set()
+        self.local: set[int] = {p.addr for p in ports}
+        self._next_tick = 0
+        self._cur: Port = ports[0]
+        self._handler = self.rx_frame_cur
+        self.sync_services(force=True)
+
+    # ------------------------------------------------------------ plug-in API
+
+    def fds(self) -> list[int]:
+        return list(self.by_fd)
+
+    def on_readable(self, fd: int, now: int) -> None:
+        """Drain one interface's RX ring (one batch), then send what it produced."""
+        p = self.by_fd.get(fd)
+        if p is None:
+            return
+        self.now = now
+        self._cur = p
+        p.ring.rx(self._handler, self.batch)
+        self._after_batch()
+
+    def poll_timeout(self) -> float | None:
+        """Seconds until :meth:`on_idle` has neighbour or expiry work."""
+        wait = 1.0
+        for p in self.ports:
+            t = p.neigh.next_event(self.now)
+            if t is not None:
+                wait = min(wait, max(0.0, (t - self.now) / self.hz))
+        return wait
+
+    def on_idle(self, now: int) -> None:
+        """Neighbour retransmissions and probes, expiry, filter updates, TX flush."""
+        self.now = now
+        self.sync_services()
+        if now >= self._next_tick:
+            self._next_tick = now + max(1, self.hz // 10)
+            for p in self.ports:
+                for ip, mac in p.neigh.tick(now):
+                    self._arp_request(p, ip, mac)
+            self.frags.expire(now)
+            if self.masq is not None:
+                self.masq.expire(now)
+        self._after_batch()
+
+    def close(self) -> None:
+        """Close the sockets and remove everything installed on the machine."""
+        for p in self.ports:
+            if hasattr(p.ring, "close"):
+                p.ring.close()
+        if self.mode == "shared":
+            nft.remove()
+        for undo in getattr(self, "_undo", []):
+            subprocess.run(undo, capture_output=True)
+        self._undo = []
+
+    # ------------------------------------------------------------ services
+
+    def sync_services(self, force: bool = False) -> None:
+        """Follow the service table: VIPs to answer ARP for, filters, nft sets."""
+        keys = frozenset(self.ipvs.svc_table)
+        if keys == self.svc_keys and not force:
+            return
+        self.svc_keys = keys
+        svcs = {(s.addr, s.protocol, s.port) for s in self.ipvs.svc_table.values()
+                if s.af == socket.AF_INET and not s.fwmark}
+        self.vips = {_I.unpack(a)[0] for a, _, _ in svcs}
+        self.outer.arp_for = {self.outer.addr} | self.vips
+        if self.mode == "spare":
+            self.local = {p.addr for p in self.ports} | self.vips
+        for p in self.ports:
+            ring = p.ring
+            if hasattr(ring, "set_filter"):
+                ring.set_filter(self.filter_for(p))
+        if self.mode == "shared" and getattr(self, "_nft_ready", False):
+            nft.sync_services(svcs)
+
+    def filter_for(self, p: Port) -> bytes:
+        """The BPF program for port ``p`` (see :mod:`ipvs.driver.bpf`)."""
+        daddrs: set[int] = set()
+        src_nets: list[tuple[int, int]] = []
+        exclude: set[int] = set()
+        masq = None
+        if p.role in ("outer", "both"):
+            daddrs |= self.vips
+            if self.mode == "spare":
+                daddrs.add(p.addr)
+            elif self.masq is not None:
+                masq = (p.addr, self.masq.lo, self.masq.hi)
+        if p.role in ("inner", "both"):
+            if self.mode == "spare":
+                daddrs.add(p.addr)
+            else:
+                exclude = {q.addr for q in self.ports} | self.vips
+            src_nets.append((p.net, p.mask))
+            if self.masq is not None:
+                src_nets += self.masq.nets
+        if self.forward:
+            return bpf.build(all_ipv4=True)
+        return bpf.build(daddrs, src_nets, exclude, masq)
+
+    # ------------------------------------------------------------ receive
+
+    def rx_frame_cur(self, buf: bytearray, status: int = 0) -> None:
+        self.rx_frame(self._cur, buf)
+
+    def rx_frame(self, p: Port, buf: bytearray) -> None:
+        """Handle one received frame (vnet header first) from port ``p``."""
+        et = buf[22:24]
+        if et == ETH_IP:
+            self._ip_in(p, buf)
+        elif et == b"\x08\x06":
+            self._arp_in(p, buf)
+        else:
+            self.drops["not_ipv4"] += 1
+
+    def _ip_in(self, p: Port, buf: bytearray) -> None:
+        n = len(buf)
+        if n < L3 + 20 or buf[L3] >> 4 != 4:
+            self.drops["bad_ip"] += 1
+            return
+        if buf[10:16] != p.mac and not buf[10] & 1:
+            self.drops["otherhost"] += 1
+            return
+        ihl = (buf[L3] & 0x0F) << 2
+        if ihl < 20 or n < L3 + ihl or csum_words(buf[L3 : L3 + ihl]) != 0xFFFF:
+            self.drops["ip_csum"] += 1
+            return
+        maxfrag = 0
+        if buf[L3 + 6] & 0x3F or buf[L3 + 7]:
+            got = self.frags.add(buf, L3, self.now)
+            if got is None:
+                return
+            buf, maxfrag = got
+        gso = buf[1]
+        d = self.d
+        d.mtu = None if gso else self.inner_mtu
+        verdict = d.process(buf, L3, self.now, bool(buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM))
+        if verdict == NF_STOLEN:
+            self.counts["ipvs"] += 1
+            self.route_out(buf, L3, maxfrag)
+        elif verdict == NF_ACCEPT:
+            self._not_ipvs(p, buf, maxfrag)
+        else:
+            self.drops["ipvs_drop"] += 1
+
+    def _not_ipvs(self, p: Port, buf: bytearray, maxfrag: int) -> None:
+        """What the host does with a packet IPVS did not take."""
+        daddr = _I.unpack_from(buf, L3 + 16)[0]
+        partial = bool(buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+        masq = self.masq
+        if masq is not None and daddr == masq.maddr:
+            if masq.in_(buf, L3, partial, self.now):
+                if self._forward_ttl(p, buf):
+                    self.counts["masq_in"] += 1
+                    self.route_out(buf, L3, maxfrag)
+                return
+        if daddr in self.local or (daddr & 0xFF) == 0xFF and self._is_bcast(daddr):
+            if self.mode == "spare":
+                self._local_in(p, buf)
+            return
+        if self.mode == "shared" and daddr in {q.addr for q in self.ports}:
+            return
+        saddr = _I.unpack_from(buf, L3 + 12)[0]
+        if masq is not None and masq.matches(saddr) and p.role != "outer":
+            if not self._forward_ttl(p, buf):
+                return
+            if masq.out(buf, L3, partial, self.now):
+                self.counts["masq_out"] += 1
+                self.route_out(buf, L3, maxfrag)
+            else:
+                self.drops["masq"] += 1
+            return
+        if self.forward:
+            if self._forward_ttl(p, buf):
+                self.counts["forwarded"] += 1
+                self.route_out(buf, L3, maxfrag)
+            return
+        self.drops["not_forwarded"] += 1
+
+    def _is_bcast(self, daddr: int) -> bool:
+        return any(daddr == (p.net | (~p.mask & 0xFFFFFFFF)) for p in self.ports)
+
+    def _forward_ttl(self, p: Port, buf: bytearray) -> bool:
+        """``ip_forward``'s TTL step: time exceeded at TTL <= 1, else decrement."""
+        if buf[L3 + 8] <= 1:
+            self._icmp_error(buf, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, p.addr_b)
+            self.drops["ttl"] += 1
+            return False
+        buf[L3 + 8] -= 1
+        check = _H.unpack_from(buf, L3 + 10)[0] + 0x0100
+        _H.pack_into(buf, L3 + 10, (check + (check >> 16)) & 0xFFFF)
+        return True
+
+    def _icmp_error(self, buf: bytearray, icmp_type: int, code: int, src: bytes, info: int = 0) -> None:
+        end = L3 + (buf[L3 + 2] << 8 | buf[L3 + 3])
+        if buf[L3 + 9] == IPPROTO_ICMP and end - L3 > ((buf[L3] & 15) << 2) and \
+                buf[L3 + ((buf[L3] & 15) << 2)] not in (ICMP_ECHO, ICMP_ECHOREPLY, 13, 15, 17):
+            return  # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
+        self.ipvs.outbox.append(build_error(buf, L3, end, icmp_type, code, src, info=info))
+
+    def _local_in(self, p: Port, buf: bytearray) -> None:
+        """Spare mode: the director's own addresses answer like a host's."""
+        h = parse(buf, L3)
+        if not hasattr(h, "l4"):
+            return
+        proto = h.protocol
+        end = h.end
+        dst = bytes(buf[L3 + 16 : L3 + 20])
+        if proto == IPPROTO_ICMP:
+            if end - h.l4 >= 8 and buf[h.l4] == ICMP_ECHO:
+                out = bytearray(buf[L3:end])
+                out[12:16], out[16:20] = buf[L3 + 16 : L3 + 20], buf[L3 + 12 : L3 + 16]
+                out[8] = 64
+                ip_send_check(out, 0)
+                l4 = h.l4 - L3
+                out[l4] = ICMP_ECHOREPLY
+                _H.pack_into(out, l4 + 2, icmp_checksum(out, l4, len(out)))
+                self.counts["echo_reply"] += 1
+                self.ipvs.outbox.append(out)
+            return
+        if dst[3] == 0xFF and self._is_bcast(_I.unpack(dst)[0]):
+            return
+        if proto == IPPROTO_UDP:
+            self._icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, dst)
+        elif proto == IPPROTO_TCP:
+            self._tcp_reset(buf, h)
+        else:
+            self._icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PROT_UNREACH, dst)
+
+    def _tcp_reset(self, buf: bytearray, h) -> None:
+        """``tcp_v4_send_reset`` for a segment to a closed port."""
+        l4 = h.l4
+        if h.end - l4 < 20:
+            return
+        flags = buf[l4 + 13]
+        if flags & TCP_RST:
+            return
+        sport, dport, seq, ack = struct.unpack_from("!HHII", buf, l4)
+        doff = (buf[l4 + 12] >> 4) << 2
+        out = bytearray(40)
+        struct.pack_into("!BBHHHBBH4s4s", out, 0, 0x45, 0, 40, 0, IP_DF, 64, IPPROTO_TCP, 0,
+                         bytes(buf[L3 + 16 : L3 + 20]), bytes(buf[L3 + 12 : L3 + 16]))
+        if flags & TCP_ACK:
+            struct.pack_into("!HHIIBBH", out, 20, dport, sport, ack, 0, 5 << 4, TCP_RST, 0)
+        else:
+            seglen = h.end - l4 - doff + bool(flags & TCP_SYN) + bool(flags & TCP_FIN)
+            struct.pack_into("!HHIIBBH", out, 20, dport, sport, 0, (seq + seglen) & 0xFFFFFFFF, 5 << 4,
+                             TCP_RST | TCP_ACK, 0)
+        ip_send_check(out, 0)
+        l4_csum_full(out, parse(out, 0))
+        self.counts["tcp_reset"] += 1
+        self.ipvs.outbox.append(out)
+
+    # ------------------------------------------------------------ ARP
+
+    def _arp_in(self, p: Port, buf: bytearray) -> None:
+        a = parse_arp(buf, L3)
+        if a is None:
+            self.drops["bad_arp"] += 1
+            return
+        op, sha, spa, _tha, tpa = a
+        if sha == p.mac or spa == 0:
+            return
+        ours = tpa in p.arp_for
+        on_link = spa & p.mask == p.net
+        if on_link:
+            for qbuf, n in p.neigh.confirm(spa, sha, self.now, create=ours and op == ARPOP_REQUEST):
+                self._send(p, qbuf, n, sha)
+        if op == ARPOP_REQUEST and ours:
+            self.counts["arp_reply"] += 1
+            f = arp_frame(ARPOP_REPLY, p.mac, tpa, sha, spa, sha)
+            p.queue(f, len(f))
+
+    def _arp_request(self, p: Port, ip: int, mac: bytes | None) -> None:
+        f = arp_frame(ARPOP_REQUEST, p.mac, p.addr, ZERO_MAC, ip, mac or BROADCAST)
+        p.queue(f, len(f))
+
+    # ------------------------------------------------------------ transmit
+
+    def route(self, daddr: int) -> tuple[Port, int] | None:
+        """(port, next hop) for ``daddr``: longest prefix match, cached."""
+        r = self.route_cache.get(daddr, False)
+        if r is not False:
+            return r
+        r = None
+        for net, mask, _plen, port, gw in self.routes:
+            if daddr & mask == net:
+                r = (port, gw or daddr)
+                break
+        if len(self.route_cache) > 65536:
+            self.route_cache.clear()
+        self.route_cache[daddr] = r
+        return r
+
+    def _connected(self, ip: int) -> Port | None:
+        for p in self.ports:
+            if ip & p.mask == p.net:
+                return p
+        return None
+
+    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0) -> None:
+        """Route the IP packet at ``buf[l3:]`` (after vnet+Ethernet) and send it."""
+        daddr = _I.unpack_from(buf, l3 + 16)[0]
+        r = self.route(daddr)
+        if r is None:
+            self.drops["no_route"] += 1
+            return
+        port, nh = r
+        tot = buf[l3 + 2] << 8 | buf[l3 + 3]
+        limit = port.mtu
+        if maxfrag and maxfrag < limit:
+            limit = maxfrag
+        if tot > limit and not buf[1]:
+            if buf[l3 + 6] & 0x40 and not maxfrag:
+                # DF and too big: the core checked the path towards the real
+                # servers; this is the other direction (or a routed packet).
+                self._icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, self._src_for(buf, l3), port.mtu)
+                self.drops["frag_needed"] += 1
+                return
+            for f in fragment(buf, l3, limit):
+                self._send(port, f, len(f), port.neigh.mac.get(nh), nh)
+            self.counts["fragmented"] += 1
+            return
+        self._send(port, buf, l3 + tot, port.neigh.mac.get(nh), nh)
+
+    def _src_for(self, buf: bytearray, l3: int) -> bytes:
+        r = self.route(_I.unpack_from(buf, l3 + 12)[0])
+        return r[0].addr_b if r else self.outer.addr_b
+
+    def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int = 0) -> None:
+        if mac is None:
+            if port.neigh.enqueue(nh, buf, n, self.now):
+                self._arp_request(port, nh, None)
+            return
+        buf[10:16] = mac
+        buf[16:22] = port.mac
+        buf[22:24] = ETH_IP
+        if not port.queue(buf, n):
+            self.drops["tx"] += 1
+
+    def _after_batch(self) -> None:
+        box = self.ipvs.outbox
+        while box:
+            pkt = box.pop(0)
+            self.counts["icmp_out"] += 1
+            self.route_out(bytearray(L3) + pkt, L3)
+        for p in self.ports:
+            p.flush()
+
+    def counters(self) -> dict:
+        """Everything counted, for logs and tests."""
+        out = {f"drop_{k}": v for k, v in self.drops.items()}
+        out.update(self.counts)
+        for p in self.ports:
+            rs = getattr(p.ring, "stats", None)
+            if rs is not None:
+                for k in ("rx_frames", "rx_truncated", "rx_vlan", "tx_frames", "tx_ring_full", "tx_too_big"):
+                    out[f"{p.name}_{k}"] = getattr(rs, k)
+            out[f"{p.name}_neigh_failed"] = p.neigh.stats.failed
+        for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):
+            out[f"frag_{k}"] = getattr(self.frags.stats, k)
+        if self.masq is not None:
+            for k in ("created", "expired", "out_packets", "in_packets", "no_port", "table_full"):
+                out[f"masq_{k}"] = getattr(self.masq.stats, k)
+        return out
+
+
+# ---------------------------------------------------------------- options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The AF_PACKET options of ``tools/ipvsd``."""
+    g = parser.add_argument_group("AF_PACKET data path")
+    g.add_argument("--outer", metavar="IF", help="interface facing the clients (VIPs answered here)")
+    g.add_argument("--outer-addr", metavar="ADDR/LEN",
+                   help="the director's address on the outer network (ARP source, masquerading address)")
+    g.add_argument("--inner", metavar="IF", help="interface facing the real servers")
+    g.add_argument("--inner-addr", metavar="ADDR/LEN", help="the real servers' gateway address, e.g. 172.16.0.1/24")
+    g.add_argument("--interface", metavar="IF", help="one interface for both sides (with --addr)")
+    g.add_argument("--addr", metavar="ADDR/LEN", help="the director's address with --interface")
+    g.add_argument("--mode", choices=("spare", "shared"), default="spare",
+                   help="spare: the NICs have no kernel addresses; shared: the kernel keeps them and "
+                        "nftables drop rules keep it off the stolen traffic (default spare)")
+    g.add_argument("--route", action="append", default=[], metavar="NET/LEN,GATEWAY",
+                   help="an extra route, e.g. 0.0.0.0/0,198.51.100.254 (repeatable)")
+    g.add_argument("--masquerade", action="append", default=[], metavar="SUBNET",
+                   help="masquerade outbound connections from SUBNET (repeatable), like "
+                        "'ipchains -A forward -j MASQ -s SUBNET'")
+    g.add_argument("--masq-ports", default=f"{PORT_MASQ_BEGIN}-{PORT_MASQ_END}", metavar="LO-HI",
+                   help="masquerading port range (default %(default)s)")
+    g.add_argument("--forward", action="store_true",
+                   help="route transit traffic that is neither IPVS nor masqueraded (ip_forward=1)")
+    g.add_argument("--strict-checksums", action="store_true",
+                   help="turn TX checksum offload and TSO off on the director's interfaces for the run")
+    g.add_argument("--ring-blocks", type=int, default=16, metavar="N",
+                   help="1 MiB blocks per RX and per TX ring (15 slots each, default %(default)s)")
+    g.add_argument("--batch", type=int, default=256, metavar="N", help="frames per ring drain (default %(default)s)")
+
+
+def _ethtool_off(ifname: str) -> list[str] | None:
+    ethtool = shutil.which("ethtool")
+    if ethtool is None:
+        raise RuntimeError("--strict-checksums needs ethtool")
+    subprocess.run([ethtool, "-K", ifname, "tx", "off", "tso", "off"], capture_output=True, check=True)
+    return [ethtool, "-K", ifname, "tx", "on", "tso", "on"]
+
+
+def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
+    """Build the driver from ``tools/ipvsd``'s options; None without interfaces."""
+    hz = director.ipvs.hz
+    specs: list[tuple[str, str, str]] = []
+    if getattr(args, "interface", None):
+        if not args.addr:
+            raise SystemExit("--interface needs --addr ADDR/LEN")
+        specs.append((args.interface, "both", args.addr))
+    elif getattr(args, "outer", None):
+        if not args.outer_addr:
+            raise SystemExit("--outer needs --outer-addr ADDR/LEN")
+        specs.append((args.outer, "outer", args.outer_addr))
+        if args.inner:
+            if not args.inner_addr:
+                raise SystemExit("--inner needs --inner-addr ADDR/LEN")
+            specs.append((args.inner, "inner", args.inner_addr))
+    else:
+        return None
+    if len(specs) == 1 and specs[0][1] == "outer":
+        specs[0] = (specs[0][0], "both", specs[0][2])
+    routes = []
+    for r in args.route:
+        net, _, gw = r.partition(",")
+        n = ipaddress.IPv4Network(net, strict=False)
+        routes.append((int(n.network_address), int(n.netmask), int(ipaddress.IPv4Address(gw))))
+    masq_nets = []
+    for m in args.masquerade:
+        n = ipaddress.IPv4Network(m, strict=False)
+        masq_nets.append((int(n.network_address), int(n.netmask)))
+    lo, _, hi = args.masq_ports.partition("-")
+    undo = []
+    ports: list[Port] = []
+    try:
+        if args.strict_checksums:
+            for name, _role, _a in specs:
+                undo.append(_ethtool_off(name))
+        if args.mode == "shared":
+            inner_ifs = [name for name, role, _ in specs if role != "outer"]
+            masq = None
+            if masq_nets:
+                masq = (str(ipaddress.IPv4Interface(specs[0][2]).ip), int(lo), int(hi))
+            nft.install(inner_ifs if len(specs) > 1 else [], masq)
+        for name, role, a in specs:
+            addr, mask, _plen = _net(a)
+            mac, mtu = if_info(name)
+            ring = RingSocket(name, blocks=args.ring_blocks, bpf=bpf.build())
+            ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
+        drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
+                             args.forward, args.batch)
+        drv._undo = undo
+        drv._nft_ready = args.mode == "shared"
+        drv.sync_services(force=True)
+    except BaseException:
+        for p in ports:
+            p.ring.close()
+        if args.mode == "shared":
+            nft.remove()
+        for u in undo:
+            subprocess.run(u, capture_output=True)
+        raise
+    log.info("AF_PACKET data path on %s (%s mode)", ", ".join(f"{n} ({r})" for n, r, _ in specs), args.mode)
+    return drv

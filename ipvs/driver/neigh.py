@@ -1,0 +1,175 @@
+"""ARP frames and the neighbour cache of one interface.
+
+Mirrors, in a much smaller form, ``net/ipv4/arp.c`` and
+``net/core/neighbour.c``: the driver answers ARP requests for the
+addresses it owns (the VIPs on the outer side, the real servers' gateway
+on the inner side), learns the sender of every request aimed at it,
+resolves next hops with broadcast requests and refreshes resolved entries
+with unicast probes before they go stale.
+
+Differences from the kernel, and why:
+
+* States are fewer: an entry is incomplete (being resolved, with a small
+  queue of frames waiting for it) or resolved.  A resolved entry older
+  than the reachable time (30 s) is probed by unicast up to three times,
+  once a second, and keeps being used meanwhile (the kernel's STALE,
+  DELAY and PROBE states in one); without an answer it is removed and
+  the next frame resolves it again.
+* The queue holds at most :data:`QUEUE_FRAMES` frames (the kernel bounds
+  it in bytes, 212992 by default); the oldest is dropped first.
+* An unresolvable next hop drops its queue, counted; the kernel would
+  also send an ICMP host unreachable for forwarded traffic.
+
+Times are jiffies (``now``), as everywhere above the driver's clock.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+ARPOP_REQUEST = 1
+ARPOP_REPLY = 2
+BROADCAST = b"\xff" * 6
+ZERO_MAC = b"\0" * 6
+VNET_ZERO = b"\0" * 10
+#: vnet header + Ethernet + ARP for Ethernet/IPv4.
+ARP_FRAME_LEN = 10 + 14 + 28
+
+_ARP = struct.Struct("!HHBBH6sI6sI")
+_ETH = struct.Struct("!6s6sH")
+
+REACHABLE_S = 30
+RETRANS_S = 1
+MAX_PROBES = 3
+QUEUE_FRAMES = 16
+
+
+def arp_frame(op: int, src_mac: bytes, spa: int, tha: bytes, tpa: int, eth_dst: bytes) -> bytearray:
+    """An ARP frame for Ethernet/IPv4, vnet header first (all zero)."""
+    buf = bytearray(ARP_FRAME_LEN)
+    _ETH.pack_into(buf, 10, eth_dst, src_mac, ETH_P_ARP)
+    _ARP.pack_into(buf, 24, 1, ETH_P_IP, 6, 4, op, src_mac, spa, tha, tpa)
+    return buf
+
+
+def parse_arp(buf: bytearray, l3: int):
+    """(op, sha, spa, tha, tpa) of an Ethernet/IPv4 ARP packet, or None."""
+    if len(buf) < l3 + 28:
+        return None
+    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(buf, l3)
+    if htype != 1 or ptype != ETH_P_IP or hlen != 6 or plen != 4:
+        return None
+    return op, sha, spa, tha, tpa
+
+
+@attrs.define(slots=True, eq=False)
+class Neigh:
+    """One neighbour: its MAC once known, and when it was last confirmed."""
+
+    ip: int
+    mac: bytes | None = None
+    confirmed: int = 0
+    probes: int = 0
+    next_probe: int = 0
+    queue: list = attrs.field(factory=list)
+
+
+@attrs.define(slots=True)
+class NeighStats:
+    resolved: int = 0
+    failed: int = 0
+    queue_drops: int = 0
+    probes_sent: int = 0
+
+
+class NeighTable:
+    """Neighbour cache of one interface (IPv4 addresses as host-order ints).
+
+    ``mac`` is the fast-path dict of resolved entries; everything else goes
+    through the methods, which return what the caller must transmit.
+    """
+
+    def __init__(self, hz: int) -> None:
+        self.hz = hz
+        self.mac: dict[int, bytes] = {}
+        self.entries: dict[int, Neigh] = {}
+        self.stats = NeighStats()
+
+    def confirm(self, ip: int, mac: bytes, now: int, create: bool) -> list:
+        """Record ``ip`` at ``mac`` (from an ARP packet).
+
+        Only updates an existing entry unless ``create`` (the kernel creates
+        one for the sender of a request aimed at itself).  Returns the
+        frames that were waiting for this neighbour: (buf, n) pairs whose
+        Ethernet destination the caller must now fill in.
+        """
+        n = self.entries.get(ip)
+        if n is None:
+            if not create:
+                return []
+            n = self.entries[ip] = Neigh(ip)
+        if n.mac is None:
+            self.stats.resolved += 1
+        n.mac = bytes(mac)
+        n.confirmed = now
+        n.probes = 0
+        self.mac[ip] = n.mac
+        waiting, n.queue = n.queue, []
+        return waiting
+
+    def enqueue(self, ip: int, buf: bytearray, n: int, now: int) -> bool:
+        """Queue a frame for an unresolved ``ip``; True if a request must go out now."""
+        e = self.entries.get(ip)
+        new = e is None
+        if new:
+            e = self.entries[ip] = Neigh(ip, probes=1, next_probe=now + RETRANS_S * self.hz)
+            self.stats.probes_sent += 1
+        if len(e.queue) >= QUEUE_FRAMES:
+            e.queue.pop(0)
+            self.stats.queue_drops += 1
+        e.queue.append((buf, n))
+        return new
+
+    def tick(self, now: int) -> list[tuple[int, bytes | None]]:
+        """Retransmit, probe and expire; returns (ip, mac or None) requests to send.
+
+        A None MAC means broadcast (resolution); a MAC means a unicast probe.
+        """
+        out: list[tuple[int, bytes | None]] = []
+        stale = REACHABLE_S * self.hz
+        for ip, e in list(self.entries.items()):
+            if e.mac is None:
+                if now < e.next_probe:
+                    continue
+                if e.probes >= MAX_PROBES:
+                    self.stats.failed += 1
+                    self.stats.queue_drops += len(e.queue)
+                    del self.entries[ip]
+                    continue
+                e.probes += 1
+                e.next_probe = now + RETRANS_S * self.hz
+                out.append((ip, None))
+            elif now - e.confirmed >= stale and now >= e.next_probe:
+                if e.probes >= MAX_PROBES:
+                    del self.entries[ip]
+                    self.mac.pop(ip, None)
+                    continue
+                e.probes += 1
+                e.next_probe = now + RETRANS_S * self.hz
+                out.append((ip, e.mac))
+        self.stats.probes_sent += len(out)
+        return out
+
+    def next_event(self, now: int) -> int | None:
+        """Jiffies of the earliest retransmission or probe due, or None."""
+        best = None
+        stale = REACHABLE_S * self.hz
+        for e in self.entries.values():
+            t = e.next_probe if e.mac is None else max(e.confirmed + stale, e.next_probe)
+            if best is None or t < best:
+                best = t
+        return best

@@ -1,0 +1,234 @@
+"""One NIC as a memory-mapped AF_PACKET socket: TPACKET_V2 RX and TX rings.
+
+This is the driver's only contact with a network device, the counterpart
+of the kernel's netfilter hooks seeing an skb.  The facts it relies on
+were measured on Debian 12 with kernel 6.18 (see ``docs/lab.md``):
+
+* ``PACKET_VNET_HDR`` is on, so the NIC's offloads stay on: GSO frames of
+  up to 64 KB arrive whole with a 10-byte ``virtio_net_hdr`` in front of
+  the Ethernet header, and leave the same way (the kernel segments and
+  checksums them on transmit).  Frames here always carry those 10 bytes
+  first: a frame buffer is ``vnet header | Ethernet | IP ...``.
+* TPACKET_V2, not V3: V3's block-retire timer adds milliseconds of latency
+  at low packet rates.
+* ``PACKET_IGNORE_OUTGOING``: a socket bound to ETH_P_ALL otherwise
+  receives its own transmissions.
+* ``PACKET_LOSS``: a TX slot the kernel cannot send is skipped instead of
+  wedging the ring; frames the device would drop (oversized non-GSO
+  frames) must never be queued at all, the caller checks the MTU.
+* ``SO_RCVBUFFORCE``: the default receive buffer holds three super-frames.
+* A classic BPF filter (:mod:`ipvs.driver.bpf`) is attached before the
+  socket is bound, so only what the director handles reaches Python.
+
+Slots are 69904 bytes (15 per 1 MiB block): an RX slot needs 76 + 65549
+bytes and a TX slot 42 + 65549 for the largest frame.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import socket
+import struct
+
+import attrs
+
+SOL_PACKET = 263
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_VNET_HDR = 15
+PACKET_IGNORE_OUTGOING = 23
+TPACKET_V2 = 1
+SO_ATTACH_FILTER = 26
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+ETH_P_ALL = 0x0003
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 0x1
+TP_STATUS_LOSING = 0x4
+TP_STATUS_CSUMNOTREADY = 0x8
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 0x1
+TP_STATUS_WRONG_FORMAT = 0x4
+
+#: ``struct virtio_net_hdr`` (host byte order) and its flag/GSO values.
+VNET_HDR_LEN = 10
+VNET = struct.Struct("=BBHHHH")
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_NONE = 0
+
+#: TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where TX data starts in a slot.
+TPACKET2_HDRLEN = 32
+FRAME_SIZE = 69904
+BLOCK_SIZE = 1 << 20
+#: Largest Ethernet frame the rings must carry: IPv4 tot_len 65535 + 14.
+MAX_FRAME = 65549
+
+_U32 = struct.Struct("=I")
+_RXHDR = struct.Struct("=IIIHH")  # status, len, snaplen, mac, net
+_TXLEN = struct.Struct("=II")  # len, snaplen
+_TREQ = struct.Struct("=IIII")  # block_size, block_nr, frame_size, frame_nr
+_STATS = struct.Struct("=II")  # tp_packets, tp_drops
+
+
+@attrs.define(slots=True)
+class RingStats:
+    """What one ring socket counted (``rx_*`` from the RX ring, ``tx_*`` TX)."""
+
+    rx_frames: int = 0
+    rx_truncated: int = 0
+    rx_vlan: int = 0
+    rx_kernel_drops: int = 0
+    tx_frames: int = 0
+    tx_ring_full: int = 0
+    tx_too_big: int = 0
+    tx_errors: int = 0
+
+
+class RingSocket:
+    """An AF_PACKET socket on one interface with RX and TX rings.
+
+    ``rx(handler, batch)`` hands each received frame to ``handler(buf,
+    status)`` as a new ``bytearray`` that starts with the vnet header;
+    ``queue(buf, n)`` copies the first ``n`` bytes of such a buffer into
+    the next free TX slot and ``flush()`` asks the kernel to send every
+    queued slot with one system call.
+    """
+
+    def __init__(self, ifname: str, blocks: int = 16, bpf: bytes | None = None,
+                 rcvbuf: int = 32 << 20) -> None:
+        self.ifname = ifname
+        self.stats = RingStats()
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+                sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, rcvbuf)
+            except PermissionError:  # without CAP_NET_ADMIN: capped at rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if bpf is not None:
+                self.attach(sock, bpf)
+            per_block = BLOCK_SIZE // FRAME_SIZE
+            self.nslots = per_block * blocks
+            req = _TREQ.pack(BLOCK_SIZE, blocks, FRAME_SIZE, self.nslots)
+            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            sock.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
+            self.ring_bytes = BLOCK_SIZE * blocks
+            self.mm = mmap.mmap(sock.fileno(), 2 * self.ring_bytes, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+            sock.bind((ifname, ETH_P_ALL))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.mv = memoryview(self.mm)
+        self.rx_slots = [(i // per_block) * BLOCK_SIZE + (i % per_block) * FRAME_SIZE
+                         for i in range(self.nslots)]
+        self.tx_slots = [self.ring_bytes + off for off in self.rx_slots]
+        self.rx_head = 0
+        self.tx_head = 0
+        self.tx_pending = 0
+        #: Largest ``n`` for :meth:`queue`: the slot minus its header.
+        self.tx_max = FRAME_SIZE - TPACKET2_HDRLEN
+
+    @staticmethod
+    def attach(sock: socket.socket, prog: bytes) -> None:
+        """SO_ATTACH_FILTER a classic BPF program (``struct sock_fprog``)."""
+        import ctypes
+
+        n = len(prog) // 8
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = struct.pack("HL", n, ctypes.addressof(buf))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+    def set_filter(self, prog: bytes) -> None:
+        """Replace the socket filter (atomically, in the kernel)."""
+        self.attach(self.sock, prog)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def rx(self, handler, batch: int = 256) -> int:
+        """Drain up to ``batch`` received frames; returns how many were seen."""
+        mm, mv, slots = self.mm, self.mv, self.rx_slots
+        head, nslots, unpack, st = self.rx_head, self.nslots, _RXHDR.unpack_from, self.stats
+        n = 0
+        while n < batch:
+            off = slots[head]
+            status, length, snaplen, mac, _net = unpack(mm, off)
+            if not status & TP_STATUS_USER:
+                break
+            n += 1
+            if snaplen < length or mac < VNET_HDR_LEN:
+                st.rx_truncated += 1
+            elif status & TP_STATUS_VLAN_VALID:
+                # The NIC stripped an 802.1Q tag; the director runs on
+                # untagged ports (a VLAN device is the way to use a tag).
+                st.rx_vlan += 1
+            else:
+                st.rx_frames += 1
+                start = off + mac - VNET_HDR_LEN
+                handler(bytearray(mv[start : off + mac + snaplen]), status)
+            _U32.pack_into(mm, off, TP_STATUS_KERNEL)
+            head += 1
+            if head == nslots:
+                head = 0
+        self.rx_head = head
+        return n
+
+    def queue(self, buf: bytearray, n: int) -> bool:
+        """Copy ``buf[:n]`` (vnet header + frame) into the next TX slot."""
+        if n > self.tx_max:
+            self.stats.tx_too_big += 1
+            return False
+        off = self.tx_slots[self.tx_head]
+        if _U32.unpack_from(self.mm, off)[0] != TP_STATUS_AVAILABLE:
+            self.flush()
+            if _U32.unpack_from(self.mm, off)[0] != TP_STATUS_AVAILABLE:
+                self.stats.tx_ring_full += 1
+                return False
+        data = off + TPACKET2_HDRLEN
+        self.mv[data : data + n] = memoryview(buf)[:n]
+        _TXLEN.pack_into(self.mm, off + 4, n, n)
+        _U32.pack_into(self.mm, off, TP_STATUS_SEND_REQUEST)
+        self.tx_head = (self.tx_head + 1) % self.nslots
+        self.tx_pending += 1
+        self.stats.tx_frames += 1
+        if self.tx_pending >= 64:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Hand every queued TX slot to the kernel (one ``send``)."""
+        if not self.tx_pending:
+            return
+        self.tx_pending = 0
+        try:
+            self.sock.send(b"", socket.MSG_DONTWAIT)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                self.stats.tx_errors += 1
+
+    def kernel_drops(self) -> int:
+        """PACKET_STATISTICS drops since the last call (the kernel resets them)."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+        drops = _STATS.unpack(raw)[1]
+        self.stats.rx_kernel_drops += drops
+        return drops
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        self.flush()
+        self.mv.release()
+        self.mm.close()
+        self.sock.close()
