@@ -1,0 +1,133 @@
+"""ipvs/sched/mh.py against the kernel's ip_vs_mh.c and lib/siphash.c."""
+
+import ipaddress
+import os
+import struct
+import subprocess
+import sys
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipvs.sched.mh import MH_TAB_SIZE, hsiphash_u32
+from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IP_VS_SVC_F_SCHED_MH_FALLBACK, IP_VS_SVC_F_SCHED_MH_PORT
+from tests.sched.util import Lab, golden_lab, name_of
+
+
+def test_siphash13_matches_cpython():
+    # CPython 3.11 hashes bytes with SipHash-1-3; with PYTHONHASHSEED=0 the
+    # key is zero.  hsiphash of one u32 on a 64-bit kernel is SipHash-1-3 of
+    # its 4 little-endian bytes, truncated to 32 bits: an independent check.
+    values = [0, 1, 12345, 0xDEADBEEF, 0xFFFFFFFF]
+    code = "import struct,sys;print(' '.join(str(hash(struct.pack('<I',int(v)))%2**64) for v in sys.argv[1:]))"
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, values)], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sys.hash_info.algorithm == "siphash13"
+    assert [int(h) & 0xFFFFFFFF for h in out] == [hsiphash_u32(v, (0, 0)) for v in values]
+    assert struct.calcsize("<I") == 4
+
+
+def test_table_is_full_and_weighted():
+    lab = golden_lab("mh", [1, 2, 3])
+    table = lab.sched.lookup
+    assert len(table) == MH_TAB_SIZE == 4093
+    share = Counter(name_of(d) for d in table)
+    assert sum(share.values()) == MH_TAB_SIZE
+    assert share["rs1"] < share["rs2"] < share["rs3"]
+    assert abs(share["rs3"] / share["rs1"] - 3) < 0.3
+
+
+def test_rshift_limits_turns():
+    lab = golden_lab("mh", [1, 1000])
+    s = lab.sched
+    assert (s.gcd, s.rshift) == (1, 4)  # fls(1000) = 10, minus MH_TAB_BITS 6
+    lab = golden_lab("mh", [4, 6])
+    assert (lab.sched.gcd, lab.sched.rshift) == (2, 0)
+
+
+def test_no_weights_empties_the_table():
+    lab = golden_lab("mh", [0, 0])
+    assert lab.sched.gcd == 0
+    assert set(lab.sched.lookup) == {None}
+    assert lab.run(1) == [None]
+
+
+def test_quiesced_dest_keeps_its_slots():
+    lab = golden_lab("mh", [1, 1, 1])
+    before = list(lab.sched.lookup)
+    lab.edit(2, weight=0)  # last_weight stays 1: same table
+    assert lab.sched.lookup == before
+    srcs = [f"198.51.100.{i}" for i in range(1, 60)]
+    got = [lab.run(1, src=s)[0] for s in srcs]
+    assert None in got and "rs2" not in got
+    assert {g for g in got if g} == {"rs1", "rs3"}
+
+
+def test_fallback_skips_unavailable():
+    lab = Lab("mh", flags=IP_VS_SVC_F_SCHED_MH_FALLBACK)
+    for i in (1, 2, 3):
+        lab.add(i)
+    plain = golden_lab("mh", [1, 1, 1])
+    srcs = [f"198.51.100.{i}" for i in range(1, 60)]
+    orig = {s: plain.run(1, src=s)[0] for s in srcs}
+    lab.edit(2, weight=0)
+    lab.dest(3).flags |= IP_VS_DEST_F_OVERLOAD
+    for s in srcs:
+        assert lab.run(1, src=s) == ["rs1"]
+    lab.dest(3).flags &= ~IP_VS_DEST_F_OVERLOAD
+    for s in srcs:
+        got = lab.run(1, src=s)[0]
+        assert got in ("rs1", "rs3")
+        if orig[s] != "rs2":
+            assert got == orig[s]  # only rs2's clients move
+    lab.dest(1).flags |= IP_VS_DEST_F_OVERLOAD
+    lab.dest(3).flags |= IP_VS_DEST_F_OVERLOAD
+    assert lab.run(1) == [None]
+
+
+def test_mh_port():
+    lab = Lab("mh", flags=IP_VS_SVC_F_SCHED_MH_PORT)
+    for i in (1, 2, 3):
+        lab.add(i)
+    assert {lab.run(1, sport=p)[0] for p in range(40000, 40040)} == {"rs1", "rs2", "rs3"}
+    plain = golden_lab("mh", [1, 1, 1])
+    assert len({plain.run(1, sport=p)[0] for p in range(40000, 40040)}) == 1
+
+
+def test_ipv4_lookup_key_uses_address_and_port():
+    lab = golden_lab("mh", [1, 1, 1, 1, 1])
+    src = "198.51.100.77"
+    v = int(ipaddress.ip_address(src))
+    slot = hsiphash_u32(v, (2654435761, 2654435761)) % MH_TAB_SIZE
+    assert lab.pick(src=src) is lab.sched.lookup[slot]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(3, 12), st.data())
+def test_removing_one_of_n_moves_about_one_nth(n, data):
+    lab = golden_lab("mh", [1] * n)
+    victim_no = data.draw(st.integers(1, n))
+    victim = lab.dest(victim_no)
+    before = list(lab.sched.lookup)
+    lab.delete(victim_no)
+    after = lab.sched.lookup
+    owned = sum(1 for d in before if d is victim)
+    moved_others = sum(1 for a, b in zip(before, after) if a is not victim and a is not b)
+    assert abs(owned - MH_TAB_SIZE / n) < MH_TAB_SIZE / n * 0.25
+    assert moved_others < MH_TAB_SIZE * 0.03
+    assert victim not in after
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(st.integers(0, 4), min_size=1, max_size=6), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=15)
+)
+def test_stable_for_a_fixed_set(weights, clients):
+    lab = golden_lab("mh", weights)
+    srcs = [str(ipaddress.IPv4Address(c)) for c in clients]
+    first = [lab.run(1, src=s)[0] for s in srcs]
+    lab.sched._memo.clear()
+    assert [lab.run(1, src=s)[0] for s in srcs] == first
