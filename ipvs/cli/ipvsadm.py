@@ -1,0 +1,1837 @@
+"""ipvsadm 1.31, byte for byte, over the PyIPVS control schema.
+
+Mirrors ``ipvsadm.c``, ``config_stream.c`` and the parts of
+``libipvs/libipvs.c`` that shape what the user sees (ipvsadm 1.31,
+2019/12/24), with popt 1.19's option scanning.  The kernel calls become
+:mod:`ipvs.netlink` requests sent through a transport: the daemon's Unix
+socket (``ipvs.client.Client``) by default, or any object with
+``call(request) -> reply`` (:class:`ipvs.netlink.LocalTransport` in tests).
+
+What is reproduced on purpose, quirks included:
+
+* popt: the first option must be the command; short options cluster
+  (``-Ln``); an option argument may be glued (``-t10.0.0.1:80``), follow
+  ``=`` or be the next word even if it starts with ``-``, except for the
+  optional argument of ``-p``; non-options are collected and rejected
+  later as "unexpected argument".
+* every ``fail()`` message with exit status 2, popt errors and the "Try"
+  line with 255, kernel errors through the ``ipvs_strerror`` table with
+  255, listing failures with 1; ``fail()`` inside ``-R`` ends the whole
+  restore, as ``exit()`` does in C.
+* ``-E`` and ``-e`` send every field, so what is not given is reset (wlc,
+  not persistent, weight 1, direct routing).
+* sorting uses the C comparators' wrapping ``int`` differences and glibc's
+  merge sort, so 1.0.0.0 lists after 200.0.0.0 exactly as ipvsadm does.
+* libipvs reads a destination's 64-bit counters through its 32-bit parser,
+  so ``--stats``/``--rate`` show destination packet and connection counts
+  modulo 2**32 (bytes are full width); services are not affected.
+* ``-R``'s tokenizer: spaces, tabs and CRs separate words, a word
+  ``ipvsadm`` is dropped, ``#`` starts no comment, and a last line that
+  ends in blanks without a newline is lost.
+
+Differences, and why: there is no kernel module to load, so a missing
+daemon gives "Can't initialize ipvs" naming ``ipvsd`` (exit 2); ``-h`` and
+``-v`` work without a daemon; ``--socket PATH`` (or ``IPVS_SOCKET``)
+chooses the daemon; ``-c`` reads ``/proc/net/ip_vs_conn`` from the
+daemon (GET_PROC) instead of the local file.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+import attrs
+
+from ipvs import uapi
+from ipvs.uapi import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+
+PROG = "ipvsadm"
+IPVSADM_VERSION = "v1.31 2019/12/24"
+SCHEDULERS = "rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh"
+PE_LIST = "sip"
+DEF_SCHED = "wlc"
+DEF_TUNNEL_TYPE = "ipip"
+DEF_MCAST_IFN = "eth0"
+CONN_PROC_FILE = "/proc/net/ip_vs_conn"
+MAX_TIMEOUT = 86400 * 31
+IPVS_SVC_PERSISTENT_TIMEOUT = 6 * 60
+INT_MAX = 2**31 - 1
+MINIMUM_IPVS_VERSION = (1 << 16) + (1 << 8) + 4
+
+# Commands, numbered as ipvsadm numbers them (CMD_NONE + n).
+CMD_NONE, CMD_ADD, CMD_EDIT, CMD_DEL, CMD_FLUSH, CMD_LIST, CMD_ADDDEST, CMD_DELDEST = range(8)
+CMD_EDITDEST, CMD_TIMEOUT, CMD_STARTDAEMON, CMD_STOPDAEMON, CMD_RESTORE, CMD_SAVE, CMD_ZERO = range(8, 15)
+
+CMDNAMES = (
+    "add-service", "edit-service", "delete-service", "flush", "list", "add-server", "delete-server",
+    "edit-server", "set", "start-daemon", "stop-daemon", "restore", "save", "zero",
+)
+
+OPTNAMES = (
+    "numeric", "connection", "service-address", "scheduler", "persistent", "netmask", "real-server",
+    "forwarding-method", "weight", "u-threshold", "l-threshold", "mcast-interface", "timeout", "daemon",
+    "stats", "rate", "thresholds", "persistent-conn", "nosort", "syncid", "exact", "ops", "pe",
+    "sched-flags", "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "tun-info", "tun-type",
+    "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum",
+)
+(OPTC_NUMERIC, OPTC_CONNECTION, OPTC_SERVICE, OPTC_SCHEDULER, OPTC_PERSISTENT, OPTC_NETMASK, OPTC_SERVER,
+ OPTC_FORWARD, OPTC_WEIGHT, OPTC_UTHRESHOLD, OPTC_LTHRESHOLD, OPTC_MCAST, OPTC_TIMEOUT, OPTC_DAEMON,
+ OPTC_STATS, OPTC_RATE, OPTC_THRESHOLDS, OPTC_PERSISTENTCONN, OPTC_NOSORT, OPTC_SYNCID, OPTC_EXACT,
+ OPTC_ONEPACKET, OPTC_PERSISTENCE_ENGINE, OPTC_SCHED_FLAGS, OPTC_MCAST_GROUP, OPTC_MCAST_PORT,
+ OPTC_MCAST_TTL, OPTC_SYNC_MAXLEN, OPTC_TUN_INFO, OPTC_TUN_TYPE, OPTC_TUN_PORT, OPTC_TUN_NOCSUM,
+ OPTC_TUN_CSUM, OPTC_TUN_REMCSUM) = range(34)
+
+
+def _opt(c: int) -> int:
+    return 1 << c
+
+
+# Legal combinations of commands and options: '+' compulsory, 'x' illegal,
+# '1' at most one of these, ' ' optional.  Columns follow OPTNAMES.
+COMMANDS_V_OPTIONS = (
+    "xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx",  # add-service
+    "xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx",  # edit-service
+    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # delete-service
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # flush
+    " 11xxxxxxxxx11       xxxxxxx xxxxx",  # list
+    "xx+xxx+    xxxxxxxxxxxxxxxxxx     ",  # add-server
+    "xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxx",  # delete-server
+    "xx+xxx+    xxxxxxxxxxxxxxxxxx     ",  # edit-server
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # set
+    "xxxxxxxxxxx xxxxxxx xxxx    xxxxxx",  # start-daemon
+    "xxxxxxxxxxxxxxxxxxx xxxxxxxxxxxxxx",  # stop-daemon
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # restore
+    " xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # save
+    "xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # zero
+)
+
+TUNNAMES = ("ipip", "gue", "gre")
+TUNFLAGS = ("-c", "+c", "r+c")
+TUN_FLAGS_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
+TUNOPTS = (OPTC_TUN_PORT, OPTC_TUN_NOCSUM, OPTC_TUN_CSUM, OPTC_TUN_REMCSUM)
+TUNNEL_TYPES_V_OPTIONS = ("xxxx", "+111", "x11x")  # ipip, gue, gre
+
+FMT_NUMERIC, FMT_RULE, FMT_STATS, FMT_RATE = 0x1, 0x2, 0x4, 0x8
+FMT_THRESHOLDS, FMT_PERSISTENTCONN, FMT_NOSORT, FMT_EXACT, FMT_TUN_INFO = 0x10, 0x20, 0x40, 0x80, 0x100
+
+SERVICE_NONE, SERVICE_ADDR, SERVICE_PORT = 0, 1, 2
+
+# popt option tags above the ASCII range, in ipvsadm's order.
+(TAG_SET, TAG_START_DAEMON, TAG_STOP_DAEMON, TAG_MCAST_INTERFACE, TAG_TIMEOUT, TAG_DAEMON, TAG_STATS,
+ TAG_RATE, TAG_THRESHOLDS, TAG_PERSISTENTCONN, TAG_SORT, TAG_NO_SORT, TAG_PERSISTENCE_ENGINE,
+ TAG_SCTP_SERVICE, TAG_MCAST_GROUP, TAG_MCAST_PORT, TAG_MCAST_TTL, TAG_SYNC_MAXLEN, TAG_TUN_INFO,
+ TAG_TUN_TYPE, TAG_TUN_PORT, TAG_TUN_NOCSUM, TAG_TUN_CSUM, TAG_TUN_REMCSUM) = range(128, 152)
+
+ARG_NONE, ARG_STRING, ARG_OPTIONAL = 0, 1, 2
+
+#: (long name, short name, argument, value): ipvsadm's popt table.
+OPTIONS_TABLE = (
+    ("add-service", "A", ARG_NONE, ord("A")),
+    ("edit-service", "E", ARG_NONE, ord("E")),
+    ("delete-service", "D", ARG_NONE, ord("D")),
+    ("clear", "C", ARG_NONE, ord("C")),
+    ("list", "L", ARG_NONE, ord("L")),
+    ("list", "l", ARG_NONE, ord("l")),
+    ("zero", "Z", ARG_NONE, ord("Z")),
+    ("add-server", "a", ARG_NONE, ord("a")),
+    ("edit-server", "e", ARG_NONE, ord("e")),
+    ("delete-server", "d", ARG_NONE, ord("d")),
+    ("set", "", ARG_NONE, TAG_SET),
+    ("help", "h", ARG_NONE, ord("h")),
+    ("version", "v", ARG_NONE, ord("v")),
+    ("restore", "R", ARG_NONE, ord("R")),
+    ("save", "S", ARG_NONE, ord("S")),
+    ("start-daemon", "", ARG_STRING, TAG_START_DAEMON),
+    ("stop-daemon", "", ARG_STRING, TAG_STOP_DAEMON),
+    ("tcp-service", "t", ARG_STRING, ord("t")),
+    ("udp-service", "u", ARG_STRING, ord("u")),
+    ("sctp-service", "", ARG_STRING, TAG_SCTP_SERVICE),
+    ("fwmark-service", "f", ARG_STRING, ord("f")),
+    ("scheduler", "s", ARG_STRING, ord("s")),
+    ("persistent", "p", ARG_OPTIONAL, ord("p")),
+    ("netmask", "M", ARG_STRING, ord("M")),
+    ("real-server", "r", ARG_STRING, ord("r")),
+    ("masquerading", "m", ARG_NONE, ord("m")),
+    ("ipip", "i", ARG_NONE, ord("i")),
+    ("gatewaying", "g", ARG_NONE, ord("g")),
+    ("weight", "w", ARG_STRING, ord("w")),
+    ("u-threshold", "x", ARG_STRING, ord("x")),
+    ("l-threshold", "y", ARG_STRING, ord("y")),
+    ("numeric", "n", ARG_NONE, ord("n")),
+    ("connection", "c", ARG_NONE, ord("c")),
+    ("mcast-interface", "", ARG_STRING, TAG_MCAST_INTERFACE),
+    ("syncid", "", ARG_STRING, ord("I")),
+    ("timeout", "", ARG_NONE, TAG_TIMEOUT),
+    ("daemon", "", ARG_NONE, TAG_DAEMON),
+    ("stats", "", ARG_NONE, TAG_STATS),
+    ("rate", "", ARG_NONE, TAG_RATE),
+    ("thresholds", "", ARG_NONE, TAG_THRESHOLDS),
+    ("persistent-conn", "", ARG_NONE, TAG_PERSISTENTCONN),
+    ("nosort", "", ARG_NONE, TAG_NO_SORT),
+    ("sort", "", ARG_NONE, TAG_SORT),
+    ("exact", "X", ARG_NONE, ord("X")),
+    ("ipv6", "6", ARG_NONE, ord("6")),
+    ("ops", "o", ARG_NONE, ord("o")),
+    ("pe", "", ARG_STRING, TAG_PERSISTENCE_ENGINE),
+    ("sched-flags", "b", ARG_STRING, ord("b")),
+    ("mcast-group", "", ARG_STRING, TAG_MCAST_GROUP),
+    ("mcast-port", "", ARG_STRING, TAG_MCAST_PORT),
+    ("mcast-ttl", "", ARG_STRING, TAG_MCAST_TTL),
+    ("sync-maxlen", "", ARG_STRING, TAG_SYNC_MAXLEN),
+    ("tun-info", "", ARG_NONE, TAG_TUN_INFO),
+    ("tun-type", "", ARG_STRING, TAG_TUN_TYPE),
+    ("tun-port", "", ARG_STRING, TAG_TUN_PORT),
+    ("tun-nocsum", "", ARG_NONE, TAG_TUN_NOCSUM),
+    ("tun-csum", "", ARG_NONE, TAG_TUN_CSUM),
+    ("tun-remcsum", "", ARG_NONE, TAG_TUN_REMCSUM),
+)
+
+POPT_ERROR_NOARG, POPT_ERROR_BADOPT, POPT_ERROR_UNWANTEDARG = -10, -11, -12
+_POPT_MESSAGES = {
+    POPT_ERROR_NOARG: "missing argument",
+    POPT_ERROR_BADOPT: "unknown option",
+    POPT_ERROR_UNWANTEDARG: "option does not take an argument",
+}
+
+# ipvs_strerror: (function, errno) -> message; function None matches any.
+_STRERROR_TABLE = (
+    ("add_service", errno.EEXIST, "Service already exists"),
+    ("add_service", errno.ENOENT, "Scheduler or persistence engine not found"),
+    ("update_service", errno.ESRCH, "No such service"),
+    ("update_service", errno.ENOENT, "Scheduler or persistence engine not found"),
+    ("del_service", errno.ESRCH, "No such service"),
+    ("zero_service", errno.ESRCH, "No such service"),
+    ("add_dest", errno.ESRCH, "Service not defined"),
+    ("add_dest", errno.EEXIST, "Destination already exists"),
+    ("update_dest", errno.ESRCH, "Service not defined"),
+    ("update_dest", errno.ENOENT, "No such destination"),
+    ("del_dest", errno.ESRCH, "Service not defined"),
+    ("del_dest", errno.ENOENT, "No such destination"),
+    ("start_daemon", errno.EEXIST, "Daemon has already run"),
+    ("stop_daemon", errno.ESRCH, "No daemon is running"),
+    ("get_services", errno.ESRCH, "No such service"),
+    ("get_dests", errno.ESRCH, "No such service"),
+    ("get_service", errno.ESRCH, "No such service"),
+    (None, errno.EPERM, "Permission denied (you must be root)"),
+    (None, errno.EINVAL, "Invalid operation.  Possibly wrong module version, address not unicast, ..."),
+    (None, errno.ENOPROTOOPT, "Protocol not available"),
+    (None, errno.ENOMEM, "Memory allocation problem"),
+    (None, errno.EOPNOTSUPP, "Operation not supported with IPv6"),
+    (None, errno.EAFNOSUPPORT, "Operation not supported with specified address family"),
+    (None, errno.EMSGSIZE, "Module is wrong version"),
+)
+
+
+def ipvs_strerror(func: str | None, err: int) -> str:
+    """libipvs's message for ``err`` after a call of ``func``."""
+    for f, e, message in _STRERROR_TABLE:
+        if (f is None or f == func) and e == err:
+            return message
+    return os.strerror(err)
+
+
+class _Exit(Exception):
+    """``exit(code)`` from deep inside, as the C code calls it."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# --------------------------------------------------------------------------
+# C library behaviour the parsing depends on
+
+
+_CSPACE = " \t\n\v\f\r"
+_STRTOL = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+
+
+def _strtol(s: str) -> tuple[int | None, str, bool]:
+    """(value, rest, overflowed) like ``strtol(s, &end, 10)``; value None if no digits."""
+    m = _STRTOL.match(s)
+    if not m:
+        return None, s, False
+    v = int(m.group(1))
+    if not -(2**63) <= v < 2**63:
+        return (2**63 - 1 if v > 0 else -(2**63)), s[m.end():], True
+    return v, s[m.end():], False
+
+
+def string_to_number(s: str, lo: int, hi: int) -> int:
+    """ipvsadm's ``string_to_number``: the whole string, in range, or -1."""
+    v, rest, overflow = _strtol(s)
+    if v is not None and rest == "" and not overflow and lo <= v <= hi:
+        return v
+    return -1
+
+
+def _atoi(s: str) -> int:
+    v, _rest, _ = _strtol(s)
+    if v is None:
+        return 0
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def str_is_digit(s: str) -> bool:
+    return all("0" <= c <= "9" for c in s)
+
+
+def _inet_aton(s: str) -> bytes | None:
+    try:
+        return socket.inet_aton(s)
+    except (OSError, ValueError, UnicodeError):
+        return None
+
+
+def _inet_pton(af: int, s: str) -> bytes | None:
+    try:
+        return socket.inet_pton(af, s)
+    except (OSError, ValueError, UnicodeError):
+        return None
+
+
+def _inet_ntop(af: int, packed: bytes) -> str:
+    return socket.inet_ntop(af, packed)
+
+
+def _int32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+@attrs.define(slots=True)
+class Resolver:
+    """Name lookups ipvsadm makes through the C library.
+
+    Swap it for a fake in tests; every method returns None when the
+    lookup fails, as the C functions return NULL or -1.
+    """
+
+    def host_to_addr(self, name: str) -> bytes | None:
+        """``gethostbyname``: the first IPv4 address of a host name."""
+        # glibc answers all-numeric names itself without asking DNS.
+        if not name or all(c in "0123456789." for c in name) or "\0" in name:
+            return None
+        try:
+            return socket.inet_aton(socket.gethostbyname(name))
+        except (OSError, UnicodeError, ValueError):
+            return None
+
+    def addr_to_host(self, af: int, packed: bytes) -> str | None:
+        """``gethostbyaddr``: the canonical name of an address."""
+        try:
+            return socket.gethostbyaddr(_inet_ntop(af, packed))[0]
+        except (OSError, UnicodeError, ValueError):
+            return None
+
+    def service_to_port(self, name: str, proto: str) -> int | None:
+        try:
+            return socket.getservbyname(name, proto)
+        except (OSError, UnicodeError, ValueError, OverflowError):
+            return None
+
+    def port_to_service(self, port: int, proto: str) -> str | None:
+        try:
+            return socket.getservbyport(port, proto)
+        except (OSError, UnicodeError, ValueError, OverflowError):
+            return None
+
+
+_PROTO_SERV = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_SCTP: "sctp"}
+
+
+# --------------------------------------------------------------------------
+# popt
+
+
+class Popt:
+    """popt 1.19's ``poptGetNextOpt`` over ipvsadm's option table."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.next = 0
+        self.next_char: str | None = None
+        self.leftovers: list[str] = []
+        self.next_leftover = 0
+        self.rest_leftover = False
+
+    @staticmethod
+    def _find_long(name: str):
+        for o in OPTIONS_TABLE:
+            if o[0] == name:
+                return o
+        return None
+
+    @staticmethod
+    def _find_short(c: str):
+        for o in OPTIONS_TABLE:
+            if o[1] and o[1] == c:
+                return o
+        return None
+
+    def next_opt(self) -> tuple[int, str | None]:
+        """(value, argument); value -1 at the end, or a POPT_ERROR_* code."""
+        while True:
+            long_arg: str | None = None
+            opt = None
+            if self.next_char is None:
+                if self.next >= len(self.args):
+                    return -1, None
+                orig = self.args[self.next]
+                self.next += 1
+                if self.rest_leftover or not orig.startswith("-") or orig == "-":
+                    self.leftovers.append(orig)
+                    continue
+                if orig == "--":
+                    self.rest_leftover = True
+                    continue
+                s = orig[1:]
+                one_dash = not s.startswith("-")
+                if not one_dash:
+                    s = s[1:]
+                name, eq, rest = s.partition("=")
+                if eq:
+                    long_arg = rest
+                if not one_dash:
+                    opt = self._find_long(name)
+                    if opt is None:
+                        return POPT_ERROR_BADOPT, None
+                else:
+                    # No ipvsadm option is a one-dash long option: a cluster of short ones.
+                    self.next_char = orig[1:]
+                    long_arg = None
+            if self.next_char is not None:
+                c = self.next_char[0]
+                remainder = self.next_char[1:]
+                self.next_char = None
+                opt = self._find_short(c)
+                if opt is None:
+                    return POPT_ERROR_BADOPT, None
+                if remainder:
+                    self.next_char = remainder
+            _long, _short, argtype, val = opt
+            arg = None
+            if argtype == ARG_NONE:
+                if long_arg is not None or (self.next_char is not None and self.next_char[0] == "="):
+                    return POPT_ERROR_UNWANTEDARG, None
+            elif long_arg is not None:
+                arg = long_arg
+            elif self.next_char is not None:
+                arg = self.next_char[1:] if self.next_char[0] == "=" else self.next_char
+                self.next_char = None
+            elif self.next >= len(self.args):
+                if argtype != ARG_OPTIONAL:
+                    return POPT_ERROR_NOARG, None
+            elif argtype == ARG_OPTIONAL and self.args[self.next].startswith("-"):
+                arg = None
+            else:
+                arg = self.args[self.next]
+                self.next += 1
+            return val, arg
+
+    def bad_option(self) -> str:
+        """``poptBadOption``: the last word taken from argv."""
+        return self.args[self.next - 1] if self.next > 0 else PROG
+
+    def get_arg(self) -> str | None:
+        if self.next_leftover < len(self.leftovers):
+            self.next_leftover += 1
+            return self.leftovers[self.next_leftover - 1]
+        return None
+
+
+# --------------------------------------------------------------------------
+# The command being built (struct ipvs_command_entry)
+
+
+@attrs.define(slots=True)
+class SvcSpec:
+    """``ipvs_service_t`` as ipvsadm fills it; netmask is host order."""
+
+    af: int = 0
+    protocol: int = 0
+    addr: bytes = bytes(16)
+    port: int = 0
+    fwmark: int = 0
+    sched_name: str = ""
+    flags: int = 0
+    timeout: int = 0
+    netmask: int = 0xFFFFFFFF
+    pe_name: str = ""
+
+    def packed(self) -> bytes:
+        return self.addr[:4] if self.af == AF_INET else self.addr
+
+
+@attrs.define(slots=True)
+class DestSpec:
+    af: int = 0
+    addr: bytes = bytes(16)
+    port: int = 0
+    conn_flags: int = uapi.IP_VS_CONN_F_DROUTE
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    tun_type: int = 0
+    tun_port: int = 0
+    tun_flags: int = 0
+
+
+@attrs.define(slots=True)
+class DaemonSpec:
+    state: int = 0
+    mcast_ifn: str = ""
+    syncid: int = 0
+    sync_maxlen: int = 0
+    mcast_af: int = 0
+    mcast_group: str = ""
+    mcast_port: int = 0
+    mcast_ttl: int = 0
+
+
+@attrs.define(slots=True)
+class CommandEntry:
+    cmd: int = CMD_NONE
+    svc: SvcSpec = attrs.field(factory=SvcSpec)
+    dest: DestSpec = attrs.field(factory=DestSpec)
+    timeout: tuple[int, int, int] = (0, 0, 0)
+    daemon: DaemonSpec = attrs.field(factory=DaemonSpec)
+
+
+# --------------------------------------------------------------------------
+# Entries as the listing code sees them (ipvs_service_entry_t etc.)
+
+
+@attrs.define(slots=True)
+class ServiceEntry:
+    af: int
+    protocol: int
+    addr: bytes  # 16 bytes, IPv4 in the first four
+    port: int
+    fwmark: int
+    sched_name: str
+    pe_name: str
+    flags: int
+    timeout: int
+    netmask: int
+    stats: tuple[int, ...]
+
+
+@attrs.define(slots=True)
+class DestEntry:
+    af: int
+    addr: bytes
+    port: int
+    conn_flags: int
+    weight: int
+    u_threshold: int
+    l_threshold: int
+    activeconns: int
+    inactconns: int
+    persistconns: int
+    tun_type: int
+    tun_port: int
+    tun_flags: int
+    stats: tuple[int, ...]
+
+
+def _addr16(af: int, text: str) -> bytes:
+    packed = ipaddress.ip_address(text).packed
+    return packed + bytes(16 - len(packed))
+
+
+_STATS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps")
+
+
+def _service_entry(d: dict) -> ServiceEntry:
+    af = d.get("af", AF_INET)
+    st = d.get("stats64") or d.get("stats") or {}
+    flags = d.get("flags", {"flags": 0, "mask": 0})
+    return ServiceEntry(
+        af=af,
+        protocol=d.get("protocol", 0),
+        addr=_addr16(af, d["addr"]) if "addr" in d else bytes(16),
+        port=d.get("port", 0),
+        fwmark=d.get("fwmark", 0),
+        sched_name=d.get("sched_name", "")[:15],
+        pe_name=d.get("pe_name", ""),
+        flags=flags["flags"] & flags["mask"],
+        timeout=d.get("timeout", 0),
+        netmask=d.get("netmask", 0),
+        stats=tuple(st.get(k, 0) for k in _STATS),
+    )
+
+
+def _dest_entry(d: dict, svc_af: int) -> DestEntry:
+    af = d.get("addr_family") or svc_af
+    st = d.get("stats64") or d.get("stats") or {}
+    # libipvs parses IPVS_DEST_ATTR_STATS64 with its 32-bit reader: every
+    # u64 counter but the byte counts is read as its low 32 bits.
+    stats = tuple(st.get(k, 0) if k.endswith("bytes") else st.get(k, 0) & 0xFFFFFFFF for k in _STATS)
+    return DestEntry(
+        af=af,
+        addr=_addr16(af, d["addr"]),
+        port=d["port"],
+        conn_flags=d.get("fwd_method", 0),
+        weight=_int32(d.get("weight", 0)),
+        u_threshold=d.get("u_threshold", 0),
+        l_threshold=d.get("l_threshold", 0),
+        activeconns=d.get("active_conns", 0),
+        inactconns=d.get("inact_conns", 0),
+        persistconns=d.get("persist_conns", 0),
+        tun_type=d.get("tun_type", 0),
+        tun_port=d.get("tun_port", 0),
+        tun_flags=d.get("tun_flags", 0),
+        stats=stats,
+    )
+
+
+# --------------------------------------------------------------------------
+# Sorting: the C comparators and glibc's merge sort
+
+
+def _wrap(a: int, b: int) -> int:
+    """``(int)(a - b)`` for unsigned 32-bit a and b."""
+    return _int32(a - b)
+
+
+def _words(addr: bytes) -> list[int]:
+    return [int.from_bytes(addr[i : i + 4], "big") for i in range(0, 16, 4)]
+
+
+def cmp_services(s1: ServiceEntry, s2: ServiceEntry) -> int:
+    """``ipvs_cmp_services``."""
+    r = _wrap(s1.fwmark, s2.fwmark)
+    if r:
+        return r
+    r = s1.af - s2.af
+    if r:
+        return r
+    r = s1.protocol - s2.protocol
+    if r:
+        return r
+    if s1.af == AF_INET6:
+        for a, b in zip(_words(s1.addr), _words(s2.addr), strict=True):
+            r = _wrap(a, b)
+            if r:
+                break
+    else:
+        r = _wrap(_words(s1.addr)[0], _words(s2.addr)[0])
+    if r:
+        return r
+    return s1.port - s2.port
+
+
+def cmp_dests(d1: DestEntry, d2: DestEntry) -> int:
+    """``ipvs_cmp_dests`` (the first entry's family decides the width)."""
+    r = 0
+    if d1.af == AF_INET6:
+        for a, b in zip(_words(d1.addr), _words(d2.addr), strict=True):
+            r = _wrap(a, b)
+            if r:
+                break
+    else:
+        r = _wrap(_words(d1.addr)[0], _words(d2.addr)[0])
+    if r:
+        return r
+    return d1.port - d2.port
+
+
+def glibc_qsort(items: list, cmp: Callable[[Any, Any], int]) -> list:
+    """glibc 2.36 ``qsort``: a top-down merge sort (``msort_with_tmp``).
+
+    The comparators wrap, so they are not a total order and the result
+    depends on the algorithm; this is the one Debian's ipvsadm runs.
+    """
+    n = len(items)
+    if n <= 1:
+        return list(items)
+    n1 = n // 2
+    left = glibc_qsort(items[:n1], cmp)
+    right = glibc_qsort(items[n1:], cmp)
+    out = []
+    i = j = 0
+    while i < len(left) and j < len(right):
+        if cmp(left[i], right[j]) <= 0:
+            out.append(left[i])
+            i += 1
+        else:
+            out.append(right[j])
+            j += 1
+    out.extend(left[i:])
+    out.extend(right[j:])
+    return out
+
+
+# --------------------------------------------------------------------------
+# The tool
+
+
+def _largenum(i: int, fmt: int) -> str:
+    """``print_largenum``."""
+    if fmt & FMT_EXACT:
+        width = 9 if len(str(i)) <= 8 else len(str(i)) + 1
+        return f"{i:>{width}}"
+    if i < 100000000:
+        return f"{i:9d}"
+    if i < 1000000000:
+        return f"{i // 1000:8d}K"
+    if i < 100000000000:
+        return f"{i // 1000000:8d}M"
+    if i < 100000000000000:
+        return f"{i // 1000000000:8d}G"
+    return f"{i // 1000000000000:8d}T"
+
+
+_FWD_NAMES = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}
+_FWD_SWITCH = {0: "-m", 1: "-g", 2: "-i", 3: "-g"}
+_PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}
+_PROTO_OPTIONS = {IPPROTO_TCP: "-t", IPPROTO_UDP: "-u", IPPROTO_SCTP: "--sctp-service"}
+
+
+def _c_str(s: str | None) -> str:
+    """How printf's %s shows a NULL pointer."""
+    return "(null)" if s is None else s
+
+
+class Ipvsadm:
+    """One run of ipvsadm: its streams, transport and the kernel info."""
+
+    def __init__(self, transport_factory: Callable[[], Any], stdout: TextIO, stderr: TextIO, stdin: TextIO,
+                 resolver: Resolver | None = None) -> None:
+        self._factory = transport_factory
+        self._transport = None
+        self.out = stdout
+        self.err = stderr
+        self.stdin = stdin
+        self.resolver = resolver or Resolver()
+        self.info: tuple[int, int] | None = None
+        self.func: str | None = "init"  # libipvs's ipvs_func, for ipvs_strerror
+
+    # ------------------------------------------------------------ plumbing
+
+    def fail(self, code: int, msg: str) -> None:
+        self.err.write(msg + "\n")
+        raise _Exit(code)
+
+    def tryhelp_exit(self, code: int) -> None:
+        self.err.write(f"Try `{PROG} -h' or '{PROG} --help' for more information.\n")
+        raise _Exit(code)
+
+    def init(self) -> None:
+        """``ipvs_init``: reach the director and read its version and table size."""
+        if self.info is not None:
+            return
+        try:
+            self._transport = self._factory()
+            reply = self._transport.call({"version": 1, "cmd": "GET_INFO"})
+            if not reply.get("ok"):
+                raise OSError(reply.get("errno", errno.EIO), reply.get("message", ""))
+            info = reply["info"]
+            self.info = (int(info["version"]), int(info["conn_tab_size"]))
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+            reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e) or type(e).__name__
+            self.fail(2, f"Can't initialize ipvs: {reason}\n"
+                         "Are you sure that the IP Virtual Server daemon (ipvsd) is running "
+                         "in this network namespace?")
+        if self.info[0] < MINIMUM_IPVS_VERSION:
+            v = self.info[0]
+            self.err.write("Warning: IPVS version mismatch: \n"
+                           f"  Kernel compiled with IPVS version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}\n"
+                           f"  ipvsadm v1.31  requires minimum IPVS version 1.1.4\n\n")
+
+    def call(self, cmd: str, **fields: Any) -> dict:
+        """Send one request; transport failures come back as error replies."""
+        self.init()
+        req = {"version": 1, "cmd": cmd, **fields}
+        try:
+            reply = self._transport.call(req)
+        except OSError as e:
+            return {"ok": False, "errno": e.errno or errno.EIO}
+        if not isinstance(reply, dict):
+            return {"ok": False, "errno": errno.EIO}
+        return reply
+
+    # ---------------------------------------------------------- addresses
+
+    def parse_service(self, buf: str | None, svc: SvcSpec) -> int:
+        """``parse_service``: fill address (and port) from host[:port]."""
+        if buf is None or str_is_digit(buf):
+            return SERVICE_NONE
+        portp: str | None = None
+        if buf.startswith("["):
+            buf = buf[1:]
+            close = buf.find("]")
+            if close < 0:
+                return SERVICE_NONE
+            after = buf[close + 1 :]
+            buf = buf[:close]
+            if not after.startswith(":"):
+                return SERVICE_NONE
+            portp = after[1:]
+        a6 = _inet_pton(AF_INET6, buf)
+        if a6 is not None:
+            svc.addr = a6
+            svc.af = AF_INET6
+            svc.netmask = 128
+        else:
+            colon = buf.rfind(":")
+            if colon >= 0:
+                portp = buf[colon + 1 :]
+                buf = buf[:colon]
+            else:
+                # Without a colon here, a bracketed IPv4 address drops its port.
+                portp = None
+            a4 = _inet_aton(buf)
+            if a4 is None:
+                a4 = self.resolver.host_to_addr(buf)
+            if a4 is None:
+                return SERVICE_NONE
+            svc.addr = a4 + bytes(12)
+            svc.af = AF_INET
+        result = SERVICE_ADDR
+        if portp is not None:
+            result |= SERVICE_PORT
+            portn = string_to_number(portp, 0, 65535)
+            if portn == -1:
+                proto = _PROTO_SERV.get(svc.protocol)
+                found = self.resolver.service_to_port(portp, proto) if proto else None
+                if found is None:
+                    return SERVICE_NONE
+                portn = found
+            svc.port = portn
+        return result
+
+    def parse_netmask(self, buf: str) -> int | None:
+        a = _inet_aton(buf)
+        if a is None:
+            a = self.resolver.host_to_addr(buf)
+        return None if a is None else int.from_bytes(a, "big")
+
+    def addr_to_anyname(self, af: int, packed: bytes) -> str:
+        name = self.resolver.addr_to_host(af, packed)
+        return name if name is not None else _inet_ntop(af, packed)
+
+    def port_to_anyname(self, port: int, proto: int) -> str:
+        p = _PROTO_SERV.get(proto)
+        name = self.resolver.port_to_service(port, p) if p else None
+        return name if name is not None else str(port)
+
+    def addrport_to_anyname(self, af: int, addr16: bytes, port: int, proto: int, fmt: int) -> str:
+        packed = addr16[:4] if af == AF_INET else addr16[:16]
+        lb, rb = ("", "") if af == AF_INET else ("[", "]")
+        if fmt & FMT_NUMERIC:
+            s = f"{lb}{_inet_ntop(af if af == AF_INET else AF_INET6, packed)}{rb}:{port}"
+        else:
+            host = self.addr_to_anyname(af if af == AF_INET else AF_INET6, packed)
+            s = f"{lb}{host}{rb}:{self.port_to_anyname(port, proto)}"
+        return s[:59]  # snprintf into a 60-byte buffer
+
+    # ------------------------------------------------------------- parsing
+
+    def parse_options(self, args: list[str], ce: CommandEntry) -> tuple[int, int, int]:
+        """``parse_options``: (status, options, format); status -1 on a popt error."""
+        options = 0
+        fmt = 0
+        sched_flags_arg = ""
+        popt = Popt(args)
+
+        def set_option(optc: int) -> None:
+            nonlocal options
+            if options & _opt(optc):
+                self.fail(2, f"multiple '{OPTNAMES[optc]}' options specified")
+            options |= _opt(optc)
+
+        def set_command(newcmd: int) -> None:
+            if ce.cmd != CMD_NONE:
+                self.fail(2, "multiple commands specified")
+            ce.cmd = newcmd
+
+        c, optarg = popt.next_opt()
+        if c < 0:
+            self.tryhelp_exit(-1)
+        first = {ord("A"): CMD_ADD, ord("E"): CMD_EDIT, ord("D"): CMD_DEL, ord("a"): CMD_ADDDEST,
+                 ord("e"): CMD_EDITDEST, ord("d"): CMD_DELDEST, ord("C"): CMD_FLUSH, ord("L"): CMD_LIST,
+                 ord("l"): CMD_LIST, ord("Z"): CMD_ZERO, TAG_SET: CMD_TIMEOUT, ord("R"): CMD_RESTORE,
+                 ord("S"): CMD_SAVE}
+        if c in first:
+            set_command(first[c])
+        elif c in (TAG_START_DAEMON, TAG_STOP_DAEMON):
+            set_command(CMD_STARTDAEMON if c == TAG_START_DAEMON else CMD_STOPDAEMON)
+            if optarg == "master":
+                ce.daemon.state = uapi.IP_VS_STATE_MASTER
+            elif optarg == "backup":
+                ce.daemon.state = uapi.IP_VS_STATE_BACKUP
+            elif c == TAG_START_DAEMON:
+                self.fail(2, "illegal start-daemon parameter specified")
+            else:
+                self.fail(2, "illegal start_daemon specified")
+        elif c == ord("h"):
+            self.usage_exit(0)
+        elif c == ord("v"):
+            self.out.write(self.version_line())
+            raise _Exit(0)
+        else:
+            self.tryhelp_exit(-1)
+
+        while True:
+            c, optarg = popt.next_opt()
+            if c < 0:
+                break
+            if c in (ord("t"), ord("u"), TAG_SCTP_SERVICE):
+                set_option(OPTC_SERVICE)
+                ce.svc.protocol = {ord("t"): IPPROTO_TCP, ord("u"): IPPROTO_UDP}.get(c, IPPROTO_SCTP)
+                if not self.parse_service(optarg, ce.svc) & SERVICE_ADDR:
+                    self.fail(2, "illegal virtual server address[:port] specified")
+            elif c == ord("f"):
+                set_option(OPTC_SERVICE)
+                ce.svc.af = AF_INET
+                ce.svc.protocol = IPPROTO_TCP
+                ce.svc.fwmark = self.parse_fwmark(optarg)
+            elif c == ord("s"):
+                set_option(OPTC_SCHEDULER)
+                ce.svc.sched_name = optarg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
+            elif c == ord("p"):
+                set_option(OPTC_PERSISTENT)
+                ce.svc.flags |= uapi.IP_VS_SVC_F_PERSISTENT
+                ce.svc.timeout = self.parse_timeout(optarg, 1, MAX_TIMEOUT)
+            elif c == ord("M"):
+                set_option(OPTC_NETMASK)
+                if ce.svc.af != AF_INET6:
+                    mask = self.parse_netmask(optarg)
+                    if mask is None:
+                        self.fail(2, "illegal virtual server persistent mask specified")
+                    ce.svc.netmask = mask
+                else:
+                    ce.svc.netmask = _atoi(optarg)
+                    if not 1 <= ce.svc.netmask <= 128:
+                        self.fail(2, "illegal ipv6 netmask specified")
+            elif c == ord("r"):
+                set_option(OPTC_SERVER)
+                t = attrs.evolve(ce.svc)
+                parse = self.parse_service(optarg, t)
+                ce.dest.af, ce.dest.addr, ce.dest.port = t.af, t.addr, t.port
+                if not parse & SERVICE_ADDR:
+                    self.fail(2, "illegal real server address[:port] specified")
+                if parse == SERVICE_ADDR:
+                    ce.dest.port = ce.svc.port
+            elif c in (ord("i"), ord("g"), ord("m")):
+                set_option(OPTC_FORWARD)
+                ce.dest.conn_flags = {ord("i"): uapi.IP_VS_CONN_F_TUNNEL, ord("g"): uapi.IP_VS_CONN_F_DROUTE,
+                                      ord("m"): uapi.IP_VS_CONN_F_MASQ}[c]
+            elif c == ord("w"):
+                set_option(OPTC_WEIGHT)
+                ce.dest.weight = string_to_number(optarg, 0, 65535)
+                if ce.dest.weight == -1:
+                    self.fail(2, "illegal weight specified")
+            elif c == ord("x"):
+                set_option(OPTC_UTHRESHOLD)
+                ce.dest.u_threshold = string_to_number(optarg, 0, INT_MAX)
+                if ce.dest.u_threshold == -1:
+                    self.fail(2, "illegal u_threshold specified")
+            elif c == ord("y"):
+                set_option(OPTC_LTHRESHOLD)
+                ce.dest.l_threshold = string_to_number(optarg, 0, INT_MAX)
+                if ce.dest.l_threshold == -1:
+                    self.fail(2, "illegal l_threshold specified")
+            elif c == ord("c"):
+                set_option(OPTC_CONNECTION)
+            elif c == ord("n"):
+                set_option(OPTC_NUMERIC)
+                fmt |= FMT_NUMERIC
+            elif c == TAG_MCAST_INTERFACE:
+                set_option(OPTC_MCAST)
+                ce.daemon.mcast_ifn = optarg[: uapi.IP_VS_IFNAME_MAXLEN - 1]
+            elif c == ord("I"):
+                set_option(OPTC_SYNCID)
+                ce.daemon.syncid = string_to_number(optarg, 0, 255)
+                if ce.daemon.syncid == -1:
+                    self.fail(2, "illegal syncid specified")
+            elif c in _SIMPLE_FLAGS:
+                optc, flag = _SIMPLE_FLAGS[c]
+                set_option(optc)
+                fmt |= flag
+            elif c == TAG_SORT:
+                pass  # sorting is the default; kept for compatibility
+            elif c == ord("6"):
+                if ce.svc.fwmark:
+                    ce.svc.af = AF_INET6
+                    ce.svc.netmask = 128
+                else:
+                    self.fail(2, "-6 used before -f\n")
+            elif c == ord("o"):
+                set_option(OPTC_ONEPACKET)
+                ce.svc.flags |= uapi.IP_VS_SVC_F_ONEPACKET
+            elif c == TAG_PERSISTENCE_ENGINE:
+                set_option(OPTC_PERSISTENCE_ENGINE)
+                ce.svc.pe_name = optarg[: uapi.IP_VS_PENAME_MAXLEN]
+            elif c == ord("b"):
+                set_option(OPTC_SCHED_FLAGS)
+                sched_flags_arg = optarg[:127]
+            elif c == TAG_MCAST_GROUP:
+                set_option(OPTC_MCAST_GROUP)
+                self.parse_mcast_group(optarg, ce.daemon)
+            elif c == TAG_MCAST_PORT:
+                set_option(OPTC_MCAST_PORT)
+                ce.daemon.mcast_port = string_to_number(optarg, 1, 65535)
+                if ce.daemon.mcast_port == -1:
+                    self.fail(2, "illegal mcast-port specified")
+            elif c == TAG_MCAST_TTL:
+                set_option(OPTC_MCAST_TTL)
+                ce.daemon.mcast_ttl = string_to_number(optarg, 1, 255)
+                if ce.daemon.mcast_ttl == -1:
+                    self.fail(2, "illegal mcast-ttl specified")
+            elif c == TAG_SYNC_MAXLEN:
+                set_option(OPTC_SYNC_MAXLEN)
+                ce.daemon.sync_maxlen = string_to_number(optarg, 1, 65535 - 20 - 8)
+                if ce.daemon.sync_maxlen == -1:
+                    self.fail(2, "illegal sync-maxlen specified")
+            elif c == TAG_TUN_TYPE:
+                set_option(OPTC_TUN_TYPE)
+                if optarg not in TUNNAMES:
+                    self.fail(2, "illegal tunnel type specified")
+                ce.dest.tun_type = TUNNAMES.index(optarg)
+            elif c == TAG_TUN_PORT:
+                set_option(OPTC_TUN_PORT)
+                ce.dest.tun_port = string_to_number(optarg, 1, 65535)
+                if ce.dest.tun_port == -1:
+                    self.fail(2, "illegal tunnel port specified")
+            elif c == TAG_TUN_NOCSUM:
+                set_option(OPTC_TUN_NOCSUM)
+            elif c == TAG_TUN_CSUM:
+                set_option(OPTC_TUN_CSUM)
+                ce.dest.tun_flags |= uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM
+            elif c == TAG_TUN_REMCSUM:
+                set_option(OPTC_TUN_REMCSUM)
+                ce.dest.tun_flags |= uapi.IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM
+            else:
+                self.fail(2, f"invalid option `{popt.bad_option()}'")
+
+        if c < -1:
+            self.err.write(f"{popt.bad_option()}: {_POPT_MESSAGES.get(c, 'unknown error')}\n")
+            return -1, options, fmt
+
+        if ce.cmd == CMD_TIMEOUT:
+            a0 = popt.get_arg()
+            a1 = popt.get_arg() if a0 is not None else None
+            a2 = popt.get_arg() if a1 is not None else None
+            if a2 is None:
+                self.fail(2, "--set option requires 3 timeout values")
+            ce.timeout = (self.parse_timeout(a0, 0, MAX_TIMEOUT), self.parse_timeout(a1, 0, MAX_TIMEOUT),
+                          self.parse_timeout(a2, 0, MAX_TIMEOUT))
+
+        extra = popt.get_arg()
+        if extra is not None:
+            self.fail(2, f"unexpected argument {extra}")
+
+        if sched_flags_arg:
+            ce.svc.flags &= ~uapi.IP_VS_SVC_F_SCHED_MASK
+            ce.svc.flags |= self.parse_sched_flags(ce.svc.sched_name, sched_flags_arg)
+        return 0, options, fmt
+
+    def parse_timeout(self, buf: str | None, lo: int, hi: int) -> int:
+        if buf is None:
+            return IPVS_SVC_PERSISTENT_TIMEOUT
+        i = string_to_number(buf, lo, hi)
+        if i == -1:
+            self.fail(2, f"invalid timeout value `{buf}' specified")
+        return i
+
+    def parse_fwmark(self, buf: str) -> int:
+        v, rest, overflow = _strtol(buf)
+        if v is None or rest != "" or overflow or v <= 0 or v > 0xFFFFFFFF:
+            self.fail(2, f"invalid fwmark value `{buf}' specified")
+        return v
+
+    def parse_mcast_group(self, arg: str, d: DaemonSpec) -> None:
+        if ":" in arg:
+            a = _inet_pton(AF_INET6, arg)
+            if a is None or a[0] != 0xFF:
+                self.fail(2, f"invalid IPv6 mcast-group `{arg}'")
+            d.mcast_af = AF_INET6
+            d.mcast_group = _inet_ntop(AF_INET6, a)
+        else:
+            a = _inet_pton(AF_INET, arg)
+            if a is None or (a[0] & 0xF0) != 0xE0:
+                self.fail(2, f"invalid IPv4 mcast-group `{arg}'")
+            d.mcast_af = AF_INET
+            d.mcast_group = _inet_ntop(AF_INET, a)
+
+    def parse_sched_flags(self, sched: str, arg: str) -> int:
+        sched = sched or DEF_SCHED
+        tokens = [t for t in arg.split(",") if t]
+        if not tokens:
+            # strtok finds no flag and ipvsadm passes NULL to strcmp.
+            raise _Exit(139)
+        flags = 0
+        for flag in tokens:
+            if flag == "flag-1":
+                flags |= uapi.IP_VS_SVC_F_SCHED1
+            elif flag == "flag-2":
+                flags |= uapi.IP_VS_SVC_F_SCHED2
+            elif flag == "flag-3":
+                flags |= uapi.IP_VS_SVC_F_SCHED3
+            elif flag in ("sh-fallback", "sh-port", "mh-fallback", "mh-port"):
+                flags |= uapi.IP_VS_SVC_F_SCHED1 if flag.endswith("fallback") else uapi.IP_VS_SVC_F_SCHED2
+                if sched != flag[:2]:
+                    self.fail(2, f"incompatible scheduler flag `{flag}'")
+            else:
+                self.fail(2, f"invalid scheduler flag `{flag}'")
+        return flags
+
+    def generic_opt_check(self, command: int, options: int) -> None:
+        row = COMMANDS_V_OPTIONS[command - 1]
+        last = 0
+        count = 0
+        for j, legal in enumerate(row):
+            if not options & _opt(j):
+                if legal == "+":
+                    self.fail(2, f"You need to supply the '{OPTNAMES[j]}' option for the "
+                                 f"'{CMDNAMES[command - 1]}' command")
+            else:
+                if legal == "x":
+                    self.fail(2, f"Illegal '{OPTNAMES[j]}' option with the '{CMDNAMES[command - 1]}' command")
+                if legal == "1":
+                    count += 1
+                    if count == 1:
+                        last = j
+                        continue
+                    self.fail(2, f"The option '{OPTNAMES[j]}' conflicts with the '{OPTNAMES[last]}' option "
+                                 f"in the '{CMDNAMES[command - 1]}' command")
+
+    def tunnel_opt_check(self, tun_type: int, options: int) -> None:
+        row = TUNNEL_TYPES_V_OPTIONS[tun_type]
+        last = 0
+        count = 0
+        for j, legal in enumerate(row):
+            k = TUNOPTS[j]
+            if not options & _opt(k):
+                if legal == "+":
+                    self.fail(2, f"You need to supply the '{OPTNAMES[k]}' option for the "
+                                 f"'{TUNNAMES[tun_type]}' tunnel type")
+            else:
+                if legal == "x":
+                    self.fail(2, f"Illegal '{OPTNAMES[k]}' option with the '{TUNNAMES[tun_type]}' tunnel type")
+                if legal == "1":
+                    count += 1
+                    if count == 1:
+                        last = k
+                        continue
+                    self.fail(2, f"The option '{OPTNAMES[k]}' conflicts with the '{OPTNAMES[last]}' option "
+                                 f"in the '{TUNNAMES[tun_type]}' tunnel type")
+
+    # ------------------------------------------------------------ running
+
+    def process_options(self, args: list[str], reading_stdin: bool) -> int:
+        ce = CommandEntry()
+        status, options, fmt = self.parse_options(args, ce)
+        if status:
+            return -1
+        self.generic_opt_check(ce.cmd, options)
+
+        if ce.cmd in (CMD_ADD, CMD_EDIT):
+            if not ce.svc.fwmark and not ce.svc.port and not ce.svc.flags & uapi.IP_VS_SVC_F_PERSISTENT:
+                self.fail(2, "Zero port specified for non-persistent service")
+            if ce.svc.flags & uapi.IP_VS_SVC_F_ONEPACKET and not ce.svc.fwmark and ce.svc.protocol != IPPROTO_UDP:
+                self.fail(2, "One-Packet Scheduling is only for UDP virtual services")
+            if not ce.svc.sched_name:
+                ce.svc.sched_name = DEF_SCHED
+
+        if ce.cmd == CMD_STARTDAEMON and not ce.daemon.mcast_ifn:
+            ce.daemon.mcast_ifn = DEF_MCAST_IFN
+
+        fwd = ce.dest.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
+        if ce.cmd in (CMD_ADDDEST, CMD_EDITDEST):
+            if not ce.svc.fwmark and fwd in (uapi.IP_VS_CONN_F_TUNNEL, uapi.IP_VS_CONN_F_DROUTE):
+                ce.dest.port = ce.svc.port
+            if ce.dest.af != ce.svc.af and fwd != uapi.IP_VS_CONN_F_TUNNEL:
+                self.fail(2, "Different address family is allowed only for tunneling servers")
+            tun_opts = (_opt(OPTC_TUN_TYPE) | _opt(OPTC_TUN_PORT) | _opt(OPTC_TUN_NOCSUM) | _opt(OPTC_TUN_CSUM)
+                        | _opt(OPTC_TUN_REMCSUM))
+            if options & tun_opts and fwd != uapi.IP_VS_CONN_F_TUNNEL:
+                self.fail(2, "Tunnel options conflict with forward method")
+            self.tunnel_opt_check(ce.dest.tun_type, options)
+
+        if ce.cmd == CMD_LIST:
+            o = options
+            if ((o & (_opt(OPTC_CONNECTION) | _opt(OPTC_TIMEOUT) | _opt(OPTC_DAEMON))
+                 and o & (_opt(OPTC_STATS) | _opt(OPTC_RATE) | _opt(OPTC_THRESHOLDS)))
+                    or (o & (_opt(OPTC_TIMEOUT) | _opt(OPTC_DAEMON)) and o & _opt(OPTC_PERSISTENTCONN))):
+                self.fail(2, "options conflicts in the list command")
+            if o & _opt(OPTC_CONNECTION):
+                self.list_conn(fmt)
+            elif o & _opt(OPTC_SERVICE):
+                self.list_service(ce.svc, fmt)
+            elif o & _opt(OPTC_TIMEOUT):
+                self.list_timeout()
+            elif o & _opt(OPTC_DAEMON):
+                self.list_daemon()
+            else:
+                self.list_all(fmt)
+            return 0
+        if ce.cmd == CMD_RESTORE:
+            return self.restore_table(reading_stdin)
+        if ce.cmd == CMD_SAVE:
+            self.list_all(fmt | FMT_RULE)
+            return 0
+
+        func, reply = self.kernel_command(ce)
+        if func is not None:
+            self.func = func
+        if not reply.get("ok"):
+            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            return -1
+        return 0
+
+    def _svc_attrs(self, svc: SvcSpec, full: bool = True) -> dict:
+        """``ipvs_nl_fill_service_attr``."""
+        d: dict[str, Any] = {"af": svc.af}
+        if svc.fwmark:
+            d["fwmark"] = svc.fwmark
+        else:
+            d["protocol"] = svc.protocol
+            d["addr"] = _inet_ntop(AF_INET6 if svc.af == AF_INET6 else AF_INET, svc.packed())
+            d["port"] = svc.port
+        if full:
+            d["sched_name"] = svc.sched_name
+            if svc.pe_name:
+                d["pe_name"] = svc.pe_name
+            d["flags"] = {"flags": svc.flags & 0xFFFFFFFF, "mask": 0xFFFFFFFF}
+            d["timeout"] = svc.timeout
+            d["netmask"] = svc.netmask & 0xFFFFFFFF
+        return d
+
+    @staticmethod
+    def _dest_attrs(dest: DestSpec) -> dict:
+        af = AF_INET6 if dest.af == AF_INET6 else AF_INET
+        return {
+            "addr_family": dest.af,
+            "addr": _inet_ntop(af, dest.addr[:4] if af == AF_INET else dest.addr),
+            "port": dest.port,
+            "fwd_method": dest.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK,
+            "weight": dest.weight,
+            "tun_type": dest.tun_type,
+            "tun_port": dest.tun_port,
+            "tun_flags": dest.tun_flags,
+            "u_threshold": dest.u_threshold,
+            "l_threshold": dest.l_threshold,
+        }
+
+    def kernel_command(self, ce: CommandEntry) -> tuple[str | None, dict]:
+        """The libipvs call for a changing command: (its name, the reply)."""
+        cmd = ce.cmd
+        if cmd == CMD_FLUSH:
+            return None, self.call("FLUSH")
+        if cmd in (CMD_ADD, CMD_EDIT, CMD_DEL):
+            name, func = {CMD_ADD: ("NEW_SERVICE", "add_service"), CMD_EDIT: ("SET_SERVICE", "update_service"),
+                          CMD_DEL: ("DEL_SERVICE", "del_service")}[cmd]
+            return func, self.call(name, service=self._svc_attrs(ce.svc))
+        if cmd == CMD_ZERO:
+            s = ce.svc
+            if s.fwmark or any(s.addr) or s.port:
+                return "zero_service", self.call("ZERO", service=self._svc_attrs(s))
+            return "zero_service", self.call("ZERO")
+        if cmd in (CMD_ADDDEST, CMD_EDITDEST, CMD_DELDEST):
+            name, func = {CMD_ADDDEST: ("NEW_DEST", "add_dest"), CMD_EDITDEST: ("SET_DEST", "update_dest"),
+                          CMD_DELDEST: ("DEL_DEST", "del_dest")}[cmd]
+            return func, self.call(name, service=self._svc_attrs(ce.svc), dest=self._dest_attrs(ce.dest))
+        if cmd == CMD_TIMEOUT:
+            tcp, fin, udp = ce.timeout
+            return "set_timeout", self.call("SET_CONFIG", timeout_tcp=tcp, timeout_tcp_fin=fin, timeout_udp=udp)
+        d = ce.daemon
+        if cmd == CMD_STARTDAEMON:
+            attrs_: dict[str, Any] = {"state": d.state, "mcast_ifn": d.mcast_ifn, "sync_id": d.syncid}
+            if d.sync_maxlen:
+                attrs_["sync_maxlen"] = d.sync_maxlen
+            if d.mcast_port:
+                attrs_["mcast_port"] = d.mcast_port
+            if d.mcast_ttl:
+                attrs_["mcast_ttl"] = d.mcast_ttl
+            if d.mcast_af == AF_INET6:
+                attrs_["mcast_group6"] = d.mcast_group
+            elif d.mcast_af == AF_INET:
+                attrs_["mcast_group"] = d.mcast_group
+            return "start_daemon", self.call("NEW_DAEMON", daemon=attrs_)
+        return "stop_daemon", self.call("DEL_DAEMON", daemon={"state": d.state, "mcast_ifn": d.mcast_ifn,
+                                                                "sync_id": d.syncid})
+
+    # ------------------------------------------------------------ restore
+
+    def restore_table(self, reading_stdin: bool) -> int:
+        if reading_stdin:
+            self.tryhelp_exit(-1)
+        result = 0
+        for tokens in config_stream_read(self.stdin.read()):
+            if tokens:
+                result = self.process_options(tokens, True)
+        return result
+
+    # ------------------------------------------------------------ listing
+
+    def get_services(self) -> list[ServiceEntry]:
+        reply = self.call("GET_SERVICE")
+        if not reply.get("ok"):
+            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            raise _Exit(1)
+        return [_service_entry(s) for s in reply.get("services", [])]
+
+    def get_dests(self, se: ServiceEntry) -> list[DestEntry]:
+        self.func = "get_dests"
+        ident: dict[str, Any] = {"af": se.af}
+        if se.fwmark:
+            ident["fwmark"] = se.fwmark
+        else:
+            ident["protocol"] = se.protocol
+            af = AF_INET6 if se.af == AF_INET6 else AF_INET
+            ident["addr"] = _inet_ntop(af, se.addr[:4] if af == AF_INET else se.addr)
+            ident["port"] = se.port
+        reply = self.call("GET_DEST", service=ident)
+        if not reply.get("ok"):
+            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            raise _Exit(1)
+        return [_dest_entry(d, se.af) for d in reply.get("dests", [])]
+
+    def print_title(self, fmt: int) -> None:
+        w = self.out.write
+        if fmt & FMT_STATS:
+            w(f"{'Prot LocalAddress:Port':<33} {'Conns':>8} {'InPkts':>8} {'OutPkts':>8} {'InBytes':>8} "
+              f"{'OutBytes':>8}\n  -> RemoteAddress:Port\n")
+        elif fmt & FMT_RATE:
+            w(f"{'Prot LocalAddress:Port':<33} {'CPS':>8} {'InPPS':>8} {'OutPPS':>8} {'InBPS':>8} "
+              f"{'OutBPS':>8}\n  -> RemoteAddress:Port\n")
+        elif fmt & FMT_THRESHOLDS:
+            w(f"{'Prot LocalAddress:Port':<33} {'Uthreshold':<10} {'Lthreshold':<10} {'ActiveConn':<10} "
+              f"{'InActConn':<10}\n  -> RemoteAddress:Port\n")
+        elif fmt & FMT_PERSISTENTCONN:
+            w(f"{'Prot LocalAddress:Port':<33} {'Weight':<9} {'PersistConn':<11} {'ActiveConn':<10} "
+              f"{'InActConn':<10}\n  -> RemoteAddress:Port\n")
+        elif fmt & FMT_TUN_INFO:
+            w("Prot LocalAddress:Port Scheduler Flags\n"
+              "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n")
+        elif not fmt & FMT_RULE:
+            w("Prot LocalAddress:Port Scheduler Flags\n"
+              "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n")
+
+    @staticmethod
+    def sched_flags_text(se: ServiceEntry) -> str:
+        names: list[str] = []
+        if se.sched_name == "sh":
+            pairs = ((uapi.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-fallback"), (uapi.IP_VS_SVC_F_SCHED_SH_PORT, "sh-port"))
+        elif se.sched_name == "mh":
+            pairs = ((uapi.IP_VS_SVC_F_SCHED_MH_FALLBACK, "mh-fallback"), (uapi.IP_VS_SVC_F_SCHED_MH_PORT, "mh-port"))
+        else:
+            pairs = ((uapi.IP_VS_SVC_F_SCHED1, "flag-1"), (uapi.IP_VS_SVC_F_SCHED2, "flag-2"),
+                     (uapi.IP_VS_SVC_F_SCHED3, "flag-3"))
+        for bit, name in pairs:
+            if se.flags & bit:
+                names.append(name)
+        return ",".join(names)
+
+    def print_service_entry(self, se: ServiceEntry, fmt: int) -> None:
+        dests = self.get_dests(se)
+        w = self.out.write
+        if se.fwmark:
+            mark = _int32(se.fwmark)
+            if fmt & FMT_RULE:
+                svc_name = f"-f {mark} -6" if se.af == AF_INET6 else f"-f {mark}"
+            else:
+                svc_name = f"FWM  {mark} IPv6" if se.af == AF_INET6 else f"FWM  {mark}"
+        else:
+            vname = self.addrport_to_anyname(se.af, se.addr, se.port, se.protocol, fmt)
+            if fmt & FMT_RULE:
+                svc_name = f"{_PROTO_OPTIONS.get(se.protocol, '--xxx-service')} {vname}"
+            else:
+                svc_name = f"{_PROTO_NAMES.get(se.protocol, '?'):<4} {vname}"
+                if se.af != AF_INET6:
+                    svc_name = svc_name[:33]
+        sched_flags = se.flags & uapi.IP_VS_SVC_F_SCHED_MASK
+        if fmt & FMT_RULE:
+            line = f"-A {svc_name} -s {se.sched_name}"
+            if se.flags & uapi.IP_VS_SVC_F_PERSISTENT:
+                line += f" -p {se.timeout}"
+                if se.af == AF_INET and se.netmask != 0xFFFFFFFF:
+                    line += f" -M {_inet_ntop(AF_INET, se.netmask.to_bytes(4, 'big'))}"
+                if se.af == AF_INET6 and se.netmask != 128:
+                    line += f" -M {_int32(se.netmask)}"
+            if se.pe_name:
+                line += f" --pe {se.pe_name}"
+            if se.flags & uapi.IP_VS_SVC_F_ONEPACKET:
+                line += " -o"
+            if sched_flags:
+                line += " -b " + self.sched_flags_text(se)
+        elif fmt & (FMT_STATS | FMT_RATE):
+            values = se.stats[:5] if fmt & FMT_STATS else se.stats[5:]
+            line = f"{svc_name:<33}" + "".join(_largenum(v, fmt) for v in values)
+        else:
+            line = f"{svc_name} {se.sched_name}"
+            if sched_flags:
+                line += f" ({self.sched_flags_text(se)})"
+            if se.flags & uapi.IP_VS_SVC_F_PERSISTENT:
+                line += f" persistent {se.timeout}"
+                if se.af == AF_INET and se.netmask != 0xFFFFFFFF:
+                    line += f" mask {_inet_ntop(AF_INET, se.netmask.to_bytes(4, 'big'))}"
+                if se.af == AF_INET6 and se.netmask != 128:
+                    line += f" mask {_int32(se.netmask)}"
+                if se.pe_name:
+                    line += f" pe {se.pe_name}"
+            if se.flags & uapi.IP_VS_SVC_F_ONEPACKET:
+                line += " ops"
+        w(line + "\n")
+
+        if not fmt & FMT_NOSORT:
+            dests = glibc_qsort(dests, cmp_dests)
+        for e in dests:
+            fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
+            dname = self.addrport_to_anyname(e.af, e.addr, e.port, se.protocol, fmt)
+            if not fmt & FMT_RULE and e.af != AF_INET6:
+                dname = dname[:28]
+            if fmt & FMT_RULE:
+                w(self.dest_rule(svc_name, dname, e) + "\n")
+            elif fmt & FMT_STATS:
+                w(f"  -> {dname:<28}" + "".join(_largenum(v, fmt) for v in e.stats[:5]) + "\n")
+            elif fmt & FMT_RATE:
+                cps, inpps, outpps, inbps, outbps = e.stats[5:]
+                w(f"  -> {dname:<28} {cps:8d} {inpps:8d} {outpps:8d}" + _largenum(inbps, fmt)
+                  + _largenum(outbps, fmt) + "\n")
+            elif fmt & FMT_THRESHOLDS:
+                w(f"  -> {dname:<28} {e.u_threshold:<10d} {e.l_threshold:<10d} {e.activeconns:<10d} "
+                  f"{e.inactconns:<10d}\n")
+            elif fmt & FMT_PERSISTENTCONN:
+                w(f"  -> {dname:<28} {e.weight:<9d} {e.persistconns:<11d} {e.activeconns:<10d} "
+                  f"{e.inactconns:<10d}\n")
+            elif fmt & FMT_TUN_INFO:
+                ti = self.tun_info(e) or "n/a"
+                w(f"  -> {dname:<28} {_c_str(_FWD_NAMES.get(fwd)):<7} {ti:<13} {e.weight:<6d} "
+                  f"{e.activeconns:<10d} {e.inactconns:<10d}\n")
+            else:
+                w(f"  -> {dname:<28} {_c_str(_FWD_NAMES.get(fwd)):<7} {e.weight:<6d} {e.activeconns:<10d} "
+                  f"{e.inactconns:<10d}\n")
+
+    @staticmethod
+    def tun_info(e: DestEntry) -> str | None:
+        """``fwd_tun_info`` (None where ipvsadm prints n/a)."""
+        if e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK != uapi.IP_VS_CONN_F_TUNNEL:
+            return None
+        flag = TUNFLAGS[e.tun_flags] if e.tun_flags < len(TUNFLAGS) else "(null)"
+        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_IPIP:
+            return "ipip"
+        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE:
+            return f"gue:{e.tun_port}:{flag}"[:15]
+        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE:
+            return f"gre:{flag}"[:15]
+        return None
+
+    @staticmethod
+    def dest_rule(svc_name: str, dname: str, e: DestEntry) -> str:
+        fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
+        base = f"-a {svc_name} -r {dname} {_c_str(_FWD_SWITCH.get(fwd))} -w {e.weight}"
+        if fwd != uapi.IP_VS_CONN_F_TUNNEL:
+            return base
+        flag = TUN_FLAGS_OPTS[e.tun_flags] if e.tun_flags < len(TUN_FLAGS_OPTS) else "(null)"
+        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE:
+            return f"{base} --tun-type gre {flag}"
+        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE:
+            return f"{base} --tun-type gue --tun-port {e.tun_port} {flag}"
+        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_IPIP:
+            return f"{base} --tun-type ipip"
+        return base
+
+    def list_service(self, svc: SvcSpec, fmt: int) -> None:
+        self.func = "get_service"
+        reply = self.call("GET_SERVICE", service=self._svc_attrs(svc, full=False))
+        if not reply.get("ok"):
+            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            raise _Exit(1)
+        entry = _service_entry(reply["service"])
+        self.print_title(fmt)
+        self.print_service_entry(entry, fmt)
+
+    def list_all(self, fmt: int) -> None:
+        self.init()
+        if not fmt & FMT_RULE:
+            v, size = self.info
+            self.out.write(f"IP Virtual Server version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF} (size={size})\n")
+        services = self.get_services()
+        if not fmt & FMT_NOSORT:
+            services = glibc_qsort(services, cmp_services)
+        self.print_title(fmt)
+        for se in services:
+            self.print_service_entry(se, fmt)
+
+    def list_timeout(self) -> None:
+        reply = self.call("GET_CONFIG")
+        if not reply.get("ok"):
+            raise _Exit(1)
+        self.out.write(f"Timeout (tcp tcpfin udp): {_int32(reply.get('timeout_tcp', 0))} "
+                       f"{_int32(reply.get('timeout_tcp_fin', 0))} {_int32(reply.get('timeout_udp', 0))}\n")
+
+    def list_daemon(self) -> None:
+        reply = self.call("GET_DAEMON")
+        if not reply.get("ok"):
+            raise _Exit(1)
+        for d in reply.get("daemons", [])[:2]:
+            state = d.get("state", 0)
+            if state & uapi.IP_VS_STATE_MASTER:
+                kind = "master"
+            elif state & uapi.IP_VS_STATE_BACKUP:
+                kind = "backup"
+            else:
+                continue
+            line = f"{kind} sync daemon (mcast={d.get('mcast_ifn', '')[:15]}, syncid={d.get('sync_id', 0)}"
+            if d.get("sync_maxlen"):
+                line += f", maxlen={d['sync_maxlen']}"
+            if d.get("mcast_group"):
+                line += f", group={d['mcast_group']}"
+            elif d.get("mcast_group6"):
+                line += f", group={d['mcast_group6']}"
+            if d.get("mcast_port"):
+                line += f", port={d['mcast_port']}"
+            if d.get("mcast_ttl"):
+                line += f", ttl={d['mcast_ttl']}"
+            self.out.write(line + ")\n")
+
+    def list_conn(self, fmt: int) -> None:
+        reply = self.call("GET_PROC", name="ip_vs_conn")
+        if not reply.get("ok") or not isinstance(reply.get("text"), str):
+            self.err.write(f"cannot open file {CONN_PROC_FILE}\n")
+            raise _Exit(1)
+        lines = reply["text"].splitlines(keepends=True)
+        if not lines:
+            self.err.write(f"unexpected input from {CONN_PROC_FILE}\n")
+            raise _Exit(1)
+        self.out.write("IPVS connection entries\n")
+        if fmt & FMT_PERSISTENTCONN:
+            self.out.write(f"pro expire {'state':<11} {'source':<18} {'virtual':<18} {'destination':<18} "
+                           f"{'pe name':<16} pe_data\n")
+        else:
+            self.out.write(f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination\n")
+        for line in lines[1:]:
+            self.print_conn(line, fmt)
+
+    def print_conn(self, buf: str, fmt: int) -> None:
+        n, v = _scan_conn(buf)
+        if n == -1:
+            raise _Exit(1)
+        protocol, temp1, cport, temp2, vport, temp3, dport, state, expires, pe_name, pe_data = v
+        proto = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP, "SCTP": IPPROTO_SCTP}.get(protocol, 0)
+        af = AF_INET
+        c6 = _inet_pton(AF_INET6, temp1) if temp1 is not None else None
+        if c6 is not None:
+            af = AF_INET6
+            caddr = c6
+            vaddr = (_inet_pton(AF_INET6, temp2) if temp2 else None) or bytes(16)
+        else:
+            caddr = _addr_from_proc(temp1)
+            vaddr = _addr_from_proc(temp2)
+        daf = AF_INET
+        d6 = _inet_pton(AF_INET6, temp3) if temp3 is not None else None
+        if d6 is not None:
+            daf = AF_INET6
+            daddr = d6
+        else:
+            daddr = _addr_from_proc(temp3)
+        cname = self.addrport_to_anyname(af, caddr, cport, proto, fmt)
+        vname = self.addrport_to_anyname(af, vaddr, vport, proto, fmt)
+        dname = self.addrport_to_anyname(daf, daddr, dport, proto, fmt)
+        expires &= 0xFFFFFFFF
+        expire_str = f"{_int32(expires // 60):02d}:{expires % 60:02d}"
+        if fmt & FMT_PERSISTENTCONN and n == 11:
+            self.out.write(f"{protocol:<3} {expire_str:<6} {state:<11} {cname:<18} {vname:<18} {dname:<16} "
+                           f"{pe_name:<18} {pe_data}\n")
+        else:
+            self.out.write(f"{_c_str(protocol):<3} {expire_str:<6} {_c_str(state):<11} {cname:<18} {vname:<18} "
+                           f"{dname}\n")
+
+    # ------------------------------------------------------------ help
+
+    def version_line(self) -> str:
+        v = uapi.IP_VS_VERSION_CODE
+        return (f"ipvsadm {IPVSADM_VERSION} (compiled with popt and IPVS "
+                f"v{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF})\n")
+
+    def usage_exit(self, code: int) -> None:
+        stream = self.out if code == 0 else self.err
+        stream.write(self.version_line() + usage_text(PROG))
+        raise _Exit(code)
+
+
+_SIMPLE_FLAGS = {
+    TAG_TIMEOUT: (OPTC_TIMEOUT, 0),
+    TAG_DAEMON: (OPTC_DAEMON, 0),
+    TAG_STATS: (OPTC_STATS, FMT_STATS),
+    TAG_RATE: (OPTC_RATE, FMT_RATE),
+    TAG_THRESHOLDS: (OPTC_THRESHOLDS, FMT_THRESHOLDS),
+    TAG_PERSISTENTCONN: (OPTC_PERSISTENTCONN, FMT_PERSISTENTCONN),
+    TAG_NO_SORT: (OPTC_NOSORT, FMT_NOSORT),
+    ord("X"): (OPTC_EXACT, FMT_EXACT),
+    TAG_TUN_INFO: (OPTC_TUN_INFO, FMT_TUN_INFO),
+}
+
+
+def _addr_from_proc(text: str | None) -> bytes:
+    """A /proc address: dotted IPv4, or the kernel's host-order hex."""
+    if text is None:
+        return bytes(16)
+    a4 = _inet_pton(AF_INET, text)
+    if a4 is None:
+        m = re.match(r"[ \t\n\v\f\r]*[+-]?(0[xX])?([0-9a-fA-F]*)", text)
+        digits = m.group(2) if m else ""
+        neg = m is not None and "-" in m.group(0)
+        val = int(digits, 16) if digits else 0
+        val = (-val if neg else val) & 0xFFFFFFFF  # strtoul result, as it lands in a u32
+        a4 = val.to_bytes(4, "big")
+    return a4 + bytes(12)
+
+
+_HEX = re.compile(r"[+-]?(?:0[xX](?=[0-9a-fA-F]))?[0-9a-fA-F]+")
+_DEC = re.compile(r"[+-]?[0-9]+")
+
+
+def _scan_conn(buf: str) -> tuple[int, list]:
+    """``sscanf(buf, "%s %s %hX %s %hX %s %hX %s %d %s %s")``: (count, values)."""
+    kinds = "ssxsxsxsdss"
+    values: list[Any] = [None, None, 0, None, 0, None, 0, None, 0, None, None]
+    pos = 0
+    n = 0
+    for i, kind in enumerate(kinds):
+        while pos < len(buf) and buf[pos] in _CSPACE:
+            pos += 1
+        if pos >= len(buf):
+            return (n if n else -1), values
+        if kind == "s":
+            end = pos
+            while end < len(buf) and buf[end] not in _CSPACE:
+                end += 1
+            values[i] = buf[pos:end]
+            pos = end
+        else:
+            m = (_HEX if kind == "x" else _DEC).match(buf, pos)
+            if not m:
+                return n, values
+            text = m.group(0)
+            if kind == "x":
+                v = int(text.replace("0x", "").replace("0X", ""), 16)
+                values[i] = v & 0xFFFF
+            else:
+                values[i] = _int32(int(text))
+            pos = m.end()
+        n += 1
+    return n, values
+
+
+def config_stream_read(text: str) -> Iterable[list[str]]:
+    """``config_stream_read`` applied line after line: the words of each line.
+
+    Yields a (possibly empty) word list per line and stops where the C
+    function returns NULL: at the end of input with no words left, or at
+    the end of input met while skipping blanks (which loses that line).
+    """
+    pos = 0
+    n = len(text)
+    while True:
+        words: list[str] = []
+        ntoken = 0
+        while True:
+            if pos >= n:
+                if ntoken == 0:
+                    return
+                yield words
+                return
+            end = pos
+            while end < n and text[end] not in " \t\n\r":
+                end += 1
+            if end == pos:
+                # fscanf matched nothing: skip blanks up to the end of the line.
+                while True:
+                    if pos >= n:
+                        return
+                    ch = text[pos]
+                    pos += 1
+                    if ch == "\n":
+                        break
+                    if ch not in "\t\r ":
+                        pos -= 1
+                        break
+                if ch == "\n":
+                    yield words
+                    break
+                continue
+            token = text[pos:end][:4096]
+            pos = end
+            tail = None
+            if pos < n:
+                tail = text[pos]
+                pos += 1
+            if token != "ipvsadm":
+                ntoken += 1
+                words.append(token)
+            if tail == "\n":
+                yield words
+                break
+
+
+def usage_text(program: str) -> str:
+    """The usage text of ``ipvsadm -h`` (after the version line)."""
+    p = program
+    return (
+        "Usage:\n"
+        f"  {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] "
+        "[-b sched-flags]\n"
+        f"  {p} -D virtual-service\n"
+        f"  {p} -C\n"
+        f"  {p} -R\n"
+        f"  {p} -S [-n]\n"
+        f"  {p} -a|e virtual-service -r server-address [options]\n"
+        f"  {p} -d virtual-service -r server-address\n"
+        f"  {p} -L|l [virtual-service] [options]\n"
+        f"  {p} -Z [virtual-service]\n"
+        f"  {p} --set tcp tcpfin udp\n"
+        f"  {p} --start-daemon {{master|backup}} [daemon-options]\n"
+        f"  {p} --stop-daemon {{master|backup}}\n"
+        f"  {p} -h\n\n"
+        "Commands:\n"
+        "Either long or short options are allowed.\n"
+        "  --add-service     -A        add virtual service with options\n"
+        "  --edit-service    -E        edit virtual service with options\n"
+        "  --delete-service  -D        delete virtual service\n"
+        "  --clear           -C        clear the whole table\n"
+        "  --restore         -R        restore rules from stdin\n"
+        "  --save            -S        save rules to stdout\n"
+        "  --add-server      -a        add real server with options\n"
+        "  --edit-server     -e        edit real server with options\n"
+        "  --delete-server   -d        delete real server\n"
+        "  --list            -L|-l     list the table\n"
+        "  --zero            -Z        zero counters in a service or all services\n"
+        "  --set tcp tcpfin udp        set connection timeout values\n"
+        "  --start-daemon              start connection sync daemon\n"
+        "  --stop-daemon               stop connection sync daemon\n"
+        "  --help            -h        display this help message\n\n"
+        "virtual-service:\n"
+        "  --tcp-service|-t  service-address   service-address is host[:port]\n"
+        "  --udp-service|-u  service-address   service-address is host[:port]\n"
+        "  --sctp-service    service-address   service-address is host[:port]\n"
+        "  --fwmark-service|-f fwmark          fwmark is an integer greater than zero\n"
+        "\n"
+        "Options:\n"
+        "  --ipv6         -6                   fwmark entry uses IPv6\n"
+        f"  --scheduler    -s scheduler         one of {SCHEDULERS},\n"
+        f"                                      the default scheduler is {DEF_SCHED}.\n"
+        f"  --pe            engine              alternate persistence engine may be {PE_LIST},\n"
+        "                                      not set by default.\n"
+        "  --persistent   -p [timeout]         persistent service\n"
+        "  --netmask      -M netmask           persistent granularity mask\n"
+        "  --real-server  -r server-address    server-address is host (and port)\n"
+        "  --gatewaying   -g                   gatewaying (direct routing) (default)\n"
+        "  --ipip         -i                   ipip encapsulation (tunneling)\n"
+        "  --masquerading -m                   masquerading (NAT)\n"
+        "  --tun-type      type                one of ipip|gue|gre,\n"
+        f"                                      the default tunnel type is {DEF_TUNNEL_TYPE}.\n"
+        "  --tun-port      port                tunnel destination port\n"
+        "  --tun-nocsum                        tunnel encapsulation without checksum\n"
+        "  --tun-csum                          tunnel encapsulation with checksum\n"
+        "  --tun-remcsum                       tunnel encapsulation with remote checksum\n"
+        "  --weight       -w weight            capacity of real server\n"
+        "  --u-threshold  -x uthreshold        upper threshold of connections\n"
+        "  --l-threshold  -y lthreshold        lower threshold of connections\n"
+        "  --connection   -c                   output of current IPVS connections\n"
+        "  --timeout                           output of timeout (tcp tcpfin udp)\n"
+        "  --daemon                            output of daemon information\n"
+        "  --stats                             output of statistics information\n"
+        "  --rate                              output of rate information\n"
+        "  --exact                             expand numbers (display exact values)\n"
+        "  --thresholds                        output of thresholds information\n"
+        "  --persistent-conn                   output of persistent connection info\n"
+        "  --tun-info                          output of tunnel information\n"
+        "  --nosort                            disable sorting output of service/server entries\n"
+        "  --sort                              does nothing, for backwards compatibility\n"
+        "  --ops          -o                   one-packet scheduling\n"
+        "  --numeric      -n                   numeric output of addresses and ports\n"
+        "  --sched-flags  -b flags             scheduler flags (comma-separated)\n"
+        "Daemon Options:\n"
+        "  --syncid sid                        syncid for connection sync (default=255)\n"
+        "  --sync-maxlen length                Max sync message length (default=1472)\n"
+        "  --mcast-interface interface         multicast interface for connection sync\n"
+        "  --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)\n"
+        "  --mcast-port port                   UDP port (default=8848)\n"
+        "  --mcast-ttl ttl                     Multicast TTL (default=1)\n"
+    )
+
+
+# --------------------------------------------------------------------------
+# Entry points
+
+
+def _split_socket_option(argv: list[str]) -> tuple[list[str], str | None]:
+    """Take PyIPVS's ``--socket PATH`` out of argv (before any ``--``)."""
+    out: list[str] = []
+    path = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if a == "--socket" and i + 1 < len(argv):
+            path = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith("--socket="):
+            path = a[len("--socket="):]
+            i += 1
+            continue
+        out.append(a)
+        i += 1
+    return out, path
+
+
+def _default_transport(path: str | None) -> Callable[[], Any]:
+    def make():
+        from ipvs.client import Client
+
+        return Client(path=path or os.environ.get("IPVS_SOCKET") or None)
+
+    return make
+
+
+def _exit_status(code: int) -> int:
+    return code & 0xFF
+
+
+def main(argv: list[str], transport: Any = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
+         stdin: TextIO | None = None, resolver: Resolver | None = None) -> int:
+    """Run ipvsadm with ``argv`` (without the program name); return the exit status."""
+    argv, sock = _split_socket_option(list(argv))
+    factory = (lambda: transport) if transport is not None else _default_transport(sock)
+    tool = Ipvsadm(factory, stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin, resolver)
+    try:
+        if not argv:
+            tool.list_all(0)
+            return 0
+        return _exit_status(tool.process_options(argv, False))
+    except _Exit as e:
+        return _exit_status(e.code)
+
+
+def restore(lines: Iterable[str], transport: Any, stderr: TextIO | None = None, stdout: TextIO | None = None,
+            resolver: Resolver | None = None) -> int:
+    """Apply a rules file as ``ipvsadm -R`` does; return its exit status.
+
+    For ``ipvsd``, which loads its rules at start.  Output of listing
+    commands in the file goes to ``stdout`` (discarded by default).
+    """
+    import io
+
+    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    tool = Ipvsadm(lambda: transport, stdout or io.StringIO(), stderr or sys.stderr, io.StringIO(text), resolver)
+    try:
+        return _exit_status(tool.restore_table(False))
+    except _Exit as e:
+        return _exit_status(e.code)

@@ -1,0 +1,735 @@
+"""The control message schema: IPVS generic netlink as JSON-compatible dicts.
+
+Mirrors the generic-netlink half of ``net/netfilter/ipvs/ip_vs_ctl.c``
+(``ip_vs_genl_set_cmd``, ``ip_vs_genl_get_cmd``, the dump functions and
+``ip_vs_genl_parse_service`` / ``ip_vs_genl_parse_dest``) and the command and
+attribute names of ``include/uapi/linux/ip_vs.h``.  The kernel speaks
+netlink attributes; PyIPVS carries the same commands and attributes as
+plain dicts (JSON on the daemon's Unix socket), so every field keeps the
+kernel's name, meaning and unit.
+
+:func:`dispatch` is the single server-side entry point.  It is pure: it
+reads and changes one :class:`ipvs.netns.NetnsIPVS` and returns a reply
+dict; it never raises and never does I/O.
+
+Requests
+========
+
+A request is a dict::
+
+    {"version": 1, "cmd": "NEW_SERVICE", "service": {...}, "dest": {...},
+     "daemon": {...}, "timeout_tcp": 900, "timeout_tcp_fin": 120,
+     "timeout_udp": 300, "name": "...", "value": 1, "seq": 7}
+
+``version`` must be :data:`SCHEMA_VERSION` and ``cmd`` one of
+:data:`COMMANDS`; ``seq`` (optional, any integer) is echoed in the reply,
+like ``nlmsg_seq``.  Which of the other keys a command reads is given in
+the table below; a key a command does not read is still validated, and an
+unknown key anywhere is an ``EINVAL`` reply.
+
+=============== ============================= =====================================
+cmd             reads                         reply (besides ``ok``)
+=============== ============================= =====================================
+NEW_SERVICE     service (full)                —
+SET_SERVICE     service (full)                —
+DEL_SERVICE     service (identity)            —
+GET_SERVICE     service (identity), optional  ``service`` or, without one,
+                                              ``services`` (kernel dump order)
+NEW_DEST        service, dest (full)          —
+SET_DEST        service, dest (full)          —
+DEL_DEST        service, dest (identity)      —
+GET_DEST        service (identity)            ``dests`` (list order: newest first;
+                                              empty if no such service)
+NEW_DAEMON      daemon (state, mcast_ifn,     —
+                sync_id, ...)
+DEL_DAEMON      daemon (state)                —
+GET_DAEMON      —                             ``daemons``
+SET_CONFIG      timeout_tcp, timeout_tcp_fin, —
+                timeout_udp (each optional)
+GET_CONFIG      —                             ``timeout_tcp``, ``timeout_tcp_fin``,
+                                              ``timeout_udp``
+GET_INFO        —                             ``info``: ``version``, ``conn_tab_size``
+ZERO            service (optional)            —
+FLUSH           —                             —
+GET_PROC        name                          ``text``
+GET_SYSCTL      name (optional)               ``value``, or ``sysctls`` (all)
+SET_SYSCTL      name, value                   —
+=============== ============================= =====================================
+
+``SET_INFO`` exists in the kernel only as the reply to ``GET_INFO``;
+sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
+``SET_SYSCTL`` are PyIPVS extensions: the text of
+``/proc/net/<name>`` (one of :data:`PROC_NAMES`) and the
+``net.ipv4.vs.*`` settings (:class:`ipvs.ctl.Sysctls`).
+
+Service attributes (``IPVS_SVC_ATTR_*``)
+----------------------------------------
+
+==============  ===========================================================
+af              u16: 2 (AF_INET) or 10 (AF_INET6); required
+protocol        u16: 6, 17 or 132; with addr and port, or instead fwmark
+addr            text address of family ``af``
+port            u16, host order
+fwmark          u32, non-zero: a firewall-mark service
+sched_name      scheduler name, at most 15 characters (full entries)
+pe_name         persistence engine name, at most 15 characters
+flags           ``{"flags": u32, "mask": u32}``: bits of ``flags`` under
+                ``mask`` replace the service's (full entries)
+timeout         u32 persistence timeout in **seconds** (full entries)
+netmask         u32: IPv4 mask as an integer (``0xFFFFFF00`` is
+                255.255.255.0) or the IPv6 prefix length (full entries)
+stats, stats64  replies only: ``conns inpkts outpkts inbytes outbytes cps
+                inpps outpps inbps outbps``; ``stats`` is the 32-bit view
+                (counts and rates truncated to u32, as the kernel's
+                ``ip_vs_genl_fill_stats`` does), ``stats64`` the full one.
+                Counters are since the last zero; rates per second.
+==============  ===========================================================
+
+A full entry (NEW/SET_SERVICE) needs ``sched_name``, ``flags``, ``timeout``
+and ``netmask``; a missing one is ``EINVAL``, as in the kernel.
+
+Destination attributes (``IPVS_DEST_ATTR_*``)
+---------------------------------------------
+
+==============  ===========================================================
+addr, port      text address and u16 port; required
+addr_family     u16; defaults to the service's family
+fwd_method      u32: 0 masq, 1 local, 2 tunnel, 3 route (only the low
+                three bits count); full entries
+weight          u32 (read as the kernel's ``int``: 2^31 and above are
+                negative, hence ``ERANGE``); full entries
+u_threshold     u32 upper connection threshold (kernel: U_THRESH); full
+l_threshold     u32 lower connection threshold (kernel: L_THRESH); full
+tun_type        u8: 0 ipip, 1 gue, 2 gre
+tun_port        u16 (GUE only, required there)
+tun_flags       u16: 0 nocsum, 1 csum, 2 remcsum
+active_conns, inact_conns, persist_conns, stats, stats64
+                replies only
+==============  ===========================================================
+
+The threshold keys are spelt out (``u_threshold`` for the kernel's
+``IPVS_DEST_ATTR_U_THRESH``) because that is the name the rest of PyIPVS and
+``struct ip_vs_dest`` use.
+
+Daemon attributes (``IPVS_DAEMON_ATTR_*``)
+------------------------------------------
+
+``state`` (u32: 1 master, 2 backup), ``mcast_ifn`` (at most 15
+characters), ``sync_id`` (u32), ``sync_maxlen`` (u16), ``mcast_group``
+(IPv4 text), ``mcast_group6`` (IPv6 text), ``mcast_port`` (u16),
+``mcast_ttl`` (u8).  PyIPVS records the sync daemon settings (so
+``ipvsadm --daemon`` shows them) but sends no sync messages yet.
+
+Replies
+=======
+
+Success: ``{"version": 1, "ok": true, ...}``; failure::
+
+    {"version": 1, "ok": false, "errno": 3, "error": "ESRCH",
+     "message": "no such service"}
+
+``errno`` is what the kernel returns for the same request (``ESRCH``,
+``EEXIST``, ``ENOENT``, ``EINVAL``, ``ERANGE`` ...), so a client prints the
+same messages as ipvsadm does.
+
+Differences from the kernel, and why
+====================================
+
+* Addresses are text, not 16 raw bytes: the family is checked against
+  ``af`` instead of being implied by how many bytes are read.
+* Validation is strict where netlink is lenient: wrong types, out-of-range
+  integers and unknown keys are rejected with ``EINVAL`` rather than being
+  truncated or ignored, because a JSON client has no attribute policy to
+  keep it honest.
+* A dump is one reply holding a list, not a series of multipart messages.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import weakref
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any
+
+from ipvs import ctl, uapi
+from ipvs.ctl import DestUser, IPVSError, ServiceUser
+from ipvs.uapi import AF_INET, AF_INET6
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.netns import NetnsIPVS
+
+log = logging.getLogger("ipvs.netlink")
+
+#: Version of this schema; a request with another version is refused.
+SCHEMA_VERSION = 1
+
+#: The kernel's commands (``enum IPVS_CMD_*``) plus the PyIPVS extensions.
+COMMANDS = uapi.IPVS_COMMANDS + ("GET_PROC", "GET_SYSCTL", "SET_SYSCTL")
+
+#: ``/proc/net`` views that GET_PROC serves (rendered by :mod:`ipvs.procfs`).
+PROC_NAMES = ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app")
+
+STATS_KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps")
+
+_U8, _U16, _U32 = 0xFF, 0xFFFF, 0xFFFFFFFF
+_STR15 = uapi.IP_VS_SCHEDNAME_MAXLEN - 1
+
+
+class SchemaError(Exception):
+    """A request does not fit the schema; becomes an error reply."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.message = message
+
+
+# --------------------------------------------------------------------------
+# Field validation
+
+
+def _uint(maximum: int) -> Callable[[str, Any], int]:
+    def check(name: str, v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= maximum:
+            raise SchemaError(errno.EINVAL, f"{name} must be an integer in [0, {maximum}]")
+        return v
+
+    return check
+
+
+def _text(maxlen: int) -> Callable[[str, Any], str]:
+    def check(name: str, v: Any) -> str:
+        if not isinstance(v, str) or len(v) > maxlen or "\0" in v:
+            raise SchemaError(errno.EINVAL, f"{name} must be a string of at most {maxlen} characters")
+        return v
+
+    return check
+
+
+def _addr_text(name: str, v: Any) -> str:
+    if not isinstance(v, str) or len(v) > 64:
+        raise SchemaError(errno.EINVAL, f"{name} must be an address string")
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise SchemaError(errno.EINVAL, f"{name}: {v!r} is not an IP address") from None
+    return v
+
+
+def _flags(name: str, v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise SchemaError(errno.EINVAL, f"{name} must be an object {{flags, mask}}")
+    return _check_fields(name, v, {"flags": _uint(_U32), "mask": _uint(_U32)}, required=("flags", "mask"))
+
+
+def _reply_only(name: str, v: Any) -> None:
+    raise SchemaError(errno.EINVAL, f"{name} is only sent in replies")
+
+
+_SERVICE_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "af": _uint(_U16),
+    "protocol": _uint(_U16),
+    "addr": _addr_text,
+    "port": _uint(_U16),
+    "fwmark": _uint(_U32),
+    "sched_name": _text(_STR15),
+    "pe_name": _text(_STR15),
+    "flags": _flags,
+    "timeout": _uint(_U32),
+    "netmask": _uint(_U32),
+    "stats": _reply_only,
+    "stats64": _reply_only,
+}
+
+_DEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "addr": _addr_text,
+    "port": _uint(_U16),
+    "addr_family": _uint(_U16),
+    "fwd_method": _uint(_U32),
+    "weight": _uint(_U32),
+    "u_threshold": _uint(_U32),
+    "l_threshold": _uint(_U32),
+    "tun_type": _uint(_U8),
+    "tun_port": _uint(_U16),
+    "tun_flags": _uint(_U16),
+    "active_conns": _reply_only,
+    "inact_conns": _reply_only,
+    "persist_conns": _reply_only,
+    "stats": _reply_only,
+    "stats64": _reply_only,
+}
+
+_DAEMON_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "state": _uint(_U32),
+    "mcast_ifn": _text(uapi.IP_VS_IFNAME_MAXLEN - 1),
+    "sync_id": _uint(_U32),
+    "sync_maxlen": _uint(_U16),
+    "mcast_group": _addr_text,
+    "mcast_group6": _addr_text,
+    "mcast_port": _uint(_U16),
+    "mcast_ttl": _uint(_U8),
+}
+
+
+def _nested(fields: dict) -> Callable[[str, Any], dict]:
+    def check(name: str, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise SchemaError(errno.EINVAL, f"{name} must be an object")
+        return _check_fields(name, v, fields)
+
+    return check
+
+
+def _any_int(name: str, v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not -(2**63) <= v < 2**63:
+        raise SchemaError(errno.EINVAL, f"{name} must be a 64-bit integer")
+    return v
+
+
+def _sysctl_name(name: str, v: Any) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= 64:
+        raise SchemaError(errno.EINVAL, f"{name} must be a short string")
+    return v
+
+
+_REQUEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "version": _uint(_U32),
+    "cmd": _text(32),
+    "seq": _any_int,
+    "service": _nested(_SERVICE_FIELDS),
+    "dest": _nested(_DEST_FIELDS),
+    "daemon": _nested(_DAEMON_FIELDS),
+    "timeout_tcp": _uint(_U32),
+    "timeout_tcp_fin": _uint(_U32),
+    "timeout_udp": _uint(_U32),
+    "name": _sysctl_name,
+    "value": _any_int,
+}
+
+
+def _check_fields(where: str, d: dict, fields: dict, required: tuple[str, ...] = ()) -> dict:
+    for key, value in d.items():
+        check = fields.get(key) if isinstance(key, str) else None
+        if check is None:
+            raise SchemaError(errno.EINVAL, f"unknown key {key!r} in {where}")
+        check(f"{where}.{key}", value)
+    for key in required:
+        if key not in d:
+            raise SchemaError(errno.EINVAL, f"{where}.{key} is required")
+    return d
+
+
+def validate(req: Any) -> dict:
+    """Check a request against the schema; raise :class:`SchemaError`."""
+    if not isinstance(req, dict):
+        raise SchemaError(errno.EINVAL, "a request must be an object")
+    _check_fields("request", req, _REQUEST_FIELDS, required=("version", "cmd"))
+    if req["version"] != SCHEMA_VERSION:
+        raise SchemaError(errno.EPROTONOSUPPORT, f"schema version {req['version']} is not {SCHEMA_VERSION}")
+    if req["cmd"] not in COMMANDS:
+        raise SchemaError(errno.EOPNOTSUPP, f"unknown command {req['cmd']!r}")
+    return req
+
+
+# --------------------------------------------------------------------------
+# Attributes -> control-plane arguments (ip_vs_genl_parse_service/_dest)
+
+
+def _packed(af: int, text: str, where: str) -> bytes:
+    ip = ipaddress.ip_address(text)
+    if (ip.version == 4) != (af == AF_INET):
+        raise SchemaError(errno.EINVAL, f"{where} {text!r} is not of address family {af}")
+    return ip.packed
+
+
+def _parse_service(ipvs: NetnsIPVS, attrs: dict | None, full: bool) -> tuple[ServiceUser, ctl.Service | None]:
+    """``ip_vs_genl_parse_service``: the user view and the existing service."""
+    if attrs is None:
+        raise SchemaError(errno.EINVAL, "a service is required")
+    if "af" not in attrs or not ("fwmark" in attrs or all(k in attrs for k in ("protocol", "addr", "port"))):
+        raise SchemaError(errno.EINVAL, "service needs af and either fwmark or protocol, addr and port")
+    af = attrs["af"]
+    if af not in (AF_INET, AF_INET6):
+        raise IPVSError(errno.EAFNOSUPPORT, f"address family {af}")
+    u = ServiceUser(af=af)
+    u.addr = bytes(4 if af == AF_INET else 16)
+    if attrs.get("fwmark"):
+        u.protocol = uapi.IPPROTO_TCP
+        u.fwmark = attrs["fwmark"]
+        svc = ctl.fwm_service_find(ipvs, af, u.fwmark)
+    else:
+        u.protocol = attrs["protocol"]
+        u.addr = _packed(af, attrs["addr"], "service.addr")
+        u.port = attrs["port"]
+        svc = ctl.service_find(ipvs, af, u.protocol, u.addr, u.port)
+    if full:
+        missing = [k for k in ("sched_name", "flags", "timeout", "netmask") if k not in attrs]
+        if missing:
+            raise SchemaError(errno.EINVAL, f"a full service needs {', '.join(missing)}")
+        flags = svc.flags if svc is not None else 0
+        f = attrs["flags"]
+        u.flags = (flags & ~f["mask"]) | (f["flags"] & f["mask"])
+        u.sched_name = attrs["sched_name"]
+        u.pe_name = attrs.get("pe_name", "")
+        u.timeout = attrs["timeout"]
+        u.netmask = attrs["netmask"]
+    return u, svc
+
+
+def _int32(v: int) -> int:
+    """A u32 read into a C ``int``, as the kernel stores weights."""
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _parse_dest(attrs: dict | None, svc: ctl.Service, full: bool) -> DestUser:
+    """``ip_vs_genl_parse_dest`` plus the family checks of ``ip_vs_genl_set_cmd``."""
+    if attrs is None or "addr" not in attrs or "port" not in attrs:
+        raise SchemaError(errno.EINVAL, "a destination needs addr and port")
+    af = attrs.get("addr_family") or svc.af
+    if af not in (AF_INET, AF_INET6):
+        raise IPVSError(errno.EAFNOSUPPORT, f"address family {af}")
+    u = DestUser(addr=_packed(af, attrs["addr"], "dest.addr"), port=attrs["port"], af=af)
+    if full:
+        missing = [k for k in ("fwd_method", "weight", "u_threshold", "l_threshold") if k not in attrs]
+        if missing:
+            raise SchemaError(errno.EINVAL, f"a full destination needs {', '.join(missing)}")
+        u.conn_flags = attrs["fwd_method"] & uapi.IP_VS_CONN_F_FWD_MASK
+        u.weight = _int32(attrs["weight"])
+        u.u_threshold = attrs["u_threshold"]
+        u.l_threshold = attrs["l_threshold"]
+        u.tun_type = attrs.get("tun_type", 0)
+        u.tun_port = attrs.get("tun_port", 0)
+        u.tun_flags = attrs.get("tun_flags", 0)
+    return u
+
+
+# --------------------------------------------------------------------------
+# Control-plane objects -> attributes (ip_vs_genl_fill_*)
+
+
+def _stats(stats, wide: bool) -> dict:
+    values = stats.counters() + stats.rates()
+    if wide:
+        return dict(zip(STATS_KEYS, values, strict=True))
+    # The 32-bit attributes: bytes stay u64 (IPVS_STATS_ATTR_*BYTES), the rest are u32.
+    return {k: (v if k.endswith("bytes") else v & _U32) for k, v in zip(STATS_KEYS, values, strict=True)}
+
+
+def service_attrs(ipvs: NetnsIPVS, svc: ctl.Service) -> dict:
+    """``ip_vs_genl_fill_service``: one service as reply attributes."""
+    d: dict[str, Any] = {"af": svc.af}
+    if svc.fwmark:
+        d["fwmark"] = svc.fwmark
+    else:
+        d["protocol"] = svc.protocol
+        d["addr"] = ctl.format_addr(svc.af, svc.addr)
+        d["port"] = svc.port
+    d["sched_name"] = svc.sched_name
+    if svc.pe_name:
+        d["pe_name"] = svc.pe_name
+    d["flags"] = {"flags": svc.flags, "mask": _U32}
+    d["timeout"] = svc.timeout // ipvs.hz
+    d["netmask"] = svc.netmask
+    d["stats"] = _stats(svc.stats, wide=False)
+    d["stats64"] = _stats(svc.stats, wide=True)
+    return d
+
+
+def dest_attrs(dest: ctl.Dest) -> dict:
+    """``ip_vs_genl_fill_dest``: one destination as reply attributes."""
+    return {
+        "addr": ctl.format_addr(dest.af, dest.addr),
+        "port": dest.port,
+        "fwd_method": dest.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK,
+        "weight": dest.weight,
+        "tun_type": dest.tun_type,
+        "tun_port": dest.tun_port,
+        "tun_flags": dest.tun_flags,
+        "u_threshold": dest.u_threshold,
+        "l_threshold": dest.l_threshold,
+        "active_conns": dest.activeconns,
+        "inact_conns": dest.inactconns,
+        "persist_conns": dest.persistconns,
+        "addr_family": dest.af,
+        "stats": _stats(dest.stats, wide=False),
+        "stats64": _stats(dest.stats, wide=True),
+    }
+
+
+# --------------------------------------------------------------------------
+# Sync daemon settings: the kernel keeps them in struct netns_ipvs; NetnsIPVS
+# has no slot for them yet, so they live here, keyed by instance.
+
+_SYNC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sync_state(ipvs: NetnsIPVS) -> dict[int, dict]:
+    return _SYNC.setdefault(ipvs, {})
+
+
+# --------------------------------------------------------------------------
+# Command handlers: each returns the reply's extra keys.
+
+
+def _new_service(ipvs, req, now, **_):
+    u, svc = _parse_service(ipvs, req.get("service"), full=True)
+    if svc is not None:
+        raise IPVSError(errno.EEXIST, "service already exists")
+    ctl.add_service(ipvs, u)
+    return {}
+
+
+def _existing(ipvs, req, full: bool) -> tuple[ServiceUser, ctl.Service]:
+    u, svc = _parse_service(ipvs, req.get("service"), full=full)
+    if svc is None:
+        # "Unless we're adding a new service, the service must already exist."
+        raise IPVSError(errno.ESRCH, "no such service")
+    return u, svc
+
+
+def _set_service(ipvs, req, now, **_):
+    u, _svc = _existing(ipvs, req, full=True)
+    ctl.edit_service(ipvs, u)
+    return {}
+
+
+def _del_service(ipvs, req, now, **_):
+    u, _svc = _existing(ipvs, req, full=False)
+    ctl.del_service(ipvs, u)
+    return {}
+
+
+def _get_service(ipvs, req, now, **_):
+    if "service" not in req:
+        return {"services": [service_attrs(ipvs, s) for s in ctl.services_sorted_by_bucket(ipvs)]}
+    _u, svc = _existing(ipvs, req, full=False)
+    return {"service": service_attrs(ipvs, svc)}
+
+
+def _dest_cmd(ipvs, req, full: bool) -> tuple[ServiceUser, ctl.Service, DestUser]:
+    su, svc = _existing(ipvs, req, full=False)
+    du = _parse_dest(req.get("dest"), svc, full=full)
+    if full and du.af != svc.af and du.conn_flags != uapi.IP_VS_CONN_F_TUNNEL:
+        raise IPVSError(errno.EINVAL, "a destination of another family must be tunnelled")
+    if full and du.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE and du.tun_port == 0:
+        raise IPVSError(errno.EINVAL, "GUE tunnel port is zero")
+    return su, svc, du
+
+
+def _new_dest(ipvs, req, now, **_):
+    su, _svc, du = _dest_cmd(ipvs, req, full=True)
+    ctl.add_dest(ipvs, su, du)
+    return {}
+
+
+def _set_dest(ipvs, req, now, **_):
+    su, _svc, du = _dest_cmd(ipvs, req, full=True)
+    ctl.edit_dest(ipvs, su, du)
+    return {}
+
+
+def _del_dest(ipvs, req, now, **_):
+    su, _svc, du = _dest_cmd(ipvs, req, full=False)
+    ctl.del_dest(ipvs, su, du.af, du.addr, du.port)
+    return {}
+
+
+def _get_dest(ipvs, req, now, **_):
+    try:
+        _u, svc = _parse_service(ipvs, req.get("service"), full=False)
+    except (SchemaError, IPVSError):
+        # ip_vs_genl_dump_dests answers a bad or missing service with an empty dump.
+        svc = None
+    return {"dests": [dest_attrs(d) for d in svc.destinations] if svc is not None else []}
+
+
+def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
+    d = req.get("daemon")
+    if d is None or not all(k in d for k in ("state", "mcast_ifn", "sync_id")):
+        raise SchemaError(errno.EINVAL, "daemon needs state, mcast_ifn and sync_id")
+    state = d["state"]
+    if state not in (uapi.IP_VS_STATE_MASTER, uapi.IP_VS_STATE_BACKUP):
+        raise IPVSError(errno.EINVAL, f"bad daemon state {state}")
+    running = _sync_state(ipvs)
+    if state in running:
+        raise IPVSError(errno.EEXIST, "daemon already running")
+    if interfaces is not None and d["mcast_ifn"] not in interfaces:
+        raise IPVSError(errno.ENODEV, f"no interface {d['mcast_ifn']!r}")
+    if "mcast_group" in d and ipaddress.ip_address(d["mcast_group"]).version != 4:
+        raise SchemaError(errno.EINVAL, "mcast_group must be IPv4")
+    if "mcast_group6" in d and ipaddress.ip_address(d["mcast_group6"]).version != 6:
+        raise SchemaError(errno.EINVAL, "mcast_group6 must be IPv6")
+    # The kernel's defaults for what the request leaves out (ip_vs_sync.c).
+    entry = {"state": state, "mcast_ifn": d["mcast_ifn"], "sync_id": d["sync_id"] & 0xFF,
+             "sync_maxlen": d.get("sync_maxlen") or 1472, "mcast_port": d.get("mcast_port") or 8848,
+             "mcast_ttl": d.get("mcast_ttl") or 1}
+    if "mcast_group6" in d:
+        entry["mcast_group6"] = d["mcast_group6"]
+    else:
+        entry["mcast_group"] = d.get("mcast_group", "224.0.0.81")
+    running[state] = entry
+    return {}
+
+
+def _del_daemon(ipvs, req, now, **_):
+    d = req.get("daemon")
+    if d is None or "state" not in d:
+        raise SchemaError(errno.EINVAL, "daemon needs state")
+    running = _sync_state(ipvs)
+    if running.pop(d["state"], None) is None:
+        raise IPVSError(errno.ESRCH, "no daemon is running")
+    return {}
+
+
+def _get_daemon(ipvs, req, now, **_):
+    running = _sync_state(ipvs)
+    return {"daemons": [dict(running[s]) for s in (uapi.IP_VS_STATE_MASTER, uapi.IP_VS_STATE_BACKUP) if s in running]}
+
+
+def _set_config(ipvs, req, now, **_):
+    ctl.set_timeouts(ipvs, req.get("timeout_tcp", 0), req.get("timeout_tcp_fin", 0), req.get("timeout_udp", 0))
+    return {}
+
+
+def _get_config(ipvs, req, now, **_):
+    tcp, fin, udp = ctl.get_timeouts(ipvs)
+    return {"timeout_tcp": tcp, "timeout_tcp_fin": fin, "timeout_udp": udp}
+
+
+def _get_info(ipvs, req, now, **_):
+    return {"info": {"version": uapi.IP_VS_VERSION_CODE, "conn_tab_size": ipvs.conn_tab.size}}
+
+
+def _set_info(ipvs, req, now, **_):
+    raise SchemaError(errno.EINVAL, "SET_INFO is only a reply")
+
+
+def _zero(ipvs, req, now, **_):
+    if "service" not in req:
+        ctl.zero(ipvs)
+        return {}
+    u, _svc = _existing(ipvs, req, full=False)
+    ctl.zero(ipvs, u)
+    return {}
+
+
+def _flush(ipvs, req, now, **_):
+    ctl.flush(ipvs)
+    return {}
+
+
+def _get_proc(ipvs, req, now, **_):
+    name = req.get("name")
+    if name not in PROC_NAMES:
+        raise IPVSError(errno.ENOENT, f"no /proc/net view {name!r}")
+    try:
+        from ipvs import procfs
+        render = procfs.render
+    except (ImportError, AttributeError):
+        raise IPVSError(errno.ENOENT, "the /proc views are not available") from None
+    text = render(ipvs, name, now)
+    if not isinstance(text, str):
+        raise IPVSError(errno.ENOENT, f"no text for {name!r}")
+    return {"text": text}
+
+
+def _get_sysctl(ipvs, req, now, **_):
+    names = ctl.Sysctls.names()
+    if "name" not in req:
+        return {"sysctls": {n: getattr(ipvs.sysctl, n) for n in names}}
+    if req["name"] not in names:
+        raise IPVSError(errno.ENOENT, f"no setting {req['name']!r}")
+    return {"value": getattr(ipvs.sysctl, req["name"])}
+
+
+def _set_sysctl(ipvs, req, now, **_):
+    if "name" not in req or "value" not in req:
+        raise SchemaError(errno.EINVAL, "SET_SYSCTL needs name and value")
+    ipvs.sysctl.set(req["name"], req["value"])
+    if req["name"] == "run_estimation":
+        ipvs.est.enabled = bool(req["value"])
+    return {}
+
+
+_HANDLERS: dict[str, Callable[..., dict]] = {
+    "NEW_SERVICE": _new_service,
+    "SET_SERVICE": _set_service,
+    "DEL_SERVICE": _del_service,
+    "GET_SERVICE": _get_service,
+    "NEW_DEST": _new_dest,
+    "SET_DEST": _set_dest,
+    "DEL_DEST": _del_dest,
+    "GET_DEST": _get_dest,
+    "NEW_DAEMON": _new_daemon,
+    "DEL_DAEMON": _del_daemon,
+    "GET_DAEMON": _get_daemon,
+    "SET_CONFIG": _set_config,
+    "GET_CONFIG": _get_config,
+    "SET_INFO": _set_info,
+    "GET_INFO": _get_info,
+    "ZERO": _zero,
+    "FLUSH": _flush,
+    "GET_PROC": _get_proc,
+    "GET_SYSCTL": _get_sysctl,
+    "SET_SYSCTL": _set_sysctl,
+}
+
+
+# --------------------------------------------------------------------------
+# Entry point
+
+
+def error_reply(err: int, message: str, seq: Any = None) -> dict:
+    """An error reply carrying the kernel errno and its symbolic name."""
+    reply = {
+        "version": SCHEMA_VERSION,
+        "ok": False,
+        "errno": err,
+        "error": errno.errorcode.get(err, f"E{err}"),
+        "message": message,
+    }
+    if seq is not None:
+        reply["seq"] = seq
+    return reply
+
+
+def dispatch(ipvs: NetnsIPVS, req: Any, now: int, *, interfaces: Collection[str] | None = None) -> dict:
+    """Run one request against ``ipvs`` and return the reply; never raises.
+
+    ``now`` is the current time in jiffies (for ``/proc`` expiry times).
+    ``interfaces``, when given, are the names a sync daemon may bind to
+    (NEW_DAEMON answers ``ENODEV`` for others, like the kernel).
+    """
+    seq = req.get("seq") if isinstance(req, dict) and isinstance(req.get("seq"), int) else None
+    try:
+        validate(req)
+        extra = _HANDLERS[req["cmd"]](ipvs, req, now, interfaces=interfaces)
+    except SchemaError as e:
+        return error_reply(e.errno, e.message, seq)
+    except IPVSError as e:
+        return error_reply(e.errno, e.detail or errno.errorcode.get(e.errno, str(e.errno)), seq)
+    except Exception as e:  # a bug must not take the control socket down
+        log.exception("control request failed: %r", req)
+        return error_reply(errno.EIO, f"internal error: {type(e).__name__}: {e}", seq)
+    reply = {"version": SCHEMA_VERSION, "ok": True, **extra}
+    if seq is not None:
+        reply["seq"] = seq
+    return reply
+
+
+class LocalTransport:
+    """A transport that runs :func:`dispatch` in-process.
+
+    For tests and for checking a configuration without a daemon: anything
+    with a ``call(req) -> reply`` method is a transport, the daemon's Unix
+    socket client (``ipvs.client.Client``) being the other one.
+    """
+
+    def __init__(self, ipvs: NetnsIPVS, clock: Callable[[], int] = lambda: 0) -> None:
+        self.ipvs = ipvs
+        self.clock = clock
+
+    def call(self, req: dict) -> dict:
+        return dispatch(self.ipvs, req, self.clock())
