@@ -553,17 +553,21 @@ def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
     if state not in (uapi.IP_VS_STATE_MASTER, uapi.IP_VS_STATE_BACKUP):
         raise IPVSError(errno.EINVAL, f"bad daemon state {state}")
     running = _sync_state(ipvs)
-    if state in running:
-        raise IPVSError(errno.EEXIST, "daemon already running")
+    # start_sync_thread looks the interface up before it checks for a running thread.
     if interfaces is not None and d["mcast_ifn"] not in interfaces:
         raise IPVSError(errno.ENODEV, f"no interface {d['mcast_ifn']!r}")
+    if state in running:
+        raise IPVSError(errno.EEXIST, "daemon already running")
     if "mcast_group" in d and ipaddress.ip_address(d["mcast_group"]).version != 4:
         raise SchemaError(errno.EINVAL, "mcast_group must be IPv4")
     if "mcast_group6" in d and ipaddress.ip_address(d["mcast_group6"]).version != 6:
         raise SchemaError(errno.EINVAL, "mcast_group6 must be IPv6")
     # The kernel's defaults for what the request leaves out (ip_vs_sync.c).
+    # sync_maxlen is clamped to what fits a 1500-byte MTU after IP and UDP headers.
+    room = 1500 - (48 if "mcast_group6" in d else 28)
+    maxlen = min(max(d.get("sync_maxlen") or room, 1024 if state == uapi.IP_VS_STATE_BACKUP else 1), room)
     entry = {"state": state, "mcast_ifn": d["mcast_ifn"], "sync_id": d["sync_id"] & 0xFF,
-             "sync_maxlen": d.get("sync_maxlen") or 1472, "mcast_port": d.get("mcast_port") or 8848,
+             "sync_maxlen": maxlen, "mcast_port": d.get("mcast_port") or 8848,
              "mcast_ttl": d.get("mcast_ttl") or 1}
     if "mcast_group6" in d:
         entry["mcast_group6"] = d["mcast_group6"]
@@ -727,9 +731,11 @@ class LocalTransport:
     socket client (``ipvs.client.Client``) being the other one.
     """
 
-    def __init__(self, ipvs: NetnsIPVS, clock: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, ipvs: NetnsIPVS, clock: Callable[[], int] = lambda: 0,
+                 interfaces: Collection[str] | None = None) -> None:
         self.ipvs = ipvs
         self.clock = clock
+        self.interfaces = interfaces
 
     def call(self, req: dict) -> dict:
-        return dispatch(self.ipvs, req, self.clock())
+        return dispatch(self.ipvs, req, self.clock(), interfaces=self.interfaces)

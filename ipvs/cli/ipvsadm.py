@@ -929,7 +929,9 @@ class Ipvsadm:
                                       ord("m"): uapi.IP_VS_CONN_F_MASQ}[c]
             elif c == ord("w"):
                 set_option(OPTC_WEIGHT)
-                ce.dest.weight = string_to_number(optarg, 0, 65535)
+                # Debian's 1.31 build takes any weight the kernel does (0..INT_MAX),
+                # not upstream's 0..65535: the recorded transcript accepts 70000.
+                ce.dest.weight = string_to_number(optarg, 0, INT_MAX)
                 if ce.dest.weight == -1:
                     self.fail(2, "illegal weight specified")
             elif c == ord("x"):
@@ -1069,8 +1071,9 @@ class Ipvsadm:
         sched = sched or DEF_SCHED
         tokens = [t for t in arg.split(",") if t]
         if not tokens:
-            # strtok finds no flag and ipvsadm passes NULL to strcmp.
-            raise _Exit(139)
+            # strtok finds no flag and ipvsadm passes NULL to strcmp: it dies
+            # of SIGSEGV, which a subprocess return code shows as -11.
+            raise _Exit(-11)
         flags = 0
         for flag in tokens:
             if flag == "flag-1":
@@ -1802,12 +1805,17 @@ def _default_transport(path: str | None) -> Callable[[], Any]:
 
 
 def _exit_status(code: int) -> int:
-    return code & 0xFF
+    """C's ``exit(code)`` status; -11 stands for death by SIGSEGV."""
+    return code if code == -11 else code & 0xFF
 
 
 def main(argv: list[str], transport: Any = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
          stdin: TextIO | None = None, resolver: Resolver | None = None) -> int:
-    """Run ipvsadm with ``argv`` (without the program name); return the exit status."""
+    """Run ipvsadm with ``argv`` (without the program name); return the exit status.
+
+    The status is 0..255, or -11 where ipvsadm 1.31 crashes with SIGSEGV
+    (``-b ,``): the convention of :attr:`subprocess.Popen.returncode`.
+    """
     argv, sock = _split_socket_option(list(argv))
     factory = (lambda: transport) if transport is not None else _default_transport(sock)
     tool = Ipvsadm(factory, stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin, resolver)
