@@ -97,6 +97,8 @@ class Connection:
     control: Connection | None = None
     n_control: int = 0
     in_pkts: int = 0
+    # (addr_delta << 16) | port_delta of the DNAT rewrite (packet.nat_delta).
+    nat_delta: int = 0
     in_key: bytes = b""
     out_key: bytes = b""
     app: object = None
@@ -156,13 +158,17 @@ class ConnTable:
 
     # -------------------------------------------------------------- hashing
 
-    def hash(self, cp: Connection) -> None:
-        """``ip_vs_conn_hash``: file ``cp`` under its keys."""
+    def hash(self, cp: Connection, key: bytes | None = None) -> None:
+        """``ip_vs_conn_hash``: file ``cp`` under its keys.
+
+        ``key``, when given, is the in-key already sliced from the packet
+        that created the connection (it must equal what :func:`in_key` makes).
+        """
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
             cp.in_key = in_key(cp.protocol, cp.caddr, cp.vaddr, cp.cport, cp.vport)
             self.templates[cp.in_key] = cp
         else:
-            cp.in_key = in_key(cp.protocol, cp.caddr, cp.vaddr, cp.cport, cp.vport)
+            cp.in_key = key if key is not None else in_key(cp.protocol, cp.caddr, cp.vaddr, cp.cport, cp.vport)
             cp.out_key = out_key(cp.protocol, cp.daddr, cp.caddr, cp.dport, cp.cport)
             self.in_table[cp.in_key] = cp
             self.out_table[cp.out_key] = cp
@@ -216,6 +222,7 @@ class ConnTable:
         flags: int,
         dest: Dest | None,
         fwmark: int = 0,
+        in_key: bytes | None = None,
     ) -> Connection | None:
         """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection.
 
@@ -234,7 +241,7 @@ class ConnTable:
             self.bind_dest(cp, dest)
         self.count += 1
         if not cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self.hash(cp)
+            self.hash(cp, in_key)
         return cp
 
     @staticmethod

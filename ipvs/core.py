@@ -44,6 +44,7 @@ from ipvs.packet import (
     IPHeader,
     icmp_checksum,
     l4_csum_ok,
+    nat_delta,
     parse,
 )
 from ipvs.proto import tcp as _tcp
@@ -89,53 +90,73 @@ class Director:
         self.mtu: int | None = None
         self.trace: Callable[[str], None] | None = None
         self._next_trash = 0
+        self._deltas: dict[tuple, int] = {}
         self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
         self._udp = self.ipvs.proto_data[IPPROTO_UDP]
 
     # ------------------------------------------------------------------ API
 
     def process(self, buf: bytearray, l3: int, now: int, csum_partial: bool = False) -> int:
-        """Handle one IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN."""
+        """Handle one IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN.
+
+        The IPv4 header is checked here field by field (the checks of
+        :func:`ipvs.packet.parse`) so the common packet needs no header
+        object; everything rarer goes through ``parse``.
+        """
         ipvs = self.ipvs
         ipvs.now = now
-        h = parse(buf, l3)
-        if type(h) is not IPHeader:
-            ipvs.drops[h] += 1
+        n = len(buf)
+        if n < l3 + 20 or buf[l3] >> 4 != 4:
+            return self._not_ipv4(buf, l3)
+        ihl = (buf[l3] & 0x0F) << 2
+        tot = (buf[l3 + 2] << 8) | buf[l3 + 3]
+        end = l3 + tot
+        if ihl < 20 or tot < ihl or end > n:
+            ipvs.drops[parse(buf, l3)] += 1
             return NF_DROP
         if not ipvs.enable:
             return NF_ACCEPT
-        if h.af != AF_INET:
-            ipvs.drops[Drop.UNSUPPORTED] += 1
-            return NF_ACCEPT
-        proto = h.protocol
-        if proto == IPPROTO_ICMP:
-            return self._icmp(buf, h, now)
-        if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
-            return NF_ACCEPT
-        if h.fragoffs or h.more_frags:
-            # The kernel sees reassembled packets (nf_defrag / ip_vs_gather_frags);
-            # the driver reassembles before calling the core.
+        proto = buf[l3 + 9]
+        if buf[l3 + 6] & 0x3F or buf[l3 + 7]:
+            # A fragment: the kernel sees reassembled packets (nf_defrag,
+            # ip_vs_gather_frags); the driver reassembles before the core.
             ipvs.drops[Drop.FRAGMENT] += 1
             return NF_ACCEPT
-        l4 = h.l4
         if proto == IPPROTO_TCP:
-            if h.end - l4 < 20 or (buf[l4 + 12] >> 4) < 5 or l4 + ((buf[l4 + 12] >> 4) << 2) > h.end:
+            l4 = l3 + ihl
+            doff = buf[l4 + 12] >> 4 if end - l4 >= 20 else 0
+            if doff < 5 or l4 + (doff << 2) > end:
                 ipvs.drops[Drop.BAD_L4] += 1
                 return NF_DROP
-        elif h.end - l4 < 8:
-            ipvs.drops[Drop.BAD_L4] += 1
-            return NF_DROP
+        elif proto == IPPROTO_UDP:
+            l4 = l3 + ihl
+            if end - l4 < 8:
+                ipvs.drops[Drop.BAD_L4] += 1
+                return NF_DROP
+        elif proto == IPPROTO_ICMP:
+            return self._icmp(buf, parse(buf, l3), now)
+        else:
+            return NF_ACCEPT
+        # The header slice saddr|daddr|sport|dport is the key of both tables.
         key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
-        tab = ipvs.conn_tab
         # ip_vs_out first: is this a reply of a connection?
-        cp = tab.out_table.get(key)
+        cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
             if cp.flags & 7 != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
-            return self._handle_response(cp, buf, h, now, csum_partial)
-        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, h):
+            return self._handle_response(cp, buf, l3, l4, end, proto, now, csum_partial)
+        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, l3, l4, end, proto):
             return NF_DROP
-        return self._in(buf, h, key, now, csum_partial)
+        return self._in(buf, l3, l4, end, proto, key, now, csum_partial)
+
+    def _not_ipv4(self, buf: bytearray, l3: int) -> int:
+        h = parse(buf, l3)
+        if type(h) is not IPHeader:
+            self.ipvs.drops[h] += 1
+            return NF_DROP
+        # IPv6: the data path comes with the IPv6 issue.
+        self.ipvs.drops[Drop.UNSUPPORTED] += 1
+        return NF_ACCEPT
 
     def run_timers(self, now: int) -> None:
         """Expire what is due by ``now``: connections, estimator, dest trash."""
@@ -159,13 +180,15 @@ class Director:
 
     # ------------------------------------------------------------ ip_vs_in
 
-    def _in(self, buf: bytearray, h: IPHeader, key: bytes, now: int, partial: bool) -> int:
+    def _in(
+        self, buf: bytearray, l3: int, l4: int, end: int, proto: int, key: bytes, now: int, partial: bool
+    ) -> int:
+        """``ip_vs_in``: a packet towards a virtual service."""
         ipvs = self.ipvs
         tab = ipvs.conn_tab
-        proto = h.protocol
-        l4 = h.l4
         cp = tab.in_table.get(key)
         if cp is None and tab.no_cport_count:
+            # An expected connection (FTP data) whose client port is not known yet.
             cp = tab.in_table.get(key[:-4] + b"\0\0" + key[-2:])
             if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
                 cp = None
@@ -175,34 +198,33 @@ class Director:
         if cp is None:
             if proto == IPPROTO_TCP and not _tcp.may_schedule(tcp_flags, ipvs.sysctl.sloppy_tcp):
                 return NF_ACCEPT
-            sport, dport = _ports(buf, l4)
-            svc = service_get(ipvs, AF_INET, 0, proto, bytes(buf[h.daddr : h.daddr + 4]), dport)
+            svc = service_get(ipvs, AF_INET, 0, proto, bytes(buf[l3 + 16 : l3 + 20]), _ports(buf, l4)[1])
             if svc is None:
                 return NF_ACCEPT
             if ipvs.sysctl.drop_packet == 3:  # ip_vs_todrop with the defence always on
                 ipvs.drops[Drop.DEFENSE] += 1
                 return NF_DROP
-            iph = IPHdr(
-                AF_INET, proto, bytes(buf[h.saddr : h.saddr + 4]), bytes(buf[h.daddr : h.daddr + 4]),
-                sport, dport,
-            )
-            cp, ignored = self._schedule(svc, iph, now)
+            sport, dport = _ports(buf, l4)
+            iph = IPHdr(AF_INET, proto, bytes(buf[l3 + 12 : l3 + 16]), svc.addr if svc.port == dport and not
+                        svc.fwmark else bytes(buf[l3 + 16 : l3 + 20]), sport, dport)
+            cp, ignored = self._schedule(svc, iph, now, key)
             if cp is None:
                 if ignored > 0:
                     return NF_ACCEPT
                 if ignored < 0:
                     ipvs.drops[Drop.TABLE_FULL] += 1
                     return NF_DROP
-                return self._leave(svc, buf, h, iph)
+                return self._leave(svc, buf, l3, end, iph)
         dest = cp.dest
-        if dest is not None and not dest.flags & IP_VS_DEST_F_AVAILABLE:
-            # The real server was deleted: drop without restarting the timer.
-            if ipvs.sysctl.expire_nodest_conn:
-                tab.expire_now(cp, now)
-            ipvs.drops[Drop.DEST_UNAVAILABLE] += 1
-            return NF_DROP
         if dest is not None:
-            n = h.end - h.l3
+            if not dest.flags & IP_VS_DEST_F_AVAILABLE:
+                # The real server was deleted: drop without restarting the timer.
+                if ipvs.sysctl.expire_nodest_conn:
+                    tab.expire_now(cp, now)
+                ipvs.drops[Drop.DEST_UNAVAILABLE] += 1
+                return NF_DROP
+            # ip_vs_in_stats: dest, its service, the instance total.
+            n = end - l3
             st = dest.stats
             st.inpkts += 1
             st.inbytes += n
@@ -213,8 +235,7 @@ class Director:
             st.inpkts += 1
             st.inbytes += n
         tr = self.trace
-        if tr is not None:
-            old = cp.state
+        old = cp.state
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
         else:
@@ -224,11 +245,11 @@ class Director:
                 tab.fill_cport(cp, _ports(buf, l4)[0])
             app_ret = 1
             if cp.app is not None:
-                app_ret, h = self._app(cp, buf, h, now, True)
-                if not app_ret:
-                    verdict = NF_DROP
+                app_ret, l4, end = self._app(cp, buf, l3, now, True)
             if app_ret:
-                verdict = nat_xmit(ipvs, cp, buf, h, partial, self.mtu, app_ret)
+                verdict = nat_xmit(ipvs, cp, buf, l3, l4, end, proto, partial, self.mtu, app_ret)
+            else:
+                verdict = NF_DROP
         else:
             # DR/TUN/local forwarding come with their own issue.
             verdict = NF_ACCEPT
@@ -237,9 +258,10 @@ class Director:
         if cp.flags & IP_VS_CONN_F_ONE_PACKET:
             if cp.control is not None:
                 cp.control.in_pkts += 1
+            self._conn_expire(cp, now)
         else:
             cp.in_pkts += 1
-        self._conn_put(cp, now)
+            tab.put(cp, now)
         return verdict
 
     def _conn_reuse(self, cp: _conn.Connection, now: int) -> _conn.Connection | None:
@@ -273,7 +295,7 @@ class Director:
 
     # ----------------------------------------------------------- scheduling
 
-    def _schedule(self, svc, iph: IPHdr, now: int) -> tuple[_conn.Connection | None, int]:
+    def _schedule(self, svc, iph: IPHdr, now: int, key: bytes | None = None) -> tuple[_conn.Connection | None, int]:
         """``ip_vs_schedule``: (conn, ignored) with the kernel's ignored codes."""
         if iph.sport == FTPDATA:
             return None, 1  # never schedule active FTP data from a real server
@@ -288,7 +310,7 @@ class Director:
         flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
         cp = self._conn_new(
             iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport,
-            dest.addr, dest.port or iph.dport, flags, dest,
+            dest.addr, dest.port or iph.dport, flags, dest, key=key,
         )
         if cp is None:
             return None, -1
@@ -355,9 +377,23 @@ class Director:
             return False
         return True
 
-    def _conn_new(self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0):
-        cp = self.ipvs.conn_tab.new(af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark)
-        if cp is not None and self.ipvs.apps and protocol == IPPROTO_TCP and not flags & IP_VS_CONN_F_TEMPLATE:
+    def _conn_new(self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0, key=None):
+        """``ip_vs_conn_new`` plus what the packet path adds: the NAT
+        checksum delta (shared between connections with the same rewrite)
+        and the application helper binding."""
+        cp = self.ipvs.conn_tab.new(
+            af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, in_key=key
+        )
+        if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
+            return cp
+        dk = (vaddr, daddr, vport, dport)
+        delta = self._deltas.get(dk)
+        if delta is None:
+            if len(self._deltas) > 4096:
+                self._deltas.clear()
+            delta = self._deltas[dk] = nat_delta(vaddr, daddr, vport, dport)
+        cp.nat_delta = delta
+        if self.ipvs.apps and protocol == IPPROTO_TCP:
             from ipvs import app
 
             app.bind_conn(self.ipvs, cp)
@@ -376,30 +412,35 @@ class Director:
         if self.trace is not None:
             self.trace(f"sched {svc!r}: no destination available")
 
-    def _leave(self, svc, buf: bytearray, h: IPHeader, iph: IPHdr) -> int:
+    def _leave(self, svc, buf: bytearray, l3: int, end: int, iph: IPHdr) -> int:
         """``ip_vs_leave``: no real server; tell the client (port unreachable)."""
         ipvs = self.ipvs
         if svc.port == FTPPORT and iph.dport != FTPPORT:
             return NF_ACCEPT
-        ipvs.outbox.append(build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, iph.daddr))
+        ipvs.outbox.append(build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, iph.daddr))
         ipvs.drops[Drop.NO_DEST] += 1
         return NF_DROP
 
     # ----------------------------------------------------------- ip_vs_out
 
-    def _handle_response(self, cp: _conn.Connection, buf: bytearray, h: IPHeader, now: int, partial: bool) -> int:
+    def _handle_response(
+        self, cp: _conn.Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int, now: int,
+        partial: bool,
+    ) -> int:
+        """``handle_response``: SNAT a real server's reply back to VIP:vport."""
         ipvs = self.ipvs
         app_ret = 1
         if cp.app is not None:
-            app_ret, h = self._app(cp, buf, h, now, False)
+            app_ret, l4, end = self._app(cp, buf, l3, now, False)
             if not app_ret:
                 return NF_DROP
-        verdict = snat_response(ipvs, cp, buf, h, partial, app_ret)
+        verdict = snat_response(ipvs, cp, buf, l3, l4, end, proto, partial, app_ret)
         if verdict == NF_DROP:
             return verdict
         dest = cp.dest
         if dest is not None:
-            n = h.end - h.l3
+            # ip_vs_out_stats
+            n = end - l3
             st = dest.stats
             st.outpkts += 1
             st.outbytes += n
@@ -411,28 +452,26 @@ class Director:
             st = ipvs.tot_stats
             st.outpkts += 1
             st.outbytes += n
-        tr = self.trace
-        if tr is not None:
-            old = cp.state
-        if h.protocol == IPPROTO_TCP:
-            _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[h.l4 + 13])
+        old = cp.state
+        if proto == IPPROTO_TCP:
+            _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
         else:
             _udp.state_transition(cp, self._udp)
             _tcp.assure_template(cp)
-        if tr is not None:
-            tr(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        self._conn_put(cp, now)
+        if self.trace is not None:
+            self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
+        ipvs.conn_tab.put(cp, now)
         return verdict
 
-    def _nat_icmp_send(self, buf: bytearray, h: IPHeader) -> bool:
+    def _nat_icmp_send(self, buf: bytearray, l3: int, l4: int, end: int, proto: int) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
-        sport, _ = _ports(buf, h.l4)
-        saddr = bytes(buf[h.saddr : h.saddr + 4])
-        if not has_real_service(self.ipvs, AF_INET, h.protocol, saddr, sport):
+        sport, _ = _ports(buf, l4)
+        saddr = bytes(buf[l3 + 12 : l3 + 16])
+        if not has_real_service(self.ipvs, AF_INET, proto, saddr, sport):
             return False
-        if h.protocol == IPPROTO_TCP and buf[h.l4 + 13] & TCP_RST:
+        if proto == IPPROTO_TCP and buf[l4 + 13] & TCP_RST:
             return False
-        self.ipvs.outbox.append(build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, saddr))
+        self.ipvs.outbox.append(build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, saddr))
         return True
 
     # ----------------------------------------------------------------- ICMP
@@ -508,25 +547,29 @@ class Director:
 
     # ----------------------------------------------------------------- apps
 
-    def _app(self, cp, buf: bytearray, h: IPHeader, now: int, inbound: bool) -> tuple[int, IPHeader]:
-        """Run the bound application helper; re-parse if it resized the packet."""
+    def _app(self, cp, buf: bytearray, l3: int, now: int, inbound: bool) -> tuple[int, int, int]:
+        """Run the bound application helper (``ip_vs_app_pkt_in/out``).
+
+        Returns (verdict, l4, end) for the packet as it is afterwards: the
+        helper may have resized it.  Verdict 0 drops, 1 is unchanged, 2
+        means the payload changed and the L4 checksum must be recomputed.
+        """
         from ipvs import app
 
-        if not l4_csum_ok(buf, h) and h.protocol == IPPROTO_TCP:
+        h = parse(buf, l3)
+        if h.protocol == IPPROTO_TCP and not l4_csum_ok(buf, h):
             self.ipvs.drops[Drop.BAD_CSUM] += 1
-            return 0, h
-        ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, h.l3, now)
-        if ret:
-            nh = parse(buf, h.l3)
-            if type(nh) is not IPHeader:
-                self.ipvs.drops[nh] += 1
-                return 0, h
-            h = nh
-        return ret, h
+            return 0, h.l4, h.end
+        ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, l3, now)
+        nh = parse(buf, l3)
+        if type(nh) is not IPHeader:
+            self.ipvs.drops[nh] += 1
+            return 0, h.l4, h.end
+        return ret, nh.l4, nh.end
 
     # ------------------------------------------------------------- expiry
 
-    def _conn_put(self, cp: _conn.Connection, now: int) -> None:
+    def _conn_put(self, cp: _conn.Connection, now: int) -> None:  # used by the ICMP path
         """``ip_vs_conn_put``: restart the timer; one-packet conns die now."""
         if cp.flags & IP_VS_CONN_F_ONE_PACKET:
             self._conn_expire(cp, now)

@@ -268,3 +268,16 @@ def l4_csum_full(buf: bytearray, h: IPHeader, partial: bool = False) -> None:
         if s == 0 and h.protocol == IPPROTO_UDP:
             s = 0xFFFF
     _H.pack_into(buf, coff, s)
+
+
+def nat_delta(old_addr: bytes, new_addr: bytes, old_port: int, new_port: int) -> int:
+    """Precomputed checksum change of a NAT rewrite, for per-packet updates.
+
+    Returns ``(addr_delta << 16) | port_delta``: each the folded
+    ones'-complement sum ``new + ~old`` of the 16-bit words (RFC 1624).
+    Adding ``addr_delta`` and ``port_delta`` to a complemented checksum
+    applies the rewrite; adding their negations (``0xFFFF - x``) undoes it.
+    """
+    da = fold(csum_words_raw(new_addr) + 0xFFFF * (len(old_addr) >> 1) - csum_words_raw(old_addr))
+    dp = fold(new_port + 0xFFFF - old_port)
+    return (da << 16) | dp

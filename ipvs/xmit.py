@@ -33,7 +33,7 @@ from ipvs.packet import (
     icmp_checksum,
     ip_send_check,
     l4_csum_full,
-    l4_csum_nat,
+    parse,
 )
 from ipvs.proto.icmp import Quoted, build_error
 
@@ -46,16 +46,15 @@ NF_ACCEPT = 1
 NF_STOLEN = 2  # rewritten in place: route by the IP destination and send
 
 
-def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes) -> bool:
+def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, src: bytes) -> bool:
     """``decrement_ttl``: False (and an ICMP time exceeded from ``src``
     queued) at TTL <= 1.
 
     Like ``ip_decrease_ttl`` the header checksum is adjusted at once, so a
     later ICMP error quotes a consistent header.
     """
-    l3 = h.l3
     if buf[l3 + 8] <= 1:
-        ipvs.outbox.append(build_error(buf, l3, h.end, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, src))
+        ipvs.outbox.append(build_error(buf, l3, end, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, src))
         ipvs.drops[Drop.TTL_EXCEEDED] += 1
         return False
     buf[l3 + 8] -= 1
@@ -66,74 +65,99 @@ def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes) -> b
     return True
 
 
-def mtu_ok(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, mtu: int | None, src: bytes) -> bool:
+def mtu_ok(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, mtu: int | None, src: bytes) -> bool:
     """``ensure_mtu_is_adequate`` for IPv4: DF packets above the MTU get
     frag-needed (sent from ``src``) and are dropped."""
-    if mtu is None or h.end - h.l3 <= mtu or not (buf[h.l3 + 6] << 8) & IP_DF:
+    if mtu is None or end - l3 <= mtu or not (buf[l3 + 6] << 8) & IP_DF:
         return True
-    ipvs.outbox.append(build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, src, info=mtu))
+    ipvs.outbox.append(build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, src, info=mtu))
     return False
 
 
-def l4_nat(
-    buf: bytearray, h: IPHeader, port_off: int, old_addr: bytes, new_addr: bytes,
-    old_port: int, new_port: int, partial: bool, payload_changed: bool,
+def _rewrite(
+    buf: bytearray, l3: int, l4: int, proto: int, addr_off: int, port_off: int,
+    new_addr: bytes, new_port: int, da: int, dp: int, partial: bool, payload_changed: bool,
 ) -> None:
-    """The TCP/UDP half of a NAT rewrite: port and checksum.
+    """One NAT rewrite of a forwarded IPv4 TCP/UDP packet, checksums included.
 
-    ``port_off`` is 0 for the source port (SNAT) and 2 for the destination
-    port (DNAT).  Address bytes in the IP header must already be rewritten
-    when ``payload_changed`` asks for a full recompute.
+    ``addr_off``/``port_off`` say which address (12 source, 16 destination)
+    and port (0 source, 2 destination) change; ``da``/``dp`` are the
+    precomputed ones'-complement deltas (:func:`ipvs.packet.nat_delta`).
+    The TTL is decremented here too (the caller checked it is above 1).
+    This is the kernel's ``tcp_fast_csum_update`` / ``tcp_partial_csum_update``
+    plus ``ip_decrease_ttl`` and the header update, in RFC 1624 arithmetic,
+    so a packet costs a handful of integer operations; the results equal a
+    full recompute bit for bit.
     """
-    l4 = h.l4
+    buf[l3 + 8] -= 1
+    buf[l3 + addr_off : l3 + addr_off + 4] = new_addr
     buf[l4 + port_off] = new_port >> 8
     buf[l4 + port_off + 1] = new_port & 0xFF
-    coff = l4 + (16 if h.protocol == IPPROTO_TCP else 6)
-    if payload_changed:
-        l4_csum_full(buf, h, partial)
-    elif h.protocol == IPPROTO_UDP and buf[coff] == 0 and buf[coff + 1] == 0 and not partial:
-        # No checksum in the datagram: the kernel's incremental branch is
-        # skipped and a full checksum is computed.
-        l4_csum_full(buf, h)
+    # IP header checksum: the address delta, and 0xFEFF for the TTL word
+    # going down by 0x0100.
+    s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
+    s = (s & 0xFFFF) + (s >> 16)
+    s = ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
+    buf[l3 + 10] = s >> 8
+    buf[l3 + 11] = s & 0xFF
+    coff = l4 + 16 if proto == IPPROTO_TCP else l4 + 6
+    c = (buf[coff] << 8) | buf[coff + 1]
+    if payload_changed or (c == 0 and proto == IPPROTO_UDP and not partial):
+        # A mangled payload, or a UDP datagram without checksum: the kernel
+        # computes the checksum in full (and sends a UDP 0 as 0xFFFF).
+        l4_csum_full(buf, parse(buf, l3), partial)
+        return
+    if partial:
+        # Offloaded: the field holds the uncomplemented pseudo-header sum,
+        # which covers the addresses but not the ports.
+        s = c + da
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
     else:
-        l4_csum_nat(buf, coff, old_addr, new_addr, old_port, new_port, partial)
+        s = (c ^ 0xFFFF) + da + dp
+        s = (s & 0xFFFF) + (s >> 16)
+        s = ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
+    buf[coff] = s >> 8
+    buf[coff + 1] = s & 0xFF
 
 
 def nat_xmit(
-    ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, partial: bool, mtu: int | None,
-    app_ret: int,
+    ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int,
+    partial: bool, mtu: int | None, app_ret: int,
 ) -> int:
     """``ip_vs_nat_xmit``: DNAT a client packet towards the real server.
 
     ``app_ret`` is the application helper's verdict (1 unchanged, 2 payload
-    changed) already applied to ``buf``; ``h`` must describe the packet as
-    it is now.
+    changed) already applied to ``buf``.
     """
-    if not decrement_ttl(ipvs, buf, h, cp.vaddr):
-        return NF_DROP
-    if not mtu_ok(ipvs, buf, h, mtu, cp.vaddr):
-        return NF_DROP
-    daddr = cp.daddr
-    if h.protocol in (IPPROTO_TCP, IPPROTO_UDP):
-        buf[h.daddr : h.daddr + 4] = daddr
-        l4_nat(buf, h, 2, cp.vaddr, daddr, cp.vport, cp.dport, partial, app_ret == 2)
-    else:
-        buf[h.daddr : h.daddr + 4] = daddr
-    ip_send_check(buf, h.l3)
+    if buf[l3 + 8] <= 1 or (mtu is not None and end - l3 > mtu):
+        # The rare cases, the kernel's order: decrement_ttl, then the MTU check.
+        if not decrement_ttl(ipvs, buf, l3, end, cp.vaddr):
+            return NF_DROP
+        buf[l3 + 8] += 1  # undone: _rewrite decrements below
+        if not mtu_ok(ipvs, buf, l3, end, mtu, cp.vaddr):
+            return NF_DROP
+    delta = cp.nat_delta
+    _rewrite(buf, l3, l4, proto, 16, 2, cp.daddr, cp.dport, delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
     return NF_STOLEN
 
 
-def snat_response(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, partial: bool, app_ret: int) -> int:
+def snat_response(
+    ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int,
+    partial: bool, app_ret: int,
+) -> int:
     """``handle_response``'s mangling: the reply leaves from VIP:vport.
 
     The TTL is decremented because the kernel forwards replies
     (``ip_forward`` runs before the FORWARD hook that calls ``ip_vs_out``).
     """
-    if not decrement_ttl(ipvs, buf, h, cp.vaddr):
+    if buf[l3 + 8] <= 1:
+        decrement_ttl(ipvs, buf, l3, end, cp.vaddr)
         return NF_DROP
-    buf[h.saddr : h.saddr + 4] = cp.vaddr
-    l4_nat(buf, h, 0, cp.daddr, cp.vaddr, cp.dport, cp.vport, partial, app_ret == 2)
-    ip_send_check(buf, h.l3)
+    delta = cp.nat_delta
+    # The reverse rewrite adds the ones'-complement negation of each delta.
+    _rewrite(buf, l3, l4, proto, 12, 0, cp.vaddr, cp.vport, 0xFFFF - (delta >> 16),
+             0xFFFF - (delta & 0xFFFF), partial, app_ret == 2)
     return NF_STOLEN
 
 
@@ -169,7 +193,7 @@ def nat_icmp(buf: bytearray, h: IPHeader, q: Quoted, cp: Connection, inout: bool
 
 def icmp_xmit(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q: Quoted) -> int:
     """``ip_vs_icmp_xmit`` for MASQ: an error from the client side goes in."""
-    if not decrement_ttl(ipvs, buf, h, cp.vaddr):
+    if not decrement_ttl(ipvs, buf, h.l3, h.end, cp.vaddr):
         return NF_DROP
     nat_icmp(buf, h, q, cp, inout=False)
     return NF_STOLEN

@@ -117,9 +117,13 @@ def state_idx(flags: int) -> int:
     return -1
 
 
+#: state_idx() for every value of the TCP flags byte, looked up per packet.
+FLAG_IDX = tuple(state_idx(f) for f in range(256))
+
+
 def next_state(table, direction: int, flags: int, state: int) -> int:
     """The pure transition function of the table (no side effects)."""
-    idx = state_idx(flags)
+    idx = FLAG_IDX[flags & 0xFF]
     if idx < 0:
         return CLOSE
     return table[direction + idx][state]
@@ -136,7 +140,8 @@ def set_state(cp: Connection, pd: ProtoData, direction: int, flags: int) -> None
             cp.flags &= ~IP_VS_CONN_F_NOOUTPUT
         else:
             direction = INPUT_ONLY
-    new_state = next_state(pd.state_table, direction, flags, cp.state)
+    idx = FLAG_IDX[flags & 0xFF]
+    new_state = CLOSE if idx < 0 else pd.state_table[direction + idx][cp.state]
     if new_state != cp.state:
         dest = cp.dest
         if dest is not None:
