@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ipvs.ctl import IPVSError
-from ipvs.packet import IPPROTO_TCP
+from ipvs.packet import IPPROTO_TCP, csum_replace
 from ipvs.uapi import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_IN_SEQ, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_OUT_SEQ
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -369,8 +369,9 @@ def mangle_payload(buf: bytearray, l3: int, start: int, end: int, rep: bytes) ->
 
     Returns the size change, or None (buffer untouched) when the packet
     would outgrow the 16-bit length field, where the kernel's
-    ``enlarge_skb`` fails as well.  The IPv4 header checksum and the L4
-    checksum are left to the caller.
+    ``enlarge_skb`` fails as well.  The IPv4 header checksum is updated
+    for the new length (RFC 1624), so it stays valid whether or not the
+    caller recomputes it; the L4 checksum is left to the caller.
     """
     diff = len(rep) - (end - start)
     ver = buf[l3] >> 4
@@ -383,4 +384,7 @@ def mangle_payload(buf: bytearray, l3: int, start: int, end: int, rep: bytes) ->
     buf[start:end] = rep
     if diff:
         _H.pack_into(buf, lenoff, length + diff)
+        if ver == 4:
+            check = _H.unpack_from(buf, l3 + 10)[0]
+            _H.pack_into(buf, l3 + 10, csum_replace(check, _H.pack(length), _H.pack(length + diff)))
     return diff

@@ -54,6 +54,7 @@ import collections
 import errno
 from typing import TYPE_CHECKING
 
+from ipvs import packet
 from ipvs.app import NF_ACCEPT, NF_DROP, NF_MANGLED, App, bind_conn, mangle_payload, register_app, unregister_app
 from ipvs.ctl import IPVSError
 from ipvs.proto import tcp
@@ -453,15 +454,13 @@ class FTPApp(App):
         vport = (cp.vport - 1) & 0xFFFF
         n_cp = tab.in_get(cp.protocol, to, cp.vaddr, port, vport)
         if n_cp is None:
-            n_cp = tab.new(
-                af, cp.protocol, to, port, cp.vaddr, vport, cp.daddr, (cp.dport - 1) & 0xFFFF,
-                IP_VS_CONN_F_NFCT, cp.dest, cp.fwmark,
+            n_cp = _conn_new(
+                ipvs, af, cp.protocol, to, port, cp.vaddr, vport, cp.daddr, (cp.dport - 1) & 0xFFFF,
+                IP_VS_CONN_F_NFCT, cp,
             )
             if n_cp is None:
                 self.stats["drop_table_full"] += 1
                 return NF_DROP, 0
-            bind_conn(ipvs, n_cp)
-            tab.control_add(n_cp, cp)
             self.stats["data_conn"] += 1
         tcp.conn_listen(n_cp, ipvs.proto_data_get(IPPROTO_TCP))
         tab.put(n_cp, now)
@@ -502,15 +501,13 @@ class FTPApp(App):
         tab = ipvs.conn_tab
         n_cp = tab.out_get(cp.protocol, frm, cp.caddr, port, 0)
         if n_cp is None:
-            n_cp = tab.new(
-                cp.af, cp.protocol, cp.caddr, 0, cp.vaddr, port, frm, port,
-                IP_VS_CONN_F_NO_CPORT | IP_VS_CONN_F_NFCT, cp.dest, cp.fwmark,
+            n_cp = _conn_new(
+                ipvs, cp.af, cp.protocol, cp.caddr, 0, cp.vaddr, port, frm, port,
+                IP_VS_CONN_F_NO_CPORT | IP_VS_CONN_F_NFCT, cp,
             )
             if n_cp is None:
                 self.stats["drop_table_full"] += 1
                 return NF_DROP, 0
-            bind_conn(ipvs, n_cp)
-            tab.control_add(n_cp, cp)
             self.stats["data_conn"] += 1
 
         if mode == IP_VS_FTP_PASV:
@@ -528,6 +525,25 @@ class FTPApp(App):
             self.stats["drop_too_big"] += 1
             return NF_DROP, 0
         return NF_MANGLED, diff
+
+
+#: The core's precomputed NAT checksum change, where the core keeps one.
+_nat_delta = getattr(packet, "nat_delta", None)
+
+
+def _conn_new(ipvs: NetnsIPVS, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, ctl: Connection):
+    """``ip_vs_conn_new`` for an expected data connection controlled by
+    ``ctl``: created on the control connection's real server, given what
+    the core's own connection path gives a new connection (its NAT
+    checksum delta, its helper binding), then tied to its controller."""
+    n_cp = ipvs.conn_tab.new(af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, ctl.dest, ctl.fwmark)
+    if n_cp is None:
+        return None
+    if _nat_delta is not None and hasattr(n_cp, "nat_delta"):
+        n_cp.nat_delta = _nat_delta(vaddr, daddr, vport, dport)
+    bind_conn(ipvs, n_cp)
+    ipvs.conn_tab.control_add(n_cp, ctl)
+    return n_cp
 
 
 def _no_terminator(data: bytes | bytearray, pos: int, limit: int) -> bool:
