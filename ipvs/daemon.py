@@ -730,3 +730,187 @@ class Daemon:
         self._wake_r.close()
         self._wake_w.close()
         self.sel.close()
+
+
+# ----------------------------------------------------------------------
+# tools/ipvsd
+
+
+def _log_level(text: str) -> int:
+    """``--log-level``: an IPVS debug level 0..12 (0 = informational
+    messages only, 1 and up add debugging, like the kernel's
+    ``net.ipv4.vs.debug_level``) or a logging name."""
+    if text.isdigit():
+        n = int(text)
+        if not 0 <= n <= 12:
+            raise ValueError("debug levels are 0..12")
+        return logging.INFO if n == 0 else logging.DEBUG
+    level = logging.getLevelName(text.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {text!r}")
+    return level
+
+
+def _group_id(name: str) -> int:
+    import grp
+
+    if name.isdigit():
+        return int(name)
+    return grp.getgrnam(name).gr_gid
+
+
+def _driver_module():
+    try:
+        return importlib.import_module("ipvs.driver.afpacket")
+    except ImportError as e:
+        log.debug("no AF_PACKET driver: %s", e)
+        return None
+
+
+def build_parser(driver_mod=None):
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="ipvsd",
+        description="PyIPVS director daemon: one IPVS instance, its control socket and (with an "
+        "interface) its data path.  Without an interface it is a control plane only.",
+    )
+    p.add_argument("--socket", metavar="PATH",
+                   help="control socket: a path, or @NAME for an abstract name (default: $IPVS_SOCKET, "
+                   "else @pyipvs-ipvsd, which is per network namespace)")
+    p.add_argument("--group", metavar="NAME", help="also let members of this group use the control socket")
+    p.add_argument("--rules", metavar="FILE", help="restore this ipvsadm -S rules file at start and on SIGHUP")
+    p.add_argument("--save", metavar="FILE", help="save the rules (ipvsadm -S -n) into FILE at stop")
+    p.add_argument("--procfs-dir", metavar="DIR",
+                   help="write the /proc views into DIR/net/ip_vs* and DIR/sys/net/ipv4/vs/* every second "
+                   "(for node_exporter --path.procfs DIR)")
+    p.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
+                   help="set a net.ipv4.vs setting at start (repeatable), e.g. --set sloppy_tcp=1")
+    p.add_argument("--conn-tab-bits", type=int, metavar="N",
+                   help="connection table size 2^N, 8..20 (default 12), as the ip_vs module parameter")
+    p.add_argument("--log-level", default="0", metavar="LEVEL",
+                   help="0 (default: information), 1..12 (debugging, like the IPVS debug_level), or "
+                   "error/warning/info/debug")
+    p.add_argument("--log-file", metavar="FILE", help="log here (default: stderr in the foreground, syslog otherwise)")
+    p.add_argument("--foreground", "-F", action="store_true", help="do not detach")
+    p.add_argument("--pidfile", metavar="FILE", help="write the daemon's pid here")
+    if driver_mod is not None:
+        driver_mod.add_arguments(p)
+    return p
+
+
+def _setup_logging(level: int, log_file: str | None, foreground: bool) -> None:
+    import logging.handlers
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if log_file:
+        handler: logging.Handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s ipvsd[%(process)d] %(levelname)s %(message)s"))
+    elif foreground or not os.path.exists("/dev/log"):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("ipvsd: %(levelname)s %(message)s"))
+    else:
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter("ipvsd[%(process)d]: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _detach() -> int | None:
+    """Fork into the background; the caller's process exits once the
+    daemon has written its pid file and is serving.  Returns the write end
+    of the readiness pipe in the daemon (None in the foreground)."""
+    r, w = os.pipe()
+    if os.fork():
+        os.close(w)
+        ok = os.read(r, 1)
+        os._exit(0 if ok == b"1" else 1)
+    os.close(r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return w
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from ipvs.ctl import Sysctls
+    from ipvs.netns import NetnsIPVS
+
+    driver_mod = _driver_module()
+    parser = build_parser(driver_mod)
+    args = parser.parse_args(argv)
+    try:
+        level = _log_level(args.log_level)
+    except ValueError as e:
+        parser.error(str(e))
+    settings: list[tuple[str, int]] = []
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        name = name.strip().removeprefix("net.ipv4.vs.")
+        try:
+            settings.append((name, int(value, 0)))
+        except ValueError:
+            parser.error(f"--set wants NAME=INTEGER, not {item!r}")
+        if not sep:
+            parser.error(f"--set wants NAME=INTEGER, not {item!r}")
+    gid = None
+    if args.group:
+        try:
+            gid = _group_id(args.group)
+        except KeyError:
+            parser.error(f"no group named {args.group!r}")
+    _setup_logging(level, args.log_file, args.foreground)
+
+    sc = Sysctls() if args.conn_tab_bits is None else Sysctls(conn_tab_bits=args.conn_tab_bits)
+    ipvs = NetnsIPVS(sysctl=sc)
+    try:
+        daemon = Daemon(ipvs, socket_path=args.socket, allowed_gid=gid, procfs_dir=args.procfs_dir,
+                        rules_file=args.rules, save_file=args.save)
+    except OSError as e:
+        print(f"ipvsd: control socket {display_address(socket_address(args.socket))}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    try:
+        tr = daemon.transport()
+        for name, value in settings:
+            reply = tr.call({"version": 1, "cmd": "SET_SYSCTL", "name": name, "value": value})
+            if not reply.get("ok"):
+                print(f"ipvsd: --set {name}={value}: {reply.get('message')}", file=sys.stderr)
+                daemon.shutdown()
+                return 2
+        if driver_mod is not None:
+            driver = driver_mod.from_args(args, daemon.director)
+            if driver is not None:
+                daemon.attach_driver(driver)
+        daemon.start()
+    except Exception as e:
+        print(f"ipvsd: {e}", file=sys.stderr)
+        daemon.save_file = None  # nothing was running yet: keep the old file
+        daemon.shutdown()
+        return 1
+    ready = None if args.foreground else _detach()
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    daemon.install_signal_handlers()
+    if ready is not None:
+        os.write(ready, b"1")
+        os.close(ready)
+    try:
+        daemon.run()
+    finally:
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except FileNotFoundError:
+                pass
+    return 0

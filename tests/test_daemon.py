@@ -1,0 +1,615 @@
+"""ipvs/daemon.py and tools/ipvsd: the control socket, the main loop, signals,
+the /proc directory, and node_exporter reading it.
+
+The in-process tests run a :class:`Daemon` in a thread on a socket under
+the test's temporary directory; the tool tests start ``tools/ipvsd`` as a
+subprocess.  Every process started here is stopped by PID in a finally.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipvs import client, procfs
+from ipvs.client import Client
+from ipvs.daemon import ControlServer, Daemon, ProcfsWriter
+from ipvs.netns import NetnsIPVS
+
+netlink = pytest.importorskip("ipvs.netlink", reason="the message schema (ipvs.netlink) is not there yet")
+
+ROOT = Path(__file__).resolve().parents[1]
+IPVSD = ROOT / "tools" / "ipvsd"
+V = {"version": 1}
+
+
+def svc_attrs(port: int, addr: str = "203.0.113.5", sched: str = "wlc") -> dict:
+    return {"af": 2, "protocol": 6, "addr": addr, "port": port, "sched_name": sched,
+            "flags": {"flags": 0, "mask": 0xFFFFFFFF}, "timeout": 0, "netmask": 0xFFFFFFFF}
+
+
+def new_service(port: int, **kw) -> dict:
+    return {**V, "cmd": "NEW_SERVICE", "service": svc_attrs(port, **kw)}
+
+
+class ThreadDaemon:
+    """A Daemon serving from a background thread."""
+
+    def __init__(self, path: str, **kw) -> None:
+        self.ipvs = NetnsIPVS()
+        self.daemon = Daemon(self.ipvs, socket_path=path, **kw)
+        self.daemon.start()
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+        self.thread.start()
+        self.path = path
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def served(tmp_path):
+    d = ThreadDaemon(str(tmp_path / "ipvsd.sock"))
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory):
+    d = ThreadDaemon(str(tmp_path_factory.mktemp("shared") / "ipvsd.sock"))
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def raw_exchange(path: str, data: bytes, timeout: float = 5.0) -> tuple[list[dict], bool]:
+    """Send bytes, half-close, read every reply frame until EOF.
+
+    Returns (replies, closed_cleanly)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    try:
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(1 << 16)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    replies = []
+    pos = 0
+    while len(buf) - pos >= 4:
+        (n,) = struct.unpack_from("!I", buf, pos)
+        replies.append(json.loads(buf[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    return replies, pos == len(buf)
+
+
+def assert_alive(path: str) -> None:
+    reply = Client(path, timeout=5).call({**V, "cmd": "GET_INFO"})
+    assert reply["ok"] is True and reply["info"]["conn_tab_size"] > 0
+
+
+# ------------------------------------------------------------ serving
+
+
+def test_requests_reach_the_schema(served):
+    with Client(served.path) as c:
+        assert c.call(new_service(80))["ok"] is True
+        again = c.call(new_service(80))
+        assert again["ok"] is False and again["errno"] == errno.EEXIST
+        text = c.call({**V, "cmd": "GET_PROC", "name": "ip_vs"})["text"]
+    assert text == procfs.render(served.ipvs, "ip_vs", 0)
+    assert "TCP  CB007105:0050 wlc  \n" in text
+
+
+def test_several_clients_at_once(served):
+    n_clients, per_client = 8, 60
+    clients = [Client(served.path, timeout=10) for _ in range(n_clients)]
+    for c in clients:
+        c.connect()  # all connected before anyone sends
+    results: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        reqs = [new_service(1000 + i * per_client + k) for k in range(per_client)]
+        # Half pipelined, half one by one, so the daemon interleaves clients.
+        results[i] = clients[i].call_many(reqs[: per_client // 2], window=8)
+        results[i] += [clients[i].call(r) for r in reqs[per_client // 2 :]]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in clients:
+        c.close()
+    assert all(len(results[i]) == per_client and all(r["ok"] for r in results[i]) for i in range(n_clients))
+    services = Client(served.path).call({**V, "cmd": "GET_SERVICE"})["services"]
+    assert sorted(s["port"] for s in services) == list(range(1000, 1000 + n_clients * per_client))
+
+
+def test_a_stalled_client_does_not_block_others(served):
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.connect(served.path)
+    try:
+        frame = client.encode({**V, "cmd": "GET_INFO"})
+        stalled.sendall(frame[:7])  # half a frame, then silence
+        t0 = time.monotonic()
+        assert_alive(served.path)
+        assert time.monotonic() - t0 < 2
+        stalled.sendall(frame[7:])  # completing it later still works
+        stalled.settimeout(5)
+        (n,) = struct.unpack("!I", stalled.recv(4))
+        assert json.loads(stalled.recv(n))["ok"] is True
+    finally:
+        stalled.close()
+
+
+def test_oversized_frame_gets_emsgsize_and_close(served):
+    big = struct.pack("!I", client.MAX_REQUEST + 1) + b"{" * 1000
+    replies, clean = raw_exchange(served.path, big)
+    assert clean and len(replies) == 1
+    assert replies[0]["errno"] == errno.EMSGSIZE and "limit" in replies[0]["message"]
+    assert_alive(served.path)
+
+
+def test_bad_json_keeps_the_connection(served):
+    data = (
+        struct.pack("!I", 3) + b"{x}"
+        + client.encode([1, 2])  # type: ignore[arg-type]
+        + struct.pack("!I", 2) + b"\xff\xfe"
+        + client.encode({**V, "cmd": "GET_INFO"})
+    )
+    replies, clean = raw_exchange(served.path, data)
+    assert clean and [r["ok"] for r in replies] == [False, False, False, True]
+    assert [r.get("errno") for r in replies[:3]] == [errno.EINVAL] * 3
+
+
+def test_deep_nesting_is_an_error_not_a_crash(served):
+    body = b"[" * 200_000 + b"]" * 200_000
+    replies, _ = raw_exchange(served.path, struct.pack("!I", len(body)) + body)
+    assert replies[0]["ok"] is False and replies[0]["errno"] == errno.EINVAL
+    assert_alive(served.path)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_fuzz_random_bytes(shared_daemon, data):
+    replies, _ = raw_exchange(shared_daemon.path, data)
+    for r in replies:
+        assert isinstance(r, dict) and (r.get("ok") is True or isinstance(r.get("errno"), int))
+    assert_alive(shared_daemon.path)
+
+
+@FUZZ
+@given(body=st.binary(max_size=200))
+def test_fuzz_framed_garbage(shared_daemon, body):
+    replies, clean = raw_exchange(shared_daemon.path, struct.pack("!I", len(body)) + body)
+    assert clean and len(replies) == 1
+    assert replies[0]["ok"] is False and replies[0]["errno"] > 0
+    assert_alive(shared_daemon.path)
+
+
+@FUZZ
+@given(n=st.integers(client.MAX_REQUEST + 1, 2**32 - 1), tail=st.binary(max_size=64))
+def test_fuzz_bad_lengths(shared_daemon, n, tail):
+    replies, clean = raw_exchange(shared_daemon.path, struct.pack("!I", n) + tail)
+    assert clean and len(replies) == 1 and replies[0]["errno"] == errno.EMSGSIZE
+    assert_alive(shared_daemon.path)
+
+
+@FUZZ
+@given(
+    cmd=st.sampled_from(netlink.COMMANDS) | st.text(max_size=10),
+    fields=st.dictionaries(
+        st.sampled_from(["service", "dest", "daemon", "name", "value", "seq", "timeout_tcp", "version", "x"]),
+        JSON, max_size=4,
+    ),
+    top=JSON,
+)
+def test_fuzz_wrong_types(shared_daemon, cmd, fields, top):
+    reqs = [{**V, "cmd": cmd, **fields}, top]
+    replies, clean = raw_exchange(shared_daemon.path, b"".join(client.encode(r) for r in reqs))
+    assert clean and len(replies) == 2
+    for r in replies:
+        assert r["ok"] is True or (r["ok"] is False and r["errno"] > 0 and r["message"])
+    if not isinstance(top, dict):
+        assert replies[1]["errno"] == errno.EINVAL
+    assert_alive(shared_daemon.path)
+
+
+# --------------------------------------------------------- credentials
+
+
+def _call_as(address: str, uid: int, gid: int) -> dict:
+    """Call the daemon from a forked child running as another user; return its reply."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop privileges, ask, report, exit without cleanup
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            reply = Client(address, timeout=5).call({"version": 1, "cmd": "GET_INFO"})
+            os.write(w, json.dumps(reply).encode())
+        except BaseException as e:  # noqa: BLE001
+            os.write(w, json.dumps({"child_error": repr(e)}).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    reply = json.loads(data)
+    assert "child_error" not in reply, reply
+    return reply
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.parametrize("grant", [False, True])
+def test_non_root_peer(grant):
+    # Abstract name: no directory permissions in the way, unique per test.
+    address = f"\0pyipvs-test-{uuid.uuid4().hex}"
+    nobody, group = 65534, 4242
+    d = ThreadDaemon(address, allowed_gid=group if grant else None)
+    try:
+        reply = _call_as(address, nobody, group)
+        if grant:
+            assert reply["ok"] is True
+        else:
+            assert reply["ok"] is False and reply["errno"] == errno.EPERM
+            assert reply["message"] == "Permission denied (you must be root)"
+            assert d.daemon.server.refused == 1
+        assert_alive(address)
+    finally:
+        d.stop()
+
+
+# ------------------------------------------------------------ main loop
+
+
+class FakeDirector:
+    def __init__(self, due_in: int) -> None:
+        self.calls: list[int] = []
+        self.due_in = due_in
+        self.due: int | None = 0  # due at once
+
+    def run_timers(self, now: int) -> None:
+        self.calls.append(now)
+        self.due = now + self.due_in
+
+    def next_timer(self) -> int | None:
+        return self.due
+
+
+class FakeDriver:
+    def __init__(self) -> None:
+        self.r, self.w = socket.socketpair()
+        self.readable: list[bytes] = []
+        self.idle = 0
+        self.closed = False
+
+    def fds(self) -> list[int]:
+        return [self.r.fileno()]
+
+    def on_readable(self, fd: int, now: int) -> None:
+        assert fd == self.r.fileno() and isinstance(now, int)
+        self.readable.append(self.r.recv(100))
+
+    def poll_timeout(self) -> float | None:
+        return 0.5
+
+    def on_idle(self, now: int) -> None:
+        self.idle += 1
+
+    def close(self) -> None:
+        self.closed = True
+        self.r.close()
+        self.w.close()
+
+
+def test_loop_runs_timers_when_due_and_serves_the_driver(tmp_path):
+    director = FakeDirector(due_in=2)  # due every 2 jiffies = 8 ms
+    drv = FakeDriver()
+    d = Daemon(NetnsIPVS(), director, socket_path=str(tmp_path / "s.sock"), driver=drv)
+    try:
+        d.start()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.3:
+            d.run_once()
+        drv.w.send(b"frame")
+        d.run_once()
+    finally:
+        d.shutdown()
+    # Woken by the timer, not by a fixed 1 s sleep: about 0.3 s / 8 ms runs.
+    assert 10 < len(director.calls) < 200
+    assert director.calls == sorted(director.calls)
+    assert drv.readable == [b"frame"]
+    assert drv.idle == len(director.calls)
+    assert drv.closed
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_without_core_timers_still_run_estimator(tmp_path, monkeypatch):
+    from ipvs import daemon as dmod
+
+    def no_core(name):
+        if name == "ipvs.core":
+            raise ImportError("no core here")
+        return __import__(name, fromlist=["x"])
+
+    monkeypatch.setattr(dmod.importlib, "import_module", no_core)
+    ipvs = NetnsIPVS()
+    d = Daemon(ipvs, socket_path=str(tmp_path / "s.sock"))
+    try:
+        assert isinstance(d.director, dmod._FallbackTimers)
+        d.run_once(timeout=0)
+        assert ipvs.est.next_run is not None
+    finally:
+        d.shutdown()
+
+
+def test_live_socket_is_not_stolen(served, tmp_path):
+    with pytest.raises(OSError) as ei:
+        ControlServer(NetnsIPVS(), None, served.path)
+    assert ei.value.errno == errno.EADDRINUSE
+    assert_alive(served.path)
+    # A stale socket file (its daemon died) is replaced.
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(stale)
+    s.close()
+    srv = ControlServer(NetnsIPVS(), None, stale)
+    srv.close()
+    assert not os.path.exists(stale)
+
+
+# ----------------------------------------------------- the /proc directory
+
+
+def test_procfs_writer_layout(tmp_path):
+    ipvs = NetnsIPVS()
+    ipvs.sysctl.set("sloppy_tcp", 1)
+    root = tmp_path / "proc"
+    w = ProcfsWriter(ipvs, root)
+    w.write(0)
+    assert (root / "net" / "ip_vs").read_text() == procfs.render(ipvs, "ip_vs", 0)
+    assert (root / "net" / "ip_vs_stats").read_text().startswith("   Total Incoming")
+    assert (root / "sys" / "net" / "ipv4" / "vs" / "sloppy_tcp").read_text() == "1\n"
+    assert (root / "sys" / "net" / "ipv4" / "vs" / "sync_threshold").read_text() == "3\t50\n"
+    assert not list(root.rglob(".*.tmp"))
+    w.remove()
+    assert not root.exists()
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+
+
+def scrape_node_exporter(procfs_root: Path) -> dict[str, float]:
+    port = _free_port()
+    p = subprocess.Popen(
+        [NODE_EXPORTER, f"--path.procfs={procfs_root}", f"--web.listen-address=127.0.0.1:{port}",
+         "--collector.disable-defaults", "--collector.ipvs"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None, "node_exporter did not answer"
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    metrics = {}
+    for line in body.splitlines():
+        if line.startswith("node_ipvs") or line.startswith('node_scrape_collector_success{collector="ipvs"}'):
+            key, _, value = line.rpartition(" ")
+            metrics[key] = float(value)
+    return metrics
+
+
+@pytest.mark.skipif(NODE_EXPORTER is None, reason="prometheus-node-exporter is not installed (apt package "
+                    "prometheus-node-exporter)")
+def test_node_exporter_reads_the_procfs_dir(tmp_path):
+    """node_exporter's ipvs collector reports PyIPVS like kernel IPVS."""
+    from tests.test_procfs import HZ, NOW, golden_instance, load_conns, set_expiries, set_totals
+
+    ipvs, d = golden_instance("nat_classic")
+    rows = (d / "proc-net-ip_vs_conn.txt").read_text().splitlines()[1:]
+    set_expiries(load_conns(ipvs, rows, NOW), rows, NOW, 8)
+    set_totals(ipvs, (d / "proc-net-ip_vs_stats.txt").read_text())
+    assert ipvs.hz == HZ
+    w = ProcfsWriter(ipvs, tmp_path / "proc")
+    w.write(NOW)
+    m = scrape_node_exporter(tmp_path / "proc")
+    assert m['node_scrape_collector_success{collector="ipvs"}'] == 1
+    # The totals of the recorded run, as the kernel's ip_vs_stats shows them (hex).
+    totals = [int(x, 16) for x in (d / "proc-net-ip_vs_stats.txt").read_text().splitlines()[2].split()]
+    names = ["connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes"]
+    assert totals[0] > 0
+    assert [m[f"node_ipvs_{n}_total"] for n in names] == totals
+    backends = {k: v for k, v in m.items() if k.startswith("node_ipvs_backend_connections_inactive")}
+    by_rs = {re.search(r'remote_address="([^"]+)",remote_port="(\d+)"', k).groups(): v for k, v in backends.items()}
+    inact = {}
+    for line in (d / "proc-net-ip_vs_conn.txt").read_text().splitlines()[1:]:
+        f = line.split()
+        rs = (str(ipaddress.IPv4Address(int(f[5], 16))), str(int(f[6], 16)))
+        inact[rs] = inact.get(rs, 0) + 1
+    assert by_rs == {("172.16.0.2", "21"): 0, **inact}
+    weights = {k for k, v in m.items() if k.startswith("node_ipvs_backend_weight") and v == 2}
+    assert len(weights) == 1 and 'remote_address="172.16.0.3"' in next(iter(weights))
+
+
+# ------------------------------------------------------------ tools/ipvsd
+
+
+def _ipvsadm_or_skip():
+    return pytest.importorskip("ipvs.cli.ipvsadm", reason="ipvsadm (ipvs.cli.ipvsadm) is not there yet")
+
+
+class IpvsdProcess:
+    def __init__(self, args: list[str], sock: str) -> None:
+        self.sock = sock
+        self.p = subprocess.Popen([sys.executable, str(IPVSD), "--foreground", "--socket", sock, *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert_alive(sock)
+                return
+            except (OSError, AssertionError):
+                if self.p.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"ipvsd did not start: {self.p.stderr.read()}") from None
+                time.sleep(0.05)
+
+    def call(self, req: dict) -> dict:
+        return Client(self.sock, timeout=10).call(req)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+
+
+def wait_for(pred, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+RULES_A = "-A -t 203.0.113.5:80 -s wlc\n-a -t 203.0.113.5:80 -r 172.16.0.2:80 -m -w 1\n"
+RULES_B = RULES_A + "-A -u 203.0.113.5:53 -s rr\n-a -u 203.0.113.5:53 -r 172.16.0.3:53 -m -w 2\n"
+
+
+def test_ipvsd_procfs_dir_and_settings(tmp_path):
+    sock, proc = str(tmp_path / "s.sock"), tmp_path / "proc"
+    d = IpvsdProcess(["--procfs-dir", str(proc), "--set", "sloppy_tcp=1", "--conn-tab-bits", "14"], sock)
+    try:
+        assert d.call(new_service(8080))["ok"]
+        want = d.call({**V, "cmd": "GET_PROC", "name": "ip_vs"})["text"]
+        assert "(size=16384)" in want
+        assert wait_for(lambda: (proc / "net" / "ip_vs").exists() and (proc / "net" / "ip_vs").read_text() == want, 5)
+        assert (proc / "sys" / "net" / "ipv4" / "vs" / "sloppy_tcp").read_text() == "1\n"
+        d.p.send_signal(signal.SIGTERM)
+        assert d.p.wait(10) == 0
+        assert not proc.exists() and not os.path.exists(sock)
+    finally:
+        d.kill()
+
+
+def test_ipvsd_rules_sighup_and_sigterm_save(tmp_path):
+    _ipvsadm_or_skip()
+    sock, rules, saved = str(tmp_path / "s.sock"), tmp_path / "rules", tmp_path / "saved"
+    rules.write_text(RULES_A)
+    d = IpvsdProcess(["--rules", str(rules), "--save", str(saved)], sock)
+    try:
+        def ports():
+            return sorted(s["port"] for s in d.call({**V, "cmd": "GET_SERVICE"})["services"])
+
+        assert ports() == [80]
+        rules.write_text(RULES_B)
+        d.p.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: ports() == [53, 80])
+        assert d.call(new_service(443))["ok"]
+        d.p.send_signal(signal.SIGTERM)
+        assert d.p.wait(10) == 0
+        assert not os.path.exists(sock)
+        # ipvsadm -S order: protocol, then address, then port.
+        assert saved.read_text() == (
+            "-A -t 203.0.113.5:80 -s wlc\n-a -t 203.0.113.5:80 -r 172.16.0.2:80 -m -w 1\n"
+            "-A -t 203.0.113.5:443 -s wlc\n"
+            "-A -u 203.0.113.5:53 -s rr\n-a -u 203.0.113.5:53 -r 172.16.0.3:53 -m -w 2\n"
+        )
+    finally:
+        d.kill()
+
+
+def test_ipvsd_refuses_bad_options(tmp_path):
+    sock = str(tmp_path / "s.sock")
+    p = subprocess.run([sys.executable, str(IPVSD), "--foreground", "--socket", sock, "--set", "no_such=1"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "no_such" in p.stderr
+    assert not os.path.exists(sock)
+    p = subprocess.run([sys.executable, str(IPVSD), "--foreground", "--socket", sock, "--set", "sloppy_tcp"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "NAME=INTEGER" in p.stderr
+
+
+def test_ipvsd_detaches_with_pidfile(tmp_path):
+    sock, pidfile = str(tmp_path / "s.sock"), tmp_path / "ipvsd.pid"
+    p = subprocess.run([sys.executable, str(IPVSD), "--socket", sock, "--pidfile", str(pidfile),
+                        "--log-file", str(tmp_path / "log")], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert_alive(sock)  # serving as soon as the launcher returned
+        assert os.getsid(pid) != os.getsid(0)  # detached into a session of its own
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not pidfile.exists() and not os.path.exists(sock))
