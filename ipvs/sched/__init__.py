@@ -32,7 +32,20 @@ log = logging.getLogger("ipvs.sched")
 
 #: Scheduler names ipvsadm 1.31 knows, in its help-text order, plus twos.
 SCHEDULER_NAMES = (
-    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+    "rr",
+    "wrr",
+    "lc",
+    "wlc",
+    "lblc",
+    "lblcr",
+    "dh",
+    "sh",
+    "sed",
+    "nq",
+    "fo",
+    "ovf",
+    "mh",
+    "twos",
 )
 
 
@@ -146,6 +159,4 @@ def scheduler_err(svc: Service, msg: str) -> None:
         log.info("%s: FWM %d 0x%08X - %s", svc.scheduler.name, svc.fwmark, svc.fwmark, msg)
     else:
         proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}.get(svc.protocol, "?")
-        log.info(
-            "%s: %s %s:%d - %s", svc.scheduler.name, proto, format_addr(svc.af, svc.addr), svc.port, msg
-        )
+        log.info("%s: %s %s:%d - %s", svc.scheduler.name, proto, format_addr(svc.af, svc.addr), svc.port, msg)

@@ -63,7 +63,9 @@ class DestinationHashing(Scheduler):
         self.buckets = [None] * DH_TAB_SIZE
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
-        d = self.buckets[dh_hashkey(iph.daddr)]
+        a = iph.daddr
+        v = int.from_bytes(a, "big") if len(a) == 4 else addr_fold(a)
+        d = self.buckets[((v * 0x61C88647) & 0xFFFFFFFF) >> (32 - DH_TAB_BITS)]  # dh_hashkey
         if d is None or not d.flags & IP_VS_DEST_F_AVAILABLE or d.weight <= 0 or d.flags & IP_VS_DEST_F_OVERLOAD:
             scheduler_err(self.svc, "no destination available")
             return None

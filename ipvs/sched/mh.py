@@ -35,9 +35,12 @@ the low 32 bits of ``v0 ^ v1 ^ v2 ^ v3`` (``lib/siphash.c``,
 ``hash1 = (2654435761, 2654435761)``, ``hash2 = (2654446892, 2654446892)``.
 A 32-bit kernel would use HalfSipHash and give different tables.
 
-Differences from the kernel, for speed only: the SipHash initial state
-for each key is computed once, and lookups memoise the slot of recently
-seen keys in a bounded dict (cleared when full); results are identical.
+Differences from the kernel, for speed only (results are identical): the
+table rebuild is deferred to the next lookup, so a burst of changes costs
+one rebuild; the SipHash initial state of each key is computed once; each
+destination's (offset, skip) is cached by (addr, port); and lookups
+memoise the slot of recently seen keys in a bounded dict (cleared when
+full).
 """
 
 from __future__ import annotations
@@ -145,50 +148,86 @@ class MaglevHashing(Scheduler):
         if tab_size not in MH_PRIMES:
             raise ValueError(f"mh table size must be one of {MH_PRIMES}")
         self.size = tab_size
-        self.lookup: list[Dest | None] = [None] * tab_size
+        self._lookup: list[Dest | None] = [None] * tab_size
         self.gcd = 0
         self.rshift = 0
+        self._dirty = False
         self._memo: dict[int, int] = {}
+        self._perms: dict[tuple[bytes, int], tuple[int, int]] = {}
         self._dest_changed()
 
     # ---------------------------------------------------------- building
 
-    def _dest_changed(self) -> int:
-        """``ip_vs_mh_dest_changed``: recompute gcd/rshift and rebuild.
+    @property
+    def lookup(self) -> list[Dest | None]:
+        """The slot table, rebuilt first if a change is pending."""
+        if self._dirty:
+            self._populate(self.svc.destinations)
+        return self._lookup
 
+    def _dest_changed(self) -> int:
+        """``ip_vs_mh_dest_changed``: recompute gcd/rshift, rebuild.
+
+        The rebuild itself is deferred to the next lookup: the table is a
+        function of the list at rebuild time only, so a burst of changes
+        (an ``ipvsadm -R`` of many destinations) costs one rebuild.
         Returns 0, or -EINVAL (-22) when there are more destinations than
-        slots, as the kernel hook does.
+        slots; the kernel then keeps the previous table.
         """
         dests = self.svc.destinations
+        if len(dests) > self.size:
+            if self._dirty:
+                # Only an add crosses the limit: the pending table is the
+                # one for the list without the new head.
+                self._populate(dests[1:])
+            self._gcd_rshift(dests)
+            return -22
+        self._gcd_rshift(dests)
+        self._dirty = True
+        return 0
+
+    def _gcd_rshift(self, dests: list[Dest]) -> None:
+        """``ip_vs_mh_gcd_weight`` and ``ip_vs_mh_shift_weight``."""
         lws = [d.last_weight for d in dests if d.last_weight > 0]
         self.gcd = math.gcd(*lws) if lws else 0
         self.rshift = 0
         if self.gcd >= 1:
             self.rshift = max(0, (max(lws) // self.gcd).bit_length() - MH_TAB_BITS)
-        if len(dests) > self.size:
-            return -22
-        self._populate()
-        return 0
 
-    def _populate(self) -> None:
+    def _perm(self, d: Dest) -> tuple[int, int]:
+        """(offset, skip) of a destination: they depend on addr/port only."""
+        key = (d.addr, d.port)
+        p = self._perms.get(key)
+        if p is None:
+            m = self.size
+            p = (mh_hashkey(_STATE1, d.addr, d.port, 0) % m, mh_hashkey(_STATE2, d.addr, d.port, 0) % (m - 1) + 1)
+            if len(self._perms) >= _MEMO_MAX:
+                self._perms.clear()
+            self._perms[key] = p
+        return p
+
+    def _populate(self, dests: list[Dest]) -> None:
         """``ip_vs_mh_permutate`` + ``ip_vs_mh_populate``."""
+        self._dirty = False
         m = self.size
-        dests = self.svc.destinations
-        if self.gcd < 1:
-            self.lookup = [None] * m
+        lws = [d.last_weight for d in dests if d.last_weight > 0]
+        gcd = math.gcd(*lws) if lws else 0
+        if gcd < 1:
+            self._lookup = [None] * m
             return
-        setup = []  # [perm, skip, turns, dest] per dest in list order
+        rshift = max(0, (max(lws) // gcd).bit_length() - MH_TAB_BITS)
+        # [perm, skip, turns, dest] per dest in list order.  Only those
+        # with turns take slots; the kernel's loop merely steps over the
+        # others, so they are left out.
+        active = []
         for d in dests:
             lw = d.last_weight
-            turns = (lw // self.gcd) >> self.rshift
+            turns = (lw // gcd) >> rshift
             if not turns:
                 turns = 1 if lw else 0
-            offset = mh_hashkey(_STATE1, d.addr, d.port, 0) % m
-            skip = mh_hashkey(_STATE2, d.addr, d.port, 0) % (m - 1) + 1
-            setup.append([offset, skip, turns, d])
-        # Only destinations with turns take slots; visiting the others is
-        # a no-op in the kernel's loop, so leave them out.
-        active = [s for s in setup if s[2] >= 1]
+            if turns:
+                offset, skip = self._perm(d)
+                active.append([offset, skip, turns, d])
         lookup: list[Dest | None] = [None] * m
         taken = bytearray(m)
         n = 0
@@ -204,8 +243,7 @@ class MaglevHashing(Scheduler):
                     lookup[perm] = d
                     n += 1
                     if n == m:
-                        self.lookup = lookup
-                        self._memo.clear()
+                        self._lookup = lookup
                         return
                 s[0] = perm
 
@@ -219,7 +257,8 @@ class MaglevHashing(Scheduler):
         self._dest_changed()
 
     def done_service(self) -> None:
-        self.lookup = [None] * self.size
+        self._lookup = [None] * self.size
+        self._dirty = False
         self._memo.clear()
 
     # ---------------------------------------------------------- lookup
@@ -242,9 +281,11 @@ class MaglevHashing(Scheduler):
             addr, port = iph.saddr, iph.sport
         if not (flags & IP_VS_SVC_F_SCHED_MH_PORT and iph.protocol in _PORT_PROTOS):
             port = 0
-        key = port + addr_fold(addr)
-        lookup = self.lookup
-        ihash = self._slot(key & 0xFFFFFFFF)
+        key = (port + (int.from_bytes(addr, "big") if len(addr) == 4 else addr_fold(addr))) & 0xFFFFFFFF
+        lookup = self._lookup if not self._dirty else self.lookup
+        ihash = self._memo.get(key)
+        if ihash is None:
+            ihash = self._slot(key)
         d = lookup[ihash]
         if d is not None and not _unavailable(d):
             return d

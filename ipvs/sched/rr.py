@@ -79,7 +79,12 @@ class RoundRobin(Scheduler):
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
         dests = self.svc.destinations
         n = len(dests)
-        last = self._cursor_index()
+        last = self._idx
+        cur = self.cursor
+        if cur is None:
+            last = -1
+        elif not (0 <= last < n and dests[last] is cur):
+            last = self._cursor_index()
         # One full cycle: the entries after the cursor, then from the start
         # up to and including the cursor itself.
         i = last

@@ -106,7 +106,8 @@ class SourceHashing(Scheduler):
         if not (flags & IP_VS_SVC_F_SCHED_SH_PORT and iph.protocol in _PORT_PROTOS):
             port = 0
         buckets = self.buckets
-        ihash = sh_hashkey(addr, port, 0)
+        v = (port + (int.from_bytes(addr, "big") if len(addr) == 4 else addr_fold(addr))) & 0xFFFFFFFF
+        ihash = ((v * 0x61C88647) & 0xFFFFFFFF) >> (32 - SH_TAB_BITS)  # sh_hashkey at offset 0
         d = buckets[ihash]
         if d is not None and not _unavailable(d):
             return d
