@@ -294,7 +294,10 @@ def _tcp_offset(buf: bytearray, l3: int) -> int:
         return -1
     ver = buf[l3] >> 4
     if ver == 4:
-        l4 = l3 + ((buf[l3] & 0x0F) << 2)
+        ihl = (buf[l3] & 0x0F) << 2
+        if ihl < 20:
+            return -1
+        l4 = l3 + ihl
     elif ver == 6:
         l4 = l3 + 40
     else:

@@ -395,6 +395,8 @@ class FTPApp(App):
             l4 = l3 + 40
             limit = l4 + ((buf[l3 + 4] << 8) | buf[l3 + 5])
         limit = min(limit, len(buf))
+        if limit < l4 + 20:
+            return -1, -1
         doff = (buf[l4 + 12] >> 4) << 2
         if doff < 20:
             self.stats["no_payload"] += 1

@@ -486,6 +486,52 @@ TOKENS = [
 ]
 
 
+C6, V6, R6 = A("2001:db8:1::2"), A("2001:db8:2::5"), A("2001:db8:3::2")
+
+
+def v6_control(lab: FTPLab):
+    """An IPv6 control connection bound to the helper (the core's IPv6 path
+    comes later; the helper's IPv6 parsing is the kernel's already)."""
+    cp = lab.ipvs.conn_tab.new(AF_INET6, IPPROTO_TCP, C6, 40000, V6, 21, R6, 21, 0, None)
+    app.bind_conn(lab.ipvs, cp)
+    cp.state = tcp.ESTABLISHED
+    return cp
+
+
+def v6_packet(cp, inbound: bool, payload: bytes, seq: int = 1, ack: int = 1) -> bytearray:
+    from scapy.layers.inet6 import IPv6
+
+    if inbound:
+        p = IPv6(src="2001:db8:1::2", dst="2001:db8:2::5") / TCP(sport=40000, dport=21, flags="PA", seq=seq, ack=ack)
+    else:
+        p = IPv6(src="2001:db8:3::2", dst="2001:db8:1::2") / TCP(sport=21, dport=40000, flags="PA", seq=seq, ack=ack)
+    return bytearray(bytes(p / Raw(payload)) if payload else bytes(p))
+
+
+def test_ipv6_eprt_and_epsv():
+    lab = FTPLab()
+    cp = v6_control(lab)
+    assert cp.app is not None
+    app.pkt_in(lab.ipvs, cp, v6_packet(cp, True, b"EPRT |2|2001:db8:1::2|50000|\r\n"), 0, 0)
+    n = lab.ipvs.conn_tab.in_get(IPPROTO_TCP, C6, V6, 50000, 20)
+    assert n is not None and (n.daddr, n.dport) == (R6, 20)
+    app.pkt_in(lab.ipvs, cp, v6_packet(cp, True, b"PASV\r\n"), 0, 0)  # IPv4 only
+    assert cp.app_data == ftp.IP_VS_FTP_ACTIVE
+    app.pkt_in(lab.ipvs, cp, v6_packet(cp, True, b"EPSV 2\r\n"), 0, 0)
+    assert cp.app_data == ftp.IP_VS_FTP_EPSV
+    reply = b"229 Extended Passive (|2|2001:db8:3::2|6446|)\r\n"
+    b = v6_packet(cp, False, reply, seq=100)
+    assert app.pkt_out(lab.ipvs, cp, b, 0, 0) == app.NF_MANGLED
+    from scapy.layers.inet6 import IPv6
+
+    pkt = IPv6(bytes(b))
+    assert bytes(pkt[TCP].payload) == b"229 Extended Passive (|||6446|)\r\n"
+    assert pkt.plen == len(b) - 40
+    assert cp.out_seq == [100, -14, 0]
+    n = lab.ipvs.conn_tab.in_get(IPPROTO_TCP, C6, V6, 40001, 6446)
+    assert n.flags & IP_VS_CONN_F_NO_CPORT and n.daddr == R6
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     payload=st.one_of(st.binary(max_size=300), st.lists(st.sampled_from(TOKENS), max_size=40).map(b"".join)),
@@ -495,19 +541,23 @@ TOKENS = [
 )
 def test_random_control_bytes_never_raise(payload, mode, inbound, af6):
     lab = FTPLab()
-    cp = lab.control()
     if af6:
-        cp.af = AF_INET6  # the IPv6 parsing paths, on an IPv4 packet
+        cp = v6_control(lab)
+        b = v6_packet(cp, inbound, payload)
+    else:
+        cp = lab.control()
+        b = (c2s if inbound else s2c)(cp, 1, 1, payload)
     cp.app_data = mode
-    b = (c2s if inbound else s2c)(cp, 1, 1, payload)
     before = bytes(b)
     ret = (app.pkt_in if inbound else app.pkt_out)(lab.ipvs, cp, b, 0, 0)
     assert ret in (app.NF_DROP, app.NF_ACCEPT, app.NF_MANGLED)
     if ret == app.NF_ACCEPT:
         assert bytes(b) == before
-    if ret == app.NF_MANGLED:
+    if ret == app.NF_MANGLED and not af6:
         assert int.from_bytes(b[2:4], "big") == len(b)
         recompute_and_check(b)
+    if ret == app.NF_MANGLED and af6:
+        assert int.from_bytes(b[4:6], "big") == len(b) - 40
     if inbound:
         assert bytes(b) == before  # commands are never rewritten
 
@@ -534,3 +584,20 @@ def test_random_garbage_packet_headers_do_not_raise():
 def test_packet_helper_builds_real_tcp():
     b = packet(CIP, VIP, 1, 21, 5, 6, b"x")
     assert fields(b) == (5, 6, b"x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.sampled_from([b"", b"\x45", b"\x46", b"\x60", b"\x41"]),
+    body=st.binary(max_size=120),
+    mode=st.sampled_from([None, 1, 3]),
+    inbound=st.booleans(),
+)
+def test_random_packet_bytes_never_raise(head, body, mode, inbound):
+    """Whatever the buffer holds (the core parses first, but the helper
+    must not rely on it), the hooks return a verdict."""
+    lab = FTPLab()
+    cp = lab.control()
+    cp.app_data = mode
+    b = bytearray(head + body)
+    assert (app.pkt_in if inbound else app.pkt_out)(lab.ipvs, cp, b, 0, 0) in (0, 1, 2)
