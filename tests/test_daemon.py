@@ -613,3 +613,51 @@ def test_ipvsd_detaches_with_pidfile(tmp_path):
     finally:
         os.kill(pid, signal.SIGTERM)
     assert wait_for(lambda: not pidfile.exists() and not os.path.exists(sock))
+
+
+# ------------------------------------------------------------ tools/ipvs-sysctl
+
+
+def ipvs_sysctl(sock: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "ipvs-sysctl"), "--socket", sock, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_ipvs_sysctl_reads_and_writes_at_run_time(tmp_path):
+    sock, proc = str(tmp_path / "s.sock"), tmp_path / "proc"
+    d = IpvsdProcess(["--procfs-dir", str(proc)], sock)
+    try:
+        p = ipvs_sysctl(sock, "-a")
+        assert p.returncode == 0
+        shown = dict(line.split(" = ", 1) for line in p.stdout.splitlines())
+        # Every sysctl the kernel shows, with the same values (the recorded kernel's defaults).
+        from tests.test_procfs import golden_dir
+
+        golden = {}
+        for line in (golden_dir() / "nat_classic" / "sysctl-net.ipv4.vs.txt").read_text().splitlines():
+            k, v = line.split(":", 1)
+            golden["net.ipv4.vs." + k.rsplit("/", 1)[1]] = v
+        assert len(golden) > 20
+        for k, v in golden.items():
+            assert shown[k] == v, k
+        assert shown["net.ipv4.vs.sloppy_tcp"] == "0"
+
+        p = ipvs_sysctl(sock, "net.ipv4.vs.sloppy_tcp=1", "expire_nodest_conn=1")
+        assert (p.returncode, p.stdout) == (0, "net.ipv4.vs.sloppy_tcp = 1\nnet.ipv4.vs.expire_nodest_conn = 1\n")
+        assert ipvs_sysctl(sock, "-n", "net/ipv4/vs/sloppy_tcp").stdout == "1\n"
+        reply = d.call({**V, "cmd": "GET_SYSCTL", "name": "expire_nodest_conn"})
+        assert reply["value"] == 1
+        assert wait_for(lambda: (proc / "sys/net/ipv4/vs/sloppy_tcp").read_text() == "1\n", 5)
+
+        for bad, msg in [("secure_tcp=7", "Invalid argument"), ("sloppy_tcp=x", "Invalid argument"),
+                         ("sync_version=2", "not settable"), ("no_such", "No such setting")]:
+            p = ipvs_sysctl(sock, bad)
+            assert p.returncode == 255 and msg in p.stderr, (bad, p.stderr)
+        assert ipvs_sysctl(sock, "-n", "secure_tcp").stdout == "0\n"
+    finally:
+        d.kill()
+
+
+def test_ipvs_sysctl_without_director(tmp_path):
+    p = ipvs_sysctl(str(tmp_path / "none.sock"), "-a")
+    assert p.returncode == 255 and "cannot reach the director" in p.stderr
