@@ -67,44 +67,162 @@ def out_key(protocol: int, daddr: bytes, caddr: bytes, dport: int, cport: int) -
     return bytes((protocol,)) + daddr + caddr + dport.to_bytes(2, "big") + cport.to_bytes(2, "big")
 
 
-@attrs.define(slots=True, eq=False, repr=False)
-class Connection:
-    """One entry of the connection table (``struct ip_vs_conn``).
+@attrs.define(slots=True, eq=False)
+class ConnExt:
+    """The fields of a connection that most connections never use.
 
-    Addresses are packed bytes, ports ints, ``timeout`` and ``expires`` in
-    jiffies.  ``control`` is the connection controlling this one (an FTP
-    control connection or a persistence template) and ``n_control`` how
-    many this one controls.  ``in_seq``/``out_seq`` are the application
-    helper's ``[init_seq, delta, previous_delta]`` lists, None until used.
+    Kept out of :class:`Connection` so a plain connection stays small.
     """
 
-    af: int
-    protocol: int
-    caddr: bytes
-    cport: int
-    vaddr: bytes
-    vport: int
-    daddr: bytes
-    dport: int
-    flags: int = 0
     fwmark: int = 0
-    state: int = 0
-    old_state: int = 0
-    timeout: int = 0
-    expires: int = 0
-    wheel_at: int = -1
-    dest: Dest | None = None
     control: Connection | None = None
     n_control: int = 0
-    in_pkts: int = 0
-    # (addr_delta << 16) | port_delta of the DNAT rewrite (packet.nat_delta).
-    nat_delta: int = 0
-    in_key: bytes = b""
-    out_key: bytes = b""
     app: object = None
     app_data: object = None
     in_seq: list | None = None
     out_seq: list | None = None
+    old_state: int = 0
+    in_pkts: int = 0
+
+
+def _ext_field(name: str, doc: str) -> property:
+    def get(self):
+        ext = self.ext
+        return getattr(ext, name) if ext is not None else _EXT_DEFAULTS[name]
+
+    def set_(self, value):
+        ext = self.ext
+        if ext is None:
+            if value == _EXT_DEFAULTS[name]:
+                return
+            ext = self.ext = ConnExt()
+        setattr(ext, name, value)
+
+    return property(get, set_, doc=doc)
+
+
+_EXT_DEFAULTS = {a.name: a.default for a in attrs.fields(ConnExt)}
+
+
+@attrs.define(slots=True, eq=False, repr=False, init=False)
+class Connection:
+    """One entry of the connection table (``struct ip_vs_conn``).
+
+    The address fields of the kernel's struct (``caddr cport vaddr vport
+    daddr dport protocol af``) are properties read out of the two hash
+    keys, which hold exactly those bytes: storing them twice would double
+    the memory of the table (a design goal is a few hundred bytes per
+    connection).  Addresses are packed bytes, ports ints, ``timeout`` and
+    ``expires`` in jiffies.  ``control`` is the connection controlling this
+    one (an FTP control connection or a persistence template) and
+    ``n_control`` how many this one controls; ``in_seq``/``out_seq`` are the
+    application helper's ``[init_seq, delta, previous_delta]``.  Those
+    rarely used fields live in :class:`ConnExt`, created on first write.
+
+    Change ``cport``/``vport``/``dport`` only while the connection is not
+    hashed (the keys are rebuilt).
+    """
+
+    in_key: bytes
+    out_key: bytes
+    flags: int
+    state: int
+    timeout: int
+    expires: int
+    wheel_at: int
+    dest: Dest | None
+    # (addr_delta << 16) | port_delta of the DNAT rewrite (packet.nat_delta).
+    nat_delta: int
+    ext: ConnExt | None
+
+    def __init__(
+        self, af: int, protocol: int, caddr: bytes, cport: int, vaddr: bytes, vport: int,
+        daddr: bytes, dport: int, flags: int = 0, fwmark: int = 0, state: int = 0,
+        old_state: int = 0, timeout: int = 0, key: bytes | None = None,
+    ) -> None:
+        self.in_key = key if key is not None else in_key(protocol, caddr, vaddr, cport, vport)
+        self.out_key = out_key(protocol, daddr, caddr, dport, cport)
+        self.flags = flags
+        self.state = state
+        self.timeout = timeout
+        self.expires = 0
+        self.wheel_at = -1
+        self.dest = None
+        self.nat_delta = 0
+        self.ext = None
+        if fwmark or old_state:
+            self.ext = ConnExt(fwmark=fwmark, old_state=old_state)
+
+    # Address fields, read from the keys.
+    @property
+    def af(self) -> int:
+        return 2 if len(self.in_key) == 13 else 10
+
+    @property
+    def protocol(self) -> int:
+        return self.in_key[0]
+
+    @property
+    def alen(self) -> int:
+        return (len(self.in_key) - 5) >> 1
+
+    @property
+    def caddr(self) -> bytes:
+        return self.in_key[1 : 1 + self.alen]
+
+    @property
+    def vaddr(self) -> bytes:
+        n = self.alen
+        return self.in_key[1 + n : 1 + 2 * n]
+
+    @property
+    def daddr(self) -> bytes:
+        return self.out_key[1 : 1 + self.alen]
+
+    @property
+    def cport(self) -> int:
+        k = self.in_key
+        return (k[-4] << 8) | k[-3]
+
+    @cport.setter
+    def cport(self, value: int) -> None:
+        self._rekey(cport=value)
+
+    @property
+    def vport(self) -> int:
+        k = self.in_key
+        return (k[-2] << 8) | k[-1]
+
+    @vport.setter
+    def vport(self, value: int) -> None:
+        self._rekey(vport=value)
+
+    @property
+    def dport(self) -> int:
+        k = self.out_key
+        return (k[-4] << 8) | k[-3]
+
+    @dport.setter
+    def dport(self, value: int) -> None:
+        self._rekey(dport=value)
+
+    def _rekey(self, cport: int | None = None, vport: int | None = None, dport: int | None = None) -> None:
+        c = self.cport if cport is None else cport
+        v = self.vport if vport is None else vport
+        d = self.dport if dport is None else dport
+        p, ca, va, da = self.protocol, self.caddr, self.vaddr, self.daddr
+        self.in_key = in_key(p, ca, va, c, v)
+        self.out_key = out_key(p, da, ca, d, c)
+
+    fwmark = _ext_field("fwmark", "The firewall mark of the service (fwmark services).")
+    control = _ext_field("control", "The connection controlling this one.")
+    n_control = _ext_field("n_control", "How many connections this one controls.")
+    app = _ext_field("app", "The bound application helper incarnation.")
+    app_data = _ext_field("app_data", "The application helper's per-connection state.")
+    in_seq = _ext_field("in_seq", "[init_seq, delta, previous_delta] of the client's direction.")
+    out_seq = _ext_field("out_seq", "[init_seq, delta, previous_delta] of the server's direction.")
+    old_state = _ext_field("old_state", "The state before the last change (for sync).")
+    in_pkts = _ext_field("in_pkts", "Input packets (kept for sync; counted only when sync runs).")
 
     def __repr__(self) -> str:
         from ipvs.ctl import format_addr
@@ -158,18 +276,11 @@ class ConnTable:
 
     # -------------------------------------------------------------- hashing
 
-    def hash(self, cp: Connection, key: bytes | None = None) -> None:
-        """``ip_vs_conn_hash``: file ``cp`` under its keys.
-
-        ``key``, when given, is the in-key already sliced from the packet
-        that created the connection (it must equal what :func:`in_key` makes).
-        """
+    def hash(self, cp: Connection) -> None:
+        """``ip_vs_conn_hash``: file ``cp`` under its keys."""
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
-            cp.in_key = in_key(cp.protocol, cp.caddr, cp.vaddr, cp.cport, cp.vport)
             self.templates[cp.in_key] = cp
         else:
-            cp.in_key = key if key is not None else in_key(cp.protocol, cp.caddr, cp.vaddr, cp.cport, cp.vport)
-            cp.out_key = out_key(cp.protocol, cp.daddr, cp.caddr, cp.dport, cp.cport)
             self.in_table[cp.in_key] = cp
             self.out_table[cp.out_key] = cp
         cp.flags |= IP_VS_CONN_F_HASHED
@@ -222,10 +333,11 @@ class ConnTable:
         flags: int,
         dest: Dest | None,
         fwmark: int = 0,
-        in_key: bytes | None = None,
+        key: bytes | None = None,
     ) -> Connection | None:
         """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection.
 
+        ``key`` may pass the in-key already sliced from the packet.
         Returns None when the table is full (counted in ``refused``).
         """
         if self.count >= self.max_conns:
@@ -233,7 +345,7 @@ class ConnTable:
             return None
         cp = Connection(
             af, protocol, caddr, cport, vaddr, vport, daddr, dport,
-            flags, fwmark, 0, 0, CONN_NEW_TIMEOUT_S * self.hz,
+            flags, fwmark, 0, 0, CONN_NEW_TIMEOUT_S * self.hz, key=key,
         )
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
@@ -241,7 +353,7 @@ class ConnTable:
             self.bind_dest(cp, dest)
         self.count += 1
         if not cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self.hash(cp, in_key)
+            self.hash(cp)
         return cp
 
     @staticmethod

@@ -255,12 +255,11 @@ class Director:
             verdict = NF_ACCEPT
         if tr is not None:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
+        # (The kernel counts in_pkts here for the sync daemon; PyIPVS has
+        # no sync yet, so that counter stays untouched on the fast path.)
         if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            if cp.control is not None:
-                cp.control.in_pkts += 1
             self._conn_expire(cp, now)
         else:
-            cp.in_pkts += 1
             tab.put(cp, now)
         return verdict
 
@@ -382,7 +381,7 @@ class Director:
         checksum delta (shared between connections with the same rewrite)
         and the application helper binding."""
         cp = self.ipvs.conn_tab.new(
-            af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, in_key=key
+            af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, key=key
         )
         if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
             return cp

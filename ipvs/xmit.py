@@ -76,12 +76,13 @@ def mtu_ok(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, mtu: int | None, 
 
 def _rewrite(
     buf: bytearray, l3: int, l4: int, proto: int, addr_off: int, port_off: int,
-    new_addr: bytes, new_port: int, da: int, dp: int, partial: bool, payload_changed: bool,
+    new_addr: bytes, new_port: bytes, da: int, dp: int, partial: bool, payload_changed: bool,
 ) -> None:
     """One NAT rewrite of a forwarded IPv4 TCP/UDP packet, checksums included.
 
     ``addr_off``/``port_off`` say which address (12 source, 16 destination)
-    and port (0 source, 2 destination) change; ``da``/``dp`` are the
+    and port (0 source, 2 destination) change to ``new_addr``/``new_port``
+    (bytes, network order); ``da``/``dp`` are the
     precomputed ones'-complement deltas (:func:`ipvs.packet.nat_delta`).
     The TTL is decremented here too (the caller checked it is above 1).
     This is the kernel's ``tcp_fast_csum_update`` / ``tcp_partial_csum_update``
@@ -91,8 +92,7 @@ def _rewrite(
     """
     buf[l3 + 8] -= 1
     buf[l3 + addr_off : l3 + addr_off + 4] = new_addr
-    buf[l4 + port_off] = new_port >> 8
-    buf[l4 + port_off + 1] = new_port & 0xFF
+    buf[l4 + port_off : l4 + port_off + 2] = new_port
     # IP header checksum: the address delta, and 0xFEFF for the TTL word
     # going down by 0x0100.
     s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
@@ -138,7 +138,8 @@ def nat_xmit(
         if not mtu_ok(ipvs, buf, l3, end, mtu, cp.vaddr):
             return NF_DROP
     delta = cp.nat_delta
-    _rewrite(buf, l3, l4, proto, 16, 2, cp.daddr, cp.dport, delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
+    k = cp.out_key  # proto | daddr | caddr | dport | cport
+    _rewrite(buf, l3, l4, proto, 16, 2, k[1:5], k[9:11], delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
     return NF_STOLEN
 
 
@@ -155,8 +156,9 @@ def snat_response(
         decrement_ttl(ipvs, buf, l3, end, cp.vaddr)
         return NF_DROP
     delta = cp.nat_delta
+    k = cp.in_key  # proto | caddr | vaddr | cport | vport
     # The reverse rewrite adds the ones'-complement negation of each delta.
-    _rewrite(buf, l3, l4, proto, 12, 0, cp.vaddr, cp.vport, 0xFFFF - (delta >> 16),
+    _rewrite(buf, l3, l4, proto, 12, 0, k[5:9], k[11:13], 0xFFFF - (delta >> 16),
              0xFFFF - (delta & 0xFFFF), partial, app_ret == 2)
     return NF_STOLEN
 
