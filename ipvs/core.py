@@ -306,6 +306,8 @@ class Director:
         if dest is None:
             self._no_dest(svc)
             return None, 0
+        if self.trace is not None:
+            self.trace(f"sched {svc!r} chose {dest!r}")
         flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
         cp = self._conn_new(
             iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport,
@@ -332,6 +334,8 @@ class Director:
             if dest is None:
                 self._no_dest(svc)
                 return None, 0
+            if self.trace is not None:
+                self.trace(f"sched {svc!r} chose {dest!r} (new persistence template)")
             dport = dest.port if iph.dport == svc.port and svc.port != FTPPORT else 0
             ct = self._conn_new(
                 iph.af, protocol, snet, 0, vaddr, vport, dest.addr, dport, IP_VS_CONN_F_TEMPLATE, dest,
@@ -342,6 +346,8 @@ class Director:
             ct.timeout = svc.timeout
         else:
             dest = ct.dest
+            if self.trace is not None:
+                self.trace(f"persist {svc!r}: template says {dest!r}")
         dport = iph.dport
         if dport == svc.port and dest.port:
             dport = dest.port
