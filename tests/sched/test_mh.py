@@ -131,3 +131,31 @@ def test_stable_for_a_fixed_set(weights, clients):
     first = [lab.run(1, src=s)[0] for s in srcs]
     lab.sched._memo.clear()
     assert [lab.run(1, src=s)[0] for s in srcs] == first
+
+
+def _small(n):
+    from ipvs.sched.mh import MaglevHashing
+
+    lab = Lab("mh")
+    lab.svc.scheduler = MaglevHashing(lab.svc, tab_size=251)
+    for i in range(1, n + 1):
+        lab.add(i)
+    return lab
+
+
+def test_more_dests_than_slots_keeps_the_last_table():
+    lab = _small(251)
+    table = list(lab.sched.lookup)
+    assert len(set(table)) == 251  # one slot each
+    assert lab.sched._dest_changed() == 0
+    lab.add(252)  # -EINVAL in the kernel: the old table stays
+    assert lab.sched.lookup == table
+    assert lab.dest(252) not in lab.sched.lookup
+
+
+def test_deferred_rebuild_across_the_limit():
+    ref = _small(251)
+    lab = _small(250)
+    lab.add(251)  # rebuild pending (never looked up) ...
+    lab.add(252)  # ... then refused: the pending table must be the 251-dest one
+    assert [name_of(d) for d in lab.sched.lookup] == [name_of(d) for d in ref.sched.lookup]
