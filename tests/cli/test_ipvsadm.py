@@ -647,6 +647,17 @@ def test_messages_and_exit_codes(argv, expected):
     assert run(LocalTransport(NetnsIPVS()), argv) == expected
 
 
+def test_kernel_range_errors():
+    """The thresholds the transcript could not reach (its service was gone): ERANGE from the kernel."""
+    t = LocalTransport(NetnsIPVS())
+    assert run(t, ["-A", "-t", "10.0.0.1:80"]) == (0, "", "")
+    assert run(t, ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-m", "-y", "5", "-x", "0"]) == (
+        255, "", "Numerical result out of range\n")
+    assert run(t, ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-m", "-w", "70000"]) == (0, "", "")
+    assert run(t, ["-a", "-t", "10.0.0.1:80", "-r", "224.0.0.1", "-m"]) == (
+        255, "", "Invalid operation.  Possibly wrong module version, address not unicast, ...\n")
+
+
 def test_help_and_version_need_no_daemon():
     def refuse():
         raise ConnectionRefusedError(111, "Connection refused")
