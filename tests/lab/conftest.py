@@ -1,0 +1,145 @@
+"""The lab fixture: ``tools/ipvs-lab up`` in one of three ways, always torn down.
+
+Needs root, ``ip netns``, nginx, curl and ab (``tools/bootstrap`` installs
+them); otherwise every lab test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.machinery
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODES = {
+    "spare": ("spare", False),
+    "shared": ("shared", False),
+    "strict": ("spare", True),
+}
+
+
+def _load_lab():
+    path = os.path.join(ROOT, "tools", "ipvs-lab")
+    loader = importlib.machinery.SourceFileLoader("ipvs_lab", path)
+    spec = importlib.util.spec_from_loader("ipvs_lab", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "lab tests need root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "lab tests need iproute2 (ip netns)"
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True)
+    if r.returncode != 0:
+        return "ip netns is not usable here"
+    for tool in ("curl", "ab", "nft", "ethtool"):
+        if shutil.which(tool) is None:
+            return f"lab tests need {tool} (tools/bootstrap installs it)"
+    if not os.path.exists(os.path.join(ROOT, "tools", "ipvsd")):
+        return "tools/ipvsd is missing"
+    return None
+
+
+lab_mod = _load_lab()
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def netns(name: str):
+    """Run the body in network namespace ``name`` (this thread only)."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(fd)
+        os.close(home)
+
+
+def socket_in(ns: str, type_=socket.SOCK_STREAM) -> socket.socket:
+    with netns(ns):
+        return socket.socket(socket.AF_INET, type_)
+
+
+class Lab:
+    """Handles for the tests: commands in the namespaces, listings."""
+
+    mod = lab_mod
+    VIP = lab_mod.VIP
+
+    def __init__(self, name: str, mode: str, strict: bool) -> None:
+        self.name, self.mode, self.strict = name, mode, strict
+
+    def run(self, ns: str, *cmd: str, timeout: float = 120, check: bool = True) -> str:
+        r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} in {ns} failed ({r.returncode}): {r.stderr.strip()}")
+        return r.stdout
+
+    def client(self, *cmd: str, **kw) -> str:
+        return self.run(lab_mod.NS_CLIENT, *cmd, **kw)
+
+    def ipvsadm(self, *args: str) -> str:
+        return self.run(lab_mod.NS_DIR, "python3", os.path.join(ROOT, "tools", "ipvsadm"), *args)
+
+    def conns(self) -> list[dict]:
+        """``ipvsadm -Lnc`` as dicts: pro, expire (s), state, source, virtual, destination."""
+        out = []
+        for line in self.ipvsadm("-Lnc").splitlines()[2:]:
+            f = line.split()
+            if len(f) < 6:
+                continue
+            m, s = f[1].split(":")
+            out.append({"pro": f[0], "expire": int(m) * 60 + int(s), "state": f[2], "source": f[3],
+                        "virtual": f[4], "destination": f[5]})
+        return out
+
+    def dest_counts(self, vip_port: str) -> dict[str, tuple[int, int]]:
+        """(ActiveConn, InActConn) per real server of one TCP service, from ``-Ln``."""
+        counts, cur = {}, False
+        for line in self.ipvsadm("-Ln").splitlines():
+            if line.startswith(("TCP", "UDP")):
+                cur = line.split()[1] == vip_port and line.startswith("TCP")
+            elif cur and line.strip().startswith("->") and ":" in line:
+                f = line.split()
+                if f[1][0].isdigit():
+                    counts[f[1]] = (int(f[4]), int(f[5]))
+        return counts
+
+    def nstat(self, ns: str, *names: str) -> dict[str, int]:
+        out = self.run(ns, "nstat", "-az", *names)
+        vals = {}
+        for line in out.splitlines():
+            m = re.match(r"(\w+)\s+(\d+)", line)
+            if m:
+                vals[m.group(1)] = int(m.group(2))
+        return vals
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def lab(request):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    mode, strict = MODES[request.param]
+    try:
+        lab_mod.up(mode, strict)
+        yield Lab(request.param, mode, strict)
+    finally:
+        lab_mod.down()
