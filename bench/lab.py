@@ -1,0 +1,264 @@
+"""Lab benchmark: plain routing, nftables DNAT, HAProxy and PyIPVS on one lab.
+
+    sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf]
+
+Builds the lab (``tools/ipvs-lab up --no-rules``), then for each round runs
+every path through the director in turn (forward order on even rounds,
+reverse on odd ones, so drifts of the shared 2-vCPU machine hit all paths
+alike):
+
+* ``route``: the director's kernel routes (ip_forward=1), client -> rs1
+  directly: the ceiling, no load balancing;
+* ``nft``: nftables DNAT with ``numgen inc`` round robin over rs1:80 and
+  rs2:8000 (kernel NAT);
+* ``haproxy``: HAProxy in TCP mode on the VIP (a userspace proxy);
+* ``pyipvs``: ipvsd on AF_PACKET, spare mode, rr over the same servers.
+
+Loads, each bounded: ``ab -n N -c 50`` short connections, ``wrk -t2 -c50
+-dS`` keep-alive requests, ``iperf3 -t S`` bulk to rs1 (through VIP:5201
+where a balancer is in the path).  Offloads stay on (veth defaults).
+
+Prints ``name value unit`` lines: the median of each load per path, and
+each path's ratio to nftables DNAT.  Everything is removed at the end, even
+on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_lab():
+    loader = importlib.machinery.SourceFileLoader("ipvs_lab", os.path.join(ROOT, "tools", "ipvs-lab"))
+    spec = importlib.util.spec_from_loader("ipvs_lab", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+lab = _load_lab()
+VIP, OUTER, GW = lab.VIP, lab.OUTER, lab.GATEWAY
+PATHS = ("route", "nft", "haproxy", "pyipvs")
+
+NFT_DNAT = f"""
+table ip benchnat {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {VIP} tcp dport 80 dnat ip addr . port to numgen inc mod 2 map {{
+        0 : 172.16.0.2 . 80, 1 : 172.16.0.3 . 8000 }}
+    ip daddr {VIP} tcp dport 5201 dnat ip to 172.16.0.2
+  }}
+}}
+"""
+
+HAPROXY = f"""
+global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind {VIP}:80
+    default_backend servers
+backend servers
+    balance roundrobin
+    server rs1 172.16.0.2:80
+    server rs2 172.16.0.3:8000
+frontend bulk
+    bind {VIP}:5201
+    default_backend iperf
+backend iperf
+    server rs1 172.16.0.2:5201
+"""
+
+RULES = [
+    f"-A -t {VIP}:80 -s rr",
+    f"-a -t {VIP}:80 -r 172.16.0.2:80 -m",
+    f"-a -t {VIP}:80 -r 172.16.0.3:8000 -m",
+    f"-A -t {VIP}:5201 -s rr",
+    f"-a -t {VIP}:5201 -r 172.16.0.2:5201 -m",
+]
+
+
+def d(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return lab.run(*lab.nsexec(lab.NS_DIR, *cmd), check=check)
+
+
+def kernel_addrs(on: bool, vip: bool) -> None:
+    d("ip", "addr", "flush", "dev", "d_out")
+    d("ip", "addr", "flush", "dev", "br-in")
+    if on:
+        d("ip", "addr", "add", f"{OUTER}/24", "dev", "d_out")
+        d("ip", "addr", "add", f"{GW}/24", "dev", "br-in")
+        if vip:
+            d("ip", "addr", "add", f"{VIP}/32", "dev", "d_out")
+    lab.sysctl(lab.NS_DIR, {"net.ipv4.ip_forward": "1" if on else "0"})
+    d("ip", "neigh", "flush", "all", check=False)
+    lab.run(*lab.nsexec(lab.NS_CLIENT, "ip", "neigh", "flush", "all"), check=False)
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.current = None
+
+    def leave(self) -> None:
+        cur = self.current
+        self.current = None
+        if cur == "nft":
+            d("nft", "delete", "table", "ip", "benchnat", check=False)
+        elif cur in ("haproxy", "pyipvs"):
+            name = "haproxy" if cur == "haproxy" else "director"
+            pidf = os.path.join(lab.STATE, f"{name}.pid")
+            if os.path.exists(pidf):
+                lab.stop_pid(int(open(pidf).read()))
+                os.unlink(pidf)
+
+    def enter(self, path: str) -> str:
+        """Configure the director for ``path``; returns the target host."""
+        self.leave()
+        if path == "route":
+            kernel_addrs(True, vip=False)
+            target = "172.16.0.2"
+        elif path == "nft":
+            kernel_addrs(True, vip=True)
+            lab.run(*lab.nsexec(lab.NS_DIR, "nft", "-f", "-"), input=NFT_DNAT)
+            target = VIP
+        elif path == "haproxy":
+            kernel_addrs(True, vip=True)
+            conf = os.path.join(lab.STATE, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(HAPROXY)
+            lab.start("haproxy", lab.NS_DIR, [shutil.which("haproxy"), "-db", "-f", conf])
+            self._wait_listen(VIP, 80)
+            target = VIP
+        else:
+            kernel_addrs(False, vip=False)
+            with open(os.path.join(lab.STATE, "rules.txt"), "w") as f:
+                f.write("\n".join(RULES) + "\n")
+            cmd = lab.director_cmd("spare", False)
+            if "ipvsd" in cmd[1]:
+                lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
+                deadline = time.monotonic() + 20
+                while lab.ipvsadm("-Ln", check=False).returncode != 0:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("ipvsd did not start")
+                    time.sleep(0.1)
+                for line in RULES:
+                    lab.ipvsadm(*line.split())
+            else:
+                lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
+                time.sleep(2)
+            time.sleep(0.3)
+            target = VIP
+        self.current = path
+        # One request first: ARP and neighbour caches, not the load, pay for it.
+        lab.client("curl", "-s", "-m", "5", "-o", "/dev/null", f"http://{target}/", check=False)
+        return target
+
+    def _wait_listen(self, addr: str, port: int) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if d("ss", "-Hltn", f"src {addr}:{port}", check=False).stdout.strip():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"nothing listens on {addr}:{port}")
+
+    # -- loads
+
+    def ab(self, target: str) -> float:
+        out = lab.client("ab", "-q", "-n", str(self.args.ab_requests), "-c", "50", "-s", "10",
+                         f"http://{target}/", check=False, timeout=120)
+        fails = re.search(r"Failed requests:\s+(\d+)", out)
+        rps = re.search(r"Requests per second:\s+([\d.]+)", out)
+        if fails and int(fails.group(1)):
+            print(f"# ab: {fails.group(1)} failed requests", file=sys.stderr)
+        return float(rps.group(1)) if rps else 0.0
+
+    def wrk(self, target: str) -> float:
+        out = lab.client("wrk", "-t2", "-c50", f"-d{self.args.seconds}s", f"http://{target}/", check=False,
+                         timeout=self.args.seconds + 60)
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        return float(m.group(1)) if m else 0.0
+
+    def iperf(self, target: str) -> float:
+        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), "-J", check=False,
+                         timeout=self.args.seconds + 60)
+        try:
+            return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError):
+            return 0.0
+
+
+LOADS = {"ab": ("conn/s", "ab"), "wrk": ("req/s", "wrk"), "iperf": ("Gbit/s", "iperf")}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ab-requests", type=int, default=5000)
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--only", default="ab,wrk,iperf")
+    p.add_argument("--paths", default=",".join(PATHS))
+    args = p.parse_args(argv)
+    args.rounds = max(1, min(args.rounds, 10))
+    args.seconds = max(1, min(args.seconds, 30))
+    args.ab_requests = max(100, min(args.ab_requests, 50000))
+    if os.geteuid() != 0:
+        raise SystemExit("bench/lab.py needs root (network namespaces)")
+    for tool in ("ab", "wrk", "iperf3", "haproxy", "nft"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench/lab.py needs {tool}")
+    loads = [x for x in args.only.split(",") if x in LOADS]
+    paths = [x for x in args.paths.split(",") if x in PATHS]
+    results: dict[tuple[str, str], list[float]] = {}
+    b = Bench(args)
+    try:
+        lab.up("spare", False, rules=False)
+        # The director started by up() has no rules; the bench starts its own.
+        lab.stop_pid(int(open(os.path.join(lab.STATE, "director.pid")).read()))
+        os.unlink(os.path.join(lab.STATE, "director.pid"))
+        lab.start("iperf3-rs1", lab.NS_RS1, ["iperf3", "-s", "-B", "172.16.0.2"])
+        lab.run(*lab.nsexec(lab.NS_CLIENT, "ip", "route", "replace", "172.16.0.0/24", "via", OUTER))
+        for r in range(args.rounds):
+            order = paths if r % 2 == 0 else list(reversed(paths))
+            for path in order:
+                target = b.enter(path)
+                for load in loads:
+                    v = getattr(b, LOADS[load][1])(target)
+                    results.setdefault((path, load), []).append(v)
+                    print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}", file=sys.stderr, flush=True)
+        b.leave()
+    finally:
+        b.leave()
+        lab.down()
+    for load in loads:
+        unit = LOADS[load][0]
+        base = statistics.median(results.get(("nft", load), [0.0])) or None
+        for path in paths:
+            vals = results.get((path, load))
+            if not vals:
+                continue
+            med = statistics.median(vals)
+            print(f"lab.{load}.{path} {med:.2f} {unit}")
+            if base:
+                print(f"lab.{load}.{path}.vs_nft {med / base:.2f} x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
