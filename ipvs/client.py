@@ -73,16 +73,6 @@ def encode(obj: dict) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise ProtocolError("control socket closed by the daemon")
-        buf += chunk
-    return bytes(buf)
-
-
 class Client:
     """A connection to the director's control socket.
 
@@ -94,6 +84,7 @@ class Client:
         self.address = socket_address(path)
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._rbuf = bytearray()
 
     # ------------------------------------------------------------ plumbing
 
@@ -114,6 +105,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._rbuf.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -121,13 +113,27 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _read_reply(self) -> dict:
+    def _fill(self, n: int) -> None:
+        """Read until the buffer holds ``n`` bytes (one recv usually brings
+        several pipelined replies at once)."""
         assert self._sock is not None
-        (n,) = _LEN.unpack(_recv_exact(self._sock, 4))
+        buf = self._rbuf
+        while len(buf) < n:
+            chunk = self._sock.recv(max(n - len(buf), 65536))
+            if not chunk:
+                raise ProtocolError("control socket closed by the daemon")
+            buf += chunk
+
+    def _read_reply(self) -> dict:
+        self._fill(4)
+        (n,) = _LEN.unpack_from(self._rbuf)
         if n > MAX_REPLY:
             raise ProtocolError(f"reply of {n} bytes is over the {MAX_REPLY} byte limit")
+        self._fill(4 + n)
+        body = bytes(self._rbuf[4 : 4 + n])
+        del self._rbuf[: 4 + n]
         try:
-            obj = json.loads(_recv_exact(self._sock, n))
+            obj = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ProtocolError(f"reply is not JSON: {e}") from None
         if not isinstance(obj, dict):

@@ -67,7 +67,7 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 #: Stop reading a client's requests while this much reply data waits for it.
 OUT_HIGH_WATER = 8 << 20
 #: Bytes read from a client at a time.
-RECV_CHUNK = 256 << 10
+RECV_CHUNK = 64 << 10  # below malloc's mmap threshold: recv() allocates this much each call
 #: Most clients connected at once; more are answered EAGAIN and closed.
 MAX_CLIENTS = 256
 #: A client that has sent part of a frame and nothing more for this long is dropped.
