@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ipvs.packet import nat_delta
 from ipvs.uapi import (
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_INACTIVE,
@@ -259,6 +260,9 @@ class ConnTable:
     count: int = 0
     no_cport_count: int = 0
     refused: int = 0
+    # NAT checksum deltas by (vaddr, daddr, vport, dport): one int object
+    # shared by every connection with the same rewrite.
+    deltas: dict = attrs.field(factory=dict)
 
     # ---------------------------------------------------------------- sizes
 
@@ -349,6 +353,14 @@ class ConnTable:
         )
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
+        if not flags & IP_VS_CONN_F_TEMPLATE:
+            dk = (vaddr, daddr, vport, dport)
+            delta = self.deltas.get(dk)
+            if delta is None:
+                if len(self.deltas) > 4096:
+                    self.deltas.clear()
+                delta = self.deltas[dk] = nat_delta(vaddr, daddr, vport, dport)
+            cp.nat_delta = delta
         if dest is not None:
             self.bind_dest(cp, dest)
         self.count += 1

@@ -44,7 +44,6 @@ from ipvs.packet import (
     IPHeader,
     icmp_checksum,
     l4_csum_ok,
-    nat_delta,
     parse,
 )
 from ipvs.proto import tcp as _tcp
@@ -90,7 +89,8 @@ class Director:
         self.mtu: int | None = None
         self.trace: Callable[[str], None] | None = None
         self._next_trash = 0
-        self._deltas: dict[tuple, int] = {}
+        # ip_vs_todrop's countdown (ipvs->drop_counter), zero at start.
+        self._drop_counter = 0
         self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
         self._udp = self.ipvs.proto_data[IPPROTO_UDP]
 
@@ -170,6 +170,10 @@ class Director:
         if now >= self._next_trash:
             dest_trash_expire(ipvs, now)
             self._next_trash = now + TRASH_RUN_S * ipvs.hz
+        # update_defense_level (the kernel runs it every second and on a
+        # sysctl write): with no memory pressure, only secure_tcp=3 keeps
+        # the tcp_states_dos table (level 2 falls back to 1).
+        _tcp.timeout_change(self._tcp, ipvs.sysctl.secure_tcp == 3)
 
     def next_timer(self) -> int | None:
         """The jiffy at which :meth:`run_timers` next has work."""
@@ -201,7 +205,7 @@ class Director:
             svc = service_get(ipvs, AF_INET, 0, proto, bytes(buf[l3 + 16 : l3 + 20]), _ports(buf, l4)[1])
             if svc is None:
                 return NF_ACCEPT
-            if ipvs.sysctl.drop_packet == 3:  # ip_vs_todrop with the defence always on
+            if ipvs.sysctl.drop_packet == 3 and self._todrop(ipvs.sysctl.am_droprate):
                 ipvs.drops[Drop.DEFENSE] += 1
                 return NF_DROP
             sport, dport = _ports(buf, l4)
@@ -262,6 +266,18 @@ class Director:
         else:
             tab.put(cp, now)
         return verdict
+
+    def _todrop(self, rate: int) -> bool:
+        """``ip_vs_todrop``: with drop_packet=3 the drop rate is am_droprate,
+        so one new connection in ``rate`` is dropped (the first included);
+        levels 1 and 2 only act under memory pressure, which PyIPVS has not."""
+        if not rate:
+            return False
+        self._drop_counter -= 1
+        if self._drop_counter > 0:
+            return False
+        self._drop_counter = rate
+        return True
 
     def _conn_reuse(self, cp: _conn.Connection, now: int) -> _conn.Connection | None:
         """The conn_reuse_mode block of ``ip_vs_in`` for a new SYN."""
@@ -383,21 +399,12 @@ class Director:
         return True
 
     def _conn_new(self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0, key=None):
-        """``ip_vs_conn_new`` plus what the packet path adds: the NAT
-        checksum delta (shared between connections with the same rewrite)
-        and the application helper binding."""
+        """``ip_vs_conn_new`` plus the application helper binding."""
         cp = self.ipvs.conn_tab.new(
             af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, key=key
         )
         if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
             return cp
-        dk = (vaddr, daddr, vport, dport)
-        delta = self._deltas.get(dk)
-        if delta is None:
-            if len(self._deltas) > 4096:
-                self._deltas.clear()
-            delta = self._deltas[dk] = nat_delta(vaddr, daddr, vport, dport)
-        cp.nat_delta = delta
         if self.ipvs.apps and protocol == IPPROTO_TCP:
             from ipvs import app
 
@@ -443,8 +450,8 @@ class Director:
         if verdict == NF_DROP:
             return verdict
         dest = cp.dest
-        if dest is not None:
-            # ip_vs_out_stats
+        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
+            # ip_vs_out_stats: only while the dest is available (not deleted).
             n = end - l3
             st = dest.stats
             st.outpkts += 1
@@ -512,7 +519,8 @@ class Director:
             self._out_stats(cp, h)
             if self.trace is not None:
                 self.trace(f"icmp-out {self._conn_text(cp)} type {buf[h.l4]} rewritten")
-            self._conn_put(cp, now)
+            # handle_response_icmp ends with __ip_vs_conn_put: the timer is
+            # not restarted by an error.
             return NF_STOLEN
         cp = tab.in_table.get(qkey)
         if cp is None:
@@ -529,7 +537,7 @@ class Director:
             verdict = icmp_xmit(ipvs, cp, buf, h, q)
         if self.trace is not None:
             self.trace(f"icmp-in {self._conn_text(cp)} type {buf[h.l4]} -> {_VERDICT[verdict]}")
-        self._conn_put(cp, now)
+        # ip_vs_in_icmp also ends with __ip_vs_conn_put (no timer restart).
         return verdict
 
     def _in_stats(self, cp, h: IPHeader) -> None:
@@ -540,7 +548,7 @@ class Director:
 
     def _out_stats(self, cp, h: IPHeader) -> None:
         dest = cp.dest
-        if dest is None:
+        if dest is None or not dest.flags & IP_VS_DEST_F_AVAILABLE:
             return
         n = h.end - h.l3
         stats = [dest.stats, self.ipvs.tot_stats]

@@ -1,16 +1,25 @@
-"""Helpers to turn a kernel golden run's captures into replay input and
-expected output (shared by the core and replay tests)."""
+"""Turn a kernel golden run's captures into replay input and expected output.
+
+Shared by the core and replay tests.  A golden run (``tests/kernel/goldens/
+<name>/``, or the copy under ../shared/reference/kernel-goldens/) holds the
+rules (``before-ipvsadm-S-n.txt``), a capture on the client's interface and
+one on the real servers' bridge, and the kernel's listings after traffic.
+"""
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
+import re
 
 from ipvs.driver import pcap
 
 SHARED = os.environ.get("PYIPVS_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 SHARED_GOLDENS = os.path.join(SHARED, "reference", "kernel-goldens")
 LOCAL_GOLDENS = os.path.join(os.path.dirname(__file__), "kernel", "goldens")
+INNER = ipaddress.ip_network("172.16.0.0/24")
+DIRECTOR_INNER = ipaddress.ip_address("172.16.0.1").packed
 
 
 def golden_dir(name: str) -> str | None:
@@ -22,42 +31,98 @@ def golden_dir(name: str) -> str | None:
     return None
 
 
+def traffic_goldens() -> list[str]:
+    """Names of golden runs that have both captures and a rules dump."""
+    names = set()
+    for base in (LOCAL_GOLDENS, SHARED_GOLDENS):
+        if os.path.isdir(base):
+            for n in os.listdir(base):
+                d = os.path.join(base, n)
+                if all(os.path.exists(os.path.join(d, f)) for f in
+                       ("client-side.pcap", "server-side.pcap", "before-ipvsadm-S-n.txt")):
+                    names.add(n)
+    return sorted(names)
+
+
 def A(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
-def _addrs(r: pcap.Record):
+def _inner(addr: bytes) -> bool:
+    return ipaddress.ip_address(addr) in INNER
+
+
+def _ip(r: pcap.Record):
     w = pcap.l3_offset(r.data, r.linktype)
     if w is None or w[1] != 0x0800:
         return None
     l3 = w[0]
-    return l3, r.data[l3 + 12 : l3 + 16], r.data[l3 + 16 : l3 + 20]
+    d = r.data
+    ihl = (d[l3] & 15) * 4
+    proto = d[l3 + 9]
+    ports = (int.from_bytes(d[l3 + ihl : l3 + ihl + 2], "big"), int.from_bytes(d[l3 + ihl + 2 : l3 + ihl + 4], "big"))
+    return l3, proto, d[l3 + 12 : l3 + 16], d[l3 + 16 : l3 + 20], ports
 
 
-def _flow(r: pcap.Record):
-    """(client addr, client port) of a TCP/UDP frame seen on either side."""
-    a = _addrs(r)
-    l3, s, d = a
-    ihl = (r.data[l3] & 15) * 4
-    sp = int.from_bytes(r.data[l3 + ihl : l3 + ihl + 2], "big")
-    dp = int.from_bytes(r.data[l3 + ihl + 2 : l3 + ihl + 4], "big")
-    return (s, sp) if s[:1] == A("198.51.100.2")[:1] and s[:3] == A("198.51.100.0")[:3] else (d, dp)
+def flow_of(r: pcap.Record, vips: frozenset[bytes] | set[bytes] = frozenset()):
+    """(proto, client addr, client port) of a TCP/UDP frame on either side:
+    the client is the end that is neither a real server nor a VIP."""
+    l3, proto, s, d, (sp, dp) = _ip(r)
+    if _inner(s) or s in vips:
+        return proto, d, dp
+    return proto, s, sp
 
 
-def split(golden: str, vips: set[bytes], inner_prefix: bytes = A("172.16.0.0")[:3], director=A("172.16.0.1")):
-    """(input records, expected to real servers, expected to clients).
+class Split:
+    """Replay input and expected output of one golden run."""
 
-    Input: client frames to a VIP (client side) and real-server frames to
-    clients (server side), merged by time.  Only flows seen in both
-    captures are kept (a capture may stop before the last flow).
-    """
-    cli = pcap.read_file(os.path.join(golden, "client-side.pcap"))
-    srv = pcap.read_file(os.path.join(golden, "server-side.pcap"))
-    to_vip = [r for r in cli if (a := _addrs(r)) and a[2] in vips and a[1][:3] != inner_prefix]
-    from_rs = [r for r in srv if (a := _addrs(r)) and a[1][:3] == inner_prefix and a[1] != director]
-    to_rs = [r for r in srv if (a := _addrs(r)) and a[2][:3] == inner_prefix and a[1][:3] != inner_prefix]
-    to_cli = [r for r in cli if (a := _addrs(r)) and a[1] in vips]
-    both = {_flow(r) for r in to_vip} & {_flow(r) for r in from_rs}
-    keep = lambda rs: [r for r in rs if _flow(r) in both]  # noqa: E731
-    inp = sorted(keep(to_vip) + keep(from_rs), key=lambda r: r.ts)
-    return inp, keep(to_rs), keep(to_cli)
+    def __init__(self, golden: str, vips: set[bytes]):
+        cli = pcap.read_file(os.path.join(golden, "client-side.pcap"))
+        srv = pcap.read_file(os.path.join(golden, "server-side.pcap"))
+        tcpudp = lambda rs: [(r, i) for r in rs if (i := _ip(r)) and i[1] in (6, 17)]  # noqa: E731
+        cli, srv = tcpudp(cli), tcpudp(srv)
+        to_vip = [r for r, i in cli if i[3] in vips and not _inner(i[2])]
+        to_cli = [r for r, i in cli if i[2] in vips]
+        from_rs = [r for r, i in srv if _inner(i[2]) and i[2] != DIRECTOR_INNER and not _inner(i[3])]
+        to_rs = [r for r, i in srv if _inner(i[3]) and not _inner(i[2])]
+        both = {flow_of(r, vips) for r in to_vip} & {flow_of(r, vips) for r in from_rs}
+        keep = lambda rs: [r for r in rs if flow_of(r, vips) in both]  # noqa: E731
+        drop = lambda rs: [r for r in rs if flow_of(r, vips) not in both]  # noqa: E731
+        #: Frames arriving at the director, merged by time.
+        self.input = sorted(keep(to_vip) + keep(from_rs), key=lambda r: r.ts)
+        #: What the kernel transmitted, towards real servers and clients.
+        self.to_rs = keep(to_rs)
+        self.to_cli = keep(to_cli)
+        #: Server-side frames of flows one capture missed (for counters).
+        self.missed_to_rs = drop(to_rs)
+        self.missed_from_rs = drop(from_rs)
+        self.flows = both
+
+
+def restore_rules(director, golden: str) -> set[bytes]:
+    """Apply the golden's rules with ipvsadm -R; return the VIPs."""
+    from ipvs.cli.ipvsadm import restore
+    from ipvs.netlink import LocalTransport
+
+    with open(os.path.join(golden, "before-ipvsadm-S-n.txt")) as f:
+        text = f.read()
+    err = io.StringIO()
+    assert restore(text.splitlines(), LocalTransport(director.ipvs), stderr=err) == 0, err.getvalue()
+    return {A(m) for m in re.findall(r"-A -[tu] ([0-9.]+):", text)}
+
+
+def kernel_dest_counters(golden: str) -> dict[str, list[int]]:
+    """{"svc addr:port -> dest addr:port": [conns, inpkts, outpkts, inbytes, outbytes]}
+    from the kernel's ``ipvsadm -Ln --exact --stats`` after traffic."""
+    out: dict[str, list[int]] = {}
+    svc = None
+    with open(os.path.join(golden, "ipvsadm-Ln-exact-stats.txt")) as f:
+        for line in f:
+            m = re.match(r"(TCP|UDP)\s+(\S+)\s+(\d+)", line)
+            if m:
+                svc = m.group(2)
+                continue
+            m = re.match(r"\s+->\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", line)
+            if m and svc:
+                out[f"{svc} -> {m.group(1)}"] = [int(x) for x in m.groups()[1:]]
+    return out

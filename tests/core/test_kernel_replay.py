@@ -1,94 +1,112 @@
-"""The kernel's own VS/NAT captures replayed through the core.
+"""Differential: the kernel's own captures replayed through the core.
 
-For every flow seen in both captures of a golden run, the frames the core
-transmits must equal, byte for byte at L3/L4 (addresses, ports, TTL,
-checksums, everything), what kernel IPVS 6.1 put on the wire, and the
-scheduling order must be the kernel's.
+Every golden run with captures (tests/kernel/goldens/*, recorded from a
+real Debian 6.1 kernel by tools/ipvs-kernel) is replayed: its client
+requests and real-server replies go through Director.process in capture
+order.  For every flow seen in both captures, the frames PyIPVS transmits
+must equal the kernel's byte for byte at L3/L4 (addresses, ports, TTL,
+checksums, everything), each flow must go to the same real server, every
+connection must end in the kernel's state, and the per-destination
+counters must equal the kernel's ``ipvsadm -Ln --exact --stats`` once the
+flows a capture missed are accounted for.
 """
 
-import os
+import ipaddress
 
 import pytest
 
-from ipvs import ctl, uapi
 from ipvs.core import Director
-from ipvs.driver import replay
-from ipvs.netns import NetnsIPVS
-from tests.kernel_capture import A, golden_dir, split
+from tests.kernel_capture import Split, flow_of, golden_dir, kernel_dest_counters, restore_rules, traffic_goldens
 
-VIP = A("203.0.113.5")
-MASQ = uapi.IP_VS_CONN_F_MASQ
+GOLDENS = traffic_goldens()
 
 
-def nat_classic_director():
-    ipvs = NetnsIPVS()
-    su = ctl.ServiceUser(addr=VIP, port=80, sched_name="wlc")
-    ctl.add_service(ipvs, su)
-    ctl.add_dest(ipvs, su, ctl.DestUser(addr=A("172.16.0.2"), port=80, conn_flags=MASQ))
-    ctl.add_dest(ipvs, su, ctl.DestUser(addr=A("172.16.0.3"), port=8000, weight=2, conn_flags=MASQ))
-    su21 = ctl.ServiceUser(addr=VIP, port=21, sched_name="wrr")
-    ctl.add_service(ipvs, su21)
-    ctl.add_dest(ipvs, su21, ctl.DestUser(addr=A("172.16.0.2"), port=21, conn_flags=MASQ))
-    return Director(ipvs)
+@pytest.fixture(scope="module", params=GOLDENS)
+def run(request):
+    from ipvs.driver import replay
+
+    g = golden_dir(request.param)
+    d = Director()
+    vips = restore_rules(d, g)
+    sp = Split(g, vips)
+    out = replay.replay(d, sp.input)
+    return g, d, sp, out
 
 
-@pytest.fixture(scope="module")
-def nat_classic():
-    g = golden_dir("nat_classic")
-    if g is None:
-        pytest.skip("nat_classic golden not available")
-    d = nat_classic_director()
-    inp, to_rs, to_cli = split(g, {VIP})
-    out = replay.replay(d, inp)
-    return g, d, inp, to_rs, to_cli, out
+def l3(frames):
+    return [f[14:] for f in frames]
 
 
-def test_rewritten_frames_equal_kernel(nat_classic):
-    _g, _d, inp, to_rs, to_cli, out = nat_classic
-    assert len(inp) >= 100
-    got_rs = [f[14:] for _t, f in out if f[30:33] == A("172.16.0.0")[:3]]
-    got_cli = [f[14:] for _t, f in out if f[26:30] == VIP]
-    assert len(got_rs) + len(got_cli) == len(out)
-    assert got_rs == [r.data[14:] for r in to_rs]
-    assert got_cli == [r.data[14:] for r in to_cli]
+def test_goldens_present():
+    assert "nat_classic" in GOLDENS
 
 
-def test_scheduling_order_equals_kernel(nat_classic):
-    g, _d, _inp, to_rs, _to_cli, _out = nat_classic
-    order = {}
-    with open(os.path.join(g, "order.txt")) as f:
+def test_rewritten_frames_equal_kernel(run):
+    _g, _d, sp, out = run
+    assert len(sp.input) >= 20
+    got = [f for _t, f in out]
+    got_rs = [f for f in got if ipaddress.ip_address(f[30:34]) in ipaddress.ip_network("172.16.0.0/24")]
+    got_cli = [f for f in got if f not in got_rs]
+    assert l3(got_rs) == l3(r.data for r in sp.to_rs)
+    assert l3(got_cli) == l3(r.data for r in sp.to_cli)
+
+
+def test_each_flow_reaches_the_kernels_server(run):
+    _g, d, sp, _out = run
+    kernel = {flow_of(r): r.data[30:34] + r.data[36:38] for r in sp.to_rs}
+    conns = {(c.protocol, c.caddr, c.cport): c.daddr + c.dport.to_bytes(2, "big")
+             for c in d.ipvs.conn_tab.in_table.values()}
+    assert kernel and all(conns.get(f) == rs for f, rs in kernel.items())
+
+
+def test_connection_states_equal_kernel(run):
+    g, d, sp, _out = run
+    # The kernel's -Lnc after traffic: state per client address:port.
+    want = {}
+    with open(f"{g}/ipvsadm-Lnc.txt") as f:
         for line in f:
-            label, _n, src, server = line.split()
-            order[int(src.rsplit(":", 1)[1])] = server
-    seen = {}
-    for r in to_rs:
-        sport = int.from_bytes(r.data[34:36], "big")
-        seen.setdefault(sport, "rs1" if r.data[30:34] == A("172.16.0.2") else "rs2")
-    assert seen and all(order[p] == s for p, s in seen.items())
+            parts = line.split()
+            if len(parts) == 6 and parts[0] in ("TCP", "UDP"):
+                want[parts[3]] = parts[2]
+    names = {6: d.ipvs.proto_data[6].state_names, 17: d.ipvs.proto_data[17].state_names}
+    got = {f"{ipaddress.ip_address(c.caddr)}:{c.cport}": names[c.protocol][c.state]
+           for c in d.ipvs.conn_tab.in_table.values()}
+    assert got and all(want[k] == v for k, v in got.items() if k in want)
 
 
-def test_connection_states_and_counters(nat_classic):
-    g, d, inp, _to_rs, _to_cli, out = nat_classic
-    conns = d.ipvs.conn_tab.all()
-    assert len(conns) == len({int.from_bytes(r.data[34:36], "big") for r in inp if r.data[30:34] == VIP})
-    names = d.ipvs.proto_data[6].state_names
-    assert {names[c.state] for c in conns} == {"TIME_WAIT"}
-    rs1, rs2 = (ctl.find_dest(ctl.service_find(d.ipvs, 2, 6, VIP, 80), 2, A(a), p)
-                for a, p in (("172.16.0.2", 80), ("172.16.0.3", 8000)))
-    # every connection ended: nothing active, all inactive
-    assert (rs1.activeconns, rs2.activeconns) == (0, 0)
-    assert rs1.inactconns + rs2.inactconns == len(conns)
-    tot = d.ipvs.tot_stats.counters()
-    assert tot[0] == len(conns)
-    assert tot[1] == sum(1 for r in inp if r.data[30:34] == VIP)
-    assert tot[2] == len([f for _t, f in out if f[26:30] == VIP])
-    assert tot[3] == sum(len(r.data) - 14 for r in inp if r.data[30:34] == VIP)
+def test_counters_equal_kernel(run):
+    g, d, sp, _out = run
+    kernel = kernel_dest_counters(g)
+    assert kernel
+    rs = [(dest.addr, dest.port) for svc in d.ipvs.svc_order for dest in svc.destinations]
+    if sp.missed_to_rs and len(rs) != len(set(rs)):
+        # A missed flow's service cannot be told from the server-side capture
+        # when real servers are shared between services: compare nothing.
+        pytest.skip("a capture missed flows and services share real servers")
+    # Contributions of flows one capture missed, from the server-side capture.
+    missed: dict[bytes, list[int]] = {}
+    for r in sp.missed_to_rs:
+        m = missed.setdefault(r.data[30:34] + r.data[36:38], [0, 0, 0, 0, 0])
+        m[1] += 1
+        m[3] += len(r.data) - 14
+        if r.data[47] & 0x02 and not r.data[47] & 0x10:  # a SYN: one connection
+            m[0] += 1
+    for r in sp.missed_from_rs:
+        m = missed.setdefault(r.data[26:30] + r.data[34:36], [0, 0, 0, 0, 0])
+        m[2] += 1
+        m[4] += len(r.data) - 14
+    for svc in d.ipvs.svc_order:
+        for dest in svc.destinations:
+            name = (f"{ipaddress.ip_address(svc.addr)}:{svc.port} -> "
+                    f"{ipaddress.ip_address(dest.addr)}:{dest.port}")
+            extra = missed.get(dest.addr + dest.port.to_bytes(2, "big"), [0] * 5)
+            got = [a + b for a, b in zip(dest.stats.counters(), extra, strict=True)]
+            assert got == kernel[name], name
 
 
-def test_everything_expires(nat_classic):
-    _g, d, *_ = nat_classic
-    last = max(c.expires for c in d.ipvs.conn_tab.all())
-    d.run_timers(last + 1)
+def test_everything_expires_and_unwinds(run):
+    _g, d, *_ = run
+    d.run_timers(max(c.expires for c in d.ipvs.conn_tab.all()) + 1)
     assert len(d.ipvs.conn_tab) == 0
     for svc in d.ipvs.svc_order:
         for dest in svc.destinations:

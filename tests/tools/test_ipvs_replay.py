@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ipvs.driver import pcap
-from tests.kernel_capture import A, golden_dir, split
+from tests.kernel_capture import A, Split, golden_dir
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "ipvs-replay")
 VIP = A("203.0.113.5")
@@ -18,10 +18,11 @@ def nat_classic(tmp_path):
     g = golden_dir("nat_classic")
     if g is None:
         pytest.skip("nat_classic golden not available")
-    inp, to_rs, to_cli = split(g, {VIP})
+    sp = Split(g, {VIP})
+    to_rs, to_cli = sp.to_rs, sp.to_cli
     src = tmp_path / "in.pcap"
     with open(src, "wb") as f:
-        pcap.write(f, [(r.ts, r.data) for r in inp])
+        pcap.write(f, [(r.ts, r.data) for r in sp.input])
     rules = tmp_path / "rules"
     rules.write_text(open(os.path.join(g, "before-ipvsadm-S-n.txt")).read())
     return tmp_path, src, rules, to_rs, to_cli
