@@ -92,30 +92,47 @@ def _key_state(key: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def _siphash13_u32(state: tuple[int, int, int, int], value: int) -> int:
-    """``hsiphash_1u32`` on a 64-bit kernel: SipHash-1-3 of one u32."""
+    """``hsiphash_1u32`` on a 64-bit kernel: SipHash-1-3 of one u32.
+
+    The 4-byte message fits the final block ``b = (len << 56) | value``,
+    so there is one compression round on ``b`` and three finalisation
+    rounds.  SIPROUND is written out (rotations by 13, 32, 16, 21, 17 and
+    32 on 64-bit words): a Python loop around it costs twice as much.
+    """
     v0, v1, v2, v3 = state
-    b = (4 << 56) | (value & 0xFFFFFFFF)
+    b = 0x0400000000000000 | (value & 0xFFFFFFFF)
     v3 ^= b
-    # One compression round, then three finalisation rounds (SIPROUND
-    # unrolled; rotations by 13, 32, 16, 21, 17, 32 on 64-bit words).
-    for rnd in range(4):
-        if rnd == 1:
-            v0 ^= b
-            v2 ^= 0xFF
+    v0 = (v0 + v1) & _M64
+    v1 = ((v1 << 13) & _M64) | (v1 >> 51)
+    v1 ^= v0
+    v0 = ((v0 << 32) & _M64) | (v0 >> 32)
+    v2 = (v2 + v3) & _M64
+    v3 = ((v3 << 16) & _M64) | (v3 >> 48)
+    v3 ^= v2
+    v0 = (v0 + v3) & _M64
+    v3 = ((v3 << 21) & _M64) | (v3 >> 43)
+    v3 ^= v0
+    v2 = (v2 + v1) & _M64
+    v1 = ((v1 << 17) & _M64) | (v1 >> 47)
+    v1 ^= v2
+    v2 = ((v2 << 32) & _M64) | (v2 >> 32)
+    v0 ^= b
+    v2 ^= 0xFF
+    for _ in (1, 2, 3):
         v0 = (v0 + v1) & _M64
-        v1 = ((v1 << 13) | (v1 >> 51)) & _M64
+        v1 = ((v1 << 13) & _M64) | (v1 >> 51)
         v1 ^= v0
-        v0 = ((v0 << 32) | (v0 >> 32)) & _M64
+        v0 = ((v0 << 32) & _M64) | (v0 >> 32)
         v2 = (v2 + v3) & _M64
-        v3 = ((v3 << 16) | (v3 >> 48)) & _M64
+        v3 = ((v3 << 16) & _M64) | (v3 >> 48)
         v3 ^= v2
         v0 = (v0 + v3) & _M64
-        v3 = ((v3 << 21) | (v3 >> 43)) & _M64
+        v3 = ((v3 << 21) & _M64) | (v3 >> 43)
         v3 ^= v0
         v2 = (v2 + v1) & _M64
-        v1 = ((v1 << 17) | (v1 >> 47)) & _M64
+        v1 = ((v1 << 17) & _M64) | (v1 >> 47)
         v1 ^= v2
-        v2 = ((v2 << 32) | (v2 >> 32)) & _M64
+        v2 = ((v2 << 32) & _M64) | (v2 >> 32)
     return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
 
 
