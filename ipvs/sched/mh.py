@@ -96,8 +96,9 @@ def _siphash13_u32(state: tuple[int, int, int, int], value: int) -> int:
 
     The 4-byte message fits the final block ``b = (len << 56) | value``,
     so there is one compression round on ``b`` and three finalisation
-    rounds.  SIPROUND is written out (rotations by 13, 32, 16, 21, 17 and
-    32 on 64-bit words): a Python loop around it costs twice as much.
+    rounds.  SIPROUND (rotations by 13, 32, 16, 21, 17 and 32 on 64-bit
+    words) is written out, without a helper call or per-round test, which
+    halves the cost in CPython.
     """
     v0, v1, v2, v3 = state
     b = 0x0400000000000000 | (value & 0xFFFFFFFF)
