@@ -123,3 +123,23 @@ def test_stable_for_a_fixed_set(weights, clients):
     first = [lab.run(1, src=s)[0] for s in srcs]
     assert [lab.run(1, src=s)[0] for s in reversed(srcs)] == first[::-1]
     assert len(lab.sched.buckets) == SH_TAB_SIZE
+
+
+def test_ipv6_folds_the_four_words():
+    from ipvs import ctl
+    from ipvs.netns import NetnsIPVS
+    from ipvs.uapi import AF_INET6
+
+    ipvs = NetnsIPVS()
+    vip = ipaddress.ip_address("2001:db8::5").packed
+    su = ctl.ServiceUser(af=AF_INET6, protocol=IPPROTO_TCP, addr=vip, port=80, sched_name="sh", netmask=128)
+    svc = ctl.add_service(ipvs, su)
+    for k in range(1, 4):
+        a = ipaddress.ip_address(f"2001:db8:1::{k}").packed
+        ctl.add_dest(ipvs, su, ctl.DestUser(af=AF_INET6, addr=a, port=80, conn_flags=0))
+    client = ipaddress.ip_address("2001:db8:ffff::1234:5678").packed
+    words = [int.from_bytes(client[i : i + 4], "big") for i in range(0, 16, 4)]
+    fold = words[0] ^ words[1] ^ words[2] ^ words[3]
+    bucket = ((fold * 0x61C88647) % 2**32) >> 24
+    want = svc.destinations[bucket % 3]
+    assert svc.scheduler.schedule(IPHdr(AF_INET6, IPPROTO_TCP, client, vip, 40000, 80), 0) is want
