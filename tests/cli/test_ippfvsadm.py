@@ -171,3 +171,11 @@ def test_no_director(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     rc = ippfvsadm.main(["-L", "--socket", str(tmp_path / "none")], stdout=out, stderr=err)
     assert rc == 2 and "Is ipvsd running" in err.getvalue()
+
+
+def test_man_page_documents_every_option():
+    page = (ROOT / "docs" / "ippfvsadm.8").read_text()
+    for opt in ("-A", "-D", "-C", "-L", "-h", "-t", "-u", "-R", "-w", "-n", "--socket"):
+        roff = opt.replace("-", "\\-")
+        assert f".B {roff}" in page or f".BI {roff}" in page or f".BR {roff}" in page, opt
+        assert opt in ippfvsadm.USAGE, opt
