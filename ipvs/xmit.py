@@ -117,6 +117,10 @@ def _rewrite(
         s = (c ^ 0xFFFF) + da + dp
         s = (s & 0xFFFF) + (s >> 16)
         s = ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
+        if not s and proto == IPPROTO_UDP:
+            # udp_fast_csum_update: 0 would mean "no checksum", so a folded
+            # 0 goes out as CSUM_MANGLED_0.
+            s = 0xFFFF
     buf[coff] = s >> 8
     buf[coff + 1] = s & 0xFF
 
@@ -195,6 +199,11 @@ def nat_icmp(buf: bytearray, h: IPHeader, q: Quoted, cp: Connection, inout: bool
 
 def icmp_xmit(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q: Quoted) -> int:
     """``ip_vs_icmp_xmit`` for MASQ: an error from the client side goes in."""
+    if buf[h.l3 + 8] <= 1:
+        # decrement_ttl's icmp_send never answers an ICMP error with
+        # another one (RFC 1122 3.2.2): the error is only dropped.
+        ipvs.drops[Drop.TTL_EXCEEDED] += 1
+        return NF_DROP
     if not decrement_ttl(ipvs, buf, h.l3, h.end, cp.vaddr):
         return NF_DROP
     nat_icmp(buf, h, q, cp, inout=False)
