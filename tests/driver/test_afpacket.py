@@ -1,0 +1,214 @@
+"""The driver's packet handling on fake ports: ARP, routing, NAT, local answers."""
+
+from __future__ import annotations
+
+import struct
+
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.l2 import ARP, Ether
+
+from ipvs.driver import neigh
+from tests.conftest import checksums_valid, inet_csum, tcp, udp
+
+from .helpers import (
+    CLIENT,
+    GW,
+    MAC_CLIENT,
+    MAC_D_IN,
+    MAC_D_OUT,
+    MAC_RS1,
+    OUTER,
+    RS1,
+    VIP,
+    Rig,
+    arp,
+    frame,
+)
+
+
+def test_answers_arp_for_the_vip_and_its_own_addresses_only():
+    r = Rig()
+    for target in (VIP, OUTER):
+        r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, target, b"\xff" * 6))
+        (f,) = r.out_ring.take()
+        e = Ether(f)
+        assert e.dst == "02:00:00:00:c0:01" and e[ARP].op == 2
+        assert e[ARP].psrc == target and e[ARP].hwsrc == "02:00:00:00:00:0a" and e[ARP].pdst == CLIENT
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, "203.0.113.6", b"\xff" * 6))
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, GW, b"\xff" * 6))  # inner address: not on the outer side
+    assert r.out_ring.take() == []
+    r.rx_inner(arp(1, MAC_RS1, RS1, b"\0" * 6, GW, b"\xff" * 6))
+    (f,) = r.in_ring.take()
+    assert Ether(f)[ARP].psrc == GW
+
+
+def test_new_service_vip_is_answered_after_sync():
+    r = Rig()
+    su = r.lab.service("203.0.113.9", 443)
+    r.lab.dest(su, RS1, 443)
+    r.drv.on_idle(r.now)
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, "203.0.113.9", b"\xff" * 6))
+    assert len(r.out_ring.take()) == 1
+
+
+def test_syn_waits_for_arp_then_leaves_dnatted_with_valid_checksums():
+    r = Rig()
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, OUTER, b"\xff" * 6))
+    r.out_ring.take()
+    r.rx_outer(frame(tcp(CLIENT, 40000, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    (req,) = r.in_ring.take()
+    a = Ether(req)
+    assert a.dst == "ff:ff:ff:ff:ff:ff" and a[ARP].op == 1 and a[ARP].pdst == RS1 and a[ARP].psrc == GW
+    r.rx_inner(arp(2, MAC_RS1, RS1, MAC_D_IN, GW, MAC_D_IN))
+    (f,) = r.in_ring.take()
+    e = Ether(f)
+    assert e.dst == "02:00:00:00:a0:01" and e.src == "02:00:00:00:00:0b"
+    assert e[IP].dst == RS1 and e[IP].src == CLIENT and e[TCP].dport == 80 and e[IP].ttl == 63
+    assert checksums_valid(f, 14)
+
+
+def test_reply_goes_back_snatted_to_the_client():
+    r = Rig()
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40001, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    r.in_ring.take()
+    r.rx_inner(frame(tcp(RS1, 80, CLIENT, 40001, flags="SA"), MAC_D_IN, MAC_RS1))
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert e.dst == "02:00:00:00:c0:01" and e[IP].src == VIP and e[TCP].sport == 80
+    assert checksums_valid(f, 14)
+
+
+def test_partial_checksum_frame_keeps_vnet_header_and_pseudo_sum():
+    r = Rig()
+    r.learn()
+    pkt = tcp(CLIENT, 40002, VIP, 80, flags="A", payload=b"x" * 3000)
+    tot = len(pkt)
+    # What a GSO super-frame looks like: the field holds the uncomplemented
+    # pseudo-header sum, the vnet header says NEEDS_CSUM and TCPV4.
+    s = sum(struct.unpack("!4H", bytes(pkt[12:20]))) + 6 + (tot - 20)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    pkt[36:38] = struct.pack("!H", s)
+    vnet = struct.pack("=BBHHHH", 1, 1, 66, 1448, 34, 16)
+    # Open the connection first so the ACK frame belongs to it.
+    r.rx_outer(frame(tcp(CLIENT, 40002, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    r.in_ring.take()
+    r.rx_outer(frame(pkt, MAC_D_OUT, MAC_CLIENT, vnet=vnet))
+    ((f, v),) = r.in_ring.sent
+    assert v == vnet
+    ip = f[14:]
+    want = sum(struct.unpack("!4H", ip[12:20])) + 6 + (tot - 20)
+    while want >> 16:
+        want = (want & 0xFFFF) + (want >> 16)
+    assert ip[16:20] == bytes([172, 16, 0, 2])
+    assert struct.unpack("!H", ip[36:38])[0] == want
+    assert len(f) == 14 + tot  # larger than the MTU, sent whole (GSO)
+
+
+def test_ping_to_vip_is_answered_in_spare_mode_only():
+    for mode, answers in (("spare", 1), ("shared", 0)):
+        r = Rig(mode=mode)
+        r.learn()
+        ping = bytes(IP(src=CLIENT, dst=VIP, ttl=64) / ICMP(type=8, id=7, seq=1) / b"abc")
+        r.rx_outer(frame(ping, MAC_D_OUT, MAC_CLIENT))
+        got = r.out_ring.take()
+        assert len(got) == answers
+        if answers:
+            e = Ether(got[0])
+            assert e[IP].src == VIP and e[IP].dst == CLIENT and e[ICMP].type == 0 and e[ICMP].id == 7
+            assert checksums_valid(got[0], 14)
+
+
+def test_closed_port_on_own_address_gets_reset_and_port_unreachable():
+    r = Rig()
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 5555, OUTER, 22, seq=100), MAC_D_OUT, MAC_CLIENT))
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert e[TCP].flags == "RA" and e[TCP].ack == 101 and e[TCP].dport == 5555
+    assert checksums_valid(f, 14)
+    r.rx_outer(frame(udp(CLIENT, 5555, OUTER, 53), MAC_D_OUT, MAC_CLIENT))
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert e[ICMP].type == 3 and e[ICMP].code == 3 and e[IP].src == OUTER
+    assert inet_csum(bytes(f[34:])) == 0
+
+
+def test_masquerade_round_trip_through_the_driver():
+    r = Rig()
+    r.learn()
+    out = tcp(RS1, 33000, CLIENT, 8080)
+    r.rx_inner(frame(out, MAC_D_IN, MAC_RS1))
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert e[IP].src == OUTER and 61000 <= e[TCP].sport <= 65095 and e[IP].ttl == 63
+    assert checksums_valid(f, 14)
+    back = tcp(CLIENT, 8080, OUTER, e[TCP].sport, flags="SA")
+    r.rx_outer(frame(back, MAC_D_OUT, MAC_CLIENT))
+    (f,) = r.in_ring.take()
+    e = Ether(f)
+    assert e[IP].dst == RS1 and e[TCP].dport == 33000 and checksums_valid(f, 14)
+
+
+def test_without_masquerading_transit_is_dropped_like_ip_forward_0():
+    r = Rig(masq=False)
+    r.learn()
+    r.rx_inner(frame(tcp(RS1, 33000, CLIENT, 8080), MAC_D_IN, MAC_RS1))
+    assert r.out_ring.take() == [] and r.drv.drops["not_forwarded"] == 1
+
+
+def test_ttl_1_gets_time_exceeded_from_the_ingress_address():
+    r = Rig()
+    r.learn()
+    r.rx_inner(frame(tcp(RS1, 33001, CLIENT, 8080, ttl=1), MAC_D_IN, MAC_RS1))
+    assert r.out_ring.take() == []
+    (f,) = r.in_ring.take()
+    e = Ether(f)
+    assert e[IP].src == GW and e[IP].dst == RS1 and e[ICMP].type == 11 and e[ICMP].code == 0
+
+
+def test_frame_for_another_mac_and_bad_ip_checksum_are_dropped():
+    r = Rig()
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40003, VIP, 80), b"\x02\x00\x00\x00\x99\x99", MAC_CLIENT))
+    bad = tcp(CLIENT, 40004, VIP, 80)
+    bad[10] ^= 0xFF
+    r.rx_outer(frame(bad, MAC_D_OUT, MAC_CLIENT))
+    r.rx_outer(frame(b"\x45\x00", MAC_D_OUT, MAC_CLIENT))
+    assert r.in_ring.take() == []
+    assert r.drv.drops["otherhost"] == 1 and r.drv.drops["ip_csum"] == 1 and r.drv.drops["bad_ip"] == 1
+
+
+def test_fragmented_request_is_reassembled_then_refragmented():
+    r = Rig()
+    r.learn()
+    dgram = udp(CLIENT, 5000, VIP, 7, payload=bytes(range(256)) * 10)
+    frags = [bytes(p) for p in IP(bytes(dgram)).fragment(1000)]
+    for fr in frags:
+        r.rx_outer(frame(fr, MAC_D_OUT, MAC_CLIENT))
+    out = r.in_ring.take()
+    assert len(out) == len(frags) == 3
+    payload = b"".join(bytes(Ether(f)[IP].payload) for f in out)
+    assert Ether(out[0])[IP].dst == RS1
+    whole = IP(bytes(Ether(out[0])[IP])[:20] + payload)
+    assert bytes(whole)[28:] == bytes(range(256)) * 10
+    # No larger than the largest fragment that arrived (frag_max_size).
+    assert max(len(f) - 14 for f in out) == max(len(fr) for fr in frags)
+
+
+def test_unresolvable_next_hop_gives_up_after_three_probes():
+    r = Rig()
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, OUTER, b"\xff" * 6))
+    r.rx_outer(frame(tcp(CLIENT, 40005, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    assert len(r.in_ring.take()) == 1
+    for t in range(1, 5):
+        r.drv.on_idle(r.now + t * 250 + 1)
+    assert len(r.in_ring.take()) == 2  # two retransmissions: three requests in all
+    assert r.inner.neigh.stats.failed == 1 and r.inner.neigh.stats.queue_drops == 1
+
+
+def test_neighbour_arp_frame_layout():
+    f = neigh.arp_frame(neigh.ARPOP_REQUEST, MAC_D_IN, 0xAC100001, b"\0" * 6, 0xAC100002, neigh.BROADCAST)
+    e = Ether(bytes(f[10:]))
+    assert e[ARP].op == 1 and e[ARP].psrc == GW and e[ARP].pdst == RS1 and e.type == 0x0806
