@@ -661,3 +661,66 @@ def test_ipvs_sysctl_reads_and_writes_at_run_time(tmp_path):
 def test_ipvs_sysctl_without_director(tmp_path):
     p = ipvs_sysctl(str(tmp_path / "none.sock"), "-a")
     assert p.returncode == 255 and "cannot reach the director" in p.stderr
+
+
+# ------------------------------------------- goldens through the real tools
+
+
+def scenario_rules(d: Path) -> list[str]:
+    """The scenario's ipvsadm commands in the order it ran them."""
+    lines, in_heredoc = [], False
+    for line in (d / "scenario.sh").read_text().splitlines():
+        if in_heredoc:
+            if line.strip() == "EOF":
+                in_heredoc = False
+            else:
+                lines.append(line)
+        elif line.startswith("ipvs_rules <<"):
+            in_heredoc = True
+        elif re.match(r"ipvsadm -[AaEe] ", line):
+            lines.append(line.split(" ", 1)[1])
+    return lines
+
+
+def _golden_scenarios() -> list[str]:
+    from tests.test_procfs import scenarios
+
+    return scenarios()
+
+
+@pytest.mark.parametrize("scenario", _golden_scenarios())
+def test_golden_rules_through_ipvsadm_give_kernel_proc(tmp_path, scenario):
+    """The scenario's rules sent by tools/ipvsadm to a control-plane-only
+    tools/ipvsd: /proc (over the socket and in --procfs-dir) equals the kernel's."""
+    _ipvsadm_or_skip()
+    from tests.test_procfs import golden_dir, percpu_rows
+
+    d = golden_dir() / scenario
+    rules = scenario_rules(d)
+    assert rules
+    sock, proc = str(tmp_path / "s.sock"), tmp_path / "proc"
+    ipvsd = IpvsdProcess(["--procfs-dir", str(proc)], sock)
+    try:
+        p = subprocess.run([sys.executable, str(ROOT / "tools" / "ipvsadm"), "-R"], input="\n".join(rules) + "\n",
+                           env={**os.environ, "IPVS_SOCKET": sock}, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0 and "Scheduler or persistence engine not found" in p.stderr:
+            pytest.skip(f"a scheduler of {scenario} is missing: {p.stderr.strip()}")
+        assert (p.returncode, p.stderr) == (0, "")
+        for view in procfs.PROC_NAMES:
+            path = d / f"before-proc-net-{view}.txt"
+            if not path.exists():
+                continue
+            golden = path.read_text()
+            served = ipvsd.call({**V, "cmd": "GET_PROC", "name": view})["text"]
+            assert wait_for(lambda v=view, s=served: (proc / "net" / v).exists()
+                            and (proc / "net" / v).read_text() == s, 5), view
+            if view == "ip_vs_stats_percpu" and percpu_rows(golden) != percpu_rows(served):
+                # A machine with another CPU count: same text apart from the per-CPU rows.
+                g, s = golden.splitlines(), served.splitlines()
+                assert g[:2] == s[:2] and g[2 + percpu_rows(golden):] == s[2 + percpu_rows(served):]
+                continue
+            assert served == golden, view
+        for name, value in procfs.sysctl_values(NetnsIPVS()).items():
+            assert (proc / "sys/net/ipv4/vs" / name).read_text() == value + "\n"
+    finally:
+        ipvsd.kill()
