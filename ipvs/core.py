@@ -44,7 +44,6 @@ from ipvs.packet import (
     IPHeader,
     icmp_checksum,
     l4_csum_ok,
-    nat_delta,
     parse,
 )
 from ipvs.proto import tcp as _tcp
@@ -92,7 +91,6 @@ class Director:
         self._next_trash = 0
         # ip_vs_todrop's countdown (ipvs->drop_counter), zero at start.
         self._drop_counter = 0
-        self._deltas: dict[tuple, int] = {}
         self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
         self._udp = self.ipvs.proto_data[IPPROTO_UDP]
 
@@ -401,21 +399,12 @@ class Director:
         return True
 
     def _conn_new(self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0, key=None):
-        """``ip_vs_conn_new`` plus what the packet path adds: the NAT
-        checksum delta (shared between connections with the same rewrite)
-        and the application helper binding."""
+        """``ip_vs_conn_new`` plus the application helper binding."""
         cp = self.ipvs.conn_tab.new(
             af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, key=key
         )
         if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
             return cp
-        dk = (vaddr, daddr, vport, dport)
-        delta = self._deltas.get(dk)
-        if delta is None:
-            if len(self._deltas) > 4096:
-                self._deltas.clear()
-            delta = self._deltas[dk] = nat_delta(vaddr, daddr, vport, dport)
-        cp.nat_delta = delta
         if self.ipvs.apps and protocol == IPPROTO_TCP:
             from ipvs import app
 
