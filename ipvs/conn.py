@@ -141,8 +141,11 @@ class Connection:
         daddr: bytes, dport: int, flags: int = 0, fwmark: int = 0, state: int = 0,
         old_state: int = 0, timeout: int = 0, key: bytes | None = None,
     ) -> None:
-        self.in_key = key if key is not None else in_key(protocol, caddr, vaddr, cport, vport)
-        self.out_key = out_key(protocol, daddr, caddr, dport, cport)
+        if key is None:
+            key = in_key(protocol, caddr, vaddr, cport, vport)
+        self.in_key = key
+        # proto | daddr | caddr | dport | cport, reusing the in-key's bytes.
+        self.out_key = key[:1] + daddr + caddr + dport.to_bytes(2, "big") + key[-4:-2]
         self.flags = flags
         self.state = state
         self.timeout = timeout

@@ -202,15 +202,20 @@ class Director:
         if cp is None:
             if proto == IPPROTO_TCP and not _tcp.may_schedule(tcp_flags, ipvs.sysctl.sloppy_tcp):
                 return NF_ACCEPT
-            svc = service_get(ipvs, AF_INET, 0, proto, bytes(buf[l3 + 16 : l3 + 20]), _ports(buf, l4)[1])
+            # The exact (proto, vaddr, vport) service is the common case and
+            # its key is a slice of the packet key; service_get does the rest.
+            svc = ipvs.svc_table.get(key[:1] + key[5:9] + key[11:13])
             if svc is None:
-                return NF_ACCEPT
+                svc = service_get(ipvs, AF_INET, 0, proto, key[5:9], (key[11] << 8) | key[12])
+                if svc is None:
+                    return NF_ACCEPT
             if ipvs.sysctl.drop_packet == 3 and self._todrop(ipvs.sysctl.am_droprate):
                 ipvs.drops[Drop.DEFENSE] += 1
                 return NF_DROP
             sport, dport = _ports(buf, l4)
-            iph = IPHdr(AF_INET, proto, bytes(buf[l3 + 12 : l3 + 16]), svc.addr if svc.port == dport and not
-                        svc.fwmark else bytes(buf[l3 + 16 : l3 + 20]), sport, dport)
+            # key = proto | saddr | daddr | sport | dport
+            iph = IPHdr(AF_INET, proto, key[1:5], svc.addr if svc.port == dport and not svc.fwmark
+                        else key[5:9], sport, dport)
             cp, ignored = self._schedule(svc, iph, now, key)
             if cp is None:
                 if ignored > 0:
