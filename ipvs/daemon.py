@@ -548,6 +548,8 @@ class Daemon:
         self._old_wakeup_fd: int | None = None
         self._next_procfs = 0.0
         self._next_sweep = 0.0
+        self._last_timer = -1  # jiffy of the last run_timers
+        self._due: int | None = None  # next_timer() after that run
         self.ticks = 0
         if driver is not None:
             self.attach_driver(driver)
@@ -656,17 +658,35 @@ class Daemon:
         hz = self.ipvs.hz
         now_s = self.clock()
         wait = 1.0
-        nt = getattr(self.director, "next_timer", None)
-        due = nt() if nt is not None else None
-        if due is not None:
-            wait = min(wait, max(0.0, due / hz - now_s))
         if self.driver is not None:
+            # With a data path, timers tick every jiffy (the kernel's
+            # timer granularity); next_timer() is not asked, as it may
+            # have to look over many pending connections.
+            wait = min(wait, max(0.0, (self._last_timer + 1) / hz - now_s))
             pt = self.driver.poll_timeout()
             if pt is not None:
                 wait = min(wait, max(0.0, pt))
+        elif self._last_timer < 0:
+            wait = 0.0  # the first run sets up the timers
+        elif self._due is not None:
+            wait = min(wait, max(0.0, self._due / hz - now_s))
         if self.procfs is not None:
             wait = min(wait, max(0.0, self._next_procfs - now_s))
         return wait
+
+    def _run_timers(self, now: int) -> None:
+        """``director.run_timers`` at most once per jiffy: every jiffy with a
+        data path, otherwise when ``next_timer()`` says so (or each second)."""
+        if now <= self._last_timer:
+            return
+        if self.driver is None and (self._due is None or now < self._due) and now - self._last_timer < self.ipvs.hz:
+            return
+        self.director.run_timers(now)
+        self._last_timer = now
+        self.ticks += 1
+        if self.driver is None:
+            nt = getattr(self.director, "next_timer", None)
+            self._due = nt() if nt is not None else None
 
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for events (at most ``timeout`` or until a timer is due), handle them, run timers."""
@@ -674,8 +694,7 @@ class Daemon:
         for key, mask in self.sel.select(wait):
             key.data(mask)
         now = self.now()
-        self.director.run_timers(now)
-        self.ticks += 1
+        self._run_timers(now)
         if self.driver is not None:
             self.driver.on_idle(now)
         now_s = self.clock()
