@@ -911,11 +911,16 @@ def main(argv: list[str] | None = None) -> int:
             if driver is not None:
                 daemon.attach_driver(driver)
         daemon.start()
-    except Exception as e:
-        print(f"ipvsd: {e}", file=sys.stderr)
+    except (Exception, SystemExit) as e:
+        # A driver refusing its options raises SystemExit: still clean up.
+        if isinstance(e, SystemExit) and not isinstance(e.code, str):
+            code = e.code if isinstance(e.code, int) else 1
+        else:
+            print(f"ipvsd: {e}", file=sys.stderr)
+            code = 2 if isinstance(e, SystemExit) else 1
         daemon.save_file = None  # nothing was running yet: keep the old file
         daemon.shutdown()
-        return 1
+        return code
     ready = None if args.foreground else _detach()
     if args.pidfile:
         with open(args.pidfile, "w") as f:
