@@ -13,8 +13,11 @@ Usage: ``python3 client.py DELAY < steps``; one step per line:
 ``!hold LABEL SRC SPORT DST DPORT``
     connect, send ``HOLD`` and keep the connection open (ESTABLISHED, so it
     counts as an active connection) until ``!release``; prints like above.
-``!release SRC SPORT`` / ``!release-all``
-    close held connections (the client closes first).
+``!release SRC SPORT`` / ``!release-all`` / ``!release-label LABEL``
+    close held connections (the client closes first, with a FIN).
+``!rst-label LABEL`` / ``!rst-all``
+    abort held connections with a RST (SO_LINGER 0): IPVS moves them to
+    CLOSE, which expires in 10 s instead of TIME_WAIT's 120 s.
 ``!udp LABEL SRC SPORT DST DPORT``
     one datagram, wait for the answer (or the ICMP error) for 3 s.
 ``!sleep SECONDS``, ``!note TEXT`` (prints ``# TEXT``),
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -40,7 +44,7 @@ class Client:
     def __init__(self, delay: float):
         self.delay = delay
         self.n = 0
-        self.held: dict[tuple[str, int], socket.socket] = {}
+        self.held: dict[tuple[str, int], tuple[str, socket.socket]] = {}
 
     def out(self, line: str) -> None:
         print(line, flush=True)
@@ -87,17 +91,26 @@ class Client:
                 if not chunk:
                     break
                 data += chunk
-            self.held[(src, sport)] = s
+            self.held[(src, sport)] = (label, s)
             self.out(f"{label} {self.n} {src}:{sport} {data.decode(errors='replace').strip()}")
         except OSError as exc:
             self._fail(label, src, sport, exc)
         if self.delay:
             time.sleep(self.delay)
 
-    def release(self, src, sport) -> None:
-        s = self.held.pop((src, sport), None)
-        if s is not None:
-            s.close()
+    def release(self, src, sport, rst: bool = False) -> None:
+        item = self.held.pop((src, sport), None)
+        if item is None:
+            return
+        s = item[1]
+        if rst:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+    def release_where(self, label: str | None, rst: bool) -> None:
+        for key, (lab, _) in list(self.held.items()):
+            if label is None or lab == label:
+                self.release(*key, rst=rst)
 
     def udp(self, label, src, sport, dst, dport) -> None:
         self.n += 1
@@ -110,7 +123,7 @@ class Client:
             s.send(f"{label} {self.n}\n".encode())
             data = s.recv(4096)
             self.out(f"{label} {self.n} {src}:{sport} {data.decode(errors='replace').strip()}")
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             self._fail(label, src, sport, exc)
         finally:
             s.close()
@@ -138,8 +151,13 @@ class Client:
             elif verb == "release":
                 self.release(args[0], int(args[1]))
             elif verb == "release-all":
-                for key in list(self.held):
-                    self.release(*key)
+                self.release_where(None, rst=False)
+            elif verb == "release-label":
+                self.release_where(args[0], rst=False)
+            elif verb == "rst-all":
+                self.release_where(None, rst=True)
+            elif verb == "rst-label":
+                self.release_where(args[0], rst=True)
             else:
                 raise SystemExit(f"client.py: unknown step {line!r}")
             return
@@ -151,8 +169,7 @@ def main(argv: list[str]) -> int:
     c = Client(float(argv[0]) if argv else 0.0)
     for line in sys.stdin:
         c.step(line)
-    for key in list(c.held):
-        c.release(*key)
+    c.release_where(None, rst=False)
     return 0
 
 

@@ -92,7 +92,8 @@ ipvsadm -a -t $V:80 -r [2001:db8::2]:80 -m
 ipvsadm -a -t $V:80 -r 172.16.0.4:81 -g
 ipvsadm -a -t $V:80 -r 172.16.0.5:81 -i
 ipvsadm -Ln -t $V:80
-ipvsadm -D -t $V:http
+ipvsadm -L -t $V:http
+ipvsadm -Ln -t $V:http
 # weights and thresholds
 ipvsadm -a -t $V:80 -r 172.16.0.6:80 -m -w -1
 ipvsadm -a -t $V:80 -r 172.16.0.6:80 -m -w 70000
@@ -145,7 +146,8 @@ ipvsadm -D -t $V:86
 ipvsadm -D -u $V:87
 ipvsadm -D -f 1
 ipvsadm -D -f 3
-ipvsadm -D -f 4
+ipvsadm -D -f 3 -6
+ipvsadm -D -f 4 -6
 # command and option structure
 ipvsadm -A -E -t $V:80
 ipvsadm -L -C
@@ -191,7 +193,12 @@ ipvsadm -a -t $V:80 -r 172.16.0.11 -i --tun-port 6080
 ipvsadm -a -t $V:80 -r 172.16.0.11 -i --tun-type gue --tun-port 0
 ipvsadm -a -t $V:80 -r 172.16.0.11 -i --tun-type ipip --tun-csum
 ipvsadm -a -t $V:80 -r 172.16.0.11 -i --tun-type gre --tun-csum --tun-nocsum
+ipvsadm -a -t $V:80 -r 172.16.0.11 -i --tun-type gue --tun-port 6080 --tun-nocsum
+ipvsadm -a -t $V:80 -r 172.16.0.12 -i --tun-type gre --tun-csum
 ipvsadm -Ln --tun-info
+ipvsadm -Ln -t $V:80
+ipvsadm -L -t $V:80
+ipvsadm -S -n
 # --set
 ipvsadm --set 100
 ipvsadm --set 100 20
