@@ -524,6 +524,8 @@ def _check_dest_user(svc: Service, u: DestUser) -> None:
         raise IPVSError(errno.ERANGE, "l_threshold above u_threshold")
     if u.u_threshold < 0 or u.l_threshold < 0:
         raise IPVSError(errno.ERANGE, "negative threshold")
+    if u.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE and not u.tun_port:
+        raise IPVSError(errno.EINVAL, "tunnel port is zero")
     if len(u.addr) != (4 if u.af == AF_INET else 16):
         raise IPVSError(errno.EINVAL, "address does not match the family")
     if not 0 <= u.port <= 0xFFFF:
