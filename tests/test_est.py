@@ -1,6 +1,7 @@
 """ipvs/est.py: counters, zeroing and the 2-second rate estimator, checked
 against an independent model of the kernel formula (digest section 8)."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -168,3 +169,17 @@ def test_director_drives_the_estimator_for_services_dests_and_total():
         st_.conns += 200
     lab.tick(2 * PERIOD)
     assert d.stats.cps == 25600
+
+
+@pytest.mark.xfail(strict=True, reason="kernel 6.1 shows kstats - kstats0, where kstats is the per-CPU sum "
+                   "taken by the estimator every 2 s (ip_vs_copy_stats / estimation_timer), so --stats and "
+                   "/proc lag up to 2 s and -Z zeroes to that snapshot; PyIPVS shows live counters")
+def test_shown_counters_are_the_estimators_snapshot():
+    s = Stats()
+    est = Estimator(HZ)
+    est.start(s)
+    est.run(0)
+    s.inpkts += 5  # the packet path counts at once
+    assert s.counters()[1] == 0  # not visible before the next estimator run
+    est.run(PERIOD)
+    assert s.counters()[1] == 5
