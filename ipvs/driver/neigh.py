@@ -98,6 +98,9 @@ class NeighTable:
         self.mac: dict[int, bytes] = {}
         self.entries: dict[int, Neigh] = {}
         self.stats = NeighStats()
+        #: Set when a known MAC changes or an entry goes away, so the
+        #: driver can drop what it cached from this table.
+        self.changed = False
 
     def confirm(self, ip: int, mac: bytes, now: int, create: bool) -> list:
         """Record ``ip`` at ``mac`` (from an ARP packet).
@@ -114,6 +117,8 @@ class NeighTable:
             n = self.entries[ip] = Neigh(ip)
         if n.mac is None:
             self.stats.resolved += 1
+        elif n.mac != mac:
+            self.changed = True
         n.mac = bytes(mac)
         n.confirmed = now
         n.probes = 0
@@ -157,6 +162,7 @@ class NeighTable:
                 if e.probes >= MAX_PROBES:
                     del self.entries[ip]
                     self.mac.pop(ip, None)
+                    self.changed = True
                     continue
                 e.probes += 1
                 e.next_probe = now + RETRANS_S * self.hz

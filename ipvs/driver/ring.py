@@ -93,8 +93,8 @@ class RingStats:
 class RingSocket:
     """An AF_PACKET socket on one interface with RX and TX rings.
 
-    ``rx(handler, batch)`` hands each received frame to ``handler(buf,
-    status)`` as a new ``bytearray`` that starts with the vnet header;
+    ``rx(handler, batch)`` hands each received frame to ``handler(buf)``
+    as a new ``bytearray`` that starts with the vnet header;
     ``queue(buf, n)`` copies the first ``n`` bytes of such a buffer into
     the next free TX slot and ``flush()`` asks the kernel to send every
     queued slot with one system call.
@@ -177,7 +177,7 @@ class RingSocket:
             else:
                 st.rx_frames += 1
                 start = off + mac - VNET_HDR_LEN
-                handler(bytearray(mv[start : off + mac + snaplen]), status)
+                handler(bytearray(mv[start : off + mac + snaplen]))
             _U32.pack_into(mm, off, TP_STATUS_KERNEL)
             head += 1
             if head == nslots:
@@ -190,19 +190,22 @@ class RingSocket:
         if n > self.tx_max:
             self.stats.tx_too_big += 1
             return False
+        mm = self.mm
         off = self.tx_slots[self.tx_head]
-        if _U32.unpack_from(self.mm, off)[0] != TP_STATUS_AVAILABLE:
+        # Every TX status value lives in the low byte (little-endian u32):
+        # 0 is AVAILABLE.
+        if mm[off]:
             self.flush()
-            if _U32.unpack_from(self.mm, off)[0] != TP_STATUS_AVAILABLE:
+            if mm[off]:
                 self.stats.tx_ring_full += 1
                 return False
         data = off + TPACKET2_HDRLEN
         self.mv[data : data + n] = memoryview(buf)[:n]
-        _TXLEN.pack_into(self.mm, off + 4, n, n)
-        _U32.pack_into(self.mm, off, TP_STATUS_SEND_REQUEST)
-        self.tx_head = (self.tx_head + 1) % self.nslots
+        _TXLEN.pack_into(mm, off + 4, n, n)
+        mm[off] = TP_STATUS_SEND_REQUEST  # last: hands the slot to the kernel
+        head = self.tx_head + 1
+        self.tx_head = 0 if head == self.nslots else head
         self.tx_pending += 1
-        self.stats.tx_frames += 1
         if self.tx_pending >= 64:
             self.flush()
         return True
@@ -211,6 +214,7 @@ class RingSocket:
         """Hand every queued TX slot to the kernel (one ``send``)."""
         if not self.tx_pending:
             return
+        self.stats.tx_frames += self.tx_pending
         self.tx_pending = 0
         try:
             self.sock.send(b"", socket.MSG_DONTWAIT)
