@@ -13,6 +13,8 @@ doing the kernel's connection accounting that decides lc-family choices:
 * ``!hold`` keeps one ESTABLISHED (active);
 * ``!release*`` closes held ones with a FIN (inactive, 120 s), ``!rst*``
   with a RST (CLOSE: inactive, 10 s);
+* a connection scheduled to a real server the lab does not run stays in
+  SYN_RECV (active, 60 s) and the request fails (``NONE``);
 * time advances by the scenario's delay (plus 5 ms per connection) and
   by ``!sleep``; due connections expire through ConnTable.release, so
   thresholds recover as in the kernel.
@@ -41,18 +43,22 @@ from ipvs.uapi import AF_INET, IP_VS_CONN_F_INACTIVE, IPPROTO_TCP
 STUB = Path(__file__).parent / "stub"
 TIME_WAIT_S = 120
 CLOSE_S = 10
+SYN_RECV_S = 60
 RTT_S = 0.005
 
 
-def extract(scenario: Path) -> tuple[list[str], list[tuple[str, int]], float, list[str]]:
-    """(rules, marks, delay, steps) of a scenario script."""
+def extract(scenario: Path) -> tuple[list[str], list[tuple[str, int]], float, list[str], int]:
+    """(rules, marks, delay, steps, servers) of a scenario script."""
     env = dict(os.environ, LIB=str(STUB), OUT="/nonexistent")
     out = subprocess.run(["bash", str(scenario)], env=env, capture_output=True, text=True, timeout=30, check=True)
     rules, marks, steps = [], [], []
     delay = 0.05
+    servers = 0
     for line in out.stdout.splitlines():
         kind, _, rest = line.partition(" ")
-        if kind == "R":
+        if kind == "L":
+            servers = int(rest)
+        elif kind == "R":
             rules.append(rest)
         elif kind == "M":
             cidr, mark = rest.split()
@@ -61,7 +67,7 @@ def extract(scenario: Path) -> tuple[list[str], list[tuple[str, int]], float, li
             delay = float(rest)
         elif kind == "S":
             steps.append(rest)
-    return rules, marks, delay, steps
+    return rules, marks, delay, steps, servers
 
 
 def golden_order(gdir: Path) -> list[tuple[str, int, str, str]]:
@@ -94,8 +100,11 @@ def golden_snapshot(path: Path) -> dict[str, tuple[int, int, int]]:
 
 
 class Replay:
-    def __init__(self, rules: list[str], marks: list[tuple[str, int]], delay: float) -> None:
+    def __init__(self, rules: list[str], marks: list[tuple[str, int]], delay: float, servers: int = 0) -> None:
         self.ipvs = NetnsIPVS()
+        #: How many real servers the lab runs: a connection scheduled to
+        #: an address beyond them fails on the real system (NONE).
+        self.servers = servers
         self.now = 0
         self.transport = LocalTransport(self.ipvs, clock=lambda: self.now)
         self.delay = delay
@@ -157,15 +166,20 @@ class Replay:
             dest = svc.scheduler.schedule(IPHdr(AF_INET, IPPROTO_TCP, s, d, sport, dport), self.now)
         name = "NONE"
         if dest is not None:
-            name = f"rs{dest.addr[3] - 1}"
             cp = self.ipvs.conn_tab.new(
                 AF_INET, IPPROTO_TCP, s, sport, d, dport, dest.addr, dest.port or dport, 0, dest
             )
-            self._established(cp)
-            if hold:
-                self.held[(src, sport)] = (label, cp)
+            self._established(cp)  # SYN_RECV, then ESTABLISHED: active either way
+            if self.servers and dest.addr[3] - 1 > self.servers:
+                # No such server: the SYN goes unanswered and the connection
+                # stays in SYN_RECV (active) until it times out.
+                self.dying.append((self.now + SYN_RECV_S * HZ, cp))
             else:
-                self._closed(cp, TIME_WAIT_S)
+                name = f"rs{dest.addr[3] - 1}"
+                if hold:
+                    self.held[(src, sport)] = (label, cp)
+                else:
+                    self._closed(cp, TIME_WAIT_S)
         self.results.append((label, self.n, f"{src}:{sport}", name))
         self.advance(self.delay + RTT_S)
 
@@ -216,8 +230,8 @@ class Replay:
 
 
 def replay(gdir: Path) -> Replay:
-    rules, marks, delay, steps = extract(gdir / "scenario.sh")
-    r = Replay(rules, marks, delay)
+    rules, marks, delay, steps, servers = extract(gdir / "scenario.sh")
+    r = Replay(rules, marks, delay, servers)
     for s in steps:
         r.step(s)
     return r

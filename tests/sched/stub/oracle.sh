@@ -1,10 +1,11 @@
 # Stand-in for tests/kernel/lib/oracle.sh used by tests/sched/golden_replay.py:
 # it runs a scheduler scenario without a lab and prints what the scenario
-# would do, one record per line: "R <ipvsadm rule>", "M <cidr> <mark>",
-# "D <delay>", "S <client step>".
+# would do, one record per line: "L <number of real servers>",
+# "R <ipvsadm rule>", "M <cidr> <mark>", "D <delay>", "S <client step>".
 CLIENTS=
 sched_lab() {
     local k
+    echo "L $1"
     CLIENTS=
     for k in $(seq 2 33); do CLIENTS="$CLIENTS 198.51.100.$k"; done
 }
