@@ -11,8 +11,9 @@ A bucket whose destination is not AVAILABLE, has weight <= 0 or is
 overloaded gives no destination; there is no fallback.
 
 The digest (section 5.9) read the old multiplicative hash
-``(addr * 2654435761) & 255``; 6.1 uses ``hash_32`` like sh (checked
-against the sh golden), see :func:`ipvs.sched.hash_32`.
+``(addr * 2654435761) & 255``; 6.1 uses ``hash_32`` (see
+:func:`ipvs.sched.hash_32`), as the recorded ``sched_dh`` kernel golden
+confirms.
 """
 
 from __future__ import annotations

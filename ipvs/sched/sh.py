@@ -12,7 +12,7 @@ Key: the source address (the destination address for an ICMP-embedded,
 and TCP/UDP/SCTP, the source port (the destination port when inverse);
 otherwise port 0.  Bucket = ``(offset + hash_32(port + ntohl(addr_fold),
 8)) & 255`` with offset 0 for the first try.  The 6.1 ``hash_32`` form
-is confirmed by the kernel golden ``sched_order`` (twelve clients).
+is confirmed by the kernel goldens ``sched_order`` and ``sched_sh``.
 
 A destination of weight <= 0 or overloaded is unavailable (the AVAILABLE
 flag is not checked).  Without ``sh-fallback`` (``IP_VS_SVC_F_SCHED1``)
