@@ -103,3 +103,35 @@ def test_ftp_service_forwards_port_21():
     assert lab.send(reply) == NF_STOLEN
     p = IP(bytes(reply))
     assert (p.src, p[TCP].sport) == (VIP, 21) and scapy_valid(reply)
+
+
+RULES = """\
+-A -t 202.103.106.5:80 -s wrr
+-a -t 202.103.106.5:80 -r 172.16.0.2:80 -m -w 1
+-a -t 202.103.106.5:80 -r 172.16.0.3:8000 -m -w 2
+-A -t 202.103.106.5:21 -s wrr
+-a -t 202.103.106.5:21 -r 172.16.0.3:21 -m -w 1
+"""
+
+
+def test_tools_ipvs_replay_with_the_seed_rules(tmp_path):
+    """The same example through ``tools/ipvs-replay RULES IN.pcap OUT.pcap``."""
+    import os
+    import subprocess
+    import sys
+
+    tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "ipvs-replay")
+    rules = tmp_path / "rules"
+    rules.write_text(RULES)
+    inp, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    with open(inp, "wb") as f:
+        pcap.write(f, [(10.0, frame(CLIENT, 3456, VIP, 80, "S", 100)),
+                       (10.001, frame(*RS2, CLIENT, 3456, "SA", 500, 101))])
+    r = subprocess.run([sys.executable, tool, str(rules), str(inp), str(out), "--trace"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = [IP(rec.data[14:]) for rec in pcap.read_file(str(out))]
+    assert [(p.src, p[TCP].sport, p.dst, p[TCP].dport) for p in got] == [
+        (CLIENT, 3456, *RS2), (VIP, 80, CLIENT, 3456)]
+    assert all(scapy_valid(bytes(p)) for p in got)
+    assert "172.16.0.3:8000" in r.stdout
