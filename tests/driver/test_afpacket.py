@@ -212,3 +212,24 @@ def test_neighbour_arp_frame_layout():
     f = neigh.arp_frame(neigh.ARPOP_REQUEST, MAC_D_IN, 0xAC100001, b"\0" * 6, 0xAC100002, neigh.BROADCAST)
     e = Ether(bytes(f[10:]))
     assert e[ARP].op == 1 and e[ARP].psrc == GW and e[ARP].pdst == RS1 and e.type == 0x0806
+
+
+def test_df_packet_above_the_inner_mtu_gets_frag_needed_from_the_vip():
+    r = Rig()
+    r.inner.mtu = 1400
+    r.drv.inner_mtu = 1400
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40006, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    r.in_ring.take()
+    big = bytes(IP(src=CLIENT, dst=VIP, flags="DF", ttl=64) / TCP(sport=40006, dport=80, flags="A") / (b"y" * 1460))
+    r.rx_outer(frame(big, MAC_D_OUT, MAC_CLIENT))
+    assert r.in_ring.take() == []
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert e[IP].src == VIP and e[IP].dst == CLIENT
+    assert e[ICMP].type == 3 and e[ICMP].code == 4 and e[ICMP].nexthopmtu == 1400
+    # The same size as a GSO frame passes whole: the kernel segments it.
+    gso = bytearray(big)
+    vnet = struct.pack("=BBHHHH", 0, 1, 54, 1348, 0, 0)
+    r.rx_outer(frame(gso, MAC_D_OUT, MAC_CLIENT, vnet=vnet))
+    assert len(r.in_ring.take()) == 1
