@@ -147,8 +147,8 @@ Differences from the kernel, and why
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
+import socket
 import weakref
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
@@ -190,12 +190,16 @@ class SchemaError(Exception):
 # Field validation
 
 
+_UINT_LIMITS: dict[Callable, int] = {}
+
+
 def _uint(maximum: int) -> Callable[[str, Any], int]:
     def check(name: str, v: Any) -> int:
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= maximum:
             raise SchemaError(errno.EINVAL, f"{name} must be an integer in [0, {maximum}]")
         return v
 
+    _UINT_LIMITS[check] = maximum
     return check
 
 
@@ -208,13 +212,21 @@ def _text(maxlen: int) -> Callable[[str, Any], str]:
     return check
 
 
+def _pton(text: str) -> tuple[int, bytes] | None:
+    """(family, packed) of an address in the C library's strict syntax, or None."""
+    for af in (AF_INET, AF_INET6):
+        try:
+            return af, socket.inet_pton(af, text)
+        except (OSError, ValueError, UnicodeError):
+            continue
+    return None
+
+
 def _addr_text(name: str, v: Any) -> str:
     if not isinstance(v, str) or len(v) > 64:
         raise SchemaError(errno.EINVAL, f"{name} must be an address string")
-    try:
-        ipaddress.ip_address(v)
-    except ValueError:
-        raise SchemaError(errno.EINVAL, f"{name}: {v!r} is not an IP address") from None
+    if _pton(v) is None:
+        raise SchemaError(errno.EINVAL, f"{name}: {v!r} is not an IP address")
     return v
 
 
@@ -314,6 +326,9 @@ def _check_fields(where: str, d: dict, fields: dict, required: tuple[str, ...] =
         check = fields.get(key) if isinstance(key, str) else None
         if check is None:
             raise SchemaError(errno.EINVAL, f"unknown key {key!r} in {where}")
+        # The common case first: a plain in-range integer needs no call.
+        if type(value) is int and check in _UINT_LIMITS and 0 <= value <= _UINT_LIMITS[check]:
+            continue
         check(f"{where}.{key}", value)
     for key in required:
         if key not in d:
@@ -338,10 +353,14 @@ def validate(req: Any) -> dict:
 
 
 def _packed(af: int, text: str, where: str) -> bytes:
-    ip = ipaddress.ip_address(text)
-    if (ip.version == 4) != (af == AF_INET):
+    parsed = _pton(text)
+    if parsed is None or parsed[0] != af:
         raise SchemaError(errno.EINVAL, f"{where} {text!r} is not of address family {af}")
-    return ip.packed
+    return parsed[1]
+
+
+def _ntop(af: int, packed: bytes) -> str:
+    return socket.inet_ntop(AF_INET6 if af == AF_INET6 else AF_INET, packed)
 
 
 def _parse_service(ipvs: NetnsIPVS, attrs: dict | None, full: bool) -> tuple[ServiceUser, ctl.Service | None]:
@@ -424,7 +443,7 @@ def service_attrs(ipvs: NetnsIPVS, svc: ctl.Service) -> dict:
         d["fwmark"] = svc.fwmark
     else:
         d["protocol"] = svc.protocol
-        d["addr"] = ctl.format_addr(svc.af, svc.addr)
+        d["addr"] = _ntop(svc.af, svc.addr)
         d["port"] = svc.port
     d["sched_name"] = svc.sched_name
     if svc.pe_name:
@@ -440,7 +459,7 @@ def service_attrs(ipvs: NetnsIPVS, svc: ctl.Service) -> dict:
 def dest_attrs(dest: ctl.Dest) -> dict:
     """``ip_vs_genl_fill_dest``: one destination as reply attributes."""
     return {
-        "addr": ctl.format_addr(dest.af, dest.addr),
+        "addr": _ntop(dest.af, dest.addr),
         "port": dest.port,
         "fwd_method": dest.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK,
         "weight": dest.weight,
@@ -558,9 +577,9 @@ def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
         raise IPVSError(errno.ENODEV, f"no interface {d['mcast_ifn']!r}")
     if state in running:
         raise IPVSError(errno.EEXIST, "daemon already running")
-    if "mcast_group" in d and ipaddress.ip_address(d["mcast_group"]).version != 4:
+    if "mcast_group" in d and _pton(d["mcast_group"])[0] != AF_INET:
         raise SchemaError(errno.EINVAL, "mcast_group must be IPv4")
-    if "mcast_group6" in d and ipaddress.ip_address(d["mcast_group6"]).version != 6:
+    if "mcast_group6" in d and _pton(d["mcast_group6"])[0] != AF_INET6:
         raise SchemaError(errno.EINVAL, "mcast_group6 must be IPv6")
     # The kernel's defaults for what the request leaves out (ip_vs_sync.c).
     # sync_maxlen is clamped to what fits a 1500-byte MTU after IP and UDP headers.

@@ -39,7 +39,6 @@ daemon (GET_PROC) instead of the local file.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import re
 import socket
@@ -64,6 +63,42 @@ MAX_TIMEOUT = 86400 * 31
 IPVS_SVC_PERSISTENT_TIMEOUT = 6 * 60
 INT_MAX = 2**31 - 1
 MINIMUM_IPVS_VERSION = (1 << 16) + (1 << 8) + 4
+
+# Option values: the character codes popt returns for short options.
+K_6 = 54  # '6'
+K_A = 65  # 'A'
+K_C = 67  # 'C'
+K_D = 68  # 'D'
+K_E = 69  # 'E'
+K_I = 73  # 'I'
+K_L = 76  # 'L'
+K_M = 77  # 'M'
+K_R = 82  # 'R'
+K_S = 83  # 'S'
+K_X = 88  # 'X'
+K_Z = 90  # 'Z'
+K_a = 97  # 'a'
+K_b = 98  # 'b'
+K_c = 99  # 'c'
+K_d = 100  # 'd'
+K_e = 101  # 'e'
+K_f = 102  # 'f'
+K_g = 103  # 'g'
+K_h = 104  # 'h'
+K_i = 105  # 'i'
+K_l = 108  # 'l'
+K_m = 109  # 'm'
+K_n = 110  # 'n'
+K_o = 111  # 'o'
+K_p = 112  # 'p'
+K_r = 114  # 'r'
+K_s = 115  # 's'
+K_t = 116  # 't'
+K_u = 117  # 'u'
+K_v = 118  # 'v'
+K_w = 119  # 'w'
+K_x = 120  # 'x'
+K_y = 121  # 'y'
 
 # Commands, numbered as ipvsadm numbers them (CMD_NONE + n).
 CMD_NONE, CMD_ADD, CMD_EDIT, CMD_DEL, CMD_FLUSH, CMD_LIST, CMD_ADDDEST, CMD_DELDEST = range(8)
@@ -112,6 +147,13 @@ COMMANDS_V_OPTIONS = (
     "xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # zero
 )
 
+
+def _masks(row: str) -> tuple[int, int, int]:
+    return tuple(sum(1 << j for j, ch in enumerate(row) if ch == k) for k in "+x1")
+
+
+_OPT_MASKS = [_masks(row) for row in COMMANDS_V_OPTIONS]
+
 TUNNAMES = ("ipip", "gue", "gre")
 TUNFLAGS = ("-c", "+c", "r+c")
 TUN_FLAGS_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
@@ -133,41 +175,41 @@ ARG_NONE, ARG_STRING, ARG_OPTIONAL = 0, 1, 2
 
 #: (long name, short name, argument, value): ipvsadm's popt table.
 OPTIONS_TABLE = (
-    ("add-service", "A", ARG_NONE, ord("A")),
-    ("edit-service", "E", ARG_NONE, ord("E")),
-    ("delete-service", "D", ARG_NONE, ord("D")),
-    ("clear", "C", ARG_NONE, ord("C")),
-    ("list", "L", ARG_NONE, ord("L")),
-    ("list", "l", ARG_NONE, ord("l")),
-    ("zero", "Z", ARG_NONE, ord("Z")),
-    ("add-server", "a", ARG_NONE, ord("a")),
-    ("edit-server", "e", ARG_NONE, ord("e")),
-    ("delete-server", "d", ARG_NONE, ord("d")),
+    ("add-service", "A", ARG_NONE, K_A),
+    ("edit-service", "E", ARG_NONE, K_E),
+    ("delete-service", "D", ARG_NONE, K_D),
+    ("clear", "C", ARG_NONE, K_C),
+    ("list", "L", ARG_NONE, K_L),
+    ("list", "l", ARG_NONE, K_l),
+    ("zero", "Z", ARG_NONE, K_Z),
+    ("add-server", "a", ARG_NONE, K_a),
+    ("edit-server", "e", ARG_NONE, K_e),
+    ("delete-server", "d", ARG_NONE, K_d),
     ("set", "", ARG_NONE, TAG_SET),
-    ("help", "h", ARG_NONE, ord("h")),
-    ("version", "v", ARG_NONE, ord("v")),
-    ("restore", "R", ARG_NONE, ord("R")),
-    ("save", "S", ARG_NONE, ord("S")),
+    ("help", "h", ARG_NONE, K_h),
+    ("version", "v", ARG_NONE, K_v),
+    ("restore", "R", ARG_NONE, K_R),
+    ("save", "S", ARG_NONE, K_S),
     ("start-daemon", "", ARG_STRING, TAG_START_DAEMON),
     ("stop-daemon", "", ARG_STRING, TAG_STOP_DAEMON),
-    ("tcp-service", "t", ARG_STRING, ord("t")),
-    ("udp-service", "u", ARG_STRING, ord("u")),
+    ("tcp-service", "t", ARG_STRING, K_t),
+    ("udp-service", "u", ARG_STRING, K_u),
     ("sctp-service", "", ARG_STRING, TAG_SCTP_SERVICE),
-    ("fwmark-service", "f", ARG_STRING, ord("f")),
-    ("scheduler", "s", ARG_STRING, ord("s")),
-    ("persistent", "p", ARG_OPTIONAL, ord("p")),
-    ("netmask", "M", ARG_STRING, ord("M")),
-    ("real-server", "r", ARG_STRING, ord("r")),
-    ("masquerading", "m", ARG_NONE, ord("m")),
-    ("ipip", "i", ARG_NONE, ord("i")),
-    ("gatewaying", "g", ARG_NONE, ord("g")),
-    ("weight", "w", ARG_STRING, ord("w")),
-    ("u-threshold", "x", ARG_STRING, ord("x")),
-    ("l-threshold", "y", ARG_STRING, ord("y")),
-    ("numeric", "n", ARG_NONE, ord("n")),
-    ("connection", "c", ARG_NONE, ord("c")),
+    ("fwmark-service", "f", ARG_STRING, K_f),
+    ("scheduler", "s", ARG_STRING, K_s),
+    ("persistent", "p", ARG_OPTIONAL, K_p),
+    ("netmask", "M", ARG_STRING, K_M),
+    ("real-server", "r", ARG_STRING, K_r),
+    ("masquerading", "m", ARG_NONE, K_m),
+    ("ipip", "i", ARG_NONE, K_i),
+    ("gatewaying", "g", ARG_NONE, K_g),
+    ("weight", "w", ARG_STRING, K_w),
+    ("u-threshold", "x", ARG_STRING, K_x),
+    ("l-threshold", "y", ARG_STRING, K_y),
+    ("numeric", "n", ARG_NONE, K_n),
+    ("connection", "c", ARG_NONE, K_c),
     ("mcast-interface", "", ARG_STRING, TAG_MCAST_INTERFACE),
-    ("syncid", "", ARG_STRING, ord("I")),
+    ("syncid", "", ARG_STRING, K_I),
     ("timeout", "", ARG_NONE, TAG_TIMEOUT),
     ("daemon", "", ARG_NONE, TAG_DAEMON),
     ("stats", "", ARG_NONE, TAG_STATS),
@@ -176,11 +218,11 @@ OPTIONS_TABLE = (
     ("persistent-conn", "", ARG_NONE, TAG_PERSISTENTCONN),
     ("nosort", "", ARG_NONE, TAG_NO_SORT),
     ("sort", "", ARG_NONE, TAG_SORT),
-    ("exact", "X", ARG_NONE, ord("X")),
-    ("ipv6", "6", ARG_NONE, ord("6")),
-    ("ops", "o", ARG_NONE, ord("o")),
+    ("exact", "X", ARG_NONE, K_X),
+    ("ipv6", "6", ARG_NONE, K_6),
+    ("ops", "o", ARG_NONE, K_o),
     ("pe", "", ARG_STRING, TAG_PERSISTENCE_ENGINE),
-    ("sched-flags", "b", ARG_STRING, ord("b")),
+    ("sched-flags", "b", ARG_STRING, K_b),
     ("mcast-group", "", ARG_STRING, TAG_MCAST_GROUP),
     ("mcast-port", "", ARG_STRING, TAG_MCAST_PORT),
     ("mcast-ttl", "", ARG_STRING, TAG_MCAST_TTL),
@@ -192,6 +234,14 @@ OPTIONS_TABLE = (
     ("tun-csum", "", ARG_NONE, TAG_TUN_CSUM),
     ("tun-remcsum", "", ARG_NONE, TAG_TUN_REMCSUM),
 )
+
+# popt finds the first table entry with a name; "list" appears twice (-L, -l).
+_LONG_OPTS: dict[str, tuple] = {}
+_SHORT_OPTS: dict[str, tuple] = {}
+for _o in OPTIONS_TABLE:
+    _LONG_OPTS.setdefault(_o[0], _o)
+    if _o[1]:
+        _SHORT_OPTS.setdefault(_o[1], _o)
 
 POPT_ERROR_NOARG, POPT_ERROR_BADOPT, POPT_ERROR_UNWANTEDARG = -10, -11, -12
 _POPT_MESSAGES = {
@@ -365,17 +415,11 @@ class Popt:
 
     @staticmethod
     def _find_long(name: str):
-        for o in OPTIONS_TABLE:
-            if o[0] == name:
-                return o
-        return None
+        return _LONG_OPTS.get(name)
 
     @staticmethod
     def _find_short(c: str):
-        for o in OPTIONS_TABLE:
-            if o[1] and o[1] == c:
-                return o
-        return None
+        return _SHORT_OPTS.get(c)
 
     def next_opt(self) -> tuple[int, str | None]:
         """(value, argument); value -1 at the end, or a POPT_ERROR_* code."""
@@ -544,7 +588,9 @@ class DestEntry:
 
 
 def _addr16(af: int, text: str) -> bytes:
-    packed = ipaddress.ip_address(text).packed
+    packed = _inet_pton(AF_INET, text) or _inet_pton(AF_INET6, text)
+    if packed is None:
+        raise ValueError(f"not an address: {text!r}")
     return packed + bytes(16 - len(packed))
 
 
@@ -697,6 +743,10 @@ _PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}
 _PROTO_OPTIONS = {IPPROTO_TCP: "-t", IPPROTO_UDP: "-u", IPPROTO_SCTP: "--sctp-service"}
 
 
+def _req(cmd: str, **fields: Any) -> dict:
+    return {"version": 1, "cmd": cmd, **fields}
+
+
 def _c_str(s: str | None) -> str:
     """How printf's %s shows a NULL pointer."""
     return "(null)" if s is None else s
@@ -715,15 +765,23 @@ class Ipvsadm:
         self.resolver = resolver or Resolver()
         self.info: tuple[int, int] | None = None
         self.func: str | None = "init"  # libipvs's ipvs_func, for ipvs_strerror
+        # During -R, changing commands are queued and sent pipelined: a round
+        # trip per line would dominate a large restore.  Anything that shows
+        # output (an error, a listing) sends the queue first, so the order of
+        # what the user sees is the order of the lines.
+        self.batching = False
+        self._queue: list[tuple[str | None, dict]] = []
+        self._last_queued = False
+        self.prefetched: dict[tuple, list] = {}
 
     # ------------------------------------------------------------ plumbing
 
     def fail(self, code: int, msg: str) -> None:
-        self.err.write(msg + "\n")
+        self.error(msg + "\n")
         raise _Exit(code)
 
     def tryhelp_exit(self, code: int) -> None:
-        self.err.write(f"Try `{PROG} -h' or '{PROG} --help' for more information.\n")
+        self.error(f"Try `{PROG} -h' or '{PROG} --help' for more information.\n")
         raise _Exit(code)
 
     def init(self) -> None:
@@ -748,17 +806,46 @@ class Ipvsadm:
                            f"  Kernel compiled with IPVS version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}\n"
                            f"  ipvsadm v1.31  requires minimum IPVS version 1.1.4\n\n")
 
+    def error(self, text: str) -> None:
+        """Write to stderr after the queued commands have reported."""
+        self.flush()
+        self.err.write(text)
+
     def call(self, cmd: str, **fields: Any) -> dict:
         """Send one request; transport failures come back as error replies."""
         self.init()
-        req = {"version": 1, "cmd": cmd, **fields}
+        self.flush()
+        return self._call_many([{"version": 1, "cmd": cmd, **fields}])[0]
+
+    def _call_many(self, reqs: list[dict]) -> list[dict]:
         try:
-            reply = self._transport.call(req)
+            many = getattr(self._transport, "call_many", None)
+            replies = many(reqs) if many is not None and len(reqs) > 1 else [self._transport.call(r) for r in reqs]
         except OSError as e:
-            return {"ok": False, "errno": e.errno or errno.EIO}
-        if not isinstance(reply, dict):
-            return {"ok": False, "errno": errno.EIO}
-        return reply
+            return [{"ok": False, "errno": e.errno or errno.EIO}] * len(reqs)
+        return [r if isinstance(r, dict) else {"ok": False, "errno": errno.EIO} for r in replies]
+
+    def queue(self, func: str | None, req: dict) -> None:
+        self.init()
+        self._queue.append((func, req))
+        self._last_queued = True
+        if len(self._queue) >= 4096:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send the queued commands, report their errors; True if the last one failed."""
+        if not self._queue:
+            return False
+        queue, self._queue = self._queue, []
+        replies = self._call_many([req for _func, req in queue])
+        failed = False
+        for (func, _req), reply in zip(queue, replies, strict=True):
+            if func is not None:
+                self.func = func
+            failed = not reply.get("ok")
+            if failed:
+                self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+        return failed
 
     # ---------------------------------------------------------- addresses
 
@@ -858,12 +945,8 @@ class Ipvsadm:
         c, optarg = popt.next_opt()
         if c < 0:
             self.tryhelp_exit(-1)
-        first = {ord("A"): CMD_ADD, ord("E"): CMD_EDIT, ord("D"): CMD_DEL, ord("a"): CMD_ADDDEST,
-                 ord("e"): CMD_EDITDEST, ord("d"): CMD_DELDEST, ord("C"): CMD_FLUSH, ord("L"): CMD_LIST,
-                 ord("l"): CMD_LIST, ord("Z"): CMD_ZERO, TAG_SET: CMD_TIMEOUT, ord("R"): CMD_RESTORE,
-                 ord("S"): CMD_SAVE}
-        if c in first:
-            set_command(first[c])
+        if c in _FIRST_OPTION_COMMANDS:
+            set_command(_FIRST_OPTION_COMMANDS[c])
         elif c in (TAG_START_DAEMON, TAG_STOP_DAEMON):
             set_command(CMD_STARTDAEMON if c == TAG_START_DAEMON else CMD_STOPDAEMON)
             if optarg == "master":
@@ -874,9 +957,9 @@ class Ipvsadm:
                 self.fail(2, "illegal start-daemon parameter specified")
             else:
                 self.fail(2, "illegal start_daemon specified")
-        elif c == ord("h"):
+        elif c == K_h:
             self.usage_exit(0)
-        elif c == ord("v"):
+        elif c == K_v:
             self.out.write(self.version_line())
             raise _Exit(0)
         else:
@@ -886,24 +969,24 @@ class Ipvsadm:
             c, optarg = popt.next_opt()
             if c < 0:
                 break
-            if c in (ord("t"), ord("u"), TAG_SCTP_SERVICE):
+            if c in (K_t, K_u, TAG_SCTP_SERVICE):
                 set_option(OPTC_SERVICE)
-                ce.svc.protocol = {ord("t"): IPPROTO_TCP, ord("u"): IPPROTO_UDP}.get(c, IPPROTO_SCTP)
+                ce.svc.protocol = {K_t: IPPROTO_TCP, K_u: IPPROTO_UDP}.get(c, IPPROTO_SCTP)
                 if not self.parse_service(optarg, ce.svc) & SERVICE_ADDR:
                     self.fail(2, "illegal virtual server address[:port] specified")
-            elif c == ord("f"):
+            elif c == K_f:
                 set_option(OPTC_SERVICE)
                 ce.svc.af = AF_INET
                 ce.svc.protocol = IPPROTO_TCP
                 ce.svc.fwmark = self.parse_fwmark(optarg)
-            elif c == ord("s"):
+            elif c == K_s:
                 set_option(OPTC_SCHEDULER)
                 ce.svc.sched_name = optarg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
-            elif c == ord("p"):
+            elif c == K_p:
                 set_option(OPTC_PERSISTENT)
                 ce.svc.flags |= uapi.IP_VS_SVC_F_PERSISTENT
                 ce.svc.timeout = self.parse_timeout(optarg, 1, MAX_TIMEOUT)
-            elif c == ord("M"):
+            elif c == K_M:
                 set_option(OPTC_NETMASK)
                 if ce.svc.af != AF_INET6:
                     mask = self.parse_netmask(optarg)
@@ -914,45 +997,46 @@ class Ipvsadm:
                     ce.svc.netmask = _atoi(optarg)
                     if not 1 <= ce.svc.netmask <= 128:
                         self.fail(2, "illegal ipv6 netmask specified")
-            elif c == ord("r"):
+            elif c == K_r:
                 set_option(OPTC_SERVER)
-                t = attrs.evolve(ce.svc)
+                # parse into a copy of the service, so -r inherits its protocol and port
+                t = SvcSpec(af=ce.svc.af, protocol=ce.svc.protocol, addr=ce.svc.addr, port=ce.svc.port)
                 parse = self.parse_service(optarg, t)
                 ce.dest.af, ce.dest.addr, ce.dest.port = t.af, t.addr, t.port
                 if not parse & SERVICE_ADDR:
                     self.fail(2, "illegal real server address[:port] specified")
                 if parse == SERVICE_ADDR:
                     ce.dest.port = ce.svc.port
-            elif c in (ord("i"), ord("g"), ord("m")):
+            elif c in (K_i, K_g, K_m):
                 set_option(OPTC_FORWARD)
-                ce.dest.conn_flags = {ord("i"): uapi.IP_VS_CONN_F_TUNNEL, ord("g"): uapi.IP_VS_CONN_F_DROUTE,
-                                      ord("m"): uapi.IP_VS_CONN_F_MASQ}[c]
-            elif c == ord("w"):
+                ce.dest.conn_flags = {K_i: uapi.IP_VS_CONN_F_TUNNEL, K_g: uapi.IP_VS_CONN_F_DROUTE,
+                                      K_m: uapi.IP_VS_CONN_F_MASQ}[c]
+            elif c == K_w:
                 set_option(OPTC_WEIGHT)
                 # Debian's 1.31 build takes any weight the kernel does (0..INT_MAX),
                 # not upstream's 0..65535: the recorded transcript accepts 70000.
                 ce.dest.weight = string_to_number(optarg, 0, INT_MAX)
                 if ce.dest.weight == -1:
                     self.fail(2, "illegal weight specified")
-            elif c == ord("x"):
+            elif c == K_x:
                 set_option(OPTC_UTHRESHOLD)
                 ce.dest.u_threshold = string_to_number(optarg, 0, INT_MAX)
                 if ce.dest.u_threshold == -1:
                     self.fail(2, "illegal u_threshold specified")
-            elif c == ord("y"):
+            elif c == K_y:
                 set_option(OPTC_LTHRESHOLD)
                 ce.dest.l_threshold = string_to_number(optarg, 0, INT_MAX)
                 if ce.dest.l_threshold == -1:
                     self.fail(2, "illegal l_threshold specified")
-            elif c == ord("c"):
+            elif c == K_c:
                 set_option(OPTC_CONNECTION)
-            elif c == ord("n"):
+            elif c == K_n:
                 set_option(OPTC_NUMERIC)
                 fmt |= FMT_NUMERIC
             elif c == TAG_MCAST_INTERFACE:
                 set_option(OPTC_MCAST)
                 ce.daemon.mcast_ifn = optarg[: uapi.IP_VS_IFNAME_MAXLEN - 1]
-            elif c == ord("I"):
+            elif c == K_I:
                 set_option(OPTC_SYNCID)
                 ce.daemon.syncid = string_to_number(optarg, 0, 255)
                 if ce.daemon.syncid == -1:
@@ -963,19 +1047,19 @@ class Ipvsadm:
                 fmt |= flag
             elif c == TAG_SORT:
                 pass  # sorting is the default; kept for compatibility
-            elif c == ord("6"):
+            elif c == K_6:
                 if ce.svc.fwmark:
                     ce.svc.af = AF_INET6
                     ce.svc.netmask = 128
                 else:
                     self.fail(2, "-6 used before -f\n")
-            elif c == ord("o"):
+            elif c == K_o:
                 set_option(OPTC_ONEPACKET)
                 ce.svc.flags |= uapi.IP_VS_SVC_F_ONEPACKET
             elif c == TAG_PERSISTENCE_ENGINE:
                 set_option(OPTC_PERSISTENCE_ENGINE)
                 ce.svc.pe_name = optarg[: uapi.IP_VS_PENAME_MAXLEN]
-            elif c == ord("b"):
+            elif c == K_b:
                 set_option(OPTC_SCHED_FLAGS)
                 sched_flags_arg = optarg[:127]
             elif c == TAG_MCAST_GROUP:
@@ -1018,7 +1102,7 @@ class Ipvsadm:
                 self.fail(2, f"invalid option `{popt.bad_option()}'")
 
         if c < -1:
-            self.err.write(f"{popt.bad_option()}: {_POPT_MESSAGES.get(c, 'unknown error')}\n")
+            self.error(f"{popt.bad_option()}: {_POPT_MESSAGES.get(c, 'unknown error')}\n")
             return -1, options, fmt
 
         if ce.cmd == CMD_TIMEOUT:
@@ -1091,6 +1175,10 @@ class Ipvsadm:
         return flags
 
     def generic_opt_check(self, command: int, options: int) -> None:
+        required, illegal, exclusive = _OPT_MASKS[command - 1]
+        if (not options & illegal and required & ~options == 0
+                and (options & exclusive) & ((options & exclusive) - 1) == 0):
+            return  # nothing to complain about: skip the walk that finds the first complaint
         row = COMMANDS_V_OPTIONS[command - 1]
         last = 0
         count = 0
@@ -1186,11 +1274,17 @@ class Ipvsadm:
             self.list_all(fmt | FMT_RULE)
             return 0
 
-        func, reply = self.kernel_command(ce)
+        func, req = self.kernel_command(ce)
+        if self.batching:
+            self.queue(func, req)
+            return 0
+        self.init()
+        self.flush()
+        reply = self._call_many([req])[0]
         if func is not None:
             self.func = func
         if not reply.get("ok"):
-            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
             return -1
         return 0
 
@@ -1229,26 +1323,26 @@ class Ipvsadm:
         }
 
     def kernel_command(self, ce: CommandEntry) -> tuple[str | None, dict]:
-        """The libipvs call for a changing command: (its name, the reply)."""
+        """The libipvs call for a changing command: (its name, the request)."""
         cmd = ce.cmd
         if cmd == CMD_FLUSH:
-            return None, self.call("FLUSH")
+            return None, _req("FLUSH")
         if cmd in (CMD_ADD, CMD_EDIT, CMD_DEL):
             name, func = {CMD_ADD: ("NEW_SERVICE", "add_service"), CMD_EDIT: ("SET_SERVICE", "update_service"),
                           CMD_DEL: ("DEL_SERVICE", "del_service")}[cmd]
-            return func, self.call(name, service=self._svc_attrs(ce.svc))
+            return func, _req(name, service=self._svc_attrs(ce.svc))
         if cmd == CMD_ZERO:
             s = ce.svc
             if s.fwmark or any(s.addr) or s.port:
-                return "zero_service", self.call("ZERO", service=self._svc_attrs(s))
-            return "zero_service", self.call("ZERO")
+                return "zero_service", _req("ZERO", service=self._svc_attrs(s))
+            return "zero_service", _req("ZERO")
         if cmd in (CMD_ADDDEST, CMD_EDITDEST, CMD_DELDEST):
             name, func = {CMD_ADDDEST: ("NEW_DEST", "add_dest"), CMD_EDITDEST: ("SET_DEST", "update_dest"),
                           CMD_DELDEST: ("DEL_DEST", "del_dest")}[cmd]
-            return func, self.call(name, service=self._svc_attrs(ce.svc), dest=self._dest_attrs(ce.dest))
+            return func, _req(name, service=self._svc_attrs(ce.svc), dest=self._dest_attrs(ce.dest))
         if cmd == CMD_TIMEOUT:
             tcp, fin, udp = ce.timeout
-            return "set_timeout", self.call("SET_CONFIG", timeout_tcp=tcp, timeout_tcp_fin=fin, timeout_udp=udp)
+            return "set_timeout", _req("SET_CONFIG", timeout_tcp=tcp, timeout_tcp_fin=fin, timeout_udp=udp)
         d = ce.daemon
         if cmd == CMD_STARTDAEMON:
             attrs_: dict[str, Any] = {"state": d.state, "mcast_ifn": d.mcast_ifn, "sync_id": d.syncid}
@@ -1262,8 +1356,8 @@ class Ipvsadm:
                 attrs_["mcast_group6"] = d.mcast_group
             elif d.mcast_af == AF_INET:
                 attrs_["mcast_group"] = d.mcast_group
-            return "start_daemon", self.call("NEW_DAEMON", daemon=attrs_)
-        return "stop_daemon", self.call("DEL_DAEMON", daemon={"state": d.state, "mcast_ifn": d.mcast_ifn,
+            return "start_daemon", _req("NEW_DAEMON", daemon=attrs_)
+        return "stop_daemon", _req("DEL_DAEMON", daemon={"state": d.state, "mcast_ifn": d.mcast_ifn,
                                                                 "sync_id": d.syncid})
 
     # ------------------------------------------------------------ restore
@@ -1272,9 +1366,18 @@ class Ipvsadm:
         if reading_stdin:
             self.tryhelp_exit(-1)
         result = 0
-        for tokens in config_stream_read(self.stdin.read()):
-            if tokens:
-                result = self.process_options(tokens, True)
+        self.batching = True
+        try:
+            for tokens in config_stream_read(self.stdin.read()):
+                if tokens:
+                    self._last_queued = False
+                    result = self.process_options(tokens, True)
+        finally:
+            # also when a line fails: its message must come after the earlier lines' errors
+            last_failed = self.flush()
+            self.batching = False
+        if self._last_queued:
+            result = -1 if last_failed else 0
         return result
 
     # ------------------------------------------------------------ listing
@@ -1282,12 +1385,22 @@ class Ipvsadm:
     def get_services(self) -> list[ServiceEntry]:
         reply = self.call("GET_SERVICE")
         if not reply.get("ok"):
-            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
             raise _Exit(1)
         return [_service_entry(s) for s in reply.get("services", [])]
 
     def get_dests(self, se: ServiceEntry) -> list[DestEntry]:
         self.func = "get_dests"
+        return self._dests_from(self.call("GET_DEST", service=self._dest_query(se)), se)
+
+    def _dests_from(self, reply: dict, se: ServiceEntry) -> list[DestEntry]:
+        if not reply.get("ok"):
+            self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            raise _Exit(1)
+        return [_dest_entry(d, se.af) for d in reply.get("dests", [])]
+
+    @staticmethod
+    def _dest_query(se: ServiceEntry) -> dict:
         ident: dict[str, Any] = {"af": se.af}
         if se.fwmark:
             ident["fwmark"] = se.fwmark
@@ -1296,11 +1409,7 @@ class Ipvsadm:
             af = AF_INET6 if se.af == AF_INET6 else AF_INET
             ident["addr"] = _inet_ntop(af, se.addr[:4] if af == AF_INET else se.addr)
             ident["port"] = se.port
-        reply = self.call("GET_DEST", service=ident)
-        if not reply.get("ok"):
-            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
-            raise _Exit(1)
-        return [_dest_entry(d, se.af) for d in reply.get("dests", [])]
+        return ident
 
     def print_title(self, fmt: int) -> None:
         w = self.out.write
@@ -1338,8 +1447,9 @@ class Ipvsadm:
                 names.append(name)
         return ",".join(names)
 
-    def print_service_entry(self, se: ServiceEntry, fmt: int) -> None:
-        dests = self.get_dests(se)
+    def print_service_entry(self, se: ServiceEntry, fmt: int, dests: list[DestEntry] | None = None) -> None:
+        if dests is None:
+            dests = self.get_dests(se)
         w = self.out.write
         if se.fwmark:
             mark = _int32(se.fwmark)
@@ -1451,7 +1561,7 @@ class Ipvsadm:
         self.func = "get_service"
         reply = self.call("GET_SERVICE", service=self._svc_attrs(svc, full=False))
         if not reply.get("ok"):
-            self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+            self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
             raise _Exit(1)
         entry = _service_entry(reply["service"])
         self.print_title(fmt)
@@ -1466,8 +1576,14 @@ class Ipvsadm:
         if not fmt & FMT_NOSORT:
             services = glibc_qsort(services, cmp_services)
         self.print_title(fmt)
-        for se in services:
-            self.print_service_entry(se, fmt)
+        # Ask for every service's destinations at once (pipelined on a socket),
+        # in chunks so a huge table is not held twice in memory.
+        self.func = "get_dests"
+        for i in range(0, len(services), 1024):
+            chunk = services[i : i + 1024]
+            replies = self._call_many([_req("GET_DEST", service=self._dest_query(se)) for se in chunk])
+            for se, reply in zip(chunk, replies, strict=True):
+                self.print_service_entry(se, fmt, self._dests_from(reply, se))
 
     def list_timeout(self) -> None:
         reply = self.call("GET_CONFIG")
@@ -1504,11 +1620,11 @@ class Ipvsadm:
     def list_conn(self, fmt: int) -> None:
         reply = self.call("GET_PROC", name="ip_vs_conn")
         if not reply.get("ok") or not isinstance(reply.get("text"), str):
-            self.err.write(f"cannot open file {CONN_PROC_FILE}\n")
+            self.error(f"cannot open file {CONN_PROC_FILE}\n")
             raise _Exit(1)
         lines = reply["text"].splitlines(keepends=True)
         if not lines:
-            self.err.write(f"unexpected input from {CONN_PROC_FILE}\n")
+            self.error(f"unexpected input from {CONN_PROC_FILE}\n")
             raise _Exit(1)
         self.out.write("IPVS connection entries\n")
         if fmt & FMT_PERSISTENTCONN:
@@ -1566,6 +1682,12 @@ class Ipvsadm:
         raise _Exit(code)
 
 
+_FIRST_OPTION_COMMANDS = {
+    K_A: CMD_ADD, K_E: CMD_EDIT, K_D: CMD_DEL, K_a: CMD_ADDDEST, K_e: CMD_EDITDEST,
+    K_d: CMD_DELDEST, K_C: CMD_FLUSH, K_L: CMD_LIST, K_l: CMD_LIST, K_Z: CMD_ZERO,
+    TAG_SET: CMD_TIMEOUT, K_R: CMD_RESTORE, K_S: CMD_SAVE,
+}
+
 _SIMPLE_FLAGS = {
     TAG_TIMEOUT: (OPTC_TIMEOUT, 0),
     TAG_DAEMON: (OPTC_DAEMON, 0),
@@ -1574,7 +1696,7 @@ _SIMPLE_FLAGS = {
     TAG_THRESHOLDS: (OPTC_THRESHOLDS, FMT_THRESHOLDS),
     TAG_PERSISTENTCONN: (OPTC_PERSISTENTCONN, FMT_PERSISTENTCONN),
     TAG_NO_SORT: (OPTC_NOSORT, FMT_NOSORT),
-    ord("X"): (OPTC_EXACT, FMT_EXACT),
+    K_X: (OPTC_EXACT, FMT_EXACT),
     TAG_TUN_INFO: (OPTC_TUN_INFO, FMT_TUN_INFO),
 }
 
@@ -1633,52 +1755,22 @@ def _scan_conn(buf: str) -> tuple[int, list]:
 def config_stream_read(text: str) -> Iterable[list[str]]:
     """``config_stream_read`` applied line after line: the words of each line.
 
-    Yields a (possibly empty) word list per line and stops where the C
-    function returns NULL: at the end of input with no words left, or at
-    the end of input met while skipping blanks (which loses that line).
+    Words are separated by spaces, tabs and CRs; a word ``ipvsadm`` is
+    dropped.  The C function reads with ``fscanf`` and gives up (returns
+    NULL) when it meets the end of input while skipping blanks, so a last
+    line without a newline that ends in two or more blanks is lost; one
+    blank is swallowed with the word before it.
     """
-    pos = 0
-    n = len(text)
-    while True:
-        words: list[str] = []
-        ntoken = 0
-        while True:
-            if pos >= n:
-                if ntoken == 0:
-                    return
-                yield words
-                return
-            end = pos
-            while end < n and text[end] not in " \t\n\r":
-                end += 1
-            if end == pos:
-                # fscanf matched nothing: skip blanks up to the end of the line.
-                while True:
-                    if pos >= n:
-                        return
-                    ch = text[pos]
-                    pos += 1
-                    if ch == "\n":
-                        break
-                    if ch not in "\t\r ":
-                        pos -= 1
-                        break
-                if ch == "\n":
-                    yield words
-                    break
-                continue
-            token = text[pos:end][:4096]
-            pos = end
-            tail = None
-            if pos < n:
-                tail = text[pos]
-                pos += 1
-            if token != "ipvsadm":
-                ntoken += 1
-                words.append(token)
-            if tail == "\n":
-                yield words
-                break
+    lines = text.split("\n")
+    last = lines.pop()  # the text after the last newline ("" if it ends with one)
+    for line in lines:
+        yield [w for w in _WORD.findall(line) if w != "ipvsadm"]
+    words = [w for w in _WORD.findall(last) if w != "ipvsadm"]
+    if words and len(last) - len(last.rstrip(" \t\r")) < 2:
+        yield words
+
+
+_WORD = re.compile(r"[^ \t\r]+")
 
 
 def usage_text(program: str) -> str:
