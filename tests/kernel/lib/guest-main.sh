@@ -33,8 +33,18 @@ reset_guest() {
         [ -s /proc/$p/cmdline ] || continue  # kernel thread
         kill -9 "$p" 2>/dev/null
     done
+    # Delete the director's ends first: a netns is freed asynchronously and
+    # its veth peers can outlive "ip netns delete" for a while under TCG.
+    local dev i
+    for dev in /sys/class/net/*; do
+        dev=${dev##*/}
+        [ "$dev" = lo ] || ip link del dev "$dev" 2>/dev/null
+    done
     ip -all netns delete 2>/dev/null
-    ip link del br0 2>/dev/null
+    for i in $(seq 1 100); do
+        [ "$(ls /sys/class/net)" = lo ] && break
+        sleep 0.1
+    done
     ipvsadm -C 2>/dev/null
     iptables -F 2>/dev/null; iptables -t nat -F 2>/dev/null
     echo 0 > /proc/sys/net/ipv4/ip_forward

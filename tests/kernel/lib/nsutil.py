@@ -9,6 +9,7 @@ in) and returns to the director's namespace.  Python 3.11 has no
 Command line (used by oracle.sh)::
 
     python3 nsutil.py txoff NS:DEV [NS:DEV ...]   turn tx checksum offload off
+                                                  (empty NS: the director's)
 """
 
 from __future__ import annotations

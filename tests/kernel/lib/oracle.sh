@@ -58,13 +58,16 @@ setup_nat() {
         echo "link set dev eth0 up"
         echo "route add default via 198.51.100.1"
     } | ip -n cli -batch - || die "ip -batch (cli) failed"
-    local tx="cli:eth0"
+    # Checksum offload off on both ends of every veth and on the bridge:
+    # captures then show final checksums, also for packets IPVS rewrote
+    # (ip_vs_ftp's mangled 227 lines would otherwise show "incorrect").
+    local tx="cli:eth0 :cli0 :br0"
     for k in $(seq 1 "$n"); do
         printf '%s\n' "link set dev lo up" "link set dev eth0 addrgenmode none" \
             "addr add 172.16.0.$((k + 1))/24 dev eth0" "link set dev eth0 up" \
             "route add default via 172.16.0.1" | ip -n "rs$k" -batch - \
             || die "ip -batch (rs$k) failed"
-        tx="$tx rs$k:eth0"
+        tx="$tx rs$k:eth0 :rs$k"
     done
     # shellcheck disable=SC2086
     python3 "$LIB/nsutil.py" txoff $tx || die "tx checksum offload off failed"

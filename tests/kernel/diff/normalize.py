@@ -1,0 +1,156 @@
+"""The differential suite's normalisation rules, and nothing more.
+
+Every rule here exists because the kernel itself does not give the same
+text twice; each is listed in docs/differential.md.  A rule that would hide
+a real difference does not belong here.
+
+1. **Timers** - the ``expire`` column of ``ipvsadm -Lnc`` (``mm:ss``) and
+   the ``Expires`` column of ``/proc/net/ip_vs_conn`` (seconds) are compared
+   within :data:`EXPIRE_TOLERANCE_S` seconds: the dump happens at a moment
+   the scenario does not fix (each process start under TCG costs 0.3-0.5 s).
+2. **Hash order** - the rows of ``ipvsadm -Lnc`` and ``/proc/net/ip_vs_conn``
+   (and ``_sync``) are sorted: their order follows a per-boot random hash
+   seed.
+3. **Ephemeral client ports** - a client port that the scenario did not fix
+   (no ``requests.txt`` line names it) is replaced by ``*`` in connection
+   rows.  Every shipped scenario fixes its ports, so this rule is idle there.
+4. **Rates** - the values of ``--rate`` listings and the per-second rows of
+   ``/proc/net/ip_vs_stats*`` come from a 2 s estimator over wall-clock
+   time: only their layout (the rows and columns present) is compared.
+5. **Wall-clock stamps** - the leading time of real-server log lines and the
+   ``t`` field of TCP state walk records are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Seconds a timer may differ between two runs of one scenario.
+EXPIRE_TOLERANCE_S = 3
+
+_LNC_ROW = re.compile(r"^(\S+)\s+(\d\d):(\d\d)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)(.*)$")
+_PROC_CONN_ROW = re.compile(
+    r"^(\S+) (\S+) ([0-9A-F]{4}) (\S+) ([0-9A-F]{4}) (\S+) ([0-9A-F]{4}) (\S+)\s+(\S+)?\s*(\d+)(.*)$"
+)
+
+
+def _port_of(addr_port: str) -> str:
+    return addr_port.rsplit(":", 1)[-1]
+
+
+def conn_rows(text: str, fixed_ports: set[int] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """Header lines and sorted ``(row without timer, seconds)`` of a connection listing.
+
+    Works for ``ipvsadm -Lnc`` (``expire`` as ``mm:ss``) and for
+    ``/proc/net/ip_vs_conn`` / ``ip_vs_conn_sync`` (``Expires`` in seconds).
+    """
+    header: list[str] = []
+    rows: list[tuple[str, int]] = []
+    for line in text.splitlines():
+        m = _LNC_ROW.match(line)
+        if m and m.group(1) in ("TCP", "UDP", "SCTP", "IP"):
+            pro, mm, ss, state, src, vip, dst, rest = m.groups()
+            src = _ephemeral(src, fixed_ports)
+            rows.append((f"{pro} {state} {src} {vip} {dst}{rest.rstrip()}", int(mm) * 60 + int(ss)))
+            continue
+        p = line.split()
+        if len(p) >= 9 and p[0] in ("TCP", "UDP", "SCTP", "IP") and re.fullmatch(r"[0-9A-F]{4}", p[2] or ""):
+            # Pro FromIP FPrt ToIP TPrt DestIP DPrt State [Origin] Expires [PE...]
+            if fixed_ports is not None and int(p[2], 16) not in fixed_ports:
+                p[2] = "*"
+            i = 8 if p[8].isdigit() else 9
+            secs = int(p[i])
+            rows.append((" ".join(p[:i] + p[i + 1:]), secs))
+            continue
+        header.append(line.rstrip())
+    rows.sort()
+    return header, rows
+
+
+def _ephemeral(src: str, fixed_ports: set[int] | None) -> str:
+    if fixed_ports is None:
+        return src
+    port = _port_of(src)
+    if port.isdigit() and int(port) not in fixed_ports:
+        return src[: -len(port)] + "*"
+    return src
+
+
+def compare_conn(ref: str, got: str, fixed_ports: set[int] | None = None) -> str | None:
+    """None when the two connection listings agree under rules 1-3, else why not."""
+    h1, r1 = conn_rows(ref, fixed_ports)
+    h2, r2 = conn_rows(got, fixed_ports)
+    if h1 != h2:
+        return f"header differs: {h1!r} vs {h2!r}"
+    k1 = [r for r, _ in r1]
+    k2 = [r for r, _ in r2]
+    if k1 != k2:
+        only1 = sorted(set(k1) - set(k2))[:3]
+        only2 = sorted(set(k2) - set(k1))[:3]
+        return f"{len(k1)} vs {len(k2)} rows; kernel only: {only1}; pyipvs only: {only2}"
+    worst = max((abs(a[1] - b[1]) for a, b in zip(r1, r2, strict=True)), default=0)
+    if worst > EXPIRE_TOLERANCE_S:
+        bad = next(f"{a[0]}: {a[1]} s vs {b[1]} s" for a, b in zip(r1, r2, strict=True)
+                   if abs(a[1] - b[1]) > EXPIRE_TOLERANCE_S)
+        return f"timer off by {worst} s > {EXPIRE_TOLERANCE_S} s ({bad})"
+    return None
+
+
+_NUM = re.compile(r"\b[0-9A-F]+[KMG]?\b")
+
+
+def rate_shape(text: str) -> list[str]:
+    """A ``--rate`` listing with every number replaced by ``#`` (rule 4)."""
+    out = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(("->", "TCP", "UDP", "FWM", "SCTP")) or re.match(r"^\s+[0-9]", line):
+            f = line.split()
+            keep = 2 if f and f[0] in ("TCP", "UDP", "FWM", "SCTP", "->") else 0
+            f = f[:keep] + ["#" if re.fullmatch(r"[0-9]+[KMG]?", x) else x for x in f[keep:]]
+            out.append(" ".join(f))
+        else:
+            out.append(line.rstrip())
+    return out
+
+
+def stats_proc(text: str) -> tuple[list[str], list[str]]:
+    """``/proc/net/ip_vs_stats[_percpu]``: (counter lines, rate lines as shapes).
+
+    The counters are compared exactly; the lines after the ``Conns/s``
+    header are rates (rule 4).
+    """
+    counters: list[str] = []
+    rates: list[str] = []
+    in_rates = False
+    for line in text.splitlines():
+        if "Conns/s" in line:
+            in_rates = True
+            rates.append(" ".join(line.split()))
+            continue
+        if in_rates:
+            rates.append(" ".join("#" if re.fullmatch(r"[0-9A-F]+", x) else x for x in line.split()))
+        else:
+            counters.append(line.rstrip())
+    return counters, rates
+
+
+_LOG_TIME = re.compile(r"^[0-9.]+ ")
+
+
+def server_log(text: str) -> list[str]:
+    """Real-server log lines without their leading monotonic time (rule 5)."""
+    return [_LOG_TIME.sub("", line) for line in text.splitlines()]
+
+
+def fixed_ports_of(requests_text: str) -> set[int]:
+    """Client ports a scenario fixed: the SRC:SPORT of every ``requests.txt`` line."""
+    ports = set()
+    for line in requests_text.splitlines():
+        if line.startswith("#"):
+            continue
+        f = line.split()
+        if len(f) >= 3 and ":" in f[2]:
+            p = _port_of(f[2])
+            if p.isdigit():
+                ports.add(int(p))
+    return ports

@@ -1,0 +1,415 @@
+"""The offline PyIPVS backend: a recorded scenario played through the core.
+
+No VM, no namespaces, no root: this is what the ordinary test command runs.
+The scenario script itself is run by bash with the event-recording stub
+library (``stub/oracle.sh``), which turns every library call and every
+``ipvsadm`` command into a record.  :class:`OfflineRun` plays the records
+against an in-process PyIPVS (:class:`ipvs.core.Director` behind
+:class:`ipvs.netlink.LocalTransport`, the same dispatch ``ipvsd`` runs):
+
+* ``ipvsadm`` commands, ``ipvs_rules`` (``-R``), ``vs_sysctl`` and
+  ``transcript`` run through PyIPVS's ipvsadm (:func:`ipvs.cli.ipvsadm.main`);
+* ``dump_ipvs``/``dump_conn`` and ``!sh ipvsadm ... > "$OUT/FILE"``
+  snapshots write PyIPVS's listings, /proc views and sysctls under the
+  kernel's file names;
+* the traffic between ``capture_start`` and ``capture_stop`` cannot be
+  re-made without a network, so the kernel's own captures are the input:
+  the client's frames to the VIPs and the real servers' replies are fed to
+  the director in capture order (as ``tools/ipvs-replay`` does), and the
+  scenario's steps that act on IPVS between requests (``!sh ipvsadm -e``,
+  snapshots) are played just before the first frame of the next step that
+  sends one.  The server PyIPVS picks for each request becomes its
+  ``order.txt``; the frames it transmits are compared with the kernel's at
+  L3/L4 (items ``frames to real servers`` / ``frames to clients``).
+
+What this backend cannot reproduce, and says so (MISSING items):
+``requests.txt`` and the real servers' logs (no sockets), traffic of
+scenarios recorded without captures, and anything the stub does not model
+(``mark_dst``: the core has no packet-mark input, so fwmark services see no
+offline traffic).
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+
+from ipvs import procfs
+from ipvs.cli.ipvsadm import main as ipvsadm_main
+from ipvs.core import NF_STOLEN, Director
+from ipvs.driver import pcap
+from ipvs.driver.replay import jiffies
+from ipvs.netlink import LocalTransport
+from tests.kernel.diff.compare import DIFFERENT, EQUAL, MISSING, Item
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STUB = os.path.join(HERE, "stub")
+INNER = ipaddress.ip_network("172.16.0.0/24")
+GATEWAY = ipaddress.ip_address("172.16.0.1").packed
+#: The VM has two CPUs: ip_vs_stats_percpu has rows 0 and 1.
+NCPU = 2
+#: Listings dump_ipvs writes: file stem -> ipvsadm arguments (oracle.sh).
+LISTINGS = {
+    "ipvsadm-Ln": ["-Ln"],
+    "ipvsadm-Ln-stats": ["-Ln", "--stats"],
+    "ipvsadm-Ln-rate": ["-Ln", "--rate"],
+    "ipvsadm-Ln-exact-stats": ["-Ln", "--exact", "--stats"],
+    "ipvsadm-Ln-timeout": ["-Ln", "--timeout"],
+    "ipvsadm-Ln-persistent-conn": ["-Ln", "--persistent-conn"],
+    "ipvsadm-Lnc": ["-Lnc"],
+    "ipvsadm-S-n": ["-S", "-n"],
+}
+#: What this backend never writes, with the reason (see the module doc).
+CANNOT = {
+    r"requests\.txt": "offline: no sockets, only the scheduling decision (order.txt) is reproduced",
+    r"rs\d+-.*\.log": "offline: no real servers run",
+    r"ftp-session\.txt": "offline: no FTP client runs",
+}
+
+
+def extract_events(scenario: str, timeout: float = 60) -> list[tuple[str, list[str], list[str]]]:
+    """(kind, args, stdin lines) records of ``scenario`` run with the stub."""
+    with tempfile.TemporaryDirectory(prefix="pyipvs-diff-stub-") as tmp:
+        ev = os.path.join(tmp, "events")
+        open(ev, "w").close()
+        env = dict(os.environ, LIB=STUB, OUT=tmp, DIFF_EVENTS=ev, LC_ALL="C")
+        subprocess.run(["bash", "-o", "pipefail", os.path.abspath(scenario)], cwd=tmp, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+        with open(ev, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    out: list[tuple[str, list[str], list[str]]] = []
+    for line in lines:
+        kind, *args = line.split("\t")
+        if kind == "+" and out:
+            out[-1][2].append("\t".join(args))
+        else:
+            out.append((kind, args, []))
+    return out
+
+
+def _ip4(r: pcap.Record):
+    """(l3, proto, saddr, daddr, sport, dport, tcp flags) of an IPv4 TCP/UDP frame."""
+    w = pcap.l3_offset(r.data, r.linktype)
+    if w is None or w[1] != 0x0800:
+        return None
+    l3, d = w[0], r.data
+    proto = d[l3 + 9]
+    if proto not in (6, 17):
+        return None
+    l4 = l3 + (d[l3] & 15) * 4
+    flags = d[l4 + 13] if proto == 6 else 0
+    return (l3, proto, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], int.from_bytes(d[l4:l4 + 2], "big"),
+            int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags)
+
+
+def _inner(a: bytes | bytearray) -> bool:
+    return ipaddress.ip_address(bytes(a)) in INNER
+
+
+class Traffic:
+    """The kernel's captures of one golden, split into director input and output."""
+
+    def __init__(self, golden: str, vips: set[bytes]):
+        cli = [(r, i) for r in pcap.read_file(os.path.join(golden, "client-side.pcap")) if (i := _ip4(r))]
+        srv = [(r, i) for r in pcap.read_file(os.path.join(golden, "server-side.pcap")) if (i := _ip4(r))]
+        self.vips = vips
+        # Client side: frames to a VIP (input) and from a VIP (kernel output).
+        to_vip = [(r, i) for r, i in cli if i[3] in vips and not _inner(i[2])]
+        self.to_cli = [(r, i) for r, i in cli if i[2] in vips]
+        # Server side: replies of real servers (input), frames to them (output).
+        from_rs = [(r, i) for r, i in srv if _inner(i[2]) and i[2] != GATEWAY and not _inner(i[3])]
+        self.to_rs = [(r, i) for r, i in srv if _inner(i[3]) and not _inner(i[2])]
+        rs_flows = {self.flow(i) for _, i in from_rs} | {self.flow(i) for _, i in self.to_rs}
+        cli_flows = {self.flow(i) for _, i in to_vip}
+        #: Flows seen on both sides (frames compared for these only).
+        self.both = rs_flows & cli_flows
+        self.input = sorted(to_vip + [(r, i) for r, i in from_rs if self.flow(i) in cli_flows], key=lambda x: x[0].ts)
+
+    def flow(self, i) -> tuple[int, bytes, int]:
+        """(proto, client addr, client port) of a frame on either side."""
+        _l3, proto, s, d, sp, dp, _f = i
+        if _inner(s) or s in self.vips:
+            return proto, d, dp
+        return proto, s, sp
+
+
+class OfflineRun:
+    """Play a scenario's events against PyIPVS; write its outputs into ``out``."""
+
+    def __init__(self, scenario_sh: str, golden: str, out: str, name: str):
+        self.scenario_sh = scenario_sh
+        self.golden = golden
+        self.out = out
+        self.name = name
+        self.d = Director()
+        self.ipvs = self.d.ipvs
+        self.now = 0
+        self.transport = LocalTransport(self.ipvs, clock=lambda: self.now)
+        self.items: list[Item] = []
+        self.notes: list[str] = []
+        self.vips: set[bytes] = set()
+        self.marks: list[tuple[str, str]] = []
+        self.steps: list[tuple[str, str]] = []  # (kind, line) in the capture window
+        self.in_capture = False
+        self.requests: list[tuple[str, int, str, int, int]] = []  # label, n, src, sport, proto
+        self.n = 0
+        self.decisions: dict[tuple[int, bytes, int], str] = {}
+        self.traffic: Traffic | None = None
+        os.makedirs(out, exist_ok=True)
+        if os.path.exists(os.path.join(golden, "client-side.pcap")):
+            ts = [r.ts for r in pcap.read_file(os.path.join(golden, "client-side.pcap"))]
+            if ts:
+                # Configuration happened a little before the first frame.
+                self.now = jiffies(ts[0], self.ipvs.hz) - 2 * self.ipvs.hz
+
+    # ------------------------------------------------------------ ipvsadm
+
+    def ipvsadm(self, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
+        self.d.run_timers(self.now)
+        out, err = io.StringIO(), io.StringIO()
+        rc = ipvsadm_main(argv, transport=self.transport, stdout=out, stderr=err, stdin=io.StringIO(stdin))
+        return rc, out.getvalue(), err.getvalue()
+
+    def write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.out, name), "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+
+    def dump_conn(self, prefix: str) -> None:
+        self.write(f"{prefix}ipvsadm-Lnc.txt", self.ipvsadm(["-Lnc"])[1])
+        self.write(f"{prefix}proc-net-ip_vs_conn.txt", procfs.render(self.ipvs, "ip_vs_conn", self.now))
+
+    def dump_ipvs(self, prefix: str) -> None:
+        for stem, argv in LISTINGS.items():
+            self.write(f"{prefix}{stem}.txt", self.ipvsadm(argv)[1])
+        for name in ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app"):
+            self.write(f"{prefix}proc-net-{name}.txt", procfs.render(self.ipvs, name, self.now, ncpu=NCPU))
+        files = procfs.render_sysctl(self.ipvs)
+        self.write(f"{prefix}sysctl-net.ipv4.vs.txt", "".join(
+            f"/proc/sys/net/ipv4/vs/{k}:{v.splitlines()[0] if v else ''}\n" for k, v in sorted(files.items())))
+
+    def sh(self, cmd: str) -> None:
+        """A ``!sh`` step: ipvsadm commands (with ``> "$OUT/FILE"``) and ``cat /proc/net/X``."""
+        for part in cmd.split(";"):
+            words = shlex.split(part.replace("$OUT/", ""))
+            target = None
+            if ">" in words:
+                i = words.index(">")
+                target, words = words[i + 1], words[:i]
+            if not words:
+                continue
+            if words[0] == "ipvsadm":
+                text = self.ipvsadm(words[1:])[1]
+            elif words[0] == "cat" and len(words) == 2 and words[1].startswith("/proc/net/ip_vs"):
+                text = procfs.render(self.ipvs, words[1].rsplit("/", 1)[1], self.now, ncpu=NCPU)
+            else:
+                self.notes.append(f"!sh not modelled: {part.strip()}")
+                continue
+            if target:
+                self.write(os.path.basename(target), text)
+
+    def transcript(self, base: str, lines: list[str]) -> None:
+        """Like lib/transcript.py, with PyIPVS's ipvsadm in-process."""
+        section, n = "", 0
+        recs = []
+        for line in lines:
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("#"):
+                section = line.lstrip()[1:].strip()
+                continue
+            stdin = None
+            cmd = line
+            if " <<< " in line:
+                cmd, _, payload = line.partition(" <<< ")
+                stdin = json.loads(payload)
+            args = shlex.split(cmd)
+            n += 1
+            if args and args[0] == "ipvsadm":
+                rc, so, se = self.ipvsadm(args[1:], stdin or "")
+            else:
+                rc, so, se = 127, "", f"offline: {args[0] if args else ''} not modelled\n"
+            recs.append({"n": n, "section": section, "cmd": cmd, "argv": args, "stdin": stdin,
+                         "stdout": so, "stderr": se, "rc": rc})
+        self.write(f"{base}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+
+    # ------------------------------------------------------------ traffic
+
+    def request(self, label: str, src: str, sport: int, proto: int) -> None:
+        self.n += 1
+        self.requests.append((label, self.n, src, sport, proto))
+
+    def play_traffic(self) -> None:
+        """Feed the captured input, playing the IPVS-side steps in between."""
+        if not os.path.exists(os.path.join(self.golden, "client-side.pcap")):
+            self.notes.append("no captures recorded: traffic not replayed")
+            self.steps = []
+            return
+        vips = {svc.addr for svc in self.ipvs.svc_order if not svc.fwmark} | self.vips
+        t = self.traffic = Traffic(self.golden, vips)
+        first: dict[tuple[int, bytes, int], int] = {}
+        for idx, (_r, i) in enumerate(t.input):
+            first.setdefault(t.flow(i), idx)
+        # Anchor every step that sends a frame; the others run before the next anchor.
+        held: dict[str, list[tuple[int, bytes, int]]] = {}
+        plan: list[tuple[int, list[str]]] = []  # (input index, pending !sh commands)
+        pending: list[str] = []
+        last = 0
+
+        def anchor(idx: int | None) -> None:
+            nonlocal pending, last
+            if idx is None:
+                return
+            if pending:
+                plan.append((idx, pending))
+                pending = []
+            last = max(last, idx)
+
+        for kind, line in self.steps:
+            if kind == "http_get":
+                src, sport = line.split()[:2]
+                f = (6, ipaddress.ip_address(src).packed, int(sport))
+                self.request("http_get", src, int(sport), 6)
+                anchor(first.get(f))
+                continue
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not line.startswith("!"):
+                label, src, sport, _dst, _dport = line.split()
+                self.request(label, src, int(sport), 6)
+                anchor(first.get((6, ipaddress.ip_address(src).packed, int(sport))))
+                continue
+            verb, _, rest = line[1:].partition(" ")
+            a = rest.split()
+            if verb in ("hold", "udp"):
+                proto = 6 if verb == "hold" else 17
+                f = (proto, ipaddress.ip_address(a[1]).packed, int(a[2]))
+                self.request(a[0], a[1], int(a[2]), proto)
+                if verb == "hold":
+                    held.setdefault(a[0], []).append(f)
+                anchor(first.get(f))
+            elif verb == "sh":
+                pending.append(rest)
+            elif verb in ("release-all", "rst-all", "release-label", "rst-label", "release"):
+                if verb == "release":
+                    flows = [(6, ipaddress.ip_address(a[0]).packed, int(a[1]))]
+                else:
+                    flows = [f for lab, fs in held.items() if verb.endswith("all") or lab == a[0] for f in fs]
+                mask = 0x04 if verb.startswith("rst") else 0x05
+                idx = next((k for k in range(last, len(t.input)) if t.flow(t.input[k][1]) in flows
+                            and t.input[k][1][6] & mask and not _inner(t.input[k][1][2])), None)
+                anchor(idx)
+        self.steps = []
+        jobs = dict(plan)
+        sent: list[tuple[bytes, tuple]] = []
+        for idx, (rec, info) in enumerate(t.input):
+            now = jiffies(rec.ts, self.ipvs.hz)
+            if idx in jobs:
+                self.now = now
+                for cmd in jobs.pop(idx):
+                    self.sh(cmd)
+            self.now = now
+            self.d.run_timers(now)
+            buf = bytearray(rec.data)
+            l3 = info[0]
+            flow = t.flow(info)
+            if not _inner(info[2]) and flow not in self.decisions:
+                self.decisions[flow] = "NONE"
+            verdict = self.d.process(buf, l3, now)
+            if verdict == NF_STOLEN:
+                tot = (buf[l3 + 2] << 8) | buf[l3 + 3]
+                sent.append((bytes(buf[l3:l3 + tot]), info))
+                if self.decisions.get(flow) == "NONE" and _inner(buf[l3 + 16:l3 + 20]):
+                    self.decisions[flow] = f"rs{buf[l3 + 19] - 1}"
+            for pkt in self.ipvs.outbox:
+                sent.append((bytes(pkt), info))
+            self.ipvs.outbox.clear()
+        if t.input:
+            self.now = jiffies(t.input[-1][0].ts, self.ipvs.hz)
+        for _idx, cmds in sorted(jobs.items()):
+            for cmd in cmds:
+                self.sh(cmd)
+        # After the last frame: capture_stop sleeps 0.5 s, then the dumps.
+        self.now += self.ipvs.hz
+        self.d.run_timers(self.now)
+        self._frames(sent)
+
+    def _frames(self, sent: list[tuple[bytes, tuple]]) -> None:
+        t = self.traffic
+        assert t is not None
+        got_rs = [b for b, _ in sent if _inner(b[16:20]) and self._flow_of(b) in t.both]
+        got_cli = [b for b, _ in sent if not _inner(b[16:20]) and self._flow_of(b) in t.both]
+        want_rs = [r.data[i[0]:] for r, i in t.to_rs if t.flow(i) in t.both]
+        want_cli = [r.data[i[0]:] for r, i in t.to_cli if t.flow(i) in t.both]
+        for label, got, want in (("frames to real servers", got_rs, want_rs), ("frames to clients", got_cli, want_cli)):
+            if not want:
+                continue
+            if got == want:
+                self.items.append(Item(self.name, label, EQUAL, f"{len(want)} frames byte-identical at L3/L4"))
+            else:
+                k = next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+                self.items.append(Item(self.name, label, DIFFERENT,
+                                       f"{len(got)} vs kernel {len(want)} frames, first difference at frame {k + 1}"))
+
+    def _flow_of(self, b: bytes) -> tuple[int, bytes, int]:
+        t = self.traffic
+        assert t is not None
+        ihl = (b[0] & 15) * 4
+        info = (0, b[9], b[12:16], b[16:20], int.from_bytes(b[ihl:ihl + 2], "big"),
+                int.from_bytes(b[ihl + 2:ihl + 4], "big"), 0)
+        return t.flow(info)
+
+    def order(self) -> None:
+        lines = []
+        for label, n, src, sport, proto in self.requests:
+            f = (proto, ipaddress.ip_address(src).packed, sport)
+            # "?": the kernel's client capture has no frame of this request.
+            lines.append(f"{label} {n} {src}:{sport} {self.decisions.get(f, '?')}\n")
+        self.write("order.txt", "".join(lines))
+
+    # ------------------------------------------------------------ driver
+
+    def run(self) -> None:
+        for kind, args, lines in extract_events(self.scenario_sh):
+            if kind == "ipvsadm":
+                self.ipvsadm(args, "".join(x + "\n" for x in lines))
+            elif kind == "ipvs_rules":
+                rc, _o, e = self.ipvsadm(["-R"], "".join(x + "\n" for x in lines))
+                if rc:
+                    self.notes.append(f"ipvs_rules failed: {e.strip()}")
+            elif kind == "vs_sysctl":
+                self.transport.call({"cmd": "SET_SYSCTL", "name": args[0], "value": int(args[1])})
+            elif kind == "add_vip":
+                self.vips.add(ipaddress.ip_address(args[0]).packed)
+            elif kind == "mark_dst":
+                self.marks.append((args[0], args[1]))
+                self.notes.append(f"mark_dst {args[0]} {args[1]}: no packet marks offline")
+            elif kind == "dump_ipvs":
+                self.dump_ipvs(args[0] if args else "")
+            elif kind == "dump_conn":
+                self.dump_conn(args[0] if args else "")
+            elif kind == "transcript":
+                self.transcript(args[0], lines)
+            elif kind == "capture_start":
+                self.in_capture = True
+            elif kind == "client_steps":
+                self.steps.extend(("step", x) for x in lines)
+            elif kind == "http_get":
+                self.steps.append(("http_get", " ".join(args)))
+            elif kind == "capture_stop":
+                if self.in_capture:
+                    self.play_traffic()
+                self.in_capture = False
+            elif kind == "order_summary":
+                self.order()
+            elif kind in ("setup_nat", "start_servers", "cleanup", "snap", "dump_sysctl"):
+                pass
+            else:
+                self.notes.append(f"not modelled: {kind} {' '.join(args)}")
+        if self.requests and not os.path.exists(os.path.join(self.out, "order.txt")):
+            self.order()

@@ -1,0 +1,71 @@
+# Event recorder standing in for tests/kernel/lib/oracle.sh (offline backend).
+#
+# tests/kernel/diff/offline.py runs a scenario script with LIB pointing here
+# and DIFF_EVENTS naming a file: nothing is configured and no traffic is
+# sent; every library call (and every direct `ipvsadm`) is written to
+# DIFF_EVENTS as one record, "KIND<TAB>ARG<TAB>ARG...", followed by the
+# lines it read from stdin as "+<TAB>LINE" records.  The records go to fd 9
+# so that a scenario's own redirections (`ipvsadm -Ln > file`) cannot
+# swallow them.  The Python side then plays the records against PyIPVS.
+: "${OUT:?OUT must be set}" "${DIFF_EVENTS:?DIFF_EVENTS must be set}"
+exec 9>>"$DIFF_EVENTS"
+NSERVERS=0
+CLIENTS=
+
+ev() { local IFS=$'\t'; printf '%s\n' "$*" >&9; }
+ev_stdin() { local l; while IFS= read -r l || [ -n "$l" ]; do printf '+\t%s\n' "$l" >&9; done; }
+
+die() { ev die "$*"; echo "oracle.sh (diff stub): $*" >&2; exit 1; }
+load_ipvs() { :; }
+setup_nat() { NSERVERS=$1; ev setup_nat "$@"; }
+add_vip() { ev add_vip "$@"; }
+start_servers() { ev start_servers "$@"; }
+start_httpd() { start_servers "$@"; }
+ipvs_rules() { ev ipvs_rules; ev_stdin; }
+ipvsadm() {
+    ev ipvsadm "$@"
+    case " $* " in *" -R "*|*" --restore "*) ev_stdin ;; esac
+}
+vs_sysctl() { ev vs_sysctl "$@"; }
+snap() { ev snap "$@"; }
+dump_sysctl() { ev dump_sysctl "$@"; }
+dump_ipvs() { ev dump_ipvs "${1:-}"; }
+dump_conn() { ev dump_conn "${1:-}"; }
+capture_start() { ev capture_start "$@"; }
+capture_stop() { ev capture_stop; }
+http_seq() { ev client_steps "${1:-0}"; ev_stdin; }
+client_steps() { ev client_steps "${1:-0}"; ev_stdin; }
+http_get() { ev http_get "$@"; }
+transcript() { ev transcript "$1"; ev_stdin; }
+order_summary() { ev order_summary; }
+cleanup() { ev cleanup; }
+mark_dst() { ev mark_dst "$@"; }
+
+sched_lab() {
+    local n=$1 k a specs=
+    shift
+    CLIENTS=
+    for k in $(seq 2 33); do CLIENTS="$CLIENTS 198.51.100.$k"; done
+    # shellcheck disable=SC2086
+    setup_nat "$n" $CLIENTS
+    add_vip 203.0.113.5
+    for a in "$@"; do add_vip "$a"; done
+    for k in $(seq 1 "$n"); do specs="$specs $k:80"; done
+    # shellcheck disable=SC2086
+    start_servers $specs
+}
+PORT=40000
+req() { PORT=$((PORT + 1)); echo "$1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
+hold() { PORT=$((PORT + 1)); echo "!hold $1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
+step() { echo "!$*"; }
+snapshot() {
+    echo "!sh ipvsadm -Ln > \"\$OUT/$1-ipvsadm-Ln.txt\"; ipvsadm -Lnc > \"\$OUT/$1-ipvsadm-Lnc.txt\""
+}
+sched_run() {
+    capture_start client-side cli0
+    capture_start server-side br0
+    client_steps "${1:-0.05}"
+    capture_stop
+    order_summary
+    dump_ipvs
+}
