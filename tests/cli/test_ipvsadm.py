@@ -354,6 +354,30 @@ def _expire_close(got: str, want: str) -> tuple[str, str]:
     return "".join(g), "".join(w)
 
 
+def conn_listing_pairs() -> list[tuple[str, str]]:
+    """(scenario, prefix) of every -Lnc listing recorded with its /proc/net/ip_vs_conn."""
+    base = golden_base()
+    if base is None:
+        return []
+    pairs = []
+    for f in sorted(base.glob("*/*ipvsadm-Lnc.txt")):
+        prefix = f.name[: -len("ipvsadm-Lnc.txt")]
+        if (f.parent / f"{prefix}proc-net-ip_vs_conn.txt").exists():
+            pairs.append((f.parent.name, prefix))
+    return pairs
+
+
+@pytest.mark.parametrize(("scenario", "prefix"), conn_listing_pairs())
+def test_conn_listing_from_recorded_proc(scenario, prefix):
+    """-Lnc rebuilt from the /proc/net/ip_vs_conn text the kernel showed at (almost) the same moment."""
+    d = golden_base() / scenario
+    t = KernelView(NetnsIPVS(), conn_text=(d / f"{prefix}proc-net-ip_vs_conn.txt").read_text())
+    rc, out, err = run(t, ["-Lnc"])
+    assert (rc, err) == (0, "")
+    out, expected = _expire_close(out, (d / f"{prefix}ipvsadm-Lnc.txt").read_text())
+    assert out == expected
+
+
 def test_after_traffic_derivation_fails_on_wrong_counts():
     """The loader's cross-check with /proc/net/ip_vs_stats is a real check."""
     base = golden_base()
