@@ -45,7 +45,7 @@ from ipvs.core import NF_STOLEN, Director
 from ipvs.driver import pcap
 from ipvs.driver.replay import jiffies
 from ipvs.netlink import LocalTransport
-from tests.kernel.diff.compare import DIFFERENT, EQUAL, MISSING, Item
+from tests.kernel.diff.compare import DIFFERENT, EQUAL, Item
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")
@@ -160,6 +160,7 @@ class OfflineRun:
         self.n = 0
         self.decisions: dict[tuple[int, bytes, int], str] = {}
         self.traffic: Traffic | None = None
+        self.nservers = 0
         os.makedirs(out, exist_ok=True)
         if os.path.exists(os.path.join(golden, "client-side.pcap")):
             ts = [r.ts for r in pcap.read_file(os.path.join(golden, "client-side.pcap"))]
@@ -369,7 +370,10 @@ class OfflineRun:
         for label, n, src, sport, proto in self.requests:
             f = (proto, ipaddress.ip_address(src).packed, sport)
             # "?": the kernel's client capture has no frame of this request.
-            lines.append(f"{label} {n} {src}:{sport} {self.decisions.get(f, '?')}\n")
+            server = self.decisions.get(f, "?")
+            if server.startswith("rs") and int(server[2:]) > self.nservers:
+                server = "NONE"  # scheduled to an address where no server runs: no answer
+            lines.append(f"{label} {n} {src}:{sport} {server}\n")
         self.write("order.txt", "".join(lines))
 
     # ------------------------------------------------------------ driver
@@ -383,7 +387,7 @@ class OfflineRun:
                 if rc:
                     self.notes.append(f"ipvs_rules failed: {e.strip()}")
             elif kind == "vs_sysctl":
-                self.transport.call({"cmd": "SET_SYSCTL", "name": args[0], "value": int(args[1])})
+                self.transport.call({"version": 1, "cmd": "SET_SYSCTL", "name": args[0], "value": int(args[1])})
             elif kind == "add_vip":
                 self.vips.add(ipaddress.ip_address(args[0]).packed)
             elif kind == "mark_dst":
@@ -407,7 +411,9 @@ class OfflineRun:
                 self.in_capture = False
             elif kind == "order_summary":
                 self.order()
-            elif kind in ("setup_nat", "start_servers", "cleanup", "snap", "dump_sysctl"):
+            elif kind == "setup_nat":
+                self.nservers = int(args[0])
+            elif kind in ("start_servers", "cleanup", "snap", "dump_sysctl"):
                 pass
             else:
                 self.notes.append(f"not modelled: {kind} {' '.join(args)}")

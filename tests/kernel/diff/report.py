@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 
-from tests.kernel.diff.compare import DIFFERENT, EQUAL, MISSING, Item, compare_dirs
+from tests.kernel.diff.compare import DIFFERENT, EQUAL, Item, compare_dirs
 from tests.kernel.diff.offline import CANNOT, OfflineRun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

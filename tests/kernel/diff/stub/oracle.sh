@@ -15,6 +15,8 @@ CLIENTS=
 ev() { local IFS=$'\t'; printf '%s\n' "$*" >&9; }
 ev_stdin() { local l; while IFS= read -r l || [ -n "$l" ]; do printf '+\t%s\n' "$l" >&9; done; }
 
+# Scenario scripts wait for their own helpers; nothing runs here.
+sleep() { :; }
 die() { ev die "$*"; echo "oracle.sh (diff stub): $*" >&2; exit 1; }
 load_ipvs() { :; }
 setup_nat() { NSERVERS=$1; ev setup_nat "$@"; }
