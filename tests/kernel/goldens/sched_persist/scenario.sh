@@ -30,7 +30,7 @@ dump_ipvs before-
     for r in 1 2; do for k in $(seq 2 13); do req mask30-round$r 198.51.100.$k 203.0.113.5 81; done; done
     snapshot mask
     for k in $(seq 2 7); do req port0 198.51.100.$k 203.0.113.6 80; done
-    for k in $(seq 2 7); do req port0-other-port 198.51.100.$k 203.0.113.6 80; done
+    for k in $(seq 2 7); do req port0-again 198.51.100.$k 203.0.113.6 80; done
     for r in 1 2; do for k in $(seq 2 7); do req fwm5-round$r 198.51.100.$k 203.0.113.7 80; done; done
     step sh ipvsadm -e -t 203.0.113.5:80 -r 172.16.0.3:80 -m -w 0
     for k in $(seq 2 9); do req p30-rs2-w0 198.51.100.$k; done

@@ -1,7 +1,10 @@
 # UDP through VS/NAT both ways, one-packet scheduling (-o), and an ICMP port
 # unreachable from a real server with nothing on the UDP port, rewritten by
 # IPVS back to the client (see client-side.txt: the ICMP comes from the VIP
-# and quotes the client's original datagram to the VIP).
+# and quotes the client's original datagram to the VIP).  With -o, the
+# connection entry lives for one packet only: the real server's answer is not
+# rewritten (it leaves with 172.16.0.x as source, see the captures), so the
+# client's connected socket never gets it (TimeoutError in requests.txt).
 . "$LIB/oracle.sh"
 setup_nat 2 198.51.100.2 198.51.100.3
 add_vip 203.0.113.5
