@@ -48,7 +48,9 @@ from __future__ import annotations
 import argparse
 import fcntl
 import ipaddress
+import json
 import logging
+import os
 import shutil
 import socket
 import struct
@@ -248,7 +250,7 @@ class AFPacketDriver:
         if self.mode == "shared":
             nft.remove()
         for undo in getattr(self, "_undo", []):
-            subprocess.run(undo, capture_output=True)
+            _run_undo(undo)
         self._undo = []
 
     # ------------------------------------------------------------ services
@@ -645,12 +647,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=256, metavar="N", help="frames per ring drain (default %(default)s)")
 
 
-def _ethtool_off(ifname: str) -> list[str] | None:
+#: Where ``--strict-checksums`` notes how to restore each interface, so
+#: a start after a SIGKILL can put the offloads back first.
+STATE_DIR = "/run/pyipvs"
+
+
+def _undo_path(ifname: str) -> str:
+    ns = os.stat("/proc/self/ns/net").st_ino
+    return os.path.join(STATE_DIR, f"offloads-{ns}-{ifname}.json")
+
+
+def _run_undo(cmd: list[str]) -> None:
+    subprocess.run(cmd, capture_output=True)
+    try:
+        os.unlink(_undo_path(cmd[2]))
+    except OSError:
+        pass
+
+
+def restore_leftover_offloads() -> None:
+    """Undo the offload changes of an earlier daemon in this namespace that was killed."""
+    if not os.path.isdir(STATE_DIR):
+        return
+    prefix = f"offloads-{os.stat('/proc/self/ns/net').st_ino}-"
+    for name in os.listdir(STATE_DIR):
+        if name.startswith(prefix):
+            path = os.path.join(STATE_DIR, name)
+            try:
+                with open(path) as f:
+                    cmd = json.load(f)
+                subprocess.run(cmd, capture_output=True)
+            except (OSError, ValueError):
+                pass
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _ethtool_off(ifname: str) -> list[str]:
+    """``ethtool -K IF tx off tso off``; returns the command that restores the old state."""
     ethtool = shutil.which("ethtool")
     if ethtool is None:
         raise RuntimeError("--strict-checksums needs ethtool")
+    cur = subprocess.run([ethtool, "-k", ifname], capture_output=True, text=True, check=True).stdout
+    state = {}
+    for line in cur.splitlines():
+        key, _, val = line.partition(":")
+        state[key.strip()] = val.split()[0] if val.split() else "off"
+    undo = [ethtool, "-K", ifname, "tx", state.get("tx-checksumming", "on"),
+            "tso", state.get("tcp-segmentation-offload", "on")]
+    os.makedirs(STATE_DIR, exist_ok=True)
+    with open(_undo_path(ifname), "w") as f:
+        json.dump(undo, f)
     subprocess.run([ethtool, "-K", ifname, "tx", "off", "tso", "off"], capture_output=True, check=True)
-    return [ethtool, "-K", ifname, "tx", "on", "tso", "on"]
+    return undo
 
 
 def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
@@ -685,6 +736,7 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
     lo, _, hi = args.masq_ports.partition("-")
     undo = []
     ports: list[Port] = []
+    restore_leftover_offloads()
     try:
         if args.strict_checksums:
             for name, _role, _a in specs:
@@ -711,7 +763,7 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
         if args.mode == "shared":
             nft.remove()
         for u in undo:
-            subprocess.run(u, capture_output=True)
+            _run_undo(u)
         raise
     log.info("AF_PACKET data path on %s (%s mode)", ", ".join(f"{n} ({r})" for n, r, _ in specs), args.mode)
     return drv

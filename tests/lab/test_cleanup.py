@@ -1,0 +1,86 @@
+"""Nothing of ipvsd stays on the machine: clean stop, and SIGKILL then restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .conftest import ROOT, Lab, _skip_reason, lab_mod
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def shared_lab():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        lab_mod.up("shared", False)
+        yield Lab("shared", "shared", False)
+    finally:
+        lab_mod.down()
+
+
+def _director_pid() -> int:
+    return int(open(os.path.join(lab_mod.STATE, "director.pid")).read())
+
+
+def _start(strict: bool) -> int:
+    cmd = lab_mod.director_cmd("shared", strict)
+    pid = lab_mod.start("director", lab_mod.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
+    deadline = time.monotonic() + 20
+    while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
+        assert time.monotonic() < deadline, open(os.path.join(lab_mod.STATE, "director.log")).read()[-2000:]
+        time.sleep(0.1)
+    return pid
+
+
+def _kill9(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def _table(lab) -> bool:
+    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_DIR, "nft", "list", "table", "ip", "pyipvs"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def _tx(lab) -> str:
+    out = lab.run(lab_mod.NS_DIR, "ethtool", "-k", "d_out")
+    return next(line.split(":")[1].split()[0] for line in out.splitlines() if line.startswith("tx-checksumming"))
+
+
+def test_sigkill_leftovers_are_cleaned_by_the_next_start(shared_lab):
+    lab = shared_lab
+    assert _table(lab) and _tx(lab) == "on"
+    _kill9(_director_pid())
+    assert _table(lab), "the killed daemon's rules should still be there (nothing removed them)"
+    pid = _start(strict=True)
+    assert _tx(lab) == "off"
+    _kill9(pid)
+    assert _tx(lab) == "off"
+    pid = _start(strict=False)
+    assert _tx(lab) == "on", "a later start restores the offloads a killed daemon turned off"
+    assert _table(lab)
+    rules = subprocess.run(["ip", "netns", "exec", lab_mod.NS_DIR, "nft", "list", "table", "ip", "pyipvs"],
+                           capture_output=True, text=True).stdout
+    assert rules.count("chain pre") == 1
+    lab_mod.stop_pid(pid)
+    assert not _table(lab), "a clean stop removes the table"
+    left = [f for f in os.listdir("/run/pyipvs")] if os.path.isdir("/run/pyipvs") else []
+    assert not [f for f in left if f.endswith("-d_out.json")]
