@@ -12,8 +12,7 @@ kernel's name, meaning and unit.
 reads and changes one :class:`ipvs.netns.NetnsIPVS` and returns a reply
 dict; it never raises and never does I/O.
 
-Requests
-========
+.. rubric:: Requests
 
 A request is a dict::
 
@@ -62,8 +61,7 @@ sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
 ``/proc/net/<name>`` (one of :data:`PROC_NAMES`) and the
 ``net.ipv4.vs.*`` settings (:class:`ipvs.ctl.Sysctls`).
 
-Service attributes (``IPVS_SVC_ATTR_*``)
-----------------------------------------
+.. rubric:: Service attributes (``IPVS_SVC_ATTR_*``)
 
 ==============  ===========================================================
 af              u16: 2 (AF_INET) or 10 (AF_INET6); required
@@ -88,8 +86,7 @@ stats, stats64  replies only: ``conns inpkts outpkts inbytes outbytes cps
 A full entry (NEW/SET_SERVICE) needs ``sched_name``, ``flags``, ``timeout``
 and ``netmask``; a missing one is ``EINVAL``, as in the kernel.
 
-Destination attributes (``IPVS_DEST_ATTR_*``)
----------------------------------------------
+.. rubric:: Destination attributes (``IPVS_DEST_ATTR_*``)
 
 ==============  ===========================================================
 addr, port      text address and u16 port; required
@@ -103,16 +100,15 @@ l_threshold     u32 lower connection threshold (kernel: L_THRESH); full
 tun_type        u8: 0 ipip, 1 gue, 2 gre
 tun_port        u16 (GUE only, required there)
 tun_flags       u16: 0 nocsum, 1 csum, 2 remcsum
-active_conns, inact_conns, persist_conns, stats, stats64
-                replies only
+active_conns    replies only, like ``inact_conns``, ``persist_conns``,
+                ``stats`` and ``stats64``
 ==============  ===========================================================
 
 The threshold keys are spelt out (``u_threshold`` for the kernel's
 ``IPVS_DEST_ATTR_U_THRESH``) because that is the name the rest of PyIPVS and
 ``struct ip_vs_dest`` use.
 
-Daemon attributes (``IPVS_DAEMON_ATTR_*``)
-------------------------------------------
+.. rubric:: Daemon attributes (``IPVS_DAEMON_ATTR_*``)
 
 ``state`` (u32: 1 master, 2 backup), ``mcast_ifn`` (at most 15
 characters), ``sync_id`` (u32), ``sync_maxlen`` (u16), ``mcast_group``
@@ -120,8 +116,7 @@ characters), ``sync_id`` (u32), ``sync_maxlen`` (u16), ``mcast_group``
 ``mcast_ttl`` (u8).  PyIPVS records the sync daemon settings (so
 ``ipvsadm --daemon`` shows them) but sends no sync messages yet.
 
-Replies
-=======
+.. rubric:: Replies
 
 Success: ``{"version": 1, "ok": true, ...}``; failure::
 
@@ -132,8 +127,7 @@ Success: ``{"version": 1, "ok": true, ...}``; failure::
 ``EEXIST``, ``ENOENT``, ``EINVAL``, ``ERANGE`` ...), so a client prints the
 same messages as ipvsadm does.
 
-Differences from the kernel, and why
-====================================
+.. rubric:: Differences from the kernel, and why
 
 * Addresses are text, not 16 raw bytes: the family is checked against
   ``af`` instead of being implied by how many bytes are read.

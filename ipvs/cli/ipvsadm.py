@@ -316,6 +316,9 @@ def _strtol(s: str) -> tuple[int | None, str, bool]:
 
 def string_to_number(s: str, lo: int, hi: int) -> int:
     """ipvsadm's ``string_to_number``: the whole string, in range, or -1."""
+    if s.isascii() and s.isdigit() and len(s) < 19:
+        v = int(s)  # the common case, without the regular expression
+        return v if lo <= v <= hi else -1
     v, rest, overflow = _strtol(s)
     if v is not None and rest == "" and not overflow and lo <= v <= hi:
         return v
@@ -331,7 +334,8 @@ def _atoi(s: str) -> int:
 
 
 def str_is_digit(s: str) -> bool:
-    return all("0" <= c <= "9" for c in s)
+    """True for digits only, and for the empty string (as the C loop finds no non-digit)."""
+    return not s or (s.isascii() and s.isdigit())
 
 
 def _inet_aton(s: str) -> bytes | None:
@@ -649,8 +653,11 @@ def _wrap(a: int, b: int) -> int:
     return _int32(a - b)
 
 
-def _words(addr: bytes) -> list[int]:
-    return [int.from_bytes(addr[i : i + 4], "big") for i in range(0, 16, 4)]
+_WORDS4 = __import__("struct").Struct("!4I")
+
+
+def _words(addr: bytes) -> tuple[int, ...]:
+    return _WORDS4.unpack(addr)
 
 
 def cmp_services(s1: ServiceEntry, s2: ServiceEntry) -> int:
