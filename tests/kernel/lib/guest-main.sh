@@ -7,6 +7,8 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL=C LANG=C HOME=/root
 export LIB=/share/lib
+# Files given with "ipvs-kernel run --input": read-only inputs.
+export IN=/share/input
 SHARE=/share
 hostname oracle
 ip link set lo up
