@@ -25,12 +25,12 @@ against an in-process PyIPVS (:class:`ipvs.core.Director` behind
 What this backend cannot reproduce, and says so (MISSING items):
 ``requests.txt`` and the real servers' logs (no sockets), traffic of
 scenarios recorded without captures, and anything the stub does not model
-(``mark_dst``: the core has no packet-mark input, so fwmark services see no
-offline traffic).
+(``mark_dst`` is emulated: see :func:`packet_marks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -40,6 +40,7 @@ import subprocess
 import tempfile
 
 from ipvs import procfs
+from ipvs.cli.ipvsadm import Resolver
 from ipvs.cli.ipvsadm import main as ipvsadm_main
 from ipvs.core import NF_STOLEN, Director
 from ipvs.driver import pcap
@@ -70,6 +71,48 @@ CANNOT = {
     r"rs\d+-.*\.log": "offline: no real servers run",
     r"ftp-session\.txt": "offline: no FTP client runs",
 }
+
+
+class GuestResolver(Resolver):
+    """Name lookups as the VM answers them: it has no network, so only its
+    /etc/hosts (localhost) resolves; services come from /etc/services as
+    there (netbase).  Asking this host's DNS would wait on timeouts and could
+    give answers the VM never saw."""
+
+    def host_to_addr(self, name: str) -> bytes | None:
+        return b"\x7f\0\0\1" if name == "localhost" else None
+
+    def addr_to_host(self, af: int, packed: bytes) -> str | None:
+        return "localhost" if packed == b"\x7f\0\0\1" else None
+
+
+@contextlib.contextmanager
+def packet_marks(marks: list[tuple[str, str]]):
+    """What ``mark_dst`` does with iptables: packets to CIDR carry MARK.
+
+    The core has no packet-mark input, so while a scenario with marks plays,
+    its service lookup (``ipvs.core.service_get``, the kernel's
+    ``ip_vs_service_find``) is handed the mark of the packet's destination.
+    """
+    if not marks:
+        yield
+        return
+    import ipvs.core as core
+
+    inner = core.service_get
+    nets = [(ipaddress.ip_network(c), int(m)) for c, m in marks]
+
+    def lookup(ipvs, af, fwmark, protocol, addr, port):
+        if not fwmark and len(addr) == 4:
+            ip = ipaddress.ip_address(bytes(addr))
+            fwmark = next((m for n, m in nets if ip in n), 0)
+        return inner(ipvs, af, fwmark, protocol, addr, port)
+
+    core.service_get = lookup
+    try:
+        yield
+    finally:
+        core.service_get = inner
 
 
 def extract_events(scenario: str, timeout: float = 60) -> list[tuple[str, list[str], list[str]]]:
@@ -173,7 +216,8 @@ class OfflineRun:
     def ipvsadm(self, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
         self.d.run_timers(self.now)
         out, err = io.StringIO(), io.StringIO()
-        rc = ipvsadm_main(argv, transport=self.transport, stdout=out, stderr=err, stdin=io.StringIO(stdin))
+        rc = ipvsadm_main(argv, transport=self.transport, stdout=out, stderr=err, stdin=io.StringIO(stdin),
+                          resolver=GuestResolver())
         return rc, out.getvalue(), err.getvalue()
 
     def write(self, name: str, text: str) -> None:
@@ -392,7 +436,6 @@ class OfflineRun:
                 self.vips.add(ipaddress.ip_address(args[0]).packed)
             elif kind == "mark_dst":
                 self.marks.append((args[0], args[1]))
-                self.notes.append(f"mark_dst {args[0]} {args[1]}: no packet marks offline")
             elif kind == "dump_ipvs":
                 self.dump_ipvs(args[0] if args else "")
             elif kind == "dump_conn":
@@ -407,7 +450,8 @@ class OfflineRun:
                 self.steps.append(("http_get", " ".join(args)))
             elif kind == "capture_stop":
                 if self.in_capture:
-                    self.play_traffic()
+                    with packet_marks(self.marks):
+                        self.play_traffic()
                 self.in_capture = False
             elif kind == "order_summary":
                 self.order()

@@ -7,9 +7,9 @@
 # (a directory whose `ipvsadm` is tools/ipvsadm), and which removes every
 # namespace and process of the run afterwards, even when the script fails.
 #
-#   netns ${P}cli: eth0 198.51.100.2.. /24 --- cli0 [198.51.100.1 by ipvsd]
-#                                               ${P}dir: tools/ipvsd on AF_PACKET
-#   netns ${P}rsK: eth0 172.16.0.(K+1)/24 --- rsK -- br0 [172.16.0.1 by ipvsd]
+#   netns ${_PYD_P}cli: eth0 198.51.100.2.. /24 --- cli0 [198.51.100.1 by ipvsd]
+#                                               ${_PYD_P}dir: tools/ipvsd on AF_PACKET
+#   netns ${_PYD_P}rsK: eth0 172.16.0.(K+1)/24 --- rsK -- br0 [172.16.0.1 by ipvsd]
 #
 # Differences from the kernel's lab, and why: the director is a namespace of
 # its own (not the root namespace) and its kernel holds no addresses (spare
@@ -19,9 +19,9 @@
 
 export PATH LC_ALL=C LANG=C
 : "${OUT:?OUT must be set}" "${LIB:?LIB must be set}" "${PYIPVS_DIFF_PREFIX:?}" "${PYIPVS_DIFF_RUN:?}"
-P=$PYIPVS_DIFF_PREFIX
-RUN=$PYIPVS_DIFF_RUN
-ROOT=$(cd "$LIB/../../../.." && pwd)
+_PYD_P=$PYIPVS_DIFF_PREFIX
+_PYD_RUN=$PYIPVS_DIFF_RUN
+_PYD_ROOT=$(cd "$LIB/../../../.." && pwd)
 SERVERS_PID=
 CAP_PIDS=
 CAP_NAMES=
@@ -29,69 +29,69 @@ NSERVERS=0
 
 die() { echo "oracle.sh (pyipvs lab): $*" >&2; exit 1; }
 # Every process this library starts, for lab.py's cleanup if we die.
-track() { echo "$1" >> "$RUN/pids"; }
+track() { echo "$1" >> "$_PYD_RUN/pids"; }
 load_ipvs() { :; }
 
 setup_nat() {
     local n=$1 k a
     shift
     NSERVERS=$n
-    ip netns add "${P}dir" || die "netns add"
-    ip netns add "${P}cli" || die "netns add"
-    for k in $(seq 1 "$n"); do ip netns add "${P}rs$k" || die "netns add"; done
-    ip link add cli0 netns "${P}dir" type veth peer name eth0 netns "${P}cli" || die "veth cli"
+    ip netns add "${_PYD_P}dir" || die "netns add"
+    ip netns add "${_PYD_P}cli" || die "netns add"
+    for k in $(seq 1 "$n"); do ip netns add "${_PYD_P}rs$k" || die "netns add"; done
+    ip link add cli0 netns "${_PYD_P}dir" type veth peer name eth0 netns "${_PYD_P}cli" || die "veth cli"
     {
         echo "link set dev lo up"
         echo "link add br0 type bridge forward_delay 0"
         echo "link set dev br0 addrgenmode none"
         echo "link set dev cli0 addrgenmode none"
         echo "link set dev cli0 up"
-    } | ip -n "${P}dir" -batch - || die "ip -batch (director)"
+    } | ip -n "${_PYD_P}dir" -batch - || die "ip -batch (director)"
     for k in $(seq 1 "$n"); do
-        ip link add "rs$k" netns "${P}dir" type veth peer name eth0 netns "${P}rs$k" || die "veth rs$k"
+        ip link add "rs$k" netns "${_PYD_P}dir" type veth peer name eth0 netns "${_PYD_P}rs$k" || die "veth rs$k"
         printf '%s\n' "link set dev rs$k addrgenmode none" "link set dev rs$k master br0" \
-            "link set dev rs$k up" | ip -n "${P}dir" -batch - || die "ip -batch (director rs$k)"
+            "link set dev rs$k up" | ip -n "${_PYD_P}dir" -batch - || die "ip -batch (director rs$k)"
         printf '%s\n' "link set dev lo up" "link set dev eth0 addrgenmode none" \
             "addr add 172.16.0.$((k + 1))/24 dev eth0" "link set dev eth0 up" \
-            "route add default via 172.16.0.1" | ip -n "${P}rs$k" -batch - || die "ip -batch (rs$k)"
-        ip netns exec "${P}rs$k" ethtool -K eth0 tx off > /dev/null 2>&1
+            "route add default via 172.16.0.1" | ip -n "${_PYD_P}rs$k" -batch - || die "ip -batch (rs$k)"
+        ip netns exec "${_PYD_P}rs$k" ethtool -K eth0 tx off > /dev/null 2>&1
     done
-    ip -n "${P}dir" link set dev br0 up || die "br0 up"
+    ip -n "${_PYD_P}dir" link set dev br0 up || die "br0 up"
     {
         echo "link set dev lo up"
         echo "link set dev eth0 addrgenmode none"
         for a in "$@"; do echo "addr add $a/24 dev eth0"; done
         echo "link set dev eth0 up"
         echo "route add default via 198.51.100.1"
-    } | ip -n "${P}cli" -batch - || die "ip -batch (cli)"
-    ip netns exec "${P}cli" ethtool -K eth0 tx off > /dev/null 2>&1
+    } | ip -n "${_PYD_P}cli" -batch - || die "ip -batch (cli)"
+    ip netns exec "${_PYD_P}cli" ethtool -K eth0 tx off > /dev/null 2>&1
     # The director: ipvsd on AF_PACKET, spare mode (the kernel has no addresses).
-    ip netns exec "${P}dir" python3 "$ROOT/tools/ipvsd" --foreground --socket "$IPVS_SOCKET" \
+    ip netns exec "${_PYD_P}dir" python3 "$_PYD_ROOT/tools/ipvsd" --foreground --socket "$IPVS_SOCKET" \
         --outer cli0 --outer-addr 198.51.100.1/24 --inner br0 --inner-addr 172.16.0.1/24 \
-        --mode spare --strict-checksums > "$RUN/ipvsd.log" 2>&1 &
+        --mode spare --strict-checksums > "$_PYD_RUN/ipvsd.log" 2>&1 &
     track $!
     for k in $(seq 1 200); do
         ipvsadm -Ln > /dev/null 2>&1 && break
-        kill -0 "$!" 2>/dev/null || die "ipvsd died: $(tail -5 "$RUN/ipvsd.log")"
+        kill -0 "$!" 2>/dev/null || die "ipvsd died: $(tail -5 "$_PYD_RUN/ipvsd.log")"
         sleep 0.05
     done
-    ipvsadm -Ln > /dev/null 2>&1 || die "ipvsd did not answer: $(tail -5 "$RUN/ipvsd.log")"
+    ipvsadm -Ln > /dev/null 2>&1 || die "ipvsd did not answer: $(tail -5 "$_PYD_RUN/ipvsd.log")"
 }
 
 # VIPs are whatever ipvsd's services name; nothing to configure.
-add_vip() { echo "$1" >> "$RUN/vips"; }
+add_vip() { echo "$1" >> "$_PYD_RUN/vips"; }
 
 start_servers() {
     local i
-    python3 "$LIB/nsrun.py" servers.py "$OUT" "$@" > "$RUN/servers.out" 2> "$OUT/servers.err" &
+    python3 "$LIB/nsrun.py" servers.py "$OUT" "$@" > "$_PYD_RUN/servers.out" 2> "$OUT/servers.err" &
     SERVERS_PID=$!
     track "$SERVERS_PID"
     for i in $(seq 1 300); do
-        grep -q ready "$RUN/servers.out" 2>/dev/null && break
+        grep -q ready "$_PYD_RUN/servers.out" 2>/dev/null && break
         kill -0 "$SERVERS_PID" 2>/dev/null || die "servers.py died: $(cat "$OUT/servers.err")"
         sleep 0.05
     done
-    grep -q ready "$RUN/servers.out" || die "servers not ready"
+    grep -q ready "$_PYD_RUN/servers.out" || die "servers not ready"
     [ -s "$OUT/servers.err" ] || rm -f "$OUT/servers.err"
 }
 start_httpd() { start_servers "$@"; }
@@ -123,17 +123,17 @@ dump_conn() {
 capture_start() {
     local name=$1 dev=$2 i
     shift 2
-    rm -f "$RUN/cap-$name.err"
-    ip netns exec "${P}dir" tcpdump -i "$dev" -nn -U -s 0 -Z root -w "$RUN/$name.pcap" "$@" \
-        2> "$RUN/cap-$name.err" &
+    rm -f "$_PYD_RUN/cap-$name.err"
+    ip netns exec "${_PYD_P}dir" tcpdump -i "$dev" -nn -U -s 0 -Z root -w "$_PYD_RUN/$name.pcap" "$@" \
+        2> "$_PYD_RUN/cap-$name.err" &
     CAP_PIDS="$CAP_PIDS $!"
     CAP_NAMES="$CAP_NAMES $name"
     track $!
     for i in $(seq 1 300); do
-        grep -q "listening on" "$RUN/cap-$name.err" 2>/dev/null && return 0
+        grep -q "listening on" "$_PYD_RUN/cap-$name.err" 2>/dev/null && return 0
         sleep 0.05
     done
-    die "tcpdump on $dev did not start: $(cat "$RUN/cap-$name.err")"
+    die "tcpdump on $dev did not start: $(cat "$_PYD_RUN/cap-$name.err")"
 }
 
 capture_stop() {
@@ -142,8 +142,8 @@ capture_stop() {
     for p in $CAP_PIDS; do kill -INT "$p" 2>/dev/null; done
     for p in $CAP_PIDS; do wait "$p" 2>/dev/null; done
     for n in $CAP_NAMES; do
-        cp "$RUN/$n.pcap" "$OUT/$n.pcap"
-        tcpdump -nn -v -tt -r "$RUN/$n.pcap" > "$OUT/$n.txt" 2>/dev/null
+        cp "$_PYD_RUN/$n.pcap" "$OUT/$n.pcap"
+        tcpdump -nn -v -tt -r "$_PYD_RUN/$n.pcap" > "$OUT/$n.txt" 2>/dev/null
     done
     CAP_PIDS=
     CAP_NAMES=
@@ -151,7 +151,7 @@ capture_stop() {
 
 http_seq() { python3 "$LIB/nsrun.py" client.py "${1:-0}"; }
 client_steps() { python3 "$LIB/nsrun.py" client.py "${1:-0}"; }
-http_get() { ip netns exec "${P}cli" curl -s -m 10 --interface "$1" --local-port "$2" "$3"; }
+http_get() { ip netns exec "${_PYD_P}cli" curl -s -m 10 --interface "$1" --local-port "$2" "$3"; }
 transcript() { python3 "$LIB/../../lib/transcript.py" "$OUT/$1"; }
 
 order_summary() {
