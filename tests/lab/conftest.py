@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -96,7 +97,7 @@ class Lab:
         return self.run(lab_mod.NS_CLIENT, *cmd, **kw)
 
     def ipvsadm(self, *args: str) -> str:
-        return self.run(lab_mod.NS_DIR, "python3", os.path.join(ROOT, "tools", "ipvsadm"), *args)
+        return self.run(lab_mod.NS_DIR, sys.executable, os.path.join(ROOT, "tools", "ipvsadm"), *args)
 
     def conns(self) -> list[dict]:
         """``ipvsadm -Lnc`` as dicts: pro, expire (s), state, source, virtual, destination."""
