@@ -723,8 +723,11 @@ def services_sorted_by_bucket(ipvs: NetnsIPVS) -> list[Service]:
     recently hashed service comes first.
     """
     order = ipvs.svc_order
+    # The kernel XORs ((size_t)ipvs >> 8) into both hash keys: a per-netns
+    # byte (ipvs.svc_hash_salt) that rotates the bucket order.
+    salt = ipvs.svc_hash_salt & IP_VS_SVC_TAB_MASK
     normal = [s for s in order if not s.fwmark]
     fwm = [s for s in order if s.fwmark]
-    normal.sort(key=lambda s: (s.hash_bucket(), -order[s]))
-    fwm.sort(key=lambda s: (s.hash_bucket(), -order[s]))
+    normal.sort(key=lambda s: (s.hash_bucket() ^ salt, -order[s]))
+    fwm.sort(key=lambda s: (s.hash_bucket() ^ salt, -order[s]))
     return normal + fwm

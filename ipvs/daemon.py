@@ -426,13 +426,24 @@ class InProcessTransport:
 class ProcfsWriter:
     """Writes the ``/proc`` views into ``root`` the way ``/proc`` lays them out:
     ``root/net/ip_vs*`` and ``root/sys/net/ipv4/vs/*``, each file replaced
-    atomically so a reader (node_exporter) never sees half a file."""
+    atomically so a reader (node_exporter) never sees half a file.
 
-    def __init__(self, ipvs: NetnsIPVS, root: str | os.PathLike) -> None:
+    The daemon calls :meth:`write` every second.  A view that is slow to
+    render (``ip_vs_conn`` with a hundred thousand connections) is
+    refreshed less often, so that rendering it takes at most
+    ``1/budget`` of the director's time: the data path runs in the same
+    loop and must not stall for it.
+    """
+
+    def __init__(self, ipvs: NetnsIPVS, root: str | os.PathLike, budget: float = 50.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ipvs = ipvs
         self.root = Path(root)
+        self.budget = budget
+        self.clock = clock
         self.written: set[Path] = set()
         self.created: list[Path] = []
+        self.next_due: dict[str, float] = {}
 
     def _mkdir(self, d: Path) -> None:
         missing = []
@@ -450,13 +461,18 @@ class ProcfsWriter:
         os.replace(tmp, path)
         self.written.add(path)
 
-    def write(self, now: int) -> None:
+    def write(self, now: int, force: bool = False) -> None:
+        """Write every view that is due (all of them with ``force``)."""
         net = self.root / "net"
         vs = self.root / "sys" / "net" / "ipv4" / "vs"
         self._mkdir(net)
         self._mkdir(vs)
         for name in procfs.PROC_NAMES:
+            t0 = self.clock()
+            if not force and t0 < self.next_due.get(name, 0.0):
+                continue
             self._write(net / name, procfs.render(self.ipvs, name, now))
+            self.next_due[name] = t0 + (self.clock() - t0) * self.budget
         for name, text in procfs.render_sysctl(self.ipvs).items():
             self._write(vs / name, text)
 
@@ -534,7 +550,7 @@ class Daemon:
             ipvs, self.director, socket_path, allowed_gid, max_request=max_request, selector=self.sel, clock=clock
         )
         self.driver = None
-        self.procfs = ProcfsWriter(ipvs, procfs_dir) if procfs_dir else None
+        self.procfs = ProcfsWriter(ipvs, procfs_dir, clock=clock) if procfs_dir else None
         self.procfs_interval = procfs_interval
         self.rules_file = rules_file
         self.save_file = save_file
@@ -650,7 +666,7 @@ class Daemon:
         if self.rules_file:
             self.load_rules(self.rules_file)
         if self.procfs is not None:
-            self.procfs.write(self.now())
+            self.procfs.write(self.now(), force=True)
             self._next_procfs = self.clock() + self.procfs_interval
         log.info("control socket %s", display_address(self.address))
 
@@ -805,6 +821,9 @@ def build_parser(driver_mod=None):
                    "(for node_exporter --path.procfs DIR)")
     p.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
                    help="set a net.ipv4.vs setting at start (repeatable), e.g. --set sloppy_tcp=1")
+    p.add_argument("--ftp", nargs="?", const="21", metavar="PORTS",
+                   help="load the FTP helper (modprobe ip_vs_ftp) for these virtual ports, comma separated, "
+                   "up to 8 (default 21)")
     p.add_argument("--conn-tab-bits", type=int, metavar="N",
                    help="connection table size 2^N, 8..20 (default 12), as the ip_vs module parameter")
     p.add_argument("--log-level", default="0", metavar="LEVEL",
@@ -881,6 +900,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set wants NAME=INTEGER, not {item!r}")
         if not sep:
             parser.error(f"--set wants NAME=INTEGER, not {item!r}")
+    ftp_ports = None
+    if args.ftp is not None:
+        try:
+            ftp_ports = tuple(int(x) for x in args.ftp.split(",") if x.strip())
+        except ValueError:
+            parser.error(f"--ftp wants port numbers like 21,2121, not {args.ftp!r}")
     gid = None
     if args.group:
         try:
@@ -906,6 +931,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ipvsd: --set {name}={value}: {reply.get('message')}", file=sys.stderr)
                 daemon.shutdown()
                 return 2
+        if ftp_ports is not None:
+            from ipvs.app import ftp
+
+            ftp.register(ipvs, ports=ftp_ports)
         if driver_mod is not None:
             driver = driver_mod.from_args(args, daemon.director)
             if driver is not None:

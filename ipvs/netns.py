@@ -42,6 +42,9 @@ class NetnsIPVS:
     est: Estimator = None  # type: ignore[assignment]
     apps: dict = attrs.field(factory=dict)  # (protocol, port) -> app incarnation
     enable: bool = False
+    #: The byte of the netns address the kernel mixes into the service hash
+    #: (``(size_t)ipvs >> 8``); it only decides the /proc and --nosort order.
+    svc_hash_salt: int = 0
     now: int = 0
     #: Drops and not-handled packets by reason (ipvs.packet.Drop).
     drops: collections.Counter = attrs.field(factory=collections.Counter)

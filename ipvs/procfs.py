@@ -251,8 +251,14 @@ def _render_ip_vs_stats_percpu(ipvs: NetnsIPVS, ncpu: int | None) -> str:
 
 def _render_ip_vs_app(ipvs: NetnsIPVS) -> str:
     out = ["prot port    usecnt name\n"]
-    # The kernel adds incarnations at the head of its lists: newest first.
-    for inc in reversed(list(ipvs.apps.values())):
+    try:
+        from ipvs.app import incarnations
+    except ImportError:  # no application helpers in this PyIPVS
+        incs = reversed(list(ipvs.apps.values()))
+    else:
+        # Newest app first, and within it the port registered last.
+        incs = incarnations(ipvs)
+    for inc in incs:
         out.append(f"{proto_name(inc.protocol):<3}  {inc.port:<7d} {inc.usecnt:<6d} {inc.name:<17}\n")
     return "".join(out)
 
