@@ -499,7 +499,11 @@ class Director:
         if h.fragoffs or h.more_frags:
             ipvs.drops[Drop.FRAGMENT] += 1
             return NF_ACCEPT
-        if h.end - h.l4 < 8 or buf[h.l4] not in RELATED_TYPES:
+        if h.end - h.l4 < 8:
+            # ip_vs_in_icmp/ip_vs_out_icmp: no ICMP header to read is NF_DROP.
+            ipvs.drops[Drop.BAD_L4] += 1
+            return NF_DROP
+        if buf[h.l4] not in RELATED_TYPES:
             return NF_ACCEPT
         q = parse_quoted(buf, h.l4, h.end)
         if q is None or q.protocol not in (IPPROTO_TCP, IPPROTO_UDP) or q.fragoffs:

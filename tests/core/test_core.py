@@ -802,3 +802,15 @@ def test_time_exceeded_for_a_reply_does_not_come_from_the_vip():
     [err] = lab.ipvs.outbox
     assert IP(bytes(err)).dst == ip(cp.daddr)
     assert IP(bytes(err)).src != VIP
+
+
+def test_truncated_icmp_header_is_dropped():
+    """ip_vs_in_icmp / ip_vs_out_icmp: fewer than 8 bytes of ICMP header
+    (skb_header_pointer fails) is NF_DROP, with the packet counted as related."""
+    lab = web()
+    for n in (0, 4, 7):
+        buf = bytearray(bytes(IP(src=CLI, dst=VIP, proto=1) / (b"\x03\x03" + bytes(n))[:n]))
+        assert lab.send(buf) == NF_DROP
+    assert lab.ipvs.drops[Drop.BAD_L4] == 3
+    # Eight bytes are enough: an echo request is simply not related.
+    assert lab.send(bytearray(bytes(IP(src=CLI, dst=VIP) / ICMP(type=8)))) == NF_ACCEPT
