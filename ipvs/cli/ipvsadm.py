@@ -1925,6 +1925,10 @@ def main(argv: list[str], transport: Any = None, stdout: TextIO | None = None, s
         return _exit_status(tool.process_options(argv, False))
     except _Exit as e:
         return _exit_status(e.code)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        # A reply that does not fit the schema (a foreign or broken daemon).
+        tool.err.write(f"{PROG}: unexpected reply from the director: {type(e).__name__}: {e}\n")
+        return 255
 
 
 def restore(lines: Iterable[str], transport: Any, stderr: TextIO | None = None, stdout: TextIO | None = None,

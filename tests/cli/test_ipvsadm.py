@@ -761,6 +761,17 @@ def test_kernel_range_errors():
         255, "", "Invalid operation.  Possibly wrong module version, address not unicast, ...\n")
 
 
+def test_garbled_replies_give_an_exit_code():
+    class Garbled:
+        def call(self, req):
+            if req["cmd"] == "GET_INFO":
+                return {"ok": True, "info": {"version": 0x010201, "conn_tab_size": 4096}}
+            return {"ok": True, "services": [{"af": 2, "addr": 7}], "dests": "x"}
+
+    rc, out, err = run(Garbled(), ["-Ln"])
+    assert rc == 255 and err.startswith("ipvsadm: unexpected reply from the director:")
+
+
 def test_help_and_version_need_no_daemon():
     def refuse():
         raise ConnectionRefusedError(111, "Connection refused")
@@ -847,5 +858,6 @@ def test_random_argv_always_gives_an_exit_code(argv, stdin):
     t = LocalTransport(NetnsIPVS())
     rc, out, err = run(t, argv, stdin)
     assert isinstance(rc, int) and (0 <= rc <= 255 or rc == -11)
+    assert "unexpected reply" not in err  # our own replies always fit
     if rc == 0:
         assert err == "" or "Warning" in err or err.endswith("\n")
