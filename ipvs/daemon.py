@@ -70,6 +70,8 @@ OUT_HIGH_WATER = 8 << 20
 RECV_CHUNK = 64 << 10  # below malloc's mmap threshold: recv() allocates this much each call
 #: Most clients connected at once; more are answered EAGAIN and closed.
 MAX_CLIENTS = 256
+#: How long to stop accepting after accept() failed (out of descriptors).
+ACCEPT_PAUSE_S = 0.1
 #: A client that has sent part of a frame and nothing more for this long is dropped.
 IDLE_TIMEOUT_S = 60.0
 
@@ -158,6 +160,7 @@ class ControlServer:
         self.errors = 0
         self.refused = 0
         self._dispatch: Callable | None = None
+        self._accept_paused_until: float | None = None
         self._listen = self._bind(self.address)
         self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
 
@@ -207,7 +210,8 @@ class ControlServer:
         for peer in list(self.peers.values()):
             self._drop(peer)
         if self._listen.fileno() >= 0:
-            self.sel.unregister(self._listen)
+            if self._accept_paused_until is None:
+                self.sel.unregister(self._listen)
             self._listen.close()
             if not self.address.startswith("\0"):
                 try:
@@ -221,6 +225,7 @@ class ControlServer:
         """Handle whatever is ready (standalone use, with the own selector)."""
         for key, mask in self.sel.select(timeout):
             key.data(mask)
+        self.tick()
 
     # --------------------------------------------------------- clients
 
@@ -237,8 +242,13 @@ class ControlServer:
                 sock, _ = self._listen.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # EMFILE and friends: keep serving the others
+            except OSError as e:
+                # EMFILE and friends: the connection stays queued and the
+                # socket stays readable, so stop listening for a moment
+                # instead of spinning; keep serving the others.
                 log.warning("accept on control socket failed: %s", e)
+                self.sel.unregister(self._listen)
+                self._accept_paused_until = self.clock() + ACCEPT_PAUSE_S
                 return
             sock.setblocking(False)
             try:
@@ -396,6 +406,12 @@ class ControlServer:
             if want:
                 self.sel.modify(peer.sock, want, lambda m, p=peer: self._on_peer(p, m))
             peer.events = want
+
+    def tick(self) -> None:
+        """Resume accepting after a pause (called by the main loop)."""
+        if self._accept_paused_until is not None and self.clock() >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
 
     def sweep(self) -> None:
         """Drop clients that stalled in the middle of a frame."""
@@ -711,6 +727,7 @@ class Daemon:
             key.data(mask)
         now = self.now()
         self._run_timers(now)
+        self.server.tick()
         if self.driver is not None:
             self.driver.on_idle(now)
         now_s = self.clock()

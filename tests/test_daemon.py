@@ -782,3 +782,41 @@ def test_procfs_writer_spaces_out_slow_views(tmp_path, monkeypatch):
     assert rendered["ip_vs_conn"] == [0, 5, 10, 15]  # 0.1 s x 50 = every 5 s
     w.write(20, force=True)
     assert rendered["ip_vs_conn"][-1] == 20
+
+
+def test_out_of_descriptors_pauses_accept_instead_of_spinning(tmp_path):
+    """accept() failing (EMFILE) must not turn the loop into a busy spin."""
+    import resource
+
+    ipvs = NetnsIPVS()
+    d = Daemon(ipvs, socket_path=str(tmp_path / "s.sock"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hold = []
+    try:
+        d.run_once(timeout=0)
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(d.address)
+        # Use up every descriptor so that the daemon's accept() fails.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        try:
+            while True:
+                hold.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        loops, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 0.05:
+            d.run_once(timeout=0.2)
+            loops += 1
+        assert loops < 5  # paused: select() sleeps instead of returning at once
+    finally:
+        for fd in hold:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        time.sleep(0.15)
+        d.run_once(timeout=0.1)  # resumes accepting
+        d.run_once(timeout=0.1)
+        assert d.server._accept_paused_until is None and len(d.server.peers) == 1
+        c.close()
+    finally:
+        d.shutdown()
