@@ -343,6 +343,11 @@ def test_udp_one_packet_scheduling_keeps_no_connection():
     assert dsts == [RS2, RS1, RS2, RS1]
     assert counters(rs1) == counters(rs2) == (0, 0)
     assert (rs1.stats.conns, rs2.stats.conns) == (2, 2)
+    # No entry, so the real server's answer is not un-NATed (as the kernel's
+    # udp_icmp capture shows: it leaves with the real server's address).
+    rep = udp(RS1, 53, CLI, 4000)
+    orig = bytes(rep)
+    assert lab.send(rep) == NF_ACCEPT and bytes(rep) == orig
 
 
 def test_one_packet_flag_is_ignored_for_tcp():
@@ -814,3 +819,104 @@ def test_truncated_icmp_header_is_dropped():
     assert lab.ipvs.drops[Drop.BAD_L4] == 3
     # Eight bytes are enough: an echo request is simply not related.
     assert lab.send(bytearray(bytes(IP(src=CLI, dst=VIP) / ICMP(type=8)))) == NF_ACCEPT
+
+
+# ------------------------------------------------ against the kernel's record
+
+
+def _golden(name):
+    from tests.kernel_capture import golden_dir
+
+    g = golden_dir(name)
+    if g is None:
+        pytest.skip(f"{name} golden not available")
+    return g
+
+
+def test_tcp_state_trajectories_match_the_kernel():
+    """The tcp_states golden: crafted segments (SYN only, SYN+RST, closes
+    from either side, ACK without connection, SYN on TIME_WAIT with
+    conn_reuse_mode 1 and 0, RST, --set timeouts) were sent through kernel
+    6.1 and /proc/net/ip_vs_conn was dumped after every step.  Replaying
+    both captures through the core, every dump must show the same entries,
+    states and (within a second) expiry times."""
+    import json
+    import os
+
+    from ipvs.driver import pcap, replay
+
+    g = _golden("tcp_states")
+    vip, rs = A(VIP), A(RS1)
+    cli = [r for r in pcap.read_file(os.path.join(g, "client-side.pcap")) if r.data[30:34] == vip]
+    srv = [r for r in pcap.read_file(os.path.join(g, "server-side.pcap")) if r.data[26:30] == rs]
+    frames = sorted(cli + srv, key=lambda r: r.ts)
+    with open(os.path.join(g, "tcp-states.jsonl")) as f:
+        steps = [json.loads(line) for line in f]
+    first = next(s for s in steps if s["step"] == "send")
+    first_ts = min(r.ts for r in cli if int.from_bytes(r.data[34:36], "big") == 41001)
+    offset = first_ts - first["t"]
+    lab = Lab()
+    su = lab.service(VIP, 80, sched="rr")
+    lab.dest(su, RS1, 80)
+    pos = dumps = 0
+    for s in steps:
+        at = offset + s["t"]
+        chunk = []
+        while pos < len(frames) and frames[pos].ts < at:
+            chunk.append(frames[pos])
+            pos += 1
+        replay.replay(lab.d, chunk)
+        now = replay.jiffies(at, HZ)
+        lab.tick(now)
+        if s["step"] == "sh":
+            cmd = s["cmd"]
+            if cmd.startswith("ipvsadm --set"):
+                ctl.set_timeouts(lab.ipvs, *map(int, cmd.split()[2:5]))
+            elif "conn_reuse_mode" in cmd and cmd.startswith("echo"):
+                lab.ipvs.sysctl.set("conn_reuse_mode", int(cmd.split()[1]))
+        if s["step"] != "dump":
+            continue
+        dumps += 1
+        want = {}
+        for row in s["proc_net_ip_vs_conn"].splitlines()[1:]:
+            f_ = row.split()
+            want[int(f_[2], 16)] = (f_[7], int(f_[8]))
+        got = {cp.cport: (state(lab, cp), (cp.expires - now) // HZ) for cp in lab.conns()}
+        assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}, s["label"]
+        for k, (_st, exp) in want.items():
+            assert abs(got[k][1] - exp) <= 1, (s["label"], k, got[k][1], exp)
+    assert dumps >= 20
+
+
+def test_icmp_port_unreachable_from_a_real_server_matches_the_kernel():
+    """The udp_icmp golden: a datagram to VIP:54, whose real server has no
+    socket on port 9999, twice.  The ICMP errors the kernel sent to the
+    client must be what the core makes of the server's errors, byte for
+    byte at L3, and the counters must be the kernel's."""
+    import os
+
+    from ipvs.driver import pcap, replay
+
+    g = _golden("udp_icmp")
+    vip, rs = A(VIP), A(RS1)
+
+    def udp_to_54(r):
+        return r.data[23] == 17 and r.data[30:34] == vip and r.data[36:38] == (54).to_bytes(2, "big")
+
+    cli = pcap.read_file(os.path.join(g, "client-side.pcap"))
+    srv = pcap.read_file(os.path.join(g, "server-side.pcap"))
+    inp = [r for r in cli if udp_to_54(r)] + [r for r in srv if r.data[23] == 1 and r.data[26:30] == rs]
+    inp.sort(key=lambda r: r.ts)
+    want_rs = [r.data[14:] for r in srv if r.data[23] == 17 and r.data[30:34] == rs
+               and r.data[36:38] == (9999).to_bytes(2, "big")]
+    want_cli = [r.data[14:] for r in cli if r.data[23] == 1 and r.data[26:30] == vip
+                and r.data[64:66] == (54).to_bytes(2, "big")]  # the quoted datagram went to VIP:54
+    assert len(inp) == 4 and len(want_rs) == 2 and len(want_cli) == 2
+    lab = Lab()
+    su = lab.service(VIP, 54, proto=17, sched="rr")
+    d = lab.dest(su, RS1, 9999)
+    out = replay.replay(lab.d, inp)
+    assert [f[14:] for _t, f in out if f[23] == 17] == want_rs
+    assert [f[14:] for _t, f in out if f[23] == 1] == want_cli
+    # ipvsadm -Ln --stats: 1 conn, 2 in, 2 out (the errors), 84 and 140 bytes.
+    assert d.stats.counters() == (1, 2, 2, 84, 140)
