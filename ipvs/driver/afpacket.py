@@ -272,7 +272,12 @@ class AFPacketDriver:
             if hasattr(ring, "set_filter"):
                 ring.set_filter(self.filter_for(p))
         if self.mode == "shared" and getattr(self, "_nft_ready", False):
-            nft.sync_services(svcs)
+            try:
+                nft.sync_services(svcs)
+            except (OSError, RuntimeError) as e:
+                # The kernel then also answers the new services: loud, not fatal.
+                log.error("updating the nftables service set failed: %s", e)
+                self.drops["nft_sync_failed"] += 1
 
     def filter_for(self, p: Port) -> bytes:
         """The BPF program for port ``p`` (see :mod:`ipvs.driver.bpf`)."""
@@ -320,6 +325,9 @@ class AFPacketDriver:
         unpack = _I.unpack_from
 
         def rx(buf: bytearray) -> None:
+            if len(buf) < L3 + 20:
+                self._short(p, buf)
+                return
             if buf[22] != 8 or buf[23] != 0:
                 if buf[22:24] == b"\x08\x06":
                     self._arp_in(p, buf)
@@ -354,6 +362,14 @@ class AFPacketDriver:
                 drops["ipvs_drop"] += 1
 
         return rx
+
+    def _short(self, p: Port, buf: bytearray) -> None:
+        if len(buf) < L3:
+            self.drops["runt"] += 1
+        elif buf[22:24] == b"\x08\x06":
+            self._arp_in(p, buf)
+        else:
+            self.drops["bad_ip" if buf[22:24] == ETH_IP else "not_ipv4"] += 1
 
     def _ip_in(self, p: Port, buf: bytearray) -> None:
         n = len(buf)

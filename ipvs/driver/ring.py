@@ -27,6 +27,7 @@ bytes and a TX slot 42 + 65549 for the largest frame.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import socket
 import struct
@@ -69,6 +70,8 @@ BLOCK_SIZE = 1 << 20
 #: Largest Ethernet frame the rings must carry: IPv4 tot_len 65535 + 14.
 MAX_FRAME = 65549
 
+log = logging.getLogger("ipvs.driver")
+
 _U32 = struct.Struct("=I")
 _RXHDR = struct.Struct("=IIIHH")  # status, len, snaplen, mac, net
 _TXLEN = struct.Struct("=II")  # len, snaplen
@@ -84,6 +87,7 @@ class RingStats:
     rx_truncated: int = 0
     rx_vlan: int = 0
     rx_kernel_drops: int = 0
+    rx_errors: int = 0
     tx_frames: int = 0
     tx_ring_full: int = 0
     tx_too_big: int = 0
@@ -177,7 +181,14 @@ class RingSocket:
             else:
                 st.rx_frames += 1
                 start = off + mac - VNET_HDR_LEN
-                handler(bytearray(mv[start : off + mac + snaplen]))
+                try:
+                    handler(bytearray(mv[start : off + mac + snaplen]))
+                except Exception:
+                    # A bug must cost one frame, not the director: count it,
+                    # log the first, go on with the ring.
+                    st.rx_errors += 1
+                    if st.rx_errors == 1:
+                        log.exception("frame handler failed on %s (counted in rx_errors)", self.ifname)
             _U32.pack_into(mm, off, TP_STATUS_KERNEL)
             head += 1
             if head == nslots:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
@@ -233,3 +235,21 @@ def test_df_packet_above_the_inner_mtu_gets_frag_needed_from_the_vip():
     vnet = struct.pack("=BBHHHH", 0, 1, 54, 1348, 0, 0)
     r.rx_outer(frame(gso, MAC_D_OUT, MAC_CLIENT, vnet=vnet))
     assert len(r.in_ring.take()) == 1
+
+
+@given(st.binary(max_size=120), st.sampled_from([b"\x08\x00", b"\x08\x06", b"\x86\xdd"]), st.booleans())
+def test_garbage_frames_never_raise(payload, etype, to_us):
+    r = Rig()
+    r.learn()
+    dst = MAC_D_OUT if to_us else b"\xff" * 6
+    for f in (bytearray(10) + dst + MAC_CLIENT + etype + payload, bytearray(payload[:30])):
+        r.rx_outer(bytearray(f))
+        r.rx_inner(bytearray(f))
+
+
+@given(st.integers(20, 60), st.integers(0, 255), st.binary(min_size=0, max_size=60))
+def test_ip_headers_with_wrong_lengths_are_dropped_not_raised(ihl_bytes, proto, rest):
+    r = Rig()
+    r.learn()
+    ip = bytearray(IP(src=CLIENT, dst=VIP, proto=proto, ihl=min(15, ihl_bytes // 4)).build()[:20]) + rest
+    r.rx_outer(frame(ip, MAC_D_OUT, MAC_CLIENT))
