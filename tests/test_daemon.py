@@ -820,3 +820,33 @@ def test_out_of_descriptors_pauses_accept_instead_of_spinning(tmp_path):
         c.close()
     finally:
         d.shutdown()
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
+def test_default_socket_is_per_network_namespace(tmp_path):
+    """Like kernel IPVS per netns: ipvsd started in a namespace on the default
+    (abstract) socket is the one ipvsadm in that namespace reaches, and only it."""
+    ns = f"pyipvs-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    pidfile = tmp_path / "ipvsd.pid"
+    env = {k: v for k, v in os.environ.items() if k != "IPVS_SOCKET"}
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(IPVSD), "--pidfile", str(pidfile),
+                        "--log-file", str(tmp_path / "log")], check=True, env=env, timeout=30)
+
+        def ipvsadm(*args, netns=ns):
+            pre = ["ip", "netns", "exec", netns] if netns else []
+            return subprocess.run([*pre, sys.executable, str(ROOT / "tools" / "ipvsadm"), *args], env=env,
+                                  capture_output=True, text=True, timeout=30)
+
+        assert ipvsadm("-A", "-t", "203.0.113.5:80", "-s", "rr").returncode == 0
+        assert "203.0.113.5:80" in ipvsadm("-Ln").stdout
+        # From another namespace the name is not there (or is another director).
+        other = ipvsadm("-Ln", netns=None)
+        assert "203.0.113.5:80" not in other.stdout
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+            wait_for(lambda: not pidfile.exists(), 10)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
