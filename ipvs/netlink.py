@@ -227,7 +227,10 @@ def _addr_text(name: str, v: Any) -> str:
 def _flags(name: str, v: Any) -> dict:
     if not isinstance(v, dict):
         raise SchemaError(errno.EINVAL, f"{name} must be an object {{flags, mask}}")
-    return _check_fields(name, v, {"flags": _uint(_U32), "mask": _uint(_U32)}, required=("flags", "mask"))
+    return _check_fields(name, v, _FLAGS_FIELDS, required=("flags", "mask"))
+
+
+_FLAGS_FIELDS = {"flags": _uint(_U32), "mask": _uint(_U32)}
 
 
 def _reply_only(name: str, v: Any) -> None:
@@ -315,14 +318,21 @@ _REQUEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+#: Per field table, the unsigned-integer fields and their maximum (the fast path).
+_LIMITS: dict[int, dict[str, int]] = {}
+
+
 def _check_fields(where: str, d: dict, fields: dict, required: tuple[str, ...] = ()) -> dict:
+    limits = _LIMITS.get(id(fields))
+    if limits is None:
+        limits = _LIMITS[id(fields)] = {k: _UINT_LIMITS[c] for k, c in fields.items() if c in _UINT_LIMITS}
     for key, value in d.items():
+        # The common case first: a plain in-range integer needs no call.
+        if type(value) is int and 0 <= value <= limits.get(key, -1):
+            continue
         check = fields.get(key) if isinstance(key, str) else None
         if check is None:
             raise SchemaError(errno.EINVAL, f"unknown key {key!r} in {where}")
-        # The common case first: a plain in-range integer needs no call.
-        if type(value) is int and check in _UINT_LIMITS and 0 <= value <= _UINT_LIMITS[check]:
-            continue
         check(f"{where}.{key}", value)
     for key in required:
         if key not in d:

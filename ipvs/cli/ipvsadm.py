@@ -153,6 +153,7 @@ def _masks(row: str) -> tuple[int, int, int]:
 
 
 _OPT_MASKS = [_masks(row) for row in COMMANDS_V_OPTIONS]
+_TUN_OPTS = sum(1 << c for c in (OPTC_TUN_TYPE, OPTC_TUN_PORT, OPTC_TUN_NOCSUM, OPTC_TUN_CSUM, OPTC_TUN_REMCSUM))
 
 TUNNAMES = ("ipip", "gue", "gre")
 TUNFLAGS = ("-c", "+c", "r+c")
@@ -545,13 +546,22 @@ class DaemonSpec:
     mcast_ttl: int = 0
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, init=False)
 class CommandEntry:
-    cmd: int = CMD_NONE
-    svc: SvcSpec = attrs.field(factory=SvcSpec)
-    dest: DestSpec = attrs.field(factory=DestSpec)
-    timeout: tuple[int, int, int] = (0, 0, 0)
-    daemon: DaemonSpec = attrs.field(factory=DaemonSpec)
+    """``struct ipvs_command_entry``; built once per command line, hence the plain __init__."""
+
+    cmd: int
+    svc: SvcSpec
+    dest: DestSpec
+    timeout: tuple[int, int, int]
+    daemon: DaemonSpec
+
+    def __init__(self) -> None:
+        self.cmd = CMD_NONE
+        self.svc = SvcSpec()
+        self.dest = DestSpec()
+        self.timeout = (0, 0, 0)
+        self.daemon = DaemonSpec()
 
 
 # --------------------------------------------------------------------------
@@ -940,9 +950,10 @@ class Ipvsadm:
 
         def set_option(optc: int) -> None:
             nonlocal options
-            if options & _opt(optc):
+            bit = 1 << optc
+            if options & bit:
                 self.fail(2, f"multiple '{OPTNAMES[optc]}' options specified")
-            options |= _opt(optc)
+            options |= bit
 
         def set_command(newcmd: int) -> None:
             if ce.cmd != CMD_NONE:
@@ -1252,11 +1263,11 @@ class Ipvsadm:
                 ce.dest.port = ce.svc.port
             if ce.dest.af != ce.svc.af and fwd != uapi.IP_VS_CONN_F_TUNNEL:
                 self.fail(2, "Different address family is allowed only for tunneling servers")
-            tun_opts = (_opt(OPTC_TUN_TYPE) | _opt(OPTC_TUN_PORT) | _opt(OPTC_TUN_NOCSUM) | _opt(OPTC_TUN_CSUM)
-                        | _opt(OPTC_TUN_REMCSUM))
-            if options & tun_opts and fwd != uapi.IP_VS_CONN_F_TUNNEL:
+            if options & _TUN_OPTS and fwd != uapi.IP_VS_CONN_F_TUNNEL:
                 self.fail(2, "Tunnel options conflict with forward method")
-            self.tunnel_opt_check(ce.dest.tun_type, options)
+            if options & _TUN_OPTS or ce.dest.tun_type:
+                # (ipip without tunnel options can have nothing to complain about)
+                self.tunnel_opt_check(ce.dest.tun_type, options)
 
         if ce.cmd == CMD_LIST:
             o = options
