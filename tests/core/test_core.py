@@ -920,3 +920,33 @@ def test_icmp_port_unreachable_from_a_real_server_matches_the_kernel():
     assert [f[14:] for _t, f in out if f[23] == 1] == want_cli
     # ipvsadm -Ln --stats: 1 conn, 2 in, 2 out (the errors), 84 and 140 bytes.
     assert d.stats.counters() == (1, 2, 2, 84, 140)
+
+
+def test_ip_options_and_link_offsets():
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    lab = web()
+    pkt = IP(src=CLI, dst=VIP, options=b"\x01\x01\x01\x00") / TCP(sport=5000, dport=80, flags="S") / b"opt"
+    for link, l3 in ((b"", 0), (bytes(Ether()), 14), (bytes(Ether() / Dot1Q(vlan=7)), 18)):
+        buf = bytearray(link + bytes(pkt) + b"\0" * 6)  # trailing Ethernet padding
+        assert lab.send(buf, l3=l3) == NF_STOLEN
+        assert buf[:l3] == link and buf[-6:] == b"\0" * 6
+        p = IP(bytes(buf[l3:-6]))
+        assert p.ihl == 6 and p.options == IP(bytes(pkt)).options
+        assert p.dst in (RS1, RS2) and bytes(p[TCP].payload) == b"opt"
+        assert checksums_valid(buf[l3:]) and scapy_valid(bytes(buf[l3:-6]))
+
+
+def test_next_timer_reports_the_earliest_work():
+    lab = web()
+    lab.tick(lab.now)
+    c2v(lab, "S")
+    cp = one(lab)
+    nt = lab.d.next_timer()
+    assert nt is not None and lab.now < nt <= cp.expires
+    # Running the timers at next_timer() repeatedly reaches the conn's expiry.
+    for _ in range(1000):
+        if not lab.conns():
+            break
+        lab.tick(lab.d.next_timer())
+    assert lab.conns() == [] and lab.now == cp.expires
