@@ -789,7 +789,6 @@ class Ipvsadm:
         self.batching = False
         self._queue: list[tuple[str | None, dict]] = []
         self._last_queued = False
-        self.prefetched: dict[tuple, list] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -821,7 +820,7 @@ class Ipvsadm:
             v = self.info[0]
             self.err.write("Warning: IPVS version mismatch: \n"
                            f"  Kernel compiled with IPVS version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}\n"
-                           f"  ipvsadm v1.31  requires minimum IPVS version 1.1.4\n\n")
+                           "  ipvsadm v1.31  requires minimum IPVS version 1.1.4\n\n")
 
     def error(self, text: str) -> None:
         """Write to stderr after the queued commands have reported."""
