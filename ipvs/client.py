@@ -67,9 +67,14 @@ def display_address(addr: str) -> str:
     return "@" + addr[1:] if addr.startswith("\0") else addr
 
 
+# One encoder for every frame: json.dumps() with arguments builds a new
+# encoder per call, which costs more than the encoding of a small request.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(obj: dict) -> bytes:
     """One frame: length prefix and compact UTF-8 JSON."""
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _ENCODER.encode(obj).encode()
     return _LEN.pack(len(body)) + body
 
 
@@ -153,7 +158,16 @@ class Client:
 
     def call(self, req: dict) -> dict:
         """Send one request and return its reply."""
-        return self.call_many([req])[0]
+        frame = encode(req)
+        if len(frame) - 4 > MAX_REQUEST:
+            raise OSError(errno.EMSGSIZE, f"request of {len(frame) - 4} bytes is over the {MAX_REQUEST} byte limit")
+        self.connect()
+        try:
+            self._send(frame)
+            return self._read_reply()
+        except BaseException:
+            self.close()  # a half-read stream cannot be reused
+            raise
 
     def call_many(self, reqs: list[dict], window: int = 256) -> list[dict]:
         """Send requests pipelined (at most ``window`` unanswered) and
