@@ -575,7 +575,8 @@ def test_nat_icmp_send_answers_strays_from_real_servers():
     stray = tcp(RS1, 80, CLI, 9999, flags="A")
     assert lab.send(stray) == NF_DROP
     [err] = lab.ipvs.outbox
-    assert IP(bytes(err)).src == RS1 and IP(bytes(err))[ICMP].code == 3
+    # From the director's own address (0.0.0.0 offline: no driver to ask).
+    assert IP(bytes(err)).src == "0.0.0.0" and IP(bytes(err))[ICMP].code == 3
     lab.ipvs.outbox.clear()
     rst = tcp(RS1, 80, CLI, 9999, flags="R")
     assert lab.send(rst) == NF_ACCEPT and lab.ipvs.outbox == []
@@ -789,11 +790,12 @@ def test_every_drop_reason_is_reachable_and_counted():
                    "so the error goes from the RS to the RS. The core needs the director's address to fix it")
 def test_nat_icmp_send_error_does_not_claim_to_come_from_the_real_server():
     lab = web(nat_icmp_send=1)
+    lab.d.own_address = lambda dst: A("172.16.0.1") if dst[:3] == A(RS1)[:3] else None
     assert lab.send(tcp(RS1, 80, CLI, 9999, flags="A")) == NF_DROP
     [err] = lab.ipvs.outbox
     p = IP(bytes(err))
     assert p.dst == RS1
-    assert p.src != RS1
+    assert p.src == "172.16.0.1"
 
 
 @pytest.mark.xfail(strict=True, reason="a reply with TTL 1 expires in ip_forward, whose icmp_send on a "
@@ -806,7 +808,7 @@ def test_time_exceeded_for_a_reply_does_not_come_from_the_vip():
     assert lab.send(tcp(ip(cp.daddr), cp.dport, CLI, 3456, flags="SA", ttl=1)) == NF_DROP
     [err] = lab.ipvs.outbox
     assert IP(bytes(err)).dst == ip(cp.daddr)
-    assert IP(bytes(err)).src != VIP
+    assert IP(bytes(err)).src == "0.0.0.0"  # offline: the director's address is unknown
 
 
 def test_truncated_icmp_header_is_dropped():
@@ -950,3 +952,20 @@ def test_next_timer_reports_the_earliest_work():
             break
         lab.tick(lab.d.next_timer())
     assert lab.conns() == [] and lab.now == cp.expires
+
+
+@pytest.mark.xfail(strict=True, reason="ip_vs_dest_trash_expire: the trash timer is armed at deletion for "
+                   "+60 s; a run first stamps idle_start on an unreferenced dest and frees it only at a run "
+                   ">= idle_start + 120 s, so a lone dest deleted at t lives until t+180 s.  PyIPVS stamps "
+                   "idle_start at deletion and runs the trash on its own 60 s phase (freed at ~t+120 s)")
+def test_deleted_dest_stays_revivable_for_180_seconds():
+    lab = web()
+    lab.tick(lab.now)
+    d = lab.rs1
+    d.stats.inpkts = 42
+    t0 = lab.now
+    ctl.del_dest(lab.ipvs, lab.su, 2, d.addr, d.port)
+    for s in range(1, 171):
+        lab.tick(t0 + s * HZ)
+    again = ctl.add_dest(lab.ipvs, lab.su, ctl.DestUser(addr=d.addr, port=d.port, conn_flags=0))
+    assert again is d and again.stats.inpkts == 42
