@@ -244,6 +244,10 @@ class AFPacketDriver:
 
     def close(self) -> None:
         """Close the sockets and remove everything installed on the machine."""
+        try:
+            log.info("data path counters: %s", " ".join(f"{k}={v}" for k, v in sorted(self.counters().items())))
+        except OSError:
+            pass
         for p in self.ports:
             if hasattr(p.ring, "close"):
                 p.ring.close()
@@ -323,6 +327,7 @@ class AFPacketDriver:
         dst_cache = self.dst_cache
         mac = p.mac
         unpack = _I.unpack_from
+        min_mtu = min(q.mtu for q in self.ports)
 
         def rx(buf: bytearray) -> None:
             if len(buf) < L3 + 20:
@@ -344,6 +349,8 @@ class AFPacketDriver:
                 drops["ip_csum"] += 1  # a valid header sums to 0xFFFF (== 0 mod 0xFFFF)
                 return
             gso = buf[1]
+            if not gso and (buf[L3 + 2] << 8 | buf[L3 + 3]) > min_mtu and self._too_big(p, buf):
+                return
             d.mtu = None if gso else self.inner_mtu
             verdict = process(buf, L3, self.now, buf[0] & 1 == 1)
             if verdict == NF_STOLEN:
@@ -362,6 +369,24 @@ class AFPacketDriver:
                 drops["ipvs_drop"] += 1
 
         return rx
+
+    def _too_big(self, p: Port, buf: bytearray) -> bool:
+        """``ip_forward``'s MTU check for what comes from the real servers' side.
+
+        The kernel checks before the FORWARD hook where IPVS rewrites
+        replies, so the error quotes the packet as the real server sent it
+        and goes back to it.  (Towards the real servers the core checks,
+        with ``Director.mtu``.)  True: the packet was answered and dropped.
+        """
+        if p.role == "outer":
+            return False
+        r = self.route(_I.unpack_from(buf, L3 + 16)[0])
+        tot = buf[L3 + 2] << 8 | buf[L3 + 3]
+        if r is None or tot <= r[0].mtu or not buf[L3 + 6] & 0x40:
+            return False  # fits, or may be fragmented on the way out
+        self._icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, p.addr_b, r[0].mtu)
+        self.drops["frag_needed"] += 1
+        return True
 
     def _short(self, p: Port, buf: bytearray) -> None:
         if len(buf) < L3:
@@ -619,8 +644,11 @@ class AFPacketDriver:
         out.update(self.counts)
         for p in self.ports:
             rs = getattr(p.ring, "stats", None)
+            if hasattr(p.ring, "kernel_drops") and p.ring.sock.fileno() >= 0:
+                p.ring.kernel_drops()
             if rs is not None:
-                for k in ("rx_frames", "rx_truncated", "rx_vlan", "tx_frames", "tx_ring_full", "tx_too_big"):
+                for k in ("rx_frames", "rx_truncated", "rx_vlan", "rx_kernel_drops", "rx_errors", "tx_frames",
+                          "tx_ring_full", "tx_too_big", "tx_errors"):
                     out[f"{p.name}_{k}"] = getattr(rs, k)
             out[f"{p.name}_neigh_failed"] = p.neigh.stats.failed
         for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):

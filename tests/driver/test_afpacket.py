@@ -253,3 +253,21 @@ def test_ip_headers_with_wrong_lengths_are_dropped_not_raised(ihl_bytes, proto, 
     r.learn()
     ip = bytearray(IP(src=CLIENT, dst=VIP, proto=proto, ihl=min(15, ihl_bytes // 4)).build()[:20]) + rest
     r.rx_outer(frame(ip, MAC_D_OUT, MAC_CLIENT))
+
+
+def test_df_reply_above_the_outer_mtu_gets_frag_needed_back_to_the_real_server():
+    r = Rig()
+    r.outer.mtu = 1400
+    r.drv = type(r.drv)(r.lab.d, [r.outer, r.inner], "spare", None)
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40007, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    r.in_ring.take()
+    big = bytes(IP(src=RS1, dst=CLIENT, flags="DF") / TCP(sport=80, dport=40007, flags="A") / (b"r" * 1460))
+    r.rx_inner(frame(big, MAC_D_IN, MAC_RS1))
+    assert r.out_ring.take() == []
+    (f,) = r.in_ring.take()
+    e = Ether(f)
+    assert e[IP].src == GW and e[IP].dst == RS1 and e[ICMP].type == 3 and e[ICMP].code == 4
+    assert e[ICMP].nexthopmtu == 1400
+    # The quoted packet is the real server's own, before any rewrite.
+    assert bytes(e[ICMP].payload)[12:16] == bytes([172, 16, 0, 2])
