@@ -24,7 +24,9 @@ A request is a dict::
 :data:`COMMANDS`; ``seq`` (optional, any integer) is echoed in the reply,
 like ``nlmsg_seq``.  Which of the other keys a command reads is given in
 the table below; a key a command does not read is still validated, and an
-unknown key anywhere is an ``EINVAL`` reply.
+unknown key anywhere is an ``EINVAL`` reply.  Another ``version`` is
+refused with ``EPROTONOSUPPORT`` and an unknown ``cmd`` with
+``EOPNOTSUPP`` (what generic netlink answers for a command it lacks).
 
 =============== ============================= =====================================
 cmd             reads                         reply (besides ``ok``)
