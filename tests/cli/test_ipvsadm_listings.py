@@ -201,3 +201,31 @@ def test_save_restore_transcript(case, save_restore_replayed):
         # where the kernel loads ip_vs_pe_sip, so that one service is missing.
         pytest.xfail("no persistence engines in PyIPVS yet (--pe sip is ENOENT)")
     assert got == expected
+
+
+# --------------------------------------------------------------------------
+# During traffic: three connections held open (ESTABLISHED, so active)
+
+
+@pytest.mark.skipif(not (GOLD / "during-proc-net-ip_vs_conn.txt").exists(), reason="no during-traffic dump")
+@pytest.mark.parametrize("form", ["Ln", "Ln-persistent-conn", "Lnc"])
+def test_during_traffic_connection_counts(form):
+    """Active and inactive counts, counted from the table the kernel showed while connections were held."""
+    from tests.cli.test_ipvsadm import _conns_by_service, _expire_close
+
+    t = fresh_table()
+    t.conn_text = (GOLD / "during-proc-net-ip_vs_conn.txt").read_text()
+    conns = [ln.split() for ln in t.conn_text.splitlines()[1:] if ln.strip()]
+    for svc, mine in _conns_by_service(t.ipvs, conns).items():
+        for dest in svc.destinations:
+            here = [f for f in mine if f[5] == dest.addr.hex().upper()
+                    and (dest.port == 0 or int(f[6], 16) == dest.port)]
+            dest.activeconns = sum(1 for f in here if f[0] == "TCP" and f[7] == "ESTABLISHED")
+            dest.inactconns = len(here) - dest.activeconns
+    argv = {"Ln": ["-Ln"], "Ln-persistent-conn": ["-Ln", "--persistent-conn"], "Lnc": ["-Lnc"]}[form]
+    rc, out, err = run(t, argv)
+    expected = (GOLD / f"during-ipvsadm-{form}.txt").read_text()
+    assert (rc, err) == (0, "")
+    if form == "Lnc":
+        out, expected = _expire_close(out, expected)
+    assert out == expected
