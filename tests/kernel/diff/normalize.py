@@ -6,8 +6,12 @@ a real difference does not belong here.
 
 1. **Timers** - the ``expire`` column of ``ipvsadm -Lnc`` (``mm:ss``) and
    the ``Expires`` column of ``/proc/net/ip_vs_conn`` (seconds) are compared
-   within :data:`EXPIRE_TOLERANCE_S` seconds: the dump happens at a moment
-   the scenario does not fix (each process start under TCG costs 0.3-0.5 s).
+   within a tolerance: the dump happens at a moment the scenario does not
+   fix (each process start under TCG costs 0.3-0.5 s).
+   :data:`EXPIRE_TOLERANCE_S` (3 s) against the offline backend, whose
+   clock is the capture's; :data:`LIVE_EXPIRE_TOLERANCE_S` (10 s) between
+   two live runs, because the VM runs the same script 2-3 times slower
+   than the namespace lab, so connections are older when it dumps them.
 2. **Hash order** - the rows of ``ipvsadm -Lnc`` and ``/proc/net/ip_vs_conn``
    (and ``_sync``) are sorted: their order follows a per-boot random hash
    seed.
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 import re
 
-#: Seconds a timer may differ between two runs of one scenario.
+#: Seconds a timer may differ: offline (capture clock) and live-vs-live.
 EXPIRE_TOLERANCE_S = 3
+LIVE_EXPIRE_TOLERANCE_S = 10
 
 _LNC_ROW = re.compile(r"^(\S+)\s+(\d\d):(\d\d)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)(.*)$")
 _PROC_CONN_ROW = re.compile(
@@ -76,7 +81,8 @@ def _ephemeral(src: str, fixed_ports: set[int] | None) -> str:
     return src
 
 
-def compare_conn(ref: str, got: str, fixed_ports: set[int] | None = None) -> str | None:
+def compare_conn(ref: str, got: str, fixed_ports: set[int] | None = None,
+                 tolerance: int = EXPIRE_TOLERANCE_S) -> str | None:
     """None when the two connection listings agree under rules 1-3, else why not."""
     h1, r1 = conn_rows(ref, fixed_ports)
     h2, r2 = conn_rows(got, fixed_ports)
@@ -89,10 +95,10 @@ def compare_conn(ref: str, got: str, fixed_ports: set[int] | None = None) -> str
         only2 = sorted(set(k2) - set(k1))[:3]
         return f"{len(k1)} vs {len(k2)} rows; kernel only: {only1}; pyipvs only: {only2}"
     worst = max((abs(a[1] - b[1]) for a, b in zip(r1, r2, strict=True)), default=0)
-    if worst > EXPIRE_TOLERANCE_S:
+    if worst > tolerance:
         bad = next(f"{a[0]}: {a[1]} s vs {b[1]} s" for a, b in zip(r1, r2, strict=True)
-                   if abs(a[1] - b[1]) > EXPIRE_TOLERANCE_S)
-        return f"timer off by {worst} s > {EXPIRE_TOLERANCE_S} s ({bad})"
+                   if abs(a[1] - b[1]) > tolerance)
+        return f"timer off by {worst} s > {tolerance} s ({bad})"
     return None
 
 

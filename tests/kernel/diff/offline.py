@@ -52,6 +52,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")
 INNER = ipaddress.ip_network("172.16.0.0/24")
 GATEWAY = ipaddress.ip_address("172.16.0.1").packed
+#: The VM's clock outside the captures, modelled: every process start under
+#: TCG costs about 0.4 s, and capture_stop takes about 1.5 s (a 0.5 s sleep
+#: and two tcpdump decodes) after the last captured frame.
+PROC_S = 0.4
+CAPTURE_STOP_S = 1.5
 #: The VM has two CPUs: ip_vs_stats_percpu has rows 0 and 1.
 NCPU = 2
 #: Listings dump_ipvs writes: file stem -> ipvsadm arguments (oracle.sh).
@@ -136,18 +141,31 @@ def extract_events(scenario: str, timeout: float = 60) -> list[tuple[str, list[s
 
 
 def _ip4(r: pcap.Record):
-    """(l3, proto, saddr, daddr, sport, dport, tcp flags) of an IPv4 TCP/UDP frame."""
+    """(l3, proto, saddr, daddr, sport, dport, tcp flags, quoted) of an IPv4
+    TCP/UDP frame (quoted None), or of an ICMP error quoting one (quoted:
+    the quoted packet's proto, saddr, daddr, sport, dport)."""
     w = pcap.l3_offset(r.data, r.linktype)
     if w is None or w[1] != 0x0800:
         return None
     l3, d = w[0], r.data
     proto = d[l3 + 9]
+    l4 = l3 + (d[l3] & 15) * 4
+    if proto == 1:
+        if len(d) < l4 + 8 + 28 or d[l4] not in (3, 11, 12):
+            return None
+        q = l4 + 8
+        ql4 = q + (d[q] & 15) * 4
+        qproto = d[q + 9]
+        if qproto not in (6, 17) or len(d) < ql4 + 4:
+            return None
+        qs, qd = d[q + 12:q + 16], d[q + 16:q + 20]
+        qsp, qdp = int.from_bytes(d[ql4:ql4 + 2], "big"), int.from_bytes(d[ql4 + 2:ql4 + 4], "big")
+        return (l3, 1, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], 0, 0, 0, (qproto, qs, qd, qsp, qdp))
     if proto not in (6, 17):
         return None
-    l4 = l3 + (d[l3] & 15) * 4
     flags = d[l4 + 13] if proto == 6 else 0
     return (l3, proto, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], int.from_bytes(d[l4:l4 + 2], "big"),
-            int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags)
+            int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None)
 
 
 def _inner(a: bytes | bytearray) -> bool:
@@ -166,16 +184,27 @@ class Traffic:
         self.to_cli = [(r, i) for r, i in cli if i[2] in vips]
         # Server side: replies of real servers (input), frames to them (output).
         from_rs = [(r, i) for r, i in srv if _inner(i[2]) and i[2] != GATEWAY and not _inner(i[3])]
-        self.to_rs = [(r, i) for r, i in srv if _inner(i[3]) and not _inner(i[2])]
+        # Frames the client addressed to a real server itself (an ICMP error
+        # about an un-NATed reply) cross the director by ordinary routing,
+        # not IPVS: they are not IPVS output.
+        routed = {(i[2], i[3], bytes(r.data[i[0] + 4:i[0] + 6])) for r, i in cli if _inner(i[3])}
+        self.to_rs = [(r, i) for r, i in srv if _inner(i[3]) and not _inner(i[2])
+                      and (i[2], i[3], bytes(r.data[i[0] + 4:i[0] + 6])) not in routed]
         rs_flows = {self.flow(i) for _, i in from_rs} | {self.flow(i) for _, i in self.to_rs}
         cli_flows = {self.flow(i) for _, i in to_vip}
         #: Flows seen on both sides (frames compared for these only).
         self.both = rs_flows & cli_flows
         self.input = sorted(to_vip + [(r, i) for r, i in from_rs if self.flow(i) in cli_flows], key=lambda x: x[0].ts)
+        #: Last frame time of each capture: a capture that stopped early
+        #: leaves the offline input without the other side's late frames.
+        self.ends = (cli[-1][0].ts if cli else 0.0, srv[-1][0].ts if srv else 0.0)
 
     def flow(self, i) -> tuple[int, bytes, int]:
         """(proto, client addr, client port) of a frame on either side."""
-        _l3, proto, s, d, sp, dp, _f = i
+        if i[7] is not None:
+            proto, s, d, sp, dp = i[7]  # an ICMP error: the quoted packet's flow
+        else:
+            _l3, proto, s, d, sp, dp, _f, _q = i
         if _inner(s) or s in self.vips:
             return proto, d, dp
         return proto, s, sp
@@ -204,6 +233,8 @@ class OfflineRun:
         self.decisions: dict[tuple[int, bytes, int], str] = {}
         self.traffic: Traffic | None = None
         self.nservers = 0
+        self.replaying = False
+        self.answered: set[tuple[int, bytes, int]] = set()
         os.makedirs(out, exist_ok=True)
         if os.path.exists(os.path.join(golden, "client-side.pcap")):
             ts = [r.ts for r in pcap.read_file(os.path.join(golden, "client-side.pcap"))]
@@ -213,11 +244,17 @@ class OfflineRun:
 
     # ------------------------------------------------------------ ipvsadm
 
+    def tick(self, seconds: float) -> None:
+        """Advance the modelled VM clock (outside the captured traffic)."""
+        self.now += round(seconds * self.ipvs.hz)
+
     def ipvsadm(self, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
         self.d.run_timers(self.now)
         out, err = io.StringIO(), io.StringIO()
         rc = ipvsadm_main(argv, transport=self.transport, stdout=out, stderr=err, stdin=io.StringIO(stdin),
                           resolver=GuestResolver())
+        if not self.replaying:
+            self.tick(PROC_S)
         return rc, out.getvalue(), err.getvalue()
 
     def write(self, name: str, text: str) -> None:
@@ -261,6 +298,7 @@ class OfflineRun:
         """Like lib/transcript.py, with PyIPVS's ipvsadm in-process."""
         section, n = "", 0
         recs = []
+        self.tick(PROC_S)  # python3 transcript.py
         for line in lines:
             if not line.strip():
                 continue
@@ -296,6 +334,10 @@ class OfflineRun:
             return
         vips = {svc.addr for svc in self.ipvs.svc_order if not svc.fwmark} | self.vips
         t = self.traffic = Traffic(self.golden, vips)
+        gap = t.ends[0] - t.ends[1]
+        if abs(gap) > 0.2:
+            side = "server" if gap > 0 else "client"
+            self.notes.append(f"the kernel's {side}-side capture ends {abs(gap):.2f} s before the other one")
         first: dict[tuple[int, bytes, int], int] = {}
         for idx, (_r, i) in enumerate(t.input):
             first.setdefault(t.flow(i), idx)
@@ -371,6 +413,9 @@ class OfflineRun:
                 sent.append((bytes(buf[l3:l3 + tot]), info))
                 if self.decisions.get(flow) == "NONE" and _inner(buf[l3 + 16:l3 + 20]):
                     self.decisions[flow] = f"rs{buf[l3 + 19] - 1}"
+                elif _inner(info[2]) and buf[l3 + 9] in (6, 17):
+                    # A server's TCP/UDP reply reached the client (ICMP errors do not count).
+                    self.answered.add(flow)
             for pkt in self.ipvs.outbox:
                 sent.append((bytes(pkt), info))
             self.ipvs.outbox.clear()
@@ -379,8 +424,7 @@ class OfflineRun:
         for _idx, cmds in sorted(jobs.items()):
             for cmd in cmds:
                 self.sh(cmd)
-        # After the last frame: capture_stop sleeps 0.5 s, then the dumps.
-        self.now += self.ipvs.hz
+        self.tick(CAPTURE_STOP_S)
         self.d.run_timers(self.now)
         self._frames(sent)
 
@@ -405,8 +449,11 @@ class OfflineRun:
         t = self.traffic
         assert t is not None
         ihl = (b[0] & 15) * 4
+        if b[9] == 1:
+            i = _ip4(pcap.Record(0.0, bytes(b), pcap.LINKTYPE_RAW))
+            return t.flow(i) if i is not None else (1, b"", 0)
         info = (0, b[9], b[12:16], b[16:20], int.from_bytes(b[ihl:ihl + 2], "big"),
-                int.from_bytes(b[ihl + 2:ihl + 4], "big"), 0)
+                int.from_bytes(b[ihl + 2:ihl + 4], "big"), 0, None)
         return t.flow(info)
 
     def order(self) -> None:
@@ -415,8 +462,10 @@ class OfflineRun:
             f = (proto, ipaddress.ip_address(src).packed, sport)
             # "?": the kernel's client capture has no frame of this request.
             server = self.decisions.get(f, "?")
-            if server.startswith("rs") and int(server[2:]) > self.nservers:
-                server = "NONE"  # scheduled to an address where no server runs: no answer
+            if server.startswith("rs") and f not in self.answered:
+                # Like the client's view: scheduled, but no server answered
+                # (none runs at that address, or it sent an ICMP error).
+                server = "NONE"
             lines.append(f"{label} {n} {src}:{sport} {server}\n")
         self.write("order.txt", "".join(lines))
 
@@ -450,8 +499,12 @@ class OfflineRun:
                 self.steps.append(("http_get", " ".join(args)))
             elif kind == "capture_stop":
                 if self.in_capture:
-                    with packet_marks(self.marks):
-                        self.play_traffic()
+                    self.replaying = True
+                    try:
+                        with packet_marks(self.marks):
+                            self.play_traffic()
+                    finally:
+                        self.replaying = False
                 self.in_capture = False
             elif kind == "order_summary":
                 self.order()
