@@ -811,7 +811,7 @@ class Ipvsadm:
                 raise OSError(reply.get("errno", errno.EIO), reply.get("message", ""))
             info = reply["info"]
             self.info = (int(info["version"]), int(info["conn_tab_size"]))
-        except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+        except (OSError, ImportError, KeyError, TypeError, ValueError, AttributeError) as e:
             reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e) or type(e).__name__
             self.fail(2, f"Can't initialize ipvs: {reason}\n"
                          "Are you sure that the IP Virtual Server daemon (ipvsd) is running "
