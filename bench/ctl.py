@@ -14,6 +14,9 @@ restore_pipelined_s  the same rules parsed by ipvsadm's own code in this
                  process, the requests then sent pipelined (Client.call_many)
                  to a fresh daemon: what -R costs once it stops waiting for
                  each reply before parsing the next line
+parse_only_s     of restore_pipelined_s: ipvsadm's parsing alone (in process)
+dispatch_only_s  the schema's dispatch of those requests alone (in process,
+                 no socket, no JSON)
 rtt_us           round trip of one small request (GET_INFO)
 daemon_rss_mib   resident memory of the daemon holding the table
 
@@ -155,14 +158,25 @@ def main() -> None:
             t0 = time.perf_counter()
             rec = Recorder()
             ipvsadm_mod.restore(text.splitlines(), rec, sys.stderr)
+            parse_s = time.perf_counter() - t0
             with Client(sock2, timeout=600) as c:
                 replies = c.call_many(rec.reqs)
             dt = time.perf_counter() - t0
             if not all(r.get("ok") for r in replies):
                 raise SystemExit("pipelined restore had errors")
             print(f"restore_pipelined_s {dt:.3f} s")
+            print(f"parse_only_s {parse_s:.3f} s")
         finally:
             stop_daemon(daemon)
+
+        from ipvs import netlink
+        from ipvs.netns import NetnsIPVS
+
+        ipvs = NetnsIPVS()
+        t0 = time.perf_counter()
+        for r in rec.reqs:
+            netlink.dispatch(ipvs, r, 0)
+        print(f"dispatch_only_s {time.perf_counter() - t0:.3f} s")
 
 
 if __name__ == "__main__":
