@@ -68,8 +68,6 @@ __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 FTPPORT = 21
 FTPDATA = 20
 _PFX = [bytes((i,)) for i in range(256)]
-#: Period of the destination-trash cleanup (IP_VS_DEST_TRASH_PERIOD / 2).
-TRASH_RUN_S = 60
 
 
 def _ports(buf: bytearray, l4: int) -> tuple[int, int]:
@@ -87,8 +85,11 @@ class Director:
     def __init__(self, ipvs: NetnsIPVS | None = None) -> None:
         self.ipvs = ipvs if ipvs is not None else NetnsIPVS()
         self.mtu: int | None = None
+        #: ``own_address(dst) -> bytes | None``: the director's address towards
+        #: ``dst`` (set by the driver; used as the source of ICMP errors about
+        #: forwarded packets).
+        self.own_address: Callable[[bytes], bytes | None] | None = None
         self.trace: Callable[[str], None] | None = None
-        self._next_trash = 0
         # ip_vs_todrop's countdown (ipvs->drop_counter), zero at start.
         self._drop_counter = 0
         self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
@@ -158,6 +159,15 @@ class Director:
         self.ipvs.drops[Drop.UNSUPPORTED] += 1
         return NF_ACCEPT
 
+    def _own_addr(self, dst: bytes) -> bytes:
+        """The director's own address on the route towards ``dst``: what
+        ``icmp_send`` picks for errors about forwarded packets.  The driver
+        knows its interfaces and sets :attr:`own_address`; offline the
+        answer is 0.0.0.0 ("this host", RFC 1122 3.2.1.3)."""
+        f = self.own_address
+        a = f(bytes(dst)) if f is not None else None
+        return a if a else b"\0\0\0\0"
+
     def run_timers(self, now: int) -> None:
         """Expire what is due by ``now``: connections, estimator, dest trash."""
         ipvs = self.ipvs
@@ -167,9 +177,8 @@ class Director:
             self._conn_expire(cp, now)
         ipvs.est.enabled = bool(ipvs.sysctl.run_estimation)
         ipvs.est.run(now)
-        if now >= self._next_trash:
+        if ipvs.dest_trash_timer is not None and now >= ipvs.dest_trash_timer:
             dest_trash_expire(ipvs, now)
-            self._next_trash = now + TRASH_RUN_S * ipvs.hz
         # update_defense_level (the kernel runs it every second and on a
         # sysctl write): with no memory pressure, only secure_tcp=3 keeps
         # the tcp_states_dos table (level 2 falls back to 1).
@@ -179,7 +188,7 @@ class Director:
         """The jiffy at which :meth:`run_timers` next has work."""
         t = self.ipvs.conn_tab.next_timer()
         est = self.ipvs.est.next_run
-        cands = [x for x in (t, est, self._next_trash) if x is not None]
+        cands = [x for x in (t, est, self.ipvs.dest_trash_timer) if x is not None]
         return min(cands) if cands else None
 
     # ------------------------------------------------------------ ip_vs_in
@@ -451,7 +460,8 @@ class Director:
             app_ret, l4, end = self._app(cp, buf, l3, now, False)
             if not app_ret:
                 return NF_DROP
-        verdict = snat_response(ipvs, cp, buf, l3, l4, end, proto, partial, app_ret)
+        verdict = snat_response(ipvs, cp, buf, l3, l4, end, proto, partial, app_ret,
+                                self._own_addr(buf[l3 + 12 : l3 + 16]) if buf[l3 + 8] <= 1 else b"")
         if verdict == NF_DROP:
             return verdict
         dest = cp.dest
@@ -488,7 +498,9 @@ class Director:
             return False
         if proto == IPPROTO_TCP and buf[l4 + 13] & TCP_RST:
             return False
-        self.ipvs.outbox.append(build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, saddr))
+        self.ipvs.outbox.append(
+            build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, self._own_addr(saddr))
+        )
         return True
 
     # ----------------------------------------------------------------- ICMP

@@ -644,8 +644,11 @@ def _trash_dest(ipvs: NetnsIPVS, dest: Dest) -> None:
     """``__ip_vs_del_dest``: stop the estimator and keep the dest for reuse."""
     ipvs.est.stop(dest.stats)
     svc = dest.svc
-    dest.idle_start = ipvs.now
+    dest.idle_start = 0
     if svc is not None:
+        if not ipvs.dest_trash:
+            # The first dest in an empty trash arms the timer.
+            ipvs.dest_trash_timer = ipvs.now + ((IP_VS_DEST_TRASH_PERIOD_S * ipvs.hz) >> 1)
         ipvs.dest_trash[_trash_key(svc, dest.af, dest.addr, dest.port)] = dest
 
 
@@ -663,13 +666,26 @@ def del_dest(ipvs: NetnsIPVS, su: ServiceUser, af: int, addr: bytes, port: int) 
 
 
 def dest_trash_expire(ipvs: NetnsIPVS, now: int) -> None:
-    """The trash timer: free dests with no connections idle for one period."""
+    """``ip_vs_dest_trash_expire``: the trash timer (every 60 s while the
+    trash is not empty).
+
+    A dest still referenced by connections is left alone; an unreferenced
+    one is first stamped idle, and freed at a later run one trash period
+    (120 s) after the stamp, so a lone dest deleted at ``t`` can be revived
+    until about ``t + 180 s``, as in the kernel.
+    """
     period = IP_VS_DEST_TRASH_PERIOD_S * ipvs.hz
     for key, dest in list(ipvs.dest_trash.items()):
         if dest.refcnt:
-            dest.idle_start = now
-        elif now - dest.idle_start >= period:
-            del ipvs.dest_trash[key]
+            continue
+        if dest.idle_start:
+            if now < dest.idle_start + period:
+                continue
+        else:
+            dest.idle_start = max(1, now)
+            continue
+        del ipvs.dest_trash[key]
+    ipvs.dest_trash_timer = now + (period >> 1) if ipvs.dest_trash else None
 
 
 # --------------------------------------------------------------------------

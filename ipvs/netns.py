@@ -36,6 +36,7 @@ class NetnsIPVS:
     nullsvc_counter: int = 0
     rs_table: dict = attrs.field(factory=dict)  # (af, proto, addr, port) -> count
     dest_trash: dict = attrs.field(factory=dict)
+    dest_trash_timer: int | None = None  # jiffies of the next trash run
     conn_tab: ConnTable = None  # type: ignore[assignment]
     proto_data: dict[int, ProtoData] = attrs.field(factory=dict)
     tot_stats: Stats = attrs.field(factory=Stats)

@@ -149,15 +149,18 @@ def nat_xmit(
 
 def snat_response(
     ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int,
-    partial: bool, app_ret: int,
+    partial: bool, app_ret: int, own_addr: bytes,
 ) -> int:
     """``handle_response``'s mangling: the reply leaves from VIP:vport.
 
     The TTL is decremented because the kernel forwards replies
-    (``ip_forward`` runs before the FORWARD hook that calls ``ip_vs_out``).
+    (``ip_forward`` runs before the FORWARD hook that calls ``ip_vs_out``);
+    a reply whose TTL runs out gets its time exceeded from the director's
+    own address ``own_addr`` (a forwarded packet's route is not local, so
+    ``icmp_send`` does not use the VIP).
     """
     if buf[l3 + 8] <= 1:
-        decrement_ttl(ipvs, buf, l3, end, cp.vaddr)
+        decrement_ttl(ipvs, buf, l3, end, own_addr)
         return NF_DROP
     delta = cp.nat_delta
     k = cp.in_key  # proto | caddr | vaddr | cport | vport

@@ -31,16 +31,29 @@ def golden_dir(name: str) -> str | None:
     return None
 
 
+#: Scenario lines that change the director while traffic runs (rules,
+#: settings, marks, held connections, helper modules): a plain capture
+#: replay cannot place them in time, so such runs are compared by the tests
+#: that model their steps (tests/sched/test_goldens.py, the tcp_states and
+#: udp_icmp tests in tests/core/test_core.py, tests/kernel/test_differential.py).
+MID_RUN = re.compile(r"^\s*(step |!sh|!hold|!release|!rst|!sleep|sh ipvsadm|.*modprobe|mark )", re.M)
+
+
 def traffic_goldens() -> list[str]:
-    """Names of golden runs that have both captures and a rules dump."""
+    """Golden runs with both captures and a rules dump whose scenario does
+    not change the director while its traffic runs."""
     names = set()
     for base in (LOCAL_GOLDENS, SHARED_GOLDENS):
         if os.path.isdir(base):
             for n in os.listdir(base):
                 d = os.path.join(base, n)
-                if all(os.path.exists(os.path.join(d, f)) for f in
-                       ("client-side.pcap", "server-side.pcap", "before-ipvsadm-S-n.txt")):
-                    names.add(n)
+                if not all(os.path.exists(os.path.join(d, f)) for f in
+                           ("client-side.pcap", "server-side.pcap", "before-ipvsadm-S-n.txt", "scenario.sh")):
+                    continue
+                with open(os.path.join(d, "scenario.sh")) as f:
+                    if MID_RUN.search(f.read()):
+                        continue
+                names.add(n)
     return sorted(names)
 
 
@@ -53,6 +66,11 @@ def _inner(addr: bytes) -> bool:
 
 
 def _ip(r: pcap.Record):
+    """(l3, proto, saddr, daddr, (sport, dport)) of an IPv4 frame.
+
+    For an ICMP error the addresses and ports are those of the packet it
+    quotes, reversed, so the error belongs to the flow it is about (the
+    protocol stays ICMP)."""
     w = pcap.l3_offset(r.data, r.linktype)
     if w is None or w[1] != 0x0800:
         return None
@@ -60,17 +78,32 @@ def _ip(r: pcap.Record):
     d = r.data
     ihl = (d[l3] & 15) * 4
     proto = d[l3 + 9]
-    ports = (int.from_bytes(d[l3 + ihl : l3 + ihl + 2], "big"), int.from_bytes(d[l3 + ihl + 2 : l3 + ihl + 4], "big"))
+    l4 = l3 + ihl
+    if proto == 1:
+        q = l4 + 8
+        if len(d) < q + 24 or d[l4] not in (3, 4, 11):
+            return None
+        qihl = (d[q] & 15) * 4
+        qp = (int.from_bytes(d[q + qihl : q + qihl + 2], "big"), int.from_bytes(d[q + qihl + 2 : q + qihl + 4], "big"))
+        return l3, proto, d[q + 16 : q + 20], d[q + 12 : q + 16], (qp[1], qp[0])
+    ports = (int.from_bytes(d[l4 : l4 + 2], "big"), int.from_bytes(d[l4 + 2 : l4 + 4], "big"))
     return l3, proto, d[l3 + 12 : l3 + 16], d[l3 + 16 : l3 + 20], ports
 
 
+def _outer(r: pcap.Record) -> tuple[bytes, bytes]:
+    """The real (outer) source and destination of a frame."""
+    l3 = pcap.l3_offset(r.data, r.linktype)[0]
+    return r.data[l3 + 12 : l3 + 16], r.data[l3 + 16 : l3 + 20]
+
+
 def flow_of(r: pcap.Record, vips: frozenset[bytes] | set[bytes] = frozenset()):
-    """(proto, client addr, client port) of a TCP/UDP frame on either side:
-    the client is the end that is neither a real server nor a VIP."""
+    """(client addr, client port) of a TCP/UDP frame, or of the packet an
+    ICMP error quotes, on either side: the client is the end that is
+    neither a real server nor a VIP."""
     l3, proto, s, d, (sp, dp) = _ip(r)
     if _inner(s) or s in vips:
-        return proto, d, dp
-    return proto, s, sp
+        return d, dp
+    return s, sp
 
 
 class Split:
@@ -79,12 +112,13 @@ class Split:
     def __init__(self, golden: str, vips: set[bytes]):
         cli = pcap.read_file(os.path.join(golden, "client-side.pcap"))
         srv = pcap.read_file(os.path.join(golden, "server-side.pcap"))
-        tcpudp = lambda rs: [(r, i) for r in rs if (i := _ip(r)) and i[1] in (6, 17)]  # noqa: E731
-        cli, srv = tcpudp(cli), tcpudp(srv)
-        to_vip = [r for r, i in cli if i[3] in vips and not _inner(i[2])]
-        to_cli = [r for r, i in cli if i[2] in vips]
-        from_rs = [r for r, i in srv if _inner(i[2]) and i[2] != DIRECTOR_INNER and not _inner(i[3])]
-        to_rs = [r for r, i in srv if _inner(i[3]) and not _inner(i[2])]
+        # (frame, outer src, outer dst) of TCP, UDP and ICMP-error frames
+        ip = lambda rs: [(r, *_outer(r)) for r in rs if _ip(r) and _ip(r)[1] in (1, 6, 17)]  # noqa: E731
+        cli, srv = ip(cli), ip(srv)
+        to_vip = [r for r, s, d in cli if d in vips and not _inner(s)]
+        to_cli = [r for r, s, d in cli if s in vips]
+        from_rs = [r for r, s, d in srv if _inner(s) and s != DIRECTOR_INNER and not _inner(d)]
+        to_rs = [r for r, s, d in srv if _inner(d) and not _inner(s)]
         both = {flow_of(r, vips) for r in to_vip} & {flow_of(r, vips) for r in from_rs}
         keep = lambda rs: [r for r in rs if flow_of(r, vips) in both]  # noqa: E731
         drop = lambda rs: [r for r in rs if flow_of(r, vips) not in both]  # noqa: E731

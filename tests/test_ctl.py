@@ -146,18 +146,24 @@ def test_trash_is_per_service(ipvs):
 
 
 def test_trash_expiry_waits_for_refs_and_idle_period(ipvs):
+    """ip_vs_dest_trash_expire: referenced dests stay; an unreferenced one is
+    stamped idle at a run and freed at a run >= 120 s after the stamp."""
     ctl.add_service(ipvs, su())
     d = ctl.add_dest(ipvs, su(), du(2))
     d.refcnt = 1  # a connection still points at it
     ipvs.now = 0
     ctl.del_dest(ipvs, su(), 2, d.addr, 80)
+    assert ipvs.dest_trash_timer == 60 * HZ  # armed by the first trashed dest
     ctl.dest_trash_expire(ipvs, 1000 * HZ)
-    assert d in ipvs.dest_trash.values()
+    assert d in ipvs.dest_trash.values() and d.idle_start == 0
     d.refcnt = 0
-    ctl.dest_trash_expire(ipvs, 1000 * HZ + 119 * HZ)
+    ctl.dest_trash_expire(ipvs, 1060 * HZ)  # stamps idle_start
+    assert d in ipvs.dest_trash.values() and d.idle_start == 1060 * HZ
+    ctl.dest_trash_expire(ipvs, 1060 * HZ + 119 * HZ)
     assert d in ipvs.dest_trash.values()
-    ctl.dest_trash_expire(ipvs, 1000 * HZ + 120 * HZ)
+    ctl.dest_trash_expire(ipvs, 1060 * HZ + 120 * HZ)
     assert d not in ipvs.dest_trash.values()
+    assert ipvs.dest_trash_timer is None  # nothing left: the timer stops
     assert ctl.add_dest(ipvs, su(), du(2)) is not d
 
 

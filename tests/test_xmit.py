@@ -102,7 +102,7 @@ def test_snat_response():
         buf = tcp(RS, 8080, CLI, 3456, flags="SA") if proto == 6 else udp(RS, 8080, CLI, 3456)
         h = parse(buf, 0)
         ipvs = NetnsIPVS()
-        assert xmit.snat_response(ipvs, cp, buf, 0, h.l4, h.end, proto, False, 1) == xmit.NF_STOLEN
+        assert xmit.snat_response(ipvs, cp, buf, 0, h.l4, h.end, proto, False, 1, b"") == xmit.NF_STOLEN
         p = IP(bytes(buf))
         layer = TCP if proto == 6 else UDP
         assert (p.src, p[layer].sport, p.dst, p[layer].dport) == (VIP, vport, CLI, 3456)

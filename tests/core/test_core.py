@@ -785,9 +785,6 @@ def test_every_drop_reason_is_reachable_and_counted():
     assert lab.ipvs.drops[Drop.CONN_REUSE] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="nat_icmp_send: the kernel's icmp_send for a forwarded reply picks the "
-                   "director's own address (saddr 0, routing chooses); the core uses the real server's address, "
-                   "so the error goes from the RS to the RS. The core needs the director's address to fix it")
 def test_nat_icmp_send_error_does_not_claim_to_come_from_the_real_server():
     lab = web(nat_icmp_send=1)
     lab.d.own_address = lambda dst: A("172.16.0.1") if dst[:3] == A(RS1)[:3] else None
@@ -798,9 +795,6 @@ def test_nat_icmp_send_error_does_not_claim_to_come_from_the_real_server():
     assert p.src == "172.16.0.1"
 
 
-@pytest.mark.xfail(strict=True, reason="a reply with TTL 1 expires in ip_forward, whose icmp_send on a "
-                   "forward route takes the director's address (not the VIP, which only a local route gives); "
-                   "the core needs the director's address to fix it")
 def test_time_exceeded_for_a_reply_does_not_come_from_the_vip():
     lab = web()
     c2v(lab, "S")
@@ -954,10 +948,6 @@ def test_next_timer_reports_the_earliest_work():
     assert lab.conns() == [] and lab.now == cp.expires
 
 
-@pytest.mark.xfail(strict=True, reason="ip_vs_dest_trash_expire: the trash timer is armed at deletion for "
-                   "+60 s; a run first stamps idle_start on an unreferenced dest and frees it only at a run "
-                   ">= idle_start + 120 s, so a lone dest deleted at t lives until t+180 s.  PyIPVS stamps "
-                   "idle_start at deletion and runs the trash on its own 60 s phase (freed at ~t+120 s)")
 def test_deleted_dest_stays_revivable_for_180_seconds():
     lab = web()
     lab.tick(lab.now)
