@@ -880,7 +880,9 @@ class Ipvsadm:
             if not after.startswith(":"):
                 return SERVICE_NONE
             portp = after[1:]
-        a6 = _inet_pton(AF_INET6, buf)
+        # An IPv6 address has at least two colons; skipping the attempt
+        # otherwise saves a failed conversion for every IPv4 address.
+        a6 = _inet_pton(AF_INET6, buf) if buf.count(":") >= 2 else None
         if a6 is not None:
             svc.addr = a6
             svc.af = AF_INET6
