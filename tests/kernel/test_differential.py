@@ -28,7 +28,7 @@ from tests.kernel.diff.compare import DIFFERENT, EQUAL, MISSING, Item
 NAMES = report.golden_names()
 #: Traffic scenarios whose traffic the offline backend does not model yet
 #: (their listings before traffic are still compared).
-OFFLINE_TODO = {"ftp", "tcp_states"}
+OFFLINE_TODO: set[str] = set()
 _CACHE: dict[str, list[Item]] = {}
 
 

@@ -22,10 +22,23 @@ against an in-process PyIPVS (:class:`ipvs.core.Director` behind
   ``order.txt``; the frames it transmits are compared with the kernel's at
   L3/L4 (items ``frames to real servers`` / ``frames to clients``).
 
+The library's helpers that make traffic are modelled the same way: the
+stub's ``ftp.py`` records each FTP client session (anchored at its control
+connection's first frame; ``modprobe ip_vs_ftp`` registers PyIPVS's FTP
+helper), and its ``tcpcraft.py`` records the TCP state walk, whose
+``dump`` and ``sh`` steps are played before the next ``send`` step's frame
+and written as the kernel's ``tcp-states.jsonl`` records (a ``sleep``
+moves the steps before it back by its length).  ``mark_dst`` is emulated
+(:func:`packet_marks`).  The clock outside the captures is modelled: 0.4 s
+per process start in the VM (:data:`PROC_S`).
+
 What this backend cannot reproduce, and says so (MISSING items):
-``requests.txt`` and the real servers' logs (no sockets), traffic of
-scenarios recorded without captures, and anything the stub does not model
-(``mark_dst`` is emulated: see :func:`packet_marks`).
+``requests.txt``, the real servers' logs and ``ftp-session.txt`` (no
+sockets), the client's own records of a TCP walk (send/expect), and traffic
+of scenarios recorded without captures.  Frames the kernel's director
+routed without IPVS (the client's ICMP about an un-NATed reply) and ICMP
+errors its own stack made (neighbour failures) are not IPVS output and
+have no offline counterpart.
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ GATEWAY = ipaddress.ip_address("172.16.0.1").packed
 #: and two tcpdump decodes) after the last captured frame.
 PROC_S = 0.4
 CAPTURE_STOP_S = 1.5
+SYSCTL_DIR = "/proc/sys/net/ipv4/vs/"
 #: The VM has two CPUs: ip_vs_stats_percpu has rows 0 and 1.
 NCPU = 2
 #: Listings dump_ipvs writes: file stem -> ipvsadm arguments (oracle.sh).
@@ -75,6 +89,7 @@ CANNOT = {
     r"requests\.txt": "offline: no sockets, only the scheduling decision (order.txt) is reproduced",
     r"rs\d+-.*\.log": "offline: no real servers run",
     r"ftp-session\.txt": "offline: no FTP client runs",
+    r"tcp-states\.txt": "the human form of tcp-states.jsonl",
 }
 
 
@@ -235,6 +250,7 @@ class OfflineRun:
         self.nservers = 0
         self.replaying = False
         self.answered: set[tuple[int, bytes, int]] = set()
+        self.tc_records: list[dict] = []
         os.makedirs(out, exist_ok=True)
         if os.path.exists(os.path.join(golden, "client-side.pcap")):
             ts = [r.ts for r in pcap.read_file(os.path.join(golden, "client-side.pcap"))]
@@ -274,8 +290,10 @@ class OfflineRun:
         self.write(f"{prefix}sysctl-net.ipv4.vs.txt", "".join(
             f"/proc/sys/net/ipv4/vs/{k}:{v.splitlines()[0] if v else ''}\n" for k, v in sorted(files.items())))
 
-    def sh(self, cmd: str) -> None:
-        """A ``!sh`` step: ipvsadm commands (with ``> "$OUT/FILE"``) and ``cat /proc/net/X``."""
+    def sh(self, cmd: str) -> tuple[str, str, int]:
+        """A ``!sh`` step: ipvsadm (with ``> "$OUT/FILE"``), ``cat /proc/net/ip_vs*``,
+        and reads and writes of ``/proc/sys/net/ipv4/vs/*``; (stdout, stderr, rc)."""
+        stdout, stderr, rc = "", "", 0
         for part in cmd.split(";"):
             words = shlex.split(part.replace("$OUT/", ""))
             target = None
@@ -284,15 +302,36 @@ class OfflineRun:
                 target, words = words[i + 1], words[:i]
             if not words:
                 continue
+            text = ""
             if words[0] == "ipvsadm":
-                text = self.ipvsadm(words[1:])[1]
+                rc, text, err = self.ipvsadm(words[1:])
+                stderr += err
             elif words[0] == "cat" and len(words) == 2 and words[1].startswith("/proc/net/ip_vs"):
                 text = procfs.render(self.ipvs, words[1].rsplit("/", 1)[1], self.now, ncpu=NCPU)
+            elif words[0] == "cat" and len(words) == 2 and words[1].startswith(SYSCTL_DIR):
+                text = procfs.render_sysctl(self.ipvs).get(words[1][len(SYSCTL_DIR):], "")
+            elif words[0] == "echo" and len(words) == 2 and target and target.startswith(SYSCTL_DIR):
+                self.transport.call({"version": 1, "cmd": "SET_SYSCTL", "name": target[len(SYSCTL_DIR):],
+                                     "value": int(words[1])})
+                continue
             else:
                 self.notes.append(f"!sh not modelled: {part.strip()}")
                 continue
             if target:
                 self.write(os.path.basename(target), text)
+            else:
+                stdout += text
+        return stdout, stderr, rc
+
+    def modprobe(self, args: list[str]) -> None:
+        """``modprobe ip_vs_ftp``: the FTP helper on port 21, as ``ipvsd --ftp``."""
+        if args and args[0] == "ip_vs_ftp":
+            from ipvs.app import ftp
+
+            ports = [int(a.split("=", 1)[1]) for a in args[1:] if a.startswith("ports=")] or [21]
+            ftp.register(self.ipvs, ports=tuple(ports))
+        elif args and not args[0].startswith("ip_vs"):
+            self.notes.append(f"modprobe {' '.join(args)}: not modelled")
 
     def transcript(self, base: str, lines: list[str]) -> None:
         """Like lib/transcript.py, with PyIPVS's ipvsadm in-process."""
@@ -343,9 +382,9 @@ class OfflineRun:
             first.setdefault(t.flow(i), idx)
         # Anchor every step that sends a frame; the others run before the next anchor.
         held: dict[str, list[tuple[int, bytes, int]]] = {}
-        plan: list[tuple[int, list[str]]] = []  # (input index, pending !sh commands)
-        pending: list[str] = []
-        last = 0
+        plan: list[tuple[int, list]] = []  # (input index, actions to run before it)
+        pending: list = []
+        last = -1  # the input index of the last anchored step
 
         def anchor(idx: int | None) -> None:
             nonlocal pending, last
@@ -356,7 +395,27 @@ class OfflineRun:
                 pending = []
             last = max(last, idx)
 
+        def sleep(secs: float) -> None:
+            # Actions before a sleep ran that much before the next frame.
+            for p in pending:
+                p[1] += secs
+
+        def next_from_client(flow, mask: int = 0) -> int | None:
+            return next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) == flow
+                         and not _inner(t.input[k][1][2]) and (not mask or t.input[k][1][6] & mask)), None)
+
         for kind, line in self.steps:
+            if kind == "action":
+                pending.append([line, 0.0])
+                continue
+            if kind == "ftp":
+                src, sport = line
+                anchor(first.get((6, ipaddress.ip_address(src).packed, int(sport))))
+                continue
+            if kind == "tcpcraft":
+                self._plan_tcpcraft(line, lambda action: pending.append([action, 0.0]), anchor, next_from_client,
+                                    lambda secs: sleep(secs))
+                continue
             if kind == "http_get":
                 src, sport = line.split()[:2]
                 f = (6, ipaddress.ip_address(src).packed, int(sport))
@@ -381,25 +440,29 @@ class OfflineRun:
                     held.setdefault(a[0], []).append(f)
                 anchor(first.get(f))
             elif verb == "sh":
-                pending.append(rest)
+                pending.append([lambda cmd=rest: self.sh(cmd), 0.0])
+            elif verb == "sleep":
+                sleep(float(a[0]))
             elif verb in ("release-all", "rst-all", "release-label", "rst-label", "release"):
                 if verb == "release":
                     flows = [(6, ipaddress.ip_address(a[0]).packed, int(a[1]))]
                 else:
                     flows = [f for lab, fs in held.items() if verb.endswith("all") or lab == a[0] for f in fs]
                 mask = 0x04 if verb.startswith("rst") else 0x05
-                idx = next((k for k in range(last, len(t.input)) if t.flow(t.input[k][1]) in flows
+                idx = next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) in flows
                             and t.input[k][1][6] & mask and not _inner(t.input[k][1][2])), None)
                 anchor(idx)
+        plan.append((len(t.input), pending))
         self.steps = []
         jobs = dict(plan)
         sent: list[tuple[bytes, tuple]] = []
         for idx, (rec, info) in enumerate(t.input):
             now = jiffies(rec.ts, self.ipvs.hz)
             if idx in jobs:
-                self.now = now
-                for cmd in jobs.pop(idx):
-                    self.sh(cmd)
+                for action, lead in jobs.pop(idx):
+                    self.now = max(self.now, now - round(lead * self.ipvs.hz))
+                    self.d.run_timers(self.now)
+                    action()
             self.now = now
             self.d.run_timers(now)
             buf = bytearray(rec.data)
@@ -421,12 +484,52 @@ class OfflineRun:
             self.ipvs.outbox.clear()
         if t.input:
             self.now = jiffies(t.input[-1][0].ts, self.ipvs.hz)
-        for _idx, cmds in sorted(jobs.items()):
-            for cmd in cmds:
-                self.sh(cmd)
+        self.d.run_timers(self.now)
+        for _idx, actions in sorted(jobs.items()):
+            for action, _lead in actions:
+                action()
         self.tick(CAPTURE_STOP_S)
         self.d.run_timers(self.now)
         self._frames(sent)
+
+    def _plan_tcpcraft(self, job, add, anchor, next_from_client, sleep) -> None:
+        """tcpcraft's steps: each ``send`` is the flow's next client frame in
+        the capture; ``dump`` and ``sh`` run before the next send's frame and
+        write their records (the others - send, expect, sleep - are the
+        client's own view, not rebuilt offline)."""
+        base, lines = job
+        flows: dict[str, tuple[int, bytes, int]] = {}
+        section, n = "", 0
+        for raw in lines:
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith("#"):
+                section = line[1:].strip()
+                continue
+            verb, _, rest = line.partition(" ")
+            a = rest.split()
+            if verb == "conn":
+                flows[a[0]] = (6, ipaddress.ip_address(a[1]).packed, int(a[2]))
+                continue
+            n += 1
+            if verb == "send":
+                anchor(next_from_client(flows[a[0]]))
+            elif verb == "sleep":
+                sleep(float(a[0]))
+            elif verb == "dump":
+                add(lambda n=n, section=section, label=a[0]: self.tc_records.append(
+                    {"n": n, "section": section, "step": "dump", "label": label,
+                     "ipvsadm_Lnc": self.ipvsadm(["-Lnc"])[1],
+                     "proc_net_ip_vs_conn": procfs.render(self.ipvs, "ip_vs_conn", self.now)}))
+            elif verb == "sh":
+                def run_sh(n=n, section=section, cmd=rest):
+                    out, err, rc = self.sh(cmd)
+                    self.tc_records.append({"n": n, "section": section, "step": "sh", "cmd": cmd,
+                                            "stdout": out, "stderr": err, "rc": rc})
+                add(run_sh)
+        add(lambda base=base: self.write(
+            f"{base}.jsonl", "".join(json.dumps(r) + "\n" for r in sorted(self.tc_records, key=lambda r: r["n"]))))
 
     def _frames(self, sent: list[tuple[bytes, tuple]]) -> None:
         t = self.traffic
@@ -473,7 +576,9 @@ class OfflineRun:
 
     def run(self) -> None:
         for kind, args, lines in extract_events(self.scenario_sh):
-            if kind == "ipvsadm":
+            if kind == "ipvsadm" and self.in_capture:
+                self.steps.append(("action", lambda a=args, i="".join(x + "\n" for x in lines): self.ipvsadm(a, i)))
+            elif kind == "ipvsadm":
                 self.ipvsadm(args, "".join(x + "\n" for x in lines))
             elif kind == "ipvs_rules":
                 rc, _o, e = self.ipvsadm(["-R"], "".join(x + "\n" for x in lines))
@@ -485,10 +590,22 @@ class OfflineRun:
                 self.vips.add(ipaddress.ip_address(args[0]).packed)
             elif kind == "mark_dst":
                 self.marks.append((args[0], args[1]))
+            elif kind in ("dump_ipvs", "dump_conn") and self.in_capture:
+                fn = self.dump_ipvs if kind == "dump_ipvs" else self.dump_conn
+                self.steps.append(("action", lambda fn=fn, p=args[0] if args else "": fn(p)))
             elif kind == "dump_ipvs":
                 self.dump_ipvs(args[0] if args else "")
             elif kind == "dump_conn":
                 self.dump_conn(args[0] if args else "")
+            elif kind == "modprobe":
+                self.modprobe(args)
+            elif kind == "ftp_client":
+                # client OUTFILE SRC SPORT DST MODE DATAPORT
+                self.steps.append(("ftp", (args[1], args[2])))
+            elif kind == "tcpcraft":
+                self.steps.append(("tcpcraft", (args[0], lines)))
+            elif kind in ("ftp_server", "cmd"):
+                pass
             elif kind == "transcript":
                 self.transcript(args[0], lines)
             elif kind == "capture_start":

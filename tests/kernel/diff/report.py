@@ -229,17 +229,19 @@ def markdown(rows, notes, seconds: float) -> str:
           "| offline | the scenario script under a recording stub (`tests/kernel/diff/stub/oracle.sh`); "
           "rules, sysctls, transcripts and dumps played in-process; the traffic is the kernel's own "
           "capture fed to `ipvs.core.Director` in capture order, IPVS-side steps (`!sh ipvsadm`, "
-          "snapshots) between the frames they fell between | listings, /proc views, sysctls, "
-          "transcripts, the server per request (`order.txt`), the transmitted frames at L3/L4 "
-          "(`frames to real servers`, `frames to clients`); not `requests.txt`, server logs, FTP sessions |",
+          "snapshots, FTP sessions, TCP-walk dumps) between the frames they fell between | listings, /proc "
+          "views, sysctls, transcripts, the server per request (`order.txt`), the TCP state walk's connection "
+          "dumps, the transmitted frames at L3/L4 (`frames to real servers`, `frames to clients`); "
+          "not `requests.txt`, server logs, FTP sessions as the client saw them |",
           "| lab | the same script with `tests/kernel/diff/lab/oracle.sh`: namespaces `pyipvs-diff-PID-*`, "
           "veth only, `tools/ipvsd` on AF_PACKET, `tools/ipvsadm`, real sockets and tcpdump | everything the "
           "kernel run writes, pcaps excepted (ISNs, timestamps) |", "",
           "## Normalisation (all of it)", ""]
     doc = normalize.__doc__ or ""
     rules = doc.split("\n\n", 2)[2] if doc.count("\n\n") >= 2 else doc
-    md.append(rules.strip().replace("    ", "").replace(":data:`EXPIRE_TOLERANCE_S`",
-                                                          f"`EXPIRE_TOLERANCE_S` = {normalize.EXPIRE_TOLERANCE_S}"))
+    rules = re.sub(r":data:`(\w+)`", r"`\1`", rules).replace("``", "`")
+    md.append("\n".join(line.strip() if not re.match(r"\d\.", line.strip()) else "\n" + line.strip()
+                         for line in rules.strip().splitlines()).strip())
     md += ["", "Nothing else is normalised: counters, states, addresses, ports, flags, weights, "
            "error messages and exit codes are compared exactly.", "",
            "## Scenarios", "", "| scenario | equal | known | unexplained | fixed | not compared |",

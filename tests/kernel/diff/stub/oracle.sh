@@ -17,6 +17,23 @@ ev_stdin() { local l; while IFS= read -r l || [ -n "$l" ]; do printf '+\t%s\n' "
 
 # Scenario scripts wait for their own helpers; nothing runs here.
 sleep() { :; }
+# Nothing a scenario does may touch this host: every command that would
+# configure a network, a firewall or a module is recorded, not run.
+ip() { ev cmd ip "$@"; }
+iptables() { ev cmd iptables "$@"; }
+iptables-restore() { ev cmd iptables-restore "$@"; cat > /dev/null; }
+ip6tables() { ev cmd ip6tables "$@"; }
+nft() { ev cmd nft "$@"; }
+modprobe() { ev modprobe "$@"; }
+rmmod() { ev cmd rmmod "$@"; }
+sysctl() { ev cmd sysctl "$@"; }
+ethtool() { ev cmd ethtool "$@"; }
+tcpdump() { ev cmd tcpdump "$@"; }
+curl() { ev cmd curl "$@"; }
+socat() { ev cmd socat "$@"; }
+conntrack() { ev cmd conntrack "$@"; }
+ipvsadm-save() { ev cmd ipvsadm-save "$@"; }
+ipvsadm-restore() { ev cmd ipvsadm-restore "$@"; }
 die() { ev die "$*"; echo "oracle.sh (diff stub): $*" >&2; exit 1; }
 load_ipvs() { :; }
 setup_nat() { NSERVERS=$1; ev setup_nat "$@"; }
