@@ -582,6 +582,7 @@ class Daemon:
         self._next_sweep = 0.0
         self._last_timer = -1  # jiffy of the last run_timers
         self._due: int | None = None  # next_timer() after that run
+        self.failures: dict[str, int] = {}  # callback name -> exceptions caught
         self.ticks = 0
         if driver is not None:
             self.attach_driver(driver)
@@ -599,7 +600,20 @@ class Daemon:
         """Serve a data-path plug-in's descriptors from this loop."""
         self.driver = driver
         for fd in driver.fds():
-            self.sel.register(fd, selectors.EVENT_READ, lambda m, fd=fd: driver.on_readable(fd, self.now()))
+            self.sel.register(fd, selectors.EVENT_READ,
+                              lambda m, fd=fd: self._guard("driver.on_readable", driver.on_readable, fd, self.now()))
+
+    def _guard(self, what: str, fn: Callable, *args: Any) -> None:
+        """Run a data-path or timer callback; a bug there is logged and
+        counted (``self.failures``), and the director keeps serving."""
+        try:
+            fn(*args)
+        except Exception:
+            self.failures[what] = n = self.failures.get(what, 0) + 1
+            # The first few in full, then one in a thousand: a bug hit by
+            # every packet must not flood the log.
+            if n <= 5 or n % 1000 == 0:
+                log.exception("%s failed (%d times so far)", what, n)
 
     def transport(self) -> InProcessTransport:
         return InProcessTransport(self.server)
@@ -713,7 +727,7 @@ class Daemon:
             return
         if self.driver is None and (self._due is None or now < self._due) and now - self._last_timer < self.ipvs.hz:
             return
-        self.director.run_timers(now)
+        self._guard("director.run_timers", self.director.run_timers, now)
         self._last_timer = now
         self.ticks += 1
         if self.driver is None:
@@ -729,7 +743,7 @@ class Daemon:
         self._run_timers(now)
         self.server.tick()
         if self.driver is not None:
-            self.driver.on_idle(now)
+            self._guard("driver.on_idle", self.driver.on_idle, now)
         now_s = self.clock()
         if self.procfs is not None and now_s >= self._next_procfs:
             try:

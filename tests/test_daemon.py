@@ -850,3 +850,31 @@ def test_default_socket_is_per_network_namespace(tmp_path):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
             wait_for(lambda: not pidfile.exists(), 10)
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_a_failing_driver_or_timer_does_not_stop_the_director(tmp_path):
+    class BadDriver(FakeDriver):
+        def on_readable(self, fd, now):
+            self.r.recv(100)
+            raise ValueError("driver bug")
+
+    class BadDirector(FakeDirector):
+        def run_timers(self, now):
+            super().run_timers(now)
+            raise RuntimeError("timer bug")
+
+    drv = BadDriver()
+    d = Daemon(NetnsIPVS(), BadDirector(due_in=1), socket_path=str(tmp_path / "s.sock"), driver=drv)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        for _ in range(3):
+            drv.w.send(b"x")
+            time.sleep(0.02)
+        assert_alive(d.address)
+        assert wait_for(lambda: d.failures.get("driver.on_readable") == 3, 5)
+        assert d.failures["director.run_timers"] >= 1
+    finally:
+        d.request_stop()
+        t.join(10)
+    assert not t.is_alive()
