@@ -148,21 +148,9 @@ class Bench:
             target = VIP
         else:
             kernel_addrs(False, vip=False)
-            with open(os.path.join(lab.STATE, "rules.txt"), "w") as f:
-                f.write("\n".join(RULES) + "\n")
-            cmd = lab.director_cmd("spare", False)
-            if "ipvsd" in cmd[1]:
-                lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
-                deadline = time.monotonic() + 20
-                while lab.ipvsadm("-Ln", check=False).returncode != 0:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("ipvsd did not start")
-                    time.sleep(0.1)
-                for line in RULES:
-                    lab.ipvsadm(*line.split())
-            else:
-                lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
-                time.sleep(2)
+            lab.start_director("spare", False, rules=False)
+            for line in RULES:
+                lab.ipvsadm(*line.split())
             time.sleep(0.3)
             target = VIP
         self.current = path
