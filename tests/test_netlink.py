@@ -237,7 +237,7 @@ _request = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.one_of(_json, _request, st.dictionaries(st.sampled_from(list(netlink._REQUEST_FIELDS)), _json)))
 def test_dispatch_never_raises(request):
     ipvs = NetnsIPVS()
@@ -248,7 +248,7 @@ def test_dispatch_never_raises(request):
     json.dumps(reply)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.lists(_request, min_size=1, max_size=12))
 def test_dispatch_sequences_keep_state_consistent(requests):
     ipvs = NetnsIPVS()
