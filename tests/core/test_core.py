@@ -959,3 +959,28 @@ def test_deleted_dest_stays_revivable_for_180_seconds():
         lab.tick(t0 + s * HZ)
     again = ctl.add_dest(lab.ipvs, lab.su, ctl.DestUser(addr=d.addr, port=d.port, conn_flags=0))
     assert again is d and again.stats.inpkts == 42
+
+
+@pytest.mark.parametrize("how", ["del_service", "flush"])
+def test_removed_service_leaves_conns_to_expire_and_drops_their_packets(how):
+    """ip_vs_del_service / ip_vs_flush unlink the service and trash its
+    dests; connections keep their (now unavailable) dest and expire on their
+    own, their client packets are dropped and nothing is counted."""
+    lab = web()
+    c2v(lab, "S")
+    cp = one(lab)
+    d = cp.dest
+    before = d.stats.counters()
+    if how == "del_service":
+        ctl.del_service(lab.ipvs, lab.su)
+    else:
+        ctl.flush(lab.ipvs)
+    assert lab.conns() == [cp] and cp.dest is d
+    assert lab.send(tcp(CLI, 3456, VIP, 80, flags="A")) == NF_DROP
+    v, buf = r2c(lab, cp, "SA")
+    assert v == NF_STOLEN and IP(bytes(buf)).src == VIP
+    assert d.stats.counters() == before
+    # A new connection finds no service: not IPVS's packet any more.
+    assert c2v(lab, "S", cport=4000)[0] == NF_ACCEPT
+    lab.tick(cp.expires)
+    assert lab.conns() == [] and counters(d) == (0, 0)
