@@ -266,6 +266,8 @@ class ConnTable:
     # NAT checksum deltas by (vaddr, daddr, vport, dport): one int object
     # shared by every connection with the same rewrite.
     deltas: dict = attrs.field(factory=dict)
+    # Older connections whose key a newer one took: (table tag, key) -> [conns].
+    shadowed: dict = attrs.field(factory=dict)
 
     # ---------------------------------------------------------------- sizes
 
@@ -279,31 +281,59 @@ class ConnTable:
 
     def all(self) -> list[Connection]:
         """Every hashed connection and template (order is not meaningful)."""
-        return list(self.in_table.values()) + list(self.templates.values())
+        out = list(self.in_table.values()) + list(self.templates.values())
+        for (tag, _key), older in self.shadowed.items():
+            if tag != "out":
+                out.extend(older)
+        return out
 
     # -------------------------------------------------------------- hashing
+    #
+    # A key names one connection in a dict, but the kernel's hash chains
+    # can hold two entries with the same addresses: a SYN that reuses a
+    # TIME_WAIT entry's tuple makes a new connection while the old one
+    # still waits for its timer, and invalidated templates all carry
+    # vport 0xFFFF.  The kernel inserts at the head, so lookups find the
+    # newest; the older ones live on until they expire.  Here the older
+    # ones wait in ``shadowed`` (cold paths only) and move back into the
+    # dict when the newer one goes.
+
+    def _put(self, tag: str, table: dict, key: bytes, cp: Connection) -> None:
+        old = table.get(key)
+        if old is not None and old is not cp:
+            self.shadowed.setdefault((tag, key), []).append(old)
+        table[key] = cp
+
+    def _drop(self, tag: str, table: dict, key: bytes, cp: Connection) -> None:
+        older = self.shadowed.get((tag, key))
+        if table.get(key) is cp:
+            if older:
+                table[key] = older.pop()
+            else:
+                del table[key]
+        elif older and cp in older:
+            older.remove(cp)
+        if older is not None and not older:
+            del self.shadowed[(tag, key)]
 
     def hash(self, cp: Connection) -> None:
-        """``ip_vs_conn_hash``: file ``cp`` under its keys."""
+        """``ip_vs_conn_hash``: file ``cp`` under its keys (at the head)."""
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
-            self.templates[cp.in_key] = cp
+            self._put("tmpl", self.templates, cp.in_key, cp)
         else:
-            self.in_table[cp.in_key] = cp
-            self.out_table[cp.out_key] = cp
+            self._put("in", self.in_table, cp.in_key, cp)
+            self._put("out", self.out_table, cp.out_key, cp)
         cp.flags |= IP_VS_CONN_F_HASHED
 
     def unhash(self, cp: Connection) -> None:
-        """``ip_vs_conn_unhash``: remove ``cp``'s keys if they still name it."""
+        """``ip_vs_conn_unhash``: remove ``cp``'s keys."""
         if not cp.flags & IP_VS_CONN_F_HASHED:
             return
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
-            if self.templates.get(cp.in_key) is cp:
-                del self.templates[cp.in_key]
+            self._drop("tmpl", self.templates, cp.in_key, cp)
         else:
-            if self.in_table.get(cp.in_key) is cp:
-                del self.in_table[cp.in_key]
-            if self.out_table.get(cp.out_key) is cp:
-                del self.out_table[cp.out_key]
+            self._drop("in", self.in_table, cp.in_key, cp)
+            self._drop("out", self.out_table, cp.out_key, cp)
         cp.flags &= ~IP_VS_CONN_F_HASHED
 
     # -------------------------------------------------------------- lookups

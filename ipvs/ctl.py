@@ -518,7 +518,7 @@ def flush(ipvs: NetnsIPVS) -> None:
 def _check_dest_user(svc: Service, u: DestUser) -> None:
     if u.weight < 0:
         raise IPVSError(errno.ERANGE, "weight below zero")
-    if u.weight > uapi.IP_VS_MAX_WEIGHT * 32768:  # the kernel takes any int
+    if u.weight > _INT_MAX:  # the kernel's weight is an int: 2^31 and above read negative
         raise IPVSError(errno.ERANGE, "weight too large")
     if u.l_threshold > u.u_threshold:
         raise IPVSError(errno.ERANGE, "l_threshold above u_threshold")
