@@ -878,3 +878,24 @@ def test_a_failing_driver_or_timer_does_not_stop_the_director(tmp_path):
         d.request_stop()
         t.join(10)
     assert not t.is_alive()
+
+
+@pytest.mark.skipif(NODE_EXPORTER is None, reason="prometheus-node-exporter is not installed (apt package "
+                    "prometheus-node-exporter)")
+def test_node_exporter_on_a_running_ipvsd(tmp_path):
+    """End to end: rules sent to tools/ipvsd show up in node_exporter's ipvs metrics."""
+    _ipvsadm_or_skip()
+    sock, proc = str(tmp_path / "s.sock"), tmp_path / "proc"
+    d = IpvsdProcess(["--procfs-dir", str(proc)], sock)
+    try:
+        p = subprocess.run([sys.executable, str(ROOT / "tools" / "ipvsadm"), "-R"], input=RULES_B,
+                           env={**os.environ, "IPVS_SOCKET": sock}, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert wait_for(lambda: "AC100003:0035" in (proc / "net" / "ip_vs").read_text(), 5)
+        m = scrape_node_exporter(proc)
+    finally:
+        d.kill()
+    weights = {re.search(r'proto="(\w+)",remote_address="([^"]+)",remote_port="(\d+)"', k).groups(): v
+               for k, v in m.items() if k.startswith("node_ipvs_backend_weight")}
+    assert weights == {("TCP", "172.16.0.2", "80"): 1, ("UDP", "172.16.0.3", "53"): 2}
+    assert m["node_ipvs_connections_total"] == 0
