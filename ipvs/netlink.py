@@ -380,10 +380,15 @@ def _parse_service(ipvs: NetnsIPVS, attrs: dict | None, full: bool) -> tuple[Ser
         raise IPVSError(errno.EAFNOSUPPORT, f"address family {af}")
     u = ServiceUser(af=af)
     u.addr = bytes(4 if af == AF_INET else 16)
-    if attrs.get("fwmark"):
+    if "fwmark" in attrs:
+        # As the kernel: a present fwmark attribute wins, even 0 (which then
+        # makes an ordinary TCP 0.0.0.0:0 service, as ip_vs_add_service does).
         u.protocol = uapi.IPPROTO_TCP
         u.fwmark = attrs["fwmark"]
-        svc = ctl.fwm_service_find(ipvs, af, u.fwmark)
+        if u.fwmark:
+            svc = ctl.fwm_service_find(ipvs, af, u.fwmark)
+        else:
+            svc = ctl.service_find(ipvs, af, u.protocol, u.addr, u.port)
     else:
         u.protocol = attrs["protocol"]
         u.addr = _packed(af, attrs["addr"], "service.addr")
