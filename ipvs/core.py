@@ -208,6 +208,16 @@ class Director:
         tcp_flags = buf[l4 + 13] if proto == IPPROTO_TCP else 0
         if cp is not None and tcp_flags & TCP_SYN and ipvs.sysctl.conn_reuse_mode:
             cp = self._conn_reuse(cp, now)
+        if cp is not None and cp.dest is not None and not cp.dest.flags & IP_VS_DEST_F_AVAILABLE:
+            # The real server was deleted (5.9+: checked before scheduling).
+            if not ipvs.sysctl.expire_nodest_conn:
+                # Drop without restarting the timer.
+                ipvs.drops[Drop.DEST_UNAVAILABLE] += 1
+                return NF_DROP
+            # Expire the entry and go on as if there were none (no old
+            # conntrack to keep in PyIPVS): the packet may be scheduled anew.
+            tab.expire_now(cp, now)
+            cp = None
         if cp is None:
             if proto == IPPROTO_TCP and not _tcp.may_schedule(tcp_flags, ipvs.sysctl.sloppy_tcp):
                 return NF_ACCEPT
@@ -235,12 +245,6 @@ class Director:
                 return self._leave(svc, buf, l3, end, iph)
         dest = cp.dest
         if dest is not None:
-            if not dest.flags & IP_VS_DEST_F_AVAILABLE:
-                # The real server was deleted: drop without restarting the timer.
-                if ipvs.sysctl.expire_nodest_conn:
-                    tab.expire_now(cp, now)
-                ipvs.drops[Drop.DEST_UNAVAILABLE] += 1
-                return NF_DROP
             # ip_vs_in_stats: dest, its service, the instance total.
             n = end - l3
             st = dest.stats

@@ -621,15 +621,40 @@ def test_expire_nodest_conn_expires_at_once():
 
 
 def test_expire_nodest_conn_on_packet():
+    """5.9+ (so 6.1): the dest check comes before scheduling; with
+    expire_nodest_conn the entry is expired and the packet goes on as if
+    there were none.  A TCP ACK cannot schedule, so it is not IPVS's."""
     lab = web()
     c2v(lab, "S")
     cp = one(lab)
     ctl.del_dest(lab.ipvs, lab.su, 2, cp.dest.addr, cp.dest.port)
     lab.ipvs.sysctl.set("expire_nodest_conn", 1)
-    v, _ = c2v(lab, "A")
-    assert v == NF_DROP
+    v, buf = c2v(lab, "A")
+    assert v == NF_ACCEPT and IP(bytes(buf)).dst == VIP
     lab.tick(lab.now + 1)
     assert lab.conns() == []
+
+
+def test_expire_nodest_conn_reschedules_udp_at_once():
+    """The point of the 5.9 change: a client reusing its source port is
+    scheduled to a live server instead of being dropped."""
+    lab = Lab()
+    su = lab.service(VIP, 53, proto=17, sched="rr")
+    rs1 = lab.dest(su, RS1, 53)
+    rs2 = lab.dest(su, RS2, 53)
+    first = udp(CLI, 4000, VIP, 53)
+    lab.send(first)
+    gone = rs1 if IP(bytes(first)).dst == RS1 else rs2
+    other = rs2 if gone is rs1 else rs1
+    ctl.del_dest(lab.ipvs, su, 2, gone.addr, 53)
+    lab.ipvs.sysctl.set("expire_nodest_conn", 1)
+    again = udp(CLI, 4000, VIP, 53)
+    assert lab.send(again) == NF_STOLEN
+    assert IP(bytes(again)).dst == ip(other.addr) and scapy_valid(again)
+    lab.tick(lab.now + 1)
+    [cp] = lab.conns()
+    assert cp.dest is other and counters(gone) == (0, 0) and counters(other) == (0, 1)
+    assert gone.stats.inpkts == 1 and other.stats.inpkts == 1
 
 
 def test_expire_nodest_conn_weight_zero_syn_reschedules():
