@@ -31,6 +31,7 @@ its defence modes); a full table refuses new connections, counted.
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 import attrs
@@ -259,6 +260,8 @@ class ConnTable:
     # Unhashed connections still alive (one-packet ones in flight, and
     # invalidated templates): kept so their counters unwind on expiry.
     wheel: dict[int, list[Connection]] = attrs.field(factory=dict)
+    # The wheel's slot times as a heap: the next timer in O(1), due slots in order.
+    slot_times: list[int] = attrs.field(factory=list)
     wheel_now: int = 0
     count: int = 0
     no_cport_count: int = 0
@@ -485,34 +488,34 @@ class ConnTable:
         slot = self.wheel.get(at)
         if slot is None:
             self.wheel[at] = [cp]
+            heapq.heappush(self.slot_times, at)
         else:
             slot.append(cp)
         cp.wheel_at = at
 
     def expire_now(self, cp: Connection, now: int) -> None:
-        """``ip_vs_conn_expire_now``: fire the timer at the next expiry run."""
-        cp.timeout = 0
+        """``ip_vs_conn_expire_now``: fire the timer at the next expiry run.
+
+        The timeout is left alone, as in the kernel; only the flushes
+        (``ip_vs_conn_del``) zero it, for conns that have a controller.
+        """
         cp.expires = now
         self._file(cp, now)
 
     def next_timer(self) -> int | None:
-        """The earliest jiffy at which :meth:`expire` has work, or None."""
-        return min(self.wheel) if self.wheel else None
+        """The earliest jiffy at which :meth:`due` has work, or None."""
+        return self.slot_times[0] if self.slot_times else None
 
     def due(self, now: int) -> list[Connection]:
         """Pop every connection whose slot is due by ``now``; re-file the
         ones whose timer was pushed later, return the ones to expire."""
         wheel = self.wheel
+        times = self.slot_times
         out: list[Connection] = []
-        if not wheel:
-            self.wheel_now = max(self.wheel_now, now)
-            return out
-        start = self.wheel_now + 1
-        if now - start > len(wheel):
-            slots = sorted(k for k in wheel if k <= now)
-        else:
-            slots = [k for k in range(start, now + 1) if k in wheel]
         self.wheel_now = max(self.wheel_now, now)
+        slots = []
+        while times and times[0] <= now:
+            slots.append(heapq.heappop(times))
         for at in slots:
             for cp in wheel.pop(at):
                 if cp.wheel_at != at:
@@ -543,9 +546,17 @@ class ConnTable:
         """``ip_vs_expire_nodest_conn_flush``: expire every conn of ``dest``."""
         for cp in self.all():
             if cp.dest is dest:
-                self.expire_now(cp, now)
+                self._del(cp, now)
 
     def flush(self, now: int) -> None:
         """``ip_vs_conn_flush``: expire everything at the next run."""
         for cp in self.all():
-            self.expire_now(cp, now)
+            self._del(cp, now)
+
+    def _del(self, cp: Connection, now: int) -> None:
+        """``ip_vs_conn_del``: expire ``cp``; a controlled conn goes with
+        timeout 0 so its expiry drops the controller too ("drop cp->control
+        chain too")."""
+        if cp.control is not None:
+            cp.timeout = 0
+        self.expire_now(cp, now)
