@@ -168,11 +168,12 @@ def test_ipvsadm_lnc_states_and_expiry(lab):
         s.connect((VIP, 80))
         port = s.getsockname()[1]
         src = f"{lab_mod.CLIENT}:{port}"
-        mine = [c for c in lab.conns() if c["source"] == src]
+        mine = [c for c in lab.conns() if c["source"] == src and c["pro"] == "TCP"]
         assert [c["state"] for c in mine] == ["ESTABLISHED"]
         assert mine[0]["expire"] <= 3
         time.sleep(4.5)
-        assert not [c for c in lab.conns() if c["source"] == src], "the idle connection did not expire"
+        assert not [c for c in lab.conns() if c["source"] == src and c["pro"] == "TCP"], \
+            "the idle connection did not expire"
         s.close()
 
         s = socket_in(lab_mod.NS_CLIENT)
@@ -186,7 +187,7 @@ def test_ipvsadm_lnc_states_and_expiry(lab):
         s.close()
         assert b"server=" in data
         time.sleep(0.3)
-        states = [c["state"] for c in lab.conns() if c["source"] == src]
+        states = [c["state"] for c in lab.conns() if c["source"] == src and c["pro"] == "TCP"]
         assert len(states) == 1 and states[0] in ("TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "FIN_WAIT")
 
         u = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
@@ -196,10 +197,10 @@ def test_ipvsadm_lnc_states_and_expiry(lab):
         u.recv(100)
         usrc = f"{lab_mod.CLIENT}:{u.getsockname()[1]}"
         u.close()
-        mine = [c for c in lab.conns() if c["source"] == usrc]
+        mine = [c for c in lab.conns() if c["source"] == usrc and c["pro"] == "UDP"]
         assert [c["state"] for c in mine] == ["UDP"] and mine[0]["expire"] <= 3
         time.sleep(4.5)
-        assert not [c for c in lab.conns() if c["source"] == usrc]
+        assert not [c for c in lab.conns() if c["source"] == usrc and c["pro"] == "UDP"]
     finally:
         lab.ipvsadm("--set", "900", "120", "300")
 
