@@ -264,8 +264,34 @@ def test_expire_now_fires_at_the_next_run():
     tab.put(cp, 1000)
     tab.due(1000)
     tab.expire_now(cp, 1000)
-    assert cp.timeout == 0
+    # ip_vs_conn_expire_now only moves the timer; the timeout stays (only
+    # ip_vs_conn_del, used by the flushes, zeroes it for controlled conns).
+    assert cp.timeout == 900 * HZ
     assert tab.due(1001) == [cp]
+
+
+def test_flushes_zero_the_timeout_of_controlled_conns_only():
+    """ip_vs_conn_del: "drop cp->control chain too" -- a flushed conn that
+    has a controller expires with timeout 0, which makes the expiry drop
+    that controller too (unless it is an assured template)."""
+    tab = ConnTable(HZ)
+    d = dest()
+    ct = tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
+    ruled = new(tab, cport=1, d=d)
+    free = new(tab, cport=2, d=d)
+    tab.control_add(ruled, ct)
+    for cp in (ct, ruled, free):
+        cp.timeout = 300 * HZ
+        tab.put(cp, 0)
+    tab.expire_dest_conns(d, 10)
+    assert ruled.timeout == 0 and free.timeout == 300 * HZ
+    tab2 = ConnTable(HZ)
+    a = tab2.new(2, 6, CLI, 1, VIP, 80, RS, 8080, 0, None)
+    b = tab2.new(2, 6, CLI, 2, VIP, 80, RS, 8080, 0, None)
+    tab2.control_add(b, a)
+    a.timeout = b.timeout = 60 * HZ
+    tab2.flush(5)
+    assert (a.timeout, b.timeout) == (60 * HZ, 0)
 
 
 def test_flush_and_expire_dest_conns():

@@ -261,3 +261,34 @@ def test_persistent_choices_match_the_kernel():
         assert IP(bytes(buf)).dst == rs[server], (label, src)
         checked += 1
     assert checked >= 70 and quiesced and deleted
+
+
+def test_nodest_expiry_on_a_packet_leaves_the_template_to_its_timer():
+    """ip_vs_conn_expire_now (used when a packet finds its dest deleted)
+    only moves the timer: the expired conn keeps its timeout, so its
+    template is not dropped with it and lives until its own timer."""
+    lab = plab(timeout=300)
+    syn(lab)
+    [cp] = lab.conns()
+    [ct] = lab.templates()
+    ctl.del_dest(lab.ipvs, lab.su, 2, cp.dest.addr, cp.dest.port)
+    lab.ipvs.sysctl.set("expire_nodest_conn", 1)
+    lab.send(tcp(CLI, 1000, VIP, 80, flags="A"))
+    lab.tick(lab.now + 1)
+    assert lab.conns() == [] and lab.templates() == [ct]
+    lab.tick(ct.expires)
+    assert lab.templates() == []
+
+
+def test_deleting_a_dest_with_expire_nodest_conn_drops_conns_and_their_template():
+    """ip_vs_expire_nodest_conn_flush deletes the conns (ip_vs_conn_del:
+    timeout 0 for controlled ones) and then their unassured template."""
+    lab = plab(timeout=300, expire_nodest_conn=1)
+    first = syn(lab).dst
+    syn(lab, sport=1001)
+    d = lab.rs1 if first == RS1 else lab.rs2
+    ctl.del_dest(lab.ipvs, lab.su, 2, d.addr, d.port)
+    for _ in range(3):
+        lab.tick(lab.now + 1)
+    assert lab.conns() == [] and lab.templates() == []
+    assert (d.activeconns, d.inactconns, d.persistconns) == (0, 0, 0)
