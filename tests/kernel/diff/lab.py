@@ -108,6 +108,17 @@ def run_lab(scenario_sh: str, outdir: str, timeout: float = 900) -> int:
     with open(os.path.join(bindir, "ipvsadm"), "w") as f:
         f.write(f'#!/bin/sh\nexec python3 "{ROOT}/tools/ipvsadm" "$@"\n')
     os.chmod(os.path.join(bindir, "ipvsadm"), 0o755)
+    # Scenarios name the kernel lab's namespaces (ip netns exec cli ...):
+    # map those names to this run's.
+    real_ip = shutil.which("ip") or "/usr/sbin/ip"
+    with open(os.path.join(bindir, "ip"), "w") as f:
+        f.write("#!/bin/sh\n"
+                'if [ "$1" = netns ] && [ "$2" = exec ]; then case "$3" in cli|rs[0-9]*) ns=$3; shift 3; '
+                f'exec {real_ip} netns exec "$PYIPVS_DIFF_PREFIX$ns" "$@";; esac; fi\n'
+                'if [ "$1" = -n ]; then case "$2" in cli|rs[0-9]*) ns=$2; shift 2; '
+                f'exec {real_ip} -n "$PYIPVS_DIFF_PREFIX$ns" "$@";; esac; fi\n'
+                f'exec {real_ip} "$@"\n')
+    os.chmod(os.path.join(bindir, "ip"), 0o755)
     shutil.copy(scenario_sh, os.path.join(outdir, "scenario.sh"))
     env = dict(os.environ, OUT=os.path.abspath(outdir), LIB=LABLIB, PYIPVS_DIFF_PREFIX=prefix,
                PYIPVS_DIFF_RUN=rundir, IPVS_SOCKET=os.path.join(rundir, "ctl.sock"),

@@ -3,6 +3,7 @@
     python3 ctl.py proc NAME            print /proc/net/NAME (GET_PROC)
     python3 ctl.py sysctl-dump          print PATH:VALUE lines like oracle.sh's dump_sysctl
     python3 ctl.py sysctl NAME VALUE    set net.ipv4.vs.NAME
+    python3 ctl.py sysctl-get NAME      print net.ipv4.vs.NAME
     python3 ctl.py dump PREFIX_PATH     every /proc view and the sysctls into PREFIX_PATH*
 
 The socket is ``$IPVS_SOCKET``.
@@ -44,6 +45,12 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(proc(c, argv[1]))
     elif argv[0] == "sysctl-dump":
         sys.stdout.write(sysctls(c))
+    elif argv[0] == "sysctl-get":
+        r = c.call({"version": 1, "cmd": "GET_SYSCTL", "name": argv[1]})
+        if not r.get("ok"):
+            print(f"cat: /proc/sys/net/ipv4/vs/{argv[1]}: No such file or directory", file=sys.stderr)
+            return 1
+        print(r["value"])
     elif argv[0] == "sysctl":
         r = c.call({"version": 1, "cmd": "SET_SYSCTL", "name": argv[1], "value": int(argv[2])})
         if not r.get("ok"):

@@ -30,7 +30,14 @@ NSERVERS=0
 die() { echo "oracle.sh (pyipvs lab): $*" >&2; exit 1; }
 # Every process this library starts, for lab.py's cleanup if we die.
 track() { echo "$1" >> "$_PYD_RUN/pids"; }
-load_ipvs() { :; }
+# load_ipvs - IPVS without a lab (transcript scenarios): a control-plane-only
+# ipvsd; setup_nat later moves its rules to one with a data path.
+IPVSD_CTL_ONLY=
+load_ipvs() {
+    [ -n "$IPVSD_PID" ] && return 0
+    IPVSD_CTL_ONLY=1
+    start_ipvsd_cmd python3 "$_PYD_ROOT/tools/ipvsd" --foreground --socket "$IPVS_SOCKET"
+}
 
 setup_nat() {
     local n=$1 k a
@@ -65,17 +72,57 @@ setup_nat() {
         echo "route add default via 198.51.100.1"
     } | ip -n "${_PYD_P}cli" -batch - || die "ip -batch (cli)"
     ip netns exec "${_PYD_P}cli" ethtool -K eth0 tx off > /dev/null 2>&1
-    # The director: ipvsd on AF_PACKET, spare mode (the kernel has no addresses).
-    ip netns exec "${_PYD_P}dir" python3 "$_PYD_ROOT/tools/ipvsd" --foreground --socket "$IPVS_SOCKET" \
-        --outer cli0 --outer-addr 198.51.100.1/24 --inner br0 --inner-addr 172.16.0.1/24 \
-        --mode spare --strict-checksums > "$_PYD_RUN/ipvsd.log" 2>&1 &
-    track $!
+    if [ -n "$IPVSD_CTL_ONLY" ]; then
+        restart_ipvsd
+    else
+        start_ipvsd
+    fi
+}
+
+# The director: ipvsd on AF_PACKET, spare mode (the kernel has no addresses).
+IPVSD_PID=
+start_ipvsd() {
+    IPVSD_CTL_ONLY=
+    start_ipvsd_cmd ip netns exec "${_PYD_P}dir" python3 "$_PYD_ROOT/tools/ipvsd" --foreground \
+        --socket "$IPVS_SOCKET" --outer cli0 --outer-addr 198.51.100.1/24 --inner br0 \
+        --inner-addr 172.16.0.1/24 --mode spare --strict-checksums "$@"
+}
+start_ipvsd_cmd() {
+    local k
+    "$@" >> "$_PYD_RUN/ipvsd.log" 2>&1 &
+    IPVSD_PID=$!
+    track "$IPVSD_PID"
     for k in $(seq 1 200); do
-        ipvsadm -Ln > /dev/null 2>&1 && break
-        kill -0 "$!" 2>/dev/null || die "ipvsd died: $(tail -5 "$_PYD_RUN/ipvsd.log")"
+        ipvsadm -Ln > /dev/null 2>&1 && return 0
+        kill -0 "$IPVSD_PID" 2>/dev/null || die "ipvsd died: $(tail -5 "$_PYD_RUN/ipvsd.log")"
         sleep 0.05
     done
-    ipvsadm -Ln > /dev/null 2>&1 || die "ipvsd did not answer: $(tail -5 "$_PYD_RUN/ipvsd.log")"
+    die "ipvsd did not answer: $(tail -5 "$_PYD_RUN/ipvsd.log")"
+}
+
+# modprobe ip_vs_ftp: ipvsd loads its FTP helper at start (--ftp), so the
+# director restarts with it, keeping its rules.  Other modules: nothing to do.
+modprobe() {
+    case "$1" in
+        ip_vs_ftp) restart_ipvsd --ftp 21 ;;
+        ip_vs*) load_ipvs ;;
+    esac
+    return 0
+}
+
+# restart_ipvsd [OPTION...] - a new director (data path if the lab exists),
+# with the old one's rules.
+restart_ipvsd() {
+    local rules k
+    rules=$(ipvsadm -S -n) || die "ipvsadm -S"
+    kill "$IPVSD_PID" 2>/dev/null
+    for k in $(seq 1 100); do kill -0 "$IPVSD_PID" 2>/dev/null || break; sleep 0.05; done
+    if ip netns list | grep -q "^${_PYD_P}dir"; then
+        start_ipvsd "$@"
+    else
+        start_ipvsd_cmd python3 "$_PYD_ROOT/tools/ipvsd" --foreground --socket "$IPVS_SOCKET" "$@"
+    fi
+    [ -z "$rules" ] || printf '%s\n' "$rules" | ipvsadm -R || die "ipvsadm -R"
 }
 
 # VIPs are whatever ipvsd's services name; nothing to configure.
@@ -201,4 +248,4 @@ sched_run() {
     cat "$OUT/order.txt"
 }
 
-mark_dst() { echo "oracle.sh (pyipvs lab): mark_dst $1 $2: no packet marks on AF_PACKET" >&2; }
+mark_dst() { die "mark_dst $1 $2: the AF_PACKET driver has no packet marks (fwmark services cannot be reached in the lab)"; }
