@@ -92,7 +92,12 @@ def _csum_errors(lab) -> dict:
 
 def test_ab_5000_short_connections(lab):
     before = _csum_errors(lab)
-    out = lab.client("ab", "-q", "-n", "5000", "-c", "50", "-s", "10", f"http://{VIP}/", timeout=120)
+    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_CLIENT, "ab", "-q", "-n", "5000", "-c", "50", "-s", "20",
+                        f"http://{VIP}/"], capture_output=True, text=True, timeout=180)
+    diag = (f"ab: {r.stderr.strip()}\n{r.stdout[-1500:]}\nclient: "
+            f"{lab.nstat(lab_mod.NS_CLIENT, 'TcpRetransSegs', 'TcpExtTCPSynRetrans', 'TcpExtTCPTimeouts')}")
+    assert r.returncode == 0, diag
+    out = r.stdout
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     assert int(fields["Complete requests"]) == 5000
     assert int(fields["Failed requests"]) == 0
