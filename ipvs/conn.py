@@ -85,6 +85,9 @@ class ConnExt:
     out_seq: list | None = None
     old_state: int = 0
     in_pkts: int = 0
+    # Persistence engine templates only (ipvs.pe): the engine and its key.
+    pe: object = None
+    pe_data: bytes | None = None
 
 
 def _ext_field(name: str, doc: str) -> property:
@@ -228,6 +231,8 @@ class Connection:
     out_seq = _ext_field("out_seq", "[init_seq, delta, previous_delta] of the server's direction.")
     old_state = _ext_field("old_state", "The state before the last change (for sync).")
     in_pkts = _ext_field("in_pkts", "Input packets (kept for sync; counted only when sync runs).")
+    pe = _ext_field("pe", "The persistence engine of a template (:mod:`ipvs.pe`), or None.")
+    pe_data = _ext_field("pe_data", "The engine's key of a template (SIP: the Call-ID), or None.")
 
     def __repr__(self) -> str:
         from ipvs.ctl import format_addr
@@ -319,10 +324,24 @@ class ConnTable:
         if older is not None and not older:
             del self.shadowed[(tag, key)]
 
+    @staticmethod
+    def _tmpl_key(cp: Connection) -> bytes | tuple:
+        """A template's key: its in-key, or for a persistence engine's
+        template (engine name, protocol|caddr, the engine's ``hashkey_raw``),
+        the tuple :meth:`pe_ct_in_get` looks up (``ip_vs_conn_hashkey_conn``)."""
+        ext = cp.ext
+        if ext is None or ext.pe_data is None or ext.pe.ct_match is None:
+            return cp.in_key
+        from ipvs.pe import ConnParam
+
+        pe = ext.pe
+        p = ConnParam(cp.af, cp.protocol, cp.caddr, cp.cport, b"", 0, pe, ext.pe_data)
+        return (pe.name, cp.in_key[: 1 + cp.alen], pe.hashkey_raw(p))
+
     def hash(self, cp: Connection) -> None:
         """``ip_vs_conn_hash``: file ``cp`` under its keys (at the head)."""
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
-            self._put("tmpl", self.templates, cp.in_key, cp)
+            self._put("tmpl", self.templates, self._tmpl_key(cp), cp)
         else:
             self._put("in", self.in_table, cp.in_key, cp)
             self._put("out", self.out_table, cp.out_key, cp)
@@ -333,7 +352,7 @@ class ConnTable:
         if not cp.flags & IP_VS_CONN_F_HASHED:
             return
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
-            self._drop("tmpl", self.templates, cp.in_key, cp)
+            self._drop("tmpl", self.templates, self._tmpl_key(cp), cp)
         else:
             self._drop("in", self.in_table, cp.in_key, cp)
             self._drop("out", self.out_table, cp.out_key, cp)
@@ -358,6 +377,23 @@ class ConnTable:
         """``ip_vs_ct_in_get``: a persistence template."""
         return self.templates.get(in_key(protocol, caddr, vaddr, cport, vport))
 
+    def pe_ct_in_get(self, p) -> Connection | None:
+        """``ip_vs_ct_in_get`` for a persistence engine's lookup (``p.pe_data``
+        set, ``p.pe.ct_match`` present): the newest template of the same
+        engine that ``ct_match`` accepts.  Older ones under the same key
+        (invalidated templates) are walked as the kernel walks its chain."""
+        pe = p.pe
+        key = (pe.name, bytes((p.protocol,)) + p.caddr, pe.hashkey_raw(p))
+        cp = self.templates.get(key)
+        if cp is None:
+            return None
+        if cp.pe is pe and pe.ct_match(p, cp):
+            return cp
+        for older in reversed(self.shadowed.get(("tmpl", key), ())):
+            if older.pe is pe and pe.ct_match(p, older):
+                return older
+        return None
+
     # ---------------------------------------------------------- create/bind
 
     def new(
@@ -374,10 +410,14 @@ class ConnTable:
         dest: Dest | None,
         fwmark: int = 0,
         key: bytes | None = None,
+        pe: object = None,
+        pe_data: bytes | None = None,
     ) -> Connection | None:
         """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection.
 
-        ``key`` may pass the in-key already sliced from the packet.
+        ``key`` may pass the in-key already sliced from the packet.  A
+        template keeps the persistence engine ``pe`` and its ``pe_data``
+        (other connections never carry them, as in the kernel).
         Returns None when the table is full (counted in ``refused``).
         """
         if self.count >= self.max_conns:
@@ -389,6 +429,10 @@ class ConnTable:
         )
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
+        if pe is not None and flags & IP_VS_CONN_F_TEMPLATE:
+            cp.ext = cp.ext or ConnExt()
+            cp.ext.pe = pe
+            cp.ext.pe_data = pe_data
         if not flags & IP_VS_CONN_F_TEMPLATE:
             dk = (vaddr, daddr, vport, dport)
             delta = self.deltas.get(dk)

@@ -46,6 +46,7 @@ from ipvs.packet import (
     l4_csum_ok,
     parse,
 )
+from ipvs.pe import ConnParam, service_pe
 from ipvs.proto import tcp as _tcp
 from ipvs.proto import udp as _udp
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
@@ -235,12 +236,14 @@ class Director:
             # key = proto | saddr | daddr | sport | dport
             iph = IPHdr(AF_INET, proto, key[1:5], svc.addr if svc.port == dport and not svc.fwmark
                         else key[5:9], sport, dport)
-            cp, ignored = self._schedule(svc, iph, now, key)
+            cp, ignored = self._schedule(svc, iph, now, key, buf, l3, end)
             if cp is None:
                 if ignored > 0:
                     return NF_ACCEPT
                 if ignored < 0:
-                    ipvs.drops[Drop.TABLE_FULL] += 1
+                    # -2: PyIPVS's split of the kernel's -1 (NF_DROP, no ICMP),
+                    # so a packet the persistence engine refused is counted apart.
+                    ipvs.drops[Drop.NO_PE_DATA if ignored == -2 else Drop.TABLE_FULL] += 1
                     return NF_DROP
                 return self._leave(svc, buf, l3, end, iph)
         dest = cp.dest
@@ -328,12 +331,18 @@ class Director:
 
     # ----------------------------------------------------------- scheduling
 
-    def _schedule(self, svc, iph: IPHdr, now: int, key: bytes | None = None) -> tuple[_conn.Connection | None, int]:
-        """``ip_vs_schedule``: (conn, ignored) with the kernel's ignored codes."""
+    def _schedule(
+        self, svc, iph: IPHdr, now: int, key: bytes | None = None,
+        buf: bytearray | None = None, l3: int = 0, end: int = 0,
+    ) -> tuple[_conn.Connection | None, int]:
+        """``ip_vs_schedule``: (conn, ignored) with the kernel's ignored codes.
+
+        ``buf[l3:end]`` is the packet, for a persistence engine to read;
+        ignored -2 is the kernel's -1 for an engine that refused it."""
         if iph.sport == FTPDATA:
             return None, 1  # never schedule active FTP data from a real server
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
-            return self._sched_persist(svc, iph, now)
+            return self._sched_persist(svc, iph, now, buf, l3, end)
         if not svc.fwmark and iph.dport != svc.port:
             return None, 0  # port zero only supported in persistent services
         dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
@@ -352,7 +361,9 @@ class Director:
         self._conn_stats(cp, svc)
         return cp, 0
 
-    def _sched_persist(self, svc, iph: IPHdr, now: int) -> tuple[_conn.Connection | None, int]:
+    def _sched_persist(
+        self, svc, iph: IPHdr, now: int, buf: bytearray | None = None, l3: int = 0, end: int = 0,
+    ) -> tuple[_conn.Connection | None, int]:
         """``ip_vs_sched_persist``: find or make the client's template first."""
         tab = self.ipvs.conn_tab
         snet = (int.from_bytes(iph.saddr, "big") & svc.netmask).to_bytes(4, "big")
@@ -362,7 +373,18 @@ class Director:
                 vport = iph.dport
         elif svc.fwmark:
             protocol, vaddr = IPPROTO_IP, svc.fwmark.to_bytes(4, "big")
-        ct = tab.ct_in_get(protocol, snet, vaddr, 0, vport)
+        # ip_vs_conn_fill_param_persist: a persistence engine (--pe) reads
+        # the packet for its own template key; failing, the packet is dropped.
+        pe = service_pe(svc) if svc.pe_name else None
+        p = pe_data = None
+        if pe is not None:
+            p = ConnParam(iph.af, protocol, snet, 0, vaddr, vport, pe)
+            if buf is None or pe.fill_param(p, buf, l3, end) < 0:
+                return None, -2
+            pe_data = p.pe_data
+            if pe_data is None or pe.ct_match is None:
+                p = None  # no key (or no matcher): the plain template lookup
+        ct = tab.pe_ct_in_get(p) if p is not None else tab.ct_in_get(protocol, snet, vaddr, 0, vport)
         if ct is None or not self._check_template(ct):
             dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
             if dest is None:
@@ -373,7 +395,7 @@ class Director:
             dport = dest.port if iph.dport == svc.port and svc.port != FTPPORT else 0
             ct = self._conn_new(
                 iph.af, protocol, snet, 0, vaddr, vport, dest.addr, dport, IP_VS_CONN_F_TEMPLATE, dest,
-                fwmark=svc.fwmark,
+                fwmark=svc.fwmark, pe=pe, pe_data=pe_data,
             )
             if ct is None:
                 return None, -1
@@ -416,10 +438,14 @@ class Director:
             return False
         return True
 
-    def _conn_new(self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0, key=None):
+    def _conn_new(
+        self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0, key=None,
+        pe=None, pe_data=None,
+    ):
         """``ip_vs_conn_new`` plus the application helper binding."""
         cp = self.ipvs.conn_tab.new(
-            af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, key=key
+            af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, key=key,
+            pe=pe, pe_data=pe_data,
         )
         if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
             return cp

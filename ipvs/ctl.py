@@ -399,10 +399,13 @@ def _check_service_user(u: ServiceUser) -> None:
 
 
 def _check_pe(name: str) -> None:
-    # The only persistence engine the kernel ships is "sip", which PyIPVS
-    # does not implement yet: asking for any engine is "not found".
+    # ip_vs_pe_getbyname, loading ipvs.pe.<name> on demand: ENOENT when
+    # no such persistence engine exists.
     if name:
-        raise IPVSError(errno.ENOENT, f"persistence engine {name!r} not found")
+        from ipvs.pe import pe_get
+
+        if pe_get(name) is None:
+            raise IPVSError(errno.ENOENT, f"persistence engine {name!r} not found")
 
 
 def _hash_service(ipvs: NetnsIPVS, svc: Service) -> None:
@@ -442,6 +445,7 @@ def add_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
         flags=u.flags & ~IP_VS_SVC_F_HASHED,
         timeout=u.timeout * ipvs.hz,
         netmask=u.netmask,
+        pe_name=u.pe_name,  # the engine (svc->pe), checked by _check_pe
     )
     svc.scheduler = sched_cls(svc)
     svc.scheduler.netns = ipvs  # lblc/lblcr read their expiration sysctl through it
@@ -469,6 +473,7 @@ def edit_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
     svc.flags = (u.flags & ~IP_VS_SVC_F_HASHED) | (svc.flags & IP_VS_SVC_F_HASHED)
     svc.timeout = u.timeout * ipvs.hz
     svc.netmask = u.netmask
+    svc.pe_name = u.pe_name  # an edit without --pe drops the engine, as the kernel's does
     if svc.scheduler is None or svc.scheduler.name != sched_cls.name:
         if svc.scheduler is not None:
             svc.scheduler.done_service()

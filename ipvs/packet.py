@@ -78,6 +78,7 @@ class Drop(enum.IntEnum):
     CONN_REUSE = 12  #: SYN dropped while an old connection is flushed
     TABLE_FULL = 13  #: connection table at its configured bound
     UNSUPPORTED = 14  #: valid but not handled (e.g. IPv6 extension chains)
+    NO_PE_DATA = 15  #: the service's persistence engine found no key (SIP: no usable Call-ID)
 
 
 class IPHeader(NamedTuple):

@@ -194,8 +194,9 @@ def _conn_rows(ipvs: NetnsIPVS, now: int, sync: bool) -> list[str]:
             origin = "SYNC" if cp.flags & IP_VS_CONN_F_SYNC else "LOCAL"
             rows.append(f"{head} {daddr} {cp.dport:04X} {state:<11} {origin:<6} {exp:7d}\n")
         else:
-            pe = getattr(cp, "pe_data", None)
-            pe_text = f" {cp.pe_name} {pe}" if pe else ""
+            # A persistence engine's template: " <engine> <show_pe_data>".
+            pe_data = getattr(cp, "pe_data", None)
+            pe_text = f" {cp.pe.name} {cp.pe.show_pe_data(cp)}" if pe_data is not None else ""
             rows.append(f"{head} {daddr} {cp.dport:04X} {state:<11} {exp:7d}{pe_text}\n")
     return rows
 

@@ -186,9 +186,8 @@ def save_restore_replayed() -> dict[int, tuple[int, str, str]]:
     return {c["n"]: run(t, c["argv"][1:], c["stdin"] or "") for c in SAVE_RESTORE}
 
 
-def _pe_restored_before(n: int) -> bool:
-    """Has an earlier -R of this transcript asked for the sip persistence engine?"""
-    return any("--pe sip" in (c["stdin"] or "") for c in SAVE_RESTORE if c["n"] <= n)
+#: A dest line's two connection columns (ActiveConn, InActConn).
+_CONN_COLUMNS = re.compile(r"^(  -> \S+ +\S+ +\d+) +\d+ +\d+ *$", re.M)
 
 
 @pytest.mark.skipif(not SAVE_RESTORE, reason="no save_restore transcript")
@@ -196,10 +195,16 @@ def _pe_restored_before(n: int) -> bool:
 def test_save_restore_transcript(case, save_restore_replayed):
     got = save_restore_replayed[case["n"]]
     expected = (case["rc"], case["stdout"], case["stderr"])
-    if got != expected and _pe_restored_before(case["n"]):
-        # PyIPVS has no persistence engine: ipvs.ctl answers ENOENT for --pe sip
-        # where the kernel loads ip_vs_pe_sip, so that one service is missing.
-        pytest.xfail("no persistence engines in PyIPVS yet (--pe sip is ENOENT)")
+    if case["cmd"] == "ipvsadm -Ln" and got != expected:
+        # The recording VM ran earlier scenarios in the same boot: the connections
+        # they left were still counted on the dests this transcript revived from
+        # the kernel's dest trash, which a fresh table cannot have.  All but the
+        # two connection columns must match (the --pe sip service included).
+        def mask(text):
+            return _CONN_COLUMNS.sub(r"\1 N N", text)
+
+        assert (got[0], mask(got[1]), got[2]) == (expected[0], mask(expected[1]), expected[2])
+        return
     assert got == expected
 
 

@@ -14,7 +14,7 @@ from scapy.layers.inet6 import IPv6
 from ipvs import ctl
 from ipvs.core import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import Drop
-from ipvs.uapi import IP_VS_SVC_F_ONEPACKET
+from ipvs.uapi import IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
 from tests.conftest import (
     HZ,
     A,
@@ -799,6 +799,13 @@ def test_every_drop_reason_is_reachable_and_counted():
     lab.ipvs.sysctl.set("drop_packet", 3)
     lab.send(tcp(CLI, 3, VIP, 80))
     lab.ipvs.sysctl.set("drop_packet", 0)
+    # A persistent --pe sip service drops a datagram without a Call-ID (ipvs.pe.sip).
+    sip = ctl.ServiceUser(addr=A(VIP), port=5060, protocol=17, sched_name="rr", flags=IP_VS_SVC_F_PERSISTENT,
+                          timeout=60, pe_name="sip")
+    ctl.add_service(lab.ipvs, sip)
+    lab.dest(sip, RS1, 5060)
+    assert lab.send(udp(CLI, 4002, VIP, 5060)) == NF_DROP
+    reached.add(Drop.NO_PE_DATA)
     lab.ipvs.conn_tab.max_conns = 0
     lab.send(udp(CLI, 4001, VIP, 53))
     reached |= {Drop.DEFENSE, Drop.TABLE_FULL}
