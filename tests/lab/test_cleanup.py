@@ -82,5 +82,6 @@ def test_sigkill_leftovers_are_cleaned_by_the_next_start(shared_lab):
     assert rules.count("chain pre") == 1
     lab_mod.stop_pid(pid)
     assert not _table(lab), "a clean stop removes the table"
-    left = [f for f in os.listdir("/run/pyipvs")] if os.path.isdir("/run/pyipvs") else []
-    assert not [f for f in left if f.endswith("-d_out.json")]
+    ino = os.stat(f"/run/netns/{lab_mod.NS_DIR}").st_ino
+    left = os.listdir("/run/pyipvs") if os.path.isdir("/run/pyipvs") else []
+    assert not [f for f in left if f.startswith(f"offloads-{ino}-")]
