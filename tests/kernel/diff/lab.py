@@ -119,6 +119,9 @@ def run_lab(scenario_sh: str, outdir: str, timeout: float = 900) -> int:
                 f'exec {real_ip} -n "$PYIPVS_DIFF_PREFIX$ns" "$@";; esac; fi\n'
                 f'exec {real_ip} "$@"\n')
     os.chmod(os.path.join(bindir, "ip"), 0o755)
+    if shutil.which("iptables") is None:
+        # This host has only nftables: the lab's translation of the rule forms scenarios use.
+        os.symlink(os.path.join(LABLIB, "iptables"), os.path.join(bindir, "iptables"))
     shutil.copy(scenario_sh, os.path.join(outdir, "scenario.sh"))
     env = dict(os.environ, OUT=os.path.abspath(outdir), LIB=LABLIB, PYIPVS_DIFF_PREFIX=prefix,
                PYIPVS_DIFF_RUN=rundir, IPVS_SOCKET=os.path.join(rundir, "ctl.sock"),

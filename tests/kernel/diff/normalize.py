@@ -21,8 +21,10 @@ a real difference does not belong here.
 4. **Rates** - the values of ``--rate`` listings and the per-second rows of
    ``/proc/net/ip_vs_stats*`` come from a 2 s estimator over wall-clock
    time: only their layout (the rows and columns present) is compared.
-5. **Wall-clock stamps** - the leading time of real-server log lines and the
-   ``t`` field of TCP state walk records are dropped.
+5. **Run-specific stamps** - the leading time of real-server log lines, the
+   ``t`` field of TCP state walk records and the absolute ``ack`` of their
+   ``send`` records (the real server's random initial sequence number plus
+   an offset; ``seq_rel``/``ack_rel`` stay) are dropped.
 """
 
 from __future__ import annotations

@@ -267,6 +267,17 @@ def markdown(rows, notes, seconds: float) -> str:
           f"{tot['known']} known differences (explained below), {tot['different']} unexplained, "
           f"{tot['fixed']} fixed-but-still-listed; {tot['not compared']} items the offline backend "
           f"cannot produce.**  Full compare: {seconds:.1f} s.", "",
+          "## Commands", "",
+          "| command | does | time (measured here, 2 shared cores) |", "| --- | --- | --- |",
+          "| `tools/ipvs-diff report` | every golden against the offline backend; prints the table, writes this page "
+          "(keeps the last lab section) | the full compare above |",
+          "| `tools/ipvs-diff report --lab` | also every golden's scenario, unchanged, in the namespace lab (root) | "
+          "see the lab section |",
+          "| `tools/ipvs-diff run SCENARIO.sh` | one scenario on both backends: a fresh kernel VM run if "
+          "`tools/ipvs-kernel build` works (else the golden), the lab if root (else offline); prints every item | "
+          "VM 45-50 s per small scenario, lab 10-30 s |",
+          "| `pytest tests/kernel/test_differential.py` | the offline comparison as tests (part of the ordinary test "
+          "command) | about 4-6 s |", "",
           "## Backends and what each compares", "",
           "| backend | how | compares |", "| --- | --- | --- |",
           "| kernel | `tools/ipvs-kernel run` (qemu, Debian 6.1 kernel, ipvsadm 1.31), or the recorded golden | the reference |",
