@@ -122,6 +122,22 @@ def test_udp_both_ways(lab):
     assert names == {b"rs1", b"rs2"}
 
 
+def test_fragmented_udp_both_ways(lab):
+    """3000-byte datagrams: fragmented by the client, reassembled and
+    refragmented by the director, and the same for the real server's echo."""
+    payload = bytes(range(256)) * 12
+    s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(3)
+        s.connect((VIP, 7))
+        s.send(payload)
+        data = s.recv(65535)
+    finally:
+        s.close()
+    name, _, echo = data.partition(b": ")
+    assert name in (b"rs1", b"rs2") and echo == payload
+
+
 def test_icmp_error_from_real_server_reaches_client_rewritten(lab):
     lab.ipvsadm("-A", "-u", f"{VIP}:9", "-s", "rr")
     try:
