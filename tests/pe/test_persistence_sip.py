@@ -12,6 +12,8 @@ import errno
 import io
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 
 from ipvs import ctl
@@ -324,3 +326,23 @@ def test_server_initiated_datagram_without_connection_is_not_handled():
     server_of(lab, b"c1", sport=5080)
     bye = udp(RS1, 5060, CLI, 5999, payload=invite(b"c1", b"BYE"))
     assert lab.send(bye) == NF_ACCEPT
+
+
+@given(st.lists(st.tuples(st.sampled_from([CLI, CLI2, "198.51.100.4"]), st.sampled_from([b"c1", b"c2", b"c3@h"]),
+                          st.integers(1024, 1100)), min_size=1, max_size=25))
+def test_each_call_of_each_client_has_one_server(sends):
+    # A datagram of an existing connection follows it whatever its Call-ID;
+    # a new connection follows its (client, Call-ID) template if there is one.
+    lab = sip_lab()
+    calls, conns = {}, {}
+    for src, cid, sport in sends:
+        verdict, p = send_sip(lab, cid, src=src, sport=sport)
+        assert verdict == NF_STOLEN
+        if (src, sport) in conns:
+            assert p.dst == conns[(src, sport)]
+            continue
+        conns[(src, sport)] = p.dst
+        assert calls.setdefault((src, cid), p.dst) == p.dst
+    tmpls = lab.templates()
+    assert sorted((ct.caddr, ct.pe_data) for ct in tmpls) == sorted((A(s), c) for s, c in calls)
+    assert sum(ct.n_control for ct in tmpls) == len(lab.conns())
