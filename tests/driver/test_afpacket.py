@@ -271,3 +271,26 @@ def test_df_reply_above_the_outer_mtu_gets_frag_needed_back_to_the_real_server()
     assert e[ICMP].nexthopmtu == 1400
     # The quoted packet is the real server's own, before any rewrite.
     assert bytes(e[ICMP].payload)[12:16] == bytes([172, 16, 0, 2])
+
+
+def test_one_interface_for_both_sides():
+    from ipvs.driver.afpacket import AFPacketDriver, Port
+
+    from .helpers import HZ, FakeRing, ip4
+
+    r = Rig()
+    ring = FakeRing()
+    port = Port("eth0", "both", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, ring)
+    drv = AFPacketDriver(r.lab.d, [port], "spare", [(ip4("172.16.0.0"), 0xFFFFFF00)])
+    client, mac_c = "172.16.0.100", b"\x02\x00\x00\x00\xc0\x64"
+    for ip, mac in ((client, mac_c), (RS1, MAC_RS1)):
+        drv.rx_frame(port, arp(1, mac, ip, b"\0" * 6, GW, b"\xff" * 6))
+    drv.rx_frame(port, arp(1, mac_c, client, b"\0" * 6, VIP, b"\xff" * 6))
+    drv._after_batch()
+    assert [Ether(f)[ARP].psrc for f in ring.take()] == [GW, GW, VIP]
+    drv.rx_frame(port, frame(tcp(client, 41000, VIP, 80), MAC_D_IN, mac_c))
+    drv.rx_frame(port, frame(tcp(RS1, 80, client, 41000, flags="SA"), MAC_D_IN, MAC_RS1))
+    drv._after_batch()
+    to_rs, to_client = (Ether(f) for f in ring.take())
+    assert to_rs.dst == "02:00:00:00:a0:01" and to_rs[IP].dst == RS1
+    assert to_client.dst == "02:00:00:00:c0:64" and to_client[IP].src == VIP and to_client[TCP].sport == 80
