@@ -267,7 +267,15 @@ class AFPacketDriver:
         self.svc_keys = keys
         svcs = {(s.addr, s.protocol, s.port) for s in self.ipvs.svc_table.values()
                 if s.af == socket.AF_INET and not s.fwmark}
-        self.vips = {_I.unpack(a)[0] for a, _, _ in svcs}
+        vips = {_I.unpack(a)[0] for a, _, _ in svcs}
+        if self.outer.ring is not None:
+            # Gratuitous ARP for each new VIP, so neighbours that knew it at
+            # another MAC (a director that failed over) learn ours at once.
+            for vip in sorted(vips - self.vips):
+                f = arp_frame(ARPOP_REQUEST, self.outer.mac, vip, ZERO_MAC, vip, BROADCAST)
+                self.outer.queue(f, len(f))
+                self.counts["garp"] += 1
+        self.vips = vips
         self.outer.arp_for = {self.outer.addr} | self.vips
         if self.mode == "spare":
             self.local = {p.addr for p in self.ports} | self.vips
@@ -542,9 +550,17 @@ class AFPacketDriver:
             self.drops["bad_arp"] += 1
             return
         op, sha, spa, _tha, tpa = a
-        if sha == p.mac or spa == 0:
+        if sha == p.mac:
             return
         ours = tpa in p.arp_for
+        if spa == 0:
+            # Duplicate address detection (RFC 5227 probe): say the address
+            # is taken, as the kernel does; nothing to learn from it.
+            if op == ARPOP_REQUEST and ours:
+                self.counts["arp_reply"] += 1
+                f = arp_frame(ARPOP_REPLY, p.mac, tpa, sha, 0, sha)
+                p.queue(f, len(f))
+            return
         on_link = spa & p.mask == p.net
         if on_link:
             for qbuf, n in p.neigh.confirm(spa, sha, self.now, create=ours and op == ARPOP_REQUEST):

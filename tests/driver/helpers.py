@@ -69,6 +69,7 @@ class Rig:
         self.inner = Port("br-in", "inner", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, self.in_ring)
         nets = [(ip4("172.16.0.0"), 0xFFFFFF00)] if masq else None
         self.drv = AFPacketDriver(self.lab.d, [self.outer, self.inner], mode, nets)
+        self.garps = self.out_ring.take()  # gratuitous ARP for the VIPs at start
         self.now = 1000
         self.drv.now = self.now
 

@@ -44,11 +44,25 @@ def test_answers_arp_for_the_vip_and_its_own_addresses_only():
     assert Ether(f)[ARP].psrc == GW
 
 
+def test_gratuitous_arp_at_start_and_duplicate_address_probes_answered():
+    r = Rig()
+    (g,) = r.garps
+    assert Ether(g)[ARP].psrc == VIP and Ether(g)[ARP].pdst == VIP
+    r.rx_outer(arp(1, MAC_CLIENT, "0.0.0.0", b"\0" * 6, VIP, b"\xff" * 6))
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert e[ARP].op == 2 and e[ARP].psrc == VIP and e[ARP].pdst == "0.0.0.0" and e.dst == "02:00:00:00:c0:01"
+    assert not r.outer.neigh.entries
+
+
 def test_new_service_vip_is_answered_after_sync():
     r = Rig()
     su = r.lab.service("203.0.113.9", 443)
     r.lab.dest(su, RS1, 443)
     r.drv.on_idle(r.now)
+    (garp,) = r.out_ring.take()
+    g = Ether(garp)
+    assert g.dst == "ff:ff:ff:ff:ff:ff" and g[ARP].op == 1 and g[ARP].psrc == g[ARP].pdst == "203.0.113.9"
     r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, "203.0.113.9", b"\xff" * 6))
     assert len(r.out_ring.take()) == 1
 
@@ -282,6 +296,7 @@ def test_one_interface_for_both_sides():
     ring = FakeRing()
     port = Port("eth0", "both", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, ring)
     drv = AFPacketDriver(r.lab.d, [port], "spare", [(ip4("172.16.0.0"), 0xFFFFFF00)])
+    ring.take()
     client, mac_c = "172.16.0.100", b"\x02\x00\x00\x00\xc0\x64"
     for ip, mac in ((client, mac_c), (RS1, MAC_RS1)):
         drv.rx_frame(port, arp(1, mac, ip, b"\0" * 6, GW, b"\xff" * 6))
