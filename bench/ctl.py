@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -96,12 +97,31 @@ def stop_daemon(daemon: subprocess.Popen) -> None:
         daemon.wait()
 
 
-def timed(cmd: list[str], env: dict, stdin: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], env: dict, stdin: str | None = None,
+          daemon: subprocess.Popen | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Run a tool; print its CPU time and the daemon's as ``<name>_cpu`` lines
+    (the wall time on a shared machine is mostly other people's load)."""
+    c0 = children_cpu_s()
+    d0 = cpu_s(daemon.pid) if daemon is not None else 0.0
     t0 = time.perf_counter()
     p = subprocess.run(cmd, input=stdin, env=env, capture_output=True, text=True, timeout=600)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[:500]}")
+    p.tool_cpu = children_cpu_s() - c0
+    p.daemon_cpu = cpu_s(daemon.pid) - d0 if daemon is not None else 0.0
     return dt, p
 
 
@@ -126,18 +146,25 @@ def main() -> None:
                 print(f"rtt_us {(time.perf_counter() - t0) / n * 1e6:.1f} us")
 
             ipvsadm = [sys.executable, os.path.join(ROOT, "tools", "ipvsadm")]
-            dt, _ = timed(ipvsadm + ["-R"], env, stdin=text)
+            print(f"load_1min {os.getloadavg()[0]:.2f} runnable")
+            dt, p = timed(ipvsadm + ["-R"], env, stdin=text, daemon=daemon)
             print(f"restore_s {dt:.3f} s")
+            print(f"restore_ipvsadm_cpu_s {p.tool_cpu:.3f} s")
+            print(f"restore_ipvsd_cpu_s {p.daemon_cpu:.3f} s")
             print(f"restore_lines_per_s {nlines / dt:.0f} lines/s")
-            dt, p = timed(ipvsadm + ["-Ln"], env)
+            dt, p = timed(ipvsadm + ["-Ln"], env, daemon=daemon)
             listed = len(p.stdout.splitlines()) - 3
             if listed != nlines:
                 raise SystemExit(f"-Ln listed {listed} lines, expected {nlines}")
             print(f"list_Ln_s {dt:.3f} s")
-            dt, p = timed(ipvsadm + ["-S", "-n"], env)
+            print(f"list_Ln_ipvsadm_cpu_s {p.tool_cpu:.3f} s")
+            print(f"list_Ln_ipvsd_cpu_s {p.daemon_cpu:.3f} s")
+            dt, p = timed(ipvsadm + ["-S", "-n"], env, daemon=daemon)
             if len(p.stdout.splitlines()) != nlines:
                 raise SystemExit("-S -n does not give back the restored rules")
             print(f"save_Sn_s {dt:.3f} s")
+            print(f"save_Sn_ipvsadm_cpu_s {p.tool_cpu:.3f} s")
+            print(f"save_Sn_ipvsd_cpu_s {p.daemon_cpu:.3f} s")
             with Client(sock) as c:
                 t0 = time.perf_counter()
                 reply = c.call({"version": 1, "cmd": "GET_PROC", "name": "ip_vs"})

@@ -14,8 +14,10 @@ starting with ``@`` (as ``ss`` prints them) also names an abstract socket.
 
 Framing.  Each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Replies come in request order,
-so requests may be pipelined (:meth:`Client.call_many`).  Nothing is ever
-pickled.
+so requests may be pipelined (:meth:`Client.call_many`, or
+:meth:`Client.submit` now and :meth:`Client.receive` later).  Nothing is
+ever pickled.  Many commands can also travel in one request (``BATCH``,
+see :mod:`ipvs.netlink`).
 
 Errors.  Transport problems raise :class:`OSError` subclasses: no daemon
 listening gives ``FileNotFoundError`` or ``ConnectionRefusedError``, a
@@ -158,12 +160,30 @@ class Client:
 
     def call(self, req: dict) -> dict:
         """Send one request and return its reply."""
+        self.submit(req)
+        return self.receive()
+
+    def submit(self, req: dict) -> None:
+        """Send one request without waiting for its reply; read the replies,
+        in request order, with :meth:`receive`.  This lets a caller keep
+        working (parsing the next rules) while the daemon runs the last
+        ones.  A request over :data:`MAX_REQUEST` raises ``EMSGSIZE``
+        before anything is sent, and the connection stays usable."""
         frame = encode(req)
         if len(frame) - 4 > MAX_REQUEST:
             raise OSError(errno.EMSGSIZE, f"request of {len(frame) - 4} bytes is over the {MAX_REQUEST} byte limit")
         self.connect()
         try:
             self._send(frame)
+        except BaseException:
+            self.close()
+            raise
+
+    def receive(self) -> dict:
+        """The reply to the oldest request sent and not yet answered."""
+        if self._sock is None:
+            raise ProtocolError("no request is waiting for a reply")
+        try:
             return self._read_reply()
         except BaseException:
             self.close()  # a half-read stream cannot be reused

@@ -143,6 +143,7 @@ same messages as ipvsadm does.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import weakref
@@ -162,7 +163,14 @@ log = logging.getLogger("ipvs.netlink")
 SCHEMA_VERSION = 1
 
 #: The kernel's commands (``enum IPVS_CMD_*``) plus the PyIPVS extensions.
-COMMANDS = uapi.IPVS_COMMANDS + ("GET_PROC", "GET_SYSCTL", "SET_SYSCTL")
+COMMANDS = uapi.IPVS_COMMANDS + ("GET_PROC", "GET_SYSCTL", "SET_SYSCTL", "BATCH")
+
+#: Schema extensions this side understands, announced in the GET_INFO reply
+#: (``extensions``) so a client can tell an older director that lacks them.
+EXTENSIONS = ("BATCH", "stats")
+
+#: Most requests one BATCH may carry (its frame is limited in bytes anyway).
+MAX_BATCH = 65536
 
 #: ``/proc/net`` views that GET_PROC serves (rendered by :mod:`ipvs.procfs`).
 PROC_NAMES = ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app")
@@ -188,28 +196,37 @@ class SchemaError(Exception):
 
 _UINT_LIMITS: dict[Callable, int] = {}
 
+# Every check takes (where, key, value): the field's name for the error
+# message ("service.port") is only put together when the value is bad.
 
-def _uint(maximum: int) -> Callable[[str, Any], int]:
-    def check(name: str, v: Any) -> int:
+
+def _uint(maximum: int) -> Callable[[str, str, Any], int]:
+    def check(where: str, key: str, v: Any) -> int:
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= maximum:
-            raise SchemaError(errno.EINVAL, f"{name} must be an integer in [0, {maximum}]")
+            raise SchemaError(errno.EINVAL, f"{where}.{key} must be an integer in [0, {maximum}]")
         return v
 
     _UINT_LIMITS[check] = maximum
     return check
 
 
-def _text(maxlen: int) -> Callable[[str, Any], str]:
-    def check(name: str, v: Any) -> str:
+def _text(maxlen: int) -> Callable[[str, str, Any], str]:
+    def check(where: str, key: str, v: Any) -> str:
         if not isinstance(v, str) or len(v) > maxlen or "\0" in v:
-            raise SchemaError(errno.EINVAL, f"{name} must be a string of at most {maxlen} characters")
+            raise SchemaError(errno.EINVAL, f"{where}.{key} must be a string of at most {maxlen} characters")
         return v
 
     return check
 
 
+@functools.lru_cache(maxsize=4096)
 def _pton(text: str) -> tuple[int, bytes] | None:
-    """(family, packed) of an address in the C library's strict syntax, or None."""
+    """(family, packed) of an address in the C library's strict syntax, or None.
+
+    Cached: a restore names the same few addresses again and again (every
+    destination line repeats its service's), and a failed IPv6 attempt at
+    an IPv4 address costs more than the lookup.
+    """
     for af in (AF_INET, AF_INET6):
         try:
             return af, socket.inet_pton(af, text)
@@ -218,28 +235,34 @@ def _pton(text: str) -> tuple[int, bytes] | None:
     return None
 
 
-def _addr_text(name: str, v: Any) -> str:
+def _addr_text(where: str, key: str, v: Any) -> str:
     if not isinstance(v, str) or len(v) > 64:
-        raise SchemaError(errno.EINVAL, f"{name} must be an address string")
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be an address string")
     if _pton(v) is None:
-        raise SchemaError(errno.EINVAL, f"{name}: {v!r} is not an IP address")
+        raise SchemaError(errno.EINVAL, f"{where}.{key}: {v!r} is not an IP address")
     return v
 
 
-def _flags(name: str, v: Any) -> dict:
+def _flags(where: str, key: str, v: Any) -> dict:
     if not isinstance(v, dict):
-        raise SchemaError(errno.EINVAL, f"{name} must be an object {{flags, mask}}")
-    return _check_fields(name, v, _FLAGS_FIELDS, required=("flags", "mask"))
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be an object {{flags, mask}}")
+    return _check_fields(f"{where}.{key}", v, _FLAGS_FIELDS, required=("flags", "mask"))
 
 
 _FLAGS_FIELDS = {"flags": _uint(_U32), "mask": _uint(_U32)}
 
 
-def _reply_only(name: str, v: Any) -> None:
-    raise SchemaError(errno.EINVAL, f"{name} is only sent in replies")
+def _reply_only(where: str, key: str, v: Any) -> None:
+    raise SchemaError(errno.EINVAL, f"{where}.{key} is only sent in replies")
 
 
-_SERVICE_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+def _bool(where: str, key: str, v: Any) -> bool:
+    if type(v) is not bool:
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be true or false")
+    return v
+
+
+_SERVICE_FIELDS: dict[str, Callable[[str, str, Any], Any]] = {
     "af": _uint(_U16),
     "protocol": _uint(_U16),
     "addr": _addr_text,
@@ -254,7 +277,7 @@ _SERVICE_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "stats64": _reply_only,
 }
 
-_DEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+_DEST_FIELDS: dict[str, Callable[[str, str, Any], Any]] = {
     "addr": _addr_text,
     "port": _uint(_U16),
     "addr_family": _uint(_U16),
@@ -272,7 +295,7 @@ _DEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "stats64": _reply_only,
 }
 
-_DAEMON_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+_DAEMON_FIELDS: dict[str, Callable[[str, str, Any], Any]] = {
     "state": _uint(_U32),
     "mcast_ifn": _text(uapi.IP_VS_IFNAME_MAXLEN - 1),
     "sync_id": _uint(_U32),
@@ -284,28 +307,36 @@ _DAEMON_FIELDS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def _nested(fields: dict) -> Callable[[str, Any], dict]:
-    def check(name: str, v: Any) -> dict:
+def _nested(fields: dict) -> Callable[[str, str, Any], dict]:
+    def check(where: str, key: str, v: Any) -> dict:
         if not isinstance(v, dict):
-            raise SchemaError(errno.EINVAL, f"{name} must be an object")
-        return _check_fields(name, v, fields)
+            raise SchemaError(errno.EINVAL, f"{where}.{key} must be an object")
+        return _check_fields(f"{where}.{key}", v, fields)
 
     return check
 
 
-def _any_int(name: str, v: Any) -> int:
+def _any_int(where: str, key: str, v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not -(2**63) <= v < 2**63:
-        raise SchemaError(errno.EINVAL, f"{name} must be a 64-bit integer")
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be a 64-bit integer")
     return v
 
 
-def _sysctl_name(name: str, v: Any) -> str:
+def _sysctl_name(where: str, key: str, v: Any) -> str:
     if not isinstance(v, str) or not 0 < len(v) <= 64:
-        raise SchemaError(errno.EINVAL, f"{name} must be a short string")
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be a short string")
     return v
 
 
-_REQUEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+def _requests(where: str, key: str, v: Any) -> list:
+    # Only the list itself: each element is checked as a request of its own
+    # when the batch runs, so one bad element fails alone.
+    if type(v) is not list or len(v) > MAX_BATCH:
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be a list of at most {MAX_BATCH} requests")
+    return v
+
+
+_REQUEST_FIELDS: dict[str, Callable[[str, str, Any], Any]] = {
     "version": _uint(_U32),
     "cmd": _text(32),
     "seq": _any_int,
@@ -317,29 +348,41 @@ _REQUEST_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "timeout_udp": _uint(_U32),
     "name": _sysctl_name,
     "value": _any_int,
+    "stats": _bool,
+    "requests": _requests,
 }
 
 
-#: Per field table, the unsigned-integer fields and their maximum (the fast path).
-_LIMITS: dict[int, dict[str, int]] = {}
+def _limits(fields: dict) -> dict[str, int]:
+    return {k: _UINT_LIMITS[c] for k, c in fields.items() if c in _UINT_LIMITS}
+
+
+#: Per field table, the unsigned-integer fields and their maximum: a plain
+#: in-range integer (most of what a request holds) is checked without a call.
+_LIMITS: dict[int, dict[str, int]] = {
+    id(f): _limits(f) for f in (_FLAGS_FIELDS, _SERVICE_FIELDS, _DEST_FIELDS, _DAEMON_FIELDS, _REQUEST_FIELDS)
+}
 
 
 def _check_fields(where: str, d: dict, fields: dict, required: tuple[str, ...] = ()) -> dict:
     limits = _LIMITS.get(id(fields))
     if limits is None:
-        limits = _LIMITS[id(fields)] = {k: _UINT_LIMITS[c] for k, c in fields.items() if c in _UINT_LIMITS}
+        limits = _LIMITS[id(fields)] = _limits(fields)
+    get = limits.get
     for key, value in d.items():
-        # The common case first: a plain in-range integer needs no call.
-        if type(value) is int and 0 <= value <= limits.get(key, -1):
+        if type(value) is int and 0 <= value <= get(key, -1):
             continue
         check = fields.get(key) if isinstance(key, str) else None
         if check is None:
             raise SchemaError(errno.EINVAL, f"unknown key {key!r} in {where}")
-        check(f"{where}.{key}", value)
+        check(where, key, value)
     for key in required:
         if key not in d:
             raise SchemaError(errno.EINVAL, f"{where}.{key} is required")
     return d
+
+
+_COMMAND_SET = frozenset(COMMANDS)
 
 
 def validate(req: Any) -> dict:
@@ -349,7 +392,7 @@ def validate(req: Any) -> dict:
     _check_fields("request", req, _REQUEST_FIELDS, required=("version", "cmd"))
     if req["version"] != SCHEMA_VERSION:
         raise SchemaError(errno.EPROTONOSUPPORT, f"schema version {req['version']} is not {SCHEMA_VERSION}")
-    if req["cmd"] not in COMMANDS:
+    if req["cmd"] not in _COMMAND_SET:
         raise SchemaError(errno.EOPNOTSUPP, f"unknown command {req['cmd']!r}")
     return req
 
@@ -373,39 +416,37 @@ def _parse_service(ipvs: NetnsIPVS, attrs: dict | None, full: bool) -> tuple[Ser
     """``ip_vs_genl_parse_service``: the user view and the existing service."""
     if attrs is None:
         raise SchemaError(errno.EINVAL, "a service is required")
-    if "af" not in attrs or not ("fwmark" in attrs or all(k in attrs for k in ("protocol", "addr", "port"))):
+    if "af" not in attrs or ("fwmark" not in attrs
+                             and ("protocol" not in attrs or "addr" not in attrs or "port" not in attrs)):
         raise SchemaError(errno.EINVAL, "service needs af and either fwmark or protocol, addr and port")
     af = attrs["af"]
-    if af not in (AF_INET, AF_INET6):
+    if af != AF_INET and af != AF_INET6:
         raise IPVSError(errno.EAFNOSUPPORT, f"address family {af}")
-    u = ServiceUser(af=af)
-    u.addr = bytes(4 if af == AF_INET else 16)
-    if "fwmark" in attrs:
+    fwmark = attrs.get("fwmark")
+    if fwmark is not None:
         # As the kernel: a present fwmark attribute wins, even 0 (which then
         # makes an ordinary TCP 0.0.0.0:0 service, as ip_vs_add_service does).
-        u.protocol = uapi.IPPROTO_TCP
-        u.fwmark = attrs["fwmark"]
-        if u.fwmark:
-            svc = ctl.fwm_service_find(ipvs, af, u.fwmark)
+        protocol, addr, port = uapi.IPPROTO_TCP, bytes(4 if af == AF_INET else 16), 0
+        if fwmark:
+            svc = ctl.fwm_service_find(ipvs, af, fwmark)
         else:
-            svc = ctl.service_find(ipvs, af, u.protocol, u.addr, u.port)
+            svc = ctl.service_find(ipvs, af, protocol, addr, port)
     else:
-        u.protocol = attrs["protocol"]
-        u.addr = _packed(af, attrs["addr"], "service.addr")
-        u.port = attrs["port"]
-        svc = ctl.service_find(ipvs, af, u.protocol, u.addr, u.port)
-    if full:
+        fwmark = 0
+        protocol, port = attrs["protocol"], attrs["port"]
+        addr = _packed(af, attrs["addr"], "service.addr")
+        svc = ctl.service_find(ipvs, af, protocol, addr, port)
+    if not full:
+        return ServiceUser(af=af, protocol=protocol, addr=addr, port=port, fwmark=fwmark), svc
+    if "sched_name" not in attrs or "flags" not in attrs or "timeout" not in attrs or "netmask" not in attrs:
         missing = [k for k in ("sched_name", "flags", "timeout", "netmask") if k not in attrs]
-        if missing:
-            raise SchemaError(errno.EINVAL, f"a full service needs {', '.join(missing)}")
-        flags = svc.flags if svc is not None else 0
-        f = attrs["flags"]
-        u.flags = (flags & ~f["mask"]) | (f["flags"] & f["mask"])
-        u.sched_name = attrs["sched_name"]
-        u.pe_name = attrs.get("pe_name", "")
-        u.timeout = attrs["timeout"]
-        u.netmask = attrs["netmask"]
-    return u, svc
+        raise SchemaError(errno.EINVAL, f"a full service needs {', '.join(missing)}")
+    flags = svc.flags if svc is not None else 0
+    f = attrs["flags"]
+    mask = f["mask"]
+    return ServiceUser(af=af, protocol=protocol, addr=addr, port=port, fwmark=fwmark,
+                       flags=(flags & ~mask) | (f["flags"] & mask), sched_name=attrs["sched_name"],
+                       pe_name=attrs.get("pe_name", ""), timeout=attrs["timeout"], netmask=attrs["netmask"]), svc
 
 
 def _int32(v: int) -> int:
@@ -417,26 +458,28 @@ def _parse_dest(attrs: dict | None, svc: ctl.Service, full: bool) -> DestUser:
     """``ip_vs_genl_parse_dest`` plus the family checks of ``ip_vs_genl_set_cmd``."""
     if attrs is None or "addr" not in attrs or "port" not in attrs:
         raise SchemaError(errno.EINVAL, "a destination needs addr and port")
-    af = attrs.get("addr_family") or svc.af
-    if af not in (AF_INET, AF_INET6):
+    get = attrs.get
+    af = get("addr_family") or svc.af
+    if af != AF_INET and af != AF_INET6:
         raise IPVSError(errno.EAFNOSUPPORT, f"address family {af}")
-    u = DestUser(addr=_packed(af, attrs["addr"], "dest.addr"), port=attrs["port"], af=af)
-    if full:
+    addr = _packed(af, attrs["addr"], "dest.addr")
+    if not full:
+        return DestUser(addr=addr, port=attrs["port"], af=af)
+    if "fwd_method" not in attrs or "weight" not in attrs or "u_threshold" not in attrs or "l_threshold" not in attrs:
         missing = [k for k in ("fwd_method", "weight", "u_threshold", "l_threshold") if k not in attrs]
-        if missing:
-            raise SchemaError(errno.EINVAL, f"a full destination needs {', '.join(missing)}")
-        u.conn_flags = attrs["fwd_method"] & uapi.IP_VS_CONN_F_FWD_MASK
-        u.weight = _int32(attrs["weight"])
-        u.u_threshold = attrs["u_threshold"]
-        u.l_threshold = attrs["l_threshold"]
-        u.tun_type = attrs.get("tun_type", 0)
-        u.tun_port = attrs.get("tun_port", 0)
-        u.tun_flags = attrs.get("tun_flags", 0)
-    return u
+        raise SchemaError(errno.EINVAL, f"a full destination needs {', '.join(missing)}")
+    weight = attrs["weight"]
+    return DestUser(addr=addr, port=attrs["port"], af=af, conn_flags=attrs["fwd_method"] & uapi.IP_VS_CONN_F_FWD_MASK,
+                    weight=weight - (1 << 32) if weight & 0x80000000 else weight,
+                    u_threshold=attrs["u_threshold"], l_threshold=attrs["l_threshold"],
+                    tun_type=get("tun_type", 0), tun_port=get("tun_port", 0), tun_flags=get("tun_flags", 0))
 
 
 # --------------------------------------------------------------------------
 # Control-plane objects -> attributes (ip_vs_genl_fill_*)
+
+
+_U32_UNLESS_BYTES = tuple(-1 if k.endswith("bytes") else _U32 for k in STATS_KEYS)
 
 
 def _stats(stats, wide: bool) -> dict:
@@ -444,11 +487,15 @@ def _stats(stats, wide: bool) -> dict:
     if wide:
         return dict(zip(STATS_KEYS, values, strict=True))
     # The 32-bit attributes: bytes stay u64 (IPVS_STATS_ATTR_*BYTES), the rest are u32.
-    return {k: (v if k.endswith("bytes") else v & _U32) for k, v in zip(STATS_KEYS, values, strict=True)}
+    return dict(zip(STATS_KEYS, map(int.__and__, values, _U32_UNLESS_BYTES), strict=True))
 
 
-def service_attrs(ipvs: NetnsIPVS, svc: ctl.Service) -> dict:
-    """``ip_vs_genl_fill_service``: one service as reply attributes."""
+def service_attrs(ipvs: NetnsIPVS, svc: ctl.Service, stats: bool = True) -> dict:
+    """``ip_vs_genl_fill_service``: one service as reply attributes.
+
+    ``stats=False`` leaves out ``stats`` and ``stats64`` (the ``stats``
+    request key, a PyIPVS extension).
+    """
     d: dict[str, Any] = {"af": svc.af}
     if svc.fwmark:
         d["fwmark"] = svc.fwmark
@@ -462,14 +509,16 @@ def service_attrs(ipvs: NetnsIPVS, svc: ctl.Service) -> dict:
     d["flags"] = {"flags": svc.flags, "mask": _U32}
     d["timeout"] = svc.timeout // ipvs.hz
     d["netmask"] = svc.netmask
-    d["stats"] = _stats(svc.stats, wide=False)
-    d["stats64"] = _stats(svc.stats, wide=True)
+    if stats:
+        d["stats"] = _stats(svc.stats, wide=False)
+        d["stats64"] = _stats(svc.stats, wide=True)
     return d
 
 
-def dest_attrs(dest: ctl.Dest) -> dict:
-    """``ip_vs_genl_fill_dest``: one destination as reply attributes."""
-    return {
+def dest_attrs(dest: ctl.Dest, stats: bool = True) -> dict:
+    """``ip_vs_genl_fill_dest``: one destination as reply attributes
+    (``stats=False``: without ``stats`` and ``stats64``)."""
+    d = {
         "addr": _ntop(dest.af, dest.addr),
         "port": dest.port,
         "fwd_method": dest.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK,
@@ -483,9 +532,11 @@ def dest_attrs(dest: ctl.Dest) -> dict:
         "inact_conns": dest.inactconns,
         "persist_conns": dest.persistconns,
         "addr_family": dest.af,
-        "stats": _stats(dest.stats, wide=False),
-        "stats64": _stats(dest.stats, wide=True),
     }
+    if stats:
+        d["stats"] = _stats(dest.stats, wide=False)
+        d["stats64"] = _stats(dest.stats, wide=True)
+    return d
 
 
 # --------------------------------------------------------------------------
@@ -532,10 +583,11 @@ def _del_service(ipvs, req, now, **_):
 
 
 def _get_service(ipvs, req, now, **_):
+    stats = req.get("stats", True)
     if "service" not in req:
-        return {"services": [service_attrs(ipvs, s) for s in ctl.services_sorted_by_bucket(ipvs)]}
+        return {"services": [service_attrs(ipvs, s, stats) for s in ctl.services_sorted_by_bucket(ipvs)]}
     _u, svc = _existing(ipvs, req, full=False)
-    return {"service": service_attrs(ipvs, svc)}
+    return {"service": service_attrs(ipvs, svc, stats)}
 
 
 def _dest_cmd(ipvs, req, full: bool) -> tuple[ServiceUser, ctl.Service, DestUser]:
@@ -572,7 +624,10 @@ def _get_dest(ipvs, req, now, **_):
     except (SchemaError, IPVSError):
         # ip_vs_genl_dump_dests answers a bad or missing service with an empty dump.
         svc = None
-    return {"dests": [dest_attrs(d) for d in svc.destinations] if svc is not None else []}
+    if svc is None:
+        return {"dests": []}
+    stats = req.get("stats", True)
+    return {"dests": [dest_attrs(d, stats) for d in svc.destinations]}
 
 
 def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
@@ -633,7 +688,8 @@ def _get_config(ipvs, req, now, **_):
 
 
 def _get_info(ipvs, req, now, **_):
-    return {"info": {"version": uapi.IP_VS_VERSION_CODE, "conn_tab_size": ipvs.conn_tab.size}}
+    return {"info": {"version": uapi.IP_VS_VERSION_CODE, "conn_tab_size": ipvs.conn_tab.size},
+            "extensions": list(EXTENSIONS)}
 
 
 def _set_info(ipvs, req, now, **_):
@@ -687,6 +743,20 @@ def _set_sysctl(ipvs, req, now, **_):
     return {}
 
 
+def _batch(ipvs, req, now, interfaces=None, **_):
+    if "requests" not in req:
+        raise SchemaError(errno.EINVAL, "BATCH needs requests")
+    replies = []
+    for inner in req["requests"]:
+        if isinstance(inner, dict) and inner.get("cmd") == "BATCH":
+            seq = inner.get("seq")
+            replies.append(error_reply(errno.EINVAL, "a BATCH cannot hold a BATCH",
+                                       seq if isinstance(seq, int) else None))
+        else:
+            replies.append(dispatch(ipvs, inner, now, interfaces=interfaces))
+    return {"replies": replies}
+
+
 _HANDLERS: dict[str, Callable[..., dict]] = {
     "NEW_SERVICE": _new_service,
     "SET_SERVICE": _set_service,
@@ -708,6 +778,7 @@ _HANDLERS: dict[str, Callable[..., dict]] = {
     "GET_PROC": _get_proc,
     "GET_SYSCTL": _get_sysctl,
     "SET_SYSCTL": _set_sysctl,
+    "BATCH": _batch,
 }
 
 

@@ -39,6 +39,7 @@ daemon (GET_PROC) instead of the local file.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import socket
@@ -602,6 +603,12 @@ class DestEntry:
 
 
 def _addr16(af: int, text: str) -> bytes:
+    return _addr16_of(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _addr16_of(text: str) -> bytes:
+    # Cached: a listing names the same real servers under many services.
     packed = _inet_pton(AF_INET, text) or _inet_pton(AF_INET6, text)
     if packed is None:
         raise ValueError(f"not an address: {text!r}")
@@ -609,6 +616,10 @@ def _addr16(af: int, text: str) -> bytes:
 
 
 _STATS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps")
+_NO_STATS = (0,) * len(_STATS)
+# libipvs parses IPVS_DEST_ATTR_STATS64 with its 32-bit reader: every u64
+# counter but the byte counts is read as its low 32 bits.
+_DEST_STATS_MASKS = tuple(-1 if k.endswith("bytes") else 0xFFFFFFFF for k in _STATS)
 
 
 def _service_entry(d: dict) -> ServiceEntry:
@@ -626,32 +637,25 @@ def _service_entry(d: dict) -> ServiceEntry:
         flags=flags["flags"] & flags["mask"],
         timeout=d.get("timeout", 0),
         netmask=d.get("netmask", 0),
-        stats=tuple(st.get(k, 0) for k in _STATS),
+        stats=tuple(st.get(k, 0) for k in _STATS) if st else _NO_STATS,
     )
 
 
 def _dest_entry(d: dict, svc_af: int) -> DestEntry:
-    af = d.get("addr_family") or svc_af
-    st = d.get("stats64") or d.get("stats") or {}
-    # libipvs parses IPVS_DEST_ATTR_STATS64 with its 32-bit reader: every
-    # u64 counter but the byte counts is read as its low 32 bits.
-    stats = tuple(st.get(k, 0) if k.endswith("bytes") else st.get(k, 0) & 0xFFFFFFFF for k in _STATS)
-    return DestEntry(
-        af=af,
-        addr=_addr16(af, d["addr"]),
-        port=d["port"],
-        conn_flags=d.get("fwd_method", 0),
-        weight=_int32(d.get("weight", 0)),
-        u_threshold=d.get("u_threshold", 0),
-        l_threshold=d.get("l_threshold", 0),
-        activeconns=d.get("active_conns", 0),
-        inactconns=d.get("inact_conns", 0),
-        persistconns=d.get("persist_conns", 0),
-        tun_type=d.get("tun_type", 0),
-        tun_port=d.get("tun_port", 0),
-        tun_flags=d.get("tun_flags", 0),
-        stats=stats,
-    )
+    get = d.get
+    af = get("addr_family") or svc_af
+    st = get("stats64") or get("stats")
+    if st:
+        stats = tuple(map(int.__and__, (st.get(k, 0) for k in _STATS), _DEST_STATS_MASKS))
+    else:
+        stats = _NO_STATS
+    weight = get("weight", 0)
+    # Positional, in the field order of DestEntry (af, addr, port, conn_flags,
+    # weight, u/l_threshold, active/inact/persistconns, tun_*, stats).
+    return DestEntry(af, _addr16_of(d["addr"]), d["port"], get("fwd_method", 0),
+                     weight if type(weight) is int and 0 <= weight < 0x80000000 else _int32(weight),
+                     get("u_threshold", 0), get("l_threshold", 0), get("active_conns", 0), get("inact_conns", 0),
+                     get("persist_conns", 0), get("tun_type", 0), get("tun_port", 0), get("tun_flags", 0), stats)
 
 
 # --------------------------------------------------------------------------
@@ -734,6 +738,54 @@ def glibc_qsort(items: list, cmp: Callable[[Any, Any], int]) -> list:
     return out
 
 
+_SPAN = 1 << 31
+
+
+def _agrees(columns: Iterable[Iterable[int]]) -> bool:
+    """True if every wrapping ``(int)(a - b)`` of two values of the same
+    column has the sign of the true difference: each column spans less
+    than 2**31."""
+    return all(max(c) - min(c) < _SPAN for c in columns)
+
+
+def sort_services(items: list[ServiceEntry]) -> list[ServiceEntry]:
+    """What ``glibc_qsort(items, cmp_services)`` gives, found faster when it can be.
+
+    When the wrapping differences of ``ipvs_cmp_services`` agree with the
+    true ones for every pair (no column of fwmarks or address words spans
+    2**31 or more), the comparator is a total order on these entries and
+    any stable sort gives what the merge sort gives, so Python's sort runs
+    on the same keys.  Otherwise the order depends on the algorithm, and
+    the merge sort itself runs.
+    """
+    if len(items) <= 1:
+        return list(items)
+    # An IPv4 entry is compared on its first word only.
+    words = [_WORDS4.unpack(s.addr) if s.af == AF_INET6 else _WORDS4.unpack(s.addr)[:1] + (0, 0, 0) for s in items]
+    if not _agrees([*zip(*words, strict=True), [s.fwmark for s in items]]):
+        return glibc_qsort(items, cmp_services)
+    keys = [(s.fwmark, s.af, s.protocol, *w, s.port) for s, w in zip(items, words, strict=True)]
+    return [items[i] for i in sorted(range(len(items)), key=keys.__getitem__)]
+
+
+def sort_dests(items: list[DestEntry]) -> list[DestEntry]:
+    """What ``glibc_qsort(items, cmp_dests)`` gives (see :func:`sort_services`);
+    destinations of mixed families always take the merge sort, as the
+    comparator then reads the first entry's family."""
+    if len(items) <= 1:
+        return list(items)
+    af = items[0].af
+    if any(d.af != af for d in items):
+        return glibc_qsort(items, cmp_dests)
+    words = [_WORDS4.unpack(d.addr) for d in items]
+    if af != AF_INET6:
+        words = [w[:1] for w in words]
+    if not _agrees(zip(*words, strict=True)):
+        return glibc_qsort(items, cmp_dests)
+    keys = [(*w, d.port) for d, w in zip(items, words, strict=True)]
+    return [items[i] for i in sorted(range(len(items)), key=keys.__getitem__)]
+
+
 # --------------------------------------------------------------------------
 # The tool
 
@@ -764,6 +816,14 @@ def _req(cmd: str, **fields: Any) -> dict:
     return {"version": 1, "cmd": cmd, **fields}
 
 
+#: Commands per BATCH request (a batch of the largest commands ipvsadm
+#: sends stays well under the daemon's 1 MiB request limit; a bigger one
+#: would be split).
+_BATCH_SIZE = 1000
+#: Batches sent and not yet answered while -R goes on parsing.
+_MAX_INFLIGHT = 2
+
+
 def _c_str(s: str | None) -> str:
     """How printf's %s shows a NULL pointer."""
     return "(null)" if s is None else s
@@ -781,14 +841,26 @@ class Ipvsadm:
         self.stdin = stdin
         self.resolver = resolver or Resolver()
         self.info: tuple[int, int] | None = None
+        #: Schema extensions the director announced (GET_INFO ``extensions``).
+        self.extensions: frozenset[str] = frozenset()
         self.func: str | None = "init"  # libipvs's ipvs_func, for ipvs_strerror
-        # During -R, changing commands are queued and sent pipelined: a round
-        # trip per line would dominate a large restore.  Anything that shows
-        # output (an error, a listing) sends the queue first, so the order of
-        # what the user sees is the order of the lines.
+        # During -R, changing commands are queued and sent in BATCH requests
+        # (or pipelined, to a director without BATCH): a round trip per line
+        # would dominate a large restore.  On a socket, a full batch is sent
+        # at once and its replies read later (at most _MAX_INFLIGHT batches
+        # ahead), so the daemon runs one batch while this side parses the
+        # next.  Anything that shows output (an error, a listing) first
+        # reports every queued command, so the order of what the user sees
+        # is the order of the lines.
         self.batching = False
         self._queue: list[tuple[str | None, dict]] = []
+        self._inflight: list[list[tuple[str | None, dict]]] = []
         self._last_queued = False
+        self._last_failed = False
+        #: The restore fast path (:meth:`fast_command`); tests turn it off to
+        #: compare with the full popt emulation.
+        self.fast = True
+        self._fast_addrs: dict[str, tuple[str, int] | None] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -816,6 +888,9 @@ class Ipvsadm:
             self.fail(2, f"Can't initialize ipvs: {reason}\n"
                          "Are you sure that the IP Virtual Server daemon (ipvsd) is running "
                          "in this network namespace?")
+        ext = reply.get("extensions")
+        if isinstance(ext, list):
+            self.extensions = frozenset(e for e in ext if isinstance(e, str))
         if self.info[0] < MINIMUM_IPVS_VERSION:
             v = self.info[0]
             self.err.write("Warning: IPVS version mismatch: \n"
@@ -841,27 +916,117 @@ class Ipvsadm:
             return [{"ok": False, "errno": e.errno or errno.EIO}] * len(reqs)
         return [r if isinstance(r, dict) else {"ok": False, "errno": errno.EIO} for r in replies]
 
+    # Batches.  A BATCH reply holds one reply per command; a director that
+    # did not announce BATCH gets the commands one by one (pipelined).
+
+    def _can_submit(self) -> bool:
+        t = self._transport
+        return "BATCH" in self.extensions and hasattr(t, "submit") and hasattr(t, "receive")
+
+    def _submit(self, reqs: list[dict]) -> list[int]:
+        """Send ``reqs`` as BATCH requests without waiting; returns the sizes
+        of the batches sent (a batch over the frame limit is split)."""
+        try:
+            self._transport.submit(_req("BATCH", requests=reqs))
+            return [len(reqs)]
+        except OSError as e:
+            if e.errno != errno.EMSGSIZE or len(reqs) < 2:
+                raise
+        half = len(reqs) // 2
+        return self._submit(reqs[:half]) + self._submit(reqs[half:])
+
+    def _batch_replies(self, reply: Any, n: int) -> list[dict]:
+        """The per-command replies of one BATCH reply."""
+        if isinstance(reply, dict) and not reply.get("ok") and "replies" not in reply:
+            # The batch as a whole was refused: every command fails with its errno.
+            return [{"ok": False, "errno": reply.get("errno", errno.EIO)}] * n
+        replies = reply["replies"]
+        if not isinstance(replies, list) or len(replies) != n:
+            raise ValueError("a BATCH reply does not hold one reply per request")
+        return [r if isinstance(r, dict) else {"ok": False, "errno": errno.EIO} for r in replies]
+
+    def _call_batch(self, reqs: list[dict]) -> list[dict]:
+        """Run ``reqs`` now, in BATCH requests if the director has them."""
+        if "BATCH" not in self.extensions or len(reqs) < 2:
+            return self._call_many(reqs)
+        out: list[dict] = []
+        try:
+            if self._can_submit():
+                sizes = self._submit(reqs)
+                for n in sizes:
+                    out += self._batch_replies(self._transport.receive(), n)
+            else:
+                for i in range(0, len(reqs), _BATCH_SIZE):
+                    chunk = reqs[i : i + _BATCH_SIZE]
+                    out += self._batch_replies(self._transport.call(_req("BATCH", requests=chunk)), len(chunk))
+        except OSError as e:
+            return out + [{"ok": False, "errno": e.errno or errno.EIO}] * (len(reqs) - len(out))
+        return out
+
     def queue(self, func: str | None, req: dict) -> None:
         self.init()
         self._queue.append((func, req))
         self._last_queued = True
-        if len(self._queue) >= 4096:
-            self.flush()
+        if len(self._queue) >= _BATCH_SIZE:
+            self._send_queue()
 
-    def flush(self) -> bool:
-        """Send the queued commands, report their errors; True if the last one failed."""
-        if not self._queue:
-            return False
+    def _send_queue(self) -> None:
+        """Send the queued commands: in the background on a socket, else now."""
         queue, self._queue = self._queue, []
-        replies = self._call_many([req for _func, req in queue])
-        failed = False
+        if not queue:
+            return
+        if not self._can_submit():
+            self._report(queue, self._call_batch([req for _func, req in queue]))
+            return
+        try:
+            sizes = self._submit([req for _func, req in queue])
+        except OSError as e:
+            self._drain()
+            self._report(queue, [{"ok": False, "errno": e.errno or errno.EIO}] * len(queue))
+            return
+        for n in sizes:
+            self._inflight.append(queue[:n])
+            queue = queue[n:]
+        while len(self._inflight) > _MAX_INFLIGHT:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Read and report the replies of the oldest batch in flight."""
+        batch = self._inflight.pop(0)
+        try:
+            replies = self._batch_replies(self._transport.receive(), len(batch))
+        except OSError as e:
+            # The connection is gone: this batch and the ones after it failed.
+            failed = {"ok": False, "errno": e.errno or errno.EIO}
+            rest, self._inflight = self._inflight, []
+            self._report(batch, [failed] * len(batch))
+            for b in rest:
+                self._report(b, [failed] * len(b))
+            return
+        self._report(batch, replies)
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._collect()
+
+    def _report(self, queue: list[tuple[str | None, dict]], replies: list[dict]) -> None:
+        """Print the errors of answered commands, in order (to stderr directly:
+        :meth:`error` would flush again in the middle of this batch)."""
         for (func, _req), reply in zip(queue, replies, strict=True):
             if func is not None:
                 self.func = func
-            failed = not reply.get("ok")
+            self._last_failed = failed = not reply.get("ok")
             if failed:
-                self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
-        return failed
+                self.err.write(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
+
+    def flush(self) -> bool:
+        """Send the queued commands and report their errors; True if the
+        last command reported failed."""
+        if not self._queue and not self._inflight:
+            return self._last_failed
+        self._send_queue()
+        self._drain()
+        return self._last_failed
 
     # ---------------------------------------------------------- addresses
 
@@ -1358,7 +1523,10 @@ class Ipvsadm:
         if cmd in (CMD_ADDDEST, CMD_EDITDEST, CMD_DELDEST):
             name, func = {CMD_ADDDEST: ("NEW_DEST", "add_dest"), CMD_EDITDEST: ("SET_DEST", "update_dest"),
                           CMD_DELDEST: ("DEL_DEST", "del_dest")}[cmd]
-            return func, _req(name, service=self._svc_attrs(ce.svc), dest=self._dest_attrs(ce.dest))
+            # Only the service's identity: libipvs sends every service
+            # attribute, but ip_vs_genl_parse_service reads no more for a
+            # destination command, and a restore sends this 10 times per service.
+            return func, _req(name, service=self._svc_attrs(ce.svc, full=False), dest=self._dest_attrs(ce.dest))
         if cmd == CMD_TIMEOUT:
             tcp, fin, udp = ce.timeout
             return "set_timeout", _req("SET_CONFIG", timeout_tcp=tcp, timeout_tcp_fin=fin, timeout_udp=udp)
@@ -1379,6 +1547,143 @@ class Ipvsadm:
         return "stop_daemon", _req("DEL_DAEMON", daemon={"state": d.state, "mcast_ifn": d.mcast_ifn,
                                                                 "sync_id": d.syncid})
 
+    # ------------------------------------------------------------ fast path
+
+    def fast_command(self, tokens: list[str]) -> tuple[str | None, dict] | None:
+        """The request of a plain -A/-E/-a/-e line, without the popt emulation.
+
+        Saved rules are almost all of the form ``-A -t VIP:PORT -s SCHED
+        [-p [T]]`` and ``-a -t VIP:PORT -r RIP:PORT -g|-i|-m -w W [-x U] [-y
+        L]``.  For such a line, with each option a word of its own (no
+        clusters, no long names), numeric IPv4 addresses and ports, in-range
+        numbers and a legal combination, this returns what
+        :meth:`process_options` would queue, ``(libipvs function,
+        request)``.  For anything else (including every line that is an
+        error) it returns None and the line goes through the full
+        emulation, which prints ipvsadm's messages.  A hypothesis test
+        checks that both ways give the same requests and output.
+        """
+        cmd = _FAST_COMMANDS.get(tokens[0])
+        if cmd is None:
+            return None
+        allowed = _FAST_SERVICE_OPTS if cmd <= CMD_EDIT else _FAST_DEST_OPTS
+        seen = 0
+        protocol = fwmark = port = flags = timeout = 0
+        vaddr: str | None = None
+        raddr: str | None = None
+        rport = 0
+        fwd = uapi.IP_VS_CONN_F_DROUTE
+        sched = ""
+        weight = 1
+        u_thresh = l_thresh = 0
+        i = 1
+        n = len(tokens)
+        while i < n:
+            opt = tokens[i]
+            bit = allowed.get(opt)
+            if bit is None or seen & bit:
+                return None  # unusual, or "multiple ... options specified"
+            seen |= bit
+            i += 1
+            if bit == _FWD_BIT:
+                fwd = _FAST_FWD[opt]
+                continue
+            if opt == "-p":
+                flags |= uapi.IP_VS_SVC_F_PERSISTENT
+                if i < n and not tokens[i].startswith("-"):
+                    timeout = _fast_number(tokens[i], 1, MAX_TIMEOUT)
+                    if timeout < 0:
+                        return None
+                    i += 1
+                else:
+                    timeout = IPVS_SVC_PERSISTENT_TIMEOUT
+                continue
+            if i >= n:
+                return None  # popt: missing argument
+            arg = tokens[i]
+            i += 1
+            if opt == "-t" or opt == "-u":
+                parsed = self._fast_addr(arg)
+                if parsed is None:
+                    return None
+                vaddr, p = parsed
+                protocol = IPPROTO_TCP if opt == "-t" else IPPROTO_UDP
+                if p >= 0:
+                    port = p
+            elif opt == "-r":
+                parsed = self._fast_addr(arg)
+                if parsed is None:
+                    return None
+                raddr, p = parsed
+                # parse_service into a copy of the service: without a port
+                # of its own, -r takes the service's port as it is so far.
+                rport = p if p >= 0 else port
+            elif opt == "-f":
+                fwmark = _fast_number(arg, 1, 0xFFFFFFFF)
+                if fwmark < 0:
+                    return None
+                protocol = IPPROTO_TCP
+            elif opt == "-s":
+                sched = arg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
+            else:  # -w, -x, -y
+                v = _fast_number(arg, 0, INT_MAX)
+                if v < 0:
+                    return None
+                if opt == "-w":
+                    weight = v
+                elif opt == "-x":
+                    u_thresh = v
+                else:
+                    l_thresh = v
+        if not seen & _SERVICE_BIT:
+            return None  # "You need to supply the 'service-address' option ..."
+        svc: dict[str, Any] = {"af": AF_INET}
+        if fwmark:
+            svc["fwmark"] = fwmark
+        else:
+            svc["protocol"] = protocol
+            svc["addr"] = vaddr
+            svc["port"] = port
+        if cmd <= CMD_EDIT:
+            if not fwmark and not port and not flags:
+                return None  # "Zero port specified for non-persistent service"
+            svc["sched_name"] = sched or DEF_SCHED
+            svc["flags"] = {"flags": flags, "mask": 0xFFFFFFFF}
+            svc["timeout"] = timeout
+            svc["netmask"] = 0xFFFFFFFF
+            if cmd == CMD_ADD:
+                return "add_service", {"version": 1, "cmd": "NEW_SERVICE", "service": svc}
+            return "update_service", {"version": 1, "cmd": "SET_SERVICE", "service": svc}
+        if raddr is None:
+            return None  # "You need to supply the 'real-server' option ..."
+        if not fwmark and fwd != uapi.IP_VS_CONN_F_MASQ:
+            rport = port  # direct routing and tunnels keep the service's port
+        dest = {"addr_family": AF_INET, "addr": raddr, "port": rport, "fwd_method": fwd, "weight": weight,
+                "tun_type": 0, "tun_port": 0, "tun_flags": 0, "u_threshold": u_thresh, "l_threshold": l_thresh}
+        if cmd == CMD_ADDDEST:
+            return "add_dest", {"version": 1, "cmd": "NEW_DEST", "service": svc, "dest": dest}
+        return "update_dest", {"version": 1, "cmd": "SET_DEST", "service": svc, "dest": dest}
+
+    def _fast_addr(self, arg: str) -> tuple[str, int] | None:
+        """``parse_service`` of a numeric ``a.b.c.d[:port]``: (address as
+        inet_ntop writes it, port or -1), or None for anything else."""
+        try:
+            return self._fast_addrs[arg]
+        except KeyError:
+            pass
+        parsed = None
+        m = _FAST_ADDR.fullmatch(arg)
+        if m is not None:
+            packed = _inet_aton(m.group(1))
+            p = m.group(2)
+            port = -1 if p is None else int(p)
+            if packed is not None and port <= 65535:
+                parsed = (_inet_ntop(AF_INET, packed), port)
+        if len(self._fast_addrs) >= 65536:
+            self._fast_addrs.clear()
+        self._fast_addrs[arg] = parsed
+        return parsed
+
     # ------------------------------------------------------------ restore
 
     def restore_table(self, reading_stdin: bool) -> int:
@@ -1387,10 +1692,16 @@ class Ipvsadm:
         result = 0
         self.batching = True
         try:
+            fast = self.fast_command if self.fast else _no_fast_command
             for tokens in config_stream_read(self.stdin.read()):
                 if tokens:
                     self._last_queued = False
-                    result = self.process_options(tokens, True)
+                    cmd = fast(tokens)
+                    if cmd is not None:
+                        self.queue(*cmd)
+                        result = 0
+                    else:
+                        result = self.process_options(tokens, True)
         finally:
             # also when a line fails: its message must come after the earlier lines' errors
             last_failed = self.flush()
@@ -1401,8 +1712,13 @@ class Ipvsadm:
 
     # ------------------------------------------------------------ listing
 
-    def get_services(self) -> list[ServiceEntry]:
-        reply = self.call("GET_SERVICE")
+    def get_services(self, stats: bool = True) -> list[ServiceEntry]:
+        """The service dump; ``stats=False`` asks a director that has the
+        ``stats`` extension to leave the counters out (nothing shows them)."""
+        if stats or "stats" not in self.extensions:
+            reply = self.call("GET_SERVICE")
+        else:
+            reply = self.call("GET_SERVICE", stats=False)
         if not reply.get("ok"):
             self.error(ipvs_strerror(self.func, int(reply.get("errno", errno.EIO))) + "\n")
             raise _Exit(1)
@@ -1519,7 +1835,7 @@ class Ipvsadm:
         w(line + "\n")
 
         if not fmt & FMT_NOSORT:
-            dests = glibc_qsort(dests, cmp_dests)
+            dests = sort_dests(dests)
         for e in dests:
             fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
             dname = self.addrport_to_anyname(e.af, e.addr, e.port, se.protocol, fmt)
@@ -1591,18 +1907,46 @@ class Ipvsadm:
         if not fmt & FMT_RULE:
             v, size = self.info
             self.out.write(f"IP Virtual Server version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF} (size={size})\n")
-        services = self.get_services()
+        stats = bool(fmt & (FMT_STATS | FMT_RATE))
+        services = self.get_services(stats)
         if not fmt & FMT_NOSORT:
-            services = glibc_qsort(services, cmp_services)
+            services = sort_services(services)
         self.print_title(fmt)
-        # Ask for every service's destinations at once (pipelined on a socket),
-        # in chunks so a huge table is not held twice in memory.
+        # Every service's destinations are asked for at once: in BATCH
+        # requests (or pipelined), in chunks so a huge table is not held
+        # twice in memory.
         self.func = "get_dests"
-        for i in range(0, len(services), 1024):
-            chunk = services[i : i + 1024]
-            replies = self._call_many([_req("GET_DEST", service=self._dest_query(se)) for se in chunk])
+        extra = {} if stats or "stats" not in self.extensions else {"stats": False}
+        for chunk, replies in self._dest_chunks(services, extra):
             for se, reply in zip(chunk, replies, strict=True):
                 self.print_service_entry(se, fmt, self._dests_from(reply, se))
+
+    def _dest_chunks(self, services: list[ServiceEntry], extra: dict):
+        """(services, their GET_DEST replies), chunk after chunk; on a socket
+        the next chunk is asked for before this one is printed."""
+        chunks = [services[i : i + _BATCH_SIZE] for i in range(0, len(services), _BATCH_SIZE)]
+        reqs = ([_req("GET_DEST", service=self._dest_query(se), **extra) for se in chunk] for chunk in chunks)
+        if not self._can_submit():
+            for chunk in chunks:
+                yield chunk, self._call_batch(next(reqs))
+            return
+        pending: list[tuple[list[ServiceEntry], list[int]]] = []
+        try:
+            for chunk in chunks:
+                pending.append((chunk, self._submit(next(reqs))))
+                if len(pending) > 1:
+                    yield self._receive_chunk(*pending.pop(0))
+            while pending:
+                yield self._receive_chunk(*pending.pop(0))
+        except OSError as e:
+            failed = {"ok": False, "errno": e.errno or errno.EIO}
+            yield (pending[0][0] if pending else services[:1]), [failed] * (len(pending[0][0]) if pending else 1)
+
+    def _receive_chunk(self, chunk: list[ServiceEntry], sizes: list[int]) -> tuple[list[ServiceEntry], list[dict]]:
+        replies: list[dict] = []
+        for n in sizes:
+            replies += self._batch_replies(self._transport.receive(), n)
+        return chunk, replies
 
     def list_timeout(self) -> None:
         reply = self.call("GET_CONFIG")
@@ -1718,6 +2062,32 @@ _SIMPLE_FLAGS = {
     K_X: (OPTC_EXACT, FMT_EXACT),
     TAG_TUN_INFO: (OPTC_TUN_INFO, FMT_TUN_INFO),
 }
+
+
+# The restore fast path (Ipvsadm.fast_command): the plain option words it
+# takes, each with the bit of the option group popt would set for it.
+_SERVICE_BIT, _FWD_BIT = 1 << OPTC_SERVICE, 1 << OPTC_FORWARD
+_FAST_COMMANDS = {"-A": CMD_ADD, "-E": CMD_EDIT, "-a": CMD_ADDDEST, "-e": CMD_EDITDEST}
+_FAST_SERVICE_OPTS = {"-t": _SERVICE_BIT, "-u": _SERVICE_BIT, "-f": _SERVICE_BIT,
+                      "-s": 1 << OPTC_SCHEDULER, "-p": 1 << OPTC_PERSISTENT}
+_FAST_DEST_OPTS = {"-t": _SERVICE_BIT, "-u": _SERVICE_BIT, "-f": _SERVICE_BIT, "-r": 1 << OPTC_SERVER,
+                   "-g": _FWD_BIT, "-i": _FWD_BIT, "-m": _FWD_BIT, "-w": 1 << OPTC_WEIGHT,
+                   "-x": 1 << OPTC_UTHRESHOLD, "-y": 1 << OPTC_LTHRESHOLD}
+_FAST_FWD = {"-g": uapi.IP_VS_CONN_F_DROUTE, "-i": uapi.IP_VS_CONN_F_TUNNEL, "-m": uapi.IP_VS_CONN_F_MASQ}
+_FAST_ADDR = re.compile(r"([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})(?::([0-9]{1,5}))?")
+
+
+def _fast_number(s: str, lo: int, hi: int) -> int:
+    """``string_to_number`` for plain digits only; -1 for anything else."""
+    if s.isascii() and s.isdigit() and len(s) < 19:
+        v = int(s)
+        if lo <= v <= hi:
+            return v
+    return -1
+
+
+def _no_fast_command(tokens: list[str]) -> None:
+    return None
 
 
 def _addr_from_proc(text: str | None) -> bytes:
