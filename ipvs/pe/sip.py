@@ -67,10 +67,18 @@ _WORD = bytes(
     1 if (_ALPHA[c] or 48 <= c <= 57 or (c < 128 and chr(c) in "!\"%()*+,-./:<>?[\\]_`{}~")) else 0
     for c in range(256)
 )
-_EOL = re.compile(rb"[\r\n]")
-
-_NAME = b"call-id"
-_CNAME = b"i"
+# The header names as ct_sip_get_header matches them at a line start: the
+# long name as a case-insensitive prefix, or the compact "i" followed by a
+# character that is no letter (to the kernel's ctype: ASCII and Latin-1).
+_HDR = rb"(?:(?i:call-id)|[iI][^" + b"".join(re.escape(bytes((c,))) for c in range(256) if _ALPHA[c]) + rb"])"
+# From a scan position to the next line start where the name matches.  A
+# line ends with CR, LF or CRLF; the C loop examines the character after a
+# line end and moves past it when no name starts there, even when it is
+# itself a CR or LF (which then ends no line).  Possessive quantifiers keep
+# the scan linear: the regex engine does what the C loop does, byte by byte.
+_NEXT_HEADER = re.compile(
+    rb"(?:[^\r\n]++|(?:\r\n?+|\n)(?!" + _HDR + rb").)*+(?:\r\n?+|\n)(?=" + _HDR + rb")", re.DOTALL
+)
 
 
 def _follow_continuation(d: bytes, i: int, limit: int) -> int:
@@ -137,48 +145,32 @@ def get_header(d: bytes, dataoff: int, datalen: int) -> tuple[int, int, int]:
     search may resume after ``matchoff``).  ``d`` is the UDP payload.
     """
     limit = min(datalen, len(d))
-    i = dataoff
-    alpha = _ALPHA
-    while i < limit:
-        m = _EOL.search(d, i, limit)
-        if m is None:
-            break
-        i = m.start()
-        # Find the beginning of the next line.
-        i += 1
-        if i >= limit:
-            break
-        if d[i - 1] == _CR and d[i] == _LF:
-            i += 1
-            if i >= limit:
-                break
-        c = d[i]
-        if c == _SP or c == _HT:
-            i += 1  # a continuation line: not a header
-            continue
-        if limit - i >= 7 and d[i : i + 7].lower() == _NAME:
-            i += 7
-        elif limit - i >= 2 and (c | 0x20) == 0x69 and not alpha[d[i + 1]]:
-            i += 1
-        else:
-            # The C loop steps over this character even when it is a line
-            # break (an empty line), which is then not a line end.
-            i += 1
-            continue
-        i = _skip_whitespace(d, i, limit)
-        if i < 0 or i >= limit or d[i] != _COLON:
-            return 0, 0, 0
-        i += 1
-        if i >= limit:
-            return 0, 0, 0
-        i = _skip_whitespace(d, i, limit)
-        if i < 0:
-            return 0, 0, 0
-        n = _callid_len(d, i, limit)
-        if not n:
-            return -1, i, 0
-        return 1, i, n
+    if dataoff < limit:
+        # Continuation lines start with a blank, so they never match.
+        m = _NEXT_HEADER.match(d, dataoff, limit)
+        if m is not None:
+            i = m.end()
+            i += 7 if d[i] | 0x20 == 0x63 else 1  # "call-id" or "i"
+            return _header_value(d, i, limit)
     return 0, 0, 0
+
+
+def _header_value(d: bytes, i: int, limit: int) -> tuple[int, int, int]:
+    """The rest of ``ct_sip_get_header`` once a name ended at ``d[i]``:
+    blanks, the colon (anything else ends the whole search), blanks, the value."""
+    i = _skip_whitespace(d, i, limit)
+    if i < 0 or i >= limit or d[i] != _COLON:
+        return 0, 0, 0
+    i += 1
+    if i >= limit:
+        return 0, 0, 0
+    i = _skip_whitespace(d, i, limit)
+    if i < 0:
+        return 0, 0, 0
+    n = _callid_len(d, i, limit)
+    if not n:
+        return -1, i, 0
+    return 1, i, n
 
 
 def get_callid(d: bytes) -> tuple[int, int] | None:
