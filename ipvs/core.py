@@ -222,9 +222,18 @@ class Director:
         if cp is None:
             if proto == IPPROTO_TCP and not _tcp.may_schedule(tcp_flags, ipvs.sysctl.sloppy_tcp):
                 return NF_ACCEPT
-            # The exact (proto, vaddr, vport) service is the common case and
-            # its key is a slice of the packet key; service_get does the rest.
-            svc = ipvs.svc_table.get(key[:1] + key[5:9] + key[11:13])
+            # ip_vs_service_find: a fwmark service first (the mark comes from
+            # the instance's mark rules, PyIPVS's stand-in for skb->mark);
+            # then the exact (proto, vaddr, vport) service, the common case,
+            # whose key is a slice of the packet key; service_get does the rest.
+            mark = 0
+            svc = None
+            if ipvs.fwm_table and ipvs.marks.rules:
+                mark = ipvs.marks.classify(AF_INET, proto, key[1:5], key[5:9], (key[11] << 8) | key[12])
+                if mark:
+                    svc = ipvs.fwm_table.get((AF_INET, mark))
+            if svc is None:
+                svc = ipvs.svc_table.get(key[:1] + key[5:9] + key[11:13])
             if svc is None:
                 svc = service_get(ipvs, AF_INET, 0, proto, key[5:9], (key[11] << 8) | key[12])
                 if svc is None:
@@ -236,7 +245,7 @@ class Director:
             # key = proto | saddr | daddr | sport | dport
             iph = IPHdr(AF_INET, proto, key[1:5], svc.addr if svc.port == dport and not svc.fwmark
                         else key[5:9], sport, dport)
-            cp, ignored = self._schedule(svc, iph, now, key, buf, l3, end)
+            cp, ignored = self._schedule(svc, iph, now, key, buf, l3, end, mark)
             if cp is None:
                 if ignored > 0:
                     return NF_ACCEPT
@@ -333,7 +342,7 @@ class Director:
 
     def _schedule(
         self, svc, iph: IPHdr, now: int, key: bytes | None = None,
-        buf: bytearray | None = None, l3: int = 0, end: int = 0,
+        buf: bytearray | None = None, l3: int = 0, end: int = 0, mark: int = 0,
     ) -> tuple[_conn.Connection | None, int]:
         """``ip_vs_schedule``: (conn, ignored) with the kernel's ignored codes.
 
@@ -342,7 +351,7 @@ class Director:
         if iph.sport == FTPDATA:
             return None, 1  # never schedule active FTP data from a real server
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
-            return self._sched_persist(svc, iph, now, buf, l3, end)
+            return self._sched_persist(svc, iph, now, buf, l3, end, mark)
         if not svc.fwmark and iph.dport != svc.port:
             return None, 0  # port zero only supported in persistent services
         dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
@@ -354,7 +363,7 @@ class Director:
         flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
         cp = self._conn_new(
             iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport,
-            dest.addr, dest.port or iph.dport, flags, dest, key=key,
+            dest.addr, dest.port or iph.dport, flags, dest, fwmark=mark, key=key,
         )
         if cp is None:
             return None, -1
@@ -362,7 +371,7 @@ class Director:
         return cp, 0
 
     def _sched_persist(
-        self, svc, iph: IPHdr, now: int, buf: bytearray | None = None, l3: int = 0, end: int = 0,
+        self, svc, iph: IPHdr, now: int, buf: bytearray | None = None, l3: int = 0, end: int = 0, mark: int = 0,
     ) -> tuple[_conn.Connection | None, int]:
         """``ip_vs_sched_persist``: find or make the client's template first."""
         tab = self.ipvs.conn_tab
@@ -395,7 +404,7 @@ class Director:
             dport = dest.port if iph.dport == svc.port and svc.port != FTPPORT else 0
             ct = self._conn_new(
                 iph.af, protocol, snet, 0, vaddr, vport, dest.addr, dport, IP_VS_CONN_F_TEMPLATE, dest,
-                fwmark=svc.fwmark, pe=pe, pe_data=pe_data,
+                fwmark=mark, pe=pe, pe_data=pe_data,
             )
             if ct is None:
                 return None, -1
@@ -410,6 +419,7 @@ class Director:
         flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
         cp = self._conn_new(
             iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport, dest.addr, dport, flags, dest,
+            fwmark=mark,
         )
         if cp is None:
             tab.put(ct, now)

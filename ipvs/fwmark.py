@@ -56,6 +56,17 @@ def _net(text: str | None, af: int) -> tuple[int, int]:
     return int(net.network_address), net.prefixlen
 
 
+def _canonical(text: str | None) -> str | None:
+    """A prefix in its canonical form (``203.0.113.99`` -> ``203.0.113.99/32``);
+    text that is no prefix is kept for :meth:`MarkRule.check` to refuse."""
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
+
+
 @attrs.frozen
 class MarkRule:
     """One rule: packets matching every given field get ``mark``."""
@@ -63,8 +74,8 @@ class MarkRule:
     mark: int
     af: int = AF_INET
     protocol: int = 0  # 0: any
-    saddr: str | None = None  # CIDR text, None: any
-    daddr: str | None = None
+    saddr: str | None = attrs.field(default=None, converter=_canonical)  # CIDR text, None: any
+    daddr: str | None = attrs.field(default=None, converter=_canonical)
     dport_lo: int = 0
     dport_hi: int = 0xFFFF
 

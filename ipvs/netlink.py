@@ -163,7 +163,9 @@ log = logging.getLogger("ipvs.netlink")
 SCHEMA_VERSION = 1
 
 #: The kernel's commands (``enum IPVS_CMD_*``) plus the PyIPVS extensions.
-COMMANDS = uapi.IPVS_COMMANDS + ("GET_PROC", "GET_SYSCTL", "SET_SYSCTL", "BATCH")
+COMMANDS = uapi.IPVS_COMMANDS + (
+    "GET_PROC", "GET_SYSCTL", "SET_SYSCTL", "BATCH", "NEW_MARK", "DEL_MARK", "GET_MARK", "FLUSH_MARK",
+)
 
 #: Schema extensions this side understands, announced in the GET_INFO reply
 #: (``extensions``) so a client can tell an older director that lacks them.
@@ -328,6 +330,19 @@ def _sysctl_name(where: str, key: str, v: Any) -> str:
     return v
 
 
+def _mark_rule(where: str, key: str, v: Any) -> dict:
+    """A firewall-mark rule (:class:`ipvs.fwmark.MarkRule` fields)."""
+    from ipvs.fwmark import MarkError, rule_from_dict
+
+    if not isinstance(v, dict):
+        raise SchemaError(errno.EINVAL, f"{where}.{key} must be an object")
+    try:
+        rule_from_dict(v)
+    except MarkError as e:
+        raise SchemaError(e.errno or errno.EINVAL, f"{where}.{key}: {e}") from None
+    return v
+
+
 def _requests(where: str, key: str, v: Any) -> list:
     # Only the list itself: each element is checked as a request of its own
     # when the batch runs, so one bad element fails alone.
@@ -350,6 +365,7 @@ _REQUEST_FIELDS: dict[str, Callable[[str, str, Any], Any]] = {
     "value": _any_int,
     "stats": _bool,
     "requests": _requests,
+    "mark": _mark_rule,
 }
 
 
@@ -725,6 +741,27 @@ def _get_proc(ipvs, req, now, **_):
     return {"text": text}
 
 
+def _mark_cmd(ipvs, req, now, **_):
+    """NEW_MARK / DEL_MARK / GET_MARK / FLUSH_MARK: the fwmark rule table
+    (a PyIPVS extension standing in for iptables MARK, see ipvs.fwmark)."""
+    from ipvs.fwmark import MarkError, rule_from_dict
+
+    cmd = req["cmd"]
+    try:
+        if cmd == "GET_MARK":
+            return {"marks": [r.as_dict() for r in ipvs.marks.rules]}
+        if cmd == "FLUSH_MARK":
+            ipvs.marks.flush()
+            return {}
+        if "mark" not in req:
+            raise SchemaError(errno.EINVAL, f"{cmd} needs a mark rule")
+        rule = rule_from_dict(req["mark"])
+        (ipvs.marks.add if cmd == "NEW_MARK" else ipvs.marks.delete)(rule)
+    except MarkError as e:
+        raise IPVSError(e.errno, str(e)) from None
+    return {}
+
+
 def _get_sysctl(ipvs, req, now, **_):
     names = ctl.Sysctls.names()
     if "name" not in req:
@@ -778,6 +815,10 @@ _HANDLERS: dict[str, Callable[..., dict]] = {
     "GET_PROC": _get_proc,
     "GET_SYSCTL": _get_sysctl,
     "SET_SYSCTL": _set_sysctl,
+    "NEW_MARK": _mark_cmd,
+    "DEL_MARK": _mark_cmd,
+    "GET_MARK": _mark_cmd,
+    "FLUSH_MARK": _mark_cmd,
     "BATCH": _batch,
 }
 

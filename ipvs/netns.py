@@ -16,6 +16,7 @@ import attrs
 
 from ipvs.conn import ConnTable
 from ipvs.est import Estimator, Stats
+from ipvs.fwmark import MarkTable
 from ipvs.proto import ProtoData, make_proto_data
 
 #: Debian's kernel runs at HZ=250; /proc shows persistence timeouts in jiffies.
@@ -42,6 +43,8 @@ class NetnsIPVS:
     tot_stats: Stats = attrs.field(factory=Stats)
     est: Estimator = None  # type: ignore[assignment]
     apps: dict = attrs.field(factory=dict)  # (protocol, port) -> app incarnation
+    #: Firewall-mark rules for fwmark services (what iptables MARK does for the kernel).
+    marks: MarkTable = attrs.field(factory=MarkTable)
     enable: bool = False
     #: The byte of the netns address the kernel mixes into the service hash
     #: (``(size_t)ipvs >> 8``); it only decides the /proc and --nosort order.
