@@ -28,8 +28,8 @@ connection's first frame; ``modprobe ip_vs_ftp`` registers PyIPVS's FTP
 helper), and its ``tcpcraft.py`` records the TCP state walk, whose
 ``dump`` and ``sh`` steps are played before the next ``send`` step's frame
 and written as the kernel's ``tcp-states.jsonl`` records (a ``sleep``
-moves the steps before it back by its length).  ``mark_dst`` is emulated
-(:func:`packet_marks`).  The clock outside the captures is modelled: 0.4 s
+moves the steps before it back by its length).  ``mark_dst`` becomes a
+PyIPVS mark rule (what ``tools/ipvs-mark -A -d CIDR --set-mark MARK`` adds).  The clock outside the captures is modelled: 0.4 s
 per process start in the VM (:data:`PROC_S`).
 
 What this backend cannot reproduce, and says so (MISSING items):
@@ -43,7 +43,6 @@ have no offline counterpart.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import ipaddress
 import json
@@ -104,35 +103,6 @@ class GuestResolver(Resolver):
 
     def addr_to_host(self, af: int, packed: bytes) -> str | None:
         return "localhost" if packed == b"\x7f\0\0\1" else None
-
-
-@contextlib.contextmanager
-def packet_marks(marks: list[tuple[str, str]]):
-    """What ``mark_dst`` does with iptables: packets to CIDR carry MARK.
-
-    The core has no packet-mark input, so while a scenario with marks plays,
-    its service lookup (``ipvs.core.service_get``, the kernel's
-    ``ip_vs_service_find``) is handed the mark of the packet's destination.
-    """
-    if not marks:
-        yield
-        return
-    import ipvs.core as core
-
-    inner = core.service_get
-    nets = [(ipaddress.ip_network(c), int(m)) for c, m in marks]
-
-    def lookup(ipvs, af, fwmark, protocol, addr, port):
-        if not fwmark and len(addr) == 4:
-            ip = ipaddress.ip_address(bytes(addr))
-            fwmark = next((m for n, m in nets if ip in n), 0)
-        return inner(ipvs, af, fwmark, protocol, addr, port)
-
-    core.service_get = lookup
-    try:
-        yield
-    finally:
-        core.service_get = inner
 
 
 def extract_events(scenario: str, timeout: float = 60) -> list[tuple[str, list[str], list[str]]]:
@@ -240,7 +210,6 @@ class OfflineRun:
         self.items: list[Item] = []
         self.notes: list[str] = []
         self.vips: set[bytes] = set()
-        self.marks: list[tuple[str, str]] = []
         self.steps: list[tuple[str, str]] = []  # (kind, line) in the capture window
         self.in_capture = False
         self.requests: list[tuple[str, int, str, int, int]] = []  # label, n, src, sport, proto
@@ -322,6 +291,13 @@ class OfflineRun:
             else:
                 stdout += text
         return stdout, stderr, rc
+
+    def mark(self, argv: list[str]) -> None:
+        from ipvs.cli.ipvs_mark import main as ipvs_mark_main
+
+        err = io.StringIO()
+        if ipvs_mark_main(argv, transport=self.transport, stdout=io.StringIO(), stderr=err) != 0:
+            self.notes.append(f"ipvs-mark {' '.join(argv)}: {err.getvalue().strip()}")
 
     def modprobe(self, args: list[str]) -> None:
         """``modprobe ip_vs_ftp``: the FTP helper on port 21, as ``ipvsd --ftp``."""
@@ -589,7 +565,8 @@ class OfflineRun:
             elif kind == "add_vip":
                 self.vips.add(ipaddress.ip_address(args[0]).packed)
             elif kind == "mark_dst":
-                self.marks.append((args[0], args[1]))
+                # iptables' MARK on packets to CIDR: PyIPVS's own mark rules (tools/ipvs-mark).
+                self.mark(["-A", "-d", args[0], "--set-mark", args[1]])
             elif kind in ("dump_ipvs", "dump_conn") and self.in_capture:
                 fn = self.dump_ipvs if kind == "dump_ipvs" else self.dump_conn
                 self.steps.append(("action", lambda fn=fn, p=args[0] if args else "": fn(p)))
@@ -618,8 +595,7 @@ class OfflineRun:
                 if self.in_capture:
                     self.replaying = True
                     try:
-                        with packet_marks(self.marks):
-                            self.play_traffic()
+                        self.play_traffic()
                     finally:
                         self.replaying = False
                 self.in_capture = False

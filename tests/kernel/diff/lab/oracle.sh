@@ -171,7 +171,7 @@ capture_start() {
     local name=$1 dev=$2 i
     shift 2
     rm -f "$_PYD_RUN/cap-$name.err"
-    ip netns exec "${_PYD_P}dir" tcpdump -i "$dev" -nn -U -s 0 -Z root -w "$_PYD_RUN/$name.pcap" "$@" \
+    ip netns exec "${_PYD_P}dir" tcpdump -i "$dev" --immediate-mode -nn -U -s 0 -Z root -w "$_PYD_RUN/$name.pcap" "$@" \
         2> "$_PYD_RUN/cap-$name.err" &
     CAP_PIDS="$CAP_PIDS $!"
     CAP_NAMES="$CAP_NAMES $name"
@@ -248,4 +248,4 @@ sched_run() {
     cat "$OUT/order.txt"
 }
 
-mark_dst() { die "mark_dst $1 $2: the AF_PACKET driver has no packet marks (fwmark services cannot be reached in the lab)"; }
+mark_dst() { python3 "$_PYD_ROOT/tools/ipvs-mark" -A -d "$1" --set-mark "$2" || die "ipvs-mark (mark $1) failed"; }
