@@ -521,8 +521,11 @@ class OfflineRun:
                 self.items.append(Item(self.name, label, EQUAL, f"{len(want)} frames byte-identical at L3/L4"))
             else:
                 k = next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
-                self.items.append(Item(self.name, label, DIFFERENT,
-                                       f"{len(got)} vs kernel {len(want)} frames, first difference at frame {k + 1}"))
+                if sorted(got) == sorted(want):
+                    why = f"the same {len(want)} frames, in another order from frame {k + 1}"
+                else:
+                    why = f"{len(got)} vs kernel {len(want)} frames, first difference at frame {k + 1}"
+                self.items.append(Item(self.name, label, DIFFERENT, why))
 
     def _flow_of(self, b: bytes) -> tuple[int, bytes, int]:
         t = self.traffic
