@@ -85,7 +85,14 @@ class ConnExt:
     out_seq: list | None = None
     old_state: int = 0
     in_pkts: int = 0
-    # Persistence engine templates only (ipvs.pe): the engine and its key.
+
+
+@attrs.define(slots=True, eq=False)
+class PEExt(ConnExt):
+    """The :class:`ConnExt` of a persistence engine's template (:mod:`ipvs.pe`):
+    the engine and its key.  A subclass, so other connections do not pay
+    for the two fields."""
+
     pe: object = None
     pe_data: bytes | None = None
 
@@ -107,6 +114,25 @@ def _ext_field(name: str, doc: str) -> property:
 
 
 _EXT_DEFAULTS = {a.name: a.default for a in attrs.fields(ConnExt)}
+
+
+def _pe_field(name: str, doc: str) -> property:
+    def get(self):
+        return getattr(self.ext, name, None)
+
+    def set_(self, value):
+        ext = self.ext
+        if not isinstance(ext, PEExt):
+            if value is None:
+                return
+            new = PEExt()
+            if ext is not None:
+                for a in attrs.fields(ConnExt):
+                    setattr(new, a.name, getattr(ext, a.name))
+            ext = self.ext = new
+        setattr(ext, name, value)
+
+    return property(get, set_, doc=doc)
 
 
 @attrs.define(slots=True, eq=False, repr=False, init=False)
@@ -231,8 +257,8 @@ class Connection:
     out_seq = _ext_field("out_seq", "[init_seq, delta, previous_delta] of the server's direction.")
     old_state = _ext_field("old_state", "The state before the last change (for sync).")
     in_pkts = _ext_field("in_pkts", "Input packets (kept for sync; counted only when sync runs).")
-    pe = _ext_field("pe", "The persistence engine of a template (:mod:`ipvs.pe`), or None.")
-    pe_data = _ext_field("pe_data", "The engine's key of a template (SIP: the Call-ID), or None.")
+    pe = _pe_field("pe", "The persistence engine of a template (:mod:`ipvs.pe`), or None.")
+    pe_data = _pe_field("pe_data", "The engine's key of a template (SIP: the Call-ID), or None.")
 
     def __repr__(self) -> str:
         from ipvs.ctl import format_addr
@@ -330,7 +356,7 @@ class ConnTable:
         template (engine name, protocol|caddr, the engine's ``hashkey_raw``),
         the tuple :meth:`pe_ct_in_get` looks up (``ip_vs_conn_hashkey_conn``)."""
         ext = cp.ext
-        if ext is None or ext.pe_data is None or ext.pe.ct_match is None:
+        if type(ext) is not PEExt or ext.pe_data is None or ext.pe.ct_match is None:
             return cp.in_key
         from ipvs.pe import ConnParam
 
@@ -430,9 +456,8 @@ class ConnTable:
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
         if pe is not None and flags & IP_VS_CONN_F_TEMPLATE:
-            cp.ext = cp.ext or ConnExt()
-            cp.ext.pe = pe
-            cp.ext.pe_data = pe_data
+            cp.pe = pe
+            cp.pe_data = pe_data
         if not flags & IP_VS_CONN_F_TEMPLATE:
             dk = (vaddr, daddr, vport, dport)
             delta = self.deltas.get(dk)

@@ -141,8 +141,19 @@ def test_engine_template_walks_older_entries_of_its_key(tagged):
 
 
 def test_conn_memory_unchanged_for_plain_connections():
-    # pe/pe_data live in ConnExt: a connection gains no slot.
-    from ipvs.conn import Connection, ConnExt
+    # pe/pe_data live in PEExt, the ConnExt of engine templates only: neither
+    # a connection nor the ConnExt of a controlled/FTP connection grows.
+    from ipvs.conn import Connection, ConnExt, PEExt
 
-    assert "pe" not in Connection.__slots__ and "pe_data" not in Connection.__slots__
-    assert {"pe", "pe_data"} <= set(ConnExt.__slots__)
+    assert not {"pe", "pe_data"} & set(Connection.__slots__)
+    assert not {"pe", "pe_data"} & set(ConnExt.__slots__)
+    assert {"pe", "pe_data"} <= set(PEExt.__slots__)
+    tab = ConnTable(hz=250)
+    cp = tab.new(2, 17, A("198.51.100.2"), 1, A("203.0.113.5"), 5060, A("172.16.0.2"), 5060, 0, None, fwmark=3)
+    assert type(cp.ext) is ConnExt and cp.pe is None and cp.pe_data is None
+    cp.pe_data = None  # writing the default keeps the small ext
+    assert type(cp.ext) is ConnExt
+    # Writing an engine field upgrades the ext and keeps what it held.
+    cp.n_control = 2
+    cp.pe_data = b"k"
+    assert type(cp.ext) is PEExt and (cp.fwmark, cp.n_control, cp.pe_data) == (3, 2, b"k")
