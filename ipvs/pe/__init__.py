@@ -31,8 +31,12 @@ Differences from the kernel, and why:
   ``ct_match`` compares the client address anyway, so the answers are
   the same).
 * Module reference counts do not exist: services name their engine
-  (``Service.pe_name``) and the packet path finds it with
-  :func:`pe_lookup`.  An engine is never unregistered while PyIPVS runs.
+  (``Service.pe_name``, checked by the control plane with :func:`pe_get`)
+  and the packet path finds it with :func:`service_pe`.  An engine is
+  never unregistered while PyIPVS runs; templates keep the engine object.
+* ``conn_out`` (kernel 4.7+: a real server's own datagram towards a
+  client gets a connection and a template) is part of the interface, but
+  the core does not call it yet: such datagrams pass unchanged.
 * ``fill_param`` gets the packet buffer and the offsets of its IP header
   and end instead of an skb.
 """

@@ -53,7 +53,6 @@ __all__ = ["SipPE", "get_callid", "get_header"]
 _CR, _LF, _SP, _HT = 13, 10, 32, 9
 _COLON, _AT = 58, 64
 _IPPROTO_UDP = 17
-_AF_INET, _AF_INET6 = 2, 10
 
 # The kernel's isalpha over 0..255 (lib/ctype.c): ASCII letters and the
 # Latin-1 letters 192-214, 216-246, 248-255.
@@ -67,6 +66,7 @@ _WORD = bytes(
     1 if (_ALPHA[c] or 48 <= c <= 57 or (c < 128 and chr(c) in "!\"%()*+,-./:<>?[\\]_`{}~")) else 0
     for c in range(256)
 )
+_WORD_RUN = re.compile(b"[" + b"".join(re.escape(bytes((c,))) for c in range(256) if _WORD[c]) + b"]*")
 # The header names as ct_sip_get_header matches them at a line start: the
 # long name as a case-insensitive prefix, or the compact "i" followed by a
 # character that is no letter (to the kernel's ctype: ASCII and Latin-1).
@@ -118,11 +118,10 @@ def _skip_whitespace(d: bytes, i: int, limit: int) -> int:
 
 
 def _word_len(d: bytes, i: int, limit: int) -> int:
-    n = i
-    word = _WORD
-    while n < limit and word[d[n]]:
-        n += 1
-    return n - i
+    """``word_len``: how many word characters start at ``d[i]``."""
+    if i >= limit:
+        return 0
+    return _WORD_RUN.match(d, i, limit).end() - i
 
 
 def _callid_len(d: bytes, i: int, limit: int) -> int:
