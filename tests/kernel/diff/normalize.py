@@ -96,11 +96,10 @@ def compare_conn(ref: str, got: str, fixed_ports: set[int] | None = None,
         only1 = sorted(set(k1) - set(k2))[:3]
         only2 = sorted(set(k2) - set(k1))[:3]
         return f"{len(k1)} vs {len(k2)} rows; kernel only: {only1}; pyipvs only: {only2}"
-    worst = max((abs(a[1] - b[1]) for a, b in zip(r1, r2, strict=True)), default=0)
-    if worst > tolerance:
-        bad = next(f"{a[0]}: {a[1]} s vs {b[1]} s" for a, b in zip(r1, r2, strict=True)
-                   if abs(a[1] - b[1]) > tolerance)
-        return f"timer off by {worst} s > {tolerance} s ({bad})"
+    pairs = sorted(zip(r1, r2, strict=True), key=lambda p: -abs(p[0][1] - p[1][1]))
+    if pairs and abs(pairs[0][0][1] - pairs[0][1][1]) > tolerance:
+        (row, a), (_, b) = pairs[0]
+        return f"timer off by {abs(a - b)} s > {tolerance} s ({row}: {a} s vs {b} s)"
     return None
 
 
