@@ -59,9 +59,10 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("listings", r"listings-(before|after-traffic|set-zero-clear)\.jsonl#.*"): _SVC_ORDER,
     ("listings", r"(before-|during-|cleared-)?(ipvsadm-Ln.*|ipvsadm-S-n|proc-net-ip_vs)\.txt"): _SVC_ORDER,
     ("sysctl_effects", r"ipvsadm-Ln(-exact)?-stats\.txt"): (
-        "[pyipvs] counters lag in the kernel: 6.1's ipvsadm counters are the 2 s estimator's snapshot (kstats, "
-        "refreshed by estimation_timer), so the last two requests, less than 2 s before the dump, are not in "
-        "them yet; PyIPVS (ipvs/est.py) shows live counters.  /proc/net/ip_vs_stats_percpu, read live, agrees"),
+        "[pyipvs] counters lag in the kernel: 6.1's ipvsadm counters are the estimator's snapshot (kstats, "
+        "refreshed every 2 s by estimation_timer), and service :81's miss the last two connections, made less "
+        "than 2 s before the dump; PyIPVS (ipvs/est.py) shows live counters.  The kernel's per-CPU rows (read "
+        "live) and its totals have all 9; why the totals were refreshed and the service not is not established"),
     ("sched_sh", _STATS): (
         "[offline] the kernel's director sent ICMP host-unreachable (88 bytes each) to clients scheduled to "
         "the absent 172.16.0.5 when ARP failed, and IPVS counted them as out-packets; the offline replay has no "
