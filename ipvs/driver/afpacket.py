@@ -449,8 +449,14 @@ class AFPacketDriver:
             if self.mode == "spare":
                 self._local_in(p, buf)
             return
-        if self.mode == "shared" and daddr in {q.addr for q in self.ports}:
-            return
+        if self.mode == "shared":
+            if daddr in self.vips and buf[L3 + 9] != IPPROTO_ICMP:
+                # The nftables rules hide TCP/UDP to a VIP from the kernel:
+                # answer closed ports in its place.
+                self._local_in(p, buf)
+                return
+            if daddr in {q.addr for q in self.ports}:
+                return
         saddr = _I.unpack_from(buf, L3 + 12)[0]
         if masq is not None and masq.matches(saddr) and p.role != "outer":
             if not self._forward_ttl(p, buf):

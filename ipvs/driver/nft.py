@@ -13,10 +13,13 @@ exit, and deleted first by any later start, so a daemon killed with
 SIGKILL leaves nothing behind once it runs again (``ipvs-lab down``
 deletes it too).  The rules drop:
 
-* packets to a service (address, protocol, port) from the ``svcs`` set,
-  which the driver keeps in step with the service table;
-* non-first fragments to a VIP (their ports are unknown before
-  reassembly; the driver reassembles them);
+* TCP, UDP and SCTP to a VIP (the ``vips`` set, which the driver keeps
+  in step with the service table), whatever the port: besides the
+  services themselves, connections the FTP helper expects (passive data
+  ports) arrive on ports no rule could know in advance, and the kernel
+  would reset them.  The kernel keeps the VIP for everything else (ping);
+  the driver answers closed ports on a VIP as the host would;
+* non-first fragments to a VIP (their protocol header is in the first);
 * TCP/UDP to the masquerading address and port range;
 * from the inner interfaces, packets not addressed to the kernel itself
   (the replies and masqueraded traffic the driver routes).
@@ -56,11 +59,10 @@ def install(inner_ifs: list[str], masq: tuple[str, int, int] | None) -> None:
     remove()
     lines = [
         f"table ip {TABLE} {{",
-        "  set svcs { type ipv4_addr . inet_proto . inet_service; }",
         "  set vips { type ipv4_addr; }",
         "  chain pre {",
         "    type filter hook prerouting priority -500; policy accept;",
-        "    ip daddr . meta l4proto . th dport @svcs drop",
+        "    ip daddr @vips meta l4proto { tcp, udp, sctp } drop",
         "    ip daddr @vips ip frag-off & 0x1fff != 0 drop",
     ]
     if masq is not None:
@@ -73,17 +75,10 @@ def install(inner_ifs: list[str], masq: tuple[str, int, int] | None) -> None:
 
 
 def sync_services(svcs: set[tuple[bytes, int, int]]) -> None:
-    """Make the ``svcs`` and ``vips`` sets hold exactly these services."""
-    cmds = [f"flush set ip {TABLE} svcs", f"flush set ip {TABLE} vips"]
-    elems = []
-    vips = set()
-    for addr, proto, port in sorted(svcs):
-        if proto not in PROTO or len(addr) != 4:
-            continue
-        a = str(ipaddress.IPv4Address(addr))
-        elems.append(f"{a} . {PROTO[proto]} . {port}")
-        vips.add(a)
-    if elems:
-        cmds.append(f"add element ip {TABLE} svcs {{ {', '.join(elems)} }}")
-        cmds.append(f"add element ip {TABLE} vips {{ {', '.join(sorted(vips))} }}")
+    """Make the ``vips`` set hold exactly the addresses of these services."""
+    vips = sorted({str(ipaddress.IPv4Address(addr)) for addr, proto, _port in svcs
+                   if proto in PROTO and len(addr) == 4})
+    cmds = [f"flush set ip {TABLE} vips"]
+    if vips:
+        cmds.append(f"add element ip {TABLE} vips {{ {', '.join(vips)} }}")
     _run("\n".join(cmds) + "\n")

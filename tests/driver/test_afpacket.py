@@ -309,3 +309,15 @@ def test_one_interface_for_both_sides():
     to_rs, to_client = (Ether(f) for f in ring.take())
     assert to_rs.dst == "02:00:00:00:a0:01" and to_rs[IP].dst == RS1
     assert to_client.dst == "02:00:00:00:c0:64" and to_client[IP].src == VIP and to_client[TCP].sport == 80
+
+
+def test_shared_mode_answers_closed_tcp_ports_on_the_vip_but_leaves_ping_to_the_kernel():
+    r = Rig(mode="shared")
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 5556, VIP, 22, seq=7), MAC_D_OUT, MAC_CLIENT))
+    (f,) = r.out_ring.take()
+    assert Ether(f)[TCP].flags == "RA" and Ether(f)[IP].src == VIP
+    ping = bytes(IP(src=CLIENT, dst=VIP) / ICMP(type=8))
+    r.rx_outer(frame(ping, MAC_D_OUT, MAC_CLIENT))
+    r.rx_outer(frame(tcp(CLIENT, 5557, OUTER, 22), MAC_D_OUT, MAC_CLIENT))  # the kernel's own address
+    assert r.out_ring.take() == []
