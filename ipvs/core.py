@@ -279,7 +279,7 @@ class Director:
                 tab.fill_cport(cp, _ports(buf, l4)[0])
             app_ret = 1
             if cp.app is not None:
-                app_ret, l4, end = self._app(cp, buf, l3, now, True)
+                app_ret, l4, end = self._app(cp, buf, l3, now, True, partial)
             if app_ret:
                 verdict = nat_xmit(ipvs, cp, buf, l3, l4, end, proto, partial, self.mtu, app_ret)
             else:
@@ -497,7 +497,7 @@ class Director:
         ipvs = self.ipvs
         app_ret = 1
         if cp.app is not None:
-            app_ret, l4, end = self._app(cp, buf, l3, now, False)
+            app_ret, l4, end = self._app(cp, buf, l3, now, False, partial)
             if not app_ret:
                 return NF_DROP
         verdict = snat_response(ipvs, cp, buf, l3, l4, end, proto, partial, app_ret,
@@ -621,17 +621,21 @@ class Director:
 
     # ----------------------------------------------------------------- apps
 
-    def _app(self, cp, buf: bytearray, l3: int, now: int, inbound: bool) -> tuple[int, int, int]:
+    def _app(
+        self, cp, buf: bytearray, l3: int, now: int, inbound: bool, partial: bool
+    ) -> tuple[int, int, int]:
         """Run the bound application helper (``ip_vs_app_pkt_in/out``).
 
         Returns (verdict, l4, end) for the packet as it is afterwards: the
         helper may have resized it.  Verdict 0 drops, 1 is unchanged, 2
         means the payload changed and the L4 checksum must be recomputed.
+        Like ``tcp_csum_check``, a partial (offloaded, not yet computed)
+        checksum is not verified: there is nothing to verify yet.
         """
         from ipvs import app
 
         h = parse(buf, l3)
-        if h.protocol == IPPROTO_TCP and not l4_csum_ok(buf, h):
+        if h.protocol == IPPROTO_TCP and not partial and not l4_csum_ok(buf, h):
             self.ipvs.drops[Drop.BAD_CSUM] += 1
             return 0, h.l4, h.end
         ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, l3, now)

@@ -170,3 +170,28 @@ def test_everything_expires_and_unbinds():
 
 def test_addresses_in_lab_ranges():
     assert A("198.51.100.2") == CIP
+
+
+def test_offloaded_partial_checksums_are_not_verified():
+    """With offloads on, every TCP frame carries a partial checksum (the
+    uncomplemented pseudo-header sum).  tcp_csum_check accepts those, so the
+    helper-bound control connection must pass them, and leave the field
+    partial (fixed up for the new addresses) for the NIC to complete."""
+    from ipvs.packet import fold, pseudo_sum
+
+    s = Session()
+
+    def partial(buf: bytearray) -> bytearray:
+        h = parse(buf, 0)
+        p = fold(pseudo_sum(bytes(buf[12:16]), bytes(buf[16:20]), IPPROTO_TCP, h.end - h.l4))
+        buf[h.l4 + 16 : h.l4 + 18] = p.to_bytes(2, "big")
+        return buf
+
+    syn = partial(packet(CIP, VIP, 40000, 21, C0, 0, b"", "S"))
+    assert s.d.process(syn, 0, 1001, csum_partial=True) == NF_STOLEN
+    synack = partial(packet(RS, CIP, 21, 40000, S0, C0 + 1, b"", "SA"))
+    assert s.d.process(synack, 0, 1002, csum_partial=True) == NF_STOLEN
+    h = parse(synack, 0)
+    want = fold(pseudo_sum(bytes(synack[12:16]), bytes(synack[16:20]), IPPROTO_TCP, h.end - h.l4))
+    assert int.from_bytes(synack[h.l4 + 16 : h.l4 + 18], "big") == want
+    assert s.ipvs.drops.total() == 0
