@@ -538,8 +538,10 @@ def _check_dest_user(svc: Service, u: DestUser) -> None:
     if u.af != svc.af and (u.conn_flags & IP_VS_CONN_F_FWD_MASK) != uapi.IP_VS_CONN_F_TUNNEL:
         # Mixed families only make sense for tunnels.
         raise IPVSError(errno.EINVAL, "mixed address family needs tunnelling")
-    ip = ipaddress.ip_address(u.addr)
-    if ip.is_multicast or (u.af == AF_INET and u.addr in (b"\xff\xff\xff\xff", b"\0\0\0\0")):
+    # Multicast is 224.0.0.0/4 or ff00::/8 (tested on the first byte: an
+    # ipaddress object per destination is a large part of a bulk restore).
+    multicast = (u.addr[0] & 0xF0) == 0xE0 if len(u.addr) == 4 else u.addr[0] == 0xFF
+    if multicast or (u.af == AF_INET and u.addr in (b"\xff\xff\xff\xff", b"\0\0\0\0")):
         # ip_vs_new_dest/__ip_vs_update checks: the real server must be unicast.
         raise IPVSError(errno.EINVAL, "real server address is not unicast")
 

@@ -38,6 +38,7 @@ Time: the daemon is the only place above the driver that reads a clock;
 from __future__ import annotations
 
 import errno
+import gc
 import importlib
 import io
 import json
@@ -312,6 +313,19 @@ class ControlServer:
         self._flush(peer)
 
     def _process(self, peer: _Peer, high_water: int | None = OUT_HIGH_WATER) -> None:
+        # The cyclic garbage collector is paused while requests run: a BATCH
+        # of a thousand NEW_DESTs allocates thousands of long-lived objects,
+        # each allocation burst sets off collections that walk the whole
+        # (growing) rule table, and none of it is cyclic garbage.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._process_frames(peer, high_water)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _process_frames(self, peer: _Peer, high_water: int | None) -> None:
         buf = peer.inbuf
         pos = 0
         limit = high_water if high_water is not None else float("inf")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from ipvs.cli.ipvsadm import (
     _Exit,
     cmp_dests,
     cmp_services,
+    config_stream_read,
     glibc_qsort,
     sort_dests,
     sort_services,
@@ -250,3 +252,21 @@ def test_batch_dispatch_matches_single_requests():
     assert batch["ok"] and batch["replies"] == singles and [r["ok"] for r in singles] == [True, True, False]
     get = {"version": 1, "cmd": "GET_SERVICE"}
     assert dispatch(one, get, 0) == dispatch(many, get, 0)
+
+
+def _config_stream_reference(text: str):
+    """config_stream.c's words, the slow way: split at spaces, tabs and CRs only."""
+    lines = text.split("\n")
+    last = lines.pop()
+    for line in lines:
+        yield [w for w in re.findall(r"[^ \t\r]+", line) if w != "ipvsadm"]
+    words = [w for w in re.findall(r"[^ \t\r]+", last) if w != "ipvsadm"]
+    if words and len(last) - len(last.rstrip(" \t\r")) < 2:
+        yield words
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["ipvsadm", "-A", "x", " ", "  ", "\t", "\r", "\n", "\x0b", "\x0c", "\x1c", "\x85",
+                                 "\xa0", "\u3000", "é"]), max_size=30).map("".join))
+def test_config_stream_read_splits_only_at_spaces_tabs_and_crs(text):
+    assert list(config_stream_read(text)) == list(_config_stream_reference(text))
