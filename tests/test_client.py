@@ -147,3 +147,32 @@ def test_refusal_after_close_is_still_read(tmp_path):
         assert reply["errno"] == errno.EPERM
     finally:
         srv.close()
+
+
+def test_submit_now_receive_later(tmp_path):
+    """submit() sends without waiting; receive() gives the replies in order."""
+    path = str(tmp_path / "s.sock")
+    n = 50
+
+    def answer(conn, srv):
+        for _ in range(n):
+            req = json.loads(_read_frame(conn))
+            conn.sendall(client.encode({"seq": req["seq"]}))
+
+    srv = FakeServer(path, answer)
+    try:
+        with Client(path, timeout=10) as c:
+            for i in range(n):
+                c.submit({"seq": i})
+            assert [c.receive()["seq"] for _ in range(n)] == list(range(n))
+            with pytest.raises(OSError) as ei:
+                c.submit({"blob": "x" * client.MAX_REQUEST})
+            assert ei.value.errno == errno.EMSGSIZE
+            assert c._sock is not None  # nothing was sent: the connection is still good
+    finally:
+        srv.close()
+
+
+def test_receive_without_a_request_is_an_error(tmp_path):
+    with pytest.raises(ProtocolError):
+        Client(str(tmp_path / "none.sock")).receive()

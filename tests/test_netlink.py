@@ -257,3 +257,60 @@ def test_dispatch_sequences_keep_state_consistent(requests):
         assert reply["ok"] or reply["errno"] != errno.EIO, reply
     listed = dispatch(ipvs, req("GET_SERVICE"), 0)["services"]
     assert len(listed) == len(ipvs.svc_order)
+
+
+# --------------------------------------------------------------------------
+# PyIPVS extensions for bulk work: BATCH, "stats": false, GET_INFO extensions
+
+
+def test_get_info_announces_the_extensions(ipvs):
+    assert set(ok(ipvs, "GET_INFO")["extensions"]) >= {"BATCH", "stats"}
+
+
+def test_batch_runs_each_request_in_order_with_its_own_reply(ipvs):
+    reqs = [req("NEW_SERVICE", service=FULL), req("NEW_SERVICE", service=FULL, seq=5),
+            req("NEW_DEST", service=SVC, dest=DEST), req("GET_DEST", service=SVC), "junk",
+            req("BATCH", requests=[], seq=9), req("NOPE")]
+    replies = ok(ipvs, "BATCH", requests=reqs)["replies"]
+    assert [r["ok"] for r in replies] == [True, False, True, True, False, False, False]
+    assert replies[1]["errno"] == errno.EEXIST and replies[1]["seq"] == 5
+    assert replies[3]["dests"][0]["addr"] == "172.16.0.2"
+    assert replies[4]["errno"] == errno.EINVAL
+    assert replies[5]["errno"] == errno.EINVAL and replies[5]["seq"] == 9  # no batch in a batch
+    assert replies[6]["errno"] == errno.EOPNOTSUPP
+    json.dumps(replies)
+
+
+@pytest.mark.parametrize("bad", [None, "x", {"a": 1}, list(range(netlink.MAX_BATCH + 1))])
+def test_batch_needs_a_list_of_requests(ipvs, bad):
+    assert err(ipvs, "BATCH", requests=bad) == errno.EINVAL
+    assert err(ipvs, "BATCH") == errno.EINVAL
+
+
+def test_stats_false_leaves_the_counters_out(ipvs):
+    ok(ipvs, "NEW_SERVICE", service=FULL)
+    ok(ipvs, "NEW_DEST", service=SVC, dest=DEST)
+    full = ok(ipvs, "GET_SERVICE")["services"][0]
+    lean = ok(ipvs, "GET_SERVICE", stats=False)["services"][0]
+    assert "stats" in full and "stats64" in full
+    assert lean == {k: v for k, v in full.items() if k not in ("stats", "stats64")}
+    assert "stats64" not in ok(ipvs, "GET_SERVICE", service=SVC, stats=False)["service"]
+    d_full = ok(ipvs, "GET_DEST", service=SVC)["dests"][0]
+    d_lean = ok(ipvs, "GET_DEST", service=SVC, stats=False)["dests"][0]
+    assert d_lean == {k: v for k, v in d_full.items() if k not in ("stats", "stats64")}
+    assert err(ipvs, "GET_DEST", service=SVC, stats=1) == errno.EINVAL
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_request, st.dictionaries(st.sampled_from(list(netlink._REQUEST_FIELDS)), _json),
+                 st.builds(lambda r: {**r, "service": {**SVC, "port": True}}, _request)))
+def test_compiled_checks_answer_as_the_generic_ones(request):
+    """The per-shape compiled validators never change a reply."""
+    fast = dispatch(NetnsIPVS(), request, 0)
+    original = netlink._fast_valid
+    netlink._fast_valid = lambda fields, d, required=(): False
+    try:
+        generic = dispatch(NetnsIPVS(), request, 0)
+    finally:
+        netlink._fast_valid = original
+    assert fast == generic

@@ -270,3 +270,40 @@ def _config_stream_reference(text: str):
                                  "\xa0", "\u3000", "é"]), max_size=30).map("".join))
 def test_config_stream_read_splits_only_at_spaces_tabs_and_crs(text):
     assert list(config_stream_read(text)) == list(_config_stream_reference(text))
+
+
+# --------------------------------------------------------------------------
+# Over the real control socket: batches in flight while -R parses on
+
+
+def _main(argv, stdin="", transport=None):
+    out, err = io.StringIO(), io.StringIO()
+    rc = ipvsadm.main(argv, transport=transport, stdout=out, stderr=err, stdin=io.StringIO(stdin), resolver=NoDNS())
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_restore_and_listings_over_the_socket_match_local(tmp_path, monkeypatch):
+    from tests.test_daemon import ThreadDaemon
+
+    monkeypatch.setattr(ipvsadm, "_BATCH_SIZE", 7)  # many batches, two in flight
+    lines = []
+    for i in range(40):
+        lines.append(f"-A -t 10.0.{i % 3}.{i}:80 -s wlc")
+        lines += [f"-a -t 10.0.{i % 3}.{i}:80 -r 172.16.{k}.{i % 7 + 2}:8080 -m -w {k}" for k in range(3)]
+        if i % 9 == 4:
+            lines += [f"-a -t 10.0.{i % 3}.{i}:81 -r 172.16.0.2 -m", f"-A -t 10.0.{i % 3}.{i}:80"]  # ESRCH, EEXIST
+    lines += ["-A -f 5 -s rr -p", "-a -f 5 -r 172.16.9.9 -g -w 2", "-L -n", "-a -t 10.0.0.0:80 -r 1.2.3.4 -w z"]
+    text = "\n".join(lines) + "\n"
+
+    local = LocalTransport(NetnsIPVS())
+    expected = _main(["-R"], text, local)
+    assert expected[0] == 2 and expected[2].count("Service not defined") == 4  # the rules do fail, as planned
+    d = ThreadDaemon(str(tmp_path / "ipvsd.sock"))
+    try:
+        sock = ["--socket", d.path]
+        assert _main(sock + ["-R"], text) == expected
+        for argv in (["-Ln"], ["-S", "-n"], ["-Ln", "--stats"], ["-Ln", "--rate", "--exact"], ["-Ln", "--nosort"],
+                     ["-Ln", "--thresholds"], ["-Ln", "--persistent-conn"]):
+            assert _main(sock + argv) == _main(argv, transport=local), argv
+    finally:
+        d.stop()
