@@ -166,6 +166,9 @@ class AFPacketDriver:
         self.d = director
         self.ipvs = director.ipvs
         self.hz = self.ipvs.hz
+        # The core's ICMP errors about forwarded packets come from the
+        # director's own address on the route back (as icmp_send picks it).
+        director.own_address = self._own_address
         self.ports = ports
         self.mode = mode
         self.batch = batch
@@ -635,6 +638,10 @@ class AFPacketDriver:
                 self.dst_cache.clear()
             self.dst_cache[daddr] = (port.ring, mac + port.mac + ETH_IP, port.mtu)
         self._send(port, buf, l3 + tot, mac, nh)
+
+    def _own_address(self, dst: bytes) -> bytes | None:
+        r = self.route(int.from_bytes(dst, "big")) if len(dst) == 4 else None
+        return r[0].addr_b if r else None
 
     def _src_for(self, buf: bytearray, l3: int) -> bytes:
         r = self.route(_I.unpack_from(buf, l3 + 12)[0])

@@ -321,3 +321,15 @@ def test_shared_mode_answers_closed_tcp_ports_on_the_vip_but_leaves_ping_to_the_
     r.rx_outer(frame(ping, MAC_D_OUT, MAC_CLIENT))
     r.rx_outer(frame(tcp(CLIENT, 5557, OUTER, 22), MAC_D_OUT, MAC_CLIENT))  # the kernel's own address
     assert r.out_ring.take() == []
+
+
+def test_core_errors_about_forwarded_packets_come_from_the_directors_address():
+    """The driver tells the core its own address towards a destination, which
+    the core uses as the source of ICMP errors about forwarded packets."""
+    import ipaddress
+
+    r = Rig()
+    own = r.lab.d.own_address
+    assert own is not None
+    assert own(ipaddress.ip_address(RS1).packed) == ipaddress.ip_address(GW).packed
+    assert own(ipaddress.ip_address(CLIENT).packed) == ipaddress.ip_address(OUTER).packed
