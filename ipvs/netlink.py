@@ -34,12 +34,12 @@ cmd             reads                         reply (besides ``ok``)
 NEW_SERVICE     service (full)                —
 SET_SERVICE     service (full)                —
 DEL_SERVICE     service (identity)            —
-GET_SERVICE     service (identity), optional  ``service`` or, without one,
-                                              ``services`` (kernel dump order)
+GET_SERVICE     service (identity) optional,  ``service`` or, without one,
+                stats (optional)              ``services`` (kernel dump order)
 NEW_DEST        service, dest (full)          —
 SET_DEST        service, dest (full)          —
 DEL_DEST        service, dest (identity)      —
-GET_DEST        service (identity)            ``dests`` (list order: newest first;
+GET_DEST        service (identity), stats     ``dests`` (list order: newest first;
                                               empty if no such service)
 NEW_DAEMON      daemon (state, mcast_ifn,     —
                 sync_id, ...)
@@ -49,12 +49,14 @@ SET_CONFIG      timeout_tcp, timeout_tcp_fin, —
                 timeout_udp (each optional)
 GET_CONFIG      —                             ``timeout_tcp``, ``timeout_tcp_fin``,
                                               ``timeout_udp``
-GET_INFO        —                             ``info``: ``version``, ``conn_tab_size``
+GET_INFO        —                             ``info``: ``version``, ``conn_tab_size``;
+                                              ``extensions``
 ZERO            service (optional)            —
 FLUSH           —                             —
 GET_PROC        name                          ``text``
 GET_SYSCTL      name (optional)               ``value``, or ``sysctls`` (all)
 SET_SYSCTL      name, value                   —
+BATCH           requests                      ``replies`` (one per request)
 =============== ============================= =====================================
 
 ``SET_INFO`` exists in the kernel only as the reply to ``GET_INFO``;
@@ -62,6 +64,48 @@ sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
 ``SET_SYSCTL`` are PyIPVS extensions: the text of
 ``/proc/net/<name>`` (one of :data:`PROC_NAMES`) and the
 ``net.ipv4.vs.*`` settings (:class:`ipvs.ctl.Sysctls`).
+
+.. rubric:: Bulk work: BATCH, ``stats``, and how a client finds them
+
+The kernel's commands carry one object each; a restore of 10,000
+services with 10 destinations each is 110,000 of them, and a listing
+asks for the destinations of every service.  Three PyIPVS extensions,
+announced in the ``GET_INFO`` reply as ``"extensions": ["BATCH",
+"stats"]`` (a top-level key next to ``info``; a director without it has
+none of them), make that cheap without changing any kernel command:
+
+``BATCH``
+    ``{"version": 1, "cmd": "BATCH", "requests": [req, req, ...]}``: at
+    most :data:`MAX_BATCH` ordinary requests (each a complete request
+    with its own ``version``, ``cmd`` and optional ``seq``), run in order
+    as if sent one by one; the reply's ``replies`` holds each one's reply
+    in the same order, so one failing command fails alone (as with
+    ``ipvsadm -R``, which goes on after a kernel error).  A BATCH inside
+    a BATCH gets ``EINVAL`` in its place.  The batch as a whole fails only
+    if ``requests`` is missing or not such a list (``EINVAL``); the frame
+    limit (``MAX_REQUEST`` bytes) applies to the whole batch.
+    ``ipvsadm -R`` sends its lines in batches of 1000 and keeps at most
+    two unanswered while it parses on; ``-L`` and ``-S`` ask for the
+    destinations of 1000 services per batch of ``GET_DEST``.
+``stats``
+    A request key (``true``/``false``, default ``true``) read by
+    ``GET_SERVICE`` and ``GET_DEST``: ``false`` leaves ``stats`` and
+    ``stats64`` out of the reply, for listings that do not print
+    counters (``-L`` without ``--stats``/``--rate``, ``-S``).
+``extensions``
+    The announcement itself; clients send the extensions only to a
+    director that lists them.
+
+Destination commands read only the service's identity (``af`` and
+``fwmark``, or ``protocol``, ``addr`` and ``port``), as the kernel does;
+``ipvsadm`` sends no more for them, and leaves out ``tun_type``,
+``tun_port`` and ``tun_flags`` when they are 0.
+
+Checking speed.  For each key order a client sends (a restore sends the
+same few shapes 100,000 times), :func:`validate` generates once a
+straight-line check that accepts only what the field-by-field check
+accepts; anything else, errors included, goes through the field-by-field
+check, which words the error.
 
 .. rubric:: Service attributes (``IPVS_SVC_ATTR_*``)
 

@@ -34,6 +34,14 @@ daemon gives "Can't initialize ipvs" naming ``ipvsd`` (exit 2); ``-h`` and
 ``-v`` work without a daemon; ``--socket PATH`` (or ``IPVS_SOCKET``)
 chooses the daemon; ``-c`` reads ``/proc/net/ip_vs_conn`` from the
 daemon (GET_PROC) instead of the local file.
+
+Speed, without changing what the user sees: ``-R`` sends its commands in
+``BATCH`` requests (see :mod:`ipvs.netlink`) while it parses on, and
+plain saved-rule lines skip the popt emulation (:meth:`Ipvsadm.fast_command`);
+listings fetch destinations in batches, without counters unless shown,
+and sort with Python's sort when the comparators cannot wrap
+(:func:`sort_services`).  Destination commands send only the service's
+identity, which is all the kernel reads of it.
 """
 
 from __future__ import annotations
