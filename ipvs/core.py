@@ -278,7 +278,8 @@ class Director:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
                 tab.fill_cport(cp, _ports(buf, l4)[0])
             app_ret = 1
-            if cp.app is not None:
+            ext = cp.ext  # (rare fields: reading cp.app directly costs a property call)
+            if ext is not None and ext.app is not None:
                 app_ret, l4, end = self._app(cp, buf, l3, now, True, partial)
             if app_ret:
                 verdict = nat_xmit(ipvs, cp, buf, l3, l4, end, proto, partial, self.mtu, app_ret)
@@ -496,7 +497,8 @@ class Director:
         """``handle_response``: SNAT a real server's reply back to VIP:vport."""
         ipvs = self.ipvs
         app_ret = 1
-        if cp.app is not None:
+        ext = cp.ext
+        if ext is not None and ext.app is not None:
             app_ret, l4, end = self._app(cp, buf, l3, now, False, partial)
             if not app_ret:
                 return NF_DROP
