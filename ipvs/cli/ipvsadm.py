@@ -1853,11 +1853,16 @@ class Ipvsadm:
 
         if not fmt & FMT_NOSORT:
             dests = sort_dests(dests)
+        numeric = fmt & FMT_NUMERIC
         for e in dests:
             fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
-            dname = self.addrport_to_anyname(e.af, e.addr, e.port, se.protocol, fmt)
-            if not fmt & FMT_RULE and e.af != AF_INET6:
-                dname = dname[:28]
+            if numeric and e.af == AF_INET:
+                # What addrport_to_anyname gives, at most 21 characters.
+                dname = f"{_inet_ntop(AF_INET, e.addr[:4])}:{e.port}"
+            else:
+                dname = self.addrport_to_anyname(e.af, e.addr, e.port, se.protocol, fmt)
+                if not fmt & FMT_RULE and e.af != AF_INET6:
+                    dname = dname[:28]
             if fmt & FMT_RULE:
                 w(self.dest_rule(svc_name, dname, e) + "\n")
             elif fmt & FMT_STATS:
