@@ -109,13 +109,27 @@ class GuestResolver(Resolver):
         return "localhost" if packed == b"\x7f\0\0\1" else None
 
 
-def extract_events(scenario: str, timeout: float = 60) -> list[tuple[str, list[str], list[str]]]:
-    """(kind, args, stdin lines) records of ``scenario`` run with the stub."""
+def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] | None = None
+                   ) -> list[tuple[str, list[str], list[str]]]:
+    """(kind, args, stdin lines) records of ``scenario`` run with the stub.
+
+    ``prefill`` maps an output file name to the text PyIPVS wrote there on
+    a previous pass: the stub's ``ipvsadm ... > "$OUT/NAME"`` then writes
+    it, so a script that reads its own outputs back (``-R`` of a ``-S``
+    file) sees PyIPVS's.
+    """
     with tempfile.TemporaryDirectory(prefix="pyipvs-diff-stub-") as tmp:
         ev = os.path.join(tmp, "events")
         open(ev, "w").close()
-        env = dict(os.environ, LIB=STUB, OUT=tmp, DIFF_EVENTS=ev, LC_ALL="C")
-        subprocess.run(["bash", "-o", "pipefail", os.path.abspath(scenario)], cwd=tmp, env=env,
+        pre = os.path.join(tmp, "prefill")
+        os.makedirs(pre)
+        for name, text in (prefill or {}).items():
+            with open(os.path.join(pre, name), "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+        out = os.path.join(tmp, "out")
+        os.makedirs(out)
+        env = dict(os.environ, LIB=STUB, OUT=out, DIFF_EVENTS=ev, DIFF_PREFILL=pre, LC_ALL="C")
+        subprocess.run(["bash", "-o", "pipefail", os.path.abspath(scenario)], cwd=out, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout, check=False)
         with open(ev, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
@@ -201,11 +215,28 @@ class Traffic:
         return proto, s, sp
 
 
+def run_offline(scenario_sh: str, golden: str, out: str, name: str, passes: int = 4) -> OfflineRun:
+    """Play ``scenario_sh`` offline into ``out``, again while its script
+    reads back outputs that changed (see :func:`extract_events`)."""
+    prefill: dict[str, str] = {}
+    for _ in range(passes):
+        run = OfflineRun(scenario_sh, golden, out, name, prefill)
+        run.run()
+        if not run.redirected or run.redirected == prefill:
+            break
+        prefill = run.redirected
+    return run
+
+
 class OfflineRun:
     """Play a scenario's events against PyIPVS; write its outputs into ``out``."""
 
-    def __init__(self, scenario_sh: str, golden: str, out: str, name: str):
+    def __init__(self, scenario_sh: str, golden: str, out: str, name: str,
+                 prefill: dict[str, str] | None = None):
         self.scenario_sh = scenario_sh
+        self.prefill = prefill
+        #: What ``ipvsadm ... > "$OUT/NAME"`` wrote: NAME -> text.
+        self.redirected: dict[str, str] = {}
         self.golden = golden
         self.out = out
         self.name = name
@@ -567,11 +598,16 @@ class OfflineRun:
     # ------------------------------------------------------------ driver
 
     def run(self) -> None:
-        for kind, args, lines in extract_events(self.scenario_sh):
+        for kind, args, lines in extract_events(self.scenario_sh, prefill=self.prefill):
             if kind == "ipvsadm" and self.in_capture:
                 self.steps.append(("action", lambda a=args, i="".join(x + "\n" for x in lines): self.ipvsadm(a, i)))
             elif kind == "ipvsadm":
                 self.ipvsadm(args, "".join(x + "\n" for x in lines))
+            elif kind == "ipvsadm_to":
+                # ipvsadm ... > "$OUT/FILE": the kernel run has that file too.
+                out = self.ipvsadm(args[1:], "".join(x + "\n" for x in lines))[1]
+                self.write(args[0], out)
+                self.redirected[args[0]] = out
             elif kind == "ipvs_rules":
                 rc, _o, e = self.ipvsadm(["-R"], "".join(x + "\n" for x in lines))
                 if rc:
