@@ -4,16 +4,20 @@
 A control-plane-only ``tools/ipvsd`` is started on a temporary socket; then,
 through that real socket and the real command-line tools:
 
+load_1min        the machine's load average when the timing starts: on a
+                 shared machine the wall times below follow it
 restore_s        ``tools/ipvsadm -R`` of SERVICES services x DESTS destinations
                  (goal for 10,000 x 10: under 3 s)
 list_Ln_s        ``tools/ipvsadm -Ln`` of the same table (goal: under 3 s)
 save_Sn_s        ``tools/ipvsadm -S -n``
+*_ipvsadm_cpu_s  CPU time (user + system) of that ipvsadm process, and
+*_ipvsd_cpu_s    of the daemon during it: these tell real progress from
+                 the noise of other people's load
 proc_ip_vs_s     GET_PROC ip_vs (the /proc/net/ip_vs text) through the socket
 restore_lines_per_s           the same as a rate
 restore_pipelined_s  the same rules parsed by ipvsadm's own code in this
-                 process, the requests then sent pipelined (Client.call_many)
-                 to a fresh daemon: what -R costs once it stops waiting for
-                 each reply before parsing the next line
+                 process, the requests then sent one by one, pipelined
+                 (Client.call_many), to a fresh daemon: the way before BATCH
 parse_only_s     of restore_pipelined_s: ipvsadm's parsing alone (in process)
 dispatch_only_s  the schema's dispatch of those requests alone (in process,
                  no socket, no JSON)
