@@ -1,5 +1,6 @@
 # Persistence: rr with -p 30 (per client address), rr with -p 60 -M
-# 255.255.255.252 (per /30 of clients), a persistent port-0 service (any
+# 255.255.255.252 (per /30 of clients), rr with -p 60 -M 255.255.255.0 (one
+# template for all the clients), a persistent port-0 service (any
 # port of the VIP) and a persistent fwmark service; the templates
 # (port 0 entries, state NONE) are in ipvsadm-Lnc / proc-net-ip_vs_conn.
 . "$LIB/oracle.sh"
@@ -14,6 +15,10 @@ ipvs_rules <<'EOF2'
 -a -t 203.0.113.5:81 -r 172.16.0.2:80 -m
 -a -t 203.0.113.5:81 -r 172.16.0.3:80 -m
 -a -t 203.0.113.5:81 -r 172.16.0.4:80 -m
+-A -t 203.0.113.5:82 -s rr -p 60 -M 255.255.255.0
+-a -t 203.0.113.5:82 -r 172.16.0.2:80 -m
+-a -t 203.0.113.5:82 -r 172.16.0.3:80 -m
+-a -t 203.0.113.5:82 -r 172.16.0.4:80 -m
 -A -t 203.0.113.6:0 -s rr -p 120
 -a -t 203.0.113.6:0 -r 172.16.0.2 -m
 -a -t 203.0.113.6:0 -r 172.16.0.3 -m
@@ -29,6 +34,7 @@ dump_ipvs before-
     snapshot p30
     for r in 1 2; do for k in $(seq 2 13); do req mask30-round$r 198.51.100.$k 203.0.113.5 81; done; done
     snapshot mask
+    for k in $(seq 2 9); do req mask24 198.51.100.$k 203.0.113.5 82; done
     for k in $(seq 2 7); do req port0 198.51.100.$k 203.0.113.6 80; done
     for k in $(seq 2 7); do req port0-again 198.51.100.$k 203.0.113.6 80; done
     for r in 1 2; do for k in $(seq 2 7); do req fwm5-round$r 198.51.100.$k 203.0.113.7 80; done; done
