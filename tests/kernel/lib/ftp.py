@@ -6,10 +6,11 @@ and the server's active source port 20 are the same on every run.
 
 Server: ``python3 ftp.py server OUTDIR K [PASV_PORT]`` - real server K
 (namespace rsK, 172.16.0.(K+1):21); prints ``ready``; runs until SIGTERM.
-Commands: USER, PASS, TYPE, SYST, PWD, PASV, PORT, LIST, RETR, QUIT.
+Commands: USER, PASS, TYPE, SYST, PWD, PASV, EPSV, PORT, EPRT, LIST, RETR,
+QUIT.
 
 Client: ``python3 ftp.py client OUTFILE SRC CTRL_PORT VIP MODE DATA_PORT``
-(MODE ``passive`` or ``active``) - one session from SRC:CTRL_PORT to
+(MODE ``passive``, ``active``, ``epsv`` or ``eprt``) - one session from SRC:CTRL_PORT to
 VIP:21 in namespace ``cli``, retrieving ``hello.txt`` once; every line
 sent and received is appended to OUTFILE (``>`` sent, ``<`` received,
 ``=`` data, ``!`` errors).
@@ -59,10 +60,20 @@ def serve_session(conn: socket.socket, rs_ns: str, rs_ip: str, pasv_port: int, l
             pasv.listen(1)
             h = rs_ip.replace(".", ",")
             say(f"227 Entering Passive Mode ({h},{pasv_port >> 8},{pasv_port & 255}).")
+        elif cmd == "EPSV":
+            pasv = socket_in(rs_ns)
+            pasv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            pasv.bind((rs_ip, pasv_port))
+            pasv.listen(1)
+            say(f"229 Entering Extended Passive Mode (|||{pasv_port}|).")
         elif cmd == "PORT":
             nums = [int(x) for x in arg.split(",")]
             active = (".".join(map(str, nums[:4])), nums[4] * 256 + nums[5])
             say("200 PORT command successful.")
+        elif cmd == "EPRT":
+            _, _af, host, port, _ = arg.split(arg[0])
+            active = (host, int(port))
+            say("200 EPRT command successful.")
         elif cmd in ("RETR", "LIST"):
             say("150 Opening BINARY mode data connection.")
             try:
@@ -139,12 +150,18 @@ def client(outfile: str, src: str, cport: int, vip: str, mode: str, dport: int) 
         send("USER anonymous")
         send("PASS oracle@")
         send("TYPE I")
-        if mode == "passive":
-            r = send("PASV")
-            m = re.search(r"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", r)
-            nums = [int(x) for x in m.groups()]
-            addr = (".".join(map(str, nums[:4])), nums[4] * 256 + nums[5])
-            out.write(f"= 227 address {addr[0]}:{addr[1]}\n")
+        if mode in ("passive", "epsv"):
+            if mode == "passive":
+                r = send("PASV")
+                m = re.search(r"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", r)
+                nums = [int(x) for x in m.groups()]
+                addr = (".".join(map(str, nums[:4])), nums[4] * 256 + nums[5])
+                out.write(f"= 227 address {addr[0]}:{addr[1]}\n")
+            else:
+                r = send("EPSV")
+                m = re.search(r"\(\|\|\|(\d+)\|\)", r)
+                addr = (vip, int(m.group(1)))
+                out.write(f"= 229 port {addr[1]} (address: the control connection's, {vip})\n")
             data = socket_in("cli")
             data.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             data.settimeout(10)
@@ -158,8 +175,11 @@ def client(outfile: str, src: str, cport: int, vip: str, mode: str, dport: int) 
             ls.settimeout(10)
             ls.bind((src, dport))
             ls.listen(1)
-            h = src.replace(".", ",")
-            send(f"PORT {h},{dport >> 8},{dport & 255}")
+            if mode == "eprt":
+                send(f"EPRT |1|{src}|{dport}|")
+            else:
+                h = src.replace(".", ",")
+                send(f"PORT {h},{dport >> 8},{dport & 255}")
             send("RETR hello.txt")
             data, peer = ls.accept()
             out.write(f"= data connection from {peer[0]}:{peer[1]}\n")

@@ -3,7 +3,8 @@
 # through a non-persistent one, where only ip_vs_ftp's expectation of the
 # data connection gets it to the right server.  Captures on both sides show
 # the 227 reply rewritten from 172.16.0.2 to the VIP (a longer line: the
-# sequence numbers after it shift) and the PORT address; ftp-session.txt has
+# sequence numbers after it shift) and the PORT address; EPSV and EPRT
+# sessions show what ip_vs_ftp does with RFC 2428's commands; ftp-session.txt has
 # each session as the client saw it, rs1-21-ftp.log as the server saw it.
 . "$LIB/oracle.sh"
 setup_nat 1 198.51.100.2
@@ -30,6 +31,13 @@ dump_conn active-
 python3 "$LIB/ftp.py" client "$S" 198.51.100.2 43005 203.0.113.6 passive 43006
 dump_conn nonpersistent-passive-
 python3 "$LIB/ftp.py" client "$S" 198.51.100.2 43007 203.0.113.6 active 43008
+dump_conn nonpersistent-active-
+# The extended commands (RFC 2428): EPSV carries no address, EPRT does.
+python3 "$LIB/ftp.py" client "$S" 198.51.100.2 43009 203.0.113.6 epsv 43010
+dump_conn nonpersistent-epsv-
+python3 "$LIB/ftp.py" client "$S" 198.51.100.2 43011 203.0.113.6 eprt 43012
+dump_conn nonpersistent-eprt-
+python3 "$LIB/ftp.py" client "$S" 198.51.100.2 43013 203.0.113.5 epsv 43014
 capture_stop
 dump_ipvs
 [ -s "$OUT/ftpd.err" ] || rm -f "$OUT/ftpd.err"
