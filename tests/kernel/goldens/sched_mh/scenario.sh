@@ -1,5 +1,6 @@
 # mh known-answer sequence (Maglev hashing, 251-entry table): 32 client
-# addresses, again (stable), weights 1,2,3, a server removed (about 1/N of
+# addresses, again (stable), weights 1,2,3 then a weight raised (the table is
+# rebuilt), a server added, a server removed (about 1/N of
 # the keys move), weight 0 without and with -b mh-fallback, -b mh-port.
 . "$LIB/oracle.sh"
 sched_lab 4
@@ -24,6 +25,8 @@ dump_ipvs before-
 {
     for a in $CLIENTS; do req mh $a; done
     for a in $CLIENTS; do req mh-again $a; done
+    step sh ipvsadm -e $S -r 172.16.0.2:80 -m -w 4
+    for a in $CLIENTS; do req mh-rs1-w4 $a; done
     step sh ipvsadm -a $S -r 172.16.0.5:80 -m -w 1
     for a in $CLIENTS; do req mh-rs4-added $a; done
     step sh ipvsadm -d $S -r 172.16.0.3:80
