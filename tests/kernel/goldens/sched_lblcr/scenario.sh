@@ -1,7 +1,8 @@
 # lblcr known-answer sequence: locality by destination address, so the
 # service is a fwmark service (-f 1) over the 8 VIPs 203.0.113.16-23 (marked
 # by iptables); connections held open until a server counts as overloaded
-# (active > weight) so that lblcr moves (or adds) a server for that address.
+# (active > weight) so that lblcr moves (or adds) a server for that address;
+# then lblcr_expiration is cut to 3 s so that the grown server sets shrink.
 . "$LIB/oracle.sh"
 VIPS=$(for i in $(seq 16 23); do echo 203.0.113.$i; done)
 # shellcheck disable=SC2086
@@ -26,6 +27,10 @@ dump_ipvs before-
     step rst-all
     step sleep 0.5
     for v in $VIPS; do req lblcr-after-rst 198.51.100.6 $v; done
+    step 'sh echo 3 > /proc/sys/net/ipv4/vs/lblcr_expiration'
+    step sleep 4
+    for v in $VIPS; do req lblcr-set-expired 198.51.100.8 $v; done
+    for v in $VIPS; do req lblcr-set-expired-again 198.51.100.8 $v; done
     step sh ipvsadm -e -f 1 -r 172.16.0.3 -m -w 0
     for v in $VIPS; do req lblcr-rs2-w0 198.51.100.7 $v; done
     snapshot end
