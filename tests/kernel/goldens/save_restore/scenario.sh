@@ -95,4 +95,5 @@ ipvsadm -R <<< "-C\n-A -t 203.0.113.9:80 -s rr\n-a -t 203.0.113.9:80 -r 172.16.0
 ipvsadm -S -n
 ipvsadm -C
 EOF2
-cat "$OUT/save-restore.txt" | grep -v '^< ' | head -120
+# (sed, not head: head would close the pipe early, and pipefail turns SIGPIPE into rc 141)
+grep -v '^< ' "$OUT/save-restore.txt" | sed -n '1,120p'
