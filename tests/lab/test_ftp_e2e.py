@@ -201,7 +201,7 @@ def remove_stale_namespaces() -> None:
 def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "the FTP lab checks need root (network namespaces)"
-    for tool, why in (("ip", "iproute2"), ("curl", "curl"), ("vsftpd", "vsftpd")):
+    for tool, why in (("ip", "iproute2"), ("curl", "curl"), ("vsftpd", "vsftpd"), ("ethtool", "ethtool")):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             return f"the FTP lab checks need {tool} (apt-get install {why})"
     if run("ip", "netns", "list", check=False).returncode != 0:
@@ -219,8 +219,9 @@ def vsftpd_path() -> str:
 class FTPLab:
     """The running topology: the tests' handles on it."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, strict: bool) -> None:
         self.tmp = tmp
+        self.strict = strict
         self.pids: dict[str, int] = {}
         self.sha256 = ""
 
@@ -266,6 +267,16 @@ class FTPLab:
                 rows.add((f[2], f[3], f[4], f[5]))
         return rows
 
+    def csum_errors(self) -> dict[str, int]:
+        """The receivers' checksum error counters (client and real server)."""
+        vals = {}
+        for ns in (NS_CLI, NS_RS):
+            out = run(*nsexec(ns, "nstat", "-asz", "TcpInCsumErrors", "IpExtInCsumErrors")).stdout
+            for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M):
+                vals[f"{ns}:{m.group(1)}"] = int(m.group(2))
+        assert len(vals) == 4, f"nstat did not give both checksum counters in both namespaces: {vals}"
+        return vals
+
     def evidence(self) -> str:
         listing = self.ipvsadm("-Lnc", check=False).stdout
         return f"--- ipvsadm -Lnc\n{listing}--- ipvsd log (tail)\n{self.log_tail('ipvsd')}"
@@ -288,6 +299,14 @@ def build(lab: FTPLab) -> None:
     ip_batch(NS_RS, ["link set lo up", "link set eth0 up", f"addr add {RS}/24 dev eth0",
                      f"route add default via {GATEWAY}"])
     ip_batch(NS_DIR, ["link set lo up", "link set d_out up", "link set d_rs up"])
+    if lab.strict:
+        # veth marks what it receives CHECKSUM_UNNECESSARY while rx offload is
+        # on: a wrong checksum in a rewritten segment would go unseen. Off on
+        # the receivers, and the director's egress sends no partial checksums.
+        for ns, dev, what in ((NS_CLI, "c0", ("rx", "off")), (NS_RS, "eth0", ("rx", "off")),
+                              (NS_DIR, "d_out", ("tx", "off", "tso", "off")),
+                              (NS_DIR, "d_rs", ("tx", "off", "tso", "off"))):
+            run(*nsexec(ns, "ethtool", "-K", dev, *what))
 
     # the file, readable by vsftpd's unprivileged anonymous user
     os.chmod(lab.tmp, 0o755)
@@ -338,14 +357,16 @@ def teardown(lab: FTPLab) -> None:
         remove_namespace(ns)
 
 
-@pytest.fixture(scope="module")
-def ftplab():
+@pytest.fixture(scope="module", params=["offloads", "strict"])
+def ftplab(request):
+    """The topology, once with the veths' offloads on, once with checksums
+    verified by the receivers ("strict", as ``ipvs-lab up --strict``)."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
     remove_stale_namespaces()
     tmp = tempfile.mkdtemp(prefix=f"{TAG}-")
-    lab = FTPLab(tmp)
+    lab = FTPLab(tmp, request.param == "strict")
     try:
         try:
             build(lab)
@@ -439,7 +460,7 @@ def test_curl_transfer(ftplab, svc, mode):
     vip, vport, *_ = SERVICES[svc]
     opts, must, must_not = CURL_MODES[mode]
     out = os.path.join(ftplab.tmp, f"curl-{svc}-{mode}.bin")
-    before = ftplab.conns()
+    before, csum0 = ftplab.conns(), ftplab.csum_errors()
     r = run(*nsexec(NS_CLI, "curl", "-v", "-sS", "--max-time", str(TIMEOUT), "--connect-timeout", "5",
                     *opts, "-o", out, f"ftp://{vip}:{vport}/{FILE}"), check=False, timeout=TIMEOUT + 10)
     trace = r.stderr
@@ -452,6 +473,7 @@ def test_curl_transfer(ftplab, svc, mode):
     if mode == "epsv":
         assert re.search(r"< 229 [^\n]*\(\|\|\|\d+\|\)", trace), trace[-3000:]
     assert sha256_of(out) == ftplab.sha256, f"{FILE} arrived corrupted ({os.path.getsize(out)} bytes)"
+    assert ftplab.csum_errors() == csum0, "checksum errors at the receivers"
     expect_data_conn(ftplab, before, svc, mode, one_data_port(trace, mode))
 
 
@@ -470,13 +492,14 @@ def ftplib_session(ftplab: FTPLab, svc: str, modes: list[str], name: str) -> tup
 @pytest.mark.parametrize("svc", list(SERVICES))
 def test_ftplib_transfer(ftplab, svc, mode):
     vip = SERVICES[svc][0]
-    before = ftplab.conns()
+    before, csum0 = ftplab.conns(), ftplab.csum_errors()
     trace, (out,) = ftplib_session(ftplab, svc, [mode], mode)
     if mode == "pasv":
         assert re.search(rf"227 [^\n]*\({vip.replace('.', ',')},\d+,\d+\)", trace), trace[-3000:]
     else:
         assert "*cmd* 'PORT 198,51,100,2," in trace, trace[-3000:]
     assert sha256_of(out) == ftplab.sha256, f"{FILE} arrived corrupted ({os.path.getsize(out)} bytes)"
+    assert ftplab.csum_errors() == csum0, "checksum errors at the receivers"
     expect_data_conn(ftplab, before, svc, mode, one_data_port(trace, mode))
 
 
@@ -489,7 +512,7 @@ def test_ftplib_several_transfers_one_control_connection(ftplab, svc):
     by the accumulated delta. An active transfer in between."""
     vip = SERVICES[svc][0]
     modes = ["pasv", "pasv", "port", "pasv"]
-    before = ftplab.conns()
+    before, csum0 = ftplab.conns(), ftplab.csum_errors()
     trace, outs = ftplib_session(ftplab, svc, modes, "several")
     replies = re.findall(r"227 [^\n]*\((\d+,\d+,\d+,\d+),\d+,\d+\)", trace)
     assert replies == [vip.replace(".", ",")] * 3, f"227 replies not all rewritten to the VIP: {replies}"
@@ -497,6 +520,7 @@ def test_ftplib_several_transfers_one_control_connection(ftplab, svc):
     assert "'221 " in trace, f"no 221 reply to QUIT:\n{trace[-3000:]}"
     for out in outs:
         assert sha256_of(out) == ftplab.sha256, f"{out} arrived corrupted ({os.path.getsize(out)} bytes)"
+    assert ftplab.csum_errors() == csum0, "checksum errors at the receivers"
     for p in data_ports(trace, "pasv"):
         expect_data_conn(ftplab, before, svc, "pasv", p)
     (p,) = data_ports(trace, "port")
