@@ -88,6 +88,12 @@ class App:
 
     name: str = "app"
     protocol: int = IPPROTO_TCP
+    #: Whose sequence adjustment the kernel applies to this helper's
+    #: connections: "ip_vs_app" (``vs_fix_seq``/``vs_fix_ack_seq``) or
+    #: "conntrack" (``nf_ct_seq_adjust``: the acknowledgement rule differs
+    #: and SACK blocks are adjusted too).  Kernel 6.1's ip_vs_ftp mangles
+    #: through conntrack (``nf_nat_mangle_tcp_packet``).
+    seqadj: str = "ip_vs_app"
 
     def init_conn(self, ipvs: NetnsIPVS, cp: Connection) -> None:
         """A connection was just bound to this application."""
@@ -272,6 +278,45 @@ def fix_ack_seq(vseq: list, ack: int) -> int:
     return (ack - previous_delta) & 0xFFFFFFFF
 
 
+def ct_fix_ack(vseq: list, ack: int) -> int:
+    """``nf_ct_seq_adjust``'s rule for an acknowledgement or a SACK edge
+    (``vseq`` = [correction_pos, offset_after, offset_before]): the value
+    less ``offset_before`` is compared with the correction position."""
+    pos, off_after, off_before = vseq
+    if after((ack - off_before) & 0xFFFFFFFF, pos):
+        return (ack - off_after) & 0xFFFFFFFF
+    return (ack - off_before) & 0xFFFFFFFF
+
+
+def ct_sack_adjust(buf: bytearray, th: int, vseq: list) -> bool:
+    """``nf_ct_sack_adjust``: shift the edges of every SACK block
+    (TCP option 5) of the segment at ``th``; True if any changed."""
+    end = th + ((buf[th + 12] >> 4) << 2)
+    off = th + 20
+    changed = False
+    while off < end:
+        kind = buf[off]
+        if kind == 0:  # end of options
+            break
+        if kind == 1:  # no-op
+            off += 1
+            continue
+        if off + 1 >= end:
+            break
+        size = buf[off + 1]
+        if size < 2 or off + size > end:
+            break
+        if kind == 5 and size >= 10 and (size - 2) % 8 == 0:
+            for edge in range(off + 2, off + size, 4):
+                v = _I.unpack_from(buf, edge)[0]
+                nv = ct_fix_ack(vseq, v)
+                if nv != v:
+                    _I.pack_into(buf, edge, nv)
+                    changed = True
+        off += size
+    return changed
+
+
 def seq_update(cp: Connection, which: str, flag: int, seq: int, diff: int) -> None:
     """``vs_seq_update``: a segment starting at original ``seq`` changed
     size by ``diff``.  Only the newest resized segment moves the record
@@ -324,12 +369,21 @@ def _tcp_pkt(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int,
         if nseq != seq:
             _I.pack_into(buf, th + 4, nseq)
             changed = True
-    if cp.flags & peer_flag and peer is not None:
-        nack = fix_ack_seq(peer, ack)
-        if nack != ack:
-            _I.pack_into(buf, th + 8, nack)
-            changed = True
     app = cp.app.app
+    if cp.flags & peer_flag and peer is not None:
+        if app.seqadj == "conntrack":
+            # nf_ct_seq_adjust: only with the ACK flag, then the SACK blocks.
+            if buf[th + 13] & 0x10:
+                nack = ct_fix_ack(peer, ack)
+                if nack != ack:
+                    _I.pack_into(buf, th + 8, nack)
+                    changed = True
+                changed = ct_sack_adjust(buf, th, peer) or changed
+        else:
+            nack = fix_ack_seq(peer, ack)
+            if nack != ack:
+                _I.pack_into(buf, th + 8, nack)
+                changed = True
     verdict, diff = (app.pkt_in if inbound else app.pkt_out)(ipvs, cp, buf, l3, now)
     if verdict == NF_DROP:
         return NF_DROP

@@ -373,6 +373,10 @@ class FTPApp(App):
     ``drop_too_big`` (packets dropped).
     """
 
+    # 6.1's ip_vs_ftp rewrites through conntrack NAT, so its connections get
+    # conntrack's sequence adjustment (acknowledgements and SACK blocks).
+    seqadj = "conntrack"
+
     name = "ftp"
     protocol = IPPROTO_TCP
 

@@ -243,3 +243,31 @@ def test_translated_stream_stays_contiguous(isn, segs):
         r = s2c(cp, 1, seen)
         app.pkt_out(lab.ipvs, cp, r, 0, 0)
         assert fields(r)[1] == orig
+
+
+def test_conntrack_rule_adjusts_ack_and_sack_edges():
+    """nf_ct_seq_adjust / nf_ct_sack_adjust (what 6.1's ip_vs_ftp gets): a
+    value whose "minus offset_before" lies after the correction position is
+    shifted by offset_after, else by offset_before; SACK edges alike."""
+    import struct
+
+    from ipvs.app import ct_fix_ack, ct_sack_adjust
+
+    vseq = [1000, 3, 1]  # correction_pos, offset_after, offset_before
+    assert ct_fix_ack(vseq, 1005) == 1002  # 1004 after 1000
+    assert ct_fix_ack(vseq, 1001) == 1000  # 1000 is not after 1000
+    assert ct_fix_ack(vseq, 900) == 899
+    assert ct_fix_ack([0xFFFFFFF0, 2, 0], 0x10) == 0x0E  # across the wrap
+    # A TCP header with NOP, NOP, SACK(2 blocks), data offset 10 words.
+    th = bytearray(40)
+    th[12] = 10 << 4
+    th[20:22] = b"\x01\x01"
+    th[22:24] = b"\x05\x12"
+    struct.pack_into("!IIII", th, 24, 1005, 1010, 900, 950)
+    assert ct_sack_adjust(th, 0, vseq)
+    assert struct.unpack_from("!IIII", th, 24) == (1002, 1007, 899, 949)
+    # Malformed options end the walk without raising or changing anything.
+    bad = bytearray(th)
+    bad[23] = 0x30  # option longer than the header
+    assert not ct_sack_adjust(bad, 0, vseq)
+    assert bad[24:] == th[24:]
