@@ -32,11 +32,11 @@ Differences from the kernel, and why:
   the sequence numbers, always reporting a size change of zero to this
   module.  Here helpers rewrite the payload themselves
   (:func:`mangle_payload`) and report the size change, so the generic
-  ``ip_vs_seq`` machinery below does the shifting.  The two agree for the
-  segments a transfer produces; they differ only for acknowledgements
-  that point *inside* a resized segment (conntrack uses the new offset,
-  ``ip_vs_app`` the previous one) and in that conntrack also rewrites SACK
-  blocks, which ``ip_vs_app`` never did.
+  ``ip_vs_seq`` records below keep the offsets.  Sequence numbers are
+  shifted alike by both; for acknowledgements and SACK blocks a helper
+  chooses whose rule applies (:attr:`App.seqadj`): ``ip_vs_app``'s
+  (``vs_fix_ack_seq``, no SACK) or conntrack's (``nf_ct_seq_adjust`` and
+  ``nf_ct_sack_adjust``), which is what 6.1's FTP connections get.
 * The kernel hooks return 0 (drop) or 1 (accept).  :func:`pkt_in` and
   :func:`pkt_out` add 2 for "payload or sequence numbers changed", so the
   core recomputes the L4 checksum in full instead of updating it
