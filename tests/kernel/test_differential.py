@@ -112,6 +112,13 @@ def test_conn_rows_sorted_and_timers_within_tolerance():
     assert "timer off" in normalize.compare_conn(LNC, _shift(LNC, normalize.EXPIRE_TOLERANCE_S + 1))
 
 
+def test_rows_about_to_expire_may_be_gone():
+    last = "TCP 00:02  CLOSE       198.51.100.2:40009 203.0.113.5:80     172.16.0.2:80\n"
+    assert normalize.compare_conn(LNC + last, LNC) is None
+    late = last.replace("00:02", "00:09")
+    assert normalize.compare_conn(LNC + late, LNC) is not None
+
+
 def test_conn_state_and_addresses_are_not_normalised():
     assert normalize.compare_conn(LNC, LNC.replace("TIME_WAIT", "CLOSE_WAIT", 1)) is not None
     assert normalize.compare_conn(LNC, LNC.replace("172.16.0.3:8000", "172.16.0.2:8000")) is not None

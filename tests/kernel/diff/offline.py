@@ -196,6 +196,7 @@ class Traffic:
         self.to_rs = [(r, i) for r, i in srv if _inner(i[3]) and not _inner(i[2])
                       and (i[2], i[3], bytes(r.data[i[0] + 4:i[0] + 6])) not in routed]
         rs_flows = {self.flow(i) for _, i in from_rs} | {self.flow(i) for _, i in self.to_rs}
+        self.rs_flows = rs_flows
         cli_flows = {self.flow(i) for _, i in to_vip}
         #: Flows seen on both sides (frames compared for these only).
         self.both = rs_flows & cli_flows
@@ -279,19 +280,24 @@ class OfflineRun:
             self.tick(IPVSADM_S)
         return rc, out.getvalue(), err.getvalue()
 
+    def proc(self, name: str) -> str:
+        """/proc/net/NAME now (timers due by now have run, as in the kernel)."""
+        self.d.run_timers(self.now)
+        return procfs.render(self.ipvs, name, self.now, ncpu=NCPU)
+
     def write(self, name: str, text: str) -> None:
         with open(os.path.join(self.out, name), "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
 
     def dump_conn(self, prefix: str) -> None:
         self.write(f"{prefix}ipvsadm-Lnc.txt", self.ipvsadm(["-Lnc"])[1])
-        self.write(f"{prefix}proc-net-ip_vs_conn.txt", procfs.render(self.ipvs, "ip_vs_conn", self.now))
+        self.write(f"{prefix}proc-net-ip_vs_conn.txt", self.proc("ip_vs_conn"))
 
     def dump_ipvs(self, prefix: str) -> None:
         for stem, argv in LISTINGS.items():
             self.write(f"{prefix}{stem}.txt", self.ipvsadm(argv)[1])
         for name in ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app"):
-            self.write(f"{prefix}proc-net-{name}.txt", procfs.render(self.ipvs, name, self.now, ncpu=NCPU))
+            self.write(f"{prefix}proc-net-{name}.txt", self.proc(name))
         files = procfs.render_sysctl(self.ipvs)
         self.write(f"{prefix}sysctl-net.ipv4.vs.txt", "".join(
             f"/proc/sys/net/ipv4/vs/{k}:{v.splitlines()[0] if v else ''}\n" for k, v in sorted(files.items())))
@@ -313,7 +319,7 @@ class OfflineRun:
                 rc, text, err = self.ipvsadm(words[1:])
                 stderr += err
             elif words[0] == "cat" and len(words) == 2 and words[1].startswith("/proc/net/ip_vs"):
-                text = procfs.render(self.ipvs, words[1].rsplit("/", 1)[1], self.now, ncpu=NCPU)
+                text = self.proc(words[1].rsplit("/", 1)[1])
             elif words[0] == "cat" and len(words) == 2 and words[1].startswith(SYSCTL_DIR):
                 text = procfs.render_sysctl(self.ipvs).get(words[1][len(SYSCTL_DIR):], "")
             elif words[0] == "echo" and len(words) == 2 and target and target.startswith(SYSCTL_DIR):
@@ -389,7 +395,13 @@ class OfflineRun:
         gap = t.ends[0] - t.ends[1]
         if abs(gap) > 0.2:
             side = "server" if gap > 0 else "client"
-            self.notes.append(f"the kernel's {side}-side capture ends {abs(gap):.2f} s before the other one")
+            self.notes.append(f"capture gap: the kernel's {side}-side capture ends {abs(gap):.2f} s before the other one")
+        answered = {t.flow(i) for _, i in t.to_cli if i[1] == 6} & {t.flow(i) for _, i in t.input
+                                                                     if not _inner(i[2])}
+        lost = sorted(f[2] for f in answered - t.rs_flows if f[0] == 6)
+        if lost:
+            self.notes.append(f"capture gap: the kernel answered client ports {lost[:8]} through a real server "
+                              "whose side of the flow the server-side capture lacks")
         first: dict[tuple[int, bytes, int], int] = {}
         for idx, (_r, i) in enumerate(t.input):
             first.setdefault(t.flow(i), idx)
@@ -465,7 +477,7 @@ class OfflineRun:
                 idx = next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) in flows
                             and t.input[k][1][6] & mask and not _inner(t.input[k][1][2])), None)
                 if idx is None and flows:
-                    self.notes.append(f"the kernel's client capture ends before the frames of step {line!r} "
+                    self.notes.append(f"capture gap: the kernel's client capture ends before the frames of step {line!r} "
                                       "(no FIN/RST of the held connections)")
                 anchor(idx)
         plan.append((len(t.input), pending))
@@ -532,7 +544,7 @@ class OfflineRun:
             if verb == "send":
                 idx = next_from_client(flows[a[0]])
                 if idx is None:
-                    self.notes.append(f"the kernel's client capture ends before the frame of tcpcraft step {n} "
+                    self.notes.append(f"capture gap: the kernel's client capture ends before the frame of tcpcraft step {n} "
                                       f"({line})")
                 anchor(idx)
             elif verb == "sleep":
@@ -541,7 +553,7 @@ class OfflineRun:
                 add(lambda n=n, section=section, label=a[0]: self.tc_records.append(
                     {"n": n, "section": section, "step": "dump", "label": label,
                      "ipvsadm_Lnc": self.ipvsadm(["-Lnc"])[1],
-                     "proc_net_ip_vs_conn": procfs.render(self.ipvs, "ip_vs_conn", self.now)}))
+                     "proc_net_ip_vs_conn": self.proc("ip_vs_conn")}))
             elif verb == "sh":
                 def run_sh(n=n, section=section, cmd=rest):
                     out, err, rc = self.sh(cmd)
