@@ -17,7 +17,10 @@ doing the kernel's connection accounting that decides lc-family choices:
   SYN_RECV (active, 60 s) and the request fails (``NONE``);
 * time advances by the scenario's delay (plus 5 ms per connection) and
   by ``!sleep``; due connections expire through ConnTable.release, so
-  thresholds recover as in the kernel.
+  thresholds recover as in the kernel;
+* ``!sh ipvsadm ...`` changes the rules and ``!sh echo N >
+  /proc/sys/net/ipv4/vs/NAME`` a setting (sched_lblcr cuts
+  ``lblcr_expiration``), as they did in the recording.
 
 It returns the predicted server per request line (``rsK`` or ``NONE``) and
 the per-dest (weight, active, inactive) at each ``!snapshot``.
@@ -45,6 +48,8 @@ TIME_WAIT_S = 120
 CLOSE_S = 10
 SYN_RECV_S = 60
 RTT_S = 0.005
+#: A step that writes a ``net.ipv4.vs`` setting, as the scenarios do it.
+SYSCTL_WRITE = re.compile(r"echo (\d+) > /proc/sys/net/ipv4/vs/(\w+)")
 
 
 def extract(scenario: Path) -> tuple[list[str], list[tuple[str, int]], float, list[str], int]:
@@ -223,6 +228,8 @@ class Replay:
             argv = shlex.split(rest)
             if argv and argv[0] == "ipvsadm" and ">" not in argv:
                 self.ipvsadm(argv[1:])
+            elif m := SYSCTL_WRITE.fullmatch(rest.strip()):
+                self.ipvs.sysctl.set(m.group(2), int(m.group(1)))
         elif verb == "note":
             pass
         else:
