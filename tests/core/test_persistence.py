@@ -217,7 +217,8 @@ def test_everything_unwinds_after_all_timeouts():
 
 
 def test_persistent_choices_match_the_kernel():
-    """The sched_persist golden: rr with -p 30, -p 60 -M 255.255.255.252, a
+    """The sched_persist golden: rr with -p 30, -p 60 -M 255.255.255.252,
+    -p 60 -M 255.255.255.0 (one template for all the clients), a
     persistent port-zero service; then one server quiesced (weight 0: its
     clients stay) and one deleted (its clients move).  Every connection
     must reach the server kernel 6.1 chose (order.txt).  The fwmark part is
@@ -235,11 +236,12 @@ def test_persistent_choices_match_the_kernel():
     rs = {f"rs{i}": f"172.16.0.{i + 1}" for i in (1, 2, 3)}
     p30 = lab.service(VIP, 80, sched="rr", flags=P, timeout=30)
     m30 = lab.service(VIP, 81, sched="rr", flags=P, timeout=60, netmask=0xFFFFFFFC)
+    m24 = lab.service(VIP, 82, sched="rr", flags=P, timeout=60, netmask=0xFFFFFF00)
     p0 = lab.service("203.0.113.6", 0, sched="rr", flags=P, timeout=120)
-    for su_, port in ((p30, 80), (m30, 80), (p0, 0)):
+    for su_, port in ((p30, 80), (m30, 80), (m24, 80), (p0, 0)):
         for i in (1, 2, 3):
             lab.dest(su_, rs[f"rs{i}"], port)
-    target = {"p30": (VIP, 80), "mask30": (VIP, 81), "port0": ("203.0.113.6", 80)}
+    target = {"p30": (VIP, 80), "mask30": (VIP, 81), "mask24": (VIP, 82), "port0": ("203.0.113.6", 80)}
     with open(os.path.join(g, "order.txt")) as f:
         lines = [line.split() for line in f if line.strip() and not line.startswith("#")]
     quiesced = deleted = False
@@ -260,7 +262,7 @@ def test_persistent_choices_match_the_kernel():
         assert lab.send(buf) == NF_STOLEN
         assert IP(bytes(buf)).dst == rs[server], (label, src)
         checked += 1
-    assert checked >= 70 and quiesced and deleted
+    assert checked >= 78 and quiesced and deleted
 
 
 def test_nodest_expiry_on_a_packet_leaves_the_template_to_its_timer():
