@@ -1,8 +1,10 @@
 """Lab benchmark: plain routing, nftables DNAT, HAProxy and PyIPVS on one lab.
 
     sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf]
+                              [--paths route,nft,haproxy,pyipvs] [--variant NAME="IPVSD OPTIONS"]...
 
-Builds the lab (``tools/ipvs-lab up --no-rules``), then for each round runs
+Builds the lab (``tools/ipvs-lab up --no-rules``, in namespaces named
+``ipvsb-*`` so that lab tests may run meanwhile), then for each round runs
 every path through the director in turn (forward order on even rounds,
 reverse on odd ones, so drifts of the shared 2-vCPU machine hit all paths
 alike):
@@ -12,7 +14,11 @@ alike):
 * ``nft``: nftables DNAT with ``numgen inc`` round robin over rs1:80 and
   rs2:8000 (kernel NAT);
 * ``haproxy``: HAProxy in TCP mode on the VIP (a userspace proxy);
-* ``pyipvs``: ipvsd on AF_PACKET, spare mode, rr over the same servers.
+* ``pyipvs``: ipvsd on AF_PACKET, spare mode, rr over the same servers;
+* ``pyipvs-NAME`` for each ``--variant NAME="OPTIONS"``: the same with
+  extra ipvsd options (e.g. ``--variant big="--batch 512"``), to compare
+  data-path settings in one interleaved run; OPTIONS starting with
+  ``@DIR`` run the ipvsd of another checkout in DIR (before/after).
 
 Loads, each bounded: ``ab -n N -c 50`` short connections, ``wrk -t2 -c50
 -dS`` keep-alive requests, ``iperf3 -t S`` bulk to rs1 (through VIP:5201
@@ -49,6 +55,13 @@ def _load_lab():
 
 
 lab = _load_lab()
+# Namespaces and state of its own, so a benchmark never collides with a lab
+# test or an ``ipvs-lab`` run going on at the same time (their names are
+# ipvs-*; everything in tools/ipvs-lab reads these globals when called).
+lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2 = "ipvsb-client", "ipvsb-director", "ipvsb-rs1", "ipvsb-rs2"
+lab.NAMESPACES = (lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2)
+lab.RS = {"rs1": (lab.NS_RS1, "172.16.0.2", 80), "rs2": (lab.NS_RS2, "172.16.0.3", 8000)}
+lab.STATE = os.environ.get("IPVS_BENCH_STATE", "/run/ipvs-bench")
 VIP, OUTER, GW = lab.VIP, lab.OUTER, lab.GATEWAY
 PATHS = ("route", "nft", "haproxy", "pyipvs")
 
@@ -119,9 +132,11 @@ class Bench:
     def leave(self) -> None:
         cur = self.current
         self.current = None
+        if cur is None:
+            return
         if cur == "nft":
             d("nft", "delete", "table", "ip", "benchnat", check=False)
-        elif cur in ("haproxy", "pyipvs"):
+        elif cur == "haproxy" or cur.startswith("pyipvs"):
             name = "haproxy" if cur == "haproxy" else "director"
             pidf = os.path.join(lab.STATE, f"{name}.pid")
             if os.path.exists(pidf):
@@ -148,7 +163,24 @@ class Bench:
             target = VIP
         else:
             kernel_addrs(False, vip=False)
-            lab.start_director("spare", False, rules=False)
+            extra = self.args.variants.get(path, "").split()
+            root = lab.ROOT
+            if extra and extra[0].startswith("@"):
+                root = extra.pop(0)[1:]  # another checkout's ipvsd (before/after comparisons)
+            cmd = lab.director_cmd("spare", False) + extra
+            # The /proc mirror (a directory of files rewritten every second)
+            # is a monitoring option, not the data path: off, as HAProxy
+            # runs without its stats socket here.
+            i = cmd.index("--procfs-dir")
+            del cmd[i : i + 2]
+            cmd[1] = os.path.join(root, "tools", "ipvsd")
+            lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": root})
+            deadline = time.monotonic() + 30
+            while lab.ipvsadm("-Ln", check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the director did not start:\n" +
+                                       open(os.path.join(lab.STATE, "director.log")).read()[-3000:])
+                time.sleep(0.1)
             for line in RULES:
                 lab.ipvsadm(*line.split())
             time.sleep(0.3)
@@ -202,7 +234,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--only", default="ab,wrk,iperf")
     p.add_argument("--paths", default=",".join(PATHS))
+    p.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
+                   help="also measure ipvsd with extra options, as path pyipvs-NAME (repeatable)")
     args = p.parse_args(argv)
+    args.variants = {}
+    for v in args.variant:
+        name, _, opts = v.partition("=")
+        args.variants[f"pyipvs-{name}"] = opts
     args.rounds = max(1, min(args.rounds, 10))
     args.seconds = max(1, min(args.seconds, 30))
     args.ab_requests = max(100, min(args.ab_requests, 50000))
@@ -212,7 +250,7 @@ def main(argv: list[str]) -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/lab.py needs {tool}")
     loads = [x for x in args.only.split(",") if x in LOADS]
-    paths = [x for x in args.paths.split(",") if x in PATHS]
+    paths = [x for x in args.paths.split(",") if x in PATHS] + list(args.variants)
     results: dict[tuple[str, str], list[float]] = {}
     b = Bench(args)
     try:

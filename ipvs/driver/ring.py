@@ -69,6 +69,8 @@ FRAME_SIZE = 69904
 BLOCK_SIZE = 1 << 20
 #: Largest Ethernet frame the rings must carry: IPv4 tot_len 65535 + 14.
 MAX_FRAME = 65549
+#: Frames (vnet header included) from this size on bypass the TX ring.
+DIRECT_MIN = 8192
 
 log = logging.getLogger("ipvs.driver")
 
@@ -89,6 +91,7 @@ class RingStats:
     rx_kernel_drops: int = 0
     rx_errors: int = 0
     tx_frames: int = 0
+    tx_direct: int = 0
     tx_ring_full: int = 0
     tx_too_big: int = 0
     tx_errors: int = 0
@@ -133,6 +136,13 @@ class RingSocket:
         except BaseException:
             sock.close()
             raise
+        #: A second socket, without rings, for large frames (see :meth:`queue`).
+        try:
+            self.direct = self._direct_socket(ifname)
+        except BaseException:
+            self.mm.close()
+            sock.close()
+            raise
         self.sock = sock
         self.mv = memoryview(self.mm)
         self.rx_slots = [(i // per_block) * BLOCK_SIZE + (i % per_block) * FRAME_SIZE
@@ -161,6 +171,10 @@ class RingSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def rx_ready(self) -> bool:
+        """Whether the next RX slot holds a frame (no system call)."""
+        return bool(self.mm[self.rx_slots[self.rx_head]] & TP_STATUS_USER)
+
     def rx(self, handler, batch: int = 256) -> int:
         """Drain up to ``batch`` received frames; returns how many were seen."""
         mm, mv, slots = self.mm, self.mv, self.rx_slots
@@ -168,9 +182,11 @@ class RingSocket:
         n = 0
         while n < batch:
             off = slots[head]
-            status, length, snaplen, mac, _net = unpack(mm, off)
-            if not status & TP_STATUS_USER:
+            # TP_STATUS_USER is in the low byte of the (little-endian) status:
+            # one byte read answers the common "nothing more" case.
+            if not mm[off] & TP_STATUS_USER:
                 break
+            status, length, snaplen, mac, _net = unpack(mm, off)
             n += 1
             if snaplen < length or mac < VNET_HDR_LEN:
                 st.rx_truncated += 1
@@ -197,7 +213,18 @@ class RingSocket:
         return n
 
     def queue(self, buf: bytearray, n: int) -> bool:
-        """Copy ``buf[:n]`` (vnet header + frame) into the next TX slot."""
+        """Copy ``buf[:n]`` (vnet header + frame) into the next TX slot.
+
+        A frame of :data:`DIRECT_MIN` bytes or more (a GSO super-frame) is
+        sent at once through :attr:`direct` instead, after the slots
+        queued before it (so frames leave in order): the kernel copies it
+        from ``buf`` into a plain socket buffer, where the ring path would
+        cost a copy into the slot here and another one in the kernel (a
+        frame built from ring pages is copied again when it crosses into
+        another network namespace or is queued on a device).
+        """
+        if n >= DIRECT_MIN and self.direct is not None:
+            return self._send_direct(buf, n)
         if n > self.tx_max:
             self.stats.tx_too_big += 1
             return False
@@ -211,7 +238,10 @@ class RingSocket:
                 self.stats.tx_ring_full += 1
                 return False
         data = off + TPACKET2_HDRLEN
-        self.mv[data : data + n] = memoryview(buf)[:n]
+        if n == len(buf):
+            mm[data : data + n] = buf
+        else:
+            self.mv[data : data + n] = memoryview(buf)[:n]
         _TXLEN.pack_into(mm, off + 4, n, n)
         mm[off] = TP_STATUS_SEND_REQUEST  # last: hands the slot to the kernel
         head = self.tx_head + 1
@@ -220,6 +250,39 @@ class RingSocket:
         if self.tx_pending >= 64:
             self.flush()
         return True
+
+    def _send_direct(self, buf: bytearray, n: int) -> bool:
+        if n > MAX_FRAME + VNET_HDR_LEN:
+            self.stats.tx_too_big += 1
+            return False
+        self.flush()
+        try:
+            self.direct.send(buf if n == len(buf) else memoryview(buf)[:n], socket.MSG_DONTWAIT)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.ENOBUFS):
+                self.stats.tx_ring_full += 1
+            else:
+                self.stats.tx_errors += 1
+            return False
+        self.stats.tx_frames += 1
+        self.stats.tx_direct += 1
+        return True
+
+    @staticmethod
+    def _direct_socket(ifname: str) -> socket.socket | None:
+        """A TX-only socket (protocol 0: it receives nothing) with the vnet header."""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
+            except PermissionError:
+                pass
+            s.bind((ifname, 0))
+        except BaseException:
+            s.close()
+            raise
+        return s
 
     def flush(self) -> None:
         """Hand every queued TX slot to the kernel (one ``send``)."""
@@ -244,6 +307,9 @@ class RingSocket:
         if self.sock.fileno() < 0:
             return
         self.flush()
+        if self.direct is not None:
+            self.direct.close()
         self.mv.release()
         self.mm.close()
         self.sock.close()
+

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Driver + core figures on fake rings: prints ``name value unit`` lines.
+
+The real :class:`ipvs.driver.ring.RingSocket` RX and TX code runs over an
+anonymous memory map instead of a socket's rings (no system calls: the
+"kernel" refills RX slots and frees TX slots between batches, outside the
+timed part), so these figures are what Python costs per frame on the
+director, from slot to slot:
+
+established_pps   client->VIP and RS->client segments of open connections
+                  (partial checksums, as with offloads on), batches of 64
+short_conn_pps    SYN, SYN-ACK, ACK, request, reply, FIN/ACK exchange of
+                  short connections (the ab load), frames per second
+conn_per_s        the same as connections per second
+
+Run: .venv/bin/python bench/driver.py [--seconds S] [--batch N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import mmap
+import os
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from ipvs import ctl, uapi  # noqa: E402
+from ipvs.core import Director  # noqa: E402
+from ipvs.driver import ring as _ring  # noqa: E402
+from ipvs.driver.afpacket import AFPacketDriver, Port  # noqa: E402
+from ipvs.driver.neigh import ARPOP_REQUEST, arp_frame  # noqa: E402
+from ipvs.packet import ip_send_check  # noqa: E402
+
+
+def ip4(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def A(text: str) -> bytes:
+    return ipaddress.IPv4Address(text).packed
+
+
+VIP, CLIENT, OUTER, GW = "203.0.113.5", "198.51.100.2", "198.51.100.1", "172.16.0.1"
+RS = ["172.16.0.2", "172.16.0.3"]
+MAC_OUT, MAC_IN = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+MAC_CL = bytes.fromhex("02000000c001")
+MAC_RS = [bytes.fromhex("02000000a001"), bytes.fromhex("02000000a002")]
+SLOTS = 256
+
+
+class MemRing(_ring.RingSocket):
+    """A RingSocket over an anonymous map: the same rx/queue/flush code, no socket."""
+
+    def __init__(self, name: str) -> None:  # noqa: D107 - not calling the socket setup
+        self.ifname = name
+        self.stats = _ring.RingStats()
+        self.nslots = SLOTS
+        size = 2048  # small slots: the frames here are small
+        self.ring_bytes = size * SLOTS
+        self.mm = mmap.mmap(-1, 2 * self.ring_bytes)
+        self.mv = memoryview(self.mm)
+        self.rx_slots = [i * size for i in range(SLOTS)]
+        self.tx_slots = [self.ring_bytes + off for off in self.rx_slots]
+        self.rx_head = self.tx_head = self.tx_pending = 0
+        self.tx_max = size - _ring.TPACKET2_HDRLEN
+        self.sent = 0
+        self.fill_at = 0
+        self.direct = None
+
+    def flush(self) -> None:
+        # The kernel's part: every queued slot is sent and freed at once.
+        if self.tx_pending:
+            self.stats.tx_frames += self.tx_pending
+            self.tx_pending = 0
+        mm = self.mm
+        for off in self.tx_slots:
+            if mm[off]:
+                mm[off] = 0
+                self.sent += 1
+
+    def fill(self, frames: list[bytes]) -> None:
+        """The kernel's RX part: put frames (vnet header first) in the next slots."""
+        mm = self.mm
+        i = self.fill_at
+        for f in frames:
+            off = self.rx_slots[i]
+            mac = 66 + _ring.VNET_HDR_LEN  # TPACKET_V2 with vnet: tp_mac 76
+            n = len(f) - _ring.VNET_HDR_LEN
+            mm[off + mac - _ring.VNET_HDR_LEN : off + mac + n] = f
+            struct.pack_into("=IIIHH", mm, off, 1 | 8, n, n, mac, mac + 14)
+            i = (i + 1) % SLOTS
+        self.fill_at = i
+
+    def fileno(self) -> int:
+        return -1
+
+    def set_filter(self, prog: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def tcp(src: str, sport: int, dst: str, dport: int, flags: int, payload: bytes, dmac: bytes, smac: bytes,
+        seq: int = 1000, ack: int = 0) -> bytes:
+    """vnet (NEEDS_CSUM) + Ethernet + IPv4 + TCP with a partial checksum, as veth hands it over."""
+    tot = 40 + len(payload)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, tot, 1, 0x4000, 64, 6, 0, A(src), A(dst)))
+    ip_send_check(ip, 0)
+    pseudo = sum(struct.unpack("!4H", A(src) + A(dst))) + 6 + 20 + len(payload)
+    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    th = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, pseudo & 0xFFFF, 0)
+    vnet = struct.pack("=BBHHHH", 1, 0, 0, 0, 34, 16)
+    return vnet + dmac + smac + b"\x08\x00" + bytes(ip) + th + payload
+
+
+def rig(batch: int):
+    d = Director()
+    su = ctl.ServiceUser(addr=A(VIP), port=80, sched_name="rr")
+    ctl.add_service(d.ipvs, su)
+    for r, port in zip(RS, (80, 8000), strict=True):
+        ctl.add_dest(d.ipvs, su, ctl.DestUser(addr=A(r), port=port, conn_flags=uapi.IP_VS_CONN_F_MASQ, weight=1))
+    out_r, in_r = MemRing("d_out"), MemRing("br-in")
+    outer = Port("d_out", "outer", ip4(OUTER), 0xFFFFFF00, 250, MAC_OUT, 1500, out_r)
+    inner = Port("br-in", "inner", ip4(GW), 0xFFFFFF00, 250, MAC_IN, 1500, in_r)
+    drv = AFPacketDriver(d, [outer, inner], "spare", [(ip4("172.16.0.0"), 0xFFFFFF00)], batch=batch)
+    drv.now = 1000
+    vnet0 = b"\0" * 10
+    out_r.fill([vnet0 + arp_frame(ARPOP_REQUEST, MAC_CL, ip4(CLIENT), b"\0" * 6, ip4(OUTER), b"\xff" * 6)[10:]])
+    in_r.fill([vnet0 + arp_frame(ARPOP_REQUEST, m, ip4(r), b"\0" * 6, ip4(GW), b"\xff" * 6)[10:]
+               for r, m in zip(RS, MAC_RS, strict=True)])
+    out_r.rx(outer.rx_handler)
+    in_r.rx(inner.rx_handler)
+    drv._after_batch()
+    return d, drv, outer, inner
+
+
+def run_batches(drv, port, frames: list[bytes], batch: int, now: int) -> float:
+    """Seconds of driver time to take ``frames`` through ``port``'s RX ring in batches."""
+    r = port.ring
+    spent = 0.0
+    for i in range(0, len(frames), batch):
+        r.fill(frames[i : i + batch])
+        t0 = time.perf_counter()
+        _drain(drv, port, now, batch)
+        spent += time.perf_counter() - t0
+        for p in drv.ports:
+            p.ring.flush()
+    return spent
+
+
+def _drain(drv, port, now, batch):
+    drv.now = now
+    port.ring.rx(port.rx_handler, batch)
+    drv._after_batch()
+
+
+def established(seconds: float, batch: int) -> float:
+    d, drv, outer, inner = rig(batch)
+    conns = 64
+    syn = [tcp(CLIENT, 10000 + i, VIP, 80, 0x02, b"", MAC_OUT, MAC_CL) for i in range(conns)]
+    run_batches(drv, outer, syn, batch, 1000)
+    back = []
+    for i in range(conns):
+        cp = d.ipvs.conn_tab.in_table[b"\x06" + A(CLIENT) + A(VIP) + struct.pack("!HH", 10000 + i, 80)]
+        rs = str(ipaddress.IPv4Address(cp.daddr))
+        back.append(tcp(rs, cp.dport, CLIENT, 10000 + i, 0x10, b"x" * 200, MAC_IN,
+                        MAC_RS[RS.index(rs)]))
+    fwd = [tcp(CLIENT, 10000 + i, VIP, 80, 0x10, b"y" * 100, MAC_OUT, MAC_CL) for i in range(conns)]
+    n = 0
+    spent = 0.0
+    while spent < seconds:
+        spent += run_batches(drv, outer, fwd, batch, 1001)
+        spent += run_batches(drv, inner, back, batch, 1001)
+        n += 2 * conns
+    assert outer.ring.sent + inner.ring.sent >= n, "frames were not forwarded"
+    return n / spent
+
+
+def short_conns(seconds: float, batch: int) -> tuple[float, float]:
+    """Frames/s and connections/s for the ab exchange, ``batch`` connections in flight."""
+    d, drv, outer, inner = rig(batch)
+    port = 20000
+    n = conns = 0
+    spent = 0.0
+    now = 1000
+    while spent < seconds:
+        sports = list(range(port, port + batch))
+        port += batch
+        if port > 60000:
+            port = 20000
+            now += 250 * 200  # everything of the last pass has expired
+            d.run_timers(now)
+        spent += run_batches(drv, outer, [tcp(CLIENT, s, VIP, 80, 0x02, b"", MAC_OUT, MAC_CL) for s in sports],
+                             batch, now)
+        peers = []
+        for s in sports:
+            cp = d.ipvs.conn_tab.in_table[b"\x06" + A(CLIENT) + A(VIP) + struct.pack("!HH", s, 80)]
+            rs = str(ipaddress.IPv4Address(cp.daddr))
+            peers.append((s, rs, cp.dport, MAC_RS[RS.index(rs)]))
+        steps = [
+            (inner, lambda s, rs, dp, m: tcp(rs, dp, CLIENT, s, 0x12, b"", MAC_IN, m)),
+            (outer, lambda s, rs, dp, m: tcp(CLIENT, s, VIP, 80, 0x10, b"", MAC_OUT, MAC_CL)),
+            (outer, lambda s, rs, dp, m: tcp(CLIENT, s, VIP, 80, 0x18, b"G" * 80, MAC_OUT, MAC_CL)),
+            (inner, lambda s, rs, dp, m: tcp(rs, dp, CLIENT, s, 0x18, b"H" * 240, MAC_IN, m)),
+            (outer, lambda s, rs, dp, m: tcp(CLIENT, s, VIP, 80, 0x11, b"", MAC_OUT, MAC_CL)),
+            (inner, lambda s, rs, dp, m: tcp(rs, dp, CLIENT, s, 0x11, b"", MAC_IN, m)),
+            (outer, lambda s, rs, dp, m: tcp(CLIENT, s, VIP, 80, 0x10, b"", MAC_OUT, MAC_CL)),
+        ]
+        for p, make in steps:
+            spent += run_batches(drv, p, [make(*x) for x in peers], batch, now)
+        n += 8 * batch
+        conns += batch
+    assert not drv.drops, dict(drv.drops)
+    return n / spent, conns / spent
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    seconds = max(0.1, min(args.seconds, 30.0))
+    batch = max(1, min(args.batch, SLOTS))
+    if args.profile:
+        import cProfile
+        import pstats
+
+        cProfile.runctx("short_conns(seconds, batch)", globals(), {"seconds": seconds, "batch": batch},
+                        "/tmp/driver.prof")
+        pstats.Stats("/tmp/driver.prof").sort_stats("tottime").print_stats(25)
+        return 0
+    print(f"driver.established_pps {established(seconds, batch):.0f} pps")
+    fps, cps = short_conns(seconds, batch)
+    print(f"driver.short_conn_pps {fps:.0f} pps")
+    print(f"driver.conn_per_s {cps:.0f} conn/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
