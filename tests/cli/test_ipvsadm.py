@@ -282,9 +282,11 @@ def load_traffic(ipvs: NetnsIPVS, counts_text: str, rates_text: str, conn_text: 
         for dest in svc.destinations:
             name = f"{ctl.format_addr(dest.af, dest.addr)}:{dest.port}"
             set_stats(dest.stats, dest_counts[name], dest_rates[name])
-            # The conn's own ports are kept for fwmark, port-0 and FTP services.
+            # The conn's own ports are kept for fwmark, port-0 and FTP services;
+            # an invalidated template has ports 0xffff.
             mine = [f for f in owned.get(svc, []) if f[5] == dest.addr.hex().upper()
-                    and (dest.port == 0 or svc.port == 21 or int(f[6], 16) in (dest.port, 0))]
+                    and (dest.port == 0 or svc.port == 21 or int(f[6], 16) in (dest.port, 0)
+                         or _invalidated_template(f))]
             templates = [f for f in mine if int(f[2], 16) == 0 and f[7] in ("NONE", "ASSURED")]
             dest.persistconns = len(templates)
             # tcp_state_active(): these TCP states count as active (kernel 4.8+).
@@ -298,13 +300,23 @@ def load_traffic(ipvs: NetnsIPVS, counts_text: str, rates_text: str, conn_text: 
     assert total[0] > 0 or int(lines[2].split()[0], 16) == 0
 
 
+def _invalidated_template(f: list[str]) -> bool:
+    """A template ``ip_vs_check_template`` invalidated (its server was
+    quiesced with expire_quiescent_template=1, or became unavailable): client
+    port 0, virtual and server ports 0xffff.  It keeps its server, and its
+    place in that server's persistconns, until its timer runs out."""
+    return int(f[2], 16) == 0 and int(f[4], 16) == 0xFFFF and int(f[6], 16) == 0xFFFF
+
+
 def _conns_by_service(ipvs: NetnsIPVS, conns: list[list[str]]) -> dict:
     """Which service each recorded connection belongs to, by the kernel's lookup order.
 
     An exact (proto, VIP, port) service first, then an FTP service on the
     VIP (data connections and its templates), then a port-0 service on the
-    VIP; what is left (and "IP" templates, whose VIP column is the mark)
-    belongs to a fwmark service with that real server.
+    VIP; an invalidated template (ports 0xffff) belongs to the persistent
+    service on its VIP that has its server; what is left (and "IP"
+    templates, whose VIP column is the mark) belongs to a fwmark service
+    with that real server.
     """
     normal = [s for s in ipvs.svc_order if not s.fwmark]
     fwm = [s for s in ipvs.svc_order if s.fwmark]
@@ -319,7 +331,18 @@ def _conns_by_service(ipvs: NetnsIPVS, conns: list[list[str]]) -> dict:
             owner = (next((s for s in same_vip if s.port == vport), None)
                      or next((s for s in same_vip if s.port == 21), None)
                      or next((s for s in same_vip if s.port == 0), None))
-            if owner is None:
+            if owner is None and _invalidated_template(f):
+                # Invalidated because its server was quiesced (weight 0, with
+                # expire_quiescent_template) or deleted (then it sits in the
+                # trash and counts nowhere): only a quiesced server of a
+                # persistent service can still hold it.  (A fwmark
+                # service's templates are "IP" rows.)
+                holders = [s for s in same_vip if s.persistent
+                           and any(d.addr.hex().upper() == f[5] and d.weight == 0 for d in s.destinations)]
+                # Its original port is gone: it must be the only candidate.
+                assert len(holders) <= 1, f"invalidated template {f} fits several services"
+                owner = holders[0] if holders else None
+            elif owner is None:
                 owner = next((s for s in fwm if any(d.addr.hex().upper() == f[5] for d in s.destinations)), None)
         if owner is not None:
             owned.setdefault(owner, []).append(f)
