@@ -301,7 +301,7 @@ def test_stats_false_leaves_the_counters_out(ipvs):
     assert err(ipvs, "GET_DEST", service=SVC, stats=1) == errno.EINVAL
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(_request, st.dictionaries(st.sampled_from(list(netlink._REQUEST_FIELDS)), _json),
                  st.builds(lambda r: {**r, "service": {**SVC, "port": True}}, _request)))
 def test_compiled_checks_answer_as_the_generic_ones(request):

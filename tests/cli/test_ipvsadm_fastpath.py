@@ -210,13 +210,13 @@ _services = st.lists(st.builds(
     max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_services)
 def test_sort_services_is_glibc_merge_sort(items):
     assert sort_services(items) == glibc_qsort(items, cmp_services)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.builds(
     lambda af, words, port: DestEntry(af, b"".join(w.to_bytes(4, "big") for w in words), port, 0, 1, 0, 0, 0,
                                       0, 0, 0, 0, 0, (0,) * 10),
