@@ -57,13 +57,22 @@ GET_PROC        name                          ``text``
 GET_SYSCTL      name (optional)               ``value``, or ``sysctls`` (all)
 SET_SYSCTL      name, value                   —
 BATCH           requests                      ``replies`` (one per request)
+NEW_MARK        mark (a rule)                 —
+DEL_MARK        mark (a rule)                 —
+GET_MARK        —                             ``marks`` (rules, in evaluation order)
+FLUSH_MARK      —                             —
 =============== ============================= =====================================
 
 ``SET_INFO`` exists in the kernel only as the reply to ``GET_INFO``;
 sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
 ``SET_SYSCTL`` are PyIPVS extensions: the text of
 ``/proc/net/<name>`` (one of :data:`PROC_NAMES`) and the
-``net.ipv4.vs.*`` settings (:class:`ipvs.ctl.Sysctls`).
+``net.ipv4.vs.*`` settings (:class:`ipvs.ctl.Sysctls`).  The ``*_MARK``
+commands are PyIPVS's stand-in for iptables' MARK target, which the
+kernel's fwmark services depend on: a ``mark`` is an object with the
+fields of :class:`ipvs.fwmark.MarkRule` (``mark``, ``af``, ``protocol``,
+``saddr``, ``daddr``, ``dport_lo``, ``dport_hi``; EEXIST for a duplicate,
+ENOENT to delete a missing one, ENOSPC past the table's bound).
 
 .. rubric:: Bulk work: BATCH, ``stats``, and how a client finds them
 
