@@ -27,6 +27,7 @@ already carry the address family.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from ipvs import conn as _conn
@@ -69,6 +70,8 @@ __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 FTPPORT = 21
 FTPDATA = 20
 _PFX = [bytes((i,)) for i in range(256)]
+#: IPv4 header: version/IHL, (TOS), total length, (ID), flags+fragment, (TTL), protocol.
+_IPV4_FIELDS = struct.Struct("!BxH2xHxB")
 
 
 def _ports(buf: bytearray, l4: int) -> tuple[int, int]:
@@ -108,18 +111,20 @@ class Director:
         ipvs = self.ipvs
         ipvs.now = now
         n = len(buf)
-        if n < l3 + 20 or buf[l3] >> 4 != 4:
+        if n < l3 + 20:
             return self._not_ipv4(buf, l3)
-        ihl = (buf[l3] & 0x0F) << 2
-        tot = (buf[l3 + 2] << 8) | buf[l3 + 3]
+        # version+ihl, total length, fragment field, protocol: one C call
+        vihl, tot, frag, proto = _IPV4_FIELDS.unpack_from(buf, l3)
+        if vihl >> 4 != 4:
+            return self._not_ipv4(buf, l3)
+        ihl = (vihl & 0x0F) << 2
         end = l3 + tot
         if ihl < 20 or tot < ihl or end > n:
             ipvs.drops[parse(buf, l3)] += 1
             return NF_DROP
         if not ipvs.enable:
             return NF_ACCEPT
-        proto = buf[l3 + 9]
-        if buf[l3 + 6] & 0x3F or buf[l3 + 7]:
+        if frag & 0x3FFF:
             # A fragment: the kernel sees reassembled packets (nf_defrag,
             # ip_vs_gather_frags); the driver reassembles before the core.
             ipvs.drops[Drop.FRAGMENT] += 1
