@@ -205,7 +205,7 @@ class AFPacketDriver:
         self.vips: set[int] = set()
         self.local: set[int] = {p.addr for p in ports}
         self._next_tick = 0
-        #: daddr -> (ring, Ethernet header, MTU): routed and resolved.
+        #: daddr -> (ring, Ethernet header, MTU, the ring's queue method).
         self.dst_cache: dict[int, tuple] = {}
         for p in ports:
             p.rx_handler = self._make_rx(p)
@@ -380,13 +380,13 @@ class AFPacketDriver:
             if len(buf) < L3 + 20:
                 self._short(p, buf)
                 return
-            if buf[22] != 8 or buf[23] != 0:
+            if buf[22] != 8 or buf[23]:
                 if buf[22:24] == b"\x08\x06":
                     self._arp_in(p, buf)
                 else:
                     drops["not_ipv4"] += 1
                 return
-            if buf[L3] != 0x45 or len(buf) < L3 + 20 or buf[L3 + 6] & 0x3F or buf[L3 + 7]:
+            if buf[L3] != 0x45 or buf[L3 + 6] & 0x3F or buf[L3 + 7]:
                 self._ip_in(p, buf)  # options, fragments, garbage
                 return
             if buf[10:16] != mac and not buf[10] & 1:
@@ -395,20 +395,23 @@ class AFPacketDriver:
             if int.from_bytes(buf[L3 : L3 + 20], "big") % 0xFFFF:
                 drops["ip_csum"] += 1  # a valid header sums to 0xFFFF (== 0 mod 0xFFFF)
                 return
-            gso = buf[1]
-            if not gso and (buf[L3 + 2] << 8 | buf[L3 + 3]) > min_mtu and self._too_big(p, buf):
-                return
-            d.mtu = None if gso else self.inner_mtu
+            if buf[1]:  # GSO: its segments fit the MTU by construction
+                d.mtu = None
+            else:
+                if (buf[L3 + 2] << 8 | buf[L3 + 3]) > min_mtu and self._too_big(p, buf):
+                    return
+                d.mtu = self.inner_mtu
             verdict = process(buf, L3, self.now, buf[0] & 1 == 1)
             if verdict == NF_STOLEN:
+                # The core may have changed the length (application helpers).
+                tot = buf[L3 + 2] << 8 | buf[L3 + 3]
                 counts["ipvs"] += 1
                 e = dst_cache.get(unpack(buf, L3 + 16)[0])
-                tot = buf[L3 + 2] << 8 | buf[L3 + 3]
-                if e is None or (tot > e[2] and not gso):
+                if e is None or (tot > e[2] and not buf[1]):
                     self.route_out(buf, L3, 0)
                     return
                 buf[10:24] = e[1]
-                if not e[0].queue(buf, L3 + tot):
+                if not e[3](buf, L3 + tot):
                     drops["tx"] += 1
             elif verdict == NF_ACCEPT:
                 self._not_ipvs(p, buf, 0)
@@ -672,7 +675,7 @@ class AFPacketDriver:
         if mac is not None and not maxfrag:
             if len(self.dst_cache) >= 65536:
                 self.dst_cache.clear()
-            self.dst_cache[daddr] = (port.ring, mac + port.mac + ETH_IP, port.mtu)
+            self.dst_cache[daddr] = (port.ring, mac + port.mac + ETH_IP, port.mtu, port.ring.queue)
         self._send(port, buf, l3 + tot, mac, nh)
 
     def _own_address(self, dst: bytes) -> bytes | None:
@@ -754,6 +757,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ring-blocks", type=int, default=16, metavar="N",
                    help="1 MiB blocks per RX and per TX ring (15 slots each, default %(default)s)")
     g.add_argument("--batch", type=int, default=256, metavar="N", help="frames per ring drain (default %(default)s)")
+    g.add_argument("--tx-batch", type=int, default=64, metavar="N",
+                   help="send as soon as N frames are queued on a port, before the batch ends "
+                        "(default %(default)s)")
     g.add_argument("--busy-poll", type=int, default=0, metavar="USEC",
                    help="after a batch, keep polling the RX rings until they have been quiet for USEC "
                         "microseconds before sleeping (default %(default)s)")
@@ -862,7 +868,8 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
         for name, role, a in specs:
             addr, mask, _plen = _net(a)
             mac, mtu = if_info(name)
-            ring = RingSocket(name, blocks=args.ring_blocks, bpf=bpf.build())
+            ring = RingSocket(name, blocks=args.ring_blocks, bpf=bpf.build(),
+                              tx_batch=max(1, getattr(args, "tx_batch", 64)))
             ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
         drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
                              args.forward, args.batch, getattr(args, "busy_poll", 0) / 1e6)

@@ -76,7 +76,7 @@ log = logging.getLogger("ipvs.driver")
 
 _U32 = struct.Struct("=I")
 _RXHDR = struct.Struct("=IIIHH")  # status, len, snaplen, mac, net
-_TXLEN = struct.Struct("=II")  # len, snaplen
+_TXHDR = struct.Struct("=III")  # status, len, snaplen
 _TREQ = struct.Struct("=IIII")  # block_size, block_nr, frame_size, frame_nr
 _STATS = struct.Struct("=II")  # tp_packets, tp_drops
 
@@ -108,7 +108,7 @@ class RingSocket:
     """
 
     def __init__(self, ifname: str, blocks: int = 16, bpf: bytes | None = None,
-                 rcvbuf: int = 32 << 20) -> None:
+                 rcvbuf: int = 32 << 20, tx_batch: int = 64) -> None:
         self.ifname = ifname
         self.stats = RingStats()
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -153,6 +153,8 @@ class RingSocket:
         self.tx_pending = 0
         #: Largest ``n`` for :meth:`queue`: the slot minus its header.
         self.tx_max = FRAME_SIZE - TPACKET2_HDRLEN
+        #: Queued frames that trigger a ``send`` before the batch ends.
+        self.tx_batch = tx_batch
 
     @staticmethod
     def attach(sock: socket.socket, prog: bytes) -> None:
@@ -178,39 +180,41 @@ class RingSocket:
     def rx(self, handler, batch: int = 256) -> int:
         """Drain up to ``batch`` received frames; returns how many were seen."""
         mm, mv, slots = self.mm, self.mv, self.rx_slots
-        head, nslots, unpack, st = self.rx_head, self.nslots, _RXHDR.unpack_from, self.stats
-        n = 0
+        head, nslots, unpack, release = self.rx_head, self.nslots, _RXHDR.unpack_from, _U32.pack_into
+        n = bad = 0
         while n < batch:
             off = slots[head]
-            # TP_STATUS_USER is in the low byte of the (little-endian) status:
-            # one byte read answers the common "nothing more" case.
-            if not mm[off] & TP_STATUS_USER:
-                break
             status, length, snaplen, mac, _net = unpack(mm, off)
+            if not status & TP_STATUS_USER:
+                break
             n += 1
-            if snaplen < length or mac < VNET_HDR_LEN:
-                st.rx_truncated += 1
-            elif status & TP_STATUS_VLAN_VALID:
-                # The NIC stripped an 802.1Q tag; the director runs on
-                # untagged ports (a VLAN device is the way to use a tag).
-                st.rx_vlan += 1
+            if snaplen < length or mac < VNET_HDR_LEN or status & TP_STATUS_VLAN_VALID:
+                # Truncated, or the NIC stripped an 802.1Q tag (the director
+                # runs on untagged ports; a VLAN device is the way to use a tag).
+                self._rx_odd(snaplen < length or mac < VNET_HDR_LEN)
+                bad += 1
             else:
-                st.rx_frames += 1
-                start = off + mac - VNET_HDR_LEN
                 try:
-                    handler(bytearray(mv[start : off + mac + snaplen]))
+                    handler(bytearray(mv[off + mac - VNET_HDR_LEN : off + mac + snaplen]))
                 except Exception:
                     # A bug must cost one frame, not the director: count it,
                     # log the first, go on with the ring.
-                    st.rx_errors += 1
-                    if st.rx_errors == 1:
+                    self.stats.rx_errors += 1
+                    if self.stats.rx_errors == 1:
                         log.exception("frame handler failed on %s (counted in rx_errors)", self.ifname)
-            _U32.pack_into(mm, off, TP_STATUS_KERNEL)
+            release(mm, off, TP_STATUS_KERNEL)
             head += 1
             if head == nslots:
                 head = 0
         self.rx_head = head
+        self.stats.rx_frames += n - bad
         return n
+
+    def _rx_odd(self, truncated: bool) -> None:
+        if truncated:
+            self.stats.rx_truncated += 1
+        else:
+            self.stats.rx_vlan += 1
 
     def queue(self, buf: bytearray, n: int) -> bool:
         """Copy ``buf[:n]`` (vnet header + frame) into the next TX slot.
@@ -242,12 +246,13 @@ class RingSocket:
             mm[data : data + n] = buf
         else:
             self.mv[data : data + n] = memoryview(buf)[:n]
-        _TXLEN.pack_into(mm, off + 4, n, n)
-        mm[off] = TP_STATUS_SEND_REQUEST  # last: hands the slot to the kernel
+        # Status, length and snap length in one write: the kernel looks at
+        # the TX ring only inside our own send() (flush), never meanwhile.
+        _TXHDR.pack_into(mm, off, TP_STATUS_SEND_REQUEST, n, n)
         head = self.tx_head + 1
         self.tx_head = 0 if head == self.nslots else head
         self.tx_pending += 1
-        if self.tx_pending >= 64:
+        if self.tx_pending >= self.tx_batch:
             self.flush()
         return True
 
