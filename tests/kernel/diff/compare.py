@@ -181,7 +181,20 @@ def compare_file(scenario: str, name: str, ref: str, got: str, fixed: set[int] |
         a, b = normalize.server_log(ref), normalize.server_log(got)
         return Item(scenario, name, EQUAL if a == b else DIFFERENT, "" if a == b else _first_diff(a, b))
     a, b = ref.splitlines(), got.splitlines()
+    if a != b and re.search(r"proc-net-ip_vs\.txt$", name) and _svc_blocks(a) == _svc_blocks(b):
+        return Item(scenario, name, DIFFERENT, "the same services in another order: " + _first_diff(a, b))
     return Item(scenario, name, EQUAL if a == b else DIFFERENT, "" if a == b else _first_diff(a, b))
+
+
+def _svc_blocks(lines: list[str]) -> list[tuple[str, ...]]:
+    """/proc/net/ip_vs as sorted (service line, its destination lines) blocks."""
+    blocks: list[list[str]] = []
+    for line in lines:
+        if line.startswith("  ->") and blocks:
+            blocks[-1].append(line)
+        else:
+            blocks.append([line])
+    return sorted(tuple(b) for b in blocks)
 
 
 def compare_dirs(scenario: str, ref_dir: str, got_dir: str, skip: dict[str, str] | None = None,
