@@ -82,7 +82,8 @@ ARTEFACTS: list[tuple[str, str, str]] = [
     ("stats_lag", r"(.*-)?(ipvsadm-Ln(-exact)?-stats|proc-net-ip_vs_stats)\.txt", (
         "[pyipvs] counters lag in the kernel: 6.1's ipvsadm and /proc/net/ip_vs_stats counters are the "
         "estimator's snapshot (kstats, refreshed every 2 s by estimation_timer), PyIPVS's (ipvs/est.py) are "
-        "live; the evidence: the kernel's own --stats and --exact --stats of one dump disagree")),
+        "live; the evidence: the kernel's own counters of one dump disagree (--stats against --exact --stats, "
+        "or the snapshot total against the sum of the live per-CPU rows)")),
     ("svc_order", r"(.*-)?proc-net-ip_vs\.txt", (
         "[inherent] service hash order: 6.1's ip_vs_svc_hashkey mixes in the address of the netns_ipvs "
         "structure, so /proc/net/ip_vs lists the same services in another order after every boot")),
@@ -98,9 +99,16 @@ def evidence_of(name: str, notes: list[str], items: list[Item]) -> set[str]:
     ev = set()
     if any(n.startswith("capture gap") for n in notes) or any("kernel's client capture" in it.detail for it in items):
         ev.add("capture_gap")
-    if _stats_disagree(os.path.join(GOLDENS, name)):
+    return ev | kernel_evidence(os.path.join(GOLDENS, name))
+
+
+def kernel_evidence(kdir: str) -> set[str]:
+    """Artefacts a kernel run's own files show: ``stats_lag`` (its counters
+    disagree with each other) and ``leak`` (its "before" listing is not empty)."""
+    ev = set()
+    if _stats_disagree(kdir):
         ev.add("stats_lag")
-    before = os.path.join(GOLDENS, name, "before-ipvsadm-Lnc.txt")
+    before = os.path.join(kdir, "before-ipvsadm-Lnc.txt")
     if os.path.exists(before):
         with open(before) as f:
             if any(line.split()[:1] in (["TCP"], ["UDP"]) for line in f):
@@ -108,8 +116,30 @@ def evidence_of(name: str, notes: list[str], items: list[Item]) -> set[str]:
     return ev
 
 
+def _percpu_lags(path: str) -> bool:
+    """Is the ``~`` total (the estimator's snapshot) behind the sum of the live per-CPU rows?"""
+    try:
+        with open(path) as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return False
+    cpus = [r for r in rows if len(r) == 6 and r[0].isdigit()]
+    total = next((r for r in rows if len(r) == 6 and r[0] == "~"), None)
+    if not cpus or total is None:
+        return False
+    try:
+        live = [sum(int(r[i], 16) for r in cpus) for i in range(1, 6)]
+        return live != [int(x, 16) for x in total[1:]]
+    except ValueError:
+        return False
+
+
 def _stats_disagree(golden: str) -> bool:
-    """Do the kernel's --stats and --exact --stats of one dump show other counts?"""
+    """Do the kernel's counters of one dump disagree: --stats against --exact
+    --stats, or the snapshot total against the live per-CPU rows?"""
+    for f in os.listdir(golden) if os.path.isdir(golden) else []:
+        if f.endswith("proc-net-ip_vs_stats_percpu.txt") and _percpu_lags(os.path.join(golden, f)):
+            return True
     for f in os.listdir(golden) if os.path.isdir(golden) else []:
         if not f.endswith("ipvsadm-Ln-exact-stats.txt"):
             continue
