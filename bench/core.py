@@ -65,7 +65,8 @@ def director(sched: str = "rr") -> Director:
 
 
 def client(i: int) -> tuple[bytes, int]:
-    return (0xC6336400 + 2 + (i >> 16)).to_bytes(4, "big"), 1024 + (i & 0xFFFF) % 60000
+    """The i-th distinct client address and port (60,000 ports per address)."""
+    return (0xC6336400 + 2 + i // 60000).to_bytes(4, "big"), 1024 + i % 60000
 
 
 def bench_new(n: int) -> float:
