@@ -55,7 +55,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections import Counter
 
 from ipvs.driver import bpf, nft
@@ -101,9 +100,6 @@ L3 = VNET_HDR_LEN + 14
 ETH_IP = b"\x08\x00"
 ICMP_PROT_UNREACH = 2
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
-
-#: Longest time (seconds) one wake-up may spend busy-polling the rings.
-BUSY_POLL_MAX = 0.002
 
 _I = struct.Struct("!I")
 _H = struct.Struct("!H")
@@ -166,7 +162,7 @@ class AFPacketDriver:
                  masq_nets: list[tuple[int, int]] | None = None,
                  masq_ports: tuple[int, int] = (PORT_MASQ_BEGIN, PORT_MASQ_END),
                  routes: list[tuple[int, int, int]] | None = None,
-                 forward: bool = False, batch: int = 256, busy_poll: float = 0.0) -> None:
+                 forward: bool = False, batch: int = 256) -> None:
         self.d = director
         self.ipvs = director.ipvs
         self.hz = self.ipvs.hz
@@ -176,8 +172,6 @@ class AFPacketDriver:
         self.ports = ports
         self.mode = mode
         self.batch = batch
-        #: Seconds to keep polling the RX rings after a batch (0: straight back to epoll).
-        self.busy_poll = busy_poll
         self.forward = forward
         self.outer = next(p for p in ports if p.role in ("outer", "both"))
         self.inner = [p for p in ports if p.role in ("inner", "both")]
@@ -224,36 +218,6 @@ class AFPacketDriver:
         self.now = now
         p.ring.rx(p.rx_handler, self.batch)
         self._after_batch()
-        if self.busy_poll:
-            self._busy_poll()
-
-    def _busy_poll(self) -> None:
-        """Keep draining the RX rings until none has had a frame for ``busy_poll`` seconds.
-
-        Going back to ``epoll`` costs a sleep and a wake-up (and on a busy
-        machine a wait for the CPU) per burst; a short spin on the rings'
-        status words catches the next frames of a conversation without
-        either.  Bounded by :data:`BUSY_POLL_MAX` so timers and the control
-        socket still run.
-        """
-        clock = time.perf_counter
-        start = last = clock()
-        rings = [(p.ring, p.rx_handler) for p in self.ports if hasattr(p.ring, "rx_ready")]
-        batch, spin = self.batch, self.busy_poll
-        while True:
-            got = False
-            for ring, handler in rings:
-                if ring.rx_ready():
-                    ring.rx(handler, batch)
-                    got = True
-            t = clock()
-            if got:
-                self._after_batch()
-                last = t
-            elif t - last > spin:
-                return
-            if t - start > BUSY_POLL_MAX:
-                return
 
     def poll_timeout(self) -> float | None:
         """Seconds until :meth:`on_idle` has neighbour or expiry work."""
@@ -760,9 +724,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tx-batch", type=int, default=64, metavar="N",
                    help="send as soon as N frames are queued on a port, before the batch ends "
                         "(default %(default)s)")
-    g.add_argument("--busy-poll", type=int, default=0, metavar="USEC",
-                   help="after a batch, keep polling the RX rings until they have been quiet for USEC "
-                        "microseconds before sleeping (default %(default)s)")
 
 
 #: Where ``--strict-checksums`` notes how to restore each interface, so
@@ -872,7 +833,7 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
                               tx_batch=max(1, getattr(args, "tx_batch", 64)))
             ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
         drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
-                             args.forward, args.batch, getattr(args, "busy_poll", 0) / 1e6)
+                             args.forward, args.batch)
         drv._undo = undo
         drv._nft_ready = args.mode == "shared"
         drv.sync_services(force=True)

@@ -173,10 +173,6 @@ class RingSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def rx_ready(self) -> bool:
-        """Whether the next RX slot holds a frame (no system call)."""
-        return bool(self.mm[self.rx_slots[self.rx_head]] & TP_STATUS_USER)
-
     def rx(self, handler, batch: int = 256) -> int:
         """Drain up to ``batch`` received frames; returns how many were seen."""
         mm, mv, slots = self.mm, self.mv, self.rx_slots

@@ -1,0 +1,211 @@
+"""RingSocket's slot handling on an anonymous memory map, with fake sockets.
+
+The kernel's side is played by the test: it fills RX slots and reads what
+the TX slots and the sockets were given.  Real rings run in tests/lab.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ipvs.driver import ring as R
+
+SLOT = 16384  # above DIRECT_MIN, as the real 69904-byte slots are
+NSLOTS = 8
+
+
+class FakeSock:
+    """Records send() calls in a shared log; can fail with an errno."""
+
+    def __init__(self, name: str, log: list, fail: int = 0) -> None:
+        self.name, self.log, self.fail = name, log, fail
+
+    def send(self, data, flags=0) -> int:
+        if self.fail:
+            raise OSError(self.fail, "fake")
+        self.log.append((self.name, bytes(data)))
+        return len(data)
+
+
+def mem_ring(tx_batch: int = 16, direct: bool = True, fail: int = 0):
+    """A RingSocket over anonymous memory (what __init__ builds, without a socket)."""
+    r = R.RingSocket.__new__(R.RingSocket)
+    r.ifname = "test0"
+    r.stats = R.RingStats()
+    r.nslots = NSLOTS
+    r.ring_bytes = SLOT * NSLOTS
+    r.mm = mmap.mmap(-1, 2 * r.ring_bytes)
+    r.mv = memoryview(r.mm)
+    r.rx_slots = [i * SLOT for i in range(NSLOTS)]
+    r.tx_slots = [r.ring_bytes + off for off in r.rx_slots]
+    r.rx_head = r.tx_head = r.tx_pending = 0
+    r.tx_max = SLOT - R.TPACKET2_HDRLEN
+    r.tx_batch = tx_batch
+    log: list = []
+    r.sock = FakeSock("ring", log)
+    r.direct = FakeSock("direct", log, fail) if direct else None
+    return r, log
+
+
+def kernel_fill(r, frame: bytes, status: int = R.TP_STATUS_USER, snaplen: int | None = None, i: int = 0) -> None:
+    """Put ``frame`` (vnet header first) into RX slot ``i`` as TPACKET_V2 does (tp_mac 76)."""
+    off = r.rx_slots[i]
+    mac = 76
+    n = len(frame) - R.VNET_HDR_LEN
+    r.mm[off + mac - R.VNET_HDR_LEN : off + mac + n] = frame
+    struct.pack_into("=IIIHH", r.mm, off, status, n, n if snaplen is None else snaplen, mac, mac + 14)
+
+
+def tx_slot(r, i: int) -> tuple[int, bytes]:
+    off = r.tx_slots[i]
+    status, n, snap = struct.unpack_from("=III", r.mm, off)
+    assert n == snap
+    return status, bytes(r.mm[off + R.TPACKET2_HDRLEN : off + R.TPACKET2_HDRLEN + n])
+
+
+def test_rx_hands_over_vnet_header_and_frame_and_releases_slots():
+    r, _ = mem_ring()
+    frames = [bytes([i]) * 10 + bytes(range(60 + i)) for i in range(3)]
+    for i, f in enumerate(frames):
+        kernel_fill(r, f, i=i)
+    got = []
+    assert r.rx(lambda b: got.append(bytes(b)), 16) == 3
+    assert got == frames
+    assert r.stats.rx_frames == 3
+    assert all(struct.unpack_from("=I", r.mm, r.rx_slots[i])[0] == R.TP_STATUS_KERNEL for i in range(3))
+    assert r.rx_head == 3
+
+
+def test_rx_counts_truncated_and_vlan_frames_without_handing_them_over():
+    r, _ = mem_ring()
+    kernel_fill(r, b"\0" * 70, snaplen=30, i=0)
+    kernel_fill(r, b"\0" * 70, status=R.TP_STATUS_USER | R.TP_STATUS_VLAN_VALID, i=1)
+    kernel_fill(r, b"\1" * 70, i=2)
+    got = []
+    assert r.rx(got.append, 16) == 3
+    assert [bytes(b) for b in got] == [b"\1" * 70]
+    assert (r.stats.rx_truncated, r.stats.rx_vlan, r.stats.rx_frames) == (1, 1, 1)
+
+
+def test_rx_stops_at_batch_and_a_handler_bug_costs_one_frame():
+    r, _ = mem_ring()
+    for i in range(4):
+        kernel_fill(r, bytes([i]) * 70, i=i)
+
+    def handler(b):
+        if b[0] == 1:
+            raise ValueError("bug")
+
+    assert r.rx(handler, 2) == 2
+    assert r.stats.rx_errors == 1
+    assert r.rx(handler, 16) == 2
+    assert r.stats.rx_frames == 4
+
+
+def test_small_frames_fill_slots_and_go_out_every_tx_batch():
+    r, log = mem_ring(tx_batch=3)
+    frames = [bytearray(bytes([i]) * (80 + i)) for i in range(4)]
+    for f in frames[:3]:
+        assert r.queue(f, len(f))
+    assert log == [("ring", b"")]  # the third frame triggered the send
+    assert r.queue(frames[3], len(frames[3]))
+    assert [tx_slot(r, i) for i in range(4)] == [(R.TP_STATUS_SEND_REQUEST, bytes(f)) for f in frames]
+    r.flush()
+    assert log == [("ring", b""), ("ring", b"")]
+    assert r.stats.tx_frames == 4 and r.stats.tx_direct == 0
+
+
+def test_queue_copies_only_the_first_n_bytes():
+    r, _ = mem_ring()
+    buf = bytearray(b"a" * 100 + b"tail")
+    assert r.queue(buf, 100)
+    assert tx_slot(r, 0)[1] == b"a" * 100
+
+
+def test_a_super_frame_leaves_through_the_direct_socket_after_what_was_queued():
+    r, log = mem_ring()
+    small = bytearray(b"s" * 90)
+    big = bytearray(b"B" * R.DIRECT_MIN)
+    assert r.queue(small, len(small))
+    assert r.queue(big, len(big))
+    # The queued slot was sent first, then the big frame: the order on the wire.
+    assert log == [("ring", b""), ("direct", bytes(big))]
+    assert r.tx_pending == 0
+    assert tx_slot(r, 1)[0] == R.TP_STATUS_AVAILABLE  # no slot used for the big frame
+    assert (r.stats.tx_frames, r.stats.tx_direct) == (2, 1)
+
+
+def test_direct_send_failure_is_counted_not_raised():
+    r, log = mem_ring(fail=errno.ENOBUFS)
+    big = bytearray(R.DIRECT_MIN)
+    assert not r.queue(big, len(big))
+    assert r.stats.tx_ring_full == 1 and r.stats.tx_direct == 0
+    r2, _ = mem_ring(fail=errno.ENETDOWN)
+    assert not r2.queue(big, len(big))
+    assert r2.stats.tx_errors == 1
+
+
+def test_oversized_frames_are_refused():
+    r, log = mem_ring()
+    assert not r.queue(bytearray(R.MAX_FRAME + R.VNET_HDR_LEN + 1), R.MAX_FRAME + R.VNET_HDR_LEN + 1)
+    r2, _ = mem_ring(direct=False)
+    assert not r2.queue(bytearray(SLOT), SLOT)  # larger than a slot, no direct socket
+    assert r.stats.tx_too_big == 1 and r2.stats.tx_too_big == 1
+    assert log == []
+
+
+def test_a_full_ring_is_flushed_then_counted():
+    r, log = mem_ring(tx_batch=100)
+    for _ in range(NSLOTS):
+        assert r.queue(bytearray(64), 64)
+    # The fake kernel never frees a slot: the next frame finds the ring full.
+    assert not r.queue(bytearray(64), 64)
+    assert log == [("ring", b"")] and r.stats.tx_ring_full == 1
+
+
+@given(st.lists(st.integers(min_value=60, max_value=R.DIRECT_MIN + 200), min_size=1, max_size=30))
+def test_frames_leave_in_queue_order(sizes):
+    """Whatever the mix of slot and direct frames, the kernel sees them in order."""
+    r, log = mem_ring(tx_batch=5)
+    sent: list[bytes] = []
+    kernel_tail = 0
+
+    def drain_slots():
+        # The kernel's part of each ring send(): every SEND_REQUEST slot in order.
+        nonlocal kernel_tail
+        while True:
+            off = r.tx_slots[kernel_tail]
+            status, n, _ = struct.unpack_from("=III", r.mm, off)
+            if status != R.TP_STATUS_SEND_REQUEST:
+                return
+            sent.append(bytes(r.mm[off + R.TPACKET2_HDRLEN : off + R.TPACKET2_HDRLEN + n]))
+            struct.pack_into("=I", r.mm, off, R.TP_STATUS_AVAILABLE)
+            kernel_tail = (kernel_tail + 1) % NSLOTS
+
+    class KernelSock(FakeSock):
+        def send(self, data, flags=0):
+            if self.name == "ring":
+                drain_slots()
+            else:
+                sent.append(bytes(data))
+            return len(data)
+
+    r.sock, r.direct = KernelSock("ring", log), KernelSock("direct", log)
+    frames = [bytearray(i.to_bytes(2, "big") * (n // 2)) for i, n in enumerate(sizes)]
+    for f in frames:
+        assert r.queue(f, len(f))
+    r.flush()
+    assert sent == [bytes(f) for f in frames]
+
+
+@pytest.mark.parametrize("n", [R.DIRECT_MIN - 1, R.DIRECT_MIN])
+def test_direct_threshold(n):
+    r, log = mem_ring()
+    assert r.queue(bytearray(n), n)
+    assert r.stats.tx_direct == (n >= R.DIRECT_MIN)
