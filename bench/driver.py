@@ -72,6 +72,7 @@ class MemRing(_ring.RingSocket):
         self.rx_head = self.tx_head = self.tx_pending = 0
         self.tx_max = size - _ring.TPACKET2_HDRLEN
         self.tx_batch = 64
+        self.direct_min = _ring.DIRECT_MIN
         self.sent = 0
         self.fill_at = 0
         self.direct = None

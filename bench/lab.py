@@ -171,8 +171,9 @@ class Bench:
             # The /proc mirror (a directory of files rewritten every second)
             # is a monitoring option, not the data path: off, as HAProxy
             # runs without its stats socket here.
-            i = cmd.index("--procfs-dir")
-            del cmd[i : i + 2]
+            if "--procfs-dir" in cmd:
+                i = cmd.index("--procfs-dir")
+                del cmd[i : i + 2]
             cmd[1] = os.path.join(root, "tools", "ipvsd")
             lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": root})
             deadline = time.monotonic() + 30

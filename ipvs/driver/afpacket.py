@@ -69,7 +69,7 @@ from ipvs.driver.neigh import (
     arp_frame,
     parse_arp,
 )
-from ipvs.driver.ring import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
+from ipvs.driver.ring import DIRECT_MIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_EXC_TTL,
@@ -721,6 +721,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ring-blocks", type=int, default=16, metavar="N",
                    help="1 MiB blocks per RX and per TX ring (15 slots each, default %(default)s)")
     g.add_argument("--batch", type=int, default=256, metavar="N", help="frames per ring drain (default %(default)s)")
+    g.add_argument("--direct-min", type=int, default=DIRECT_MIN, metavar="BYTES",
+                   help="send frames of BYTES or more (GSO super-frames) through a plain socket instead of "
+                        "the TX ring; 0: always the ring (default %(default)s)")
     g.add_argument("--tx-batch", type=int, default=64, metavar="N",
                    help="send as soon as N frames are queued on a port, before the batch ends "
                         "(default %(default)s)")
@@ -830,7 +833,8 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
             addr, mask, _plen = _net(a)
             mac, mtu = if_info(name)
             ring = RingSocket(name, blocks=args.ring_blocks, bpf=bpf.build(),
-                              tx_batch=max(1, getattr(args, "tx_batch", 64)))
+                              tx_batch=max(1, getattr(args, "tx_batch", 64)),
+                              direct_min=max(0, getattr(args, "direct_min", DIRECT_MIN)))
             ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
         drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
                              args.forward, args.batch)

@@ -47,6 +47,7 @@ def mem_ring(tx_batch: int = 16, direct: bool = True, fail: int = 0):
     r.rx_head = r.tx_head = r.tx_pending = 0
     r.tx_max = SLOT - R.TPACKET2_HDRLEN
     r.tx_batch = tx_batch
+    r.direct_min = R.DIRECT_MIN
     log: list = []
     r.sock = FakeSock("ring", log)
     r.direct = FakeSock("direct", log, fail) if direct else None
