@@ -264,13 +264,14 @@ class AFPacketDriver:
 
     def sync_services(self, force: bool = False) -> None:
         """Follow the service table: VIPs to answer ARP for, filters, nft sets."""
-        keys = frozenset(self.ipvs.svc_table)
+        ipvs = self.ipvs
+        keys = frozenset(ipvs.svc_table) | frozenset(ipvs.fwm_table) | frozenset(ipvs.marks.rules)
         if keys == self.svc_keys and not force:
             return
         self.svc_keys = keys
-        svcs = {(s.addr, s.protocol, s.port) for s in self.ipvs.svc_table.values()
+        svcs = {(s.addr, s.protocol, s.port) for s in ipvs.svc_table.values()
                 if s.af == socket.AF_INET and not s.fwmark}
-        vips = {_I.unpack(a)[0] for a, _, _ in svcs}
+        vips = {_I.unpack(a)[0] for a, _, _ in svcs} | self.fwmark_vips()
         if self.outer.ring is not None:
             # Gratuitous ARP for each new VIP, so neighbours that knew it at
             # another MAC (a director that failed over) learn ours at once.
@@ -293,6 +294,29 @@ class AFPacketDriver:
                 # The kernel then also answers the new services: loud, not fatal.
                 log.error("updating the nftables service set failed: %s", e)
                 self.drops["nft_sync_failed"] += 1
+
+    #: The longest mark-rule prefix whose addresses are taken as VIPs.
+    FWMARK_VIP_MAX_PREFIX = 24
+
+    def fwmark_vips(self) -> set[int]:
+        """The addresses of fwmark services: every IPv4 address of a mark
+        rule's destination prefix whose mark has a fwmark service.
+
+        For the kernel these VIPs are addresses configured on the director
+        and marked by iptables; here the mark rules (ipvs.fwmark) name them.
+        Prefixes shorter than /24 are not expanded (a director does not
+        answer ARP for a whole network): use narrower rules for those.
+        """
+        ipvs = self.ipvs
+        marks = {m for (af, m) in ipvs.fwm_table if af == socket.AF_INET}
+        out: set[int] = set()
+        for r in ipvs.marks.rules:
+            if r.af != socket.AF_INET or r.mark not in marks or r.daddr is None:
+                continue
+            net = ipaddress.ip_network(r.daddr)
+            if net.prefixlen >= self.FWMARK_VIP_MAX_PREFIX:
+                out.update(int(a) for a in net)
+        return out
 
     def filter_for(self, p: Port) -> bytes:
         """The BPF program for port ``p`` (see :mod:`ipvs.driver.bpf`)."""

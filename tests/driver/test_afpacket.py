@@ -333,3 +333,35 @@ def test_core_errors_about_forwarded_packets_come_from_the_directors_address():
     assert own is not None
     assert own(ipaddress.ip_address(RS1).packed) == ipaddress.ip_address(GW).packed
     assert own(ipaddress.ip_address(CLIENT).packed) == ipaddress.ip_address(OUTER).packed
+
+
+def test_fwmark_service_vips_come_from_the_mark_rules():
+    """A fwmark service's VIPs are the addresses its mark rules cover: the
+    driver answers ARP for them and hands their traffic to the core, which
+    finds the service by the mark."""
+    from ipvs.fwmark import MarkRule
+    from tests.driver.helpers import ip4
+
+    r = Rig(services=False)
+    su = r.lab.service("0.0.0.0", 0, sched="rr", fwmark=3)
+    r.lab.dest(su, RS1, 0)
+    r.lab.ipvs.marks.add(MarkRule(3, daddr="203.0.113.16/29"))
+    r.drv.on_idle(r.now)
+    assert {ip4(f"203.0.113.{i}") for i in range(16, 24)} <= r.drv.vips
+    garps = r.out_ring.take()  # a gratuitous ARP for each new VIP
+    assert len(garps) == 8
+    r.learn()
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, "203.0.113.20", b"\xff" * 6))
+    (f,) = r.out_ring.take()
+    assert Ether(f)[ARP].op == 2 and Ether(f)[ARP].psrc == "203.0.113.20"
+    r.rx_outer(frame(tcp(CLIENT, 40000, "203.0.113.20", 8080), MAC_D_OUT, MAC_CLIENT))
+    (f,) = r.in_ring.take()
+    e = Ether(f)
+    assert e[IP].dst == RS1 and e[TCP].dport == 8080 and checksums_valid(f, 14)
+    # Outside the rule's prefix: no ARP answer.
+    r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, "203.0.113.24", b"\xff" * 6))
+    assert r.out_ring.take() == []
+    # A rule removed: its addresses stop being VIPs.
+    r.lab.ipvs.marks.flush()
+    r.drv.on_idle(r.now)
+    assert ip4("203.0.113.20") not in r.drv.vips
