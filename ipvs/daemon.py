@@ -568,6 +568,7 @@ class Daemon:
         procfs_dir: str | None = None,
         procfs_interval: float = 1.0,
         rules_file: str | None = None,
+        marks_file: str | None = None,
         save_file: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_request: int = MAX_REQUEST,
@@ -583,6 +584,7 @@ class Daemon:
         self.procfs = ProcfsWriter(ipvs, procfs_dir, clock=clock) if procfs_dir else None
         self.procfs_interval = procfs_interval
         self.rules_file = rules_file
+        self.marks_file = marks_file
         self.save_file = save_file
         self._stop = False
         self._reload = False
@@ -687,6 +689,22 @@ class Daemon:
         log.info("rules restored from %s (exit %d, %d services)", path, rc, len(self.ipvs.svc_order))
         return rc
 
+    def load_marks(self, path: str) -> int:
+        """Replace the firewall-mark rules with an ``ipvs-mark -S`` file
+        (``-A ...`` lines); returns ipvs-mark's exit status."""
+        from ipvs.cli import ipvs_mark
+
+        with open(path) as f:
+            text = f.read()
+        err = io.StringIO()
+        tr = self.transport()
+        ipvs_mark.main(["-F"], transport=tr, stderr=err)
+        rc = ipvs_mark.main(["-R"], transport=tr, stdin=io.StringIO(text), stdout=io.StringIO(), stderr=err)
+        for line in err.getvalue().splitlines():
+            log.warning("%s: %s", path, line)
+        log.info("mark rules restored from %s (exit %d, %d rules)", path, rc, len(self.ipvs.marks))
+        return rc
+
     def save_rules(self, path: str) -> int:
         """Write ``ipvsadm -S -n`` into ``path`` (atomically)."""
         from ipvs.cli import ipvsadm
@@ -709,6 +727,8 @@ class Daemon:
         """Restore the rules file and write the first /proc snapshot."""
         if self.rules_file:
             self.load_rules(self.rules_file)
+        if self.marks_file:
+            self.load_marks(self.marks_file)
         if self.procfs is not None:
             self.procfs.write(self.now(), force=True)
             self._next_procfs = self.clock() + self.procfs_interval
@@ -777,6 +797,11 @@ class Daemon:
                     log.error("reloading %s failed: %s", self.rules_file, e)
             else:
                 log.info("SIGHUP: no rules file to reload")
+            if self.marks_file:
+                try:
+                    self.load_marks(self.marks_file)
+                except OSError as e:
+                    log.error("reloading %s failed: %s", self.marks_file, e)
 
     def run(self) -> None:
         """Serve until :meth:`request_stop` (or SIGTERM), then shut down."""
@@ -861,6 +886,8 @@ def build_parser(driver_mod=None):
     p.add_argument("--group", metavar="NAME", help="also let members of this group use the control socket")
     p.add_argument("--rules", metavar="FILE", help="restore this ipvsadm -S rules file at start and on SIGHUP")
     p.add_argument("--save", metavar="FILE", help="save the rules (ipvsadm -S -n) into FILE at stop")
+    p.add_argument("--marks", metavar="FILE",
+                   help="firewall-mark rules (ipvs-mark -S lines) to load at start and on SIGHUP")
     p.add_argument("--procfs-dir", metavar="DIR",
                    help="write the /proc views into DIR/net/ip_vs* and DIR/sys/net/ipv4/vs/* every second "
                    "(for node_exporter --path.procfs DIR)")
@@ -963,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     ipvs = NetnsIPVS(sysctl=sc)
     try:
         daemon = Daemon(ipvs, socket_path=args.socket, allowed_gid=gid, procfs_dir=args.procfs_dir,
-                        rules_file=args.rules, save_file=args.save)
+                        rules_file=args.rules, save_file=args.save, marks_file=args.marks)
     except OSError as e:
         print(f"ipvsd: control socket {display_address(socket_address(args.socket))}: {e.strerror or e}",
               file=sys.stderr)

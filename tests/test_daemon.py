@@ -605,6 +605,22 @@ def test_ipvsd_rules_sighup_and_sigterm_save(tmp_path):
         d.kill()
 
 
+def test_ipvsd_marks_file_at_start_and_sighup(tmp_path):
+    sock, marks = str(tmp_path / "s.sock"), tmp_path / "marks"
+    marks.write_text("-A -d 203.0.113.16/29 --set-mark 1\n-A -p tcp --dport 80 --set-mark 2\n")
+    d = IpvsdProcess(["--marks", str(marks)], sock)
+    try:
+        def rules():
+            return [(m["mark"], m["daddr"]) for m in d.call({**V, "cmd": "GET_MARK"})["marks"]]
+
+        assert rules() == [(1, "203.0.113.16/29"), (2, None)]
+        marks.write_text("-A -d 203.0.113.32/28 --set-mark 3\n")
+        d.p.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: rules() == [(3, "203.0.113.32/28")])
+    finally:
+        d.kill()
+
+
 def test_ipvsd_refuses_bad_options(tmp_path):
     sock = str(tmp_path / "s.sock")
     p = subprocess.run([sys.executable, str(IPVSD), "--foreground", "--socket", sock, "--set", "no_such=1"],
