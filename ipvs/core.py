@@ -276,7 +276,14 @@ class Director:
         tr = self.trace
         old = cp.state
         if proto == IPPROTO_TCP:
-            _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
+            pd = self._tcp
+            idx = _tcp.FLAG_IDX[tcp_flags]
+            if idx >= 0 and not cp.flags & 0x0080 and pd.state_table[idx][old] == old:
+                # The common case, the state stays (an ACK on ESTABLISHED):
+                # set_tcp_state only refreshes the timeout.
+                cp.timeout = pd.timeout_table[old]
+            else:
+                _tcp.set_state(cp, pd, _tcp.INPUT, tcp_flags)
         else:
             _udp.state_transition(cp, self._udp)
         if cp.flags & 7 == IP_VS_CONN_F_MASQ:
@@ -300,7 +307,11 @@ class Director:
         if cp.flags & IP_VS_CONN_F_ONE_PACKET:
             self._conn_expire(cp, now)
         else:
-            tab.put(cp, now)
+            # ip_vs_conn_put (ConnTable.put inlined: this runs per packet)
+            exp = now + cp.timeout
+            cp.expires = exp
+            if cp.wheel_at < 0 or exp < cp.wheel_at:
+                tab._file(cp, exp)
         return verdict
 
     def _todrop(self, rate: int) -> bool:
@@ -528,13 +539,21 @@ class Director:
             st.outbytes += n
         old = cp.state
         if proto == IPPROTO_TCP:
-            _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
+            pd = self._tcp
+            idx = _tcp.FLAG_IDX[buf[l4 + 13]]
+            if idx >= 0 and not cp.flags & 0x0080 and pd.state_table[_tcp.OUTPUT + idx][old] == old:
+                cp.timeout = pd.timeout_table[old]  # the state stays: only the timeout
+            else:
+                _tcp.set_state(cp, pd, _tcp.OUTPUT, buf[l4 + 13])
         else:
             _udp.state_transition(cp, self._udp)
             _tcp.assure_template(cp)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        ipvs.conn_tab.put(cp, now)
+        exp = now + cp.timeout  # ip_vs_conn_put, inlined
+        cp.expires = exp
+        if cp.wheel_at < 0 or exp < cp.wheel_at:
+            ipvs.conn_tab._file(cp, exp)
         return verdict
 
     def _nat_icmp_send(self, buf: bytearray, l3: int, l4: int, end: int, proto: int) -> bool:
