@@ -1373,45 +1373,33 @@ class Ipvsadm:
         if (not options & illegal and required & ~options == 0
                 and (options & exclusive) & ((options & exclusive) - 1) == 0):
             return  # nothing to complain about: skip the walk that finds the first complaint
-        row = COMMANDS_V_OPTIONS[command - 1]
-        last = 0
-        count = 0
-        for j, legal in enumerate(row):
-            if not options & _opt(j):
-                if legal == "+":
-                    self.fail(2, f"You need to supply the '{OPTNAMES[j]}' option for the "
-                                 f"'{CMDNAMES[command - 1]}' command")
-            else:
-                if legal == "x":
-                    self.fail(2, f"Illegal '{OPTNAMES[j]}' option with the '{CMDNAMES[command - 1]}' command")
-                if legal == "1":
-                    count += 1
-                    if count == 1:
-                        last = j
-                        continue
-                    self.fail(2, f"The option '{OPTNAMES[j]}' conflicts with the '{OPTNAMES[last]}' option "
-                                 f"in the '{CMDNAMES[command - 1]}' command")
+        self._legality_walk(COMMANDS_V_OPTIONS[command - 1], range(len(COMMANDS_V_OPTIONS[command - 1])),
+                            options, f"'{CMDNAMES[command - 1]}' command")
 
     def tunnel_opt_check(self, tun_type: int, options: int) -> None:
-        row = TUNNEL_TYPES_V_OPTIONS[tun_type]
+        self._legality_walk(TUNNEL_TYPES_V_OPTIONS[tun_type], TUNOPTS, options,
+                            f"'{TUNNAMES[tun_type]}' tunnel type")
+
+    def _legality_walk(self, row, optidx, options: int, subject: str) -> None:
+        """The walk of ipvsadm's generic_opt_check / tunnel_opt_check: for
+        each option of a legality row ('+' required, 'x' illegal, '1' at most
+        one of the '1's), fail with ipvsadm's message for the first problem."""
         last = 0
         count = 0
-        for j, legal in enumerate(row):
-            k = TUNOPTS[j]
+        for legal, k in zip(row, optidx, strict=True):
             if not options & _opt(k):
                 if legal == "+":
-                    self.fail(2, f"You need to supply the '{OPTNAMES[k]}' option for the "
-                                 f"'{TUNNAMES[tun_type]}' tunnel type")
+                    self.fail(2, f"You need to supply the '{OPTNAMES[k]}' option for the {subject}")
             else:
                 if legal == "x":
-                    self.fail(2, f"Illegal '{OPTNAMES[k]}' option with the '{TUNNAMES[tun_type]}' tunnel type")
+                    self.fail(2, f"Illegal '{OPTNAMES[k]}' option with the {subject}")
                 if legal == "1":
                     count += 1
                     if count == 1:
                         last = k
                         continue
                     self.fail(2, f"The option '{OPTNAMES[k]}' conflicts with the '{OPTNAMES[last]}' option "
-                                 f"in the '{TUNNAMES[tun_type]}' tunnel type")
+                                 f"in the {subject}")
 
     # ------------------------------------------------------------ running
 
