@@ -271,7 +271,8 @@ class AFPacketDriver:
         self.svc_keys = keys
         svcs = {(s.addr, s.protocol, s.port) for s in ipvs.svc_table.values()
                 if s.af == socket.AF_INET and not s.fwmark}
-        vips = {_I.unpack(a)[0] for a, _, _ in svcs} | self.fwmark_vips()
+        fw_vips = self.fwmark_vips()
+        vips = {_I.unpack(a)[0] for a, _, _ in svcs} | fw_vips
         if self.outer.ring is not None:
             # Gratuitous ARP for each new VIP, so neighbours that knew it at
             # another MAC (a director that failed over) learn ours at once.
@@ -289,7 +290,8 @@ class AFPacketDriver:
                 ring.set_filter(self.filter_for(p))
         if self.mode == "shared" and getattr(self, "_nft_ready", False):
             try:
-                nft.sync_services(svcs)
+                # fwmark VIPs join the drop set like any VIP (it is by address).
+                nft.sync_services(svcs | {(_I.pack(a), socket.IPPROTO_TCP, 0) for a in fw_vips})
             except (OSError, RuntimeError) as e:
                 # The kernel then also answers the new services: loud, not fatal.
                 log.error("updating the nftables service set failed: %s", e)

@@ -365,3 +365,22 @@ def test_fwmark_service_vips_come_from_the_mark_rules():
     r.lab.ipvs.marks.flush()
     r.drv.on_idle(r.now)
     assert ip4("203.0.113.20") not in r.drv.vips
+
+
+def test_shared_mode_hides_fwmark_vips_from_the_kernel_too(monkeypatch):
+    """In shared mode the nftables drop set is by address: fwmark VIPs join it."""
+    import ipaddress
+
+    from ipvs.driver import nft
+    from ipvs.fwmark import MarkRule
+
+    seen = []
+    monkeypatch.setattr(nft, "sync_services", lambda svcs: seen.append(set(svcs)))
+    r = Rig(mode="shared")
+    r.drv._nft_ready = True
+    su = r.lab.service("0.0.0.0", 0, sched="rr", fwmark=3)
+    r.lab.dest(su, RS1, 0)
+    r.lab.ipvs.marks.add(MarkRule(3, daddr="203.0.113.16/30"))
+    r.drv.on_idle(r.now)
+    addrs = {ipaddress.ip_address(a) for a, _p, _port in seen[-1]}
+    assert {ipaddress.ip_address(f"203.0.113.{i}") for i in range(16, 20)} | {ipaddress.ip_address(VIP)} <= addrs
