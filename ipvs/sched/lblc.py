@@ -84,7 +84,7 @@ class LBLCEntry:
     lastuse: int
 
 
-class LocalityTable:
+class LocalityTable(Scheduler):
     """The entry table and its lazily-run collection timer.
 
     Shared by lblc and lblcr: subclasses name the expiration setting and
@@ -93,7 +93,8 @@ class LocalityTable:
 
     expiration_setting = "lblc_expiration"
 
-    def __init__(self) -> None:
+    def __init__(self, svc: Service) -> None:
+        super().__init__(svc)
         self.entries: dict[bytes, object] = {}
         self.rover = 0
         self.counter = 1
@@ -109,6 +110,14 @@ class LocalityTable:
     def _hz(self) -> int:
         netns = getattr(self, "netns", None)
         return netns.hz if netns is not None else HZ
+
+    def done_service(self) -> None:
+        self.flush()
+
+    def expire_due(self, now: int) -> None:
+        """Run the collection if its 60 s timer is due (lazily, from schedule)."""
+        if self.next_check is None or now >= self.next_check:
+            self.expire(now)
 
     def expire(self, now: int) -> None:
         """Run every 60 s collection due by ``now`` (``check_expire``)."""
@@ -172,21 +181,13 @@ class LocalityTable:
 
 
 @register_scheduler
-class LBLC(LocalityTable, Scheduler):
+class LBLC(LocalityTable):
     """``ip_vs_lblc_scheduler``."""
 
     name = "lblc"
 
-    def __init__(self, svc: Service) -> None:
-        Scheduler.__init__(self, svc)
-        LocalityTable.__init__(self)
-
-    def done_service(self) -> None:
-        self.flush()
-
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
-        if self.next_check is None or now >= self.next_check:
-            self.expire(now)
+        self.expire_due(now)
         svc = self.svc
         daddr = iph.daddr
         en = self.entries.get(daddr)

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched import IPHdr, register_scheduler, scheduler_err
 from ipvs.sched.lblc import LocalityTable, overloaded
 from ipvs.sched.wlc import wlc_pick
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ctl import Dest
 
 
 @attrs.define(slots=True, eq=False)
@@ -105,22 +105,14 @@ class LBLCREntry:
 
 
 @register_scheduler
-class LBLCR(LocalityTable, Scheduler):
+class LBLCR(LocalityTable):
     """``ip_vs_lblcr_scheduler``."""
 
     name = "lblcr"
     expiration_setting = "lblcr_expiration"
 
-    def __init__(self, svc: Service) -> None:
-        Scheduler.__init__(self, svc)
-        LocalityTable.__init__(self)
-
-    def done_service(self) -> None:
-        self.flush()
-
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
-        if self.next_check is None or now >= self.next_check:
-            self.expire(now)
+        self.expire_due(now)
         svc = self.svc
         daddr = iph.daddr
         en = self.entries.get(daddr)
