@@ -276,14 +276,7 @@ class Director:
         tr = self.trace
         old = cp.state
         if proto == IPPROTO_TCP:
-            pd = self._tcp
-            idx = _tcp.FLAG_IDX[tcp_flags]
-            if idx >= 0 and not cp.flags & 0x0080 and pd.state_table[idx][old] == old:
-                # The common case, the state stays (an ACK on ESTABLISHED):
-                # set_tcp_state only refreshes the timeout.
-                cp.timeout = pd.timeout_table[old]
-            else:
-                _tcp.set_state(cp, pd, _tcp.INPUT, tcp_flags)
+            _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
         else:
             _udp.state_transition(cp, self._udp)
         if cp.flags & 7 == IP_VS_CONN_F_MASQ:
@@ -539,12 +532,7 @@ class Director:
             st.outbytes += n
         old = cp.state
         if proto == IPPROTO_TCP:
-            pd = self._tcp
-            idx = _tcp.FLAG_IDX[buf[l4 + 13]]
-            if idx >= 0 and not cp.flags & 0x0080 and pd.state_table[_tcp.OUTPUT + idx][old] == old:
-                cp.timeout = pd.timeout_table[old]  # the state stays: only the timeout
-            else:
-                _tcp.set_state(cp, pd, _tcp.OUTPUT, buf[l4 + 13])
+            _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
         else:
             _udp.state_transition(cp, self._udp)
             _tcp.assure_template(cp)
