@@ -661,13 +661,6 @@ class Director:
 
     # ------------------------------------------------------------- expiry
 
-    def _conn_put(self, cp: _conn.Connection, now: int) -> None:  # used by the ICMP path
-        """``ip_vs_conn_put``: restart the timer; one-packet conns die now."""
-        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self._conn_expire(cp, now)
-        else:
-            self.ipvs.conn_tab.put(cp, now)
-
     def _conn_expire(self, cp: _conn.Connection, now: int) -> None:
         """``ip_vs_conn_expire``: free ``cp``, or re-arm it while it controls others."""
         tab = self.ipvs.conn_tab
