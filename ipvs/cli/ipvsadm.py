@@ -695,31 +695,29 @@ def cmp_services(s1: ServiceEntry, s2: ServiceEntry) -> int:
     r = s1.protocol - s2.protocol
     if r:
         return r
-    if s1.af == AF_INET6:
-        for a, b in zip(_words(s1.addr), _words(s2.addr), strict=True):
-            r = _wrap(a, b)
-            if r:
-                break
-    else:
-        r = _wrap(_words(s1.addr)[0], _words(s2.addr)[0])
-    if r:
-        return r
-    return s1.port - s2.port
+    return _cmp_addr_port(s1, s2)
 
 
 def cmp_dests(d1: DestEntry, d2: DestEntry) -> int:
     """``ipvs_cmp_dests`` (the first entry's family decides the width)."""
+    return _cmp_addr_port(d1, d2)
+
+
+def _cmp_addr_port(e1, e2) -> int:
+    """The address then port comparison both ipvsadm comparators end with:
+    32-bit words compared with C's wrapping int difference (the first
+    entry's family decides how many words), then the ports."""
     r = 0
-    if d1.af == AF_INET6:
-        for a, b in zip(_words(d1.addr), _words(d2.addr), strict=True):
+    if e1.af == AF_INET6:
+        for a, b in zip(_words(e1.addr), _words(e2.addr), strict=True):
             r = _wrap(a, b)
             if r:
                 break
     else:
-        r = _wrap(_words(d1.addr)[0], _words(d2.addr)[0])
+        r = _wrap(_words(e1.addr)[0], _words(e2.addr)[0])
     if r:
         return r
-    return d1.port - d2.port
+    return e1.port - e2.port
 
 
 def glibc_qsort(items: list, cmp: Callable[[Any, Any], int]) -> list:
