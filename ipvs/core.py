@@ -262,17 +262,11 @@ class Director:
                 return self._leave(svc, buf, l3, end, iph)
         dest = cp.dest
         if dest is not None:
-            # ip_vs_in_stats: dest, its service, the instance total.
-            n = end - l3
+            # ip_vs_in_stats (inlined, the per-packet path).  The dest's
+            # counts reach its service and the total through Stats.push.
             st = dest.stats
             st.inpkts += 1
-            st.inbytes += n
-            st = dest.svc.stats
-            st.inpkts += 1
-            st.inbytes += n
-            st = ipvs.tot_stats
-            st.inpkts += 1
-            st.inbytes += n
+            st.inbytes += end - l3
         tr = self.trace
         old = cp.state
         if proto == IPPROTO_TCP:
@@ -377,7 +371,7 @@ class Director:
         )
         if cp is None:
             return None, -1
-        self._conn_stats(cp, svc)
+        self._conn_stats(cp)
         return cp, 0
 
     def _sched_persist(
@@ -436,7 +430,7 @@ class Director:
             return None, -1
         tab.control_add(cp, ct)
         tab.put(ct, now)
-        self._conn_stats(cp, svc)
+        self._conn_stats(cp)
         return cp, 0
 
     def _check_template(self, ct: _conn.Connection) -> bool:
@@ -475,11 +469,11 @@ class Director:
             app.bind_conn(self.ipvs, cp)
         return cp
 
-    def _conn_stats(self, cp: _conn.Connection, svc) -> None:
-        """``ip_vs_conn_stats``: one more connection for dest, service, total."""
+    @staticmethod
+    def _conn_stats(cp: _conn.Connection) -> None:
+        """``ip_vs_conn_stats``: one more connection for the dest (and so,
+        through Stats.push, for its service and the total)."""
         cp.dest.stats.conns += 1
-        svc.stats.conns += 1
-        self.ipvs.tot_stats.conns += 1
 
     def _no_dest(self, svc) -> None:
         from ipvs.sched import scheduler_err
@@ -517,19 +511,10 @@ class Director:
             return verdict
         dest = cp.dest
         if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
-            # ip_vs_out_stats: only while the dest is available (not deleted).
-            n = end - l3
+            # ip_vs_out_stats (inlined): only while the dest is available.
             st = dest.stats
             st.outpkts += 1
-            st.outbytes += n
-            svc = dest.svc
-            if svc is not None:
-                st = svc.stats
-                st.outpkts += 1
-                st.outbytes += n
-            st = ipvs.tot_stats
-            st.outpkts += 1
-            st.outbytes += n
+            st.outbytes += end - l3
         old = cp.state
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
@@ -603,9 +588,7 @@ class Director:
         if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
             ipvs.drops[Drop.BAD_CSUM] += 1
             return NF_DROP
-        dest = cp.dest
-        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
-            self._in_stats(cp, h)
+        self._in_stats(cp, h)
         if cp.flags & 7 != IP_VS_CONN_F_MASQ:
             verdict = NF_ACCEPT
         else:
@@ -615,23 +598,23 @@ class Director:
         # ip_vs_in_icmp also ends with __ip_vs_conn_put (no timer restart).
         return verdict
 
-    def _in_stats(self, cp, h: IPHeader) -> None:
-        n = h.end - h.l3
-        for st in (cp.dest.stats, cp.dest.svc.stats, self.ipvs.tot_stats):
-            st.inpkts += 1
-            st.inbytes += n
-
-    def _out_stats(self, cp, h: IPHeader) -> None:
+    @staticmethod
+    def _in_stats(cp, h: IPHeader) -> None:
+        """``ip_vs_in_stats`` for the ICMP paths."""
         dest = cp.dest
-        if dest is None or not dest.flags & IP_VS_DEST_F_AVAILABLE:
-            return
-        n = h.end - h.l3
-        stats = [dest.stats, self.ipvs.tot_stats]
-        if dest.svc is not None:
-            stats.append(dest.svc.stats)
-        for st in stats:
+        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
+            st = dest.stats
+            st.inpkts += 1
+            st.inbytes += h.end - h.l3
+
+    @staticmethod
+    def _out_stats(cp, h: IPHeader) -> None:
+        """``ip_vs_out_stats`` for the ICMP paths."""
+        dest = cp.dest
+        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
+            st = dest.stats
             st.outpkts += 1
-            st.outbytes += n
+            st.outbytes += h.end - h.l3
 
     # ----------------------------------------------------------------- apps
 

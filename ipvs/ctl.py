@@ -569,6 +569,9 @@ def _update_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, u: DestUser, add: bo
     dest.l_threshold = u.l_threshold
     dest.svc = svc
     if add:
+        # The dest's counts reach its service's and the total's counters
+        # through Stats.push (see ipvs.est).
+        dest.stats.parents = (svc.stats, ipvs.tot_stats)
         ipvs.est.start(dest.stats)
         svc.destinations.insert(0, dest)  # the head: newest first
         if svc.scheduler is not None:

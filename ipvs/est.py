@@ -1,19 +1,37 @@
 """Counters and the 2-second rate estimator.
 
-Mirrors ``net/netfilter/ipvs/ip_vs_est.c`` and ``struct ip_vs_stats`` /
-``struct ip_vs_kstats`` from ``include/net/ip_vs.h``.
+Mirrors ``net/netfilter/ipvs/ip_vs_est.c`` (kernel 6.1) and
+``struct ip_vs_stats`` / ``struct ip_vs_kstats`` from
+``include/net/ip_vs.h``.
 
 Every service, every destination and the instance as a whole own a
-:class:`Stats`.  The packet path only adds to the five raw counters; the
-estimator runs every two seconds of ``now`` (jiffies) and keeps scaled
-exponentially weighted averages exactly as the kernel does (``<< 9`` for
-counts, ``<< 4`` for bytes, weight 1/4), so ``ipvsadm --rate`` reads the
-same numbers.
+:class:`Stats`.  As in the kernel, the counters have two layers:
 
-Differences from the kernel: counters are not per CPU (the core is one
-thread); ``/proc/net/ip_vs_stats_percpu`` shows all traffic on CPU 0.  The
-6.2+ kthread estimator spreads work over 50 ticks but computes the same
-figures; here one call per period does it.
+* the live counters (``conns`` ... ``outbytes``), the kernel's per-CPU
+  ``cpustats`` summed; the packet path adds to them;
+* ``kstats``, the snapshot the estimator takes of the live counters every
+  two seconds (``ip_vs_read_cpu_stats`` in ``estimation_timer``).
+
+Listings and ``/proc/net/ip_vs_stats`` show ``kstats - kstats0`` (the
+zero point ``ipvsadm -Z`` sets), so in 6.1 a counter appears up to two
+seconds after the packet, and not at all while ``run_estimation`` is 0.
+The rates are the kernel's scaled exponentially weighted averages (``<< 9``
+for counts, ``<< 4`` for bytes, weight 1/4), so ``ipvsadm --rate`` reads
+the same numbers.
+
+Where this differs from the kernel, and why:
+
+* The kernel's packet path adds each packet to three per-CPU counter sets:
+  the destination's, its service's and the instance total.  Here the
+  packet path adds to the destination's only, and a destination hands
+  what it counted since last time to its :attr:`~Stats.parents` (its
+  service and the total; :meth:`~Stats.push`) when the estimator runs and
+  when it leaves its service.  Every snapshot the estimator takes
+  is the same as the kernel's; the per-packet cost is a third.
+* Counters are not per CPU (the core is one thread);
+  ``/proc/net/ip_vs_stats_percpu`` shows all traffic on CPU 0.
+* The 6.2+ kthread estimator spreads work over 50 ticks but computes the
+  same figures; here one call per period does it.
 """
 
 from __future__ import annotations
@@ -26,40 +44,47 @@ EST_PERIOD_S = 2
 COUNTERS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 
 
+_ZERO5 = (0, 0, 0, 0, 0)
+
+
 @attrs.define(slots=True, eq=False)
 class Stats:
-    """Raw counters, the zero point and the rate estimate of one object."""
+    """Live counters, their snapshot, the zero point and the rate estimate
+    of one object (``struct ip_vs_stats``)."""
 
+    # The live counters: the kernel's per-CPU counters, summed.
     conns: int = 0
     inpkts: int = 0
     outpkts: int = 0
     inbytes: int = 0
     outbytes: int = 0
-    # Snapshot taken by ``ipvsadm -Z``: shown values are current - zero.
-    zero: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
-    # Estimator state (struct ip_vs_estimator): last raw counts and the
+    #: ``kstats``: the live counters as the estimator last read them.
+    kstats: tuple[int, int, int, int, int] = _ZERO5
+    #: ``kstats0``: the snapshot ``ipvsadm -Z`` took; shown = kstats - zero.
+    zero: tuple[int, int, int, int, int] = _ZERO5
+    # Estimator state (struct ip_vs_estimator): last counts and the
     # scaled averages.
-    last: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    last: tuple[int, int, int, int, int] = _ZERO5
     cps: int = 0
     inpps: int = 0
     outpps: int = 0
     inbps: int = 0
     outbps: int = 0
+    #: A destination's service and instance totals: the Stats its traffic
+    #: also counts in (see the module docstring), and how much of its live
+    #: counters they have been given.
+    parents: tuple[Stats, ...] = ()
+    pushed: tuple[int, int, int, int, int] = _ZERO5
 
     def raw(self) -> tuple[int, int, int, int, int]:
-        """The counters since creation, ignoring ``-Z`` (per-CPU view)."""
+        """The live counters since creation, ignoring ``-Z`` (per-CPU view)."""
         return (self.conns, self.inpkts, self.outpkts, self.inbytes, self.outbytes)
 
     def counters(self) -> tuple[int, int, int, int, int]:
-        """The counters since the last zeroing, as ``--stats`` shows them."""
+        """The snapshot since the last zeroing, as ``--stats`` shows it."""
+        k = self.kstats
         z = self.zero
-        return (
-            self.conns - z[0],
-            self.inpkts - z[1],
-            self.outpkts - z[2],
-            self.inbytes - z[3],
-            self.outbytes - z[4],
-        )
+        return (k[0] - z[0], k[1] - z[1], k[2] - z[2], k[3] - z[3], k[4] - z[4])
 
     def rates(self) -> tuple[int, int, int, int, int]:
         """Rounded rates per second (``ip_vs_read_estimator``)."""
@@ -71,9 +96,26 @@ class Stats:
             (self.outbps + 0xF) >> 5,
         )
 
-    def estimate(self) -> None:
-        """One estimator period: fold the last two seconds into the EWMA."""
+    def push(self) -> None:
+        """Add what was counted here since the last push to the parents."""
         cur = self.raw()
+        old = self.pushed
+        if cur == old:
+            return
+        d0, d1, d2, d3, d4 = (cur[0] - old[0], cur[1] - old[1], cur[2] - old[2], cur[3] - old[3],
+                              cur[4] - old[4])
+        for p in self.parents:
+            p.conns += d0
+            p.inpkts += d1
+            p.outpkts += d2
+            p.inbytes += d3
+            p.outbytes += d4
+        self.pushed = cur
+
+    def estimate(self) -> None:
+        """One estimator period: snapshot the counters, fold the last two
+        seconds into the EWMA."""
+        cur = self.kstats = self.raw()
         last = self.last
         # rate = delta << 9 scales by 2^10 and divides by the 2 s period;
         # est += (rate - est) >> 2 is the kernel's 1/4 weight (arithmetic
@@ -92,9 +134,9 @@ class Stats:
         return all(((0 - e) >> 2) + e == e for e in (self.cps, self.inpps, self.outpps, self.inbps, self.outbps))
 
     def zero_stats(self) -> None:
-        """``ip_vs_zero_stats``: new zero point, estimator restarted."""
-        self.zero = self.raw()
-        self.last = self.raw()
+        """``ip_vs_zero_stats``: the snapshot becomes the zero point, the
+        estimator restarts from it."""
+        self.zero = self.last = self.kstats
         self.cps = self.inpps = self.outpps = self.inbps = self.outbps = 0
 
 
@@ -116,7 +158,16 @@ class Estimator:
         self.stats[stats] = None
 
     def stop(self, stats: Stats) -> None:
+        """No more estimates for ``stats``; a destination's counts so far
+        stay in its service's and the total's counters."""
+        stats.push()
         self.stats.pop(stats, None)
+
+    def push(self) -> None:
+        """Bring every service's and the total's live counters up to date."""
+        for s in self.stats:
+            if s.parents:
+                s.push()
 
     def run(self, now: int) -> None:
         period = EST_PERIOD_S * self.hz
@@ -126,6 +177,7 @@ class Estimator:
         rounds = 0
         while now >= self.next_run:
             if self.enabled:
+                self.push()
                 for s in self.stats:
                     s.estimate()
             self.next_run += period

@@ -232,6 +232,9 @@ def _render_ip_vs_stats(ipvs: NetnsIPVS) -> str:
 
 def _render_ip_vs_stats_percpu(ipvs: NetnsIPVS, ncpu: int | None) -> str:
     st = ipvs.tot_stats
+    # The per-CPU rows are live counters; the "~" row is the estimator's
+    # snapshot (kstats, without the -Z zero point), as in 6.1.
+    ipvs.est.push()
     raw = st.raw()
     n = ncpu if ncpu is not None else (os.cpu_count() or 1)
     out = [
@@ -241,7 +244,7 @@ def _render_ip_vs_stats_percpu(ipvs: NetnsIPVS, ncpu: int | None) -> str:
     zero = (0, 0, 0, 0, 0)
     for i in range(max(n, 1)):
         out.append(f"{i:3X} {_row5(raw if i == 0 else zero)}\n")
-    out.append(f"  ~ {_row5(raw)}\n\n")
+    out.append(f"  ~ {_row5(st.kstats)}\n\n")
     out.append("     Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s\n")
     out.append(f"    {_row5(st.rates())}\n")
     return "".join(out)

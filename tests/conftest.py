@@ -16,6 +16,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 
 from ipvs import ctl, uapi
 from ipvs.core import Director
+from ipvs.est import EST_PERIOD_S
 from ipvs.netns import NetnsIPVS
 
 # The machine is shared: no per-example deadline, modest example counts.
@@ -114,6 +115,14 @@ def quoted_ip_valid(buf: bytes | bytearray) -> bool:
     return inet_csum(raw) == 0
 
 
+def estimator_period(ipvs: NetnsIPVS) -> None:
+    """Let one estimator period pass on ``ipvs`` (nothing else runs): what
+    was counted so far becomes what listings show, as in 6.1."""
+    ipvs.est.run(ipvs.now)
+    ipvs.now += EST_PERIOD_S * ipvs.hz
+    ipvs.est.run(ipvs.now)
+
+
 class Lab:
     """A director with NAT services configured like ``ipvsadm -A/-a``."""
 
@@ -165,5 +174,5 @@ def lab():
 
 __all__ = [
     "A", "HZ", "ICMP", "IP", "IPerror", "Lab", "MASQ", "TCP", "TCPerror", "UDP", "UDPerror", "checksums_valid",
-    "icmp_error", "inet_csum", "quoted_ip_valid", "scapy_recomputed", "scapy_valid", "tcp", "udp",
+    "estimator_period", "icmp_error", "inet_csum", "quoted_ip_valid", "scapy_recomputed", "scapy_valid", "tcp", "udp",
 ]

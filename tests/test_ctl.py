@@ -18,7 +18,7 @@ from ipvs.uapi import (
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_DEST_F_OVERLOAD,
 )
-from tests.conftest import HZ, A
+from tests.conftest import HZ, A, estimator_period
 
 VIP = A("203.0.113.5")
 
@@ -285,17 +285,21 @@ def test_zero_one_service_or_everything(ipvs):
     a = ctl.add_service(ipvs, su())
     b = ctl.add_service(ipvs, su(port=81))
     da = ctl.add_dest(ipvs, su(), du(2))
-    for st in (a.stats, b.stats, da.stats, ipvs.tot_stats):
+    db = ctl.add_dest(ipvs, su(port=81), du(3))
+    for st in (da.stats, db.stats):
         st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes = 1, 2, 3, 4, 5
-        st.cps = 1000
+    estimator_period(ipvs)
+    assert ipvs.tot_stats.counters() == (2, 4, 6, 8, 10)
     ctl.zero(ipvs, su())
     assert a.stats.counters() == da.stats.counters() == (0, 0, 0, 0, 0)
-    assert a.stats.rates() == (0, 0, 0, 0, 0)
+    assert a.stats.rates() == da.stats.rates() == (0, 0, 0, 0, 0)
     assert a.stats.raw() == (1, 2, 3, 4, 5)  # the per-CPU view keeps counting from creation
-    assert b.stats.counters() == (1, 2, 3, 4, 5)
-    assert ipvs.tot_stats.counters() == (1, 2, 3, 4, 5)
-    a.stats.conns += 1
-    assert a.stats.counters()[0] == 1
+    assert b.stats.counters() == db.stats.counters() == (1, 2, 3, 4, 5)
+    assert b.stats.rates() != (0, 0, 0, 0, 0)
+    assert ipvs.tot_stats.counters() == (2, 4, 6, 8, 10)
+    da.stats.conns += 1
+    estimator_period(ipvs)
+    assert a.stats.counters()[0] == da.stats.counters()[0] == 1
     ctl.zero(ipvs)
     assert b.stats.counters() == ipvs.tot_stats.counters() == (0, 0, 0, 0, 0)
 

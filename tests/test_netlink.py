@@ -13,6 +13,7 @@ from ipvs import netlink
 from ipvs.netlink import COMMANDS, SCHEMA_VERSION, LocalTransport, dispatch
 from ipvs.netns import NetnsIPVS
 from ipvs.uapi import AF_INET, AF_INET6, IP_VS_SVC_F_HASHED, IP_VS_SVC_F_PERSISTENT, IPPROTO_TCP, IPPROTO_UDP
+from tests.conftest import estimator_period
 
 SVC = {"af": AF_INET, "protocol": IPPROTO_TCP, "addr": "203.0.113.5", "port": 80}
 FULL = {**SVC, "sched_name": "wlc", "flags": {"flags": 0, "mask": 0xFFFFFFFF}, "timeout": 0, "netmask": 0xFFFFFFFF}
@@ -110,6 +111,7 @@ def test_stats_32_bit_view(ipvs):
     svc = next(iter(ipvs.svc_order))
     svc.stats.inpkts = 2**32 + 3
     svc.stats.inbytes = 2**40
+    estimator_period(ipvs)
     got = ok(ipvs, "GET_SERVICE", service=SVC)["service"]
     assert got["stats"]["inpkts"] == 3 and got["stats64"]["inpkts"] == 2**32 + 3
     assert got["stats"]["inbytes"] == got["stats64"]["inbytes"] == 2**40
@@ -119,6 +121,8 @@ def test_zero_flush_config_info(ipvs):
     ok(ipvs, "NEW_SERVICE", service=FULL)
     svc = next(iter(ipvs.svc_order))
     svc.stats.conns = 9
+    estimator_period(ipvs)
+    assert ok(ipvs, "GET_SERVICE", service=SVC)["service"]["stats"]["conns"] == 9
     ok(ipvs, "ZERO", service=SVC)
     assert ok(ipvs, "GET_SERVICE", service=SVC)["service"]["stats"]["conns"] == 0
     assert err(ipvs, "ZERO", service={**SVC, "port": 1}) == errno.ESRCH

@@ -312,7 +312,10 @@ def set_totals(ipvs: NetnsIPVS, stats_text: str) -> None:
     c = [int(x, 16) for x in lines[2].split()]
     r = [int(x, 16) for x in lines[5].split()]
     s = ipvs.tot_stats
+    # What the kernel showed is its estimator's snapshot (kstats); the live
+    # counters behind it are taken to be the same.
     s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes = c
+    s.kstats = tuple(c)
     # Estimates that read back as the recorded rates (<<10 for counts, <<5 for bytes).
     s.cps, s.inpps, s.outpps = (r[0] << 10, r[1] << 10, r[2] << 10)
     s.inbps, s.outbps = (r[3] << 5, r[4] << 5)
@@ -363,16 +366,23 @@ def test_after_traffic_matches_kernel(scenario):
     assert all(row[4:].split() == ["0"] * 5 for row in ours[3 : 2 + n])
 
 
-def test_zero_adjusts_stats_but_not_percpu():
+def test_stats_show_the_snapshot_and_percpu_the_live_counters():
     ipvs = NetnsIPVS(hz=HZ)
     s = ipvs.tot_stats
     s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes = 5, 10, 9, 1000, 900
+    ipvs.est.run(0)
+    ipvs.est.run(2 * HZ)  # the estimator's snapshot: kstats
     s.zero_stats()
-    s.conns += 1
+    s.conns += 1  # live, not in the snapshot yet
     stats = procfs.render(ipvs, "ip_vs_stats", NOW).splitlines()
-    assert stats[2].split() == ["1", "0", "0", "0", "0"]
+    assert stats[2].split() == ["0", "0", "0", "0", "0"]
     percpu = procfs.render(ipvs, "ip_vs_stats_percpu", NOW, ncpu=1).splitlines()
     assert percpu[2].split() == ["0", "6", "A", "9", "3E8", "384"]
+    # "~" is kstats itself, the zero point not taken off.
+    assert percpu[3].split() == ["~", "5", "A", "9", "3E8", "384"]
+    ipvs.est.run(4 * HZ)
+    assert procfs.render(ipvs, "ip_vs_stats", NOW).splitlines()[2].split() == ["1", "0", "0", "0", "0"]
+    percpu = procfs.render(ipvs, "ip_vs_stats_percpu", NOW, ncpu=1).splitlines()
     assert percpu[3].split() == ["~", "6", "A", "9", "3E8", "384"]
 
 

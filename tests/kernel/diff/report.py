@@ -53,10 +53,11 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("listings", r"listings-(before|after-traffic|set-zero-clear)\.jsonl#.*"): _SVC_ORDER,
     ("listings", r"(before-|during-|cleared-)?(ipvsadm-Ln.*|ipvsadm-S-n|proc-net-ip_vs)\.txt"): _SVC_ORDER,
     ("sysctl_effects", r"ipvsadm-Ln(-exact)?-stats\.txt"): (
-        "[pyipvs] counters lag in the kernel: 6.1's ipvsadm counters are the estimator's snapshot (kstats, "
-        "refreshed every 2 s by estimation_timer), and service :81's miss the last two connections, made less "
-        "than 2 s before the dump; PyIPVS (ipvs/est.py) shows live counters.  The kernel's per-CPU rows (read "
-        "live) and its totals have all 9; why the totals were refreshed and the service not is not established"),
+        "[offline] counters lag in the kernel: 6.1's ipvsadm counters are the estimator's snapshot (kstats, "
+        "refreshed every 2 s by estimation_timer, as in ipvs/est.py), and service :81's miss the last two "
+        "connections, made less than 2 s before the dump; the offline model puts a tick after the last frame "
+        "(offline.py: _estimator_phase).  The kernel's per-CPU rows (read live) and its totals have all 9; why "
+        "the totals were refreshed and the service not is not established"),
     ("sched_lblcr", r"proc-net-ip_vs\.txt"): (
         "[offline] the clock model's edge: two CLOSE connections of the last step expire within a second of "
         "the dump, already gone when the kernel read /proc/net/ip_vs, still inactive in PyIPVS's earlier "
@@ -80,10 +81,12 @@ ARTEFACTS: list[tuple[str, str, str]] = [
         "[golden] the kernel's state did not start empty: its 'before' listing already holds connections (or "
         "counters) of the scenario recorded before it in the same boot, and every later listing carries them")),
     ("stats_lag", r"(.*-)?(ipvsadm-Ln(-exact)?-stats|proc-net-ip_vs_stats)\.txt", (
-        "[pyipvs] counters lag in the kernel: 6.1's ipvsadm and /proc/net/ip_vs_stats counters are the "
-        "estimator's snapshot (kstats, refreshed every 2 s by estimation_timer), PyIPVS's (ipvs/est.py) are "
-        "live; the evidence: the kernel's own counters of one dump disagree (--stats against --exact --stats, "
-        "or the snapshot total against the sum of the live per-CPU rows)")),
+        "[offline] counters lag in the kernel: 6.1's ipvsadm and /proc/net/ip_vs_stats counters are the "
+        "estimator's snapshot (kstats, refreshed every 2 s by estimation_timer, as in ipvs/est.py), and its "
+        "phase is not recorded: the offline model puts a tick after the last frame (offline.py: "
+        "_estimator_phase), the kernel's came before; the evidence: the kernel's own counters of one dump "
+        "disagree (--stats against --exact --stats, or the snapshot total against the sum of the live per-CPU "
+        "rows)")),
     ("svc_order", r"(.*-)?proc-net-ip_vs\.txt", (
         "[inherent] service hash order: 6.1's ip_vs_svc_hashkey mixes in the address of the netns_ipvs "
         "structure, so /proc/net/ip_vs lists the same services in another order after every boot")),
