@@ -144,8 +144,12 @@ class Director:
             return self._icmp(buf, parse(buf, l3), now)
         else:
             return NF_ACCEPT
-        # The header slice saddr|daddr|sport|dport is the key of both tables.
-        key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
+        # The header slice saddr|daddr|sport|dport is the key of both tables
+        # (one slice when no IP options sit between the addresses and ports).
+        if ihl == 20:
+            key = _PFX[proto] + buf[l3 + 12 : l3 + 24]
+        else:
+            key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
         # ip_vs_out first: is this a reply of a connection?
         cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
