@@ -160,6 +160,21 @@ class Director:
             return NF_DROP
         return self._in(buf, l3, l4, end, proto, key, now, csum_partial)
 
+    def local_out(self, buf: bytearray, l3: int, now: int) -> int:
+        """The LOCAL_OUT hooks (``ip_vs_local_reply4``, ``ip_vs_local_request4``)
+        for an ICMP error the director itself generated, e.g. the host
+        unreachable the driver sends when a next hop does not resolve.
+
+        The related-ICMP rewrite of :meth:`process`, without the TTL step
+        that stands for ``ip_forward`` there: a locally generated packet
+        is not forwarded.  Anything else is NF_ACCEPT (send it as it is).
+        """
+        h = parse(buf, l3)
+        if type(h) is not IPHeader or h.protocol != IPPROTO_ICMP or not self.ipvs.enable:
+            return NF_ACCEPT
+        self.ipvs.now = now
+        return self._icmp(buf, h, now, forwarded=False)
+
     def _not_ipv4(self, buf: bytearray, l3: int) -> int:
         h = parse(buf, l3)
         if type(h) is not IPHeader:
@@ -548,8 +563,9 @@ class Director:
 
     # ----------------------------------------------------------------- ICMP
 
-    def _icmp(self, buf: bytearray, h: IPHeader, now: int) -> int:
-        """``ip_vs_out_icmp`` then ``ip_vs_in_icmp`` for an ICMP packet."""
+    def _icmp(self, buf: bytearray, h: IPHeader, now: int, forwarded: bool = True) -> int:
+        """``ip_vs_out_icmp`` then ``ip_vs_in_icmp`` for an ICMP packet
+        (``forwarded`` False: generated here, see :meth:`local_out`)."""
         ipvs = self.ipvs
         if h.fragoffs or h.more_frags:
             ipvs.drops[Drop.FRAGMENT] += 1
@@ -575,10 +591,11 @@ class Director:
             if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1
                 return NF_DROP
-            if buf[h.l3 + 8] <= 1:
-                ipvs.drops[Drop.TTL_EXCEEDED] += 1
-                return NF_DROP
-            buf[h.l3 + 8] -= 1  # forwarded by the kernel before ip_vs_out
+            if forwarded:
+                if buf[h.l3 + 8] <= 1:
+                    ipvs.drops[Drop.TTL_EXCEEDED] += 1
+                    return NF_DROP
+                buf[h.l3 + 8] -= 1  # forwarded by the kernel before ip_vs_out
             nat_icmp(buf, h, q, cp, inout=True)
             self._out_stats(cp, h)
             if self.trace is not None:
