@@ -18,6 +18,7 @@ DR and TUN come with their own issue; their connections would get
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from ipvs.packet import (
@@ -40,6 +41,13 @@ from ipvs.proto.icmp import Quoted, build_error
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.netns import NetnsIPVS
+
+#: Write a 4-byte address / 2-byte port into the frame.  Slice assignment
+#: (``buf[a:b] = value``) copies a ``bytes`` value into a temporary
+#: ``bytearray`` first (CPython's bytearray_ass_subscript); these do not,
+#: which halves the cost of the two writes a NAT rewrite makes.
+_put_addr = struct.Struct("4s").pack_into
+_put_port = struct.Struct("2s").pack_into
 
 NF_DROP = 0
 NF_ACCEPT = 1
@@ -91,8 +99,8 @@ def _rewrite(
     full recompute bit for bit.
     """
     buf[l3 + 8] -= 1
-    buf[l3 + addr_off : l3 + addr_off + 4] = new_addr
-    buf[l4 + port_off : l4 + port_off + 2] = new_port
+    _put_addr(buf, l3 + addr_off, new_addr)
+    _put_port(buf, l4 + port_off, new_port)
     # IP header checksum: the address delta, and 0xFEFF for the TTL word
     # going down by 0x0100.
     s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
