@@ -60,6 +60,15 @@ _H = struct.Struct("!H")
 _HH = struct.Struct("!HH")
 _I = struct.Struct("!I")
 
+#: ``put_addr4(buf, offset, addr)`` / ``put_port(buf, offset, port)``:
+#: write a 4-byte address or a 2-byte port (``bytes``, network order) into
+#: a frame.  Slice assignment (``buf[a:b] = value``) would first copy a
+#: ``bytes`` value into a temporary ``bytearray`` (CPython's
+#: ``bytearray_ass_subscript``), which costs more than the rest of a NAT
+#: rewrite; ``pack_into`` writes straight from it.
+put_addr4 = struct.Struct("4s").pack_into
+put_port = struct.Struct("2s").pack_into
+
 
 class Drop(enum.IntEnum):
     """Why a packet was dropped or not handled; each has a counter."""

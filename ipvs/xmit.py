@@ -18,7 +18,6 @@ DR and TUN come with their own issue; their connections would get
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from ipvs.packet import (
@@ -35,19 +34,14 @@ from ipvs.packet import (
     ip_send_check,
     l4_csum_full,
     parse,
+    put_addr4,
+    put_port,
 )
 from ipvs.proto.icmp import Quoted, build_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.netns import NetnsIPVS
-
-#: Write a 4-byte address / 2-byte port into the frame.  Slice assignment
-#: (``buf[a:b] = value``) copies a ``bytes`` value into a temporary
-#: ``bytearray`` first (CPython's bytearray_ass_subscript); these do not,
-#: which halves the cost of the two writes a NAT rewrite makes.
-_put_addr = struct.Struct("4s").pack_into
-_put_port = struct.Struct("2s").pack_into
 
 NF_DROP = 0
 NF_ACCEPT = 1
@@ -99,8 +93,8 @@ def _rewrite(
     full recompute bit for bit.
     """
     buf[l3 + 8] -= 1
-    _put_addr(buf, l3 + addr_off, new_addr)
-    _put_port(buf, l4 + port_off, new_port)
+    put_addr4(buf, l3 + addr_off, new_addr)
+    put_port(buf, l4 + port_off, new_port)
     # IP header checksum: the address delta, and 0xFEFF for the TTL word
     # going down by 0x0100.
     s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
@@ -187,11 +181,11 @@ def nat_icmp(buf: bytearray, h: IPHeader, q: Quoted, cp: Connection, inout: bool
     quoted L4 checksum is left alone, as in the kernel.
     """
     if inout:
-        buf[h.saddr : h.saddr + 4] = cp.vaddr
-        buf[q.daddr : q.daddr + 4] = cp.vaddr
+        put_addr4(buf, h.saddr, cp.vaddr)
+        put_addr4(buf, q.daddr, cp.vaddr)
     else:
-        buf[h.daddr : h.daddr + 4] = cp.daddr
-        buf[q.saddr : q.saddr + 4] = cp.daddr
+        put_addr4(buf, h.daddr, cp.daddr)
+        put_addr4(buf, q.saddr, cp.daddr)
     ip_send_check(buf, q.l3)
     if q.protocol in (IPPROTO_TCP, IPPROTO_UDP) and q.l4 + 4 <= h.end:
         if inout:

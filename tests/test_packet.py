@@ -248,3 +248,15 @@ def test_l4_csum_full_partial_writes_the_pseudo_header_sum():
     P.l4_csum_full(pkt, h, partial=True)
     words = bytes(pkt[12:20]) + b"\x00\x06" + (len(pkt) - 20).to_bytes(2, "big")
     assert int.from_bytes(pkt[36:38], "big") == ~inet_csum(words) & 0xFFFF
+
+
+@given(st.binary(min_size=30, max_size=80), st.binary(min_size=4, max_size=4), st.binary(min_size=2, max_size=2),
+       st.integers(0, 20))
+def test_put_addr4_and_put_port_write_in_place_and_nothing_else(frame, addr, port, off):
+    buf = bytearray(frame)
+    want = bytearray(frame)
+    want[off : off + 4] = addr
+    want[off + 6 : off + 8] = port
+    P.put_addr4(buf, off, addr)
+    P.put_port(buf, off + 6, port)
+    assert buf == want and len(buf) == len(frame)

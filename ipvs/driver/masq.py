@@ -39,6 +39,7 @@ from ipvs.packet import (
     icmp_checksum,
     ip_send_check,
     l4_csum_nat,
+    put_addr4,
 )
 
 PORT_MASQ_BEGIN = 61000
@@ -191,7 +192,7 @@ class Masq:
         self._track(e, buf, l4, now, False)
         self.stats.out_packets += 1
         old_addr = bytes(buf[l3 + 12 : l3 + 16])
-        buf[l3 + 12 : l3 + 16] = self.maddr_b
+        put_addr4(buf, l3 + 12, self.maddr_b)
         ip_send_check(buf, l3)
         self._rewrite_l4(buf, proto, l4, 0, old_addr, self.maddr_b, sport, e.mport, partial)
         return True
@@ -230,7 +231,7 @@ class Masq:
         self._track(e, buf, l4, now, True)
         self.stats.in_packets += 1
         new_addr = _I.pack(e.saddr)
-        buf[l3 + 16 : l3 + 20] = new_addr
+        put_addr4(buf, l3 + 16, new_addr)
         ip_send_check(buf, l3)
         self._rewrite_l4(buf, proto, l4, 2, self.maddr_b, new_addr, mport, e.sport, partial)
         return True
@@ -257,7 +258,7 @@ class Masq:
         self.stats.in_packets += 1
         new_addr = _I.pack(e.saddr)
         # The quoted packet is the one the real server sent, as it left us.
-        buf[q + 12 : q + 16] = new_addr
+        put_addr4(buf, q + 12, new_addr)
         ip_send_check(buf, q)
         if qproto == IPPROTO_ICMP:
             _H.pack_into(buf, ql4 + 4, e.sport)
@@ -265,7 +266,7 @@ class Masq:
             _H.pack_into(buf, ql4, e.sport)
             # Quoted L4 checksums are often truncated away; the kernel leaves
             # them unless the whole datagram is there.  So do we.
-        buf[l3 + 16 : l3 + 20] = new_addr
+        put_addr4(buf, l3 + 16, new_addr)
         ip_send_check(buf, l3)
         _H.pack_into(buf, l4 + 2, icmp_checksum(buf, l4, end))
         return True
