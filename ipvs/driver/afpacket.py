@@ -31,6 +31,25 @@ to itself, route it if ``--forward`` says so, or drop it (counted, like a
 host with ``ip_forward=0``).  ICMP errors the core queues in
 ``ipvs.outbox`` are routed and sent the same way.
 
+A next hop that never answers ARP (:mod:`ipvs.driver.neigh`) gets each
+frame that was waiting for it answered with an ICMP host unreachable, as
+``arp_error_report`` -> ``ipv4_link_failure`` -> ``__icmp_send`` does: the
+error quotes the packet as it was about to leave (for IPVS traffic: after
+the DNAT, client -> real server), comes from the director's address on
+the route back to the sender (``__icmp_send`` leaves the source to the
+route lookup for a forwarded packet), then passes the core's LOCAL_OUT
+step (:meth:`ipvs.core.Director.local_out`, ``ip_vs_local_reply4``), which
+makes it about VIP:vport from the VIP and counts it in the real server's
+outgoing stats.  No error about an ICMP error, a non-first fragment, or
+to a source that is not unicast; one that would reach the director
+itself is only counted (``host_unreach_local``).
+
+ICMP errors the director generates are rate limited per destination as
+``icmpv4_xrlim_allow`` does (:class:`IcmpRateLimit`: the kernel's token
+bucket, ``icmp_ratelimit`` 1000 ms, burst 6, ``icmp_ratemask`` 0x1818,
+frag-needed exempt); the refused ones are counted in
+``drop_icmp_ratelimit``.
+
 Offloads stay on: frames carry a ``virtio_net_hdr`` (:mod:`ipvs.driver.ring`),
 GSO super-frames are handled whole and the core is told when a checksum is
 partial.  ``--strict-checksums`` turns TX checksumming and TSO off on the
@@ -40,7 +59,9 @@ computed in software and a wrong one is caught by the receivers.
 Differences from the kernel, and why: no IPv6 data path yet (the core
 passes IPv6 through); 802.1Q-tagged frames are dropped (use a VLAN
 device); routes are the connected networks plus ``--route`` entries, not
-the kernel's FIB; no ICMP rate limiting.
+the kernel's FIB; the global ICMP limit (``icmp_msgs_per_sec`` 1000,
+burst 50, whose credit is taken at random) is not modelled, only the
+per-destination one.
 """
 
 from __future__ import annotations
@@ -72,6 +93,8 @@ from ipvs.driver.neigh import (
 from ipvs.driver.ring import DIRECT_MIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
+    ICMP_ECHO,
+    ICMP_ECHOREPLY,
     ICMP_EXC_TTL,
     ICMP_FRAG_NEEDED,
     ICMP_PORT_UNREACH,
@@ -98,8 +121,17 @@ NF_DROP, NF_ACCEPT, NF_STOLEN = 0, 1, 2
 #: Offset of the IP header in a frame buffer: vnet header + Ethernet.
 L3 = VNET_HDR_LEN + 14
 ETH_IP = b"\x08\x00"
+ICMP_HOST_UNREACH = 1
 ICMP_PROT_UNREACH = 2
-ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+#: ICMP types that are errors (``icmp_pointers[type].error``): destination
+#: unreachable, source quench, redirect, time exceeded, parameter problem.
+ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
+NR_ICMP_TYPES = 18
+#: ``net.ipv4.icmp_ratelimit`` (ms) and ``net.ipv4.icmp_ratemask`` defaults:
+#: destination unreachable, source quench, time exceeded, parameter problem.
+ICMP_RATELIMIT_MS = 1000
+ICMP_RATEMASK = 0x1818
+XRLIM_BURST_FACTOR = 6
 
 _I = struct.Struct("!I")
 _H = struct.Struct("!H")
@@ -150,6 +182,46 @@ class Port:
         self.ring.flush()
 
 
+class IcmpRateLimit:
+    """``icmpv4_xrlim_allow``: a token bucket per destination of ICMP errors.
+
+    The kernel keeps the bucket in the destination's ``inet_peer``
+    (``inet_peer_xrlim_allow``): tokens are jiffies, one message costs
+    ``icmp_ratelimit`` of them, the bucket holds six messages and a new
+    peer starts full.  Types outside ``icmp_ratemask``, unknown types and
+    frag-needed (path MTU discovery) are never limited.
+    """
+
+    def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK) -> None:
+        self.cost = ratelimit_ms * hz // 1000  # msecs_to_jiffies
+        self.full = XRLIM_BURST_FACTOR * self.cost
+        self.mask = ratemask
+        #: destination -> [tokens, jiffies of the last message]
+        self.peers: dict[int, list[int]] = {}
+
+    def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
+        if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
+                (icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED):
+            return True
+        p = self.peers.get(daddr)
+        if p is None:
+            p = self.peers[daddr] = [self.full, now]
+        tokens = min(p[0] + now - p[1], self.full)
+        p[1] = now
+        ok = tokens >= self.cost
+        if ok:
+            tokens -= self.cost
+        p[0] = tokens
+        return ok
+
+    def expire(self, now: int) -> None:
+        """Forget the peers whose bucket has refilled: a new one starts full
+        anyway (the kernel's inet_peer garbage collection, simplified)."""
+        full = self.full
+        for daddr in [a for a, p in self.peers.items() if p[0] + now - p[1] >= full]:
+            del self.peers[daddr]
+
+
 class AFPacketDriver:
     """The daemon's data-path plug-in (see :mod:`ipvs.daemon`).
 
@@ -181,6 +253,7 @@ class AFPacketDriver:
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
         self.frags = Reassembler(self.hz)
+        self.icmp_limit = IcmpRateLimit(self.hz)
         self.masq = None
         if masq_nets:
             self.masq = Masq(masq_nets, self.outer.addr, self.hz, ports=masq_ports)
@@ -235,12 +308,17 @@ class AFPacketDriver:
         if now >= self._next_tick:
             self._next_tick = now + max(1, self.hz // 10)
             for p in self.ports:
-                for ip, mac in p.neigh.tick(now):
+                requests, unresolved = p.neigh.tick(now)
+                for ip, mac in requests:
                     self._arp_request(p, ip, mac)
+                for buf, _n in unresolved:
+                    self._host_unreach(buf)
                 if p.neigh.changed:
                     p.neigh.changed = False
                     self.dst_cache.clear()
             self.frags.expire(now)
+            if self.icmp_limit.peers:
+                self.icmp_limit.expire(now)
             if self.masq is not None:
                 self.masq.expire(now)
         self._after_batch()
@@ -520,12 +598,60 @@ class AFPacketDriver:
         _H.pack_into(buf, L3 + 10, (check + (check >> 16)) & 0xFFFF)
         return True
 
+    @staticmethod
+    def _about_icmp_error(buf: bytearray, end: int) -> bool:
+        """True if the packet at ``L3`` is an ICMP error (or of an unknown
+        type), which never gets an ICMP error in return (RFC 1122 3.2.2)."""
+        ihl = (buf[L3] & 15) << 2
+        if buf[L3 + 9] != IPPROTO_ICMP or end - L3 <= ihl:
+            return False
+        t = buf[L3 + ihl]
+        return t > NR_ICMP_TYPES or t in ICMP_ERROR_TYPES
+
     def _icmp_error(self, buf: bytearray, icmp_type: int, code: int, src: bytes, info: int = 0) -> None:
         end = L3 + (buf[L3 + 2] << 8 | buf[L3 + 3])
-        if buf[L3 + 9] == IPPROTO_ICMP and end - L3 > ((buf[L3] & 15) << 2) and \
-                buf[L3 + ((buf[L3] & 15) << 2)] not in (ICMP_ECHO, ICMP_ECHOREPLY, 13, 15, 17):
-            return  # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
+        if self._about_icmp_error(buf, end):
+            return
         self.ipvs.outbox.append(build_error(buf, L3, end, icmp_type, code, src, info=info))
+
+    def _host_unreach(self, buf: bytearray) -> None:
+        """``ipv4_link_failure`` for a frame whose next hop did not resolve.
+
+        The error goes back to the packet's sender from the director's
+        address on that route, through the core's LOCAL_OUT step, which
+        rewrites errors about IPVS traffic so they come from the VIP and
+        quote VIP:vport.  It is routed like any other packet (the sender's
+        own next hop may still need resolving).
+        """
+        counts = self.counts
+        if len(buf) < L3 + 20 or buf[L3] >> 4 != 4:
+            return
+        if (buf[L3 + 6] & 0x1F) or buf[L3 + 7]:
+            counts["host_unreach_not_sent"] += 1  # "only reply to fragment 0"
+            return
+        saddr = _I.unpack_from(buf, L3 + 12)[0]
+        end = min(len(buf), L3 + (buf[L3 + 2] << 8 | buf[L3 + 3]))
+        if not saddr or saddr >= 0xE0000000 or self._is_bcast(saddr) or self._about_icmp_error(buf, end):
+            counts["host_unreach_not_sent"] += 1
+            return
+        if not self.icmp_limit.allow(saddr, ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, self.now):
+            self.drops["icmp_ratelimit"] += 1
+            return
+        err = bytearray(L3) + build_error(buf, L3, end, ICMP_DEST_UNREACH, ICMP_HOST_UNREACH,
+                                          self._src_for(buf, L3))
+        verdict = self.d.local_out(err, L3, self.now)
+        if verdict == NF_DROP:
+            self.drops["host_unreach_ipvs"] += 1
+            return
+        daddr = _I.unpack_from(err, L3 + 16)[0]
+        if verdict != NF_STOLEN and (daddr in self.local or daddr in self.vips
+                                     or any(daddr == q.addr for q in self.ports)):
+            # For the director itself: the kernel delivers it to its own
+            # stack, where nothing waits for it.
+            counts["host_unreach_local"] += 1
+            return
+        counts["host_unreach"] += 1
+        self.route_out(err, L3)
 
     def _local_in(self, p: Port, buf: bytearray) -> None:
         """Spare mode: the director's own addresses answer like a host's."""
@@ -691,6 +817,11 @@ class AFPacketDriver:
         box = self.ipvs.outbox
         while box:
             pkt = box.pop(0)
+            if pkt[9] == IPPROTO_ICMP and len(pkt) >= 28:
+                icmp = (pkt[0] & 15) << 2
+                if not self.icmp_limit.allow(_I.unpack_from(pkt, 16)[0], pkt[icmp], pkt[icmp + 1], self.now):
+                    self.drops["icmp_ratelimit"] += 1
+                    continue
             self.counts["icmp_out"] += 1
             self.route_out(bytearray(L3) + pkt, L3)
         for p in self.ports:
@@ -708,7 +839,10 @@ class AFPacketDriver:
                 for k in ("rx_frames", "rx_truncated", "rx_vlan", "rx_kernel_drops", "rx_errors", "tx_frames",
                           "tx_direct", "tx_ring_full", "tx_too_big", "tx_errors"):
                     out[f"{p.name}_{k}"] = getattr(rs, k)
-            out[f"{p.name}_neigh_failed"] = p.neigh.stats.failed
+            ns = p.neigh.stats
+            out[f"{p.name}_neigh_failed"] = ns.failed
+            out[f"{p.name}_neigh_queue_drops"] = ns.queue_drops
+            out[f"{p.name}_neigh_unresolved"] = ns.unresolved
         for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):
             out[f"frag_{k}"] = getattr(self.frags.stats, k)
         if self.masq is not None:

@@ -17,8 +17,13 @@ Differences from the kernel, and why:
   the next frame resolves it again.
 * The queue holds at most :data:`QUEUE_FRAMES` frames (the kernel bounds
   it in bytes, 212992 by default); the oldest is dropped first.
-* An unresolvable next hop drops its queue, counted; the kernel would
-  also send an ICMP host unreachable for forwarded traffic.
+* An unresolvable next hop (no answer to three broadcast requests, one
+  a second) fails: its queued frames are handed back to the caller, which
+  answers each with an ICMP host unreachable, as ``neigh_invalidate`` ->
+  ``arp_error_report`` -> ``ipv4_link_failure`` does, and the entry is
+  forgotten.  The kernel keeps it in FAILED, but a frame for a FAILED
+  entry starts a new resolution there too, which is what a new entry
+  does here: the same requests, then the same errors.
 
 Times are jiffies (``now``), as everywhere above the driver's clock.
 """
@@ -82,7 +87,10 @@ class Neigh:
 class NeighStats:
     resolved: int = 0
     failed: int = 0
+    #: Frames dropped because the queue of an incomplete entry was full.
     queue_drops: int = 0
+    #: Frames still queued when their entry failed (handed back by tick).
+    unresolved: int = 0
     probes_sent: int = 0
 
 
@@ -139,12 +147,16 @@ class NeighTable:
         e.queue.append((buf, n))
         return new
 
-    def tick(self, now: int) -> list[tuple[int, bytes | None]]:
-        """Retransmit, probe and expire; returns (ip, mac or None) requests to send.
+    def tick(self, now: int) -> tuple[list[tuple[int, bytes | None]], list]:
+        """Retransmit, probe and expire.
 
-        A None MAC means broadcast (resolution); a MAC means a unicast probe.
+        Returns the (ip, mac or None) requests to send, a None MAC meaning
+        broadcast (resolution) and a MAC a unicast probe, and the (buf, n)
+        frames that were waiting for entries that failed now, oldest first
+        (the caller answers them with host unreachables).
         """
         out: list[tuple[int, bytes | None]] = []
+        failed: list = []
         stale = REACHABLE_S * self.hz
         for ip, e in list(self.entries.items()):
             if e.mac is None:
@@ -152,7 +164,8 @@ class NeighTable:
                     continue
                 if e.probes >= MAX_PROBES:
                     self.stats.failed += 1
-                    self.stats.queue_drops += len(e.queue)
+                    self.stats.unresolved += len(e.queue)
+                    failed += e.queue
                     del self.entries[ip]
                     continue
                 e.probes += 1
@@ -168,7 +181,7 @@ class NeighTable:
                 e.next_probe = now + RETRANS_S * self.hz
                 out.append((ip, e.mac))
         self.stats.probes_sent += len(out)
-        return out
+        return out, failed
 
     def next_event(self, now: int) -> int | None:
         """Jiffies of the earliest retransmission or probe due, or None."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 
-from ipvs.driver import neigh
+from ipvs.driver import neigh, pcap
 from tests.conftest import checksums_valid, inet_csum, tcp, udp
 
 from .helpers import (
@@ -25,7 +27,10 @@ from .helpers import (
     Rig,
     arp,
     frame,
+    ip4,
 )
+
+HZ = 250
 
 
 def test_answers_arp_for_the_vip_and_its_own_addresses_only():
@@ -216,12 +221,17 @@ def test_fragmented_request_is_reassembled_then_refragmented():
 def test_unresolvable_next_hop_gives_up_after_three_probes():
     r = Rig()
     r.rx_outer(arp(1, MAC_CLIENT, CLIENT, b"\0" * 6, OUTER, b"\xff" * 6))
+    r.out_ring.take()
     r.rx_outer(frame(tcp(CLIENT, 40005, VIP, 80), MAC_D_OUT, MAC_CLIENT))
     assert len(r.in_ring.take()) == 1
     for t in range(1, 5):
         r.drv.on_idle(r.now + t * 250 + 1)
     assert len(r.in_ring.take()) == 2  # two retransmissions: three requests in all
-    assert r.inner.neigh.stats.failed == 1 and r.inner.neigh.stats.queue_drops == 1
+    assert r.inner.neigh.stats.failed == 1 and r.inner.neigh.stats.unresolved == 1
+    (err,) = r.out_ring.take()  # and the client hears of it
+    e = Ether(err)
+    assert e[ICMP].type == 3 and e[ICMP].code == 1 and e[IP].src == VIP and e[IP].dst == CLIENT
+    assert r.drv.counters()["host_unreach"] == 1 and r.drv.counters()["br-in_neigh_unresolved"] == 1
 
 
 def test_neighbour_arp_frame_layout():
@@ -384,3 +394,151 @@ def test_shared_mode_hides_fwmark_vips_from_the_kernel_too(monkeypatch):
     r.drv.on_idle(r.now)
     addrs = {ipaddress.ip_address(a) for a, _p, _port in seen[-1]}
     assert {ipaddress.ip_address(f"203.0.113.{i}") for i in range(16, 20)} | {ipaddress.ip_address(VIP)} <= addrs
+
+
+# ---------------------------------------------------------------- host unreachable
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "kernel", "goldens", "sched_sh")
+ABSENT = "172.16.0.5"
+
+
+def _ip(data: bytes, off: int = 14) -> tuple[str, str]:
+    return socket.inet_ntoa(data[off + 12 : off + 16]), socket.inet_ntoa(data[off + 16 : off + 20])
+
+
+def _golden_timeline():
+    """The first client the 6.1 kernel scheduled to the absent 172.16.0.5:
+    its SYNs, the kernel's ARP requests for 172.16.0.5 and the host
+    unreachables the client received, from the sched_sh pcaps."""
+    client_side = pcap.read_file(os.path.join(GOLDEN, "client-side.pcap"))
+    errors = [r for r in client_side if len(r.data) > 35 and r.data[23] == 1 and r.data[34:36] == b"\x03\x01"]
+    client = _ip(errors[0].data)[1]
+    errors = [r for r in errors if _ip(r.data)[1] == client and r.ts < errors[0].ts + 1]
+    sport = struct.unpack_from("!H", errors[0].data, 14 + 28 + 20)[0]
+    syns = [r for r in client_side if r.ts <= errors[0].ts and r.data[23] == 6 and _ip(r.data)[0] == client
+            and struct.unpack_from("!H", r.data, 34)[0] == sport]
+    server_side = pcap.read_file(os.path.join(GOLDEN, "server-side.pcap"))
+    arps = [r.ts for r in server_side if syns[0].ts <= r.ts <= errors[0].ts and r.data[12:14] == b"\x08\x06"
+            and r.data[38:42] == socket.inet_aton(ABSENT)]
+    return client, syns, arps, errors
+
+
+def test_unresolved_real_server_gives_the_kernels_host_unreachables_byte_for_byte():
+    """sched_sh: a client scheduled to 172.16.0.5, which does not exist,
+    sent its SYN three times while the director resolved it; when the
+    resolution failed the kernel answered each queued SYN with a host
+    unreachable, rewritten by IPVS (LOCAL_OUT) to come from the VIP and
+    quote VIP:80.  The driver replays the same timeline (the SYNs, and its
+    neighbour timer run when the kernel's fired: at its ARP requests and at
+    the failure) and must send the same packets at L3/L4, but for the IP
+    ID (the kernel's per-destination counter) and so the header checksum."""
+    client, syns, arps, errors = _golden_timeline()
+    assert (len(syns), len(arps), len(errors)) == (3, 3, 3)
+    r = Rig(services=False)
+    su = r.lab.service(VIP, 80, sched="sh")
+    r.lab.dest(su, ABSENT, 80)
+    r.drv.sync_services()
+    mac_c = b"\x02\x00\x00\x00\xc0\x08"
+    r.rx_outer(arp(1, mac_c, client, b"\0" * 6, OUTER, b"\xff" * 6))
+    r.out_ring.take()
+    t0 = syns[0].ts
+
+    def at(ts: float) -> int:
+        return r.now + round((ts - t0) * HZ)
+
+    events = [(s.ts, "syn", s) for s in syns] + [(t, "timer", None) for t in arps[1:]]
+    events.append((errors[0].ts, "timer", None))
+    for ts, kind, rec in sorted(events, key=lambda e: e[0]):
+        r.drv.now = at(ts)
+        if kind == "syn":
+            r.rx_outer(frame(rec.data[14:], MAC_D_OUT, mac_c))
+        else:
+            r.drv.on_idle(at(ts))
+    requests = [Ether(f) for f in r.in_ring.take()]
+    assert [a[ARP].pdst for a in requests] == [ABSENT] * 3
+    sent = r.out_ring.take()
+    assert len(sent) == 3
+    for ours, theirs in zip(sent, errors, strict=True):
+        want = bytearray(theirs.data[14:])
+        got = bytearray(ours[14:])
+        assert len(got) == 88 and inet_csum(bytes(got[:20])) == 0
+        got[4:6], got[10:12] = want[4:6], want[10:12]  # IP ID, header checksum
+        assert got == want
+    dest = next(iter(r.lab.ipvs.svc_table.values())).destinations[0]
+    assert (dest.stats.outpkts, dest.stats.outbytes) == (3, 3 * 88)  # ip_vs_out_stats
+    c = r.drv.counters()
+    assert c["host_unreach"] == 3 and c["br-in_neigh_unresolved"] == 3 and c["br-in_neigh_failed"] == 1
+
+
+def _absent_rig():
+    r = Rig(services=False)
+    su = r.lab.service(VIP, 80, sched="rr")
+    r.lab.dest(su, ABSENT, 80)
+    r.drv.sync_services()  # its gratuitous ARP goes out with learn's answers
+    r.learn()
+    return r
+
+
+def _fail_after(r: Rig, start: int) -> None:
+    for t in range(1, 5):
+        r.drv.on_idle(start + t * HZ + 1)
+
+
+def test_frame_for_a_failed_next_hop_resolves_again_then_gets_its_error():
+    r = _absent_rig()
+    r.rx_outer(frame(tcp(CLIENT, 40001, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    _fail_after(r, r.now)
+    assert len(r.out_ring.take()) == 1
+    r.in_ring.take()
+    later = r.now + 10 * HZ
+    r.drv.now = later
+    r.rx_outer(frame(tcp(CLIENT, 40002, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    assert [Ether(f)[ARP].pdst for f in r.in_ring.take()] == [ABSENT]  # a new resolution at once
+    assert r.out_ring.take() == []
+    _fail_after(r, later)
+    assert len(r.in_ring.take()) == 2
+    (err,) = r.out_ring.take()
+    e = Ether(err)
+    assert e[ICMP].code == 1 and e[IP].src == VIP and e[TCPerror].sport == 40002 and e[TCPerror].dport == 80
+    assert e[IPerror].dst == VIP and checksums_valid(err, 14)
+
+
+def test_host_unreachables_to_one_client_are_rate_limited_like_the_kernels():
+    """icmp_ratelimit 1 s with a burst of 6 per destination: of 10 SYNs
+    waiting for the absent server, 6 are answered; a second later one more
+    token has come back."""
+    r = _absent_rig()
+    for i in range(10):
+        r.rx_outer(frame(tcp(CLIENT, 40100 + i, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    _fail_after(r, r.now)
+    got = [Ether(f) for f in r.out_ring.take()]
+    assert [e[TCPerror].sport for e in got] == list(range(40100, 40106))
+    assert r.drv.counters()["drop_icmp_ratelimit"] == 4
+    limit = r.drv.icmp_limit
+    now = r.drv.now  # a second after the failure: one token back, and only one
+    assert limit.allow(ip4(CLIENT), 3, 1, now) and not limit.allow(ip4(CLIENT), 3, 1, now)
+    assert not limit.allow(ip4(CLIENT), 3, 3, now + HZ - 1)  # any type in the ratemask
+    assert limit.allow(ip4(CLIENT), 3, 4, now)  # frag-needed is never limited
+    assert limit.allow(ip4(CLIENT), 0, 0, now)  # nor is what the ratemask leaves out (echo reply)
+    assert limit.allow(ip4("198.51.100.77"), 3, 3, now)  # another destination has its own bucket
+
+
+def test_no_host_unreachable_about_an_icmp_error_or_a_later_fragment():
+    """Routed traffic (--forward) to the absent address: the ICMP error gets
+    none back, the datagram refragmented on the way out gets one for its
+    first fragment only, and the ping gets one (queries are not errors)."""
+    r = _absent_rig()
+    r.drv.forward = True
+    err = bytes(IP(src=CLIENT, dst=ABSENT) / ICMP(type=3, code=3) / bytes(IP(src=ABSENT, dst=CLIENT) / UDP()))
+    big = bytes(IP(src=CLIENT, dst=ABSENT, flags=0) / UDP(sport=5000, dport=9) / (b"x" * 2000))
+    ping = bytes(IP(src=CLIENT, dst=ABSENT) / ICMP(type=8))
+    for pkt in (err, big, ping):
+        r.rx_outer(frame(pkt, MAC_D_OUT, MAC_CLIENT))
+    _fail_after(r, r.now)
+    got = [Ether(f) for f in r.out_ring.take()]
+    assert [e[IPerror].proto for e in got] == [17, 1]
+    for e in got:
+        assert e[ICMP].type == 3 and e[ICMP].code == 1 and e[IP].src == OUTER and e[IP].dst == CLIENT
+    assert got[0][IPerror].frag == 0 and got[0][IPerror].flags == "MF"
+    c = r.drv.counters()
+    assert c["host_unreach_not_sent"] == 2 and c["host_unreach"] == 2 and c["br-in_neigh_unresolved"] == 4
