@@ -5,10 +5,9 @@ servers' subnet where nobody answers ARP: the driver resolves it three
 times, a second apart, then answers each SYN that waited with an ICMP host
 unreachable, rewritten by the core's LOCAL_OUT pass so that it comes from
 the VIP and quotes VIP:port.  The client's connect() fails with
-EHOSTUNREACH after about three seconds instead of timing out (curl
-exits 7 at once), as with the
-kernel (the sched_sh golden).  Spare and shared modes (the error is the
-driver's in both).
+EHOSTUNREACH after about three seconds instead of timing out (and curl
+exits 7), as with the kernel (the sched_sh golden).  Spare and shared
+modes (the error is the driver's in both).
 """
 
 from __future__ import annotations
