@@ -77,6 +77,23 @@ def test_enough_is_compared():
     assert total > 1500
 
 
+@needs_bash
+def test_offline_models_host_unreachables_of_an_absent_real_server(tmp_path):
+    """sched_sh: the kernel answered the SYNs scheduled to the absent
+    172.16.0.5 with host unreachables, counted as that server's out-traffic
+    (24 of 88 bytes); the offline neighbour model (offline.Neighbours) must
+    give the same line (the rest of the listing differs by the capture gap)."""
+    report.golden_items("sched_sh", keep=str(tmp_path))
+
+    def line(path):
+        with open(path) as f:
+            return next(x.split() for x in f if "172.16.0.5:80" in x)
+
+    want = line(os.path.join(report.GOLDENS, "sched_sh", "ipvsadm-Ln-exact-stats.txt"))
+    assert want[2:] == ["8", "24", "24", "1440", "2112"]
+    assert line(tmp_path / "ipvsadm-Ln-exact-stats.txt") == want
+
+
 def test_report_markdown_lists_every_scenario():
     rows = [(Item("a", "x.txt", EQUAL), "equal", ""), (Item("b", "y.txt", DIFFERENT, "d"), "known", "why")]
     md = report.markdown(rows, {"a": [], "b": ["a note"]}, 1.0)

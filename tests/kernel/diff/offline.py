@@ -37,9 +37,17 @@ What this backend cannot reproduce, and says so (MISSING items):
 ``requests.txt``, the real servers' logs and ``ftp-session.txt`` (no
 sockets), the client's own records of a TCP walk (send/expect), and traffic
 of scenarios recorded without captures.  Frames the kernel's director
-routed without IPVS (the client's ICMP about an un-NATed reply) and ICMP
-errors its own stack made (neighbour failures) are not IPVS output and
-have no offline counterpart.
+routed without IPVS (the client's ICMP about an un-NATed reply) are not
+IPVS output and have no offline counterpart.
+
+Neighbour failures are modelled (:class:`Neighbours`): a real server that
+the kernel's server-side capture shows asked for by ARP and never heard
+from holds what PyIPVS sends it until the resolution fails (one second
+after the kernel's third recorded request), then each held packet is
+answered with ICMP host unreachable through the core's LOCAL_OUT pass
+(:meth:`ipvs.core.Director.local_out`), as the AF_PACKET driver does
+(:mod:`ipvs.driver.afpacket`): the client hears of it from the VIP, and the
+real server's out-packets and out-bytes count it, as the kernel's do.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from ipvs.driver import pcap
 from ipvs.driver.replay import jiffies
 from ipvs.est import EST_PERIOD_S
 from ipvs.netlink import LocalTransport
+from ipvs.proto.icmp import build_error
 from tests.kernel.diff.compare import DIFFERENT, EQUAL, Item
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -179,12 +188,34 @@ def _inner(a: bytes | bytearray) -> bool:
     return ipaddress.ip_address(bytes(a)) in INNER
 
 
+def _arp(r: pcap.Record) -> tuple[int, bytes, bytes] | None:
+    """(op, sender address, target address) of an Ethernet ARP frame, or None."""
+    d = r.data
+    if r.linktype != pcap.LINKTYPE_ETHERNET or len(d) < 42 or d[12:14] != b"\x08\x06":
+        return None
+    return (d[20] << 8) | d[21], bytes(d[28:32]), bytes(d[38:42])
+
+
 class Traffic:
     """The kernel's captures of one golden, split into director input and output."""
 
     def __init__(self, golden: str, vips: set[bytes]):
         cli = [(r, i) for r in pcap.read_file(os.path.join(golden, "client-side.pcap")) if (i := _ip4(r))]
-        srv = [(r, i) for r in pcap.read_file(os.path.join(golden, "server-side.pcap")) if (i := _ip4(r))]
+        srv_all = pcap.read_file(os.path.join(golden, "server-side.pcap"))
+        srv = [(r, i) for r in srv_all if (i := _ip4(r))]
+        #: The director's ARP requests for each inner address (times), and
+        #: the inner addresses that ever answered or sent anything.
+        self.arp_requests: dict[bytes, list[float]] = {}
+        self.heard: set[bytes] = {bytes(i[2]) for _, i in srv}
+        for r in srv_all:
+            a = _arp(r)
+            if a is None:
+                continue
+            op, spa, tpa = a
+            if op == 1 and spa == GATEWAY:
+                self.arp_requests.setdefault(tpa, []).append(r.ts)
+            else:
+                self.heard.add(spa)
         self.vips = vips
         # Client side: frames to a VIP (input) and from a VIP (kernel output).
         to_vip = [(r, i) for r, i in cli if i[3] in vips and not _inner(i[2])]
@@ -218,6 +249,58 @@ class Traffic:
         if _inner(s) or s in self.vips:
             return proto, d, dp
         return proto, s, sp
+
+
+#: The kernel's neighbour parameters (``net.ipv4.neigh.*``): requests a
+#: second apart (retrans_time_ms 1000), three of them (mcast_solicit).
+RETRANS_S = 1.0
+MCAST_PROBES = 3
+ICMP_DEST_UNREACH, ICMP_HOST_UNREACH = 3, 1
+
+
+class Neighbours:
+    """The kernel director's neighbour layer towards the real servers, as far
+    as the recording shows it.
+
+    An inner address is absent when the server-side capture holds the
+    director's ARP requests for it and nothing from it.  A packet PyIPVS
+    sends there is held; the resolution it starts (or joins) fails
+    RETRANS_S after the kernel's third request of that resolution (the
+    kernel's timers run a little late under TCG, so its recorded requests,
+    not a fixed 3 s, place the failure; without them, 3 s after the first
+    packet), and :meth:`due` hands back the held packets, oldest first.
+    A packet after a failure starts a new resolution, as in the kernel.
+    """
+
+    def __init__(self, traffic: Traffic, hz: int) -> None:
+        self.hz = hz
+        self.requests = {a: [jiffies(t, hz) for t in ts] for a, ts in traffic.arp_requests.items()
+                         if a not in traffic.heard}
+        #: address -> [jiffies of the failure, held packets]
+        self.pending: dict[bytes, list] = {}
+
+    def hold(self, pkt: bytes, now: int) -> bool:
+        """Hold ``pkt`` (an IP packet) if its destination is absent."""
+        daddr = pkt[16:20]
+        if daddr not in self.requests:
+            return False
+        e = self.pending.get(daddr)
+        if e is None:
+            # This resolution's requests: the kernel's first one at (or a
+            # capture timestamp's skew before) this packet, and the next two.
+            reqs = [t for t in self.requests[daddr] if t >= now - self.hz // 20][:MCAST_PROBES]
+            if len(reqs) == MCAST_PROBES:
+                fail = reqs[-1] + round(RETRANS_S * self.hz)
+            else:
+                fail = now + round(MCAST_PROBES * RETRANS_S * self.hz)
+            e = self.pending[daddr] = [fail, []]
+        e[1].append(pkt)
+        return True
+
+    def due(self, now: int) -> list[tuple[int, list[bytes]]]:
+        """(failure time, held packets) of the resolutions failed by ``now``, in time order."""
+        out = sorted((e[0], a) for a, e in self.pending.items() if e[0] <= now)
+        return [(t, self.pending.pop(a)[1]) for t, a in out]
 
 
 def run_offline(scenario_sh: str, golden: str, out: str, name: str, passes: int = 4) -> OfflineRun:
@@ -490,8 +573,10 @@ class OfflineRun:
         sent: list[tuple[bytes, tuple]] = []
         if t.input:
             self._estimator_phase(jiffies(t.input[0][0].ts, self.ipvs.hz), jiffies(t.input[-1][0].ts, self.ipvs.hz))
+        neigh = Neighbours(t, self.ipvs.hz)
         for idx, (rec, info) in enumerate(t.input):
             now = jiffies(rec.ts, self.ipvs.hz)
+            self._unreachable(neigh, now, sent, info)
             if idx in jobs:
                 for action, lead in jobs.pop(idx):
                     self.now = max(self.now, now - round(lead * self.ipvs.hz))
@@ -507,7 +592,8 @@ class OfflineRun:
             verdict = self.d.process(buf, l3, now)
             if verdict == NF_STOLEN:
                 tot = (buf[l3 + 2] << 8) | buf[l3 + 3]
-                sent.append((bytes(buf[l3:l3 + tot]), info))
+                if not neigh.hold(bytes(buf[l3:l3 + tot]), now):
+                    sent.append((bytes(buf[l3:l3 + tot]), info))
                 if self.decisions.get(flow) == "NONE" and _inner(buf[l3 + 16:l3 + 20]):
                     self.decisions[flow] = f"rs{buf[l3 + 19] - 1}"
                 elif _inner(info[2]) and buf[l3 + 9] in (6, 17):
@@ -523,8 +609,24 @@ class OfflineRun:
             for action, _lead in actions:
                 action()
         self.tick(0.5 + 2 * DECODE_S)
+        # Resolutions that fail before the dump (capture_stop's wait).
+        self._unreachable(neigh, self.now, sent, None)
         self.d.run_timers(self.now)
         self._frames(sent)
+
+    def _unreachable(self, neigh: Neighbours, now: int, sent: list, info) -> None:
+        """``ipv4_link_failure`` for the packets of the resolutions failed by
+        ``now``: a host unreachable each, through the core's LOCAL_OUT pass
+        (the source the kernel's route lookup picks is replaced by the VIP
+        there; offline there is no address to pick, so 0.0.0.0 goes in).
+        Timers due by each failure run first; the modelled clock of the
+        scenario's steps (``self.now``) is left alone."""
+        for fail, pkts in neigh.due(now):
+            self.d.run_timers(fail)
+            for pkt in pkts:
+                err = build_error(pkt, 0, len(pkt), ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, b"\0\0\0\0")
+                self.d.local_out(err, 0, fail)
+                sent.append((bytes(err), info))
 
     def _estimator_phase(self, first: int, last: int) -> None:
         """Put the estimator's ticks where the kernel's were, by the model.

@@ -62,10 +62,6 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
         "[offline] the clock model's edge: two CLOSE connections of the last step expire within a second of "
         "the dump, already gone when the kernel read /proc/net/ip_vs, still inactive in PyIPVS's earlier "
         "modelled moment (the connection listings agree under rule 1)"),
-    ("sched_sh", _STATS): (
-        "[offline] the kernel's director sent ICMP host-unreachable (88 bytes each) to clients scheduled to "
-        "the absent 172.16.0.5 when ARP failed, and IPVS counted them as out-packets; the offline replay has no "
-        "neighbour layer (every TCP/UDP frame PyIPVS sends equals the kernel's)"),
 }
 
 #: Recording artefacts: rules that excuse a differing item only when the
