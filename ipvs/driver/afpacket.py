@@ -189,15 +189,23 @@ class IcmpRateLimit:
     (``inet_peer_xrlim_allow``): tokens are jiffies, one message costs
     ``icmp_ratelimit`` of them, the bucket holds six messages and a new
     peer starts full.  Types outside ``icmp_ratemask``, unknown types and
-    frag-needed (path MTU discovery) are never limited.
+    frag-needed (path MTU discovery) are never limited.  At most
+    :attr:`MAX_PEERS` destinations are remembered (about the kernel's
+    ``inet_peer_threshold``): a full bucket is the same as no bucket, so
+    those go first, then all (a flood of distinct destinations then gets
+    its first messages through, as after the kernel's garbage collection).
     """
 
+    MAX_PEERS = 65536
+
     def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK) -> None:
+        self.hz = hz
         self.cost = ratelimit_ms * hz // 1000  # msecs_to_jiffies
         self.full = XRLIM_BURST_FACTOR * self.cost
         self.mask = ratemask
         #: destination -> [tokens, jiffies of the last message]
         self.peers: dict[int, list[int]] = {}
+        self.next_gc = 0
 
     def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
         if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
@@ -205,6 +213,11 @@ class IcmpRateLimit:
             return True
         p = self.peers.get(daddr)
         if p is None:
+            if len(self.peers) >= self.MAX_PEERS:
+                self.next_gc = 0
+                self.expire(now)
+                if len(self.peers) >= self.MAX_PEERS:
+                    self.peers.clear()
             p = self.peers[daddr] = [self.full, now]
         tokens = min(p[0] + now - p[1], self.full)
         p[1] = now
@@ -216,7 +229,11 @@ class IcmpRateLimit:
 
     def expire(self, now: int) -> None:
         """Forget the peers whose bucket has refilled: a new one starts full
-        anyway (the kernel's inet_peer garbage collection, simplified)."""
+        anyway (the kernel's inet_peer garbage collection, simplified).
+        At most once a second."""
+        if now < self.next_gc:
+            return
+        self.next_gc = now + self.hz
         full = self.full
         for daddr in [a for a, p in self.peers.items() if p[0] + now - p[1] >= full]:
             del self.peers[daddr]
