@@ -135,6 +135,9 @@ XRLIM_BURST_FACTOR = 6
 
 _I = struct.Struct("!I")
 _H = struct.Struct("!H")
+#: Destination MAC, source MAC, EtherType, written in one call (slice
+#: assignment of ``bytes`` would copy each into a temporary bytearray).
+_ETH_HDR = struct.Struct("6s6s2s")
 SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
 
@@ -808,7 +811,9 @@ class AFPacketDriver:
         if mac is not None and not maxfrag:
             if len(self.dst_cache) >= 65536:
                 self.dst_cache.clear()
-            self.dst_cache[daddr] = (port.ring, mac + port.mac + ETH_IP, port.mtu, port.ring.queue)
+            # The Ethernet header as a bytearray: slice-assigning bytes into
+            # the frame would copy them into a temporary bytearray first.
+            self.dst_cache[daddr] = (port.ring, bytearray(mac + port.mac + ETH_IP), port.mtu, port.ring.queue)
         self._send(port, buf, l3 + tot, mac, nh)
 
     def _own_address(self, dst: bytes) -> bytes | None:
@@ -824,9 +829,7 @@ class AFPacketDriver:
             if port.neigh.enqueue(nh, buf, n, self.now):
                 self._arp_request(port, nh, None)
             return
-        buf[10:16] = mac
-        buf[16:22] = port.mac
-        buf[22:24] = ETH_IP
+        _ETH_HDR.pack_into(buf, 10, mac, port.mac, ETH_IP)
         if not port.queue(buf, n):
             self.drops["tx"] += 1
 
