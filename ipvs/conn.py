@@ -449,9 +449,10 @@ class ConnTable:
         if self.count >= self.max_conns:
             self.refused += 1
             return None
+        # (All positional: a keyword argument to a class call costs a dict.)
         cp = Connection(
             af, protocol, caddr, cport, vaddr, vport, daddr, dport,
-            flags, fwmark, 0, 0, CONN_NEW_TIMEOUT_S * self.hz, key=key,
+            flags, fwmark, 0, 0, CONN_NEW_TIMEOUT_S * self.hz, key,
         )
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
