@@ -200,6 +200,21 @@ def test_artefacts_need_their_evidence():
     assert frames.status == report.ARTEFACT
 
 
+def test_service_order_excuses_only_a_listing_in_another_order():
+    kernel = "IP Virtual Server\nTCP  a:80 wlc\n  -> r1:80 1\nTCP  a:81 wlc\n  -> r2:81 1\n"
+    swapped = "IP Virtual Server\nTCP  a:81 wlc\n  -> r2:81 1\nTCP  a:80 wlc\n  -> r1:80 1\n"
+    counted = swapped.replace("r2:81 1", "r2:81 2")
+    order = compare.compare_file("x", "during-ipvsadm-Ln-stats.txt", kernel, swapped, None)
+    other = compare.compare_file("x", "during-ipvsadm-Ln-stats.txt", kernel, counted, None)
+    report.apply_artefacts([order, other], set())
+    assert order.status == report.ARTEFACT and other.status == DIFFERENT
+    # The same rule for a listing inside a transcript.
+    rec = {"n": 1, "cmd": "ipvsadm -Ln", "argv": ["ipvsadm", "-Ln"], "stdout": kernel, "stderr": "", "rc": 0}
+    items = compare.compare_transcript("x", "t.jsonl", json.dumps(rec), json.dumps({**rec, "stdout": swapped}))
+    report.apply_artefacts(items, set())
+    assert [it.status for it in items] == [report.ARTEFACT]
+
+
 def test_known_differences_match_by_pattern():
     it = Item("sched_rr", "sysctl-net.ipv4.vs.txt", DIFFERENT)
     assert report.known_reason(it)

@@ -50,8 +50,6 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("ipvsadm_errors", r"transcript\.jsonl#20[456]: .*"): (
         "[pyipvs] no sync daemon: PyIPVS accepts --start-daemon with an interface that does not exist "
         "(kernel: 'No such device'), then lists and stops the daemon the kernel never started"),
-    ("listings", r"listings-(before|after-traffic|set-zero-clear)\.jsonl#.*"): _SVC_ORDER,
-    ("listings", r"(before-|during-|cleared-)?(ipvsadm-Ln.*|ipvsadm-S-n|proc-net-ip_vs)\.txt"): _SVC_ORDER,
     ("sysctl_effects", r"ipvsadm-Ln(-exact)?-stats\.txt"): (
         "[offline] counters lag in the kernel: 6.1's ipvsadm counters are the estimator's snapshot (kstats, "
         "refreshed every 2 s by estimation_timer, as in ipvs/est.py), and service :81's miss the last two "
@@ -69,7 +67,8 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
 #: run, so a re-recorded golden without it gets no excuse).
 #: (evidence, item regular expression, reason).
 ARTEFACTS: list[tuple[str, str, str]] = [
-    ("capture_gap", _STATS + "|" + _CONNS + r"|frames to .*|order\.txt: .*|tcp-states\.jsonl#.*", (
+    ("capture_gap", _STATS + "|" + _CONNS + r"|frames to .*|order\.txt: .*|tcp-states\.jsonl#.*"
+     r"|.*\.jsonl#\d+: ipvsadm -L.*", (
         "[golden] one of the kernel's captures is incomplete (it ends before the other one, or lacks a "
         "request the other side has: tcpdump stopped before writing its last frames), so the offline input "
         "lacks frames the kernel handled; states, counters and frames after the gap differ")),
@@ -83,9 +82,7 @@ ARTEFACTS: list[tuple[str, str, str]] = [
         "_estimator_phase), the kernel's came before; the evidence: the kernel's own counters of one dump "
         "disagree (--stats against --exact --stats, or the snapshot total against the sum of the live per-CPU "
         "rows)")),
-    ("svc_order", r"(.*-)?proc-net-ip_vs\.txt", (
-        "[inherent] service hash order: 6.1's ip_vs_svc_hashkey mixes in the address of the netns_ipvs "
-        "structure, so /proc/net/ip_vs lists the same services in another order after every boot")),
+    ("svc_order", r"(.*-)?(proc-net-ip_vs|ipvsadm-Ln.*|ipvsadm-S-n)\.txt|.*\.jsonl#.*", _SVC_ORDER),
     ("reorder", r"frames to .*", (
         "[inherent] the kernel sent the same frames in another order (two vCPUs: a server's ACK overtaken by "
         "its data); PyIPVS forwards in arrival order")),
