@@ -50,12 +50,6 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("ipvsadm_errors", r"transcript\.jsonl#20[456]: .*"): (
         "[pyipvs] no sync daemon: PyIPVS accepts --start-daemon with an interface that does not exist "
         "(kernel: 'No such device'), then lists and stops the daemon the kernel never started"),
-    ("sysctl_effects", r"ipvsadm-Ln(-exact)?-stats\.txt"): (
-        "[offline] counters lag in the kernel: 6.1's ipvsadm counters are the estimator's snapshot (kstats, "
-        "refreshed every 2 s by estimation_timer, as in ipvs/est.py), and service :81's miss the last two "
-        "connections, made less than 2 s before the dump; the offline model puts a tick after the last frame "
-        "(offline.py: _estimator_phase).  The kernel's per-CPU rows (read live) and its totals have all 9; why "
-        "the totals were refreshed and the service not is not established"),
     ("sched_lblcr", r"proc-net-ip_vs\.txt"): (
         "[offline] the clock model's edge: two CLOSE connections of the last step expire within a second of "
         "the dump, already gone when the kernel read /proc/net/ip_vs, still inactive in PyIPVS's earlier "
