@@ -208,6 +208,10 @@ def test_service_order_excuses_only_a_listing_in_another_order():
     other = compare.compare_file("x", "during-ipvsadm-Ln-stats.txt", kernel, counted, None)
     report.apply_artefacts([order, other], set())
     assert order.status == report.ARTEFACT and other.status == DIFFERENT
+    # --rate listings compare their shape: the same rule on the shape.
+    rates = compare.compare_file("x", "ipvsadm-Ln-rate.txt", kernel, swapped, None)
+    report.apply_artefacts([rates], set())
+    assert rates.status == report.ARTEFACT
     # The same rule for a listing inside a transcript.
     rec = {"n": 1, "cmd": "ipvsadm -Ln", "argv": ["ipvsadm", "-Ln"], "stdout": kernel, "stderr": "", "rc": 0}
     items = compare.compare_transcript("x", "t.jsonl", json.dumps(rec), json.dumps({**rec, "stdout": swapped}))

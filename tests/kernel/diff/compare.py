@@ -104,7 +104,12 @@ def compare_transcript(scenario: str, name: str, ref: str, got: str, fixed: set[
             why = normalize.compare_conn(rec["stdout"], other["stdout"], fixed, tolerance)
             bad = [] if why is None else bad
         elif bad == ["stdout"] and any(a in ("--rate",) for a in argv):
-            bad = [] if normalize.rate_shape(rec["stdout"]) == normalize.rate_shape(other["stdout"]) else bad
+            a, b = normalize.rate_shape(rec["stdout"]), normalize.rate_shape(other["stdout"])
+            if a == b:
+                bad = []
+            elif _svc_blocks(a) == _svc_blocks(b):
+                items.append(Item(scenario, label, DIFFERENT, "the same services in another order: " + _first_diff(a, b)))
+                continue
         if bad == ["stdout"] and _same_services(rec["stdout"], other["stdout"]):
             items.append(Item(scenario, label, DIFFERENT, "the same services in another order: "
                               + _first_diff(rec["stdout"].splitlines(), other["stdout"].splitlines())))
@@ -172,6 +177,8 @@ def compare_file(scenario: str, name: str, ref: str, got: str, fixed: set[int] |
         return Item(scenario, name, EQUAL if why is None else DIFFERENT, why or "")
     if re.search(r"-rate\.txt$", name):
         a, b = normalize.rate_shape(ref), normalize.rate_shape(got)
+        if a != b and _svc_blocks(a) == _svc_blocks(b):
+            return Item(scenario, name, DIFFERENT, "the same services in another order: " + _first_diff(a, b))
         return Item(scenario, name, EQUAL if a == b else DIFFERENT, "" if a == b else _first_diff(a, b))
     if re.search(r"proc-net-ip_vs_stats(_percpu)?\.txt$", name):
         (c1, r1), (c2, r2) = normalize.stats_proc(ref), normalize.stats_proc(got)
@@ -194,7 +201,7 @@ def _svc_blocks(lines: list[str]) -> list[tuple[str, ...]]:
     blocks: a service line with its destination lines (``  ->`` or ``-a``)."""
     blocks: list[list[str]] = []
     for line in lines:
-        if (line.startswith("  ->") or line.startswith("-a ")) and blocks:
+        if line.lstrip().startswith(("->", "-a ")) and blocks:
             blocks[-1].append(line)
         else:
             blocks.append([line])
