@@ -377,6 +377,19 @@ def has_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port:
     return ipvs.rs_table.get((af, protocol, addr, port), 0) > 0
 
 
+def find_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int) -> Dest | None:
+    """``ip_vs_find_real_service``: the MASQ dest ``addr:port`` of some service.
+
+    When several services share that real server, the one hashed last
+    is the answer (the head of the kernel's hash chain), whatever its
+    service is like; a fwmark service's dest matches any protocol.
+    """
+    for d in ipvs.rs_chain.get((af, addr, port), ()):
+        if (d.protocol == protocol or d.vfwmark) and d.conn_flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
+            return d
+    return None
+
+
 # --------------------------------------------------------------------------
 # Services
 
@@ -396,6 +409,16 @@ def _check_service_user(u: ServiceUser) -> None:
         raise IPVSError(errno.EINVAL, "scheduler name too long")
     if u.timeout < 0 or u.timeout > uapi.IP_VS_MAX_PERSISTENT_TIMEOUT * 1000:
         raise IPVSError(errno.EINVAL, "bad persistence timeout")
+
+
+def _pe_conn_out(name: str) -> bool:
+    """Does the engine ``name`` have ``conn_out`` (counted in ``conn_out_counter``)?"""
+    if not name:
+        return False
+    from ipvs.pe import pe_lookup
+
+    pe = pe_lookup(name)
+    return pe is not None and pe.conn_out is not None
 
 
 def _check_pe(name: str) -> None:
@@ -453,6 +476,8 @@ def add_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
         ipvs.ftpsvc_counter += 1
     elif svc.port == 0 and not svc.fwmark:
         ipvs.nullsvc_counter += 1
+    if _pe_conn_out(svc.pe_name):
+        ipvs.conn_out_counter += 1
     ipvs.est.start(svc.stats)
     _hash_service(ipvs, svc)
     ipvs.enable = True
@@ -473,6 +498,7 @@ def edit_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
     svc.flags = (u.flags & ~IP_VS_SVC_F_HASHED) | (svc.flags & IP_VS_SVC_F_HASHED)
     svc.timeout = u.timeout * ipvs.hz
     svc.netmask = u.netmask
+    ipvs.conn_out_counter += _pe_conn_out(u.pe_name) - _pe_conn_out(svc.pe_name)
     svc.pe_name = u.pe_name  # an edit without --pe drops the engine, as the kernel's does
     if svc.scheduler is None or svc.scheduler.name != sched_cls.name:
         if svc.scheduler is not None:
@@ -494,6 +520,8 @@ def _unlink_service(ipvs: NetnsIPVS, svc: Service) -> None:
         ipvs.ftpsvc_counter -= 1
     elif svc.port == 0 and not svc.fwmark:
         ipvs.nullsvc_counter -= 1
+    if _pe_conn_out(svc.pe_name):
+        ipvs.conn_out_counter -= 1
     for d in list(svc.destinations):
         _unlink_dest(ipvs, svc, d, svcupd=False)
         _trash_dest(ipvs, d)
@@ -584,6 +612,8 @@ def _rs_hash(ipvs: NetnsIPVS, svc: Service, dest: Dest) -> None:
     if not dest.in_rs_table:
         key = (dest.af, svc.protocol, dest.addr, dest.port)
         ipvs.rs_table[key] = ipvs.rs_table.get(key, 0) + 1
+        # hlist_add_head_rcu: the newest dest heads its chain.
+        ipvs.rs_chain.setdefault((dest.af, dest.addr, dest.port), []).insert(0, dest)
         dest.in_rs_table = True
 
 
@@ -595,6 +625,12 @@ def _rs_unhash(ipvs: NetnsIPVS, svc: Service, dest: Dest) -> None:
             ipvs.rs_table[key] = n
         else:
             ipvs.rs_table.pop(key, None)
+        ckey = (dest.af, dest.addr, dest.port)
+        chain = ipvs.rs_chain.get(ckey, [])
+        if dest in chain:
+            chain.remove(dest)
+        if not chain:
+            ipvs.rs_chain.pop(ckey, None)
         dest.in_rs_table = False
 
 
