@@ -13,6 +13,16 @@ client may spread over several.  A datagram of a new connection without
 a usable Call-ID is dropped (``fill_param`` fails, ``ip_vs_sched_persist``
 answers ``ignored = -1``, ``ip_vs_in`` drops without an ICMP error).
 
+A real server may also start a request itself (an INVITE or BYE towards
+a client): :meth:`SipPE.conn_out` (``ip_vs_sip_conn_out``) gives such a UDP
+datagram a connection through :func:`ipvs.pe.new_conn_out`, so it leaves
+from VIP:vport and the client's answers reach the same server, and, for a
+persistent service, a template keyed by the datagram's Call-ID that points
+at that server (an older template of that client and Call-ID naming
+another server is invalidated).  A server's datagram without a usable
+Call-ID gets nothing and goes on unchanged (``ip_vs_out`` continues with
+``nat_icmp_send``).
+
 The header search reproduces the kernel's, quirks included, because the
 point is to pick the same Call-ID the kernel picks:
 
@@ -45,7 +55,7 @@ from __future__ import annotations
 import errno
 import re
 
-from ipvs.pe import IP_VS_PEDATA_MAXLEN, ConnParam, PersistenceEngine, register_pe
+from ipvs.pe import IP_VS_PEDATA_MAXLEN, ConnParam, PersistenceEngine, new_conn_out, register_pe
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE
 
 __all__ = ["SipPE", "get_callid", "get_header"]
@@ -250,6 +260,14 @@ class SipPE(PersistenceEngine):
         """``ip_vs_sip_show_pe_data``: the Call-ID bytes, one character each."""
         data = cp.pe_data
         return data.decode("latin-1") if data else ""
+
+    def conn_out(self, director, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int):
+        """``ip_vs_sip_conn_out``: UDP only, through :func:`ipvs.pe.new_conn_out`."""
+        version = buf[l3] >> 4
+        proto = buf[l3 + 9] if version == 4 else buf[l3 + 6] if version == 6 else -1
+        if proto != _IPPROTO_UDP:
+            return None
+        return new_conn_out(director, svc, dest, buf, l3, end, dport, cport)
 
 
 #: The registered engine.
