@@ -47,7 +47,7 @@ from ipvs.packet import (
     l4_csum_ok,
     parse,
 )
-from ipvs.pe import ConnParam, service_pe
+from ipvs.pe import ConnParam, rs_conn_out, service_pe
 from ipvs.proto import tcp as _tcp
 from ipvs.proto import udp as _udp
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
@@ -156,6 +156,11 @@ class Director:
             if cp.flags & 7 != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
             return self._handle_response(cp, buf, l3, l4, end, proto, now, csum_partial)
+        if ipvs.conn_out_counter:
+            # A real server may be starting a connection (a --pe with conn_out).
+            verdict = rs_conn_out(self, buf, l3, l4, end, proto, now, csum_partial)
+            if verdict is not None:
+                return verdict
         if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, l3, l4, end, proto):
             return NF_DROP
         return self._in(buf, l3, l4, end, proto, key, now, csum_partial)
@@ -452,13 +457,15 @@ class Director:
         self._conn_stats(cp)
         return cp, 0
 
-    def _check_template(self, ct: _conn.Connection) -> bool:
-        """``ip_vs_check_template``: invalidate a template whose dest is gone."""
+    def _check_template(self, ct: _conn.Connection, cdest=None) -> bool:
+        """``ip_vs_check_template``: invalidate a template whose dest is gone
+        (or, given ``cdest``, is not ``cdest``)."""
         dest = ct.dest
         if (
             dest is None
             or not dest.flags & IP_VS_DEST_F_AVAILABLE
             or (self.ipvs.sysctl.expire_quiescent_template and not dest.weight)
+            or (cdest is not None and dest is not cdest)
         ):
             if ct.vport != 0xFFFF:
                 tab = self.ipvs.conn_tab
