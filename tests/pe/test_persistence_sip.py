@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, UDP
 
 from ipvs import ctl
 from ipvs.cli.ipvsadm import main
-from ipvs.core import NF_ACCEPT, NF_DROP, NF_STOLEN
+from ipvs.core import NF_DROP, NF_STOLEN
 from ipvs.netlink import LocalTransport
 from ipvs.packet import Drop
 from ipvs.pe.sip import SIP
@@ -320,12 +320,17 @@ def test_reply_from_the_server_is_natted_back():
     assert (p.src, p[UDP].sport) == (VIP, 5060)
 
 
-def test_server_initiated_datagram_without_connection_is_not_handled():
-    # No connection matches a request the server starts towards the client.
+def test_server_initiated_datagram_gets_a_connection_of_its_own():
+    # No connection matches a request the server starts towards another
+    # client port: conn_out makes one (tests/pe/test_sip_conn_out.py).
     lab = sip_lab()
-    server_of(lab, b"c1", sport=5080)
-    bye = udp(RS1, 5060, CLI, 5999, payload=invite(b"c1", b"BYE"))
-    assert lab.send(bye) == NF_ACCEPT
+    a = server_of(lab, b"c1", sport=5080)
+    bye = udp(a, 5060, CLI, 5999, payload=invite(b"c1", b"BYE"))
+    assert lab.send(bye) == NF_STOLEN
+    p = IP(bytes(bye))
+    assert (p.src, p[UDP].sport, p.dst, p[UDP].dport) == (VIP, 5060, CLI, 5999)
+    [ct] = lab.templates()
+    assert ct.n_control == 2
 
 
 @given(st.lists(st.tuples(st.sampled_from([CLI, CLI2, "198.51.100.4"]), st.sampled_from([b"c1", b"c2", b"c3@h"]),
