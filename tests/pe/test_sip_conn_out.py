@@ -74,15 +74,16 @@ def test_connection_and_template_are_the_kernels(rs):
     # client = the packet's destination, virtual = the service's, real = its source
     assert (cp.protocol, cp.caddr, cp.cport, cp.vaddr, cp.vport, cp.daddr, cp.dport) == (
         17, A(CLI), 5070, A(VIP), 5060, A(rs), 5060)
-    assert cp.dest is dest and cp.flags & uapi.IP_VS_CONN_F_FWD_MASK == uapi.IP_VS_CONN_F_MASQ
-    assert cp.flags & uapi.IP_VS_CONN_F_INACTIVE  # UDP conns stay "inactive", as scheduled ones
+    # flags 0 | the dest's MASQ|INACTIVE (UDP conns stay "inactive"), hashed
+    assert cp.dest is dest
+    assert cp.flags == uapi.IP_VS_CONN_F_MASQ | uapi.IP_VS_CONN_F_INACTIVE | uapi.IP_VS_CONN_F_HASHED == 0x140
     assert cp.state == 0 and cp.timeout == 300 * HZ  # udp_state_transition: UDP NORMAL
     assert cp.pe is None and cp.pe_data is None
     [ct] = lab.templates()
     assert cp.control is ct and ct.n_control == 1
     assert (ct.protocol, ct.caddr, ct.cport, ct.vaddr, ct.vport, ct.daddr, ct.dport) == (
         17, A(CLI), 0, A(VIP), 5060, A(rs), 5060)
-    assert ct.flags & IP_VS_CONN_F_TEMPLATE and ct.dest is dest
+    assert ct.flags == IP_VS_CONN_F_TEMPLATE | cp.flags == 0x1140 and ct.dest is dest
     assert ct.pe is SIP and ct.pe_data == b"rs-call@srv"
     assert ct.timeout == 300 * HZ and ct.expires == lab.now + 300 * HZ
     assert ct.state == 1  # ip_vs_control_assure_ct on the OUTPUT transition
