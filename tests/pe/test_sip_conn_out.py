@@ -157,6 +157,18 @@ def test_an_existing_connection_is_used_not_a_new_one():
     assert len(lab.conns()) == 1 and [ct.pe_data for ct in lab.templates()] == [b"c1"]
 
 
+def test_another_server_to_a_client_port_in_use_takes_it_over():
+    # Both connections are hashed; the newest heads the kernel's chain, so
+    # the client's next datagram from that port reaches the newer server.
+    lab = sip_lab()
+    a = server_of(lab, b"c1", sport=5080)
+    b = RS1 if a == RS2 else RS2
+    assert from_server(lab, b, b"c9", cport=5080)[0] == NF_STOLEN
+    assert sorted(c.daddr for c in lab.conns()) == sorted([A(a), A(b)])
+    ok = udp(CLI, 5080, VIP, 5060, payload=b"SIP/2.0 200 OK\r\n")
+    assert lab.send(ok) == NF_STOLEN and IP(bytes(ok)).dst == b
+
+
 def test_one_packet_service_makes_no_lasting_connection():
     # ipvsadm -A -u VIP:5060 -p 300 -o --pe sip: the usual SIP setup.
     lab = sip_lab(flags=IP_VS_SVC_F_PERSISTENT | IP_VS_SVC_F_ONEPACKET)
