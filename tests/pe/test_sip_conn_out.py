@@ -45,6 +45,12 @@ def from_server(lab, rs, call_id, cport=5070, method=b"INVITE", dst=CLI, sport=5
     return verdict, buf, before
 
 
+def sip_su(vip=VIP, port=5060, fwmark=0, pe_name="sip"):
+    """A persistent UDP service with a persistence engine (rr, 300 s)."""
+    return ctl.ServiceUser(addr=b"\0\0\0\0" if fwmark else A(vip), port=port, fwmark=fwmark, protocol=17,
+                           sched_name="rr", flags=IP_VS_SVC_F_PERSISTENT, timeout=300, pe_name=pe_name)
+
+
 def dest_of(lab, addr):
     return lab.rs1 if addr == RS1 else lab.rs2
 
@@ -293,12 +299,10 @@ def test_ttl_running_out_makes_no_connection():
 def test_fwmark_and_port_zero_services_make_nothing():
     # ip_vs_new_conn_out: "if (svc->fwmark) return NULL; if (!vport ...)".
     lab = Lab()
-    fw = ctl.ServiceUser(fwmark=7, protocol=17, addr=b"\0\0\0\0", sched_name="rr",
-                         flags=IP_VS_SVC_F_PERSISTENT, timeout=300, pe_name="sip")
+    fw = sip_su(fwmark=7)
     ctl.add_service(lab.ipvs, fw)
     lab.dest(fw, RS1, 5060)
-    z = ctl.ServiceUser(addr=A(VIP), port=0, protocol=17, sched_name="rr",
-                        flags=IP_VS_SVC_F_PERSISTENT, timeout=300, pe_name="sip")
+    z = sip_su(port=0)
     ctl.add_service(lab.ipvs, z)
     lab.dest(z, RS2, 5060)
     assert lab.ipvs.conn_out_counter == 2
@@ -310,14 +314,13 @@ def test_fwmark_and_port_zero_services_make_nothing():
 def two_services(sip_last: bool):
     """RS1:5060 serves a --pe sip service and a plain one; which was added last?"""
     lab = Lab()
-    sip_su = ctl.ServiceUser(addr=A(VIP), port=5060, protocol=17, sched_name="rr",
-                             flags=IP_VS_SVC_F_PERSISTENT, timeout=300, pe_name="sip")
-    plain_su = ctl.ServiceUser(addr=A(VIP2), port=5060, protocol=17, sched_name="rr")
-    ctl.add_service(lab.ipvs, sip_su)
-    ctl.add_service(lab.ipvs, plain_su)
-    order = [plain_su, sip_su] if sip_last else [sip_su, plain_su]
+    sip = sip_su()
+    plain = ctl.ServiceUser(addr=A(VIP2), port=5060, protocol=17, sched_name="rr")
+    ctl.add_service(lab.ipvs, sip)
+    ctl.add_service(lab.ipvs, plain)
+    order = [plain, sip] if sip_last else [sip, plain]
     dests = {id(su): lab.dest(su, RS1, 5060) for su in order}
-    return lab, dests[id(sip_su)], dests[id(plain_su)]
+    return lab, dests[id(sip)], dests[id(plain)]
 
 
 def test_the_real_server_hashed_last_decides():
@@ -343,8 +346,7 @@ def test_engine_without_conn_out_is_not_counted():
     pe = register_pe(Plain())
     try:
         lab = Lab()
-        su = ctl.ServiceUser(addr=A(VIP), port=5060, protocol=17, sched_name="rr",
-                             flags=IP_VS_SVC_F_PERSISTENT, timeout=300, pe_name="plaintest")
+        su = sip_su(pe_name="plaintest")
         ctl.add_service(lab.ipvs, su)
         lab.dest(su, RS1, 5060)
         assert lab.ipvs.conn_out_counter == 0
@@ -362,8 +364,7 @@ def test_conn_out_counter_follows_add_edit_delete_and_flush():
     ipvs = lab.ipvs
 
     def su(port, pe="sip"):
-        return ctl.ServiceUser(addr=A(VIP), port=port, protocol=17, sched_name="rr",
-                               flags=IP_VS_SVC_F_PERSISTENT, timeout=300, pe_name=pe)
+        return sip_su(port=port, pe_name=pe)
 
     ctl.add_service(ipvs, su(5060))
     ctl.add_service(ipvs, su(5061))
