@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+import clock
 from nsutil import socket_in
 
 NS = "cli"
@@ -143,6 +144,7 @@ class Client:
                 self.out(f"# {rest}")
             elif verb == "sh":
                 sys.stderr.flush()
+                clock.mark("sh", rest)
                 subprocess.run(rest, shell=True, stdout=sys.stderr, check=False)
             elif verb == "hold":
                 self.hold(args[0], args[1], int(args[2]), args[3], int(args[4]))

@@ -98,9 +98,15 @@ ipvs_rules() { ipvsadm -R || die "ipvsadm -R failed"; }
 # vs_sysctl NAME VALUE - set /proc/sys/net/ipv4/vs/NAME.
 vs_sysctl() { echo "$2" > "/proc/sys/net/ipv4/vs/$1" || die "sysctl vs.$1=$2"; }
 
+# stamp KIND WHAT - the guest's realtime clock (the pcap timestamps' clock)
+# into $OUT/clock.txt before a step (see clock.py; bash's EPOCHREALTIME
+# costs no process start, so stamping does not slow what it measures).
+stamp() { printf '%s\t%s\t%s\n' "$EPOCHREALTIME" "$1" "$2" >> "$OUT/clock.txt"; }
+
 # snap SRC DST - copy a /proc file without forking a process.
 snap() {
     local x=
+    stamp file "${2#"$OUT"/}"
     IFS= read -r -d '' x < "$1"
     printf '%s' "$x" > "$2"
 }
@@ -108,6 +114,7 @@ snap() {
 # dump_sysctl FILE - every net.ipv4.vs sysctl as PATH:VALUE, sorted.
 dump_sysctl() {
     local f v
+    stamp file "${1#"$OUT"/}"
     for f in /proc/sys/net/ipv4/vs/*; do
         v=
         IFS= read -r v < "$f"
@@ -115,17 +122,25 @@ dump_sysctl() {
     done > "$1"
 }
 
+# stamped_ipvsadm FILE ARGS... - ipvsadm ARGS > FILE, stamped (see stamp).
+stamped_ipvsadm() {
+    local f=$1
+    shift
+    stamp file "${f#"$OUT"/}"
+    ipvsadm "$@" > "$f"
+}
+
 # dump_ipvs [PREFIX] - every listing and /proc view into $OUT/PREFIX*.
 dump_ipvs() {
     local p=$OUT/${1:-} f
-    ipvsadm -Ln > "${p}ipvsadm-Ln.txt"
-    ipvsadm -Ln --stats > "${p}ipvsadm-Ln-stats.txt"
-    ipvsadm -Ln --rate > "${p}ipvsadm-Ln-rate.txt"
-    ipvsadm -Ln --exact --stats > "${p}ipvsadm-Ln-exact-stats.txt"
-    ipvsadm -Ln --timeout > "${p}ipvsadm-Ln-timeout.txt"
-    ipvsadm -Ln --persistent-conn > "${p}ipvsadm-Ln-persistent-conn.txt"
-    ipvsadm -Lnc > "${p}ipvsadm-Lnc.txt"
-    ipvsadm -S -n > "${p}ipvsadm-S-n.txt"
+    stamped_ipvsadm "${p}ipvsadm-Ln.txt" -Ln
+    stamped_ipvsadm "${p}ipvsadm-Ln-stats.txt" -Ln --stats
+    stamped_ipvsadm "${p}ipvsadm-Ln-rate.txt" -Ln --rate
+    stamped_ipvsadm "${p}ipvsadm-Ln-exact-stats.txt" -Ln --exact --stats
+    stamped_ipvsadm "${p}ipvsadm-Ln-timeout.txt" -Ln --timeout
+    stamped_ipvsadm "${p}ipvsadm-Ln-persistent-conn.txt" -Ln --persistent-conn
+    stamped_ipvsadm "${p}ipvsadm-Lnc.txt" -Lnc
+    stamped_ipvsadm "${p}ipvsadm-S-n.txt" -S -n
     for f in ip_vs ip_vs_conn ip_vs_conn_sync ip_vs_stats ip_vs_stats_percpu ip_vs_app; do
         [ -e "/proc/net/$f" ] && snap "/proc/net/$f" "${p}proc-net-$f.txt"
     done
@@ -136,19 +151,24 @@ dump_ipvs() {
 # /proc/net/ip_vs_conn (with Expires), taken back to back.
 dump_conn() {
     local p=$OUT/${1:-}
-    ipvsadm -Lnc > "${p}ipvsadm-Lnc.txt"
+    stamped_ipvsadm "${p}ipvsadm-Lnc.txt" -Lnc
     snap /proc/net/ip_vs_conn "${p}proc-net-ip_vs_conn.txt"
 }
 
 # capture_start NAME IFACE [FILTER...] - tcpdump on a director interface
 # (cli0: client side, br0: server side) into $OUT/NAME.pcap (+ NAME.txt).
+# --immediate-mode: libpcap otherwise reads TPACKET_V3 blocks only when they
+# retire, and the frames of the block still open when capture_stop's SIGINT
+# arrives are lost (the last frames of every capture were missing).
 capture_start() {
     local name=$1 dev=$2 i
     shift 2
     rm -f "/tmp/cap-$name.err"
-    tcpdump -i "$dev" -nn -U -s 0 -Z root -w "/tmp/$name.pcap" "$@" 2> "/tmp/cap-$name.err" &
+    tcpdump -i "$dev" -nn -U --immediate-mode -s 0 -Z root -w "/tmp/$name.pcap" "$@" \
+        2> "/tmp/cap-$name.err" &
     CAP_PIDS="$CAP_PIDS $!"
     CAP_NAMES="$CAP_NAMES $name"
+    stamp capture_start "$name"
     for i in $(seq 1 300); do
         grep -q "listening on" "/tmp/cap-$name.err" 2>/dev/null && return 0
         sleep 0.1
@@ -159,6 +179,7 @@ capture_start() {
 # capture_stop - stop every capture, copy pcaps and write text decodes.
 capture_stop() {
     local p n
+    stamp capture_stop "$CAP_NAMES"
     sleep 0.5
     for p in $CAP_PIDS; do kill -INT "$p" 2>/dev/null; done
     for p in $CAP_PIDS; do wait "$p" 2>/dev/null; done

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 
+import clock
 from nsutil import netns
 
 NS = "cli"
@@ -102,6 +103,7 @@ def parse(frame: bytes):
 
 class Crafter:
     def __init__(self, base: str):
+        self.base = base
         with netns(NS):
             self.tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
             self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
@@ -167,6 +169,7 @@ class Crafter:
         self.record({"step": "expect", "flow": name, "secs": secs, "received": got}, text)
 
     def dump(self, label: str) -> None:
+        clock.mark("dump", label, os.path.dirname(self.base))
         lnc = subprocess.run(["ipvsadm", "-Lnc"], capture_output=True, text=True).stdout
         with open("/proc/net/ip_vs_conn") as fh:
             proc = fh.read()
@@ -197,6 +200,7 @@ class Crafter:
         elif verb == "dump":
             self.dump(rest)
         elif verb == "sh":
+            clock.mark("sh", rest, os.path.dirname(self.base))
             p = subprocess.run(rest, shell=True, capture_output=True, text=True)
             self.record({"step": "sh", "cmd": rest, "stdout": p.stdout, "stderr": p.stderr,
                          "rc": p.returncode}, f"$ {rest}\n{p.stdout}{p.stderr}")

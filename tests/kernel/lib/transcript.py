@@ -17,7 +17,9 @@ Commands run one after another against the same IPVS table, so replaying
 the transcript in order on another implementation must give the same
 results.  JSON record fields: ``n`` (1-based), ``section``, ``cmd`` (the
 line as written, without the stdin part), ``argv``, ``stdin`` (null when
-none: stdin is then empty), ``stdout``, ``stderr``, ``rc``.
+none: stdin is then empty), ``stdout``, ``stderr``, ``rc``, and ``t``: the
+guest's realtime clock (seconds, the pcap timestamps' clock) just before
+the command started, for the offline model's clock (timers in listings).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 
 def main(argv: list[str]) -> int:
@@ -50,13 +53,14 @@ def main(argv: list[str]) -> int:
                 stdin = json.loads(payload)
             args = shlex.split(cmd)
             n += 1
+            t = time.time()
             p = subprocess.run(args, input=(stdin or "").encode(),
                                capture_output=True, env=env, check=False)
             rec = {
                 "n": n, "section": section, "cmd": cmd, "argv": args, "stdin": stdin,
                 "stdout": p.stdout.decode(errors="surrogateescape"),
                 "stderr": p.stderr.decode(errors="surrogateescape"),
-                "rc": p.returncode,
+                "rc": p.returncode, "t": round(t, 6),
             }
             js.write(json.dumps(rec, ensure_ascii=False) + "\n")
             txt.write(f"$ {cmd}\n")
