@@ -26,7 +26,7 @@ EQUAL, DIFFERENT, MISSING = "equal", "different", "missing"
 #: timings, tcpdump's own text decodes (timestamps, ISNs of real sockets).
 NOT_ITEMS = re.compile(
     r"^(scenario\.sh|rc|run-info\.txt|guest-info\.txt|guest-packages\.txt|lsmod\.txt|scenario\.log|"
-    r"dmesg\.txt|console\.log|duration_s|.*\.pcap|(client|server)-side\.txt|.*\.err|.*\.out)$"
+    r"dmesg\.txt|console\.log|duration_s|clock\.txt|.*\.pcap|(client|server)-side\.txt|.*\.err|.*\.out)$"
 )
 
 

@@ -29,9 +29,15 @@ helper), and its ``tcpcraft.py`` records the TCP state walk, whose
 ``dump`` and ``sh`` steps are played before the next ``send`` step's frame
 and written as the kernel's ``tcp-states.jsonl`` records (a ``sleep``
 moves the steps before it back by its length).  ``mark_dst`` becomes a
-PyIPVS mark rule (what ``tools/ipvs-mark -A -d CIDR --set-mark MARK`` adds).  The clock outside the captures is modelled: 0.4 s
-per ipvsadm run, per Python start and per captured frame decoded in the VM
-(:data:`IPVSADM_S` and the constants after it).
+PyIPVS mark rule (what ``tools/ipvs-mark -A -d CIDR --set-mark MARK`` adds).
+
+The clock: inside the captures it is the frames' pcap timestamps (the
+guest's ``CLOCK_REALTIME``).  Outside them, a golden recorded with guest
+stamps (:class:`GuestClock`: ``clock.txt`` for every dumped file, ``!sh``
+step and TCP walk ``dump``, ``t`` in transcript records; same clock) sets
+it before each stamped step.  Goldens without stamps (older recordings and
+the fresh scenarios of ``scenarios_pyipvs``) fall back to a model of the
+VM's speed: :data:`IPVSADM_S` per ipvsadm run and the constants after it.
 
 What this backend cannot reproduce, and says so (MISSING items):
 ``requests.txt``, the real servers' logs and ``ftp-session.txt`` (no
@@ -75,14 +81,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")
 INNER = ipaddress.ip_network("172.16.0.0/24")
 GATEWAY = ipaddress.ip_address("172.16.0.1").packed
-#: The VM's clock outside the captures, modelled from the recordings: an
-#: ipvsadm run costs about IPVSADM_S under TCG, a Python start PY_S, and
-#: capture_stop a 0.5 s sleep plus two tcpdump decodes (DECODE_S each) after
-#: the last captured frame.  Fitted on every golden: the connection timers
-#: then agree within 2 s (the tolerance is 3 s).
+#: The fallback for goldens without guest stamps (see :class:`GuestClock`):
+#: the VM's clock outside the captures, modelled: an ipvsadm run costs about
+#: IPVSADM_S under TCG, a Python start PY_S, and capture_stop a 0.5 s sleep
+#: plus two tcpdump decodes (DECODE_S each) after the last captured frame.
+#: Fitted on the unstamped recordings of a busy machine; a quieter machine
+#: runs faster, which these constants cannot know (timers 4-8 s off).
 IPVSADM_S = 0.15
 PY_S = 0.4
 DECODE_S = 0.3
+#: capture_stop's ``sleep 0.5`` before it stops tcpdump (oracle.sh).
+CAPTURE_STOP_SLEEP_S = 0.5
 #: Where the model puts an estimator tick: this long after the last frame
 #: (half of capture_stop's 1.1 s before the dump; see _estimator_phase).
 EST_AFTER_LAST_S = 0.55
@@ -120,6 +129,62 @@ class GuestResolver(Resolver):
 
     def addr_to_host(self, af: int, packed: bytes) -> str | None:
         return "localhost" if packed == b"\x7f\0\0\1" else None
+
+
+def _one_line(text: str) -> str:
+    """A step's text as lib/clock.py stamps it (whitespace runs folded)."""
+    return " ".join(text.split())
+
+
+class GuestClock:
+    """The guest's own clock stamps of a golden, by step.
+
+    ``clock.txt`` (``SECONDS<TAB>KIND<TAB>WHAT`` lines, written by oracle.sh
+    and lib/clock.py just before each step) and the ``t`` of transcript
+    records (lib/transcript.py) are the guest's ``CLOCK_REALTIME``, the
+    clock of the pcap timestamps, so they convert to jiffies like frames
+    (:func:`ipvs.driver.replay.jiffies`).  A step that ran more than once
+    (the same ``!sh`` text twice) has its stamps in execution order;
+    :meth:`take` hands them out in that order.
+    """
+
+    def __init__(self, golden: str) -> None:
+        self.stamps: dict[tuple, list[float]] = {}
+        path = os.path.join(golden, "clock.txt")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:
+                    parts = line.rstrip("\n").split("\t", 2)
+                    if len(parts) == 3:
+                        self.stamps.setdefault((parts[1], _one_line(parts[2])), []).append(float(parts[0]))
+        for name in sorted(os.listdir(golden)) if os.path.isdir(golden) else ():
+            if not name.endswith(".jsonl"):
+                continue
+            with open(os.path.join(golden, name), encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:
+                    rec = json.loads(line) if line.strip() else {}
+                    # Transcript records only (a TCP walk's "t" is relative).
+                    if "argv" in rec and isinstance(rec.get("t"), float):
+                        self.stamps[("transcript", name[:-len(".jsonl")], rec["n"])] = [rec["t"]]
+
+    def __bool__(self) -> bool:
+        return bool(self.stamps)
+
+    def first(self) -> float | None:
+        """The earliest stamp (None without stamps)."""
+        return min((t for ts in self.stamps.values() for t in ts), default=None)
+
+    def take_kind(self, kind: str) -> float | None:
+        """The earliest unused stamp of any step of ``kind``."""
+        keys = [k for k, ts in self.stamps.items() if k[0] == kind and ts]
+        if not keys:
+            return None
+        return self.stamps[min(keys, key=lambda k: self.stamps[k][0])].pop(0)
+
+    def take(self, *key) -> float | None:
+        """The next unused stamp of step ``key`` (None: not stamped)."""
+        ts = self.stamps.get(key)
+        return ts.pop(0) if ts else None
 
 
 def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] | None = None
@@ -345,18 +410,40 @@ class OfflineRun:
         self.replaying = False
         self.answered: set[tuple[int, bytes, int]] = set()
         self.tc_records: list[dict] = []
+        self.clock = GuestClock(golden)
+        #: While steps run between captured frames: the next frame's time,
+        #: which a stamp may not pass (the step ran before that frame).
+        self.horizon: int | None = None
         os.makedirs(out, exist_ok=True)
+        starts = [self.clock.first()]
         if os.path.exists(os.path.join(golden, "client-side.pcap")):
-            ts = [r.ts for r in pcap.read_file(os.path.join(golden, "client-side.pcap"))]
-            if ts:
-                # Configuration happened a little before the first frame.
-                self.now = jiffies(ts[0], self.ipvs.hz) - 2 * self.ipvs.hz
+            starts += [r.ts for r in pcap.read_file(os.path.join(golden, "client-side.pcap"))][:1]
+        starts = [t for t in starts if t is not None]
+        if starts:
+            # Configuration happened a little before the first stamp or frame.
+            self.now = jiffies(min(starts), self.ipvs.hz) - 2 * self.ipvs.hz
 
     # ------------------------------------------------------------ ipvsadm
 
     def tick(self, seconds: float) -> None:
-        """Advance the modelled VM clock (outside the captured traffic)."""
-        self.now += round(seconds * self.ipvs.hz)
+        """Advance the modelled VM clock (outside the captured traffic); a
+        golden with guest stamps has its clock set by :meth:`stamp` instead."""
+        if not self.clock:
+            self.now += round(seconds * self.ipvs.hz)
+
+    def stamp(self, *key) -> None:
+        """Set the clock to the guest's stamp of step ``key``, if it has one.
+
+        Never backwards (frames and earlier stamps already ran timers up to
+        ``self.now``) and never past :attr:`horizon`."""
+        t = self.clock.take(*key)
+        if t is None:
+            return
+        now = jiffies(t, self.ipvs.hz)
+        if self.horizon is not None:
+            now = min(now, self.horizon)
+        self.now = max(self.now, now)
+        self.d.run_timers(self.now)
 
     def ipvsadm(self, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
         self.d.run_timers(self.now)
@@ -377,14 +464,19 @@ class OfflineRun:
             f.write(text)
 
     def dump_conn(self, prefix: str) -> None:
+        self.stamp("file", f"{prefix}ipvsadm-Lnc.txt")
         self.write(f"{prefix}ipvsadm-Lnc.txt", self.ipvsadm(["-Lnc"])[1])
+        self.stamp("file", f"{prefix}proc-net-ip_vs_conn.txt")
         self.write(f"{prefix}proc-net-ip_vs_conn.txt", self.proc("ip_vs_conn"))
 
     def dump_ipvs(self, prefix: str) -> None:
         for stem, argv in LISTINGS.items():
+            self.stamp("file", f"{prefix}{stem}.txt")
             self.write(f"{prefix}{stem}.txt", self.ipvsadm(argv)[1])
         for name in ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app"):
+            self.stamp("file", f"{prefix}proc-net-{name}.txt")
             self.write(f"{prefix}proc-net-{name}.txt", self.proc(name))
+        self.stamp("file", f"{prefix}sysctl-net.ipv4.vs.txt")
         files = procfs.render_sysctl(self.ipvs)
         self.write(f"{prefix}sysctl-net.ipv4.vs.txt", "".join(
             f"/proc/sys/net/ipv4/vs/{k}:{v.splitlines()[0] if v else ''}\n" for k, v in sorted(files.items())))
@@ -393,6 +485,7 @@ class OfflineRun:
         """A ``!sh`` step: ipvsadm (with ``> "$OUT/FILE"``), ``cat /proc/net/ip_vs*``,
         and reads and writes of ``/proc/sys/net/ipv4/vs/*``; (stdout, stderr, rc)."""
         stdout, stderr, rc = "", "", 0
+        self.stamp("sh", _one_line(cmd))
         for part in cmd.split(";"):
             words = shlex.split(part.replace("$OUT/", ""))
             target = None
@@ -457,6 +550,7 @@ class OfflineRun:
                 stdin = json.loads(payload)
             args = shlex.split(cmd)
             n += 1
+            self.stamp("transcript", os.path.basename(base), n)
             if args and args[0] == "ipvsadm":
                 rc, so, se = self.ipvsadm(args[1:], stdin or "")
             else:
@@ -578,10 +672,13 @@ class OfflineRun:
             now = jiffies(rec.ts, self.ipvs.hz)
             self._unreachable(neigh, now, sent, info)
             if idx in jobs:
+                self.horizon = now
                 for action, lead in jobs.pop(idx):
-                    self.now = max(self.now, now - round(lead * self.ipvs.hz))
+                    if not self.clock:
+                        self.now = max(self.now, now - round(lead * self.ipvs.hz))
                     self.d.run_timers(self.now)
                     action()
+                self.horizon = None
             self.now = now
             self.d.run_timers(now)
             buf = bytearray(rec.data)
@@ -608,7 +705,11 @@ class OfflineRun:
         for _idx, actions in sorted(jobs.items()):
             for action, _lead in actions:
                 action()
-        self.tick(0.5 + 2 * DECODE_S)
+        stop = self.clock.take_kind("capture_stop")
+        if stop is not None:
+            # The captures end capture_stop's sleep after its stamp (SIGINT).
+            self.now = max(self.now, jiffies(stop + CAPTURE_STOP_SLEEP_S, self.ipvs.hz))
+        self.tick(CAPTURE_STOP_SLEEP_S + 2 * DECODE_S)
         # Resolutions that fail before the dump (capture_stop's wait).
         self._unreachable(neigh, self.now, sent, None)
         self.d.run_timers(self.now)
@@ -675,7 +776,8 @@ class OfflineRun:
             elif verb == "sleep":
                 sleep(float(a[0]))
             elif verb == "dump":
-                add(lambda n=n, section=section, label=a[0]: self.tc_records.append(
+                add(lambda n=n, section=section, label=a[0], key=_one_line(rest): self.stamp("dump", key)
+                    or self.tc_records.append(
                     {"n": n, "section": section, "step": "dump", "label": label,
                      "ipvsadm_Lnc": self.ipvsadm(["-Lnc"])[1],
                      "proc_net_ip_vs_conn": self.proc("ip_vs_conn")}))
