@@ -35,9 +35,9 @@ The clock: inside the captures it is the frames' pcap timestamps (the
 guest's ``CLOCK_REALTIME``).  Outside them, a golden recorded with guest
 stamps (:class:`GuestClock`: ``clock.txt`` for every dumped file, ``!sh``
 step and TCP walk ``dump``, ``t`` in transcript records; same clock) sets
-it before each stamped step.  Goldens without stamps (older recordings and
-the fresh scenarios of ``scenarios_pyipvs``) fall back to a model of the
-VM's speed: :data:`IPVSADM_S` per ipvsadm run and the constants after it.
+it before each stamped step.  Kernel outputs without stamps (recorded
+before they existed) fall back to a model of the VM's speed:
+:data:`IPVSADM_S` per ipvsadm run and the constants after it.
 
 What this backend cannot reproduce, and says so (MISSING items):
 ``requests.txt``, the real servers' logs and ``ftp-session.txt`` (no
@@ -301,9 +301,14 @@ class Traffic:
         #: Flows seen on both sides (frames compared for these only).
         self.both = rs_flows & cli_flows
         self.input = sorted(to_vip + [(r, i) for r, i in from_rs if self.flow(i) in cli_flows], key=lambda x: x[0].ts)
-        #: Last frame time of each capture: a capture that stopped early
-        #: leaves the offline input without the other side's late frames.
-        self.ends = (cli[-1][0].ts if cli else 0.0, srv[-1][0].ts if srv else 0.0)
+        #: Last frame time of each capture among the flows IPVS carried to
+        #: both sides: a capture that stopped early leaves the offline input
+        #: without the other side's late frames.  (Frames of one side only -
+        #: the director's own port unreachable for a VIP without a service -
+        #: legitimately end one capture later.)
+        cli_both = [r.ts for r, i in cli if self.flow(i) in self.both]
+        srv_both = [r.ts for r, i in srv if self.flow(i) in self.both]
+        self.ends = (cli_both[-1] if cli_both else 0.0, srv_both[-1] if srv_both else 0.0)
 
     def flow(self, i) -> tuple[int, bytes, int]:
         """(proto, client addr, client port) of a frame on either side."""
