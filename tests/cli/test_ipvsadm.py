@@ -361,9 +361,9 @@ def stats_lag(d: Path) -> bool:
     (``kstats``, refreshed from the per-CPU counters every 2 s by
     ``estimation_timer``), and ``dump_ipvs`` lists ``--stats`` two ipvsadm
     runs before ``--exact --stats``: a refresh in between, with the last
-    packets of the traffic not yet counted, makes them differ (ftp,
-    sched_sed).  Counters only grow: the earlier listing must not be ahead
-    anywhere, and must show plain numbers to be loaded back.
+    packets of the traffic not yet counted, makes them differ (sched_wlc).
+    Counters only grow: the earlier listing must not be ahead anywhere, and
+    must show plain numbers to be loaded back.
     """
     early, late = (parse_table((d / f).read_text()) for f in ("ipvsadm-Ln-stats.txt", "ipvsadm-Ln-exact-stats.txt"))
     if early == late:
@@ -506,7 +506,9 @@ def test_after_traffic_derivation_fails_on_wrong_counts():
         pytest.skip("no goldens")
     d = base / "nat_classic"
     t = load_rules(base, "nat_classic", "restore")
-    wrong = (d / "ipvsadm-Ln-exact-stats.txt").read_text().replace("   65 ", "   66 ")
+    right = (d / "ipvsadm-Ln-exact-stats.txt").read_text()
+    wrong = right.replace("   60 ", "   66 ")  # the service's InPkts
+    assert wrong != right
     with pytest.raises(AssertionError):
         load_traffic(t.ipvs, wrong, (d / "ipvsadm-Ln-rate.txt").read_text(),
                      (d / "proc-net-ip_vs_conn.txt").read_text(), (d / "proc-net-ip_vs_stats.txt").read_text())
@@ -976,7 +978,7 @@ def test_random_argv_always_gives_an_exit_code(argv, stdin):
 def test_stats_lag_refuses_an_earlier_listing_that_is_ahead(tmp_path):
     """Counters only grow: a --stats listing ahead of the later --exact --stats
     is not lag, and the loader must not take it."""
-    d = golden_base() / "sched_sed"
+    d = golden_base() / "sched_wlc"
     if not d.exists():
         pytest.skip("no goldens")
     (tmp_path / "ipvsadm-Ln-stats.txt").write_text((d / "ipvsadm-Ln-exact-stats.txt").read_text())
