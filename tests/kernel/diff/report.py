@@ -60,7 +60,8 @@ ARTEFACTS: list[tuple[str, str, str]] = [
     ("capture_gap", _STATS + "|" + _CONNS + r"|frames to .*|order\.txt: .*|tcp-states\.jsonl#.*"
      r"|.*\.jsonl#\d+: ipvsadm -L.*", (
         "[golden] one of the kernel's captures is incomplete (it ends before the other one, or lacks a "
-        "request the other side has: tcpdump stopped before writing its last frames), so the offline input "
+        "request the other side has: tcpdump without --immediate-mode lost the frames of the ring block still "
+        "open at SIGINT; the committed goldens are recorded with it and show no gap), so the offline input "
         "lacks frames the kernel handled; states, counters and frames after the gap differ")),
     ("leak", r".*", (
         "[golden] the kernel's state did not start empty: its 'before' listing already holds connections (or "
@@ -405,7 +406,9 @@ def markdown(rows, notes, seconds: float) -> str:
           "| offline | the scenario script under a recording stub (`tests/kernel/diff/stub/oracle.sh`); "
           "rules, sysctls, transcripts and dumps played in-process; the traffic is the kernel's own "
           "capture fed to `ipvs.core.Director` in capture order, IPVS-side steps (`!sh ipvsadm`, "
-          "snapshots, FTP sessions, TCP-walk dumps) between the frames they fell between | listings, /proc "
+          "snapshots, FTP sessions, TCP-walk dumps) between the frames they fell between; the clock is the "
+          "frames' pcap time inside the captures and the guest's own stamps outside them (`clock.txt`, "
+          "transcripts' `t`; see tests/kernel/README.md, Capture and timing) | listings, /proc "
           "views, sysctls, transcripts, the server per request (`order.txt`), the TCP state walk's connection "
           "dumps, the transmitted frames at L3/L4 (`frames to real servers`, `frames to clients`); "
           "not `requests.txt`, server logs, FTP sessions as the client saw them |",
@@ -434,8 +437,8 @@ def markdown(rows, notes, seconds: float) -> str:
         md.append(f"| {s} | `{_cell(pat)}` | {why} |")
     md += ["", "## Recording artefacts", "",
            "Rules in `ARTEFACTS` that excuse an item only when the recording shows the artefact: the scenario's "
-           "notes say a capture ended early or lacks a request, its `before-ipvsadm-Lnc.txt` is not empty, or "
-           "the same frames came in another order.", "", "| evidence | items | reason |", "| --- | --- | --- |"]
+           "notes say a capture ended early or lacks a request, its `before-ipvsadm-Lnc.txt` is not empty, its "
+           "own counters of one dump disagree, or the same frames or services came in another order.", "", "| evidence | items | reason |", "| --- | --- | --- |"]
     for key, pat, why in ARTEFACTS:
         md.append(f"| {key} | `{_cell(pat)}` | {why} |")
     md += ["", "## Every item", ""]
