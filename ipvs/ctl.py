@@ -450,14 +450,27 @@ def _unhash_service(ipvs: NetnsIPVS, svc: Service) -> None:
     svc.flags &= ~IP_VS_SVC_F_HASHED
 
 
+#: Settings a scheduler module registers as sysctls: name -> scheduler.
+#: In Debian's modular kernel they exist once the module is loaded.
+MODULE_SYSCTLS = {"lblc_expiration": "lblc", "lblcr_expiration": "lblcr"}
+
+
+def _scheduler_get(ipvs: NetnsIPVS, name: str):
+    """``ip_vs_scheduler_get``: the scheduler class (ENOENT if none), its
+    module now loaded in the instance (``request_module``)."""
+    sched_cls = scheduler_get(name)
+    if sched_cls is None:
+        raise IPVSError(errno.ENOENT, f"scheduler {name!r} not found")
+    ipvs.sched_modules.add(sched_cls.name)
+    return sched_cls
+
+
 def add_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
     """``IPVS_CMD_NEW_SERVICE``: EEXIST if present, ENOENT for an unknown scheduler."""
     _check_service_user(u)
     if _user_service_find(ipvs, u) is not None:
         raise IPVSError(errno.EEXIST, "service already exists")
-    sched_cls = scheduler_get(u.sched_name)
-    if sched_cls is None:
-        raise IPVSError(errno.ENOENT, f"scheduler {u.sched_name!r} not found")
+    sched_cls = _scheduler_get(ipvs, u.sched_name)
     _check_pe(u.pe_name)
     svc = Service(
         af=u.af,
@@ -490,9 +503,7 @@ def edit_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
     svc = _user_service_find(ipvs, u)
     if svc is None:
         raise IPVSError(errno.ESRCH, "no such service")
-    sched_cls = scheduler_get(u.sched_name)
-    if sched_cls is None:
-        raise IPVSError(errno.ENOENT, f"scheduler {u.sched_name!r} not found")
+    sched_cls = _scheduler_get(ipvs, u.sched_name)
     _check_pe(u.pe_name)
     # The kernel keeps the HASHED bit and takes everything else from user space.
     svc.flags = (u.flags & ~IP_VS_SVC_F_HASHED) | (svc.flags & IP_VS_SVC_F_HASHED)

@@ -903,6 +903,9 @@ def _set_sysctl(ipvs, req, now, **_):
     if "name" not in req or "value" not in req:
         raise SchemaError(errno.EINVAL, "SET_SYSCTL needs name and value")
     ipvs.sysctl.set(req["name"], req["value"])
+    if req["name"] in ctl.MODULE_SYSCTLS:
+        # Writing a scheduler module's setting stands for modprobe + sysctl -w.
+        ipvs.sched_modules.add(ctl.MODULE_SYSCTLS[req["name"]])
     if req["name"] == "run_estimation":
         ipvs.est.enabled = bool(req["value"])
     return {}

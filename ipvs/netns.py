@@ -52,6 +52,11 @@ class NetnsIPVS:
     #: Firewall-mark rules for fwmark services (what iptables MARK does for the kernel).
     marks: MarkTable = attrs.field(factory=MarkTable)
     enable: bool = False
+    #: Scheduler modules loaded (the kernel's ``request_module("ip_vs_%s")``
+    #: on a scheduler's first use, never unloaded by IPVS): a module's own
+    #: sysctls (``lblc_expiration``, ``lblcr_expiration``) exist only once
+    #: it is (see :func:`ipvs.procfs.sysctl_values`).
+    sched_modules: set = attrs.field(factory=set)
     #: The byte of the netns address the kernel mixes into the service hash
     #: (``(size_t)ipvs >> 8``); it only decides the /proc and --nosort order.
     svc_hash_salt: int = 0

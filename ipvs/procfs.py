@@ -33,8 +33,11 @@ Where PyIPVS differs from the kernel, and why:
 * Sysctls PyIPVS does not act on (the connection-sync ones) are printed
   with the kernel's defaults and cannot be changed; see
   :data:`INERT_SYSCTLS`.  ``lblc_expiration`` and ``lblcr_expiration``
-  always appear, as on a kernel with those schedulers built in (a modular
-  kernel shows them once ``ip_vs_lblc``/``ip_vs_lblcr`` is loaded).
+  appear once their scheduler module is loaded, as in Debian's modular
+  kernel: once a service has used the scheduler
+  (:attr:`ipvs.netns.NetnsIPVS.sched_modules`), or once the setting has
+  been written through the control plane (where the kernel needs a
+  ``modprobe`` first).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ipvs import uapi
-from ipvs.ctl import services_sorted_by_bucket
+from ipvs.ctl import MODULE_SYSCTLS, services_sorted_by_bucket
 from ipvs.proto import state_name
 from ipvs.uapi import (
     AF_INET6,
@@ -297,7 +300,7 @@ def sysctl_values(ipvs: NetnsIPVS) -> dict[str, str]:
     values: dict[str, str] = dict(INERT_SYSCTLS)
     sc = ipvs.sysctl
     for name in type(sc).names():
-        if name in NOT_SYSCTLS:
+        if name in NOT_SYSCTLS or MODULE_SYSCTLS.get(name, "") not in ipvs.sched_modules | {""}:
             continue
         values[name] = str(getattr(sc, name))
     return dict(sorted(values.items()))

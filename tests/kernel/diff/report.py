@@ -41,9 +41,6 @@ _SVC_ORDER = ("[inherent] service hash order: ip_vs_svc_hashkey mixes in the add
               "so --nosort and /proc/net/ip_vs order change with every boot, and ipvsadm's sort (a wrapping, "
               "non-transitive comparator over 1.0.0.0..200.0.0.0) inherits that order")
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("*", r"(.*-)?sysctl-net\.ipv4\.vs\.txt"): (
-        "[pyipvs] lblc_expiration and lblcr_expiration are always listed, as on a kernel with those schedulers "
-        "built in; the Debian kernel shows each only while its module is loaded (ipvs/procfs.py)"),
     ("*", r"(.*-)?proc-net-ip_vs_stats_percpu\.txt"): (
         "[inherent] the kernel counts on the CPU that handled each packet (2 vCPUs, spread by the scheduler of "
         "the moment); PyIPVS's core is one thread and counts on CPU 0 (ipvs/procfs.py)"),
