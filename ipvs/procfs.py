@@ -28,8 +28,9 @@ Where PyIPVS differs from the kernel, and why:
 * Counters are not per CPU (the core runs in one thread):
   ``ip_vs_stats_percpu`` prints one row per CPU of this machine
   (``os.cpu_count()``, or ``ncpu=``) with all traffic on CPU 0.  Like the
-  kernel, those rows and the ``~`` total are the raw counters, not
-  adjusted by ``ipvsadm -Z``; ``ip_vs_stats`` is adjusted.
+  kernel's, those rows are the live counters, not adjusted by ``ipvsadm
+  -Z``, while its ``~`` total is what ``ip_vs_stats`` shows: the
+  estimator's snapshot less the ``-Z`` zero point (``ip_vs_copy_stats``).
 * Sysctls PyIPVS does not act on (the connection-sync ones) are printed
   with the kernel's defaults and cannot be changed; see
   :data:`INERT_SYSCTLS`.  ``lblc_expiration`` and ``lblcr_expiration``
@@ -235,8 +236,8 @@ def _render_ip_vs_stats(ipvs: NetnsIPVS) -> str:
 
 def _render_ip_vs_stats_percpu(ipvs: NetnsIPVS, ncpu: int | None) -> str:
     st = ipvs.tot_stats
-    # The per-CPU rows are live counters; the "~" row is the estimator's
-    # snapshot (kstats, without the -Z zero point), as in 6.1.
+    # The per-CPU rows are live counters; the "~" row is ip_vs_copy_stats's
+    # view, the estimator's snapshot less the -Z zero point, as in 6.1.
     ipvs.est.push()
     raw = st.raw()
     n = ncpu if ncpu is not None else (os.cpu_count() or 1)
@@ -247,7 +248,7 @@ def _render_ip_vs_stats_percpu(ipvs: NetnsIPVS, ncpu: int | None) -> str:
     zero = (0, 0, 0, 0, 0)
     for i in range(max(n, 1)):
         out.append(f"{i:3X} {_row5(raw if i == 0 else zero)}\n")
-    out.append(f"  ~ {_row5(st.kstats)}\n\n")
+    out.append(f"  ~ {_row5(st.counters())}\n\n")
     out.append("     Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s\n")
     out.append(f"    {_row5(st.rates())}\n")
     return "".join(out)

@@ -27,6 +27,10 @@ a real difference does not belong here.
    ``t`` field of TCP state walk records and the absolute ``ack`` of their
    ``send`` records (the real server's random initial sequence number plus
    an offset; ``seq_rel``/``ack_rel`` stay) are dropped.
+6. **CPUs** - the per-CPU rows of ``/proc/net/ip_vs_stats_percpu`` are
+   summed into one row: which CPU counted a packet is the scheduler's
+   choice of the moment (the VM has two; PyIPVS counts on CPU 0).  The
+   ``~`` row (the estimator's snapshot) stays as it is.
 """
 
 from __future__ import annotations
@@ -136,14 +140,25 @@ def stats_proc(text: str) -> tuple[list[str], list[str]]:
     """
     counters: list[str] = []
     rates: list[str] = []
+    cpus: list[int] | None = None
+    at = 0  # where the summed row goes
     in_rates = False
     for line in text.splitlines():
         if "Conns/s" in line:
             in_rates = True
             rates.append(" ".join(line.split()))
             continue
+        f = line.split()
         if in_rates:
-            rates.append(" ".join("#" if re.fullmatch(r"[0-9A-F]+", x) else x for x in line.split()))
+            rates.append(" ".join("#" if re.fullmatch(r"[0-9A-F]+", x) else x for x in f))
+        elif len(f) == 6 and all(re.fullmatch(r"[0-9A-F]+", x) for x in f):
+            # A per-CPU row (rule 6): summed, shown where the first one was.
+            if cpus is None:
+                cpus = [0] * 5
+                at = len(counters)
+                counters.append("")
+            cpus = [a + int(x, 16) for a, x in zip(cpus, f[1:], strict=True)]
+            counters[at] = "CPUs " + " ".join(f"{v:X}" for v in cpus)
         else:
             counters.append(line.rstrip())
     return counters, rates

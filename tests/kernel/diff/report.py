@@ -41,9 +41,6 @@ _SVC_ORDER = ("[inherent] service hash order: ip_vs_svc_hashkey mixes in the add
               "so --nosort and /proc/net/ip_vs order change with every boot, and ipvsadm's sort (a wrapping, "
               "non-transitive comparator over 1.0.0.0..200.0.0.0) inherits that order")
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("*", r"(.*-)?proc-net-ip_vs_stats_percpu\.txt"): (
-        "[inherent] the kernel counts on the CPU that handled each packet (2 vCPUs, spread by the scheduler of "
-        "the moment); PyIPVS's core is one thread and counts on CPU 0 (ipvs/procfs.py)"),
     ("ipvsadm_errors", r"transcript\.jsonl#20[456]: .*"): (
         "[pyipvs] no sync daemon: PyIPVS accepts --start-daemon with an interface that does not exist "
         "(kernel: 'No such device'), then lists and stops the daemon the kernel never started"),
@@ -63,7 +60,7 @@ ARTEFACTS: list[tuple[str, str, str]] = [
     ("leak", r".*", (
         "[golden] the kernel's state did not start empty: its 'before' listing already holds connections (or "
         "counters) of the scenario recorded before it in the same boot, and every later listing carries them")),
-    ("stats_lag", r"(.*-)?(ipvsadm-Ln(-exact)?-stats|proc-net-ip_vs_stats)\.txt", (
+    ("stats_lag", r"(.*-)?(ipvsadm-Ln(-exact)?-stats|proc-net-ip_vs_stats(_percpu)?)\.txt", (
         "[offline] counters lag in the kernel: 6.1's ipvsadm and /proc/net/ip_vs_stats counters are the "
         "estimator's snapshot (kstats, refreshed every 2 s by estimation_timer, as in ipvs/est.py), and its "
         "phase is not recorded: the offline model puts a tick after the last frame (offline.py: "
