@@ -289,9 +289,12 @@ def test_service_order_excuses_only_a_listing_in_another_order():
     assert [it.status for it in items] == [report.ARTEFACT]
 
 
-def test_known_differences_match_by_pattern():
-    it = Item("ipvsadm_errors", "transcript.jsonl#205: ipvsadm -L --daemon", DIFFERENT)
-    assert report.known_reason(it)
+def test_known_differences_match_by_pattern(monkeypatch):
+    monkeypatch.setitem(report.KNOWN_DIFFERENCES, ("sched_rr", r"ipvsadm-Ln\.txt"), "[pyipvs] an example")
+    monkeypatch.setitem(report.KNOWN_DIFFERENCES, ("*", r"(.*-)?sysctl-x\.txt"), "[pyipvs] another")
+    assert report.known_reason(Item("sched_rr", "ipvsadm-Ln.txt", DIFFERENT)) == "[pyipvs] an example"
+    assert report.known_reason(Item("sched_wlc", "ipvsadm-Ln.txt", DIFFERENT)) is None
+    assert report.known_reason(Item("sched_wlc", "before-sysctl-x.txt", DIFFERENT)) == "[pyipvs] another"
     assert report.known_reason(Item("sched_rr", "sysctl-net.ipv4.vs.txt", DIFFERENT)) is None
     assert report.known_reason(Item("sched_rr", "proc-net-ip_vs_stats_percpu.txt", DIFFERENT)) is None
     assert report.known_reason(Item("sched_rr", "order.txt: rr 1 198.51.100.2:40001", DIFFERENT)) is None

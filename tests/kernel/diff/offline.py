@@ -401,7 +401,10 @@ class OfflineRun:
         self.d = Director()
         self.ipvs = self.d.ipvs
         self.now = 0
-        self.transport = LocalTransport(self.ipvs, clock=lambda: self.now)
+        #: The guest director's network devices (a sync daemon needs one):
+        #: the VM has no NIC, only lo, until setup_nat adds its own.
+        self.interfaces: set[str] = {"lo"}
+        self.transport = LocalTransport(self.ipvs, clock=lambda: self.now, interfaces=self.interfaces)
         self.items: list[Item] = []
         self.notes: list[str] = []
         self.vips: set[bytes] = set()
@@ -899,6 +902,8 @@ class OfflineRun:
                 self.order()
             elif kind == "setup_nat":
                 self.nservers = int(args[0])
+                # oracle.sh's setup_nat: the bridge, the client veth, one veth per server.
+                self.interfaces |= {"br0", "cli0", *(f"rs{k}" for k in range(1, self.nservers + 1))}
             elif kind in ("start_servers", "cleanup", "snap", "dump_sysctl"):
                 pass
             else:
