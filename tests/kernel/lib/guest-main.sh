@@ -75,6 +75,19 @@ for name in $(cat "$SHARE/jobs.txt"); do
     rc=$?
     t1=$(date +%s.%N)
     echo "$rc" > "$OUT/rc"
+    # The estimator's timer as traced since load_ipvs (oracle.sh est_trace_start).
+    if [ -e /tmp/pyipvs-est-trace ]; then
+        tr=/sys/kernel/tracing
+        printf 'pyipvs realtime %s\n' "$EPOCHREALTIME" > "$tr/trace_marker"
+        echo 0 > "$tr/tracing_on"
+        cat "$tr/trace" > "$OUT/est-trace.txt"
+        for e in timer_start timer_expire_entry; do
+            echo 0 > "$tr/events/timer/$e/enable"
+            echo 0 > "$tr/events/timer/$e/filter"
+        done
+        echo > "$tr/trace"
+        rm -f /tmp/pyipvs-est-trace
+    fi
     awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f\n", b-a}' > "$OUT/duration_s"
     lsmod > "$OUT/lsmod.txt"
     dmesg > "$OUT/dmesg.txt"

@@ -21,8 +21,39 @@ NSERVERS=0
 die() { echo "oracle.sh: $*" >&2; exit 1; }
 
 # Load the IPVS core (ipvsadm would do it on first use; doing it here makes
-# the moment explicit and the module list deterministic).
-load_ipvs() { modprobe ip_vs || die "modprobe ip_vs failed"; }
+# the moment explicit and the module list deterministic).  Loading arms the
+# estimator's timer (ip_vs_estimator_net_init), whose phase the counters in
+# every listing follow: the stamps bracket it, est_trace records its runs.
+load_ipvs() {
+    stamp ipvs_load modprobe
+    modprobe ip_vs || die "modprobe ip_vs failed"
+    stamp ipvs_loaded ip_vs
+    est_trace_start
+}
+
+# est_trace_start - trace the ip_vs estimator's timer (timer:timer_start and
+# timer:timer_expire_entry, filtered on estimation_timer) with the "mono"
+# trace clock, and mark the guest's realtime in the trace, so the ticks map
+# onto the clock of the stamps and pcaps.  guest-main.sh saves the trace as
+# $OUT/est-trace.txt after the scenario.  Best effort: without tracefs or
+# the symbol nothing is traced (the offline model then uses the stamps).
+EST_TRACE=/sys/kernel/tracing
+est_trace_start() {
+    local t=$EST_TRACE a e
+    [ -e "$t/trace_marker" ] || mount -t tracefs nodev "$t" 2>/dev/null || return 0
+    a=$(awk '$3 == "estimation_timer" && $4 == "[ip_vs]" { print $1; exit }' /proc/kallsyms)
+    case $a in ''|0000000000000000) return 0 ;; esac
+    echo 0 > "$t/tracing_on"
+    echo mono > "$t/trace_clock"
+    echo > "$t/trace"
+    for e in timer_start timer_expire_entry; do
+        echo "function == 0x$a" > "$t/events/timer/$e/filter" || return 0
+        echo 1 > "$t/events/timer/$e/enable"
+    done
+    echo 1 > "$t/tracing_on"
+    printf 'pyipvs realtime %s\n' "$EPOCHREALTIME" > "$t/trace_marker"
+    : > /tmp/pyipvs-est-trace
+}
 
 # setup_nat NSERVERS CLIENT_ADDR...  - the VS/NAT lab (see the header).
 setup_nat() {
