@@ -324,3 +324,32 @@ def test_lab_runs_a_golden_scenario_unchanged(tmp_path):
     for name in ("before-ipvsadm-Ln.txt", "before-ipvsadm-S-n.txt", "ipvsadm-Lnc.txt", "requests.txt",
                  "rs1-80.log", "rs2-8000.log"):
         assert by[name].status == EQUAL, by[name]
+
+
+def test_an_ipvsadm_listing_reads_at_the_end_of_its_run(tmp_path):
+    """dump_ipvs's ipvsadm listings take the clock of the next stamp (the
+    process had exited), /proc snapshots their own (read right away)."""
+    from tests.kernel.diff.offline import GuestClock, OfflineRun
+
+    g = tmp_path / "golden"
+    g.mkdir()
+    (g / "clock.txt").write_text("1000.0\tfile\ta.txt\n1000.06\tfile\tb.txt\n1003.0\tfile\tc.txt\n")
+    clock = GuestClock(str(g))
+    assert clock.next_after(1000.0) == 1000.06 and clock.next_after(1003.0) is None
+    run = OfflineRun(os.devnull, str(g), str(tmp_path / "out"), "t")
+    hz = run.ipvs.hz
+    run.stamp("file", "a.txt", at_exit=True)
+    assert run.now == int(1000.06 * hz)
+    # The next stamp is too far for the end of one ipvsadm: its own then.
+    run.stamp("file", "b.txt", at_exit=True)
+    assert run.now == int(1000.06 * hz)
+
+
+def test_stats_lag_is_no_excuse_where_the_estimator_was_traced(tmp_path):
+    rows = ["TCP  203.0.113.5:80  36  180  180  10980  13968"]
+    g = _golden(tmp_path / "a", "ipvs_rules\n", rows, "      30      D0      D0             3390             3FF8")
+    assert report.kernel_evidence(g) == {"stats_lag"}
+    (tmp_path / "a" / "est-trace.txt").write_text("# tracer: nop\n")
+    # Offline the traced runs reproduce the lag; a live PyIPVS has its own phase.
+    assert report.kernel_evidence(g) == set()
+    assert report.kernel_evidence(g, offline=False) == {"stats_lag"}

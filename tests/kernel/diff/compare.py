@@ -23,10 +23,12 @@ from tests.kernel.diff import normalize
 EQUAL, DIFFERENT, MISSING = "equal", "different", "missing"
 
 #: Kernel-only facts, never compared: VM, boot, module list, logs with
-#: timings, tcpdump's own text decodes (timestamps, ISNs of real sockets).
+#: timings (the guest's clock stamps, the estimator timer's trace),
+#: tcpdump's own text decodes (timestamps, ISNs of real sockets).
 NOT_ITEMS = re.compile(
     r"^(scenario\.sh|rc|run-info\.txt|guest-info\.txt|guest-packages\.txt|lsmod\.txt|scenario\.log|"
-    r"dmesg\.txt|console\.log|duration_s|clock\.txt|.*\.pcap|(client|server)-side\.txt|.*\.err|.*\.out)$"
+    r"dmesg\.txt|console\.log|duration_s|clock\.txt|est-trace\.txt|.*\.pcap|(client|server)-side\.txt|"
+    r".*\.err|.*\.out)$"
 )
 
 

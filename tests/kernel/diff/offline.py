@@ -35,9 +35,17 @@ The clock: inside the captures it is the frames' pcap timestamps (the
 guest's ``CLOCK_REALTIME``).  Outside them, a golden recorded with guest
 stamps (:class:`GuestClock`: ``clock.txt`` for every dumped file, ``!sh``
 step and TCP walk ``dump``, ``t`` in transcript records; same clock) sets
-it before each stamped step.  Kernel outputs without stamps (recorded
-before they existed) fall back to a model of the VM's speed:
-:data:`IPVSADM_S` per ipvsadm run and the constants after it.
+it before each stamped step; an ipvsadm listing is read at the end of its
+run (the next stamp; see :meth:`OfflineRun.stamp`).  Kernel outputs
+without stamps (recorded before they existed) fall back to a model of the
+VM's speed: :data:`IPVSADM_S` per ipvsadm run and the constants after it.
+
+The estimator: listings show the snapshot the kernel's estimator timer
+took last, so its runs are part of the clock.  A golden with the trace of
+that timer (``est-trace.txt``) has PyIPVS's estimator run when the
+kernel's ran; one with only the ``ipvs_loaded`` stamp has them predicted
+from the load by the timer wheel's arithmetic (504 jiffies apart; see
+:mod:`.esttrace`); an older one falls back to :meth:`OfflineRun._estimator_phase`.
 
 What this backend cannot reproduce, and says so (MISSING items):
 ``requests.txt``, the real servers' logs and ``ftp-session.txt`` (no
@@ -58,6 +66,7 @@ real server's out-packets and out-bytes count it, as the kernel's do.
 
 from __future__ import annotations
 
+import bisect
 import io
 import ipaddress
 import json
@@ -76,6 +85,7 @@ from ipvs.est import EST_PERIOD_S
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
 from tests.kernel.diff.compare import DIFFERENT, EQUAL, Item
+from tests.kernel.diff.esttrace import guest_estimator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")
@@ -95,6 +105,10 @@ CAPTURE_STOP_SLEEP_S = 0.5
 #: Where the model puts an estimator tick: this long after the last frame
 #: (half of capture_stop's 1.1 s before the dump; see _estimator_phase).
 EST_AFTER_LAST_S = 0.55
+#: An ipvsadm listing reads at the end of its run (OfflineRun.stamp):
+#: the next stamp, unless the gap is longer than a run (something else
+#: happened in between).
+READ_AT_EXIT_MAX_S = 1.0
 SYSCTL_DIR = "/proc/sys/net/ipv4/vs/"
 #: The VM has two CPUs: ip_vs_stats_percpu has rows 0 and 1.
 NCPU = 2
@@ -167,8 +181,17 @@ class GuestClock:
                     if "argv" in rec and isinstance(rec.get("t"), float):
                         self.stamps[("transcript", name[:-len(".jsonl")], rec["n"])] = [rec["t"]]
 
+        #: Every stamp, in time order (see :meth:`next_after`).
+        self.times = sorted(t for ts in self.stamps.values() for t in ts)
+
     def __bool__(self) -> bool:
         return bool(self.stamps)
+
+    def next_after(self, t: float) -> float | None:
+        """The first stamp after ``t``: when the step stamped ``t`` had
+        finished (the scenario stamps each step just before it starts)."""
+        i = bisect.bisect_right(self.times, t)
+        return self.times[i] if i < len(self.times) else None
 
     def first(self) -> float | None:
         """The earliest stamp (None without stamps)."""
@@ -419,6 +442,12 @@ class OfflineRun:
         self.answered: set[tuple[int, bytes, int]] = set()
         self.tc_records: list[dict] = []
         self.clock = GuestClock(golden)
+        #: Where the estimator's runs come from: "trace", "load stamp" (see
+        #: esttrace.py), or "" (the assumption of :meth:`_estimator_phase`).
+        self.est_source: str
+        est, self.est_source = guest_estimator(self.ipvs.est, golden, self.clock.take("ipvs_loaded", "ip_vs"))
+        if est is not None:
+            self.ipvs.est = est
         #: While steps run between captured frames: the next frame's time,
         #: which a stamp may not pass (the step ran before that frame).
         self.horizon: int | None = None
@@ -439,14 +468,23 @@ class OfflineRun:
         if not self.clock:
             self.now += round(seconds * self.ipvs.hz)
 
-    def stamp(self, *key) -> None:
+    def stamp(self, *key, at_exit: bool = False) -> None:
         """Set the clock to the guest's stamp of step ``key``, if it has one.
 
-        Never backwards (frames and earlier stamps already ran timers up to
-        ``self.now``) and never past :attr:`horizon`."""
+        ``at_exit``: to when the step had finished instead (the next stamp,
+        if within :data:`READ_AT_EXIT_MAX_S`): an ipvsadm listing reads the
+        kernel's tables at the end of its run, after exec, the libraries,
+        option parsing and the generic netlink family lookup, with only
+        the printing after the read; the estimator's runs the kernel's
+        listings include show it (a run 30-40 ms into a 60 ms ipvsadm is
+        in them).  Never backwards (frames and earlier stamps already ran
+        timers up to ``self.now``) and never past :attr:`horizon`."""
         t = self.clock.take(*key)
         if t is None:
             return
+        end = self.clock.next_after(t) if at_exit else None
+        if end is not None and end - t <= READ_AT_EXIT_MAX_S:
+            t = end
         now = jiffies(t, self.ipvs.hz)
         if self.horizon is not None:
             now = min(now, self.horizon)
@@ -472,14 +510,14 @@ class OfflineRun:
             f.write(text)
 
     def dump_conn(self, prefix: str) -> None:
-        self.stamp("file", f"{prefix}ipvsadm-Lnc.txt")
+        self.stamp("file", f"{prefix}ipvsadm-Lnc.txt", at_exit=True)
         self.write(f"{prefix}ipvsadm-Lnc.txt", self.ipvsadm(["-Lnc"])[1])
         self.stamp("file", f"{prefix}proc-net-ip_vs_conn.txt")
         self.write(f"{prefix}proc-net-ip_vs_conn.txt", self.proc("ip_vs_conn"))
 
     def dump_ipvs(self, prefix: str) -> None:
         for stem, argv in LISTINGS.items():
-            self.stamp("file", f"{prefix}{stem}.txt")
+            self.stamp("file", f"{prefix}{stem}.txt", at_exit=True)
             self.write(f"{prefix}{stem}.txt", self.ipvsadm(argv)[1])
         for name in ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app"):
             self.stamp("file", f"{prefix}proc-net-{name}.txt")
@@ -673,7 +711,7 @@ class OfflineRun:
         self.steps = []
         jobs = dict(plan)
         sent: list[tuple[bytes, tuple]] = []
-        if t.input:
+        if t.input and not self.est_source:
             self._estimator_phase(jiffies(t.input[0][0].ts, self.ipvs.hz), jiffies(t.input[-1][0].ts, self.ipvs.hz))
         neigh = Neighbours(t, self.ipvs.hz)
         for idx, (rec, info) in enumerate(t.input):
@@ -738,14 +776,16 @@ class OfflineRun:
                 sent.append((bytes(err), info))
 
     def _estimator_phase(self, first: int, last: int) -> None:
-        """Put the estimator's ticks where the kernel's were, by the model.
+        """Put the estimator's ticks where the kernel's were, by assumption:
+        the fallback for goldens recorded before ``load_ipvs`` stamped and
+        traced the estimator's timer (esttrace.py; those set
+        :attr:`est_source` and never come here).
 
-        The kernel's 2 s estimator timer has the phase of its netns's
-        creation, which no recording shows directly; what listings show
-        depends on it (they read its snapshot).  The model: a tick came
-        EST_AFTER_LAST_S after the last captured frame, between it and the
-        dump, so the dump saw all traffic.  A golden whose own counters
-        say otherwise shows ``stats_lag`` (report.py).
+        The kernel's timer has the phase of the module load; what listings
+        show depends on it (they read its snapshot).  The assumption: a
+        tick came EST_AFTER_LAST_S after the last captured frame, between
+        it and the dump, so the dump saw all traffic.  A golden whose own
+        counters say otherwise shows ``stats_lag`` (report.py).
         """
         period = EST_PERIOD_S * self.ipvs.hz
         target = last + round(EST_AFTER_LAST_S * self.ipvs.hz)

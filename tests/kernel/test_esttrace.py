@@ -1,0 +1,117 @@
+"""The kernel estimator's timer model (tests/kernel/diff/esttrace.py),
+checked against the wheel's arithmetic and the runs the goldens traced."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ipvs.est import Estimator, Stats
+from tests.kernel.diff.esttrace import (
+    EstTrace,
+    GuestEstimator,
+    first_run_after_load,
+    guest_estimator,
+    kernel_period,
+    wheel_expiry,
+)
+from tests.kernel.diff.offline import GuestClock
+
+GOLDENS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
+TRACED = sorted(g for g in os.listdir(GOLDENS) if os.path.exists(os.path.join(GOLDENS, g, "est-trace.txt")))
+HZ = 250
+
+
+def test_wheel_rounds_up_by_the_level_granularity():
+    # Level 0 (delta < 63): one jiffy granularity, still rounded up past it.
+    assert wheel_expiry(1000 + 10, 1000) == 1011
+    # Level 1 (63 <= delta < 504): 8-jiffy buckets, the boundary after.
+    assert wheel_expiry(1000 + 500, 1000) == 1504
+    assert wheel_expiry(1003 + 500, 1003) == 1504
+    assert wheel_expiry(1004 + 500, 1004) == 1512
+    # Level 2 (504 <= delta < 4032): 64-jiffy buckets.
+    assert wheel_expiry(600, 0) == 640
+
+
+def test_the_2s_timer_period_is_504_jiffies_at_hz_250():
+    assert kernel_period(HZ) == 504
+    assert 501 <= first_run_after_load(HZ) <= 508
+
+
+def test_guest_estimator_runs_at_the_given_ticks_then_keeps_the_period():
+    s = Stats()
+    g = GuestEstimator(HZ, ticks=[1700, 2300], period=504)
+    g.start(s)
+    g.next_run = 1000
+    s.conns = 1
+    g.run(999)
+    assert s.kstats[0] == 0  # not yet
+    g.run(1000)
+    assert s.kstats[0] == 1 and g.next_run == 1700
+    s.conns = 2
+    g.run(2299)
+    assert s.kstats[0] == 2 and g.next_run == 2300
+    g.run(2300 + 504)
+    assert g.next_run == 2300 + 2 * 504
+    g.enabled = False
+    s.conns = 3
+    g.run(2300 + 2 * 504)
+    assert s.kstats[0] == 2  # run_estimation=0: the timer runs, no snapshot
+
+
+def test_guest_estimator_takes_the_phase_from_the_load_stamp(tmp_path):
+    est = Estimator(HZ)
+    tot = Stats()
+    est.start(tot)
+    g, source = guest_estimator(est, str(tmp_path), 1000.0)
+    assert source == "load stamp" and tot in g.stats
+    assert g.next_run == 1000 * HZ + first_run_after_load(HZ) and g.period == 504
+    assert guest_estimator(est, str(tmp_path), None) == (None, "")
+
+
+def test_trace_parser_picks_the_director_timer(tmp_path):
+    (tmp_path / "est-trace.txt").write_text(
+        "# tracer: nop\n"
+        "  bash-1 [000] ..... 10.000000: tracing_mark_write: pyipvs realtime 1000.000000\n"
+        "  ip-2 [001] d..1. 10.100000: timer_start: timer=0000000000000002 function=estimation_timer [ip_vs] "
+        "expires=2600 [timeout=500] cpu=1 idx=84 flags=\n"
+        "  <idle>-0 [001] .Ns1. 11.000000: timer_expire_entry: timer=0000000000000001 function=estimation_timer "
+        "[ip_vs] now=2400 baseclk=2400\n"
+        "  <idle>-0 [001] dNs2. 11.000100: timer_start: timer=0000000000000001 function=estimation_timer "
+        "[ip_vs] expires=2900 [timeout=500] cpu=1 idx=124 flags=\n"
+        "  <idle>-0 [001] ..s1. 12.100000: timer_expire_entry: timer=0000000000000002 function=estimation_timer "
+        "[ip_vs] now=2608 baseclk=2608\n"
+        "  <idle>-0 [001] ..s1. 13.016000: timer_expire_entry: timer=0000000000000001 function=estimation_timer "
+        "[ip_vs] now=2904 baseclk=2904\n"
+        "  bash-1 [001] ..... 20.000000: tracing_mark_write: pyipvs realtime 1010.000000\n")
+    tr = EstTrace.read(str(tmp_path))
+    # Timer 2 was armed inside the trace (a namespace created later): not the director's.
+    assert tr.run_jiffies == [2400, 2904]
+    assert tr.runs == pytest.approx([1001.0, 1003.016])
+    assert tr.armed == [(2400, 2900)]
+
+
+@pytest.mark.parametrize("name", TRACED)
+def test_traced_runs_follow_the_wheel(name):
+    """Each run of the director's timer comes at the bucket the wheel
+    files its re-arming in, or a little late (softirq under TCG), never
+    early; so the spacing is 504 jiffies give or take that lateness."""
+    tr = EstTrace.read(os.path.join(GOLDENS, name))
+    assert tr is not None and len(tr.runs) >= 2
+    for (now, expires), run in zip(tr.armed, tr.run_jiffies[1:], strict=False):
+        assert expires - now == 2 * HZ
+        lateness = run - wheel_expiry(expires, now + 1)
+        assert 0 <= lateness < 25, (now, expires, run)
+
+
+@pytest.mark.parametrize("name", TRACED)
+def test_the_load_stamp_predicts_the_first_run(name):
+    """The fallback (no trace): the first run 504 jiffies after the
+    ipvs_loaded stamp is within 8 jiffies of the traced one."""
+    g = os.path.join(GOLDENS, name)
+    tr = EstTrace.read(g)
+    loaded = GuestClock(g).take("ipvs_loaded", "ip_vs")
+    assert loaded is not None
+    est, _ = guest_estimator(Estimator(HZ), "/nonexistent", loaded)
+    assert abs(est.next_run - int(tr.runs[0] * HZ)) <= 8
