@@ -111,6 +111,31 @@ def _counters_at_snapshot(g, sp, snapshot: list[int]) -> dict[str, list[int]] | 
     return found
 
 
+def _counters_at_traced_run(g, sp) -> dict[str, list[int]] | None:
+    """Each destination's live counters when the kernel's estimator last
+    ran before its ``ipvsadm -Ln --exact --stats`` read (the snapshot that
+    listing shows), for a golden that traced the timer (est-trace.txt;
+    tests/kernel/diff/esttrace.py); None for one that did not."""
+    from ipvs.driver import replay
+    from tests.kernel.diff.esttrace import EstTrace
+    from tests.kernel.diff.offline import GuestClock
+
+    tr = EstTrace.read(g)
+    clock = GuestClock(g)
+    stamp = clock.take("file", "ipvsadm-Ln-exact-stats.txt")
+    if tr is None or stamp is None:
+        return None
+    # ipvsadm reads at the end of its run: by the next stamp.
+    read = clock.next_after(stamp) or stamp
+    last = max((t for t in tr.runs if t <= read), default=None)
+    if last is None:
+        return None
+    d = Director()
+    restore_rules(d, g)
+    replay.replay(d, [rec for rec in sp.input if rec.ts < last])
+    return {name: list(dest.stats.raw()) for name, dest in _dest_names(d)}
+
+
 def test_counters_equal_kernel(run):
     g, d, sp, _out = run
     kernel = kernel_dest_counters(g)
@@ -119,17 +144,23 @@ def test_counters_equal_kernel(run):
     # cannot be exact (the server-side capture may have lost frames too).
     missed = {r.data[30:34] + r.data[36:38] for r in sp.missed_to_rs}
     missed |= {r.data[26:30] + r.data[34:36] for r in sp.missed_from_rs}
-    # The kernel's listing shows its estimator's snapshot.  Usually a tick
-    # came after the last packet: let a period pass here too.  When the
-    # kernel's own per-CPU rows show its snapshot behind its live counters,
-    # its last tick came before the last packets (the 2 s timer's phase is
-    # not recorded): PyIPVS's live totals must then equal the kernel's live
-    # ones, and its counters at the moment of the replay whose total is the
-    # kernel's snapshot must equal the listing.
+    # The kernel's listing shows its estimator's snapshot.  A golden that
+    # traced the estimator's timer says when that was: PyIPVS's counters
+    # at that moment of the replay must equal the listing.  Otherwise:
+    # usually a tick came after the last packet: let a period pass here
+    # too.  When the kernel's own per-CPU rows show its snapshot behind its
+    # live counters, its last tick came before the last packets: PyIPVS's
+    # live totals must then equal the kernel's live ones, and its counters
+    # at the moment of the replay whose total is the kernel's snapshot must
+    # equal the listing.
     estimator_period(d.ipvs)
     got = {name: list(dest.stats.counters()) for name, dest in _dest_names(d)}
     percpu = _percpu(g)
-    if percpu is not None and percpu[0] != percpu[1]:
+    traced = _counters_at_traced_run(g, sp)
+    if traced is not None:
+        # The golden traced the kernel's estimator: its snapshot's moment is known.
+        got = traced
+    elif percpu is not None and percpu[0] != percpu[1]:
         live, snapshot = percpu
         assert [sum(c[i] for c in got.values()) for i in range(5)] == live
         got = _counters_at_snapshot(g, sp, snapshot)
