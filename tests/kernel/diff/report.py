@@ -61,8 +61,8 @@ ARTEFACTS: list[tuple[str, str, str]] = [
         "counters) of the scenario recorded before it in the same boot, and every later listing carries them")),
     ("stats_lag", r"(.*-)?(ipvsadm-Ln(-exact)?-stats|proc-net-ip_vs_stats(_percpu)?)\.txt", (
         "[offline] counters lag in the kernel: 6.1's ipvsadm and /proc/net/ip_vs_stats counters are the "
-        "estimator's snapshot (kstats, refreshed by estimation_timer every 504 jiffies, as in ipvs/est.py), and "
-        "this golden has no trace of the timer's runs (est-trace.txt; esttrace.py): the offline model predicts "
+        "estimator's snapshot (kstats, refreshed by estimation_timer, as in ipvs/est.py; the kernel's timer runs "
+        "every 504 jiffies, the timer wheel rounding its 2*HZ up), and this golden has no trace of the timer's runs (est-trace.txt; esttrace.py): the offline model predicts "
         "them from the ipvs_loaded stamp (within about 20 ms, further off after a late run) or, without that "
         "stamp, puts one after the last frame (offline.py: _estimator_phase); the evidence: the kernel's own "
         "counters of one dump disagree (--stats against --exact --stats, the snapshot total against the sum of "
@@ -410,7 +410,8 @@ def markdown(rows, notes, seconds: float) -> str:
           "capture fed to `ipvs.core.Director` in capture order, IPVS-side steps (`!sh ipvsadm`, "
           "snapshots, FTP sessions, TCP-walk dumps) between the frames they fell between; the clock is the "
           "frames' pcap time inside the captures and the guest's own stamps outside them (`clock.txt`, "
-          "transcripts' `t`; see tests/kernel/README.md, Capture and timing) | listings, /proc "
+          "transcripts' `t`; see tests/kernel/README.md, Capture and timing), and PyIPVS's estimator runs "
+          "when the kernel's traced one ran (`est-trace.txt`, `tests/kernel/diff/esttrace.py`) | listings, /proc "
           "views, sysctls, transcripts, the server per request (`order.txt`), the TCP state walk's connection "
           "dumps, the transmitted frames at L3/L4 (`frames to real servers`, `frames to clients`); "
           "not `requests.txt`, server logs, FTP sessions as the client saw them |",
