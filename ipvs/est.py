@@ -31,15 +31,40 @@ Where this differs from the kernel, and why:
 * Counters are not per CPU (the core is one thread);
   ``/proc/net/ip_vs_stats_percpu`` shows all traffic on CPU 0.
 * The 6.2+ kthread estimator spreads work over 50 ticks but computes the
-  same figures; here one call per period does it.
+  same figures; here one call per period does it, at the jiffies 6.1's
+  timer runs (2*HZ rounded up by the timer wheel: every 504 jiffies at
+  HZ=250, :attr:`Estimator.period`).
 """
 
 from __future__ import annotations
 
 import attrs
 
-#: The estimator period in seconds (``IPVS_EST_TICK`` is 2 s).
+#: The estimator period in seconds, as the kernel asks for it: ``2*HZ``
+#: (the timer wheel makes it a little longer; see :attr:`Estimator.period`).
 EST_PERIOD_S = 2
+
+#: The timer wheel's geometry (``kernel/time/timer.c``): 64 buckets a
+#: level, each level 8 times coarser than the one below, 9 levels.
+LVL_CLK_SHIFT = 3
+LVL_BITS = 6
+LVL_DEPTH = 9
+
+
+def _lvl_start(n: int) -> int:
+    """``LVL_START(n)``: the smallest timeout the wheel files in level ``n``."""
+    return ((1 << LVL_BITS) - 1) << ((n - 1) * LVL_CLK_SHIFT)
+
+
+def wheel_expiry(expires: int, clk: int) -> int:
+    """The jiffy a timer armed for ``expires`` fires at when the wheel's
+    clock is ``clk``: the level follows the timeout (``calc_wheel_index``)
+    and the expiry is rounded up to that level's granularity, strictly
+    after it (``calc_index``): a timer never fires early."""
+    delta = expires - clk
+    lvl = next((n - 1 for n in range(1, LVL_DEPTH) if delta < _lvl_start(n)), LVL_DEPTH - 1)
+    shift = lvl * LVL_CLK_SHIFT
+    return ((expires + (1 << shift)) >> shift) << shift
 
 COUNTERS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 
@@ -146,6 +171,15 @@ class Estimator:
 
     ``run(now)`` is called by the instance's timer processing; it catches up
     period by period when ticks jump (as a replay of a pcap may do).
+
+    The runs come when 6.1's ``estimation_timer`` runs: armed for
+    ``jiffies + 2*HZ`` at the first call (the module load), re-armed the same
+    way by each run, and filed by the timer wheel, which rounds the expiry
+    up to its bucket (8 jiffies for a 500-jiffy timeout).  So the first run
+    comes 501-508 jiffies after the arming and the runs are :attr:`period`
+    = 504 jiffies (2.016 s) apart at HZ=250; the rates still divide by 2 s,
+    as the kernel's do.  (Runs on time at their bucket boundary, as the
+    kernel's are unless its timer softirq is late.)
     """
 
     hz: int
@@ -153,6 +187,12 @@ class Estimator:
     stats: dict[Stats, None] = attrs.field(factory=dict)
     next_run: int | None = None
     enabled: bool = True  # the run_estimation sysctl
+    #: Jiffies from one run to the next: ``2*HZ`` re-armed by a run at a
+    #: bucket boundary, the wheel's clock one ahead while it runs.
+    period: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.period = wheel_expiry(EST_PERIOD_S * self.hz, 1)
 
     def start(self, stats: Stats) -> None:
         self.stats[stats] = None
@@ -170,9 +210,9 @@ class Estimator:
                 s.push()
 
     def run(self, now: int) -> None:
-        period = EST_PERIOD_S * self.hz
+        period = self.period
         if self.next_run is None:
-            self.next_run = now + period
+            self.next_run = wheel_expiry(now + EST_PERIOD_S * self.hz, now)
             return
         rounds = 0
         while now >= self.next_run:

@@ -4,11 +4,12 @@ against an independent model of the kernel formula (digest section 8)."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipvs.est import EST_PERIOD_S, Estimator, Stats
+from ipvs.est import Estimator, Stats, wheel_expiry
 from tests.conftest import Lab
 
 HZ = 250
-PERIOD = EST_PERIOD_S * HZ
+#: The kernel's estimator period at HZ=250: 2*HZ as the timer wheel files it.
+PERIOD = 504
 
 
 class Model:
@@ -88,15 +89,42 @@ def test_run_catches_up_period_by_period_and_not_before():
     est = Estimator(HZ)
     est.start(s)
     est.run(100)
+    first = est.next_run
+    assert first == 608  # 100 + 2*HZ, up to the wheel's next 8-jiffy boundary
     s.inpkts = 1000
-    est.run(100 + PERIOD - 1)
+    est.run(first - 1)
     assert s.inpps == 0
-    est.run(100 + 3 * PERIOD)  # three periods at once: one with traffic, two idle
+    est.run(first + 2 * PERIOD)  # three periods at once: one with traffic, two idle
     m = Model(9, 10)
     for v in (1000, 1000, 1000):
         m.period(v)
     assert s.inpps == m.est
-    assert est.next_run == 100 + 4 * PERIOD
+    assert est.next_run == first + 3 * PERIOD
+
+
+def test_wheel_rounds_up_by_the_level_granularity():
+    # Level 0 (delta < 63): one jiffy granularity, still rounded up past it.
+    assert wheel_expiry(1000 + 10, 1000) == 1011
+    # Level 1 (63 <= delta < 504): 8-jiffy buckets, the boundary after.
+    assert wheel_expiry(1000 + 500, 1000) == 1504
+    assert wheel_expiry(1003 + 500, 1003) == 1504
+    assert wheel_expiry(1004 + 500, 1004) == 1512
+    # Level 2 (504 <= delta < 4032): 64-jiffy buckets.
+    assert wheel_expiry(600, 0) == 640
+
+
+def test_the_2s_timer_runs_every_504_jiffies_at_hz_250():
+    est = Estimator(HZ)
+    assert est.period == 504
+    assert Estimator(1000).period == 2048  # 2000 jiffies: level 2, 64-jiffy buckets
+    est.run(0)
+    runs = []
+    for now in range(0, 10 * 504):
+        before = est.next_run
+        est.run(now)
+        if est.next_run != before:
+            runs.append(now)
+    assert runs == [504 * k for k in range(1, 10)]
 
 
 def test_disabled_estimator_keeps_estimates():

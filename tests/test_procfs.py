@@ -38,7 +38,7 @@ from ipvs.uapi import (
     IPPROTO_TCP,
     IPPROTO_UDP,
 )
-from tests.conftest import A
+from tests.conftest import A, estimator_period
 
 ROOT = Path(__file__).resolve().parents[1]
 _CANDIDATES = (ROOT / "tests" / "kernel" / "goldens", ROOT.parent / "shared" / "reference" / "kernel-goldens")
@@ -387,8 +387,7 @@ def test_stats_show_the_snapshot_and_percpu_the_live_counters():
     ipvs = NetnsIPVS(hz=HZ)
     s = ipvs.tot_stats
     s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes = 5, 10, 9, 1000, 900
-    ipvs.est.run(0)
-    ipvs.est.run(2 * HZ)  # the estimator's snapshot: kstats
+    estimator_period(ipvs)  # the estimator's snapshot: kstats
     s.zero_stats()
     s.conns += 1  # live, not in the snapshot yet
     stats = procfs.render(ipvs, "ip_vs_stats", NOW).splitlines()
@@ -397,7 +396,7 @@ def test_stats_show_the_snapshot_and_percpu_the_live_counters():
     assert percpu[2].split() == ["0", "6", "A", "9", "3E8", "384"]
     # "~" is what ip_vs_stats shows: the snapshot less the -Z zero point.
     assert percpu[3].split() == ["~", "0", "0", "0", "0", "0"]
-    ipvs.est.run(4 * HZ)
+    estimator_period(ipvs)
     assert procfs.render(ipvs, "ip_vs_stats", NOW).splitlines()[2].split() == ["1", "0", "0", "0", "0"]
     percpu = procfs.render(ipvs, "ip_vs_stats_percpu", NOW, ncpu=1).splitlines()
     assert percpu[3].split() == ["~", "1", "0", "0", "0", "0"]

@@ -18,8 +18,8 @@ the expiry is rounded up to the next bucket boundary strictly after it
 not 500, and a run 4 or more jiffies late moves one bucket further.  Over
 a scenario of a minute that is half a second: enough to put a run on the
 other side of a dump.  The first run comes 501 to 508 jiffies after the
-load (the bucket after ``load + 500``).  :func:`wheel_expiry` is that
-rounding; :func:`kernel_period` the period it gives.
+load (the bucket after ``load + 500``).  :func:`ipvs.est.wheel_expiry` is
+that rounding, :attr:`ipvs.est.Estimator.period` the period it gives.
 
 What a golden holds (``tests/kernel/lib/oracle.sh``, ``load_ipvs``):
 
@@ -36,7 +36,8 @@ What a golden holds (``tests/kernel/lib/oracle.sh``, ``load_ipvs``):
 :class:`GuestEstimator` replaces the model's :class:`ipvs.est.Estimator`
 offline: it runs at the traced runs, or (without a trace) at the runs the
 wheel model predicts from the ``ipvs_loaded`` stamp.  Nothing here changes
-:mod:`ipvs.est`, whose period stays 2*HZ: PyIPVS's own timer has no wheel.
+:class:`ipvs.est.Estimator`, which models the same wheel but cannot know the
+load's jiffy.
 """
 
 from __future__ import annotations
@@ -47,35 +48,7 @@ import re
 import attrs
 
 from ipvs.driver.replay import jiffies
-from ipvs.est import EST_PERIOD_S, Estimator
-
-#: The timer wheel's geometry (kernel/time/timer.c): 64 buckets a level,
-#: each level 8 times coarser than the one below; 9 levels at HZ > 100.
-LVL_CLK_SHIFT = 3
-LVL_BITS = 6
-LVL_DEPTH = 9
-
-
-def _lvl_start(n: int) -> int:
-    """``LVL_START(n)``: the smallest delta filed in level ``n``."""
-    return ((1 << LVL_BITS) - 1) << ((n - 1) * LVL_CLK_SHIFT)
-
-
-def wheel_expiry(expires: int, clk: int) -> int:
-    """The jiffy a timer armed for ``expires`` fires at, when the wheel's
-    clock is ``clk`` (``calc_wheel_index``: the level by ``expires - clk``;
-    ``calc_index``: rounded up by that level's granularity)."""
-    delta = expires - clk
-    lvl = next((n - 1 for n in range(1, LVL_DEPTH) if delta < _lvl_start(n)), LVL_DEPTH - 1)
-    shift = lvl * LVL_CLK_SHIFT
-    return ((expires + (1 << shift)) >> shift) << shift
-
-
-def kernel_period(hz: int) -> int:
-    """The period of the 2*HZ timer re-armed on time: a run at bucket
-    boundary 0 (the wheel's clock already one ahead while it runs).
-    504 jiffies at HZ=250."""
-    return wheel_expiry(EST_PERIOD_S * hz, 1)
+from ipvs.est import EST_PERIOD_S, LVL_BITS, LVL_CLK_SHIFT, Estimator, wheel_expiry
 
 
 def first_run_after_load(hz: int) -> int:
@@ -163,11 +136,10 @@ class GuestEstimator(Estimator):
     """:class:`ipvs.est.Estimator` running when the guest's timer ran.
 
     ``ticks`` are the runs still to come (jiffies of the model's clock),
-    oldest first; after the last one it keeps ``period``.
+    oldest first; after the last one it keeps :attr:`period`.
     """
 
     ticks: list[int] = attrs.field(factory=list)
-    period: int = 0
 
     def run(self, now: int) -> None:
         while self.next_run is not None and now >= self.next_run:
@@ -195,6 +167,6 @@ def guest_estimator(est: Estimator, golden: str, loaded: float | None) -> tuple[
         source = "load stamp"
     else:
         return None, ""
-    g = GuestEstimator(hz, stats=est.stats, enabled=est.enabled, ticks=ticks[1:], period=kernel_period(hz))
+    g = GuestEstimator(hz, stats=est.stats, enabled=est.enabled, ticks=ticks[1:])
     g.next_run = ticks[0]
     return g, source

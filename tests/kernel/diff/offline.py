@@ -81,7 +81,6 @@ from ipvs.cli.ipvsadm import main as ipvsadm_main
 from ipvs.core import NF_STOLEN, Director
 from ipvs.driver import pcap
 from ipvs.driver.replay import jiffies
-from ipvs.est import EST_PERIOD_S
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
 from tests.kernel.diff.compare import DIFFERENT, EQUAL, Item
@@ -787,7 +786,7 @@ class OfflineRun:
         it and the dump, so the dump saw all traffic.  A golden whose own
         counters say otherwise shows ``stats_lag`` (report.py).
         """
-        period = EST_PERIOD_S * self.ipvs.hz
+        period = self.ipvs.est.period
         target = last + round(EST_AFTER_LAST_S * self.ipvs.hz)
         # The first tick at or after the first frame (the modelled clock of
         # the configuration steps before it may have run ahead of the
