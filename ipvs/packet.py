@@ -68,6 +68,8 @@ _I = struct.Struct("!I")
 #: rewrite; ``pack_into`` writes straight from it.
 put_addr4 = struct.Struct("4s").pack_into
 put_port = struct.Struct("2s").pack_into
+#: ``put_u16(buf, offset, value)``: a 16-bit field (a checksum) in network order.
+put_u16 = _H.pack_into
 
 
 class Drop(enum.IntEnum):
@@ -185,7 +187,7 @@ def ip_checksum(buf: bytearray, l3: int, ihl: int) -> int:
 def ip_send_check(buf: bytearray, l3: int) -> None:
     """Recompute the IPv4 header checksum in place (``ip_send_check``)."""
     ihl = (buf[l3] & 0x0F) << 2
-    _H.pack_into(buf, l3 + 10, ip_checksum(buf, l3, ihl))
+    put_u16(buf, l3 + 10, ip_checksum(buf, l3, ihl))
 
 
 def pseudo_sum(saddr: bytes, daddr: bytes, protocol: int, length: int) -> int:
@@ -277,7 +279,7 @@ def l4_csum_full(buf: bytearray, h: IPHeader, partial: bool = False) -> None:
         s = l4_checksum(buf, h)
         if s == 0 and h.protocol == IPPROTO_UDP:
             s = 0xFFFF
-    _H.pack_into(buf, coff, s)
+    put_u16(buf, coff, s)
 
 
 def nat_delta(old_addr: bytes, new_addr: bytes, old_port: int, new_port: int) -> int:

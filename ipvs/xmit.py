@@ -36,6 +36,7 @@ from ipvs.packet import (
     parse,
     put_addr4,
     put_port,
+    put_u16,
 )
 from ipvs.proto.icmp import Quoted, build_error
 
@@ -97,11 +98,11 @@ def _rewrite(
     put_port(buf, l4 + port_off, new_port)
     # IP header checksum: the address delta, and 0xFEFF for the TTL word
     # going down by 0x0100.
+    # Ones'-complement addition is addition modulo 0xFFFF with 0xFFFF for
+    # zero, so for a positive sum ``(s - 1) % 0xFFFF + 1`` is the folded
+    # sum (csum_fold's end-around carries in one step).
     s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
-    s = (s & 0xFFFF) + (s >> 16)
-    s = ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
-    buf[l3 + 10] = s >> 8
-    buf[l3 + 11] = s & 0xFF
+    put_u16(buf, l3 + 10, ((s - 1) % 0xFFFF + 1) ^ 0xFFFF)
     coff = l4 + 16 if proto == IPPROTO_TCP else l4 + 6
     c = (buf[coff] << 8) | buf[coff + 1]
     if payload_changed or (c == 0 and proto == IPPROTO_UDP and not partial):
@@ -113,18 +114,15 @@ def _rewrite(
         # Offloaded: the field holds the uncomplemented pseudo-header sum,
         # which covers the addresses but not the ports.
         s = c + da
-        s = (s & 0xFFFF) + (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16)
+        s = (s - 1) % 0xFFFF + 1 if s else 0
     else:
         s = (c ^ 0xFFFF) + da + dp
-        s = (s & 0xFFFF) + (s >> 16)
-        s = ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
+        s = ((s - 1) % 0xFFFF + 1 if s else 0) ^ 0xFFFF
         if not s and proto == IPPROTO_UDP:
             # udp_fast_csum_update: 0 would mean "no checksum", so a folded
             # 0 goes out as CSUM_MANGLED_0.
             s = 0xFFFF
-    buf[coff] = s >> 8
-    buf[coff + 1] = s & 0xFF
+    put_u16(buf, coff, s)
 
 
 def nat_xmit(
