@@ -128,6 +128,18 @@ def _percpu_lags(path: str) -> bool:
 _REMOVES = re.compile(r"(^|\s)(-[DCZ]|--delete-service|--clear|--zero)(\s|$)", re.M)
 
 
+def _beside_exact_stats(golden: str, other: str) -> list[tuple[str, str]]:
+    """(``ipvsadm -Ln --exact --stats`` file, the ``other`` file of the same
+    dump) for every dump of ``golden`` that wrote both."""
+    pairs = []
+    for f in sorted(os.listdir(golden)) if os.path.isdir(golden) else []:
+        if f.endswith("ipvsadm-Ln-exact-stats.txt"):
+            beside = os.path.join(golden, f.replace("ipvsadm-Ln-exact-stats", other))
+            if os.path.exists(beside):
+                pairs.append((os.path.join(golden, f), beside))
+    return pairs
+
+
 def _service_sum_lags(golden: str) -> bool:
     """Does a dump's ``ipvsadm -Ln --exact --stats`` (read first) count less,
     summed over its services, than the ``/proc/net/ip_vs_stats`` total read
@@ -143,13 +155,8 @@ def _service_sum_lags(golden: str) -> bool:
                 return False
     except OSError:
         return False
-    for f in os.listdir(golden):
-        if not f.endswith("ipvsadm-Ln-exact-stats.txt"):
-            continue
-        total = os.path.join(golden, f.replace("ipvsadm-Ln-exact-stats", "proc-net-ip_vs_stats"))
-        if not os.path.exists(total):
-            continue
-        with open(os.path.join(golden, f)) as a, open(total) as b:
+    for exact, total in _beside_exact_stats(golden, "proc-net-ip_vs_stats"):
+        with open(exact) as a, open(total) as b:
             rows = [line.split() for line in a if line.split()[:1] in (["TCP"], ["UDP"], ["FWM"], ["SCTP"])]
             tot = [line.split() for line in b]
         try:
@@ -171,13 +178,8 @@ def _stats_disagree(golden: str) -> bool:
             return True
     if os.path.isdir(golden) and _service_sum_lags(golden):
         return True
-    for f in os.listdir(golden) if os.path.isdir(golden) else []:
-        if not f.endswith("ipvsadm-Ln-exact-stats.txt"):
-            continue
-        other = os.path.join(golden, f.replace("-exact-stats", "-stats"))
-        if not os.path.exists(other):
-            continue
-        with open(os.path.join(golden, f)) as a, open(other) as b:
+    for exact, other in _beside_exact_stats(golden, "ipvsadm-Ln-stats"):
+        with open(exact) as a, open(other) as b:
             for x, y in zip(a.read().splitlines(), b.read().splitlines(), strict=False):
                 fx, fy = x.split(), y.split()
                 if (len(fx) == len(fy) and fx[:2] == fy[:2] and all(v.isdigit() for v in fx[2:] + fy[2:])
