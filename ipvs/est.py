@@ -142,6 +142,10 @@ class Stats:
         seconds into the EWMA."""
         cur = self.kstats = self.raw()
         last = self.last
+        if cur == last and not (self.cps or self.inpps or self.outpps or self.inbps or self.outbps):
+            # Idle and settled: the update below would leave every figure
+            # as it is (most objects of a large configuration, each period).
+            return
         # rate = delta << 9 scales by 2^10 and divides by the 2 s period;
         # est += (rate - est) >> 2 is the kernel's 1/4 weight (arithmetic
         # shift, so negative steps round towards minus infinity like C).
