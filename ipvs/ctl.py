@@ -372,11 +372,6 @@ def find_dest(svc: Service, af: int, addr: bytes, port: int) -> Dest | None:
     return None
 
 
-def has_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int) -> bool:
-    """Is ``addr:port`` a MASQ real server of some service (``ip_vs_has_real_service``)?"""
-    return ipvs.rs_table.get((af, protocol, addr, port), 0) > 0
-
-
 def find_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int) -> Dest | None:
     """``ip_vs_find_real_service``: the MASQ dest ``addr:port`` of some service.
 
@@ -384,10 +379,16 @@ def find_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port
     is the answer (the head of the kernel's hash chain), whatever its
     service is like; a fwmark service's dest matches any protocol.
     """
-    for d in ipvs.rs_chain.get((af, addr, port), ()):
+    for d in ipvs.rs_table.get((af, addr, port), ()):
         if (d.protocol == protocol or d.vfwmark) and d.conn_flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             return d
     return None
+
+
+def has_real_service(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int) -> bool:
+    """Is ``addr:port`` a MASQ real server of some service (``ip_vs_has_real_service``:
+    the same walk of the chain as :func:`find_real_service`)?"""
+    return find_real_service(ipvs, af, protocol, addr, port) is not None
 
 
 # --------------------------------------------------------------------------
@@ -590,10 +591,10 @@ def _update_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, u: DestUser, add: bo
     conn_flags = (u.conn_flags & IP_VS_CONN_F_DEST_MASK) | IP_VS_CONN_F_INACTIVE
     if (conn_flags & IP_VS_CONN_F_FWD_MASK) != IP_VS_CONN_F_MASQ:
         conn_flags |= IP_VS_CONN_F_NOOUTPUT
-        _rs_unhash(ipvs, svc, dest)
+        _rs_unhash(ipvs, dest)
     else:
         # MASQ real servers go into the rs_table used by ip_vs_out and nat_icmp_send.
-        _rs_hash(ipvs, svc, dest)
+        _rs_hash(ipvs, dest)
     dest.conn_flags = conn_flags
     dest.tun_type, dest.tun_port, dest.tun_flags = u.tun_type, u.tun_port, u.tun_flags
     # The kernel keeps the latest non-zero weight, but an add (even one
@@ -619,29 +620,20 @@ def _update_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, u: DestUser, add: bo
         svc.scheduler.upd_dest(dest)
 
 
-def _rs_hash(ipvs: NetnsIPVS, svc: Service, dest: Dest) -> None:
+def _rs_hash(ipvs: NetnsIPVS, dest: Dest) -> None:
     if not dest.in_rs_table:
-        key = (dest.af, svc.protocol, dest.addr, dest.port)
-        ipvs.rs_table[key] = ipvs.rs_table.get(key, 0) + 1
         # hlist_add_head_rcu: the newest dest heads its chain.
-        ipvs.rs_chain.setdefault((dest.af, dest.addr, dest.port), []).insert(0, dest)
+        ipvs.rs_table.setdefault((dest.af, dest.addr, dest.port), []).insert(0, dest)
         dest.in_rs_table = True
 
 
-def _rs_unhash(ipvs: NetnsIPVS, svc: Service, dest: Dest) -> None:
+def _rs_unhash(ipvs: NetnsIPVS, dest: Dest) -> None:
     if dest.in_rs_table:
-        key = (dest.af, svc.protocol, dest.addr, dest.port)
-        n = ipvs.rs_table.get(key, 0) - 1
-        if n > 0:
-            ipvs.rs_table[key] = n
-        else:
-            ipvs.rs_table.pop(key, None)
-        ckey = (dest.af, dest.addr, dest.port)
-        chain = ipvs.rs_chain.get(ckey, [])
-        if dest in chain:
-            chain.remove(dest)
+        key = (dest.af, dest.addr, dest.port)
+        chain = ipvs.rs_table[key]
+        chain.remove(dest)
         if not chain:
-            ipvs.rs_chain.pop(ckey, None)
+            del ipvs.rs_table[key]
         dest.in_rs_table = False
 
 
@@ -692,7 +684,7 @@ def _unlink_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, svcupd: bool) -> Non
     """``__ip_vs_unlink_dest``: out of the list, not available any more."""
     dest.flags &= ~IP_VS_DEST_F_AVAILABLE
     svc.destinations.remove(dest)
-    _rs_unhash(ipvs, svc, dest)
+    _rs_unhash(ipvs, dest)
     if svcupd and svc.scheduler is not None:
         svc.scheduler.del_dest(dest)
 

@@ -38,10 +38,9 @@ class NetnsIPVS:
     #: Services whose persistence engine has ``conn_out``: while zero, a
     #: real server's packet without a connection costs one test.
     conn_out_counter: int = 0
-    rs_table: dict = attrs.field(factory=dict)  # (af, proto, addr, port) -> count
     #: MASQ dests by (af, addr, port), the most recently hashed first: the
-    #: order of a kernel ``rs_table`` chain (``ip_vs_find_real_service``).
-    rs_chain: dict = attrs.field(factory=dict)
+    #: kernel's ``rs_table`` chains (``ip_vs_find_real_service``).
+    rs_table: dict = attrs.field(factory=dict)
     dest_trash: dict = attrs.field(factory=dict)
     dest_trash_timer: int | None = None  # jiffies of the next trash run
     conn_tab: ConnTable = None  # type: ignore[assignment]

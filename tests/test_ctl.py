@@ -116,6 +116,15 @@ def test_dest_conn_flags(ipvs):
     assert not ctl.has_real_service(ipvs, 2, 6, m.addr, 80)
 
 
+def test_fwmark_real_server_is_known_for_any_protocol(ipvs):
+    # ip_vs_has_real_service: "dest->protocol == protocol || dest->vfwmark".
+    ctl.add_service(ipvs, su(fwmark=7))
+    d = ctl.add_dest(ipvs, su(fwmark=7), du(5))
+    assert ctl.has_real_service(ipvs, 2, 6, d.addr, 80)
+    assert ctl.has_real_service(ipvs, 2, 17, d.addr, 80)
+    assert not ctl.has_real_service(ipvs, 2, 17, d.addr, 81)
+
+
 def test_trash_revival_keeps_stats_and_counters(ipvs):
     ctl.add_service(ipvs, su())
     d = ctl.add_dest(ipvs, su(), du(2))

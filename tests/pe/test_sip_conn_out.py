@@ -384,14 +384,14 @@ def test_conn_out_counter_follows_add_edit_delete_and_flush():
     ctl.add_service(ipvs, su(5063))
     ctl.flush(ipvs)
     assert ipvs.conn_out_counter == 0
-    assert ipvs.rs_chain == {} and ipvs.rs_table == {}
+    assert ipvs.rs_table == {}
 
 
-def test_rs_chain_follows_dests():
+def test_rs_table_chains_follow_dests():
     lab = sip_lab()
-    assert lab.ipvs.rs_chain == {(2, A(RS1), 5060): [lab.rs1], (2, A(RS2), 5060): [lab.rs2]}
+    assert lab.ipvs.rs_table == {(2, A(RS1), 5060): [lab.rs1], (2, A(RS2), 5060): [lab.rs2]}
     ctl.del_dest(lab.ipvs, lab.su, 2, A(RS1), 5060)
-    assert list(lab.ipvs.rs_chain) == [(2, A(RS2), 5060)]
+    assert list(lab.ipvs.rs_table) == [(2, A(RS2), 5060)]
     assert ctl.find_real_service(lab.ipvs, 2, 17, A(RS1), 5060) is None
     lab.dest(lab.su, RS1, 5060)  # revived from the trash: hashed again
     assert ctl.find_real_service(lab.ipvs, 2, 17, A(RS1), 5060) is lab.rs1
