@@ -141,11 +141,11 @@ class Stats:
         """One estimator period: snapshot the counters, fold the last two
         seconds into the EWMA."""
         cur = self.kstats = self.raw()
-        last = self.last
-        if cur == last and not (self.cps or self.inpps or self.outpps or self.inbps or self.outbps):
-            # Idle and settled: the update below would leave every figure
-            # as it is (most objects of a large configuration, each period).
+        if self._settled_at(cur):
+            # The update below would leave every figure as it is (most
+            # objects of a large configuration, each period).
             return
+        last = self.last
         # rate = delta << 9 scales by 2^10 and divides by the 2 s period;
         # est += (rate - est) >> 2 is the kernel's 1/4 weight (arithmetic
         # shift, so negative steps round towards minus infinity like C).
@@ -158,9 +158,13 @@ class Stats:
 
     def settled(self) -> bool:
         """True when another idle period would change nothing."""
-        if self.last != self.raw():
-            return False
-        return all(((0 - e) >> 2) + e == e for e in (self.cps, self.inpps, self.outpps, self.inbps, self.outbps))
+        return self._settled_at(self.raw())
+
+    def _settled_at(self, cur: tuple[int, int, int, int, int]) -> bool:
+        # Nothing counted since the last period and every average at zero.
+        # (An average never goes below zero: est + ((0 - est) >> 2) >= 0
+        # for est >= 0, so zero is the only value an idle period keeps.)
+        return cur == self.last and not (self.cps or self.inpps or self.outpps or self.inbps or self.outbps)
 
     def zero_stats(self) -> None:
         """``ip_vs_zero_stats``: the snapshot becomes the zero point, the
