@@ -301,7 +301,8 @@ def sysctl_values(ipvs: NetnsIPVS) -> dict[str, str]:
     values: dict[str, str] = dict(INERT_SYSCTLS)
     sc = ipvs.sysctl
     for name in type(sc).names():
-        if name in NOT_SYSCTLS or MODULE_SYSCTLS.get(name, "") not in ipvs.sched_modules | {""}:
+        module = MODULE_SYSCTLS.get(name)
+        if name in NOT_SYSCTLS or (module is not None and module not in ipvs.sched_modules):
             continue
         values[name] = str(getattr(sc, name))
     return dict(sorted(values.items()))
