@@ -618,21 +618,26 @@ class AFPacketDriver:
         _H.pack_into(buf, L3 + 10, (check + (check >> 16)) & 0xFFFF)
         return True
 
-    @staticmethod
-    def _about_icmp_error(buf: bytearray, end: int) -> bool:
-        """True if the packet at ``L3`` is an ICMP error (or of an unknown
-        type), which never gets an ICMP error in return (RFC 1122 3.2.2)."""
+    def _may_answer(self, buf: bytearray, end: int) -> bool:
+        """``__icmp_send``'s refusals, for every error the driver makes: none
+        about a fragment other than the first, none to a source that is not
+        unicast, none about an ICMP error or a type it does not know
+        (RFC 1122 3.2.2)."""
+        if (buf[L3 + 6] & 0x1F) or buf[L3 + 7]:
+            return False  # "only reply to fragment 0"
+        saddr = _I.unpack_from(buf, L3 + 12)[0]
+        if not saddr or saddr >= 0xE0000000 or self._is_bcast(saddr):
+            return False
         ihl = (buf[L3] & 15) << 2
         if buf[L3 + 9] != IPPROTO_ICMP or end - L3 <= ihl:
-            return False
+            return True
         t = buf[L3 + ihl]
-        return t > NR_ICMP_TYPES or t in ICMP_ERROR_TYPES
+        return not (t > NR_ICMP_TYPES or t in ICMP_ERROR_TYPES)
 
     def _icmp_error(self, buf: bytearray, icmp_type: int, code: int, src: bytes, info: int = 0) -> None:
         end = L3 + (buf[L3 + 2] << 8 | buf[L3 + 3])
-        if self._about_icmp_error(buf, end):
-            return
-        self.ipvs.outbox.append(build_error(buf, L3, end, icmp_type, code, src, info=info))
+        if self._may_answer(buf, end):
+            self.ipvs.outbox.append(build_error(buf, L3, end, icmp_type, code, src, info=info))
 
     def _host_unreach(self, buf: bytearray) -> None:
         """``ipv4_link_failure`` for a frame whose next hop did not resolve.
@@ -646,14 +651,11 @@ class AFPacketDriver:
         counts = self.counts
         if len(buf) < L3 + 20 or buf[L3] >> 4 != 4:
             return
-        if (buf[L3 + 6] & 0x1F) or buf[L3 + 7]:
-            counts["host_unreach_not_sent"] += 1  # "only reply to fragment 0"
-            return
-        saddr = _I.unpack_from(buf, L3 + 12)[0]
         end = min(len(buf), L3 + (buf[L3 + 2] << 8 | buf[L3 + 3]))
-        if not saddr or saddr >= 0xE0000000 or self._is_bcast(saddr) or self._about_icmp_error(buf, end):
+        if not self._may_answer(buf, end):
             counts["host_unreach_not_sent"] += 1
             return
+        saddr = _I.unpack_from(buf, L3 + 12)[0]
         if not self.icmp_limit.allow(saddr, ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, self.now):
             self.drops["icmp_ratelimit"] += 1
             return

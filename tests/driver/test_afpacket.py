@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 
 from ipvs.driver import neigh, pcap
-from ipvs.driver.afpacket import IcmpRateLimit
+from ipvs.driver.afpacket import L3, IcmpRateLimit
 from tests.conftest import checksums_valid, inet_csum, tcp, udp
 
 from .helpers import (
@@ -577,3 +577,28 @@ def test_icmp_rate_limit_forgets_refilled_destinations_and_stays_bounded():
     for a in range(10, 14):
         lim.allow(a, 3, 1, 7 * HZ)
     assert len(lim.peers) <= 4
+
+
+def test_one_gate_refuses_errors_as_icmp_send_does():
+    """Every error the driver makes (its own port unreachables, time
+    exceeded, host unreachables) passes _may_answer: not about a later
+    fragment, an ICMP error or an unknown type, not to a zero or multicast
+    source.  Queries and ordinary datagrams are answered."""
+    r = Rig()
+    r.learn()
+
+    def asks(pkt) -> bool:
+        b = bytearray(L3) + bytes(pkt)
+        return r.drv._may_answer(b, L3 + len(pkt))
+
+    later = IP(bytes(udp(CLIENT, 5556, OUTER, 53)))
+    later.frag, later.chksum = 8, None
+    assert asks(udp(CLIENT, 5556, OUTER, 53)) and asks(IP(src=CLIENT, dst=OUTER) / ICMP(type=8))
+    assert not asks(later)
+    assert not asks(udp("0.0.0.0", 5556, OUTER, 53)) and not asks(udp("224.0.0.9", 5556, OUTER, 53))
+    assert not asks(IP(src=CLIENT, dst=OUTER) / ICMP(type=3, code=1) / bytes(IP(src=OUTER, dst=CLIENT) / UDP()))
+    assert not asks(IP(src=CLIENT, dst=OUTER) / ICMP(type=40))
+    # The port unreachable of a closed port still goes out through it.
+    r.rx_outer(frame(udp(CLIENT, 5555, OUTER, 53), MAC_D_OUT, MAC_CLIENT))
+    (f,) = r.out_ring.take()
+    assert Ether(f)[ICMP].type == 3 and Ether(f)[ICMP].code == 3
