@@ -410,18 +410,10 @@ class Director:
                 vport = iph.dport
         elif svc.fwmark:
             protocol, vaddr = IPPROTO_IP, svc.fwmark.to_bytes(4, "big")
-        # ip_vs_conn_fill_param_persist: a persistence engine (--pe) reads
-        # the packet for its own template key; failing, the packet is dropped.
-        pe = service_pe(svc) if svc.pe_name else None
-        p = pe_data = None
-        if pe is not None:
-            p = ConnParam(iph.af, protocol, snet, 0, vaddr, vport, pe)
-            if buf is None or pe.fill_param(p, buf, l3, end) < 0:
-                return None, -2
-            pe_data = p.pe_data
-            if pe_data is None or pe.ct_match is None:
-                p = None  # no key (or no matcher): the plain template lookup
-        ct = tab.pe_ct_in_get(p) if p is not None else tab.ct_in_get(protocol, snet, vaddr, 0, vport)
+        found = self._find_template(svc, iph.af, protocol, snet, vaddr, vport, buf, l3, end)
+        if found is None:
+            return None, -2  # the engine refused the packet: dropped
+        ct, pe, pe_data = found
         if ct is None or not self._check_template(ct):
             dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
             if dest is None:
@@ -456,6 +448,26 @@ class Director:
         tab.put(ct, now)
         self._conn_stats(cp)
         return cp, 0
+
+    def _find_template(
+        self, svc, af: int, protocol: int, snet: bytes, vaddr: bytes, vport: int,
+        buf: bytearray | None, l3: int, end: int,
+    ) -> tuple[_conn.Connection | None, object, bytes | None] | None:
+        """``ip_vs_conn_fill_param_persist`` and the template lookup of
+        ``ip_vs_sched_persist`` / ``ip_vs_new_conn_out``: (the template or
+        None, the service's engine, the key it read), or None when the
+        engine (``--pe``) cannot read its key from the packet."""
+        pe = service_pe(svc) if svc.pe_name else None
+        pe_data = None
+        if pe is not None:
+            p = ConnParam(af, protocol, snet, 0, vaddr, vport, pe)
+            if buf is None or pe.fill_param(p, buf, l3, end) < 0:
+                return None
+            pe_data = p.pe_data
+            if pe_data is not None and pe.ct_match is not None:
+                return self.ipvs.conn_tab.pe_ct_in_get(p), pe, pe_data
+        # No engine, no key or no matcher: the plain template lookup.
+        return self.ipvs.conn_tab.ct_in_get(protocol, snet, vaddr, 0, vport), pe, pe_data
 
     def _check_template(self, ct: _conn.Connection, cdest=None) -> bool:
         """``ip_vs_check_template``: invalidate a template whose dest is gone

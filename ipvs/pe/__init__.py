@@ -314,19 +314,14 @@ def new_conn_out(
     ct = None
     if svc.flags & IP_VS_SVC_F_PERSISTENT:
         snet = (int.from_bytes(caddr, "big") & svc.netmask).to_bytes(4, "big")
-        # ip_vs_conn_fill_param_persist
-        pe = service_pe(svc)
-        p = ConnParam(AF_INET, protocol, snet, 0, vaddr, vport, pe)
-        if pe is not None and pe.fill_param(p, buf, l3, end) < 0:
+        found = director._find_template(svc, AF_INET, protocol, snet, vaddr, vport, buf, l3, end)
+        if found is None:
             return None
-        if p.pe_data is not None and pe.ct_match is not None:
-            ct = tab.pe_ct_in_get(p)
-        else:
-            ct = tab.ct_in_get(protocol, snet, vaddr, 0, vport)
+        ct, pe, pe_data = found
         if ct is None or not director._check_template(ct, dest):
             ct = director._conn_new(
                 AF_INET, protocol, snet, 0, vaddr, vport, daddr, dport, IP_VS_CONN_F_TEMPLATE, dest,
-                pe=pe, pe_data=p.pe_data,
+                pe=pe, pe_data=pe_data,
             )
             if ct is None:
                 return None
