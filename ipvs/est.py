@@ -66,9 +66,6 @@ def wheel_expiry(expires: int, clk: int) -> int:
     shift = lvl * LVL_CLK_SHIFT
     return ((expires + (1 << shift)) >> shift) << shift
 
-COUNTERS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
-
-
 _ZERO5 = (0, 0, 0, 0, 0)
 
 
