@@ -49,6 +49,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,8 @@ log = logging.getLogger("ipvs.daemon")
 
 _LEN = struct.Struct("!I")
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: <asm-generic/socket.h>; PyPy's socket module does not export it.
+SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 
 #: Stop reading a client's requests while this much reply data waits for it.
 OUT_HIGH_WATER = 8 << 20
@@ -107,6 +110,17 @@ def _supplementary_groups(pid: int) -> set[int]:
     except (OSError, ValueError):
         pass
     return set()
+
+
+def _json_error(e: ValueError) -> str:
+    """Say where decoding failed without the decoder's message: PyPy 3.9
+    builds that message from the offending character unchecked, and
+    formatting it can then fail inside the interpreter."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON at line {e.lineno} column {e.colno} (char {e.pos})"
+    if isinstance(e, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {e.start}"
+    return str(e)
 
 
 class _Peer:
@@ -253,7 +267,7 @@ class ControlServer:
                 return
             sock.setblocking(False)
             try:
-                pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+                pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, _UCRED.size))
             except OSError:
                 pid = uid = gid = -1
             peer = _Peer(sock, pid, uid, gid, self.clock())
@@ -347,10 +361,10 @@ class ControlServer:
     def _answer(self, body: bytes) -> dict:
         self.requests += 1
         try:
-            req = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            req = json.loads(body.decode("utf-8"))
+        except ValueError as e:  # also CPython's limit on an integer's digits
             self.errors += 1
-            return error_reply(errno.EINVAL, f"request is not UTF-8 JSON: {e}")
+            return error_reply(errno.EINVAL, f"request is not UTF-8 JSON: {_json_error(e)}")
         except RecursionError:
             self.errors += 1
             return error_reply(errno.EINVAL, "request nests too deeply")
@@ -904,9 +918,26 @@ def build_parser(driver_mod=None):
     p.add_argument("--log-file", metavar="FILE", help="log here (default: stderr in the foreground, syslog otherwise)")
     p.add_argument("--foreground", "-F", action="store_true", help="do not detach")
     p.add_argument("--pidfile", metavar="FILE", help="write the daemon's pid here")
+    p.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("IPVSD_RUNTIME", "auto"),
+                   help="the Python that runs the daemon: pypy, cpython, or auto (default, or $IPVSD_RUNTIME: "
+                   "PyPy where tools/bootstrap installed it).  tools/ipvsd starts the one chosen; "
+                   "the log says which runs")
     if driver_mod is not None:
         driver_mod.add_arguments(p)
     return p
+
+
+RUNTIMES = ("auto", "pypy", "cpython")
+
+
+def runtime() -> str:
+    """The interpreter this daemon runs on, for the log."""
+    import platform
+
+    if sys.implementation.name == "pypy":
+        v = sys.pypy_version_info  # type: ignore[attr-defined]
+        return f"PyPy {v.major}.{v.minor}.{v.micro} (Python {platform.python_version()})"
+    return f"{platform.python_implementation()} {platform.python_version()}"
 
 
 def _setup_logging(level: int, log_file: str | None, foreground: bool) -> None:
@@ -950,8 +981,6 @@ def _detach() -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     from ipvs.ctl import Sysctls
     from ipvs.netns import NetnsIPVS
 
@@ -984,7 +1013,11 @@ def main(argv: list[str] | None = None) -> int:
             gid = _group_id(args.group)
         except KeyError:
             parser.error(f"no group named {args.group!r}")
+    if args.runtime not in ("auto", sys.implementation.name):
+        parser.error(f"--runtime {args.runtime}: this ipvsd runs on {runtime()}; start it through tools/ipvsd, "
+                     "which picks the interpreter, or under that interpreter")
     _setup_logging(level, args.log_file, args.foreground)
+    log.info("running on %s", runtime())
 
     sc = Sysctls() if args.conn_tab_bits is None else Sysctls(conn_tab_bits=args.conn_tab_bits)
     ipvs = NetnsIPVS(sysctl=sc)

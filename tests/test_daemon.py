@@ -119,7 +119,8 @@ def raw_exchange(path: str, data: bytes, timeout: float = 5.0) -> tuple[list[dic
 
 
 def assert_alive(path: str) -> None:
-    reply = Client(path, timeout=5).call({**V, "cmd": "GET_INFO"})
+    with Client(path, timeout=5) as c:  # closed now, not when PyPy's GC runs
+        reply = c.call({**V, "cmd": "GET_INFO"})
     assert reply["ok"] is True and reply["info"]["conn_tab_size"] > 0
 
 
@@ -157,7 +158,8 @@ def test_several_clients_at_once(served):
     for c in clients:
         c.close()
     assert all(len(results[i]) == per_client and all(r["ok"] for r in results[i]) for i in range(n_clients))
-    services = Client(served.path).call({**V, "cmd": "GET_SERVICE"})["services"]
+    with Client(served.path) as c:
+        services = c.call({**V, "cmd": "GET_SERVICE"})["services"]
     assert sorted(s["port"] for s in services) == list(range(1000, 1000 + n_clients * per_client))
 
 
@@ -541,7 +543,8 @@ class IpvsdProcess:
                 time.sleep(0.05)
 
     def call(self, req: dict) -> dict:
-        return Client(self.sock, timeout=10).call(req)
+        with Client(self.sock, timeout=10) as c:
+            return c.call(req)
 
     def kill(self) -> None:
         if self.p.poll() is None:

@@ -1,27 +1,52 @@
-"""Make a tool run under the project's virtualenv.
+"""Make a tool run under one of the project's virtualenvs.
 
-``tools/bootstrap`` installs PyIPVS's dependencies into ``.venv`` at the top
-of the checkout.  Every tool imports this module first: when the tool was
-started by another interpreter (``#!/usr/bin/env python3`` finds the
-system's) and ``.venv`` exists, the tool is executed again under
-``.venv/bin/python`` with the same arguments.  ``PYIPVS_NO_VENV=1`` turns
-this off (to run a tool under an interpreter of your own).
+``tools/bootstrap`` installs PyIPVS's dependencies into two virtualenvs at
+the top of the checkout: ``.venv`` (CPython) and ``.venv-pypy`` (PyPy 3.9).
+Every tool calls :func:`ensure` first: when the tool was started by another
+interpreter (``#!/usr/bin/env python3`` finds the system's), it is executed
+again under the chosen virtualenv's python with the same arguments.
+
+The admin tools run on CPython, which starts faster.  The daemon, whose
+data path is a long-running loop that PyPy's JIT makes several times
+faster, runs on PyPy where ``.venv-pypy`` exists: :func:`daemon_runtime`
+reads ``--runtime`` and ``IPVSD_RUNTIME`` (``auto``, ``pypy``, ``cpython``).
+``PYIPVS_NO_VENV=1`` turns all this off (to run a tool under an
+interpreter of your own).
 """
 
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-VENV = os.path.join(ROOT, ".venv")
-PYTHON = os.path.join(VENV, "bin", "python")
+VENVS = {"cpython": os.path.join(ROOT, ".venv"), "pypy": os.path.join(ROOT, ".venv-pypy")}
+RUNTIMES = ("auto", "pypy", "cpython")
 
 
-def ensure() -> None:
-    if os.environ.get("PYIPVS_NO_VENV") or not os.path.exists(PYTHON):
+def _python(venv: str) -> str:
+    return os.path.join(venv, "bin", "python")
+
+
+def daemon_runtime(argv: list) -> str:
+    """The runtime ipvsd asked for: ``--runtime X`` on its command line,
+    else ``$IPVSD_RUNTIME``, else ``auto`` (PyPy where it is installed)."""
+    want = os.environ.get("IPVSD_RUNTIME", "auto")
+    for i, arg in enumerate(argv):
+        if arg == "--runtime" and i + 1 < len(argv):
+            want = argv[i + 1]
+        elif arg.startswith("--runtime="):
+            want = arg.split("=", 1)[1]
+    if want == "auto":
+        return "pypy" if os.path.exists(_python(VENVS["pypy"])) else "cpython"
+    return want
+
+
+def ensure(runtime: str = "cpython") -> None:
+    """Re-execute this tool under the virtualenv of ``runtime`` unless it
+    already runs there (or that virtualenv is missing)."""
+    venv = VENVS.get(runtime)
+    if os.environ.get("PYIPVS_NO_VENV") or venv is None or not os.path.exists(_python(venv)):
         return
-    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
+    if os.path.realpath(sys.prefix) == os.path.realpath(venv):
         return
-    os.execv(PYTHON, [PYTHON, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
-
-
-ensure()
+    python = _python(venv)
+    os.execv(python, [python, os.path.abspath(sys.argv[0]), *sys.argv[1:]])

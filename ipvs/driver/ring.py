@@ -248,10 +248,8 @@ class RingSocket:
                 self.stats.tx_ring_full += 1
                 return False
         data = off + TPACKET2_HDRLEN
-        if n == len(buf):
-            mm[data : data + n] = buf
-        else:
-            self.mv[data : data + n] = memoryview(buf)[:n]
+        # Through the memoryview: PyPy's mmap slice assignment takes bytes only.
+        self.mv[data : data + n] = buf if n == len(buf) else memoryview(buf)[:n]
         # Status, length and snap length in one write: the kernel looks at
         # the TX ring only inside our own send() (flush), never meanwhile.
         _TXHDR.pack_into(mm, off, TP_STATUS_SEND_REQUEST, n, n)

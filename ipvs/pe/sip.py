@@ -77,18 +77,42 @@ _WORD = bytes(
     for c in range(256)
 )
 _WORD_RUN = re.compile(b"[" + b"".join(re.escape(bytes((c,))) for c in range(256) if _WORD[c]) + b"]*")
-# The header names as ct_sip_get_header matches them at a line start: the
-# long name as a case-insensitive prefix, or the compact "i" followed by a
-# character that is no letter (to the kernel's ctype: ASCII and Latin-1).
-_HDR = rb"(?:(?i:call-id)|[iI][^" + b"".join(re.escape(bytes((c,))) for c in range(256) if _ALPHA[c]) + rb"])"
-# From a scan position to the next line start where the name matches.  A
-# line ends with CR, LF or CRLF; the C loop examines the character after a
-# line end and moves past it when no name starts there, even when it is
-# itself a CR or LF (which then ends no line).  Possessive quantifiers keep
-# the scan linear: the regex engine does what the C loop does, byte by byte.
-_NEXT_HEADER = re.compile(
-    rb"(?:[^\r\n]++|(?:\r\n?+|\n)(?!" + _HDR + rb").)*+(?:\r\n?+|\n)(?=" + _HDR + rb")", re.DOTALL
-)
+_CALL_ID = b"call-id"
+
+
+def _is_callid_name(d: bytes, i: int, limit: int) -> bool:
+    """Whether a Call-ID header name starts at ``d[i]``, as ct_sip_get_header
+    compares it: the long name as a case-insensitive prefix, or the compact
+    "i" followed by a character that is no letter (to the kernel's ctype:
+    ASCII and Latin-1)."""
+    if limit - i >= len(_CALL_ID) and d[i : i + len(_CALL_ID)].lower() == _CALL_ID:
+        return True
+    return limit - i >= 2 and d[i] | 0x20 == 0x69 and not _ALPHA[d[i + 1]]
+
+
+def _next_header(d: bytes, i: int, limit: int) -> int:
+    """The line scan of ``ct_sip_get_header``: where the next Call-ID name
+    starts at the beginning of a line, or -1.
+
+    A line ends with CR, LF or CRLF.  Like the C loop, the scan examines the
+    character after a line end and steps past it when no name starts there,
+    even when it is itself a CR or LF (which then ends no line).
+    """
+    while i < limit:
+        c = d[i]
+        i += 1
+        if c != _CR and c != _LF:
+            continue
+        if i >= limit:
+            return -1
+        if c == _CR and d[i] == _LF:
+            i += 1
+            if i >= limit:
+                return -1
+        if _is_callid_name(d, i, limit):
+            return i
+        i += 1  # the for loop's increment: that character is passed over
+    return -1
 
 
 def _follow_continuation(d: bytes, i: int, limit: int) -> int:
@@ -156,9 +180,8 @@ def get_header(d: bytes, dataoff: int, datalen: int) -> tuple[int, int, int]:
     limit = min(datalen, len(d))
     if dataoff < limit:
         # Continuation lines start with a blank, so they never match.
-        m = _NEXT_HEADER.match(d, dataoff, limit)
-        if m is not None:
-            i = m.end()
+        i = _next_header(d, dataoff, limit)
+        if i >= 0:
             i += 7 if d[i] | 0x20 == 0x63 else 1  # "call-id" or "i"
             return _header_value(d, i, limit)
     return 0, 0, 0

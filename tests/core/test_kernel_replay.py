@@ -10,6 +10,7 @@ connection must end in the kernel's state, and the per-destination
 counters must equal the kernel's ``ipvsadm -Ln --exact --stats`` for every
 real server that served no flow a capture missed.
 """
+from __future__ import annotations
 
 import ipaddress
 
