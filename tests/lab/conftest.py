@@ -27,6 +27,12 @@ MODES = {
 }
 
 
+# Namespaces of this test run's own (ipvst<pid>-client, ...), unless the
+# caller chose a prefix: two runs at once, or a run beside a developer's
+# ``ipvs-lab up``, must never share (and tear down) each other's lab.
+os.environ.setdefault("IPVS_LAB_PREFIX", f"ipvst{os.getpid()}")
+
+
 def _load_lab():
     path = os.path.join(ROOT, "tools", "ipvs-lab")
     loader = importlib.machinery.SourceFileLoader("ipvs_lab", path)
