@@ -3,13 +3,18 @@
 
 established_pps   client->VIP and RS->client packets of open connections
 new_conn_pps      SYNs that create a connection (rr scheduler)
-bytes_per_conn    memory per held connection over N connections (tracemalloc)
+bytes_per_conn    memory per held connection over N connections: the
+                  growth of the process's resident size (PyPy has no
+                  tracemalloc; RSS means the same on both runtimes)
+traced_bytes_per_conn  the same from tracemalloc (CPython only)
 expire_us_per_conn  cost of expiring them
 
 The two rates are the best of ``--repeat`` timed runs (wall clock): on
-a shared machine the best run is the one least disturbed by others.
+a shared machine the best run is the one least disturbed by others.  On
+PyPy the first run includes the JIT's compiling; the best is a warm one.
 
-Run: .venv/bin/python bench/core.py [--conns N] [--repeat N] [--quick]
+Run: .venv-pypy/bin/python bench/core.py [--conns N] [--repeat N] [--quick]
+     .venv/bin/python bench/core.py --runtimes 3   (both runtimes, interleaved)
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import ipaddress
 import os
 import sys
 import time
-import tracemalloc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from _runtime import print_runtime, rss_bytes, run_both, without_option  # noqa: E402
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import NF_STOLEN, Director  # noqa: E402
@@ -96,7 +102,7 @@ def bench_established(nconn: int, rounds: int, repeat: int = 1) -> float:
         rs = syn[30:34]
         ins.append(bytes(tcp_frame(c, p, VIP, 80, 0x10, b"x" * 100)))
         outs.append(bytes(tcp_frame(bytes(rs), 80, c, p, 0x10, b"y" * 500)))
-    pkts = [x for pair in zip(ins, outs, strict=True) for x in pair]
+    pkts = [x for pair in zip(ins, outs) for x in pair]
     proc = d.process
     best = 0.0
     now = 1000
@@ -110,12 +116,18 @@ def bench_established(nconn: int, rounds: int, repeat: int = 1) -> float:
     return best
 
 
-def bench_memory(n: int) -> tuple[float, float]:
+def bench_memory(n: int) -> tuple[float, float | None, float]:
+    try:
+        import tracemalloc
+    except ImportError:  # PyPy
+        tracemalloc = None
     d = director()
     tab = d.ipvs.conn_tab
     gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
+    if tracemalloc is not None:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+    rss0 = rss_bytes()
     tmpl = bytes(tcp_frame(*client(0), VIP, 80, 0x02))
     for i in range(n):
         # A SYN from another client port; the checksum is left stale (the
@@ -127,14 +139,17 @@ def bench_memory(n: int) -> tuple[float, float]:
         d.process(buf, 14, 1000)
     assert not d.ipvs.outbox
     gc.collect()
-    used = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
+    rss = rss_bytes() - rss0
+    traced = None
+    if tracemalloc is not None:
+        traced = (tracemalloc.get_traced_memory()[0] - base) / n
+        tracemalloc.stop()
     assert len(tab) == n, (len(tab), n)
     t = time.perf_counter()
     d.run_timers(1000 + 3 * 60 * 250)
     dt = time.perf_counter() - t
     assert len(tab) == 0
-    return used / n, dt / n * 1e6
+    return rss / n, traced, dt / n * 1e6
 
 
 def main() -> None:
@@ -142,12 +157,20 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of the two rates; the best is printed")
+    ap.add_argument("--runtimes", type=int, metavar="ROUNDS",
+                    help="run this benchmark under CPython and PyPy, alternating, ROUNDS times each")
     a = ap.parse_args()
+    if a.runtimes:
+        run_both(os.path.abspath(__file__), without_option(sys.argv[1:], "--runtimes"), a.runtimes)
+        return
+    print_runtime()
     n = 20_000 if a.quick else 100_000
     print(f"new_conn_pps {bench_new(n, a.repeat):.0f} pkt/s")
     print(f"established_pps {bench_established(1000, 20 if a.quick else 100, a.repeat):.0f} pkt/s")
-    per, exp = bench_memory(20_000 if a.quick else a.conns)
+    per, traced, exp = bench_memory(20_000 if a.quick else a.conns)
     print(f"bytes_per_conn {per:.0f} B")
+    if traced is not None:
+        print(f"traced_bytes_per_conn {traced:.0f} B")
     print(f"expire_us_per_conn {exp:.2f} us")
 
 

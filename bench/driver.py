@@ -12,8 +12,17 @@ established_pps   client->VIP and RS->client segments of open connections
 short_conn_pps    SYN, SYN-ACK, ACK, request, reply, FIN/ACK exchange of
                   short connections (the ab load), frames per second
 conn_per_s        the same as connections per second
+bulk_gbps         64,000-byte GSO super-frames of one connection, client to
+                  real server (the iperf3 load), payload Gbit/s: the cost of
+                  copying a large frame out of its RX slot shows here
+batch_us_p50, _p999, _max
+                  CPU time of one RX batch in the last (warm) run of each
+                  figure above: the tail is where garbage collection pauses
+                  show (PyPy's minor and major collections, CPython's
+                  cyclic collector), not the JIT's compiling
 
-Run: .venv/bin/python bench/driver.py [--seconds S] [--batch N] [--repeat N] [--profile]
+Run: .venv-pypy/bin/python bench/driver.py [--seconds S] [--batch N] [--repeat N] [--profile]
+     .venv/bin/python bench/driver.py --runtimes 3   (both runtimes, interleaved)
 
 Times are the thread's CPU time (not wall-clock, which counts the time
 other jobs of a shared machine had the CPU), each figure the best of
@@ -31,6 +40,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from _runtime import print_runtime, run_both, without_option  # noqa: E402
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import Director  # noqa: E402
@@ -56,14 +67,20 @@ MAC_RS = [bytes.fromhex("02000000a001"), bytes.fromhex("02000000a002")]
 SLOTS = 256
 
 
+class NullSocket:
+    """The direct (ring-less) socket of a RingSocket, minus the system call."""
+
+    def send(self, data, flags: int = 0) -> int:
+        return len(data)
+
+
 class MemRing(_ring.RingSocket):
     """A RingSocket over an anonymous map: the same rx/queue/flush code, no socket."""
 
-    def __init__(self, name: str) -> None:  # noqa: D107 - not calling the socket setup
+    def __init__(self, name: str, size: int = 2048) -> None:  # noqa: D107 - not calling the socket setup
         self.ifname = name
         self.stats = _ring.RingStats()
         self.nslots = SLOTS
-        size = 2048  # small slots: the frames here are small
         self.ring_bytes = size * SLOTS
         self.mm = mmap.mmap(-1, 2 * self.ring_bytes)
         self.mv = memoryview(self.mm)
@@ -75,7 +92,7 @@ class MemRing(_ring.RingSocket):
         self.direct_min = _ring.DIRECT_MIN
         self.sent = 0
         self.fill_at = 0
-        self.direct = None
+        self.direct = NullSocket() if size > self.direct_min else None
 
     def flush(self) -> None:
         # The system call is not measured here: only the bookkeeping.
@@ -114,25 +131,27 @@ class MemRing(_ring.RingSocket):
 
 
 def tcp(src: str, sport: int, dst: str, dport: int, flags: int, payload: bytes, dmac: bytes, smac: bytes,
-        seq: int = 1000, ack: int = 0) -> bytes:
-    """vnet (NEEDS_CSUM) + Ethernet + IPv4 + TCP with a partial checksum, as veth hands it over."""
+        seq: int = 1000, ack: int = 0, gso_size: int = 0) -> bytes:
+    """vnet (NEEDS_CSUM) + Ethernet + IPv4 + TCP with a partial checksum, as veth hands it over
+    (a TCPv4 GSO super-frame when ``gso_size`` is given)."""
     tot = 40 + len(payload)
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, tot, 1, 0x4000, 64, 6, 0, A(src), A(dst)))
     ip_send_check(ip, 0)
     pseudo = sum(struct.unpack("!4H", A(src) + A(dst))) + 6 + 20 + len(payload)
     pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
     th = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, pseudo & 0xFFFF, 0)
-    vnet = struct.pack("=BBHHHH", 1, 0, 0, 0, 34, 16)
+    gso = (1, 66, gso_size) if gso_size else (0, 0, 0)  # VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size
+    vnet = struct.pack("=BBHHHH", 1, *gso, 34, 16)
     return vnet + dmac + smac + b"\x08\x00" + bytes(ip) + th + payload
 
 
-def rig(batch: int):
+def rig(batch: int, slot: int = 2048):
     d = Director()
     su = ctl.ServiceUser(addr=A(VIP), port=80, sched_name="rr")
     ctl.add_service(d.ipvs, su)
-    for r, port in zip(RS, (80, 8000), strict=True):
+    for r, port in zip(RS, (80, 8000)):
         ctl.add_dest(d.ipvs, su, ctl.DestUser(addr=A(r), port=port, conn_flags=uapi.IP_VS_CONN_F_MASQ, weight=1))
-    out_r, in_r = MemRing("d_out"), MemRing("br-in")
+    out_r, in_r = MemRing("d_out", slot), MemRing("br-in", slot)
     outer = Port("d_out", "outer", ip4(OUTER), 0xFFFFFF00, 250, MAC_OUT, 1500, out_r)
     inner = Port("br-in", "inner", ip4(GW), 0xFFFFFF00, 250, MAC_IN, 1500, in_r)
     drv = AFPacketDriver(d, [outer, inner], "spare", [(ip4("172.16.0.0"), 0xFFFFFF00)], batch=batch)
@@ -140,11 +159,15 @@ def rig(batch: int):
     vnet0 = b"\0" * 10
     out_r.fill([vnet0 + arp_frame(ARPOP_REQUEST, MAC_CL, ip4(CLIENT), b"\0" * 6, ip4(OUTER), b"\xff" * 6)[10:]])
     in_r.fill([vnet0 + arp_frame(ARPOP_REQUEST, m, ip4(r), b"\0" * 6, ip4(GW), b"\xff" * 6)[10:]
-               for r, m in zip(RS, MAC_RS, strict=True)])
+               for r, m in zip(RS, MAC_RS)])
     out_r.rx(outer.rx_handler)
     in_r.rx(inner.rx_handler)
     drv._after_batch()
     return d, drv, outer, inner
+
+
+#: Seconds of CPU time each RX batch took, for the latency figures.
+BATCH_TIMES: list[float] = []
 
 
 def run_batches(drv, port, frames: list[bytes], batch: int, now: int) -> float:
@@ -155,7 +178,9 @@ def run_batches(drv, port, frames: list[bytes], batch: int, now: int) -> float:
         r.fill(frames[i : i + batch])
         t0 = time.thread_time()
         _drain(drv, port, now, batch)
-        spent += time.thread_time() - t0
+        dt = time.thread_time() - t0
+        spent += dt
+        BATCH_TIMES.append(dt)
         for p in drv.ports:
             p.ring.complete()
     return spent
@@ -187,6 +212,22 @@ def established(seconds: float, batch: int) -> float:
         n += 2 * conns
     assert outer.ring.sent + inner.ring.sent >= n, "frames were not forwarded"
     return n / spent
+
+
+def bulk(seconds: float, batch: int) -> float:
+    """Payload Gbit/s of 64,000-byte GSO frames, client to real server, per second of driver time."""
+    d, drv, outer, inner = rig(batch, _ring.FRAME_SIZE)
+    run_batches(drv, outer, [tcp(CLIENT, 5201, VIP, 80, 0x02, b"", MAC_OUT, MAC_CL)], 1, 1000)
+    payload = b"z" * 64000
+    frames = [tcp(CLIENT, 5201, VIP, 80, 0x10, payload, MAC_OUT, MAC_CL, seq=1000 + i * 64000, gso_size=1448)
+              for i in range(batch)]
+    n = 0
+    spent = 0.0
+    while spent < seconds:
+        spent += run_batches(drv, outer, frames, batch, 1001)
+        n += len(frames)
+    assert outer.ring.stats.tx_direct + inner.ring.stats.tx_direct >= n, "frames were not forwarded"
+    return n * len(payload) * 8 / spent / 1e9
 
 
 def short_conns(seconds: float, batch: int) -> tuple[float, float]:
@@ -233,7 +274,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3, help="best of N runs (default %(default)s)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--runtimes", type=int, metavar="ROUNDS",
+                   help="run this benchmark under CPython and PyPy, alternating, ROUNDS times each")
     args = p.parse_args(argv)
+    if args.runtimes:
+        run_both(os.path.abspath(__file__), without_option(argv, "--runtimes"), args.runtimes)
+        return 0
+    print_runtime()
     seconds = max(0.1, min(args.seconds, 30.0))
     batch = max(1, min(args.batch, SLOTS))
     if args.profile:
@@ -245,10 +292,26 @@ def main(argv: list[str]) -> int:
         pstats.Stats("/tmp/driver.prof").sort_stats("tottime").print_stats(25)
         return 0
     rep = max(1, min(args.repeat, 10))
-    print(f"driver.established_pps {max(established(seconds, batch) for _ in range(rep)):.0f} pps")
-    fps, cps = max(short_conns(seconds, batch) for _ in range(rep))
+    warm: list[float] = []
+
+    def best(run):
+        results = []
+        for i in range(rep):
+            start = len(BATCH_TIMES)
+            results.append(run())
+            if i == rep - 1:
+                warm.extend(BATCH_TIMES[start:])
+        return max(results)
+
+    print(f"driver.established_pps {best(lambda: established(seconds, batch)):.0f} pps")
+    fps, cps = best(lambda: short_conns(seconds, batch))
     print(f"driver.short_conn_pps {fps:.0f} pps")
     print(f"driver.conn_per_s {cps:.0f} conn/s")
+    print(f"driver.bulk_gbps {best(lambda: bulk(seconds, min(batch, 16))):.2f} Gbit/s")
+    times = sorted(warm)
+    for name, q in (("p50", 0.5), ("p999", 0.999)):
+        print(f"driver.batch_us_{name} {times[int(q * (len(times) - 1))] * 1e6:.1f} us")
+    print(f"driver.batch_us_max {times[-1] * 1e6:.1f} us")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Lab benchmark: plain routing, nftables DNAT, HAProxy and PyIPVS on one lab.
 
     sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf]
-                              [--paths route,nft,haproxy,pyipvs] [--variant NAME="IPVSD OPTIONS"]...
+                              [--paths route,nft,haproxy,pyipvs,pyipvs-cpython] [--warm-seconds S]
+                              [--variant NAME="IPVSD OPTIONS"]...
 
 Builds the lab (``tools/ipvs-lab up --no-rules``, in namespaces named
 ``ipvsb-*`` so that lab tests may run meanwhile), then for each round runs
@@ -14,7 +15,9 @@ alike):
 * ``nft``: nftables DNAT with ``numgen inc`` round robin over rs1:80 and
   rs2:8000 (kernel NAT);
 * ``haproxy``: HAProxy in TCP mode on the VIP (a userspace proxy);
-* ``pyipvs``: ipvsd on AF_PACKET, spare mode, rr over the same servers;
+* ``pyipvs``: ipvsd on AF_PACKET, spare mode, rr over the same servers,
+  on PyPy (the data path's runtime);
+* ``pyipvs-cpython``: the same ipvsd on CPython;
 * ``pyipvs-NAME`` for each ``--variant NAME="OPTIONS"``: the same with
   extra ipvsd options (e.g. ``--variant big="--batch 512"``), to compare
   data-path settings in one interleaved run; OPTIONS starting with
@@ -23,6 +26,16 @@ alike):
 Loads, each bounded: ``ab -n N -c 50`` short connections, ``wrk -t2 -c50
 -dS`` keep-alive requests, ``iperf3 -t S`` bulk to rs1 (through VIP:5201
 where a balancer is in the path).  Offloads stay on (veth defaults).
+Every path is warmed up before its measured loads, each round (``wrk``
+for ``--warm-seconds`` and a 2,000-connection ``ab``): a fresh ipvsd on
+PyPy runs interpreted until its JIT has compiled the data path.
+
+The ``warm`` load (``--only warm``, not in the default set) measures that
+warm-up instead: a fresh ipvsd, then back-to-back ``ab -n 1000 -c 50``
+bursts for ``--warm-seconds`` seconds; it prints each burst's rate on
+stderr, the steady rate (median of the last third of the bursts) and
+``t90``, the end of the first burst at 90% of it, counted from the start
+of the first burst (the director has seen one curl request before).
 
 Prints ``name value unit`` lines: the median of each load per path, and
 each path's ratio to nftables DNAT.  Everything is removed at the end, even
@@ -63,7 +76,7 @@ lab.NAMESPACES = (lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2)
 lab.RS = {"rs1": (lab.NS_RS1, "172.16.0.2", 80), "rs2": (lab.NS_RS2, "172.16.0.3", 8000)}
 lab.STATE = os.environ.get("IPVS_BENCH_STATE", "/run/ipvs-bench")
 VIP, OUTER, GW = lab.VIP, lab.OUTER, lab.GATEWAY
-PATHS = ("route", "nft", "haproxy", "pyipvs")
+PATHS = ("route", "nft", "haproxy", "pyipvs", "pyipvs-cpython")
 
 NFT_DNAT = f"""
 table ip benchnat {{
@@ -167,7 +180,8 @@ class Bench:
             root = lab.ROOT
             if extra and extra[0].startswith("@"):
                 root = extra.pop(0)[1:]  # another checkout's ipvsd (before/after comparisons)
-            cmd = lab.director_cmd("spare", False) + extra
+            runtime = "cpython" if path == "pyipvs-cpython" else "pypy"
+            cmd = lab.director_cmd("spare", False) + ["--runtime", runtime] + extra
             # The /proc mirror (a directory of files rewritten every second)
             # is a monitoring option, not the data path: off, as HAProxy
             # runs without its stats socket here.
@@ -199,10 +213,28 @@ class Bench:
             time.sleep(0.1)
         raise RuntimeError(f"nothing listens on {addr}:{port}")
 
+    def warm_up(self, target: str) -> None:
+        """The same for every path: keep-alive requests, then short connections."""
+        lab.client("wrk", "-t2", "-c50", f"-d{self.args.warm_seconds}s", f"http://{target}/", check=False,
+                   timeout=self.args.warm_seconds + 60)
+        lab.client("ab", "-q", "-n", "2000", "-c", "50", "-s", "10", f"http://{target}/", check=False, timeout=120)
+
+    def warm_curve(self, target: str) -> list[tuple[float, float]]:
+        """(seconds since the first burst began, conn/s) per ab burst of a fresh director."""
+        curve = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.args.warm_seconds:
+            rate = self._ab_rate(target, 1000)
+            curve.append((time.monotonic() - t0, rate))
+        return curve
+
     # -- loads
 
     def ab(self, target: str) -> float:
-        out = lab.client("ab", "-q", "-n", str(self.args.ab_requests), "-c", "50", "-s", "10",
+        return self._ab_rate(target, self.args.ab_requests)
+
+    def _ab_rate(self, target: str, n: int) -> float:
+        out = lab.client("ab", "-q", "-n", str(n), "-c", "50", "-s", "10",
                          f"http://{target}/", check=False, timeout=120)
         fails = re.search(r"Failed requests:\s+(\d+)", out)
         rps = re.search(r"Requests per second:\s+([\d.]+)", out)
@@ -233,6 +265,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ab-requests", type=int, default=5000)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--warm-seconds", type=int, default=3,
+                   help="warm-up before each path's measured loads, and the length of the warm load's curve")
     p.add_argument("--only", default="ab,wrk,iperf")
     p.add_argument("--paths", default=",".join(PATHS))
     p.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
@@ -244,6 +278,7 @@ def main(argv: list[str]) -> int:
         args.variants[f"pyipvs-{name}"] = opts
     args.rounds = max(1, min(args.rounds, 10))
     args.seconds = max(1, min(args.seconds, 30))
+    args.warm_seconds = max(1, min(args.warm_seconds, 30))
     args.ab_requests = max(100, min(args.ab_requests, 50000))
     if os.geteuid() != 0:
         raise SystemExit("bench/lab.py needs root (network namespaces)")
@@ -251,8 +286,10 @@ def main(argv: list[str]) -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/lab.py needs {tool}")
     loads = [x for x in args.only.split(",") if x in LOADS]
+    warm = "warm" in args.only.split(",")
     paths = [x for x in args.paths.split(",") if x in PATHS] + list(args.variants)
     results: dict[tuple[str, str], list[float]] = {}
+    warm_curves: dict[str, list[list[tuple[float, float]]]] = {}
     b = Bench(args)
     try:
         lab.up("spare", False, rules=False)
@@ -265,6 +302,14 @@ def main(argv: list[str]) -> int:
             order = paths if r % 2 == 0 else list(reversed(paths))
             for path in order:
                 target = b.enter(path)
+                if warm and path.startswith("pyipvs"):
+                    curve = b.warm_curve(target)
+                    warm_curves.setdefault(path, []).append(curve)
+                    print(f"# round {r} {path} warm " + " ".join(f"{t:.2f}s:{v:.0f}" for t, v in curve),
+                          file=sys.stderr, flush=True)
+                if not loads:
+                    continue
+                b.warm_up(target)
                 for load in loads:
                     v = getattr(b, LOADS[load][1])(target)
                     results.setdefault((path, load), []).append(v)
@@ -273,6 +318,16 @@ def main(argv: list[str]) -> int:
     finally:
         b.leave()
         lab.down()
+    # The bench's own interpreter; each pyipvs path names ipvsd's runtime.
+    print(f"runtime {sys.implementation.name} {sys.version.split()[0]}")
+    for path, curves in warm_curves.items():
+        for i, curve in enumerate(curves):
+            rates = [v for _, v in curve]
+            steady = statistics.median(rates[len(rates) * 2 // 3 :]) if rates else 0.0
+            t90 = next((t for t, v in curve if steady and v >= 0.9 * steady), float("nan"))
+            print(f"lab.warm.{path}.round{i}.first_burst {rates[0] if rates else 0:.0f} conn/s")
+            print(f"lab.warm.{path}.round{i}.steady {steady:.0f} conn/s")
+            print(f"lab.warm.{path}.round{i}.t90 {t90:.2f} s")
     for load in loads:
         unit = LOADS[load][0]
         base = statistics.median(results.get(("nft", load), [0.0])) or None

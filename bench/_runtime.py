@@ -1,0 +1,87 @@
+"""What every benchmark shares: the runtime it ran on, resident memory, and
+running one benchmark under both runtimes in one interleaved run.
+
+Each benchmark prints ``name value unit`` lines; the first is
+``runtime NAME VERSION``.  ``--runtimes`` (see :func:`run_both`) runs the
+same benchmark under ``.venv`` (CPython) and ``.venv-pypy`` (PyPy),
+alternating, and prints each figure per runtime with PyPy's ratio to CPython,
+so a goal like "12x CPython's in the same run" is read off one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHONS = {"cpython": os.path.join(ROOT, ".venv", "bin", "python"),
+           "pypy": os.path.join(ROOT, ".venv-pypy", "bin", "python")}
+
+
+def describe() -> str:
+    """``pypy 7.3.11 (python 3.9.16)`` or ``cpython 3.11.7``."""
+    if sys.implementation.name == "pypy":
+        v = sys.pypy_version_info  # type: ignore[attr-defined]
+        return f"pypy {v.major}.{v.minor}.{v.micro} (python {platform.python_version()})"
+    return f"{sys.implementation.name} {platform.python_version()}"
+
+
+def print_runtime() -> None:
+    print(f"runtime {describe()}", flush=True)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (``VmRSS``): the one memory figure
+    that means the same on both runtimes (PyPy has no tracemalloc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def parse_figures(text: str) -> dict[str, tuple[float, str]]:
+    figures = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] != "runtime":
+            try:
+                figures[parts[0]] = (float(parts[1]), " ".join(parts[2:]))
+            except ValueError:
+                continue
+    return figures
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` less ``name VALUE`` or ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def run_both(script: str, argv: list[str], rounds: int) -> None:
+    """Run ``script argv`` under each runtime ``rounds`` times, alternating,
+    and print the median of each figure per runtime and PyPy's ratio."""
+    results: dict[str, list[dict[str, tuple[float, str]]]] = {rt: [] for rt in PYTHONS}
+    for r in range(rounds):
+        order = list(PYTHONS) if r % 2 == 0 else list(reversed(PYTHONS))
+        for rt in order:
+            out = subprocess.run([PYTHONS[rt], script, *argv], capture_output=True, text=True, check=True).stdout
+            results[rt].append(parse_figures(out))
+            print(f"# round {r} {rt} done", file=sys.stderr, flush=True)
+    names = list(results["pypy"][0])
+    print(f"runtimes cpython pypy rounds={rounds} (medians; ratio = pypy / cpython)")
+    for name in names:
+        med = {rt: statistics.median(res[name][0] for res in results[rt] if name in res) for rt in PYTHONS}
+        unit = results["pypy"][0][name][1]
+        ratio = med["pypy"] / med["cpython"] if med["cpython"] else float("nan")
+        print(f"{name} cpython {med['cpython']:.6g} pypy {med['pypy']:.6g} {unit} ratio {ratio:.2f}x")
