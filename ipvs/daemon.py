@@ -936,7 +936,8 @@ def runtime() -> str:
 
     if sys.implementation.name == "pypy":
         v = sys.pypy_version_info  # type: ignore[attr-defined]
-        return f"PyPy {v.major}.{v.minor}.{v.micro} (Python {platform.python_version()})"
+        nursery = os.environ.get("PYPY_GC_NURSERY", "default")
+        return f"PyPy {v.major}.{v.minor}.{v.micro} (Python {platform.python_version()}, GC nursery {nursery})"
     return f"{platform.python_implementation()} {platform.python_version()}"
 
 
