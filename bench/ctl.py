@@ -23,6 +23,7 @@ dispatch_only_s  the schema's dispatch of those requests alone (in process,
                  no socket, no JSON)
 rtt_us           round trip of one small request (GET_INFO)
 daemon_rss_mib   resident memory of the daemon holding the table
+runtime, ipvsd_runtime  the interpreters of the bench and of the daemon
 
 The times include starting the tool's Python interpreter, as a user sees
 them.  No packets are sent: the addresses are only configuration.
@@ -44,6 +45,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ipvs.client import Client  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from _runtime import print_runtime  # noqa: E402
+from _venv import daemon_runtime  # noqa: E402
 
 
 def rules(services: int, dests: int) -> str:
@@ -134,6 +140,9 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=10_000)
     ap.add_argument("--dests", type=int, default=10)
     args = ap.parse_args()
+    print_runtime()
+    # tools/ipvsd picks its own interpreter (--runtime, $IPVSD_RUNTIME).
+    print(f"ipvsd_runtime {daemon_runtime([])}")
     text = rules(args.services, args.dests)
     nlines = args.services * (1 + args.dests)
 
