@@ -30,15 +30,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from ipvs import app
 from ipvs import conn as _conn
-from ipvs.ctl import dest_trash_expire, format_addr, has_real_service, service_get
+from ipvs.ctl import dest_trash_expire, find_real_service, has_real_service, service_get
+from ipvs.ip_vs import FTPDATA, FTPPORT, NF_ACCEPT, NF_DROP, NF_STOLEN, ConnParam, format_addr
 from ipvs.netns import NetnsIPVS
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_PORT_UNREACH,
-    IPPROTO_ICMP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
     TCP_RST,
     TCP_SYN,
     Drop,
@@ -47,11 +46,11 @@ from ipvs.packet import (
     l4_csum_ok,
     parse,
 )
-from ipvs.pe import ConnParam, rs_conn_out, service_pe
+from ipvs.pe import service_pe
 from ipvs.proto import tcp as _tcp
 from ipvs.proto import udp as _udp
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
-from ipvs.sched import IPHdr
+from ipvs.sched import IPHdr, scheduler_err
 from ipvs.uapi import (
     AF_INET,
     IP_VS_CONN_F_MASQ,
@@ -61,14 +60,15 @@ from ipvs.uapi import (
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_SVC_F_ONEPACKET,
     IP_VS_SVC_F_PERSISTENT,
+    IPPROTO_ICMP,
     IPPROTO_IP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
 )
-from ipvs.xmit import NF_ACCEPT, NF_DROP, NF_STOLEN, icmp_xmit, nat_icmp, nat_xmit, snat_response
+from ipvs.xmit import icmp_xmit, nat_icmp, nat_xmit, snat_response
 
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 
-FTPPORT = 21
-FTPDATA = 20
 _PFX = [bytes((i,)) for i in range(256)]
 #: IPv4 header: version/IHL, (TOS), total length, (ID), flags+fragment, (TTL), protocol.
 _IPV4_FIELDS = struct.Struct("!BxH2xHxB")
@@ -158,7 +158,7 @@ class Director:
             return self._handle_response(cp, buf, l3, l4, end, proto, now, csum_partial)
         if ipvs.conn_out_counter:
             # A real server may be starting a connection (a --pe with conn_out).
-            verdict = rs_conn_out(self, buf, l3, l4, end, proto, now, csum_partial)
+            verdict = self._rs_conn_out(buf, l3, l4, end, proto, now, csum_partial)
             if verdict is not None:
                 return verdict
         if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, l3, l4, end, proto):
@@ -502,8 +502,6 @@ class Director:
         if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
             return cp
         if self.ipvs.apps and protocol == IPPROTO_TCP:
-            from ipvs import app
-
             app.bind_conn(self.ipvs, cp)
         return cp
 
@@ -514,8 +512,6 @@ class Director:
         cp.dest.stats.conns += 1
 
     def _no_dest(self, svc) -> None:
-        from ipvs.sched import scheduler_err
-
         scheduler_err(svc, "no destination available")
         if self.trace is not None:
             self.trace(f"sched {svc!r}: no destination available")
@@ -561,6 +557,11 @@ class Director:
             _tcp.assure_template(cp)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            # ip_vs_conn_put: a one-packet connection (one a real server
+            # started, see _rs_conn_out) goes now.
+            self._conn_expire(cp, now)
+            return verdict
         exp = now + cp.timeout  # ip_vs_conn_put, inlined
         cp.expires = exp
         if cp.wheel_at < 0 or exp < cp.wheel_at:
@@ -579,6 +580,103 @@ class Director:
             build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, self._own_addr(saddr))
         )
         return True
+
+    # ------------------------------------------- real-server initiated (4.7+)
+
+    def _rs_conn_out(
+        self, buf: bytearray, l3: int, l4: int, end: int, proto: int, now: int, partial: bool
+    ) -> int | None:
+        """The ``conn_out_counter`` branch of ``ip_vs_out`` with ``__ip_vs_rs_conn_out``.
+
+        A packet matched no connection and some service's engine has
+        ``conn_out``.  If it comes from a NAT real server of a service whose
+        engine has ``conn_out``, the engine may make a connection for it
+        (the SIP engine: UDP only); the packet is then a response of that
+        connection (``handle_response``).  Returns that verdict, or None:
+        not handled, go on as without engines.
+
+        ``__ip_vs_rs_conn_out`` skips packets of the LOCAL_IN hook (to the
+        director itself).  This core sees all packets in one call, so it
+        skips packets to a virtual address instead (they go on to
+        ``ip_vs_in``, as in the kernel), and packets whose TTL runs out
+        (``ip_forward`` drops those before the FORWARD hook).
+        """
+        if proto != IPPROTO_UDP:
+            return None  # TCP/SCTP servers open connections from ephemeral ports
+        if buf[l3 + 8] <= 1:
+            return None
+        ipvs = self.ipvs
+        sport = (buf[l4] << 8) | buf[l4 + 1]
+        dest = find_real_service(ipvs, AF_INET, proto, bytes(buf[l3 + 12 : l3 + 16]), sport)
+        if dest is None:
+            return None
+        svc = dest.svc
+        pe = service_pe(svc) if svc is not None else None
+        if pe is None or pe.conn_out is None:
+            return None
+        daddr = bytes(buf[l3 + 16 : l3 + 20])
+        if any(s.addr == daddr for s in ipvs.svc_table.values()):
+            return None  # (LOCAL_IN: to a virtual address)
+        cp = pe.conn_out(self, svc, dest, buf, l3, end, sport, (buf[l4 + 2] << 8) | buf[l4 + 3])
+        if cp is None:
+            return None
+        if self.trace is not None:
+            self.trace(f"conn_out {svc!r}: {dest!r} starts {self._conn_text(cp)}")
+        # (With the TTL checked above, handle_response cannot drop it.)  Its
+        # ip_vs_conn_put expires a one-packet connection at once.
+        return self._handle_response(cp, buf, l3, l4, end, proto, now, partial)
+
+    def new_conn_out(
+        self, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int
+    ) -> _conn.Connection | None:
+        """``ip_vs_new_conn_out``: a connection for a packet ``dest`` starts
+        (what an engine's ``conn_out`` calls).
+
+        The client is the packet's destination ``caddr:cport``, the virtual
+        side the service's ``vaddr:vport``, the real side the packet's source
+        ``daddr:dport``.  A persistent service first finds or makes the
+        client's template, keyed as a client's own packet would key it (the
+        masked client address, the service's address and port, and what the
+        engine's ``fill_param`` reads from this packet), and pointing at
+        ``dest``: a template naming another server is invalidated and
+        replaced.  None when the service is a fwmark one or has port zero, when
+        ``fill_param`` refuses the packet, or when the table is full.
+        """
+        if svc.fwmark or not svc.port or not dport or buf[l3] >> 4 != 4:
+            return None  # (IPv4 only: the core has no IPv6 path yet)
+        ipvs = self.ipvs
+        tab = ipvs.conn_tab
+        now = ipvs.now
+        protocol = buf[l3 + 9]
+        daddr = bytes(buf[l3 + 12 : l3 + 16])
+        caddr = bytes(buf[l3 + 16 : l3 + 20])
+        vaddr, vport = svc.addr, svc.port
+        ct = None
+        if svc.flags & IP_VS_SVC_F_PERSISTENT:
+            snet = (int.from_bytes(caddr, "big") & svc.netmask).to_bytes(4, "big")
+            found = self._find_template(svc, AF_INET, protocol, snet, vaddr, vport, buf, l3, end)
+            if found is None:
+                return None
+            ct, pe, pe_data = found
+            if ct is None or not self._check_template(ct, dest):
+                ct = self._conn_new(
+                    AF_INET, protocol, snet, 0, vaddr, vport, daddr, dport, IP_VS_CONN_F_TEMPLATE, dest,
+                    pe=pe, pe_data=pe_data,
+                )
+                if ct is None:
+                    return None
+                ct.timeout = svc.timeout
+        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and protocol == IPPROTO_UDP else 0
+        cp = self._conn_new(AF_INET, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest)
+        if cp is None:
+            if ct is not None:
+                tab.put(ct, now)
+            return None
+        if ct is not None:
+            tab.control_add(cp, ct)
+            tab.put(ct, now)
+        self._conn_stats(cp)
+        return cp
 
     # ----------------------------------------------------------------- ICMP
 
@@ -669,8 +767,6 @@ class Director:
         Like ``tcp_csum_check``, a partial (offloaded, not yet computed)
         checksum is not verified: there is nothing to verify yet.
         """
-        from ipvs import app
-
         h = parse(buf, l3)
         if h.protocol == IPPROTO_TCP and not partial and not l4_csum_ok(buf, h):
             self.ipvs.drops[Drop.BAD_CSUM] += 1
@@ -694,8 +790,6 @@ class Director:
         ct = cp.control
         has_ref = cp.timeout == 0
         if cp.app is not None:
-            from ipvs import app
-
             app.unbind_conn(self.ipvs, cp)
         if self.trace is not None:
             self.trace(f"expire {self._conn_text(cp)}")

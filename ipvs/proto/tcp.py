@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ipvs.ip_vs import ProtoData
 from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
-from ipvs.proto import ProtoData
 from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP
 
 if TYPE_CHECKING:  # pragma: no cover

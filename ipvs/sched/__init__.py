@@ -22,10 +22,11 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
+from ipvs.ip_vs import format_addr
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
     from ipvs.netns import NetnsIPVS
 
 log = logging.getLogger("ipvs.sched")
@@ -153,8 +154,6 @@ def is_overloaded(dest: Dest) -> bool:
 
 def scheduler_err(svc: Service, msg: str) -> None:
     """``ip_vs_scheduler_err``: the rate-limited "no destination" log line."""
-    from ipvs.ctl import format_addr  # local: ctl imports this package
-
     if svc.fwmark:
         log.info("%s: FWM %d 0x%08X - %s", svc.scheduler.name, svc.fwmark, svc.fwmark, msg)
     else:
