@@ -39,6 +39,7 @@ import attrs
 from ipvs.ip_vs import ConnParam, format_addr
 from ipvs.packet import nat_delta
 from ipvs.uapi import (
+    IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_INACTIVE,
     IP_VS_CONN_F_NO_CPORT,
@@ -270,7 +271,7 @@ class Connection:
 
     @property
     def fwd(self) -> int:
-        return self.flags & 7
+        return self.flags & IP_VS_CONN_F_FWD_MASK
 
 
 @attrs.define(slots=True, eq=False)

@@ -38,6 +38,8 @@ from ipvs.netns import NetnsIPVS
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_PORT_UNREACH,
+    IP_MF,
+    IP_OFFSET,
     TCP_RST,
     TCP_SYN,
     Drop,
@@ -50,11 +52,14 @@ from ipvs.pe import service_pe
 from ipvs.proto import tcp as _tcp
 from ipvs.proto import udp as _udp
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
-from ipvs.sched import IPHdr, scheduler_err
+from ipvs.sched import IPHdr
 from ipvs.uapi import (
     AF_INET,
+    IP_VS_CONN_F_FWD_MASK,
+    IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NO_CPORT,
+    IP_VS_CONN_F_NOOUTPUT,
     IP_VS_CONN_F_ONE_PACKET,
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_AVAILABLE,
@@ -124,7 +129,7 @@ class Director:
             return NF_DROP
         if not ipvs.enable:
             return NF_ACCEPT
-        if frag & 0x3FFF:
+        if frag & (IP_MF | IP_OFFSET):
             # A fragment: the kernel sees reassembled packets (nf_defrag,
             # ip_vs_gather_frags); the driver reassembles before the core.
             ipvs.drops[Drop.FRAGMENT] += 1
@@ -153,7 +158,7 @@ class Director:
         # ip_vs_out first: is this a reply of a connection?
         cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
-            if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+            if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
             return self._handle_response(cp, buf, l3, l4, end, proto, now, csum_partial)
         if ipvs.conn_out_counter:
@@ -297,7 +302,7 @@ class Director:
             _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
         else:
             _udp.state_transition(cp, self._udp)
-        if cp.flags & 7 == IP_VS_CONN_F_MASQ:
+        if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
                 tab.fill_cport(cp, _ports(buf, l4)[0])
             app_ret = 1
@@ -362,7 +367,7 @@ class Director:
             return (
                 cp.state == _tcp.TIME_WAIT
                 or cp.state == _tcp.CLOSE
-                or (bool(mode & 2) and cp.state == _tcp.FIN_WAIT and bool(cp.flags & 0x0080))
+                or (bool(mode & 2) and cp.state == _tcp.FIN_WAIT and bool(cp.flags & IP_VS_CONN_F_NOOUTPUT))
             )
         return False
 
@@ -481,7 +486,7 @@ class Director:
         ):
             if ct.vport != 0xFFFF:
                 tab = self.ipvs.conn_tab
-                if ct.flags & 0x0040:
+                if ct.flags & IP_VS_CONN_F_HASHED:
                     tab.unhash(ct)
                     ct.dport = 0xFFFF
                     ct.vport = 0xFFFF
@@ -512,7 +517,8 @@ class Director:
         cp.dest.stats.conns += 1
 
     def _no_dest(self, svc) -> None:
-        scheduler_err(svc, "no destination available")
+        # The scheduler has logged "no destination available" (its
+        # ip_vs_scheduler_err); ip_vs_schedule only has a debug line.
         if self.trace is not None:
             self.trace(f"sched {svc!r}: no destination available")
 
@@ -703,7 +709,7 @@ class Director:
         cp = tab.out_table.get(qkey)
         if cp is not None:
             # An error from the real server about a packet it received.
-            if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+            if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
             if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1
@@ -727,7 +733,7 @@ class Director:
             ipvs.drops[Drop.BAD_CSUM] += 1
             return NF_DROP
         self._in_stats(cp, h)
-        if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+        if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
             verdict = NF_ACCEPT
         else:
             verdict = icmp_xmit(ipvs, cp, buf, h, q)

@@ -60,6 +60,12 @@ NF_STOLEN = 2
 #: instance; /proc shows persistence timeouts in jiffies.
 HZ = 250
 
+#: Template states (``enum { IP_VS_CTPL_S_NONE, IP_VS_CTPL_S_ASSURED }``):
+#: a persistence template becomes ASSURED once a connection under it is
+#: established (TCP) or has seen a reply (UDP).
+IP_VS_CTPL_S_NONE = 0
+IP_VS_CTPL_S_ASSURED = 1
+
 #: ``FTPPORT`` / ``FTPDATA``: the control and active-data ports of FTP,
 #: which persistence and service lookup treat specially.
 FTPPORT = 21
