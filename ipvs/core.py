@@ -47,6 +47,7 @@ from ipvs.packet import (
     icmp_checksum,
     l4_csum_ok,
     parse,
+    ports,
 )
 from ipvs.pe import service_pe
 from ipvs.proto import tcp as _tcp
@@ -77,10 +78,6 @@ __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 _PFX = [bytes((i,)) for i in range(256)]
 #: IPv4 header: version/IHL, (TOS), total length, (ID), flags+fragment, (TTL), protocol.
 _IPV4_FIELDS = struct.Struct("!BxH2xHxB")
-
-
-def _ports(buf: bytearray, l4: int) -> tuple[int, int]:
-    return (buf[l4] << 8) | buf[l4 + 1], (buf[l4 + 2] << 8) | buf[l4 + 3]
 
 
 class Director:
@@ -275,7 +272,7 @@ class Director:
             if ipvs.sysctl.drop_packet == 3 and self._todrop(ipvs.sysctl.am_droprate):
                 ipvs.drops[Drop.DEFENSE] += 1
                 return NF_DROP
-            sport, dport = _ports(buf, l4)
+            sport, dport = ports(buf, l4)
             # key = proto | saddr | daddr | sport | dport
             iph = IPHdr(AF_INET, proto, key[1:5], svc.addr if svc.port == dport and not svc.fwmark
                         else key[5:9], sport, dport)
@@ -289,13 +286,7 @@ class Director:
                     ipvs.drops[Drop.NO_PE_DATA if ignored == -2 else Drop.TABLE_FULL] += 1
                     return NF_DROP
                 return self._leave(svc, buf, l3, end, iph)
-        dest = cp.dest
-        if dest is not None:
-            # ip_vs_in_stats (inlined, the per-packet path).  The dest's
-            # counts reach its service and the total through Stats.push.
-            st = dest.stats
-            st.inpkts += 1
-            st.inbytes += end - l3
+        self._in_stats(cp, end - l3)
         tr = self.trace
         old = cp.state
         if proto == IPPROTO_TCP:
@@ -304,7 +295,7 @@ class Director:
             _udp.state_transition(cp, self._udp)
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
-                tab.fill_cport(cp, _ports(buf, l4)[0])
+                tab.fill_cport(cp, ports(buf, l4)[0])
             app_ret = 1
             ext = cp.ext  # (rare fields: reading cp.app directly costs a property call)
             if ext is not None and ext.app is not None:
@@ -320,14 +311,7 @@ class Director:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         # (The kernel counts in_pkts here for the sync daemon; PyIPVS has
         # no sync yet, so that counter stays untouched on the fast path.)
-        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self._conn_expire(cp, now)
-        else:
-            # ip_vs_conn_put (ConnTable.put inlined: this runs per packet)
-            exp = now + cp.timeout
-            cp.expires = exp
-            if cp.wheel_at < 0 or exp < cp.wheel_at:
-                tab._file(cp, exp)
+        self._conn_put(cp, now)
         return verdict
 
     def _todrop(self, rate: int) -> bool:
@@ -549,12 +533,7 @@ class Director:
                                 self._own_addr(buf[l3 + 12 : l3 + 16]) if buf[l3 + 8] <= 1 else b"")
         if verdict == NF_DROP:
             return verdict
-        dest = cp.dest
-        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
-            # ip_vs_out_stats (inlined): only while the dest is available.
-            st = dest.stats
-            st.outpkts += 1
-            st.outbytes += end - l3
+        self._out_stats(cp, end - l3)
         old = cp.state
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
@@ -563,20 +542,12 @@ class Director:
             _tcp.assure_template(cp)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            # ip_vs_conn_put: a one-packet connection (one a real server
-            # started, see _rs_conn_out) goes now.
-            self._conn_expire(cp, now)
-            return verdict
-        exp = now + cp.timeout  # ip_vs_conn_put, inlined
-        cp.expires = exp
-        if cp.wheel_at < 0 or exp < cp.wheel_at:
-            ipvs.conn_tab._file(cp, exp)
+        self._conn_put(cp, now)
         return verdict
 
     def _nat_icmp_send(self, buf: bytearray, l3: int, l4: int, end: int, proto: int) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
-        sport, _ = _ports(buf, l4)
+        sport, _ = ports(buf, l4)
         saddr = bytes(buf[l3 + 12 : l3 + 16])
         if not has_real_service(self.ipvs, AF_INET, proto, saddr, sport):
             return False
@@ -720,7 +691,7 @@ class Director:
                     return NF_DROP
                 buf[h.l3 + 8] -= 1  # forwarded by the kernel before ip_vs_out
             nat_icmp(buf, h, q, cp, inout=True)
-            self._out_stats(cp, h)
+            self._out_stats(cp, h.end - h.l3)
             if self.trace is not None:
                 self.trace(f"icmp-out {self._conn_text(cp)} type {buf[h.l4]} rewritten")
             # handle_response_icmp ends with __ip_vs_conn_put: the timer is
@@ -732,7 +703,7 @@ class Director:
         if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
             ipvs.drops[Drop.BAD_CSUM] += 1
             return NF_DROP
-        self._in_stats(cp, h)
+        self._in_stats(cp, h.end - h.l3)
         if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
             verdict = NF_ACCEPT
         else:
@@ -742,23 +713,35 @@ class Director:
         # ip_vs_in_icmp also ends with __ip_vs_conn_put (no timer restart).
         return verdict
 
+    # ---------------------------------------------------------------- stats
+
     @staticmethod
-    def _in_stats(cp, h: IPHeader) -> None:
-        """``ip_vs_in_stats`` for the ICMP paths."""
+    def _in_stats(cp: _conn.Connection, skb_len: int) -> None:
+        """``ip_vs_in_stats``: one packet of ``skb_len`` bytes in, counted
+        while the dest is available.  The dest's counts reach its service
+        and the total through Stats.push (see :mod:`ipvs.est`)."""
         dest = cp.dest
         if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
             st = dest.stats
             st.inpkts += 1
-            st.inbytes += h.end - h.l3
+            st.inbytes += skb_len
 
     @staticmethod
-    def _out_stats(cp, h: IPHeader) -> None:
-        """``ip_vs_out_stats`` for the ICMP paths."""
+    def _out_stats(cp: _conn.Connection, skb_len: int) -> None:
+        """``ip_vs_out_stats``: one reply of ``skb_len`` bytes out."""
         dest = cp.dest
         if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
             st = dest.stats
             st.outpkts += 1
-            st.outbytes += h.end - h.l3
+            st.outbytes += skb_len
+
+    def _conn_put(self, cp: _conn.Connection, now: int) -> None:
+        """``ip_vs_conn_put``: restart the connection's timer, or expire a
+        one-packet connection at once."""
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            self._conn_expire(cp, now)
+        else:
+            self.ipvs.conn_tab.put(cp, now)
 
     # ----------------------------------------------------------------- apps
 
