@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ipvs.ip_vs import ConnParam, format_addr
 from ipvs.packet import nat_delta
 from ipvs.uapi import (
+    IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_INACTIVE,
     IP_VS_CONN_F_NO_CPORT,
@@ -49,7 +51,7 @@ from ipvs.uapi import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
 
 #: A connection that still controls others is re-armed with this timeout.
 EXPIRE_LATER_S = 60
@@ -261,8 +263,6 @@ class Connection:
     pe_data = _pe_field("pe_data", "The engine's key of a template (SIP: the Call-ID), or None.")
 
     def __repr__(self) -> str:
-        from ipvs.ctl import format_addr
-
         return (
             f"<Connection {self.protocol} {format_addr(self.af, self.caddr)}:{self.cport} -> "
             f"{format_addr(self.af, self.vaddr)}:{self.vport} -> "
@@ -271,7 +271,7 @@ class Connection:
 
     @property
     def fwd(self) -> int:
-        return self.flags & 7
+        return self.flags & IP_VS_CONN_F_FWD_MASK
 
 
 @attrs.define(slots=True, eq=False)
@@ -358,8 +358,6 @@ class ConnTable:
         ext = cp.ext
         if type(ext) is not PEExt or ext.pe_data is None or ext.pe.ct_match is None:
             return cp.in_key
-        from ipvs.pe import ConnParam
-
         pe = ext.pe
         p = ConnParam(cp.af, cp.protocol, cp.caddr, cp.cport, b"", 0, pe, ext.pe_data)
         return (pe.name, cp.in_key[: 1 + cp.alen], pe.hashkey_raw(p))

@@ -30,15 +30,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from ipvs import app
 from ipvs import conn as _conn
-from ipvs.ctl import dest_trash_expire, format_addr, has_real_service, service_get
+from ipvs.ctl import dest_trash_expire, find_real_service, has_real_service, service_get
+from ipvs.ip_vs import FTPDATA, FTPPORT, NF_ACCEPT, NF_DROP, NF_STOLEN, ConnParam, format_addr
 from ipvs.netns import NetnsIPVS
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_PORT_UNREACH,
-    IPPROTO_ICMP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
+    IP_MF,
+    IP_OFFSET,
     TCP_RST,
     TCP_SYN,
     Drop,
@@ -46,36 +47,37 @@ from ipvs.packet import (
     icmp_checksum,
     l4_csum_ok,
     parse,
+    ports,
 )
-from ipvs.pe import ConnParam, rs_conn_out, service_pe
+from ipvs.pe import service_pe
 from ipvs.proto import tcp as _tcp
 from ipvs.proto import udp as _udp
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
 from ipvs.sched import IPHdr
 from ipvs.uapi import (
     AF_INET,
+    IP_VS_CONN_F_FWD_MASK,
+    IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NO_CPORT,
+    IP_VS_CONN_F_NOOUTPUT,
     IP_VS_CONN_F_ONE_PACKET,
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_SVC_F_ONEPACKET,
     IP_VS_SVC_F_PERSISTENT,
+    IPPROTO_ICMP,
     IPPROTO_IP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
 )
-from ipvs.xmit import NF_ACCEPT, NF_DROP, NF_STOLEN, icmp_xmit, nat_icmp, nat_xmit, snat_response
+from ipvs.xmit import icmp_xmit, nat_icmp, nat_xmit, snat_response
 
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 
-FTPPORT = 21
-FTPDATA = 20
 _PFX = [bytes((i,)) for i in range(256)]
 #: IPv4 header: version/IHL, (TOS), total length, (ID), flags+fragment, (TTL), protocol.
 _IPV4_FIELDS = struct.Struct("!BxH2xHxB")
-
-
-def _ports(buf: bytearray, l4: int) -> tuple[int, int]:
-    return (buf[l4] << 8) | buf[l4 + 1], (buf[l4 + 2] << 8) | buf[l4 + 3]
 
 
 class Director:
@@ -124,7 +126,7 @@ class Director:
             return NF_DROP
         if not ipvs.enable:
             return NF_ACCEPT
-        if frag & 0x3FFF:
+        if frag & (IP_MF | IP_OFFSET):
             # A fragment: the kernel sees reassembled packets (nf_defrag,
             # ip_vs_gather_frags); the driver reassembles before the core.
             ipvs.drops[Drop.FRAGMENT] += 1
@@ -153,12 +155,12 @@ class Director:
         # ip_vs_out first: is this a reply of a connection?
         cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
-            if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+            if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
             return self._handle_response(cp, buf, l3, l4, end, proto, now, csum_partial)
         if ipvs.conn_out_counter:
             # A real server may be starting a connection (a --pe with conn_out).
-            verdict = rs_conn_out(self, buf, l3, l4, end, proto, now, csum_partial)
+            verdict = self._rs_conn_out(buf, l3, l4, end, proto, now, csum_partial)
             if verdict is not None:
                 return verdict
         if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, l3, l4, end, proto):
@@ -270,7 +272,7 @@ class Director:
             if ipvs.sysctl.drop_packet == 3 and self._todrop(ipvs.sysctl.am_droprate):
                 ipvs.drops[Drop.DEFENSE] += 1
                 return NF_DROP
-            sport, dport = _ports(buf, l4)
+            sport, dport = ports(buf, l4)
             # key = proto | saddr | daddr | sport | dport
             iph = IPHdr(AF_INET, proto, key[1:5], svc.addr if svc.port == dport and not svc.fwmark
                         else key[5:9], sport, dport)
@@ -284,22 +286,16 @@ class Director:
                     ipvs.drops[Drop.NO_PE_DATA if ignored == -2 else Drop.TABLE_FULL] += 1
                     return NF_DROP
                 return self._leave(svc, buf, l3, end, iph)
-        dest = cp.dest
-        if dest is not None:
-            # ip_vs_in_stats (inlined, the per-packet path).  The dest's
-            # counts reach its service and the total through Stats.push.
-            st = dest.stats
-            st.inpkts += 1
-            st.inbytes += end - l3
+        self._in_stats(cp, end - l3)
         tr = self.trace
         old = cp.state
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
         else:
             _udp.state_transition(cp, self._udp)
-        if cp.flags & 7 == IP_VS_CONN_F_MASQ:
+        if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
-                tab.fill_cport(cp, _ports(buf, l4)[0])
+                tab.fill_cport(cp, ports(buf, l4)[0])
             app_ret = 1
             ext = cp.ext  # (rare fields: reading cp.app directly costs a property call)
             if ext is not None and ext.app is not None:
@@ -315,14 +311,7 @@ class Director:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         # (The kernel counts in_pkts here for the sync daemon; PyIPVS has
         # no sync yet, so that counter stays untouched on the fast path.)
-        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self._conn_expire(cp, now)
-        else:
-            # ip_vs_conn_put (ConnTable.put inlined: this runs per packet)
-            exp = now + cp.timeout
-            cp.expires = exp
-            if cp.wheel_at < 0 or exp < cp.wheel_at:
-                tab._file(cp, exp)
+        self._conn_put(cp, now)
         return verdict
 
     def _todrop(self, rate: int) -> bool:
@@ -362,7 +351,7 @@ class Director:
             return (
                 cp.state == _tcp.TIME_WAIT
                 or cp.state == _tcp.CLOSE
-                or (bool(mode & 2) and cp.state == _tcp.FIN_WAIT and bool(cp.flags & 0x0080))
+                or (bool(mode & 2) and cp.state == _tcp.FIN_WAIT and bool(cp.flags & IP_VS_CONN_F_NOOUTPUT))
             )
         return False
 
@@ -481,7 +470,7 @@ class Director:
         ):
             if ct.vport != 0xFFFF:
                 tab = self.ipvs.conn_tab
-                if ct.flags & 0x0040:
+                if ct.flags & IP_VS_CONN_F_HASHED:
                     tab.unhash(ct)
                     ct.dport = 0xFFFF
                     ct.vport = 0xFFFF
@@ -502,8 +491,6 @@ class Director:
         if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
             return cp
         if self.ipvs.apps and protocol == IPPROTO_TCP:
-            from ipvs import app
-
             app.bind_conn(self.ipvs, cp)
         return cp
 
@@ -514,9 +501,8 @@ class Director:
         cp.dest.stats.conns += 1
 
     def _no_dest(self, svc) -> None:
-        from ipvs.sched import scheduler_err
-
-        scheduler_err(svc, "no destination available")
+        # The scheduler has logged "no destination available" (its
+        # ip_vs_scheduler_err); ip_vs_schedule only has a debug line.
         if self.trace is not None:
             self.trace(f"sched {svc!r}: no destination available")
 
@@ -547,12 +533,7 @@ class Director:
                                 self._own_addr(buf[l3 + 12 : l3 + 16]) if buf[l3 + 8] <= 1 else b"")
         if verdict == NF_DROP:
             return verdict
-        dest = cp.dest
-        if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
-            # ip_vs_out_stats (inlined): only while the dest is available.
-            st = dest.stats
-            st.outpkts += 1
-            st.outbytes += end - l3
+        self._out_stats(cp, end - l3)
         old = cp.state
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
@@ -561,15 +542,12 @@ class Director:
             _tcp.assure_template(cp)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        exp = now + cp.timeout  # ip_vs_conn_put, inlined
-        cp.expires = exp
-        if cp.wheel_at < 0 or exp < cp.wheel_at:
-            ipvs.conn_tab._file(cp, exp)
+        self._conn_put(cp, now)
         return verdict
 
     def _nat_icmp_send(self, buf: bytearray, l3: int, l4: int, end: int, proto: int) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
-        sport, _ = _ports(buf, l4)
+        sport, _ = ports(buf, l4)
         saddr = bytes(buf[l3 + 12 : l3 + 16])
         if not has_real_service(self.ipvs, AF_INET, proto, saddr, sport):
             return False
@@ -579,6 +557,103 @@ class Director:
             build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, self._own_addr(saddr))
         )
         return True
+
+    # ------------------------------------------- real-server initiated (4.7+)
+
+    def _rs_conn_out(
+        self, buf: bytearray, l3: int, l4: int, end: int, proto: int, now: int, partial: bool
+    ) -> int | None:
+        """The ``conn_out_counter`` branch of ``ip_vs_out`` with ``__ip_vs_rs_conn_out``.
+
+        A packet matched no connection and some service's engine has
+        ``conn_out``.  If it comes from a NAT real server of a service whose
+        engine has ``conn_out``, the engine may make a connection for it
+        (the SIP engine: UDP only); the packet is then a response of that
+        connection (``handle_response``).  Returns that verdict, or None:
+        not handled, go on as without engines.
+
+        ``__ip_vs_rs_conn_out`` skips packets of the LOCAL_IN hook (to the
+        director itself).  This core sees all packets in one call, so it
+        skips packets to a virtual address instead (they go on to
+        ``ip_vs_in``, as in the kernel), and packets whose TTL runs out
+        (``ip_forward`` drops those before the FORWARD hook).
+        """
+        if proto != IPPROTO_UDP:
+            return None  # TCP/SCTP servers open connections from ephemeral ports
+        if buf[l3 + 8] <= 1:
+            return None
+        ipvs = self.ipvs
+        sport = (buf[l4] << 8) | buf[l4 + 1]
+        dest = find_real_service(ipvs, AF_INET, proto, bytes(buf[l3 + 12 : l3 + 16]), sport)
+        if dest is None:
+            return None
+        svc = dest.svc
+        pe = service_pe(svc) if svc is not None else None
+        if pe is None or pe.conn_out is None:
+            return None
+        daddr = bytes(buf[l3 + 16 : l3 + 20])
+        if any(s.addr == daddr for s in ipvs.svc_table.values()):
+            return None  # (LOCAL_IN: to a virtual address)
+        cp = pe.conn_out(self, svc, dest, buf, l3, end, sport, (buf[l4 + 2] << 8) | buf[l4 + 3])
+        if cp is None:
+            return None
+        if self.trace is not None:
+            self.trace(f"conn_out {svc!r}: {dest!r} starts {self._conn_text(cp)}")
+        # (With the TTL checked above, handle_response cannot drop it.)  Its
+        # ip_vs_conn_put expires a one-packet connection at once.
+        return self._handle_response(cp, buf, l3, l4, end, proto, now, partial)
+
+    def new_conn_out(
+        self, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int
+    ) -> _conn.Connection | None:
+        """``ip_vs_new_conn_out``: a connection for a packet ``dest`` starts
+        (what an engine's ``conn_out`` calls).
+
+        The client is the packet's destination ``caddr:cport``, the virtual
+        side the service's ``vaddr:vport``, the real side the packet's source
+        ``daddr:dport``.  A persistent service first finds or makes the
+        client's template, keyed as a client's own packet would key it (the
+        masked client address, the service's address and port, and what the
+        engine's ``fill_param`` reads from this packet), and pointing at
+        ``dest``: a template naming another server is invalidated and
+        replaced.  None when the service is a fwmark one or has port zero, when
+        ``fill_param`` refuses the packet, or when the table is full.
+        """
+        if svc.fwmark or not svc.port or not dport or buf[l3] >> 4 != 4:
+            return None  # (IPv4 only: the core has no IPv6 path yet)
+        ipvs = self.ipvs
+        tab = ipvs.conn_tab
+        now = ipvs.now
+        protocol = buf[l3 + 9]
+        daddr = bytes(buf[l3 + 12 : l3 + 16])
+        caddr = bytes(buf[l3 + 16 : l3 + 20])
+        vaddr, vport = svc.addr, svc.port
+        ct = None
+        if svc.flags & IP_VS_SVC_F_PERSISTENT:
+            snet = (int.from_bytes(caddr, "big") & svc.netmask).to_bytes(4, "big")
+            found = self._find_template(svc, AF_INET, protocol, snet, vaddr, vport, buf, l3, end)
+            if found is None:
+                return None
+            ct, pe, pe_data = found
+            if ct is None or not self._check_template(ct, dest):
+                ct = self._conn_new(
+                    AF_INET, protocol, snet, 0, vaddr, vport, daddr, dport, IP_VS_CONN_F_TEMPLATE, dest,
+                    pe=pe, pe_data=pe_data,
+                )
+                if ct is None:
+                    return None
+                ct.timeout = svc.timeout
+        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and protocol == IPPROTO_UDP else 0
+        cp = self._conn_new(AF_INET, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest)
+        if cp is None:
+            if ct is not None:
+                tab.put(ct, now)
+            return None
+        if ct is not None:
+            tab.control_add(cp, ct)
+            tab.put(ct, now)
+        self._conn_stats(cp)
+        return cp
 
     # ----------------------------------------------------------------- ICMP
 
@@ -605,7 +680,7 @@ class Director:
         cp = tab.out_table.get(qkey)
         if cp is not None:
             # An error from the real server about a packet it received.
-            if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+            if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
             if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1
@@ -616,7 +691,7 @@ class Director:
                     return NF_DROP
                 buf[h.l3 + 8] -= 1  # forwarded by the kernel before ip_vs_out
             nat_icmp(buf, h, q, cp, inout=True)
-            self._out_stats(cp, h)
+            self._out_stats(cp, h.end - h.l3)
             if self.trace is not None:
                 self.trace(f"icmp-out {self._conn_text(cp)} type {buf[h.l4]} rewritten")
             # handle_response_icmp ends with __ip_vs_conn_put: the timer is
@@ -628,8 +703,8 @@ class Director:
         if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
             ipvs.drops[Drop.BAD_CSUM] += 1
             return NF_DROP
-        self._in_stats(cp, h)
-        if cp.flags & 7 != IP_VS_CONN_F_MASQ:
+        self._in_stats(cp, h.end - h.l3)
+        if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
             verdict = NF_ACCEPT
         else:
             verdict = icmp_xmit(ipvs, cp, buf, h, q)
@@ -638,23 +713,35 @@ class Director:
         # ip_vs_in_icmp also ends with __ip_vs_conn_put (no timer restart).
         return verdict
 
+    # ---------------------------------------------------------------- stats
+
     @staticmethod
-    def _in_stats(cp, h: IPHeader) -> None:
-        """``ip_vs_in_stats`` for the ICMP paths."""
+    def _in_stats(cp: _conn.Connection, skb_len: int) -> None:
+        """``ip_vs_in_stats``: one packet of ``skb_len`` bytes in, counted
+        while the dest is available.  The dest's counts reach its service
+        and the total through Stats.push (see :mod:`ipvs.est`)."""
         dest = cp.dest
         if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
             st = dest.stats
             st.inpkts += 1
-            st.inbytes += h.end - h.l3
+            st.inbytes += skb_len
 
     @staticmethod
-    def _out_stats(cp, h: IPHeader) -> None:
-        """``ip_vs_out_stats`` for the ICMP paths."""
+    def _out_stats(cp: _conn.Connection, skb_len: int) -> None:
+        """``ip_vs_out_stats``: one reply of ``skb_len`` bytes out."""
         dest = cp.dest
         if dest is not None and dest.flags & IP_VS_DEST_F_AVAILABLE:
             st = dest.stats
             st.outpkts += 1
-            st.outbytes += h.end - h.l3
+            st.outbytes += skb_len
+
+    def _conn_put(self, cp: _conn.Connection, now: int) -> None:
+        """``ip_vs_conn_put``: restart the connection's timer, or expire a
+        one-packet connection at once."""
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            self._conn_expire(cp, now)
+        else:
+            self.ipvs.conn_tab.put(cp, now)
 
     # ----------------------------------------------------------------- apps
 
@@ -669,8 +756,6 @@ class Director:
         Like ``tcp_csum_check``, a partial (offloaded, not yet computed)
         checksum is not verified: there is nothing to verify yet.
         """
-        from ipvs import app
-
         h = parse(buf, l3)
         if h.protocol == IPPROTO_TCP and not partial and not l4_csum_ok(buf, h):
             self.ipvs.drops[Drop.BAD_CSUM] += 1
@@ -694,8 +779,6 @@ class Director:
         ct = cp.control
         has_ref = cp.timeout == 0
         if cp.app is not None:
-            from ipvs import app
-
             app.unbind_conn(self.ipvs, cp)
         if self.trace is not None:
             self.trace(f"expire {self._conn_text(cp)}")

@@ -1,19 +1,22 @@
-"""The control plane: virtual services, real servers, settings and errors.
+"""The control plane: the commands on virtual services and real servers.
 
-Mirrors ``net/netfilter/ipvs/ip_vs_ctl.c`` (kernel 6.1): the service tables,
-``ip_vs_add_service`` / ``edit`` / ``del``, ``ip_vs_add_dest`` / ``edit`` /
-``del`` with the destination trash, flush, zero, timeouts, and the
-``/proc/sys/net/ipv4/vs/*`` settings (:class:`Sysctls`).
+Mirrors ``net/netfilter/ipvs/ip_vs_ctl.c`` (kernel 6.1): the service tables
+and their lookups, ``ip_vs_add_service`` / ``edit`` / ``del``,
+``ip_vs_add_dest`` / ``edit`` / ``del`` with the destination trash, flush,
+zero and timeouts.  The objects the commands work on (:class:`~ipvs.ip_vs.Service`,
+:class:`~ipvs.ip_vs.Dest`, the ``/proc/sys/net/ipv4/vs/*`` settings
+:class:`~ipvs.ip_vs.Sysctls`) are the header's, :mod:`ipvs.ip_vs`.
 
 Every command takes the instance (:class:`ipvs.netns.NetnsIPVS`, the
-kernel's ``struct netns_ipvs``) and raises :class:`IPVSError` carrying the
-errno the kernel returns, so the tools can print ipvsadm's messages.
+kernel's ``struct netns_ipvs``) and raises :class:`~ipvs.ip_vs.IPVSError`
+carrying the errno the kernel returns, so the tools can print ipvsadm's
+messages.
 
 Differences from the kernel, and why:
 
 * The service hash tables are Python dicts keyed by packed bytes; the
   kernel's bucket order (which ``/proc/net/ip_vs`` and ``--nosort`` show)
-  is reproduced by :func:`svc_hashkey` with the per-netns pointer taken as
+  is reproduced by :func:`ipvs.ip_vs.svc_hashkey` with the per-netns pointer taken as
   zero, since the real value is an address and not reproducible anyway.
 * The destination trash is a dict; its 60 s cleanup runs from the
   instance's timer processing (``now`` in jiffies), not a kernel timer.
@@ -22,14 +25,23 @@ Differences from the kernel, and why:
 from __future__ import annotations
 
 import errno
-import ipaddress
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ipvs import uapi
-from ipvs.est import Stats
-from ipvs.sched import Scheduler, scheduler_get
+from ipvs.ip_vs import (
+    FTPDATA,
+    FTPPORT,
+    INT_MAX,
+    IP_VS_SVC_TAB_MASK,
+    Dest,
+    IPVSError,
+    Service,
+    svc_key,
+)
+from ipvs.pe import pe_get, pe_lookup
+from ipvs.sched import scheduler_get
 from ipvs.uapi import (
     AF_INET,
     AF_INET6,
@@ -41,7 +53,6 @@ from ipvs.uapi import (
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_DEST_F_OVERLOAD,
     IP_VS_SVC_F_HASHED,
-    IP_VS_SVC_F_PERSISTENT,
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -50,239 +61,11 @@ from ipvs.uapi import (
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.netns import NetnsIPVS
 
-#: Connection-table size bits (CONFIG_IP_VS_TAB_BITS) and its clamp.
-IP_VS_CONN_TAB_BITS_DEFAULT = 12
-IP_VS_CONN_TAB_BITS_MIN = 8
-IP_VS_CONN_TAB_BITS_MAX = 20
-#: Service hash table: 256 buckets each for (proto, addr, port) and fwmark.
-IP_VS_SVC_TAB_BITS = 8
-IP_VS_SVC_TAB_MASK = (1 << IP_VS_SVC_TAB_BITS) - 1
 #: Trash period: a deleted destination lingers this long once idle.
 IP_VS_DEST_TRASH_PERIOD_S = 120
 
 SUPPORTED_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
-PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP", 0: "IP"}
 
-
-class IPVSError(Exception):
-    """A control command failed; ``errno`` is what the kernel would return."""
-
-    def __init__(self, err: int, detail: str = "") -> None:
-        super().__init__(err, detail or errno.errorcode.get(err, str(err)))
-        self.errno = err
-        self.detail = detail
-
-
-# --------------------------------------------------------------------------
-# Addresses
-
-
-def parse_addr(af: int, text: str) -> bytes:
-    """Packed network-order bytes of an address string of family ``af``."""
-    ip = ipaddress.ip_address(text)
-    if (af == AF_INET) != (ip.version == 4):
-        raise ValueError(f"{text} is not an address of family {af}")
-    return ip.packed
-
-
-def format_addr(af: int, addr: bytes) -> str:
-    """The address as ipvsadm prints it with -n (IPv6 compressed)."""
-    if af == AF_INET6:
-        return str(ipaddress.IPv6Address(addr))
-    return str(ipaddress.IPv4Address(addr))
-
-
-def addr_fold(addr: bytes) -> int:
-    """``ip_vs_addr_fold``-style u32: the IPv4 address, or the XOR of the
-    four IPv6 words, in host order."""
-    if len(addr) == 4:
-        return int.from_bytes(addr, "big")
-    v = 0
-    for i in range(0, 16, 4):
-        v ^= int.from_bytes(addr[i : i + 4], "big")
-    return v
-
-
-def svc_key(protocol: int, addr: bytes, port: int) -> bytes:
-    """Key of the (proto, addr, port) service table.
-
-    The address length (4 or 16) carries the family, so the same bytes can
-    be sliced straight out of a packet header on the fast path.
-    """
-    return bytes((protocol,)) + addr + port.to_bytes(2, "big")
-
-
-def svc_hashkey(protocol: int, addr: bytes, port: int) -> int:
-    """The kernel's ``ip_vs_svc_hashkey`` bucket (netns pointer taken as 0)."""
-    return (protocol ^ addr_fold(addr) ^ (port >> IP_VS_SVC_TAB_BITS) ^ port) & IP_VS_SVC_TAB_MASK
-
-
-def fwm_hashkey(fwmark: int) -> int:
-    return fwmark & IP_VS_SVC_TAB_MASK
-
-
-# --------------------------------------------------------------------------
-# Settings
-
-
-def _range(lo: int, hi: int):
-    def check(inst, attribute, value):
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise ValueError(f"{attribute.name} must be an integer in [{lo}, {hi}]")
-
-    return check
-
-
-_INT_MAX = 2**31 - 1
-
-
-@attrs.define(slots=True)
-class Sysctls:
-    """The ``net.ipv4.vs.*`` settings of one instance, with kernel defaults.
-
-    Only the settings that change behaviour in PyIPVS are here; the names
-    are the sysctl names so ``ipvsadm``-side tooling can map them 1:1.
-    ``conn_tab_bits`` is the module parameter, fixed when the instance is
-    created.  Time-valued settings are in seconds.
-    """
-
-    am_droprate: int = attrs.field(default=10, validator=_range(0, _INT_MAX))
-    amemthresh: int = attrs.field(default=1024, validator=_range(0, _INT_MAX))
-    backup_only: int = attrs.field(default=0, validator=_range(0, 1))
-    cache_bypass: int = attrs.field(default=0, validator=_range(0, 1))
-    conn_reuse_mode: int = attrs.field(default=1, validator=_range(0, _INT_MAX))
-    conntrack: int = attrs.field(default=0, validator=_range(0, 1))
-    drop_entry: int = attrs.field(default=0, validator=_range(0, 3))
-    drop_packet: int = attrs.field(default=0, validator=_range(0, 3))
-    expire_nodest_conn: int = attrs.field(default=0, validator=_range(0, 1))
-    expire_quiescent_template: int = attrs.field(default=0, validator=_range(0, 1))
-    ignore_tunneled: int = attrs.field(default=0, validator=_range(0, 1))
-    nat_icmp_send: int = attrs.field(default=0, validator=_range(0, 1))
-    pmtu_disc: int = attrs.field(default=1, validator=_range(0, 1))
-    run_estimation: int = attrs.field(default=1, validator=_range(0, 1))
-    schedule_icmp: int = attrs.field(default=0, validator=_range(0, 1))
-    secure_tcp: int = attrs.field(default=0, validator=_range(0, 3))
-    sloppy_sctp: int = attrs.field(default=0, validator=_range(0, 1))
-    sloppy_tcp: int = attrs.field(default=0, validator=_range(0, 1))
-    snat_reroute: int = attrs.field(default=1, validator=_range(0, 1))
-    lblc_expiration: int = attrs.field(default=24 * 60 * 60, validator=_range(0, _INT_MAX))
-    lblcr_expiration: int = attrs.field(default=24 * 60 * 60, validator=_range(0, _INT_MAX))
-    conn_tab_bits: int = attrs.field(default=IP_VS_CONN_TAB_BITS_DEFAULT, validator=_range(1, 64))
-
-    def __attrs_post_init__(self) -> None:
-        # The kernel reverts an out-of-range module parameter to the default.
-        if not IP_VS_CONN_TAB_BITS_MIN <= self.conn_tab_bits <= IP_VS_CONN_TAB_BITS_MAX:
-            self.conn_tab_bits = IP_VS_CONN_TAB_BITS_DEFAULT
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [a.name for a in attrs.fields(cls)]
-
-    def set(self, name: str, value: int) -> None:
-        """Set one setting by its sysctl name, validating it (EINVAL)."""
-        if name not in self.names() or name == "conn_tab_bits":
-            raise IPVSError(errno.ENOENT, f"no setting {name!r}")
-        field = attrs.fields_dict(type(self))[name]
-        try:
-            field.validator(self, field, value)
-        except ValueError as e:
-            raise IPVSError(errno.EINVAL, str(e)) from None
-        setattr(self, name, value)
-
-
-# --------------------------------------------------------------------------
-# Destinations and services
-
-
-@attrs.define(slots=True, eq=False)
-class Dest:
-    """A real server of one virtual service (``struct ip_vs_dest``)."""
-
-    af: int
-    addr: bytes
-    port: int
-    weight: int = 1
-    conn_flags: int = IP_VS_CONN_F_INACTIVE
-    u_threshold: int = 0
-    l_threshold: int = 0
-    flags: int = IP_VS_DEST_F_AVAILABLE
-    last_weight: int = 0
-    activeconns: int = 0
-    inactconns: int = 0
-    persistconns: int = 0
-    refcnt: int = 0  # connections bound to this dest
-    stats: Stats = attrs.field(factory=Stats)
-    svc: Service | None = None
-    # Copies of the service identity, kept while the dest sits in the trash.
-    protocol: int = 0
-    vaddr: bytes = b""
-    vport: int = 0
-    vfwmark: int = 0
-    idle_start: int = 0
-    tun_type: int = 0
-    tun_port: int = 0
-    tun_flags: int = 0
-    in_rs_table: bool = False
-
-    @property
-    def fwd(self) -> int:
-        return self.conn_flags & IP_VS_CONN_F_FWD_MASK
-
-    @property
-    def available(self) -> bool:
-        return bool(self.flags & IP_VS_DEST_F_AVAILABLE)
-
-    def __repr__(self) -> str:
-        return f"<Dest {format_addr(self.af, self.addr)}:{self.port} w={self.weight}>"
-
-
-@attrs.define(slots=True, eq=False)
-class Service:
-    """A virtual service (``struct ip_vs_service``).
-
-    ``timeout`` is the persistence timeout in jiffies and ``netmask`` the
-    IPv4 mask as a host-order integer or the IPv6 prefix length, as the
-    kernel stores them.  ``destinations`` is newest first.
-    """
-
-    af: int
-    protocol: int
-    addr: bytes
-    port: int
-    fwmark: int = 0
-    flags: int = 0
-    timeout: int = 0
-    netmask: int = 0xFFFFFFFF
-    destinations: list[Dest] = attrs.field(factory=list)
-    stats: Stats = attrs.field(factory=Stats)
-    scheduler: Scheduler | None = None
-    pe_name: str = ""
-
-    @property
-    def num_dests(self) -> int:
-        return len(self.destinations)
-
-    @property
-    def persistent(self) -> bool:
-        return bool(self.flags & IP_VS_SVC_F_PERSISTENT)
-
-    @property
-    def sched_name(self) -> str:
-        return self.scheduler.name if self.scheduler else ""
-
-    def key(self) -> bytes | tuple[int, int]:
-        return (self.af, self.fwmark) if self.fwmark else svc_key(self.protocol, self.addr, self.port)
-
-    def hash_bucket(self) -> int:
-        if self.fwmark:
-            return fwm_hashkey(self.fwmark)
-        return svc_hashkey(self.protocol, self.addr, self.port)
-
-    def __repr__(self) -> str:
-        if self.fwmark:
-            return f"<Service FWM {self.fwmark}>"
-        name = PROTO_NAMES.get(self.protocol, str(self.protocol))
-        return f"<Service {name} {format_addr(self.af, self.addr)}:{self.port} {self.sched_name}>"
 
 
 @attrs.define(slots=True, kw_only=True)
@@ -348,9 +131,9 @@ def service_get(
     svc = table.get(svc_key(protocol, addr, port))
     if svc is not None:
         return svc
-    if ipvs.ftpsvc_counter and protocol == IPPROTO_TCP and (port == 20 or port >= 1024):
+    if ipvs.ftpsvc_counter and protocol == IPPROTO_TCP and (port == FTPDATA or port >= 1024):
         # An FTP data connection to a persistent FTP service's VIP.
-        svc = table.get(svc_key(protocol, addr, 21))
+        svc = table.get(svc_key(protocol, addr, FTPPORT))
         if svc is not None:
             return svc
     if ipvs.nullsvc_counter:
@@ -416,8 +199,6 @@ def _pe_conn_out(name: str) -> bool:
     """Does the engine ``name`` have ``conn_out`` (counted in ``conn_out_counter``)?"""
     if not name:
         return False
-    from ipvs.pe import pe_lookup
-
     pe = pe_lookup(name)
     return pe is not None and pe.conn_out is not None
 
@@ -425,10 +206,7 @@ def _pe_conn_out(name: str) -> bool:
 def _check_pe(name: str) -> None:
     # ip_vs_pe_getbyname, loading ipvs.pe.<name> on demand: ENOENT when
     # no such persistence engine exists.
-    if name:
-        from ipvs.pe import pe_get
-
-        if pe_get(name) is None:
+    if name and pe_get(name) is None:
             raise IPVSError(errno.ENOENT, f"persistence engine {name!r} not found")
 
 
@@ -486,7 +264,7 @@ def add_service(ipvs: NetnsIPVS, u: ServiceUser) -> Service:
     )
     svc.scheduler = sched_cls(svc)
     svc.scheduler.netns = ipvs  # lblc/lblcr read their expiration sysctl through it
-    if svc.port == 21 and not svc.fwmark:
+    if svc.port == FTPPORT and not svc.fwmark:
         ipvs.ftpsvc_counter += 1
     elif svc.port == 0 and not svc.fwmark:
         ipvs.nullsvc_counter += 1
@@ -528,7 +306,7 @@ def _unlink_service(ipvs: NetnsIPVS, svc: Service) -> None:
     """``__ip_vs_del_service``: unhash, move every dest to the trash."""
     _unhash_service(ipvs, svc)
     ipvs.est.stop(svc.stats)
-    if svc.port == 21 and not svc.fwmark:
+    if svc.port == FTPPORT and not svc.fwmark:
         ipvs.ftpsvc_counter -= 1
     elif svc.port == 0 and not svc.fwmark:
         ipvs.nullsvc_counter -= 1
@@ -563,7 +341,7 @@ def flush(ipvs: NetnsIPVS) -> None:
 def _check_dest_user(svc: Service, u: DestUser) -> None:
     if u.weight < 0:
         raise IPVSError(errno.ERANGE, "weight below zero")
-    if u.weight > _INT_MAX:  # the kernel's weight is an int: 2^31 and above read negative
+    if u.weight > INT_MAX:  # the kernel's weight is an int: 2^31 and above read negative
         raise IPVSError(errno.ERANGE, "weight too large")
     if u.l_threshold > u.u_threshold:
         raise IPVSError(errno.ERANGE, "l_threshold above u_threshold")
@@ -770,7 +548,7 @@ def get_timeouts(ipvs: NetnsIPVS) -> tuple[int, int, int]:
 def set_timeouts(ipvs: NetnsIPVS, tcp: int, tcpfin: int, udp: int) -> None:
     """``ipvsadm --set``: ESTABLISHED, FIN_WAIT and UDP; 0 leaves a value alone."""
     for v in (tcp, tcpfin, udp):
-        if not 0 <= v <= _INT_MAX // ipvs.hz:
+        if not 0 <= v <= INT_MAX // ipvs.hz:
             raise IPVSError(errno.EINVAL, "timeout out of range")
     tcpd = ipvs.proto_data_get(IPPROTO_TCP)
     if tcp:

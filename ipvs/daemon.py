@@ -982,7 +982,7 @@ def _detach() -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ipvs.ctl import Sysctls
+    from ipvs.ip_vs import Sysctls
     from ipvs.netns import NetnsIPVS
 
     driver_mod = _driver_module()

@@ -67,7 +67,7 @@ FLUSH_MARK      —                             —
 sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
 ``SET_SYSCTL`` are PyIPVS extensions: the text of
 ``/proc/net/<name>`` (one of :data:`PROC_NAMES`) and the
-``net.ipv4.vs.*`` settings (:class:`ipvs.ctl.Sysctls`).  The ``*_MARK``
+``net.ipv4.vs.*`` settings (:class:`ipvs.ip_vs.Sysctls`).  The ``*_MARK``
 commands are PyIPVS's stand-in for iptables' MARK target, which the
 kernel's fwmark services depend on: a ``mark`` is an object with the
 fields of :class:`ipvs.fwmark.MarkRule` (``mark``, ``af``, ``protocol``,
@@ -203,8 +203,9 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from ipvs import ctl, uapi
-from ipvs.ctl import DestUser, IPVSError, ServiceUser
+from ipvs import ctl, ip_vs, uapi
+from ipvs.ctl import DestUser, ServiceUser
+from ipvs.ip_vs import IPVSError
 from ipvs.uapi import AF_INET, AF_INET6
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -891,7 +892,7 @@ def _mark_cmd(ipvs, req, now, **_):
 
 
 def _get_sysctl(ipvs, req, now, **_):
-    names = ctl.Sysctls.names()
+    names = ip_vs.Sysctls.names()
     if "name" not in req:
         return {"sysctls": {n: getattr(ipvs.sysctl, n) for n in names}}
     if req["name"] not in names:

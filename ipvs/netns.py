@@ -17,10 +17,8 @@ import attrs
 from ipvs.conn import ConnTable
 from ipvs.est import Estimator, Stats
 from ipvs.fwmark import MarkTable
-from ipvs.proto import ProtoData, make_proto_data
-
-#: Debian's kernel runs at HZ=250; /proc shows persistence timeouts in jiffies.
-HZ = 250
+from ipvs.ip_vs import HZ, ProtoData, Sysctls
+from ipvs.proto import make_proto_data
 
 
 @attrs.define(slots=True, eq=False)
@@ -28,7 +26,7 @@ class NetnsIPVS:
     """Per-instance state: settings, services, connections, counters."""
 
     hz: int = HZ
-    sysctl: object = None  # ipvs.ctl.Sysctls (set in __attrs_post_init__)
+    sysctl: Sysctls = None  # type: ignore[assignment]  # (set in __attrs_post_init__)
     svc_table: dict = attrs.field(factory=dict)  # svc_key bytes -> Service
     fwm_table: dict = attrs.field(factory=dict)  # (af, fwmark) -> Service
     svc_order: dict = attrs.field(factory=dict)  # Service -> hash sequence number
@@ -66,8 +64,6 @@ class NetnsIPVS:
     outbox: list = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
-        from ipvs.ctl import Sysctls
-
         if self.sysctl is None:
             self.sysctl = Sysctls()
         if self.conn_tab is None:

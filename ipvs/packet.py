@@ -23,16 +23,13 @@ import enum
 import struct
 from typing import NamedTuple
 
+from ipvs.uapi import IPPROTO_TCP, IPPROTO_UDP
+
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_ARP = 0x0806
 ETH_P_8021Q = 0x8100
-
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ICMPV6 = 58
 
 # IPv4 fragment bits (RFC 791).
 IP_MF = 0x2000

@@ -87,7 +87,7 @@ INERT_SYSCTLS: dict[str, str] = {
     "sync_version": "1",
 }
 
-#: Settings of :class:`ipvs.ctl.Sysctls` that are not sysctls (module
+#: Settings of :class:`ipvs.ip_vs.Sysctls` that are not sysctls (module
 #: parameters fixed at start).
 NOT_SYSCTLS = frozenset({"conn_tab_bits"})
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ipvs.ip_vs import NF_DROP, NF_STOLEN
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_EXC_TTL,
     ICMP_FRAG_NEEDED,
     ICMP_TIME_EXCEEDED,
     IP_DF,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
     Drop,
     IPHeader,
     icmp_checksum,
@@ -39,15 +38,11 @@ from ipvs.packet import (
     put_u16,
 )
 from ipvs.proto.icmp import Quoted, build_error
+from ipvs.uapi import IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.netns import NetnsIPVS
-
-NF_DROP = 0
-NF_ACCEPT = 1
-NF_STOLEN = 2  # rewritten in place: route by the IP destination and send
-
 
 def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, src: bytes) -> bool:
     """``decrement_ttl``: False (and an ICMP time exceeded from ``src``

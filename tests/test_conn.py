@@ -5,7 +5,7 @@ the timer wheel and the table bound."""
 import pytest
 
 from ipvs.conn import CONN_NEW_TIMEOUT_S, Connection, ConnTable
-from ipvs.ctl import Dest, Sysctls
+from ipvs.ip_vs import Dest, Sysctls
 from ipvs.netns import NetnsIPVS
 from ipvs.uapi import (
     IP_VS_CONN_F_HASHED,

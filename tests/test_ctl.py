@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from ipvs import ctl, uapi
+from ipvs import ctl, ip_vs, uapi
 from ipvs.conn import ConnTable
 from ipvs.netns import NetnsIPVS
 from ipvs.uapi import (
@@ -314,7 +314,7 @@ def test_zero_one_service_or_everything(ipvs):
 
 
 def test_sysctls_defaults_and_validation():
-    s = ctl.Sysctls()
+    s = ip_vs.Sysctls()
     assert (s.conn_reuse_mode, s.expire_nodest_conn, s.sloppy_tcp, s.snat_reroute, s.am_droprate,
             s.amemthresh, s.secure_tcp) == (1, 0, 0, 1, 10, 1024, 0)
     s.set("sloppy_tcp", 1)
@@ -332,10 +332,10 @@ def test_sysctls_defaults_and_validation():
 
 
 def test_format_and_parse_addresses():
-    assert ctl.parse_addr(2, "203.0.113.5") == VIP
-    assert ctl.format_addr(10, ctl.parse_addr(10, "2001:db8:0:0::1")) == "2001:db8::1"
+    assert ip_vs.parse_addr(2, "203.0.113.5") == VIP
+    assert ip_vs.format_addr(10, ip_vs.parse_addr(10, "2001:db8:0:0::1")) == "2001:db8::1"
     with pytest.raises(ValueError):
-        ctl.parse_addr(2, "2001:db8::1")
+        ip_vs.parse_addr(2, "2001:db8::1")
 
 
 def test_gue_tunnel_needs_a_port(ipvs):

@@ -1,7 +1,7 @@
 """ipvs/netns.py: one instance's state (struct netns_ipvs) and its defaults."""
 
 from ipvs import ctl
-from ipvs.ctl import Sysctls
+from ipvs.ip_vs import Sysctls
 from ipvs.netns import HZ, NetnsIPVS
 from tests.conftest import A
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipvs import ctl, procfs
+from ipvs import ctl, ip_vs, procfs
 from ipvs.ctl import ServiceUser
 from ipvs.netlink import SCHEMA_VERSION, dispatch
 from ipvs.netns import NetnsIPVS
@@ -487,7 +487,7 @@ def test_unknown_view():
 
 
 def test_size_follows_conn_tab_bits():
-    ipvs = NetnsIPVS(hz=HZ, sysctl=ctl.Sysctls(conn_tab_bits=16))
+    ipvs = NetnsIPVS(hz=HZ, sysctl=ip_vs.Sysctls(conn_tab_bits=16))
     assert procfs.render(ipvs, "ip_vs", NOW).splitlines()[0] == "IP Virtual Server version 1.2.1 (size=65536)"
 
 

@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipvs.ctl import IPVSError
-from ipvs.packet import IPPROTO_TCP, csum_replace
-from ipvs.uapi import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_IN_SEQ, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_OUT_SEQ
+from ipvs.ip_vs import NF_ACCEPT, NF_DROP, IPVSError
+from ipvs.packet import csum_replace
+from ipvs.uapi import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_IN_SEQ, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_OUT_SEQ, IPPROTO_TCP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
@@ -66,8 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover
 IP_VS_APP_MAX_PORTS = 8
 
 #: Verdicts of :func:`pkt_in` / :func:`pkt_out` and of the helpers' hooks.
-NF_DROP = 0
-NF_ACCEPT = 1
 NF_MANGLED = 2
 
 _I = struct.Struct("!I")

@@ -55,8 +55,8 @@ import errno
 from typing import TYPE_CHECKING
 
 from ipvs import packet
-from ipvs.app import NF_ACCEPT, NF_DROP, NF_MANGLED, App, bind_conn, mangle_payload, register_app, unregister_app
-from ipvs.ctl import IPVSError
+from ipvs.app import NF_MANGLED, App, bind_conn, mangle_payload, register_app, unregister_app
+from ipvs.ip_vs import NF_ACCEPT, NF_DROP, IPVSError
 from ipvs.proto import tcp
 from ipvs.uapi import AF_INET, AF_INET6, IP_VS_CONN_F_NFCT, IP_VS_CONN_F_NO_CPORT, IPPROTO_TCP
 

@@ -91,6 +91,7 @@ from ipvs.driver.neigh import (
     parse_arp,
 )
 from ipvs.driver.ring import DIRECT_MIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
+from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_ECHO,
@@ -100,9 +101,6 @@ from ipvs.packet import (
     ICMP_PORT_UNREACH,
     ICMP_TIME_EXCEEDED,
     IP_DF,
-    IPPROTO_ICMP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
@@ -114,10 +112,10 @@ from ipvs.packet import (
     parse,
 )
 from ipvs.proto.icmp import build_error
+from ipvs.uapi import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
 log = logging.getLogger("ipvs.driver")
 
-NF_DROP, NF_ACCEPT, NF_STOLEN = 0, 1, 2
 #: Offset of the IP header in a frame buffer: vnet header + Ethernet.
 L3 = VNET_HDR_LEN + 14
 ETH_IP = b"\x08\x00"

@@ -29,9 +29,6 @@ import struct
 import attrs
 
 from ipvs.packet import (
-    IPPROTO_ICMP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
@@ -41,6 +38,7 @@ from ipvs.packet import (
     l4_csum_nat,
     put_addr4,
 )
+from ipvs.uapi import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
 PORT_MASQ_BEGIN = 61000
 PORT_MASQ_END = 65095

@@ -15,7 +15,7 @@ answers ``ignored = -1``, ``ip_vs_in`` drops without an ICMP error).
 
 A real server may also start a request itself (an INVITE or BYE towards
 a client): :meth:`SipPE.conn_out` (``ip_vs_sip_conn_out``) gives such a UDP
-datagram a connection through :func:`ipvs.pe.new_conn_out`, so it leaves
+datagram a connection through :meth:`ipvs.core.Director.new_conn_out`, so it leaves
 from VIP:vport and the client's answers reach the same server, and, for a
 persistent service, a template keyed by the datagram's Call-ID that points
 at that server (an older template of that client and Call-ID naming
@@ -55,14 +55,14 @@ from __future__ import annotations
 import errno
 import re
 
-from ipvs.pe import IP_VS_PEDATA_MAXLEN, ConnParam, PersistenceEngine, new_conn_out, register_pe
-from ipvs.uapi import IP_VS_CONN_F_TEMPLATE
+from ipvs.ip_vs import ConnParam
+from ipvs.pe import IP_VS_PEDATA_MAXLEN, PersistenceEngine, register_pe
+from ipvs.uapi import IP_VS_CONN_F_TEMPLATE, IPPROTO_UDP
 
 __all__ = ["SipPE", "get_callid", "get_header"]
 
 _CR, _LF, _SP, _HT = 13, 10, 32, 9
 _COLON, _AT = 58, 64
-_IPPROTO_UDP = 17
 
 # The kernel's isalpha over 0..255 (lib/ctype.c): ASCII letters and the
 # Latin-1 letters 192-214, 216-246, 248-255.
@@ -249,7 +249,7 @@ class SipPE(PersistenceEngine):
             proto = buf[l3 + 6]
         else:
             return -errno.EINVAL
-        if proto != _IPPROTO_UDP:
+        if proto != IPPROTO_UDP:
             return -errno.EINVAL
         dataoff = l3 + hlen + 8
         if dataoff >= end:
@@ -285,12 +285,12 @@ class SipPE(PersistenceEngine):
         return data.decode("latin-1") if data else ""
 
     def conn_out(self, director, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int):
-        """``ip_vs_sip_conn_out``: UDP only, through :func:`ipvs.pe.new_conn_out`."""
+        """``ip_vs_sip_conn_out``: UDP only, through :meth:`ipvs.core.Director.new_conn_out`."""
         version = buf[l3] >> 4
         proto = buf[l3 + 9] if version == 4 else buf[l3 + 6] if version == 6 else -1
-        if proto != _IPPROTO_UDP:
+        if proto != IPPROTO_UDP:
             return None
-        return new_conn_out(director, svc, dest, buf, l3, end, dport, cport)
+        return director.new_conn_out(svc, dest, buf, l3, end, dport, cport)
 
 
 #: The registered engine.

@@ -23,10 +23,10 @@ from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_SOURCE_QUENCH,
     ICMP_TIME_EXCEEDED,
-    IPPROTO_ICMP,
     icmp_checksum,
     ip_send_check,
 )
+from ipvs.uapi import IPPROTO_ICMP
 
 #: ICMP types that may relate to a connection (``ip_vs_in_icmp``).
 RELATED_TYPES = frozenset((ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_TIME_EXCEEDED))

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ipvs.ip_vs import IP_VS_CTPL_S_ASSURED, ProtoData
 from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
-from ipvs.proto import ProtoData
 from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,4 +176,4 @@ def assure_template(cp: Connection) -> None:
     """``ip_vs_control_assure_ct``: a controlling template becomes ASSURED."""
     ct = cp.control
     if ct is not None and ct.flags & IP_VS_CONN_F_TEMPLATE:
-        ct.state = 1
+        ct.state = IP_VS_CTPL_S_ASSURED

@@ -9,7 +9,7 @@ full one computed, and a computed 0 is sent as 0xFFFF, as the kernel does.
 
 from __future__ import annotations
 
-from ipvs.proto import ProtoData
+from ipvs.ip_vs import ProtoData
 from ipvs.uapi import IPPROTO_UDP
 
 PROTOCOL = IPPROTO_UDP

@@ -22,10 +22,11 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
+from ipvs.ip_vs import HZ, format_addr
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
     from ipvs.netns import NetnsIPVS
 
 log = logging.getLogger("ipvs.sched")
@@ -151,10 +152,57 @@ def is_overloaded(dest: Dest) -> bool:
     return bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 
-def scheduler_err(svc: Service, msg: str) -> None:
-    """``ip_vs_scheduler_err``: the rate-limited "no destination" log line."""
-    from ipvs.ctl import format_addr  # local: ctl imports this package
+class RateLimit:
+    """``struct ratelimit_state`` and ``___ratelimit`` (``lib/ratelimit.c``):
+    at most ``burst`` messages in each ``interval_s`` seconds; when a new
+    interval starts, the count of messages held back is logged once.
 
+    Time is the instance's jiffies (``NetnsIPVS.now``) handed in: the
+    sans-I/O core reads no clock.
+    """
+
+    def __init__(self, name: str, interval_s: int, burst: int) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.burst = burst
+        self.begin: int | None = None
+        self.printed = 0
+        self.missed = 0
+
+    def __call__(self, now: int, hz: int) -> bool:
+        """May a message go out at jiffy ``now``?"""
+        if self.begin is None:
+            self.begin = now
+        if now > self.begin + self.interval_s * hz:
+            if self.missed:
+                log.warning("%s: %d callbacks suppressed", self.name, self.missed)
+            self.begin = now
+            self.printed = 0
+            self.missed = 0
+        if self.printed < self.burst:
+            self.printed += 1
+            return True
+        self.missed += 1
+        return False
+
+
+#: ``net_ratelimit()``: 10 messages per 5 s (``net_ratelimit_state`` in
+#: ``net/core/utils.c``), one state for every instance, as in the kernel.
+net_ratelimit = RateLimit("net_ratelimit", 5, 10)
+
+
+def scheduler_err(svc: Service, msg: str) -> None:
+    """``ip_vs_scheduler_err``: the "no destination available" log line,
+    behind ``net_ratelimit()`` (``IP_VS_ERR_RL``).
+
+    The clock is the service's instance (``svc.scheduler.netns.now``);
+    a scheduler used without an instance counts time as zero, so only the
+    first ten lines go out.
+    """
+    netns = svc.scheduler.netns if svc.scheduler is not None else None
+    now, hz = (netns.now, netns.hz) if netns is not None else (0, HZ)
+    if not net_ratelimit(now, hz):
+        return
     if svc.fwmark:
         log.info("%s: FWM %d 0x%08X - %s", svc.scheduler.name, svc.fwmark, svc.fwmark, msg)
     else:

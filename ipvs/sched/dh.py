@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipvs.ctl import addr_fold
+from ipvs.ip_vs import addr_fold
 from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
 
 #: CONFIG_IP_VS_DH_TAB_BITS default.
 DH_TAB_BITS = 8

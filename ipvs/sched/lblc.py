@@ -37,14 +37,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipvs.ctl import addr_fold
-from ipvs.netns import HZ
+from ipvs.ip_vs import HZ, addr_fold
 from ipvs.sched import IPHdr, Scheduler, hash_32, register_scheduler, scheduler_err
 from ipvs.sched.wlc import wlc_pick
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
 
 #: CONFIG_IP_VS_LBLC_TAB_BITS default (lblcr uses the same value).
 TAB_BITS = 10

@@ -31,7 +31,7 @@ from ipvs.sched.wlc import wlc_pick
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest
+    from ipvs.ip_vs import Dest
 
 
 @attrs.define(slots=True, eq=False)

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ipvs.ctl import addr_fold
+from ipvs.ip_vs import addr_fold
 from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
 from ipvs.uapi import (
     IP_VS_DEST_F_OVERLOAD,
@@ -62,7 +62,7 @@ from ipvs.uapi import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
 
 #: The table sizes CONFIG_IP_VS_MH_TAB_INDEX (8..17) selects.
 MH_PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)

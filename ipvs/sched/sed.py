@@ -16,7 +16,7 @@ from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest
+    from ipvs.ip_vs import Dest
 
 
 @register_scheduler

@@ -38,7 +38,7 @@ from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipvs.ctl import Dest, Service
+    from ipvs.ip_vs import Dest, Service
 
 #: Growing the eligible list by more than this many entries re-sorts it
 #: instead of inserting one by one.

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ipvs import app
 from ipvs.app import ftp
-from ipvs.ctl import IPVSError
+from ipvs.ip_vs import IPVSError
 from ipvs.uapi import IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_IN_SEQ, IP_VS_CONN_F_NFCT, IP_VS_CONN_F_OUT_SEQ, IPPROTO_TCP
 from tests.app.util import FTPLab, c2s, fields, recompute_and_check, s2c
 

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvs import ctl
+from ipvs import ctl, ip_vs
 from ipvs.cli import ipvsadm
 from ipvs.cli.ipvsadm import (
     DestEntry,
@@ -152,7 +152,7 @@ def dump_key(d: dict) -> tuple:
     if "fwmark" in d:
         return ("FWM", d["fwmark"])
     return ({IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}.get(d["protocol"], "SCTP"),
-            int.from_bytes(ctl.parse_addr(d["af"], d["addr"]), "big"), d["port"])
+            int.from_bytes(ip_vs.parse_addr(d["af"], d["addr"]), "big"), d["port"])
 
 
 class KernelView(LocalTransport):
@@ -234,7 +234,7 @@ def svc_label(svc) -> str:
         mark = svc.fwmark - (1 << 32) if svc.fwmark & 0x80000000 else svc.fwmark
         return f"FWM  {mark}" + (" IPv6" if svc.af == AF_INET6 else "")
     proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}.get(svc.protocol, "SCTP")
-    return f"{proto:<4} {ctl.format_addr(svc.af, svc.addr)}:{svc.port}"
+    return f"{proto:<4} {ip_vs.format_addr(svc.af, svc.addr)}:{svc.port}"
 
 
 def parse_table(text: str) -> dict[str, tuple[tuple[int, ...], dict[str, tuple[int, ...]]]]:
@@ -284,7 +284,7 @@ def load_traffic(ipvs: NetnsIPVS, counts_text: str, rates_text: str, conn_text: 
         set_stats(svc.stats, svc_counts, svc_rates)
         total = [a + b for a, b in zip(total, svc_counts, strict=True)]
         for dest in svc.destinations:
-            name = f"{ctl.format_addr(dest.af, dest.addr)}:{dest.port}"
+            name = f"{ip_vs.format_addr(dest.af, dest.addr)}:{dest.port}"
             set_stats(dest.stats, dest_counts[name], dest_rates[name])
             # The conn's own ports are kept for fwmark, port-0 and FTP services;
             # an invalidated template has ports 0xffff.
@@ -639,7 +639,7 @@ def test_nosort_is_kernel_order():
     assert run(t, ["-R"], rules)[0] == 0
     rc, out, _ = run(t, ["-Ln", "--nosort"])
     svcs = [ln.split()[1] for ln in out.splitlines() if ln.startswith("TCP")]
-    expected = [f"{ctl.format_addr(s.af, s.addr)}:{s.port}" for s in ctl.services_sorted_by_bucket(t.ipvs)]
+    expected = [f"{ip_vs.format_addr(s.af, s.addr)}:{s.port}" for s in ctl.services_sorted_by_bucket(t.ipvs)]
     assert svcs == expected
     # newest destination first
     lines = out.splitlines()
@@ -659,15 +659,15 @@ def test_sort_wraps_like_c():
     # With a third address the comparator is a cycle (1 < 100 < 200 < 1) and the
     # order depends on glibc's merge: [a, b, c] sorts as merge([a], merge([b], [c])).
     entries = [_se("100.0.0.1"), _se("200.0.0.1"), _se("1.0.0.1")]
-    got = [ctl.format_addr(AF_INET, e.addr[:4]) for e in glibc_qsort(entries, cmp_services)]
+    got = [ip_vs.format_addr(AF_INET, e.addr[:4]) for e in glibc_qsort(entries, cmp_services)]
     assert got == ["100.0.0.1", "200.0.0.1", "1.0.0.1"]
     entries = [_se("1.0.0.1"), _se("200.0.0.1"), _se("100.0.0.1")]
-    got = [ctl.format_addr(AF_INET, e.addr[:4]) for e in glibc_qsort(entries, cmp_services)]
+    got = [ip_vs.format_addr(AF_INET, e.addr[:4]) for e in glibc_qsort(entries, cmp_services)]
     assert got == ["1.0.0.1", "100.0.0.1", "200.0.0.1"]
 
 
 def _se(addr: str, port: int = 80, fwmark: int = 0, af: int = AF_INET, proto: int = IPPROTO_TCP) -> ServiceEntry:
-    packed = ctl.parse_addr(af, addr)
+    packed = ip_vs.parse_addr(af, addr)
     return ServiceEntry(af=af, protocol=proto, addr=packed + bytes(16 - len(packed)), port=port, fwmark=fwmark,
                         sched_name="rr", pe_name="", flags=0, timeout=0, netmask=0, stats=(0,) * 10)
 
@@ -685,12 +685,12 @@ def test_cmp_services_fields():
 
 def test_cmp_dests_and_qsort():
     def de(a, port=80):
-        packed = ctl.parse_addr(AF_INET, a)
+        packed = ip_vs.parse_addr(AF_INET, a)
         return DestEntry(af=AF_INET, addr=packed + bytes(12), port=port, conn_flags=0, weight=1, u_threshold=0,
                          l_threshold=0, activeconns=0, inactconns=0, persistconns=0, tun_type=0, tun_port=0,
                          tun_flags=0, stats=(0,) * 10)
     ds = [de("172.16.0.3"), de("172.16.0.2", 90), de("172.16.0.2", 80)]
-    assert [(ctl.format_addr(AF_INET, d.addr[:4]), d.port) for d in glibc_qsort(ds, cmp_dests)] == [
+    assert [(ip_vs.format_addr(AF_INET, d.addr[:4]), d.port) for d in glibc_qsort(ds, cmp_dests)] == [
         ("172.16.0.2", 80), ("172.16.0.2", 90), ("172.16.0.3", 80)]
 
 

@@ -7,11 +7,13 @@ rewrites from the NAT rules (digest section 3), and checksums are checked
 with scapy and an independent word loop.
 """
 
+import logging
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import IPv6
 
-from ipvs import ctl
+from ipvs import ctl, sched
 from ipvs.core import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import Drop
 from ipvs.uapi import IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
@@ -451,6 +453,19 @@ def test_no_destination_sends_port_unreachable_from_the_vip():
     assert bytes(p[ICMP].payload) == orig
     assert scapy_valid(err)
     assert lab.ipvs.drops[Drop.NO_DEST] == 1
+
+
+def test_no_destination_is_logged_once_per_failed_syn(caplog, monkeypatch):
+    """The scheduler logs "no destination available" (ip_vs_scheduler_err);
+    ip_vs_schedule adds nothing of its own, so one SYN makes one line."""
+    monkeypatch.setattr(sched, "net_ratelimit", sched.RateLimit("net_ratelimit", 5, 10))  # a fresh window
+    lab = Lab()
+    su = lab.service(VIP, 80, sched="wlc")
+    lab.dest(su, RS1, 80, weight=0)
+    with caplog.at_level(logging.INFO, logger="ipvs.sched"):
+        assert lab.send(tcp(CLI, 3456, VIP, 80)) == NF_DROP
+    lines = [r.getMessage() for r in caplog.records if "no destination available" in r.getMessage()]
+    assert lines == ["wlc: TCP 203.0.113.5:80 - no destination available"]
 
 
 def test_udp_no_destination_also_port_unreachable():

@@ -9,7 +9,8 @@ import pytest
 
 from ipvs import ctl, pe
 from ipvs.conn import ConnTable
-from ipvs.pe import ConnParam, PersistenceEngine, available_pes, pe_get, pe_lookup, register_pe, unregister_pe
+from ipvs.ip_vs import ConnParam
+from ipvs.pe import PersistenceEngine, available_pes, pe_get, pe_lookup, register_pe, unregister_pe
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE
 from tests.conftest import A
 

@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipvs.pe import ConnParam, pe_get
+from ipvs.ip_vs import ConnParam
+from ipvs.pe import pe_get
 from ipvs.pe.sip import SIP, get_callid, get_header
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE
 from tests.conftest import A

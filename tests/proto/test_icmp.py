@@ -3,8 +3,8 @@ building errors the way ``__icmp_send`` does (checked with scapy)."""
 
 from scapy.layers.inet import ICMP, IP, TCP, IPerror
 
-from ipvs.packet import IPPROTO_TCP
 from ipvs.proto.icmp import ICMP_ERROR_MAX, RELATED_TYPES, build_error, parse_quoted
+from ipvs.uapi import IPPROTO_TCP
 from tests.conftest import A, icmp_error, inet_csum, tcp
 
 

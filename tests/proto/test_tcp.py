@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ipvs.conn import Connection
-from ipvs.ctl import Dest
+from ipvs.ip_vs import Dest
 from ipvs.packet import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 from ipvs.proto import state_name
 from ipvs.proto import tcp as T

@@ -36,7 +36,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from ipvs import ctl
+from ipvs import ctl, ip_vs
 from ipvs.cli.ipvsadm import main as ipvsadm_main
 from ipvs.netlink import LocalTransport
 from ipvs.netns import HZ, NetnsIPVS
@@ -197,9 +197,9 @@ class Replay:
     def snapshot(self, name: str) -> None:
         rows = {}
         for svc in ctl.services_sorted_by_bucket(self.ipvs):
-            head = f"FWM {svc.fwmark}" if svc.fwmark else f"TCP {ctl.format_addr(svc.af, svc.addr)}:{svc.port}"
+            head = f"FWM {svc.fwmark}" if svc.fwmark else f"TCP {ip_vs.format_addr(svc.af, svc.addr)}:{svc.port}"
             for d in svc.destinations:
-                key = f"{head} {ctl.format_addr(d.af, d.addr)}:{d.port}"
+                key = f"{head} {ip_vs.format_addr(d.af, d.addr)}:{d.port}"
                 rows[key] = (d.weight, d.activeconns, d.inactconns)
         self.snapshots[name] = rows
 

@@ -1,0 +1,355 @@
+"""The shared data model: what the kernel declares in ``include/net/ip_vs.h``.
+
+Every layer of PyIPVS works on these objects, so they live below all of
+them: the control plane (:mod:`ipvs.ctl`) creates services and
+destinations, the schedulers (:mod:`ipvs.sched`) pick among destinations,
+the connection table (:mod:`ipvs.conn`) binds connections to them, the
+packet path (:mod:`ipvs.core`) returns the verdicts named here.
+
+* :class:`Service` and :class:`Dest` (``struct ip_vs_service``, ``struct
+  ip_vs_dest``), and :class:`Sysctls`, the ``sysctl_*`` fields of ``struct
+  netns_ipvs`` (the instance itself, :class:`ipvs.netns.NetnsIPVS`, owns a
+  connection table and protocol data and so sits above this module);
+* :class:`ConnParam` (``struct ip_vs_conn_param``): what a connection or
+  template lookup is made of;
+* :class:`ProtoData` (``struct ip_vs_proto_data``): one protocol's
+  timeouts and state table in one instance;
+* :class:`IPVSError`: the errno a command returns;
+* the netfilter verdicts (``include/uapi/linux/netfilter.h``), ``HZ``, the
+  FTP ports the core and the control plane both test, and the address
+  helpers (``ip_vs_addr_fold`` and friends).
+
+Nothing here imports another PyIPVS module except :mod:`ipvs.uapi` (the
+constants) and :mod:`ipvs.est` (``struct ip_vs_stats``, embedded in every
+service and destination).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ipvs.est import Stats
+from ipvs.uapi import (
+    AF_INET,
+    AF_INET6,
+    IP_VS_CONN_F_FWD_MASK,
+    IP_VS_CONN_F_INACTIVE,
+    IP_VS_DEST_F_AVAILABLE,
+    IP_VS_SVC_F_PERSISTENT,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.pe import PersistenceEngine
+    from ipvs.sched import Scheduler
+
+#: Netfilter verdicts (``NF_DROP``, ``NF_ACCEPT``, ``NF_STOLEN``): what the
+#: packet path returns.  NF_STOLEN means rewritten in place: route it by its
+#: IP destination and send it.
+NF_DROP = 0
+NF_ACCEPT = 1
+NF_STOLEN = 2
+
+#: Debian's kernel runs at HZ=250 (jiffies a second): the default of every
+#: instance; /proc shows persistence timeouts in jiffies.
+HZ = 250
+
+#: Template states (``enum { IP_VS_CTPL_S_NONE, IP_VS_CTPL_S_ASSURED }``):
+#: a persistence template becomes ASSURED once a connection under it is
+#: established (TCP) or has seen a reply (UDP).
+IP_VS_CTPL_S_NONE = 0
+IP_VS_CTPL_S_ASSURED = 1
+
+#: ``FTPPORT`` / ``FTPDATA``: the control and active-data ports of FTP,
+#: which persistence and service lookup treat specially.
+FTPPORT = 21
+FTPDATA = 20
+
+#: Connection-table size bits (CONFIG_IP_VS_TAB_BITS) and its clamp.
+IP_VS_CONN_TAB_BITS_DEFAULT = 12
+IP_VS_CONN_TAB_BITS_MIN = 8
+IP_VS_CONN_TAB_BITS_MAX = 20
+#: Service hash table: 256 buckets each for (proto, addr, port) and fwmark.
+IP_VS_SVC_TAB_BITS = 8
+IP_VS_SVC_TAB_MASK = (1 << IP_VS_SVC_TAB_BITS) - 1
+
+#: Protocol names as ipvsadm and /proc print them.
+PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP", 0: "IP"}
+
+
+class IPVSError(Exception):
+    """A control command failed; ``errno`` is what the kernel would return."""
+
+    def __init__(self, err: int, detail: str = "") -> None:
+        super().__init__(err, detail or errno.errorcode.get(err, str(err)))
+        self.errno = err
+        self.detail = detail
+
+
+
+# --------------------------------------------------------------------------
+# Addresses
+
+
+def parse_addr(af: int, text: str) -> bytes:
+    """Packed network-order bytes of an address string of family ``af``."""
+    ip = ipaddress.ip_address(text)
+    if (af == AF_INET) != (ip.version == 4):
+        raise ValueError(f"{text} is not an address of family {af}")
+    return ip.packed
+
+
+def format_addr(af: int, addr: bytes) -> str:
+    """The address as ipvsadm prints it with -n (IPv6 compressed)."""
+    if af == AF_INET6:
+        return str(ipaddress.IPv6Address(addr))
+    return str(ipaddress.IPv4Address(addr))
+
+
+def addr_fold(addr: bytes) -> int:
+    """``ip_vs_addr_fold``-style u32: the IPv4 address, or the XOR of the
+    four IPv6 words, in host order."""
+    if len(addr) == 4:
+        return int.from_bytes(addr, "big")
+    v = 0
+    for i in range(0, 16, 4):
+        v ^= int.from_bytes(addr[i : i + 4], "big")
+    return v
+
+
+def svc_key(protocol: int, addr: bytes, port: int) -> bytes:
+    """Key of the (proto, addr, port) service table.
+
+    The address length (4 or 16) carries the family, so the same bytes can
+    be sliced straight out of a packet header on the fast path.
+    """
+    return bytes((protocol,)) + addr + port.to_bytes(2, "big")
+
+
+def svc_hashkey(protocol: int, addr: bytes, port: int) -> int:
+    """The kernel's ``ip_vs_svc_hashkey`` bucket (netns pointer taken as 0)."""
+    return (protocol ^ addr_fold(addr) ^ (port >> IP_VS_SVC_TAB_BITS) ^ port) & IP_VS_SVC_TAB_MASK
+
+
+def fwm_hashkey(fwmark: int) -> int:
+    return fwmark & IP_VS_SVC_TAB_MASK
+
+
+
+# --------------------------------------------------------------------------
+# Settings
+
+
+def _range(lo: int, hi: int):
+    def check(inst, attribute, value):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{attribute.name} must be an integer in [{lo}, {hi}]")
+
+    return check
+
+
+INT_MAX = 2**31 - 1
+
+
+@attrs.define(slots=True)
+class Sysctls:
+    """The ``net.ipv4.vs.*`` settings of one instance, with kernel defaults.
+
+    Only the settings that change behaviour in PyIPVS are here; the names
+    are the sysctl names so ``ipvsadm``-side tooling can map them 1:1.
+    ``conn_tab_bits`` is the module parameter, fixed when the instance is
+    created.  Time-valued settings are in seconds.
+    """
+
+    am_droprate: int = attrs.field(default=10, validator=_range(0, INT_MAX))
+    amemthresh: int = attrs.field(default=1024, validator=_range(0, INT_MAX))
+    backup_only: int = attrs.field(default=0, validator=_range(0, 1))
+    cache_bypass: int = attrs.field(default=0, validator=_range(0, 1))
+    conn_reuse_mode: int = attrs.field(default=1, validator=_range(0, INT_MAX))
+    conntrack: int = attrs.field(default=0, validator=_range(0, 1))
+    drop_entry: int = attrs.field(default=0, validator=_range(0, 3))
+    drop_packet: int = attrs.field(default=0, validator=_range(0, 3))
+    expire_nodest_conn: int = attrs.field(default=0, validator=_range(0, 1))
+    expire_quiescent_template: int = attrs.field(default=0, validator=_range(0, 1))
+    ignore_tunneled: int = attrs.field(default=0, validator=_range(0, 1))
+    nat_icmp_send: int = attrs.field(default=0, validator=_range(0, 1))
+    pmtu_disc: int = attrs.field(default=1, validator=_range(0, 1))
+    run_estimation: int = attrs.field(default=1, validator=_range(0, 1))
+    schedule_icmp: int = attrs.field(default=0, validator=_range(0, 1))
+    secure_tcp: int = attrs.field(default=0, validator=_range(0, 3))
+    sloppy_sctp: int = attrs.field(default=0, validator=_range(0, 1))
+    sloppy_tcp: int = attrs.field(default=0, validator=_range(0, 1))
+    snat_reroute: int = attrs.field(default=1, validator=_range(0, 1))
+    lblc_expiration: int = attrs.field(default=24 * 60 * 60, validator=_range(0, INT_MAX))
+    lblcr_expiration: int = attrs.field(default=24 * 60 * 60, validator=_range(0, INT_MAX))
+    conn_tab_bits: int = attrs.field(default=IP_VS_CONN_TAB_BITS_DEFAULT, validator=_range(1, 64))
+
+    def __attrs_post_init__(self) -> None:
+        # The kernel reverts an out-of-range module parameter to the default.
+        if not IP_VS_CONN_TAB_BITS_MIN <= self.conn_tab_bits <= IP_VS_CONN_TAB_BITS_MAX:
+            self.conn_tab_bits = IP_VS_CONN_TAB_BITS_DEFAULT
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [a.name for a in attrs.fields(cls)]
+
+    def set(self, name: str, value: int) -> None:
+        """Set one setting by its sysctl name, validating it (EINVAL)."""
+        if name not in self.names() or name == "conn_tab_bits":
+            raise IPVSError(errno.ENOENT, f"no setting {name!r}")
+        field = attrs.fields_dict(type(self))[name]
+        try:
+            field.validator(self, field, value)
+        except ValueError as e:
+            raise IPVSError(errno.EINVAL, str(e)) from None
+        setattr(self, name, value)
+
+
+
+# --------------------------------------------------------------------------
+# Destinations and services
+
+
+@attrs.define(slots=True, eq=False)
+class Dest:
+    """A real server of one virtual service (``struct ip_vs_dest``)."""
+
+    af: int
+    addr: bytes
+    port: int
+    weight: int = 1
+    conn_flags: int = IP_VS_CONN_F_INACTIVE
+    u_threshold: int = 0
+    l_threshold: int = 0
+    flags: int = IP_VS_DEST_F_AVAILABLE
+    last_weight: int = 0
+    activeconns: int = 0
+    inactconns: int = 0
+    persistconns: int = 0
+    refcnt: int = 0  # connections bound to this dest
+    stats: Stats = attrs.field(factory=Stats)
+    svc: Service | None = None
+    # Copies of the service identity, kept while the dest sits in the trash.
+    protocol: int = 0
+    vaddr: bytes = b""
+    vport: int = 0
+    vfwmark: int = 0
+    idle_start: int = 0
+    tun_type: int = 0
+    tun_port: int = 0
+    tun_flags: int = 0
+    in_rs_table: bool = False
+
+    @property
+    def fwd(self) -> int:
+        return self.conn_flags & IP_VS_CONN_F_FWD_MASK
+
+    @property
+    def available(self) -> bool:
+        return bool(self.flags & IP_VS_DEST_F_AVAILABLE)
+
+    def __repr__(self) -> str:
+        return f"<Dest {format_addr(self.af, self.addr)}:{self.port} w={self.weight}>"
+
+
+@attrs.define(slots=True, eq=False)
+class Service:
+    """A virtual service (``struct ip_vs_service``).
+
+    ``timeout`` is the persistence timeout in jiffies and ``netmask`` the
+    IPv4 mask as a host-order integer or the IPv6 prefix length, as the
+    kernel stores them.  ``destinations`` is newest first.
+    """
+
+    af: int
+    protocol: int
+    addr: bytes
+    port: int
+    fwmark: int = 0
+    flags: int = 0
+    timeout: int = 0
+    netmask: int = 0xFFFFFFFF
+    destinations: list[Dest] = attrs.field(factory=list)
+    stats: Stats = attrs.field(factory=Stats)
+    scheduler: Scheduler | None = None
+    pe_name: str = ""
+
+    @property
+    def num_dests(self) -> int:
+        return len(self.destinations)
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.flags & IP_VS_SVC_F_PERSISTENT)
+
+    @property
+    def sched_name(self) -> str:
+        return self.scheduler.name if self.scheduler else ""
+
+    def key(self) -> bytes | tuple[int, int]:
+        return (self.af, self.fwmark) if self.fwmark else svc_key(self.protocol, self.addr, self.port)
+
+    def hash_bucket(self) -> int:
+        if self.fwmark:
+            return fwm_hashkey(self.fwmark)
+        return svc_hashkey(self.protocol, self.addr, self.port)
+
+    def __repr__(self) -> str:
+        if self.fwmark:
+            return f"<Service FWM {self.fwmark}>"
+        name = PROTO_NAMES.get(self.protocol, str(self.protocol))
+        return f"<Service {name} {format_addr(self.af, self.addr)}:{self.port} {self.sched_name}>"
+
+
+@attrs.define(slots=True, eq=False)
+class ProtoData:
+    """``struct ip_vs_proto_data``: one protocol's settings in one instance.
+
+    ``timeout_table`` is indexed by state number and holds jiffies.
+    """
+
+    protocol: int
+    name: str
+    state_names: tuple[str, ...]
+    timeout_table: list[int]
+    hz: int
+    # TCP only: the state table in use (normal or secure_tcp's).
+    state_table: tuple | None = None
+    appcnt: int = 0
+
+    def timeout_seconds(self, state_name: str) -> int:
+        return self.timeout_table[self.state_names.index(state_name)] // self.hz
+
+    def set_timeout(self, state_name: str, seconds: int) -> None:
+        self.timeout_table[self.state_names.index(state_name)] = seconds * self.hz
+
+    def timeouts_seconds_for_admin(self) -> tuple[int, int]:
+        """(ESTABLISHED, FIN_WAIT) seconds: what ``--timeout`` shows for TCP."""
+        return (self.timeout_seconds("ESTABLISHED"), self.timeout_seconds("FIN_WAIT"))
+
+
+@attrs.define(slots=True)
+class ConnParam:
+    """What a connection or template lookup is made of (``struct ip_vs_conn_param``).
+
+    Addresses are packed bytes (4 or 16 long; for a fwmark template
+    ``protocol`` is ``IPPROTO_IP`` and ``vaddr`` holds the mark), ports are
+    ints.  ``pe`` is the service's persistence engine and ``pe_data`` what
+    its ``fill_param`` found (None: nothing, the plain template lookup
+    applies).
+    """
+
+    af: int
+    protocol: int
+    caddr: bytes
+    cport: int
+    vaddr: bytes
+    vport: int
+    pe: PersistenceEngine | None = None
+    pe_data: bytes | None = None
