@@ -141,6 +141,8 @@ class Bench:
     def __init__(self, args) -> None:
         self.args = args
         self.current = None
+        #: (path, "wrk_p99" or "wrk_max") -> milliseconds per round
+        self.latency: dict[tuple[str, str], list[float]] = {}
 
     def leave(self) -> None:
         cur = self.current
@@ -243,8 +245,15 @@ class Bench:
         return float(rps.group(1)) if rps else 0.0
 
     def wrk(self, target: str) -> float:
-        out = lab.client("wrk", "-t2", "-c50", f"-d{self.args.seconds}s", f"http://{target}/", check=False,
-                         timeout=self.args.seconds + 60)
+        out = lab.client("wrk", "-t2", "-c50", "--latency", f"-d{self.args.seconds}s", f"http://{target}/",
+                         check=False, timeout=self.args.seconds + 60)
+        # Latency's tail, where a balancer's pauses (PyPy's GC among them) show.
+        p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        top = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out, re.M)
+        for name, m in (("wrk_p99", p99), ("wrk_max", top)):
+            if m:
+                ms = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+                self.latency.setdefault((self.current, name), []).append(ms)
         m = re.search(r"Requests/sec:\s+([\d.]+)", out)
         return float(m.group(1)) if m else 0.0
 
@@ -339,6 +348,8 @@ def main(argv: list[str]) -> int:
             print(f"lab.{load}.{path} {med:.2f} {unit}")
             if base:
                 print(f"lab.{load}.{path}.vs_nft {med / base:.2f} x")
+    for (path, name), vals in b.latency.items():
+        print(f"lab.{name}.{path} {statistics.median(vals):.2f} ms")
     return 0
 
 
