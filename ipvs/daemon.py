@@ -55,8 +55,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipvs import procfs
-from ipvs.client import MAX_REQUEST, display_address, encode, socket_address
+from ipvs import procfs, rules
+from ipvs.client import (
+    MAX_REQUEST,
+    SO_PEERCRED,  # noqa: F401 (re-exported: one definition for both ends)
+    default_socket,
+    display_address,
+    encode,
+    peer_credentials,
+    socket_address,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.netns import NetnsIPVS
@@ -64,20 +72,77 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("ipvs.daemon")
 
 _LEN = struct.Struct("!I")
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-#: <asm-generic/socket.h>; PyPy's socket module does not export it.
-SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 
 #: Stop reading a client's requests while this much reply data waits for it.
-OUT_HIGH_WATER = 8 << 20
+OUT_HIGH_WATER = 1 << 20
+#: Largest reply one request may build (a BATCH over it is cut short with
+#: ``EMSGSIZE``): what a client holds in memory for one answer.
+MAX_REPLY_BYTES = 64 << 20
 #: Bytes read from a client at a time.
 RECV_CHUNK = 64 << 10  # below malloc's mmap threshold: recv() allocates this much each call
 #: Most clients connected at once; more are answered EAGAIN and closed.
 MAX_CLIENTS = 256
+#: Of those, places only root may take: users of ``--group`` cannot lock root out.
+ROOT_RESERVE = 32
+#: Most connections of one non-root user.
+MAX_PER_USER = 64
 #: How long to stop accepting after accept() failed (out of descriptors).
 ACCEPT_PAUSE_S = 0.1
-#: A client that has sent part of a frame and nothing more for this long is dropped.
+#: A connection that neither sends nor reads anything for this long is dropped.
 IDLE_TIMEOUT_S = 60.0
+#: Control work done in one turn of the loop before the data path's turn
+#: comes again; what is left goes on in the next turn.
+TURN_BUDGET_S = 0.002
+#: The state file is written at most this often (and at stop).
+STATE_INTERVAL_S = 1.0
+#: The comment lines a state file starts with.
+STATE_HEADER = ["# ipvsd state: the rules it ran last, restored at its start (ipvsadm -S -n format)."]
+#: Where state files live, one directory per network namespace; ``$IPVSD_STATE_DIR`` overrides it.
+STATE_DIR = "/var/lib/pyipvs"
+STATE_DIR_ENV = "IPVSD_STATE_DIR"
+
+
+def _mtime(path: str) -> float:
+    return os.stat(path).st_mtime
+
+
+def default_state_file(address: str | None = None) -> str:
+    """One state file per instance: ``/var/lib/pyipvs/<netns>/ipvsadm.rules``
+    for the namespace's default socket, ``.../socket-<hash>.rules`` for a
+    daemon on another socket (``address``), which is another instance."""
+    import hashlib
+
+    from ipvs.client import netns_name
+
+    name = "ipvsadm.rules"
+    if address is not None and address != default_socket():
+        name = f"socket-{hashlib.sha256(address.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}.rules"
+    return os.path.join(os.environ.get(STATE_DIR_ENV) or STATE_DIR, netns_name(), name)
+
+
+class RateLimit:
+    """``net_ratelimit()``: at most ``burst`` messages per ``interval``
+    seconds; the number held back is told with the next one let through."""
+
+    def __init__(self, burst: int = 10, interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        self.begin = -interval
+        self.printed = 0
+        self.missed = 0
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now - self.begin >= self.interval:
+            if self.missed:
+                log.warning("%d control messages suppressed", self.missed)
+            self.begin, self.printed, self.missed = now, 0, 0
+        if self.printed < self.burst:
+            self.printed += 1
+            return True
+        self.missed += 1
+        return False
 
 
 def error_reply(err: int, message: str) -> dict:
@@ -123,10 +188,28 @@ def _json_error(e: ValueError) -> str:
     return str(e)
 
 
+def _secure_dir(path: str, create: bool) -> None:
+    """Make sure only root (this process's user) can create names in ``path``.
+
+    With ``create``, missing directories are made (mode 0755).  A directory
+    another user owns or may write into (without the sticky bit) is
+    refused: whoever can write there can put their own socket in our place.
+    """
+    if create and not os.path.isdir(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{path} is not a directory")
+    if st.st_uid not in (0, os.geteuid()):
+        raise OSError(errno.EPERM, f"{path} belongs to uid {st.st_uid}: refusing to put the control socket there")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise OSError(errno.EPERM, f"{path} is writable by others: refusing to put the control socket there")
+
+
 class _Peer:
     """One connected client."""
 
-    __slots__ = ("sock", "fd", "inbuf", "outbuf", "pid", "uid", "gid", "closing", "last", "events")
+    __slots__ = ("sock", "fd", "inbuf", "outbuf", "pid", "uid", "gid", "closing", "eof", "last", "events", "job")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, now: float) -> None:
         self.sock = sock
@@ -135,18 +218,43 @@ class _Peer:
         self.outbuf = bytearray()
         self.pid, self.uid, self.gid = pid, uid, gid
         self.closing = False  # close once outbuf is flushed
+        self.eof = False  # the client is done sending: answer what is complete, then close
         self.last = now
         self.events = 0
+        self.job: _BatchJob | None = None
+
+
+class _BatchJob:
+    """A BATCH being answered a slice at a time: the inner replies, each
+    encoded as it comes, are joined into one reply frame at the end."""
+
+    __slots__ = ("steps", "requests", "parts", "size", "done", "total", "seq")
+
+    def __init__(self, steps: Any, requests: list, seq: Any) -> None:
+        self.steps = steps
+        self.requests = requests
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done = 0
+        self.total = len(requests)
+        self.seq = seq
+
+    def frame(self) -> bytes:
+        seq = f',"seq":{self.seq}' if isinstance(self.seq, int) else ""
+        body = b'{"version":1,"ok":true,"replies":[' + b",".join(self.parts) + f"]{seq}}}".encode()
+        return _LEN.pack(len(body)) + body
 
 
 class ControlServer:
     """The control socket of one instance.
 
     ``path`` is a filesystem path or an abstract name (leading NUL or
-    ``@``); None means ``$IPVS_SOCKET`` or the default abstract name.
-    With ``selector`` given, the server registers its sockets there (the
-    :class:`Daemon` does this); otherwise call :meth:`serve` to run it.
-    ``handler`` replaces :func:`ipvs.netlink.dispatch` (tests).
+    ``@``); None means ``$IPVS_SOCKET`` or the default path (see
+    :func:`ipvs.client.default_socket`).  With ``selector`` given, the
+    server registers its sockets there (the :class:`Daemon` does this);
+    otherwise call :meth:`serve` to run it.  ``handler`` replaces
+    :func:`ipvs.netlink.dispatch` (tests).  ``on_change`` is called after
+    a request that may have changed the rules ran.
     """
 
     def __init__(
@@ -160,6 +268,7 @@ class ControlServer:
         selector: selectors.BaseSelector | None = None,
         clock: Callable[[], float] = time.monotonic,
         handler: Callable[[NetnsIPVS, dict, int], dict] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.ipvs = ipvs
         self.director = director
@@ -167,6 +276,7 @@ class ControlServer:
         self.max_request = max_request
         self.clock = clock
         self.handler = handler
+        self.on_change = on_change
         self.address = socket_address(path)
         self._own_selector = selector is None
         self.sel = selector if selector is not None else selectors.DefaultSelector()
@@ -174,29 +284,58 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
         self.refused = 0
+        self.ratelimit = RateLimit(clock=clock)
         self._dispatch: Callable | None = None
+        self._netlink: Any = None
         self._accept_paused_until: float | None = None
-        self._listen = self._bind(self.address)
+        self._deadline = float("inf")
+        self._pending: dict[int, _Peer] = {}  # peers with requests left for a later turn
+        self._listen = self._bind(self.address, allowed_gid)
         self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
 
     # ---------------------------------------------------------- socket
 
     @staticmethod
-    def _bind(address: str) -> socket.socket:
+    def _bind(address: str, allowed_gid: int | None = None) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if not address.startswith("\0"):
+                parent = os.path.dirname(address) or "."
+                if address == default_socket():
+                    _secure_dir(os.path.dirname(parent), create=True)
+                _secure_dir(parent, create=address == default_socket())
                 ControlServer._remove_stale(address)
-            s.bind(address)
+            try:
+                s.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE, ControlServer._holder(address)) from None
+                raise
             if not address.startswith("\0"):
-                # Anyone may connect and be told EPERM; SO_PEERCRED decides.
-                os.chmod(address, 0o666)
+                # Only root (and the group) may connect; SO_PEERCRED checks again.
+                if allowed_gid is not None:
+                    os.chown(address, -1, allowed_gid)
+                os.chmod(address, 0o660 if allowed_gid is not None else 0o600)
             s.listen(128)
             s.setblocking(False)
         except OSError:
             s.close()
             raise
         return s
+
+    @staticmethod
+    def _holder(address: str) -> str:
+        """Who holds a name we could not bind (for the refusal's message)."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(address)
+            pid, uid, _gid = peer_credentials(probe)
+        except OSError:
+            return f"{display_address(address)} is in use"
+        finally:
+            probe.close()
+        return f"{display_address(address)} is held by pid {pid} (uid {uid}): not starting"
 
     @staticmethod
     def _remove_stale(path: str) -> None:
@@ -238,8 +377,10 @@ class ControlServer:
 
     def serve(self, timeout: float | None = None) -> None:
         """Handle whatever is ready (standalone use, with the own selector)."""
-        for key, mask in self.sel.select(timeout):
+        self.begin_turn()
+        for key, mask in self.sel.select(0 if self._pending else timeout):
             key.data(mask)
+        self.run_pending()
         self.tick()
 
     # --------------------------------------------------------- clients
@@ -251,6 +392,17 @@ class ControlServer:
             return False
         return gid == self.allowed_gid or self.allowed_gid in _supplementary_groups(pid)
 
+    def _room_for(self, uid: int) -> bool:
+        """Connection limits: root may use every place, others leave
+        ``ROOT_RESERVE`` free and hold at most ``MAX_PER_USER`` each."""
+        if len(self.peers) > MAX_CLIENTS:
+            return False
+        if uid == 0:
+            return True
+        if len(self.peers) > MAX_CLIENTS - ROOT_RESERVE:
+            return False
+        return sum(1 for p in self.peers.values() if p.uid == uid) <= MAX_PER_USER
+
     def _on_accept(self, mask: int) -> None:
         while True:
             try:
@@ -261,25 +413,27 @@ class ControlServer:
                 # EMFILE and friends: the connection stays queued and the
                 # socket stays readable, so stop listening for a moment
                 # instead of spinning; keep serving the others.
-                log.warning("accept on control socket failed: %s", e)
+                if self.ratelimit():
+                    log.warning("accept on control socket failed: %s", e)
                 self.sel.unregister(self._listen)
                 self._accept_paused_until = self.clock() + ACCEPT_PAUSE_S
                 return
             sock.setblocking(False)
             try:
-                pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, _UCRED.size))
+                pid, uid, gid = peer_credentials(sock)
             except OSError:
                 pid = uid = gid = -1
             peer = _Peer(sock, pid, uid, gid, self.clock())
             self.peers[peer.fd] = peer
             self.sel.register(sock, selectors.EVENT_READ, lambda m, p=peer: self._on_peer(p, m))
             peer.events = selectors.EVENT_READ
-            if len(self.peers) > MAX_CLIENTS:
-                self._fail(peer, errno.EAGAIN, "too many control connections")
-            elif not self._allowed(pid, uid, gid):
+            if not self._allowed(pid, uid, gid):
                 self.refused += 1
-                log.info("control connection from uid %d (pid %d) refused", uid, pid)
+                if self.ratelimit():
+                    log.info("control connection from uid %d (pid %d) refused", uid, pid)
                 self._fail(peer, errno.EPERM, "Permission denied (you must be root)")
+            elif not self._room_for(uid):
+                self._fail(peer, errno.EAGAIN, "too many control connections")
 
     def _fail(self, peer: _Peer, err: int, message: str) -> None:
         """Answer once with an error, then close."""
@@ -287,14 +441,18 @@ class ControlServer:
         peer.outbuf += encode(error_reply(err, message))
         peer.closing = True
         peer.inbuf.clear()
+        peer.job = None
+        self._pending.pop(peer.fd, None)
         self._flush(peer)
 
     def _drop(self, peer: _Peer) -> None:
         self.peers.pop(peer.fd, None)
-        try:
-            self.sel.unregister(peer.sock)
-        except (KeyError, ValueError):
-            pass
+        self._pending.pop(peer.fd, None)
+        if peer.events:
+            try:
+                self.sel.unregister(peer.sock)
+            except (KeyError, ValueError):
+                pass
         peer.sock.close()
 
     def _on_peer(self, peer: _Peer, mask: int) -> None:
@@ -311,22 +469,37 @@ class ControlServer:
         except OSError:
             self._drop(peer)
             return
+        peer.last = self.clock()
         if not data:
             # The client is done sending; answer what is complete, then close.
-            if not peer.closing:
-                self._process(peer, high_water=None)
-            peer.closing = True
-            peer.inbuf.clear()
-            self._flush(peer)
-            return
-        peer.last = self.clock()
-        if peer.closing:
+            peer.eof = True
+        elif peer.closing:
             return  # refused or failed: discard
-        peer.inbuf += data
+        else:
+            peer.inbuf += data
         self._process(peer)
         self._flush(peer)
 
-    def _process(self, peer: _Peer, high_water: int | None = OUT_HIGH_WATER) -> None:
+    # -------------------------------------------------------- requests
+
+    def begin_turn(self) -> None:
+        """Start a turn of the loop: control work stops at the turn's deadline."""
+        self._deadline = self.clock() + TURN_BUDGET_S
+
+    def has_pending(self) -> bool:
+        """Requests wait for the next turn (the loop should not sleep)."""
+        return bool(self._pending)
+
+    def run_pending(self) -> None:
+        """Go on with requests left over from earlier turns, until the deadline."""
+        for peer in list(self._pending.values()):
+            if self.clock() >= self._deadline:
+                return
+            if peer.fd in self.peers:
+                self._process(peer)
+                self._flush(peer)
+
+    def _process(self, peer: _Peer) -> None:
         # The cyclic garbage collector is paused while requests run: a BATCH
         # of a thousand NEW_DESTs allocates thousands of long-lived objects,
         # each allocation burst sets off collections that walk the whole
@@ -334,44 +507,167 @@ class ControlServer:
         enabled = gc.isenabled()
         gc.disable()
         try:
-            self._process_frames(peer, high_water)
+            self._process_frames(peer)
         finally:
             if enabled:
                 gc.enable()
+        if peer.closing or peer.fd not in self.peers:
+            self._pending.pop(peer.fd, None)
+        elif peer.job is not None or (self._complete_frame(peer) and len(peer.outbuf) < OUT_HIGH_WATER):
+            self._pending[peer.fd] = peer
+        else:
+            self._pending.pop(peer.fd, None)
+            if peer.eof and not peer.outbuf:
+                peer.closing = True
+            elif peer.eof:
+                peer.closing = True  # flushed, then closed
 
-    def _process_frames(self, peer: _Peer, high_water: int | None) -> None:
+    def _complete_frame(self, peer: _Peer) -> bool:
+        buf = peer.inbuf
+        if len(buf) < 4:
+            return False
+        (n,) = _LEN.unpack_from(buf, 0)
+        return n > self.max_request or len(buf) - 4 >= n
+
+    def _process_frames(self, peer: _Peer) -> None:
         buf = peer.inbuf
         pos = 0
-        limit = high_water if high_water is not None else float("inf")
-        while not peer.closing and len(peer.outbuf) < limit and len(buf) - pos >= 4:
-            (n,) = _LEN.unpack_from(buf, pos)
-            if n > self.max_request:
-                del buf[:]
-                pos = 0
-                self._fail(peer, errno.EMSGSIZE, f"request of {n} bytes is over the {self.max_request} byte limit")
-                return
-            if len(buf) - pos - 4 < n:
-                break
-            body = bytes(buf[pos + 4 : pos + 4 + n])
-            pos += 4 + n
-            peer.outbuf += encode(self._answer(body))
-        if pos:
-            del buf[:pos]
+        try:
+            while not peer.closing and len(peer.outbuf) < OUT_HIGH_WATER:
+                if peer.job is not None:
+                    if not self._run_job(peer):
+                        return
+                    continue
+                if self.clock() >= self._deadline or len(buf) - pos < 4:
+                    return
+                (n,) = _LEN.unpack_from(buf, pos)
+                if n > self.max_request:
+                    del buf[:]
+                    pos = 0
+                    self._fail(peer, errno.EMSGSIZE, f"request of {n} bytes is over the {self.max_request} byte limit")
+                    return
+                if len(buf) - pos - 4 < n:
+                    return
+                body = bytes(buf[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+                self._request(peer, body)
+        finally:
+            if pos:
+                del buf[:pos]
 
-    def _answer(self, body: bytes) -> dict:
+    def _request(self, peer: _Peer, body: bytes) -> None:
+        """Answer one frame: every error becomes an error reply, nothing
+        a client sends leaves this function as an exception."""
+        try:
+            req, refusal = self._decode(body)
+            if refusal is not None:
+                reply = refusal
+            elif req.get("cmd") == "BATCH" and self.handler is None and self._start_job(peer, req):
+                return
+            else:
+                reply = self.handle(req)
+            frame = self._encode(reply)
+        except Exception as e:  # the one boundary: a bug here must not end the daemon
+            self.errors += 1
+            if self.ratelimit():
+                log.warning("control request failed: %s: %s", type(e).__name__, e)
+            frame = encode(error_reply(errno.EIO, f"internal error: {type(e).__name__}"))
+        peer.outbuf += frame
+
+    def _decode(self, body: bytes) -> tuple[dict, dict | None]:
+        """(request, None), or ({}, error reply) for a frame that holds no request."""
         self.requests += 1
         try:
             req = json.loads(body.decode("utf-8"))
         except ValueError as e:  # also CPython's limit on an integer's digits
             self.errors += 1
-            return error_reply(errno.EINVAL, f"request is not UTF-8 JSON: {_json_error(e)}")
+            return {}, error_reply(errno.EINVAL, f"request is not UTF-8 JSON: {_json_error(e)}")
         except RecursionError:
             self.errors += 1
-            return error_reply(errno.EINVAL, "request nests too deeply")
+            return {}, error_reply(errno.EINVAL, "request nests too deeply")
         if not isinstance(req, dict):
             self.errors += 1
-            return error_reply(errno.EINVAL, f"request must be a JSON object, not {type(req).__name__}")
-        return self.handle(req)
+            return {}, error_reply(errno.EINVAL, f"request must be a JSON object, not {type(req).__name__}")
+        return req, None
+
+    def _encode(self, reply: dict) -> bytes:
+        """A reply frame; a reply that cannot be encoded (a string that is
+        not Unicode text) or is too large becomes an error reply."""
+        try:
+            frame = encode(reply)
+        except (ValueError, TypeError, RecursionError) as e:
+            self.errors += 1
+            return encode(error_reply(errno.EIO, f"internal error: the reply cannot be encoded ({type(e).__name__})"))
+        if len(frame) > MAX_REPLY_BYTES:
+            self.errors += 1
+            return encode(error_reply(errno.EMSGSIZE, f"reply of {len(frame)} bytes is over the {MAX_REPLY_BYTES} "
+                                      "byte limit"))
+        return frame
+
+    def _answer(self, body: bytes) -> dict:
+        """One frame's reply as an object (for callers without a peer)."""
+        req, refusal = self._decode(body)
+        return refusal if refusal is not None else self.handle(req)
+
+    def _start_job(self, peer: _Peer, req: dict) -> bool:
+        """Begin a BATCH that runs a slice per turn; False if the schema
+        rejects it as a whole (the caller answers as for any request)."""
+        nl = self._schema()
+        if nl is None or not hasattr(nl, "batch_steps"):
+            return False
+        try:
+            nl.validate(req)
+        except nl.SchemaError:
+            return False
+        if not isinstance(req.get("requests"), list):
+            return False
+        steps = nl.batch_steps(self.ipvs, req, jiffies(self.ipvs.hz, self.clock))
+        peer.job = _BatchJob(steps, req["requests"], req.get("seq"))
+        self._run_job(peer)
+        return True
+
+    def _run_job(self, peer: _Peer) -> bool:
+        """Run a slice of the peer's BATCH; True once its reply is queued."""
+        job = peer.job
+        assert job is not None
+        while True:
+            if self.clock() >= self._deadline:
+                return False
+            try:
+                inner = next(job.steps)
+            except StopIteration:
+                break
+            except Exception as e:  # the one boundary, for each request of the batch
+                self.errors += 1
+                if self.ratelimit():
+                    log.warning("control request failed: %s: %s", type(e).__name__, e)
+                inner = error_reply(errno.EIO, f"internal error: {type(e).__name__}")
+            if self.on_change is not None and inner.get("ok") and self._changes(job.requests[job.done]):
+                self.on_change()
+            job.done += 1
+            part = self._encode(inner)[4:]
+            job.parts.append(part)
+            job.size += len(part) + 1
+            if job.size > MAX_REPLY_BYTES:
+                peer.job = None
+                self.errors += 1
+                peer.outbuf += encode(error_reply(
+                    errno.EMSGSIZE, f"BATCH reply over the {MAX_REPLY_BYTES} byte limit after {job.done} of "
+                    f"{job.total} requests (those ran, the others did not): send smaller batches"))
+                return True
+        peer.job = None
+        peer.outbuf += job.frame()
+        return True
+
+    def _schema(self) -> Any:
+        if self._netlink is None:
+            try:
+                self._netlink = importlib.import_module("ipvs.netlink")
+            except ModuleNotFoundError as e:
+                if e.name != "ipvs.netlink":
+                    raise
+                return None
+        return self._netlink
 
     def handle(self, req: dict) -> dict:
         """Answer one decoded request (``ipvs.netlink.dispatch``)."""
@@ -387,21 +683,34 @@ class ControlServer:
             return error_reply(errno.EINVAL, "request nests too deeply")
         except Exception as e:  # bad input must never take the daemon down
             self.errors += 1
-            log.warning("request %.200r failed: %s: %s", req, type(e).__name__, e, exc_info=log.isEnabledFor(10))
+            if self.ratelimit():
+                log.warning("request %.200r failed: %s: %s", req, type(e).__name__, e,
+                            exc_info=log.isEnabledFor(10))
             err = getattr(e, "errno", None)
             return error_reply(err if isinstance(err, int) and err > 0 else errno.EINVAL, f"{type(e).__name__}: {e}")
         if not isinstance(reply, dict):
             self.errors += 1
             return error_reply(errno.EIO, "internal error: dispatch returned no reply object")
+        if reply.get("ok") and self.on_change is not None and self._changes(req):
+            self.on_change()
         return reply
+
+    def _changes(self, req: Any) -> bool:
+        """Whether a request may have changed what the state file keeps."""
+        if not isinstance(req, dict):
+            return False
+        nl = self._schema()
+        changing = getattr(nl, "CHANGING", ()) if nl is not None else ()
+        cmd = req.get("cmd")
+        if cmd == "BATCH":
+            inner = req.get("requests")
+            return isinstance(inner, list) and any(isinstance(r, dict) and r.get("cmd") in changing for r in inner)
+        return cmd in changing
 
     def _load_dispatch(self) -> Callable | None:
         if self._dispatch is None:
-            try:
-                nl = importlib.import_module("ipvs.netlink")
-            except ModuleNotFoundError as e:
-                if e.name != "ipvs.netlink":
-                    raise
+            nl = self._schema()
+            if nl is None:
                 return None
             self._dispatch = nl.dispatch
         return self._dispatch
@@ -411,6 +720,8 @@ class ControlServer:
             try:
                 sent = peer.sock.send(peer.outbuf)
                 del peer.outbuf[:sent]
+                if sent:
+                    peer.last = self.clock()
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -420,19 +731,30 @@ class ControlServer:
             if peer.closing:
                 self._drop(peer)
                 return
-            if peer.inbuf and len(peer.inbuf) >= 4:
+            if peer.fd not in self._pending and self._complete_frame(peer) and self.clock() < self._deadline:
                 # Requests held back by the high-water mark can go on now.
                 self._process(peer)
                 if peer.outbuf:
                     return self._flush(peer)
+            if peer.closing:
+                self._drop(peer)
+                return
         want = 0
-        if not peer.closing and len(peer.outbuf) < OUT_HIGH_WATER:
+        # Read on only while little waits: the input buffer then holds at
+        # most one frame and a chunk, the output buffer one high-water mark.
+        if (not peer.closing and not peer.eof and len(peer.outbuf) < OUT_HIGH_WATER
+                and peer.fd not in self._pending and len(peer.inbuf) <= self.max_request + 4):
             want |= selectors.EVENT_READ
         if peer.outbuf:
             want |= selectors.EVENT_WRITE
         if want != peer.events:
-            if want:
-                self.sel.modify(peer.sock, want, lambda m, p=peer: self._on_peer(p, m))
+            callback = lambda m, p=peer: self._on_peer(p, m)  # noqa: E731
+            if not want:
+                self.sel.unregister(peer.sock)  # waits for its turn (pending) or has nothing to do
+            elif not peer.events:
+                self.sel.register(peer.sock, want, callback)
+            else:
+                self.sel.modify(peer.sock, want, callback)
             peer.events = want
 
     def tick(self) -> None:
@@ -442,11 +764,14 @@ class ControlServer:
             self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
 
     def sweep(self) -> None:
-        """Drop clients that stalled in the middle of a frame."""
+        """Drop connections that did nothing (sent nothing, read nothing)
+        for ``IDLE_TIMEOUT_S``: a client that never sends, that stalled in
+        the middle of a frame, or that does not read its replies."""
         limit = self.clock() - IDLE_TIMEOUT_S
         for peer in list(self.peers.values()):
-            if peer.last < limit and (peer.inbuf or peer.outbuf):
-                log.info("dropping stalled control connection (pid %d)", peer.pid)
+            if peer.last < limit and peer.fd not in self._pending:
+                if self.ratelimit():
+                    log.info("dropping idle control connection (pid %d, uid %d)", peer.pid, peer.uid)
                 self._drop(peer)
 
 
@@ -584,6 +909,7 @@ class Daemon:
         rules_file: str | None = None,
         marks_file: str | None = None,
         save_file: str | None = None,
+        state_file: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_request: int = MAX_REQUEST,
     ) -> None:
@@ -592,8 +918,12 @@ class Daemon:
         self.clock = clock
         self.sel = selectors.DefaultSelector()
         self.server = ControlServer(
-            ipvs, self.director, socket_path, allowed_gid, max_request=max_request, selector=self.sel, clock=clock
+            ipvs, self.director, socket_path, allowed_gid, max_request=max_request, selector=self.sel, clock=clock,
+            on_change=self._changed,
         )
+        self.state_file = state_file
+        self._dirty = False  # the rules changed since the state file was written
+        self._next_state = 0.0  # when the state file may be written again
         self.driver = None
         self.procfs = ProcfsWriter(ipvs, procfs_dir, clock=clock) if procfs_dir else None
         self.procfs_interval = procfs_interval
@@ -688,16 +1018,17 @@ class Daemon:
     # ------------------------------------------------------------- rules
 
     def load_rules(self, path: str, flush_first: bool = False) -> int:
-        """Restore an ``ipvsadm -S`` rules file; returns ipvsadm's exit code."""
-        from ipvs.cli import ipvsadm
-
-        with open(path) as f:
-            lines = f.read().splitlines()
+        """Restore a rules file (``ipvsadm -S`` lines, comment lines allowed,
+        a missing file is empty); returns ``ipvsadm -R``'s exit code."""
+        text = rules.read(path)
         err = io.StringIO()
         tr = self.transport()
         if flush_first:
-            ipvsadm.main(["-C"], transport=tr, stdout=io.StringIO(), stderr=err)
-        rc = ipvsadm.restore(lines, tr, err)
+            rules.flush(tr, err)
+        if not text.exists:
+            log.info("no rules file %s: no rules to restore", path)
+            return 0
+        rc = rules.restore(text.rules, tr, err)
         for line in err.getvalue().splitlines():
             log.warning("%s: %s", path, line)
         log.info("rules restored from %s (exit %d, %d services)", path, rc, len(self.ipvs.svc_order))
@@ -720,27 +1051,74 @@ class Daemon:
         return rc
 
     def save_rules(self, path: str) -> int:
-        """Write ``ipvsadm -S -n`` into ``path`` (atomically)."""
-        from ipvs.cli import ipvsadm
+        """Write ``ipvsadm -S -n`` into ``path`` atomically, keeping the
+        comment lines the file starts with; returns 0 or 1."""
+        try:
+            rules.write(path, rules.dump(self.transport()))
+        except OSError as e:
+            log.error("saving rules into %s failed: %s", path, e)
+            return 1
+        log.info("rules saved to %s", path)
+        return 0
 
-        out, err = io.StringIO(), io.StringIO()
-        rc = ipvsadm.main(["-S", "-n"], transport=self.transport(), stdout=out, stderr=err)
+    def _changed(self) -> None:
+        self._dirty = True
+
+    def write_state(self, force: bool = False) -> None:
+        """Write the state file if the rules changed: at once after a quiet
+        spell, then at most every ``STATE_INTERVAL_S`` (a restore of many
+        rules changes them in every turn, and each write lists them all)."""
+        if not self._dirty or self.state_file is None:
+            return
+        now_s = self.clock()
+        if not force and now_s < self._next_state:
+            return
+        self._dirty = False
+        self._next_state = now_s + STATE_INTERVAL_S
+        try:
+            os.makedirs(os.path.dirname(self.state_file) or ".", mode=0o700, exist_ok=True)
+            rules.write(self.state_file, rules.dump(self.transport()), header=STATE_HEADER)
+        except OSError as e:
+            self._dirty = True
+            if self.server.ratelimit():
+                log.error("writing the state file %s failed: %s", self.state_file, e)
+
+    def _restore_at_start(self) -> None:
+        """The newest of the state file and ``--rules``: the state file
+        holds what ran last (a SIGKILL skips ``--save``), but a rules file
+        edited since wins.  A failed restore turns ``--save`` off, so a
+        broken or half-read file is never saved over; a broken state file
+        is kept aside as ``<state>.bad``."""
+        source = self.rules_file
+        if self.state_file and os.path.exists(self.state_file):
+            if source is None or not os.path.exists(source) or _mtime(self.state_file) >= _mtime(source):
+                source = self.state_file
+        if source is None:
+            return
+        try:
+            rc = self.load_rules(source)
+        except OSError as e:
+            log.error("restoring %s failed: %s", source, e)
+            rc = 1
         if rc == 0:
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                f.write(out.getvalue())
-            os.replace(tmp, path)
-            log.info("rules saved to %s", path)
-        else:
-            log.error("saving rules failed: %s", err.getvalue().strip())
-        return rc
+            return
+        if self.save_file:
+            log.error("restoring %s failed: --save %s is off, so that file is not saved over", source,
+                      self.save_file)
+            self.save_file = None
+        if source == self.state_file:
+            bad = f"{self.state_file}.bad"
+            log.error("the state file %s did not restore whole: kept as %s", source, bad)
+            try:
+                os.replace(source, bad)
+            except OSError:
+                pass
 
     # -------------------------------------------------------------- loop
 
     def start(self) -> None:
         """Restore the rules file and write the first /proc snapshot."""
-        if self.rules_file:
-            self.load_rules(self.rules_file)
+        self._restore_at_start()
         if self.marks_file:
             self.load_marks(self.marks_file)
         if self.procfs is not None:
@@ -752,6 +1130,10 @@ class Daemon:
         hz = self.ipvs.hz
         now_s = self.clock()
         wait = 1.0
+        if self.server.has_pending():
+            return 0.0  # control work left over from the last turn
+        if self._dirty and self.state_file is not None:
+            wait = min(wait, max(0.0, self._next_state - now_s))
         if self.driver is not None:
             # With a data path, timers tick every jiffy (the kernel's
             # timer granularity); next_timer() is not asked, as it may
@@ -785,11 +1167,14 @@ class Daemon:
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for events (at most ``timeout`` or until a timer is due), handle them, run timers."""
         wait = self._timeout() if timeout is None else timeout
+        self.server.begin_turn()
         for key, mask in self.sel.select(wait):
             key.data(mask)
+        self.server.run_pending()
         now = self.now()
         self._run_timers(now)
         self.server.tick()
+        self.write_state()
         if self.driver is not None:
             self._guard("driver.on_idle", self.driver.on_idle, now)
         now_s = self.clock()
@@ -801,14 +1186,19 @@ class Daemon:
             self._next_procfs = now_s + self.procfs_interval
         if now_s >= self._next_sweep:
             self.server.sweep()
-            self._next_sweep = now_s + 5.0
+            self._next_sweep = now_s + 1.0
         if self._reload:
             self._reload = False
             if self.rules_file:
                 try:
-                    self.load_rules(self.rules_file, flush_first=True)
+                    rc = self.load_rules(self.rules_file, flush_first=True)
                 except (OSError, ImportError) as e:
                     log.error("reloading %s failed: %s", self.rules_file, e)
+                    rc = 1
+                if rc != 0 and self.save_file:
+                    log.error("reloading %s failed: --save %s is off, so that file is not saved over",
+                              self.rules_file, self.save_file)
+                    self.save_file = None
             else:
                 log.info("SIGHUP: no rules file to reload")
             if self.marks_file:
@@ -827,6 +1217,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Save the rules if asked, close everything, remove the socket and files."""
+        self.write_state(force=True)
         if self.save_file:
             try:
                 self.save_rules(self.save_file)
@@ -899,7 +1290,12 @@ def build_parser(driver_mod=None):
                    "else @pyipvs-ipvsd, which is per network namespace)")
     p.add_argument("--group", metavar="NAME", help="also let members of this group use the control socket")
     p.add_argument("--rules", metavar="FILE", help="restore this ipvsadm -S rules file at start and on SIGHUP")
-    p.add_argument("--save", metavar="FILE", help="save the rules (ipvsadm -S -n) into FILE at stop")
+    p.add_argument("--save", metavar="FILE", help="save the rules (ipvsadm -S -n) into FILE at stop "
+                   "(not after a failed restore of --rules)")
+    p.add_argument("--state", metavar="FILE",
+                   help="keep the rules in FILE, written on every change and restored at start (default: "
+                   f"$IPVSD_STATE_DIR or {STATE_DIR}, then /<netns>/ipvsadm.rules)")
+    p.add_argument("--no-state", action="store_true", help="keep no state file")
     p.add_argument("--marks", metavar="FILE",
                    help="firewall-mark rules (ipvs-mark -S lines) to load at start and on SIGHUP")
     p.add_argument("--procfs-dir", metavar="DIR",
@@ -1023,8 +1419,9 @@ def main(argv: list[str] | None = None) -> int:
     sc = Sysctls() if args.conn_tab_bits is None else Sysctls(conn_tab_bits=args.conn_tab_bits)
     ipvs = NetnsIPVS(sysctl=sc)
     try:
+        state = None if args.no_state else (args.state or default_state_file(socket_address(args.socket)))
         daemon = Daemon(ipvs, socket_path=args.socket, allowed_gid=gid, procfs_dir=args.procfs_dir,
-                        rules_file=args.rules, save_file=args.save, marks_file=args.marks)
+                        rules_file=args.rules, save_file=args.save, marks_file=args.marks, state_file=state)
     except OSError as e:
         print(f"ipvsd: control socket {display_address(socket_address(args.socket))}: {e.strerror or e}",
               file=sys.stderr)

@@ -200,7 +200,7 @@ import functools
 import logging
 import socket
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ipvs import ctl, ip_vs, uapi
@@ -224,6 +224,10 @@ COMMANDS = uapi.IPVS_COMMANDS + (
 #: Schema extensions this side understands, announced in the GET_INFO reply
 #: (``extensions``) so a client can tell an older director that lacks them.
 EXTENSIONS = ("BATCH", "stats")
+
+#: Commands that change the rule table (what ``ipvsadm -S`` writes): the
+#: daemon writes its state file after one of them succeeds.
+CHANGING = frozenset(("NEW_SERVICE", "SET_SERVICE", "DEL_SERVICE", "NEW_DEST", "SET_DEST", "DEL_DEST", "FLUSH"))
 
 #: Most requests one BATCH may carry (its frame is limited in bytes anyway).
 MAX_BATCH = 65536
@@ -271,12 +275,22 @@ _TEXT_LIMITS: dict[Callable, int] = {}
 
 def _text(maxlen: int) -> Callable[[str, str, Any], str]:
     def check(where: str, key: str, v: Any) -> str:
-        if not isinstance(v, str) or len(v) > maxlen or "\0" in v:
+        if not isinstance(v, str) or len(v) > maxlen or "\0" in v or not _is_unicode(v):
             raise SchemaError(errno.EINVAL, f"{where}.{key} must be a string of at most {maxlen} characters")
         return v
 
     _TEXT_LIMITS[check] = maxlen
     return check
+
+
+def _is_unicode(text: str) -> bool:
+    """No lone surrogate (JSON's ``"\\udc80"``): a name kept in the tables
+    is sent back in replies, and a reply must encode as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
@@ -387,7 +401,7 @@ def _any_int(where: str, key: str, v: Any) -> int:
 
 
 def _sysctl_name(where: str, key: str, v: Any) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= 64:
+    if not isinstance(v, str) or not 0 < len(v) <= 64 or not _is_unicode(v):
         raise SchemaError(errno.EINVAL, f"{where}.{key} must be a short string")
     return v
 
@@ -483,7 +497,8 @@ def _condition(check: Callable, env: dict, i: int) -> str | None:
     if check in _UINT_LIMITS:
         return f"type(v) is int and 0 <= v <= {_UINT_LIMITS[check]}"
     if check in _TEXT_LIMITS:
-        return f"type(v) is str and len(v) <= {_TEXT_LIMITS[check]} and '\\0' not in v"
+        return (f"type(v) is str and len(v) <= {_TEXT_LIMITS[check]} and '\\0' not in v"
+                " and (v.isascii() or _is_unicode(v))")
     if check is _addr_text:
         return "type(v) is str and len(v) <= 64 and _pton(v) is not None"
     if check in _NESTED:
@@ -503,7 +518,8 @@ def _condition(check: Callable, env: dict, i: int) -> str | None:
 def _compile(fields: dict, keys: tuple, required: tuple[str, ...]) -> Callable[[dict], bool]:
     if any(k not in keys for k in required):
         return _never
-    env: dict[str, Any] = {"_pton": _pton, "_fast_valid": _fast_valid, "_FLAGS_FIELDS": _FLAGS_FIELDS}
+    env: dict[str, Any] = {"_pton": _pton, "_fast_valid": _fast_valid, "_FLAGS_FIELDS": _FLAGS_FIELDS,
+                           "_is_unicode": _is_unicode}
     body = []
     for i, key in enumerate(keys):
         check = fields.get(key) if type(key) is str else None
@@ -912,18 +928,21 @@ def _set_sysctl(ipvs, req, now, **_):
     return {}
 
 
-def _batch(ipvs, req, now, interfaces=None, **_):
-    if "requests" not in req:
-        raise SchemaError(errno.EINVAL, "BATCH needs requests")
-    replies = []
+def batch_steps(ipvs: NetnsIPVS, req: dict, now: int, interfaces: Collection[str] | None = None) -> Iterator[dict]:
+    """The replies of a (validated) BATCH, one request at a time: the
+    daemon runs a long batch a slice per turn of its loop."""
     for inner in req["requests"]:
         if isinstance(inner, dict) and inner.get("cmd") == "BATCH":
             seq = inner.get("seq")
-            replies.append(error_reply(errno.EINVAL, "a BATCH cannot hold a BATCH",
-                                       seq if isinstance(seq, int) else None))
+            yield error_reply(errno.EINVAL, "a BATCH cannot hold a BATCH", seq if isinstance(seq, int) else None)
         else:
-            replies.append(dispatch(ipvs, inner, now, interfaces=interfaces))
-    return {"replies": replies}
+            yield dispatch(ipvs, inner, now, interfaces=interfaces)
+
+
+def _batch(ipvs, req, now, interfaces=None, **_):
+    if "requests" not in req:
+        raise SchemaError(errno.EINVAL, "BATCH needs requests")
+    return {"replies": list(batch_steps(ipvs, req, now, interfaces))}
 
 
 _HANDLERS: dict[str, Callable[..., dict]] = {

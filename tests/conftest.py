@@ -8,7 +8,11 @@ checksum code, so a wrong helper there cannot hide behind itself.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
+import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -23,6 +27,12 @@ settings.register_profile(
     "pyipvs", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("pyipvs")
+
+# Every ipvsd a test starts keeps its state file here, not in /var/lib/pyipvs:
+# a test's rules must not come back in another test's (or a real) director.
+if "IPVSD_STATE_DIR" not in os.environ:
+    os.environ["IPVSD_STATE_DIR"] = tempfile.mkdtemp(prefix="pyipvs-test-state-")
+    atexit.register(shutil.rmtree, os.environ["IPVSD_STATE_DIR"], True)
 
 MASQ = uapi.IP_VS_CONN_F_MASQ
 HZ = 250

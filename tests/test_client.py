@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,8 @@ from ipvs.client import Client, ProtocolError
 
 def test_address_order(monkeypatch):
     monkeypatch.delenv(client.SOCKET_ENV, raising=False)
-    assert client.socket_address() == "\0pyipvs-ipvsd"
+    monkeypatch.delenv(client.RUN_DIR_ENV, raising=False)
+    assert client.socket_address() == f"/run/pyipvs/{client.netns_name()}/ipvsd.sock"
     monkeypatch.setenv(client.SOCKET_ENV, "/run/x.sock")
     assert client.socket_address() == "/run/x.sock"
     assert client.socket_address("/tmp/y") == "/tmp/y"
@@ -176,3 +178,132 @@ def test_submit_now_receive_later(tmp_path):
 def test_receive_without_a_request_is_an_error(tmp_path):
     with pytest.raises(ProtocolError):
         Client(str(tmp_path / "none.sock")).receive()
+
+
+# ------------------------------------------------------- who answers (issue 13)
+
+
+def _serve_as(uid: int, address: str, ready, answer: bytes) -> int:
+    """Fork a server that binds ``address`` as ``uid`` and answers one frame."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(address)
+            s.listen(4)
+            os.write(ready, b"1")
+            s.settimeout(10)
+            c, _ = s.accept()
+            c.recv(65536)
+            c.sendall(answer)
+            c.close()
+        finally:
+            os._exit(0)
+    return pid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a server as another user")
+def test_client_refuses_a_daemon_not_run_by_root(monkeypatch):
+    """Issue 13: anyone could bind the (abstract) name first and answer
+    root's ipvsadm with made-up listings; the client checks SO_PEERCRED."""
+    monkeypatch.delenv(client.DAEMON_USER_ENV, raising=False)
+    address = f"\0pyipvs-test-{os.getpid()}-impostor"
+    r, w = os.pipe()
+    pid = _serve_as(65534, address, w, client.encode({"version": 1, "ok": True, "services": []}))
+    try:
+        assert os.read(r, 1) == b"1"
+        with pytest.raises(PermissionError) as ei, Client("@" + address[1:], timeout=5) as c:
+            c.call({"version": 1, "cmd": "GET_SERVICE"})
+        assert ei.value.errno == errno.EPERM and "uid 65534" in str(ei.value)
+        # A user the admin named is trusted.
+        monkeypatch.setenv(client.DAEMON_USER_ENV, "65534")
+        assert 65534 in client.trusted_uids()
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to try as another user")
+def test_default_socket_is_out_of_reach_of_other_users(tmp_path, monkeypatch):
+    """The default name lives in a root-owned directory: another user can
+    neither bind it first nor remove it."""
+    from ipvs.daemon import ControlServer
+    from ipvs.netns import NetnsIPVS
+
+    monkeypatch.setenv(client.RUN_DIR_ENV, str(tmp_path / "run"))
+    monkeypatch.delenv(client.SOCKET_ENV, raising=False)
+    tmp_path.chmod(0o755)
+    path = client.default_socket()
+    server = ControlServer(NetnsIPVS(), path=None)
+    try:
+        assert server.address == path
+        st = os.stat(os.path.dirname(path))
+        assert st.st_uid == 0 and not st.st_mode & 0o022
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            code = 0
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.bind(os.path.join(os.path.dirname(path), "other.sock"))
+                    code = 1
+                except PermissionError:
+                    pass
+                try:
+                    s2 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s2.connect(path)
+                    code = 2
+                except PermissionError:
+                    pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        server.close()
+
+
+def test_connect_retries_a_full_backlog(tmp_path):
+    """Issue 13: a Unix socket answers EAGAIN at once when its backlog is
+    full; the client waits for room instead of failing."""
+    path = str(tmp_path / "full.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):  # fill the backlog
+            f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            f.setblocking(False)
+            try:
+                f.connect(path)
+            except BlockingIOError:
+                f.close()
+                break
+            fillers.append(f)
+
+        def drain():
+            time.sleep(0.3)
+            for _ in fillers:
+                srv.accept()[0].close()
+            c, _ = srv.accept()
+            c.recv(65536)
+            c.sendall(client.encode({"version": 1, "ok": True}))
+            c.close()
+
+        t = threading.Thread(target=drain)
+        t.start()
+        with Client(path, timeout=5) as c:
+            assert c.call({"version": 1, "cmd": "GET_INFO"})["ok"] is True
+        t.join(5)
+    finally:
+        for f in fillers:
+            f.close()
+        srv.close()

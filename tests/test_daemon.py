@@ -918,3 +918,283 @@ def test_node_exporter_on_a_running_ipvsd(tmp_path):
                for k, v in m.items() if k.startswith("node_ipvs_backend_weight")}
     assert weights == {("TCP", "172.16.0.2", "80"): 1, ("UDP", "172.16.0.3", "53"): 2}
     assert m["node_ipvs_connections_total"] == 0
+
+
+# ------------------------------------------------- hardening (issue 13)
+
+
+def _raw_call(path: str, body: bytes) -> dict:
+    """One hand-made frame (JSON the client's encoder would refuse to make)."""
+    with Client(path, timeout=10) as c:
+        c.connect()
+        c._sock.sendall(struct.pack("!I", len(body)) + body)
+        return c.receive()
+
+
+def test_a_lone_surrogate_is_refused_and_listings_still_work(served):
+    """Issue 13: a NEW_DAEMON whose mcast_ifn held a lone surrogate was kept,
+    and the next listing could not be encoded and ended the daemon."""
+    body = b'{"version":1,"cmd":"NEW_DAEMON","daemon":{"state":1,"mcast_ifn":"eth\\udc80","sync_id":1}}'
+    reply = _raw_call(served.path, body)
+    assert reply["ok"] is False and reply["errno"] == errno.EINVAL
+    with Client(served.path, timeout=10) as c:
+        assert c.call({**V, "cmd": "GET_DAEMON"}) == {**V, "ok": True, "daemons": []}
+    assert served.thread.is_alive()
+
+
+def test_a_reply_that_cannot_be_encoded_is_an_error_reply(tmp_path):
+    """Whatever a handler returns, the loop answers: a value read back later
+    that is not Unicode text gives an error reply, not a dead daemon."""
+    path = str(tmp_path / "s.sock")
+    server = ControlServer(NetnsIPVS(), path=path, handler=lambda ipvs, req, now: {**V, "ok": True, "x": "\udc80"})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(client.encode({**V, "cmd": "GET_INFO"}))
+        for _ in range(5):
+            server.serve(0.1)
+        s.settimeout(2)
+        data = s.recv(65536)
+    server.close()
+    reply = json.loads(data[4:])
+    assert reply["ok"] is False and reply["errno"] == errno.EIO
+
+
+@given(st.text(max_size=20).map(lambda t: t + "\udc80"), st.sampled_from(["sched_name", "pe_name"]))
+@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_stored_strings_read_back(shared_daemon, text, field):
+    """Strings the tables keep are read back by every listing later: a
+    string that cannot be sent back must be refused when it arrives."""
+    svc = {**svc_attrs(8000), field: text}
+    body = json.dumps({**V, "cmd": "NEW_SERVICE", "service": svc}).encode()
+    assert _raw_call(shared_daemon.path, body)["ok"] is False
+    for cmd in ("GET_SERVICE", "GET_DAEMON", "GET_INFO"):
+        with Client(shared_daemon.path, timeout=10) as c:
+            assert c.call({**V, "cmd": cmd})["ok"] is True
+
+
+class StepClock:
+    """A clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.t = 1000.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def test_a_long_batch_runs_a_slice_per_turn(tmp_path):
+    """Issue 13: one BATCH of 5,000 GET_SERVICE ran in one go and stalled
+    the loop (data path included) for seconds; now each turn of the loop
+    does at most TURN_BUDGET_S of it and the reply comes whole at the end."""
+    from ipvs import daemon as daemon_mod
+
+    ipvs = NetnsIPVS()
+    for port in range(1, 21):
+        netlink.dispatch(ipvs, new_service(port), 0)
+    clock = StepClock(0.0005)  # every read of the clock: half a millisecond of work
+    path = str(tmp_path / "s.sock")
+    server = ControlServer(ipvs, path=path, clock=clock)
+    n = 5000
+    turns = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(client.encode({**V, "cmd": "BATCH", "requests": [{**V, "cmd": "GET_SERVICE"}] * n, "seq": 7}))
+        s.setblocking(False)
+        data = b""
+        while turns < 100000:
+            server.serve(0.01)
+            turns += 1
+            try:
+                data += s.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            if len(data) >= 4 and len(data) - 4 >= struct.unpack_from("!I", data)[0]:
+                break
+    server.close()
+    budget_reads = daemon_mod.TURN_BUDGET_S / clock.step
+    assert turns >= n / (budget_reads + 1) / 2  # many turns, not one
+    reply = json.loads(data[4:])
+    assert reply["ok"] is True and reply["seq"] == 7 and len(reply["replies"]) == n
+    assert all(len(r["services"]) == 20 for r in reply["replies"])
+
+
+def test_a_batch_reply_over_the_limit_is_cut_short(tmp_path, monkeypatch):
+    from ipvs import daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "MAX_REPLY_BYTES", 20000)
+    ipvs = NetnsIPVS()
+    for port in range(1, 21):
+        netlink.dispatch(ipvs, new_service(port), 0)
+    d = ThreadDaemon(str(tmp_path / "s.sock"))
+    d.daemon.server.ipvs = d.ipvs = ipvs
+    try:
+        with Client(d.path, timeout=10) as c:
+            reply = c.call({**V, "cmd": "BATCH", "requests": [{**V, "cmd": "GET_SERVICE"}] * 100})
+        assert reply["ok"] is False and reply["errno"] == errno.EMSGSIZE and "of 100 requests" in reply["message"]
+        assert_alive(d.path)
+    finally:
+        d.stop()
+
+
+def test_idle_connections_are_dropped(tmp_path):
+    """Issue 13: a connection that never sent anything was kept for ever."""
+    from ipvs import daemon as daemon_mod
+
+    now = [1000.0]
+    path = str(tmp_path / "s.sock")
+    server = ControlServer(NetnsIPVS(), path=path, clock=lambda: now[0])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        server.serve(0.1)
+        assert len(server.peers) == 1
+        now[0] += daemon_mod.IDLE_TIMEOUT_S / 2
+        server.sweep()
+        assert len(server.peers) == 1
+        now[0] += daemon_mod.IDLE_TIMEOUT_S
+        server.sweep()
+        assert server.peers == {}
+        s.settimeout(2)
+        assert s.recv(10) == b""
+    server.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients as another user")
+def test_a_group_user_cannot_lock_root_out(tmp_path, monkeypatch):
+    """Issue 13: idle connections filled the table and root's ipvsadm got
+    EAGAIN.  Other users leave ROOT_RESERVE places free and hold at most
+    MAX_PER_USER each."""
+    from ipvs import daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "MAX_CLIENTS", 40)
+    monkeypatch.setattr(daemon_mod, "ROOT_RESERVE", 8)
+    monkeypatch.setattr(daemon_mod, "MAX_PER_USER", 100)
+    address = f"\0pyipvs-test-{uuid.uuid4().hex}"
+    group = 4242
+    d = ThreadDaemon(address, allowed_gid=group)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child: hold 60 idle connections as nobody)
+        try:
+            os.setgroups([])
+            os.setgid(group)
+            os.setuid(65534)
+            held = []
+            for _ in range(60):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(address)
+                held.append(s)
+            os.write(w, b"1")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(r, 1) == b"1"
+        assert wait_for(lambda: len(d.daemon.server.peers) <= 40 - 8 + 1, 10)
+        for _ in range(5):
+            assert_alive(address)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+        d.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_refused_peers_are_logged_rate_limited(caplog):
+    """Issue 13: every refused connection wrote a log line (15k lines/s)."""
+    address = f"\0pyipvs-test-{uuid.uuid4().hex}"
+    d = ThreadDaemon(address)
+    try:
+        caplog.set_level("INFO", logger="ipvs.daemon")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                for _ in range(200):
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(address)
+                    s.settimeout(5)
+                    s.recv(4096)
+                    s.close()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert wait_for(lambda: d.daemon.server.refused == 200, 10)
+        lines = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert 1 <= len(lines) <= 20
+    finally:
+        d.stop()
+
+
+def test_ipvsd_restores_a_debian_rules_file_with_comments(tmp_path):
+    """Issue 13: the comment lines of Debian's /etc/ipvsadm.rules failed the
+    restore, and the save at stop then wrote the file as 0 bytes."""
+    _ipvsadm_or_skip()
+    sock, rules_file = str(tmp_path / "s.sock"), tmp_path / "ipvsadm.rules"
+    header = "# ipvsadm.rules\n#\n# Rules saved by the ipvsadm service.\n"
+    rules_file.write_text(header + RULES_A)
+    d = IpvsdProcess(["--rules", str(rules_file), "--save", str(rules_file), "--no-state"], sock)
+    try:
+        assert [s["port"] for s in d.call({**V, "cmd": "GET_SERVICE"})["services"]] == [80]
+        assert d.call(new_service(443))["ok"]
+        d.p.send_signal(signal.SIGTERM)
+        assert d.p.wait(10) == 0
+    finally:
+        d.kill()
+    assert rules_file.read_text() == header + RULES_A + "-A -t 203.0.113.5:443 -s wlc\n"
+
+
+def test_ipvsd_never_saves_over_a_file_it_could_not_restore(tmp_path):
+    _ipvsadm_or_skip()
+    sock, rules_file = str(tmp_path / "s.sock"), tmp_path / "ipvsadm.rules"
+    broken = RULES_A + "-A -t 203.0.113.5:81 -s no_such_scheduler\n"
+    rules_file.write_text(broken)
+    d = IpvsdProcess(["--rules", str(rules_file), "--save", str(rules_file), "--no-state"], sock)
+    try:
+        d.p.send_signal(signal.SIGTERM)
+        assert d.p.wait(10) == 0
+    finally:
+        d.kill()
+    assert rules_file.read_text() == broken
+
+
+def test_ipvsd_starts_with_a_missing_rules_file(tmp_path):
+    """Issue 13: a missing rules file was fatal (Restart=on-failure looped)."""
+    sock, rules_file = str(tmp_path / "s.sock"), tmp_path / "ipvsadm.rules"
+    d = IpvsdProcess(["--rules", str(rules_file), "--save", str(rules_file), "--no-state"], sock)
+    try:
+        assert d.call(new_service(80))["ok"]
+        d.p.send_signal(signal.SIGTERM)
+        assert d.p.wait(10) == 0
+    finally:
+        d.kill()
+    assert rules_file.read_text() == "-A -t 203.0.113.5:80 -s wlc\n"
+
+
+def test_ipvsd_sigkill_then_restart_serves_the_same_rules(tmp_path):
+    """Issue 13: SIGKILL skips --save, and a restart came up with 0 services;
+    the state file is written on every change and restored at start."""
+    sock, state = str(tmp_path / "s.sock"), tmp_path / "state" / "ipvsadm.rules"
+    d = IpvsdProcess(["--state", str(state)], sock)
+    try:
+        assert d.call(new_service(80))["ok"]
+        assert d.call({**V, "cmd": "NEW_DEST", "service": svc_attrs(80),
+                       "dest": {"addr": "172.16.0.2", "port": 80, "fwd_method": 0, "weight": 3,
+                                "u_threshold": 0, "l_threshold": 0}})["ok"]
+        assert wait_for(lambda: state.exists() and "172.16.0.2" in state.read_text(), 5)
+    finally:
+        d.p.send_signal(signal.SIGKILL)
+        d.kill()
+    d = IpvsdProcess(["--state", str(state)], sock)
+    try:
+        svcs = d.call({**V, "cmd": "GET_SERVICE"})["services"]
+        assert [s["port"] for s in svcs] == [80]
+        dests = d.call({**V, "cmd": "GET_DEST", "service": svc_attrs(80)})["dests"]
+        assert [(x["addr"], x["weight"]) for x in dests] == [("172.16.0.2", 3)]
+    finally:
+        d.kill()

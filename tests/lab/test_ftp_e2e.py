@@ -330,7 +330,7 @@ def build(lab: FTPLab) -> None:
 
     procfs = os.path.join(lab.tmp, "proc")
     lab.start("ipvsd", NS_DIR, [sys.executable, os.path.join(ROOT, "tools", "ipvsd"), "--foreground",
-                                "--ftp", "21", "--procfs-dir", procfs,
+                                "--ftp", "21", "--procfs-dir", procfs, "--state", os.path.join(lab.tmp, "state"),
                                 "--outer", "d_out", "--outer-addr", f"{OUTER}/24",
                                 "--inner", "d_rs", "--inner-addr", f"{GATEWAY}/24", "--mode", "spare"],
               env={"PYTHONPATH": ROOT})
