@@ -813,6 +813,25 @@ class ProcfsWriter:
         self.written: set[Path] = set()
         self.created: list[Path] = []
         self.next_due: dict[str, float] = {}
+        self._lock_fd: int | None = None
+
+    def _claim(self) -> None:
+        """Hold ``root/ipvsd.pid`` locked while this writer lives
+        (:func:`ipvs.procfs.writer_alive`); refuse a directory another
+        live daemon writes."""
+        import fcntl
+
+        path = self.root / procfs.WRITER_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, f"another daemon writes {self.root}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        self.written.add(path)
 
     def _mkdir(self, d: Path) -> None:
         missing = []
@@ -836,6 +855,8 @@ class ProcfsWriter:
         vs = self.root / "sys" / "net" / "ipv4" / "vs"
         self._mkdir(net)
         self._mkdir(vs)
+        if self._lock_fd is None:
+            self._claim()
         for name in procfs.PROC_NAMES:
             t0 = self.clock()
             if not force and t0 < self.next_due.get(name, 0.0):
@@ -847,6 +868,9 @@ class ProcfsWriter:
 
     def remove(self) -> None:
         """Remove the files (and the directories) this writer created."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         for p in self.written:
             try:
                 p.unlink()

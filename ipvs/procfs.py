@@ -315,3 +315,30 @@ def render_sysctl(ipvs: NetnsIPVS) -> dict[str, str]:
     prints; names are sorted as a directory listing shows them.
     """
     return {k: v + "\n" for k, v in sysctl_values(ipvs).items()}
+
+
+# --------------------------------------------------------------------------
+# The directory ipvsd writes (--procfs-dir): is its writer alive?
+
+#: In a ``--procfs-dir``, the file that holds the writer's pid, locked
+#: (``flock``) while the writer lives: the kernel drops the lock when the
+#: process dies, however it dies, so a reader can tell stale views.
+WRITER_FILE = "ipvsd.pid"
+
+
+def writer_alive(root: str | os.PathLike) -> bool:
+    """Whether the daemon that writes the views under ``root`` still runs
+    (False once it died, even by SIGKILL: its files then stand still)."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(root, WRITER_FILE), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

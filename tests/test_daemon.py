@@ -1198,3 +1198,25 @@ def test_ipvsd_sigkill_then_restart_serves_the_same_rules(tmp_path):
         assert [(x["addr"], x["weight"]) for x in dests] == [("172.16.0.2", 3)]
     finally:
         d.kill()
+
+
+def test_the_procfs_dir_says_when_its_writer_died(tmp_path):
+    """Issue 13: after a SIGKILL the /proc mirror stayed, stale, with
+    nothing to tell a reader; the writer holds ipvsd.pid locked."""
+    proc = tmp_path / "proc"
+    d = IpvsdProcess(["--procfs-dir", str(proc), "--no-state"], str(tmp_path / "s.sock"))
+    try:
+        assert wait_for(lambda: (proc / "ipvsd.pid").exists(), 5)
+        assert procfs.writer_alive(proc)
+        assert (proc / "ipvsd.pid").read_text() == f"{d.p.pid}\n"
+        with pytest.raises(OSError):  # a second writer is refused
+            ProcfsWriter(NetnsIPVS(), proc).write(0, force=True)
+    finally:
+        d.p.send_signal(signal.SIGKILL)
+        d.kill()
+    assert (proc / "net" / "ip_vs").exists() and not procfs.writer_alive(proc)
+    w = ProcfsWriter(NetnsIPVS(), proc)  # the next daemon takes over
+    w.write(0, force=True)
+    assert procfs.writer_alive(proc)
+    w.remove()
+    assert not procfs.writer_alive(tmp_path / "none")

@@ -1008,7 +1008,7 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
             masq = None
             if masq_nets:
                 masq = (str(ipaddress.IPv4Interface(specs[0][2]).ip), int(lo), int(hi))
-            nft.install(inner_ifs if len(specs) > 1 else [], masq)
+            nft.install(inner_ifs if len(specs) > 1 else [], masq, ifaces=[name for name, _r, _a in specs])
         for name, role, a in specs:
             addr, mask, _plen = _net(a)
             mac, mtu = if_info(name)

@@ -8,10 +8,19 @@ netfilter, so a drop in ``prerouting`` at priority -500 (before
 connection tracking's -400 and defragmentation) hides these packets from
 the kernel without hiding them from the driver.
 
-Everything lives in one table, ``ip pyipvs``: created at start, deleted on
-exit, and deleted first by any later start, so a daemon killed with
-SIGKILL leaves nothing behind once it runs again (``ipvs-lab down``
-deletes it too).  The rules drop:
+Everything lives in one table, ``ip pyipvs``, that only the daemon can
+leave behind by accident, and the kernel removes it then: the table has
+the ``owner`` flag (Linux 5.12+, nftables 1.0+), so it belongs to the
+netlink socket that created it and goes with that socket.  ipvsd talks to
+nftables through libnftables in its own process (``ctypes``), so that
+socket is ipvsd's: a SIGKILL, a crash or an OOM kill closes it and the
+drop rules are gone at once, and the kernel answers the VIP again instead
+of dropping its traffic.  (``nft -f`` in a child would not do: the table
+would go when the child exits.)  Without libnftables the table is made by
+``nft -f`` without the flag, as before: deleted on exit and by the next
+start, with a warning that a SIGKILL leaves it.
+
+The rules drop:
 
 * TCP, UDP and SCTP to a VIP (the ``vips`` set, which the driver keeps
   in step with the service table), whatever the port: besides the
@@ -29,15 +38,70 @@ There is no kernel IPVS counterpart: in the kernel, IPVS *is* the hook.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import logging
+import os
 import shutil
 import subprocess
 
+log = logging.getLogger("ipvs.driver.nft")
+
 TABLE = "pyipvs"
 PROTO = {6: "tcp", 17: "udp", 132: "sctp"}
+LIBNFTABLES = "libnftables.so.1"
+#: Where ``br_netfilter`` shows whether bridged IPv4 goes through the ip hooks.
+BRIDGE_NF_CALL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
 
-def _run(script: str) -> None:
+class Session:
+    """A libnftables context: its netlink socket owns the table."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(LIBNFTABLES)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+        self.ctx = lib.nft_ctx_new(0)
+        if not self.ctx:
+            raise OSError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_error(self.ctx)
+        lib.nft_ctx_buffer_output(self.ctx)
+
+    def run(self, script: str) -> None:
+        if self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode()) != 0:
+            err = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
+            raise RuntimeError(f"nft failed: {err.decode(errors='replace').strip()}")
+
+    def close(self) -> None:
+        if self.ctx:
+            self.lib.nft_ctx_free(self.ctx)  # closes the socket: the owner table goes with it
+            self.ctx = None
+
+
+_session: Session | None = None
+
+
+def _open_session() -> Session | None:
+    global _session
+    if _session is None:
+        try:
+            _session = Session()
+        except OSError as e:
+            log.warning("libnftables unavailable (%s): the nftables table is made by nft -f, and a daemon "
+                        "killed with SIGKILL leaves it until the next start (apt install libnftables1)", e)
+            return None
+    return _session
+
+
+def _run_nft(script: str) -> None:
     nft = shutil.which("nft")
     if nft is None:
         raise RuntimeError("shared mode needs nft (Debian package nftables)")
@@ -46,19 +110,68 @@ def _run(script: str) -> None:
         raise RuntimeError(f"nft failed: {r.stderr.strip()}")
 
 
+def _run(script: str) -> None:
+    if _session is not None:
+        _session.run(script)
+    else:
+        _run_nft(script)
+
+
 def remove() -> None:
-    """Delete the table if it exists (at exit, and left over from a SIGKILL)."""
+    """Delete the table (at exit), and one left by an older daemon that
+    made it without the owner flag.  Closing the session removes an owned
+    table; a table another live daemon owns cannot be deleted (EPERM) and
+    stays."""
+    global _session
+    if _session is not None:
+        session, _session = _session, None
+        try:
+            session.run(f"delete table ip {TABLE}")
+        except RuntimeError:
+            pass
+        session.close()
+        return
     nft = shutil.which("nft")
     if nft is None:
         return
     subprocess.run([nft, "delete", "table", "ip", TABLE], capture_output=True)
 
 
-def install(inner_ifs: list[str], masq: tuple[str, int, int] | None) -> None:
-    """Create the table with an empty service set (removing any old one)."""
+def check_br_netfilter(ifaces: list[str], proc: str = BRIDGE_NF_CALL, sys_net: str = "/sys/class/net") -> None:
+    """Refuse shared mode on a bridge when ``br_netfilter`` hands bridged
+    IPv4 to the ip hooks: the table's drop rule for traffic not addressed
+    to the host would then drop every real server's reply, silently.
+    Warn when it is loaded but none of ``ifaces`` is a bridge or a port."""
+    try:
+        with open(proc) as f:
+            on = f.read().strip() == "1"
+    except OSError:
+        return  # br_netfilter is not loaded (or not in this namespace)
+    if not on:
+        return
+    fix = ("sysctl -w net.bridge.bridge-nf-call-iptables=0 (or rmmod br_netfilter), or run ipvsd in spare "
+           "mode")
+    bridged = [i for i in ifaces
+               if any(os.path.exists(os.path.join(sys_net, i, part)) for part in ("bridge", "brport"))]
+    if bridged:
+        raise RuntimeError(f"br_netfilter passes bridged traffic on {', '.join(bridged)} through the ip hooks, where "
+                           f"shared mode's drop rules would drop the real servers' replies: {fix}")
+    log.warning("br_netfilter is loaded with bridge-nf-call-iptables=1: if these interfaces are ever bridged, "
+                "shared mode drops the real servers' replies; fix: %s", fix)
+
+
+def install(inner_ifs: list[str], masq: tuple[str, int, int] | None, ifaces: list[str] | None = None) -> None:
+    """Create the table with an empty service set (removing any old one).
+
+    ``ifaces`` (every interface of the data path) are checked for
+    ``br_netfilter`` first.
+    """
+    check_br_netfilter(list(ifaces or inner_ifs))
     remove()
+    session = _open_session()
     lines = [
         f"table ip {TABLE} {{",
+        "  flags owner;" if session is not None else "",
         "  set vips { type ipv4_addr; }",
         "  chain pre {",
         "    type filter hook prerouting priority -500; policy accept;",
