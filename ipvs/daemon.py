@@ -55,7 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipvs import procfs
+from ipvs import procfs, systemd
 from ipvs.client import MAX_REQUEST, display_address, encode, socket_address
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -827,6 +827,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Save the rules if asked, close everything, remove the socket and files."""
+        systemd.notify("STOPPING=1")
         if self.save_file:
             try:
                 self.save_rules(self.save_file)
@@ -922,6 +923,11 @@ def build_parser(driver_mod=None):
                    help="the Python that runs the daemon: pypy, cpython, or auto (default, or $IPVSD_RUNTIME: "
                    "PyPy where tools/bootstrap installed it).  tools/ipvsd starts the one chosen; "
                    "the log says which runs")
+    p.add_argument("--metrics", metavar="[ADDR]:PORT",
+                   help="serve node_exporter's ipvs metrics for Prometheus here (e.g. :9100; off by default)")
+    p.add_argument("--install-unit", nargs="?", const="", metavar="PATH",
+                   help="write the systemd unit for this ipvsd (default /etc/systemd/system/ipvsd.service; - for "
+                   "stdout) and exit")
     if driver_mod is not None:
         driver_mod.add_arguments(p)
     return p
@@ -988,6 +994,8 @@ def main(argv: list[str] | None = None) -> int:
     driver_mod = _driver_module()
     parser = build_parser(driver_mod)
     args = parser.parse_args(argv)
+    if args.install_unit is not None:
+        return systemd.install_unit(args.install_unit or None)
     try:
         level = _log_level(args.log_level)
     except ValueError as e:
@@ -1057,6 +1065,17 @@ def main(argv: list[str] | None = None) -> int:
         daemon.shutdown()
         return code
     ready = None if args.foreground else _detach()
+    metrics = None
+    if args.metrics:  # after _detach: its HTTP thread would not survive the fork
+        from ipvs.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer(args.metrics, daemon.address)
+        except (OSError, ValueError) as e:
+            log.error("--metrics %s: %s", args.metrics, e)
+            daemon.save_file = None
+            daemon.shutdown()
+            return 1
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -1064,9 +1083,12 @@ def main(argv: list[str] | None = None) -> int:
     if ready is not None:
         os.write(ready, b"1")
         os.close(ready)
+    systemd.notify("READY=1")
     try:
         daemon.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         if args.pidfile:
             try:
                 os.unlink(args.pidfile)

@@ -84,3 +84,12 @@ def test_the_package_is_imported_from_the_venv_not_the_checkout(installed, tmp_p
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(installed)), r.stdout
+
+
+@pytest.mark.slow
+def test_installed_ipvsd_writes_its_unit(installed, tmp_path):
+    """The unit ships as package data; ExecStart is the installed command."""
+    r = subprocess.run([str(installed / "bin" / "ipvsd"), "--install-unit", "-"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"\nExecStart={installed / 'bin' / 'ipvsd'} --foreground " in r.stdout
