@@ -9,6 +9,10 @@ clock drives the core's ticks.  --trace prints one line per packet and per
 decision: the service matched, the scheduler's choice, the connection state
 before and after, the rewrite, expiries.
 
+The input captures may be classic pcap or pcapng (what Wireshark saves);
+the output is classic pcap.  pcapng is read by scapy's reader: install
+it with ``pip install 'pyipvs[pcap]'``.
+
 Exit status: 0 on success, 2 for bad arguments, rules or captures.
 """
 
@@ -25,12 +29,40 @@ from ipvs.driver.replay import replay
 from ipvs.netlink import LocalTransport
 from ipvs.packet import Drop
 
+#: The first four bytes of a pcapng file (its Section Header Block's type).
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+def read_capture(path: str) -> list[pcap.Record]:
+    """The frames of a classic pcap (:mod:`ipvs.driver.pcap`) or pcapng
+    capture (scapy's ``RawPcapNgReader``: a maintained reader rather than
+    a second hand-written one); raises :class:`pcap.PcapError`."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != PCAPNG_MAGIC:
+        return pcap.read_file(path)
+    try:
+        from scapy.utils import RawPcapNgReader
+    except ImportError:
+        raise pcap.PcapError("a pcapng capture needs scapy's reader: pip install 'pyipvs[pcap]' "
+                             "(or convert it: editcap -F pcap IN OUT)") from None
+    records = []
+    try:
+        with RawPcapNgReader(path) as reader:
+            for data, meta in reader:
+                ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
+                records.append(pcap.Record(ts, bytes(data), meta.linktype))
+    except Exception as e:  # scapy's errors have no common class of their own
+        raise pcap.PcapError(f"not a readable pcapng capture: {e}") from None
+    return records
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipvs-replay", description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rules", help="rules file in ipvsadm -S format")
-    ap.add_argument("inputs", nargs="+", metavar="IN.pcap", help="frames arriving at the director")
+    ap.add_argument("inputs", nargs="+", metavar="IN.pcap",
+                    help="frames arriving at the director (pcap or pcapng)")
     ap.add_argument("output", metavar="OUT.pcap", help="frames the director transmits")
     ap.add_argument("--trace", action="store_true", help="print what the director decided and why")
     a = ap.parse_args(argv)
@@ -49,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for path in a.inputs:
         try:
-            records += pcap.read_file(path)
+            records += read_capture(path)
         except (OSError, pcap.PcapError) as e:
             print(f"ipvs-replay: {path}: {e}", file=sys.stderr)
             return 2
