@@ -55,7 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipvs import procfs, rules
+from ipvs import procfs, rules, systemd
 from ipvs.client import (
     MAX_REQUEST,
     SO_PEERCRED,  # noqa: F401 (re-exported: one definition for both ends)
@@ -1241,6 +1241,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Save the rules if asked, close everything, remove the socket and files."""
+        systemd.notify("STOPPING=1")
         self.write_state(force=True)
         if self.save_file:
             try:
@@ -1342,6 +1343,11 @@ def build_parser(driver_mod=None):
                    help="the Python that runs the daemon: pypy, cpython, or auto (default, or $IPVSD_RUNTIME: "
                    "PyPy where tools/bootstrap installed it).  tools/ipvsd starts the one chosen; "
                    "the log says which runs")
+    p.add_argument("--metrics", metavar="[ADDR]:PORT",
+                   help="serve node_exporter's ipvs metrics for Prometheus here (e.g. :9100; off by default)")
+    p.add_argument("--install-unit", nargs="?", const="", metavar="PATH",
+                   help="write the systemd unit for this ipvsd (default /etc/systemd/system/ipvsd.service; - for "
+                   "stdout) and exit")
     if driver_mod is not None:
         driver_mod.add_arguments(p)
     return p
@@ -1408,6 +1414,8 @@ def main(argv: list[str] | None = None) -> int:
     driver_mod = _driver_module()
     parser = build_parser(driver_mod)
     args = parser.parse_args(argv)
+    if args.install_unit is not None:
+        return systemd.install_unit(args.install_unit or None)
     try:
         level = _log_level(args.log_level)
     except ValueError as e:
@@ -1478,6 +1486,17 @@ def main(argv: list[str] | None = None) -> int:
         daemon.shutdown()
         return code
     ready = None if args.foreground else _detach()
+    metrics = None
+    if args.metrics:  # after _detach: its HTTP thread would not survive the fork
+        from ipvs.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer(args.metrics, daemon.address)
+        except (OSError, ValueError) as e:
+            log.error("--metrics %s: %s", args.metrics, e)
+            daemon.save_file = None
+            daemon.shutdown()
+            return 1
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -1485,9 +1504,12 @@ def main(argv: list[str] | None = None) -> int:
     if ready is not None:
         os.write(ready, b"1")
         os.close(ready)
+    systemd.notify("READY=1")
     try:
         daemon.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         if args.pidfile:
             try:
                 os.unlink(args.pidfile)

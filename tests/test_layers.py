@@ -22,7 +22,8 @@ Bottom to top (a module may import its own layer and the layers below):
    moved out of ``ctl``).
 7. The packet path: ``xmit`` and ``core``.
 8. On top, what does I/O or talks to users: ``driver``, ``daemon``,
-   ``cli``, ``procfs``, ``netlink``, ``client``, ``rules``.
+   ``cli``, ``procfs``, ``netlink``, ``client``, ``rules``, ``metrics``
+   (the Prometheus endpoint), ``systemd`` (sd_notify, the unit).
 
 Imports are read with :mod:`ast`, at module level and inside functions.
 Imports under ``if TYPE_CHECKING:`` are left out: they only name the
@@ -51,7 +52,7 @@ LAYERS = (
     ("netns",),
     ("ctl",),
     ("xmit", "core"),
-    ("driver", "daemon", "cli", "procfs", "netlink", "client", "rules"),
+    ("driver", "daemon", "cli", "procfs", "netlink", "client", "rules", "metrics", "systemd"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 #: Layers whose modules may not import inside functions (the sans-I/O core).

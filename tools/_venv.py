@@ -1,10 +1,16 @@
-"""Make a tool run under one of the project's virtualenvs.
+"""Run a command of this checkout: the launchers in ``tools/``.
+
+``pip install`` makes the commands from ``[project.scripts]`` in
+pyproject.toml; ``tools/<command>`` runs the same function from a checkout,
+with the same command line, through :func:`launch`.
 
 ``tools/bootstrap`` installs PyIPVS's dependencies into two virtualenvs at
 the top of the checkout: ``.venv`` (CPython) and ``.venv-pypy`` (PyPy 3.9).
-Every tool calls :func:`ensure` first: when the tool was started by another
-interpreter (``#!/usr/bin/env python3`` finds the system's), it is executed
-again under the chosen virtualenv's python with the same arguments.
+:func:`launch` first tries the interpreter that started the launcher
+(``#!/usr/bin/env python3`` finds the system's): starting a second
+interpreter costs more than many commands' work.  Only when that one
+cannot import the command (attrs missing, say) is the launcher executed
+again under ``.venv``'s python with the same arguments (:func:`ensure`).
 
 The admin tools run on CPython, which starts faster.  The daemon, whose
 data path is a long-running loop that PyPy's JIT makes several times
@@ -21,6 +27,9 @@ bulk figure: 26 against 60 Gbit/s of driver time; short connections gained
 too).
 """
 
+from __future__ import annotations
+
+import importlib
 import os
 import sys
 
@@ -61,3 +70,16 @@ def ensure(runtime: str = "cpython") -> None:
     os.environ.update(missing)  # read by PyPy at start: hence the exec even inside the venv
     python = _python(venv)
     os.execv(python, [python, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
+
+
+def launch(module: str, func: str = "main") -> None:
+    """Exit with ``module.func()``, importing it from this checkout (under
+    ``.venv`` when this interpreter lacks a dependency)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        ensure()  # returns only when there is no other interpreter to try
+        raise
+    sys.exit(getattr(mod, func)())

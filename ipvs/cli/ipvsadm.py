@@ -54,13 +54,16 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any, TextIO
-
-import attrs
 
 from ipvs import uapi
 from ipvs.uapi import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+
+# The names below serve annotations only (postponed by the __future__
+# import): importing typing would cost every ipvsadm call 2 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, TextIO
 
 PROG = "ipvsadm"
 IPVSADM_VERSION = "v1.31 2019/12/24"
@@ -373,7 +376,6 @@ def _int32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
-@attrs.define(slots=True)
 class Resolver:
     """Name lookups ipvsadm makes through the C library.
 
@@ -512,104 +514,89 @@ class Popt:
 # The command being built (struct ipvs_command_entry)
 
 
-@attrs.define(slots=True)
 class SvcSpec:
     """``ipvs_service_t`` as ipvsadm fills it; netmask is host order."""
 
-    af: int = 0
-    protocol: int = 0
-    addr: bytes = bytes(16)
-    port: int = 0
-    fwmark: int = 0
-    sched_name: str = ""
-    flags: int = 0
-    timeout: int = 0
-    netmask: int = 0xFFFFFFFF
-    pe_name: str = ""
+    __slots__ = ("af", "protocol", "addr", "port", "fwmark", "sched_name", "flags", "timeout", "netmask", "pe_name")
+
+    def __init__(self, af: int = 0, protocol: int = 0, addr: bytes = bytes(16), port: int = 0, fwmark: int = 0,
+                 sched_name: str = "", flags: int = 0, timeout: int = 0, netmask: int = 0xFFFFFFFF,
+                 pe_name: str = "") -> None:
+        self.af, self.protocol, self.addr, self.port, self.fwmark = af, protocol, addr, port, fwmark
+        self.sched_name, self.flags, self.timeout, self.netmask, self.pe_name = (
+            sched_name, flags, timeout, netmask, pe_name)
 
     def packed(self) -> bytes:
         return self.addr[:4] if self.af == AF_INET else self.addr
 
 
-@attrs.define(slots=True)
 class DestSpec:
-    af: int = 0
-    addr: bytes = bytes(16)
-    port: int = 0
-    conn_flags: int = uapi.IP_VS_CONN_F_DROUTE
-    weight: int = 1
-    u_threshold: int = 0
-    l_threshold: int = 0
-    tun_type: int = 0
-    tun_port: int = 0
-    tun_flags: int = 0
+    """``ipvs_dest_t`` as ipvsadm fills it (direct routing, weight 1 unless told)."""
+
+    __slots__ = ("af", "addr", "port", "conn_flags", "weight", "u_threshold", "l_threshold", "tun_type",
+                 "tun_port", "tun_flags")
+
+    def __init__(self) -> None:
+        self.af, self.addr, self.port = 0, bytes(16), 0
+        self.conn_flags, self.weight = uapi.IP_VS_CONN_F_DROUTE, 1
+        self.u_threshold = self.l_threshold = 0
+        self.tun_type = self.tun_port = self.tun_flags = 0
 
 
-@attrs.define(slots=True)
 class DaemonSpec:
-    state: int = 0
-    mcast_ifn: str = ""
-    syncid: int = 0
-    sync_maxlen: int = 0
-    mcast_af: int = 0
-    mcast_group: str = ""
-    mcast_port: int = 0
-    mcast_ttl: int = 0
+    """``ipvs_daemon_t``: the sync daemon's settings from the command line."""
+
+    __slots__ = ("state", "mcast_ifn", "syncid", "sync_maxlen", "mcast_af", "mcast_group", "mcast_port",
+                 "mcast_ttl")
+
+    def __init__(self) -> None:
+        self.state = self.syncid = self.sync_maxlen = self.mcast_af = self.mcast_port = self.mcast_ttl = 0
+        self.mcast_ifn = self.mcast_group = ""
 
 
-@attrs.define(slots=True, init=False)
 class CommandEntry:
-    """``struct ipvs_command_entry``; built once per command line, hence the plain __init__."""
+    """``struct ipvs_command_entry``, built once per command line."""
 
-    cmd: int
-    svc: SvcSpec
-    dest: DestSpec
-    timeout: tuple[int, int, int]
-    daemon: DaemonSpec
+    __slots__ = ("cmd", "svc", "dest", "timeout", "daemon")
 
     def __init__(self) -> None:
         self.cmd = CMD_NONE
         self.svc = SvcSpec()
         self.dest = DestSpec()
-        self.timeout = (0, 0, 0)
+        self.timeout: tuple[int, int, int] = (0, 0, 0)
         self.daemon = DaemonSpec()
 
 
 # --------------------------------------------------------------------------
 # Entries as the listing code sees them (ipvs_service_entry_t etc.)
+#
+# Plain classes rather than attrs: importing attrs alone costs more than a
+# whole ``ipvsadm -Ln``, and this module is all the client imports.
 
 
-@attrs.define(slots=True)
 class ServiceEntry:
-    af: int
-    protocol: int
-    addr: bytes  # 16 bytes, IPv4 in the first four
-    port: int
-    fwmark: int
-    sched_name: str
-    pe_name: str
-    flags: int
-    timeout: int
-    netmask: int
-    stats: tuple[int, ...]
+    __slots__ = ("af", "protocol", "addr", "port", "fwmark", "sched_name", "pe_name", "flags", "timeout",
+                 "netmask", "stats")
+
+    def __init__(self, af: int, protocol: int, addr: bytes, port: int, fwmark: int, sched_name: str,
+                 pe_name: str, flags: int, timeout: int, netmask: int, stats: tuple[int, ...]) -> None:
+        self.af, self.protocol = af, protocol
+        self.addr = addr  # 16 bytes, IPv4 in the first four
+        self.port, self.fwmark, self.sched_name, self.pe_name = port, fwmark, sched_name, pe_name
+        self.flags, self.timeout, self.netmask, self.stats = flags, timeout, netmask, stats
 
 
-@attrs.define(slots=True)
 class DestEntry:
-    af: int
-    addr: bytes
-    port: int
-    conn_flags: int
-    weight: int
-    u_threshold: int
-    l_threshold: int
-    activeconns: int
-    inactconns: int
-    persistconns: int
-    tun_type: int
-    tun_port: int
-    tun_flags: int
-    stats: tuple[int, ...]
+    __slots__ = ("af", "addr", "port", "conn_flags", "weight", "u_threshold", "l_threshold", "activeconns",
+                 "inactconns", "persistconns", "tun_type", "tun_port", "tun_flags", "stats")
+
+    def __init__(self, af: int, addr: bytes, port: int, conn_flags: int, weight: int, u_threshold: int,
+                 l_threshold: int, activeconns: int, inactconns: int, persistconns: int, tun_type: int,
+                 tun_port: int, tun_flags: int, stats: tuple[int, ...]) -> None:
+        self.af, self.addr, self.port, self.conn_flags, self.weight = af, addr, port, conn_flags, weight
+        self.u_threshold, self.l_threshold = u_threshold, l_threshold
+        self.activeconns, self.inactconns, self.persistconns = activeconns, inactconns, persistconns
+        self.tun_type, self.tun_port, self.tun_flags, self.stats = tun_type, tun_port, tun_flags, stats
 
 
 def _addr16(af: int, text: str) -> bytes:
@@ -2328,6 +2315,48 @@ def main(argv: list[str], transport: Any = None, stdout: TextIO | None = None, s
         # A reply that does not fit the schema (a foreign or broken daemon).
         tool.err.write(f"{PROG}: unexpected reply from the director: {type(e).__name__}: {e}\n")
         return 255
+
+
+def console_main() -> int:
+    """The ``ipvsadm`` command (console script and ``tools/ipvsadm``):
+    :func:`main` on ``sys.argv``, ending the way ipvsadm 1.31 ends.
+
+    ipvsadm is a C program with the default signal actions: a closed
+    pipe (``ipvsadm -Ln | head -1``) or Ctrl-C ends it silently by that
+    signal, and ``-b ,`` crashes it with SIGSEGV.  Python turns the first
+    two into tracebacks, so they are caught here and the process dies of
+    the same signal (the shell then sees the same status).
+    """
+    try:
+        rc = main(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _die_of_signal(13)  # SIGPIPE
+    except KeyboardInterrupt:
+        return _die_of_signal(2)  # SIGINT
+    if rc < 0:
+        return _die_of_signal(-rc)
+    return rc
+
+
+def _die_of_signal(signum: int) -> int:
+    """End this process by ``signum`` with its default action, as a C
+    program does; what is left in stdout's buffer is dropped if the pipe
+    is gone (there is nobody to read it)."""
+    import signal
+
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    # A reader that went away leaves a buffer Python would try to flush
+    # again at exit: point stdout at /dev/null first.
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return 128 + signum  # not reached unless the signal is blocked
 
 
 @contextlib.contextmanager

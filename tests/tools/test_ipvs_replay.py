@@ -65,3 +65,40 @@ def test_bad_inputs_give_status_2(tmp_path):
     assert r.returncode == 2 and "bad magic" in r.stderr
     r = run(tmp_path / "missing", junk, tmp_path / "o.pcap")
     assert r.returncode == 2
+
+
+def _write_pcapng(path, records):
+    """The frames as Wireshark saves them (pcapng), with scapy's writer."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import PcapNgWriter
+
+    w = PcapNgWriter(str(path))
+    try:
+        for r in records:
+            p = Ether(r.data)
+            assert bytes(p) == r.data
+            p.time = r.ts
+            w.write(p)
+    finally:
+        w.close()
+
+
+def test_pcapng_input_gives_the_same_output(nat_classic):
+    pytest.importorskip("scapy")
+    tmp, src, rules, *_ = nat_classic
+    ng = tmp / "in.pcapng"
+    _write_pcapng(ng, pcap.read_file(str(src)))
+    assert ng.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+    r1, r2 = run(rules, src, tmp / "a.pcap"), run(rules, ng, tmp / "b.pcap")
+    assert r1.returncode == 0 and r2.returncode == 0, r2.stderr
+    assert (tmp / "a.pcap").read_bytes() == (tmp / "b.pcap").read_bytes()
+
+
+def test_broken_pcapng_gives_status_2(tmp_path):
+    rules = tmp_path / "rules"
+    rules.write_text("-A -t 203.0.113.5:80 -s rr\n")
+    bad = tmp_path / "bad.pcapng"
+    bad.write_bytes(b"\x0a\x0d\x0d\x0a" + b"\xff" * 40)
+    r = run(rules, bad, tmp_path / "o.pcap")
+    assert r.returncode == 2
+    assert "pcapng" in r.stderr and "Traceback" not in r.stderr
