@@ -36,7 +36,7 @@ def _table(rows, header):
         r = nodes.row()
         for c in cells:
             entry = nodes.entry()
-            entry += nodes.paragraph(text=c)
+            entry += c if isinstance(c, nodes.Node) else nodes.paragraph(text=c)
             r += entry
         return r
 
@@ -74,25 +74,28 @@ FLAGS = ("SYN", "FIN", "ACK", "RST")
 def tcp_dot(table) -> str:
     """The INPUT and OUTPUT rows of a state table as a Graphviz digraph.
 
-    One edge per (state, next state, direction), labelled with the flags
-    that take it; a packet that leaves the state unchanged draws no edge.
+    One arrow per (state, next state), labelled with what takes it: the
+    direction (``in`` client to server, ``out`` server to client) and the
+    flags.  A packet that leaves the state unchanged draws no arrow.
     """
-    edges: dict[tuple[int, int, str], list[str]] = {}
+    edges: dict[tuple[int, int], dict[str, list[str]]] = {}
     for dname, off, _colour in DIRECTIONS:
         for i, flag in enumerate(FLAGS):
             for state, nxt in enumerate(table[off + i]):
                 if nxt != state:
-                    edges.setdefault((state, nxt, dname), []).append(flag)
+                    edges.setdefault((state, nxt), {}).setdefault(dname, []).append(flag)
     colour = {d: c for d, _o, c in DIRECTIONS}
-    lines = ["digraph tcp_states {", "  rankdir=LR; nodesep=0.25; ranksep=0.5;",
-             '  node [shape=box, style="rounded,filled", fillcolor="#f4f4f4", fontsize=11];',
-             "  edge [fontsize=9, arrowsize=0.6];"]
+    lines = ["digraph tcp_states {", "  rankdir=TB; nodesep=0.5; ranksep=0.7;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#f4f4f4", fontsize=12];',
+             "  edge [fontsize=10, arrowsize=0.7];"]
     for i, name in enumerate(tcp.STATE_NAMES):
         fill = "#dff0d8" if i in tcp.ACTIVE_STATES else "#f4f4f4"
         lines.append(f'  s{i} [label="{name}\\n{tcp.DEFAULT_TIMEOUTS_S[i]} s", fillcolor="{fill}"];')
-    for (a, b, d), flags in sorted(edges.items()):
-        lines.append(f'  s{a} -> s{b} [label="{d} {"/".join(flags)}", color="{colour[d]}", '
-                     f'fontcolor="{colour[d]}"];')
+    for (a, b), by_dir in sorted(edges.items()):
+        label = "\\n".join(f"{d} {'/'.join(flags)}" for d, flags in sorted(by_dir.items()))
+        # One direction: its colour; both: neutral.
+        c = colour[next(iter(by_dir))] if len(by_dir) == 1 else "#555555"
+        lines.append(f'  s{a} -> s{b} [label="{label}", color="{c}", fontcolor="{c}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -131,11 +134,22 @@ def kernel_map() -> list[tuple[str, str, str]]:
     return rows
 
 
+def _plain(rst: str) -> str:
+    """Docstring markup as plain text: ``x`` and :role:`x` become x."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", rst).replace("``", "")
+
+
+def _code(text: str) -> nodes.paragraph:
+    para = nodes.paragraph()
+    para += nodes.literal(text=text)
+    return para
+
+
 class KernelMap(Directive):
     def run(self):
-        return [_table([[f"ipvs/{n[5:].replace('.', '/') or '__init__'}" if n != "ipvs" else "ipvs/__init__.py",
-                         k, d] for n, k, d in kernel_map()],
-                       ["module", "kernel file", "what it holds"])]
+        rows = [[_code(name), _code(kfile) if kfile != "-" else "-", _plain(first)]
+                for name, kfile, first in kernel_map() if name != "ipvs"]
+        return [_table(rows, ["module", "kernel file it mirrors", "what it holds"])]
 
 
 def setup(app):

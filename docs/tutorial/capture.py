@@ -60,6 +60,9 @@ NORMALISE = [
     # The FTP data port the real server picks for passive mode (227/229 replies).
     (re.compile(r"\((\d+,\d+,\d+,\d+),\d+,\d+\)"), r"(\1,P1,P2)"),
     (re.compile(r"(172\.16\.0\.3|203\.0\.113\.5):(5\d{4})\b"), r"\1:DATAPORT"),
+    # pyftpdlib answers 125 when the client's data connection reached it
+    # before the NLST command, 150 otherwise: a race on the client's side.
+    (re.compile(r"'1(25|50) [^']*'"), "'1xx (data connection opening or open)'"),
     # TCP sequence and acknowledgement numbers are random (ISNs), window
     # sizes and TCP options (timestamps) depend on timing.
     (re.compile(r"\bseq \d+(:\d+)?"), "seq N"),
@@ -303,7 +306,12 @@ def step_masquerading(tmp: str) -> str:
 
 def capture(out_dir: str) -> dict[str, str]:
     """Run every step on a fresh lab; write and return ``{step: transcript}``."""
+    # ipvsd on CPython: on PyPy 7.3.11 the daemon with the AF_PACKET data path
+    # segfaulted (in libpypy3.9-c.so) within a few -C/-A/-a cycles in December
+    # 2026, and the tutorial changes its rules several times.  IPVSD_RUNTIME
+    # in the caller's environment still wins.
     env = dict(os.environ, IPVS_LAB_PREFIX=PREFIX)
+    env.setdefault("IPVSD_RUNTIME", "cpython")
     lab = tool("ipvs-lab")
     subprocess.run(lab + ["up", "--no-rules"], env=env, check=True, capture_output=True, text=True, timeout=300)
     files: dict[str, str] = {}
