@@ -109,6 +109,7 @@ class Client:
         self._sock = s
 
     def close(self) -> None:
+        """Close the socket (a later request connects again) and drop any half-read reply."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
