@@ -222,6 +222,7 @@ class Client:
                                   f"uid {uid} (pid {pid}), not by root: not talking to it")
 
     def close(self) -> None:
+        """Close the socket (a later request connects again) and drop any half-read reply."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None

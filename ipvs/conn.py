@@ -64,10 +64,16 @@ _PORT0 = b"\0\0"
 
 
 def in_key(protocol: int, caddr: bytes, vaddr: bytes, cport: int, vport: int) -> bytes:
+    """The key of the connection table's in lookup (``ip_vs_conn_in_get``): protocol, client address, virtual address,
+    client port, virtual port, as bytes.
+    """
     return bytes((protocol,)) + caddr + vaddr + cport.to_bytes(2, "big") + vport.to_bytes(2, "big")
 
 
 def out_key(protocol: int, daddr: bytes, caddr: bytes, dport: int, cport: int) -> bytes:
+    """The key of the out lookup (``ip_vs_conn_out_get``), for replies: protocol, real server's address, client
+    address, real server's port, client port, as bytes.
+    """
     return bytes((protocol,)) + daddr + caddr + dport.to_bytes(2, "big") + cport.to_bytes(2, "big")
 
 
@@ -192,31 +198,38 @@ class Connection:
     # Address fields, read from the keys.
     @property
     def af(self) -> int:
+        """The address family, from the length of the in key (AF_INET or AF_INET6)."""
         return 2 if len(self.in_key) == 13 else 10
 
     @property
     def protocol(self) -> int:
+        """The IP protocol number (the first byte of both keys)."""
         return self.in_key[0]
 
     @property
     def alen(self) -> int:
+        """The length of one address in the keys: 4 or 16."""
         return (len(self.in_key) - 5) >> 1
 
     @property
     def caddr(self) -> bytes:
+        """The client's address."""
         return self.in_key[1 : 1 + self.alen]
 
     @property
     def vaddr(self) -> bytes:
+        """The virtual address (the service's)."""
         n = self.alen
         return self.in_key[1 + n : 1 + 2 * n]
 
     @property
     def daddr(self) -> bytes:
+        """The real server's address."""
         return self.out_key[1 : 1 + self.alen]
 
     @property
     def cport(self) -> int:
+        """The client's port; setting it re-keys the connection."""
         k = self.in_key
         return (k[-4] << 8) | k[-3]
 
@@ -226,6 +239,7 @@ class Connection:
 
     @property
     def vport(self) -> int:
+        """The virtual port; setting it re-keys the connection."""
         k = self.in_key
         return (k[-2] << 8) | k[-1]
 
@@ -235,6 +249,7 @@ class Connection:
 
     @property
     def dport(self) -> int:
+        """The real server's port; setting it re-keys the connection."""
         k = self.out_key
         return (k[-4] << 8) | k[-3]
 
@@ -271,6 +286,7 @@ class Connection:
 
     @property
     def fwd(self) -> int:
+        """The forwarding method (``IP_VS_CONN_F_MASQ``, ...), from the flags."""
         return self.flags & IP_VS_CONN_F_FWD_MASK
 
 
@@ -536,6 +552,7 @@ class ConnTable:
 
     @staticmethod
     def control_del(cp: Connection) -> None:
+        """``ip_vs_control_del``: detach ``cp`` from the connection controlling it."""
         ctl = cp.control
         if ctl is not None:
             ctl.n_control -= 1

@@ -113,6 +113,7 @@ def service_find(ipvs: NetnsIPVS, af: int, protocol: int, addr: bytes, port: int
 
 
 def fwm_service_find(ipvs: NetnsIPVS, af: int, fwmark: int) -> Service | None:
+    """``__ip_vs_svc_fwm_find``: the firewall-mark service of ``fwmark`` in address family ``af``, or None."""
     return ipvs.fwm_table.get((af, fwmark))
 
 

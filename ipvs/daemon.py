@@ -357,6 +357,7 @@ class ControlServer:
         raise OSError(errno.EADDRINUSE, f"a daemon already listens on {path}")
 
     def fileno(self) -> int:
+        """The listening socket's descriptor, for the daemon's poll loop."""
         return self._listen.fileno()
 
     def close(self) -> None:
@@ -783,12 +784,15 @@ class InProcessTransport:
         self.server = server
 
     def call(self, req: dict) -> dict:
+        """Handle one request in this process, as the control socket would; returns the reply."""
         return self.server.handle(req)
 
     def call_many(self, reqs: list[dict]) -> list[dict]:
+        """Handle several requests in order; returns their replies in the same order."""
         return [self.server.handle(r) for r in reqs]
 
     def close(self) -> None:
+        """Nothing to close: the transport holds no socket (the client interface asks for the method)."""
         pass
 
 
@@ -975,9 +979,11 @@ class Daemon:
 
     @property
     def address(self) -> str:
+        """The control socket's address (a path, or ``@name`` for an abstract one)."""
         return self.server.address
 
     def now(self) -> int:
+        """The current time in jiffies (HZ of the instance), from the daemon's monotonic clock."""
         return jiffies(self.ipvs.hz, self.clock)
 
     def attach_driver(self, driver: Any) -> None:
@@ -1000,6 +1006,7 @@ class Daemon:
                 log.exception("%s failed (%d times so far)", what, n)
 
     def transport(self) -> InProcessTransport:
+        """A transport that sends requests straight to this daemon's control server (tests, embedding)."""
         return InProcessTransport(self.server)
 
     def _on_wake(self, mask: int) -> None:
@@ -1017,10 +1024,12 @@ class Daemon:
             pass
 
     def request_stop(self) -> None:
+        """Ask the main loop to stop at its next turn (SIGTERM, SIGINT); safe from a signal handler."""
         self._stop = True
         self.wake()
 
     def request_reload(self) -> None:
+        """Ask the main loop to reload ``--rules`` and ``--marks`` at its next turn (SIGHUP)."""
         self._reload = True
         self.wake()
 
@@ -1032,6 +1041,7 @@ class Daemon:
             self._old_handlers[sig] = signal.signal(sig, lambda s, f, fn=fn: fn())
 
     def restore_signal_handlers(self) -> None:
+        """Put back the signal handlers and wake-up descriptor the daemon replaced at start."""
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers.clear()
@@ -1303,6 +1313,9 @@ def _driver_module():
 
 
 def build_parser(driver_mod=None):
+    """ipvsd's argument parser; with ``driver_mod`` (the AF_PACKET driver) its options too. The CLI reference page and
+    ``ipvsd.8`` are generated from it.
+    """
     import argparse
 
     p = argparse.ArgumentParser(
@@ -1408,6 +1421,7 @@ def _detach() -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tools/ipvsd``: parse the options, build the instance, serve until stopped; the exit status."""
     from ipvs.ip_vs import Sysctls
     from ipvs.netns import NetnsIPVS
 

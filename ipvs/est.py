@@ -200,6 +200,7 @@ class Estimator:
         self.period = wheel_expiry(EST_PERIOD_S * self.hz, 1)
 
     def start(self, stats: Stats) -> None:
+        """``ip_vs_start_estimator``: estimate the rates of ``stats`` from the next run on."""
         self.stats[stats] = None
 
     def stop(self, stats: Stats) -> None:
@@ -215,6 +216,9 @@ class Estimator:
                 s.push()
 
     def run(self, now: int) -> None:
+        """``estimation_timer``: take the snapshot and update the rates for every 2-second period due by ``now``
+        (catching up at most a bounded number of periods).
+        """
         period = self.period
         if self.next_run is None:
             self.next_run = wheel_expiry(now + EST_PERIOD_S * self.hz, now)

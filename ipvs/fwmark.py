@@ -80,6 +80,7 @@ class MarkRule:
     dport_hi: int = 0xFFFF
 
     def check(self) -> MarkRule:
+        """Validate the rule's fields (errno as a :class:`MarkError`); returns the rule."""
         if self.af not in (AF_INET, AF_INET6):
             raise MarkError(errno.EAFNOSUPPORT, f"address family {self.af}")
         if not 1 <= self.mark <= 0xFFFFFFFF:
@@ -95,6 +96,7 @@ class MarkRule:
         return self
 
     def as_dict(self) -> dict:
+        """The rule as the control schema's dict (field name to value)."""
         return attrs.asdict(self)
 
     def text(self) -> str:
@@ -123,6 +125,7 @@ class MarkTable:
         return len(self.rules)
 
     def add(self, rule: MarkRule) -> None:
+        """Append a rule (checked; EEXIST for a duplicate, ENOSPC past the limit) and recompile the lookup."""
         rule.check()
         if rule in self.rules:
             raise MarkError(errno.EEXIST, "rule already exists")
@@ -132,6 +135,7 @@ class MarkTable:
         self._compile()
 
     def delete(self, rule: MarkRule) -> None:
+        """Remove a rule (ENOENT when absent) and recompile the lookup."""
         try:
             self.rules.remove(rule)
         except ValueError:
@@ -139,6 +143,7 @@ class MarkTable:
         self._compile()
 
     def flush(self) -> None:
+        """Remove every rule."""
         self.rules.clear()
         self._compile()
 

@@ -138,6 +138,7 @@ def svc_hashkey(protocol: int, addr: bytes, port: int) -> int:
 
 
 def fwm_hashkey(fwmark: int) -> int:
+    """``ip_vs_svc_fwm_hashkey``: the service table bucket of a firewall mark."""
     return fwmark & IP_VS_SVC_TAB_MASK
 
 
@@ -197,6 +198,7 @@ class Sysctls:
 
     @classmethod
     def names(cls) -> list[str]:
+        """The settings' sysctl names, in declaration order."""
         return [a.name for a in attrs.fields(cls)]
 
     def set(self, name: str, value: int) -> None:
@@ -248,10 +250,12 @@ class Dest:
 
     @property
     def fwd(self) -> int:
+        """The forwarding method (``IP_VS_CONN_F_MASQ``, ...), from the connection flags."""
         return self.conn_flags & IP_VS_CONN_F_FWD_MASK
 
     @property
     def available(self) -> bool:
+        """Whether the destination is in its service (``IP_VS_DEST_F_AVAILABLE``) rather than in the trash."""
         return bool(self.flags & IP_VS_DEST_F_AVAILABLE)
 
     def __repr__(self) -> str:
@@ -282,20 +286,29 @@ class Service:
 
     @property
     def num_dests(self) -> int:
+        """How many real servers the service has."""
         return len(self.destinations)
 
     @property
     def persistent(self) -> bool:
+        """Whether the service is persistent (``-p``)."""
         return bool(self.flags & IP_VS_SVC_F_PERSISTENT)
 
     @property
     def sched_name(self) -> str:
+        """The scheduler's name, or ``""`` without one."""
         return self.scheduler.name if self.scheduler else ""
 
     def key(self) -> bytes | tuple[int, int]:
+        """The key of the service tables: ``(af, fwmark)`` for a fwmark service, else protocol, address and port as
+        bytes.
+        """
         return (self.af, self.fwmark) if self.fwmark else svc_key(self.protocol, self.addr, self.port)
 
     def hash_bucket(self) -> int:
+        """The bucket the kernel's service hash table puts this service in (``ip_vs_svc_hashkey``,
+        ``ip_vs_svc_fwm_hashkey``), which orders ``/proc/net/ip_vs``.
+        """
         if self.fwmark:
             return fwm_hashkey(self.fwmark)
         return svc_hashkey(self.protocol, self.addr, self.port)
@@ -324,9 +337,11 @@ class ProtoData:
     appcnt: int = 0
 
     def timeout_seconds(self, state_name: str) -> int:
+        """The timeout of the state named ``state_name``, in seconds."""
         return self.timeout_table[self.state_names.index(state_name)] // self.hz
 
     def set_timeout(self, state_name: str, seconds: int) -> None:
+        """Set the timeout of the state named ``state_name`` (seconds; stored in jiffies)."""
         self.timeout_table[self.state_names.index(state_name)] = seconds * self.hz
 
     def timeouts_seconds_for_admin(self) -> tuple[int, int]:

@@ -1031,4 +1031,5 @@ class LocalTransport:
         self.interfaces = interfaces
 
     def call(self, req: dict) -> dict:
+        """Dispatch one request to the instance in this process; returns the reply."""
         return dispatch(self.ipvs, req, self.clock(), interfaces=self.interfaces)

@@ -1,11 +1,7 @@
-"""The documentation site builds with warnings as errors, and covers every module."""
+"""Every module has an API page (the site build itself: tests/docs/test_site.py)."""
 
 import os
 import pkgutil
-import subprocess
-import sys
-
-import pytest
 
 import ipvs
 
@@ -19,16 +15,3 @@ def test_every_module_has_an_api_page():
     with open(os.path.join(ROOT, "docs", "api", "index.rst")) as f:
         index = f.read()
     assert all(f"   {m}\n" in index for m in mods)
-
-
-@pytest.mark.slow
-def test_sphinx_build_has_no_warnings(tmp_path):
-    pytest.importorskip("sphinx")
-    pytest.importorskip("myst_parser")
-    r = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d", str(tmp_path / "doctrees"),
-         os.path.join(ROOT, "docs"), str(tmp_path / "html")],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert (tmp_path / "html" / "tcp-states.html").exists()

@@ -125,6 +125,7 @@ class Incarnation:
 
     @property
     def name(self) -> str:
+        """The helper's name (``ftp``), as ``/proc/net/ip_vs_app`` lists it."""
         return self.app.name
 
 

@@ -87,10 +87,12 @@ _ERRORS = {
 
 
 class UsageError(Exception):
+    """A command line ippfvsadm cannot take: the usage is printed and the exit status is 2."""
     pass
 
 
 class DirectorError(Exception):
+    """The director refused a request: ipvsadm's message for its errno is printed and the exit status is 255."""
     pass
 
 
@@ -197,6 +199,7 @@ def _req(cmd: str, **kw) -> dict:
 
 
 class Tool:
+    """The commands of ippfvsadm, each one or a few requests to the director over ``transport``."""
     def __init__(self, transport, stdout: TextIO) -> None:
         self.t = transport
         self.out = stdout
@@ -208,6 +211,7 @@ class Tool:
         return reply
 
     def add(self, opts: dict) -> None:
+        """``-A``: make sure the ``wrr`` service exists, then add the real server by masquerading with its weight."""
         svc = _svc(opts)
         full = {**svc, "sched_name": "wrr", "flags": {"flags": 0, "mask": 0xFFFFFFFF}, "timeout": 0,
                 "netmask": 0xFFFFFFFF}
@@ -218,6 +222,7 @@ class Tool:
         self._do("add-server", _req("NEW_DEST", service=svc, dest=dest))
 
     def delete(self, opts: dict) -> None:
+        """``-D``: delete one entry (with ``-R``), or the whole virtual service."""
         svc = _svc(opts)
         if opts.get("raddr") is None:
             self._do("del-service", _req("DEL_SERVICE", service=svc))
@@ -228,9 +233,11 @@ class Tool:
             self._do("del-service", _req("DEL_SERVICE", service=svc), ok_errnos=(errno.ESRCH,))
 
     def clear(self, opts: dict) -> None:
+        """``-C``: flush the table."""
         self._do("flush", _req("FLUSH"))
 
     def list(self, opts: dict) -> None:
+        """``-L``: one line per entry of the IPv4 TCP and UDP services, sorted by protocol, address and port."""
         services = self._do("list", _req("GET_SERVICE"))["services"]
         services = [s for s in services if not s.get("fwmark") and s.get("af") == AF_INET]
         services.sort(key=lambda s: (s["protocol"], socket.inet_aton(s["addr"]), s["port"]))

@@ -177,9 +177,13 @@ class Port:
         self.arp_for: set[int] = {addr}
 
     def queue(self, buf: bytearray, n: int) -> bool:
+        """Queue ``buf[:n]`` on this port's TX ring; False when the ring has no free slot (the frame is dropped and
+        counted by the caller).
+        """
         return self.ring.queue(buf, n)
 
     def flush(self) -> None:
+        """Hand the queued TX slots to the kernel (one ``send``)."""
         self.ring.flush()
 
 
@@ -209,6 +213,9 @@ class IcmpRateLimit:
         self.next_gc = 0
 
     def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
+        """``icmpv4_xrlim_allow``: whether an ICMP error of this type and code may go to ``daddr`` now (a token bucket
+        per destination, for the types of ``icmp_ratemask`` except fragmentation needed).
+        """
         if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
                 (icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED):
             return True
@@ -299,6 +306,7 @@ class AFPacketDriver:
     # ------------------------------------------------------------ plug-in API
 
     def fds(self) -> list[int]:
+        """The descriptors the daemon's loop polls for this driver (one per ring socket)."""
         return list(self.by_fd)
 
     def on_readable(self, fd: int, now: int) -> None:

@@ -51,12 +51,16 @@ class Asm:
         self.labels: dict[str, int] = {}
 
     def op(self, code: int, k: int = 0, jt: object = 0, jf: object = 0) -> None:
+        """Append one instruction; ``jt`` and ``jf`` are relative jumps or label names resolved by :meth:`assemble`.
+        """
         self.code.append((code, jt, jf, k & 0xFFFFFFFF))
 
     def label(self, name: str) -> None:
+        """Name the position of the next instruction, as a jump target."""
         self.labels[name] = len(self.code)
 
     def assemble(self) -> bytes:
+        """The program as ``struct sock_filter`` records, labels resolved to relative jumps."""
         out = bytearray()
         for i, (code, jt, jf, k) in enumerate(self.code):
             out += INSN.pack(code, self._rel(i, jt), self._rel(i, jf), k)

@@ -36,6 +36,9 @@ _H = struct.Struct("!H")
 
 @attrs.define(slots=True, eq=False)
 class FragQueue:
+    """The fragments of one datagram being reassembled (``struct ipq``): the first fragment's headers, the payload
+    pieces by offset, and when the queue expires.
+    """
     expires: int
     head: bytes | None = None  # vnet + Ethernet + IP header of the first fragment
     parts: dict = attrs.field(factory=dict)  # offset -> payload bytes
@@ -46,6 +49,7 @@ class FragQueue:
 
 @attrs.define(slots=True)
 class FragStats:
+    """Reassembly counters: fragments seen, datagrams rebuilt, and why others were dropped."""
     fragments: int = 0
     reassembled: int = 0
     timeouts: int = 0
@@ -131,6 +135,7 @@ class Reassembler:
         return None
 
     def expire(self, now: int) -> int:
+        """Drop the queues whose 30 s have run out; returns how many."""
         dead = [k for k, q in self.queues.items() if q.expires <= now]
         for k in dead:
             self._kill(k, self.queues[k])

@@ -64,6 +64,9 @@ class MasqTimeouts:
 
 @attrs.define(slots=True, eq=False)
 class MasqEntry:
+    """One masqueraded flow: the real server's address and port, the remote peer, the port it was given on the outer
+    address, and when it expires.
+    """
     proto: int
     saddr: int
     sport: int
@@ -77,6 +80,8 @@ class MasqEntry:
 
 @attrs.define(slots=True)
 class MasqStats:
+    """Masquerading counters: entries made and expired, packets each way, and the refusals (no free port, table full).
+    """
     created: int = 0
     expired: int = 0
     out_packets: int = 0
@@ -109,6 +114,7 @@ class Masq:
         self.next_sweep = 0
 
     def matches(self, saddr: int) -> bool:
+        """Whether ``saddr`` (a host-order IPv4 address) is in one of the ``--masquerade`` subnets."""
         for net, mask in self.nets:
             if saddr & mask == net:
                 return True

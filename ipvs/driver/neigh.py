@@ -85,6 +85,7 @@ class Neigh:
 
 @attrs.define(slots=True)
 class NeighStats:
+    """Neighbour cache counters: resolutions done and failed, frames that waited or overflowed, ARP probes sent."""
     resolved: int = 0
     failed: int = 0
     #: Frames dropped because the queue of an incomplete entry was full.

@@ -59,6 +59,7 @@ def read(f: BinaryIO) -> Iterator[Record]:
 
 
 def read_file(path: str) -> list[Record]:
+    """Every record of the pcap file at ``path``."""
     with open(path, "rb") as f:
         return list(read(f))
 

@@ -181,6 +181,7 @@ class RingSocket:
         self.attach(self.sock, prog)
 
     def fileno(self) -> int:
+        """The packet socket's descriptor, for polling."""
         return self.sock.fileno()
 
     def rx(self, handler, batch: int = 256) -> int:
@@ -313,6 +314,7 @@ class RingSocket:
         return drops
 
     def close(self) -> None:
+        """Send what is queued, then unmap the rings and close the sockets (idempotent)."""
         if self.sock.fileno() < 0:
             return
         self.flush()

@@ -94,6 +94,9 @@ io-rst:  CL CL CL SR CL CL CL CL LA LI CL
 
 
 def init_netns(hz: int) -> ProtoData:
+    """``__ip_vs_tcp_init``: TCP's protocol data for a new instance (default timeouts in jiffies, the normal state
+    table).
+    """
     return ProtoData(
         PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz, state_table=TCP_STATES
     )

@@ -20,6 +20,7 @@ DEFAULT_TIMEOUTS_S = (5 * 60,)
 
 
 def init_netns(hz: int) -> ProtoData:
+    """``__udp_init``: UDP's protocol data for a new instance (its one NORMAL state and timeout)."""
     return ProtoData(PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz)
 
 

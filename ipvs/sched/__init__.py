@@ -94,6 +94,10 @@ class Scheduler:
         """``dest``'s weight or thresholds were edited."""
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:  # pragma: no cover - abstract
+        """Pick the real server for a new connection (the ops' ``schedule``): the packet's header fields and the tick
+        count in, a destination out, or None when none is available (the scheduler then logs the kernel's "no
+        destination available").
+        """
         raise NotImplementedError
 
 
@@ -149,6 +153,9 @@ def dest_conn_overhead(dest: Dest) -> int:
 
 
 def is_overloaded(dest: Dest) -> bool:
+    """Whether ``dest`` is past its upper connection threshold (``IP_VS_DEST_F_OVERLOAD``, set and cleared by
+    :mod:`ipvs.conn`); schedulers pass it over.
+    """
     return bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 

@@ -55,15 +55,21 @@ class DestinationHashing(Scheduler):
         self.buckets = [dests[i % n] for i in range(DH_TAB_SIZE)] if n else [None] * DH_TAB_SIZE
 
     def add_dest(self, dest: Dest) -> None:
+        """``ip_vs_dh_dest_changed``: deal the 256 buckets over the new list again."""
         self._reassign()
 
     def del_dest(self, dest: Dest) -> None:
+        """``ip_vs_dh_dest_changed``: deal the 256 buckets over the new list again."""
         self._reassign()
 
     def done_service(self) -> None:
+        """``ip_vs_dh_done_svc``: empty the bucket table."""
         self.buckets = [None] * DH_TAB_SIZE
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_dh_schedule``: the destination of the bucket the packet's destination address hashes to, if it is
+        available, of weight > 0 and not overloaded; None otherwise (no fallback).
+        """
         a = iph.daddr
         v = int.from_bytes(a, "big") if len(a) == 4 else addr_fold(a)
         d = self.buckets[((v * 0x61C88647) & 0xFFFFFFFF) >> (32 - DH_TAB_BITS)]  # dh_hashkey

@@ -25,6 +25,9 @@ class WeightedFailOver(Scheduler):
     name = "fo"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_fo_schedule``: the destination of highest weight that is not overloaded (weight 0 never qualifies);
+        the first in the list wins a tie.
+        """
         best = None
         hw = 0
         for d in self.svc.destinations:

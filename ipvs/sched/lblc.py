@@ -111,6 +111,7 @@ class LocalityTable(Scheduler):
         return netns.hz if netns is not None else HZ
 
     def done_service(self) -> None:
+        """``ip_vs_lblc_done_svc``: drop the table when the service goes."""
         self.flush()
 
     def expire_due(self, now: int) -> None:
@@ -176,6 +177,7 @@ class LocalityTable(Scheduler):
         del self.entries[addr]
 
     def flush(self) -> None:
+        """``ip_vs_lblc_flush``: forget every address-to-server entry."""
         self.entries.clear()
 
 
@@ -186,6 +188,9 @@ class LBLC(LocalityTable):
     name = "lblc"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_lblc_schedule``: the server remembered for the packet's destination address while it is usable and
+        not overloaded in lblc's sense; otherwise the wlc choice, remembered from now on.
+        """
         self.expire_due(now)
         svc = self.svc
         daddr = iph.daddr

@@ -51,6 +51,7 @@ class LBLCREntry:
         self.lastmod = now
 
     def erase(self, dest: Dest, now: int) -> None:
+        """``ip_vs_dest_set_erase``: take ``dest`` out of the set (the set counts as modified at ``now``)."""
         for i, d in enumerate(self.dests):
             if d is dest:
                 del self.dests[i]
@@ -112,6 +113,10 @@ class LBLCR(LocalityTable):
     expiration_setting = "lblcr_expiration"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_lblcr_schedule``: the least loaded member of the server set remembered for the packet's destination
+        address; a new wlc choice joins the set when its members are overloaded, and a stale set sheds its most
+        loaded member.
+        """
         self.expire_due(now)
         svc = self.svc
         daddr = iph.daddr

@@ -25,6 +25,9 @@ class LeastConnection(Scheduler):
     name = "lc"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_lc_schedule``: the available destination (weight > 0, not overloaded) with the least overhead
+        ``activeconns * 256 + inactconns``; the first in the list wins a tie.
+        """
         least = None
         loh = 0
         for d in self.svc.destinations:

@@ -268,15 +268,19 @@ class MaglevHashing(Scheduler):
                 s[0] = perm
 
     def add_dest(self, dest: Dest) -> None:
+        """``ip_vs_mh_dest_changed``: mark the lookup table for repopulation."""
         self._dest_changed()
 
     def del_dest(self, dest: Dest) -> None:
+        """``ip_vs_mh_dest_changed``: mark the lookup table for repopulation."""
         self._dest_changed()
 
     def upd_dest(self, dest: Dest) -> None:
+        """``ip_vs_mh_dest_changed``: mark the lookup table for repopulation (a weight was edited)."""
         self._dest_changed()
 
     def done_service(self) -> None:
+        """``ip_vs_mh_done_svc``: empty the lookup table."""
         self._lookup = [None] * self.size
         self._dirty = False
         self._memo.clear()
@@ -294,6 +298,10 @@ class MaglevHashing(Scheduler):
         return slot
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_mh_schedule``: the destination of the Maglev table slot the source address (and port, with
+        ``mh-port``) hashes to; with ``mh-fallback``, the key is rehashed with growing offsets until a usable server
+        (or an empty slot).
+        """
         flags = self.svc.flags
         if iph.inverse:
             addr, port = iph.daddr, iph.dport

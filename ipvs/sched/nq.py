@@ -25,6 +25,9 @@ class NeverQueue(Scheduler):
     name = "nq"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_nq_schedule``: the first destination with no active connection if there is one; otherwise the least
+        ``(activeconns + 1) / weight``, as sed.
+        """
         least = None
         loh = lw = 0
         for d in self.svc.destinations:

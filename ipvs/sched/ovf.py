@@ -25,6 +25,9 @@ class Overflow(Scheduler):
     name = "ovf"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_ovf_schedule``: the destination of highest weight whose active connections do not exceed its weight,
+        skipping overloaded ones and weight 0.
+        """
         best = None
         hw = 0
         for d in self.svc.destinations:

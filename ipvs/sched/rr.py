@@ -56,11 +56,15 @@ class RoundRobin(Scheduler):
         return i
 
     def add_dest(self, dest: Dest) -> None:
+        """A destination was inserted at the head of the list: the cursor keeps pointing at the same one."""
         # Inserted at the head: an existing cursor moves one place down.
         if self.cursor is not None and self.cursor is not dest:
             self._idx += 1
 
     def del_dest(self, dest: Dest) -> None:
+        """``ip_vs_rr_del_dest``: if the cursor was on ``dest``, step it back so the destination after it is tried
+        next.
+        """
         if self.cursor is dest:
             # The kernel steps back to the previous entry (or the head), so
             # the entry after the deleted one is the next to be tried.
@@ -77,6 +81,9 @@ class RoundRobin(Scheduler):
             self._cursor_index()
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_rr_schedule``: the next destination after the cursor, going round the list at most once, skipping
+        those overloaded or of weight 0.
+        """
         dests = self.svc.destinations
         n = len(dests)
         last = self._idx

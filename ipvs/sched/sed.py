@@ -26,6 +26,9 @@ class ShortestExpectedDelay(Scheduler):
     name = "sed"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_sed_schedule``: the least expected delay ``(activeconns + 1) / weight`` (inactive connections do not
+        count), compared as cross products; the first in the list wins a tie.
+        """
         dests = self.svc.destinations
         n = len(dests)
         i = 0

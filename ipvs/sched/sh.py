@@ -86,18 +86,26 @@ class SourceHashing(Scheduler):
         self.buckets = buckets
 
     def add_dest(self, dest: Dest) -> None:
+        """``ip_vs_sh_dest_changed``: rebuild the bucket table (each destination takes ``weight`` buckets)."""
         self._reassign()
 
     def del_dest(self, dest: Dest) -> None:
+        """``ip_vs_sh_dest_changed``: rebuild the bucket table."""
         self._reassign()
 
     def upd_dest(self, dest: Dest) -> None:
+        """``ip_vs_sh_dest_changed``: rebuild the bucket table (a weight was edited)."""
         self._reassign()
 
     def done_service(self) -> None:
+        """``ip_vs_sh_done_svc``: empty the bucket table."""
         self.buckets = [None] * SH_TAB_SIZE
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_sh_schedule``: the destination of the bucket the source address (and port, with the ``sh-port``
+        flag) hashes to; with ``sh-fallback``, the key is rehashed with growing offsets until a usable server (or an
+        empty bucket).
+        """
         flags = self.svc.flags
         if iph.inverse:
             addr, port = iph.daddr, iph.dport

@@ -40,6 +40,9 @@ class PowerOfTwoChoices(Scheduler):
         self.rng = random.Random(seed)
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_twos_schedule``: draw two destinations with probability proportional to weight and take the one with
+        the lower overhead per weight (the first draw on a tie).
+        """
         dests = self.svc.destinations
         total = 0
         for d in dests:

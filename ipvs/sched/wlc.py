@@ -56,6 +56,10 @@ class WeightedLeastConnection(Scheduler):
     name = "wlc"
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_wlc_schedule``: the destination with the least overhead per weight, ``(activeconns * 256 +
+        inactconns) / weight``, compared as cross products (no division); the first in the list wins a tie, and
+        weight 0 or overloaded servers are skipped.
+        """
         d = wlc_pick(self.svc)
         if d is None:
             scheduler_err(self.svc, "no destination available")

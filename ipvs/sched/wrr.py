@@ -85,12 +85,15 @@ class WeightedRoundRobin(Scheduler):
         self._dirty = True
 
     def add_dest(self, dest: Dest) -> None:
+        """``ip_vs_wrr_dest_changed``: recompute the maximum weight and the weights' gcd, and restart the cycle."""
         self._dest_changed()
 
     def del_dest(self, dest: Dest) -> None:
+        """``ip_vs_wrr_dest_changed``, as for :meth:`add_dest`."""
         self._dest_changed()
 
     def upd_dest(self, dest: Dest) -> None:
+        """``ip_vs_wrr_dest_changed``, as for :meth:`add_dest` (a weight was edited)."""
         self._dest_changed()
 
     def _rebuild(self) -> None:
@@ -118,6 +121,10 @@ class WeightedRoundRobin(Scheduler):
     # --------------------------------------------------------- schedule
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
+        """``ip_vs_wrr_schedule``: interleaved weighted round robin. The list is walked from the last choice; each time
+        it wraps, the current weight steps down by the gcd of the weights (back to the maximum below 1), and the
+        next destination whose weight is at least the current weight is chosen.
+        """
         if self._dirty:
             self._rebuild()
         dests = self.svc.destinations
