@@ -39,10 +39,11 @@ def installed(tmp_path_factory) -> Path:
     src = tmp / "src"
     src.mkdir()
     for name in os.listdir(ROOT):
-        if name in ("pyproject.toml", "README.md", "LICENSE") or (
+        # docs/ holds the man pages the package installs (data-files).
+        if name in ("pyproject.toml", "README.md", "LICENSE", "docs") or (
                 name.startswith("ipvs") and (ROOT / name / "__init__.py").exists()):
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(
-                ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "_build")}
                                             if (ROOT / name).is_dir() else {}))
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
