@@ -143,6 +143,7 @@ class IPVSCollector:
         self.fetch = fetch
 
     def collect(self) -> Iterator[Any]:
+        """The metric families of one scrape, read from the /proc views (prometheus_client's collector API)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         totals = parse_ip_vs_stats(self.fetch("ip_vs_stats"))
@@ -202,6 +203,7 @@ class MetricsServer:
         log.info("Prometheus metrics on http://%s:%d/metrics", *self.address)
 
     def close(self) -> None:
+        """Stop serving and close the listening socket."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

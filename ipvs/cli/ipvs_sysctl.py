@@ -32,11 +32,13 @@ V = {"version": 1}
 
 
 def short_name(name: str) -> str:
+    """``net.ipv4.vs.NAME`` or ``net/ipv4/vs/NAME`` as the daemon names it: ``NAME``."""
     name = name.strip().replace("/", ".")
     return name[len(PREFIX):] if name.startswith(PREFIX) else name
 
 
 def all_settings(c: Client) -> dict[str, str]:
+    """Every setting as ``sysctl -a`` lists ``net.ipv4.vs``: the daemon's, plus those it keeps inert."""
     reply = c.call({**V, "cmd": "GET_SYSCTL"})
     if not reply.get("ok"):
         raise RuntimeError(reply.get("message", "GET_SYSCTL failed"))
@@ -46,6 +48,7 @@ def all_settings(c: Client) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ipvs-sysctl`` command: read or set settings like ``sysctl``; returns the exit status."""
     p = argparse.ArgumentParser(prog="ipvs-sysctl", description=__doc__.split("\n\n")[0],
                                 epilog="Example: ipvs-sysctl net.ipv4.vs.sloppy_tcp=1")
     p.add_argument("-a", "--all", action="store_true", help="show every setting")

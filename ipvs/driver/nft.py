@@ -76,11 +76,13 @@ class Session:
         lib.nft_ctx_buffer_output(self.ctx)
 
     def run(self, script: str) -> None:
+        """Run an nft script through this session's socket (RuntimeError with nft's message)."""
         if self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode()) != 0:
             err = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
             raise RuntimeError(f"nft failed: {err.decode(errors='replace').strip()}")
 
     def close(self) -> None:
+        """Free the context, and with its socket every table this session owns."""
         if self.ctx:
             self.lib.nft_ctx_free(self.ctx)  # closes the socket: the owner table goes with it
             self.ctx = None
