@@ -22,8 +22,11 @@ Expiry.  No timer per connection: a connection stores ``expires`` (in
 jiffies) and is filed in a timer wheel slot.  Restarting the timer on every
 packet only writes ``expires``; the wheel re-files a connection lazily when
 its slot comes due, and files it earlier at once when a state change makes
-its timeout shorter.  ``expire(now)`` does the kernel's ``ip_vs_conn_expire``
-for everything due.
+its timeout shorter.  :meth:`ConnTable.expire` runs the kernel's
+``ip_vs_conn_expire`` (:meth:`ConnTable.conn_expire`) for everything due;
+the table's ``on_expire`` hook lets the director release what a
+connection holds outside the table (its application helper,
+``ip_vs_unbind_app``) before it goes.
 
 Bounded.  ``max_conns`` caps the table (the kernel is bounded by memory and
 its defence modes); a full table refuses new connections, counted.
@@ -32,6 +35,7 @@ its defence modes); a full table refuses new connections, counted.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -295,7 +299,9 @@ class ConnTable:
     """The connection table of one instance, with its timer wheel.
 
     ``hz`` converts the kernel's second-valued constants to jiffies.
-    ``on_expire`` lets the instance hook app unbinding and sync.
+    ``on_expire(cp)``, when set, is called for each connection
+    :meth:`conn_expire` frees, before it is unhashed (the director unbinds
+    its application helper there, and traces).
     """
 
     hz: int
@@ -318,6 +324,7 @@ class ConnTable:
     deltas: dict = attrs.field(factory=dict)
     # Older connections whose key a newer one took: (table tag, key) -> [conns].
     shadowed: dict = attrs.field(factory=dict)
+    on_expire: Callable[[Connection], None] | None = None
 
     # ---------------------------------------------------------------- sizes
 
@@ -560,8 +567,16 @@ class ConnTable:
 
     # --------------------------------------------------------------- timers
 
+    def conn_put(self, cp: Connection, now: int) -> None:
+        """``ip_vs_conn_put``: done with ``cp`` for this packet: restart its
+        timer, or expire a one-packet connection at once."""
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            self.conn_expire(cp, now)
+        else:
+            self.put(cp, now)
+
     def put(self, cp: Connection, now: int) -> None:
-        """``ip_vs_conn_put``: (re)start the timer at ``now + cp.timeout``."""
+        """``__ip_vs_conn_put_timer``: (re)start the timer at ``now + cp.timeout``."""
         exp = now + cp.timeout
         cp.expires = exp
         if cp.wheel_at < 0 or exp < cp.wheel_at:
@@ -611,6 +626,32 @@ class ConnTable:
                     cp.wheel_at = -1
                     out.append(cp)
         return out
+
+    def expire(self, now: int) -> None:
+        """The connection timers: :meth:`conn_expire` each connection due by ``now``."""
+        for cp in self.due(now):
+            self.conn_expire(cp, now)
+
+    def conn_expire(self, cp: Connection, now: int) -> None:
+        """``ip_vs_conn_expire``: free ``cp``, or re-arm it while it controls others.
+
+        A connection that goes with timeout 0 (``ip_vs_conn_del`` of a
+        controlled one) takes its controller along when nothing else holds
+        it ("drop cp->control chain too"); so does one whose controller is a
+        template not yet assured.
+        """
+        if cp.n_control:
+            cp.timeout = EXPIRE_LATER_S * self.hz
+            self.put(cp, now)
+            return
+        ct = cp.control
+        has_ref = cp.timeout == 0
+        if self.on_expire is not None:
+            self.on_expire(cp)
+        self.release(cp)
+        if ct is not None and has_ref and not ct.n_control:
+            if not ct.flags & IP_VS_CONN_F_TEMPLATE or not ct.state:
+                self.expire_now(ct, now)
 
     def release(self, cp: Connection) -> None:
         """Unhash and unbind a connection that is gone for good."""

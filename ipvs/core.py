@@ -2,7 +2,10 @@
 
 Mirrors ``net/netfilter/ipvs/ip_vs_core.c`` (kernel 6.1): ``ip_vs_in``,
 ``ip_vs_out``, ``ip_vs_in_icmp``, ``ip_vs_out_icmp``, ``ip_vs_schedule``,
-``ip_vs_sched_persist``, ``ip_vs_leave`` and the stats helpers.
+``ip_vs_sched_persist``, ``ip_vs_leave``, the stats helpers, and the
+connections real servers start (``__ip_vs_rs_conn_out``, and
+``ip_vs_new_conn_out``, which persistence engines call as
+:meth:`Director.new_conn_out`).
 
 :class:`Director` is the sans-I/O entry point, in the style of h11 and
 aioquic: :meth:`Director.process` takes one packet (a ``bytearray`` and the
@@ -33,7 +36,17 @@ from collections.abc import Callable
 from ipvs import app
 from ipvs import conn as _conn
 from ipvs.ctl import dest_trash_expire, find_real_service, has_real_service, service_get
-from ipvs.ip_vs import FTPDATA, FTPPORT, NF_ACCEPT, NF_DROP, NF_STOLEN, ConnParam, format_addr
+from ipvs.ip_vs import (
+    FTPDATA,
+    FTPPORT,
+    IP_VS_DIR_INPUT,
+    IP_VS_DIR_OUTPUT,
+    NF_ACCEPT,
+    NF_DROP,
+    NF_STOLEN,
+    ConnParam,
+    format_addr,
+)
 from ipvs.netns import NetnsIPVS
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
@@ -98,6 +111,7 @@ class Director:
         self.trace: Callable[[str], None] | None = None
         # ip_vs_todrop's countdown (ipvs->drop_counter), zero at start.
         self._drop_counter = 0
+        self.ipvs.conn_tab.on_expire = self._conn_expired
         self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
         self._udp = self.ipvs.proto_data[IPPROTO_UDP]
 
@@ -205,8 +219,7 @@ class Director:
         ipvs = self.ipvs
         ipvs.now = now
         tab = ipvs.conn_tab
-        for cp in tab.due(now):
-            self._conn_expire(cp, now)
+        tab.expire(now)
         ipvs.est.enabled = bool(ipvs.sysctl.run_estimation)
         ipvs.est.run(now)
         if ipvs.dest_trash_timer is not None and now >= ipvs.dest_trash_timer:
@@ -292,7 +305,7 @@ class Director:
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
         else:
-            _udp.state_transition(cp, self._udp)
+            _udp.state_transition(cp, self._udp, IP_VS_DIR_INPUT)
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
                 tab.fill_cport(cp, ports(buf, l4)[0])
@@ -311,7 +324,7 @@ class Director:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         # (The kernel counts in_pkts here for the sync daemon; PyIPVS has
         # no sync yet, so that counter stays untouched on the fast path.)
-        self._conn_put(cp, now)
+        tab.conn_put(cp, now)
         return verdict
 
     def _todrop(self, rate: int) -> bool:
@@ -538,11 +551,10 @@ class Director:
         if proto == IPPROTO_TCP:
             _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
         else:
-            _udp.state_transition(cp, self._udp)
-            _tcp.assure_template(cp)
+            _udp.state_transition(cp, self._udp, IP_VS_DIR_OUTPUT)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        self._conn_put(cp, now)
+        ipvs.conn_tab.conn_put(cp, now)
         return verdict
 
     def _nat_icmp_send(self, buf: bytearray, l3: int, l4: int, end: int, proto: int) -> bool:
@@ -735,13 +747,6 @@ class Director:
             st.outpkts += 1
             st.outbytes += skb_len
 
-    def _conn_put(self, cp: _conn.Connection, now: int) -> None:
-        """``ip_vs_conn_put``: restart the connection's timer, or expire a
-        one-packet connection at once."""
-        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self._conn_expire(cp, now)
-        else:
-            self.ipvs.conn_tab.put(cp, now)
 
     # ----------------------------------------------------------------- apps
 
@@ -769,23 +774,13 @@ class Director:
 
     # ------------------------------------------------------------- expiry
 
-    def _conn_expire(self, cp: _conn.Connection, now: int) -> None:
-        """``ip_vs_conn_expire``: free ``cp``, or re-arm it while it controls others."""
-        tab = self.ipvs.conn_tab
-        if cp.n_control:
-            cp.timeout = _conn.EXPIRE_LATER_S * self.ipvs.hz
-            tab.put(cp, now)
-            return
-        ct = cp.control
-        has_ref = cp.timeout == 0
+    def _conn_expired(self, cp: _conn.Connection) -> None:
+        """The connection table's ``on_expire``: ``ip_vs_conn_expire`` is
+        freeing ``cp``; unbind its application helper (``ip_vs_unbind_app``)."""
         if cp.app is not None:
             app.unbind_conn(self.ipvs, cp)
         if self.trace is not None:
             self.trace(f"expire {self._conn_text(cp)}")
-        tab.release(cp)
-        if ct is not None and has_ref and not ct.n_control:
-            if not ct.flags & IP_VS_CONN_F_TEMPLATE or not ct.state:
-                tab.expire_now(ct, now)
 
     # ---------------------------------------------------------------- trace
 

@@ -38,6 +38,7 @@ from ipvs.uapi import (
     AF_INET6,
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_INACTIVE,
+    IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_SVC_F_PERSISTENT,
     IPPROTO_SCTP,
@@ -65,6 +66,11 @@ HZ = 250
 #: established (TCP) or has seen a reply (UDP).
 IP_VS_CTPL_S_NONE = 0
 IP_VS_CTPL_S_ASSURED = 1
+
+#: Packet directions (``enum { IP_VS_DIR_INPUT = 0, IP_VS_DIR_OUTPUT, ...}``):
+#: client to server, and the server's replies.
+IP_VS_DIR_INPUT = 0
+IP_VS_DIR_OUTPUT = 1
 
 #: ``FTPPORT`` / ``FTPDATA``: the control and active-data ports of FTP,
 #: which persistence and service lookup treat specially.
@@ -347,6 +353,14 @@ class ProtoData:
     def timeouts_seconds_for_admin(self) -> tuple[int, int]:
         """(ESTABLISHED, FIN_WAIT) seconds: what ``--timeout`` shows for TCP."""
         return (self.timeout_seconds("ESTABLISHED"), self.timeout_seconds("FIN_WAIT"))
+
+
+def control_assure_ct(cp) -> None:
+    """``ip_vs_control_assure_ct``: the persistence template controlling
+    ``cp`` becomes ASSURED (TCP: established; UDP: a reply seen)."""
+    ct = cp.control
+    if ct is not None and ct.flags & IP_VS_CONN_F_TEMPLATE:
+        ct.state = IP_VS_CTPL_S_ASSURED
 
 
 @attrs.define(slots=True)

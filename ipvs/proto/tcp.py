@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipvs.ip_vs import IP_VS_CTPL_S_ASSURED, ProtoData
+from ipvs.ip_vs import ProtoData, control_assure_ct
 from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
-from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP
+from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IPPROTO_TCP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
@@ -158,7 +158,7 @@ def set_state(cp: Connection, pd: ProtoData, direction: int, flags: int) -> None
                 cp.flags &= ~IP_VS_CONN_F_INACTIVE
         cp.state = new_state
         if new_state == ESTABLISHED:
-            assure_template(cp)
+            control_assure_ct(cp)
     cp.timeout = pd.timeout_table[new_state]
 
 
@@ -174,9 +174,3 @@ def conn_listen(cp: Connection, pd: ProtoData) -> None:
     cp.state = LISTEN
     cp.timeout = pd.timeout_table[LISTEN]
 
-
-def assure_template(cp: Connection) -> None:
-    """``ip_vs_control_assure_ct``: a controlling template becomes ASSURED."""
-    ct = cp.control
-    if ct is not None and ct.flags & IP_VS_CONN_F_TEMPLATE:
-        ct.state = IP_VS_CTPL_S_ASSURED

@@ -9,7 +9,7 @@ full one computed, and a computed 0 is sent as 0xFFFF, as the kernel does.
 
 from __future__ import annotations
 
-from ipvs.ip_vs import ProtoData
+from ipvs.ip_vs import IP_VS_DIR_OUTPUT, ProtoData, control_assure_ct
 from ipvs.uapi import IPPROTO_UDP
 
 PROTOCOL = IPPROTO_UDP
@@ -24,6 +24,9 @@ def init_netns(hz: int) -> ProtoData:
     return ProtoData(PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz)
 
 
-def state_transition(cp, pd: ProtoData) -> None:
-    """``udp_state_transition``: refresh the single state's timeout."""
+def state_transition(cp, pd: ProtoData, direction: int) -> None:
+    """``udp_state_transition``: refresh the single state's timeout; a
+    reply (``IP_VS_DIR_OUTPUT``) assures the controlling template."""
     cp.timeout = pd.timeout_table[IP_VS_UDP_S_NORMAL]
+    if direction == IP_VS_DIR_OUTPUT:
+        control_assure_ct(cp)
