@@ -40,8 +40,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ipvs import app
 from ipvs.ip_vs import ConnParam, format_addr
 from ipvs.packet import nat_delta
+from ipvs.proto import PROTOCOLS
 from ipvs.uapi import (
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
@@ -51,7 +53,6 @@ from ipvs.uapi import (
     IP_VS_CONN_F_SYNC,
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_OVERLOAD,
-    IPPROTO_UDP,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -444,42 +445,33 @@ class ConnTable:
     # ---------------------------------------------------------- create/bind
 
     def new(
-        self,
-        af: int,
-        protocol: int,
-        caddr: bytes,
-        cport: int,
-        vaddr: bytes,
-        vport: int,
-        daddr: bytes,
-        dport: int,
-        flags: int,
-        dest: Dest | None,
-        fwmark: int = 0,
+        self, p: ConnParam, daddr: bytes, dport: int, flags: int, dest: Dest | None, fwmark: int = 0,
         key: bytes | None = None,
-        pe: object = None,
-        pe_data: bytes | None = None,
     ) -> Connection | None:
-        """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection.
+        """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection
+        from client/virtual side ``p`` to the real side ``daddr:dport``.
 
         ``key`` may pass the in-key already sliced from the packet.  A
-        template keeps the persistence engine ``pe`` and its ``pe_data``
-        (other connections never carry them, as in the kernel).
-        Returns None when the table is full (counted in ``refused``).
+        template keeps the persistence engine ``p.pe`` and its ``p.pe_data``
+        (other connections never carry them, as in the kernel); any other
+        connection is bound to the application helper of its virtual port
+        in ``p.ipvs`` (``ip_vs_bind_app``).  Returns None when the table is
+        full (counted in ``refused``).
         """
         if self.count >= self.max_conns:
             self.refused += 1
             return None
+        vaddr, vport = p.vaddr, p.vport
         # (All positional: a keyword argument to a class call costs a dict.)
         cp = Connection(
-            af, protocol, caddr, cport, vaddr, vport, daddr, dport,
+            p.af, p.protocol, p.caddr, p.cport, vaddr, vport, daddr, dport,
             flags, fwmark, 0, 0, CONN_NEW_TIMEOUT_S * self.hz, key,
         )
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
-        if pe is not None and flags & IP_VS_CONN_F_TEMPLATE:
-            cp.pe = pe
-            cp.pe_data = pe_data
+        if p.pe is not None and flags & IP_VS_CONN_F_TEMPLATE:
+            cp.pe = p.pe
+            cp.pe_data = p.pe_data
         if not flags & IP_VS_CONN_F_TEMPLATE:
             dk = (vaddr, daddr, vport, dport)
             delta = self.deltas.get(dk)
@@ -493,13 +485,18 @@ class ConnTable:
         self.count += 1
         if not cp.flags & IP_VS_CONN_F_ONE_PACKET:
             self.hash(cp)
+        ipvs = p.ipvs
+        if ipvs is not None and ipvs.apps and not flags & IP_VS_CONN_F_TEMPLATE:
+            app.bind_conn(ipvs, cp)
         return cp
 
     @staticmethod
     def bind_dest(cp: Connection, dest: Dest) -> None:
         """``ip_vs_bind_dest``: take the dest's flags and count the connection."""
         conn_flags = dest.conn_flags
-        if cp.protocol != IPPROTO_UDP:
+        pp = PROTOCOLS.get(cp.protocol)
+        if pp is None or not pp.one_packet:
+            # One-packet scheduling is for the protocols that have it (UDP).
             conn_flags &= ~IP_VS_CONN_F_ONE_PACKET
         if cp.flags & IP_VS_CONN_F_SYNC and not cp.flags & IP_VS_CONN_F_TEMPLATE:
             # A synced conn keeps the INACTIVE bit it arrived with.
