@@ -30,7 +30,6 @@ already carry the address family.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from ipvs import app
@@ -54,8 +53,6 @@ from ipvs.netns import NetnsIPVS
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_PORT_UNREACH,
-    IP_MF,
-    IP_OFFSET,
     Drop,
     IPHeader,
     icmp_checksum,
@@ -84,8 +81,6 @@ from ipvs.xmit import icmp_xmit, nat_icmp, nat_xmit, snat_response
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 
 _PFX = [bytes((i,)) for i in range(256)]
-#: IPv4 header: version/IHL, (TOS), total length, (ID), flags+fragment, (TTL), protocol.
-_IPV4_FIELDS = struct.Struct("!BxH2xHxB")
 
 
 class Director:
@@ -111,46 +106,46 @@ class Director:
     # ------------------------------------------------------------------ API
 
     def process(self, buf: bytearray, l3: int, now: int, csum_partial: bool = False) -> int:
-        """Handle one IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN.
+        """``ip_vs_out`` then ``ip_vs_in`` (the hooks in one call): handle one
+        IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN.
 
-        The IPv4 header is checked here field by field (the checks of
-        :func:`ipvs.packet.parse`) so the common packet needs no header
-        object; everything rarer goes through ``parse``.
+        :func:`ipvs.packet.parse` fills the packet's descriptor once (the
+        kernel's ``ip_vs_fill_iph_skb``).  A reply of a connection is
+        ``ip_vs_out``'s (:meth:`_handle_response`); anything else goes on to
+        ``ip_vs_in`` (:meth:`_in`).
         """
         ipvs = self.ipvs
         ipvs.now = now
-        n = len(buf)
-        if n < l3 + 20:
-            return self._not_ipv4(buf, l3)
-        # version+ihl, total length, fragment field, protocol: one C call
-        vihl, tot, frag, proto = _IPV4_FIELDS.unpack_from(buf, l3)
-        if vihl >> 4 != 4:
-            return self._not_ipv4(buf, l3)
-        ihl = (vihl & 0x0F) << 2
-        end = l3 + tot
-        if ihl < 20 or tot < ihl or end > n:
-            ipvs.drops[parse(buf, l3)] += 1
+        h = parse(buf, l3)
+        if type(h) is not IPHeader:
+            ipvs.drops[h] += 1
             return NF_DROP
+        if h.af != AF_INET:
+            # IPv6: the data path comes with the IPv6 issue.
+            ipvs.drops[Drop.UNSUPPORTED] += 1
+            return NF_ACCEPT
         if not ipvs.enable:
             return NF_ACCEPT
-        if frag & (IP_MF | IP_OFFSET):
+        if h.fragoffs or h.more_frags:
             # A fragment: the kernel sees reassembled packets (nf_defrag,
             # ip_vs_gather_frags); the driver reassembles before the core.
             ipvs.drops[Drop.FRAGMENT] += 1
             return NF_ACCEPT
+        proto = h.protocol
         pd = ipvs.proto_data.get(proto)
         if pd is None:
             if proto == IPPROTO_ICMP:
-                return self._icmp(buf, parse(buf, l3), now)
+                return self._icmp(buf, h, now)
             return NF_ACCEPT  # not an IPVS protocol
         pp = pd.pp
-        l4 = l3 + ihl
+        l4 = h.l4
+        end = h.end
         if not pp.header_ok(buf, l4, end):
             ipvs.drops[Drop.BAD_L4] += 1
             return NF_DROP
         # The header slice saddr|daddr|sport|dport is the key of both tables
         # (one slice when no IP options sit between the addresses and ports).
-        if ihl == 20:
+        if l4 == l3 + 20:
             key = _PFX[proto] + buf[l3 + 12 : l3 + 24]
         else:
             key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
@@ -183,15 +178,6 @@ class Director:
             return NF_ACCEPT
         self.ipvs.now = now
         return self._icmp(buf, h, now, forwarded=False)
-
-    def _not_ipv4(self, buf: bytearray, l3: int) -> int:
-        h = parse(buf, l3)
-        if type(h) is not IPHeader:
-            self.ipvs.drops[h] += 1
-            return NF_DROP
-        # IPv6: the data path comes with the IPv6 issue.
-        self.ipvs.drops[Drop.UNSUPPORTED] += 1
-        return NF_ACCEPT
 
     def _own_addr(self, dst: bytes) -> bytes:
         """The director's own address on the route towards ``dst``: what
@@ -530,7 +516,7 @@ class Director:
     def _rs_conn_out(
         self, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, now: int, partial: bool
     ) -> int | None:
-        """The ``conn_out_counter`` branch of ``ip_vs_out`` with ``__ip_vs_rs_conn_out``.
+        """``__ip_vs_rs_conn_out``, with the ``conn_out_counter`` branch of ``ip_vs_out`` around it.
 
         A packet of a protocol that allows it (UDP: ``pp.conn_out``) matched
         no connection and some service's engine has ``conn_out``.  If it
