@@ -187,6 +187,7 @@ class TCPProtocol(IPVSProtocol):
     csum_offset = 16
 
     def init_netns(self, hz: int) -> ProtoData:
+        """``init_netns``: :func:`init_netns` (``__ip_vs_tcp_init``)."""
         return init_netns(hz)
 
     def header_ok(self, buf: bytearray, l4: int, end: int) -> bool:
@@ -225,6 +226,7 @@ class TCPProtocol(IPVSProtocol):
         set_state(cp, pd, OUTPUT if direction == IP_VS_DIR_OUTPUT else INPUT, buf[l4 + 13])
 
     def timeout_change(self, pd: ProtoData, flags: int) -> None:
+        """``tcp_timeout_change``: the secure_tcp state table while ``flags``."""
         timeout_change(pd, bool(flags))
 
 

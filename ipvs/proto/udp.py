@@ -46,12 +46,15 @@ class UDPProtocol(IPVSProtocol):
     conn_out = True
 
     def init_netns(self, hz: int) -> ProtoData:
+        """``init_netns``: :func:`init_netns` (``__udp_init``)."""
         return init_netns(hz)
 
     def header_ok(self, buf: bytearray, l4: int, end: int) -> bool:
+        """A whole 8-byte UDP header inside the packet."""
         return end - l4 >= 8
 
     def state_transition(self, cp, direction: int, buf: bytearray, l4: int, pd: ProtoData) -> None:
+        """``udp_state_transition``: :func:`state_transition`."""
         state_transition(cp, pd, direction)
 
 
