@@ -22,8 +22,11 @@ Expiry.  No timer per connection: a connection stores ``expires`` (in
 jiffies) and is filed in a timer wheel slot.  Restarting the timer on every
 packet only writes ``expires``; the wheel re-files a connection lazily when
 its slot comes due, and files it earlier at once when a state change makes
-its timeout shorter.  ``expire(now)`` does the kernel's ``ip_vs_conn_expire``
-for everything due.
+its timeout shorter.  :meth:`ConnTable.expire` runs the kernel's
+``ip_vs_conn_expire`` (:meth:`ConnTable.conn_expire`) for everything due;
+the table's ``on_expire`` hook lets the director release what a
+connection holds outside the table (its application helper,
+``ip_vs_unbind_app``) before it goes.
 
 Bounded.  ``max_conns`` caps the table (the kernel is bounded by memory and
 its defence modes); a full table refuses new connections, counted.
@@ -32,12 +35,15 @@ its defence modes); a full table refuses new connections, counted.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
+from ipvs import app
 from ipvs.ip_vs import ConnParam, format_addr
 from ipvs.packet import nat_delta
+from ipvs.proto import PROTOCOLS
 from ipvs.uapi import (
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
@@ -47,7 +53,6 @@ from ipvs.uapi import (
     IP_VS_CONN_F_SYNC,
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_OVERLOAD,
-    IPPROTO_UDP,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -295,7 +300,9 @@ class ConnTable:
     """The connection table of one instance, with its timer wheel.
 
     ``hz`` converts the kernel's second-valued constants to jiffies.
-    ``on_expire`` lets the instance hook app unbinding and sync.
+    ``on_expire(cp)``, when set, is called for each connection
+    :meth:`conn_expire` frees, before it is unhashed (the director unbinds
+    its application helper there, and traces).
     """
 
     hz: int
@@ -318,6 +325,7 @@ class ConnTable:
     deltas: dict = attrs.field(factory=dict)
     # Older connections whose key a newer one took: (table tag, key) -> [conns].
     shadowed: dict = attrs.field(factory=dict)
+    on_expire: Callable[[Connection], None] | None = None
 
     # ---------------------------------------------------------------- sizes
 
@@ -437,42 +445,33 @@ class ConnTable:
     # ---------------------------------------------------------- create/bind
 
     def new(
-        self,
-        af: int,
-        protocol: int,
-        caddr: bytes,
-        cport: int,
-        vaddr: bytes,
-        vport: int,
-        daddr: bytes,
-        dport: int,
-        flags: int,
-        dest: Dest | None,
-        fwmark: int = 0,
+        self, p: ConnParam, daddr: bytes, dport: int, flags: int, dest: Dest | None, fwmark: int = 0,
         key: bytes | None = None,
-        pe: object = None,
-        pe_data: bytes | None = None,
     ) -> Connection | None:
-        """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection.
+        """``ip_vs_conn_new``: create, bind to ``dest`` and hash a connection
+        from client/virtual side ``p`` to the real side ``daddr:dport``.
 
         ``key`` may pass the in-key already sliced from the packet.  A
-        template keeps the persistence engine ``pe`` and its ``pe_data``
-        (other connections never carry them, as in the kernel).
-        Returns None when the table is full (counted in ``refused``).
+        template keeps the persistence engine ``p.pe`` and its ``p.pe_data``
+        (other connections never carry them, as in the kernel); any other
+        connection is bound to the application helper of its virtual port
+        in ``p.ipvs`` (``ip_vs_bind_app``).  Returns None when the table is
+        full (counted in ``refused``).
         """
         if self.count >= self.max_conns:
             self.refused += 1
             return None
+        vaddr, vport = p.vaddr, p.vport
         # (All positional: a keyword argument to a class call costs a dict.)
         cp = Connection(
-            af, protocol, caddr, cport, vaddr, vport, daddr, dport,
+            p.af, p.protocol, p.caddr, p.cport, vaddr, vport, daddr, dport,
             flags, fwmark, 0, 0, CONN_NEW_TIMEOUT_S * self.hz, key,
         )
         if flags & IP_VS_CONN_F_NO_CPORT:
             self.no_cport_count += 1
-        if pe is not None and flags & IP_VS_CONN_F_TEMPLATE:
-            cp.pe = pe
-            cp.pe_data = pe_data
+        if p.pe is not None and flags & IP_VS_CONN_F_TEMPLATE:
+            cp.pe = p.pe
+            cp.pe_data = p.pe_data
         if not flags & IP_VS_CONN_F_TEMPLATE:
             dk = (vaddr, daddr, vport, dport)
             delta = self.deltas.get(dk)
@@ -486,13 +485,18 @@ class ConnTable:
         self.count += 1
         if not cp.flags & IP_VS_CONN_F_ONE_PACKET:
             self.hash(cp)
+        ipvs = p.ipvs
+        if ipvs is not None and ipvs.apps and not flags & IP_VS_CONN_F_TEMPLATE:
+            app.bind_conn(ipvs, cp)
         return cp
 
     @staticmethod
     def bind_dest(cp: Connection, dest: Dest) -> None:
         """``ip_vs_bind_dest``: take the dest's flags and count the connection."""
         conn_flags = dest.conn_flags
-        if cp.protocol != IPPROTO_UDP:
+        pp = PROTOCOLS.get(cp.protocol)
+        if pp is None or not pp.one_packet:
+            # One-packet scheduling is for the protocols that have it (UDP).
             conn_flags &= ~IP_VS_CONN_F_ONE_PACKET
         if cp.flags & IP_VS_CONN_F_SYNC and not cp.flags & IP_VS_CONN_F_TEMPLATE:
             # A synced conn keeps the INACTIVE bit it arrived with.
@@ -560,8 +564,16 @@ class ConnTable:
 
     # --------------------------------------------------------------- timers
 
+    def conn_put(self, cp: Connection, now: int) -> None:
+        """``ip_vs_conn_put``: done with ``cp`` for this packet: restart its
+        timer, or expire a one-packet connection at once."""
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            self.conn_expire(cp, now)
+        else:
+            self.put(cp, now)
+
     def put(self, cp: Connection, now: int) -> None:
-        """``ip_vs_conn_put``: (re)start the timer at ``now + cp.timeout``."""
+        """``__ip_vs_conn_put_timer``: (re)start the timer at ``now + cp.timeout``."""
         exp = now + cp.timeout
         cp.expires = exp
         if cp.wheel_at < 0 or exp < cp.wheel_at:
@@ -611,6 +623,32 @@ class ConnTable:
                     cp.wheel_at = -1
                     out.append(cp)
         return out
+
+    def expire(self, now: int) -> None:
+        """The connection timers: :meth:`conn_expire` each connection due by ``now``."""
+        for cp in self.due(now):
+            self.conn_expire(cp, now)
+
+    def conn_expire(self, cp: Connection, now: int) -> None:
+        """``ip_vs_conn_expire``: free ``cp``, or re-arm it while it controls others.
+
+        A connection that goes with timeout 0 (``ip_vs_conn_del`` of a
+        controlled one) takes its controller along when nothing else holds
+        it ("drop cp->control chain too"); so does one whose controller is a
+        template not yet assured.
+        """
+        if cp.n_control:
+            cp.timeout = EXPIRE_LATER_S * self.hz
+            self.put(cp, now)
+            return
+        ct = cp.control
+        has_ref = cp.timeout == 0
+        if self.on_expire is not None:
+            self.on_expire(cp)
+        self.release(cp)
+        if ct is not None and has_ref and not ct.n_control:
+            if not ct.flags & IP_VS_CONN_F_TEMPLATE or not ct.state:
+                self.expire_now(ct, now)
 
     def release(self, cp: Connection) -> None:
         """Unhash and unbind a connection that is gone for good."""

@@ -2,7 +2,10 @@
 
 Mirrors ``net/netfilter/ipvs/ip_vs_core.c`` (kernel 6.1): ``ip_vs_in``,
 ``ip_vs_out``, ``ip_vs_in_icmp``, ``ip_vs_out_icmp``, ``ip_vs_schedule``,
-``ip_vs_sched_persist``, ``ip_vs_leave`` and the stats helpers.
+``ip_vs_sched_persist``, ``ip_vs_leave``, the stats helpers, and the
+connections real servers start (``__ip_vs_rs_conn_out``, and
+``ip_vs_new_conn_out``, which persistence engines call as
+:meth:`Director.new_conn_out`).
 
 :class:`Director` is the sans-I/O entry point, in the style of h11 and
 aioquic: :meth:`Director.process` takes one packet (a ``bytearray`` and the
@@ -27,31 +30,36 @@ already carry the address family.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from ipvs import app
 from ipvs import conn as _conn
 from ipvs.ctl import dest_trash_expire, find_real_service, has_real_service, service_get
-from ipvs.ip_vs import FTPDATA, FTPPORT, NF_ACCEPT, NF_DROP, NF_STOLEN, ConnParam, format_addr
+from ipvs.ip_vs import (
+    FTPDATA,
+    FTPPORT,
+    IP_VS_DIR_INPUT,
+    IP_VS_DIR_OUTPUT,
+    NF_ACCEPT,
+    NF_DROP,
+    NF_STOLEN,
+    PROTO_NAMES,
+    ConnParam,
+    IPVSProtocol,
+    ProtoData,
+    format_addr,
+)
 from ipvs.netns import NetnsIPVS
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_PORT_UNREACH,
-    IP_MF,
-    IP_OFFSET,
-    TCP_RST,
-    TCP_SYN,
     Drop,
     IPHeader,
     icmp_checksum,
-    l4_csum_ok,
     parse,
     ports,
 )
 from ipvs.pe import service_pe
-from ipvs.proto import tcp as _tcp
-from ipvs.proto import udp as _udp
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
 from ipvs.sched import IPHdr
 from ipvs.uapi import (
@@ -60,7 +68,6 @@ from ipvs.uapi import (
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NO_CPORT,
-    IP_VS_CONN_F_NOOUTPUT,
     IP_VS_CONN_F_ONE_PACKET,
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_AVAILABLE,
@@ -68,16 +75,12 @@ from ipvs.uapi import (
     IP_VS_SVC_F_PERSISTENT,
     IPPROTO_ICMP,
     IPPROTO_IP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
 )
 from ipvs.xmit import icmp_xmit, nat_icmp, nat_xmit, snat_response
 
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 
 _PFX = [bytes((i,)) for i in range(256)]
-#: IPv4 header: version/IHL, (TOS), total length, (ID), flags+fragment, (TTL), protocol.
-_IPV4_FIELDS = struct.Struct("!BxH2xHxB")
 
 
 class Director:
@@ -98,57 +101,51 @@ class Director:
         self.trace: Callable[[str], None] | None = None
         # ip_vs_todrop's countdown (ipvs->drop_counter), zero at start.
         self._drop_counter = 0
-        self._tcp = self.ipvs.proto_data[IPPROTO_TCP]
-        self._udp = self.ipvs.proto_data[IPPROTO_UDP]
+        self.ipvs.conn_tab.on_expire = self._conn_expired
 
     # ------------------------------------------------------------------ API
 
     def process(self, buf: bytearray, l3: int, now: int, csum_partial: bool = False) -> int:
-        """Handle one IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN.
+        """``ip_vs_out`` then ``ip_vs_in`` (the hooks in one call): handle one
+        IP packet at ``buf[l3:]``; return NF_ACCEPT/NF_DROP/NF_STOLEN.
 
-        The IPv4 header is checked here field by field (the checks of
-        :func:`ipvs.packet.parse`) so the common packet needs no header
-        object; everything rarer goes through ``parse``.
+        :func:`ipvs.packet.parse` fills the packet's descriptor once (the
+        kernel's ``ip_vs_fill_iph_skb``).  A reply of a connection is
+        ``ip_vs_out``'s (:meth:`_handle_response`); anything else goes on to
+        ``ip_vs_in`` (:meth:`_in`).
         """
         ipvs = self.ipvs
         ipvs.now = now
-        n = len(buf)
-        if n < l3 + 20:
-            return self._not_ipv4(buf, l3)
-        # version+ihl, total length, fragment field, protocol: one C call
-        vihl, tot, frag, proto = _IPV4_FIELDS.unpack_from(buf, l3)
-        if vihl >> 4 != 4:
-            return self._not_ipv4(buf, l3)
-        ihl = (vihl & 0x0F) << 2
-        end = l3 + tot
-        if ihl < 20 or tot < ihl or end > n:
-            ipvs.drops[parse(buf, l3)] += 1
+        h = parse(buf, l3)
+        if type(h) is not IPHeader:
+            ipvs.drops[h] += 1
             return NF_DROP
+        if h.af != AF_INET:
+            # IPv6: the data path comes with the IPv6 issue.
+            ipvs.drops[Drop.UNSUPPORTED] += 1
+            return NF_ACCEPT
         if not ipvs.enable:
             return NF_ACCEPT
-        if frag & (IP_MF | IP_OFFSET):
+        if h.fragoffs or h.more_frags:
             # A fragment: the kernel sees reassembled packets (nf_defrag,
             # ip_vs_gather_frags); the driver reassembles before the core.
             ipvs.drops[Drop.FRAGMENT] += 1
             return NF_ACCEPT
-        if proto == IPPROTO_TCP:
-            l4 = l3 + ihl
-            doff = buf[l4 + 12] >> 4 if end - l4 >= 20 else 0
-            if doff < 5 or l4 + (doff << 2) > end:
-                ipvs.drops[Drop.BAD_L4] += 1
-                return NF_DROP
-        elif proto == IPPROTO_UDP:
-            l4 = l3 + ihl
-            if end - l4 < 8:
-                ipvs.drops[Drop.BAD_L4] += 1
-                return NF_DROP
-        elif proto == IPPROTO_ICMP:
-            return self._icmp(buf, parse(buf, l3), now)
-        else:
-            return NF_ACCEPT
+        proto = h.protocol
+        pd = ipvs.proto_data.get(proto)
+        if pd is None:
+            if proto == IPPROTO_ICMP:
+                return self._icmp(buf, h, now)
+            return NF_ACCEPT  # not an IPVS protocol
+        pp = pd.pp
+        l4 = h.l4
+        end = h.end
+        if not pp.header_ok(buf, l4, end):
+            ipvs.drops[Drop.BAD_L4] += 1
+            return NF_DROP
         # The header slice saddr|daddr|sport|dport is the key of both tables
         # (one slice when no IP options sit between the addresses and ports).
-        if ihl == 20:
+        if l4 == l3 + 20:
             key = _PFX[proto] + buf[l3 + 12 : l3 + 24]
         else:
             key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
@@ -157,15 +154,15 @@ class Director:
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
-            return self._handle_response(cp, buf, l3, l4, end, proto, now, csum_partial)
-        if ipvs.conn_out_counter:
+            return self._handle_response(cp, pd, buf, l3, l4, end, now, csum_partial)
+        if ipvs.conn_out_counter and pp.conn_out:
             # A real server may be starting a connection (a --pe with conn_out).
-            verdict = self._rs_conn_out(buf, l3, l4, end, proto, now, csum_partial)
+            verdict = self._rs_conn_out(pd, buf, l3, l4, end, now, csum_partial)
             if verdict is not None:
                 return verdict
-        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(buf, l3, l4, end, proto):
+        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(pp, buf, l3, l4, end):
             return NF_DROP
-        return self._in(buf, l3, l4, end, proto, key, now, csum_partial)
+        return self._in(pd, buf, l3, l4, end, key, now, csum_partial)
 
     def local_out(self, buf: bytearray, l3: int, now: int) -> int:
         """The LOCAL_OUT hooks (``ip_vs_local_reply4``, ``ip_vs_local_request4``)
@@ -182,15 +179,6 @@ class Director:
         self.ipvs.now = now
         return self._icmp(buf, h, now, forwarded=False)
 
-    def _not_ipv4(self, buf: bytearray, l3: int) -> int:
-        h = parse(buf, l3)
-        if type(h) is not IPHeader:
-            self.ipvs.drops[h] += 1
-            return NF_DROP
-        # IPv6: the data path comes with the IPv6 issue.
-        self.ipvs.drops[Drop.UNSUPPORTED] += 1
-        return NF_ACCEPT
-
     def _own_addr(self, dst: bytes) -> bytes:
         """The director's own address on the route towards ``dst``: what
         ``icmp_send`` picks for errors about forwarded packets.  The driver
@@ -205,8 +193,7 @@ class Director:
         ipvs = self.ipvs
         ipvs.now = now
         tab = ipvs.conn_tab
-        for cp in tab.due(now):
-            self._conn_expire(cp, now)
+        tab.expire(now)
         ipvs.est.enabled = bool(ipvs.sysctl.run_estimation)
         ipvs.est.run(now)
         if ipvs.dest_trash_timer is not None and now >= ipvs.dest_trash_timer:
@@ -214,7 +201,9 @@ class Director:
         # update_defense_level (the kernel runs it every second and on a
         # sysctl write): with no memory pressure, only secure_tcp=3 keeps
         # the tcp_states_dos table (level 2 falls back to 1).
-        _tcp.timeout_change(self._tcp, ipvs.sysctl.secure_tcp == 3)
+        secure = ipvs.sysctl.secure_tcp == 3
+        for pd in ipvs.proto_data.values():
+            pd.pp.timeout_change(pd, secure)
 
     def next_timer(self) -> int | None:
         """The jiffy at which :meth:`run_timers` next has work."""
@@ -226,7 +215,7 @@ class Director:
     # ------------------------------------------------------------ ip_vs_in
 
     def _in(
-        self, buf: bytearray, l3: int, l4: int, end: int, proto: int, key: bytes, now: int, partial: bool
+        self, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, key: bytes, now: int, partial: bool
     ) -> int:
         """``ip_vs_in``: a packet towards a virtual service."""
         ipvs = self.ipvs
@@ -237,9 +226,9 @@ class Director:
             cp = tab.in_table.get(key[:-4] + b"\0\0" + key[-2:])
             if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
                 cp = None
-        tcp_flags = buf[l4 + 13] if proto == IPPROTO_TCP else 0
-        if cp is not None and tcp_flags & TCP_SYN and ipvs.sysctl.conn_reuse_mode:
-            cp = self._conn_reuse(cp, now)
+        pp = pd.pp
+        if cp is not None and ipvs.sysctl.conn_reuse_mode and pp.is_new_conn(buf, l4):
+            cp = self._conn_reuse(cp, pp, now)
         if cp is not None and cp.dest is not None and not cp.dest.flags & IP_VS_DEST_F_AVAILABLE:
             # The real server was deleted (5.9+: checked before scheduling).
             if not ipvs.sysctl.expire_nodest_conn:
@@ -251,48 +240,14 @@ class Director:
             tab.expire_now(cp, now)
             cp = None
         if cp is None:
-            if proto == IPPROTO_TCP and not _tcp.may_schedule(tcp_flags, ipvs.sysctl.sloppy_tcp):
-                return NF_ACCEPT
-            # ip_vs_service_find: a fwmark service first (the mark comes from
-            # the instance's mark rules, PyIPVS's stand-in for skb->mark);
-            # then the exact (proto, vaddr, vport) service, the common case,
-            # whose key is a slice of the packet key; service_get does the rest.
-            mark = 0
-            svc = None
-            if ipvs.fwm_table and ipvs.marks.rules:
-                mark = ipvs.marks.classify(AF_INET, proto, key[1:5], key[5:9], (key[11] << 8) | key[12])
-                if mark:
-                    svc = ipvs.fwm_table.get((AF_INET, mark))
-            if svc is None:
-                svc = ipvs.svc_table.get(key[:1] + key[5:9] + key[11:13])
-            if svc is None:
-                svc = service_get(ipvs, AF_INET, 0, proto, key[5:9], (key[11] << 8) | key[12])
-                if svc is None:
-                    return NF_ACCEPT
-            if ipvs.sysctl.drop_packet == 3 and self._todrop(ipvs.sysctl.am_droprate):
-                ipvs.drops[Drop.DEFENSE] += 1
-                return NF_DROP
-            sport, dport = ports(buf, l4)
-            # key = proto | saddr | daddr | sport | dport
-            iph = IPHdr(AF_INET, proto, key[1:5], svc.addr if svc.port == dport and not svc.fwmark
-                        else key[5:9], sport, dport)
-            cp, ignored = self._schedule(svc, iph, now, key, buf, l3, end, mark)
+            # ip_vs_try_to_schedule: the protocol's conn_schedule.
+            verdict, cp = pp.conn_schedule(self, pd, buf, l3, l4, end, key, now)
             if cp is None:
-                if ignored > 0:
-                    return NF_ACCEPT
-                if ignored < 0:
-                    # -2: PyIPVS's split of the kernel's -1 (NF_DROP, no ICMP),
-                    # so a packet the persistence engine refused is counted apart.
-                    ipvs.drops[Drop.NO_PE_DATA if ignored == -2 else Drop.TABLE_FULL] += 1
-                    return NF_DROP
-                return self._leave(svc, buf, l3, end, iph)
+                return verdict
         self._in_stats(cp, end - l3)
         tr = self.trace
         old = cp.state
-        if proto == IPPROTO_TCP:
-            _tcp.set_state(cp, self._tcp, _tcp.INPUT, tcp_flags)
-        else:
-            _udp.state_transition(cp, self._udp)
+        pp.state_transition(cp, IP_VS_DIR_INPUT, buf, l4, pd)
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
                 tab.fill_cport(cp, ports(buf, l4)[0])
@@ -301,7 +256,7 @@ class Director:
             if ext is not None and ext.app is not None:
                 app_ret, l4, end = self._app(cp, buf, l3, now, True, partial)
             if app_ret:
-                verdict = nat_xmit(ipvs, cp, buf, l3, l4, end, proto, partial, self.mtu, app_ret)
+                verdict = nat_xmit(ipvs, cp, pp, buf, l3, l4, end, partial, self.mtu, app_ret)
             else:
                 verdict = NF_DROP
         else:
@@ -311,13 +266,37 @@ class Director:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         # (The kernel counts in_pkts here for the sync daemon; PyIPVS has
         # no sync yet, so that counter stays untouched on the fast path.)
-        self._conn_put(cp, now)
+        tab.conn_put(cp, now)
         return verdict
 
-    def _todrop(self, rate: int) -> bool:
+    def service_find(self, protocol: int, key: bytes):
+        """``ip_vs_service_find`` for a packet's ``key`` (proto | saddr |
+        daddr | sport | dport): (the service or None, the packet's mark).
+
+        A fwmark service first (the mark comes from the instance's mark
+        rules, PyIPVS's stand-in for ``skb->mark``); then the exact (proto,
+        vaddr, vport) service, the common case, whose key is a slice of the
+        packet key; :func:`ipvs.ctl.service_get` does the rest.
+        """
+        ipvs = self.ipvs
+        mark = 0
+        svc = None
+        if ipvs.fwm_table and ipvs.marks.rules:
+            mark = ipvs.marks.classify(AF_INET, protocol, key[1:5], key[5:9], (key[11] << 8) | key[12])
+            if mark:
+                svc = ipvs.fwm_table.get((AF_INET, mark))
+        if svc is None:
+            svc = ipvs.svc_table.get(key[:1] + key[5:9] + key[11:13])
+        if svc is None:
+            svc = service_get(ipvs, AF_INET, 0, protocol, key[5:9], (key[11] << 8) | key[12])
+        return svc, mark
+
+    def todrop(self) -> bool:
         """``ip_vs_todrop``: with drop_packet=3 the drop rate is am_droprate,
         so one new connection in ``rate`` is dropped (the first included);
         levels 1 and 2 only act under memory pressure, which PyIPVS has not."""
+        sysctl = self.ipvs.sysctl
+        rate = sysctl.am_droprate if sysctl.drop_packet == 3 else 0
         if not rate:
             return False
         self._drop_counter -= 1
@@ -326,13 +305,15 @@ class Director:
         self._drop_counter = rate
         return True
 
-    def _conn_reuse(self, cp: _conn.Connection, now: int) -> _conn.Connection | None:
+    def _conn_reuse(self, cp: _conn.Connection, pp: IPVSProtocol, now: int) -> _conn.Connection | None:
         """The conn_reuse_mode block of ``ip_vs_in`` for a new SYN."""
         ipvs = self.ipvs
         resched = False
         if ipvs.sysctl.expire_nodest_conn and cp.dest is not None and not cp.dest.weight:
             resched = True
-        elif self._is_new_conn_expected(cp, ipvs.sysctl.conn_reuse_mode):
+        elif cp.control is None and pp.is_new_conn_expected(cp, ipvs.sysctl.conn_reuse_mode):
+            # (is_new_conn_expected: never for a controlled conn, FTP data
+            # or under a persistence template.)
             # Without conntrack the "old_ct" case never arises.
             resched = True
         if not resched:
@@ -343,21 +324,9 @@ class Director:
             self.trace(f"reuse {self._conn_text(cp)}: rescheduling")
         return None
 
-    @staticmethod
-    def _is_new_conn_expected(cp: _conn.Connection, mode: int) -> bool:
-        if cp.control is not None:
-            return False
-        if cp.protocol == IPPROTO_TCP:
-            return (
-                cp.state == _tcp.TIME_WAIT
-                or cp.state == _tcp.CLOSE
-                or (bool(mode & 2) and cp.state == _tcp.FIN_WAIT and bool(cp.flags & IP_VS_CONN_F_NOOUTPUT))
-            )
-        return False
-
     # ----------------------------------------------------------- scheduling
 
-    def _schedule(
+    def schedule(
         self, svc, iph: IPHdr, now: int, key: bytes | None = None,
         buf: bytearray | None = None, l3: int = 0, end: int = 0, mark: int = 0,
     ) -> tuple[_conn.Connection | None, int]:
@@ -377,11 +346,9 @@ class Director:
             return None, 0
         if self.trace is not None:
             self.trace(f"sched {svc!r} chose {dest!r}")
-        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
-        cp = self._conn_new(
-            iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport,
-            dest.addr, dest.port or iph.dport, flags, dest, fwmark=mark, key=key,
-        )
+        flags = self._one_packet(svc, iph.protocol)
+        p = ConnParam(iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport, None, None, self.ipvs)
+        cp = self.ipvs.conn_tab.new(p, dest.addr, dest.port or iph.dport, flags, dest, mark, key)
         if cp is None:
             return None, -1
         self._conn_stats(cp)
@@ -411,10 +378,8 @@ class Director:
             if self.trace is not None:
                 self.trace(f"sched {svc!r} chose {dest!r} (new persistence template)")
             dport = dest.port if iph.dport == svc.port and svc.port != FTPPORT else 0
-            ct = self._conn_new(
-                iph.af, protocol, snet, 0, vaddr, vport, dest.addr, dport, IP_VS_CONN_F_TEMPLATE, dest,
-                fwmark=mark, pe=pe, pe_data=pe_data,
-            )
+            p = ConnParam(iph.af, protocol, snet, 0, vaddr, vport, pe, pe_data, self.ipvs)
+            ct = tab.new(p, dest.addr, dport, IP_VS_CONN_F_TEMPLATE, dest, mark)
             if ct is None:
                 return None, -1
             ct.timeout = svc.timeout
@@ -425,11 +390,9 @@ class Director:
         dport = iph.dport
         if dport == svc.port and dest.port:
             dport = dest.port
-        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and iph.protocol == IPPROTO_UDP else 0
-        cp = self._conn_new(
-            iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport, dest.addr, dport, flags, dest,
-            fwmark=mark,
-        )
+        flags = self._one_packet(svc, iph.protocol)
+        p = ConnParam(iph.af, iph.protocol, iph.saddr, iph.sport, iph.daddr, iph.dport, None, None, self.ipvs)
+        cp = tab.new(p, dest.addr, dport, flags, dest, mark)
         if cp is None:
             tab.put(ct, now)
             return None, -1
@@ -479,20 +442,14 @@ class Director:
             return False
         return True
 
-    def _conn_new(
-        self, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark=0, key=None,
-        pe=None, pe_data=None,
-    ):
-        """``ip_vs_conn_new`` plus the application helper binding."""
-        cp = self.ipvs.conn_tab.new(
-            af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, key=key,
-            pe=pe, pe_data=pe_data,
-        )
-        if cp is None or flags & IP_VS_CONN_F_TEMPLATE:
-            return cp
-        if self.ipvs.apps and protocol == IPPROTO_TCP:
-            app.bind_conn(self.ipvs, cp)
-        return cp
+    def _one_packet(self, svc, protocol: int) -> int:
+        """The flags of a new connection of ``svc``: ONE_PACKET for a
+        ``-o`` service whose protocol schedules one-packet connections."""
+        if svc.flags & IP_VS_SVC_F_ONEPACKET:
+            pd = self.ipvs.proto_data.get(protocol)
+            if pd is not None and pd.pp.one_packet:
+                return IP_VS_CONN_F_ONE_PACKET
+        return 0
 
     @staticmethod
     def _conn_stats(cp: _conn.Connection) -> None:
@@ -506,7 +463,7 @@ class Director:
         if self.trace is not None:
             self.trace(f"sched {svc!r}: no destination available")
 
-    def _leave(self, svc, buf: bytearray, l3: int, end: int, iph: IPHdr) -> int:
+    def leave(self, svc, buf: bytearray, l3: int, end: int, iph: IPHdr) -> int:
         """``ip_vs_leave``: no real server; tell the client (port unreachable)."""
         ipvs = self.ipvs
         if svc.port == FTPPORT and iph.dport != FTPPORT:
@@ -518,7 +475,7 @@ class Director:
     # ----------------------------------------------------------- ip_vs_out
 
     def _handle_response(
-        self, cp: _conn.Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int, now: int,
+        self, cp: _conn.Connection, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, now: int,
         partial: bool,
     ) -> int:
         """``handle_response``: SNAT a real server's reply back to VIP:vport."""
@@ -529,29 +486,25 @@ class Director:
             app_ret, l4, end = self._app(cp, buf, l3, now, False, partial)
             if not app_ret:
                 return NF_DROP
-        verdict = snat_response(ipvs, cp, buf, l3, l4, end, proto, partial, app_ret,
+        verdict = snat_response(ipvs, cp, pd.pp, buf, l3, l4, end, partial, app_ret,
                                 self._own_addr(buf[l3 + 12 : l3 + 16]) if buf[l3 + 8] <= 1 else b"")
         if verdict == NF_DROP:
             return verdict
         self._out_stats(cp, end - l3)
         old = cp.state
-        if proto == IPPROTO_TCP:
-            _tcp.set_state(cp, self._tcp, _tcp.OUTPUT, buf[l4 + 13])
-        else:
-            _udp.state_transition(cp, self._udp)
-            _tcp.assure_template(cp)
+        pd.pp.state_transition(cp, IP_VS_DIR_OUTPUT, buf, l4, pd)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        self._conn_put(cp, now)
+        ipvs.conn_tab.conn_put(cp, now)
         return verdict
 
-    def _nat_icmp_send(self, buf: bytearray, l3: int, l4: int, end: int, proto: int) -> bool:
+    def _nat_icmp_send(self, pp: IPVSProtocol, buf: bytearray, l3: int, l4: int, end: int) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
         sport, _ = ports(buf, l4)
         saddr = bytes(buf[l3 + 12 : l3 + 16])
-        if not has_real_service(self.ipvs, AF_INET, proto, saddr, sport):
+        if not has_real_service(self.ipvs, AF_INET, pp.protocol, saddr, sport):
             return False
-        if proto == IPPROTO_TCP and buf[l4 + 13] & TCP_RST:
+        if pp.is_reset(buf, l4):
             return False
         self.ipvs.outbox.append(
             build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, self._own_addr(saddr))
@@ -561,16 +514,16 @@ class Director:
     # ------------------------------------------- real-server initiated (4.7+)
 
     def _rs_conn_out(
-        self, buf: bytearray, l3: int, l4: int, end: int, proto: int, now: int, partial: bool
+        self, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, now: int, partial: bool
     ) -> int | None:
-        """The ``conn_out_counter`` branch of ``ip_vs_out`` with ``__ip_vs_rs_conn_out``.
+        """``__ip_vs_rs_conn_out``, with the ``conn_out_counter`` branch of ``ip_vs_out`` around it.
 
-        A packet matched no connection and some service's engine has
-        ``conn_out``.  If it comes from a NAT real server of a service whose
-        engine has ``conn_out``, the engine may make a connection for it
-        (the SIP engine: UDP only); the packet is then a response of that
-        connection (``handle_response``).  Returns that verdict, or None:
-        not handled, go on as without engines.
+        A packet of a protocol that allows it (UDP: ``pp.conn_out``) matched
+        no connection and some service's engine has ``conn_out``.  If it
+        comes from a NAT real server of a service whose engine has
+        ``conn_out``, the engine may make a connection for it; the packet is
+        then a response of that connection (``handle_response``).  Returns
+        that verdict, or None: not handled, go on as without engines.
 
         ``__ip_vs_rs_conn_out`` skips packets of the LOCAL_IN hook (to the
         director itself).  This core sees all packets in one call, so it
@@ -578,13 +531,11 @@ class Director:
         ``ip_vs_in``, as in the kernel), and packets whose TTL runs out
         (``ip_forward`` drops those before the FORWARD hook).
         """
-        if proto != IPPROTO_UDP:
-            return None  # TCP/SCTP servers open connections from ephemeral ports
         if buf[l3 + 8] <= 1:
             return None
         ipvs = self.ipvs
         sport = (buf[l4] << 8) | buf[l4 + 1]
-        dest = find_real_service(ipvs, AF_INET, proto, bytes(buf[l3 + 12 : l3 + 16]), sport)
+        dest = find_real_service(ipvs, AF_INET, pd.pp.protocol, bytes(buf[l3 + 12 : l3 + 16]), sport)
         if dest is None:
             return None
         svc = dest.svc
@@ -601,7 +552,7 @@ class Director:
             self.trace(f"conn_out {svc!r}: {dest!r} starts {self._conn_text(cp)}")
         # (With the TTL checked above, handle_response cannot drop it.)  Its
         # ip_vs_conn_put expires a one-packet connection at once.
-        return self._handle_response(cp, buf, l3, l4, end, proto, now, partial)
+        return self._handle_response(cp, pd, buf, l3, l4, end, now, partial)
 
     def new_conn_out(
         self, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int
@@ -636,15 +587,14 @@ class Director:
                 return None
             ct, pe, pe_data = found
             if ct is None or not self._check_template(ct, dest):
-                ct = self._conn_new(
-                    AF_INET, protocol, snet, 0, vaddr, vport, daddr, dport, IP_VS_CONN_F_TEMPLATE, dest,
-                    pe=pe, pe_data=pe_data,
-                )
+                p = ConnParam(AF_INET, protocol, snet, 0, vaddr, vport, pe, pe_data, ipvs)
+                ct = tab.new(p, daddr, dport, IP_VS_CONN_F_TEMPLATE, dest)
                 if ct is None:
                     return None
                 ct.timeout = svc.timeout
-        flags = IP_VS_CONN_F_ONE_PACKET if svc.flags & IP_VS_SVC_F_ONEPACKET and protocol == IPPROTO_UDP else 0
-        cp = self._conn_new(AF_INET, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest)
+        flags = self._one_packet(svc, protocol)
+        p = ConnParam(AF_INET, protocol, caddr, cport, vaddr, vport, None, None, ipvs)
+        cp = tab.new(p, daddr, dport, flags, dest)
         if cp is None:
             if ct is not None:
                 tab.put(ct, now)
@@ -671,7 +621,7 @@ class Director:
         if buf[h.l4] not in RELATED_TYPES:
             return NF_ACCEPT
         q = parse_quoted(buf, h.l4, h.end)
-        if q is None or q.protocol not in (IPPROTO_TCP, IPPROTO_UDP) or q.fragoffs:
+        if q is None or q.protocol not in ipvs.proto_data or q.fragoffs:
             return NF_ACCEPT
         # The quoted packet travelled the other way: build the key reversed.
         qkey = _PFX[q.protocol] + buf[q.daddr : q.daddr + 4] + buf[q.saddr : q.saddr + 4]
@@ -735,13 +685,6 @@ class Director:
             st.outpkts += 1
             st.outbytes += skb_len
 
-    def _conn_put(self, cp: _conn.Connection, now: int) -> None:
-        """``ip_vs_conn_put``: restart the connection's timer, or expire a
-        one-packet connection at once."""
-        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
-            self._conn_expire(cp, now)
-        else:
-            self.ipvs.conn_tab.put(cp, now)
 
     # ----------------------------------------------------------------- apps
 
@@ -757,7 +700,7 @@ class Director:
         checksum is not verified: there is nothing to verify yet.
         """
         h = parse(buf, l3)
-        if h.protocol == IPPROTO_TCP and not partial and not l4_csum_ok(buf, h):
+        if not self.ipvs.proto_data[h.protocol].pp.csum_check(buf, h, partial):
             self.ipvs.drops[Drop.BAD_CSUM] += 1
             return 0, h.l4, h.end
         ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, l3, now)
@@ -769,35 +712,25 @@ class Director:
 
     # ------------------------------------------------------------- expiry
 
-    def _conn_expire(self, cp: _conn.Connection, now: int) -> None:
-        """``ip_vs_conn_expire``: free ``cp``, or re-arm it while it controls others."""
-        tab = self.ipvs.conn_tab
-        if cp.n_control:
-            cp.timeout = _conn.EXPIRE_LATER_S * self.ipvs.hz
-            tab.put(cp, now)
-            return
-        ct = cp.control
-        has_ref = cp.timeout == 0
+    def _conn_expired(self, cp: _conn.Connection) -> None:
+        """The connection table's ``on_expire``: ``ip_vs_conn_expire`` is
+        freeing ``cp``; unbind its application helper (``ip_vs_unbind_app``)."""
         if cp.app is not None:
             app.unbind_conn(self.ipvs, cp)
         if self.trace is not None:
             self.trace(f"expire {self._conn_text(cp)}")
-        tab.release(cp)
-        if ct is not None and has_ref and not ct.n_control:
-            if not ct.flags & IP_VS_CONN_F_TEMPLATE or not ct.state:
-                tab.expire_now(ct, now)
 
     # ---------------------------------------------------------------- trace
 
     def _conn_text(self, cp: _conn.Connection) -> str:
-        proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}.get(cp.protocol, "IP")
+        proto = PROTO_NAMES.get(cp.protocol, "IP")
         return (
             f"{proto} {format_addr(cp.af, cp.caddr)}:{cp.cport} -> {format_addr(cp.af, cp.vaddr)}:{cp.vport}"
             f" => {format_addr(cp.af, cp.daddr)}:{cp.dport}"
         )
 
     def _state_text(self, cp: _conn.Connection, old: int) -> str:
-        pd = self._tcp if cp.protocol == IPPROTO_TCP else self._udp
+        pd = self.ipvs.proto_data[cp.protocol]
         names = pd.state_names
         return f"{names[old]}->{names[cp.state]}"
 

@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import attrs
 
 from ipvs.est import Stats
+from ipvs.packet import Drop, l4_csum_ok
 from ipvs.uapi import (
     AF_INET,
     AF_INET6,
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_INACTIVE,
+    IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_SVC_F_PERSISTENT,
     IPPROTO_SCTP,
@@ -46,6 +48,7 @@ from ipvs.uapi import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.netns import NetnsIPVS
     from ipvs.pe import PersistenceEngine
     from ipvs.sched import Scheduler
 
@@ -65,6 +68,11 @@ HZ = 250
 #: established (TCP) or has seen a reply (UDP).
 IP_VS_CTPL_S_NONE = 0
 IP_VS_CTPL_S_ASSURED = 1
+
+#: Packet directions (``enum { IP_VS_DIR_INPUT = 0, IP_VS_DIR_OUTPUT, ...}``):
+#: client to server, and the server's replies.
+IP_VS_DIR_INPUT = 0
+IP_VS_DIR_OUTPUT = 1
 
 #: ``FTPPORT`` / ``FTPDATA``: the control and active-data ports of FTP,
 #: which persistence and service lookup treat specially.
@@ -320,6 +328,23 @@ class Service:
         return f"<Service {name} {format_addr(self.af, self.addr)}:{self.port} {self.sched_name}>"
 
 
+class IPHdr(NamedTuple):
+    """What a scheduler and the packet path look at in a packet (``struct ip_vs_iphdr``).
+
+    Addresses are packed network-order bytes (4 or 16 long); ports are ints.
+    ``inverse`` is set when the header came from inside an ICMP error, so
+    source and destination are swapped relative to the connection.
+    """
+
+    af: int
+    protocol: int
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+    inverse: bool = False
+
+
 @attrs.define(slots=True, eq=False)
 class ProtoData:
     """``struct ip_vs_proto_data``: one protocol's settings in one instance.
@@ -335,6 +360,8 @@ class ProtoData:
     # TCP only: the state table in use (normal or secure_tcp's).
     state_table: tuple | None = None
     appcnt: int = 0
+    #: The protocol's operations (``pd->pp``).
+    pp: IPVSProtocol | None = None
 
     def timeout_seconds(self, state_name: str) -> int:
         """The timeout of the state named ``state_name``, in seconds."""
@@ -349,6 +376,107 @@ class ProtoData:
         return (self.timeout_seconds("ESTABLISHED"), self.timeout_seconds("FIN_WAIT"))
 
 
+class IPVSProtocol:
+    """``struct ip_vs_protocol``: what the packet path asks of a transport
+    protocol.  One instance per protocol (:mod:`ipvs.proto.tcp`,
+    :mod:`ipvs.proto.udp`), registered in :mod:`ipvs.proto`
+    (``ip_vs_proto_get``); the instance's :class:`ProtoData` points back
+    at it (``pd->pp``).
+
+    The kernel's core keeps a few protocol tests of its own
+    (``is_new_conn``, ``is_new_conn_expected``, the TCP reset test of
+    ``nat_icmp_send``, the UDP-only one-packet and ``conn_out`` rules);
+    here they are operations too, so the core has no per-protocol branch
+    and a new protocol is a new module.
+    """
+
+    protocol: ClassVar[int] = 0
+    name: ClassVar[str] = ""
+    #: Offset of the checksum in the transport header (the NAT handlers).
+    csum_offset: ClassVar[int] = 0
+    #: Is a checksum of zero "no checksum" (UDP over IPv4)?
+    csum_zero_is_none: ClassVar[bool] = False
+    #: May a service schedule one-packet connections (``-o``: UDP only)?
+    one_packet: ClassVar[bool] = False
+    #: May a real server start connections (``conn_out``)?  The kernel
+    #: tries it for UDP only: connection oriented protocols use ephemeral
+    #: ports for outgoing connections.
+    conn_out: ClassVar[bool] = False
+
+    def init_netns(self, hz: int) -> ProtoData:  # pragma: no cover - abstract
+        """``init_netns``: this protocol's data in a new instance."""
+        raise NotImplementedError
+
+    def header_ok(self, buf: bytearray, l4: int, end: int) -> bool:  # pragma: no cover - abstract
+        """Is there a whole transport header at ``buf[l4:end]``?"""
+        raise NotImplementedError
+
+    def is_new_conn(self, buf: bytearray, l4: int) -> bool:
+        """``is_new_conn``: may this packet start a connection anew?"""
+        return False
+
+    def is_new_conn_expected(self, cp, conn_reuse_mode: int) -> bool:
+        """``is_new_conn_expected``: is ``cp`` over, so a new one may reuse its tuple?"""
+        return False
+
+    def is_reset(self, buf: bytearray, l4: int) -> bool:
+        """Does the packet reset its connection (no ICMP answer for it)?"""
+        return False
+
+    def conn_schedule(self, director, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int,
+                      key: bytes, now: int):
+        """``conn_schedule``: a packet without a connection.  Returns
+        (verdict, None) when the packet is answered here (NF_ACCEPT: not
+        for a service; NF_DROP), or (NF_ACCEPT, the new connection).
+
+        This is the body ``tcp_conn_schedule`` and ``udp_conn_schedule``
+        share: find the service, ``ip_vs_todrop``, ``ip_vs_schedule``,
+        and ``ip_vs_leave`` when no real server is left.
+        """
+        svc, mark = director.service_find(self.protocol, key)
+        if svc is None:
+            return NF_ACCEPT, None
+        if director.todrop():
+            director.ipvs.drops[Drop.DEFENSE] += 1
+            return NF_DROP, None
+        sport = (buf[l4] << 8) | buf[l4 + 1]
+        dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
+        # key = proto | saddr | daddr | sport | dport
+        iph = IPHdr(AF_INET, self.protocol, key[1:5],
+                    svc.addr if svc.port == dport and not svc.fwmark else key[5:9], sport, dport)
+        cp, ignored = director.schedule(svc, iph, now, key, buf, l3, end, mark)
+        if cp is None:
+            if ignored > 0:
+                return NF_ACCEPT, None
+            if ignored < 0:
+                # -2: PyIPVS's split of the kernel's -1 (NF_DROP, no ICMP),
+                # so a packet the persistence engine refused is counted apart.
+                director.ipvs.drops[Drop.NO_PE_DATA if ignored == -2 else Drop.TABLE_FULL] += 1
+                return NF_DROP, None
+            return director.leave(svc, buf, l3, end, iph), None
+        return NF_ACCEPT, cp
+
+    def state_transition(self, cp, direction: int, buf: bytearray, l4: int, pd: ProtoData) -> None:  # pragma: no cover
+        """``state_transition``: the packet moves ``cp``'s state and timeout."""
+        raise NotImplementedError
+
+    def csum_check(self, buf: bytearray, h, partial: bool) -> bool:
+        """``csum_check``: is the transport checksum right?  A partial
+        (offloaded, not yet computed) checksum has nothing to verify yet."""
+        return partial or l4_csum_ok(buf, h)
+
+    def timeout_change(self, pd: ProtoData, flags: int) -> None:
+        """``timeout_change``: the defence level changed (secure_tcp)."""
+
+
+def control_assure_ct(cp) -> None:
+    """``ip_vs_control_assure_ct``: the persistence template controlling
+    ``cp`` becomes ASSURED (TCP: established; UDP: a reply seen)."""
+    ct = cp.control
+    if ct is not None and ct.flags & IP_VS_CONN_F_TEMPLATE:
+        ct.state = IP_VS_CTPL_S_ASSURED
+
+
 @attrs.define(slots=True)
 class ConnParam:
     """What a connection or template lookup is made of (``struct ip_vs_conn_param``).
@@ -357,7 +485,9 @@ class ConnParam:
     ``protocol`` is ``IPPROTO_IP`` and ``vaddr`` holds the mark), ports are
     ints.  ``pe`` is the service's persistence engine and ``pe_data`` what
     its ``fill_param`` found (None: nothing, the plain template lookup
-    applies).
+    applies).  ``ipvs`` is the instance (``p->ipvs``): a new connection is
+    bound to its application helper there (None: no helpers, as in tests
+    of the table alone).
     """
 
     af: int
@@ -368,3 +498,4 @@ class ConnParam:
     vport: int
     pe: PersistenceEngine | None = None
     pe_data: bytes | None = None
+    ipvs: NetnsIPVS | None = None

@@ -5,7 +5,8 @@ and ``ip_vs_icmp_xmit``), plus the L4 NAT handlers of
 ``ip_vs_proto_tcp.c`` / ``ip_vs_proto_udp.c`` (``tcp_dnat_handler``,
 ``tcp_snat_handler`` and the UDP twins), which share one implementation
 here because they differ only in the checksum offset and UDP's
-zero-checksum rule.
+zero-checksum rule: both come from the protocol's operations
+(:class:`ipvs.ip_vs.IPVSProtocol` ``csum_offset`` and ``csum_zero_is_none``).
 
 Nothing here sends anything: a function rewrites the packet in place and
 returns a verdict; generated ICMP errors go to ``ipvs.outbox``.  Routing is
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipvs.ip_vs import NF_DROP, NF_STOLEN
+from ipvs.ip_vs import NF_DROP, NF_STOLEN, IPVSProtocol
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
     ICMP_EXC_TTL,
@@ -38,11 +39,16 @@ from ipvs.packet import (
     put_u16,
 )
 from ipvs.proto.icmp import Quoted, build_error
-from ipvs.uapi import IPPROTO_TCP, IPPROTO_UDP
+from ipvs.uapi import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.netns import NetnsIPVS
+
+#: Protocols whose quoted ports ``ip_vs_nat_icmp`` rewrites (the kernel's
+#: own test there: TCP, UDP and SCTP).
+_PORTS_QUOTED = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP))
+
 
 def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, src: bytes) -> bool:
     """``decrement_ttl``: False (and an ICMP time exceeded from ``src``
@@ -73,7 +79,7 @@ def mtu_ok(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, mtu: int | None, 
 
 
 def _rewrite(
-    buf: bytearray, l3: int, l4: int, proto: int, addr_off: int, port_off: int,
+    buf: bytearray, l3: int, l4: int, pp: IPVSProtocol, addr_off: int, port_off: int,
     new_addr: bytes, new_port: bytes, da: int, dp: int, partial: bool, payload_changed: bool,
 ) -> None:
     """One NAT rewrite of a forwarded IPv4 TCP/UDP packet, checksums included.
@@ -98,9 +104,10 @@ def _rewrite(
     # sum (csum_fold's end-around carries in one step).
     s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
     put_u16(buf, l3 + 10, ((s - 1) % 0xFFFF + 1) ^ 0xFFFF)
-    coff = l4 + 16 if proto == IPPROTO_TCP else l4 + 6
+    coff = l4 + pp.csum_offset
     c = (buf[coff] << 8) | buf[coff + 1]
-    if payload_changed or (c == 0 and proto == IPPROTO_UDP and not partial):
+    zero_is_none = pp.csum_zero_is_none
+    if payload_changed or (c == 0 and zero_is_none and not partial):
         # A mangled payload, or a UDP datagram without checksum: the kernel
         # computes the checksum in full (and sends a UDP 0 as 0xFFFF).
         l4_csum_full(buf, parse(buf, l3), partial)
@@ -113,7 +120,7 @@ def _rewrite(
     else:
         s = (c ^ 0xFFFF) + da + dp
         s = ((s - 1) % 0xFFFF + 1 if s else 0) ^ 0xFFFF
-        if not s and proto == IPPROTO_UDP:
+        if not s and zero_is_none:
             # udp_fast_csum_update: 0 would mean "no checksum", so a folded
             # 0 goes out as CSUM_MANGLED_0.
             s = 0xFFFF
@@ -121,7 +128,7 @@ def _rewrite(
 
 
 def nat_xmit(
-    ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int,
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, l3: int, l4: int, end: int,
     partial: bool, mtu: int | None, app_ret: int,
 ) -> int:
     """``ip_vs_nat_xmit``: DNAT a client packet towards the real server.
@@ -138,12 +145,12 @@ def nat_xmit(
             return NF_DROP
     delta = cp.nat_delta
     k = cp.out_key  # proto | daddr | caddr | dport | cport
-    _rewrite(buf, l3, l4, proto, 16, 2, k[1:5], k[9:11], delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
+    _rewrite(buf, l3, l4, pp, 16, 2, k[1:5], k[9:11], delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
     return NF_STOLEN
 
 
 def snat_response(
-    ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, l4: int, end: int, proto: int,
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, l3: int, l4: int, end: int,
     partial: bool, app_ret: int, own_addr: bytes,
 ) -> int:
     """``handle_response``'s mangling: the reply leaves from VIP:vport.
@@ -160,7 +167,7 @@ def snat_response(
     delta = cp.nat_delta
     k = cp.in_key  # proto | caddr | vaddr | cport | vport
     # The reverse rewrite adds the ones'-complement negation of each delta.
-    _rewrite(buf, l3, l4, proto, 12, 0, k[5:9], k[11:13], 0xFFFF - (delta >> 16),
+    _rewrite(buf, l3, l4, pp, 12, 0, k[5:9], k[11:13], 0xFFFF - (delta >> 16),
              0xFFFF - (delta & 0xFFFF), partial, app_ret == 2)
     return NF_STOLEN
 
@@ -180,7 +187,7 @@ def nat_icmp(buf: bytearray, h: IPHeader, q: Quoted, cp: Connection, inout: bool
         put_addr4(buf, h.daddr, cp.daddr)
         put_addr4(buf, q.saddr, cp.daddr)
     ip_send_check(buf, q.l3)
-    if q.protocol in (IPPROTO_TCP, IPPROTO_UDP) and q.l4 + 4 <= h.end:
+    if q.protocol in _PORTS_QUOTED and q.l4 + 4 <= h.end:
         if inout:
             port, off = cp.vport, 2
         else:

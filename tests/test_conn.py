@@ -5,7 +5,7 @@ the timer wheel and the table bound."""
 import pytest
 
 from ipvs.conn import CONN_NEW_TIMEOUT_S, Connection, ConnTable
-from ipvs.ip_vs import Dest, Sysctls
+from ipvs.ip_vs import ConnParam, Dest, Sysctls
 from ipvs.netns import NetnsIPVS
 from ipvs.uapi import (
     IP_VS_CONN_F_HASHED,
@@ -26,7 +26,7 @@ def dest(u=0, l=0, conn_flags=IP_VS_CONN_F_INACTIVE):
 
 
 def new(tab, cport=1000, flags=0, d=None, proto=6, caddr=CLI):
-    return tab.new(2, proto, caddr, cport, VIP, 80, RS, 8080, flags, d)
+    return tab.new(ConnParam(2, proto, caddr, cport, VIP, 80), RS, 8080, flags, d)
 
 
 # ---------------------------------------------------------------- lookups
@@ -57,7 +57,7 @@ def test_in_and_out_lookups():
 def test_ipv6_keys_carry_the_family():
     tab = ConnTable(HZ)
     c6, v6, r6 = A("2001:db8::2"), A("2001:db8::5"), A("2001:db8:1::2")
-    cp = tab.new(10, 6, c6, 1000, v6, 80, r6, 80, 0, None)
+    cp = tab.new(ConnParam(10, 6, c6, 1000, v6, 80), r6, 80, 0, None)
     assert cp.af == 10 and cp.caddr == c6 and cp.daddr == r6
     assert tab.in_get(6, c6, v6, 1000, 80) is cp
     assert tab.out_get(6, r6, c6, 80, 1000) is cp
@@ -67,7 +67,7 @@ def test_ipv6_keys_carry_the_family():
 def test_no_cport_retry_and_fill_cport():
     tab = ConnTable(HZ)
     cp = new(tab, cport=0, flags=IP_VS_CONN_F_NO_CPORT)
-    plain = tab.new(2, 6, CLI, 0, VIP, 81, RS, 81, 0, None)  # cport 0 but not NO_CPORT
+    plain = tab.new(ConnParam(2, 6, CLI, 0, VIP, 81), RS, 81, 0, None)  # cport 0 but not NO_CPORT
     assert tab.no_cport_count == 1
     assert tab.in_get(6, CLI, VIP, 5555, 80) is cp  # any client port matches
     assert tab.in_get(6, CLI, VIP, 5555, 81) is None  # only NO_CPORT conns match by retry
@@ -91,7 +91,7 @@ def test_release_of_a_no_cport_conn_uncounts_it():
 def test_templates_live_apart():
     tab = ConnTable(HZ)
     d = dest()
-    ct = tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
+    ct = tab.new(ConnParam(2, 6, CLI, 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
     assert tab.ct_in_get(6, CLI, VIP, 0, 80) is ct
     assert tab.in_get(6, CLI, VIP, 0, 80) is None
     assert tab.out_get(6, RS, CLI, 8080, 0) is None
@@ -105,12 +105,12 @@ def test_templates_live_apart():
 def test_two_invalidated_templates_of_one_client_both_stay_listed():
     tab = ConnTable(HZ)
     d1, d2 = dest(), dest()
-    t1 = tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d1)
+    t1 = tab.new(ConnParam(2, 6, CLI, 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, d1)
     for ct in (t1,):
         tab.unhash(ct)
         ct.dport = ct.vport = 0xFFFF
         tab.hash(ct)
-    t2 = tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d2)
+    t2 = tab.new(ConnParam(2, 6, CLI, 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, d2)
     tab.unhash(t2)
     t2.dport = t2.vport = 0xFFFF
     tab.hash(t2)
@@ -184,8 +184,8 @@ def test_overload_always_cleared_without_thresholds():
 def test_persistconns_are_not_part_of_the_total():
     tab = ConnTable(HZ)
     d = dest(u=2)
-    tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
-    tab.new(2, 6, A("198.51.100.3"), 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
+    tab.new(ConnParam(2, 6, CLI, 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
+    tab.new(ConnParam(2, 6, A("198.51.100.3"), 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
     assert d.persistconns == 2 and not d.flags & IP_VS_DEST_F_OVERLOAD
     new(tab, d=d)
     assert not d.flags & IP_VS_DEST_F_OVERLOAD
@@ -195,7 +195,7 @@ def test_persistconns_are_not_part_of_the_total():
 
 def test_control_links():
     tab = ConnTable(HZ)
-    ct = tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, None)
+    ct = tab.new(ConnParam(2, 6, CLI, 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, None)
     cp = new(tab)
     tab.control_add(cp, ct)
     assert cp.control is ct and ct.n_control == 1
@@ -276,7 +276,7 @@ def test_flushes_zero_the_timeout_of_controlled_conns_only():
     that controller too (unless it is an assured template)."""
     tab = ConnTable(HZ)
     d = dest()
-    ct = tab.new(2, 6, CLI, 0, VIP, 80, RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
+    ct = tab.new(ConnParam(2, 6, CLI, 0, VIP, 80), RS, 8080, IP_VS_CONN_F_TEMPLATE, d)
     ruled = new(tab, cport=1, d=d)
     free = new(tab, cport=2, d=d)
     tab.control_add(ruled, ct)
@@ -286,8 +286,8 @@ def test_flushes_zero_the_timeout_of_controlled_conns_only():
     tab.expire_dest_conns(d, 10)
     assert ruled.timeout == 0 and free.timeout == 300 * HZ
     tab2 = ConnTable(HZ)
-    a = tab2.new(2, 6, CLI, 1, VIP, 80, RS, 8080, 0, None)
-    b = tab2.new(2, 6, CLI, 2, VIP, 80, RS, 8080, 0, None)
+    a = tab2.new(ConnParam(2, 6, CLI, 1, VIP, 80), RS, 8080, 0, None)
+    b = tab2.new(ConnParam(2, 6, CLI, 2, VIP, 80), RS, 8080, 0, None)
     tab2.control_add(b, a)
     a.timeout = b.timeout = 60 * HZ
     tab2.flush(5)

@@ -9,6 +9,7 @@ import pytest
 
 from ipvs import ctl, ip_vs, uapi
 from ipvs.conn import ConnTable
+from ipvs.ip_vs import ConnParam
 from ipvs.netns import NetnsIPVS
 from ipvs.uapi import (
     IP_VS_CONN_F_DROUTE,
@@ -130,7 +131,7 @@ def test_trash_revival_keeps_stats_and_counters(ipvs):
     d = ctl.add_dest(ipvs, su(), du(2))
     ctl.add_dest(ipvs, su(), du(3))
     tab = ConnTable(HZ)
-    cp = tab.new(2, 6, A("198.51.100.2"), 1000, VIP, 80, d.addr, 80, 0, d)
+    cp = tab.new(ConnParam(2, 6, A("198.51.100.2"), 1000, VIP, 80), d.addr, 80, 0, d)
     d.stats.inpkts, d.stats.conns = 7, 1
     ctl.del_dest(ipvs, su(), 2, d.addr, 80)
     svc = ctl.service_find(ipvs, 2, 6, VIP, 80)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from ipvs import ctl, ip_vs, procfs
 from ipvs.ctl import ServiceUser
+from ipvs.ip_vs import ConnParam
 from ipvs.netlink import SCHEMA_VERSION, dispatch
 from ipvs.netns import NetnsIPVS
 from ipvs.proto import tcp
@@ -298,7 +299,7 @@ def load_conns(ipvs: NetnsIPVS, rows: list[str], now: int) -> list:
         template = proto == IPPROTO_IP or f[7] in ("ASSURED", "NONE")
         dest = None if template else _dest_of(ipvs, proto, vaddr, vport, daddr, dport)
         flags = IP_VS_CONN_F_TEMPLATE if template else 0
-        cp = ipvs.conn_tab.new(AF_INET, proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest)
+        cp = ipvs.conn_tab.new(ConnParam(AF_INET, proto, caddr, cport, vaddr, vport), daddr, dport, flags, dest)
         if ipvs.apps and not template:
             from ipvs.app import bind_conn
 
@@ -405,10 +406,7 @@ def test_stats_show_the_snapshot_and_percpu_the_live_counters():
 def test_expired_conn_shows_zero_and_sync_origin():
     ipvs = NetnsIPVS(hz=HZ)
     a = ipaddress.ip_address
-    cp = ipvs.conn_tab.new(
-        AF_INET, IPPROTO_UDP, a("198.51.100.2").packed, 5000, a("203.0.113.5").packed, 53,
-        a("172.16.0.2").packed, 53, IP_VS_CONN_F_SYNC, None,
-    )
+    cp = ipvs.conn_tab.new(ConnParam(AF_INET, IPPROTO_UDP, a("198.51.100.2").packed, 5000, a("203.0.113.5").packed, 53), a("172.16.0.2").packed, 53, IP_VS_CONN_F_SYNC, None)
     cp.expires = NOW - 10
     text = procfs.render(ipvs, "ip_vs_conn_sync", NOW)
     assert text.splitlines()[1] == "UDP C6336402 1388 CB007105 0035 AC100002 0035 UDP         SYNC         0"
@@ -447,16 +445,10 @@ def test_ipv6_fwmark_persistent_ops_forms():
 def test_template_and_ipv6_conn_rows():
     ipvs = NetnsIPVS(hz=HZ)
     v6 = ipaddress.ip_address
-    cp = ipvs.conn_tab.new(
-        AF_INET6, IPPROTO_TCP, v6("2001:db8::1").packed, 40000, v6("2001:db8::5").packed, 80,
-        v6("2001:db8::10").packed, 8080, 0, None,
-    )
+    cp = ipvs.conn_tab.new(ConnParam(AF_INET6, IPPROTO_TCP, v6("2001:db8::1").packed, 40000, v6("2001:db8::5").packed, 80), v6("2001:db8::10").packed, 8080, 0, None)
     cp.state = tcp.ESTABLISHED
     cp.expires = NOW + 900 * HZ
-    tmpl = ipvs.conn_tab.new(
-        AF_INET, IPPROTO_IP, bytes([198, 51, 100, 2]), 0, (7).to_bytes(4, "big"), 0,
-        bytes([172, 16, 0, 2]), 0, IP_VS_CONN_F_TEMPLATE, None,
-    )
+    tmpl = ipvs.conn_tab.new(ConnParam(AF_INET, IPPROTO_IP, bytes([198, 51, 100, 2]), 0, (7).to_bytes(4, "big"), 0), bytes([172, 16, 0, 2]), 0, IP_VS_CONN_F_TEMPLATE, None)
     tmpl.expires = NOW + 360 * HZ
     rows = procfs.render(ipvs, "ip_vs_conn", NOW).splitlines()[1:]
     assert (

@@ -6,8 +6,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 
 from ipvs import xmit
 from ipvs.conn import ConnTable
+from ipvs.ip_vs import ConnParam
 from ipvs.netns import NetnsIPVS
 from ipvs.packet import Drop, parse
+from ipvs.proto import proto_get
 from ipvs.proto.icmp import parse_quoted
 from tests.conftest import A, icmp_error, inet_csum, scapy_valid, tcp, udp
 
@@ -16,7 +18,7 @@ CLI, VIP, RS = "198.51.100.2", "203.0.113.5", "172.16.0.2"
 
 def conn(proto=6, vport=80, dport=8080):
     tab = ConnTable(250)
-    return tab.new(2, proto, A(CLI), 3456, A(VIP), vport, A(RS), dport, 0, None)
+    return tab.new(ConnParam(2, proto, A(CLI), 3456, A(VIP), vport), A(RS), dport, 0, None)
 
 
 def test_decrement_ttl():
@@ -48,7 +50,7 @@ def test_mtu_ok():
 def _dnat(buf, cp, partial=False, app_ret=1, mtu=None):
     ipvs = NetnsIPVS()
     h = parse(buf, 0)
-    return xmit.nat_xmit(ipvs, cp, buf, 0, h.l4, h.end, h.protocol, partial, mtu, app_ret), ipvs
+    return xmit.nat_xmit(ipvs, cp, proto_get(h.protocol), buf, 0, h.l4, h.end, partial, mtu, app_ret), ipvs
 
 
 def test_nat_xmit_tcp():
@@ -102,7 +104,7 @@ def test_snat_response():
         buf = tcp(RS, 8080, CLI, 3456, flags="SA") if proto == 6 else udp(RS, 8080, CLI, 3456)
         h = parse(buf, 0)
         ipvs = NetnsIPVS()
-        assert xmit.snat_response(ipvs, cp, buf, 0, h.l4, h.end, proto, False, 1, b"") == xmit.NF_STOLEN
+        assert xmit.snat_response(ipvs, cp, proto_get(proto), buf, 0, h.l4, h.end, False, 1, b"") == xmit.NF_STOLEN
         p = IP(bytes(buf))
         layer = TCP if proto == 6 else UDP
         assert (p.src, p[layer].sport, p.dst, p[layer].dport) == (VIP, vport, CLI, 3456)

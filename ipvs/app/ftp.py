@@ -54,9 +54,8 @@ import collections
 import errno
 from typing import TYPE_CHECKING
 
-from ipvs import packet
-from ipvs.app import NF_MANGLED, App, bind_conn, mangle_payload, register_app, unregister_app
-from ipvs.ip_vs import NF_ACCEPT, NF_DROP, IPVSError
+from ipvs.app import NF_MANGLED, App, mangle_payload, register_app, unregister_app
+from ipvs.ip_vs import NF_ACCEPT, NF_DROP, ConnParam, IPVSError
 from ipvs.proto import tcp
 from ipvs.uapi import AF_INET, AF_INET6, IP_VS_CONN_F_NFCT, IP_VS_CONN_F_NO_CPORT, IPPROTO_TCP
 
@@ -460,13 +459,12 @@ class FTPApp(App):
         vport = (cp.vport - 1) & 0xFFFF
         n_cp = tab.in_get(cp.protocol, to, cp.vaddr, port, vport)
         if n_cp is None:
-            n_cp = _conn_new(
-                ipvs, af, cp.protocol, to, port, cp.vaddr, vport, cp.daddr, (cp.dport - 1) & 0xFFFF,
-                IP_VS_CONN_F_NFCT, cp,
-            )
+            p = ConnParam(af, cp.protocol, to, port, cp.vaddr, vport, None, None, ipvs)
+            n_cp = tab.new(p, cp.daddr, (cp.dport - 1) & 0xFFFF, IP_VS_CONN_F_NFCT, cp.dest, cp.fwmark)
             if n_cp is None:
                 self.stats["drop_table_full"] += 1
                 return NF_DROP, 0
+            tab.control_add(n_cp, cp)
             self.stats["data_conn"] += 1
         tcp.conn_listen(n_cp, ipvs.proto_data_get(IPPROTO_TCP))
         tab.put(n_cp, now)
@@ -507,13 +505,12 @@ class FTPApp(App):
         tab = ipvs.conn_tab
         n_cp = tab.out_get(cp.protocol, frm, cp.caddr, port, 0)
         if n_cp is None:
-            n_cp = _conn_new(
-                ipvs, cp.af, cp.protocol, cp.caddr, 0, cp.vaddr, port, frm, port,
-                IP_VS_CONN_F_NO_CPORT | IP_VS_CONN_F_NFCT, cp,
-            )
+            p = ConnParam(cp.af, cp.protocol, cp.caddr, 0, cp.vaddr, port, None, None, ipvs)
+            n_cp = tab.new(p, frm, port, IP_VS_CONN_F_NO_CPORT | IP_VS_CONN_F_NFCT, cp.dest, cp.fwmark)
             if n_cp is None:
                 self.stats["drop_table_full"] += 1
                 return NF_DROP, 0
+            tab.control_add(n_cp, cp)
             self.stats["data_conn"] += 1
 
         if mode == IP_VS_FTP_PASV:
@@ -531,25 +528,6 @@ class FTPApp(App):
             self.stats["drop_too_big"] += 1
             return NF_DROP, 0
         return NF_MANGLED, diff
-
-
-#: The core's precomputed NAT checksum change, where the core keeps one.
-_nat_delta = getattr(packet, "nat_delta", None)
-
-
-def _conn_new(ipvs: NetnsIPVS, af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, ctl: Connection):
-    """``ip_vs_conn_new`` for an expected data connection controlled by
-    ``ctl``: created on the control connection's real server, given what
-    the core's own connection path gives a new connection (its NAT
-    checksum delta, its helper binding), then tied to its controller."""
-    n_cp = ipvs.conn_tab.new(af, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, ctl.dest, ctl.fwmark)
-    if n_cp is None:
-        return None
-    if _nat_delta is not None and hasattr(n_cp, "nat_delta"):
-        n_cp.nat_delta = _nat_delta(vaddr, daddr, vport, dport)
-    bind_conn(ipvs, n_cp)
-    ipvs.conn_tab.control_add(n_cp, ctl)
-    return n_cp
 
 
 def _no_terminator(data: bytes | bytearray, pos: int, limit: int) -> bool:

@@ -1,6 +1,9 @@
 """TCP: the IPVS connection state machine, timeouts and scheduling rule.
 
-Mirrors ``net/netfilter/ipvs/ip_vs_proto_tcp.c`` as in kernel 6.1.
+Mirrors ``net/netfilter/ipvs/ip_vs_proto_tcp.c`` as in kernel 6.1;
+:data:`ip_vs_protocol_tcp` is its ``struct ip_vs_protocol``.  The NAT
+handlers (``tcp_snat_handler``, ``tcp_dnat_handler``) are shared with UDP
+in :mod:`ipvs.xmit`, which reads the checksum offset from here.
 
 The state tables are data, copied cell for cell from the kernel's
 ``tcp_states`` and ``tcp_states_dos`` (the latter is used while the
@@ -17,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipvs.ip_vs import IP_VS_CTPL_S_ASSURED, ProtoData
+from ipvs.ip_vs import IP_VS_DIR_OUTPUT, NF_ACCEPT, IPVSProtocol, ProtoData, control_assure_ct
 from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
-from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP
+from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IPPROTO_TCP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
@@ -98,7 +101,8 @@ def init_netns(hz: int) -> ProtoData:
     table).
     """
     return ProtoData(
-        PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz, state_table=TCP_STATES
+        PROTOCOL, NAME, STATE_NAMES, [t * hz for t in DEFAULT_TIMEOUTS_S], hz, state_table=TCP_STATES,
+        pp=ip_vs_protocol_tcp,
     )
 
 
@@ -158,7 +162,7 @@ def set_state(cp: Connection, pd: ProtoData, direction: int, flags: int) -> None
                 cp.flags &= ~IP_VS_CONN_F_INACTIVE
         cp.state = new_state
         if new_state == ESTABLISHED:
-            assure_template(cp)
+            control_assure_ct(cp)
     cp.timeout = pd.timeout_table[new_state]
 
 
@@ -175,8 +179,56 @@ def conn_listen(cp: Connection, pd: ProtoData) -> None:
     cp.timeout = pd.timeout_table[LISTEN]
 
 
-def assure_template(cp: Connection) -> None:
-    """``ip_vs_control_assure_ct``: a controlling template becomes ASSURED."""
-    ct = cp.control
-    if ct is not None and ct.flags & IP_VS_CONN_F_TEMPLATE:
-        ct.state = IP_VS_CTPL_S_ASSURED
+class TCPProtocol(IPVSProtocol):
+    """``ip_vs_protocol_tcp``: TCP's operations for the packet path."""
+
+    protocol = IPPROTO_TCP
+    name = NAME
+    csum_offset = 16
+
+    def init_netns(self, hz: int) -> ProtoData:
+        """``init_netns``: :func:`init_netns` (``__ip_vs_tcp_init``)."""
+        return init_netns(hz)
+
+    def header_ok(self, buf: bytearray, l4: int, end: int) -> bool:
+        """A TCP header with a sane data offset inside the packet."""
+        doff = buf[l4 + 12] >> 4 if end - l4 >= 20 else 0
+        return doff >= 5 and l4 + (doff << 2) <= end
+
+    def is_new_conn(self, buf: bytearray, l4: int) -> bool:
+        """``is_new_conn``: a SYN."""
+        return bool(buf[l4 + 13] & TCP_SYN)
+
+    def is_new_conn_expected(self, cp: Connection, conn_reuse_mode: int) -> bool:
+        """``is_new_conn_expected``: TIME_WAIT or CLOSE, or (conn_reuse_mode
+        bit 2) a FIN_WAIT connection that never saw a reply."""
+        return (
+            cp.state == TIME_WAIT
+            or cp.state == CLOSE
+            or (bool(conn_reuse_mode & 2) and cp.state == FIN_WAIT and bool(cp.flags & IP_VS_CONN_F_NOOUTPUT))
+        )
+
+    def is_reset(self, buf: bytearray, l4: int) -> bool:
+        """``is_tcp_reset``."""
+        return bool(buf[l4 + 13] & TCP_RST)
+
+    def conn_schedule(self, director, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int,
+                      key: bytes, now: int):
+        """``tcp_conn_schedule``: only a SYN (or, with sloppy_tcp, anything
+        but a RST) may create a connection; no ACK test, so active FTP's
+        SYN+ACK schedules too.  The rest is the shared body."""
+        if not may_schedule(buf[l4 + 13], director.ipvs.sysctl.sloppy_tcp):
+            return NF_ACCEPT, None
+        return super().conn_schedule(director, pd, buf, l3, l4, end, key, now)
+
+    def state_transition(self, cp: Connection, direction: int, buf: bytearray, l4: int, pd: ProtoData) -> None:
+        """``tcp_state_transition``: ``set_tcp_state`` with the packet's flags."""
+        set_state(cp, pd, OUTPUT if direction == IP_VS_DIR_OUTPUT else INPUT, buf[l4 + 13])
+
+    def timeout_change(self, pd: ProtoData, flags: int) -> None:
+        """``tcp_timeout_change``: the secure_tcp state table while ``flags``."""
+        timeout_change(pd, bool(flags))
+
+
+#: TCP's ``struct ip_vs_protocol``.
+ip_vs_protocol_tcp = TCPProtocol()

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar
 
-from ipvs.ip_vs import HZ, format_addr
+from ipvs.ip_vs import HZ, IPHdr, format_addr
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,23 +48,6 @@ SCHEDULER_NAMES = (
     "mh",
     "twos",
 )
-
-
-class IPHdr(NamedTuple):
-    """What a scheduler may look at in the packet (``struct ip_vs_iphdr``).
-
-    Addresses are packed network-order bytes (4 or 16 long); ports are ints.
-    ``inverse`` is set when the header came from inside an ICMP error, so
-    source and destination are swapped relative to the connection.
-    """
-
-    af: int
-    protocol: int
-    saddr: bytes
-    daddr: bytes
-    sport: int
-    dport: int
-    inverse: bool = False
 
 
 class Scheduler:

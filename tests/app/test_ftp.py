@@ -15,6 +15,7 @@ from scapy.packet import Raw
 
 from ipvs import app
 from ipvs.app import ftp
+from ipvs.ip_vs import ConnParam
 from ipvs.proto import tcp
 from ipvs.uapi import (
     AF_INET,
@@ -492,7 +493,7 @@ C6, V6, R6 = A("2001:db8:1::2"), A("2001:db8:2::5"), A("2001:db8:3::2")
 def v6_control(lab: FTPLab):
     """An IPv6 control connection bound to the helper (the core's IPv6 path
     comes later; the helper's IPv6 parsing is the kernel's already)."""
-    cp = lab.ipvs.conn_tab.new(AF_INET6, IPPROTO_TCP, C6, 40000, V6, 21, R6, 21, 0, None)
+    cp = lab.ipvs.conn_tab.new(ConnParam(AF_INET6, IPPROTO_TCP, C6, 40000, V6, 21), R6, 21, 0, None)
     app.bind_conn(lab.ipvs, cp)
     cp.state = tcp.ESTABLISHED
     return cp

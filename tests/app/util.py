@@ -11,6 +11,7 @@ from scapy.packet import Raw
 
 from ipvs import app, ctl, uapi
 from ipvs.app import ftp
+from ipvs.ip_vs import ConnParam
 from ipvs.netns import NetnsIPVS
 from ipvs.packet import ip_send_check, l4_checksum, parse
 from ipvs.proto import tcp
@@ -39,9 +40,7 @@ class FTPLab:
 
     def control(self, cport: int = 40000, established: bool = True):
         """A control connection CIP:cport -> VIP:vport -> RS, bound like the core binds it."""
-        cp = self.ipvs.conn_tab.new(
-            uapi.AF_INET, uapi.IPPROTO_TCP, CIP, cport, VIP, self.su.port, RS, self.dest.port, 0, self.dest
-        )
+        cp = self.ipvs.conn_tab.new(ConnParam(uapi.AF_INET, uapi.IPPROTO_TCP, CIP, cport, VIP, self.su.port), RS, self.dest.port, 0, self.dest)
         app.bind_conn(self.ipvs, cp)
         if established:
             cp.state = tcp.ESTABLISHED

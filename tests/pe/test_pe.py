@@ -91,11 +91,9 @@ def test_service_pe_follows_the_name(tagged):
 def test_engine_templates_in_the_connection_table(tagged):
     tab = ConnTable(hz=250)
     cli, vip = A("198.51.100.2"), A("203.0.113.5")
-    t1 = tab.new(2, 17, cli, 0, vip, 5060, A("172.16.0.2"), 5060, IP_VS_CONN_F_TEMPLATE, None,
-                 pe=tagged, pe_data=b"a")
-    t2 = tab.new(2, 17, cli, 0, vip, 5060, A("172.16.0.3"), 5060, IP_VS_CONN_F_TEMPLATE, None,
-                 pe=tagged, pe_data=b"b")
-    plain = tab.new(2, 17, cli, 0, vip, 5060, A("172.16.0.3"), 5060, IP_VS_CONN_F_TEMPLATE, None)
+    t1 = tab.new(ConnParam(2, 17, cli, 0, vip, 5060, tagged, b"a"), A("172.16.0.2"), 5060, IP_VS_CONN_F_TEMPLATE, None)
+    t2 = tab.new(ConnParam(2, 17, cli, 0, vip, 5060, tagged, b"b"), A("172.16.0.3"), 5060, IP_VS_CONN_F_TEMPLATE, None)
+    plain = tab.new(ConnParam(2, 17, cli, 0, vip, 5060), A("172.16.0.3"), 5060, IP_VS_CONN_F_TEMPLATE, None)
     assert (t1.pe, t1.pe_data, plain.pe, plain.pe_data) == (tagged, b"a", None, None)
 
     def lookup(data, caddr=cli, vport=5060):
@@ -109,7 +107,7 @@ def test_engine_templates_in_the_connection_table(tagged):
     assert tab.ct_in_get(17, cli, vip, 0, 5060) is plain
     assert len(tab.all()) == 3
     # A non-template connection never keeps an engine.
-    cp = tab.new(2, 17, cli, 1234, vip, 5060, A("172.16.0.2"), 5060, 0, None, pe=tagged, pe_data=b"a")
+    cp = tab.new(ConnParam(2, 17, cli, 1234, vip, 5060, tagged, b"a"), A("172.16.0.2"), 5060, 0, None)
     assert cp.pe is None and cp.ext is None
     # Unhash/rehash under a changed vport (what an invalidation does) keeps
     # the template filed, but no longer matched.
@@ -117,8 +115,7 @@ def test_engine_templates_in_the_connection_table(tagged):
     t1.vport = 0xFFFF
     tab.hash(t1)
     assert lookup(b"a") is None
-    t1b = tab.new(2, 17, cli, 0, vip, 5060, A("172.16.0.3"), 5060, IP_VS_CONN_F_TEMPLATE, None,
-                  pe=tagged, pe_data=b"a")
+    t1b = tab.new(ConnParam(2, 17, cli, 0, vip, 5060, tagged, b"a"), A("172.16.0.3"), 5060, IP_VS_CONN_F_TEMPLATE, None)
     assert lookup(b"a") is t1b
     tab.unhash(t1b)
     assert lookup(b"a") is None and t1 in tab.all()
@@ -131,10 +128,8 @@ def test_engine_template_walks_older_entries_of_its_key(tagged):
     # older one does (as the kernel's chain walk finds it).
     tab = ConnTable(hz=250)
     cli, vip = A("198.51.100.2"), A("203.0.113.5")
-    old = tab.new(2, 17, cli, 0, vip, 5060, A("172.16.0.2"), 5060, IP_VS_CONN_F_TEMPLATE, None,
-                  pe=tagged, pe_data=b"a")
-    new = tab.new(2, 17, cli, 0, vip, 5061, A("172.16.0.3"), 5061, IP_VS_CONN_F_TEMPLATE, None,
-                  pe=tagged, pe_data=b"a")
+    old = tab.new(ConnParam(2, 17, cli, 0, vip, 5060, tagged, b"a"), A("172.16.0.2"), 5060, IP_VS_CONN_F_TEMPLATE, None)
+    new = tab.new(ConnParam(2, 17, cli, 0, vip, 5061, tagged, b"a"), A("172.16.0.3"), 5061, IP_VS_CONN_F_TEMPLATE, None)
     p = ConnParam(2, 17, cli, 0, vip, 5060, tagged, b"a")
     assert tab.pe_ct_in_get(p) is old
     p.vport = 5061
@@ -150,7 +145,7 @@ def test_conn_memory_unchanged_for_plain_connections():
     assert not {"pe", "pe_data"} & set(ConnExt.__slots__)
     assert {"pe", "pe_data"} <= set(PEExt.__slots__)
     tab = ConnTable(hz=250)
-    cp = tab.new(2, 17, A("198.51.100.2"), 1, A("203.0.113.5"), 5060, A("172.16.0.2"), 5060, 0, None, fwmark=3)
+    cp = tab.new(ConnParam(2, 17, A("198.51.100.2"), 1, A("203.0.113.5"), 5060), A("172.16.0.2"), 5060, 0, None, fwmark=3)
     assert type(cp.ext) is ConnExt and cp.pe is None and cp.pe_data is None
     cp.pe_data = None  # writing the default keeps the small ext
     assert type(cp.ext) is ConnExt

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ipvs import ctl, ip_vs
 from ipvs.cli.ipvsadm import main as ipvsadm_main
+from ipvs.ip_vs import ConnParam
 from ipvs.netlink import LocalTransport
 from ipvs.netns import HZ, NetnsIPVS
 from ipvs.sched import IPHdr
@@ -171,9 +172,7 @@ class Replay:
             dest = svc.scheduler.schedule(IPHdr(AF_INET, IPPROTO_TCP, s, d, sport, dport), self.now)
         name = "NONE"
         if dest is not None:
-            cp = self.ipvs.conn_tab.new(
-                AF_INET, IPPROTO_TCP, s, sport, d, dport, dest.addr, dest.port or dport, 0, dest
-            )
+            cp = self.ipvs.conn_tab.new(ConnParam(AF_INET, IPPROTO_TCP, s, sport, d, dport), dest.addr, dest.port or dport, 0, dest)
             self._established(cp)  # SYN_RECV, then ESTABLISHED: active either way
             if self.servers and dest.addr[3] - 1 > self.servers:
                 # No such server: the SYN goes unanswered and the connection

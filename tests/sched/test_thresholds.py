@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from ipvs import ctl
+from ipvs.ip_vs import ConnParam
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE, IP_VS_DEST_F_OVERLOAD, IPPROTO_TCP
 from tests.sched.util import VIP, Lab, golden_lab
 
@@ -17,7 +18,7 @@ _port = iter(range(20000, 60000))
 def connect(lab, dest, template=False):
     """A new connection (or persistence template) bound to ``dest``."""
     flags = IP_VS_CONN_F_TEMPLATE if template else 0
-    return lab.ipvs.conn_tab.new(dest.af, IPPROTO_TCP, CLIENT, next(_port), VIP, 80, dest.addr, dest.port, flags, dest)
+    return lab.ipvs.conn_tab.new(ConnParam(dest.af, IPPROTO_TCP, CLIENT, next(_port), VIP, 80), dest.addr, dest.port, flags, dest)
 
 
 def over(d):
