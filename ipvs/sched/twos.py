@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched import IPHdr, Scheduler, dest_conn_overhead, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,9 +63,9 @@ class PowerOfTwoChoices(Scheduler):
             r1 -= w
             r2 -= w
             if r1 <= 0 and choice1 is None:
-                choice1, w1, oh1 = d, w, (d.activeconns << 8) + d.inactconns
+                choice1, w1, oh1 = d, w, dest_conn_overhead(d)
             if r2 <= 0 and choice2 is None:
-                choice2, w2, oh2 = d, w, (d.activeconns << 8) + d.inactconns
+                choice2, w2, oh2 = d, w, dest_conn_overhead(d)
             if choice1 is not None and choice2 is not None:
                 break
         if choice2 is not None and w2 * oh1 > w1 * oh2:
