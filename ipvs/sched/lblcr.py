@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ipvs.sched import IPHdr, dest_conn_overhead, register_scheduler, scheduler_err
-from ipvs.sched.lblc import LocalityTable, overloaded
+from ipvs.sched.lblc import LocalityTable, is_overloaded
 from ipvs.sched.wlc import wlc_pick
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 
@@ -120,7 +120,7 @@ class LBLCR(LocalityTable):
             m = en.max()
             if m is not None:
                 en.erase(m, now)
-        if d is not None and not overloaded(d, svc):
+        if d is not None and not is_overloaded(d, svc):
             return d
         d = wlc_pick(svc)
         if d is None:
