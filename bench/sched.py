@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scheduler figures: prints ``name value unit`` lines.
 
-runtime <impl> <version>  the interpreter that ran the figures
+runtime <impl> <version>  the interpreter that ran the figures (bench/_runtime.py)
 loadavg_<when> <1 min>    the machine's load before and after (shared cores)
 sched_<name>_n<N>      cost of one scheduling decision with N destinations
                        (us/decision), clients and VIP-side addresses cycling
@@ -36,6 +36,7 @@ Method, fair to a JIT (PyPy) as well as to CPython:
   included in every figure.
 
 Run: python3 bench/sched.py [--sizes 1,10,100,1000] [--budget 0.3] [--only mh,wlc]
+     .venv/bin/python bench/sched.py --runtimes 3   (both runtimes, interleaved)
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from _runtime import print_runtime, run_both, without_option  # noqa: E402
+
 from ipvs import ctl  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
 from ipvs.sched import SCHEDULER_NAMES, IPHdr  # noqa: E402
@@ -57,13 +60,6 @@ from ipvs.uapi import AF_INET, IP_VS_CONN_F_MASQ, IPPROTO_TCP  # noqa: E402
 VIP = ipaddress.ip_address("203.0.113.5").packed
 #: Decisions between two looks at the clock.
 CHUNK = 1024
-
-
-def runtime() -> str:
-    """``runtime <impl> <version>``: PyPy's own version, or CPython's."""
-    impl = sys.implementation
-    v = impl.version
-    return f"runtime {impl.name} {v.major}.{v.minor}.{v.micro}"
 
 
 def loadavg() -> str:
@@ -214,7 +210,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timings per figure; the best is printed")
     ap.add_argument("--only", default="", help="comma-separated figures (scheduler names, nq_busy, mh_cold, ...)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--runtimes", type=int, metavar="ROUNDS", help="run under CPython and PyPy, alternating, ROUNDS times each"
+    )
     args = ap.parse_args()
+    if args.runtimes:
+        run_both(os.path.abspath(__file__), without_option(sys.argv[1:], "--runtimes"), args.runtimes)
+        return
     sizes = [int(x) for x in args.sizes.split(",")]
     if args.child:
         print(one(args.child, sizes[0], args.budget, args.rounds), flush=True)
@@ -223,7 +225,7 @@ def main() -> None:
     unknown = set(figs) - set(FIGURES)
     if unknown:
         ap.error(f"unknown figures: {', '.join(sorted(unknown))}")
-    print(runtime(), flush=True)
+    print_runtime()
     print(f"loadavg_start {loadavg()} load", flush=True)
     for fig in figs:
         for n in sizes:
