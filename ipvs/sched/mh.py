@@ -104,6 +104,7 @@ if intop is not None:
     add64 = intop.int_add
 
     def rol64(word: int, shift: int) -> int:
+        """``rol64`` on a machine word (``uint_rshift`` is the logical shift)."""
         return intop.int_lshift(word, shift) | intop.uint_rshift(word, 64 - shift)
 
 else:
@@ -191,6 +192,7 @@ def mh_hashkey(addr: bytes, port: int, key: tuple[int, int], offset: int) -> int
 
 
 def is_unavailable(dest: Dest) -> bool:
+    """``is_unavailable``: weight 0 or below, or overloaded (AVAILABLE is not checked)."""
     return dest.weight <= 0 or bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 

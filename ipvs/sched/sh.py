@@ -52,6 +52,7 @@ def sh_hashkey(addr: bytes, port: int, offset: int) -> int:
 
 
 def is_unavailable(dest: Dest) -> bool:
+    """``is_unavailable``: weight 0 or below, or overloaded (AVAILABLE is not checked)."""
     return dest.weight <= 0 or bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 
