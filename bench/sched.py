@@ -1,18 +1,42 @@
 #!/usr/bin/env python3
 """Scheduler figures: prints ``name value unit`` lines.
 
+runtime <impl> <version>  the interpreter that ran the figures (bench/_runtime.py)
+loadavg_<when> <1 min>    the machine's load before and after (shared cores)
 sched_<name>_n<N>      cost of one scheduling decision with N destinations
                        (us/decision), clients and VIP-side addresses cycling
-                       through 1024 values; weights 1..4 in turn
+                       through 1024 values; weights 1..4 in turn; each chosen
+                       destination gets an inactive connection
+sched_nq_busy_n<N>     nq when every destination has active connections (the
+                       chosen one gets an active connection instead), so it
+                       walks the list; sched_nq_n<N> is its fast case (an
+                       idle destination early in the list)
 sched_wrr_skewed_n<N>  wrr with one destination of weight 100, the rest 1
 sched_mh_cold_n<N>     mh with a new client address every decision (no memo hit)
 mh_build_n<N>          one Maglev table rebuild (ms), 4093 slots
 
-The O(1) schedulers (rr, wrr, sh, dh, mh) should stay flat as N grows;
-lc, wlc, sed, nq, fo, ovf, twos and the wlc fallback of lblc/lblcr walk
-the list, as in the kernel.
+The cursor and table schedulers (rr, wrr, sh, dh, mh, lblc and lblcr on a
+hit, nq's fast case) should stay flat as N grows; lc, wlc, sed, nq, fo, ovf,
+twos and the wlc fallback of lblc/lblcr walk the list, as in the kernel.
 
-Run: python3 bench/sched.py [--sizes 1,10,100,1000] [--budget 0.2]
+Method, fair to a JIT (PyPy) as well as to CPython:
+
+* every figure runs in a fresh interpreter (a child of this script), so the
+  JIT's traces of the timing loop are specialised to one scheduler, not a
+  chain of bridges left by the ones measured before it;
+* a warm-up as long as the measurement runs first, untimed, so the JIT has
+  compiled the loop (and its bridges) before the clock starts;
+* then the best of ``--rounds`` timings of about ``--budget / --rounds``
+  seconds each, which damps the noise of other processes on the machine;
+* the clock is this thread's CPU time (``time.thread_time``), not the wall
+  clock: on a machine whose cores are shared, wall time also counts the
+  time the process waits for a core (3x the CPU time at a load of 8 on 2
+  cores).
+  The timing loop's own cost (a list walk and one attribute increment) is
+  included in every figure.
+
+Run: python3 bench/sched.py [--sizes 1,10,100,1000] [--budget 0.3] [--only mh,wlc]
+     .venv/bin/python bench/sched.py --runtimes 3   (both runtimes, interleaved)
 """
 
 from __future__ import annotations
@@ -20,10 +44,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from _runtime import print_runtime, run_both, without_option  # noqa: E402
 
 from ipvs import ctl  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
@@ -31,17 +58,34 @@ from ipvs.sched import SCHEDULER_NAMES, IPHdr  # noqa: E402
 from ipvs.uapi import AF_INET, IP_VS_CONN_F_MASQ, IPPROTO_TCP  # noqa: E402
 
 VIP = ipaddress.ip_address("203.0.113.5").packed
+#: Decisions between two looks at the clock.
+CHUNK = 1024
 
 
-def service(sched: str, n: int, weights=None):
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "nan"
+
+
+def weights_cycle(i: int) -> int:
+    return 1 + i % 4
+
+
+def weights_skewed(i: int) -> int:
+    return 100 if i == 0 else 1
+
+
+def service(sched: str, n: int, weights=weights_cycle):
     ipvs = NetnsIPVS()
     su = ctl.ServiceUser(af=AF_INET, protocol=IPPROTO_TCP, addr=VIP, port=80, sched_name=sched)
     svc = ctl.add_service(ipvs, su)
     base = int(ipaddress.ip_address("172.16.0.0"))
     for i in range(n):
-        w = weights(i) if weights else 1 + i % 4
         addr = ipaddress.IPv4Address(base + 1 + i).packed
-        ctl.add_dest(ipvs, su, ctl.DestUser(addr=addr, port=80, weight=w, conn_flags=IP_VS_CONN_F_MASQ))
+        ctl.add_dest(ipvs, su, ctl.DestUser(addr=addr, port=80, weight=weights(i), conn_flags=IP_VS_CONN_F_MASQ))
     return svc
 
 
@@ -61,66 +105,135 @@ def headers(count: int, start: int = 0) -> list[IPHdr]:
     ]
 
 
-def per_decision(svc, hdrs: list[IPHdr], budget: float, rounds: int = 3) -> float:
-    """Microseconds per schedule() call, with the kernel's accounting (the
-    chosen dest gets an inactive connection) so the lc family moves.
+def timed_inactive(sched, hdrs: list[IPHdr], seconds: float) -> float:
+    """Run ``sched`` over ``hdrs`` for about ``seconds``; us per decision.
+    The chosen destination gets an inactive connection, as the kernel
+    accounts a new one, so the lc family moves."""
+    done = 0
+    t0 = time.thread_time()
+    elapsed = 0.0
+    while elapsed < seconds:
+        for h in hdrs:
+            d = sched(h, 0)
+            if d is not None:
+                d.inactconns += 1
+        done += len(hdrs)
+        elapsed = time.thread_time() - t0
+    return elapsed / done * 1e6
 
-    The best of ``rounds`` timings, each of about ``budget / rounds``
-    seconds, to damp the noise of a shared machine.
-    """
-    sched = svc.scheduler.schedule
-    for h in hdrs[:256]:  # warm caches, lblc tables, wrr lists
-        sched(h, 0)
-    best = float("inf")
-    for _ in range(rounds):
+
+def timed_active(sched, hdrs: list[IPHdr], seconds: float) -> float:
+    """As :func:`timed_inactive`, but the chosen one gets an active connection."""
+    done = 0
+    t0 = time.thread_time()
+    elapsed = 0.0
+    while elapsed < seconds:
+        for h in hdrs:
+            d = sched(h, 0)
+            if d is not None:
+                d.activeconns += 1
+        done += len(hdrs)
+        elapsed = time.thread_time() - t0
+    return elapsed / done * 1e6
+
+
+def best_of(run, budget: float, rounds: int) -> float:
+    run(budget)  # warm-up: the JIT compiles before the clock starts
+    return min(run(budget / rounds) for _ in range(rounds))
+
+
+def figure_decision(name: str, n: int, budget: float, rounds: int) -> str:
+    hdrs = headers(CHUNK)
+    timed, sched_name, weights = timed_inactive, name, weights_cycle
+    if name == "nq_busy":
+        timed, sched_name = timed_active, "nq"
+    elif name == "wrr_skewed":
+        sched_name, weights = "wrr", weights_skewed
+    sched = service(sched_name, n, weights).scheduler.schedule
+    us = best_of(lambda s: timed(sched, hdrs, s), budget, rounds)
+    return f"sched_{name}_n{n} {us:.3f} us/decision"
+
+
+def figure_mh_cold(n: int, budget: float, rounds: int) -> str:
+    """Every decision has a client address not seen before (no memo hit)."""
+    sched = service("mh", n).scheduler.schedule
+    count = 1 << 15
+    batch = 0
+
+    def run(seconds: float) -> float:
+        nonlocal batch
         done = 0
-        t0 = time.perf_counter()
-        elapsed = 0.0
-        while elapsed < budget / rounds:
-            for h in hdrs:
-                d = sched(h, 0)
-                if d is not None:
-                    d.inactconns += 1
-            done += len(hdrs)
-            elapsed = time.perf_counter() - t0
-        best = min(best, elapsed / done * 1e6)
-    return best
+        spent = 0.0
+        while spent < seconds:
+            batch += 1
+            cold = headers(count, start=batch << 20)  # built outside the timing
+            t0 = time.thread_time()
+            for h in cold:
+                sched(h, 0)
+            spent += time.thread_time() - t0
+            done += count
+        return spent / done * 1e6
+
+    return f"sched_mh_cold_n{n} {best_of(run, budget, rounds):.3f} us/decision"
+
+
+def figure_mh_build(n: int, rounds: int) -> str:
+    mh = service("mh", n).scheduler
+    dest = mh.svc.destinations[0]
+
+    def build() -> float:
+        t0 = time.thread_time()
+        mh.upd_dest(dest)
+        mh.lookup  # noqa: B018 - the rebuild is deferred to the first use
+        return (time.thread_time() - t0) * 1e3
+
+    for _ in range(3):
+        build()
+    return f"mh_build_n{n} {min(build() for _ in range(rounds)):.2f} ms"
+
+
+def one(fig: str, n: int, budget: float, rounds: int) -> str:
+    if fig == "mh_cold":
+        return figure_mh_cold(n, budget, rounds)
+    if fig == "mh_build":
+        return figure_mh_build(n, rounds)
+    return figure_decision(fig, n, budget, rounds)
+
+
+FIGURES = (*SCHEDULER_NAMES, "nq_busy", "wrr_skewed", "mh_cold", "mh_build")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,10,100,1000")
-    ap.add_argument("--budget", type=float, default=0.2, help="seconds per figure")
+    ap.add_argument("--budget", type=float, default=0.3, help="timed seconds per figure (plus as much warm-up)")
+    ap.add_argument("--rounds", type=int, default=5, help="timings per figure; the best is printed")
+    ap.add_argument("--only", default="", help="comma-separated figures (scheduler names, nq_busy, mh_cold, ...)")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--runtimes", type=int, metavar="ROUNDS", help="run under CPython and PyPy, alternating, ROUNDS times each"
+    )
     args = ap.parse_args()
+    if args.runtimes:
+        run_both(os.path.abspath(__file__), without_option(sys.argv[1:], "--runtimes"), args.runtimes)
+        return
     sizes = [int(x) for x in args.sizes.split(",")]
-    hdrs = headers(1024)
-    for name in SCHEDULER_NAMES:
+    if args.child:
+        print(one(args.child, sizes[0], args.budget, args.rounds), flush=True)
+        return
+    figs = [f for f in args.only.split(",") if f] or list(FIGURES)
+    unknown = set(figs) - set(FIGURES)
+    if unknown:
+        ap.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    print_runtime()
+    print(f"loadavg_start {loadavg()} load", flush=True)
+    for fig in figs:
         for n in sizes:
-            us = per_decision(service(name, n), hdrs, args.budget)
-            print(f"sched_{name}_n{n} {us:.2f} us/decision", flush=True)
-    for n in sizes:
-        svc = service("wrr", n, weights=lambda i: 100 if i == 0 else 1)
-        print(f"sched_wrr_skewed_n{n} {per_decision(svc, hdrs, args.budget):.2f} us/decision", flush=True)
-    for n in sizes:
-        svc = service("mh", n)
-        svc.scheduler.lookup  # noqa: B018 - build the table outside the timing
-        sched = svc.scheduler.schedule
-        best = float("inf")
-        for r in range(3):
-            cold = headers(10000, start=(r + 1) << 20)  # never seen: no memo hit
-            t0 = time.perf_counter()
-            for h in cold:
-                sched(h, 0)
-            best = min(best, (time.perf_counter() - t0) / len(cold) * 1e6)
-        print(f"sched_mh_cold_n{n} {best:.2f} us/decision", flush=True)
-    for n in sizes:
-        svc = service("mh", n)
-        reps = 5
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            svc.scheduler.upd_dest(svc.destinations[0])
-            svc.scheduler.lookup  # noqa: B018 - the rebuild is deferred to the first use
-        print(f"mh_build_n{n} {(time.perf_counter() - t0) / reps * 1e3:.2f} ms", flush=True)
+            # A fresh interpreter per figure: see the module docstring.
+            cmd = [sys.executable, __file__, "--child", fig, "--sizes", str(n)]
+            cmd += ["--budget", str(args.budget), "--rounds", str(args.rounds)]
+            subprocess.run(cmd, check=True)
+    print(f"loadavg_end {loadavg()} load", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from ipvs.ip_vs import HZ, IPHdr, format_addr
-from ipvs.uapi import IP_VS_DEST_F_OVERLOAD, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+from ipvs.uapi import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest, Service
@@ -133,13 +133,6 @@ def hash_32(val: int, bits: int) -> int:
 def dest_conn_overhead(dest: Dest) -> int:
     """``ip_vs_dest_conn_overhead``: active connections weigh 256 inactive."""
     return (dest.activeconns << 8) + dest.inactconns
-
-
-def is_overloaded(dest: Dest) -> bool:
-    """Whether ``dest`` is past its upper connection threshold (``IP_VS_DEST_F_OVERLOAD``, set and cleared by
-    :mod:`ipvs.conn`); schedulers pass it over.
-    """
-    return bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 
 class RateLimit:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ipvs.ip_vs import addr_fold
-from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched import IPHdr, Scheduler, hash_32, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,8 +33,8 @@ DH_TAB_SIZE = 1 << DH_TAB_BITS
 
 
 def dh_hashkey(addr: bytes) -> int:
-    """Bucket of a destination address."""
-    return (((addr_fold(addr) * 0x61C88647) & 0xFFFFFFFF) >> (32 - DH_TAB_BITS)) & (DH_TAB_SIZE - 1)
+    """``ip_vs_dh_hashkey``: the bucket of a destination address."""
+    return hash_32(addr_fold(addr), DH_TAB_BITS)
 
 
 @register_scheduler
@@ -70,9 +70,7 @@ class DestinationHashing(Scheduler):
         """``ip_vs_dh_schedule``: the destination of the bucket the packet's destination address hashes to, if it is
         available, of weight > 0 and not overloaded; None otherwise (no fallback).
         """
-        a = iph.daddr
-        v = int.from_bytes(a, "big") if len(a) == 4 else addr_fold(a)
-        d = self.buckets[((v * 0x61C88647) & 0xFFFFFFFF) >> (32 - DH_TAB_BITS)]  # dh_hashkey
+        d = self.buckets[dh_hashkey(iph.daddr)]  # ip_vs_dh_get
         if d is None or not d.flags & IP_VS_DEST_F_AVAILABLE or d.weight <= 0 or d.flags & IP_VS_DEST_F_OVERLOAD:
             scheduler_err(self.svc, "no destination available")
             return None

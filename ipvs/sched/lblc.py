@@ -59,7 +59,7 @@ COUNT_FOR_FULL_EXPIRATION = 30
 DEFAULT_EXPIRATION_S = 24 * 60 * 60
 
 
-def overloaded(dest: Dest, svc: Service) -> bool:
+def is_overloaded(dest: Dest, svc: Service) -> bool:
     """lblc/lblcr ``is_overloaded``: busier than its weight while some
     server of the service is less than half busy."""
     if dest.activeconns > dest.weight:
@@ -198,7 +198,7 @@ class LBLC(LocalityTable):
         if en is not None:
             en.lastuse = now
             d = en.dest
-            if d.flags & IP_VS_DEST_F_AVAILABLE and d.weight > 0 and not overloaded(d, svc):
+            if d.flags & IP_VS_DEST_F_AVAILABLE and d.weight > 0 and not is_overloaded(d, svc):
                 return d
         d = wlc_pick(svc)
         if d is None:

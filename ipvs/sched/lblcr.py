@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipvs.sched import IPHdr, register_scheduler, scheduler_err
-from ipvs.sched.lblc import LocalityTable, overloaded
+from ipvs.sched import IPHdr, dest_conn_overhead, register_scheduler, scheduler_err
+from ipvs.sched.lblc import LocalityTable, is_overloaded
 from ipvs.sched.wlc import wlc_pick
 from ipvs.uapi import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 
@@ -60,46 +60,34 @@ class LBLCREntry:
 
     def min(self) -> Dest | None:
         """``ip_vs_dest_set_min``: the weighted least-loaded usable member."""
-        dests = self.dests
-        n = len(dests)
-        i = 0
-        while i < n:
-            least = dests[i]
-            i += 1
+        dests = iter(self.dests)
+        for least in dests:
             if least.flags & IP_VS_DEST_F_OVERLOAD:
                 continue
             if least.weight > 0 and least.flags & IP_VS_DEST_F_AVAILABLE:
                 break
         else:
             return None
-        loh = (least.activeconns << 8) + least.inactconns
-        while i < n:
-            d = dests[i]
-            i += 1
+        loh = dest_conn_overhead(least)
+        for d in dests:  # list_for_each_entry_continue
             if d.flags & IP_VS_DEST_F_OVERLOAD:
                 continue
-            doh = (d.activeconns << 8) + d.inactconns
+            doh = dest_conn_overhead(d)
             if loh * d.weight > doh * least.weight and d.flags & IP_VS_DEST_F_AVAILABLE:
                 least, loh = d, doh
         return least
 
     def max(self) -> Dest | None:
         """``ip_vs_dest_set_max``: the weighted most-loaded member of weight > 0."""
-        dests = self.dests
-        n = len(dests)
-        i = 0
-        while i < n:
-            most = dests[i]
-            i += 1
+        dests = iter(self.dests)
+        for most in dests:
             if most.weight > 0:
                 break
         else:
             return None
-        moh = (most.activeconns << 8) + most.inactconns
-        while i < n:
-            d = dests[i]
-            i += 1
-            doh = (d.activeconns << 8) + d.inactconns
+        moh = dest_conn_overhead(most)
+        for d in dests:  # list_for_each_entry_continue
+            doh = dest_conn_overhead(d)
             if moh * d.weight < doh * most.weight and d.weight > 0:
                 most, moh = d, doh
         return most
@@ -132,7 +120,7 @@ class LBLCR(LocalityTable):
             m = en.max()
             if m is not None:
                 en.erase(m, now)
-        if d is not None and not overloaded(d, svc):
+        if d is not None and not is_overloaded(d, svc):
             return d
         d = wlc_pick(svc)
         if d is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched import IPHdr, Scheduler, dest_conn_overhead, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +33,7 @@ class LeastConnection(Scheduler):
         for d in self.svc.destinations:
             if d.flags & IP_VS_DEST_F_OVERLOAD or d.weight == 0:
                 continue
-            doh = (d.activeconns << 8) + d.inactconns
+            doh = dest_conn_overhead(d)
             if least is None or doh < loh:
                 least, loh = d, doh
         if least is None:

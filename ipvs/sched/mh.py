@@ -39,10 +39,14 @@ table size, hash and population order are confirmed by the recorded
 
 Differences from the kernel, for speed only (results are identical): the
 table rebuild is deferred to the next lookup, so a burst of changes costs
-one rebuild; the SipHash initial state of each key is computed once; each
-destination's (offset, skip) is cached by (addr, port); and lookups
-memoise the slot of recently seen keys in a bounded dict (cleared when
-full).
+one rebuild; each destination's (offset, skip) is cached by (addr, port).
+
+The 64-bit words of SipHash go through :func:`add64` and :func:`rol64`.
+On PyPy these are the machine's wrapping operations (``__pypy__.intop``),
+so the words stay machine integers, read as signed; masking with
+``2**64 - 1`` instead would keep every word at or above ``2**63`` a big
+integer, which made a hash some 50 times slower there.  On CPython they
+mask.  Either way the low 32 bits that ``hsiphash`` returns are the same.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ from ipvs.uapi import (
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest, Service
 
+#: Bound of the cache of destinations' (offset, skip).
+_PERMS_MAX = 1 << 16
+
 #: The table sizes CONFIG_IP_VS_MH_TAB_INDEX (8..17) selects.
 MH_PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
 #: CONFIG_IP_VS_MH_TAB_INDEX default.
@@ -75,86 +82,118 @@ MH_TAB_SIZE = MH_PRIMES[MH_TAB_INDEX - 8]
 HASH1 = (2654435761, 2654435761)
 HASH2 = (2654446892, 2654446892)
 
-#: Bound of the per-instance memo of lookup slots.
-_MEMO_MAX = 1 << 16
-
-_M64 = 0xFFFFFFFFFFFFFFFF
 _PORT_PROTOS = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP))
 
 
-def _key_state(key: tuple[int, int]) -> tuple[int, int, int, int]:
-    """SipHash's ``PREAMBLE``: the initial v0..v3 for a key."""
-    k0, k1 = key
-    return (
-        0x736F6D6570736575 ^ k0,
-        0x646F72616E646F6D ^ k1,
-        0x6C7967656E657261 ^ k0,
-        0x7465646279746573 ^ k1,
-    )
+# ------------------------------------------------------ lib/siphash.c
+
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+
+#: ``SIPHASH_CONST_0..3``: "somepseudorandomlygeneratedbytes".
+SIPHASH_CONST_0 = 0x736F6D6570736575
+SIPHASH_CONST_1 = 0x646F72616E646F6D
+SIPHASH_CONST_2 = 0x6C7967656E657261
+SIPHASH_CONST_3 = 0x7465646279746573
+
+try:
+    from __pypy__ import intop
+except ImportError:  # CPython
+    intop = None
+
+if intop is not None:
+    add64 = intop.int_add
+
+    def rol64(word: int, shift: int) -> int:
+        """``rol64`` on a machine word (``uint_rshift`` is the logical shift)."""
+        return intop.int_lshift(word, shift) | intop.uint_rshift(word, 64 - shift)
+
+else:
+
+    def add64(a: int, b: int) -> int:
+        """``a + b`` on u64 words (see the module docstring for PyPy's)."""
+        return (a + b) & U64_MAX
+
+    def rol64(word: int, shift: int) -> int:
+        """``rol64``: rotate a u64 word left."""
+        return ((word << shift) & U64_MAX) | (word >> (64 - shift))
 
 
-def _siphash13_u32(state: tuple[int, int, int, int], value: int) -> int:
-    """``hsiphash_1u32`` on a 64-bit kernel: SipHash-1-3 of one u32.
-
-    The 4-byte message fits the final block ``b = (len << 56) | value``,
-    so there is one compression round on ``b`` and three finalisation
-    rounds.  SIPROUND (rotations by 13, 32, 16, 21, 17 and 32 on 64-bit
-    words) is written out, without a helper call or per-round test, which
-    halves the cost in CPython.
-    """
-    v0, v1, v2, v3 = state
-    b = 0x0400000000000000 | (value & 0xFFFFFFFF)
-    v3 ^= b
-    v0 = (v0 + v1) & _M64
-    v1 = ((v1 << 13) & _M64) | (v1 >> 51)
+def sipround(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    """``SIPROUND`` (``SIPHASH_PERMUTATION``); ``HSIPROUND`` on 64-bit."""
+    v0 = add64(v0, v1)
+    v1 = rol64(v1, 13)
     v1 ^= v0
-    v0 = ((v0 << 32) & _M64) | (v0 >> 32)
-    v2 = (v2 + v3) & _M64
-    v3 = ((v3 << 16) & _M64) | (v3 >> 48)
+    v0 = rol64(v0, 32)
+    v2 = add64(v2, v3)
+    v3 = rol64(v3, 16)
     v3 ^= v2
-    v0 = (v0 + v3) & _M64
-    v3 = ((v3 << 21) & _M64) | (v3 >> 43)
+    v0 = add64(v0, v3)
+    v3 = rol64(v3, 21)
     v3 ^= v0
-    v2 = (v2 + v1) & _M64
-    v1 = ((v1 << 17) & _M64) | (v1 >> 47)
+    v2 = add64(v2, v1)
+    v1 = rol64(v1, 17)
     v1 ^= v2
-    v2 = ((v2 << 32) & _M64) | (v2 >> 32)
+    v2 = rol64(v2, 32)
+    return v0, v1, v2, v3
+
+
+def hsiphash(data: bytes, key: tuple[int, int]) -> int:
+    """``hsiphash(data, len, key)`` as a 64-bit kernel computes it.
+
+    There ``HSIPROUND`` is ``SIPROUND``, so this is SipHash-1-3 on the two
+    64-bit key words, truncated to 32 bits (``__hsiphash_aligned``).
+    """
+    # HPREAMBLE(len)
+    v0 = SIPHASH_CONST_0 ^ key[0]
+    v1 = SIPHASH_CONST_1 ^ key[1]
+    v2 = SIPHASH_CONST_2 ^ key[0]
+    v3 = SIPHASH_CONST_3 ^ key[1]
+    b = (len(data) << 56) & U64_MAX
+    end = len(data) - len(data) % 8
+    for i in range(0, end, 8):
+        m = int.from_bytes(data[i : i + 8], "little")
+        v3 ^= m
+        v0, v1, v2, v3 = sipround(v0, v1, v2, v3)
+        v0 ^= m
+    b |= int.from_bytes(data[end:], "little")  # the switch on the bytes left
+    return _hpostamble(v0, v1, v2, v3, b)
+
+
+def hsiphash_1u32(first: int, key: tuple[int, int]) -> int:
+    """``hsiphash_1u32``: ``hsiphash`` of the 4 bytes of a u32 in CPU (little-endian) order."""
+    # HPREAMBLE(4)
+    v0 = SIPHASH_CONST_0 ^ key[0]
+    v1 = SIPHASH_CONST_1 ^ key[1]
+    v2 = SIPHASH_CONST_2 ^ key[0]
+    v3 = SIPHASH_CONST_3 ^ key[1]
+    b = 4 << 56
+    b |= first & 0xFFFFFFFF
+    return _hpostamble(v0, v1, v2, v3, b)
+
+
+def _hpostamble(v0: int, v1: int, v2: int, v3: int, b: int) -> int:
+    """``HPOSTAMBLE`` on 64-bit: one compression round on the last block,
+    three finalisation rounds, the low 32 bits of the XOR of the words."""
+    v3 ^= b
+    v0, v1, v2, v3 = sipround(v0, v1, v2, v3)
     v0 ^= b
     v2 ^= 0xFF
-    for _ in (1, 2, 3):
-        v0 = (v0 + v1) & _M64
-        v1 = ((v1 << 13) & _M64) | (v1 >> 51)
-        v1 ^= v0
-        v0 = ((v0 << 32) & _M64) | (v0 >> 32)
-        v2 = (v2 + v3) & _M64
-        v3 = ((v3 << 16) & _M64) | (v3 >> 48)
-        v3 ^= v2
-        v0 = (v0 + v3) & _M64
-        v3 = ((v3 << 21) & _M64) | (v3 >> 43)
-        v3 ^= v0
-        v2 = (v2 + v1) & _M64
-        v1 = ((v1 << 17) & _M64) | (v1 >> 47)
-        v1 ^= v2
-        v2 = ((v2 << 32) & _M64) | (v2 >> 32)
+    for _ in range(3):
+        v0, v1, v2, v3 = sipround(v0, v1, v2, v3)
     return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
 
 
-def hsiphash_u32(value: int, key: tuple[int, int]) -> int:
-    """``hsiphash(&value, 4, key)`` as a 64-bit kernel computes it."""
-    return _siphash13_u32(_key_state(key), value)
+# ------------------------------------------------------------ ip_vs_mh.c
 
 
-_STATE1 = _key_state(HASH1)
-_STATE2 = _key_state(HASH2)
+def mh_hashkey(addr: bytes, port: int, key: tuple[int, int], offset: int) -> int:
+    """``ip_vs_mh_hashkey``: ``hsiphash`` of the u32 ``offset + port + ntohl(addr_fold)``."""
+    return hsiphash_1u32(offset + port + addr_fold(addr), key)
 
 
-def mh_hashkey(state: tuple[int, int, int, int], addr: bytes, port: int, offset: int) -> int:
-    """``ip_vs_mh_hashkey`` (``state`` from the key, see :data:`HASH1`)."""
-    return _siphash13_u32(state, offset + port + addr_fold(addr))
-
-
-def _unavailable(d: Dest) -> bool:
-    return d.weight <= 0 or bool(d.flags & IP_VS_DEST_F_OVERLOAD)
+def is_unavailable(dest: Dest) -> bool:
+    """``is_unavailable``: weight 0 or below, or overloaded (AVAILABLE is not checked)."""
+    return dest.weight <= 0 or bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 
 @register_scheduler
@@ -172,7 +211,6 @@ class MaglevHashing(Scheduler):
         self.gcd = 0
         self.rshift = 0
         self._dirty = False
-        self._memo: dict[int, int] = {}
         self._perms: dict[tuple[bytes, int], tuple[int, int]] = {}
         self._dest_changed()
 
@@ -220,8 +258,8 @@ class MaglevHashing(Scheduler):
         p = self._perms.get(key)
         if p is None:
             m = self.size
-            p = (mh_hashkey(_STATE1, d.addr, d.port, 0) % m, mh_hashkey(_STATE2, d.addr, d.port, 0) % (m - 1) + 1)
-            if len(self._perms) >= _MEMO_MAX:
+            p = (mh_hashkey(d.addr, d.port, HASH1, 0) % m, mh_hashkey(d.addr, d.port, HASH2, 0) % (m - 1) + 1)
+            if len(self._perms) >= _PERMS_MAX:
                 self._perms.clear()
             self._perms[key] = p
         return p
@@ -283,19 +321,33 @@ class MaglevHashing(Scheduler):
         """``ip_vs_mh_done_svc``: empty the lookup table."""
         self._lookup = [None] * self.size
         self._dirty = False
-        self._memo.clear()
 
     # ---------------------------------------------------------- lookup
 
-    def _slot(self, v: int) -> int:
-        memo = self._memo
-        slot = memo.get(v)
-        if slot is None:
-            slot = _siphash13_u32(_STATE1, v) % self.size
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            memo[v] = slot
-        return slot
+    def get(self, addr: bytes, port: int) -> Dest | None:
+        """``ip_vs_mh_get``: the destination of the key's slot, if usable."""
+        dest = self.lookup[mh_hashkey(addr, port, HASH1, 0) % self.size]
+        return None if dest is None or is_unavailable(dest) else dest
+
+    def get_fallback(self, addr: bytes, port: int) -> Dest | None:
+        """``ip_vs_mh_get_fallback``: as :meth:`get`, but an unusable
+        destination sends the walk round the table from the key's slot."""
+        lookup = self.lookup
+        m = self.size
+        ihash = mh_hashkey(addr, port, HASH1, 0) % m
+        dest = lookup[ihash]
+        if dest is None:
+            return None
+        if not is_unavailable(dest):
+            return dest
+        for offset in range(m):
+            roffset = (offset + ihash) % m
+            dest = lookup[mh_hashkey(addr, port, HASH1, roffset) % m]
+            if dest is None:
+                break
+            if not is_unavailable(dest):
+                return dest
+        return None
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
         """``ip_vs_mh_schedule``: the destination of the Maglev table slot the source address (and port, with
@@ -309,22 +361,10 @@ class MaglevHashing(Scheduler):
             addr, port = iph.saddr, iph.sport
         if not (flags & IP_VS_SVC_F_SCHED_MH_PORT and iph.protocol in _PORT_PROTOS):
             port = 0
-        key = (port + (int.from_bytes(addr, "big") if len(addr) == 4 else addr_fold(addr))) & 0xFFFFFFFF
-        lookup = self._lookup if not self._dirty else self.lookup
-        ihash = self._memo.get(key)
-        if ihash is None:
-            ihash = self._slot(key)
-        d = lookup[ihash]
-        if d is not None and not _unavailable(d):
-            return d
-        if d is not None and flags & IP_VS_SVC_F_SCHED_MH_FALLBACK:
-            m = self.size
-            for offset in range(m):
-                roffset = (offset + ihash) % m
-                d = lookup[_siphash13_u32(_STATE1, roffset + key) % m]
-                if d is None:
-                    break
-                if not _unavailable(d):
-                    return d
-        scheduler_err(self.svc, "no destination available")
-        return None
+        if flags & IP_VS_SVC_F_SCHED_MH_FALLBACK:
+            dest = self.get_fallback(addr, port)
+        else:
+            dest = self.get(addr, port)
+        if dest is None:
+            scheduler_err(self.svc, "no destination available")
+        return dest

@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest
 
 
+def nq_dest_overhead(dest: Dest) -> int:
+    """``ip_vs_nq_dest_overhead``: as sed's, only active connections count."""
+    return dest.activeconns + 1
+
+
 @register_scheduler
 class NeverQueue(Scheduler):
     """``ip_vs_nq_scheduler``."""
@@ -29,16 +34,15 @@ class NeverQueue(Scheduler):
         ``(activeconns + 1) / weight``, as sed.
         """
         least = None
-        loh = lw = 0
+        loh = 0
         for d in self.svc.destinations:
-            w = d.weight
-            if d.flags & IP_VS_DEST_F_OVERLOAD or not w:
+            if d.flags & IP_VS_DEST_F_OVERLOAD or not d.weight:
                 continue
+            doh = nq_dest_overhead(d)
             if d.activeconns == 0:
                 return d  # an idle server: no queueing at all
-            doh = d.activeconns + 1
-            if least is None or loh * w > doh * lw:
-                least, loh, lw = d, doh, w
+            if least is None or loh * d.weight > doh * least.weight:
+                least, loh = d, doh
         if least is None:
             scheduler_err(self.svc, "no destination available")
         return least

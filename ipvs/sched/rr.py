@@ -17,6 +17,7 @@ kernel.  ``None`` as the cursor stands for the list head.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
@@ -92,13 +93,10 @@ class RoundRobin(Scheduler):
             last = -1
         elif not (0 <= last < n and dests[last] is cur):
             last = self._cursor_index()
-        # One full cycle: the entries after the cursor, then from the start
-        # up to and including the cursor itself.
-        i = last
-        for _ in range(n):
-            i += 1
-            if i == n:
-                i = 0
+        # list_for_each_entry_continue from the cursor to the end, then a
+        # second pass from the head that stops after the cursor itself (no
+        # second pass when the cursor is the head).
+        for i in chain(range(last + 1, n), range(last + 1)):
             d = dests[i]
             if not d.flags & IP_VS_DEST_F_OVERLOAD and d.weight > 0:
                 self.cursor, self._idx = d, i

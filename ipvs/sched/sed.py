@@ -19,6 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest
 
 
+def sed_dest_overhead(dest: Dest) -> int:
+    """``ip_vs_sed_dest_overhead``: only active connections count, plus the new one."""
+    return dest.activeconns + 1
+
+
 @register_scheduler
 class ShortestExpectedDelay(Scheduler):
     """``ip_vs_sed_scheduler``."""
@@ -29,25 +34,18 @@ class ShortestExpectedDelay(Scheduler):
         """``ip_vs_sed_schedule``: the least expected delay ``(activeconns + 1) / weight`` (inactive connections do not
         count), compared as cross products; the first in the list wins a tie.
         """
-        dests = self.svc.destinations
-        n = len(dests)
-        i = 0
-        while i < n:
-            least = dests[i]
-            i += 1
+        dests = iter(self.svc.destinations)
+        for least in dests:
             if not least.flags & IP_VS_DEST_F_OVERLOAD and least.weight > 0:
                 break
         else:
             scheduler_err(self.svc, "no destination available")
             return None
-        loh = least.activeconns + 1
-        lw = least.weight
-        while i < n:
-            d = dests[i]
-            i += 1
+        loh = sed_dest_overhead(least)
+        for d in dests:  # list_for_each_entry_continue
             if d.flags & IP_VS_DEST_F_OVERLOAD:
                 continue
-            doh = d.activeconns + 1
-            if loh * d.weight > doh * lw:
-                least, loh, lw = d, doh, d.weight
+            doh = sed_dest_overhead(d)
+            if loh * d.weight > doh * least.weight:
+                least, loh = d, doh
         return least

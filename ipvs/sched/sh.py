@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ipvs.ip_vs import addr_fold
-from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched import IPHdr, Scheduler, hash_32, register_scheduler, scheduler_err
 from ipvs.uapi import (
     IP_VS_DEST_F_OVERLOAD,
     IP_VS_SVC_F_SCHED_SH_FALLBACK,
@@ -48,12 +48,12 @@ _PORT_PROTOS = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP))
 
 def sh_hashkey(addr: bytes, port: int, offset: int) -> int:
     """``ip_vs_sh_hashkey``: the bucket for ``addr``/``port`` at ``offset``."""
-    v = (port + addr_fold(addr)) & 0xFFFFFFFF
-    return (offset + (((v * 0x61C88647) & 0xFFFFFFFF) >> (32 - SH_TAB_BITS))) & SH_TAB_MASK
+    return (offset + hash_32(port + addr_fold(addr), SH_TAB_BITS)) & SH_TAB_MASK
 
 
-def _unavailable(d: Dest) -> bool:
-    return d.weight <= 0 or bool(d.flags & IP_VS_DEST_F_OVERLOAD)
+def is_unavailable(dest: Dest) -> bool:
+    """``is_unavailable``: weight 0 or below, or overloaded (AVAILABLE is not checked)."""
+    return dest.weight <= 0 or bool(dest.flags & IP_VS_DEST_F_OVERLOAD)
 
 
 @register_scheduler
@@ -101,6 +101,30 @@ class SourceHashing(Scheduler):
         """``ip_vs_sh_done_svc``: empty the bucket table."""
         self.buckets = [None] * SH_TAB_SIZE
 
+    def get(self, addr: bytes, port: int) -> Dest | None:
+        """``ip_vs_sh_get``: the destination of the key's bucket, if usable."""
+        dest = self.buckets[sh_hashkey(addr, port, 0)]
+        return None if dest is None or is_unavailable(dest) else dest
+
+    def get_fallback(self, addr: bytes, port: int) -> Dest | None:
+        """``ip_vs_sh_get_fallback``: as :meth:`get`, but an unusable
+        destination sends the walk round the table from the key's bucket,
+        so the same client keeps landing on the same fallback server."""
+        ihash = sh_hashkey(addr, port, 0)
+        dest = self.buckets[ihash]
+        if dest is None:
+            return None
+        if not is_unavailable(dest):
+            return dest
+        for offset in range(SH_TAB_SIZE):
+            roffset = (offset + ihash) % SH_TAB_SIZE
+            dest = self.buckets[sh_hashkey(addr, port, roffset)]
+            if dest is None:
+                break
+            if not is_unavailable(dest):
+                return dest
+        return None
+
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
         """``ip_vs_sh_schedule``: the destination of the bucket the source address (and port, with the ``sh-port``
         flag) hashes to; with ``sh-fallback``, the key is rehashed with growing offsets until a usable server (or an
@@ -113,21 +137,10 @@ class SourceHashing(Scheduler):
             addr, port = iph.saddr, iph.sport
         if not (flags & IP_VS_SVC_F_SCHED_SH_PORT and iph.protocol in _PORT_PROTOS):
             port = 0
-        buckets = self.buckets
-        v = (port + (int.from_bytes(addr, "big") if len(addr) == 4 else addr_fold(addr))) & 0xFFFFFFFF
-        ihash = ((v * 0x61C88647) & 0xFFFFFFFF) >> (32 - SH_TAB_BITS)  # sh_hashkey at offset 0
-        d = buckets[ihash]
-        if d is not None and not _unavailable(d):
-            return d
-        if d is not None and flags & IP_VS_SVC_F_SCHED_SH_FALLBACK:
-            # Walk the table from a point that depends only on the key, so
-            # the same client keeps landing on the same fallback server.
-            for offset in range(SH_TAB_SIZE):
-                roffset = (offset + ihash) % SH_TAB_SIZE
-                d = buckets[sh_hashkey(addr, port, roffset)]
-                if d is None:
-                    break
-                if not _unavailable(d):
-                    return d
-        scheduler_err(self.svc, "no destination available")
-        return None
+        if flags & IP_VS_SVC_F_SCHED_SH_FALLBACK:
+            dest = self.get_fallback(addr, port)
+        else:
+            dest = self.get(addr, port)
+        if dest is None:
+            scheduler_err(self.svc, "no destination available")
+        return dest

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
+from ipvs.sched import IPHdr, Scheduler, dest_conn_overhead, register_scheduler, scheduler_err
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,26 +26,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def wlc_pick(svc: Service) -> Dest | None:
     """The weighted least-connection choice over ``svc``, or None."""
-    dests = svc.destinations
-    n = len(dests)
-    i = 0
-    while i < n:
-        least = dests[i]
-        i += 1
+    dests = iter(svc.destinations)
+    # The first destination that may take a connection starts as the best...
+    for least in dests:
         if not least.flags & IP_VS_DEST_F_OVERLOAD and least.weight > 0:
             break
     else:
         return None
-    loh = (least.activeconns << 8) + least.inactconns
-    lw = least.weight
-    while i < n:
-        d = dests[i]
-        i += 1
+    loh = dest_conn_overhead(least)
+    # ...and the walk goes on from there (list_for_each_entry_continue).
+    for d in dests:
         if d.flags & IP_VS_DEST_F_OVERLOAD:
             continue
-        doh = (d.activeconns << 8) + d.inactconns
-        if loh * d.weight > doh * lw:
-            least, loh, lw = d, doh, d.weight
+        doh = dest_conn_overhead(d)
+        if loh * d.weight > doh * least.weight:
+            least, loh = d, doh
     return least
 
 

@@ -20,17 +20,13 @@ and destinations arrive one by one, the first cycle after setup depends on
 the order they were added in, exactly as on the kernel: weights 1, 2, 3
 added in that order give ``rs3 rs2 rs1 rs3 rs3 rs2 rs3 rs2 rs1 ...``.
 
-Difference from the kernel, for speed only: instead of testing every
-destination against ``cw``, a pass walks the sorted list positions of the
-destinations whose weight is at least ``cw`` (kept incrementally while
-``cw`` steps down).  The choices are the same; a pass costs O(log n) plus
-the overloaded destinations it skips, instead of O(n), which makes skewed
-weights (one heavy server among many light ones) O(1) amortised.
+Difference from the kernel: the cursor is kept as the chosen destination
+plus its index in ``svc.destinations`` (-1 for the list head), since a
+Python list has no links to continue from.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import TYPE_CHECKING
 
@@ -39,10 +35,6 @@ from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest, Service
-
-#: Growing the eligible list by more than this many entries re-sorts it
-#: instead of inserting one by one.
-_INSORT_MAX = 8
 
 
 @register_scheduler
@@ -59,12 +51,6 @@ class WeightedRoundRobin(Scheduler):
         self.di = 1
         self.mw = 0
         self.cw = 0
-        self._dirty = True
-        # Derived from the list, rebuilt lazily after a change:
-        self._order: list[int] = []  # list positions, heaviest first
-        self._negw: list[int] = []  # -weight in that order (ascending)
-        self._elig: list[int] = []  # sorted positions with weight >= some cw
-        self._k = 0  # len(self._elig): how many of _order it holds
         self._dest_changed()
 
     # ------------------------------------------------------------ state
@@ -82,7 +68,6 @@ class WeightedRoundRobin(Scheduler):
             self.cw = mw
         elif di > 1:
             self.cw = (self.cw // di) * di + 1
-        self._dirty = True
 
     def add_dest(self, dest: Dest) -> None:
         """``ip_vs_wrr_dest_changed``: recompute the maximum weight and the weights' gcd, and restart the cycle."""
@@ -96,28 +81,6 @@ class WeightedRoundRobin(Scheduler):
         """``ip_vs_wrr_dest_changed``, as for :meth:`add_dest` (a weight was edited)."""
         self._dest_changed()
 
-    def _rebuild(self) -> None:
-        dests = self.svc.destinations
-        self._order = sorted(range(len(dests)), key=lambda i: -dests[i].weight)
-        self._negw = [-dests[i].weight for i in self._order]
-        self._elig = []
-        self._k = 0
-        self._dirty = False
-
-    def _eligible(self, cw: int) -> list[int]:
-        """Sorted list positions of the destinations with weight >= cw."""
-        k = bisect.bisect_right(self._negw, -cw)
-        k0 = self._k
-        if k != k0:
-            if k0 < k <= k0 + _INSORT_MAX:
-                elig = self._elig
-                for i in self._order[k0:k]:
-                    bisect.insort(elig, i)
-            else:
-                self._elig = sorted(self._order[:k])
-            self._k = k
-        return self._elig
-
     # --------------------------------------------------------- schedule
 
     def schedule(self, iph: IPHdr, now: int) -> Dest | None:
@@ -125,8 +88,6 @@ class WeightedRoundRobin(Scheduler):
         it wraps, the current weight steps down by the gcd of the weights (back to the maximum below 1), and the
         next destination whose weight is at least the current weight is chosen.
         """
-        if self._dirty:
-            self._rebuild()
         dests = self.svc.destinations
         last = self._cl_idx
         if last >= len(dests) or (last >= 0 and dests[last] is not self.cl):
@@ -134,35 +95,33 @@ class WeightedRoundRobin(Scheduler):
         if self.mw == 0:
             scheduler_err(self.svc, "no destination available")
             return None
-        stop = -2  # no stop point yet
+        stop = -2  # none yet (-1 is the head)
         last_pass = restarted = False
+        # Stop only after all dests were checked for weight >= 1 (last pass).
         start = last + 1
         while True:
-            elig = self._eligible(self.cw)
-            for p in range(bisect.bisect_left(elig, start), len(elig)):
-                j = elig[p]
-                if stop >= 0 and j > stop:
-                    break
-                d = dests[j]
-                if not d.flags & IP_VS_DEST_F_OVERLOAD:
-                    self.cl, self._cl_idx = d, j
+            for i in range(start, len(dests)):  # list_for_each_entry_continue
+                d = dests[i]
+                if not d.flags & IP_VS_DEST_F_OVERLOAD and d.weight >= self.cw:
+                    self.cl, self._cl_idx = d, i
                     return d
-                if j == stop:
-                    break
-            if stop >= 0:
-                # The last pass reached the starting point again: the
-                # kernel leaves the cursor there.
-                return self._overloaded(stop)
+                if i == stop:
+                    return self._overloaded(stop)
+            start = 0
             self.cw -= self.di
             if self.cw <= 0:
                 self.cw = self.mw
+                # Stop if the last pass started from the first dest, or
+                # the first and only traversal (from the head) was for
+                # weight >= 1.
                 if last_pass or last < 0:
                     return self._overloaded(-1)
                 restarted = True
             last_pass = self.cw <= self.di
             if last_pass and restarted and last >= 0:
+                # The first traversal for weight >= 1 covered only the
+                # dests after the cursor: now the ones up to it.
                 stop = last
-            start = 0
 
     def _overloaded(self, idx: int) -> None:
         if idx >= 0:

@@ -4,6 +4,7 @@ differential tests)."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipvs.sched import dest_conn_overhead
 from ipvs.uapi import IP_VS_DEST_F_OVERLOAD
 from tests.sched.util import Lab, golden_lab
 
@@ -62,3 +63,45 @@ def test_only_eligible(spec, seed):
         assert set(got) <= ok
     else:
         assert got == [None] * 10
+
+
+def kernel_twos(dests, rweight1, rweight2):
+    """ip_vs_twos_schedule's draw walk as the kernel writes it: one loop
+    subtracting every weight from both draws (the model for ours)."""
+    choice1 = choice2 = None
+    weight1 = weight2 = -1
+    overhead1 = overhead2 = 0
+    for dest in dests:
+        if dest.flags & IP_VS_DEST_F_OVERLOAD or dest.weight <= 0:
+            continue
+        rweight1 -= dest.weight
+        rweight2 -= dest.weight
+        if rweight1 <= 0 and weight1 == -1:
+            choice1, weight1, overhead1 = dest, dest.weight, dest_conn_overhead(dest)
+        if rweight2 <= 0 and weight2 == -1:
+            choice2, weight2, overhead2 = dest, dest.weight, dest_conn_overhead(dest)
+        if weight1 != -1 and weight2 != -1:
+            break
+    if choice2 is not None and weight2 * overhead1 > weight1 * overhead2:
+        return choice2
+    return choice1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.integers(0, 3), st.integers(0, 9)), min_size=1, max_size=8),
+    st.data(),
+)
+def test_two_stage_walk_picks_as_the_kernels_loop(spec, data):
+    lab = Lab("twos")
+    for i, (w, over, act, inact) in enumerate(spec, 1):
+        d = lab.add(i, weight=w)
+        d.activeconns, d.inactconns = act, inact
+        d.flags |= IP_VS_DEST_F_OVERLOAD if over else 0
+    total = sum(w for w, over, _, _ in spec if w > 0 and not over)
+    if not total:
+        return
+    r1 = data.draw(st.integers(0, total))
+    r2 = data.draw(st.integers(0, total))
+    lab.sched.rng = Draws(r1, r2)
+    assert lab.pick() is kernel_twos(lab.sched.svc.destinations, r1, r2)
