@@ -1,4 +1,4 @@
-"""The kernel estimator's timer model (tests/kernel/diff/esttrace.py),
+"""The kernel estimator's timer model (ipvs_harness/diff/esttrace.py),
 checked against the wheel's arithmetic and the runs the goldens traced."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import os
 import pytest
 
 from ipvs.est import Estimator, Stats, wheel_expiry
-from tests.kernel.diff.esttrace import (
+from ipvs_harness.diff.esttrace import (
     EstTrace,
     GuestEstimator,
     first_run_after_load,
     guest_estimator,
 )
-from tests.kernel.diff.offline import GuestClock
+from ipvs_harness.diff.offline import GuestClock
 
 GOLDENS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
 TRACED = sorted(g for g in os.listdir(GOLDENS) if os.path.exists(os.path.join(GOLDENS, g, "est-trace.txt")))

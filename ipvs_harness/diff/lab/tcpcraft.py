@@ -1,4 +1,4 @@
-"""Shim: tests/kernel/lib/tcpcraft.py in the PyIPVS namespace lab (see nsrun.py)."""
+"""Shim: ipvs_harness/guest/tcpcraft.py in the PyIPVS namespace lab (see nsrun.py)."""
 import os
 import sys
 

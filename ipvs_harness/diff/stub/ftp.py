@@ -1,4 +1,4 @@
-"""Stub of tests/kernel/lib/ftp.py for the offline backend: records the call.
+"""Stub of ipvs_harness/guest/ftp.py for the offline backend: records the call.
 
 A client session becomes an ``ftp_client`` event (its control connection's
 client address and port anchor it in the kernel's capture); the server

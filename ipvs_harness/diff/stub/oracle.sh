@@ -1,6 +1,6 @@
-# Event recorder standing in for tests/kernel/lib/oracle.sh (offline backend).
+# Event recorder standing in for ipvs_harness/guest/oracle.sh (offline backend).
 #
-# tests/kernel/diff/offline.py runs a scenario script with LIB pointing here
+# ipvs_harness/diff/offline.py runs a scenario script with LIB pointing here
 # and DIFF_EVENTS naming a file: nothing is configured and no traffic is
 # sent; every library call (and every direct `ipvsadm`) is written to
 # DIFF_EVENTS as one record, "KIND<TAB>ARG<TAB>ARG...", followed by the
@@ -72,31 +72,5 @@ order_summary() { ev order_summary; }
 cleanup() { ev cleanup; }
 mark_dst() { ev mark_dst "$@"; }
 
-sched_lab() {
-    local n=$1 k a specs=
-    shift
-    CLIENTS=
-    for k in $(seq 2 33); do CLIENTS="$CLIENTS 198.51.100.$k"; done
-    # shellcheck disable=SC2086
-    setup_nat "$n" $CLIENTS
-    add_vip 203.0.113.5
-    for a in "$@"; do add_vip "$a"; done
-    for k in $(seq 1 "$n"); do specs="$specs $k:80"; done
-    # shellcheck disable=SC2086
-    start_servers $specs
-}
-PORT=40000
-req() { PORT=$((PORT + 1)); echo "$1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
-hold() { PORT=$((PORT + 1)); echo "!hold $1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
-step() { echo "!$*"; }
-snapshot() {
-    echo "!sh ipvsadm -Ln > \"\$OUT/$1-ipvsadm-Ln.txt\"; ipvsadm -Lnc > \"\$OUT/$1-ipvsadm-Lnc.txt\""
-}
-sched_run() {
-    capture_start client-side cli0
-    capture_start server-side br0
-    client_steps "${1:-0.05}"
-    capture_stop
-    order_summary
-    dump_ipvs
-}
+# The step helpers every backend shares (sched_lab, req, hold, ...).
+. "$LIB/../../guest/steps.sh"

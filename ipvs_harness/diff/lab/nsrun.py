@@ -1,4 +1,4 @@
-"""Run one of tests/kernel/lib's Python helpers in the PyIPVS namespace lab.
+"""Run one of ipvs_harness/guest's Python helpers in the PyIPVS namespace lab.
 
 The kernel-side helpers name their namespaces ``cli`` and ``rsK``; the lab
 names them ``$PYIPVS_DIFF_PREFIX`` + that name, so that several runs and the
@@ -18,7 +18,7 @@ import runpy
 import subprocess
 import sys
 
-KLIB = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
+KLIB = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "guest"))
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,4 +1,4 @@
-"""Shim: tests/kernel/lib/ftp.py in the PyIPVS namespace lab (see nsrun.py)."""
+"""Shim: ipvs_harness/guest/ftp.py in the PyIPVS namespace lab (see nsrun.py)."""
 import os
 import sys
 

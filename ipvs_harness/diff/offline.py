@@ -83,8 +83,8 @@ from ipvs.driver import pcap
 from ipvs.driver.replay import jiffies
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
-from tests.kernel.diff.compare import DIFFERENT, EQUAL, Item
-from tests.kernel.diff.esttrace import guest_estimator
+from ipvs_harness.diff.compare import DIFFERENT, EQUAL, Item
+from ipvs_harness.diff.esttrace import guest_estimator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")

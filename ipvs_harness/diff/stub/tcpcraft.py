@@ -1,4 +1,4 @@
-"""Stub of tests/kernel/lib/tcpcraft.py for the offline backend: records the
+"""Stub of ipvs_harness/guest/tcpcraft.py for the offline backend: records the
 step script (stdin) as a ``tcpcraft OUTBASE`` event."""
 
 import os

@@ -4,7 +4,7 @@ The packet captures carry the guest's ``CLOCK_REALTIME`` (tcpdump's pcap
 timestamps); what happens outside them - a listing, a ``!sh`` step, a
 ``dump`` of a TCP walk - is stamped with the same clock in ``$OUT/clock.txt``
 (one ``SECONDS<TAB>KIND<TAB>WHAT`` line each, taken just before the step
-starts), so the offline backend (tests/kernel/diff/offline.py) knows when
+starts), so the offline backend (ipvs_harness/diff/offline.py) knows when
 each step ran instead of modelling the VM's speed.  oracle.sh writes the
 same lines for the files it dumps (kind ``file``).
 """

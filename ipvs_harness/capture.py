@@ -14,10 +14,11 @@ import os
 import re
 
 from ipvs.driver import pcap
+from ipvs_harness import GOLDENS, ROOT
 
-SHARED = os.environ.get("PYIPVS_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+SHARED = os.environ.get("PYIPVS_SHARED", os.path.join(ROOT, "..", "..", "shared"))
 SHARED_GOLDENS = os.path.join(SHARED, "reference", "kernel-goldens")
-LOCAL_GOLDENS = os.path.join(os.path.dirname(__file__), "kernel", "goldens")
+LOCAL_GOLDENS = GOLDENS
 INNER = ipaddress.ip_network("172.16.0.0/24")
 DIRECTOR_INNER = ipaddress.ip_address("172.16.0.1").packed
 

@@ -21,7 +21,7 @@ other side of a dump.  The first run comes 501 to 508 jiffies after the
 load (the bucket after ``load + 500``).  :func:`ipvs.est.wheel_expiry` is
 that rounding, :attr:`ipvs.est.Estimator.period` the period it gives.
 
-What a golden holds (``tests/kernel/lib/oracle.sh``, ``load_ipvs``):
+What a golden holds (``ipvs_harness/guest/oracle.sh``, ``load_ipvs``):
 
 * ``clock.txt``: ``ipvs_load`` and ``ipvs_loaded`` stamps just before and
   after ``modprobe ip_vs``, which bracket the first arming;

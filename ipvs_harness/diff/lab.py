@@ -1,7 +1,7 @@
 """The live PyIPVS backend: a scenario script in a namespace lab on this host.
 
 :func:`run_lab` runs a scenario script, unchanged, with ``LIB`` pointing at
-``tests/kernel/diff/lab/`` (an ``oracle.sh`` with the kernel library's
+``ipvs_harness/diff/lab/`` (an ``oracle.sh`` with the kernel library's
 functions, built on network namespaces named ``pyipvs-diff-PID-*``, veth
 pairs only, the lab addresses, ``tools/ipvsd`` on AF_PACKET as the director
 and ``tools/ipvsadm`` as ``ipvsadm``).  The script writes the kernel run's
@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABLIB = os.path.join(HERE, "lab")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+from ipvs_harness import ROOT  # noqa: E402
 
 #: Files a lab run cannot write the way the kernel run does, with the reason.
 CANNOT = {

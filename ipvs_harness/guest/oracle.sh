@@ -258,46 +258,9 @@ cleanup() {
 # sched_lab NSERVERS [EXTRA_VIP...] - the lab with 32 client addresses
 # (198.51.100.2-33, $CLIENTS), the VIP 203.0.113.5 (+ extra VIPs) and an
 # HTTP server on port 80 in every real server rs1..rsN (172.16.0.2..).
-sched_lab() {
-    local n=$1 k a specs=
-    shift
-    CLIENTS=
-    for k in $(seq 2 33); do CLIENTS="$CLIENTS 198.51.100.$k"; done
-    # shellcheck disable=SC2086
-    setup_nat "$n" $CLIENTS
-    add_vip 203.0.113.5
-    for a in "$@"; do add_vip "$a"; done
-    for k in $(seq 1 "$n"); do specs="$specs $k:80"; done
-    # shellcheck disable=SC2086
-    start_servers $specs
-}
-
-# Step generators for client_steps; each new connection gets the next
-# client port (PORT, from 40001), so every request's 4-tuple is fixed.
-PORT=40000
-# req LABEL [SRC] [DST] [DPORT] - one HTTP request (closes: TIME_WAIT).
-req() { PORT=$((PORT + 1)); echo "$1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
-# hold LABEL [SRC] [DST] [DPORT] - a connection kept ESTABLISHED (active).
-hold() { PORT=$((PORT + 1)); echo "!hold $1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
-# step TEXT - any other client step (!sh ..., !sleep ..., !rst-label ...).
-step() { echo "!$*"; }
-# snapshot NAME - a mid-sequence ipvsadm -Ln and connection listing.
-snapshot() {
-    echo "!sh ipvsadm -Ln > \"\$OUT/$1-ipvsadm-Ln.txt\"; ipvsadm -Lnc > \"\$OUT/$1-ipvsadm-Lnc.txt\""
-}
-
-# sched_run [DELAY] - run client steps from stdin with captures on both
-# sides; writes requests.txt, order.txt and the final dump_ipvs files.
-sched_run() {
-    capture_start client-side cli0
-    capture_start server-side br0
-    echo "# label n src_addr:src_port server_body" > "$OUT/requests.txt"
-    client_steps "${1:-0.05}" >> "$OUT/requests.txt"
-    capture_stop
-    order_summary
-    dump_ipvs
-    cat "$OUT/order.txt"
-}
+# sched_lab, req, hold, step, snapshot, sched_run: the step helpers every
+# backend shares.
+. "$LIB/steps.sh"
 
 # mark_dst CIDR MARK - set the firewall mark MARK on packets to CIDR as they
 # enter the director (mangle PREROUTING, before IPVS sees them), so a

@@ -1,7 +1,7 @@
 # oracle.sh for the PyIPVS namespace lab: the same functions as
-# tests/kernel/lib/oracle.sh, so a scenario runs unchanged on PyIPVS.
+# ipvs_harness/guest/oracle.sh, so a scenario runs unchanged on PyIPVS.
 #
-# Started by tests/kernel/diff/lab.py, which sets OUT, LIB (this directory),
+# Started by ipvs_harness/diff/lab.py, which sets OUT, LIB (this directory),
 # PYIPVS_DIFF_PREFIX (namespace prefix, pyipvs-diff-PID-), PYIPVS_DIFF_RUN
 # (a private run directory), IPVS_SOCKET (ipvsd's control socket) and PATH
 # (a directory whose `ipvsadm` is tools/ipvsadm), and which removes every
@@ -21,7 +21,7 @@ export PATH LC_ALL=C LANG=C
 : "${OUT:?OUT must be set}" "${LIB:?LIB must be set}" "${PYIPVS_DIFF_PREFIX:?}" "${PYIPVS_DIFF_RUN:?}"
 _PYD_P=$PYIPVS_DIFF_PREFIX
 _PYD_RUN=$PYIPVS_DIFF_RUN
-_PYD_ROOT=$(cd "$LIB/../../../.." && pwd)
+_PYD_ROOT=$(cd "$LIB/../../.." && pwd)
 SERVERS_PID=
 CAP_PIDS=
 CAP_NAMES=
@@ -199,7 +199,7 @@ capture_stop() {
 http_seq() { python3 "$LIB/nsrun.py" client.py "${1:-0}"; }
 client_steps() { python3 "$LIB/nsrun.py" client.py "${1:-0}"; }
 http_get() { ip netns exec "${_PYD_P}cli" curl -s -m 10 --interface "$1" --local-port "$2" "$3"; }
-transcript() { python3 "$LIB/../../lib/transcript.py" "$OUT/$1"; }
+transcript() { python3 "$LIB/../../guest/transcript.py" "$OUT/$1"; }
 
 order_summary() {
     awk '!/^#/{split($4,s,"="); printf "%s %s %s %s\n",$1,$2,$3,s[2]}' \
@@ -217,35 +217,7 @@ cleanup() {
     return 0  # lab.py stops ipvsd and deletes the namespaces
 }
 
-sched_lab() {
-    local n=$1 k a specs=
-    shift
-    CLIENTS=
-    for k in $(seq 2 33); do CLIENTS="$CLIENTS 198.51.100.$k"; done
-    # shellcheck disable=SC2086
-    setup_nat "$n" $CLIENTS
-    add_vip 203.0.113.5
-    for a in "$@"; do add_vip "$a"; done
-    for k in $(seq 1 "$n"); do specs="$specs $k:80"; done
-    # shellcheck disable=SC2086
-    start_servers $specs
-}
-PORT=40000
-req() { PORT=$((PORT + 1)); echo "$1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
-hold() { PORT=$((PORT + 1)); echo "!hold $1 ${2:-198.51.100.2} $PORT ${3:-203.0.113.5} ${4:-80}"; }
-step() { echo "!$*"; }
-snapshot() {
-    echo "!sh ipvsadm -Ln > \"\$OUT/$1-ipvsadm-Ln.txt\"; ipvsadm -Lnc > \"\$OUT/$1-ipvsadm-Lnc.txt\""
-}
-sched_run() {
-    capture_start client-side cli0
-    capture_start server-side br0
-    echo "# label n src_addr:src_port server_body" > "$OUT/requests.txt"
-    client_steps "${1:-0.05}" >> "$OUT/requests.txt"
-    capture_stop
-    order_summary
-    dump_ipvs
-    cat "$OUT/order.txt"
-}
+# The step helpers every backend shares (sched_lab, req, hold, ...).
+. "$LIB/../../guest/steps.sh"
 
 mark_dst() { die "mark_dst $1 $2: the AF_PACKET driver takes no traffic for fwmark services (its BPF filter and ARP cover the VIPs of address services only: ipvs/driver/afpacket.py sync_services)"; }

@@ -1,7 +1,7 @@
 """Differential comparison of PyIPVS with the kernel's IPVS (``tools/ipvs-diff``).
 
 One scenario script (``tests/kernel/scenarios/*.sh``, or any script written
-against ``tests/kernel/lib/oracle.sh``'s functions) runs unchanged on
+against ``ipvs_harness/guest/oracle.sh``'s functions) runs unchanged on
 several backends, each providing the library under ``$LIB``:
 
 * **kernel** - ``tools/ipvs-kernel run`` in a Debian 6.1 VM, or the golden

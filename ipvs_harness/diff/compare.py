@@ -18,7 +18,7 @@ import re
 
 import attrs
 
-from tests.kernel.diff import normalize
+from ipvs_harness.diff import normalize
 
 EQUAL, DIFFERENT, MISSING = "equal", "different", "missing"
 
