@@ -73,7 +73,7 @@ def compare_order(scenario: str, ref: str, got: str, name: str = "order.txt") ->
         if key not in g:
             items.append(Item(scenario, item, MISSING, "request not made"))
         elif g[key][1] == "?":
-            items.append(Item(scenario, item, MISSING, "no frame of this request in the kernel's client capture"))
+            items.append(Item(scenario, item, MISSING, "no frame of this request to a VIP in the kernel's client capture (the offline notes say where it went)"))
         elif g[key][1] != server:
             items.append(Item(scenario, item, DIFFERENT, f"kernel {server}, pyipvs {g[key][1]}"))
         else:

@@ -71,6 +71,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -83,6 +84,7 @@ from ipvs.driver import pcap
 from ipvs.driver.replay import jiffies
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
+from ipvs_harness import sandbox
 from ipvs_harness.diff.compare import DIFFERENT, EQUAL, Item
 from ipvs_harness.diff.esttrace import guest_estimator
 
@@ -133,20 +135,74 @@ CANNOT = {
 
 class GuestResolver(Resolver):
     """Name lookups as the VM answers them: it has no network, so only its
-    /etc/hosts (localhost) resolves; services come from /etc/services as
-    there (netbase).  Asking this host's DNS would wait on timeouts and could
-    give answers the VM never saw."""
+    /etc/hosts resolves (Debian's base file, plus what the scenario itself
+    added: see :mod:`ipvs_harness.sandbox`); services come from
+    /etc/services as there (netbase).  Asking this host's DNS would wait on
+    timeouts and could give answers the VM never saw."""
+
+    def __init__(self, hosts: list[tuple[str, list[str]]] | None = None) -> None:
+        super().__init__()
+        self.by_name: dict[str, bytes] = {}
+        self.by_addr: dict[bytes, str] = {}
+        for addr, names in hosts if hosts is not None else [("127.0.0.1", ["localhost"])]:
+            try:
+                packed = ipaddress.IPv4Address(addr).packed
+            except ValueError:
+                continue  # IPv6 lines: the scenarios are IPv4
+            self.by_addr.setdefault(packed, names[0])
+            for n in names:
+                self.by_name.setdefault(n, packed)
 
     def host_to_addr(self, name: str) -> bytes | None:
-        return b"\x7f\0\0\1" if name == "localhost" else None
+        return self.by_name.get(name)
 
     def addr_to_host(self, af: int, packed: bytes) -> str | None:
-        return "localhost" if packed == b"\x7f\0\0\1" else None
+        return self.by_addr.get(bytes(packed))
+
+
+#: A service address in an ipvsadm command line (-t/-u ADDR:PORT).
+_SVC_ADDR = re.compile(r"(?:-t|-u|--tcp-service|--udp-service)\s+(\d+\.\d+\.\d+\.\d+):")
 
 
 def _one_line(text: str) -> str:
-    """A step's text as lib/clock.py stamps it (whitespace runs folded)."""
+    """A step's text as guest/clock.py stamps it (whitespace runs folded)."""
     return " ".join(text.split())
+
+
+def _cmd_key(text: str) -> str:
+    """A command of a ``!sh`` line as its ``cmd`` stamp names it: bash prints
+    the command it runs re-spaced (``>file`` as ``> file``), so without any
+    whitespace."""
+    return "".join(text.split())
+
+
+def _sh_commands(line: str) -> list[str]:
+    """The commands of a ``!sh`` line, split at the ``;``, ``&&`` and ``||``
+    that are not quoted or escaped (the text of each as written)."""
+    parts, cur, quote, i = [], [], "", 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"' and i + 1 < len(line):
+                cur.append(line[i:i + 2])
+                i += 2
+                continue
+            quote = "" if c == quote else quote
+        elif c == "\\" and i + 1 < len(line):
+            cur.append(line[i:i + 2])
+            i += 2
+            continue
+        elif c in "'\"":
+            quote = c
+        elif c == ";" or line[i:i + 2] in ("&&", "||"):
+            parts.append("".join(cur))
+            cur = []
+            i += 1 if c == ";" else 2
+            continue
+        cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
 
 
 class GuestClock:
@@ -169,7 +225,8 @@ class GuestClock:
                 for line in f:
                     parts = line.rstrip("\n").split("\t", 2)
                     if len(parts) == 3:
-                        self.stamps.setdefault((parts[1], _one_line(parts[2])), []).append(float(parts[0]))
+                        what = _cmd_key(parts[2]) if parts[1] == "cmd" else _one_line(parts[2])
+                        self.stamps.setdefault((parts[1], what), []).append(float(parts[0]))
         for name in sorted(os.listdir(golden)) if os.path.isdir(golden) else ():
             if not name.endswith(".jsonl"):
                 continue
@@ -203,14 +260,19 @@ class GuestClock:
             return None
         return self.stamps[min(keys, key=lambda k: self.stamps[k][0])].pop(0)
 
+    def peek(self, key: tuple, k: int = 0) -> float | None:
+        """The ``k``-th unused stamp of step ``key``, left in place."""
+        ts = self.stamps.get(key) or []
+        return ts[k] if k < len(ts) else None
+
     def take(self, *key) -> float | None:
         """The next unused stamp of step ``key`` (None: not stamped)."""
         ts = self.stamps.get(key)
         return ts.pop(0) if ts else None
 
 
-def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] | None = None
-                   ) -> list[tuple[str, list[str], list[str]]]:
+def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] | None = None,
+                   hosts: list | None = None) -> list[tuple[str, list[str], list[str]]]:
     """(kind, args, stdin lines) records of ``scenario`` run with the stub.
 
     ``prefill`` maps an output file name to the text PyIPVS wrote there on
@@ -229,8 +291,13 @@ def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] |
         out = os.path.join(tmp, "out")
         os.makedirs(out)
         env = dict(os.environ, LIB=STUB, OUT=out, DIFF_EVENTS=ev, DIFF_PREFILL=pre, LC_ALL="C")
-        subprocess.run(["bash", "-o", "pipefail", os.path.abspath(scenario)], cwd=out, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+        # In a mount namespace of its own: the script may edit /etc (hosts).
+        proc = subprocess.run(sandbox.wrap(["bash", "-o", "pipefail", os.path.abspath(scenario)], tmp), cwd=out,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
+                              check=False)
+        sandbox.check(proc)
+        if hosts is not None:
+            hosts[:] = sandbox.hosts(tmp)
         with open(ev, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     out: list[tuple[str, list[str], list[str]]] = []
@@ -271,6 +338,34 @@ def _ip4(r: pcap.Record):
             int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None)
 
 
+#: iptables options of a mangle MARK rule, as ipvs-mark takes them.
+_MARK_OPTS = {"-p": "-p", "--protocol": "-p", "-s": "-s", "--source": "-s", "-d": "-d",
+              "--destination": "-d", "--dport": "--dport", "--destination-port": "--dport",
+              "--set-mark": "--set-mark", "--set-xmark": "--set-mark"}
+
+
+def _iptables_mark(args: list[str]) -> list[str] | None:
+    """``iptables -t mangle -A|-I PREROUTING ... -j MARK --set-mark M`` as
+    the ipvs-mark arguments of the same rule (None: not such a rule, or one
+    with a match PyIPVS's mark rules do not have)."""
+    if not args or args[0] != "iptables" or "MARK" not in args or "mangle" not in args:
+        return None
+    out, i, a = ["-A"], 1, args
+    while i < len(a):
+        if a[i] in ("-t", "-j", "-m") and i + 1 < len(a):
+            i += 2
+        elif a[i] in ("-A", "-I") and i + 1 < len(a) and a[i + 1] == "PREROUTING":
+            i += 2
+            if i < len(a) and a[i].isdigit():  # -I PREROUTING 1
+                i += 1
+        elif a[i] in _MARK_OPTS and i + 1 < len(a):
+            out += [_MARK_OPTS[a[i]], a[i + 1].split("/")[0] if a[i] == "--set-xmark" else a[i + 1]]
+            i += 2
+        else:
+            return None
+    return out if "--set-mark" in out else None
+
+
 def _inner(a: bytes | bytearray) -> bool:
     return ipaddress.ip_address(bytes(a)) in INNER
 
@@ -288,7 +383,11 @@ class Traffic:
 
     def __init__(self, golden: str, vips: set[bytes]):
         cli = [(r, i) for r in pcap.read_file(os.path.join(golden, "client-side.pcap")) if (i := _ip4(r))]
-        srv_all = pcap.read_file(os.path.join(golden, "server-side.pcap"))
+        # A scenario may capture the client side only.
+        srv_path = os.path.join(golden, "server-side.pcap")
+        srv_all = pcap.read_file(srv_path) if os.path.exists(srv_path) else []
+        #: Every client-side TCP/UDP frame (for what the offline run did not replay).
+        self.client_frames = cli
         srv = [(r, i) for r in srv_all if (i := _ip4(r))]
         #: The director's ARP requests for each inner address (times), and
         #: the inner addresses that ever answered or sent anything.
@@ -430,6 +529,9 @@ class OfflineRun:
         self.items: list[Item] = []
         self.notes: list[str] = []
         self.vips: set[bytes] = set()
+        #: Every address a service had so far (frames to it are IPVS input).
+        self.seen_vips: set[bytes] = set()
+        self.resolver = GuestResolver()
         self.steps: list[tuple[str, str]] = []  # (kind, line) in the capture window
         self.in_capture = False
         self.requests: list[tuple[str, int, str, int, int]] = []  # label, n, src, sport, proto
@@ -494,7 +596,8 @@ class OfflineRun:
         self.d.run_timers(self.now)
         out, err = io.StringIO(), io.StringIO()
         rc = ipvsadm_main(argv, transport=self.transport, stdout=out, stderr=err, stdin=io.StringIO(stdin),
-                          resolver=GuestResolver())
+                          resolver=self.resolver)
+        self.seen_vips |= {svc.addr for svc in self.ipvs.svc_order if not svc.fwmark}
         if not self.replaying:
             self.tick(IPVSADM_S)
         return rc, out.getvalue(), err.getvalue()
@@ -531,14 +634,22 @@ class OfflineRun:
         and reads and writes of ``/proc/sys/net/ipv4/vs/*``; (stdout, stderr, rc)."""
         stdout, stderr, rc = "", "", 0
         self.stamp("sh", _one_line(cmd))
-        for part in cmd.split(";"):
-            words = shlex.split(part.replace("$OUT/", ""))
+        for part in _sh_commands(cmd):
+            lex = shlex.shlex(part.replace("$OUT/", ""), posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            try:
+                words = list(lex)
+            except ValueError as e:
+                self.notes.append(f"!sh not modelled: {part} ({e})")
+                continue
             target = None
             if ">" in words:
                 i = words.index(">")
-                target, words = words[i + 1], words[:i]
+                target, words = (words[i + 1] if i + 1 < len(words) else None), words[:i]
             if not words:
                 continue
+            # Each command's own stamp, where the golden has them (guest/clock.py).
+            self.stamp("cmd", _cmd_key(part), at_exit=words[0] == "ipvsadm")
             text = ""
             if words[0] == "ipvsadm":
                 rc, text, err = self.ipvsadm(words[1:])
@@ -560,6 +671,21 @@ class OfflineRun:
                 stdout += text
         return stdout, stderr, rc
 
+    def library_call(self, kind: str, args: list[str]) -> None:
+        """A library call that changes IPVS's surroundings: a setting, a
+        firewall mark (``mark_dst`` or a raw ``iptables -t mangle ... -j
+        MARK --set-mark``), a module."""
+        if kind == "vs_sysctl":
+            self.stamp("vs_sysctl", f"{args[0]} {args[1]}")
+            self.transport.call({"version": 1, "cmd": "SET_SYSCTL", "name": args[0], "value": int(args[1])})
+        elif kind == "mark_dst":
+            # iptables' MARK on packets to CIDR: PyIPVS's own mark rules (tools/ipvs-mark).
+            self.mark(["-A", "-d", args[0], "--set-mark", args[1]])
+        elif kind == "iptables_mark":
+            self.mark(args)
+        elif kind == "modprobe":
+            self.modprobe(args)
+
     def mark(self, argv: list[str]) -> None:
         from ipvs.cli.ipvs_mark import main as ipvs_mark_main
 
@@ -572,7 +698,9 @@ class OfflineRun:
         if args and args[0] == "ip_vs_ftp":
             from ipvs.app import ftp
 
-            ports = [int(a.split("=", 1)[1]) for a in args[1:] if a.startswith("ports=")] or [21]
+            # ports=21,2100: a comma-separated list, as the module parameter takes it.
+            ports = [int(p) for a in args[1:] if a.startswith("ports=")
+                     for p in a.split("=", 1)[1].split(",") if p.strip().isdigit()] or [21]
             ftp.register(self.ipvs, ports=tuple(ports))
         elif args and not args[0].startswith("ip_vs"):
             self.notes.append(f"modprobe {' '.join(args)}: not modelled")
@@ -616,7 +744,12 @@ class OfflineRun:
             self.notes.append("no captures recorded: traffic not replayed")
             self.steps = []
             return
-        vips = {svc.addr for svc in self.ipvs.svc_order if not svc.fwmark} | self.vips
+        # The VIPs: add_vip's, and every address a service had or gets during
+        # the capture (a "!sh ipvsadm -A" among the steps), declared or not.
+        vips = {svc.addr for svc in self.ipvs.svc_order if not svc.fwmark} | self.vips | self.seen_vips
+        for kind, line in self.steps:
+            if kind == "step" and line.lstrip().startswith("!sh"):
+                vips |= {ipaddress.ip_address(a).packed for a in _SVC_ADDR.findall(line)}
         t = self.traffic = Traffic(self.golden, vips)
         gap = t.ends[0] - t.ends[1]
         if abs(gap) > 0.2:
@@ -633,6 +766,7 @@ class OfflineRun:
             first.setdefault(t.flow(i), idx)
         # Anchor every step that sends a frame; the others run before the next anchor.
         held: dict[str, list[tuple[int, bytes, int]]] = {}
+        occurrences: dict[tuple, int] = {}  # stamp key -> how many steps of it so far
         plan: list[tuple[int, list]] = []  # (input index, actions to run before it)
         pending: list = []
         last = -1  # the input index of the last anchored step
@@ -691,7 +825,9 @@ class OfflineRun:
                     held.setdefault(a[0], []).append(f)
                 anchor(first.get(f))
             elif verb == "sh":
-                pending.append([lambda cmd=rest: self.sh(cmd), 0.0])
+                key = ("sh", _one_line(rest))
+                pending.append([lambda cmd=rest: self.sh(cmd), 0.0, key, occurrences.get(key, 0)])
+                occurrences[key] = occurrences.get(key, 0) + 1
             elif verb == "sleep":
                 sleep(float(a[0]))
             elif verb in ("release-all", "rst-all", "release-label", "rst-label", "release"):
@@ -706,9 +842,25 @@ class OfflineRun:
                     self.notes.append(f"capture gap: the kernel's client capture ends before the frames of step {line!r} "
                                       "(no FIN/RST of the held connections)")
                 anchor(idx)
-        plan.append((len(t.input), pending))
+        # Steps after the last frame they can be anchored to: where the
+        # guest's stamps put them among the remaining frames (a snapshot
+        # before the client's final FINs), else after every frame.
+        times = [r.ts for r, _i in t.input]
+        group: list = []
+        for p in pending:
+            group.append(p)
+            at = self.clock.peek(p[2], p[3]) if len(p) > 2 else None
+            if at is not None:
+                idx = max(bisect.bisect_right(times, at), last + 1)
+                if idx < len(t.input):
+                    plan.append((idx, group))
+                    group = []
+                    last = idx - 1
+        plan.append((len(t.input), group))
         self.steps = []
-        jobs = dict(plan)
+        jobs: dict[int, list] = {}
+        for idx, actions in plan:
+            jobs.setdefault(idx, []).extend(actions)
         sent: list[tuple[bytes, tuple]] = []
         if t.input and not self.est_source:
             self._estimator_phase(jiffies(t.input[0][0].ts, self.ipvs.hz), jiffies(t.input[-1][0].ts, self.ipvs.hz))
@@ -718,7 +870,7 @@ class OfflineRun:
             self._unreachable(neigh, now, sent, info)
             if idx in jobs:
                 self.horizon = now
-                for action, lead in jobs.pop(idx):
+                for action, lead, *_key in jobs.pop(idx):
                     if not self.clock:
                         self.now = max(self.now, now - round(lead * self.ipvs.hz))
                     self.d.run_timers(self.now)
@@ -748,7 +900,7 @@ class OfflineRun:
             self.now = jiffies(t.input[-1][0].ts, self.ipvs.hz)
         self.d.run_timers(self.now)
         for _idx, actions in sorted(jobs.items()):
-            for action, _lead in actions:
+            for action, _lead, *_key in actions:
                 action()
         stop = self.clock.take_kind("capture_stop")
         if stop is not None:
@@ -872,8 +1024,14 @@ class OfflineRun:
         lines = []
         for label, n, src, sport, proto in self.requests:
             f = (proto, ipaddress.ip_address(src).packed, sport)
-            # "?": the kernel's client capture has no frame of this request.
+            # "?": the kernel's client capture has no frame of this request to a VIP.
             server = self.decisions.get(f, "?")
+            if server == "?" and self.traffic is not None:
+                to = sorted({str(ipaddress.ip_address(bytes(i[3]))) for _r, i in self.traffic.client_frames
+                             if (i[1], bytes(i[2]), i[4]) == f})
+                if to:
+                    self.notes.append(f"request {label} {src}:{sport}: the kernel's client capture has it to "
+                                      f"{', '.join(to)}, which neither a service nor add_vip names: not replayed")
             if server.startswith("rs") and f not in self.answered:
                 # Like the client's view: scheduled, but no server answered
                 # (none runs at that address, or it sent an ICMP error).
@@ -884,7 +1042,10 @@ class OfflineRun:
     # ------------------------------------------------------------ driver
 
     def run(self) -> None:
-        for kind, args, lines in extract_events(self.scenario_sh, prefill=self.prefill):
+        hosts: list = []
+        events = extract_events(self.scenario_sh, prefill=self.prefill, hosts=hosts)
+        self.resolver = GuestResolver(hosts)
+        for kind, args, lines in events:
             if kind == "ipvsadm" and self.in_capture:
                 self.steps.append(("action", lambda a=args, i="".join(x + "\n" for x in lines): self.ipvsadm(a, i)))
             elif kind == "ipvsadm":
@@ -898,13 +1059,13 @@ class OfflineRun:
                 rc, _o, e = self.ipvsadm(["-R"], "".join(x + "\n" for x in lines))
                 if rc:
                     self.notes.append(f"ipvs_rules failed: {e.strip()}")
-            elif kind == "vs_sysctl":
-                self.transport.call({"version": 1, "cmd": "SET_SYSCTL", "name": args[0], "value": int(args[1])})
+            elif kind in ("vs_sysctl", "mark_dst", "modprobe", "iptables_mark") and self.in_capture:
+                # Between two client_steps of one capture: in step order, not at once.
+                self.steps.append(("action", lambda k=kind, a=args: self.library_call(k, a)))
+            elif kind in ("vs_sysctl", "mark_dst", "modprobe", "iptables_mark"):
+                self.library_call(kind, args)
             elif kind == "add_vip":
                 self.vips.add(ipaddress.ip_address(args[0]).packed)
-            elif kind == "mark_dst":
-                # iptables' MARK on packets to CIDR: PyIPVS's own mark rules (tools/ipvs-mark).
-                self.mark(["-A", "-d", args[0], "--set-mark", args[1]])
             elif kind in ("dump_ipvs", "dump_conn") and self.in_capture:
                 fn = self.dump_ipvs if kind == "dump_ipvs" else self.dump_conn
                 self.steps.append(("action", lambda fn=fn, p=args[0] if args else "": fn(p)))
@@ -912,13 +1073,19 @@ class OfflineRun:
                 self.dump_ipvs(args[0] if args else "")
             elif kind == "dump_conn":
                 self.dump_conn(args[0] if args else "")
-            elif kind == "modprobe":
-                self.modprobe(args)
             elif kind == "ftp_client":
                 # client OUTFILE SRC SPORT DST MODE DATAPORT
                 self.steps.append(("ftp", (args[1], args[2])))
             elif kind == "tcpcraft":
                 self.steps.append(("tcpcraft", (args[0], lines)))
+            elif kind == "cmd" and _iptables_mark(args) is not None:
+                # A raw "iptables -t mangle -A PREROUTING ... -j MARK --set-mark M".
+                if self.in_capture:
+                    self.steps.append(("action", lambda a=_iptables_mark(args): self.library_call("iptables_mark", a)))
+                else:
+                    self.library_call("iptables_mark", _iptables_mark(args))
+            elif kind == "cmd" and args and args[0] in ("iptables", "iptables-restore") and "MARK" in args:
+                self.notes.append(f"not modelled: {' '.join(args)}")
             elif kind in ("ftp_server", "cmd"):
                 pass
             elif kind == "transcript":

@@ -145,7 +145,10 @@ class Client:
             elif verb == "sh":
                 sys.stderr.flush()
                 clock.mark("sh", rest)
-                subprocess.run(rest, shell=True, stdout=sys.stderr, check=False)
+                # bash stamps each command of the line as it starts (kind
+                # "cmd"): a line of several ipvsadm runs spreads over a
+                # second or two under TCG, and the offline model follows.
+                subprocess.run(["bash", "-c", clock.STAMP_EACH_COMMAND + rest], stdout=sys.stderr, check=False)
             elif verb == "hold":
                 self.hold(args[0], args[1], int(args[2]), args[3], int(args[4]))
             elif verb == "udp":

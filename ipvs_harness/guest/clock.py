@@ -14,6 +14,12 @@ from __future__ import annotations
 import os
 import time
 
+#: A bash prologue that stamps every simple command as it starts (kind
+#: ``cmd``, WHAT the command's text as bash prints it), at no process cost.
+STAMP_EACH_COMMAND = (
+    "trap 'printf \"%s\\tcmd\\t%s\\n\" \"$EPOCHREALTIME\" \"$BASH_COMMAND\" >> \"$OUT/clock.txt\"' DEBUG\n"
+)
+
 
 def mark(kind: str, what: str, out: str | None = None) -> None:
     """Append a stamp for ``kind`` ``what`` to ``OUT/clock.txt`` (no-op without OUT)."""

@@ -127,7 +127,7 @@ start_httpd() { start_servers "$@"; }
 ipvs_rules() { ipvsadm -R || die "ipvsadm -R failed"; }
 
 # vs_sysctl NAME VALUE - set /proc/sys/net/ipv4/vs/NAME.
-vs_sysctl() { echo "$2" > "/proc/sys/net/ipv4/vs/$1" || die "sysctl vs.$1=$2"; }
+vs_sysctl() { stamp vs_sysctl "$1 $2"; echo "$2" > "/proc/sys/net/ipv4/vs/$1" || die "sysctl vs.$1=$2"; }
 
 # stamp KIND WHAT - the guest's realtime clock (the pcap timestamps' clock)
 # into $OUT/clock.txt before a step (see clock.py; bash's EPOCHREALTIME
