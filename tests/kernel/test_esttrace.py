@@ -101,4 +101,8 @@ def test_the_load_stamp_predicts_the_first_run(name):
     loaded = GuestClock(g).take("ipvs_loaded", "ip_vs")
     assert loaded is not None
     est, _ = guest_estimator(Estimator(HZ), "/nonexistent", loaded)
-    assert abs(est.next_run - int(tr.runs[0] * HZ)) <= 8
+    # The trace starts after the load: on a busy machine after the first
+    # run (thresholds_edit: 2.6 s later), so its first run may be a later one.
+    first = int(tr.runs[0] * HZ)
+    k = max(0, round((first - est.next_run) / est.period))
+    assert k <= 1 and abs(est.next_run + k * est.period - first) <= 8
