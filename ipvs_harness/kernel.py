@@ -13,8 +13,9 @@ Commands::
     ipvs-kernel build                 build (or reuse) the cached VM
     ipvs-kernel run SCENARIO OUTDIR [--input [NAME=]FILE]...
                                       boot once, run one scenario, copy results
-    ipvs-kernel record [NAME...]      re-record tests/kernel/goldens/NAME/
-                                      (all scenarios when no NAME), as few boots as possible
+    ipvs-kernel record [NAME|PATH.sh...] [--out DIR]
+                                      re-record tests/kernel/goldens/NAME/ (or DIR/NAME/)
+                                      (all scenarios when none named), as few boots as possible
     ipvs-kernel info                  print cache paths and pinned versions
     ipvs-kernel check                 check the committed goldens (no VM)
 
@@ -411,12 +412,14 @@ MAX_DECODE = 96 * 1024
 
 def cmd_record(args) -> int:
     names = args.names or sorted(p.stem for p in SCENARIOS.glob("*.sh"))
+    goldens = Path(args.out) if args.out else GOLDENS
     pairs = []
     for n in names:
-        p = SCENARIOS / f"{n}.sh"
+        # A name under tests/kernel/scenarios, or the path of any scenario script.
+        p = Path(n) if n.endswith(".sh") else SCENARIOS / f"{n}.sh"
         if not p.exists():
             raise SystemExit(f"no such scenario: {p}")
-        pairs.append((n, p))
+        pairs.append((p.stem, p))
     share, wall, rc = run_batch(pairs, args.timeout)
     failed = []
     for n, p in pairs:
@@ -426,7 +429,15 @@ def cmd_record(args) -> int:
             failed.append(n)
             log(f"{n}: rc={src_rc}; golden NOT updated (see {src}/scenario.log)")
             continue
-        dst = GOLDENS / n
+        # The offline backend replays the captures: a golden never loses one.
+        big = [f"{f.name} ({f.stat().st_size} bytes)" for f in sorted(src.glob("*.pcap"))
+               if f.stat().st_size > MAX_PCAP]
+        if big and not args.allow_big_captures:
+            failed.append(n)
+            log(f"{n}: {', '.join(big)} over {MAX_PCAP // 1024} KiB: golden NOT updated; make the scenario "
+                "send less, or pass --allow-big-captures to commit them")
+            continue
+        dst = goldens / n
         if dst.exists():
             shutil.rmtree(dst)
         dst.mkdir(parents=True)
@@ -434,16 +445,13 @@ def cmd_record(args) -> int:
             if f.name in DROP_FROM_GOLDEN or f.is_dir():
                 continue
             size = f.stat().st_size
-            if f.suffix == ".pcap" and size > MAX_PCAP:
-                log(f"{n}: {f.name} is {size} bytes: kept only as text")
-                continue
             pcap = f.with_suffix(".pcap")
             if (f.suffix == ".txt" and pcap.exists() and size > MAX_DECODE
                     and pcap.stat().st_size <= MAX_PCAP):
                 continue
             shutil.copy2(f, dst / f.name)
         shutil.copy2(p, dst / "scenario.sh")
-        log(f"{n}: recorded into {dst.relative_to(REPO)}")
+        log(f"{n}: recorded into {dst}")
     if failed:
         log(f"failed: {' '.join(failed)}; share kept at {share}")
         return 1
@@ -506,7 +514,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="copy FILE into the guest as $IN/NAME (repeatable)")
     r.set_defaults(fn=cmd_run)
     rec = sub.add_parser("record", help="re-record goldens (as few boots as possible)")
-    rec.add_argument("names", nargs="*")
+    rec.add_argument("names", nargs="*", metavar="NAME|PATH.sh",
+                     help="scenarios under tests/kernel/scenarios, or scenario scripts anywhere")
+    rec.add_argument("--out", metavar="DIR", help="write the goldens under DIR (default tests/kernel/goldens)")
+    rec.add_argument("--allow-big-captures", action="store_true",
+                     help=f"keep captures over {MAX_PCAP // 1024} KiB (refused by default, never dropped)")
     rec.add_argument("--timeout", type=float, default=2400.0, help="VM wall-clock limit (s)")
     rec.add_argument("--keep-failed", action="store_true",
                      help="record a scenario even when its script failed")

@@ -24,11 +24,12 @@ EQUAL, DIFFERENT, MISSING = "equal", "different", "missing"
 
 #: Kernel-only facts, never compared: VM, boot, module list, logs with
 #: timings (the guest's clock stamps, the estimator timer's trace),
-#: tcpdump's own text decodes (timestamps, ISNs of real sockets).
+#: tcpdump's own text decodes (timestamps, ISNs of real sockets), values
+#: a scenario computed at run time (``value``: the offline run is handed them).
 NOT_ITEMS = re.compile(
     r"^(scenario\.sh|rc|run-info\.txt|guest-info\.txt|guest-packages\.txt|lsmod\.txt|scenario\.log|"
     r"dmesg\.txt|console\.log|duration_s|clock\.txt|est-trace\.txt|.*\.pcap|(client|server)-side\.txt|"
-    r".*\.err|.*\.out)$"
+    r".*\.err|.*\.out|value-.*\.txt)$"
 )
 
 

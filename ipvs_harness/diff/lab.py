@@ -19,12 +19,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABLIB = os.path.join(HERE, "lab")
-from ipvs_harness import ROOT  # noqa: E402
+from ipvs_harness import ROOT, sandbox  # noqa: E402
 
 #: Files a lab run cannot write the way the kernel run does, with the reason.
 CANNOT = {
@@ -76,8 +77,8 @@ def _namespaces(prefix: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].startswith(prefix)]
 
 
-def teardown(prefix: str, rundir: str) -> None:
-    """Stop the run's processes by PID and delete its namespaces."""
+def teardown(prefix: str, rundir: str, spare: int | None = None) -> None:
+    """Stop the run's processes by PID (all but ``spare``) and delete its namespaces."""
     pids = []
     try:
         with open(os.path.join(rundir, "pids")) as f:
@@ -86,7 +87,8 @@ def teardown(prefix: str, rundir: str) -> None:
         pass
     # The director last: the servers and captures first, so nothing waits on it.
     for pid in reversed(pids):
-        _stop(pid)
+        if pid != spare:
+            _stop(pid)
     for ns in _namespaces(prefix):
         r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
         for tok in r.stdout.split():
@@ -131,7 +133,12 @@ def run_lab(scenario_sh: str, outdir: str, timeout: float = 900) -> int:
     rc = 124
     try:
         with open(os.path.join(outdir, "scenario.log"), "w") as log:
-            p = subprocess.Popen(["bash", "-o", "pipefail", os.path.abspath(scenario_sh)], cwd=rundir, env=env,
+            # In a mount namespace of its own with a private /etc (the script
+            # may edit /etc/hosts); its network namespaces live in that mount
+            # namespace, so the run removes them there before it ends.
+            inner = ["bash", "-c", 'bash -o pipefail "$1"; rc=$?; python3 -m ipvs_harness.diff.lab teardown '
+                     '"$PYIPVS_DIFF_PREFIX" "$PYIPVS_DIFF_RUN"; exit $rc', "scenario", os.path.abspath(scenario_sh)]
+            p = subprocess.Popen(sandbox.wrap(inner, rundir), cwd=rundir, env=env,
                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
             with open(os.path.join(rundir, "pids"), "a") as f:
@@ -141,6 +148,7 @@ def run_lab(scenario_sh: str, outdir: str, timeout: float = 900) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(timeout=10)
+            sandbox.check(p)
     finally:
         if os.path.exists(os.path.join(rundir, "ipvsd.log")):
             shutil.copy(os.path.join(rundir, "ipvsd.log"), os.path.join(outdir, "ipvsd.log"))
@@ -151,3 +159,11 @@ def run_lab(scenario_sh: str, outdir: str, timeout: float = 900) -> int:
     with open(os.path.join(outdir, "duration_s"), "w") as f:
         f.write(f"{time.monotonic() - t0:.1f}\n")
     return rc
+
+
+if __name__ == "__main__":
+    # python3 -m ipvs_harness.diff.lab teardown PREFIX RUNDIR (run_lab's own, inside its mount namespace)
+    if len(sys.argv) == 4 and sys.argv[1] == "teardown":
+        teardown(sys.argv[2], sys.argv[3], spare=os.getppid())  # not the run's own shell
+    else:
+        sys.exit("usage: python3 -m ipvs_harness.diff.lab teardown PREFIX RUNDIR")

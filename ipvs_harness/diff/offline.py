@@ -272,7 +272,7 @@ class GuestClock:
 
 
 def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] | None = None,
-                   hosts: list | None = None) -> list[tuple[str, list[str], list[str]]]:
+                   hosts: list | None = None, golden: str = "") -> list[tuple[str, list[str], list[str]]]:
     """(kind, args, stdin lines) records of ``scenario`` run with the stub.
 
     ``prefill`` maps an output file name to the text PyIPVS wrote there on
@@ -290,7 +290,8 @@ def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] |
                 f.write(text)
         out = os.path.join(tmp, "out")
         os.makedirs(out)
-        env = dict(os.environ, LIB=STUB, OUT=out, DIFF_EVENTS=ev, DIFF_PREFILL=pre, LC_ALL="C")
+        env = dict(os.environ, LIB=STUB, OUT=out, DIFF_EVENTS=ev, DIFF_PREFILL=pre, LC_ALL="C",
+                   DIFF_GOLDEN=os.path.abspath(golden) if golden else "")
         # In a mount namespace of its own: the script may edit /etc (hosts).
         proc = subprocess.run(sandbox.wrap(["bash", "-o", "pipefail", os.path.abspath(scenario)], tmp), cwd=out,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
@@ -830,6 +831,16 @@ class OfflineRun:
                 occurrences[key] = occurrences.get(key, 0) + 1
             elif verb == "sleep":
                 sleep(float(a[0]))
+            elif verb in ("ping", "abort"):
+                # Data on held connections: the first client frame of them after the last anchor.
+                flows = held.get(a[0], [])
+                anchor(next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) in flows
+                             and not _inner(t.input[k][1][2])), None))
+                if verb == "abort":
+                    held.pop(a[0], None)
+            elif verb == "tcp":
+                # A crafted segment: the flow's next client frame.
+                anchor(next_from_client((6, ipaddress.ip_address(a[1]).packed, int(a[2]))))
             elif verb in ("release-all", "rst-all", "release-label", "rst-label", "release"):
                 if verb == "release":
                     flows = [(6, ipaddress.ip_address(a[0]).packed, int(a[1]))]
@@ -1043,7 +1054,7 @@ class OfflineRun:
 
     def run(self) -> None:
         hosts: list = []
-        events = extract_events(self.scenario_sh, prefill=self.prefill, hosts=hosts)
+        events = extract_events(self.scenario_sh, prefill=self.prefill, hosts=hosts, golden=self.golden)
         self.resolver = GuestResolver(hosts)
         for kind, args, lines in events:
             if kind == "ipvsadm" and self.in_capture:
@@ -1086,7 +1097,7 @@ class OfflineRun:
                     self.library_call("iptables_mark", _iptables_mark(args))
             elif kind == "cmd" and args and args[0] in ("iptables", "iptables-restore") and "MARK" in args:
                 self.notes.append(f"not modelled: {' '.join(args)}")
-            elif kind in ("ftp_server", "cmd"):
+            elif kind in ("ftp_server", "cmd", "value"):
                 pass
             elif kind == "transcript":
                 self.transcript(args[0], lines)

@@ -20,6 +20,16 @@ Usage: ``python3 client.py DELAY < steps``; one step per line:
     CLOSE, which expires in 10 s instead of TIME_WAIT's 120 s.
 ``!udp LABEL SRC SPORT DST DPORT``
     one datagram, wait for the answer (or the ICMP error) for 3 s.
+``!ping LABEL``
+    on each held connection of LABEL send ``PING`` and wait for ``PONG``
+    (a packet each way on a connection IPVS holds).
+``!abort LABEL``
+    the server side aborts each held connection of LABEL (``ABORT``: the
+    real server closes with a RST); the client then closes its socket.
+``!tcp FLAGS SRC SPORT DST DPORT [SEQ [ACK]]``
+    one hand-made TCP segment from the client namespace (FLAGS from
+    ``SAFRPU``; SEQ default ``1000000 * SPORT``, ACK default 0), answers
+    not awaited: a crafted client for segments no socket would send.
 ``!sleep SECONDS``, ``!note TEXT`` (prints ``# TEXT``),
 ``!sh COMMAND`` (run in the director's namespace; its stdout goes to stderr
 so it never mixes with the request lines unless redirected).
@@ -28,23 +38,37 @@ so it never mixes with the request lines unless redirected).
 from __future__ import annotations
 
 import errno
+import hashlib
+import os
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import clock
-from nsutil import socket_in
+from nsutil import netns, socket_in
 
 NS = "cli"
 TIMEOUT = 10.0
 
 
+def _counter_path() -> str:
+    """Where the request count lives between client_steps calls of one run."""
+    key = hashlib.sha1(os.environ.get("OUT", "").encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"pyipvs-client-{key}.n")
+
+
 class Client:
     def __init__(self, delay: float):
         self.delay = delay
-        self.n = 0
+        # Requests are numbered across every client_steps call of a scenario.
+        try:
+            with open(_counter_path()) as f:
+                self.n = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            self.n = 0
         self.held: dict[tuple[str, int], tuple[str, socket.socket]] = {}
 
     def out(self, line: str) -> None:
@@ -113,6 +137,40 @@ class Client:
             if label is None or lab == label:
                 self.release(*key, rst=rst)
 
+    def on_held(self, label: str, verb: str) -> None:
+        for key, (lab, s) in list(self.held.items()):
+            if lab != label:
+                continue
+            try:
+                if verb == "ping":
+                    s.sendall(b"PING\n")
+                    s.recv(4096)
+                else:
+                    s.sendall(b"ABORT\n")
+                    s.recv(4096)  # the server's RST: ECONNRESET (or EOF)
+            except OSError:
+                pass
+            if verb == "abort":
+                self.held.pop(key)
+                s.close()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def tcp(self, args: list[str]) -> None:
+        from tcpcraft import FLAG_BITS, Flow
+
+        flags, src, sport, dst, dport = args[0], args[1], int(args[2]), args[3], int(args[4])
+        f = Flow(src, sport, dst, dport, int(args[5]) if len(args) > 5 else None)
+        f.ack = int(args[6]) if len(args) > 6 else 0
+        if any(ch not in FLAG_BITS for ch in flags):
+            raise SystemExit(f"client.py: !tcp flags {flags!r}: use S A F R P U")
+        with netns(NS):
+            tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        with tx:
+            tx.sendto(f.segment(flags, b""), (dst, 0))
+        if self.delay:
+            time.sleep(self.delay)
+
     def udp(self, label, src, sport, dst, dport) -> None:
         self.n += 1
         s = socket_in(NS, socket.AF_INET, socket.SOCK_DGRAM)
@@ -163,6 +221,10 @@ class Client:
                 self.release_where(None, rst=True)
             elif verb == "rst-label":
                 self.release_where(args[0], rst=True)
+            elif verb in ("ping", "abort"):
+                self.on_held(args[0], verb)
+            elif verb == "tcp":
+                self.tcp(args)
             else:
                 raise SystemExit(f"client.py: unknown step {line!r}")
             return
@@ -175,6 +237,8 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         c.step(line)
     c.release_where(None, rst=False)
+    with open(_counter_path(), "w") as f:
+        f.write(f"{c.n}\n")
     return 0
 
 

@@ -14,7 +14,8 @@ TCP protocol (first line from the client decides):
   ``server=rsK local=IP:PORT peer=IP:PORT`` and close first (the server
   side closes, as a web server does);
 * ``HOLD``: answer the same identity line and keep the connection open
-  until the client closes, then close (client closes first);
+  until the client closes, then close (client closes first); on it,
+  ``PING`` is answered with ``PONG`` and ``ABORT`` closes with a RST;
 * anything else: echo it back and close.
 
 UDP: every datagram is answered with the identity line.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -134,6 +136,7 @@ def serve(sel, c: Conn) -> None:
             c.mode = "http"
         elif first.startswith("HOLD"):
             c.mode = "hold"
+            c.buf = c.buf.split(b"\n", 1)[1]
             c.sock.sendall((ident + "\n").encode())
             return
         else:
@@ -149,7 +152,18 @@ def serve(sel, c: Conn) -> None:
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         c.sock.sendall(head + body)
         close(sel, c)
-    # hold mode: further data is ignored until the client closes.
+    if c.mode == "hold":
+        # A held connection answers PING with PONG (a packet each way on a
+        # connection IPVS already holds) and ABORT with a RST (the server
+        # side aborts); anything else is ignored until the client closes.
+        lines, _, c.buf = c.buf.rpartition(b"\n")
+        for line in lines.split(b"\n"):
+            if line.strip() == b"PING":
+                c.sock.sendall(b"PONG\n")
+            elif line.strip() == b"ABORT":
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                close(sel, c)
+                return
 
 
 if __name__ == "__main__":

@@ -47,3 +47,16 @@ sched_run() {
     dump_ipvs
     if [ -f "$OUT/order.txt" ]; then cat "$OUT/order.txt"; fi
 }
+
+# value NAME CMD [ARG...] - run CMD and print its output, kept as
+# $OUT/value-NAME.txt: a value computed at run time (a timestamp, a count
+# read back from the kernel) that later steps use, X=$(value x CMD ...).
+# The offline backend, which cannot run CMD against the kernel, is handed
+# the recorded value instead (diff/stub/oracle.sh).
+value() {
+    local name=$1 v
+    shift
+    v=$("$@")
+    printf '%s\n' "$v" > "$OUT/value-$name.txt"
+    printf '%s\n' "$v"
+}

@@ -74,3 +74,5 @@ mark_dst() { ev mark_dst "$@"; }
 
 # The step helpers every backend shares (sched_lab, req, hold, ...).
 . "$LIB/../../guest/steps.sh"
+# The kernel run's value of NAME (its value-NAME.txt), not a stub's guess.
+value() { ev value "$@"; [ -n "${DIFF_GOLDEN:-}" ] && cat "$DIFF_GOLDEN/value-$1.txt" 2>/dev/null; return 0; }
