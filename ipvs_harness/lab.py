@@ -1,9 +1,17 @@
 """ipvs-lab: the seed's LVS/NAT example, for real, in network namespaces.
 
     ipvs-lab up [--mode spare|shared] [--strict] [--no-rules]
-    ipvs-lab demo [--requests N]
+    ipvs-lab demo [--requests N] [--concurrency N]
+    ipvs-lab run [--mode spare|shared] [--requests N]
     ipvs-lab status
     ipvs-lab down
+
+``up``, ``demo``, ``run`` and ``down`` hold the lab's lock
+(``/run/PREFIX-lab.lock``) while they run: a second run on the same lab
+is refused with the holder's pid instead of tearing down the first one's
+namespaces.  ``demo``'s progress line counts connections live (the
+director's per-CPU counters, not the estimator's snapshot), and every
+wait says what it waits for.
 
 ``up`` builds four namespaces joined by veth pairs only (nothing touches
 the host's interfaces)::
@@ -43,6 +51,7 @@ is bounded in requests and time.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -418,12 +427,13 @@ def demo(requests: int = 5000, concurrency: int = 20) -> None:
     print(f"$ curl http://{VIP}/   (six times)")
     for _ in range(6):
         print("  " + client("curl", "-s", "-m", "5", f"http://{VIP}/").strip())
+    first = conn_count(fresh=True)
     print(f"$ ab -n {requests} -c {concurrency} http://{VIP}/")
     ab = subprocess.Popen(nsexec(NS_CLIENT, "ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "10",
                                  f"http://{VIP}/"), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     t0 = time.monotonic()
     deadline = t0 + 120
-    first = conn_count()
+    done = 0
     while ab.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
         done = conn_count() - first
@@ -433,12 +443,17 @@ def demo(requests: int = 5000, concurrency: int = 20) -> None:
     if ab.poll() is None:
         ab.kill()
     out = ab.communicate()[0]
-    print()
+    elapsed = time.monotonic() - t0
+    done = conn_count(fresh=True) - first  # the mirror's rewrite after ab's last connection
+    print(f"\r  {elapsed:5.1f} s: {done} of {requests} connections scheduled by the director, "
+          f"{done / elapsed:6.0f}/s   ", flush=True)
     for line in out.splitlines():
         if re.match(r"(Complete requests|Failed requests|Requests per second|Time per request)", line):
             print("  " + line)
     # The counters ipvsadm shows are the estimator's snapshot, taken every
     # 2 s (as in kernel 6.1): wait for the one after the last request.
+    print("  (waiting 2.5 s for the estimator's next snapshot: ipvsadm --stats shows that, as the kernel's does)",
+          flush=True)
     time.sleep(2.5)  # ipvs.est: a run every 2.016 s, and a margin
     print("$ ipvsadm -Ln --stats")
     print(listing("-Ln", "--stats"), end="")
@@ -446,13 +461,29 @@ def demo(requests: int = 5000, concurrency: int = 20) -> None:
     print("".join(listing("-Lnc").splitlines(keepends=True)[:12]), end="", flush=True)
 
 
-def conn_count() -> int:
-    """Connections scheduled so far on VIP:80 (from the cheap --stats listing)."""
-    for line in listing("-Ln", "--stats").splitlines():
-        f = line.split()
-        if len(f) > 2 and f[0] == "TCP" and f[1] == f"{VIP}:80":
-            return int(f[2])
-    return 0
+def conn_count(fresh: bool = False) -> int:
+    """Connections the director scheduled so far, live: the per-CPU rows of
+    its /proc/net/ip_vs_stats_percpu mirror, which ipvsd rewrites every
+    second (the ``--stats`` listings show the estimator's 2-second snapshot,
+    which lags; the connection table's counts miss a client port ab reuses
+    while its old entry waits in TIME_WAIT).  ``fresh``: wait for a rewrite
+    that began after this call."""
+    path = os.path.join(STATE, "proc", "net", "ip_vs_stats_percpu")
+    if fresh:
+        seen = []
+        deadline = time.monotonic() + 3.0
+        while len(set(seen)) < 3 and time.monotonic() < deadline:
+            try:
+                seen.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                pass
+            time.sleep(0.05)
+    try:
+        with open(path) as f:
+            rows = f.read().split("\n\n", 1)[0].splitlines()[2:]
+    except OSError:
+        return 0
+    return sum(int(r.split()[1], 16) for r in rows if r.split() and r.split()[0] != "~")
 
 
 def status() -> None:
@@ -553,6 +584,29 @@ def _ftp(addr: str, root: str) -> int:
     return 0
 
 
+#: The lock's file descriptor, held open until the process ends.
+_LOCK = None
+
+
+def lock() -> None:
+    """Hold the lab's lock until this process ends: two runs on one lab
+    (one prefix) would tear down each other's namespaces.  Another prefix
+    (IPVS_LAB_PREFIX) is another lab with a lock of its own."""
+    global _LOCK
+    path = f"/run/{PREFIX}-lab.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SystemExit(f"ipvs-lab: the {PREFIX}-* lab is in use by another ipvs-lab run (pid {holder}, "
+                         f"lock {path}); wait for it, or run another lab with IPVS_LAB_PREFIX=NAME") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCK = fd
+
+
 def _reexec_in_venv() -> None:
     sys.path.insert(0, TOOLS)
     import _venv  # tools/_venv.py
@@ -570,30 +624,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ipvs-lab", description="The PyIPVS lab in network namespaces.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    u = sub.add_parser("up", help="build the lab and start everything")
+    p = argparse.ArgumentParser(prog="ipvs-lab", description="The PyIPVS lab in network namespaces "
+                                "(see docs/lab.md). Needs root; IPVS_LAB_PREFIX names the namespaces.")
+    # _serve and _ftp are the lab's own helpers (run inside its namespaces): not in the usage.
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{up,demo,run,status,down}")
+    u = sub.add_parser("up", help="build the lab and start everything",
+                       description="Build the namespaces, start the real servers and ipvsd, apply the rules.")
     u.add_argument("--mode", choices=("spare", "shared"), default="spare")
     u.add_argument("--strict", action="store_true", help="software checksums (offloads off on the path)")
     u.add_argument("--no-rules", action="store_true", help="start the director without the seed's rules")
-    dm = sub.add_parser("demo", help="curl and ab through the VIP, then the listings")
+    dm = sub.add_parser("demo", help="curl and ab through the VIP, then the listings",
+                        description="curl six times, ab with a live progress line, then ipvsadm's listings.")
     dm.add_argument("--requests", type=int, default=5000)
     dm.add_argument("--concurrency", type=int, default=20)
-    r = sub.add_parser("run", help="the main job: install what is missing, then up, demo and down")
+    r = sub.add_parser("run", help="the main job: install what is missing, then up, demo and down",
+                       description="tools/bootstrap, then up, demo and down (down also on failure).")
     r.add_argument("--mode", choices=("spare", "shared"), default="spare")
     r.add_argument("--requests", type=int, default=5000)
-    sub.add_parser("status")
-    sub.add_parser("down", help="remove everything (idempotent)")
-    s = sub.add_parser("_serve")
+    sub.add_parser("status", help="the lab's namespaces, mode and ipvsadm -Ln", description="Show the lab's "
+                   "namespaces, how it was brought up, and the director's ipvsadm -Ln.")
+    sub.add_parser("down", help="remove everything (idempotent)", description="Stop every process the lab "
+                   "started (by PID) and delete its namespaces; also cleans up after a killed lab.")
+    s = sub.add_parser("_serve", description="internal: a real server's HTTP or UDP echo (run in its namespace)")
     s.add_argument("--name")
     s.add_argument("--http")
     s.add_argument("--udp")
-    f = sub.add_parser("_ftp")
+    f = sub.add_parser("_ftp", description="internal: rs2's FTP server (run in its namespace)")
     f.add_argument("addr")
     f.add_argument("root")
     args = p.parse_args(argv)
     if args.cmd not in ("_serve", "_ftp") and os.geteuid() != 0:
         raise SystemExit("ipvs-lab: needs root (network namespaces)")
+    if args.cmd in ("up", "demo", "run", "down"):
+        lock()
     if args.cmd == "run":
         if not os.environ.get("PYIPVS_BOOTSTRAPPED"):
             subprocess.run([os.path.join(TOOLS, "bootstrap")], check=True)
