@@ -47,13 +47,18 @@ def check(proc: subprocess.CompletedProcess | subprocess.Popen) -> None:
                            "are needed); not running it on this host's /etc")
 
 
-def hosts(workdir: str) -> list[tuple[str, list[str]]]:
-    """(address, names) of the scenario's /etc/hosts, in file order."""
-    path = os.path.join(workdir, "etc-upper", "hosts")
+def parse_hosts(text: str) -> list[tuple[str, list[str]]]:
+    """(address, names) of an /etc/hosts text, in file order."""
     out = []
-    with open(path if os.path.exists(path) else os.devnull) as f:
-        for line in f:
-            fields = line.split("#", 1)[0].split()
-            if len(fields) >= 2:
-                out.append((fields[0], fields[1:]))
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2:
+            out.append((fields[0], fields[1:]))
     return out
+
+
+def hosts(workdir: str) -> list[tuple[str, list[str]]]:
+    """(address, names) of the scenario's /etc/hosts as the script left it."""
+    path = os.path.join(workdir, "etc-upper", "hosts")
+    with open(path if os.path.exists(path) else os.devnull) as f:
+        return parse_hosts(f.read())

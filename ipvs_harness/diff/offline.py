@@ -1053,11 +1053,13 @@ class OfflineRun:
     # ------------------------------------------------------------ driver
 
     def run(self) -> None:
-        hosts: list = []
-        events = extract_events(self.scenario_sh, prefill=self.prefill, hosts=hosts, golden=self.golden)
-        self.resolver = GuestResolver(hosts)
+        events = extract_events(self.scenario_sh, prefill=self.prefill, golden=self.golden)
+        self.resolver = GuestResolver(sandbox.parse_hosts(sandbox.GUEST_HOSTS))
         for kind, args, lines in events:
-            if kind == "ipvsadm" and self.in_capture:
+            if kind == "hosts":
+                # The scenario's /etc/hosts changed: names resolve as they then did in the VM.
+                self.resolver = GuestResolver(sandbox.parse_hosts("\n".join(lines)))
+            elif kind == "ipvsadm" and self.in_capture:
                 self.steps.append(("action", lambda a=args, i="".join(x + "\n" for x in lines): self.ipvsadm(a, i)))
             elif kind == "ipvsadm":
                 self.ipvsadm(args, "".join(x + "\n" for x in lines))

@@ -9,7 +9,7 @@ Server: ``python3 ftp.py server OUTDIR K [PASV_PORT]`` - real server K
 Commands: USER, PASS, TYPE, SYST, PWD, PASV, EPSV, PORT, EPRT, LIST, RETR,
 QUIT.
 
-Client: ``python3 ftp.py client OUTFILE SRC CTRL_PORT VIP MODE DATA_PORT``
+Client: ``python3 ftp.py client OUTFILE SRC CTRL_PORT VIP[:PORT] MODE DATA_PORT``
 (MODE ``passive``, ``active``, ``epsv`` or ``eprt``) - one session from SRC:CTRL_PORT to
 VIP:21 in namespace ``cli``, retrieving ``hello.txt`` once; every line
 sent and received is appended to OUTFILE (``>`` sent, ``<`` received,
@@ -125,13 +125,15 @@ def server(outdir: str, k: int, pasv_port: int) -> int:
 
 
 def client(outfile: str, src: str, cport: int, vip: str, mode: str, dport: int) -> int:
+    # VIP or VIP:PORT (an FTP service on another port, ip_vs_ftp ports=21,2100).
+    vip, _, port = vip.partition(":")
     out = open(outfile, "a", buffering=1)
-    out.write(f"# session {mode} from {src}:{cport} to {vip}:21, data port {dport}\n")
+    out.write(f"# session {mode} from {src}:{cport} to {vip}:{port or 21}, data port {dport}\n")
     ctl = socket_in("cli")
     ctl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ctl.settimeout(10)
     ctl.bind((src, cport))
-    ctl.connect((vip, 21))
+    ctl.connect((vip, int(port or 21)))
     f = ctl.makefile("rb")
 
     def reply() -> str:

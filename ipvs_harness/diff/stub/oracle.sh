@@ -12,7 +12,18 @@ exec 9>>"$DIFF_EVENTS"
 NSERVERS=0
 CLIENTS=
 
-ev() { local IFS=$'\t'; printf '%s\n' "$*" >&9; }
+# /etc/hosts as the script left it before each record ("hosts" and its
+# lines), when it changed: names resolve offline as they did at that point
+# in the VM (the script runs in a private /etc, see ipvs_harness/sandbox.py).
+_HOSTS_LAST=
+_hosts_check() {
+    mapfile -t _HOSTS < /etc/hosts 2>/dev/null
+    [ "${_HOSTS[*]}" = "$_HOSTS_LAST" ] && return
+    _HOSTS_LAST="${_HOSTS[*]}"
+    printf 'hosts\n' >&9
+    printf '+\t%s\n' "${_HOSTS[@]}" >&9
+}
+ev() { _hosts_check; local IFS=$'\t'; printf '%s\n' "$*" >&9; }
 ev_stdin() { local l; while IFS= read -r l || [ -n "$l" ]; do printf '+\t%s\n' "$l" >&9; done; }
 
 # Scenario scripts wait for their own helpers; nothing runs here.
