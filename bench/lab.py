@@ -45,8 +45,6 @@ on failure.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -60,11 +58,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_lab():
-    loader = importlib.machinery.SourceFileLoader("ipvs_lab", os.path.join(ROOT, "tools", "ipvs-lab"))
-    spec = importlib.util.spec_from_loader("ipvs_lab", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, ROOT)
+    import ipvs_harness.lab
+
+    return ipvs_harness.lab
 
 
 lab = _load_lab()

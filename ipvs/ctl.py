@@ -381,11 +381,20 @@ def _update_dest(ipvs: NetnsIPVS, svc: Service, dest: Dest, u: DestUser, add: bo
     if add or u.weight != 0:
         dest.last_weight = u.weight
     dest.weight = u.weight
-    # Lowering or removing the upper threshold lifts the overload at once.
-    if u.u_threshold == 0 or u.u_threshold > dest.u_threshold:
-        dest.flags &= ~IP_VS_DEST_F_OVERLOAD
+    # New thresholds re-check the overload flag against the connections held
+    # (Debian's 6.1.192 carries upstream's newer rule; the recorded proof is
+    # tests/kernel/scenarios/thresholds_edit.sh): -x 0 lifts it, reaching -x
+    # sets it, and below it the flag is lifted as ip_vs_unbind_dest lifts it.
+    changed = (u.u_threshold, u.l_threshold) != (dest.u_threshold, dest.l_threshold)
     dest.u_threshold = u.u_threshold
     dest.l_threshold = u.l_threshold
+    conns = dest.activeconns + dest.inactconns
+    if changed and not u.u_threshold:
+        dest.flags &= ~IP_VS_DEST_F_OVERLOAD
+    elif changed and conns >= u.u_threshold:
+        dest.flags |= IP_VS_DEST_F_OVERLOAD
+    elif changed and (conns < u.l_threshold if u.l_threshold else conns * 4 < u.u_threshold * 3):
+        dest.flags &= ~IP_VS_DEST_F_OVERLOAD
     dest.svc = svc
     if add:
         # The dest's counts reach its service's and the total's counters

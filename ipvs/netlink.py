@@ -908,7 +908,10 @@ def _mark_cmd(ipvs, req, now, **_):
 
 
 def _get_sysctl(ipvs, req, now, **_):
-    names = ip_vs.Sysctls.names()
+    # A scheduler module's own settings exist once the module is loaded,
+    # as the kernel's /proc/sys/net/ipv4/vs/ shows (procfs.sysctl_values).
+    names = [n for n in ip_vs.Sysctls.names()
+             if n not in ctl.MODULE_SYSCTLS or ctl.MODULE_SYSCTLS[n] in ipvs.sched_modules]
     if "name" not in req:
         return {"sysctls": {n: getattr(ipvs.sysctl, n) for n in names}}
     if req["name"] not in names:

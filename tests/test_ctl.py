@@ -178,16 +178,28 @@ def test_trash_expiry_waits_for_refs_and_idle_period(ipvs):
 
 
 def test_edit_dest_thresholds_and_overload(ipvs):
+    """New thresholds re-check the flag against the connections held, as
+    the kernel did in tests/kernel/goldens/thresholds_edit (port: case)."""
     ctl.add_service(ipvs, su())
-    d = ctl.add_dest(ipvs, su(), du(2, u_threshold=10))
-    d.flags |= IP_VS_DEST_F_OVERLOAD
-    ctl.edit_dest(ipvs, su(), du(2, u_threshold=8))  # lower: stays overloaded
-    assert d.flags & IP_VS_DEST_F_OVERLOAD
-    ctl.edit_dest(ipvs, su(), du(2, u_threshold=20))  # higher: lifted
-    assert not d.flags & IP_VS_DEST_F_OVERLOAD
-    d.flags |= IP_VS_DEST_F_OVERLOAD
-    ctl.edit_dest(ipvs, su(), du(2, u_threshold=0))  # removed: lifted
-    assert not d.flags & IP_VS_DEST_F_OVERLOAD
+    d = ctl.add_dest(ipvs, su(), du(2, u_threshold=1))
+
+    def edit(conns, u, l=0, overloaded=True):
+        d.activeconns, d.inactconns = conns, 0
+        d.flags = (d.flags | IP_VS_DEST_F_OVERLOAD) if overloaded else (d.flags & ~IP_VS_DEST_F_OVERLOAD)
+        ctl.edit_dest(ipvs, su(), du(2, u_threshold=u, l_threshold=l))
+        return bool(d.flags & IP_VS_DEST_F_OVERLOAD)
+
+    assert edit(1, 3, 1)                      # 81: raised, conns between -y and -x: still overloaded
+    assert not edit(1, 4, 2)                  # 82: raised, conns below -y: lifted
+    assert not edit(2, 3)                     # 83: raised without -y, conns below 3/4 of -x
+    assert edit(3, 4)                         # raised without -y, conns at 3/4 of -x: kept
+    assert edit(3, 2, overloaded=False)       # 85: set below the conns: overloaded at once
+    assert not edit(2, 3, 1, overloaded=False)  # 86: conns between: not overloaded either
+    assert not edit(1, 0)                     # 87: -x 0 lifts it
+    assert edit(3, 2)                         # 88: lowered, conns above
+    d.u_threshold, d.l_threshold = 2, 1
+    assert edit(2, 2, 1)                      # 89: the same thresholds leave the flag alone
+    assert not edit(0, 2, 1, overloaded=False)
 
 
 def test_last_weight_keeps_the_latest_non_zero(ipvs):

@@ -24,7 +24,7 @@ from ipvs.cli import ipvsadm
 from ipvs.daemon import Daemon
 from ipvs.driver.replay import replay
 from ipvs.netns import NetnsIPVS
-from tests.kernel_capture import A, Split, golden_dir
+from ipvs_harness.capture import A, Split, golden_dir
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 

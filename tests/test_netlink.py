@@ -161,6 +161,13 @@ def test_sysctls(ipvs):
     assert err(ipvs, "SET_SYSCTL", name="nosuch", value=1) == errno.ENOENT
     assert err(ipvs, "SET_SYSCTL", name="conn_tab_bits", value=10) == errno.ENOENT  # fixed at start
     assert err(ipvs, "GET_SYSCTL", name="nosuch") == errno.ENOENT
+    # lblc's setting exists once the scheduler is loaded (first use, or a write to it).
+    assert "lblc_expiration" not in every and err(ipvs, "GET_SYSCTL", name="lblc_expiration") == errno.ENOENT
+    ok(ipvs, "NEW_SERVICE", service={**FULL, "sched_name": "lblc"})
+    assert "lblc_expiration" in ok(ipvs, "GET_SYSCTL")["sysctls"]
+    assert "lblcr_expiration" not in ok(ipvs, "GET_SYSCTL")["sysctls"]
+    ok(ipvs, "SET_SYSCTL", name="lblcr_expiration", value=60)
+    assert ok(ipvs, "GET_SYSCTL", name="lblcr_expiration")["value"] == 60
     ok(ipvs, "SET_SYSCTL", name="run_estimation", value=0)
     assert ipvs.est.enabled is False
 

@@ -17,7 +17,7 @@ import pytest
 from ipvs.app import ftp
 from ipvs.core import Director
 from ipvs.driver import replay
-from tests.kernel_capture import Split, golden_dir, restore_rules
+from ipvs_harness.capture import Split, golden_dir, restore_rules
 
 INNER = ipaddress.ip_network("172.16.0.0/24")
 

@@ -874,7 +874,7 @@ def test_truncated_icmp_header_is_dropped():
 
 
 def _golden(name):
-    from tests.kernel_capture import golden_dir
+    from ipvs_harness.capture import golden_dir
 
     g = golden_dir(name)
     if g is None:

@@ -17,8 +17,8 @@ import ipaddress
 import pytest
 
 from ipvs.core import Director
+from ipvs_harness.capture import Split, flow_of, golden_dir, kernel_dest_counters, restore_rules, traffic_goldens
 from tests.conftest import estimator_period
-from tests.kernel_capture import Split, flow_of, golden_dir, kernel_dest_counters, restore_rules, traffic_goldens
 
 GOLDENS = traffic_goldens()
 
@@ -116,10 +116,10 @@ def _counters_at_traced_run(g, sp) -> dict[str, list[int]] | None:
     """Each destination's live counters when the kernel's estimator last
     ran before its ``ipvsadm -Ln --exact --stats`` read (the snapshot that
     listing shows), for a golden that traced the timer (est-trace.txt;
-    tests/kernel/diff/esttrace.py); None for one that did not."""
+    ipvs_harness/diff/esttrace.py); None for one that did not."""
     from ipvs.driver import replay
-    from tests.kernel.diff.esttrace import EstTrace
-    from tests.kernel.diff.offline import GuestClock
+    from ipvs_harness.diff.esttrace import EstTrace
+    from ipvs_harness.diff.offline import GuestClock
 
     tr = EstTrace.read(g)
     clock = GuestClock(g)

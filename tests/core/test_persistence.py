@@ -227,7 +227,7 @@ def test_persistent_choices_match_the_kernel():
 
     import pytest
 
-    from tests.kernel_capture import golden_dir
+    from ipvs_harness.capture import golden_dir
 
     g = golden_dir("sched_persist")
     if g is None:

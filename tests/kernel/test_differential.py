@@ -2,12 +2,12 @@
 
 Each golden under tests/kernel/goldens/ (recorded from Debian's 6.1 kernel
 by tools/ipvs-kernel) runs again on the offline backend
-(tests/kernel/diff/offline.py: the golden's own scenario.sh under a
+(ipvs_harness/diff/offline.py: the golden's own scenario.sh under a
 recording stub, the kernel's captures through ipvs.core) and is compared
-item by item (tests/kernel/diff/compare.py, normalisation in
-tests/kernel/diff/normalize.py).  Every item PyIPVS reproduces must be
+item by item (ipvs_harness/diff/compare.py, normalisation in
+ipvs_harness/diff/normalize.py).  Every item PyIPVS reproduces must be
 equal; every difference must be listed in
-tests/kernel/diff/report.py:KNOWN_DIFFERENCES with its reason, and a listed
+ipvs_harness/diff/report.py:KNOWN_DIFFERENCES with its reason, and a listed
 difference that disappears fails too, so the table stays true.  Recording
 artefacts (a kernel capture that ends early, state left over from the
 scenario recorded before, frames the kernel reordered) excuse an item only
@@ -25,8 +25,8 @@ import shutil
 
 import pytest
 
-from tests.kernel.diff import compare, normalize, report
-from tests.kernel.diff.compare import DIFFERENT, EQUAL, MISSING, Item
+from ipvs_harness.diff import compare, normalize, report
+from ipvs_harness.diff.compare import DIFFERENT, EQUAL, MISSING, Item
 
 NAMES = report.golden_names()
 #: Traffic scenarios whose traffic the offline backend does not model yet
@@ -101,8 +101,12 @@ def test_offline_models_host_unreachables_of_an_absent_real_server(tmp_path):
 
 def test_report_markdown_lists_every_scenario():
     rows = [(Item("a", "x.txt", EQUAL), "equal", ""), (Item("b", "y.txt", DIFFERENT, "d"), "known", "why")]
-    md = report.markdown(rows, {"a": [], "b": ["a note"]}, 1.0)
-    assert "| a | 1 | 0 | 0 | 0 | 0 |" in md and "| b | 0 | 1 | 0 | 0 | 0 |" in md and "a note" in md
+    md = report.markdown(rows, {"a": [], "b": ["a note"]})
+    assert "| a | 1 | 0 | 0 | 0 | 0 |" in md and "| b | 0 | 1 | 0 | 0 | 0 |" in md
+    # The committed summary has no item list and no timings; --items adds the list.
+    assert "a note" not in md and "Full compare" not in md and "`x.txt`" not in md
+    full = report.markdown(rows, {"a": [], "b": ["a note"]}, 1.0, items=True)
+    assert "a note" in full and "`x.txt`" in full and "| `y.txt` | known | why |" in full
 
 
 # --------------------------------------------------------- normalisation
@@ -242,7 +246,7 @@ def test_stats_lag_evidence_from_the_services_sum(tmp_path):
 
 
 def test_guest_clock_sets_the_offline_clock(tmp_path):
-    from tests.kernel.diff.offline import GuestClock, OfflineRun
+    from ipvs_harness.diff.offline import GuestClock, OfflineRun
 
     g = tmp_path / "golden"
     g.mkdir()
@@ -308,7 +312,7 @@ def test_known_differences_match_by_pattern(monkeypatch):
 def test_lab_runs_a_golden_scenario_unchanged(tmp_path):
     """nat_classic, unchanged, on ipvsd in a namespace lab: the requests
     reach the kernel's servers and the listings match the golden."""
-    from tests.kernel.diff import lab
+    from ipvs_harness.diff import lab
 
     why = lab.available()
     if why:
@@ -329,7 +333,7 @@ def test_lab_runs_a_golden_scenario_unchanged(tmp_path):
 def test_an_ipvsadm_listing_reads_at_the_end_of_its_run(tmp_path):
     """dump_ipvs's ipvsadm listings take the clock of the next stamp (the
     process had exited), /proc snapshots their own (read right away)."""
-    from tests.kernel.diff.offline import GuestClock, OfflineRun
+    from ipvs_harness.diff.offline import GuestClock, OfflineRun
 
     g = tmp_path / "golden"
     g.mkdir()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.machinery
-import importlib.util
 import os
 import re
 import shutil
@@ -34,12 +32,9 @@ os.environ.setdefault("IPVS_LAB_PREFIX", f"ipvst{os.getpid()}")
 
 
 def _load_lab():
-    path = os.path.join(ROOT, "tools", "ipvs-lab")
-    loader = importlib.machinery.SourceFileLoader("ipvs_lab", path)
-    spec = importlib.util.spec_from_loader("ipvs_lab", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    import ipvs_harness.lab
+
+    return ipvs_harness.lab
 
 
 def _skip_reason() -> str | None:

@@ -14,7 +14,7 @@ from ipvs.packet import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 from ipvs.proto import state_name
 from ipvs.proto import tcp as T
 from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_TEMPLATE
-from tests.kernel_capture import SHARED
+from ipvs_harness.capture import SHARED
 
 DIGEST = os.path.join(SHARED, "reference", "kernel-ipvs-digest.md")
 ABBR = ["NO", "ES", "SS", "SR", "FW", "TW", "CL", "CW", "LA", "LI", "SA"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ipvs.driver import pcap
-from tests.kernel_capture import A, Split, golden_dir
+from ipvs_harness.capture import A, Split, golden_dir
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "ipvs-replay")
 VIP = A("203.0.113.5")

@@ -1,0 +1,163 @@
+"""Turn a kernel golden run's captures into replay input and expected output.
+
+Shared by the core and replay tests.  A golden run (``tests/kernel/goldens/
+<name>/``, or the copy under ../shared/reference/kernel-goldens/) holds the
+rules (``before-ipvsadm-S-n.txt``), a capture on the client's interface and
+one on the real servers' bridge, and the kernel's listings after traffic.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import re
+
+from ipvs.driver import pcap
+from ipvs_harness import GOLDENS, ROOT
+
+SHARED = os.environ.get("PYIPVS_SHARED", os.path.join(ROOT, "..", "..", "shared"))
+SHARED_GOLDENS = os.path.join(SHARED, "reference", "kernel-goldens")
+LOCAL_GOLDENS = GOLDENS
+INNER = ipaddress.ip_network("172.16.0.0/24")
+DIRECTOR_INNER = ipaddress.ip_address("172.16.0.1").packed
+
+
+def golden_dir(name: str) -> str | None:
+    """The committed golden directory, falling back to ../shared's copy."""
+    for base in (LOCAL_GOLDENS, SHARED_GOLDENS):
+        d = os.path.join(base, name)
+        if os.path.isdir(d):
+            return d
+    return None
+
+
+#: Scenario lines that change the director while traffic runs (rules,
+#: settings, marks, held connections, helper modules): a plain capture
+#: replay cannot place them in time, so such runs are compared by the tests
+#: that model their steps (tests/sched/test_goldens.py, the tcp_states and
+#: udp_icmp tests in tests/core/test_core.py, tests/kernel/test_differential.py).
+MID_RUN = re.compile(r"^\s*(step |!sh|!hold|!release|!rst|!sleep|sh ipvsadm|.*modprobe|mark )", re.M)
+
+
+def traffic_goldens() -> list[str]:
+    """Golden runs with both captures and a rules dump whose scenario does
+    not change the director while its traffic runs."""
+    names = set()
+    for base in (LOCAL_GOLDENS, SHARED_GOLDENS):
+        if os.path.isdir(base):
+            for n in os.listdir(base):
+                d = os.path.join(base, n)
+                if not all(os.path.exists(os.path.join(d, f)) for f in
+                           ("client-side.pcap", "server-side.pcap", "before-ipvsadm-S-n.txt", "scenario.sh")):
+                    continue
+                with open(os.path.join(d, "scenario.sh")) as f:
+                    if MID_RUN.search(f.read()):
+                        continue
+                names.add(n)
+    return sorted(names)
+
+
+def A(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def _inner(addr: bytes) -> bool:
+    return ipaddress.ip_address(addr) in INNER
+
+
+def _ip(r: pcap.Record):
+    """(l3, proto, saddr, daddr, (sport, dport)) of an IPv4 frame.
+
+    For an ICMP error the addresses and ports are those of the packet it
+    quotes, reversed, so the error belongs to the flow it is about (the
+    protocol stays ICMP)."""
+    w = pcap.l3_offset(r.data, r.linktype)
+    if w is None or w[1] != 0x0800:
+        return None
+    l3 = w[0]
+    d = r.data
+    ihl = (d[l3] & 15) * 4
+    proto = d[l3 + 9]
+    l4 = l3 + ihl
+    if proto == 1:
+        q = l4 + 8
+        if len(d) < q + 24 or d[l4] not in (3, 4, 11):
+            return None
+        qihl = (d[q] & 15) * 4
+        qp = (int.from_bytes(d[q + qihl : q + qihl + 2], "big"), int.from_bytes(d[q + qihl + 2 : q + qihl + 4], "big"))
+        return l3, proto, d[q + 16 : q + 20], d[q + 12 : q + 16], (qp[1], qp[0])
+    ports = (int.from_bytes(d[l4 : l4 + 2], "big"), int.from_bytes(d[l4 + 2 : l4 + 4], "big"))
+    return l3, proto, d[l3 + 12 : l3 + 16], d[l3 + 16 : l3 + 20], ports
+
+
+def _outer(r: pcap.Record) -> tuple[bytes, bytes]:
+    """The real (outer) source and destination of a frame."""
+    l3 = pcap.l3_offset(r.data, r.linktype)[0]
+    return r.data[l3 + 12 : l3 + 16], r.data[l3 + 16 : l3 + 20]
+
+
+def flow_of(r: pcap.Record, vips: frozenset[bytes] | set[bytes] = frozenset()):
+    """(client addr, client port) of a TCP/UDP frame, or of the packet an
+    ICMP error quotes, on either side: the client is the end that is
+    neither a real server nor a VIP."""
+    l3, proto, s, d, (sp, dp) = _ip(r)
+    if _inner(s) or s in vips:
+        return d, dp
+    return s, sp
+
+
+class Split:
+    """Replay input and expected output of one golden run."""
+
+    def __init__(self, golden: str, vips: set[bytes]):
+        cli = pcap.read_file(os.path.join(golden, "client-side.pcap"))
+        srv = pcap.read_file(os.path.join(golden, "server-side.pcap"))
+        # (frame, outer src, outer dst) of TCP, UDP and ICMP-error frames
+        ip = lambda rs: [(r, *_outer(r)) for r in rs if _ip(r) and _ip(r)[1] in (1, 6, 17)]  # noqa: E731
+        cli, srv = ip(cli), ip(srv)
+        to_vip = [r for r, s, d in cli if d in vips and not _inner(s)]
+        to_cli = [r for r, s, d in cli if s in vips]
+        from_rs = [r for r, s, d in srv if _inner(s) and s != DIRECTOR_INNER and not _inner(d)]
+        to_rs = [r for r, s, d in srv if _inner(d) and not _inner(s)]
+        both = {flow_of(r, vips) for r in to_vip} & {flow_of(r, vips) for r in from_rs}
+        keep = lambda rs: [r for r in rs if flow_of(r, vips) in both]  # noqa: E731
+        drop = lambda rs: [r for r in rs if flow_of(r, vips) not in both]  # noqa: E731
+        #: Frames arriving at the director, merged by time.
+        self.input = sorted(keep(to_vip) + keep(from_rs), key=lambda r: r.ts)
+        #: What the kernel transmitted, towards real servers and clients.
+        self.to_rs = keep(to_rs)
+        self.to_cli = keep(to_cli)
+        #: Server-side frames of flows one capture missed (for counters).
+        self.missed_to_rs = drop(to_rs)
+        self.missed_from_rs = drop(from_rs)
+        self.flows = both
+
+
+def restore_rules(director, golden: str) -> set[bytes]:
+    """Apply the golden's rules with ipvsadm -R; return the VIPs."""
+    from ipvs.cli.ipvsadm import restore
+    from ipvs.netlink import LocalTransport
+
+    with open(os.path.join(golden, "before-ipvsadm-S-n.txt")) as f:
+        text = f.read()
+    err = io.StringIO()
+    assert restore(text.splitlines(), LocalTransport(director.ipvs), stderr=err) == 0, err.getvalue()
+    return {A(m) for m in re.findall(r"-A -[tu] ([0-9.]+):", text)}
+
+
+def kernel_dest_counters(golden: str) -> dict[str, list[int]]:
+    """{"svc addr:port -> dest addr:port": [conns, inpkts, outpkts, inbytes, outbytes]}
+    from the kernel's ``ipvsadm -Ln --exact --stats`` after traffic."""
+    out: dict[str, list[int]] = {}
+    svc = None
+    with open(os.path.join(golden, "ipvsadm-Ln-exact-stats.txt")) as f:
+        for line in f:
+            m = re.match(r"(TCP|UDP)\s+(\S+)\s+(\d+)", line)
+            if m:
+                svc = m.group(2)
+                continue
+            m = re.match(r"\s+->\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", line)
+            if m and svc:
+                out[f"{svc} -> {m.group(1)}"] = [int(x) for x in m.groups()[1:]]
+    return out

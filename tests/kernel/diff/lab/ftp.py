@@ -1,8 +1,0 @@
-"""Shim: tests/kernel/lib/ftp.py in the PyIPVS namespace lab (see nsrun.py)."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import nsrun  # noqa: E402
-
-nsrun.run("ftp.py")
