@@ -197,6 +197,8 @@ class MetricsServer:
         self.registry.register(IPVSCollector(control_fetcher(socket_path)))
         started = start_http_server(port, addr=addr, registry=self.registry)
         # prometheus_client >= 0.17 returns (server, thread).
+        self._server: Any
+        self._thread: Any
         self._server, self._thread = started if isinstance(started, tuple) else (None, None)
         self.address = (addr, self._server.server_port if self._server is not None else port)
         log.info("Prometheus metrics on http://%s:%d/metrics", *self.address)

@@ -98,19 +98,19 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 255
                 continue
             try:
-                value = int(text.strip(), 0)
+                number = int(text.strip(), 0)
             except ValueError:
                 print(f"ipvs-sysctl: setting key \"{PREFIX}{name}\": Invalid argument", file=sys.stderr)
                 rc = 255
                 continue
-            reply = c.call({**V, "cmd": "SET_SYSCTL", "name": name, "value": value})
+            reply = c.call({**V, "cmd": "SET_SYSCTL", "name": name, "value": number})
             if not reply.get("ok"):
                 print(f"ipvs-sysctl: setting key \"{PREFIX}{name}\": {os.strerror(reply.get('errno', 22))} "
                       f"({reply.get('message')})", file=sys.stderr)
                 rc = 255
                 continue
-            current[name] = str(value)
+            current[name] = str(number)
             if not args.quiet:
-                show(name, str(value))
+                show(name, str(number))
     return rc
 
