@@ -143,6 +143,7 @@ class IPVSCollector:
         self.fetch = fetch
 
     def collect(self) -> Iterator[Any]:
+        """The metric families of one scrape (prometheus_client calls it per request)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         totals = parse_ip_vs_stats(self.fetch("ip_vs_stats"))
@@ -204,6 +205,7 @@ class MetricsServer:
         log.info("Prometheus metrics on http://%s:%d/metrics", *self.address)
 
     def close(self) -> None:
+        """Stop serving and wait for the HTTP thread."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

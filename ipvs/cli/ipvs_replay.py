@@ -60,6 +60,7 @@ def read_capture(path: str) -> list[pcap.Record]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ipvs-replay`` with ``argv`` (default: the command line); returns the exit status."""
     ap = argparse.ArgumentParser(prog="ipvs-replay", description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rules", help="rules file in ipvsadm -S format")

@@ -32,11 +32,13 @@ V = {"version": 1}
 
 
 def short_name(name: str) -> str:
+    """A setting's name without ``net.ipv4.vs.`` (``/`` as ``.``), as the director names it."""
     name = name.strip().replace("/", ".")
     return name[len(PREFIX):] if name.startswith(PREFIX) else name
 
 
 def all_settings(c: Client) -> dict[str, str]:
+    """Every setting the director has, with the inert sync ones, sorted by name."""
     reply = c.call({**V, "cmd": "GET_SYSCTL"})
     if not reply.get("ok"):
         raise RuntimeError(reply.get("message", "GET_SYSCTL failed"))
@@ -46,6 +48,7 @@ def all_settings(c: Client) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ipvs-sysctl`` with ``argv`` (default: the command line); returns the exit status."""
     p = argparse.ArgumentParser(prog="ipvs-sysctl", description=__doc__.split("\n\n")[0],
                                 epilog="Example: ipvs-sysctl net.ipv4.vs.sloppy_tcp=1")
     p.add_argument("-a", "--all", action="store_true", help="show every setting")

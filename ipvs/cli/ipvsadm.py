@@ -401,12 +401,14 @@ class Resolver:
             return None
 
     def service_to_port(self, name: str, proto: str) -> int | None:
+        """The port of a service name in ``/etc/services`` for ``proto``, or None."""
         try:
             return socket.getservbyname(name, proto)
         except (OSError, UnicodeError, ValueError, OverflowError):
             return None
 
     def port_to_service(self, port: int, proto: str) -> str | None:
+        """The ``/etc/services`` name of ``port`` for ``proto``, or None."""
         try:
             return socket.getservbyport(port, proto)
         except (OSError, UnicodeError, ValueError, OverflowError):
@@ -504,6 +506,7 @@ class Popt:
         return self.args[self.next - 1] if self.next > 0 else PROG
 
     def get_arg(self) -> str | None:
+        """``poptGetArg``: the next word that was not an option, or None."""
         if self.next_leftover < len(self.leftovers):
             self.next_leftover += 1
             return self.leftovers[self.next_leftover - 1]
@@ -527,11 +530,13 @@ class SvcSpec:
             sched_name, flags, timeout, netmask, pe_name)
 
     def packed(self) -> bytes:
+        """The address as the kernel packs it: 4 bytes for IPv4, 16 for IPv6."""
         return self.addr[:4] if self.af == AF_INET else self.addr
 
 
 class DestSpec:
-    """``ipvs_dest_t`` as ipvsadm fills it (direct routing, weight 1 unless told)."""
+    """A real server as a command gives it (``ipvs_dest_t``): address, port, forwarding method, weight,
+    thresholds, tunnel settings (direct routing, weight 1 unless told)."""
 
     __slots__ = ("af", "addr", "port", "conn_flags", "weight", "u_threshold", "l_threshold", "tun_type",
                  "tun_port", "tun_flags")
@@ -544,7 +549,7 @@ class DestSpec:
 
 
 class DaemonSpec:
-    """``ipvs_daemon_t``: the sync daemon's settings from the command line."""
+    """The sync daemon options of ``--start-daemon``/``--stop-daemon`` (``ipvs_daemon_t``)."""
 
     __slots__ = ("state", "mcast_ifn", "syncid", "sync_maxlen", "mcast_af", "mcast_group", "mcast_port",
                  "mcast_ttl")
@@ -575,6 +580,8 @@ class CommandEntry:
 
 
 class ServiceEntry:
+    """A service as a listing receives it (``ipvs_service_entry_t``), counters included."""
+
     __slots__ = ("af", "protocol", "addr", "port", "fwmark", "sched_name", "pe_name", "flags", "timeout",
                  "netmask", "stats")
 
@@ -587,6 +594,8 @@ class ServiceEntry:
 
 
 class DestEntry:
+    """A real server as a listing receives it (``ipvs_dest_entry_t``), counters included."""
+
     __slots__ = ("af", "addr", "port", "conn_flags", "weight", "u_threshold", "l_threshold", "activeconns",
                  "inactconns", "persistconns", "tun_type", "tun_port", "tun_flags", "stats")
 
@@ -866,10 +875,12 @@ class Ipvsadm:
     # ------------------------------------------------------------ plumbing
 
     def fail(self, code: int, msg: str) -> None:
+        """``fail()``: print ``msg`` and leave with ``code``."""
         self.error(msg + "\n")
         raise _Exit(code)
 
     def tryhelp_exit(self, code: int) -> None:
+        """``tryhelp_exit()``: print the ``Try `ipvsadm -h' ...`` line and leave with ``code``."""
         self.error(f"Try `{PROG} -h' or '{PROG} --help' for more information.\n")
         raise _Exit(code)
 
@@ -965,6 +976,9 @@ class Ipvsadm:
         return out
 
     def queue(self, func: str | None, req: dict) -> None:
+        """Queue a request for the next batch sent to the director (``-R`` and batched listings); ``func`` names the
+        libipvs call its error message is for.
+        """
         self.init()
         self._queue.append((func, req))
         self._last_queued = True
@@ -1082,21 +1096,25 @@ class Ipvsadm:
         return result
 
     def parse_netmask(self, buf: str) -> int | None:
+        """``parse_netmask``: a dotted mask or host name as a 32-bit number, or None."""
         a = _inet_aton(buf)
         if a is None:
             a = self.resolver.host_to_addr(buf)
         return None if a is None else int.from_bytes(a, "big")
 
     def addr_to_anyname(self, af: int, packed: bytes) -> str:
+        """The host name of an address, or its numeric form when it has none."""
         name = self.resolver.addr_to_host(af, packed)
         return name if name is not None else _inet_ntop(af, packed)
 
     def port_to_anyname(self, port: int, proto: int) -> str:
+        """The service name of a port for the protocol, or the number."""
         p = _PROTO_SERV.get(proto)
         name = self.resolver.port_to_service(port, p) if p else None
         return name if name is not None else str(port)
 
     def addrport_to_anyname(self, af: int, addr16: bytes, port: int, proto: int, fmt: int) -> str:
+        """``addrport_to_anyname``: ``host:port`` as listings print it, numeric with ``-n``, IPv6 in brackets."""
         packed = addr16[:4] if af == AF_INET else addr16[:16]
         lb, rb = ("", "") if af == AF_INET else ("[", "]")
         if fmt & FMT_NUMERIC:
@@ -1309,6 +1327,9 @@ class Ipvsadm:
         return 0, options, fmt
 
     def parse_timeout(self, buf: str | None, lo: int, hi: int) -> int:
+        """``parse_timeout``: the ``-p`` timeout in ``lo..hi`` (the 360 s default when none is given); a bad value
+        fails with status 2.
+        """
         if buf is None:
             return IPVS_SVC_PERSISTENT_TIMEOUT
         i = string_to_number(buf, lo, hi)
@@ -1317,12 +1338,14 @@ class Ipvsadm:
         return i
 
     def parse_fwmark(self, buf: str) -> int:
+        """A firewall mark, 1..2^32-1 as ``strtol`` reads it; anything else fails with status 2."""
         v, rest, overflow = _strtol(buf)
         if v is None or rest != "" or overflow or v <= 0 or v > 0xFFFFFFFF:
             self.fail(2, f"invalid fwmark value `{buf}' specified")
         return v
 
     def parse_mcast_group(self, arg: str, d: DaemonSpec) -> None:
+        """``--mcast-group``: a multicast IPv4 or IPv6 group into ``d``; anything else fails with status 2."""
         if ":" in arg:
             a = _inet_pton(AF_INET6, arg)
             if a is None or a[0] != 0xFF:
@@ -1337,6 +1360,7 @@ class Ipvsadm:
             d.mcast_group = _inet_ntop(AF_INET, a)
 
     def parse_sched_flags(self, sched: str, arg: str) -> int:
+        """``parse_sched_flags``: the ``-b`` flags of the scheduler as ``IP_VS_SVC_F_SCHED*`` bits."""
         sched = sched or DEF_SCHED
         tokens = [t for t in arg.split(",") if t]
         if not tokens:
@@ -1360,6 +1384,9 @@ class Ipvsadm:
         return flags
 
     def generic_opt_check(self, command: int, options: int) -> None:
+        """``generic_opt_check``: the options given are legal for the command (``commands_v_options``); the first
+        complaint fails with status 2.
+        """
         required, illegal, exclusive = _OPT_MASKS[command - 1]
         if (not options & illegal and required & ~options == 0
                 and (options & exclusive) & ((options & exclusive) - 1) == 0):
@@ -1368,6 +1395,7 @@ class Ipvsadm:
                             options, f"'{CMDNAMES[command - 1]}' command")
 
     def tunnel_opt_check(self, tun_type: int, options: int) -> None:
+        """``tunnel_opt_check``: the tunnel options given are legal for the tunnel type."""
         self._legality_walk(TUNNEL_TYPES_V_OPTIONS[tun_type], TUNOPTS, options,
                             f"'{TUNNAMES[tun_type]}' tunnel type")
 
@@ -1395,6 +1423,7 @@ class Ipvsadm:
     # ------------------------------------------------------------ running
 
     def process_options(self, args: list[str], reading_stdin: bool) -> int:
+        """``process_options``: parse one command line, check it and run it; the result as ipvsadm returns it."""
         ce = CommandEntry()
         status, options, fmt = self.parse_options(args, ce)
         if status:
@@ -1683,6 +1712,9 @@ class Ipvsadm:
     # ------------------------------------------------------------ restore
 
     def restore_table(self, reading_stdin: bool) -> int:
+        """``restore_table`` (``-R``): run each line of standard input as a command, in batches; the status of the last
+        line.
+        """
         if reading_stdin:
             self.tryhelp_exit(-1)
         result = 0
@@ -1721,6 +1753,7 @@ class Ipvsadm:
         return [_service_entry(s) for s in reply.get("services", [])]
 
     def get_dests(self, se: ServiceEntry) -> list[DestEntry]:
+        """``ipvs_get_dests``: the real servers of one service."""
         self.func = "get_dests"
         return self._dests_from(self.call("GET_DEST", service=self._dest_query(se)), se)
 
@@ -1743,6 +1776,7 @@ class Ipvsadm:
         return ident
 
     def print_title(self, fmt: int) -> None:
+        """``print_title``: the header lines of a listing for the chosen format."""
         w = self.out.write
         if fmt & FMT_STATS:
             w(f"{'Prot LocalAddress:Port':<33} {'Conns':>8} {'InPkts':>8} {'OutPkts':>8} {'InBytes':>8} "
@@ -1765,6 +1799,7 @@ class Ipvsadm:
 
     @staticmethod
     def sched_flags_text(se: ServiceEntry) -> str:
+        """The scheduler flags of a service as listings print them (``sh-fallback,sh-port``, ``flag-1``...)."""
         names: list[str] = []
         if se.sched_name == "sh":
             pairs = ((uapi.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-fallback"), (uapi.IP_VS_SVC_F_SCHED_SH_PORT, "sh-port"))
@@ -1779,6 +1814,7 @@ class Ipvsadm:
         return ",".join(names)
 
     def print_service_entry(self, se: ServiceEntry, fmt: int, dests: list[DestEntry] | None = None) -> None:
+        """``print_service_entry``: one service and its real servers, in the listing's or ``-S``'s format."""
         if dests is None:
             dests = self.get_dests(se)
         w = self.out.write
@@ -1880,6 +1916,7 @@ class Ipvsadm:
 
     @staticmethod
     def dest_rule(svc_name: str, dname: str, e: DestEntry) -> str:
+        """One ``-a`` line of ``-S`` for a real server (tunnel options included for tunnels)."""
         fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
         base = f"-a {svc_name} -r {dname} {_c_str(_FWD_SWITCH.get(fwd))} -w {e.weight}"
         if fwd != uapi.IP_VS_CONN_F_TUNNEL:
@@ -1894,6 +1931,7 @@ class Ipvsadm:
         return base
 
     def list_service(self, svc: SvcSpec, fmt: int) -> None:
+        """``list_service``: ``-L`` of one service (status 1 when there is no such service)."""
         self.func = "get_service"
         reply = self.call("GET_SERVICE", service=self._svc_attrs(svc, full=False))
         if not reply.get("ok"):
@@ -1904,6 +1942,7 @@ class Ipvsadm:
         self.print_service_entry(entry, fmt)
 
     def list_all(self, fmt: int) -> None:
+        """``list_all``: ``-L`` and ``-S`` of every service, sorted as ipvsadm sorts them."""
         self.init()
         if not fmt & FMT_RULE:
             v, size = self.info
@@ -1950,6 +1989,7 @@ class Ipvsadm:
         return chunk, replies
 
     def list_timeout(self) -> None:
+        """``list_timeout``: the ``Timeout (tcp tcpfin udp)`` line."""
         reply = self.call("GET_CONFIG")
         if not reply.get("ok"):
             raise _Exit(1)
@@ -1957,6 +1997,7 @@ class Ipvsadm:
                        f"{_int32(reply.get('timeout_tcp_fin', 0))} {_int32(reply.get('timeout_udp', 0))}\n")
 
     def list_daemon(self) -> None:
+        """``list_daemon``: the sync daemons' states."""
         reply = self.call("GET_DAEMON")
         if not reply.get("ok"):
             raise _Exit(1)
@@ -1982,6 +2023,7 @@ class Ipvsadm:
             self.out.write(line + ")\n")
 
     def list_conn(self, fmt: int) -> None:
+        """``list_conn``: ``-Lc``, the director's ``/proc/net/ip_vs_conn`` reprinted line by line."""
         reply = self.call("GET_PROC", name="ip_vs_conn")
         if not reply.get("ok") or not isinstance(reply.get("text"), str):
             self.error(f"cannot open file {CONN_PROC_FILE}\n")
@@ -2000,6 +2042,7 @@ class Ipvsadm:
             self.print_conn(line, fmt)
 
     def print_conn(self, buf: str, fmt: int) -> None:
+        """``print_conn``: one line of ``/proc/net/ip_vs_conn`` as ``-Lc`` prints it."""
         n, v = _scan_conn(buf)
         if n == -1:
             raise _Exit(1)
@@ -2036,11 +2079,13 @@ class Ipvsadm:
     # ------------------------------------------------------------ help
 
     def version_line(self) -> str:
+        """The first line of ``-h`` and ``-v``: ipvsadm's version and the IPVS version it was built for."""
         v = uapi.IP_VS_VERSION_CODE
         return (f"ipvsadm {IPVSADM_VERSION} (compiled with popt and IPVS "
                 f"v{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF})\n")
 
     def usage_exit(self, code: int) -> None:
+        """``usage_exit``: the version line and the usage text, on stdout for ``-h`` (status 0), else on stderr."""
         stream = self.out if code == 0 else self.err
         stream.write(self.version_line() + usage_text(PROG))
         raise _Exit(code)
