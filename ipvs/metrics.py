@@ -143,7 +143,7 @@ class IPVSCollector:
         self.fetch = fetch
 
     def collect(self) -> Iterator[Any]:
-        """The metric families of one scrape, read from the /proc views (prometheus_client's collector API)."""
+        """The metric families of one scrape (prometheus_client calls it per request)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         totals = parse_ip_vs_stats(self.fetch("ip_vs_stats"))
@@ -198,12 +198,14 @@ class MetricsServer:
         self.registry.register(IPVSCollector(control_fetcher(socket_path)))
         started = start_http_server(port, addr=addr, registry=self.registry)
         # prometheus_client >= 0.17 returns (server, thread).
+        self._server: Any
+        self._thread: Any
         self._server, self._thread = started if isinstance(started, tuple) else (None, None)
         self.address = (addr, self._server.server_port if self._server is not None else port)
         log.info("Prometheus metrics on http://%s:%d/metrics", *self.address)
 
     def close(self) -> None:
-        """Stop serving and close the listening socket."""
+        """Stop serving and wait for the HTTP thread."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -94,3 +94,29 @@ def test_installed_ipvsd_writes_its_unit(installed, tmp_path):
                        cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert f"\nExecStart={installed / 'bin' / 'ipvsd'} --foreground " in r.stdout
+
+
+def test_scapy_is_no_run_time_dependency():
+    """Nothing in ipvs/ imports scapy at module level; the one use (pcapng
+    in ipvs-replay) imports it when it needs it and says how to get it."""
+    import ast
+
+    users = set()
+    for path in (ROOT / "ipvs").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "scapy" for n in names), path
+        if any(isinstance(n, ast.ImportFrom) and (n.module or "").startswith("scapy") for n in ast.walk(tree)):
+            users.add(path.relative_to(ROOT).as_posix())
+    assert users == {"ipvs/cli/ipvs_replay.py"}
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("pyipvs") or []
+    except PackageNotFoundError:
+        pytest.skip("pyipvs is not installed (tools/bootstrap installs it editable)")
+    run_time = [r for r in reqs if "extra ==" not in r]
+    assert not any(r.lower().startswith("scapy") for r in run_time), run_time
+    assert any(r.lower().startswith("scapy") and 'extra == "pcap"' in r for r in reqs), reqs

@@ -117,7 +117,7 @@ def _parse_hostport(text: str, proto: int, default_port: int | None, what: str) 
         addr = None
     if addr is None:
         try:
-            addr = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+            addr = str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
         except (OSError, UnicodeError):
             raise UsageError(f"illegal {what} address[:port] specified") from None
     if port_text:

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None, transport=None, stdout: TextIO | None = 
         if args.cmd in (None, "h"):
             stdout.write(__doc__.split("::\n\n", 1)[1].split("\n\n")[0] + "\n")
             return 0 if args.cmd == "h" else 2
-        rule = parse_rule(args) if args.cmd in ("A", "D") else None
+        rule_dict = parse_rule(args).as_dict() if args.cmd in ("A", "D") else None
     except MarkError as e:
         stderr.write(f"ipvs-mark: {e}\nTry `ipvs-mark -h' for more information.\n")
         return 2
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None, transport=None, stdout: TextIO | None = 
         own = transport = Client(args.socket)
     try:
         if args.cmd == "A":
-            _call(transport, {"cmd": "NEW_MARK", "mark": rule.as_dict()})
+            _call(transport, {"cmd": "NEW_MARK", "mark": rule_dict})
         elif args.cmd == "D":
-            _call(transport, {"cmd": "DEL_MARK", "mark": rule.as_dict()})
+            _call(transport, {"cmd": "DEL_MARK", "mark": rule_dict})
         elif args.cmd == "F":
             _call(transport, {"cmd": "FLUSH_MARK"})
         elif args.cmd in ("L", "S"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from typing import Any, cast
 
 from ipvs.cli.ipvsadm import restore
 from ipvs.core import Director
@@ -49,7 +50,8 @@ def read_capture(path: str) -> list[pcap.Record]:
     records = []
     try:
         with RawPcapNgReader(path) as reader:
-            for data, meta in reader:
+            for data, meta in reader:  # meta: RawPcapNgReader.PacketMetadata
+                meta = cast(Any, meta)
                 ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
                 records.append(pcap.Record(ts, bytes(data), meta.linktype))
     except Exception as e:  # scapy's errors have no common class of their own
@@ -58,7 +60,7 @@ def read_capture(path: str) -> list[pcap.Record]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``ipvs-replay`` command: the core offline over captures; returns the exit status."""
+    """Run ``ipvs-replay`` with ``argv`` (default: the command line); returns the exit status."""
     ap = argparse.ArgumentParser(prog="ipvs-replay", description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rules", help="rules file in ipvsadm -S format")

@@ -32,13 +32,13 @@ V = {"version": 1}
 
 
 def short_name(name: str) -> str:
-    """``net.ipv4.vs.NAME`` or ``net/ipv4/vs/NAME`` as the daemon names it: ``NAME``."""
+    """A setting's name without ``net.ipv4.vs.`` (``/`` as ``.``), as the director names it."""
     name = name.strip().replace("/", ".")
     return name[len(PREFIX):] if name.startswith(PREFIX) else name
 
 
 def all_settings(c: Client) -> dict[str, str]:
-    """Every setting as ``sysctl -a`` lists ``net.ipv4.vs``: the daemon's, plus those it keeps inert."""
+    """Every setting the director has, with the inert sync ones, sorted by name."""
     reply = c.call({**V, "cmd": "GET_SYSCTL"})
     if not reply.get("ok"):
         raise RuntimeError(reply.get("message", "GET_SYSCTL failed"))
@@ -48,7 +48,7 @@ def all_settings(c: Client) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``ipvs-sysctl`` command: read or set settings like ``sysctl``; returns the exit status."""
+    """Run ``ipvs-sysctl`` with ``argv`` (default: the command line); returns the exit status."""
     p = argparse.ArgumentParser(prog="ipvs-sysctl", description=__doc__.split("\n\n")[0],
                                 epilog="Example: ipvs-sysctl net.ipv4.vs.sloppy_tcp=1")
     p.add_argument("-a", "--all", action="store_true", help="show every setting")
@@ -101,19 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 255
                 continue
             try:
-                value = int(text.strip(), 0)
+                number = int(text.strip(), 0)
             except ValueError:
                 print(f"ipvs-sysctl: setting key \"{PREFIX}{name}\": Invalid argument", file=sys.stderr)
                 rc = 255
                 continue
-            reply = c.call({**V, "cmd": "SET_SYSCTL", "name": name, "value": value})
+            reply = c.call({**V, "cmd": "SET_SYSCTL", "name": name, "value": number})
             if not reply.get("ok"):
                 print(f"ipvs-sysctl: setting key \"{PREFIX}{name}\": {os.strerror(reply.get('errno', 22))} "
                       f"({reply.get('message')})", file=sys.stderr)
                 rc = 255
                 continue
-            current[name] = str(value)
+            current[name] = str(number)
             if not args.quiet:
-                show(name, str(value))
+                show(name, str(number))
     return rc
 

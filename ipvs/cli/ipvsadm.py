@@ -535,7 +535,8 @@ class SvcSpec:
 
 
 class DestSpec:
-    """``ipvs_dest_t`` as ipvsadm fills it (direct routing, weight 1 unless told)."""
+    """A real server as a command gives it (``ipvs_dest_t``): address, port, forwarding method, weight,
+    thresholds, tunnel settings (direct routing, weight 1 unless told)."""
 
     __slots__ = ("af", "addr", "port", "conn_flags", "weight", "u_threshold", "l_threshold", "tun_type",
                  "tun_port", "tun_flags")
@@ -548,7 +549,7 @@ class DestSpec:
 
 
 class DaemonSpec:
-    """``ipvs_daemon_t``: the sync daemon's settings from the command line."""
+    """The sync daemon options of ``--start-daemon``/``--stop-daemon`` (``ipvs_daemon_t``)."""
 
     __slots__ = ("state", "mcast_ifn", "syncid", "sync_maxlen", "mcast_af", "mcast_group", "mcast_port",
                  "mcast_ttl")
@@ -771,12 +772,18 @@ def sort_services(items: list[ServiceEntry]) -> list[ServiceEntry]:
     return [items[i] for i in sorted(range(len(items)), key=keys.__getitem__)]
 
 
+#: Lists up to this long are sorted by the merge sort itself (see sort_dests).
+_SHORT_LIST = 3
+
+
 def sort_dests(items: list[DestEntry]) -> list[DestEntry]:
     """What ``glibc_qsort(items, cmp_dests)`` gives (see :func:`sort_services`);
     destinations of mixed families always take the merge sort, as the
-    comparator then reads the first entry's family."""
-    if len(items) <= 1:
-        return list(items)
+    comparator then reads the first entry's family.  So do short lists
+    (most services have a few real servers): there the merge sort's two or
+    three comparisons cost less than proving the shortcut exact."""
+    if len(items) <= _SHORT_LIST:
+        return glibc_qsort(items, cmp_dests)
     af = items[0].af
     if any(d.af != af for d in items):
         return glibc_qsort(items, cmp_dests)
