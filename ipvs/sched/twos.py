@@ -89,6 +89,8 @@ class PowerOfTwoChoices(Scheduler):
         first, left = walk_to(walk, low)
         second = first if high - low + left <= 0 else walk_to(walk, high - low + left)[0]
         choice1, choice2 = (first, second) if rweight1 <= rweight2 else (second, first)
+        if choice1 is None:  # cannot happen: both draws are below the total
+            return choice2
         # The lower overhead / weight wins; a tie keeps the first draw's.
         if choice2 is not None and choice2.weight * dest_conn_overhead(choice1) > choice1.weight * dest_conn_overhead(
             choice2
