@@ -45,6 +45,11 @@ def installed(tmp_path_factory) -> Path:
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(
                 ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "_build")}
                                             if (ROOT / name).is_dir() else {}))
+    # The data files pyproject.toml installs (the man pages).
+    for page in ("docs/man/ipvsadm.8", "docs/man/ipvsd.8", "docs/ippfvsadm.8"):
+        if (ROOT / page).exists():
+            (src / page).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / page, src / page)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     py = venv / "bin" / "python"
@@ -85,6 +90,12 @@ def test_the_package_is_imported_from_the_venv_not_the_checkout(installed, tmp_p
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(installed)), r.stdout
+
+
+@pytest.mark.slow
+def test_man_pages_are_installed(installed):
+    for page in ("ipvsadm.8", "ipvsd.8"):
+        assert (installed / "share" / "man" / "man8" / page).exists(), page
 
 
 @pytest.mark.slow
