@@ -35,6 +35,7 @@ its defence modes); a full table refuses new connections, counted.
 from __future__ import annotations
 
 import heapq
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ from ipvs import app
 from ipvs.ip_vs import ConnParam, format_addr
 from ipvs.packet import nat_delta
 from ipvs.proto import PROTOCOLS
+from ipvs.proto import tcp as _tcp
 from ipvs.uapi import (
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
@@ -53,6 +55,7 @@ from ipvs.uapi import (
     IP_VS_CONN_F_SYNC,
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_DEST_F_OVERLOAD,
+    IPPROTO_TCP,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -320,6 +323,9 @@ class ConnTable:
     count: int = 0
     no_cport_count: int = 0
     refused: int = 0
+    # ip_vs_random_dropentry: entries dropped, and todrop_entry's countdowns.
+    dropped: int = 0
+    todrop_counter: list = attrs.field(factory=lambda: [0] * 9)
     # NAT checksum deltas by (vaddr, daddr, vport, dport): one int object
     # shared by every connection with the same rewrite.
     deltas: dict = attrs.field(factory=dict)
@@ -675,6 +681,59 @@ class ConnTable:
         """``ip_vs_conn_flush``: expire everything at the next run."""
         for cp in self.all():
             self._del(cp, now)
+
+    # ------------------------------------------------------- defense
+
+    def todrop_entry(self, cp: Connection, now: int) -> bool:
+        """``todrop_entry`` (6.1): an entry idle for at least 60 s whose
+        incoming packet count ``i`` is in 1..8 is dropped one time in ``i``
+        (``todrop_rate[i] = i``; 0 packets: never).  PyIPVS counts
+        ``in_pkts`` only for the sync daemon it does not have, so this
+        drops nothing yet; the SYN_RECV entries of a flood go anyway."""
+        if now + cp.timeout < cp.expires + 60 * self.hz:
+            return False
+        i = cp.in_pkts
+        if not 0 < i <= 8:
+            return False
+        counters = self.todrop_counter
+        counters[i] -= 1
+        if counters[i] > 0:
+            return False
+        counters[i] = i
+        return True
+
+    def random_dropentry(self, now: int, rand: Callable[[int], int] = random.randrange) -> int:
+        """``ip_vs_random_dropentry``: look at 1/32 of the table at random
+        (the kernel scans ``size >> 5`` random buckets each second; PyIPVS
+        has no buckets, so it picks as many entries as those buckets hold
+        on average) and drop half-open TCP entries (SYN_RECV, SYNACK),
+        established or other ones that :meth:`todrop_entry` picks, and
+        one-packet templates; a dropped entry takes its controller along.
+        Returns how many were dropped (counted in ``dropped``)."""
+        entries = self.all()
+        n = (len(entries) + 31) >> 5
+        dropped = 0
+        for _ in range(n):
+            cp = entries[rand(len(entries))]
+            if cp.n_control or cp.expires <= now:
+                continue  # controls others, or already on its way out
+            if cp.flags & IP_VS_CONN_F_TEMPLATE:
+                if not cp.flags & IP_VS_CONN_F_ONE_PACKET:
+                    continue
+            elif cp.protocol == IPPROTO_TCP:
+                if cp.state == _tcp.ESTABLISHED:
+                    if not self.todrop_entry(cp, now):
+                        continue
+                elif cp.state not in (_tcp.SYN_RECV, _tcp.SYNACK):
+                    continue
+            elif not self.todrop_entry(cp, now):
+                continue
+            self._del(cp, now)
+            if cp.control is not None:
+                self._del(cp.control, now)
+            dropped += 1
+        self.dropped += dropped
+        return dropped
 
     def _del(self, cp: Connection, now: int) -> None:
         """``ip_vs_conn_del``: expire ``cp``; a controlled conn goes with

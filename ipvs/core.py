@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from ipvs import app
 from ipvs import conn as _conn
-from ipvs.ctl import dest_trash_expire, find_real_service, has_real_service, service_get
+from ipvs.ctl import defense_work_handler, dest_trash_expire, find_real_service, has_real_service, service_get
 from ipvs.ip_vs import (
     FTPDATA,
     FTPPORT,
@@ -99,8 +99,6 @@ class Director:
         #: forwarded packets).
         self.own_address: Callable[[bytes], bytes | None] | None = None
         self.trace: Callable[[str], None] | None = None
-        # ip_vs_todrop's countdown (ipvs->drop_counter), zero at start.
-        self._drop_counter = 0
         self.ipvs.conn_tab.on_expire = self._conn_expired
 
     # ------------------------------------------------------------------ API
@@ -198,12 +196,7 @@ class Director:
         ipvs.est.run(now)
         if ipvs.dest_trash_timer is not None and now >= ipvs.dest_trash_timer:
             dest_trash_expire(ipvs, now)
-        # update_defense_level (the kernel runs it every second and on a
-        # sysctl write): with no memory pressure, only secure_tcp=3 keeps
-        # the tcp_states_dos table (level 2 falls back to 1).
-        secure = ipvs.sysctl.secure_tcp == 3
-        for pd in ipvs.proto_data.values():
-            pd.pp.timeout_change(pd, secure)
+        defense_work_handler(ipvs, now)
 
     def next_timer(self) -> int | None:
         """The jiffy at which :meth:`run_timers` next has work."""
@@ -292,17 +285,15 @@ class Director:
         return svc, mark
 
     def todrop(self) -> bool:
-        """``ip_vs_todrop``: with drop_packet=3 the drop rate is am_droprate,
-        so one new connection in ``rate`` is dropped (the first included);
-        levels 1 and 2 only act under memory pressure, which PyIPVS has not."""
-        sysctl = self.ipvs.sysctl
-        rate = sysctl.am_droprate if sysctl.drop_packet == 3 else 0
-        if not rate:
+        """``ip_vs_todrop``: one new connection in ``ipvs.drop_rate`` is
+        dropped (the rate ``update_defense_level`` set from drop_packet)."""
+        ipvs = self.ipvs
+        if not ipvs.drop_rate:
             return False
-        self._drop_counter -= 1
-        if self._drop_counter > 0:
+        ipvs.drop_counter -= 1
+        if ipvs.drop_counter > 0:
             return False
-        self._drop_counter = rate
+        ipvs.drop_counter = ipvs.drop_rate
         return True
 
     def _conn_reuse(self, cp: _conn.Connection, pp: IPVSProtocol, now: int) -> _conn.Connection | None:

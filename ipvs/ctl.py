@@ -584,3 +584,108 @@ def services_sorted_by_bucket(ipvs: NetnsIPVS) -> list[Service]:
     normal.sort(key=lambda s: (s.hash_bucket() ^ salt, -order[s]))
     fwm.sort(key=lambda s: (s.hash_bucket() ^ salt, -order[s]))
     return normal + fwm
+
+
+# --------------------------------------------------------------------------
+# Defense levels (update_defense_level, defense_work_handler)
+
+#: DEFENSE_TIMER_PERIOD: the defense levels are recomputed every second.
+DEFENSE_TIMER_PERIOD_S = 1
+
+
+def update_defense_level(ipvs: NetnsIPVS) -> bool:
+    """``update_defense_level``: compare the memory left with ``amemthresh``
+    and set the three defenses from their sysctls, as kernel 6.1 does.
+
+    The kernel counts the machine's free and buffer pages (``si_meminfo``);
+    PyIPVS counts what is left of its own budget, ``ipvs.availmem`` pages,
+    which the daemon computes (a configured limit, else the cgroup's, else
+    the machine's available memory, less what the process holds).  Levels
+    1 and 2 of each sysctl are the automatic modes: 1 switches itself to 2
+    while memory is short and 2 back to 1 when it is not, exactly as the
+    kernel rewrites its own sysctls; 3 is always on, 0 always off.
+
+    * ``drop_entry`` sets ``ipvs.dropentry`` (then the table is thinned by
+      :meth:`ipvs.conn.ConnTable.random_dropentry` every second);
+    * ``drop_packet`` sets ``ip_vs_todrop``'s rate: under pressure one new
+      connection in ``amemthresh / (amemthresh - availmem)`` is dropped,
+      with level 3 one in ``am_droprate``;
+    * ``secure_tcp`` at 2 (or 3) switches TCP to the ``tcp_states_dos``
+      table.
+
+    Returns whether the TCP state table changed.
+    """
+    sc = ipvs.sysctl
+    availmem = None if ipvs.availmem is None else max(ipvs.availmem, 0)  # over budget: none left
+    amemthresh = max(sc.amemthresh, 0)
+    nomem = availmem is not None and availmem < amemthresh
+
+    level = sc.drop_entry
+    if level == 0:
+        ipvs.dropentry = False
+    elif level == 1:
+        ipvs.dropentry = nomem
+        if nomem:
+            sc.drop_entry = 2
+    elif level == 2:
+        ipvs.dropentry = nomem
+        if not nomem:
+            sc.drop_entry = 1
+    else:
+        ipvs.dropentry = True
+
+    level = sc.drop_packet
+    if level == 0 or level in (1, 2) and not nomem:
+        ipvs.drop_rate = 0
+        if level == 2:
+            sc.drop_packet = 1
+    elif level in (1, 2):
+        assert availmem is not None
+        ipvs.drop_rate = ipvs.drop_counter = amemthresh // (amemthresh - availmem)
+        if level == 1:
+            sc.drop_packet = 2
+    else:
+        ipvs.drop_rate = sc.am_droprate
+
+    old = ipvs.old_secure_tcp
+    level = sc.secure_tcp
+    to_change = -1
+    if level == 0:
+        if old >= 2:
+            to_change = 0
+    elif level == 1:
+        if nomem:
+            if old < 2:
+                to_change = 1
+            sc.secure_tcp = 2
+        elif old >= 2:
+            to_change = 0
+    elif level == 2:
+        if nomem:
+            if old < 2:
+                to_change = 1
+        else:
+            if old >= 2:
+                to_change = 0
+            sc.secure_tcp = 1
+    elif old < 2:
+        to_change = 1
+    ipvs.old_secure_tcp = sc.secure_tcp
+    if to_change >= 0:
+        # ip_vs_protocol_timeout_change: every protocol's timeout_change (TCP's switches tables).
+        for pd in ipvs.proto_data.values():
+            pd.pp.timeout_change(pd, sc.secure_tcp > 1)
+        return True
+    return False
+
+
+def defense_work_handler(ipvs: NetnsIPVS, now: int) -> None:
+    """``defense_work_handler``: every second, the levels, then the random
+    drop of entries when ``drop_entry`` says so."""
+    if now < ipvs.defense_at:
+        return
+    ipvs.defense_at = now + DEFENSE_TIMER_PERIOD_S * ipvs.hz
+    update_defense_level(ipvs)
+    if ipvs.dropentry:
+        ipvs.conn_tab.random_dropentry(now)
+

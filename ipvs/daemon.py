@@ -889,6 +889,107 @@ class ProcfsWriter:
         self.created.clear()
 
 
+class MemoryBudget:
+    """The memory PyIPVS may use and how much of it is left: the daemon's
+    stand-in for the kernel's ``si_meminfo`` in ``update_defense_level``.
+
+    The budget is, in this order: ``limit`` (``--memory-budget``), the
+    memory limit of the process's cgroup (v2 ``memory.max``), else the
+    machine's.  What is left is the limit less the process's resident
+    memory, the cgroup's limit less its ``memory.current``, or the
+    machine's ``MemAvailable``.  :meth:`left_pages` is what
+    ``ipvs.availmem`` gets every second, compared with ``amemthresh``.
+    """
+
+    #: Bytes one connection entry costs at most (bench/core.py measures
+    #: about 700 on CPython, less on PyPy): sizes the table's hard cap.
+    CONN_BYTES = 1024
+    PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __init__(self, limit: int | None = None, proc: str = "/proc", cgroup_fs: str = "/sys/fs/cgroup") -> None:
+        self.proc = proc
+        self.cgroup: str | None = None
+        if limit is not None:
+            self.limit, self.source = limit, "configured"
+            return
+        cg = self._cgroup_dir(cgroup_fs)
+        if cg is not None:
+            self.cgroup = cg
+            self.limit, self.source = self._read_int(os.path.join(cg, "memory.max")) or 0, "cgroup"
+            return
+        self.limit = (self._meminfo("MemAvailable") or 0) + self.rss()
+        self.source = "machine"
+
+    def _cgroup_dir(self, cgroup_fs: str) -> str | None:
+        """The cgroup v2 directory of this process, if it has a memory limit."""
+        try:
+            with open(os.path.join(self.proc, "self", "cgroup")) as f:
+                for line in f:
+                    if line.startswith("0::"):
+                        d = os.path.join(cgroup_fs, line[3:].strip().lstrip("/"))
+                        if self._read_int(os.path.join(d, "memory.max")) is not None:
+                            return d
+        except OSError:
+            pass
+        return None
+
+    @staticmethod
+    def _read_int(path: str) -> int | None:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _meminfo(self, key: str) -> int | None:
+        try:
+            with open(os.path.join(self.proc, "meminfo")) as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def rss(self) -> int:
+        """This process's resident memory in bytes."""
+        try:
+            with open(os.path.join(self.proc, "self", "statm")) as f:
+                return int(f.read().split()[1]) * self.PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def left(self) -> int:
+        """Bytes left to PyIPVS (negative when over the budget)."""
+        if self.source == "configured":
+            return self.limit - self.rss()
+        if self.source == "cgroup":
+            assert self.cgroup is not None
+            return self.limit - (self._read_int(os.path.join(self.cgroup, "memory.current")) or 0)
+        return self._meminfo("MemAvailable") or 0
+
+    def left_pages(self) -> int:
+        """:meth:`left` in pages, the unit of ``amemthresh``."""
+        return self.left() // self.PAGE
+
+    def table_cap(self) -> int:
+        """A hard cap on the connection table that keeps it inside the budget."""
+        return max(4096, self.left() // self.CONN_BYTES)
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``65536K`` or bytes."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    if mult > 1:
+        text = text[:-1]
+    value = int(float(text) * mult)
+    if value <= 0:
+        raise ValueError("a size must be positive")
+    return value
+
+
 class _FallbackTimers:
     """Timer work when :mod:`ipvs.core` is not available: the estimator and
     the destination trash (there are no connections without a data path)."""
@@ -938,6 +1039,7 @@ class Daemon:
         marks_file: str | None = None,
         save_file: str | None = None,
         state_file: str | None = None,
+        memory: MemoryBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_request: int = MAX_REQUEST,
     ) -> None:
@@ -950,6 +1052,14 @@ class Daemon:
             on_change=self._changed,
         )
         self.state_file = state_file
+        #: The memory model of the defenses (None: no budget, memory is never short).
+        self.memory = memory
+        self._next_memory = 0.0
+        if memory is not None:
+            cap = memory.table_cap()
+            ipvs.conn_tab.max_conns = min(ipvs.conn_tab.max_conns, cap)
+            log.info("memory budget %d MiB (%s): %d MiB left, connection table capped at %d entries",
+                     memory.limit >> 20, memory.source, memory.left() >> 20, ipvs.conn_tab.max_conns)
         self._dirty = False  # the rules changed since the state file was written
         self._next_state = 0.0  # when the state file may be written again
         self.driver = None
@@ -1218,6 +1328,10 @@ class Daemon:
             except OSError as e:
                 log.error("writing %s failed: %s", self.procfs.root, e)
             self._next_procfs = now_s + self.procfs_interval
+        if self.memory is not None and now_s >= self._next_memory:
+            # update_defense_level reads this on its next run (every second).
+            self.ipvs.availmem = self.memory.left_pages()
+            self._next_memory = now_s + 1.0
         if now_s >= self._next_sweep:
             self.server.sweep()
             self._next_sweep = now_s + 1.0
@@ -1334,6 +1448,10 @@ def build_parser(driver_mod=None):
                    help="keep the rules in FILE, written on every change and restored at start (default: "
                    f"$IPVSD_STATE_DIR or {STATE_DIR}, then /<netns>/ipvsadm.rules)")
     p.add_argument("--no-state", action="store_true", help="keep no state file")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="memory PyIPVS may use (e.g. 512M), for the defenses (amemthresh, drop_entry, "
+                   "drop_packet, secure_tcp) and the connection table's cap (default: the cgroup's limit, "
+                   "else the machine's memory)")
     p.add_argument("--marks", metavar="FILE",
                    help="firewall-mark rules (ipvs-mark -S lines) to load at start and on SIGHUP")
     p.add_argument("--procfs-dir", metavar="DIR",
@@ -1465,9 +1583,14 @@ def main(argv: list[str] | None = None) -> int:
     sc = Sysctls() if args.conn_tab_bits is None else Sysctls(conn_tab_bits=args.conn_tab_bits)
     ipvs = NetnsIPVS(sysctl=sc)
     try:
+        try:
+            memory = MemoryBudget(parse_size(args.memory_budget) if args.memory_budget else None)
+        except ValueError as e:
+            parser.error(f"--memory-budget: {e}")
         state = None if args.no_state else (args.state or default_state_file(socket_address(args.socket)))
         daemon = Daemon(ipvs, socket_path=args.socket, allowed_gid=gid, procfs_dir=args.procfs_dir,
-                        rules_file=args.rules, save_file=args.save, marks_file=args.marks, state_file=state)
+                        rules_file=args.rules, save_file=args.save, marks_file=args.marks, state_file=state,
+                        memory=memory)
     except OSError as e:
         print(f"ipvsd: control socket {display_address(socket_address(args.socket))}: {e.strerror or e}",
               file=sys.stderr)

@@ -928,6 +928,8 @@ def _set_sysctl(ipvs, req, now, **_):
         ipvs.sched_modules.add(ctl.MODULE_SYSCTLS[req["name"]])
     if req["name"] == "run_estimation":
         ipvs.est.enabled = bool(req["value"])
+    if req["name"] in ("drop_entry", "drop_packet", "secure_tcp"):
+        ctl.update_defense_level(ipvs)  # proc_do_defense_mode: the new level applies at once
     return {}
 
 

@@ -62,6 +62,17 @@ class NetnsIPVS:
     drops: collections.Counter = attrs.field(factory=collections.Counter)
     #: Frames the core generated (ICMP errors): (bytearray) routed by daddr.
     outbox: list = attrs.field(factory=list)
+    #: The defense state of ``update_defense_level`` (:mod:`ipvs.ctl`):
+    #: memory left to PyIPVS in pages (set by the daemon from its budget;
+    #: None: no budget known, never short), whether ``ip_vs_random_dropentry``
+    #: runs, ``ip_vs_todrop``'s rate and countdown, and the last secure_tcp.
+    availmem: int | None = None
+    dropentry: bool = False
+    drop_rate: int = 0
+    drop_counter: int = 0
+    old_secure_tcp: int = 0
+    #: The jiffy of the next defense_work_handler run (every second).
+    defense_at: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.sysctl is None:

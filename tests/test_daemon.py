@@ -1220,3 +1220,54 @@ def test_the_procfs_dir_says_when_its_writer_died(tmp_path):
     assert procfs.writer_alive(proc)
     w.remove()
     assert not procfs.writer_alive(tmp_path / "none")
+
+
+def test_memory_budget_sources(tmp_path):
+    """The defenses' memory model: a configured limit, the cgroup's, the machine's."""
+    from ipvs.daemon import MemoryBudget, parse_size
+
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    page = MemoryBudget.PAGE
+    (proc / "self" / "statm").write_text(f"1000 {(64 << 20) // page} 0 0 0 0 0\n")
+    (proc / "meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable: 2097152 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/system.slice/ipvsd.service\n")
+    cg = tmp_path / "cg"
+    m = MemoryBudget(parse_size("256M"), proc=str(proc), cgroup_fs=str(cg))
+    assert (m.source, m.left()) == ("configured", 192 << 20)
+    assert m.left_pages() == (192 << 20) // page and m.table_cap() == (192 << 20) // 1024
+    m = MemoryBudget(proc=str(proc), cgroup_fs=str(cg))
+    assert (m.source, m.left()) == ("machine", 2 << 30)
+    d = cg / "system.slice" / "ipvsd.service"
+    d.mkdir(parents=True)
+    (d / "memory.max").write_text("max\n")
+    assert MemoryBudget(proc=str(proc), cgroup_fs=str(cg)).source == "machine"  # no limit there
+    (d / "memory.max").write_text(f"{128 << 20}\n")
+    (d / "memory.current").write_text(f"{130 << 20}\n")
+    m = MemoryBudget(proc=str(proc), cgroup_fs=str(cg))
+    assert (m.source, m.left()) == ("cgroup", -(2 << 20))
+    assert m.table_cap() == 4096
+    with pytest.raises(ValueError):
+        parse_size("0")
+    assert parse_size("64k") == 65536 and parse_size("1GiB") == 1 << 30
+
+
+def test_the_daemon_feeds_availmem_and_caps_the_table(tmp_path):
+    from ipvs.daemon import MemoryBudget
+
+    class Budget(MemoryBudget):
+        def __init__(self):
+            self.limit, self.source, self.cgroup = 64 << 20, "configured", None
+            self.used = 1 << 20
+
+        def rss(self):
+            return self.used
+
+    budget = Budget()
+    d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget)
+    try:
+        assert d.ipvs.conn_tab.max_conns == (63 << 20) // 1024
+        d.run_once(0)
+        assert d.ipvs.availmem == (63 << 20) // MemoryBudget.PAGE
+    finally:
+        d.shutdown()

@@ -818,8 +818,10 @@ def test_every_drop_reason_is_reachable_and_counted():
     lab.send(tcp(CLI, 1, VIP, 80, flags="A"))
     reached.add(Drop.DEST_UNAVAILABLE)
     lab.ipvs.sysctl.set("drop_packet", 3)
+    ctl.update_defense_level(lab.ipvs)  # as proc_do_defense_mode does on a write
     lab.send(tcp(CLI, 3, VIP, 80))
     lab.ipvs.sysctl.set("drop_packet", 0)
+    ctl.update_defense_level(lab.ipvs)
     # A persistent --pe sip service drops a datagram without a Call-ID (ipvs.pe.sip).
     sip = ctl.ServiceUser(addr=A(VIP), port=5060, protocol=17, sched_name="rr", flags=IP_VS_SVC_F_PERSISTENT,
                           timeout=60, pe_name="sip")

@@ -1,0 +1,110 @@
+"""The kernel's defenses under memory pressure (issue 13): update_defense_level
+(ipvs/ctl.py), ip_vs_random_dropentry (ipvs/conn.py), ip_vs_todrop and the
+secure_tcp state table (ipvs/core.py), driven through the director as a SYN
+flood would drive them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ipvs import ctl
+from ipvs.core import NF_DROP, NF_STOLEN
+from ipvs.packet import Drop
+from ipvs.proto import tcp as tcp_proto
+from tests.conftest import HZ, tcp
+
+from .test_core import CLI, VIP, web
+
+
+def flood(lab, n, first=10000):
+    return [lab.send(tcp(f"198.51.100.{2 + i % 200}", first + i, VIP, 80)) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["drop_entry", "drop_packet", "secure_tcp"])
+def test_automatic_levels_follow_memory(name):
+    """Level 1 turns itself into 2 while memory is short and back to 1 after."""
+    lab = web(**{name: 1})
+    ipvs = lab.ipvs
+    ipvs.availmem = 10_000
+    ctl.update_defense_level(ipvs)
+    assert getattr(ipvs.sysctl, name) == 1
+    ipvs.availmem = 100  # under amemthresh (1024 pages)
+    ctl.update_defense_level(ipvs)
+    assert getattr(ipvs.sysctl, name) == 2
+    ipvs.availmem = 5000
+    ctl.update_defense_level(ipvs)
+    assert getattr(ipvs.sysctl, name) == 1
+
+
+def test_without_a_budget_memory_is_never_short():
+    lab = web(drop_entry=1, drop_packet=1, secure_tcp=1)
+    assert lab.ipvs.availmem is None
+    ctl.update_defense_level(lab.ipvs)
+    assert (lab.ipvs.dropentry, lab.ipvs.drop_rate, lab.ipvs.sysctl.secure_tcp) == (False, 0, 1)
+
+
+def test_drop_packet_rate_is_amemthresh_over_the_shortfall():
+    """drop_rate = amemthresh / (amemthresh - availmem): 1024/(1024-768) = 4."""
+    lab = web(drop_packet=1)
+    lab.ipvs.availmem = 768
+    lab.tick(lab.now + HZ)
+    assert lab.ipvs.drop_rate == 4
+    verdicts = flood(lab, 12)
+    assert [i for i, v in enumerate(verdicts) if v == NF_DROP] == [3, 7, 11]
+    assert lab.ipvs.drops[Drop.DEFENSE] == 3
+    lab.ipvs.availmem = -50  # over budget: every new connection
+    lab.tick(lab.now + HZ)
+    assert lab.ipvs.drop_rate == 1
+    assert set(flood(lab, 5, first=20000)) == {NF_DROP}
+
+
+def test_secure_tcp_switches_to_the_dos_table_under_pressure():
+    lab = web(secure_tcp=1)
+    pd = lab.ipvs.proto_data[6]
+    lab.ipvs.availmem = 10
+    lab.tick(lab.now + HZ)
+    assert pd.state_table is tcp_proto.TCP_STATES_DOS
+    lab.ipvs.availmem = 100_000
+    lab.tick(lab.now + HZ)
+    assert pd.state_table is tcp_proto.TCP_STATES
+
+
+def test_drop_entry_thins_half_open_entries_and_keeps_established():
+    lab = web(drop_entry=1)
+    assert set(flood(lab, 3200)) == {NF_STOLEN}
+    # One established connection (SYN, then the handshake's ACK).
+    lab.send(tcp(CLI, 4000, VIP, 80))
+    lab.send(tcp(CLI, 4000, VIP, 80, flags="A"))
+    established = [c for c in lab.conns() if c.state == tcp_proto.ESTABLISHED]
+    assert len(established) == 1
+    lab.ipvs.availmem = 0
+    before = len(lab.conns())
+    for _ in range(20):
+        lab.tick(lab.now + HZ)  # (not long enough for SYN_RECV's own 60 s timeout)
+    lab.ipvs.availmem = 100_000
+    lab.tick(lab.now + 1)  # the last round's entries expire
+    left = lab.conns()
+    # 20 rounds of 1/32: (31/32)^20 of the half-open entries stay, about 53%.
+    assert 0.35 * before < len(left) < 0.75 * before
+    assert established[0] in left
+    assert lab.ipvs.conn_tab.dropped == before - len(left)
+
+
+def test_random_dropentry_looks_at_a_32nd():
+    lab = web()
+    flood(lab, 640)
+    tab = lab.ipvs.conn_tab
+    rng = random.Random(5)
+    picked = []
+    tab.random_dropentry(lab.now, lambda n: picked.append(rng.randrange(n)) or picked[-1])
+    assert len(picked) == 20
+    assert tab.dropped <= 20
+
+
+def test_drop_entry_3_and_secure_tcp_3_are_always_on():
+    lab = web(drop_entry=3, secure_tcp=3)
+    ctl.update_defense_level(lab.ipvs)
+    assert lab.ipvs.dropentry is True
+    assert lab.ipvs.proto_data[6].state_table is tcp_proto.TCP_STATES_DOS
