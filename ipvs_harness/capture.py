@@ -12,6 +12,7 @@ import io
 import ipaddress
 import os
 import re
+from typing import NamedTuple
 
 from ipvs.driver import pcap
 from ipvs_harness import GOLDENS, ROOT
@@ -56,6 +57,57 @@ def traffic_goldens() -> list[str]:
                         continue
                 names.add(n)
     return sorted(names)
+
+
+class Quoted(NamedTuple):
+    """The TCP/UDP packet an ICMP error quotes."""
+
+    proto: int
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+
+
+class Frame(NamedTuple):
+    """An IPv4 TCP/UDP frame of a capture, or an ICMP error quoting one
+    (then ``quoted`` holds the packet it is about; ports and flags are 0)."""
+
+    l3: int  # offset of the IP header in the captured frame
+    proto: int
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+    flags: int  # TCP flags (0 for UDP)
+    quoted: Quoted | None
+
+
+def parse_frame(r: pcap.Record) -> Frame | None:
+    """The :class:`Frame` of a captured record, or None (not IPv4 TCP/UDP,
+    nor an ICMP unreachable, time exceeded or parameter problem quoting one)."""
+    w = pcap.l3_offset(r.data, r.linktype)
+    if w is None or w[1] != 0x0800:
+        return None
+    l3, d = w[0], r.data
+    proto = d[l3 + 9]
+    l4 = l3 + (d[l3] & 15) * 4
+    if proto == 1:
+        if len(d) < l4 + 8 + 28 or d[l4] not in (3, 11, 12):
+            return None
+        q = l4 + 8
+        ql4 = q + (d[q] & 15) * 4
+        qproto = d[q + 9]
+        if qproto not in (6, 17) or len(d) < ql4 + 4:
+            return None
+        quoted = Quoted(qproto, d[q + 12:q + 16], d[q + 16:q + 20], int.from_bytes(d[ql4:ql4 + 2], "big"),
+                        int.from_bytes(d[ql4 + 2:ql4 + 4], "big"))
+        return Frame(l3, 1, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], 0, 0, 0, quoted)
+    if proto not in (6, 17):
+        return None
+    flags = d[l4 + 13] if proto == 6 else 0
+    return Frame(l3, proto, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], int.from_bytes(d[l4:l4 + 2], "big"),
+                 int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None)
 
 
 def A(text: str) -> bytes:

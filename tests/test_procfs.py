@@ -65,63 +65,64 @@ HZ = 250
 NOW = 1_000_000  # any jiffy value; expiries are set relative to it
 
 
-_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-_HEREDOC = re.compile(r"^ipvs_rules\s*<<-?\s*['\"]?(\w+)['\"]?\s*$")
 _CHANGES = ("-A", "-E", "-D", "-a", "-e", "-d", "-C", "-Z", "--set", "--start-daemon", "--stop-daemon")
-_STEP = re.compile(r"^\s*step\s+(?:sh\s+)?ipvsadm\s+(.*)$")
+_SYSCTL_WRITE = re.compile(r"echo (\d+) > /proc/sys/net/ipv4/vs/(\w+)")
+
+
+def scenario_events(d: Path) -> tuple[list, list]:
+    """The scenario's records as the offline backend reads them (run under the
+    recording stub, ipvs_harness/diff/offline.py), split at ``dump_ipvs before-``."""
+    from ipvs_harness.diff.offline import extract_events
+
+    events = extract_events(str(d / "scenario.sh"))
+    cut = next((k for k, (kind, args, _) in enumerate(events) if kind == "dump_ipvs" and args[:1] == ["before-"]),
+               len(events))
+    return events[:cut], events[cut:]
 
 
 def scenario_rules(d: Path, history: bool = False) -> list[str]:
-    """The scenario's ipvsadm commands, in the order it ran them.
-
-    Reads ``scenario.sh``: simple variable assignments, ``ipvsadm ...``
-    lines and ``ipvs_rules <<WORD`` heredocs up to ``dump_ipvs before-``;
-    with ``history`` also the ``step sh ipvsadm ...`` changes made during
-    the traffic.  Listing commands are left out.
-    """
-    env: dict[str, str] = {}
+    """The scenario's ipvsadm commands, in the order it ran them: its
+    ``ipvsadm`` calls and ``ipvs_rules`` lines before ``dump_ipvs before-``
+    (however the script makes them); with ``history`` also the ``!sh
+    ipvsadm ...`` changes of its client steps.  Listings are left out."""
+    before, after = scenario_events(d)
     lines: list[str] = []
-    heredoc = None
-    before = True
-
-    def expand(text: str) -> str:
-        return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), m.group(0)), text)
-
-    for raw in (d / "scenario.sh").read_text().splitlines():
-        line = raw.strip()
-        if heredoc is not None:
-            if line == heredoc:
-                heredoc = None
-            elif line and not line.startswith("#"):
-                lines.append(expand(line))
-            continue
-        if line.startswith("dump_ipvs before-"):
-            before = False
-            continue
-        if before:
-            m = _ASSIGN.match(line)
-            if m and "$(" not in m.group(2):
-                env[m.group(1)] = expand(m.group(2).strip("\"'"))
-            elif m := _HEREDOC.match(line):
-                heredoc = m.group(1)
-            elif line.startswith("ipvsadm -"):
-                lines.append(expand(line.split(" ", 1)[1]))
-        elif history and (m := _STEP.match(line)):
-            lines.append(expand(m.group(1).strip("'")))
+    for kind, args, stdin in before:
+        if kind == "ipvs_rules":
+            lines += [x.strip() for x in stdin if x.strip() and not x.strip().startswith("#")]
+        elif kind == "ipvsadm":
+            lines.append(" ".join(args))
+    if history:
+        for kind, _args, stdin in after:
+            if kind == "client_steps":
+                lines += [x.strip()[len("!sh ipvsadm "):].strip("'") for x in stdin
+                          if x.strip().startswith("!sh ipvsadm ") and ">" not in x]
     # Listings would only print (and resolve names); keep what changes state.
     return [line for line in lines if line.split()[0] in _CHANGES]
 
 
-_SYSCTL_WRITE = re.compile(r"echo (\d+) > /proc/sys/net/ipv4/vs/(\w+)")
-
-
 def scenario_sysctls(d: Path) -> dict[str, int]:
     """The ``net.ipv4.vs`` settings the scenario left changed after its
-    ``dump_ipvs before-`` (``echo N > /proc/sys/net/ipv4/vs/NAME``, in
-    steps or heredocs; the last write of a name wins)."""
-    text = (d / "scenario.sh").read_text()
-    _, _, after = text.partition("dump_ipvs before-")
-    return {m.group(2): int(m.group(1)) for m in _SYSCTL_WRITE.finditer(after)}
+    ``dump_ipvs before-`` (``vs_sysctl``, ``echo N > /proc/sys/net/ipv4/vs/NAME``
+    in steps; the last write of a name wins)."""
+    _, after = scenario_events(d)
+    out: dict[str, int] = {}
+    for kind, args, stdin in after:
+        if kind == "vs_sysctl":
+            out[args[0]] = int(args[1])
+        for m in _SYSCTL_WRITE.finditer("\n".join(stdin)):
+            out[m.group(2)] = int(m.group(1))
+    return out
+
+
+def scenario_ftp_ports(d: Path) -> tuple[int, ...]:
+    """The ports of the scenario's ``modprobe ip_vs_ftp`` (empty: none)."""
+    before, after = scenario_events(d)
+    for kind, args, _ in before + after:
+        if kind == "modprobe" and args[:1] == ["ip_vs_ftp"]:
+            ports = [int(p) for a in args[1:] if a.startswith("ports=") for p in a[6:].split(",")]
+            return tuple(ports or [21])
+    return ()
 
 
 def golden_instance(name: str, history: bool = False) -> tuple[NetnsIPVS, Path]:
@@ -130,10 +131,11 @@ def golden_instance(name: str, history: bool = False) -> tuple[NetnsIPVS, Path]:
     netlink = pytest.importorskip("ipvs.netlink", reason="ipvs.netlink is not there yet")
     d = golden_dir() / name
     ipvs = NetnsIPVS(hz=HZ)
-    if "modprobe ip_vs_ftp" in (d / "scenario.sh").read_text():
+    ports = scenario_ftp_ports(d)
+    if ports:
         from ipvs.app import ftp
 
-        ftp.register(ipvs)
+        ftp.register(ipvs, ports=ports)
     rules = scenario_rules(d, history)
     err = io.StringIO()
     rc = ipvsadm.restore(rules, netlink.LocalTransport(ipvs), err)
@@ -344,8 +346,19 @@ def same_rows(ours: str, golden: str) -> bool:
     return a[:1] == b[:1] and sorted(a[1:]) == sorted(b[1:]) and len(a) > 1
 
 
+#: Goldens whose after-traffic views this model cannot rebuild from the
+#: connection rows, with why (the offline backend compares them instead).
+NOT_REBUILT = {
+    "ftp_ports": "FTP data connections of two services on one real server count on the server of their "
+                 "control connection's service, which their rows do not say (tests/kernel/test_differential.py "
+                 "compares these views)",
+}
+
+
 @pytest.mark.parametrize("scenario", scenarios())
 def test_after_traffic_matches_kernel(scenario):
+    if scenario in NOT_REBUILT:
+        pytest.skip(NOT_REBUILT[scenario])
     ipvs, d = golden_instance(scenario, history=True)
     if leftovers(d):
         pytest.skip(f"{scenario}: the recording began with another scenario's connections")

@@ -85,6 +85,7 @@ from ipvs.driver.replay import jiffies
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
 from ipvs_harness import sandbox
+from ipvs_harness.capture import Frame, parse_frame
 from ipvs_harness.diff.compare import DIFFERENT, EQUAL, Item
 from ipvs_harness.diff.esttrace import guest_estimator
 
@@ -311,34 +312,6 @@ def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] |
     return out
 
 
-def _ip4(r: pcap.Record):
-    """(l3, proto, saddr, daddr, sport, dport, tcp flags, quoted) of an IPv4
-    TCP/UDP frame (quoted None), or of an ICMP error quoting one (quoted:
-    the quoted packet's proto, saddr, daddr, sport, dport)."""
-    w = pcap.l3_offset(r.data, r.linktype)
-    if w is None or w[1] != 0x0800:
-        return None
-    l3, d = w[0], r.data
-    proto = d[l3 + 9]
-    l4 = l3 + (d[l3] & 15) * 4
-    if proto == 1:
-        if len(d) < l4 + 8 + 28 or d[l4] not in (3, 11, 12):
-            return None
-        q = l4 + 8
-        ql4 = q + (d[q] & 15) * 4
-        qproto = d[q + 9]
-        if qproto not in (6, 17) or len(d) < ql4 + 4:
-            return None
-        qs, qd = d[q + 12:q + 16], d[q + 16:q + 20]
-        qsp, qdp = int.from_bytes(d[ql4:ql4 + 2], "big"), int.from_bytes(d[ql4 + 2:ql4 + 4], "big")
-        return (l3, 1, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], 0, 0, 0, (qproto, qs, qd, qsp, qdp))
-    if proto not in (6, 17):
-        return None
-    flags = d[l4 + 13] if proto == 6 else 0
-    return (l3, proto, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], int.from_bytes(d[l4:l4 + 2], "big"),
-            int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None)
-
-
 #: iptables options of a mangle MARK rule, as ipvs-mark takes them.
 _MARK_OPTS = {"-p": "-p", "--protocol": "-p", "-s": "-s", "--source": "-s", "-d": "-d",
               "--destination": "-d", "--dport": "--dport", "--destination-port": "--dport",
@@ -383,17 +356,17 @@ class Traffic:
     """The kernel's captures of one golden, split into director input and output."""
 
     def __init__(self, golden: str, vips: set[bytes]):
-        cli = [(r, i) for r in pcap.read_file(os.path.join(golden, "client-side.pcap")) if (i := _ip4(r))]
+        cli = [(r, i) for r in pcap.read_file(os.path.join(golden, "client-side.pcap")) if (i := parse_frame(r))]
         # A scenario may capture the client side only.
         srv_path = os.path.join(golden, "server-side.pcap")
         srv_all = pcap.read_file(srv_path) if os.path.exists(srv_path) else []
         #: Every client-side TCP/UDP frame (for what the offline run did not replay).
         self.client_frames = cli
-        srv = [(r, i) for r in srv_all if (i := _ip4(r))]
+        srv = [(r, i) for r in srv_all if (i := parse_frame(r))]
         #: The director's ARP requests for each inner address (times), and
         #: the inner addresses that ever answered or sent anything.
         self.arp_requests: dict[bytes, list[float]] = {}
-        self.heard: set[bytes] = {bytes(i[2]) for _, i in srv}
+        self.heard: set[bytes] = {bytes(i.saddr) for _, i in srv}
         for r in srv_all:
             a = _arp(r)
             if a is None:
@@ -405,18 +378,18 @@ class Traffic:
                 self.heard.add(spa)
         self.vips = vips
         # Client side: frames to a VIP (input) and from a VIP (kernel output).
-        to_vip = [(r, i) for r, i in cli if i[3] in vips and not _inner(i[2])]
+        to_vip = [(r, i) for r, i in cli if i.daddr in vips and not _inner(i.saddr)]
         # (TCP from a VIP with TTL 64 was made by the director's own stack -
         # a RST for a packet IPVS let through - not forwarded by IPVS.)
-        self.to_cli = [(r, i) for r, i in cli if i[2] in vips and not (i[1] == 6 and r.data[i[0] + 8] == 64)]
+        self.to_cli = [(r, i) for r, i in cli if i.saddr in vips and not (i.proto == 6 and r.data[i.l3 + 8] == 64)]
         # Server side: replies of real servers (input), frames to them (output).
-        from_rs = [(r, i) for r, i in srv if _inner(i[2]) and i[2] != GATEWAY and not _inner(i[3])]
+        from_rs = [(r, i) for r, i in srv if _inner(i.saddr) and i.saddr != GATEWAY and not _inner(i.daddr)]
         # Frames the client addressed to a real server itself (an ICMP error
         # about an un-NATed reply) cross the director by ordinary routing,
         # not IPVS: they are not IPVS output.
-        routed = {(i[2], i[3], bytes(r.data[i[0] + 4:i[0] + 6])) for r, i in cli if _inner(i[3])}
-        self.to_rs = [(r, i) for r, i in srv if _inner(i[3]) and not _inner(i[2])
-                      and (i[2], i[3], bytes(r.data[i[0] + 4:i[0] + 6])) not in routed]
+        routed = {(i.saddr, i.daddr, bytes(r.data[i.l3 + 4:i.l3 + 6])) for r, i in cli if _inner(i.daddr)}
+        self.to_rs = [(r, i) for r, i in srv if _inner(i.daddr) and not _inner(i.saddr)
+                      and (i.saddr, i.daddr, bytes(r.data[i.l3 + 4:i.l3 + 6])) not in routed]
         rs_flows = {self.flow(i) for _, i in from_rs} | {self.flow(i) for _, i in self.to_rs}
         self.rs_flows = rs_flows
         cli_flows = {self.flow(i) for _, i in to_vip}
@@ -434,8 +407,8 @@ class Traffic:
 
     def flow(self, i) -> tuple[int, bytes, int]:
         """(proto, client addr, client port) of a frame on either side."""
-        if i[7] is not None:
-            proto, s, d, sp, dp = i[7]  # an ICMP error: the quoted packet's flow
+        if i.quoted is not None:
+            proto, s, d, sp, dp = i.quoted  # an ICMP error: the quoted packet's flow
         else:
             _l3, proto, s, d, sp, dp, _f, _q = i
         if _inner(s) or s in self.vips:
@@ -756,8 +729,8 @@ class OfflineRun:
         if abs(gap) > 0.2:
             side = "server" if gap > 0 else "client"
             self.notes.append(f"capture gap: the kernel's {side}-side capture ends {abs(gap):.2f} s before the other one")
-        answered = {t.flow(i) for _, i in t.to_cli if i[1] == 6} & {t.flow(i) for _, i in t.input
-                                                                     if not _inner(i[2])}
+        answered = {t.flow(i) for _, i in t.to_cli if i.proto == 6} & {t.flow(i) for _, i in t.input
+                                                                     if not _inner(i.saddr)}
         lost = sorted(f[2] for f in answered - t.rs_flows if f[0] == 6)
         if lost:
             self.notes.append(f"capture gap: the kernel answered client ports {lost[:8]} through a real server "
@@ -788,7 +761,7 @@ class OfflineRun:
 
         def next_from_client(flow, mask: int = 0) -> int | None:
             return next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) == flow
-                         and not _inner(t.input[k][1][2]) and (not mask or t.input[k][1][6] & mask)), None)
+                         and not _inner(t.input[k][1].saddr) and (not mask or t.input[k][1].flags & mask)), None)
 
         for kind, line in self.steps:
             if kind == "action":
@@ -835,7 +808,7 @@ class OfflineRun:
                 # Data on held connections: the first client frame of them after the last anchor.
                 flows = held.get(a[0], [])
                 anchor(next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) in flows
-                             and not _inner(t.input[k][1][2])), None))
+                             and not _inner(t.input[k][1].saddr)), None))
                 if verb == "abort":
                     held.pop(a[0], None)
             elif verb == "tcp":
@@ -848,7 +821,7 @@ class OfflineRun:
                     flows = [f for lab, fs in held.items() if verb.endswith("all") or lab == a[0] for f in fs]
                 mask = 0x04 if verb.startswith("rst") else 0x05
                 idx = next((k for k in range(last + 1, len(t.input)) if t.flow(t.input[k][1]) in flows
-                            and t.input[k][1][6] & mask and not _inner(t.input[k][1][2])), None)
+                            and t.input[k][1].flags & mask and not _inner(t.input[k][1].saddr)), None)
                 if idx is None and flows:
                     self.notes.append(f"capture gap: the kernel's client capture ends before the frames of step {line!r} "
                                       "(no FIN/RST of the held connections)")
@@ -890,9 +863,9 @@ class OfflineRun:
             self.now = now
             self.d.run_timers(now)
             buf = bytearray(rec.data)
-            l3 = info[0]
+            l3 = info.l3
             flow = t.flow(info)
-            if not _inner(info[2]) and flow not in self.decisions:
+            if not _inner(info.saddr) and flow not in self.decisions:
                 self.decisions[flow] = "NONE"
             verdict = self.d.process(buf, l3, now)
             if verdict == NF_STOLEN:
@@ -901,7 +874,7 @@ class OfflineRun:
                     sent.append((bytes(buf[l3:l3 + tot]), info))
                 if self.decisions.get(flow) == "NONE" and _inner(buf[l3 + 16:l3 + 20]):
                     self.decisions[flow] = f"rs{buf[l3 + 19] - 1}"
-                elif _inner(info[2]) and buf[l3 + 9] in (6, 17):
+                elif _inner(info.saddr) and buf[l3 + 9] in (6, 17):
                     # A server's TCP/UDP reply reached the client (ICMP errors do not count).
                     self.answered.add(flow)
             for pkt in self.ipvs.outbox:
@@ -1005,8 +978,8 @@ class OfflineRun:
         assert t is not None
         got_rs = [b for b, _ in sent if _inner(b[16:20]) and self._flow_of(b) in t.both]
         got_cli = [b for b, _ in sent if not _inner(b[16:20]) and self._flow_of(b) in t.both]
-        want_rs = [r.data[i[0]:] for r, i in t.to_rs if t.flow(i) in t.both]
-        want_cli = [r.data[i[0]:] for r, i in t.to_cli if t.flow(i) in t.both]
+        want_rs = [r.data[i.l3:] for r, i in t.to_rs if t.flow(i) in t.both]
+        want_cli = [r.data[i.l3:] for r, i in t.to_cli if t.flow(i) in t.both]
         for label, got, want in (("frames to real servers", got_rs, want_rs), ("frames to clients", got_cli, want_cli)):
             if not want:
                 continue
@@ -1025,10 +998,10 @@ class OfflineRun:
         assert t is not None
         ihl = (b[0] & 15) * 4
         if b[9] == 1:
-            i = _ip4(pcap.Record(0.0, bytes(b), pcap.LINKTYPE_RAW))
+            i = parse_frame(pcap.Record(0.0, bytes(b), pcap.LINKTYPE_RAW))
             return t.flow(i) if i is not None else (1, b"", 0)
-        info = (0, b[9], b[12:16], b[16:20], int.from_bytes(b[ihl:ihl + 2], "big"),
-                int.from_bytes(b[ihl + 2:ihl + 4], "big"), 0, None)
+        info = Frame(0, b[9], b[12:16], b[16:20], int.from_bytes(b[ihl:ihl + 2], "big"),
+                     int.from_bytes(b[ihl + 2:ihl + 4], "big"), 0, None)
         return t.flow(info)
 
     def order(self) -> None:
@@ -1038,8 +1011,8 @@ class OfflineRun:
             # "?": the kernel's client capture has no frame of this request to a VIP.
             server = self.decisions.get(f, "?")
             if server == "?" and self.traffic is not None:
-                to = sorted({str(ipaddress.ip_address(bytes(i[3]))) for _r, i in self.traffic.client_frames
-                             if (i[1], bytes(i[2]), i[4]) == f})
+                to = sorted({str(ipaddress.ip_address(bytes(i.daddr))) for _r, i in self.traffic.client_frames
+                             if (i.proto, bytes(i.saddr), i.sport) == f})
                 if to:
                     self.notes.append(f"request {label} {src}:{sport}: the kernel's client capture has it to "
                                       f"{', '.join(to)}, which neither a service nor add_vip names: not replayed")

@@ -104,34 +104,22 @@ def run(transport, argv, stdin=""):
 def scenario_commands(base: Path, scenario: str) -> list[list[str]]:
     """The rule-setting ipvsadm commands of scenario.sh, in order, before any traffic.
 
-    Top-level ``ipvsadm`` lines and the ``ipvs_rules`` here-document, with
-    the script's simple ``NAME="value"`` variables expanded; commands run
-    during traffic (``step ...``) come after ``dump_ipvs before-`` and are
-    not taken.
+    The script is read the way the offline backend reads it (run under the
+    recording stub, ipvs_harness/diff/offline.py): direct ``ipvsadm`` calls
+    and ``ipvs_rules`` lines however the script makes them (a here-document,
+    a loop piped in), up to the first ``dump_ipvs``; commands run during
+    traffic come after ``dump_ipvs before-`` and are not taken.
     """
+    from ipvs_harness.diff.offline import extract_events
+
     cmds: list[list[str]] = []
-    env: dict[str, str] = {}
-    heredoc = None
-    for line in (base / scenario / "scenario.sh").read_text().splitlines():
-        s = line.strip()
-        if s.startswith("dump_ipvs"):
+    for kind, args, lines in extract_events(str(base / scenario / "scenario.sh")):
+        if kind == "dump_ipvs":
             break
-        if heredoc is not None:
-            if s == heredoc:
-                heredoc = None
-            elif s:
-                cmds.append(shlex.split(re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), ""), s)))
-            continue
-        m = re.match(r"ipvs_rules\s*<<\s*'?(\w+)'?", s)
-        if m:
-            heredoc = m.group(1)
-            continue
-        m = re.match(r"(\w+)=\"([^\"$]*)\"$", s)
-        if m:
-            env[m.group(1)] = m.group(2)
-            continue
-        if s.startswith("ipvsadm "):
-            cmds.append(shlex.split(re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), ""), s))[1:])
+        if kind == "ipvs_rules":
+            cmds += [shlex.split(x) for x in lines if x.strip()]
+        elif kind == "ipvsadm":
+            cmds.append(args)
     return cmds
 
 
@@ -462,12 +450,23 @@ def after_traffic(base: Path, scenario: str, counts_file: str = "ipvsadm-Ln-exac
     return t
 
 
+#: Goldens whose after-traffic counts this model cannot rebuild from the
+#: connection table, with why (the offline backend compares them instead).
+NOT_REBUILT = {
+    "ftp_ports": "FTP data connections of two services on one real server count on the server of their "
+                 "control connection's service, which their rows do not say (tests/kernel/test_differential.py "
+                 "compares these listings)",
+}
+
+
 @pytest.mark.parametrize(("scenario", "filename"), listing_cases(""))
 def test_after_traffic_listing(scenario, filename):
     base = golden_base()
     d = base / scenario
     if not (d / "proc-net-ip_vs_conn.txt").exists():
         pytest.skip("no after-traffic dump in this scenario")
+    if scenario in NOT_REBUILT:
+        pytest.skip(NOT_REBUILT[scenario])
     # --stats shows the counters of its own moment when they moved before
     # --exact --stats (see stats_lag); otherwise both show the same.
     counts = filename if filename == "ipvsadm-Ln-stats.txt" and stats_lag(d) else "ipvsadm-Ln-exact-stats.txt"
