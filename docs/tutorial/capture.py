@@ -306,12 +306,8 @@ def step_masquerading(tmp: str) -> str:
 
 def capture(out_dir: str) -> dict[str, str]:
     """Run every step on a fresh lab; write and return ``{step: transcript}``."""
-    # ipvsd on CPython: on PyPy 7.3.11 the daemon with the AF_PACKET data path
-    # segfaulted (in libpypy3.9-c.so) within a few -C/-A/-a cycles in December
-    # 2026, and the tutorial changes its rules several times.  IPVSD_RUNTIME
-    # in the caller's environment still wins.
+    # ipvsd on the runtime the caller's IPVSD_RUNTIME picks (PyPy by default).
     env = dict(os.environ, IPVS_LAB_PREFIX=PREFIX)
-    env.setdefault("IPVSD_RUNTIME", "cpython")
     lab = tool("ipvs-lab")
     subprocess.run(lab + ["up", "--no-rules"], env=env, check=True, capture_output=True, text=True, timeout=300)
     files: dict[str, str] = {}
