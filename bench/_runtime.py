@@ -17,6 +17,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from _venv import PYPY_ENV  # noqa: E402 - the environment ipvsd's PyPy runs with
+
 PYTHONS = {"cpython": os.path.join(ROOT, ".venv", "bin", "python"),
            "pypy": os.path.join(ROOT, ".venv-pypy", "bin", "python")}
 
@@ -75,7 +78,10 @@ def run_both(script: str, argv: list[str], rounds: int) -> None:
     for r in range(rounds):
         order = list(PYTHONS) if r % 2 == 0 else list(reversed(PYTHONS))
         for rt in order:
-            out = subprocess.run([PYTHONS[rt], script, *argv], capture_output=True, text=True, check=True).stdout
+            # PyPy as ipvsd runs it (its GC nursery), unless the caller says otherwise.
+            env = {**PYPY_ENV, **os.environ} if rt == "pypy" else None
+            out = subprocess.run([PYTHONS[rt], script, *argv], capture_output=True, text=True, check=True,
+                                 env=env).stdout
             results[rt].append(parse_figures(out))
             print(f"# round {r} {rt} done", file=sys.stderr, flush=True)
     names = list(results["pypy"][0])
