@@ -26,6 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABLIB = os.path.join(HERE, "lab")
 from ipvs_harness import ROOT, sandbox  # noqa: E402
+from ipvs_harness.lab import stop_pid  # noqa: E402
 
 #: Files a lab run cannot write the way the kernel run does, with the reason.
 CANNOT = {
@@ -41,35 +42,6 @@ def available() -> str | None:
         if shutil.which(tool) is None:
             return f"needs {tool}"
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def _stop(pid: int, grace: float = 3.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + grace
-    while time.monotonic() < end and _alive(pid):
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    if _alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _namespaces(prefix: str) -> list[str]:
@@ -88,12 +60,12 @@ def teardown(prefix: str, rundir: str, spare: int | None = None) -> None:
     # The director last: the servers and captures first, so nothing waits on it.
     for pid in reversed(pids):
         if pid != spare:
-            _stop(pid)
+            stop_pid(pid, grace=3.0)
     for ns in _namespaces(prefix):
         r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
         for tok in r.stdout.split():
             if tok.isdigit():
-                _stop(int(tok), grace=1.0)
+                stop_pid(int(tok), grace=1.0)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
