@@ -15,6 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -91,3 +92,31 @@ def run_both(script: str, argv: list[str], rounds: int) -> None:
         unit = results["pypy"][0][name][1]
         ratio = med["pypy"] / med["cpython"] if med["cpython"] else float("nan")
         print(f"{name} cpython {med['cpython']:.6g} pypy {med['pypy']:.6g} {unit} ratio {ratio:.2f}x")
+
+
+def start_daemon(sock: str) -> subprocess.Popen:
+    """A control-plane-only ``tools/ipvsd`` (its own runtime choice) on ``sock``, once it answers."""
+    from ipvs.client import Client
+
+    daemon = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "ipvsd"), "--foreground",
+                               "--socket", sock, "--log-level", "warning"])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with Client(sock, timeout=5) as c:
+                c.call({"version": 1, "cmd": "GET_INFO"})
+            return daemon
+        except OSError:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                stop_daemon(daemon)
+                raise SystemExit("ipvsd did not start") from None
+            time.sleep(0.05)
+
+
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    daemon.terminate()
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()

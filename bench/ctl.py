@@ -48,7 +48,7 @@ from ipvs.client import Client  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from _runtime import print_runtime  # noqa: E402
+from _runtime import print_runtime, start_daemon, stop_daemon  # noqa: E402
 from _venv import daemon_runtime  # noqa: E402
 
 
@@ -81,30 +81,6 @@ class Recorder:
             return {"version": 1, "ok": True, "info": {"version": 0x010201, "conn_tab_size": 4096}}
         self.reqs.append(req)
         return {"version": 1, "ok": True}
-
-
-def start_daemon(sock: str) -> subprocess.Popen:
-    daemon = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "ipvsd"), "--foreground",
-                               "--socket", sock, "--log-level", "warning"])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            Client(sock, timeout=5).call({"version": 1, "cmd": "GET_INFO"})
-            return daemon
-        except OSError:
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                stop_daemon(daemon)
-                raise SystemExit("ipvsd did not start") from None
-            time.sleep(0.05)
-
-
-def stop_daemon(daemon: subprocess.Popen) -> None:
-    daemon.terminate()
-    try:
-        daemon.wait(30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
 
 
 def cpu_s(pid: int) -> float:

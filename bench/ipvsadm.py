@@ -42,6 +42,9 @@ sys.path.insert(0, ROOT)
 
 from ipvs.client import Client  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from _runtime import start_daemon, stop_daemon  # noqa: E402
+
 
 def rules(services: int) -> str:
     out = []
@@ -51,31 +54,6 @@ def rules(services: int) -> str:
         for k in range(2):
             out.append(f"-a -t {vip} -r 172.16.0.{2 + k}:80 -m -w {1 + k}")
     return "\n".join(out) + "\n"
-
-
-def start_daemon(sock: str) -> subprocess.Popen:
-    daemon = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "ipvsd"), "--foreground",
-                               "--socket", sock, "--log-level", "warning"])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with Client(sock, timeout=5) as c:
-                c.call({"version": 1, "cmd": "GET_INFO"})
-            return daemon
-        except OSError:
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                stop_daemon(daemon)
-                raise SystemExit("ipvsd did not start") from None
-            time.sleep(0.05)
-
-
-def stop_daemon(daemon: subprocess.Popen) -> None:
-    daemon.terminate()
-    try:
-        daemon.wait(30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
 
 
 def measure(cmd: list[str], env: dict) -> tuple[float, float, bytes]:
