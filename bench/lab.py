@@ -187,6 +187,11 @@ class Bench:
             if "--procfs-dir" in cmd:
                 i = cmd.index("--procfs-dir")
                 del cmd[i : i + 2]
+            # Each path's ipvsd starts empty and gets the bench's rules: no
+            # state file restoring the previous path's.
+            if "--state" in cmd:
+                i = cmd.index("--state")
+                cmd[i : i + 2] = ["--no-state"]
             cmd[1] = os.path.join(root, "tools", "ipvsd")
             lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": root})
             deadline = time.monotonic() + 30
