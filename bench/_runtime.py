@@ -19,10 +19,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from _venv import PYPY_ENV  # noqa: E402 - the environment ipvsd's PyPy runs with
+from _venv import PYPY_ENV, VENVS  # noqa: E402 - the launchers' virtualenvs, and ipvsd's PyPy environment
 
-PYTHONS = {"cpython": os.path.join(ROOT, ".venv", "bin", "python"),
-           "pypy": os.path.join(ROOT, ".venv-pypy", "bin", "python")}
+PYTHONS = {runtime: os.path.join(venv, "bin", "python") for runtime, venv in VENVS.items()}
 
 
 def describe() -> str:
