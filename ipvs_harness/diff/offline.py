@@ -88,6 +88,7 @@ from ipvs_harness import sandbox
 from ipvs_harness.capture import Frame, parse_frame
 from ipvs_harness.diff.compare import DIFFERENT, EQUAL, Item
 from ipvs_harness.diff.esttrace import guest_estimator
+from ipvs_harness.guest.transcript import entries as transcript_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")
@@ -681,21 +682,12 @@ class OfflineRun:
 
     def transcript(self, base: str, lines: list[str]) -> None:
         """Like lib/transcript.py, with PyIPVS's ipvsadm in-process."""
-        section, n = "", 0
+        n = 0
         recs = []
         self.tick(PY_S)  # python3 transcript.py
-        for line in lines:
-            if not line.strip():
+        for section, cmd, args, stdin in transcript_entries(lines):
+            if cmd is None:
                 continue
-            if line.lstrip().startswith("#"):
-                section = line.lstrip()[1:].strip()
-                continue
-            stdin = None
-            cmd = line
-            if " <<< " in line:
-                cmd, _, payload = line.partition(" <<< ")
-                stdin = json.loads(payload)
-            args = shlex.split(cmd)
             n += 1
             self.stamp("transcript", os.path.basename(base), n)
             if args and args[0] == "ipvsadm":

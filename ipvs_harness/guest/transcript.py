@@ -32,26 +32,41 @@ import sys
 import time
 
 
+def entries(lines):
+    """The input's lines as ``(section, cmd, argv, stdin)``, blank lines left out.
+
+    A ``# text`` line yields ``(text, None, None, None)``: the section
+    starts there.  A command yields the current section, the line without
+    its stdin part, the shlex-split argv and the stdin text (None when
+    none).  The offline backend reads transcripts with this too, so both
+    sides agree on the grammar.
+    """
+    section = ""
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("#"):
+            section = line.lstrip()[1:].strip()
+            yield section, None, None, None
+            continue
+        stdin = None
+        cmd = line
+        if " <<< " in line:
+            cmd, _, payload = line.partition(" <<< ")
+            stdin = json.loads(payload)
+        yield section, cmd, shlex.split(cmd), stdin
+
+
 def main(argv: list[str]) -> int:
     base = argv[0]
     env = dict(os.environ, LC_ALL="C", LANG="C")
-    section = ""
     n = 0
     with open(base + ".jsonl", "w") as js, open(base + ".txt", "w") as txt:
-        for raw in sys.stdin:
-            line = raw.rstrip("\n")
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("#"):
-                section = line.lstrip()[1:].strip()
+        for section, cmd, args, stdin in entries(sys.stdin):
+            if cmd is None:
                 txt.write(f"\n## {section}\n")
                 continue
-            stdin = None
-            cmd = line
-            if " <<< " in line:
-                cmd, _, payload = line.partition(" <<< ")
-                stdin = json.loads(payload)
-            args = shlex.split(cmd)
             n += 1
             t = time.time()
             p = subprocess.run(args, input=(stdin or "").encode(),
