@@ -137,8 +137,7 @@ class Director:
             return NF_ACCEPT  # not an IPVS protocol
         pp = pd.pp
         l4 = h.l4
-        end = h.end
-        if not pp.header_ok(buf, l4, end):
+        if not pp.header_ok(buf, l4, h.end):
             ipvs.drops[Drop.BAD_L4] += 1
             return NF_DROP
         # The header slice saddr|daddr|sport|dport is the key of both tables
@@ -152,15 +151,15 @@ class Director:
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return NF_ACCEPT
-            return self._handle_response(cp, pd, buf, l3, l4, end, now, csum_partial)
+            return self._handle_response(cp, pd, buf, h, now, csum_partial)
         if ipvs.conn_out_counter and pp.conn_out:
             # A real server may be starting a connection (a --pe with conn_out).
-            verdict = self._rs_conn_out(pd, buf, l3, l4, end, now, csum_partial)
+            verdict = self._rs_conn_out(pd, buf, h, now, csum_partial)
             if verdict is not None:
                 return verdict
-        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(pp, buf, l3, l4, end):
+        if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(pp, buf, h):
             return NF_DROP
-        return self._in(pd, buf, l3, l4, end, key, now, csum_partial)
+        return self._in(pd, buf, h, key, now, csum_partial)
 
     def local_out(self, buf: bytearray, l3: int, now: int) -> int:
         """The LOCAL_OUT hooks (``ip_vs_local_reply4``, ``ip_vs_local_request4``)
@@ -207,9 +206,7 @@ class Director:
 
     # ------------------------------------------------------------ ip_vs_in
 
-    def _in(
-        self, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, key: bytes, now: int, partial: bool
-    ) -> int:
+    def _in(self, pd: ProtoData, buf: bytearray, h: IPHeader, key: bytes, now: int, partial: bool) -> int:
         """``ip_vs_in``: a packet towards a virtual service."""
         ipvs = self.ipvs
         tab = ipvs.conn_tab
@@ -220,7 +217,7 @@ class Director:
             if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
                 cp = None
         pp = pd.pp
-        if cp is not None and ipvs.sysctl.conn_reuse_mode and pp.is_new_conn(buf, l4):
+        if cp is not None and ipvs.sysctl.conn_reuse_mode and pp.is_new_conn(buf, h.l4):
             cp = self._conn_reuse(cp, pp, now)
         if cp is not None and cp.dest is not None and not cp.dest.flags & IP_VS_DEST_F_AVAILABLE:
             # The real server was deleted (5.9+: checked before scheduling).
@@ -234,22 +231,22 @@ class Director:
             cp = None
         if cp is None:
             # ip_vs_try_to_schedule: the protocol's conn_schedule.
-            verdict, cp = pp.conn_schedule(self, pd, buf, l3, l4, end, key, now)
+            verdict, cp = pp.conn_schedule(self, pd, buf, h, key, now)
             if cp is None:
                 return verdict
-        self._in_stats(cp, end - l3)
+        self._in_stats(cp, h.end - h.l3)
         tr = self.trace
         old = cp.state
-        pp.state_transition(cp, IP_VS_DIR_INPUT, buf, l4, pd)
+        pp.state_transition(cp, IP_VS_DIR_INPUT, buf, h.l4, pd)
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             if cp.flags & IP_VS_CONN_F_NO_CPORT:
-                tab.fill_cport(cp, ports(buf, l4)[0])
+                tab.fill_cport(cp, ports(buf, h.l4)[0])
             app_ret = 1
             ext = cp.ext  # (rare fields: reading cp.app directly costs a property call)
             if ext is not None and ext.app is not None:
-                app_ret, l4, end = self._app(cp, buf, l3, now, True, partial)
+                app_ret, h = self._app(cp, buf, h, now, True, partial)
             if app_ret:
-                verdict = nat_xmit(ipvs, cp, pp, buf, l3, l4, end, partial, self.mtu, app_ret)
+                verdict = nat_xmit(ipvs, cp, pp, buf, h, partial, self.mtu, app_ret)
             else:
                 verdict = NF_DROP
         else:
@@ -319,16 +316,17 @@ class Director:
 
     def schedule(
         self, svc, iph: IPHdr, now: int, key: bytes | None = None,
-        buf: bytearray | None = None, l3: int = 0, end: int = 0, mark: int = 0,
+        buf: bytearray | None = None, h: IPHeader | None = None, mark: int = 0,
     ) -> tuple[_conn.Connection | None, int]:
         """``ip_vs_schedule``: (conn, ignored) with the kernel's ignored codes.
 
-        ``buf[l3:end]`` is the packet, for a persistence engine to read;
+        ``buf`` and its descriptor ``h`` are the packet, for a persistence
+        engine to read (``iph`` is what the scheduler sees of it);
         ignored -2 is the kernel's -1 for an engine that refused it."""
         if iph.sport == FTPDATA:
             return None, 1  # never schedule active FTP data from a real server
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
-            return self._sched_persist(svc, iph, now, buf, l3, end, mark)
+            return self._sched_persist(svc, iph, now, buf, h, mark)
         if not svc.fwmark and iph.dport != svc.port:
             return None, 0  # port zero only supported in persistent services
         dest = svc.scheduler.schedule(iph, now) if svc.scheduler is not None else None
@@ -346,7 +344,7 @@ class Director:
         return cp, 0
 
     def _sched_persist(
-        self, svc, iph: IPHdr, now: int, buf: bytearray | None = None, l3: int = 0, end: int = 0, mark: int = 0,
+        self, svc, iph: IPHdr, now: int, buf: bytearray | None = None, h: IPHeader | None = None, mark: int = 0,
     ) -> tuple[_conn.Connection | None, int]:
         """``ip_vs_sched_persist``: find or make the client's template first."""
         tab = self.ipvs.conn_tab
@@ -357,7 +355,7 @@ class Director:
                 vport = iph.dport
         elif svc.fwmark:
             protocol, vaddr = IPPROTO_IP, svc.fwmark.to_bytes(4, "big")
-        found = self._find_template(svc, iph.af, protocol, snet, vaddr, vport, buf, l3, end)
+        found = self._find_template(svc, iph.af, protocol, snet, vaddr, vport, buf, h)
         if found is None:
             return None, -2  # the engine refused the packet: dropped
         ct, pe, pe_data = found
@@ -394,7 +392,7 @@ class Director:
 
     def _find_template(
         self, svc, af: int, protocol: int, snet: bytes, vaddr: bytes, vport: int,
-        buf: bytearray | None, l3: int, end: int,
+        buf: bytearray | None, h: IPHeader | None,
     ) -> tuple[_conn.Connection | None, object, bytes | None] | None:
         """``ip_vs_conn_fill_param_persist`` and the template lookup of
         ``ip_vs_sched_persist`` / ``ip_vs_new_conn_out``: (the template or
@@ -404,7 +402,7 @@ class Director:
         pe_data = None
         if pe is not None:
             p = ConnParam(af, protocol, snet, 0, vaddr, vport, pe)
-            if buf is None or pe.fill_param(p, buf, l3, end) < 0:
+            if buf is None or h is None or pe.fill_param(p, buf, h) < 0:
                 return None
             pe_data = p.pe_data
             if pe_data is not None and pe.ct_match is not None:
@@ -454,58 +452,58 @@ class Director:
         if self.trace is not None:
             self.trace(f"sched {svc!r}: no destination available")
 
-    def leave(self, svc, buf: bytearray, l3: int, end: int, iph: IPHdr) -> int:
+    def leave(self, svc, buf: bytearray, h: IPHeader, iph: IPHdr) -> int:
         """``ip_vs_leave``: no real server; tell the client (port unreachable)."""
         ipvs = self.ipvs
         if svc.port == FTPPORT and iph.dport != FTPPORT:
             return NF_ACCEPT
-        ipvs.outbox.append(build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, iph.daddr))
+        ipvs.outbox.append(build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, iph.daddr))
         ipvs.drops[Drop.NO_DEST] += 1
         return NF_DROP
 
     # ----------------------------------------------------------- ip_vs_out
 
     def _handle_response(
-        self, cp: _conn.Connection, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, now: int,
-        partial: bool,
+        self, cp: _conn.Connection, pd: ProtoData, buf: bytearray, h: IPHeader, now: int, partial: bool,
     ) -> int:
         """``handle_response``: SNAT a real server's reply back to VIP:vport."""
         ipvs = self.ipvs
         app_ret = 1
         ext = cp.ext
         if ext is not None and ext.app is not None:
-            app_ret, l4, end = self._app(cp, buf, l3, now, False, partial)
+            app_ret, h = self._app(cp, buf, h, now, False, partial)
             if not app_ret:
                 return NF_DROP
-        verdict = snat_response(ipvs, cp, pd.pp, buf, l3, l4, end, partial, app_ret,
+        l3 = h.l3
+        verdict = snat_response(ipvs, cp, pd.pp, buf, h, partial, app_ret,
                                 self._own_addr(buf[l3 + 12 : l3 + 16]) if buf[l3 + 8] <= 1 else b"")
         if verdict == NF_DROP:
             return verdict
-        self._out_stats(cp, end - l3)
+        self._out_stats(cp, h.end - l3)
         old = cp.state
-        pd.pp.state_transition(cp, IP_VS_DIR_OUTPUT, buf, l4, pd)
+        pd.pp.state_transition(cp, IP_VS_DIR_OUTPUT, buf, h.l4, pd)
         if self.trace is not None:
             self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         ipvs.conn_tab.conn_put(cp, now)
         return verdict
 
-    def _nat_icmp_send(self, pp: IPVSProtocol, buf: bytearray, l3: int, l4: int, end: int) -> bool:
+    def _nat_icmp_send(self, pp: IPVSProtocol, buf: bytearray, h: IPHeader) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
-        sport, _ = ports(buf, l4)
-        saddr = bytes(buf[l3 + 12 : l3 + 16])
+        sport, _ = ports(buf, h.l4)
+        saddr = bytes(buf[h.saddr : h.saddr + 4])
         if not has_real_service(self.ipvs, AF_INET, pp.protocol, saddr, sport):
             return False
-        if pp.is_reset(buf, l4):
+        if pp.is_reset(buf, h.l4):
             return False
         self.ipvs.outbox.append(
-            build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, self._own_addr(saddr))
+            build_error(buf, h.l3, h.end, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, self._own_addr(saddr))
         )
         return True
 
     # ------------------------------------------- real-server initiated (4.7+)
 
     def _rs_conn_out(
-        self, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int, now: int, partial: bool
+        self, pd: ProtoData, buf: bytearray, h: IPHeader, now: int, partial: bool
     ) -> int | None:
         """``__ip_vs_rs_conn_out``, with the ``conn_out_counter`` branch of ``ip_vs_out`` around it.
 
@@ -522,31 +520,32 @@ class Director:
         ``ip_vs_in``, as in the kernel), and packets whose TTL runs out
         (``ip_forward`` drops those before the FORWARD hook).
         """
+        l3, l4 = h.l3, h.l4
         if buf[l3 + 8] <= 1:
             return None
         ipvs = self.ipvs
         sport = (buf[l4] << 8) | buf[l4 + 1]
-        dest = find_real_service(ipvs, AF_INET, pd.pp.protocol, bytes(buf[l3 + 12 : l3 + 16]), sport)
+        dest = find_real_service(ipvs, AF_INET, pd.pp.protocol, bytes(buf[h.saddr : h.saddr + 4]), sport)
         if dest is None:
             return None
         svc = dest.svc
         pe = service_pe(svc) if svc is not None else None
         if pe is None or pe.conn_out is None:
             return None
-        daddr = bytes(buf[l3 + 16 : l3 + 20])
+        daddr = bytes(buf[h.daddr : h.daddr + 4])
         if any(s.addr == daddr for s in ipvs.svc_table.values()):
             return None  # (LOCAL_IN: to a virtual address)
-        cp = pe.conn_out(self, svc, dest, buf, l3, end, sport, (buf[l4 + 2] << 8) | buf[l4 + 3])
+        cp = pe.conn_out(self, svc, dest, buf, h, sport, (buf[l4 + 2] << 8) | buf[l4 + 3])
         if cp is None:
             return None
         if self.trace is not None:
             self.trace(f"conn_out {svc!r}: {dest!r} starts {self._conn_text(cp)}")
         # (With the TTL checked above, handle_response cannot drop it.)  Its
         # ip_vs_conn_put expires a one-packet connection at once.
-        return self._handle_response(cp, pd, buf, l3, l4, end, now, partial)
+        return self._handle_response(cp, pd, buf, h, now, partial)
 
     def new_conn_out(
-        self, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int
+        self, svc, dest, buf: bytearray, h: IPHeader, dport: int, cport: int
     ) -> _conn.Connection | None:
         """``ip_vs_new_conn_out``: a connection for a packet ``dest`` starts
         (what an engine's ``conn_out`` calls).
@@ -561,19 +560,19 @@ class Director:
         replaced.  None when the service is a fwmark one or has port zero, when
         ``fill_param`` refuses the packet, or when the table is full.
         """
-        if svc.fwmark or not svc.port or not dport or buf[l3] >> 4 != 4:
+        if svc.fwmark or not svc.port or not dport or h.af != AF_INET:
             return None  # (IPv4 only: the core has no IPv6 path yet)
         ipvs = self.ipvs
         tab = ipvs.conn_tab
         now = ipvs.now
-        protocol = buf[l3 + 9]
-        daddr = bytes(buf[l3 + 12 : l3 + 16])
-        caddr = bytes(buf[l3 + 16 : l3 + 20])
+        protocol = h.protocol
+        daddr = bytes(buf[h.saddr : h.saddr + 4])
+        caddr = bytes(buf[h.daddr : h.daddr + 4])
         vaddr, vport = svc.addr, svc.port
         ct = None
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
             snet = (int.from_bytes(caddr, "big") & svc.netmask).to_bytes(4, "big")
-            found = self._find_template(svc, AF_INET, protocol, snet, vaddr, vport, buf, l3, end)
+            found = self._find_template(svc, AF_INET, protocol, snet, vaddr, vport, buf, h)
             if found is None:
                 return None
             ct, pe, pe_data = found
@@ -680,26 +679,29 @@ class Director:
     # ----------------------------------------------------------------- apps
 
     def _app(
-        self, cp, buf: bytearray, l3: int, now: int, inbound: bool, partial: bool
-    ) -> tuple[int, int, int]:
+        self, cp, buf: bytearray, h: IPHeader, now: int, inbound: bool, partial: bool
+    ) -> tuple[int, IPHeader]:
         """Run the bound application helper (``ip_vs_app_pkt_in/out``).
 
-        Returns (verdict, l4, end) for the packet as it is afterwards: the
-        helper may have resized it.  Verdict 0 drops, 1 is unchanged, 2
+        Returns (verdict, descriptor of the packet as it is afterwards: the
+        helper may have resized it).  Verdict 0 drops, 1 is unchanged, 2
         means the payload changed and the L4 checksum must be recomputed.
         Like ``tcp_csum_check``, a partial (offloaded, not yet computed)
         checksum is not verified: there is nothing to verify yet.
         """
-        h = parse(buf, l3)
         if not self.ipvs.proto_data[h.protocol].pp.csum_check(buf, h, partial):
             self.ipvs.drops[Drop.BAD_CSUM] += 1
-            return 0, h.l4, h.end
-        ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, l3, now)
-        nh = parse(buf, l3)
+            return 0, h
+        ret = (app.pkt_in if inbound else app.pkt_out)(self.ipvs, cp, buf, h, now)
+        if ret != app.NF_MANGLED:
+            return ret, h
+        # Resized: read the descriptor again, as the kernel re-reads the
+        # headers after enlarge_skb.
+        nh = parse(buf, h.l3)
         if type(nh) is not IPHeader:
             self.ipvs.drops[nh] += 1
-            return 0, h.l4, h.end
-        return ret, nh.l4, nh.end
+            return 0, h
+        return ret, nh
 
     # ------------------------------------------------------------- expiry
 

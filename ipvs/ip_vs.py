@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 import attrs
 
 from ipvs.est import Stats
-from ipvs.packet import Drop, l4_csum_ok
+from ipvs.packet import Drop, IPHeader, l4_csum_ok
 from ipvs.uapi import (
     AF_INET,
     AF_INET6,
@@ -423,8 +423,7 @@ class IPVSProtocol:
         """Does the packet reset its connection (no ICMP answer for it)?"""
         return False
 
-    def conn_schedule(self, director, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int,
-                      key: bytes, now: int):
+    def conn_schedule(self, director, pd: ProtoData, buf: bytearray, h: IPHeader, key: bytes, now: int):
         """``conn_schedule``: a packet without a connection.  Returns
         (verdict, None) when the packet is answered here (NF_ACCEPT: not
         for a service; NF_DROP), or (NF_ACCEPT, the new connection).
@@ -439,12 +438,13 @@ class IPVSProtocol:
         if director.todrop():
             director.ipvs.drops[Drop.DEFENSE] += 1
             return NF_DROP, None
+        l4 = h.l4
         sport = (buf[l4] << 8) | buf[l4 + 1]
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
         # key = proto | saddr | daddr | sport | dport
         iph = IPHdr(AF_INET, self.protocol, key[1:5],
                     svc.addr if svc.port == dport and not svc.fwmark else key[5:9], sport, dport)
-        cp, ignored = director.schedule(svc, iph, now, key, buf, l3, end, mark)
+        cp, ignored = director.schedule(svc, iph, now, key, buf, h, mark)
         if cp is None:
             if ignored > 0:
                 return NF_ACCEPT, None
@@ -453,14 +453,14 @@ class IPVSProtocol:
                 # so a packet the persistence engine refused is counted apart.
                 director.ipvs.drops[Drop.NO_PE_DATA if ignored == -2 else Drop.TABLE_FULL] += 1
                 return NF_DROP, None
-            return director.leave(svc, buf, l3, end, iph), None
+            return director.leave(svc, buf, h, iph), None
         return NF_ACCEPT, cp
 
     def state_transition(self, cp, direction: int, buf: bytearray, l4: int, pd: ProtoData) -> None:  # pragma: no cover
         """``state_transition``: the packet moves ``cp``'s state and timeout."""
         raise NotImplementedError
 
-    def csum_check(self, buf: bytearray, h, partial: bool) -> bool:
+    def csum_check(self, buf: bytearray, h: IPHeader, partial: bool) -> bool:
         """``csum_check``: is the transport checksum right?  A partial
         (offloaded, not yet computed) checksum has nothing to verify yet."""
         return partial or l4_csum_ok(buf, h)

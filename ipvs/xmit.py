@@ -33,7 +33,6 @@ from ipvs.packet import (
     icmp_checksum,
     ip_send_check,
     l4_csum_full,
-    parse,
     put_addr4,
     put_port,
     put_u16,
@@ -50,15 +49,16 @@ if TYPE_CHECKING:  # pragma: no cover
 _PORTS_QUOTED = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP))
 
 
-def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, src: bytes) -> bool:
+def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes) -> bool:
     """``decrement_ttl``: False (and an ICMP time exceeded from ``src``
     queued) at TTL <= 1.
 
     Like ``ip_decrease_ttl`` the header checksum is adjusted at once, so a
     later ICMP error quotes a consistent header.
     """
+    l3 = h.l3
     if buf[l3 + 8] <= 1:
-        ipvs.outbox.append(build_error(buf, l3, end, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, src))
+        ipvs.outbox.append(build_error(buf, l3, h.end, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, src))
         ipvs.drops[Drop.TTL_EXCEEDED] += 1
         return False
     buf[l3 + 8] -= 1
@@ -69,56 +69,64 @@ def decrement_ttl(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, src: bytes
     return True
 
 
-def mtu_ok(ipvs: NetnsIPVS, buf: bytearray, l3: int, end: int, mtu: int | None, src: bytes) -> bool:
+def mtu_ok(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, mtu: int | None, src: bytes) -> bool:
     """``ensure_mtu_is_adequate`` for IPv4: DF packets above the MTU get
     frag-needed (sent from ``src``) and are dropped."""
-    if mtu is None or end - l3 <= mtu or not (buf[l3 + 6] << 8) & IP_DF:
+    l3 = h.l3
+    if mtu is None or h.end - l3 <= mtu or not (buf[l3 + 6] << 8) & IP_DF:
         return True
-    ipvs.outbox.append(build_error(buf, l3, end, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, src, info=mtu))
+    ipvs.outbox.append(build_error(buf, l3, h.end, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, src, info=mtu))
     return False
 
 
-def _rewrite(
-    buf: bytearray, l3: int, l4: int, pp: IPVSProtocol, addr_off: int, port_off: int,
-    new_addr: bytes, new_port: bytes, da: int, dp: int, partial: bool, payload_changed: bool,
-) -> None:
-    """One NAT rewrite of a forwarded IPv4 TCP/UDP packet, checksums included.
+# ------------------------------------------------------------------ NAT
+#
+# ``cp.nat_delta`` is (address delta << 16) | port delta of the DNAT
+# rewrite, in ones'-complement (:func:`ipvs.packet.nat_delta`); the SNAT
+# rewrite undoes it, and the ones'-complement negation of both halves at
+# once is ``delta ^ 0xFFFFFFFF``.  Ones'-complement addition is addition
+# modulo 0xFFFF with 0xFFFF for zero, so for a positive sum
+# ``(s - 1) % 0xFFFF + 1`` is the folded sum (csum_fold's end-around
+# carries in one step).  The results equal a full recompute bit for bit.
 
-    ``addr_off``/``port_off`` say which address (12 source, 16 destination)
-    and port (0 source, 2 destination) change to ``new_addr``/``new_port``
-    (bytes, network order); ``da``/``dp`` are the
-    precomputed ones'-complement deltas (:func:`ipvs.packet.nat_delta`).
-    The TTL is decremented here too (the caller checked it is above 1).
-    This is the kernel's ``tcp_fast_csum_update`` / ``tcp_partial_csum_update``
-    plus ``ip_decrease_ttl`` and the header update, in RFC 1624 arithmetic,
-    so a packet costs a handful of integer operations; the results equal a
-    full recompute bit for bit.
+
+def _ip_nat(buf: bytearray, l3: int, at: int, addr: bytes, da: int) -> None:
+    """The IPv4 header of a NAT-forwarded packet: ``ip_decrease_ttl``, the
+    address at offset ``at`` becomes ``addr`` and the header checksum
+    follows (the caller checked the TTL is above 1).
+
+    The kernel recomputes the header checksum (``ip_send_check``); the
+    address delta ``da`` and 0xFEFF for the TTL word going down by 0x0100
+    give the same result in a few integer operations.
     """
     buf[l3 + 8] -= 1
-    put_addr4(buf, l3 + addr_off, new_addr)
-    put_port(buf, l4 + port_off, new_port)
-    # IP header checksum: the address delta, and 0xFEFF for the TTL word
-    # going down by 0x0100.
-    # Ones'-complement addition is addition modulo 0xFFFF with 0xFFFF for
-    # zero, so for a positive sum ``(s - 1) % 0xFFFF + 1`` is the folded
-    # sum (csum_fold's end-around carries in one step).
+    put_addr4(buf, at, addr)
     s = (((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF) + da + 0xFEFF
     put_u16(buf, l3 + 10, ((s - 1) % 0xFFFF + 1) ^ 0xFFFF)
-    coff = l4 + pp.csum_offset
+
+
+def _l4_csum_update(buf: bytearray, h: IPHeader, pp: IPVSProtocol, delta: int, partial: bool, mangled: bool) -> None:
+    """The transport checksum after a NAT rewrite: ``tcp_fast_csum_update``
+    or ``tcp_partial_csum_update`` (and the UDP twins), or a full
+    recompute when the application helper ``mangled`` the payload.
+
+    The addresses must already be rewritten: a full recompute reads them.
+    """
+    coff = h.l4 + pp.csum_offset
     c = (buf[coff] << 8) | buf[coff + 1]
     zero_is_none = pp.csum_zero_is_none
-    if payload_changed or (c == 0 and zero_is_none and not partial):
+    if mangled or (c == 0 and zero_is_none and not partial):
         # A mangled payload, or a UDP datagram without checksum: the kernel
         # computes the checksum in full (and sends a UDP 0 as 0xFFFF).
-        l4_csum_full(buf, parse(buf, l3), partial)
+        l4_csum_full(buf, h, partial)
         return
     if partial:
         # Offloaded: the field holds the uncomplemented pseudo-header sum,
         # which covers the addresses but not the ports.
-        s = c + da
+        s = c + (delta >> 16)
         s = (s - 1) % 0xFFFF + 1 if s else 0
     else:
-        s = (c ^ 0xFFFF) + da + dp
+        s = (c ^ 0xFFFF) + (delta >> 16) + (delta & 0xFFFF)
         s = ((s - 1) % 0xFFFF + 1 if s else 0) ^ 0xFFFF
         if not s and zero_is_none:
             # udp_fast_csum_update: 0 would mean "no checksum", so a folded
@@ -127,30 +135,49 @@ def _rewrite(
     put_u16(buf, coff, s)
 
 
+def dnat_handler(buf: bytearray, h: IPHeader, pp: IPVSProtocol, cp: Connection, partial: bool, mangled: bool) -> None:
+    """``tcp_dnat_handler`` / ``udp_dnat_handler``: the destination port
+    becomes the real server's and the checksum follows (its pseudo-header
+    part included, as the kernel's update takes the addresses from ``cp``)."""
+    put_port(buf, h.l4 + 2, cp.out_key[9:11])  # out_key: proto | daddr | caddr | dport | cport
+    _l4_csum_update(buf, h, pp, cp.nat_delta, partial, mangled)
+
+
+def snat_handler(buf: bytearray, h: IPHeader, pp: IPVSProtocol, cp: Connection, partial: bool, mangled: bool) -> None:
+    """``tcp_snat_handler`` / ``udp_snat_handler``: the source port becomes
+    the virtual port, the checksum follows."""
+    put_port(buf, h.l4, cp.in_key[11:13])  # in_key: proto | caddr | vaddr | cport | vport
+    _l4_csum_update(buf, h, pp, cp.nat_delta ^ 0xFFFFFFFF, partial, mangled)
+
+
 def nat_xmit(
-    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, l3: int, l4: int, end: int,
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
     partial: bool, mtu: int | None, app_ret: int,
 ) -> int:
     """``ip_vs_nat_xmit``: DNAT a client packet towards the real server.
 
     ``app_ret`` is the application helper's verdict (1 unchanged, 2 payload
-    changed) already applied to ``buf``.
+    changed) already applied to ``buf``; ``h`` describes the packet as it
+    is now.
     """
-    if buf[l3 + 8] <= 1 or (mtu is not None and end - l3 > mtu):
+    l3 = h.l3
+    if buf[l3 + 8] <= 1 or (mtu is not None and h.end - l3 > mtu):
         # The rare cases, the kernel's order: decrement_ttl, then the MTU check.
-        if not decrement_ttl(ipvs, buf, l3, end, cp.vaddr):
+        if not decrement_ttl(ipvs, buf, h, cp.vaddr):
             return NF_DROP
-        buf[l3 + 8] += 1  # undone: _rewrite decrements below
-        if not mtu_ok(ipvs, buf, l3, end, mtu, cp.vaddr):
+        buf[l3 + 8] += 1  # undone: _ip_nat decrements below
+        if not mtu_ok(ipvs, buf, h, mtu, cp.vaddr):
             return NF_DROP
-    delta = cp.nat_delta
-    k = cp.out_key  # proto | daddr | caddr | dport | cport
-    _rewrite(buf, l3, l4, pp, 16, 2, k[1:5], k[9:11], delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
+    # The kernel's order is the other way round (dnat_handler, then the
+    # header); here the header first, so a full L4 recompute reads the
+    # new destination address.
+    _ip_nat(buf, l3, h.daddr, cp.out_key[1:5], cp.nat_delta >> 16)
+    dnat_handler(buf, h, pp, cp, partial, app_ret == 2)
     return NF_STOLEN
 
 
 def snat_response(
-    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, l3: int, l4: int, end: int,
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
     partial: bool, app_ret: int, own_addr: bytes,
 ) -> int:
     """``handle_response``'s mangling: the reply leaves from VIP:vport.
@@ -161,14 +188,12 @@ def snat_response(
     own address ``own_addr`` (a forwarded packet's route is not local, so
     ``icmp_send`` does not use the VIP).
     """
+    l3 = h.l3
     if buf[l3 + 8] <= 1:
-        decrement_ttl(ipvs, buf, l3, end, own_addr)
+        decrement_ttl(ipvs, buf, h, own_addr)
         return NF_DROP
-    delta = cp.nat_delta
-    k = cp.in_key  # proto | caddr | vaddr | cport | vport
-    # The reverse rewrite adds the ones'-complement negation of each delta.
-    _rewrite(buf, l3, l4, pp, 12, 0, k[5:9], k[11:13], 0xFFFF - (delta >> 16),
-             0xFFFF - (delta & 0xFFFF), partial, app_ret == 2)
+    _ip_nat(buf, l3, h.saddr, cp.in_key[5:9], 0xFFFF - (cp.nat_delta >> 16))
+    snat_handler(buf, h, pp, cp, partial, app_ret == 2)
     return NF_STOLEN
 
 
@@ -209,7 +234,7 @@ def icmp_xmit(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q: Q
         # another one (RFC 1122 3.2.2): the error is only dropped.
         ipvs.drops[Drop.TTL_EXCEEDED] += 1
         return NF_DROP
-    if not decrement_ttl(ipvs, buf, h.l3, h.end, cp.vaddr):
+    if not decrement_ttl(ipvs, buf, h, cp.vaddr):
         return NF_DROP
     nat_icmp(buf, h, q, cp, inout=False)
     return NF_STOLEN

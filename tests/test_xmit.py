@@ -24,10 +24,10 @@ def conn(proto=6, vport=80, dport=8080):
 def test_decrement_ttl():
     ipvs = NetnsIPVS()
     buf = tcp(CLI, 1, VIP, 80, ttl=64)
-    assert xmit.decrement_ttl(ipvs, buf, 0, len(buf), A(VIP))
+    assert xmit.decrement_ttl(ipvs, buf, parse(buf, 0), A(VIP))
     assert buf[8] == 63 and scapy_valid(buf)
     low = tcp(CLI, 1, VIP, 80, ttl=1)
-    assert not xmit.decrement_ttl(ipvs, low, 0, len(low), A(VIP))
+    assert not xmit.decrement_ttl(ipvs, low, parse(low, 0), A(VIP))
     [err] = ipvs.outbox
     p = IP(bytes(err))
     assert (p.src, p.dst, p[ICMP].type, p[ICMP].code) == (VIP, CLI, 11, 0)
@@ -37,12 +37,12 @@ def test_decrement_ttl():
 def test_mtu_ok():
     ipvs = NetnsIPVS()
     big = tcp(CLI, 1, VIP, 80, payload=b"x" * 100)
-    assert xmit.mtu_ok(ipvs, big, 0, len(big), None, A(VIP))
-    assert xmit.mtu_ok(ipvs, big, 0, len(big), 1500, A(VIP))
-    assert xmit.mtu_ok(ipvs, big, 0, len(big), 100, A(VIP))  # no DF: the kernel fragments
+    assert xmit.mtu_ok(ipvs, big, parse(big, 0), None, A(VIP))
+    assert xmit.mtu_ok(ipvs, big, parse(big, 0), 1500, A(VIP))
+    assert xmit.mtu_ok(ipvs, big, parse(big, 0), 100, A(VIP))  # no DF: the kernel fragments
     df = bytearray(bytes(IP(src=CLI, dst=VIP, flags="DF") / TCP() / (b"x" * 100)))
-    assert xmit.mtu_ok(ipvs, df, 0, len(df), len(df), A(VIP))
-    assert not xmit.mtu_ok(ipvs, df, 0, len(df), len(df) - 1, A(VIP))
+    assert xmit.mtu_ok(ipvs, df, parse(df, 0), len(df), A(VIP))
+    assert not xmit.mtu_ok(ipvs, df, parse(df, 0), len(df) - 1, A(VIP))
     p = IP(bytes(ipvs.outbox[0]))
     assert (p.src, p[ICMP].type, p[ICMP].code, p[ICMP].nexthopmtu) == (VIP, 3, 4, len(df) - 1)
 
@@ -50,7 +50,7 @@ def test_mtu_ok():
 def _dnat(buf, cp, partial=False, app_ret=1, mtu=None):
     ipvs = NetnsIPVS()
     h = parse(buf, 0)
-    return xmit.nat_xmit(ipvs, cp, proto_get(h.protocol), buf, 0, h.l4, h.end, partial, mtu, app_ret), ipvs
+    return xmit.nat_xmit(ipvs, cp, proto_get(h.protocol), buf, h, partial, mtu, app_ret), ipvs
 
 
 def test_nat_xmit_tcp():
@@ -104,7 +104,7 @@ def test_snat_response():
         buf = tcp(RS, 8080, CLI, 3456, flags="SA") if proto == 6 else udp(RS, 8080, CLI, 3456)
         h = parse(buf, 0)
         ipvs = NetnsIPVS()
-        assert xmit.snat_response(ipvs, cp, proto_get(proto), buf, 0, h.l4, h.end, False, 1, b"") == xmit.NF_STOLEN
+        assert xmit.snat_response(ipvs, cp, proto_get(proto), buf, h, False, 1, b"") == xmit.NF_STOLEN
         p = IP(bytes(buf))
         layer = TCP if proto == 6 else UDP
         assert (p.src, p[layer].sport, p.dst, p[layer].dport) == (VIP, vport, CLI, 3456)

@@ -56,11 +56,19 @@ import attrs
 
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, IPVSError
 from ipvs.packet import csum_replace
-from ipvs.uapi import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_IN_SEQ, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_OUT_SEQ, IPPROTO_TCP
+from ipvs.uapi import (
+    AF_INET,
+    IP_VS_CONN_F_FWD_MASK,
+    IP_VS_CONN_F_IN_SEQ,
+    IP_VS_CONN_F_MASQ,
+    IP_VS_CONN_F_OUT_SEQ,
+    IPPROTO_TCP,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.netns import NetnsIPVS
+    from ipvs.packet import IPHeader
 
 #: Most ports one application may serve (IP_VS_APP_MAX_PORTS).
 IP_VS_APP_MAX_PORTS = 8
@@ -77,7 +85,8 @@ class App:
 
     Subclasses set :attr:`name` and :attr:`protocol` and override the
     hooks they need.  ``pkt_in``/``pkt_out`` get the connection, the
-    packet (``buf`` with the IP header at ``l3``) and ``now``, and return
+    packet (``buf`` and its descriptor ``h``, the kernel's ``ip_vs_iphdr``)
+    and ``now``, and return
     ``(verdict, diff)``: the verdict is :data:`NF_DROP`, :data:`NF_ACCEPT`
     or :data:`NF_MANGLED`, ``diff`` the payload size change in bytes.
     One object serves one instance (the kernel copies the app per netns),
@@ -99,11 +108,11 @@ class App:
     def done_conn(self, ipvs: NetnsIPVS, cp: Connection) -> None:
         """A bound connection is going away."""
 
-    def pkt_in(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -> tuple[int, int]:
+    def pkt_in(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int) -> tuple[int, int]:
         """Client-to-server packet; default: accept unchanged."""
         return NF_ACCEPT, 0
 
-    def pkt_out(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -> tuple[int, int]:
+    def pkt_out(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int) -> tuple[int, int]:
         """Server-to-client packet; default: accept unchanged."""
         return NF_ACCEPT, 0
 
@@ -331,29 +340,11 @@ def seq_update(cp: Connection, which: str, flag: int, seq: int, diff: int) -> No
         cp.flags |= flag
 
 
-def _tcp_offset(buf: bytearray, l3: int) -> int:
-    """Offset of the TCP header, or -1 if the packet cannot hold one."""
-    n = len(buf)
-    if n < l3 + 1:
-        return -1
-    ver = buf[l3] >> 4
-    if ver == 4:
-        ihl = (buf[l3] & 0x0F) << 2
-        if ihl < 20:
-            return -1
-        l4 = l3 + ihl
-    elif ver == 6:
-        l4 = l3 + 40
-    else:
-        return -1
-    return l4 if n >= l4 + 20 else -1
-
-
-def _tcp_pkt(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int, inbound: bool) -> int:
+def _tcp_pkt(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int, inbound: bool) -> int:
     """``app_tcp_pkt_in`` / ``app_tcp_pkt_out``."""
-    th = _tcp_offset(buf, l3)
-    if th < 0:
-        return NF_DROP
+    th = h.l4
+    if h.end < th + 20:
+        return NF_DROP  # (the core checked the header; a caller may not have)
     seq = _I.unpack_from(buf, th + 4)[0]
     ack = _I.unpack_from(buf, th + 8)[0]
     # Own stream: in_seq inbound, out_seq outbound; the peer's record
@@ -383,7 +374,7 @@ def _tcp_pkt(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int,
             if nack != ack:
                 _I.pack_into(buf, th + 8, nack)
                 changed = True
-    verdict, diff = (app.pkt_in if inbound else app.pkt_out)(ipvs, cp, buf, l3, now)
+    verdict, diff = (app.pkt_in if inbound else app.pkt_out)(ipvs, cp, buf, h, now)
     if verdict == NF_DROP:
         return NF_DROP
     if diff:
@@ -391,7 +382,7 @@ def _tcp_pkt(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int,
     return NF_MANGLED if changed or verdict == NF_MANGLED else NF_ACCEPT
 
 
-def pkt_in(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -> int:
+def pkt_in(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int) -> int:
     """``ip_vs_app_pkt_in``: a client-to-server packet of ``cp``.
 
     Called before the core rewrites addresses.  Returns 0 to drop, 1 when
@@ -401,27 +392,27 @@ def pkt_in(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -
     if cp.app is None:
         return NF_ACCEPT
     if cp.protocol == IPPROTO_TCP:
-        return _tcp_pkt(ipvs, cp, buf, l3, now, True)
-    return cp.app.app.pkt_in(ipvs, cp, buf, l3, now)[0]
+        return _tcp_pkt(ipvs, cp, buf, h, now, True)
+    return cp.app.app.pkt_in(ipvs, cp, buf, h, now)[0]
 
 
-def pkt_out(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -> int:
+def pkt_out(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int) -> int:
     """``ip_vs_app_pkt_out``: a server-to-client packet of ``cp``
     (see :func:`pkt_in`)."""
     if cp.app is None:
         return NF_ACCEPT
     if cp.protocol == IPPROTO_TCP:
-        return _tcp_pkt(ipvs, cp, buf, l3, now, False)
-    return cp.app.app.pkt_out(ipvs, cp, buf, l3, now)[0]
+        return _tcp_pkt(ipvs, cp, buf, h, now, False)
+    return cp.app.app.pkt_out(ipvs, cp, buf, h, now)[0]
 
 
 # --------------------------------------------------------------------------
 # Payload rewriting
 
 
-def mangle_payload(buf: bytearray, l3: int, start: int, end: int, rep: bytes) -> int | None:
+def mangle_payload(buf: bytearray, h: IPHeader, start: int, end: int, rep: bytes) -> int | None:
     """Replace ``buf[start:end]`` (absolute offsets inside the IP packet
-    at ``l3``) with ``rep`` and fix the IP length field.
+    ``h`` describes) with ``rep`` and fix the IP length field.
 
     Returns the size change, or None (buffer untouched) when the packet
     would outgrow the 16-bit length field, where the kernel's
@@ -430,8 +421,9 @@ def mangle_payload(buf: bytearray, l3: int, start: int, end: int, rep: bytes) ->
     caller recomputes it; the L4 checksum is left to the caller.
     """
     diff = len(rep) - (end - start)
-    ver = buf[l3] >> 4
-    if ver == 4:
+    l3 = h.l3
+    v4 = h.af == AF_INET
+    if v4:
         lenoff, length = l3 + 2, _H.unpack_from(buf, l3 + 2)[0]
     else:
         lenoff, length = l3 + 4, _H.unpack_from(buf, l3 + 4)[0]
@@ -440,7 +432,7 @@ def mangle_payload(buf: bytearray, l3: int, start: int, end: int, rep: bytes) ->
     buf[start:end] = rep
     if diff:
         _H.pack_into(buf, lenoff, length + diff)
-        if ver == 4:
+        if v4:
             check = _H.unpack_from(buf, l3 + 10)[0]
             _H.pack_into(buf, l3 + 10, csum_replace(check, _H.pack(length), _H.pack(length + diff)))
     return diff

@@ -62,6 +62,7 @@ from ipvs.uapi import AF_INET, AF_INET6, IP_VS_CONN_F_NFCT, IP_VS_CONN_F_NO_CPOR
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.netns import NetnsIPVS
+    from ipvs.packet import IPHeader
 
 #: The module parameter ``ports``'s default.
 DEFAULT_PORTS = (21,)
@@ -388,16 +389,10 @@ class FTPApp(App):
 
     # ----------------------------------------------------------- helpers
 
-    def _payload(self, buf: bytearray, l3: int) -> tuple[int, int]:
+    def _payload(self, buf: bytearray, h: IPHeader) -> tuple[int, int]:
         """(data, data_limit) offsets of the TCP payload, or (-1, -1)."""
-        ver = buf[l3] >> 4
-        if ver == 4:
-            l4 = l3 + ((buf[l3] & 0x0F) << 2)
-            limit = l3 + ((buf[l3 + 2] << 8) | buf[l3 + 3])
-        else:
-            l4 = l3 + 40
-            limit = l4 + ((buf[l3 + 4] << 8) | buf[l3 + 5])
-        limit = min(limit, len(buf))
+        l4 = h.l4
+        limit = min(h.end, len(buf))
         if limit < l4 + 20:
             return -1, -1
         doff = (buf[l4 + 12] >> 4) << 2
@@ -416,11 +411,11 @@ class FTPApp(App):
 
     # -------------------------------------------------------------- hooks
 
-    def pkt_in(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -> tuple[int, int]:
+    def pkt_in(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int) -> tuple[int, int]:
         """``ip_vs_ftp_in``: watch the client's commands."""
         if cp.state != tcp.ESTABLISHED:
             return NF_ACCEPT, 0
-        data, limit = self._payload(buf, l3)
+        data, limit = self._payload(buf, h)
         if data < 0:
             return NF_ACCEPT, 0
         af = cp.af
@@ -470,13 +465,13 @@ class FTPApp(App):
         tab.put(n_cp, now)
         return NF_ACCEPT, 0
 
-    def pkt_out(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, l3: int, now: int) -> tuple[int, int]:
+    def pkt_out(self, ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, now: int) -> tuple[int, int]:
         """``ip_vs_ftp_out``: rewrite the reply to PASV or EPSV."""
         if cp.state != tcp.ESTABLISHED:
             return NF_ACCEPT, 0
         mode = cp.app_data
         if mode == IP_VS_FTP_PASV:
-            data, limit = self._payload(buf, l3)
+            data, limit = self._payload(buf, h)
             if data < 0:
                 return NF_ACCEPT, 0
             res, frm, port, start, end = get_addrport(
@@ -488,7 +483,7 @@ class FTPApp(App):
             if _numbers_wrapped(buf, start, end):
                 self.stats["wrapped"] += 1
         elif mode == IP_VS_FTP_EPSV:
-            data, limit = self._payload(buf, l3)
+            data, limit = self._payload(buf, h)
             if data < 0:
                 return NF_ACCEPT, 0
             res, frm, port, start, end = get_addrport(
@@ -520,7 +515,7 @@ class FTPApp(App):
         else:
             rep = b"|||%d|" % n_cp.vport
             self.stats["epsv_reply"] += 1
-        diff = mangle_payload(buf, l3, start, end, rep)
+        diff = mangle_payload(buf, h, start, end, rep)
         cp.app_data = IP_VS_FTP_ACTIVE
         tcp.conn_listen(n_cp, ipvs.proto_data_get(IPPROTO_TCP))
         tab.put(n_cp, now)

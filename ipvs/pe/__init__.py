@@ -43,8 +43,9 @@ Differences from the kernel, and why:
 * ``conn_out`` takes the director as its first argument: the kernel's
   reaches the instance through ``svc->ipvs``, a service here has no link
   back to it.
-* ``fill_param`` gets the packet buffer and the offsets of its IP header
-  and end instead of an skb.
+* ``fill_param`` gets the packet buffer and its descriptor
+  (:class:`ipvs.packet.IPHeader`, the kernel's ``struct ip_vs_iphdr``)
+  instead of an skb it would parse again.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from ipvs.ip_vs import IPVSError
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
     from ipvs.ip_vs import ConnParam, Service
+    from ipvs.packet import IPHeader
 
 __all__ = [
     "IP_VS_PEDATA_MAXLEN",
@@ -92,8 +94,8 @@ class PersistenceEngine:
     #: The engine's name, as ``ipvsadm --pe`` gives it (at most 15 characters).
     name: ClassVar[str] = ""
 
-    def fill_param(self, p: ConnParam, buf: bytearray, l3: int, end: int) -> int:
-        """Read the packet at ``buf[l3:end]`` and set ``p.pe_data``.
+    def fill_param(self, p: ConnParam, buf: bytearray, h: IPHeader) -> int:
+        """Read the packet in ``buf`` that ``h`` describes and set ``p.pe_data``.
 
         Returns 0, or a negative errno: the kernel then drops the packet
         (``ip_vs_sched_persist`` answers ``ignored = -1``).  Leaving
@@ -115,7 +117,7 @@ class PersistenceEngine:
         """The text ``/proc/net/ip_vs_conn`` shows after the engine name."""
         return ""
 
-    #: ``conn_out(director, svc, dest, buf, l3, end, dport, cport) -> Connection | None``:
+    #: ``conn_out(director, svc, dest, buf, h, dport, cport) -> Connection | None``:
     #: make a connection for a packet real server ``dest`` of ``svc`` starts
     #: (kernel 4.7+); ``dport`` is the packet's source port (the dest's),
     #: ``cport`` its destination port (the client's).  Engines that have it

@@ -56,6 +56,7 @@ import errno
 import re
 
 from ipvs.ip_vs import ConnParam
+from ipvs.packet import IPHeader
 from ipvs.pe import IP_VS_PEDATA_MAXLEN, PersistenceEngine, register_pe
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE, IPPROTO_UDP
 
@@ -235,24 +236,13 @@ class SipPE(PersistenceEngine):
 
     name = "sip"
 
-    def fill_param(self, p: ConnParam, buf: bytearray, l3: int, end: int) -> int:
+    def fill_param(self, p: ConnParam, buf: bytearray, h: IPHeader) -> int:
         """``ip_vs_sip_fill_param``: ``p.pe_data`` = the Call-ID of the datagram."""
-        if end > len(buf) or end - l3 < 20:
+        if h.protocol != IPPROTO_UDP:
             return -errno.EINVAL
-        version = buf[l3] >> 4
-        if version == 4:
-            hlen = (buf[l3] & 0x0F) << 2
-            proto = buf[l3 + 9]
-        elif version == 6 and end - l3 >= 40:
-            # Extension headers are not walked: the core has no IPv6 path yet.
-            hlen = 40
-            proto = buf[l3 + 6]
-        else:
-            return -errno.EINVAL
-        if proto != IPPROTO_UDP:
-            return -errno.EINVAL
-        dataoff = l3 + hlen + 8
-        if dataoff >= end:
+        end = h.end
+        dataoff = h.l4 + 8
+        if dataoff >= end or end > len(buf):
             return -errno.EINVAL
         data = bytes(buf[dataoff:end])
         found = get_callid(data)
@@ -284,13 +274,11 @@ class SipPE(PersistenceEngine):
         data = cp.pe_data
         return data.decode("latin-1") if data else ""
 
-    def conn_out(self, director, svc, dest, buf: bytearray, l3: int, end: int, dport: int, cport: int):
+    def conn_out(self, director, svc, dest, buf: bytearray, h: IPHeader, dport: int, cport: int):
         """``ip_vs_sip_conn_out``: UDP only, through :meth:`ipvs.core.Director.new_conn_out`."""
-        version = buf[l3] >> 4
-        proto = buf[l3 + 9] if version == 4 else buf[l3 + 6] if version == 6 else -1
-        if proto != IPPROTO_UDP:
+        if h.protocol != IPPROTO_UDP:
             return None
-        return director.new_conn_out(svc, dest, buf, l3, end, dport, cport)
+        return director.new_conn_out(svc, dest, buf, h, dport, cport)
 
 
 #: The registered engine.

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ipvs.ip_vs import IP_VS_DIR_OUTPUT, NF_ACCEPT, IPVSProtocol, ProtoData, control_assure_ct
-from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from ipvs.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, IPHeader
 from ipvs.uapi import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT, IPPROTO_TCP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,14 +212,13 @@ class TCPProtocol(IPVSProtocol):
         """``is_tcp_reset``."""
         return bool(buf[l4 + 13] & TCP_RST)
 
-    def conn_schedule(self, director, pd: ProtoData, buf: bytearray, l3: int, l4: int, end: int,
-                      key: bytes, now: int):
+    def conn_schedule(self, director, pd: ProtoData, buf: bytearray, h: IPHeader, key: bytes, now: int):
         """``tcp_conn_schedule``: only a SYN (or, with sloppy_tcp, anything
         but a RST) may create a connection; no ACK test, so active FTP's
         SYN+ACK schedules too.  The rest is the shared body."""
-        if not may_schedule(buf[l4 + 13], director.ipvs.sysctl.sloppy_tcp):
+        if not may_schedule(buf[h.l4 + 13], director.ipvs.sysctl.sloppy_tcp):
             return NF_ACCEPT, None
-        return super().conn_schedule(director, pd, buf, l3, l4, end, key, now)
+        return super().conn_schedule(director, pd, buf, h, key, now)
 
     def state_transition(self, cp: Connection, direction: int, buf: bytearray, l4: int, pd: ProtoData) -> None:
         """``tcp_state_transition``: ``set_tcp_state`` with the packet's flags."""

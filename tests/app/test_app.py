@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from ipvs import app
 from ipvs.app import ftp
 from ipvs.ip_vs import IPVSError
+from ipvs.packet import parse
 from ipvs.uapi import IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_IN_SEQ, IP_VS_CONN_F_NFCT, IP_VS_CONN_F_OUT_SEQ, IPPROTO_TCP
-from tests.app.util import FTPLab, c2s, fields, recompute_and_check, s2c
+from tests.app.util import FTPLab, app_in, app_out, c2s, fields, recompute_and_check, s2c
 
 # ---------------------------------------------------------------- registry
 
@@ -138,13 +139,13 @@ def test_mangle_payload_updates_total_length():
     buf = s2c(cp, 1, 1, b"abcdef")
     n = len(buf)
     start = n - 4
-    assert app.mangle_payload(buf, 0, start, start + 2, b"XYZW") == 2
+    assert app.mangle_payload(buf, parse(buf, 0), start, start + 2, b"XYZW") == 2
     assert bytes(buf[-8:]) == b"abXYZWef"
     assert int.from_bytes(buf[2:4], "big") == n + 2
     recompute_and_check(buf)
     # would exceed 65535 bytes: refused, untouched
     before = bytes(buf)
-    assert app.mangle_payload(buf, 0, start, start, b"x" * 70000) is None
+    assert app.mangle_payload(buf, parse(buf, 0), start, start, b"x" * 70000) is None
     assert bytes(buf) == before
 
 
@@ -157,18 +158,17 @@ class Shrink(app.App):
 
     name = "shrink"
 
-    def _swap(self, buf, l3, old, new):
-        h_end = int.from_bytes(buf[l3 + 2 : l3 + 4], "big") + l3
-        i = bytes(buf[:h_end]).find(old, l3 + 40)
+    def _swap(self, buf, h, old, new):
+        i = bytes(buf[: h.end]).find(old, h.l4 + 20)
         if i < 0:
             return app.NF_ACCEPT, 0
-        return app.NF_MANGLED, app.mangle_payload(buf, l3, i, i + len(old), new)
+        return app.NF_MANGLED, app.mangle_payload(buf, h, i, i + len(old), new)
 
-    def pkt_in(self, ipvs, cp, buf, l3, now):
-        return self._swap(buf, l3, b"HELLO", b"HI")
+    def pkt_in(self, ipvs, cp, buf, h, now):
+        return self._swap(buf, h, b"HELLO", b"HI")
 
-    def pkt_out(self, ipvs, cp, buf, l3, now):
-        return self._swap(buf, l3, b"BYE", b"GOODBYE")
+    def pkt_out(self, ipvs, cp, buf, h, now):
+        return self._swap(buf, h, b"BYE", b"GOODBYE")
 
 
 def test_both_directions_adjust_seq_and_ack():
@@ -179,30 +179,30 @@ def test_both_directions_adjust_seq_and_ack():
     c, s = 5000, 0xFFFFFFF0  # the server's numbers wrap during the test
 
     b = c2s(cp, c, s, b"HELLO\r\n")  # 7 bytes become 4
-    assert app.pkt_in(ipvs, cp, b, 0, 0) == app.NF_MANGLED
+    assert app_in(ipvs, cp, b, 0, 0) == app.NF_MANGLED
     assert fields(b) == (c, s, b"HI\r\n")
     recompute_and_check(b)
     assert cp.in_seq == [c, -3, 0]
 
     # the server acks the 4 bytes it got; the client must see 7 acked
     b = s2c(cp, s, c + 4, b"BYE\r\n")  # 5 bytes become 9
-    assert app.pkt_out(ipvs, cp, b, 0, 0) == app.NF_MANGLED
+    assert app_out(ipvs, cp, b, 0, 0) == app.NF_MANGLED
     assert fields(b) == (s, c + 7, b"GOODBYE\r\n")
     recompute_and_check(b)
 
     # next client segment: seq shifted by -3, ack of 9 bytes mapped to 5
     b = c2s(cp, c + 7, (s + 9) & 0xFFFFFFFF, b"NOOP\r\n")
-    assert app.pkt_in(ipvs, cp, b, 0, 0) == app.NF_MANGLED
+    assert app_in(ipvs, cp, b, 0, 0) == app.NF_MANGLED
     assert fields(b) == (c + 4, (s + 5) & 0xFFFFFFFF, b"NOOP\r\n")
 
     # next server segment: seq +4, ack maps the client's 13 bytes to 10 received
     b = s2c(cp, (s + 5) & 0xFFFFFFFF, c + 10, b"200 ok\r\n")
-    assert app.pkt_out(ipvs, cp, b, 0, 0) == app.NF_MANGLED
+    assert app_out(ipvs, cp, b, 0, 0) == app.NF_MANGLED
     assert fields(b) == ((s + 9) & 0xFFFFFFFF, c + 13, b"200 ok\r\n")
 
     # a retransmission of the first client segment: same rewrite, old offset
     b = c2s(cp, c, s, b"HELLO\r\n")
-    assert app.pkt_in(ipvs, cp, b, 0, 0) == app.NF_MANGLED
+    assert app_in(ipvs, cp, b, 0, 0) == app.NF_MANGLED
     assert fields(b)[0] == c
     assert cp.in_seq == [c, -3, 0]
 
@@ -212,8 +212,8 @@ def test_unbound_connection_untouched():
     cp = lab.control()
     b = c2s(cp, 1, 2, b"PORT 1,2,3,4,5,6\r\n")
     before = bytes(b)
-    assert app.pkt_in(lab.ipvs, cp, b, 0, 0) == app.NF_ACCEPT
-    assert app.pkt_out(lab.ipvs, cp, b, 0, 0) == app.NF_ACCEPT
+    assert app_in(lab.ipvs, cp, b, 0, 0) == app.NF_ACCEPT
+    assert app_out(lab.ipvs, cp, b, 0, 0) == app.NF_ACCEPT
     assert bytes(b) == before
 
 
@@ -234,14 +234,14 @@ def test_translated_stream_stays_contiguous(isn, segs):
     for resize, pad in segs:
         payload = (b"HELLO" if resize else b"") + b"x" * pad + b"\r\n"
         b = c2s(cp, orig, 1, payload)
-        app.pkt_in(lab.ipvs, cp, b, 0, 0)
+        app_in(lab.ipvs, cp, b, 0, 0)
         seq, _ack, data = fields(b)
         assert seq == seen
         assert data == payload.replace(b"HELLO", b"HI")
         seen = (seen + len(data)) & 0xFFFFFFFF
         orig = (orig + len(payload)) & 0xFFFFFFFF
         r = s2c(cp, 1, seen)
-        app.pkt_out(lab.ipvs, cp, r, 0, 0)
+        app_out(lab.ipvs, cp, r, 0, 0)
         assert fields(r)[1] == orig
 
 

@@ -47,6 +47,16 @@ class FTPLab:
         return cp
 
 
+def app_in(ipvs, cp, buf: bytearray, l3: int, now: int) -> int:
+    """``app.pkt_in`` as the core calls it: with the packet's descriptor."""
+    return app.pkt_in(ipvs, cp, buf, parse(buf, l3), now)
+
+
+def app_out(ipvs, cp, buf: bytearray, l3: int, now: int) -> int:
+    """``app.pkt_out`` as the core calls it: with the packet's descriptor."""
+    return app.pkt_out(ipvs, cp, buf, parse(buf, l3), now)
+
+
 def packet(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, payload: bytes = b"",
            flags: str = "PA") -> bytearray:
     """A real IPv4/TCP packet (checksums filled in by scapy)."""

@@ -10,6 +10,7 @@ import pytest
 from ipvs import ctl, pe
 from ipvs.conn import ConnTable
 from ipvs.ip_vs import ConnParam
+from ipvs.packet import parse
 from ipvs.pe import PersistenceEngine, available_pes, pe_get, pe_lookup, register_pe, unregister_pe
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE
 from tests.conftest import A
@@ -20,9 +21,9 @@ class Tagged(PersistenceEngine):
 
     name = "tagged"
 
-    def fill_param(self, p, buf, l3, end):
-        off = l3 + 28
-        if off >= end:
+    def fill_param(self, p, buf, h):
+        off = h.l4 + 8
+        if off >= h.end:
             return -errno.EINVAL
         p.pe_data = bytes(buf[off : off + 1])
         return 0
@@ -71,7 +72,8 @@ def test_unregister_only_removes_that_engine(tagged):
 def test_base_class_hooks_are_the_kernels_null_pointers():
     e = PersistenceEngine()
     p = ConnParam(2, 17, A("198.51.100.2"), 0, A("203.0.113.5"), 5060)
-    assert e.fill_param(p, bytearray(40), 0, 40) == 0 and p.pe_data is None
+    buf = bytearray(b"\x45\0\0\x28" + bytes(36))
+    assert e.fill_param(p, buf, parse(buf, 0)) == 0 and p.pe_data is None
     assert e.ct_match is None and e.conn_out is None
     assert e.hashkey_raw(p) == b""
 

@@ -209,12 +209,13 @@ def test_fwmark_service_with_sip():
     lab.dest(su, RS2, 5060)
     # The fwmark template: <IPPROTO_IP, caddr, 0, fwmark, 0>, with the Call-ID.
     c = lab.d._sched_persist
+    from ipvs.packet import parse
     from ipvs.sched import IPHdr
 
     buf = udp(CLI, 5060, VIP, 5060, payload=invite(b"fw1"))
     iph = IPHdr(2, 17, A(CLI), A(VIP), 5060, 5060)
-    cp1, ign = c(svc, iph, lab.now, buf, 0, len(buf))
-    cp2, _ = c(svc, iph._replace(sport=5061), lab.now, buf, 0, len(buf))
+    cp1, ign = c(svc, iph, lab.now, buf, parse(buf, 0))
+    cp2, _ = c(svc, iph._replace(sport=5061), lab.now, buf, parse(buf, 0))
     assert ign == 0 and cp1.daddr == cp2.daddr
     [ct] = lab.templates()
     assert (ct.protocol, ct.vaddr, ct.vport, ct.pe_data) == (0, (7).to_bytes(4, "big"), 0, b"fw1")
