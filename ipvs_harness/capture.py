@@ -81,6 +81,41 @@ class Frame(NamedTuple):
     dport: int
     flags: int  # TCP flags (0 for UDP)
     quoted: Quoted | None
+    #: For a VS/TUN frame the director sent a real server: the offset of
+    #: the outer (tunnel) IP header; ``l3`` and the fields above are then
+    #: the inner packet's.  -1 for every other frame.
+    outer: int = -1
+
+
+#: The IP protocols of VS/TUN's tunnel types (IPIP, GRE; GUE is UDP).
+_IPPROTO_IPIP, _IPPROTO_GRE, _IPPROTO_UDP = 4, 47, 17
+#: GRE header flags: checksum, key, sequence number present (RFC 2890).
+_GRE_C, _GRE_K, _GRE_S = 0x80, 0x20, 0x10
+
+
+def _tunnel_inner(d: bytes, l3: int) -> int | None:
+    """The offset of the inner IPv4 header of a tunnel packet the director
+    built (outer source: its address on the real servers' side), or None.
+
+    IPIP carries the inner header right after the outer one; GRE after its
+    4-byte header and the optional checksum, key and sequence words; GUE
+    (UDP) after the UDP header and a version-0 GUE header whose protocol
+    is IPIP (its length field counts the option words).
+    """
+    if d[l3 + 12:l3 + 16] != DIRECTOR_INNER:
+        return None
+    proto = d[l3 + 9]
+    l4 = l3 + (d[l3] & 15) * 4
+    if proto == _IPPROTO_IPIP:
+        inner = l4
+    elif proto == _IPPROTO_GRE and len(d) >= l4 + 4 and d[l4 + 2:l4 + 4] == b"\x08\x00":
+        flags = d[l4]
+        inner = l4 + 4 + 4 * (bool(flags & _GRE_C) + bool(flags & _GRE_K) + bool(flags & _GRE_S))
+    elif proto == _IPPROTO_UDP and len(d) >= l4 + 12 and d[l4 + 8] >> 6 == 0 and d[l4 + 9] == _IPPROTO_IPIP:
+        inner = l4 + 8 + 4 + (d[l4 + 8] & 0x1F) * 4
+    else:
+        return None
+    return inner if len(d) >= inner + 20 and d[inner] >> 4 == 4 else None
 
 
 def parse_frame(r: pcap.Record) -> Frame | None:
@@ -90,6 +125,10 @@ def parse_frame(r: pcap.Record) -> Frame | None:
     if w is None or w[1] != 0x0800:
         return None
     l3, d = w[0], r.data
+    outer = -1
+    inner = _tunnel_inner(d, l3)
+    if inner is not None:
+        outer, l3 = l3, inner
     proto = d[l3 + 9]
     l4 = l3 + (d[l3] & 15) * 4
     if proto == 1:
@@ -102,12 +141,12 @@ def parse_frame(r: pcap.Record) -> Frame | None:
             return None
         quoted = Quoted(qproto, d[q + 12:q + 16], d[q + 16:q + 20], int.from_bytes(d[ql4:ql4 + 2], "big"),
                         int.from_bytes(d[ql4 + 2:ql4 + 4], "big"))
-        return Frame(l3, 1, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], 0, 0, 0, quoted)
+        return Frame(l3, 1, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], 0, 0, 0, quoted, outer)
     if proto not in (6, 17):
         return None
     flags = d[l4 + 13] if proto == 6 else 0
     return Frame(l3, proto, d[l3 + 12:l3 + 16], d[l3 + 16:l3 + 20], int.from_bytes(d[l4:l4 + 2], "big"),
-                 int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None)
+                 int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None, outer)
 
 
 def A(text: str) -> bytes:

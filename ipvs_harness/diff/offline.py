@@ -384,13 +384,23 @@ class Traffic:
         # a RST for a packet IPVS let through - not forwarded by IPVS.)
         self.to_cli = [(r, i) for r, i in cli if i.saddr in vips and not (i.proto == 6 and r.data[i.l3 + 8] == 64)]
         # Server side: replies of real servers (input), frames to them (output).
-        from_rs = [(r, i) for r, i in srv if _inner(i.saddr) and i.saddr != GATEWAY and not _inner(i.daddr)]
+        # A VS/DR or VS/TUN server answers from the VIP itself, and its
+        # answers still cross the director (its default gateway), where
+        # ip_vs_out counts them; the director's frames to such a server are
+        # addressed to the VIP (DR) or tunnelled (TUN: parse_frame gives
+        # the inner packet).
+        from_rs = [(r, i) for r, i in srv if ((_inner(i.saddr) and i.saddr != GATEWAY) or i.saddr in vips)
+                   and not _inner(i.daddr)]
         # Frames the client addressed to a real server itself (an ICMP error
         # about an un-NATed reply) cross the director by ordinary routing,
         # not IPVS: they are not IPVS output.
         routed = {(i.saddr, i.daddr, bytes(r.data[i.l3 + 4:i.l3 + 6])) for r, i in cli if _inner(i.daddr)}
-        self.to_rs = [(r, i) for r, i in srv if _inner(i.daddr) and not _inner(i.saddr)
+        self.to_rs = [(r, i) for r, i in srv if (_inner(i.daddr) or i.daddr in vips) and not _inner(i.saddr)
                       and (i.saddr, i.daddr, bytes(r.data[i.l3 + 4:i.l3 + 6])) not in routed]
+        # Answers that bypassed IPVS's rewriting (VS/DR, VS/TUN) reach the
+        # client by plain forwarding: they are not IPVS output.
+        bypass = {self.flow(i) for _, i in from_rs if i.saddr in vips}
+        self.to_cli = [(r, i) for r, i in self.to_cli if self.flow(i) not in bypass]
         rs_flows = {self.flow(i) for _, i in from_rs} | {self.flow(i) for _, i in self.to_rs}
         self.rs_flows = rs_flows
         cli_flows = {self.flow(i) for _, i in to_vip}
@@ -411,7 +421,7 @@ class Traffic:
         if i.quoted is not None:
             proto, s, d, sp, dp = i.quoted  # an ICMP error: the quoted packet's flow
         else:
-            _l3, proto, s, d, sp, dp, _f, _q = i
+            _l3, proto, s, d, sp, dp, _f, _q, _outer = i
         if _inner(s) or s in self.vips:
             return proto, d, dp
         return proto, s, sp
@@ -970,7 +980,7 @@ class OfflineRun:
         assert t is not None
         got_rs = [b for b, _ in sent if _inner(b[16:20]) and self._flow_of(b) in t.both]
         got_cli = [b for b, _ in sent if not _inner(b[16:20]) and self._flow_of(b) in t.both]
-        want_rs = [r.data[i.l3:] for r, i in t.to_rs if t.flow(i) in t.both]
+        want_rs = [r.data[i.outer if i.outer >= 0 else i.l3:] for r, i in t.to_rs if t.flow(i) in t.both]
         want_cli = [r.data[i.l3:] for r, i in t.to_cli if t.flow(i) in t.both]
         for label, got, want in (("frames to real servers", got_rs, want_rs), ("frames to clients", got_cli, want_cli)):
             if not want:

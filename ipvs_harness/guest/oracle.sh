@@ -107,6 +107,41 @@ setup_nat() {
 # add_vip ADDR - the virtual address on the director's outer side.
 add_vip() { ip addr add "$1/32" dev cli0 || die "add_vip $1"; }
 
+# rs_vip METHOD VIP [PORT] - every real server takes packets addressed to
+# the VIP itself, as VS/DR and VS/TUN need (call after setup_nat, before
+# start_servers): the VIP on a device that does not answer ARP for it
+# (arp_ignore=1, arp_announce=2, the LVS-DR recipe), the servers bound to
+# it (RS_BIND), and the director accepting the replies the
+# servers send from the VIP through it (accept_local: the VIP is also its
+# own address).  METHOD: dr (VIP on lo); ipip (tunl0, the ipip module's
+# fallback device); gue PORT (a fou receive port in GUE mode feeding tunl0);
+# gre (gre0, ip_gre's fallback device for keyless GRE).
+rs_vip() {
+    local method=$1 vip=$2 port=${3:-} k dev=lo a
+    case $method in
+        dr) ;;
+        ipip) modprobe ipip || die "modprobe ipip"; dev=tunl0 ;;
+        gue) modprobe ipip && modprobe fou || die "modprobe fou"; dev=tunl0 ;;
+        gre) modprobe ip_gre || die "modprobe ip_gre"; dev=gre0 ;;
+        *) die "rs_vip: unknown method $method" ;;
+    esac
+    for a in all br0; do echo 1 > "/proc/sys/net/ipv4/conf/$a/accept_local"; done
+    for k in $(seq 1 "$NSERVERS"); do
+        {
+            [ "$method" = gue ] && echo "fou add port $port gue"
+            echo "link set dev $dev up"
+            echo "addr add $vip/32 dev $dev"
+        } | ip -n "rs$k" -batch - || die "rs_vip $method (rs$k) failed"
+        for a in all default lo eth0 $dev; do
+            ip netns exec "rs$k" sh -c "echo 0 > /proc/sys/net/ipv4/conf/$a/rp_filter" \
+                || die "rs_vip rp_filter $a (rs$k)"
+        done
+        ip netns exec "rs$k" sh -c 'echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore; echo 2 > /proc/sys/net/ipv4/conf/all/arp_announce' \
+            || die "rs_vip arp sysctls (rs$k)"
+    done
+    export RS_BIND=$vip
+}
+
 # start_servers K:PORT[/udp]... - real servers (see servers.py); logs go to
 # $OUT/rsK-PORT.log.  start_httpd is the historical name.
 start_servers() {

@@ -28,6 +28,7 @@ SIGTERM.
 
 from __future__ import annotations
 
+import os
 import selectors
 import signal
 import socket
@@ -55,7 +56,9 @@ class Server:
         stype = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM
         self.sock = socket_in(self.name, socket.AF_INET, stype)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((rs_addr(self.k), self.port))
+        # RS_BIND=VIP (oracle.sh rs_vip): bound to the VIP the server holds
+        # (VS/DR, VS/TUN), so its answers, UDP ones too, leave from it.
+        self.sock.bind((os.environ.get("RS_BIND") or rs_addr(self.k), self.port))
         if self.proto == "tcp":
             self.sock.listen(128)
         self.sock.setblocking(False)

@@ -60,3 +60,55 @@ value() {
     printf '%s\n' "$v" > "$OUT/value-$name.txt"
     printf '%s\n' "$v"
 }
+
+# fwd_method_run FLAGS - the body the VS/DR and VS/TUN scenarios share (they
+# differ only in how the real servers receive and in ipvsadm's forwarding
+# flags): TCP and UDP services on the VIP, two real servers, short HTTP
+# connections, DNS-like datagrams and held connections, with listings
+# before, during and after.  Replies bypass IPVS (the servers answer from
+# the VIP, routed back through the director as plain forwarding), so the
+# connections see input only: the INPUT_ONLY rows of the TCP table.
+fwd_method_run() {
+    local flags=$1
+    start_servers 1:80 2:80 1:53/udp 2:53/udp
+    # shellcheck disable=SC2086
+    ipvs_rules <<EOF2
+-A -t 203.0.113.5:80 -s wlc
+-a -t 203.0.113.5:80 -r 172.16.0.2:80 $flags
+-a -t 203.0.113.5:80 -r 172.16.0.3:80 $flags -w 2
+-A -u 203.0.113.5:53 -s rr
+-a -u 203.0.113.5:53 -r 172.16.0.2:53 $flags
+-a -u 203.0.113.5:53 -r 172.16.0.3:53 $flags
+EOF2
+    dump_ipvs before-
+    capture_start client-side cli0
+    capture_start server-side br0
+    R=$OUT/requests.txt
+    echo "# label n src_addr:src_port server_body" > "$R"
+    client_steps 0.2 >> "$R" <<'EOF2'
+http 198.51.100.2 40001 203.0.113.5 80
+http 198.51.100.2 40002 203.0.113.5 80
+http 198.51.100.2 40003 203.0.113.5 80
+http 198.51.100.2 40004 203.0.113.5 80
+http 198.51.100.2 40005 203.0.113.5 80
+http 198.51.100.2 40006 203.0.113.5 80
+!udp dns 198.51.100.2 40011 203.0.113.5 53
+!udp dns 198.51.100.2 40012 203.0.113.5 53
+!udp dns 198.51.100.2 40013 203.0.113.5 53
+!hold held 198.51.100.2 40021 203.0.113.5 80
+!hold held 198.51.100.2 40022 203.0.113.5 80
+!hold held 198.51.100.2 40023 203.0.113.5 80
+!ping held
+!sh ipvsadm -Ln --stats > "$OUT/during-ipvsadm-Ln-stats.txt"
+!sh ipvsadm -Ln > "$OUT/during-ipvsadm-Ln.txt"
+!sh ipvsadm -Lnc > "$OUT/during-ipvsadm-Lnc.txt"
+!sh cat /proc/net/ip_vs_conn > "$OUT/during-proc-net-ip_vs_conn.txt"
+!release-all
+!sleep 1
+EOF2
+    capture_stop
+    order_summary
+    dump_ipvs
+    cat "$OUT/ipvsadm-Ln.txt" "$OUT/ipvsadm-Lnc.txt"
+    cleanup
+}

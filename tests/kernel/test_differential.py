@@ -32,6 +32,13 @@ NAMES = report.golden_names()
 #: Traffic scenarios whose traffic the offline backend does not model yet
 #: (their listings before traffic are still compared).
 OFFLINE_TODO: set[str] = set()
+#: Goldens recorded ahead of the PyIPVS code they check (issue 17: VS/DR
+#: and VS/TUN): expected to differ until that code lands, and strict, so a
+#: scenario that starts to match must leave this table.
+PENDING = {
+    name: "issue 17: VS/DR and VS/TUN forwarding are being written"
+    for name in ("dr_classic", "tun_ipip", "tun_gue", "tun_gre")
+}
 _CACHE: dict[str, tuple[list[Item], list[str]]] = {}
 
 
@@ -54,7 +61,11 @@ def test_goldens_present():
 
 
 @needs_bash
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(reason=PENDING[n], strict=True)) if n in PENDING else n
+     for n in NAMES],
+)
 def test_scenario_matches_kernel(name):
     items = items_of(name)
     unexplained = [f"{it.name}: {it.detail}" for it in items

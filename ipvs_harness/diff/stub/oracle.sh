@@ -49,6 +49,7 @@ die() { ev die "$*"; echo "oracle.sh (diff stub): $*" >&2; exit 1; }
 load_ipvs() { :; }
 setup_nat() { NSERVERS=$1; ev setup_nat "$@"; }
 add_vip() { ev add_vip "$@"; }
+rs_vip() { ev rs_vip "$@"; }
 start_servers() { ev start_servers "$@"; }
 start_httpd() { start_servers "$@"; }
 ipvs_rules() { ev ipvs_rules; ev_stdin; }
