@@ -132,6 +132,24 @@ setup_v6() {
 # add_vip6 ADDR - an IPv6 virtual address on the director's outer side.
 add_vip6() { ip addr add "$1/128" dev cli0 nodad || die "add_vip6 $1"; }
 
+# rs_vip6 METHOD VIP - rs_vip for an IPv6 VIP (after setup_v6): dr puts it on
+# lo (neighbour discovery answers only for addresses of the asking
+# interface, so no sysctl is needed); ipip puts it on ip6tnl0, the
+# ip6_tunnel module's fallback device, which takes IPv6-in-IPv6.
+rs_vip6() {
+    local method=$1 vip=$2 k dev=lo
+    case $method in
+        dr) ;;
+        ipip) modprobe ip6_tunnel || die "modprobe ip6_tunnel"; dev=ip6tnl0 ;;
+        *) die "rs_vip6: unknown method $method" ;;
+    esac
+    for k in $(seq 1 "$NSERVERS"); do
+        printf '%s\n' "link set dev $dev up" "addr add $vip/128 dev $dev nodad" \
+            | ip -n "rs$k" -batch - || die "rs_vip6 $method (rs$k) failed"
+    done
+    export RS_BIND6=$vip
+}
+
 # rs_vip METHOD VIP [PORT] - every real server takes packets addressed to
 # the VIP itself, as VS/DR and VS/TUN need (call after setup_nat, before
 # start_servers): the VIP on a device that does not answer ARP for it

@@ -64,7 +64,10 @@ class Server:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # RS_BIND=VIP (oracle.sh rs_vip): bound to the VIP the server holds
         # (VS/DR, VS/TUN), so its answers, UDP ones too, leave from it.
-        self.sock.bind((rs_addr6(self.k) if v6 else os.environ.get("RS_BIND") or rs_addr(self.k), self.port))
+        if v6:
+            self.sock.bind((os.environ.get("RS_BIND6") or rs_addr6(self.k), self.port))
+        else:
+            self.sock.bind((os.environ.get("RS_BIND") or rs_addr(self.k), self.port))
         if self.proto == "tcp":
             self.sock.listen(128)
         self.sock.setblocking(False)

@@ -38,7 +38,7 @@ OFFLINE_TODO: set[str] = set()
 PENDING = {
     **{name: "issue 17: VS/DR and VS/TUN forwarding are being written"
        for name in ("dr_classic", "tun_ipip", "tun_gue", "tun_gre")},
-    "nat6_classic": "issue 17: the IPv6 data path is being written",
+    **{name: "issue 17: the IPv6 data path is being written" for name in ("nat6_classic", "dr6_classic", "tun6_ipip")},
 }
 _CACHE: dict[str, tuple[list[Item], list[str]]] = {}
 
