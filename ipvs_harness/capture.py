@@ -22,6 +22,8 @@ SHARED_GOLDENS = os.path.join(SHARED, "reference", "kernel-goldens")
 LOCAL_GOLDENS = GOLDENS
 INNER = ipaddress.ip_network("172.16.0.0/24")
 DIRECTOR_INNER = ipaddress.ip_address("172.16.0.1").packed
+#: The director's address on the real servers' side of the IPv6 lab.
+DIRECTOR_INNER6 = ipaddress.ip_address("2001:db8:2::1").packed
 
 
 def golden_dir(name: str) -> str | None:
@@ -118,13 +120,57 @@ def _tunnel_inner(d: bytes, l3: int) -> int | None:
     return inner if len(d) >= inner + 20 and d[inner] >> 4 == 4 else None
 
 
-def parse_frame(r: pcap.Record) -> Frame | None:
-    """The :class:`Frame` of a captured record, or None (not IPv4 TCP/UDP,
-    nor an ICMP unreachable, time exceeded or parameter problem quoting one)."""
-    w = pcap.l3_offset(r.data, r.linktype)
-    if w is None or w[1] != 0x0800:
+#: IPv6 extension headers the frame parser walks over (hop-by-hop,
+#: routing, destination options): their length is in 8-byte units after
+#: the first 8.
+_IPV6_EXT = (0, 43, 60)
+#: ICMPv6 errors that quote a packet: unreachable, packet too big, time
+#: exceeded, parameter problem.
+_ICMPV6_ERRORS = (1, 2, 3, 4)
+
+
+def _parse_frame6(d: bytes, l3: int) -> Frame | None:
+    """:func:`parse_frame` for an IPv6 packet (TCP, UDP, or an ICMPv6 error
+    quoting one); neighbour discovery and the rest give None."""
+    if len(d) < l3 + 40:
         return None
-    l3, d = w[0], r.data
+    proto, l4 = d[l3 + 6], l3 + 40
+    while proto in _IPV6_EXT and len(d) >= l4 + 8:
+        proto, l4 = d[l4], l4 + 8 + d[l4 + 1] * 8
+    saddr, daddr = d[l3 + 8:l3 + 24], d[l3 + 24:l3 + 40]
+    if proto in (4, 41) and saddr == DIRECTOR_INNER6 and len(d) >= l4 + 20:
+        # VS/TUN over IPv6 (IPv6 or IPv4 inside): the inner packet's frame.
+        inner = _parse_frame6(d, l4) if proto == 41 else _parse_frame4(d, l4)
+        return inner._replace(outer=l3) if inner is not None else None
+    if proto == 58:
+        q = l4 + 8
+        if len(d) < q + 44 or d[l4] not in _ICMPV6_ERRORS or d[q + 6] not in (6, 17):
+            return None
+        quoted = Quoted(d[q + 6], d[q + 8:q + 24], d[q + 24:q + 40], int.from_bytes(d[q + 40:q + 42], "big"),
+                        int.from_bytes(d[q + 42:q + 44], "big"))
+        return Frame(l3, 58, saddr, daddr, 0, 0, 0, quoted)
+    if proto not in (6, 17) or len(d) < l4 + 4:
+        return None
+    flags = d[l4 + 13] if proto == 6 and len(d) > l4 + 13 else 0
+    return Frame(l3, proto, saddr, daddr, int.from_bytes(d[l4:l4 + 2], "big"),
+                 int.from_bytes(d[l4 + 2:l4 + 4], "big"), flags, None)
+
+
+def parse_frame(r: pcap.Record) -> Frame | None:
+    """The :class:`Frame` of a captured record, or None (not TCP/UDP over
+    IPv4 or IPv6, nor an ICMP or ICMPv6 error quoting such a packet)."""
+    w = pcap.l3_offset(r.data, r.linktype)
+    if w is None:
+        return None
+    if w[1] == 0x86DD:
+        return _parse_frame6(r.data, w[0])
+    return _parse_frame4(r.data, w[0])
+
+
+def _parse_frame4(d: bytes, l3: int) -> Frame | None:
+    """:func:`parse_frame` for an IPv4 packet (a VS/TUN one: its inner packet)."""
+    if len(d) < l3 + 20:
+        return None
     outer = -1
     inner = _tunnel_inner(d, l3)
     if inner is not None:

@@ -85,7 +85,7 @@ from ipvs.driver.replay import jiffies
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
 from ipvs_harness import sandbox
-from ipvs_harness.capture import Frame, parse_frame
+from ipvs_harness.capture import parse_frame
 from ipvs_harness.diff.compare import DIFFERENT, EQUAL, Item
 from ipvs_harness.diff.esttrace import guest_estimator
 from ipvs_harness.guest.transcript import entries as transcript_entries
@@ -94,6 +94,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(HERE, "stub")
 INNER = ipaddress.ip_network("172.16.0.0/24")
 GATEWAY = ipaddress.ip_address("172.16.0.1").packed
+#: The same on the IPv6 side of the lab (oracle.sh setup_v6).
+INNER6 = ipaddress.ip_network("2001:db8:2::/64")
+GATEWAY6 = ipaddress.ip_address("2001:db8:2::1").packed
 #: The fallback for goldens without guest stamps (see :class:`GuestClock`):
 #: the VM's clock outside the captures, modelled: an ipvsadm run costs about
 #: IPVSADM_S under TCG, a Python start PY_S, and capture_stop a 0.5 s sleep
@@ -342,7 +345,21 @@ def _iptables_mark(args: list[str]) -> list[str] | None:
 
 
 def _inner(a: bytes | bytearray) -> bool:
-    return ipaddress.ip_address(bytes(a)) in INNER
+    addr = ipaddress.ip_address(bytes(a))
+    return addr in (INNER if addr.version == 4 else INNER6)
+
+
+def _daddr(b: bytes | bytearray, l3: int = 0) -> bytes:
+    """The destination address of the IP packet at ``l3``, either family."""
+    return bytes(b[l3 + 16:l3 + 20] if b[l3] >> 4 == 4 else b[l3 + 24:l3 + 40])
+
+
+def _ip_len(b: bytes | bytearray, l3: int = 0) -> int:
+    """The length of the IP packet at ``l3``: the IPv4 total length, or the
+    IPv6 header and its payload length."""
+    if b[l3] >> 4 == 4:
+        return (b[l3 + 2] << 8) | b[l3 + 3]
+    return 40 + ((b[l3 + 4] << 8) | b[l3 + 5])
 
 
 def _arp(r: pcap.Record) -> tuple[int, bytes, bytes] | None:
@@ -389,7 +406,8 @@ class Traffic:
         # ip_vs_out counts them; the director's frames to such a server are
         # addressed to the VIP (DR) or tunnelled (TUN: parse_frame gives
         # the inner packet).
-        from_rs = [(r, i) for r, i in srv if ((_inner(i.saddr) and i.saddr != GATEWAY) or i.saddr in vips)
+        from_rs = [(r, i) for r, i in srv if ((_inner(i.saddr) and i.saddr not in (GATEWAY, GATEWAY6))
+                                              or i.saddr in vips)
                    and not _inner(i.daddr)]
         # Frames the client addressed to a real server itself (an ICMP error
         # about an un-NATed reply) cross the director by ordinary routing,
@@ -457,7 +475,7 @@ class Neighbours:
 
     def hold(self, pkt: bytes, now: int) -> bool:
         """Hold ``pkt`` (an IP packet) if its destination is absent."""
-        daddr = pkt[16:20]
+        daddr = _daddr(pkt)
         if daddr not in self.requests:
             return False
         e = self.pending.get(daddr)
@@ -871,12 +889,13 @@ class OfflineRun:
                 self.decisions[flow] = "NONE"
             verdict = self.d.process(buf, l3, now)
             if verdict == NF_STOLEN:
-                tot = (buf[l3 + 2] << 8) | buf[l3 + 3]
+                tot = _ip_len(buf, l3)
                 if not neigh.hold(bytes(buf[l3:l3 + tot]), now):
                     sent.append((bytes(buf[l3:l3 + tot]), info))
-                if self.decisions.get(flow) == "NONE" and _inner(buf[l3 + 16:l3 + 20]):
-                    self.decisions[flow] = f"rs{buf[l3 + 19] - 1}"
-                elif _inner(info.saddr) and buf[l3 + 9] in (6, 17):
+                to = _daddr(buf, l3)
+                if self.decisions.get(flow) == "NONE" and _inner(to):
+                    self.decisions[flow] = f"rs{to[-1] - 1}"
+                elif _inner(info.saddr) and info.proto in (6, 17):
                     # A server's TCP/UDP reply reached the client (ICMP errors do not count).
                     self.answered.add(flow)
             for pkt in self.ipvs.outbox:
@@ -978,8 +997,8 @@ class OfflineRun:
     def _frames(self, sent: list[tuple[bytes, tuple]]) -> None:
         t = self.traffic
         assert t is not None
-        got_rs = [b for b, _ in sent if _inner(b[16:20]) and self._flow_of(b) in t.both]
-        got_cli = [b for b, _ in sent if not _inner(b[16:20]) and self._flow_of(b) in t.both]
+        got_rs = [b for b, _ in sent if _inner(_daddr(b)) and self._flow_of(b) in t.both]
+        got_cli = [b for b, _ in sent if not _inner(_daddr(b)) and self._flow_of(b) in t.both]
         want_rs = [r.data[i.outer if i.outer >= 0 else i.l3:] for r, i in t.to_rs if t.flow(i) in t.both]
         want_cli = [r.data[i.l3:] for r, i in t.to_cli if t.flow(i) in t.both]
         for label, got, want in (("frames to real servers", got_rs, want_rs), ("frames to clients", got_cli, want_cli)):
@@ -998,13 +1017,8 @@ class OfflineRun:
     def _flow_of(self, b: bytes) -> tuple[int, bytes, int]:
         t = self.traffic
         assert t is not None
-        ihl = (b[0] & 15) * 4
-        if b[9] == 1:
-            i = parse_frame(pcap.Record(0.0, bytes(b), pcap.LINKTYPE_RAW))
-            return t.flow(i) if i is not None else (1, b"", 0)
-        info = Frame(0, b[9], b[12:16], b[16:20], int.from_bytes(b[ihl:ihl + 2], "big"),
-                     int.from_bytes(b[ihl + 2:ihl + 4], "big"), 0, None)
-        return t.flow(info)
+        i = parse_frame(pcap.Record(0.0, bytes(b), pcap.LINKTYPE_RAW))
+        return t.flow(i) if i is not None else (0, b"", 0)
 
     def order(self) -> None:
         lines = []
@@ -1052,7 +1066,7 @@ class OfflineRun:
                 self.steps.append(("action", lambda k=kind, a=args: self.library_call(k, a)))
             elif kind in ("vs_sysctl", "mark_dst", "modprobe", "iptables_mark"):
                 self.library_call(kind, args)
-            elif kind == "add_vip":
+            elif kind in ("add_vip", "add_vip6"):
                 self.vips.add(ipaddress.ip_address(args[0]).packed)
             elif kind in ("dump_ipvs", "dump_conn") and self.in_capture:
                 fn = self.dump_ipvs if kind == "dump_ipvs" else self.dump_conn
@@ -1098,7 +1112,7 @@ class OfflineRun:
                 self.nservers = int(args[0])
                 # oracle.sh's setup_nat: the bridge, the client veth, one veth per server.
                 self.interfaces |= {"br0", "cli0", *(f"rs{k}" for k in range(1, self.nservers + 1))}
-            elif kind in ("start_servers", "cleanup", "snap", "dump_sysctl"):
+            elif kind in ("start_servers", "cleanup", "snap", "dump_sysctl", "setup_v6", "rs_vip", "rs_vip6"):
                 pass
             else:
                 self.notes.append(f"not modelled: {kind} {' '.join(args)}")

@@ -48,7 +48,7 @@ import tempfile
 import time
 
 import clock
-from nsutil import netns, socket_in
+from nsutil import family_of, netns, socket_in
 
 NS = "cli"
 TIMEOUT = 10.0
@@ -75,7 +75,7 @@ class Client:
         print(line, flush=True)
 
     def _tcp(self, src: str, sport: int, dst: str, dport: int) -> socket.socket:
-        s = socket_in(NS)
+        s = socket_in(NS, family_of(dst))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.settimeout(TIMEOUT)
         s.bind((src, sport))
@@ -173,7 +173,7 @@ class Client:
 
     def udp(self, label, src, sport, dst, dport) -> None:
         self.n += 1
-        s = socket_in(NS, socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket_in(NS, family_of(dst), socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.settimeout(3.0)

@@ -49,6 +49,11 @@ def netns(name: str | None):
         os.close(fd)
 
 
+def family_of(addr: str) -> int:
+    """AF_INET6 for an IPv6 address text, else AF_INET."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def socket_in(ns: str | None, family=socket.AF_INET, type_=socket.SOCK_STREAM, proto=0):
     with netns(ns):
         return socket.socket(family, type_, proto)

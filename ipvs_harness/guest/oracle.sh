@@ -107,6 +107,49 @@ setup_nat() {
 # add_vip ADDR - the virtual address on the director's outer side.
 add_vip() { ip addr add "$1/32" dev cli0 || die "add_vip $1"; }
 
+# setup_v6 - IPv6 beside the IPv4 lab (call after setup_nat): the client
+# side 2001:db8:1::/64 (director ::1, client ::2), the real servers' side
+# 2001:db8:2::/64 (director ::1, server K at ::K+1), forwarding on; every
+# address without duplicate address detection, so it is usable at once.
+setup_v6() {
+    local k
+    echo 1 > /proc/sys/net/ipv6/conf/all/forwarding
+    # setup_nat turned link-local addresses off (addrgenmode none); neighbour
+    # solicitations need one as their source (ndisc_send_ns), so each
+    # interface gets a fixed one.
+    printf '%s\n' "addr add 2001:db8:1::1/64 dev cli0 nodad" "addr add 2001:db8:2::1/64 dev br0 nodad" \
+        "addr add fe80::1/64 dev cli0 nodad" "addr add fe80::1/64 dev br0 nodad" \
+        | ip -batch - || die "setup_v6 (director) failed"
+    printf '%s\n' "addr add 2001:db8:1::2/64 dev eth0 nodad" "addr add fe80::2/64 dev eth0 nodad" \
+        "route add default via 2001:db8:1::1" | ip -n cli -batch - || die "setup_v6 (cli) failed"
+    for k in $(seq 1 "$NSERVERS"); do
+        printf '%s\n' "addr add 2001:db8:2::$(printf %x $((k + 1)))/64 dev eth0 nodad" \
+            "addr add fe80::$(printf %x $((k + 1)))/64 dev eth0 nodad" \
+            "route add default via 2001:db8:2::1" | ip -n "rs$k" -batch - || die "setup_v6 (rs$k) failed"
+    done
+}
+
+# add_vip6 ADDR - an IPv6 virtual address on the director's outer side.
+add_vip6() { ip addr add "$1/128" dev cli0 nodad || die "add_vip6 $1"; }
+
+# rs_vip6 METHOD VIP - rs_vip for an IPv6 VIP (after setup_v6): dr puts it on
+# lo (neighbour discovery answers only for addresses of the asking
+# interface, so no sysctl is needed); ipip puts it on ip6tnl0, the
+# ip6_tunnel module's fallback device, which takes IPv6-in-IPv6.
+rs_vip6() {
+    local method=$1 vip=$2 k dev=lo
+    case $method in
+        dr) ;;
+        ipip) modprobe ip6_tunnel || die "modprobe ip6_tunnel"; dev=ip6tnl0 ;;
+        *) die "rs_vip6: unknown method $method" ;;
+    esac
+    for k in $(seq 1 "$NSERVERS"); do
+        printf '%s\n' "link set dev $dev up" "addr add $vip/128 dev $dev nodad" \
+            | ip -n "rs$k" -batch - || die "rs_vip6 $method (rs$k) failed"
+    done
+    export RS_BIND6=$vip
+}
+
 # rs_vip METHOD VIP [PORT] - every real server takes packets addressed to
 # the VIP itself, as VS/DR and VS/TUN need (call after setup_nat, before
 # start_servers): the VIP on a device that does not answer ARP for it

@@ -6,7 +6,8 @@ Usage::
 
 SPEC is ``K:PORT`` or ``K:PORT/PROTO`` with PROTO ``tcp`` (default) or
 ``udp``: real server K lives in namespace ``rsK`` at 172.16.0.(K+1) and is
-called ``rsK`` in answers and logs.
+called ``rsK`` in answers and logs.  PROTO ``tcp6`` or ``udp6``: the server
+listens on its IPv6 address instead, 2001:db8:2::(K+1) (oracle.sh setup_v6).
 
 TCP protocol (first line from the client decides):
 
@@ -43,22 +44,30 @@ def rs_addr(k: int) -> str:
     return f"172.16.0.{k + 1}"
 
 
+def rs_addr6(k: int) -> str:
+    return f"2001:db8:2::{k + 1:x}"
+
+
 class Server:
     def __init__(self, outdir: str, spec: str):
         k, _, rest = spec.partition(":")
         port, _, proto = rest.partition("/")
         self.k = int(k)
         self.port = int(port)
-        self.proto = proto or "tcp"
+        v6 = proto.endswith("6")
+        self.proto = proto.rstrip("6") or "tcp"
         self.name = f"rs{self.k}"
-        suffix = "" if self.proto == "tcp" else "-udp"
+        suffix = ("" if self.proto == "tcp" else "-udp") + ("-v6" if v6 else "")
         self.log = open(f"{outdir}/{self.name}-{self.port}{suffix}.log", "a", buffering=1)
         stype = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM
-        self.sock = socket_in(self.name, socket.AF_INET, stype)
+        self.sock = socket_in(self.name, socket.AF_INET6 if v6 else socket.AF_INET, stype)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # RS_BIND=VIP (oracle.sh rs_vip): bound to the VIP the server holds
         # (VS/DR, VS/TUN), so its answers, UDP ones too, leave from it.
-        self.sock.bind((os.environ.get("RS_BIND") or rs_addr(self.k), self.port))
+        if v6:
+            self.sock.bind((os.environ.get("RS_BIND6") or rs_addr6(self.k), self.port))
+        else:
+            self.sock.bind((os.environ.get("RS_BIND") or rs_addr(self.k), self.port))
         if self.proto == "tcp":
             self.sock.listen(128)
         self.sock.setblocking(False)

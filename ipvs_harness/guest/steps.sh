@@ -112,3 +112,44 @@ EOF2
     cat "$OUT/ipvsadm-Ln.txt" "$OUT/ipvsadm-Lnc.txt"
     cleanup
 }
+
+# fwd_method_run6 FLAGS - fwd_method_run over IPv6 (setup_v6, rs_vip6 first):
+# the VIP 2001:db8:f::5, servers 2001:db8:2::2 and ::3.
+fwd_method_run6() {
+    local flags=$1
+    start_servers 1:80/tcp6 2:80/tcp6 1:53/udp6 2:53/udp6
+    # shellcheck disable=SC2086
+    ipvs_rules <<EOF2
+-A -t [2001:db8:f::5]:80 -s wlc
+-a -t [2001:db8:f::5]:80 -r [2001:db8:2::2]:80 $flags
+-a -t [2001:db8:f::5]:80 -r [2001:db8:2::3]:80 $flags -w 2
+-A -u [2001:db8:f::5]:53 -s rr
+-a -u [2001:db8:f::5]:53 -r [2001:db8:2::2]:53 $flags
+-a -u [2001:db8:f::5]:53 -r [2001:db8:2::3]:53 $flags
+EOF2
+    dump_ipvs before-
+    capture_start client-side cli0
+    capture_start server-side br0
+    R=$OUT/requests.txt
+    echo "# label n src_addr:src_port server_body" > "$R"
+    client_steps 0.2 >> "$R" <<'EOF2'
+http 2001:db8:1::2 40001 2001:db8:f::5 80
+http 2001:db8:1::2 40002 2001:db8:f::5 80
+http 2001:db8:1::2 40003 2001:db8:f::5 80
+http 2001:db8:1::2 40004 2001:db8:f::5 80
+!udp dns 2001:db8:1::2 40011 2001:db8:f::5 53
+!udp dns 2001:db8:1::2 40012 2001:db8:f::5 53
+!hold held 2001:db8:1::2 40021 2001:db8:f::5 80
+!hold held 2001:db8:1::2 40022 2001:db8:f::5 80
+!ping held
+!sh ipvsadm -Ln --stats > "$OUT/during-ipvsadm-Ln-stats.txt"
+!sh ipvsadm -Lnc > "$OUT/during-ipvsadm-Lnc.txt"
+!release-all
+!sleep 1
+EOF2
+    capture_stop
+    order_summary
+    dump_ipvs
+    cat "$OUT/ipvsadm-Ln.txt" "$OUT/ipvsadm-Lnc.txt"
+    cleanup
+}

@@ -50,6 +50,9 @@ load_ipvs() { :; }
 setup_nat() { NSERVERS=$1; ev setup_nat "$@"; }
 add_vip() { ev add_vip "$@"; }
 rs_vip() { ev rs_vip "$@"; }
+setup_v6() { ev setup_v6 "$@"; }
+rs_vip6() { ev rs_vip6 "$@"; }
+add_vip6() { ev add_vip6 "$@"; }
 start_servers() { ev start_servers "$@"; }
 start_httpd() { start_servers "$@"; }
 ipvs_rules() { ev ipvs_rules; ev_stdin; }
