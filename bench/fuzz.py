@@ -29,7 +29,6 @@ import gc
 import io
 import json
 import os
-import platform
 import random
 import struct
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.client import encode  # noqa: E402
 from ipvs.core import Director  # noqa: E402
+from ipvs.daemon import runtime  # noqa: E402
 from ipvs.netlink import LocalTransport  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
 from ipvs.packet import ip_send_check  # noqa: E402
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.packets, args.control, args.rules = 10_000, 2_000, 200
-    print(f"# runtime {platform.python_implementation()} {platform.python_version()}")
+    print(f"# runtime {runtime()}")
     import tempfile
 
     failed = 0

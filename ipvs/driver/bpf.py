@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import struct
 
+from ipvs.packet import ETH_P_ARP, ETH_P_IP
+
 # Instruction classes, sizes, modes, operations (linux/filter.h, bpf_common.h).
 BPF_LD, BPF_LDX, BPF_ALU, BPF_JMP, BPF_RET = 0x00, 0x01, 0x04, 0x05, 0x06
 BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
@@ -38,9 +40,6 @@ INSN = struct.Struct("=HBBI")
 #: Snap length returned for accepted frames: at least the largest GSO frame.
 ACCEPT_LEN = 0x40000
 MAX_ADDRS = 200
-
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
 
 
 class Asm:

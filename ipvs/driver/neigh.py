@@ -34,8 +34,8 @@ import struct
 
 import attrs
 
-ETH_P_ARP = 0x0806
-ETH_P_IP = 0x0800
+from ipvs.packet import ETH_P_ARP, ETH_P_IP
+
 ARPOP_REQUEST = 1
 ARPOP_REPLY = 2
 BROADCAST = b"\xff" * 6
