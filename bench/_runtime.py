@@ -19,8 +19,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, ROOT)
-from _venv import PYPY_ENV, VENVS  # noqa: E402 - the launchers' virtualenvs, and ipvsd's PyPy environment
+from _venv import VENVS  # noqa: E402 - the launchers' virtualenvs
 
+from ipvs.daemon import PYPY_ENV  # noqa: E402 - ipvsd's PyPy environment
 from ipvs.daemon import runtime as describe  # noqa: E402 - one description of the interpreter
 
 PYTHONS = {runtime: os.path.join(venv, "bin", "python") for runtime, venv in VENVS.items()}
