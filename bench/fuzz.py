@@ -243,6 +243,7 @@ RULES_SEED = (
 
 def fuzz_rules(n: int, seed: int) -> dict:
     from ipvs import rules
+    from ipvs.cli import ipvsadm
 
     rng = random.Random(seed)
     seeds = [RULES_SEED.encode(), b"-A -t 203.0.113.5:80\n", b"-a -t 203.0.113.5:80 -r 172.16.0.9 -x 5 -y 2\n"]
@@ -256,13 +257,13 @@ def fuzz_rules(n: int, seed: int) -> dict:
         ipvs = NetnsIPVS()
         try:
             parsed = rules.parse(text)
-            rules.restore(parsed.rules, LocalTransport(ipvs), io.StringIO())
-            again = rules.dump(LocalTransport(ipvs))
+            ipvsadm.restore(parsed.rules, LocalTransport(ipvs), io.StringIO())
+            again = ipvsadm.save(LocalTransport(ipvs))
             # What was saved restores to the same rules.
             other = NetnsIPVS()
-            if rules.restore(rules.parse(again).rules, LocalTransport(other), io.StringIO()) != 0:
+            if ipvsadm.restore(rules.parse(again).rules, LocalTransport(other), io.StringIO()) != 0:
                 raise AssertionError(f"a saved rule set does not restore: {again!r}")
-            if rules.dump(LocalTransport(other)) != again:
+            if ipvsadm.save(LocalTransport(other)) != again:
                 raise AssertionError("a saved rule set restores differently")
         except Exception as e:  # noqa: BLE001 (counted)
             errors += 1

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipvs import procfs, rules, systemd
+from ipvs.cli import ipvsadm
 from ipvs.client import (
     MAX_REQUEST,
     SO_PEERCRED,  # noqa: F401 (re-exported: one definition for both ends)
@@ -1168,11 +1169,11 @@ class Daemon:
         err = io.StringIO()
         tr = self.transport()
         if flush_first:
-            rules.flush(tr, err)
+            ipvsadm.main(["-C"], transport=tr, stdout=io.StringIO(), stderr=err)
         if not text.exists:
             log.info("no rules file %s: no rules to restore", path)
             return 0
-        rc = rules.restore(text.rules, tr, err)
+        rc = ipvsadm.restore(text.rules, tr, err)
         for line in err.getvalue().splitlines():
             log.warning("%s: %s", path, line)
         log.info("rules restored from %s (exit %d, %d services)", path, rc, len(self.ipvs.svc_order))
@@ -1198,7 +1199,7 @@ class Daemon:
         """Write ``ipvsadm -S -n`` into ``path`` atomically, keeping the
         comment lines the file starts with; returns 0 or 1."""
         try:
-            rules.write(path, rules.dump(self.transport()))
+            rules.write(path, ipvsadm.save(self.transport()))
         except OSError as e:
             log.error("saving rules into %s failed: %s", path, e)
             return 1
@@ -1221,7 +1222,7 @@ class Daemon:
         self._next_state = now_s + STATE_INTERVAL_S
         try:
             os.makedirs(os.path.dirname(self.state_file) or ".", mode=0o700, exist_ok=True)
-            rules.write(self.state_file, rules.dump(self.transport()), header=STATE_HEADER)
+            rules.write(self.state_file, ipvsadm.save(self.transport()), header=STATE_HEADER)
         except OSError as e:
             self._dirty = True
             if self.server.ratelimit():

@@ -29,6 +29,9 @@ What is reproduced on purpose, quirks included:
   ``ipvsadm`` is dropped, ``#`` starts no comment, and a last line that
   ends in blanks without a newline is lost.
 
+The rules format itself, ``-S``'s lines and ``-R``'s words, is
+:mod:`ipvs.rules`'s, shared with ``ipvsd`` and ``ipvs-replay``.
+
 Differences, and why: there is no kernel module to load, so a missing
 daemon gives "Can't initialize ipvs" naming ``ipvsd`` (exit 2); ``-h`` and
 ``-v`` work without a daemon; ``--socket PATH`` (or ``IPVS_SOCKET``)
@@ -171,7 +174,6 @@ _TUN_OPTS = sum(1 << c for c in (OPTC_TUN_TYPE, OPTC_TUN_PORT, OPTC_TUN_NOCSUM, 
 
 TUNNAMES = ("ipip", "gue", "gre")
 TUNFLAGS = ("-c", "+c", "r+c")
-TUN_FLAGS_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
 TUNOPTS = (OPTC_TUN_PORT, OPTC_TUN_NOCSUM, OPTC_TUN_CSUM, OPTC_TUN_REMCSUM)
 TUNNEL_TYPES_V_OPTIONS = ("xxxx", "+111", "x11x")  # ipip, gue, gre
 
@@ -817,9 +819,7 @@ def _largenum(i: int, fmt: int) -> str:
 
 
 _FWD_NAMES = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}
-_FWD_SWITCH = {0: "-m", 1: "-g", 2: "-i", 3: "-g"}
 _PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}
-_PROTO_OPTIONS = {IPPROTO_TCP: "-t", IPPROTO_UDP: "-u", IPPROTO_SCTP: "--sctp-service"}
 
 
 def _req(cmd: str, **fields: Any) -> dict:
@@ -1715,13 +1715,15 @@ class Ipvsadm:
         """``restore_table`` (``-R``): run each line of standard input as a command, in batches; the status of the last
         line.
         """
+        from ipvs import rules  # here, not at the top: only -R reads rules
+
         if reading_stdin:
             self.tryhelp_exit(-1)
         result = 0
         self.batching = True
         try:
             fast = self.fast_command if self.fast else _no_fast_command
-            for tokens in config_stream_read(self.stdin.read()):
+            for tokens in rules.config_stream_read(self.stdin.read()):
                 if tokens:
                     self._last_queued = False
                     cmd = fast(tokens)
@@ -1797,69 +1799,41 @@ class Ipvsadm:
             w("Prot LocalAddress:Port Scheduler Flags\n"
               "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n")
 
-    @staticmethod
-    def sched_flags_text(se: ServiceEntry) -> str:
-        """The scheduler flags of a service as listings print them (``sh-fallback,sh-port``, ``flag-1``...)."""
-        names: list[str] = []
-        if se.sched_name == "sh":
-            pairs = ((uapi.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-fallback"), (uapi.IP_VS_SVC_F_SCHED_SH_PORT, "sh-port"))
-        elif se.sched_name == "mh":
-            pairs = ((uapi.IP_VS_SVC_F_SCHED_MH_FALLBACK, "mh-fallback"), (uapi.IP_VS_SVC_F_SCHED_MH_PORT, "mh-port"))
-        else:
-            pairs = ((uapi.IP_VS_SVC_F_SCHED1, "flag-1"), (uapi.IP_VS_SVC_F_SCHED2, "flag-2"),
-                     (uapi.IP_VS_SVC_F_SCHED3, "flag-3"))
-        for bit, name in pairs:
-            if se.flags & bit:
-                names.append(name)
-        return ",".join(names)
-
     def print_service_entry(self, se: ServiceEntry, fmt: int, dests: list[DestEntry] | None = None) -> None:
-        """``print_service_entry``: one service and its real servers, in the listing's or ``-S``'s format."""
+        """``print_service_entry``: one service and its real servers, in the listing's or ``-S``'s format
+        (``-S``'s lines are :mod:`ipvs.rules`'s)."""
+        from ipvs import rules  # here, not at the top: a plain listing is ipvsadm's common case
+
         if dests is None:
             dests = self.get_dests(se)
         w = self.out.write
         if se.fwmark:
-            mark = _int32(se.fwmark)
-            if fmt & FMT_RULE:
-                svc_name = f"-f {mark} -6" if se.af == AF_INET6 else f"-f {mark}"
-            else:
-                svc_name = f"FWM  {mark} IPv6" if se.af == AF_INET6 else f"FWM  {mark}"
+            vname = ""
         else:
             vname = self.addrport_to_anyname(se.af, se.addr, se.port, se.protocol, fmt)
-            if fmt & FMT_RULE:
-                svc_name = f"{_PROTO_OPTIONS.get(se.protocol, '--xxx-service')} {vname}"
-            else:
-                svc_name = f"{_PROTO_NAMES.get(se.protocol, '?'):<4} {vname}"
-                if se.af != AF_INET6:
-                    svc_name = svc_name[:33]
-        sched_flags = se.flags & uapi.IP_VS_SVC_F_SCHED_MASK
         if fmt & FMT_RULE:
-            line = f"-A {svc_name} -s {se.sched_name}"
-            if se.flags & uapi.IP_VS_SVC_F_PERSISTENT:
-                line += f" -p {se.timeout}"
-                if se.af == AF_INET and se.netmask != 0xFFFFFFFF:
-                    line += f" -M {_inet_ntop(AF_INET, se.netmask.to_bytes(4, 'big'))}"
-                if se.af == AF_INET6 and se.netmask != 128:
-                    line += f" -M {_int32(se.netmask)}"
-            if se.pe_name:
-                line += f" --pe {se.pe_name}"
-            if se.flags & uapi.IP_VS_SVC_F_ONEPACKET:
-                line += " -o"
-            if sched_flags:
-                line += " -b " + self.sched_flags_text(se)
+            svc_name = rules.service_option(se.protocol, se.fwmark, se.af, vname)
+        elif se.fwmark:
+            mark = _int32(se.fwmark)
+            svc_name = f"FWM  {mark} IPv6" if se.af == AF_INET6 else f"FWM  {mark}"
+        else:
+            svc_name = f"{_PROTO_NAMES.get(se.protocol, '?'):<4} {vname}"
+            if se.af != AF_INET6:
+                svc_name = svc_name[:33]
+        if fmt & FMT_RULE:
+            line = rules.service_line(svc_name, se.sched_name, se.flags, se.timeout, se.af, se.netmask, se.pe_name)
         elif fmt & (FMT_STATS | FMT_RATE):
             values = se.stats[:5] if fmt & FMT_STATS else se.stats[5:]
             line = f"{svc_name:<33}" + "".join(_largenum(v, fmt) for v in values)
         else:
             line = f"{svc_name} {se.sched_name}"
-            if sched_flags:
-                line += f" ({self.sched_flags_text(se)})"
+            if se.flags & uapi.IP_VS_SVC_F_SCHED_MASK:
+                line += f" ({rules.sched_flags_text(se.sched_name, se.flags)})"
             if se.flags & uapi.IP_VS_SVC_F_PERSISTENT:
                 line += f" persistent {se.timeout}"
-                if se.af == AF_INET and se.netmask != 0xFFFFFFFF:
-                    line += f" mask {_inet_ntop(AF_INET, se.netmask.to_bytes(4, 'big'))}"
-                if se.af == AF_INET6 and se.netmask != 128:
-                    line += f" mask {_int32(se.netmask)}"
+                mask = rules.netmask_text(se.af, se.netmask)
+                if mask is not None:
+                    line += f" mask {mask}"
                 if se.pe_name:
                     line += f" pe {se.pe_name}"
             if se.flags & uapi.IP_VS_SVC_F_ONEPACKET:
@@ -1879,7 +1853,8 @@ class Ipvsadm:
                 if not fmt & FMT_RULE and e.af != AF_INET6:
                     dname = dname[:28]
             if fmt & FMT_RULE:
-                w(self.dest_rule(svc_name, dname, e) + "\n")
+                w(rules.dest_line(svc_name, dname, e.conn_flags, e.weight, e.tun_type, e.tun_port, e.tun_flags)
+                  + "\n")
             elif fmt & FMT_STATS:
                 w(f"  -> {dname:<28}" + "".join(_largenum(v, fmt) for v in e.stats[:5]) + "\n")
             elif fmt & FMT_RATE:
@@ -1913,22 +1888,6 @@ class Ipvsadm:
         if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE:
             return f"gre:{flag}"[:15]
         return None
-
-    @staticmethod
-    def dest_rule(svc_name: str, dname: str, e: DestEntry) -> str:
-        """One ``-a`` line of ``-S`` for a real server (tunnel options included for tunnels)."""
-        fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
-        base = f"-a {svc_name} -r {dname} {_c_str(_FWD_SWITCH.get(fwd))} -w {e.weight}"
-        if fwd != uapi.IP_VS_CONN_F_TUNNEL:
-            return base
-        flag = TUN_FLAGS_OPTS[e.tun_flags] if e.tun_flags < len(TUN_FLAGS_OPTS) else "(null)"
-        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE:
-            return f"{base} --tun-type gre {flag}"
-        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE:
-            return f"{base} --tun-type gue --tun-port {e.tun_port} {flag}"
-        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_IPIP:
-            return f"{base} --tun-type ipip"
-        return base
 
     def list_service(self, svc: SvcSpec, fmt: int) -> None:
         """``list_service``: ``-L`` of one service (status 1 when there is no such service)."""
@@ -2188,32 +2147,10 @@ def _scan_conn(buf: str) -> tuple[int, list]:
 
 
 def config_stream_read(text: str) -> Iterable[list[str]]:
-    """``config_stream_read`` applied line after line: the words of each line.
+    """The words of each line as ``-R`` reads them: :func:`ipvs.rules.config_stream_read`."""
+    from ipvs import rules  # here, not at the top: only -R reads rules
 
-    Words are separated by spaces, tabs and CRs; a word ``ipvsadm`` is
-    dropped.  The C function reads with ``fscanf`` and gives up (returns
-    NULL) when it meets the end of input while skipping blanks, so a last
-    line without a newline that ends in two or more blanks is lost; one
-    blank is swallowed with the word before it.
-    """
-    lines = text.split("\n")
-    last = lines.pop()  # the text after the last newline ("" if it ends with one)
-    if text.isascii() and _OTHER_SPACE.search(text) is None:
-        # str.split() then splits exactly at spaces, tabs and CRs, faster.
-        for line in lines:
-            words = line.split()
-            yield [w for w in words if w != "ipvsadm"] if "ipvsadm" in words else words
-    else:
-        for line in lines:
-            yield [w for w in _WORD.findall(line) if w != "ipvsadm"]
-    words = [w for w in _WORD.findall(last) if w != "ipvsadm"]
-    if words and len(last) - len(last.rstrip(" \t\r")) < 2:
-        yield words
-
-
-_WORD = re.compile(r"[^ \t\r]+")
-#: ASCII characters other than space, tab, CR and LF that str.split() splits at.
-_OTHER_SPACE = re.compile(r"[\x0b\x0c\x1c-\x1f]")
+    return rules.config_stream_read(text)
 
 
 def usage_text(program: str) -> str:
@@ -2426,10 +2363,13 @@ def _gc_paused():
 
 def restore(lines: Iterable[str], transport: Any, stderr: TextIO | None = None, stdout: TextIO | None = None,
             resolver: Resolver | None = None) -> int:
-    """Apply a rules file as ``ipvsadm -R`` does; return its exit status.
+    """Apply rule lines as ``ipvsadm -R`` does; return its exit status
+    (0: every line applied; errors are written to ``stderr`` and the
+    other lines still apply, as with ``ipvsadm -R``).
 
-    For ``ipvsd``, which loads its rules at start.  Output of listing
-    commands in the file goes to ``stdout`` (discarded by default).
+    For ``ipvsd`` and ``ipvs-replay``, which read their rules files with
+    :func:`ipvs.rules.read` (Debian's comment lines allowed).  Output of
+    listing commands in the file goes to ``stdout`` (discarded by default).
     """
     import io
 
@@ -2440,3 +2380,16 @@ def restore(lines: Iterable[str], transport: Any, stderr: TextIO | None = None, 
             return _exit_status(tool.restore_table(False))
     except _Exit as e:
         return _exit_status(e.code)
+
+
+def save(transport: Any) -> str:
+    """The rules as ``ipvsadm -S -n`` prints them, for ``ipvsd``'s
+    ``--save`` and state file; raises ``OSError`` if the director could not
+    list them (nothing must then be written)."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["-S", "-n"], transport=transport, stdout=out, stderr=err)
+    if rc != 0:
+        raise OSError(f"ipvsadm -S failed: {err.getvalue().strip() or f'exit {rc}'}")
+    return out.getvalue()
