@@ -1147,9 +1147,12 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads (main thread only)."""
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno())
+        def handler(fn: Callable[[], None]) -> Callable[[int, Any], None]:
+            return lambda _signum, _frame: fn()
+
         for sig, fn in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                         (signal.SIGHUP, self.request_reload)):
-            self._old_handlers[sig] = signal.signal(sig, lambda s, f, fn=fn: fn())
+            self._old_handlers[sig] = signal.signal(sig, handler(fn))
 
     def restore_signal_handlers(self) -> None:
         """Put back the signal handlers and wake-up descriptor the daemon replaced at start."""

@@ -801,10 +801,11 @@ def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
         raise IPVSError(errno.ENODEV, f"no interface {d['mcast_ifn']!r}")
     if state in running:
         raise IPVSError(errno.EEXIST, "daemon already running")
-    if "mcast_group" in d and _pton(d["mcast_group"])[0] != AF_INET:
-        raise SchemaError(errno.EINVAL, "mcast_group must be IPv4")
-    if "mcast_group6" in d and _pton(d["mcast_group6"])[0] != AF_INET6:
-        raise SchemaError(errno.EINVAL, "mcast_group6 must be IPv6")
+    for key, af, family in (("mcast_group", AF_INET, "IPv4"), ("mcast_group6", AF_INET6, "IPv6")):
+        if key in d:
+            packed = _pton(d[key])
+            if packed is None or packed[0] != af:
+                raise SchemaError(errno.EINVAL, f"{key} must be {family}")
     # The kernel's defaults for what the request leaves out (ip_vs_sync.c).
     # sync_maxlen is clamped to what fits a 1500-byte MTU after IP and UDP headers.
     room = 1500 - (48 if "mcast_group6" in d else 28)

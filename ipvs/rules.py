@@ -202,6 +202,7 @@ def sched_flags_text(sched_name: str, flags: int) -> str:
     """The scheduler flags of a service as ipvsadm names them
     (``sh-fallback,sh-port``, ``flag-1``...): ``-b`` in a rule, and in
     parentheses in a listing."""
+    pairs: tuple[tuple[int, str], ...]
     if sched_name == "sh":
         pairs = ((uapi.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-fallback"), (uapi.IP_VS_SVC_F_SCHED_SH_PORT, "sh-port"))
     elif sched_name == "mh":

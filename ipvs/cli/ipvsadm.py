@@ -66,7 +66,10 @@ from ipvs.uapi import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any, TextIO
+    from typing import Any, NoReturn, TextIO
+
+    #: An entry of ipvsadm's popt table: (long name, short name, argument, value).
+    OptionEntry = tuple[str | None, str | None, int, int]
 
 PROG = "ipvsadm"
 IPVSADM_VERSION = "v1.31 2019/12/24"
@@ -166,7 +169,9 @@ COMMANDS_V_OPTIONS = (
 
 
 def _masks(row: str) -> tuple[int, int, int]:
-    return tuple(sum(1 << j for j, ch in enumerate(row) if ch == k) for k in "+x1")
+    """A row of the legality table as bit masks of its ``+``, ``x`` and ``1`` columns."""
+    plus, x, one = (sum(1 << j for j, ch in enumerate(row) if ch == k) for k in "+x1")
+    return plus, x, one
 
 
 _OPT_MASKS = [_masks(row) for row in COMMANDS_V_OPTIONS]
@@ -253,8 +258,8 @@ OPTIONS_TABLE = (
 )
 
 # popt finds the first table entry with a name; "list" appears twice (-L, -l).
-_LONG_OPTS: dict[str, tuple] = {}
-_SHORT_OPTS: dict[str, tuple] = {}
+_LONG_OPTS: dict[str, OptionEntry] = {}
+_SHORT_OPTS: dict[str, OptionEntry] = {}
 for _o in OPTIONS_TABLE:
     _LONG_OPTS.setdefault(_o[0], _o)
     if _o[1]:
@@ -334,8 +339,8 @@ def _strtol(s: str) -> tuple[int | None, str, bool]:
 def string_to_number(s: str, lo: int, hi: int) -> int:
     """ipvsadm's ``string_to_number``: the whole string, in range, or -1."""
     if s.isascii() and s.isdigit() and len(s) < 19:
-        v = int(s)  # the common case, without the regular expression
-        return v if lo <= v <= hi else -1
+        n = int(s)  # the common case, without the regular expression
+        return n if lo <= n <= hi else -1
     v, rest, overflow = _strtol(s)
     if v is not None and rest == "" and not overflow and lo <= v <= hi:
         return v
@@ -436,18 +441,18 @@ class Popt:
         self.rest_leftover = False
 
     @staticmethod
-    def _find_long(name: str):
+    def _find_long(name: str) -> OptionEntry | None:
         return _LONG_OPTS.get(name)
 
     @staticmethod
-    def _find_short(c: str):
+    def _find_short(c: str) -> OptionEntry | None:
         return _SHORT_OPTS.get(c)
 
     def next_opt(self) -> tuple[int, str | None]:
         """(value, argument); value -1 at the end, or a POPT_ERROR_* code."""
         while True:
             long_arg: str | None = None
-            opt = None
+            opt: OptionEntry | None = None
             if self.next_char is None:
                 if self.next >= len(self.args):
                     return -1, None
@@ -483,6 +488,8 @@ class Popt:
                     return POPT_ERROR_BADOPT, None
                 if remainder:
                     self.next_char = remainder
+            if opt is None:  # not reached: a long option was found, or a short one just now
+                return POPT_ERROR_BADOPT, None
             _long, _short, argtype, val = opt
             arg = None
             if argtype == ARG_NONE:
@@ -845,7 +852,9 @@ class Ipvsadm:
     def __init__(self, transport_factory: Callable[[], Any], stdout: TextIO, stderr: TextIO, stdin: TextIO,
                  resolver: Resolver | None = None) -> None:
         self._factory = transport_factory
-        self._transport = None
+        #: The director: any object with ``call(request) -> reply`` (and
+        #: ``submit``/``receive`` to pipeline), set by :meth:`init`.
+        self._transport: Any = None
         self.out = stdout
         self.err = stderr
         self.stdin = stdin
@@ -874,27 +883,27 @@ class Ipvsadm:
 
     # ------------------------------------------------------------ plumbing
 
-    def fail(self, code: int, msg: str) -> None:
+    def fail(self, code: int, msg: str) -> NoReturn:
         """``fail()``: print ``msg`` and leave with ``code``."""
         self.error(msg + "\n")
         raise _Exit(code)
 
-    def tryhelp_exit(self, code: int) -> None:
+    def tryhelp_exit(self, code: int) -> NoReturn:
         """``tryhelp_exit()``: print the ``Try `ipvsadm -h' ...`` line and leave with ``code``."""
         self.error(f"Try `{PROG} -h' or '{PROG} --help' for more information.\n")
         raise _Exit(code)
 
-    def init(self) -> None:
-        """``ipvs_init``: reach the director and read its version and table size."""
+    def init(self) -> tuple[int, int]:
+        """``ipvs_init``: reach the director and read its version and table size (returned)."""
         if self.info is not None:
-            return
+            return self.info
         try:
             self._transport = self._factory()
             reply = self._transport.call({"version": 1, "cmd": "GET_INFO"})
             if not reply.get("ok"):
                 raise OSError(reply.get("errno", errno.EIO), reply.get("message", ""))
             info = reply["info"]
-            self.info = (int(info["version"]), int(info["conn_tab_size"]))
+            version, size = int(info["version"]), int(info["conn_tab_size"])
         except (OSError, ImportError, KeyError, TypeError, ValueError, AttributeError) as e:
             reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e) or type(e).__name__
             self.fail(2, f"Can't initialize ipvs: {reason}\n"
@@ -903,11 +912,13 @@ class Ipvsadm:
         ext = reply.get("extensions")
         if isinstance(ext, list):
             self.extensions = frozenset(e for e in ext if isinstance(e, str))
-        if self.info[0] < MINIMUM_IPVS_VERSION:
-            v = self.info[0]
+        if version < MINIMUM_IPVS_VERSION:
+            v = version
             self.err.write("Warning: IPVS version mismatch: \n"
                            f"  Kernel compiled with IPVS version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}\n"
                            "  ipvsadm v1.31  requires minimum IPVS version 1.1.4\n\n")
+        self.info = (version, size)
+        return self.info
 
     def error(self, text: str) -> None:
         """Write to stderr after the queued commands have reported."""
@@ -1172,6 +1183,9 @@ class Ipvsadm:
             c, optarg = popt.next_opt()
             if c < 0:
                 break
+            # popt gives an option that takes an argument its word (or fails
+            # above); only -p's is optional, None when left out.
+            arg = "" if optarg is None else optarg
             if c in (K_t, K_u, TAG_SCTP_SERVICE):
                 set_option(OPTC_SERVICE)
                 ce.svc.protocol = {K_t: IPPROTO_TCP, K_u: IPPROTO_UDP}.get(c, IPPROTO_SCTP)
@@ -1181,10 +1195,10 @@ class Ipvsadm:
                 set_option(OPTC_SERVICE)
                 ce.svc.af = AF_INET
                 ce.svc.protocol = IPPROTO_TCP
-                ce.svc.fwmark = self.parse_fwmark(optarg)
+                ce.svc.fwmark = self.parse_fwmark(arg)
             elif c == K_s:
                 set_option(OPTC_SCHEDULER)
-                ce.svc.sched_name = optarg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
+                ce.svc.sched_name = arg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
             elif c == K_p:
                 set_option(OPTC_PERSISTENT)
                 ce.svc.flags |= uapi.IP_VS_SVC_F_PERSISTENT
@@ -1192,12 +1206,12 @@ class Ipvsadm:
             elif c == K_M:
                 set_option(OPTC_NETMASK)
                 if ce.svc.af != AF_INET6:
-                    mask = self.parse_netmask(optarg)
+                    mask = self.parse_netmask(arg)
                     if mask is None:
                         self.fail(2, "illegal virtual server persistent mask specified")
                     ce.svc.netmask = mask
                 else:
-                    ce.svc.netmask = _atoi(optarg)
+                    ce.svc.netmask = _atoi(arg)
                     if not 1 <= ce.svc.netmask <= 128:
                         self.fail(2, "illegal ipv6 netmask specified")
             elif c == K_r:
@@ -1218,17 +1232,17 @@ class Ipvsadm:
                 set_option(OPTC_WEIGHT)
                 # Debian's 1.31 build takes any weight the kernel does (0..INT_MAX),
                 # not upstream's 0..65535: the recorded transcript accepts 70000.
-                ce.dest.weight = string_to_number(optarg, 0, INT_MAX)
+                ce.dest.weight = string_to_number(arg, 0, INT_MAX)
                 if ce.dest.weight == -1:
                     self.fail(2, "illegal weight specified")
             elif c == K_x:
                 set_option(OPTC_UTHRESHOLD)
-                ce.dest.u_threshold = string_to_number(optarg, 0, INT_MAX)
+                ce.dest.u_threshold = string_to_number(arg, 0, INT_MAX)
                 if ce.dest.u_threshold == -1:
                     self.fail(2, "illegal u_threshold specified")
             elif c == K_y:
                 set_option(OPTC_LTHRESHOLD)
-                ce.dest.l_threshold = string_to_number(optarg, 0, INT_MAX)
+                ce.dest.l_threshold = string_to_number(arg, 0, INT_MAX)
                 if ce.dest.l_threshold == -1:
                     self.fail(2, "illegal l_threshold specified")
             elif c == K_c:
@@ -1238,10 +1252,10 @@ class Ipvsadm:
                 fmt |= FMT_NUMERIC
             elif c == TAG_MCAST_INTERFACE:
                 set_option(OPTC_MCAST)
-                ce.daemon.mcast_ifn = optarg[: uapi.IP_VS_IFNAME_MAXLEN - 1]
+                ce.daemon.mcast_ifn = arg[: uapi.IP_VS_IFNAME_MAXLEN - 1]
             elif c == K_I:
                 set_option(OPTC_SYNCID)
-                ce.daemon.syncid = string_to_number(optarg, 0, 255)
+                ce.daemon.syncid = string_to_number(arg, 0, 255)
                 if ce.daemon.syncid == -1:
                     self.fail(2, "illegal syncid specified")
             elif c in _SIMPLE_FLAGS:
@@ -1261,26 +1275,26 @@ class Ipvsadm:
                 ce.svc.flags |= uapi.IP_VS_SVC_F_ONEPACKET
             elif c == TAG_PERSISTENCE_ENGINE:
                 set_option(OPTC_PERSISTENCE_ENGINE)
-                ce.svc.pe_name = optarg[: uapi.IP_VS_PENAME_MAXLEN]
+                ce.svc.pe_name = arg[: uapi.IP_VS_PENAME_MAXLEN]
             elif c == K_b:
                 set_option(OPTC_SCHED_FLAGS)
-                sched_flags_arg = optarg[:127]
+                sched_flags_arg = arg[:127]
             elif c == TAG_MCAST_GROUP:
                 set_option(OPTC_MCAST_GROUP)
-                self.parse_mcast_group(optarg, ce.daemon)
+                self.parse_mcast_group(arg, ce.daemon)
             elif c == TAG_MCAST_PORT:
                 set_option(OPTC_MCAST_PORT)
-                ce.daemon.mcast_port = string_to_number(optarg, 1, 65535)
+                ce.daemon.mcast_port = string_to_number(arg, 1, 65535)
                 if ce.daemon.mcast_port == -1:
                     self.fail(2, "illegal mcast-port specified")
             elif c == TAG_MCAST_TTL:
                 set_option(OPTC_MCAST_TTL)
-                ce.daemon.mcast_ttl = string_to_number(optarg, 1, 255)
+                ce.daemon.mcast_ttl = string_to_number(arg, 1, 255)
                 if ce.daemon.mcast_ttl == -1:
                     self.fail(2, "illegal mcast-ttl specified")
             elif c == TAG_SYNC_MAXLEN:
                 set_option(OPTC_SYNC_MAXLEN)
-                ce.daemon.sync_maxlen = string_to_number(optarg, 1, 65535 - 20 - 8)
+                ce.daemon.sync_maxlen = string_to_number(arg, 1, 65535 - 20 - 8)
                 if ce.daemon.sync_maxlen == -1:
                     self.fail(2, "illegal sync-maxlen specified")
             elif c == TAG_TUN_TYPE:
@@ -1290,7 +1304,7 @@ class Ipvsadm:
                 ce.dest.tun_type = TUNNAMES.index(optarg)
             elif c == TAG_TUN_PORT:
                 set_option(OPTC_TUN_PORT)
-                ce.dest.tun_port = string_to_number(optarg, 1, 65535)
+                ce.dest.tun_port = string_to_number(arg, 1, 65535)
                 if ce.dest.tun_port == -1:
                     self.fail(2, "illegal tunnel port specified")
             elif c == TAG_TUN_NOCSUM:
@@ -1902,9 +1916,8 @@ class Ipvsadm:
 
     def list_all(self, fmt: int) -> None:
         """``list_all``: ``-L`` and ``-S`` of every service, sorted as ipvsadm sorts them."""
-        self.init()
+        v, size = self.init()
         if not fmt & FMT_RULE:
-            v, size = self.info
             self.out.write(f"IP Virtual Server version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF} (size={size})\n")
         stats = bool(fmt & (FMT_STATS | FMT_RATE))
         services = self.get_services(stats)
@@ -2043,7 +2056,7 @@ class Ipvsadm:
         return (f"ipvsadm {IPVSADM_VERSION} (compiled with popt and IPVS "
                 f"v{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF})\n")
 
-    def usage_exit(self, code: int) -> None:
+    def usage_exit(self, code: int) -> NoReturn:
         """``usage_exit``: the version line and the usage text, on stdout for ``-h`` (status 0), else on stderr."""
         stream = self.out if code == 0 else self.err
         stream.write(self.version_line() + usage_text(PROG))

@@ -46,10 +46,10 @@ class Asm:
     """A tiny assembler: instructions with symbolic jump targets."""
 
     def __init__(self) -> None:
-        self.code: list[tuple[int, object, object, int]] = []
+        self.code: list[tuple[int, int | str, int | str, int]] = []
         self.labels: dict[str, int] = {}
 
-    def op(self, code: int, k: int = 0, jt: object = 0, jf: object = 0) -> None:
+    def op(self, code: int, k: int = 0, jt: int | str = 0, jf: int | str = 0) -> None:
         """Append one instruction; ``jt`` and ``jf`` are relative jumps or label names resolved by :meth:`assemble`.
         """
         self.code.append((code, jt, jf, k & 0xFFFFFFFF))
@@ -65,7 +65,7 @@ class Asm:
             out += INSN.pack(code, self._rel(i, jt), self._rel(i, jf), k)
         return bytes(out)
 
-    def _rel(self, i: int, target: object) -> int:
+    def _rel(self, i: int, target: int | str) -> int:
         if isinstance(target, int):
             return target
         rel = self.labels[target] - i - 1

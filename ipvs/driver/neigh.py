@@ -139,7 +139,7 @@ class NeighTable:
         """Queue a frame for an unresolved ``ip``; True if a request must go out now."""
         e = self.entries.get(ip)
         new = e is None
-        if new:
+        if e is None:
             e = self.entries[ip] = Neigh(ip, probes=1, next_probe=now + RETRANS_S * self.hz)
             self.stats.probes_sent += 1
         if len(e.queue) >= QUEUE_FRAMES:
