@@ -183,7 +183,7 @@ TUN_FLAGS_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
 
 
 def _int32(v: int) -> int:
-    """``v`` as C's signed 32-bit ``int`` (how ipvsadm's ``%d`` prints a u32)."""
+    """A u32 as C's signed 32-bit ``int``: how ipvsadm's ``%d`` prints it."""
     v &= 0xFFFFFFFF
     return v - (1 << 32) if v & 0x80000000 else v
 
