@@ -11,7 +11,6 @@ so a goal like "12x CPython's in the same run" is read off one run.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,20 +18,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from _venv import PYPY_ENV, VENVS  # noqa: E402 - the launchers' virtualenvs, and ipvsd's PyPy environment
+sys.path.insert(0, ROOT)
+from _venv import VENVS  # noqa: E402 - the launchers' virtualenvs
+
+from ipvs.daemon import PYPY_ENV  # noqa: E402 - ipvsd's PyPy environment
+from ipvs.daemon import runtime as describe  # noqa: E402 - one description of the interpreter
 
 PYTHONS = {runtime: os.path.join(venv, "bin", "python") for runtime, venv in VENVS.items()}
 
 
-def describe() -> str:
-    """``pypy 7.3.11 (python 3.9.16)`` or ``cpython 3.11.7``."""
-    if sys.implementation.name == "pypy":
-        v = sys.pypy_version_info  # type: ignore[attr-defined]
-        return f"pypy {v.major}.{v.minor}.{v.micro} (python {platform.python_version()})"
-    return f"{sys.implementation.name} {platform.python_version()}"
-
-
 def print_runtime() -> None:
+    """The ``runtime`` line: the interpreter as ipvsd's log names it
+    (``PyPy 7.3.11 (Python 3.9.16, GC nursery 4M)``, ``CPython 3.11.7``)."""
     print(f"runtime {describe()}", flush=True)
 
 

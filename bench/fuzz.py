@@ -29,7 +29,6 @@ import gc
 import io
 import json
 import os
-import platform
 import random
 import struct
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.client import encode  # noqa: E402
 from ipvs.core import Director  # noqa: E402
+from ipvs.daemon import runtime  # noqa: E402
 from ipvs.netlink import LocalTransport  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
 from ipvs.packet import ip_send_check  # noqa: E402
@@ -243,6 +243,7 @@ RULES_SEED = (
 
 def fuzz_rules(n: int, seed: int) -> dict:
     from ipvs import rules
+    from ipvs.cli import ipvsadm
 
     rng = random.Random(seed)
     seeds = [RULES_SEED.encode(), b"-A -t 203.0.113.5:80\n", b"-a -t 203.0.113.5:80 -r 172.16.0.9 -x 5 -y 2\n"]
@@ -256,13 +257,13 @@ def fuzz_rules(n: int, seed: int) -> dict:
         ipvs = NetnsIPVS()
         try:
             parsed = rules.parse(text)
-            rules.restore(parsed.rules, LocalTransport(ipvs), io.StringIO())
-            again = rules.dump(LocalTransport(ipvs))
+            ipvsadm.restore(parsed.rules, LocalTransport(ipvs), io.StringIO())
+            again = ipvsadm.save(LocalTransport(ipvs))
             # What was saved restores to the same rules.
             other = NetnsIPVS()
-            if rules.restore(rules.parse(again).rules, LocalTransport(other), io.StringIO()) != 0:
+            if ipvsadm.restore(rules.parse(again).rules, LocalTransport(other), io.StringIO()) != 0:
                 raise AssertionError(f"a saved rule set does not restore: {again!r}")
-            if rules.dump(LocalTransport(other)) != again:
+            if ipvsadm.save(LocalTransport(other)) != again:
                 raise AssertionError("a saved rule set restores differently")
         except Exception as e:  # noqa: BLE001 (counted)
             errors += 1
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.packets, args.control, args.rules = 10_000, 2_000, 200
-    print(f"# runtime {platform.python_implementation()} {platform.python_version()}")
+    print(f"# runtime {runtime()}")
     import tempfile
 
     failed = 0

@@ -65,6 +65,8 @@ def _load_lab():
 
 
 lab = _load_lab()
+from _runtime import describe  # noqa: E402 - the interpreter, as ipvsd names it
+
 # Namespaces and state of its own, so a benchmark never collides with a lab
 # test or an ``ipvs-lab`` run going on at the same time (their names are
 # ipvs-*; everything in tools/ipvs-lab reads these globals when called).
@@ -330,7 +332,7 @@ def main(argv: list[str]) -> int:
         b.leave()
         lab.down()
     # The bench's own interpreter; each pyipvs path names ipvsd's runtime.
-    print(f"runtime {sys.implementation.name} {sys.version.split()[0]}")
+    print(f"runtime {describe()}")
     for path, curves in warm_curves.items():
         for i, curve in enumerate(curves):
             rates = [v for _, v in curve]

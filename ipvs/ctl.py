@@ -550,8 +550,9 @@ def _zero_service(svc: Service) -> None:
 
 def get_timeouts(ipvs: NetnsIPVS) -> tuple[int, int, int]:
     """(tcp, tcpfin, udp) in seconds, as ``ipvsadm --timeout`` shows them."""
-    return ipvs.proto_data_get(IPPROTO_TCP).timeouts_seconds_for_admin() + (
-        ipvs.proto_data_get(IPPROTO_UDP).timeout_seconds("UDP"),
+    # Every instance has TCP's and UDP's protocol data (make_proto_data).
+    return ipvs.proto_data[IPPROTO_TCP].timeouts_seconds_for_admin() + (
+        ipvs.proto_data[IPPROTO_UDP].timeout_seconds("UDP"),
     )
 
 
@@ -560,13 +561,13 @@ def set_timeouts(ipvs: NetnsIPVS, tcp: int, tcpfin: int, udp: int) -> None:
     for v in (tcp, tcpfin, udp):
         if not 0 <= v <= INT_MAX // ipvs.hz:
             raise IPVSError(errno.EINVAL, "timeout out of range")
-    tcpd = ipvs.proto_data_get(IPPROTO_TCP)
+    tcpd = ipvs.proto_data[IPPROTO_TCP]
     if tcp:
         tcpd.set_timeout("ESTABLISHED", tcp)
     if tcpfin:
         tcpd.set_timeout("FIN_WAIT", tcpfin)
     if udp:
-        ipvs.proto_data_get(IPPROTO_UDP).set_timeout("UDP", udp)
+        ipvs.proto_data[IPPROTO_UDP].set_timeout("UDP", udp)
 
 
 def services_sorted_by_bucket(ipvs: NetnsIPVS) -> list[Service]:

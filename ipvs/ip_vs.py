@@ -215,7 +215,8 @@ class Sysctls:
             raise IPVSError(errno.ENOENT, f"no setting {name!r}")
         field = attrs.fields_dict(type(self))[name]
         try:
-            field.validator(self, field, value)
+            if field.validator is not None:
+                field.validator(self, field, value)
         except ValueError as e:
             raise IPVSError(errno.EINVAL, str(e)) from None
         setattr(self, name, value)
@@ -358,10 +359,10 @@ class ProtoData:
     timeout_table: list[int]
     hz: int
     # TCP only: the state table in use (normal or secure_tcp's).
-    state_table: tuple | None = None
+    state_table: tuple = ()
     appcnt: int = 0
-    #: The protocol's operations (``pd->pp``).
-    pp: IPVSProtocol | None = None
+    #: The protocol's operations (``pd->pp``): every protocol has them.
+    pp: IPVSProtocol = attrs.field(kw_only=True)
 
     def timeout_seconds(self, state_name: str) -> int:
         """The timeout of the state named ``state_name``, in seconds."""

@@ -66,7 +66,7 @@ FLUSH_MARK      —                             —
 ``SET_INFO`` exists in the kernel only as the reply to ``GET_INFO``;
 sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
 ``SET_SYSCTL`` are PyIPVS extensions: the text of
-``/proc/net/<name>`` (one of :data:`PROC_NAMES`) and the
+``/proc/net/<name>`` (one of :data:`ipvs.procfs.PROC_NAMES`) and the
 ``net.ipv4.vs.*`` settings (:class:`ipvs.ip_vs.Sysctls`).  The ``*_MARK``
 commands are PyIPVS's stand-in for iptables' MARK target, which the
 kernel's fwmark services depend on: a ``mark`` is an object with the
@@ -203,7 +203,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ipvs import ctl, ip_vs, uapi
+from ipvs import ctl, ip_vs, procfs, uapi
 from ipvs.ctl import DestUser, ServiceUser
 from ipvs.ip_vs import IPVSError
 from ipvs.uapi import AF_INET, AF_INET6
@@ -231,9 +231,6 @@ CHANGING = frozenset(("NEW_SERVICE", "SET_SERVICE", "DEL_SERVICE", "NEW_DEST", "
 
 #: Most requests one BATCH may carry (its frame is limited in bytes anyway).
 MAX_BATCH = 65536
-
-#: ``/proc/net`` views that GET_PROC serves (rendered by :mod:`ipvs.procfs`).
-PROC_NAMES = ("ip_vs", "ip_vs_conn", "ip_vs_conn_sync", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_app")
 
 STATS_KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps")
 
@@ -804,10 +801,11 @@ def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
         raise IPVSError(errno.ENODEV, f"no interface {d['mcast_ifn']!r}")
     if state in running:
         raise IPVSError(errno.EEXIST, "daemon already running")
-    if "mcast_group" in d and _pton(d["mcast_group"])[0] != AF_INET:
-        raise SchemaError(errno.EINVAL, "mcast_group must be IPv4")
-    if "mcast_group6" in d and _pton(d["mcast_group6"])[0] != AF_INET6:
-        raise SchemaError(errno.EINVAL, "mcast_group6 must be IPv6")
+    for key, af, family in (("mcast_group", AF_INET, "IPv4"), ("mcast_group6", AF_INET6, "IPv6")):
+        if key in d:
+            packed = _pton(d[key])
+            if packed is None or packed[0] != af:
+                raise SchemaError(errno.EINVAL, f"{key} must be {family}")
     # The kernel's defaults for what the request leaves out (ip_vs_sync.c).
     # sync_maxlen is clamped to what fits a 1500-byte MTU after IP and UDP headers.
     room = 1500 - (48 if "mcast_group6" in d else 28)
@@ -873,17 +871,9 @@ def _flush(ipvs, req, now, **_):
 
 def _get_proc(ipvs, req, now, **_):
     name = req.get("name")
-    if name not in PROC_NAMES:
+    if name not in procfs.PROC_NAMES:
         raise IPVSError(errno.ENOENT, f"no /proc/net view {name!r}")
-    try:
-        from ipvs import procfs
-        render = procfs.render
-    except (ImportError, AttributeError):
-        raise IPVSError(errno.ENOENT, "the /proc views are not available") from None
-    text = render(ipvs, name, now)
-    if not isinstance(text, str):
-        raise IPVSError(errno.ENOENT, f"no text for {name!r}")
-    return {"text": text}
+    return {"text": procfs.render(ipvs, name, now)}
 
 
 def _mark_cmd(ipvs, req, now, **_):

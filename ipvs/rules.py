@@ -1,45 +1,71 @@
-"""Rules files: Debian's ``/etc/ipvsadm.rules`` and ipvsd's state file.
+"""Rules files: ``ipvsadm -S``'s lines, ``ipvsadm -R``'s words, Debian's
+``/etc/ipvsadm.rules`` and ipvsd's state file.
 
-No kernel file corresponds to this module.  The kernel keeps its rules in
-memory and loses them at reboot; distributions save them with
-``ipvsadm -S -n`` into a file and feed it back with ``ipvsadm -R``.
-Debian's ``ipvsadm`` service does it with ``/etc/ipvsadm.rules``, a file
-that starts with comment lines, which its init script strips
-(``grep -v "^#"``) before ``ipvsadm -R`` sees them: ``ipvsadm -R``
-itself has no comments and fails on them.  This module is that script's
-part, used by ``ipvsd`` for ``--rules``, ``--save`` and its state file:
+No kernel file corresponds to this module: the kernel keeps its rules in
+memory and loses them at reboot.  ipvsadm 1.31 saves them as command lines
+(``ipvsadm -S``, ``ipvsadm.c``'s ``print_service_entry`` with
+``FMT_RULE``) and reads them back as words (``ipvsadm -R``,
+``config_stream.c``); distributions keep them in a file between the two.
+This module is that format, for every user of it:
 
-* :func:`read`: a file's rule lines and its comment lines; a missing file
-  is an empty rule set (a fresh install has none);
-* :func:`restore`: the rule lines through ``ipvsadm -R``'s parser;
-* :func:`dump`: the rules as ``ipvsadm -S -n`` prints them;
+* :func:`service_line`, :func:`dest_line`: the ``-A`` and ``-a`` lines
+  ``ipvsadm -S`` prints, byte for byte as ipvsadm 1.31 (the caller, which
+  knows how names resolve, gives the service and server as text);
+* :func:`config_stream_read`: the words of each line, as ``ipvsadm -R``
+  splits them (its quirks included: no comments, ``ipvsadm`` dropped);
+* Debian's ``ipvsadm`` service keeps ``/etc/ipvsadm.rules``, a file that
+  starts with comment lines, which its init script strips
+  (``grep -v "^#"``) before ``ipvsadm -R`` sees them; ``ipvsadm -R``
+  itself has no comments and fails on them.  :func:`parse` and
+  :func:`read` are that script's part (``ipvsd --rules``, its state file,
+  ``ipvs-replay``): a file's comment lines and its rule lines, a missing
+  file being an empty rule set;
 * :func:`write`: a rules file replaced atomically (temporary file,
   ``fsync``, ``rename``, ``fsync`` of the directory), keeping the comment
   lines the old file started with, so a Debian header survives a save.
 
-The rule lines themselves are ``ipvsadm``'s: :mod:`ipvs.cli.ipvsadm`
-parses and prints them, byte-compatible with ipvsadm 1.31.
+Applying the lines is ``ipvsadm -R``'s own work (:func:`ipvs.cli.ipvsadm.restore`,
+:func:`ipvs.cli.ipvsadm.save`), so this module imports nothing of the
+command line tools; they import it, when they read or write rules.  It
+imports only the standard library and :mod:`ipvs.uapi` (``ipvsadm`` starts
+in milliseconds and keeps it so).
 """
 
 from __future__ import annotations
 
-import io
 import os
-from collections.abc import Iterable
-from typing import Any, NamedTuple, TextIO
+import re
+import socket
 
-from ipvs.cli import ipvsadm
+from ipvs import uapi
+from ipvs.uapi import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+
+# Annotations only: importing typing costs an ipvsadm run milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
-class RulesText(NamedTuple):
+class RulesText:
     """A rules file split the way Debian's init script reads it."""
 
-    #: The comment (and blank) lines before the first rule.
-    header: list[str]
-    #: The lines ``ipvsadm -R`` gets (comments and blank lines left out).
-    rules: list[str]
-    #: False when there was no file (an empty rule set).
-    exists: bool = True
+    __slots__ = ("header", "rules", "exists")
+
+    def __init__(self, header: list[str], rules: list[str], exists: bool = True) -> None:
+        #: The comment (and blank) lines before the first rule.
+        self.header = header
+        #: The lines ``ipvsadm -R`` gets (comments and blank lines left out).
+        self.rules = rules
+        #: False when there was no file (an empty rule set).
+        self.exists = exists
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RulesText):
+            return NotImplemented
+        return (self.header, self.rules, self.exists) == (other.header, other.rules, other.exists)
+
+    def __repr__(self) -> str:
+        return f"RulesText(header={self.header!r}, rules={self.rules!r}, exists={self.exists!r})"
 
 
 def is_comment(line: str) -> bool:
@@ -74,28 +100,6 @@ def read(path: str) -> RulesText:
             return parse(f.read())
     except FileNotFoundError:
         return RulesText([], [], exists=False)
-
-
-def restore(rules: Iterable[str], transport: Any, stderr: TextIO) -> int:
-    """Apply rule lines as ``ipvsadm -R`` does; returns its exit status
-    (0: every line applied; errors are written to ``stderr`` and the
-    other lines still apply, as with ``ipvsadm -R``)."""
-    return ipvsadm.restore(rules, transport, stderr)
-
-
-def flush(transport: Any, stderr: TextIO) -> int:
-    """``ipvsadm -C``."""
-    return ipvsadm.main(["-C"], transport=transport, stdout=io.StringIO(), stderr=stderr)
-
-
-def dump(transport: Any) -> str:
-    """The rules as ``ipvsadm -S -n`` prints them; raises ``OSError`` if
-    the director could not list them (nothing must then be written)."""
-    out, err = io.StringIO(), io.StringIO()
-    rc = ipvsadm.main(["-S", "-n"], transport=transport, stdout=out, stderr=err)
-    if rc != 0:
-        raise OSError(f"ipvsadm -S failed: {err.getvalue().strip() or f'exit {rc}'}")
-    return out.getvalue()
 
 
 def write(path: str, text: str, header: list[str] | None = None) -> None:
@@ -133,3 +137,123 @@ def write(path: str, text: str, header: list[str] | None = None) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+# ------------------------------------------------------------ ipvsadm -R
+
+
+def config_stream_read(text: str) -> Iterable[list[str]]:
+    """``config_stream_read`` applied line after line: the words of each line.
+
+    Words are separated by spaces, tabs and CRs; a word ``ipvsadm`` is
+    dropped.  The C function reads with ``fscanf`` and gives up (returns
+    NULL) when it meets the end of input while skipping blanks, so a last
+    line without a newline that ends in two or more blanks is lost; one
+    blank is swallowed with the word before it.
+    """
+    lines = text.split("\n")
+    last = lines.pop()  # the text after the last newline ("" if it ends with one)
+    if text.isascii() and _OTHER_SPACE.search(text) is None:
+        # str.split() then splits exactly at spaces, tabs and CRs, faster.
+        for line in lines:
+            words = line.split()
+            yield [w for w in words if w != "ipvsadm"] if "ipvsadm" in words else words
+    else:
+        for line in lines:
+            yield [w for w in _WORD.findall(line) if w != "ipvsadm"]
+    words = [w for w in _WORD.findall(last) if w != "ipvsadm"]
+    if words and len(last) - len(last.rstrip(" \t\r")) < 2:
+        yield words
+
+
+_WORD = re.compile(r"[^ \t\r]+")
+#: ASCII characters other than space, tab, CR and LF that str.split() splits at.
+_OTHER_SPACE = re.compile(r"[\x0b\x0c\x1c-\x1f]")
+
+
+# ------------------------------------------------------------ ipvsadm -S
+
+#: The service option of a protocol in a rule (``--xxx-service`` for none known).
+_PROTO_OPTIONS = {IPPROTO_TCP: "-t", IPPROTO_UDP: "-u", IPPROTO_SCTP: "--sctp-service"}
+#: The forwarding switch of a real server's rule; Local (1) saves as ``-g``, as in ipvsadm.
+_FWD_SWITCH = {uapi.IP_VS_CONN_F_MASQ: "-m", uapi.IP_VS_CONN_F_LOCALNODE: "-g",
+               uapi.IP_VS_CONN_F_TUNNEL: "-i", uapi.IP_VS_CONN_F_DROUTE: "-g"}
+#: ``--tun-*`` checksum options by the destination's tunnel flags (0, 1, 2).
+TUN_FLAGS_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
+
+
+def _int32(v: int) -> int:
+    """A u32 as C's signed 32-bit ``int``: how ipvsadm's ``%d`` prints it."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def service_option(protocol: int, fwmark: int, af: int, vname: str) -> str:
+    """How a rule names its service: ``-t VNAME``, ``-u VNAME``,
+    ``--sctp-service VNAME``, or ``-f MARK`` (``-f MARK -6`` for IPv6);
+    ``vname`` is the address and port as the caller prints them."""
+    if fwmark:
+        mark = _int32(fwmark)
+        return f"-f {mark} -6" if af == AF_INET6 else f"-f {mark}"
+    return f"{_PROTO_OPTIONS.get(protocol, '--xxx-service')} {vname}"
+
+
+def sched_flags_text(sched_name: str, flags: int) -> str:
+    """The scheduler flags of a service as ipvsadm names them
+    (``sh-fallback,sh-port``, ``flag-1``...): ``-b`` in a rule, and in
+    parentheses in a listing."""
+    pairs: tuple[tuple[int, str], ...]
+    if sched_name == "sh":
+        pairs = ((uapi.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-fallback"), (uapi.IP_VS_SVC_F_SCHED_SH_PORT, "sh-port"))
+    elif sched_name == "mh":
+        pairs = ((uapi.IP_VS_SVC_F_SCHED_MH_FALLBACK, "mh-fallback"), (uapi.IP_VS_SVC_F_SCHED_MH_PORT, "mh-port"))
+    else:
+        pairs = ((uapi.IP_VS_SVC_F_SCHED1, "flag-1"), (uapi.IP_VS_SVC_F_SCHED2, "flag-2"),
+                 (uapi.IP_VS_SVC_F_SCHED3, "flag-3"))
+    return ",".join(name for bit, name in pairs if flags & bit)
+
+
+def netmask_text(af: int, netmask: int) -> str | None:
+    """A persistent service's netmask as ipvsadm prints it (a dotted mask
+    for IPv4, a prefix length for IPv6), None for a full mask (not printed)."""
+    if af == AF_INET6:
+        return None if netmask == 128 else str(_int32(netmask))
+    if af != AF_INET or netmask == 0xFFFFFFFF:
+        return None
+    return socket.inet_ntop(AF_INET, (netmask & 0xFFFFFFFF).to_bytes(4, "big"))
+
+
+def service_line(svc: str, sched_name: str, flags: int, timeout: int, af: int, netmask: int, pe_name: str) -> str:
+    """The ``-A`` line of a service (``svc``: :func:`service_option`'s text)."""
+    line = f"-A {svc} -s {sched_name}"
+    if flags & uapi.IP_VS_SVC_F_PERSISTENT:
+        line += f" -p {timeout}"
+        mask = netmask_text(af, netmask)
+        if mask is not None:
+            line += f" -M {mask}"
+    if pe_name:
+        line += f" --pe {pe_name}"
+    if flags & uapi.IP_VS_SVC_F_ONEPACKET:
+        line += " -o"
+    if flags & uapi.IP_VS_SVC_F_SCHED_MASK:
+        line += " -b " + sched_flags_text(sched_name, flags)
+    return line
+
+
+def dest_line(svc: str, dname: str, conn_flags: int, weight: int, tun_type: int = 0, tun_port: int = 0,
+              tun_flags: int = 0) -> str:
+    """The ``-a`` line of a real server (``dname``: its address and port as
+    the caller prints them), with the tunnel options of a tunnel."""
+    fwd = conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
+    switch = _FWD_SWITCH.get(fwd, "(null)")  # printf's %s of ipvsadm's NULL
+    base = f"-a {svc} -r {dname} {switch} -w {weight}"
+    if fwd != uapi.IP_VS_CONN_F_TUNNEL:
+        return base
+    flag = TUN_FLAGS_OPTS[tun_flags] if tun_flags < len(TUN_FLAGS_OPTS) else "(null)"
+    if tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE:
+        return f"{base} --tun-type gre {flag}"
+    if tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE:
+        return f"{base} --tun-type gue --tun-port {tun_port} {flag}"
+    if tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_IPIP:
+        return f"{base} --tun-type ipip"
+    return base

@@ -95,8 +95,9 @@ def log(msg: str) -> None:
     print(f"ipvs-lab: {msg}", file=sys.stderr, flush=True)
 
 
-def run(*cmd: str, check: bool = True, input: str | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, input=input, text=True, capture_output=True)
+def run(*cmd: str, check: bool = True, input: str | None = None, quiet: bool = True,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, input=input, text=True, capture_output=True, timeout=timeout)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")
     return r
@@ -149,7 +150,8 @@ def start(name: str, ns: str, cmd: list[str], ready: str | None = None, timeout:
     return p.pid
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a child of ours that exited is reaped)."""
     try:
         # A child of ours that exited is a zombie until reaped, and a zombie
         # still answers kill(pid, 0).
@@ -167,21 +169,23 @@ def _alive(pid: int) -> bool:
 
 
 def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL (a child of
+    ours is reaped either way, so no zombie is left behind)."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)
-    if _alive(pid):
+    if alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
             pass
 
 
@@ -374,8 +378,8 @@ def start_director(mode: str, strict: bool, rules: bool = True) -> None:
     deadline = time.monotonic() + 30
     while ipvsadm("-Ln", check=False).returncode != 0:
         pid = int(open(os.path.join(STATE, "director.pid")).read())
-        if not _alive(pid) or time.monotonic() > deadline:
-            state = "exited" if not _alive(pid) else "no answer to ipvsadm -Ln"
+        if not alive(pid) or time.monotonic() > deadline:
+            state = "exited" if not alive(pid) else "no answer to ipvsadm -Ln"
             raise RuntimeError(f"the director did not start ({state}):\n" +
                                open(os.path.join(STATE, "director.log")).read()[-3000:])
         time.sleep(0.1)

@@ -1274,3 +1274,80 @@ def test_the_daemon_feeds_availmem_and_caps_the_table(tmp_path):
         assert d.ipvs.availmem == (63 << 20) // MemoryBudget.PAGE
     finally:
         d.shutdown()
+
+
+# ------------------------------------------------- PyPy's GC nursery at start
+
+
+def runtime_log_line(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 60) -> str:
+    """Start a control-plane-only ipvsd by ``cmd`` and return its
+    ``running on ...`` log line; the daemon is stopped (SIGTERM) either way."""
+    import select
+
+    p = subprocess.Popen([*cmd, "--foreground", "--socket", str(cwd / "ipvsd.sock"), "--no-state",
+                          "--log-level", "info"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=cwd)
+    seen = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not select.select([p.stderr], [], [], deadline - time.monotonic())[0]:
+                break
+            line = p.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "running on " in line:
+                return line.strip()
+    finally:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        p.stderr.close()
+    raise AssertionError(f"no 'running on' line from {cmd}: {''.join(seen)[-2000:]}")
+
+
+def test_pypy_env_only_on_pypy_and_only_what_is_missing():
+    from ipvs.daemon import PYPY_ENV, pypy_env_missing
+
+    assert PYPY_ENV == {"PYPY_GC_NURSERY": "4M"}
+    assert pypy_env_missing("pypy", {}) == PYPY_ENV
+    assert pypy_env_missing("pypy", {"PYPY_GC_NURSERY": "1M"}) == {}  # the caller's own choice stands
+    assert pypy_env_missing("cpython", {}) == {}
+
+
+def test_console_main_restarts_once_on_pypy_without_the_nursery(monkeypatch, tmp_path):
+    """The exec: the same interpreter, the same script and arguments, the
+    variable set; with the variable set, no exec and on to main()."""
+    from ipvs import daemon as dmod
+
+    script = tmp_path / "ipvsd"
+    script.write_text("# a console script\n")
+    execs: list[tuple[str, list[str], str | None]] = []
+
+    def fake_execv(path, args):
+        execs.append((path, list(args), os.environ.get("PYPY_GC_NURSERY")))
+        raise SystemExit("exec")
+
+    monkeypatch.setattr(dmod.os, "execv", fake_execv)
+    monkeypatch.setattr(dmod, "main", lambda argv=None: 7)
+    monkeypatch.setattr(dmod.sys.implementation, "name", "pypy")
+    monkeypatch.setattr(dmod.sys, "argv", [str(script), "--foreground", "--socket", "/x"])
+    monkeypatch.delenv("PYPY_GC_NURSERY", raising=False)
+    with pytest.raises(SystemExit, match="exec"):
+        dmod.console_main()
+    assert execs == [(sys.executable, [sys.executable, str(script), "--foreground", "--socket", "/x"], "4M")]
+    # The new process finds the variable set and runs the daemon.
+    assert dmod.console_main() == 7
+    assert len(execs) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / ".venv-pypy" / "bin" / "python").exists(), reason="no .venv-pypy (tools/bootstrap)")
+def test_tools_ipvsd_on_pypy_runs_with_the_4m_nursery(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYPY_GC_NURSERY", "IPVS_SOCKET")}
+    line = runtime_log_line([str(ROOT / ".venv-pypy" / "bin" / "python"), str(IPVSD)], tmp_path, env)
+    assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M)"), line

@@ -85,6 +85,21 @@ def test_installed_ipvsadm_and_ipvsd_answer_help(installed, tmp_path):
 
 
 @pytest.mark.slow
+def test_installed_ipvsd_starts_pypy_with_the_4m_nursery(installed, tmp_path):
+    """The console script behaves as tools/ipvsd: on PyPy (this test's
+    PyPy pass builds a PyPy virtualenv) it restarts itself once with
+    PYPY_GC_NURSERY=4M, which PyPy reads only at start; on CPython nothing."""
+    from tests.test_daemon import runtime_log_line
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "IPVS_SOCKET", "PYPY_GC_NURSERY")}
+    line = runtime_log_line([str(installed / "bin" / "ipvsd")], tmp_path, env)
+    if sys.implementation.name == "pypy":
+        assert line.endswith(", GC nursery 4M)"), line
+    else:
+        assert line.startswith("ipvsd: INFO running on CPython ") and "nursery" not in line, line
+
+
+@pytest.mark.slow
 def test_the_package_is_imported_from_the_venv_not_the_checkout(installed, tmp_path):
     r = subprocess.run([str(installed / "bin" / "python"), "-c", "import ipvs; print(ipvs.__file__)"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)

@@ -20,11 +20,8 @@ reads ``--runtime`` and ``IPVSD_RUNTIME`` (``auto``, ``pypy``, ``cpython``).
 interpreter of your own).
 
 On PyPy the daemon runs with a 4 MB young generation (``PYPY_GC_NURSERY``,
-unless set): with PyPy's default, sized from the L2 cache, every 64 KB GSO
-super-frame copied out of its RX slot is a "large" object allocated outside
-the nursery, and bulk traffic ran at half the rate (``bench/driver.py``'s
-bulk figure: 26 against 60 Gbit/s of driver time; short connections gained
-too).
+unless set): ``ipvs.daemon.console_main`` sees to it, for this launcher and
+the installed command alike (``ipvs.daemon.PYPY_ENV`` says why).
 """
 
 from __future__ import annotations
@@ -36,8 +33,6 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 VENVS = {"cpython": os.path.join(ROOT, ".venv"), "pypy": os.path.join(ROOT, ".venv-pypy")}
 RUNTIMES = ("auto", "pypy", "cpython")
-#: Environment the daemon's PyPy starts with, unless the caller set it.
-PYPY_ENV = {"PYPY_GC_NURSERY": "4M"}
 
 
 def _python(venv: str) -> str:
@@ -64,10 +59,8 @@ def ensure(runtime: str = "cpython") -> None:
     venv = VENVS.get(runtime)
     if os.environ.get("PYIPVS_NO_VENV") or venv is None or not os.path.exists(_python(venv)):
         return
-    missing = {k: v for k, v in PYPY_ENV.items() if k not in os.environ} if runtime == "pypy" else {}
-    if os.path.realpath(sys.prefix) == os.path.realpath(venv) and not missing:
+    if os.path.realpath(sys.prefix) == os.path.realpath(venv):
         return
-    os.environ.update(missing)  # read by PyPy at start: hence the exec even inside the venv
     python = _python(venv)
     os.execv(python, [python, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
 

@@ -1,7 +1,7 @@
 """ipvs-replay RULES IN.pcap [IN2.pcap ...] OUT.pcap [--trace]
 
 The PyIPVS core, offline.  RULES is a file in `ipvsadm -S` format (what
-`ipvsadm -R` reads).  The input captures hold frames arriving at the
+`ipvsadm -R` reads; comment lines as in Debian's /etc/ipvsadm.rules).  The input captures hold frames arriving at the
 director (client requests and real-server replies, in any order: several
 files are merged by time).  OUT.pcap receives every frame the director
 transmits, stamped with the time of the frame that caused it; the pcap
@@ -23,6 +23,7 @@ import io
 import sys
 from typing import Any, cast
 
+from ipvs import rules
 from ipvs.cli.ipvsadm import restore
 from ipvs.core import Director
 from ipvs.driver import pcap
@@ -72,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     director = Director()
     err = io.StringIO()
     try:
-        with open(a.rules) as f:
-            rc = restore(f.read().splitlines(), LocalTransport(director.ipvs), stderr=err)
+        text = rules.read(a.rules)
     except OSError as e:
         print(f"ipvs-replay: {a.rules}: {e.strerror}", file=sys.stderr)
         return 2
+    if not text.exists:
+        print(f"ipvs-replay: {a.rules}: No such file or directory", file=sys.stderr)
+        return 2
+    rc = restore(text.rules, LocalTransport(director.ipvs), stderr=err)
     if rc != 0 or err.getvalue():
         sys.stderr.write(err.getvalue())
         print(f"ipvs-replay: {a.rules}: rules not accepted (status {rc})", file=sys.stderr)

@@ -29,6 +29,9 @@ What is reproduced on purpose, quirks included:
   ``ipvsadm`` is dropped, ``#`` starts no comment, and a last line that
   ends in blanks without a newline is lost.
 
+The rules format itself, ``-S``'s lines and ``-R``'s words, is
+:mod:`ipvs.rules`'s, shared with ``ipvsd`` and ``ipvs-replay``.
+
 Differences, and why: there is no kernel module to load, so a missing
 daemon gives "Can't initialize ipvs" naming ``ipvsd`` (exit 2); ``-h`` and
 ``-v`` work without a daemon; ``--socket PATH`` (or ``IPVS_SOCKET``)
@@ -63,7 +66,10 @@ from ipvs.uapi import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any, TextIO
+    from typing import Any, NoReturn, TextIO
+
+    #: An entry of ipvsadm's popt table: (long name, short name, argument, value).
+    OptionEntry = tuple[str | None, str | None, int, int]
 
 PROG = "ipvsadm"
 IPVSADM_VERSION = "v1.31 2019/12/24"
@@ -163,7 +169,9 @@ COMMANDS_V_OPTIONS = (
 
 
 def _masks(row: str) -> tuple[int, int, int]:
-    return tuple(sum(1 << j for j, ch in enumerate(row) if ch == k) for k in "+x1")
+    """A row of the legality table as bit masks of its ``+``, ``x`` and ``1`` columns."""
+    plus, x, one = (sum(1 << j for j, ch in enumerate(row) if ch == k) for k in "+x1")
+    return plus, x, one
 
 
 _OPT_MASKS = [_masks(row) for row in COMMANDS_V_OPTIONS]
@@ -171,7 +179,6 @@ _TUN_OPTS = sum(1 << c for c in (OPTC_TUN_TYPE, OPTC_TUN_PORT, OPTC_TUN_NOCSUM, 
 
 TUNNAMES = ("ipip", "gue", "gre")
 TUNFLAGS = ("-c", "+c", "r+c")
-TUN_FLAGS_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
 TUNOPTS = (OPTC_TUN_PORT, OPTC_TUN_NOCSUM, OPTC_TUN_CSUM, OPTC_TUN_REMCSUM)
 TUNNEL_TYPES_V_OPTIONS = ("xxxx", "+111", "x11x")  # ipip, gue, gre
 
@@ -251,8 +258,8 @@ OPTIONS_TABLE = (
 )
 
 # popt finds the first table entry with a name; "list" appears twice (-L, -l).
-_LONG_OPTS: dict[str, tuple] = {}
-_SHORT_OPTS: dict[str, tuple] = {}
+_LONG_OPTS: dict[str, OptionEntry] = {}
+_SHORT_OPTS: dict[str, OptionEntry] = {}
 for _o in OPTIONS_TABLE:
     _LONG_OPTS.setdefault(_o[0], _o)
     if _o[1]:
@@ -332,8 +339,8 @@ def _strtol(s: str) -> tuple[int | None, str, bool]:
 def string_to_number(s: str, lo: int, hi: int) -> int:
     """ipvsadm's ``string_to_number``: the whole string, in range, or -1."""
     if s.isascii() and s.isdigit() and len(s) < 19:
-        v = int(s)  # the common case, without the regular expression
-        return v if lo <= v <= hi else -1
+        n = int(s)  # the common case, without the regular expression
+        return n if lo <= n <= hi else -1
     v, rest, overflow = _strtol(s)
     if v is not None and rest == "" and not overflow and lo <= v <= hi:
         return v
@@ -434,18 +441,18 @@ class Popt:
         self.rest_leftover = False
 
     @staticmethod
-    def _find_long(name: str):
+    def _find_long(name: str) -> OptionEntry | None:
         return _LONG_OPTS.get(name)
 
     @staticmethod
-    def _find_short(c: str):
+    def _find_short(c: str) -> OptionEntry | None:
         return _SHORT_OPTS.get(c)
 
     def next_opt(self) -> tuple[int, str | None]:
         """(value, argument); value -1 at the end, or a POPT_ERROR_* code."""
         while True:
             long_arg: str | None = None
-            opt = None
+            opt: OptionEntry | None = None
             if self.next_char is None:
                 if self.next >= len(self.args):
                     return -1, None
@@ -481,6 +488,8 @@ class Popt:
                     return POPT_ERROR_BADOPT, None
                 if remainder:
                     self.next_char = remainder
+            if opt is None:  # not reached: a long option was found, or a short one just now
+                return POPT_ERROR_BADOPT, None
             _long, _short, argtype, val = opt
             arg = None
             if argtype == ARG_NONE:
@@ -817,9 +826,7 @@ def _largenum(i: int, fmt: int) -> str:
 
 
 _FWD_NAMES = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}
-_FWD_SWITCH = {0: "-m", 1: "-g", 2: "-i", 3: "-g"}
 _PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}
-_PROTO_OPTIONS = {IPPROTO_TCP: "-t", IPPROTO_UDP: "-u", IPPROTO_SCTP: "--sctp-service"}
 
 
 def _req(cmd: str, **fields: Any) -> dict:
@@ -845,7 +852,9 @@ class Ipvsadm:
     def __init__(self, transport_factory: Callable[[], Any], stdout: TextIO, stderr: TextIO, stdin: TextIO,
                  resolver: Resolver | None = None) -> None:
         self._factory = transport_factory
-        self._transport = None
+        #: The director: any object with ``call(request) -> reply`` (and
+        #: ``submit``/``receive`` to pipeline), set by :meth:`init`.
+        self._transport: Any = None
         self.out = stdout
         self.err = stderr
         self.stdin = stdin
@@ -874,27 +883,27 @@ class Ipvsadm:
 
     # ------------------------------------------------------------ plumbing
 
-    def fail(self, code: int, msg: str) -> None:
+    def fail(self, code: int, msg: str) -> NoReturn:
         """``fail()``: print ``msg`` and leave with ``code``."""
         self.error(msg + "\n")
         raise _Exit(code)
 
-    def tryhelp_exit(self, code: int) -> None:
+    def tryhelp_exit(self, code: int) -> NoReturn:
         """``tryhelp_exit()``: print the ``Try `ipvsadm -h' ...`` line and leave with ``code``."""
         self.error(f"Try `{PROG} -h' or '{PROG} --help' for more information.\n")
         raise _Exit(code)
 
-    def init(self) -> None:
-        """``ipvs_init``: reach the director and read its version and table size."""
+    def init(self) -> tuple[int, int]:
+        """``ipvs_init``: reach the director and read its version and table size (returned)."""
         if self.info is not None:
-            return
+            return self.info
         try:
             self._transport = self._factory()
             reply = self._transport.call({"version": 1, "cmd": "GET_INFO"})
             if not reply.get("ok"):
                 raise OSError(reply.get("errno", errno.EIO), reply.get("message", ""))
             info = reply["info"]
-            self.info = (int(info["version"]), int(info["conn_tab_size"]))
+            version, size = int(info["version"]), int(info["conn_tab_size"])
         except (OSError, ImportError, KeyError, TypeError, ValueError, AttributeError) as e:
             reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e) or type(e).__name__
             self.fail(2, f"Can't initialize ipvs: {reason}\n"
@@ -903,11 +912,13 @@ class Ipvsadm:
         ext = reply.get("extensions")
         if isinstance(ext, list):
             self.extensions = frozenset(e for e in ext if isinstance(e, str))
-        if self.info[0] < MINIMUM_IPVS_VERSION:
-            v = self.info[0]
+        if version < MINIMUM_IPVS_VERSION:
+            v = version
             self.err.write("Warning: IPVS version mismatch: \n"
                            f"  Kernel compiled with IPVS version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}\n"
                            "  ipvsadm v1.31  requires minimum IPVS version 1.1.4\n\n")
+        self.info = (version, size)
+        return self.info
 
     def error(self, text: str) -> None:
         """Write to stderr after the queued commands have reported."""
@@ -1172,6 +1183,9 @@ class Ipvsadm:
             c, optarg = popt.next_opt()
             if c < 0:
                 break
+            # popt gives an option that takes an argument its word (or fails
+            # above); only -p's is optional, None when left out.
+            arg = "" if optarg is None else optarg
             if c in (K_t, K_u, TAG_SCTP_SERVICE):
                 set_option(OPTC_SERVICE)
                 ce.svc.protocol = {K_t: IPPROTO_TCP, K_u: IPPROTO_UDP}.get(c, IPPROTO_SCTP)
@@ -1181,10 +1195,10 @@ class Ipvsadm:
                 set_option(OPTC_SERVICE)
                 ce.svc.af = AF_INET
                 ce.svc.protocol = IPPROTO_TCP
-                ce.svc.fwmark = self.parse_fwmark(optarg)
+                ce.svc.fwmark = self.parse_fwmark(arg)
             elif c == K_s:
                 set_option(OPTC_SCHEDULER)
-                ce.svc.sched_name = optarg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
+                ce.svc.sched_name = arg[: uapi.IP_VS_SCHEDNAME_MAXLEN - 1]
             elif c == K_p:
                 set_option(OPTC_PERSISTENT)
                 ce.svc.flags |= uapi.IP_VS_SVC_F_PERSISTENT
@@ -1192,12 +1206,12 @@ class Ipvsadm:
             elif c == K_M:
                 set_option(OPTC_NETMASK)
                 if ce.svc.af != AF_INET6:
-                    mask = self.parse_netmask(optarg)
+                    mask = self.parse_netmask(arg)
                     if mask is None:
                         self.fail(2, "illegal virtual server persistent mask specified")
                     ce.svc.netmask = mask
                 else:
-                    ce.svc.netmask = _atoi(optarg)
+                    ce.svc.netmask = _atoi(arg)
                     if not 1 <= ce.svc.netmask <= 128:
                         self.fail(2, "illegal ipv6 netmask specified")
             elif c == K_r:
@@ -1218,17 +1232,17 @@ class Ipvsadm:
                 set_option(OPTC_WEIGHT)
                 # Debian's 1.31 build takes any weight the kernel does (0..INT_MAX),
                 # not upstream's 0..65535: the recorded transcript accepts 70000.
-                ce.dest.weight = string_to_number(optarg, 0, INT_MAX)
+                ce.dest.weight = string_to_number(arg, 0, INT_MAX)
                 if ce.dest.weight == -1:
                     self.fail(2, "illegal weight specified")
             elif c == K_x:
                 set_option(OPTC_UTHRESHOLD)
-                ce.dest.u_threshold = string_to_number(optarg, 0, INT_MAX)
+                ce.dest.u_threshold = string_to_number(arg, 0, INT_MAX)
                 if ce.dest.u_threshold == -1:
                     self.fail(2, "illegal u_threshold specified")
             elif c == K_y:
                 set_option(OPTC_LTHRESHOLD)
-                ce.dest.l_threshold = string_to_number(optarg, 0, INT_MAX)
+                ce.dest.l_threshold = string_to_number(arg, 0, INT_MAX)
                 if ce.dest.l_threshold == -1:
                     self.fail(2, "illegal l_threshold specified")
             elif c == K_c:
@@ -1238,10 +1252,10 @@ class Ipvsadm:
                 fmt |= FMT_NUMERIC
             elif c == TAG_MCAST_INTERFACE:
                 set_option(OPTC_MCAST)
-                ce.daemon.mcast_ifn = optarg[: uapi.IP_VS_IFNAME_MAXLEN - 1]
+                ce.daemon.mcast_ifn = arg[: uapi.IP_VS_IFNAME_MAXLEN - 1]
             elif c == K_I:
                 set_option(OPTC_SYNCID)
-                ce.daemon.syncid = string_to_number(optarg, 0, 255)
+                ce.daemon.syncid = string_to_number(arg, 0, 255)
                 if ce.daemon.syncid == -1:
                     self.fail(2, "illegal syncid specified")
             elif c in _SIMPLE_FLAGS:
@@ -1261,26 +1275,26 @@ class Ipvsadm:
                 ce.svc.flags |= uapi.IP_VS_SVC_F_ONEPACKET
             elif c == TAG_PERSISTENCE_ENGINE:
                 set_option(OPTC_PERSISTENCE_ENGINE)
-                ce.svc.pe_name = optarg[: uapi.IP_VS_PENAME_MAXLEN]
+                ce.svc.pe_name = arg[: uapi.IP_VS_PENAME_MAXLEN]
             elif c == K_b:
                 set_option(OPTC_SCHED_FLAGS)
-                sched_flags_arg = optarg[:127]
+                sched_flags_arg = arg[:127]
             elif c == TAG_MCAST_GROUP:
                 set_option(OPTC_MCAST_GROUP)
-                self.parse_mcast_group(optarg, ce.daemon)
+                self.parse_mcast_group(arg, ce.daemon)
             elif c == TAG_MCAST_PORT:
                 set_option(OPTC_MCAST_PORT)
-                ce.daemon.mcast_port = string_to_number(optarg, 1, 65535)
+                ce.daemon.mcast_port = string_to_number(arg, 1, 65535)
                 if ce.daemon.mcast_port == -1:
                     self.fail(2, "illegal mcast-port specified")
             elif c == TAG_MCAST_TTL:
                 set_option(OPTC_MCAST_TTL)
-                ce.daemon.mcast_ttl = string_to_number(optarg, 1, 255)
+                ce.daemon.mcast_ttl = string_to_number(arg, 1, 255)
                 if ce.daemon.mcast_ttl == -1:
                     self.fail(2, "illegal mcast-ttl specified")
             elif c == TAG_SYNC_MAXLEN:
                 set_option(OPTC_SYNC_MAXLEN)
-                ce.daemon.sync_maxlen = string_to_number(optarg, 1, 65535 - 20 - 8)
+                ce.daemon.sync_maxlen = string_to_number(arg, 1, 65535 - 20 - 8)
                 if ce.daemon.sync_maxlen == -1:
                     self.fail(2, "illegal sync-maxlen specified")
             elif c == TAG_TUN_TYPE:
@@ -1290,7 +1304,7 @@ class Ipvsadm:
                 ce.dest.tun_type = TUNNAMES.index(optarg)
             elif c == TAG_TUN_PORT:
                 set_option(OPTC_TUN_PORT)
-                ce.dest.tun_port = string_to_number(optarg, 1, 65535)
+                ce.dest.tun_port = string_to_number(arg, 1, 65535)
                 if ce.dest.tun_port == -1:
                     self.fail(2, "illegal tunnel port specified")
             elif c == TAG_TUN_NOCSUM:
@@ -1715,13 +1729,15 @@ class Ipvsadm:
         """``restore_table`` (``-R``): run each line of standard input as a command, in batches; the status of the last
         line.
         """
+        from ipvs import rules  # here, not at the top: only -R reads rules
+
         if reading_stdin:
             self.tryhelp_exit(-1)
         result = 0
         self.batching = True
         try:
             fast = self.fast_command if self.fast else _no_fast_command
-            for tokens in config_stream_read(self.stdin.read()):
+            for tokens in rules.config_stream_read(self.stdin.read()):
                 if tokens:
                     self._last_queued = False
                     cmd = fast(tokens)
@@ -1797,69 +1813,41 @@ class Ipvsadm:
             w("Prot LocalAddress:Port Scheduler Flags\n"
               "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n")
 
-    @staticmethod
-    def sched_flags_text(se: ServiceEntry) -> str:
-        """The scheduler flags of a service as listings print them (``sh-fallback,sh-port``, ``flag-1``...)."""
-        names: list[str] = []
-        if se.sched_name == "sh":
-            pairs = ((uapi.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-fallback"), (uapi.IP_VS_SVC_F_SCHED_SH_PORT, "sh-port"))
-        elif se.sched_name == "mh":
-            pairs = ((uapi.IP_VS_SVC_F_SCHED_MH_FALLBACK, "mh-fallback"), (uapi.IP_VS_SVC_F_SCHED_MH_PORT, "mh-port"))
-        else:
-            pairs = ((uapi.IP_VS_SVC_F_SCHED1, "flag-1"), (uapi.IP_VS_SVC_F_SCHED2, "flag-2"),
-                     (uapi.IP_VS_SVC_F_SCHED3, "flag-3"))
-        for bit, name in pairs:
-            if se.flags & bit:
-                names.append(name)
-        return ",".join(names)
-
     def print_service_entry(self, se: ServiceEntry, fmt: int, dests: list[DestEntry] | None = None) -> None:
-        """``print_service_entry``: one service and its real servers, in the listing's or ``-S``'s format."""
+        """``print_service_entry``: one service and its real servers, in the listing's or ``-S``'s format
+        (``-S``'s lines are :mod:`ipvs.rules`'s)."""
+        from ipvs import rules  # here, not at the top: a plain listing is ipvsadm's common case
+
         if dests is None:
             dests = self.get_dests(se)
         w = self.out.write
         if se.fwmark:
-            mark = _int32(se.fwmark)
-            if fmt & FMT_RULE:
-                svc_name = f"-f {mark} -6" if se.af == AF_INET6 else f"-f {mark}"
-            else:
-                svc_name = f"FWM  {mark} IPv6" if se.af == AF_INET6 else f"FWM  {mark}"
+            vname = ""
         else:
             vname = self.addrport_to_anyname(se.af, se.addr, se.port, se.protocol, fmt)
-            if fmt & FMT_RULE:
-                svc_name = f"{_PROTO_OPTIONS.get(se.protocol, '--xxx-service')} {vname}"
-            else:
-                svc_name = f"{_PROTO_NAMES.get(se.protocol, '?'):<4} {vname}"
-                if se.af != AF_INET6:
-                    svc_name = svc_name[:33]
-        sched_flags = se.flags & uapi.IP_VS_SVC_F_SCHED_MASK
         if fmt & FMT_RULE:
-            line = f"-A {svc_name} -s {se.sched_name}"
-            if se.flags & uapi.IP_VS_SVC_F_PERSISTENT:
-                line += f" -p {se.timeout}"
-                if se.af == AF_INET and se.netmask != 0xFFFFFFFF:
-                    line += f" -M {_inet_ntop(AF_INET, se.netmask.to_bytes(4, 'big'))}"
-                if se.af == AF_INET6 and se.netmask != 128:
-                    line += f" -M {_int32(se.netmask)}"
-            if se.pe_name:
-                line += f" --pe {se.pe_name}"
-            if se.flags & uapi.IP_VS_SVC_F_ONEPACKET:
-                line += " -o"
-            if sched_flags:
-                line += " -b " + self.sched_flags_text(se)
+            svc_name = rules.service_option(se.protocol, se.fwmark, se.af, vname)
+        elif se.fwmark:
+            mark = _int32(se.fwmark)
+            svc_name = f"FWM  {mark} IPv6" if se.af == AF_INET6 else f"FWM  {mark}"
+        else:
+            svc_name = f"{_PROTO_NAMES.get(se.protocol, '?'):<4} {vname}"
+            if se.af != AF_INET6:
+                svc_name = svc_name[:33]
+        if fmt & FMT_RULE:
+            line = rules.service_line(svc_name, se.sched_name, se.flags, se.timeout, se.af, se.netmask, se.pe_name)
         elif fmt & (FMT_STATS | FMT_RATE):
             values = se.stats[:5] if fmt & FMT_STATS else se.stats[5:]
             line = f"{svc_name:<33}" + "".join(_largenum(v, fmt) for v in values)
         else:
             line = f"{svc_name} {se.sched_name}"
-            if sched_flags:
-                line += f" ({self.sched_flags_text(se)})"
+            if se.flags & uapi.IP_VS_SVC_F_SCHED_MASK:
+                line += f" ({rules.sched_flags_text(se.sched_name, se.flags)})"
             if se.flags & uapi.IP_VS_SVC_F_PERSISTENT:
                 line += f" persistent {se.timeout}"
-                if se.af == AF_INET and se.netmask != 0xFFFFFFFF:
-                    line += f" mask {_inet_ntop(AF_INET, se.netmask.to_bytes(4, 'big'))}"
-                if se.af == AF_INET6 and se.netmask != 128:
-                    line += f" mask {_int32(se.netmask)}"
+                mask = rules.netmask_text(se.af, se.netmask)
+                if mask is not None:
+                    line += f" mask {mask}"
                 if se.pe_name:
                     line += f" pe {se.pe_name}"
             if se.flags & uapi.IP_VS_SVC_F_ONEPACKET:
@@ -1879,7 +1867,8 @@ class Ipvsadm:
                 if not fmt & FMT_RULE and e.af != AF_INET6:
                     dname = dname[:28]
             if fmt & FMT_RULE:
-                w(self.dest_rule(svc_name, dname, e) + "\n")
+                w(rules.dest_line(svc_name, dname, e.conn_flags, e.weight, e.tun_type, e.tun_port, e.tun_flags)
+                  + "\n")
             elif fmt & FMT_STATS:
                 w(f"  -> {dname:<28}" + "".join(_largenum(v, fmt) for v in e.stats[:5]) + "\n")
             elif fmt & FMT_RATE:
@@ -1914,22 +1903,6 @@ class Ipvsadm:
             return f"gre:{flag}"[:15]
         return None
 
-    @staticmethod
-    def dest_rule(svc_name: str, dname: str, e: DestEntry) -> str:
-        """One ``-a`` line of ``-S`` for a real server (tunnel options included for tunnels)."""
-        fwd = e.conn_flags & uapi.IP_VS_CONN_F_FWD_MASK
-        base = f"-a {svc_name} -r {dname} {_c_str(_FWD_SWITCH.get(fwd))} -w {e.weight}"
-        if fwd != uapi.IP_VS_CONN_F_TUNNEL:
-            return base
-        flag = TUN_FLAGS_OPTS[e.tun_flags] if e.tun_flags < len(TUN_FLAGS_OPTS) else "(null)"
-        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE:
-            return f"{base} --tun-type gre {flag}"
-        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE:
-            return f"{base} --tun-type gue --tun-port {e.tun_port} {flag}"
-        if e.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_IPIP:
-            return f"{base} --tun-type ipip"
-        return base
-
     def list_service(self, svc: SvcSpec, fmt: int) -> None:
         """``list_service``: ``-L`` of one service (status 1 when there is no such service)."""
         self.func = "get_service"
@@ -1943,9 +1916,8 @@ class Ipvsadm:
 
     def list_all(self, fmt: int) -> None:
         """``list_all``: ``-L`` and ``-S`` of every service, sorted as ipvsadm sorts them."""
-        self.init()
+        v, size = self.init()
         if not fmt & FMT_RULE:
-            v, size = self.info
             self.out.write(f"IP Virtual Server version {v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF} (size={size})\n")
         stats = bool(fmt & (FMT_STATS | FMT_RATE))
         services = self.get_services(stats)
@@ -2084,7 +2056,7 @@ class Ipvsadm:
         return (f"ipvsadm {IPVSADM_VERSION} (compiled with popt and IPVS "
                 f"v{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF})\n")
 
-    def usage_exit(self, code: int) -> None:
+    def usage_exit(self, code: int) -> NoReturn:
         """``usage_exit``: the version line and the usage text, on stdout for ``-h`` (status 0), else on stderr."""
         stream = self.out if code == 0 else self.err
         stream.write(self.version_line() + usage_text(PROG))
@@ -2188,32 +2160,10 @@ def _scan_conn(buf: str) -> tuple[int, list]:
 
 
 def config_stream_read(text: str) -> Iterable[list[str]]:
-    """``config_stream_read`` applied line after line: the words of each line.
+    """The words of each line as ``-R`` reads them: :func:`ipvs.rules.config_stream_read`."""
+    from ipvs import rules  # here, not at the top: only -R reads rules
 
-    Words are separated by spaces, tabs and CRs; a word ``ipvsadm`` is
-    dropped.  The C function reads with ``fscanf`` and gives up (returns
-    NULL) when it meets the end of input while skipping blanks, so a last
-    line without a newline that ends in two or more blanks is lost; one
-    blank is swallowed with the word before it.
-    """
-    lines = text.split("\n")
-    last = lines.pop()  # the text after the last newline ("" if it ends with one)
-    if text.isascii() and _OTHER_SPACE.search(text) is None:
-        # str.split() then splits exactly at spaces, tabs and CRs, faster.
-        for line in lines:
-            words = line.split()
-            yield [w for w in words if w != "ipvsadm"] if "ipvsadm" in words else words
-    else:
-        for line in lines:
-            yield [w for w in _WORD.findall(line) if w != "ipvsadm"]
-    words = [w for w in _WORD.findall(last) if w != "ipvsadm"]
-    if words and len(last) - len(last.rstrip(" \t\r")) < 2:
-        yield words
-
-
-_WORD = re.compile(r"[^ \t\r]+")
-#: ASCII characters other than space, tab, CR and LF that str.split() splits at.
-_OTHER_SPACE = re.compile(r"[\x0b\x0c\x1c-\x1f]")
+    return rules.config_stream_read(text)
 
 
 def usage_text(program: str) -> str:
@@ -2426,10 +2376,13 @@ def _gc_paused():
 
 def restore(lines: Iterable[str], transport: Any, stderr: TextIO | None = None, stdout: TextIO | None = None,
             resolver: Resolver | None = None) -> int:
-    """Apply a rules file as ``ipvsadm -R`` does; return its exit status.
+    """Apply rule lines as ``ipvsadm -R`` does; return its exit status
+    (0: every line applied; errors are written to ``stderr`` and the
+    other lines still apply, as with ``ipvsadm -R``).
 
-    For ``ipvsd``, which loads its rules at start.  Output of listing
-    commands in the file goes to ``stdout`` (discarded by default).
+    For ``ipvsd`` and ``ipvs-replay``, which read their rules files with
+    :func:`ipvs.rules.read` (Debian's comment lines allowed).  Output of
+    listing commands in the file goes to ``stdout`` (discarded by default).
     """
     import io
 
@@ -2440,3 +2393,16 @@ def restore(lines: Iterable[str], transport: Any, stderr: TextIO | None = None, 
             return _exit_status(tool.restore_table(False))
     except _Exit as e:
         return _exit_status(e.code)
+
+
+def save(transport: Any) -> str:
+    """The rules as ``ipvsadm -S -n`` prints them, for ``ipvsd``'s
+    ``--save`` and state file; raises ``OSError`` if the director could not
+    list them (nothing must then be written)."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["-S", "-n"], transport=transport, stdout=out, stderr=err)
+    if rc != 0:
+        raise OSError(f"ipvsadm -S failed: {err.getvalue().strip() or f'exit {rc}'}")
+    return out.getvalue()

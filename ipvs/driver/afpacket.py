@@ -77,6 +77,7 @@ import socket
 import struct
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
@@ -105,6 +106,7 @@ from ipvs.packet import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
+    IPHeader,
     csum_words,
     icmp_checksum,
     ip_send_check,
@@ -158,6 +160,10 @@ def _net(text: str) -> tuple[int, int, int]:
     return int(iface.ip), int(iface.network.netmask), iface.network.prefixlen
 
 
+def _not_attached(buf: bytearray) -> None:
+    """A port no driver handles yet: what it receives is not looked at."""
+
+
 class Port:
     """One interface of the director: its ring, addresses and neighbours."""
 
@@ -172,7 +178,8 @@ class Port:
         self.mac = mac or ZERO_MAC
         self.mtu = mtu
         self.ring = ring
-        self.rx_handler = None
+        #: The per-frame function the driver attaches (AFPacketDriver._make_rx).
+        self.rx_handler: Callable[[bytearray], None] = _not_attached
         self.neigh = NeighTable(hz)
         self.arp_for: set[int] = {addr}
 
@@ -301,6 +308,10 @@ class AFPacketDriver:
         self.dst_cache: dict[int, tuple] = {}
         for p in ports:
             p.rx_handler = self._make_rx(p)
+        #: Commands that undo what from_args changed on the interfaces (offloads).
+        self._undo: list[list[str]] = []
+        #: Shared mode: the nft table is in place, so VIPs are kept in its set.
+        self._nft_ready = False
         self.sync_services(force=True)
 
     # ------------------------------------------------------------ plug-in API
@@ -360,7 +371,7 @@ class AFPacketDriver:
                 p.ring.close()
         if self.mode == "shared":
             nft.remove()
-        for undo in getattr(self, "_undo", []):
+        for undo in self._undo:
             _run_undo(undo)
         self._undo = []
 
@@ -392,7 +403,7 @@ class AFPacketDriver:
             ring = p.ring
             if hasattr(ring, "set_filter"):
                 ring.set_filter(self.filter_for(p))
-        if self.mode == "shared" and getattr(self, "_nft_ready", False):
+        if self.mode == "shared" and self._nft_ready:
             try:
                 # fwmark VIPs join the drop set like any VIP (it is by address).
                 nft.sync_services(svcs | {(_I.pack(a), socket.IPPROTO_TCP, 0) for a in fw_vips})
@@ -684,7 +695,7 @@ class AFPacketDriver:
     def _local_in(self, p: Port, buf: bytearray) -> None:
         """Spare mode: the director's own addresses answer like a host's."""
         h = parse(buf, L3)
-        if not hasattr(h, "l4"):
+        if not isinstance(h, IPHeader):
             return
         proto = h.protocol
         end = h.end
@@ -730,7 +741,9 @@ class AFPacketDriver:
             struct.pack_into("!HHIIBBH", out, 20, dport, sport, 0, (seq + seglen) & 0xFFFFFFFF, 5 << 4,
                              TCP_RST | TCP_ACK, 0)
         ip_send_check(out, 0)
-        l4_csum_full(out, parse(out, 0))
+        rst = parse(out, 0)
+        assert isinstance(rst, IPHeader)  # built above: a whole IPv4 TCP segment
+        l4_csum_full(out, rst)
         self.counts["tcp_reset"] += 1
         self.ipvs.outbox.append(out)
 
@@ -773,9 +786,10 @@ class AFPacketDriver:
 
     def route(self, daddr: int) -> tuple[Port, int] | None:
         """(port, next hop) for ``daddr``: longest prefix match, cached."""
-        r = self.route_cache.get(daddr, False)
-        if r is not False:
-            return r
+        try:
+            return self.route_cache[daddr]
+        except KeyError:
+            pass
         r = None
         for net, mask, _plen, port, gw in self.routes:
             if daddr & mask == net:

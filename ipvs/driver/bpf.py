@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import struct
 
+from ipvs.packet import ETH_P_ARP, ETH_P_IP
+
 # Instruction classes, sizes, modes, operations (linux/filter.h, bpf_common.h).
 BPF_LD, BPF_LDX, BPF_ALU, BPF_JMP, BPF_RET = 0x00, 0x01, 0x04, 0x05, 0x06
 BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
@@ -39,18 +41,15 @@ INSN = struct.Struct("=HBBI")
 ACCEPT_LEN = 0x40000
 MAX_ADDRS = 200
 
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-
 
 class Asm:
     """A tiny assembler: instructions with symbolic jump targets."""
 
     def __init__(self) -> None:
-        self.code: list[tuple[int, object, object, int]] = []
+        self.code: list[tuple[int, int | str, int | str, int]] = []
         self.labels: dict[str, int] = {}
 
-    def op(self, code: int, k: int = 0, jt: object = 0, jf: object = 0) -> None:
+    def op(self, code: int, k: int = 0, jt: int | str = 0, jf: int | str = 0) -> None:
         """Append one instruction; ``jt`` and ``jf`` are relative jumps or label names resolved by :meth:`assemble`.
         """
         self.code.append((code, jt, jf, k & 0xFFFFFFFF))
@@ -66,7 +65,7 @@ class Asm:
             out += INSN.pack(code, self._rel(i, jt), self._rel(i, jf), k)
         return bytes(out)
 
-    def _rel(self, i: int, target: object) -> int:
+    def _rel(self, i: int, target: int | str) -> int:
         if isinstance(target, int):
             return target
         rel = self.labels[target] - i - 1

@@ -99,15 +99,18 @@ class Reassembler:
             q = self.queues[key] = FragQueue(now + self.timeout)
         if not more:
             if q.total >= 0 and q.total != off + plen:
-                return self._kill(key, q, overlap=True)
+                self._kill(key, q, overlap=True)
+                return None
             q.total = off + plen
         for o, p in q.parts.items():
             if o < off + plen and off < o + len(p):
                 if o == off and len(p) == plen:
                     return None  # exact duplicate
-                return self._kill(key, q, overlap=True)
+                self._kill(key, q, overlap=True)
+                return None
         if q.total >= 0 and off + plen > q.total:
-            return self._kill(key, q, overlap=True)
+            self._kill(key, q, overlap=True)
+            return None
         q.parts[off] = bytes(buf[l3 + ihl : l3 + tot])
         q.meat += plen
         self.mem += plen
@@ -132,7 +135,6 @@ class Reassembler:
         self.stats.overlaps += overlap
         self.mem -= q.meat
         del self.queues[key]
-        return None
 
     def expire(self, now: int) -> int:
         """Drop the queues whose 30 s have run out; returns how many."""

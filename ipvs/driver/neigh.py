@@ -34,8 +34,8 @@ import struct
 
 import attrs
 
-ETH_P_ARP = 0x0806
-ETH_P_IP = 0x0800
+from ipvs.packet import ETH_P_ARP, ETH_P_IP
+
 ARPOP_REQUEST = 1
 ARPOP_REPLY = 2
 BROADCAST = b"\xff" * 6
@@ -139,7 +139,7 @@ class NeighTable:
         """Queue a frame for an unresolved ``ip``; True if a request must go out now."""
         e = self.entries.get(ip)
         new = e is None
-        if new:
+        if e is None:
             e = self.entries[ip] = Neigh(ip, probes=1, next_probe=now + RETRANS_S * self.hz)
             self.stats.probes_sent += 1
         if len(e.queue) >= QUEUE_FRAMES:

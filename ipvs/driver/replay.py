@@ -56,8 +56,8 @@ def replay(
         elif trace is not None:
             trace(f"    verdict {'DROP' if verdict == 0 else 'ACCEPT (not for IPVS)'}")
         for pkt in director.ipvs.outbox:
-            frame = _ZERO_MAC + (rec.data[0:6] if rec.linktype == LINKTYPE_ETHERNET else _ZERO_MAC) + b"\x08\x00"
-            out.append((rec.ts, frame + bytes(pkt)))
+            eth = _ZERO_MAC + (rec.data[0:6] if rec.linktype == LINKTYPE_ETHERNET else _ZERO_MAC) + b"\x08\x00"
+            out.append((rec.ts, eth + bytes(pkt)))
             if trace is not None:
                 trace(f"    generated {describe(pkt, 0)}")
         director.ipvs.outbox.clear()

@@ -234,8 +234,9 @@ class RingSocket:
         frame built from ring pages is copied again when it crosses into
         another network namespace or is queued on a device).
         """
-        if n >= self.direct_min and self.direct is not None:
-            return self._send_direct(buf, n)
+        direct = self.direct
+        if n >= self.direct_min and direct is not None:
+            return self._send_direct(direct, buf, n)
         if n > self.tx_max:
             self.stats.tx_too_big += 1
             return False
@@ -261,13 +262,13 @@ class RingSocket:
             self.flush()
         return True
 
-    def _send_direct(self, buf: bytearray, n: int) -> bool:
+    def _send_direct(self, direct: socket.socket, buf: bytearray, n: int) -> bool:
         if n > MAX_FRAME + VNET_HDR_LEN:
             self.stats.tx_too_big += 1
             return False
         self.flush()
         try:
-            self.direct.send(buf if n == len(buf) else memoryview(buf)[:n], socket.MSG_DONTWAIT)
+            direct.send(buf if n == len(buf) else memoryview(buf)[:n], socket.MSG_DONTWAIT)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.ENOBUFS):
                 self.stats.tx_ring_full += 1

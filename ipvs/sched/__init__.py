@@ -182,12 +182,15 @@ def scheduler_err(svc: Service, msg: str) -> None:
     a scheduler used without an instance counts time as zero, so only the
     first ten lines go out.
     """
-    netns = svc.scheduler.netns if svc.scheduler is not None else None
+    sched = svc.scheduler
+    netns = sched.netns if sched is not None else None
     now, hz = (netns.now, netns.hz) if netns is not None else (0, HZ)
     if not net_ratelimit(now, hz):
         return
+    # Only a scheduler calls this, so the service has one; "?" if not.
+    name = sched.name if sched is not None else "?"
     if svc.fwmark:
-        log.info("%s: FWM %d 0x%08X - %s", svc.scheduler.name, svc.fwmark, svc.fwmark, msg)
+        log.info("%s: FWM %d 0x%08X - %s", name, svc.fwmark, svc.fwmark, msg)
     else:
         proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_SCTP: "SCTP"}.get(svc.protocol, "?")
-        log.info("%s: %s %s:%d - %s", svc.scheduler.name, proto, format_addr(svc.af, svc.addr), svc.port, msg)
+        log.info("%s: %s %s:%d - %s", name, proto, format_addr(svc.af, svc.addr), svc.port, msg)

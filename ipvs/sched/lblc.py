@@ -33,7 +33,7 @@ Differences from the kernel, and why:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -83,7 +83,16 @@ class LBLCEntry:
     lastuse: int
 
 
-class LocalityTable(Scheduler):
+class _Entry(Protocol):
+    """What the collection reads of an entry: its last use (jiffies)."""
+
+    lastuse: int
+
+
+_E = TypeVar("_E", bound=_Entry)
+
+
+class LocalityTable(Scheduler, Generic[_E]):
     """The entry table and its lazily-run collection timer.
 
     Shared by lblc and lblcr: subclasses name the expiration setting and
@@ -94,7 +103,7 @@ class LocalityTable(Scheduler):
 
     def __init__(self, svc: Service) -> None:
         super().__init__(svc)
-        self.entries: dict[bytes, object] = {}
+        self.entries: dict[bytes, _E] = {}
         self.rover = 0
         self.counter = 1
         self.next_check: int | None = None  # jiffies of the next 60 s run
@@ -182,7 +191,7 @@ class LocalityTable(Scheduler):
 
 
 @register_scheduler
-class LBLC(LocalityTable):
+class LBLC(LocalityTable[LBLCEntry]):
     """``ip_vs_lblc_scheduler``."""
 
     name = "lblc"
@@ -197,9 +206,9 @@ class LBLC(LocalityTable):
         en = self.entries.get(daddr)
         if en is not None:
             en.lastuse = now
-            d = en.dest
-            if d.flags & IP_VS_DEST_F_AVAILABLE and d.weight > 0 and not is_overloaded(d, svc):
-                return d
+            cached = en.dest
+            if cached.flags & IP_VS_DEST_F_AVAILABLE and cached.weight > 0 and not is_overloaded(cached, svc):
+                return cached
         d = wlc_pick(svc)
         if d is None:
             scheduler_err(svc, "no destination available")

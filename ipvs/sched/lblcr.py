@@ -39,7 +39,7 @@ class LBLCREntry:
     """``struct ip_vs_lblcr_entry`` with its ``ip_vs_dest_set``."""
 
     addr: bytes
-    dests: list  # newest first, as list_add_rcu leaves them
+    dests: list[Dest]  # newest first, as list_add_rcu leaves them
     lastmod: int
     lastuse: int
 
@@ -94,7 +94,7 @@ class LBLCREntry:
 
 
 @register_scheduler
-class LBLCR(LocalityTable):
+class LBLCR(LocalityTable[LBLCREntry]):
     """``ip_vs_lblcr_scheduler``."""
 
     name = "lblcr"

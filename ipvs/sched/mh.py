@@ -274,10 +274,11 @@ class MaglevHashing(Scheduler):
             self._lookup = [None] * m
             return
         rshift = max(0, (max(lws) // gcd).bit_length() - MH_TAB_BITS)
-        # [perm, skip, turns, dest] per dest in list order.  Only those
-        # with turns take slots; the kernel's loop merely steps over the
-        # others, so they are left out.
-        active = []
+        # (skip, turns, dest) per dest in list order, and each one's next
+        # slot in perms.  Only those with turns take slots; the kernel's
+        # loop merely steps over the others, so they are left out.
+        active: list[tuple[int, int, Dest]] = []
+        perms: list[int] = []
         for d in dests:
             lw = d.last_weight
             turns = (lw // gcd) >> rshift
@@ -285,13 +286,14 @@ class MaglevHashing(Scheduler):
                 turns = 1 if lw else 0
             if turns:
                 offset, skip = self._perm(d)
-                active.append([offset, skip, turns, d])
+                active.append((skip, turns, d))
+                perms.append(offset)
         lookup: list[Dest | None] = [None] * m
         taken = bytearray(m)
         n = 0
         while True:
-            for s in active:
-                perm, skip, turns, d = s
+            for i, (skip, turns, d) in enumerate(active):
+                perm = perms[i]
                 for _ in range(turns):
                     while taken[perm]:
                         perm += skip
@@ -303,7 +305,7 @@ class MaglevHashing(Scheduler):
                     if n == m:
                         self._lookup = lookup
                         return
-                s[0] = perm
+                perms[i] = perm
 
     def add_dest(self, dest: Dest) -> None:
         """``ip_vs_mh_dest_changed``: mark the lookup table for repopulation."""

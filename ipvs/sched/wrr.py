@@ -106,7 +106,8 @@ class WeightedRoundRobin(Scheduler):
                     self.cl, self._cl_idx = d, i
                     return d
                 if i == stop:
-                    return self._overloaded(stop)
+                    self._overloaded(stop)
+                    return None
             start = 0
             self.cw -= self.di
             if self.cw <= 0:
@@ -115,7 +116,8 @@ class WeightedRoundRobin(Scheduler):
                 # the first and only traversal (from the head) was for
                 # weight >= 1.
                 if last_pass or last < 0:
-                    return self._overloaded(-1)
+                    self._overloaded(-1)
+                    return None
                 restarted = True
             last_pass = self.cw <= self.di
             if last_pass and restarted and last >= 0:
@@ -129,4 +131,3 @@ class WeightedRoundRobin(Scheduler):
         else:
             self.cl, self._cl_idx = None, -1
         scheduler_err(self.svc, "no destination available: all destinations are overloaded")
-        return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import NamedTuple
 
 import attrs
 
@@ -55,28 +56,72 @@ def _first_diff(a: list[str], b: list[str]) -> str:
     return f"{len(a)} vs {len(b)} lines"
 
 
-def _order_rows(text: str) -> dict[str, tuple[str, str]]:
-    """``N SRC:PORT`` -> (label, server) of an order.txt."""
-    rows = {}
+class Request(NamedTuple):
+    """One line of an ``order.txt`` (``order_summary``): a client request
+    and the real server that answered it."""
+
+    #: The scenario's label of the step (``wlc-fresh``).
+    label: str
+    #: The request's number in the scenario, from 1.
+    n: int
+    #: The client's ``ADDR:PORT``.
+    src: str
+    #: ``rsK``, ``NONE`` (no server answered) or ``?`` (offline: the
+    #: kernel's capture has no frame of it to a VIP).
+    server: str
+
+    @property
+    def key(self) -> str:
+        """``N SRC:PORT``: what identifies the request across backends."""
+        return f"{self.n} {self.src}"
+
+
+def read_order(text: str) -> list[Request]:
+    """The requests of an ``order.txt``, in its order."""
+    rows = []
     for line in text.splitlines():
         f = line.split()
         if len(f) >= 4 and not line.startswith("#"):
-            rows[f"{f[1]} {f[2]}"] = (f[0], f[3])
+            rows.append(Request(f[0], int(f[1]), f[2], f[3]))
     return rows
+
+
+class DestCounts(NamedTuple):
+    """A real server's row of ``ipvsadm -Ln``: what the schedulers read."""
+
+    weight: int
+    active: int
+    inactive: int
+
+
+def read_listing_dests(text: str) -> dict[str, DestCounts]:
+    """The real-server rows of an ``ipvsadm -Ln`` listing, keyed
+    ``"PROT VIP:PORT RS:PORT"`` (``FWM MARK RS:PORT``), so that several
+    services can share a listing."""
+    out = {}
+    svc = ""
+    for line in text.splitlines():
+        if line.startswith(("TCP ", "UDP ", "FWM ", "SCTP ")):
+            svc = " ".join(line.split()[:2])
+        elif line.strip().startswith("->") and "RemoteAddress" not in line:
+            f = line.split()
+            out[f"{svc} {f[1]}"] = DestCounts(int(f[3]), int(f[4]), int(f[5]))
+    return out
 
 
 def compare_order(scenario: str, ref: str, got: str, name: str = "order.txt") -> list[Item]:
     """One item per request of the reference: the same server (or NONE)."""
-    r, g = _order_rows(ref), _order_rows(got)
+    g = {r.key: r for r in read_order(got)}
     items = []
-    for key, (label, server) in r.items():
-        item = f"{name}: {label} {key}"
-        if key not in g:
+    for r in read_order(ref):
+        item = f"{name}: {r.label} {r.key}"
+        mine = g.get(r.key)
+        if mine is None:
             items.append(Item(scenario, item, MISSING, "request not made"))
-        elif g[key][1] == "?":
+        elif mine.server == "?":
             items.append(Item(scenario, item, MISSING, "no frame of this request to a VIP in the kernel's client capture (the offline notes say where it went)"))
-        elif g[key][1] != server:
-            items.append(Item(scenario, item, DIFFERENT, f"kernel {server}, pyipvs {g[key][1]}"))
+        elif mine.server != r.server:
+            items.append(Item(scenario, item, DIFFERENT, f"kernel {r.server}, pyipvs {mine.server}"))
         else:
             items.append(Item(scenario, item, EQUAL))
     return items

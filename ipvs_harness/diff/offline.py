@@ -1,6 +1,11 @@
 """The offline PyIPVS backend: a recorded scenario played through the core.
 
-No VM, no namespaces, no root: this is what the ordinary test command runs.
+No VM, no namespaces, no root: this is what the ordinary test command runs,
+and PyIPVS's one golden replayer: the differential report
+(tests/kernel/test_differential.py) and the scheduler goldens
+(tests/sched/test_goldens.py) read the same replay.  Its records are named
+(:class:`Event`, and :class:`~ipvs_harness.diff.compare.Request` for an
+``order.txt``).
 The scenario script itself is run by bash with the event-recording stub
 library (``stub/oracle.sh``), which turns every library call and every
 ``ipvsadm`` command into a record.  :class:`OfflineRun` plays the records
@@ -75,6 +80,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+from typing import NamedTuple
 
 from ipvs import procfs
 from ipvs.cli.ipvsadm import Resolver
@@ -276,9 +282,21 @@ class GuestClock:
         return ts.pop(0) if ts else None
 
 
+class Event(NamedTuple):
+    """One record of the stub library (``stub/oracle.sh``): a library call
+    or a command the scenario made."""
+
+    #: The call (``ipvsadm``, ``ipvs_rules``, ``client_steps``, ``cmd``...).
+    kind: str
+    #: Its arguments.
+    args: list[str]
+    #: The lines it read from its standard input (a here-document).
+    stdin: list[str]
+
+
 def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] | None = None,
-                   hosts: list | None = None, golden: str = "") -> list[tuple[str, list[str], list[str]]]:
-    """(kind, args, stdin lines) records of ``scenario`` run with the stub.
+                   hosts: list | None = None, golden: str = "") -> list[Event]:
+    """The records of ``scenario`` run with the stub.
 
     ``prefill`` maps an output file name to the text PyIPVS wrote there on
     a previous pass: the stub's ``ipvsadm ... > "$OUT/NAME"`` then writes
@@ -306,13 +324,13 @@ def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] |
             hosts[:] = sandbox.hosts(tmp)
         with open(ev, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
-    out: list[tuple[str, list[str], list[str]]] = []
+    out: list[Event] = []
     for line in lines:
         kind, *args = line.split("\t")
         if kind == "+" and out:
-            out[-1][2].append("\t".join(args))
+            out[-1].stdin.append("\t".join(args))
         else:
-            out.append((kind, args, []))
+            out.append(Event(kind, args, []))
     return out
 
 

@@ -1,7 +1,7 @@
 # Scenario step helpers shared by every backend's oracle.sh: the kernel VM's
-# (guest/oracle.sh), the offline recorder's (diff/stub/oracle.sh), the
-# namespace lab's (diff/lab/oracle.sh) and the scheduler replay's stub
-# (tests/sched/stub/oracle.sh).  They are built only on the library's own
+# (guest/oracle.sh), the offline recorder's (diff/stub/oracle.sh, whose
+# replay the scheduler goldens' tests use too) and the namespace lab's
+# (diff/lab/oracle.sh).  They are built only on the library's own
 # functions (setup_nat, add_vip, start_servers, capture_start/stop,
 # client_steps, order_summary, dump_ipvs), which each backend provides.
 

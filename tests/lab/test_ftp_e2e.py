@@ -35,7 +35,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,10 +42,14 @@ import time
 
 import pytest
 
+from ipvs_harness.lab import alive, ip_batch, nsexec, run, stop_pid
+
 pytestmark = pytest.mark.lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PREFIX = "pyftp"
+# Under the run's lab prefix (IPVS_LAB_PREFIX, see conftest.py), so that
+# two runs, or two developers' runs, never share or remove each other's.
+PREFIX = f"{os.environ.get('IPVS_LAB_PREFIX', 'py')}ftp"
 TAG = f"{PREFIX}{os.getpid()}"
 NS_CLI, NS_DIR, NS_RS = f"{TAG}-cli", f"{TAG}-dir", f"{TAG}-rs"
 CLIENT = "198.51.100.2"
@@ -122,57 +125,9 @@ f.quit()
 # ---------------------------------------------------------------- plumbing
 
 
-def run(*cmd: str, check: bool = True, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, input=input, text=True, capture_output=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")
-    return r
-
-
-def nsexec(ns: str, *cmd: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *cmd]
-
-
-def ip_batch(ns: str, lines: list[str]) -> None:
-    run("ip", "-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
-
-
 def sysctl(ns: str, settings: dict[str, str]) -> None:
     script = "; ".join(f"echo {v} > /proc/sys/{k.replace('.', '/')}" for k, v in settings.items())
     run(*nsexec(ns, "sh", "-c", script))
-
-
-def alive(pid: int) -> bool:
-    try:
-        # A child that exited is a zombie until reaped and still answers kill(pid, 0).
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_pid(pid: int, grace: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.05)
-    if alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def remove_namespace(ns: str) -> None:
