@@ -34,8 +34,6 @@ at the end, even on failure.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import platform
@@ -48,15 +46,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_lab():
-    loader = importlib.machinery.SourceFileLoader("ipvs_lab", os.path.join(ROOT, "tools", "ipvs-lab"))
-    spec = importlib.util.spec_from_loader("ipvs_lab", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
-
-
-lab = _load_lab()
+sys.path.insert(0, ROOT)
+import ipvs_harness.lab as lab  # noqa: E402 - after the path (tools/ipvs-lab is only a launcher of it)
 
 FLOOD = textwrap.dedent("""
     import socket, struct, sys, time
@@ -151,9 +142,42 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def stop_and_read_counters(pid: int) -> dict[str, int]:
+    """Stop ipvsd (SIGTERM) and read the data path's counters from the line its driver logs when it closes."""
+    lab.stop_pid(pid)
+    out: dict[str, int] = {}
+    with open(os.path.join(lab.STATE, "director.log")) as f:
+        for line in f:
+            if "data path counters:" in line:
+                for item in line.split("data path counters:", 1)[1].split():
+                    k, _, v = item.partition("=")
+                    if v.isdigit():
+                        out[k] = int(v)
+    return out
+
+
+#: The counters that say where packets went, printed per variant when non-zero.
+WHERE = ("d_out_rx_frames", "d_out_rx_kernel_drops", "br-in_rx_frames", "br-in_rx_kernel_drops", "ipvs",
+         "drop_ipvs_drop", "drop_tx", "syn_guard_engaged", "syn_deferred", "syn_served", "drop_syn_full",
+         "drop_syn_sources", "core_drop_defense",
+         "core_drop_table_full", "conn_dropentry", "conn_max", "d_out_neigh_queue_drops", "d_out_neigh_unresolved",
+         "host_unreach", "drop_icmp_ratelimit")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_variant(name: str, extra: list[str], seconds: float) -> dict:
     restart_director(extra)
     pid = director_pid()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     mac = lab.run(*lab.nsexec(lab.NS_DIR, "cat", "/sys/class/net/d_out/address")).stdout.strip().replace(":", "")
     py = sys.executable
     flood = subprocess.Popen(lab.nsexec(lab.NS_CLIENT, py, "-c", FLOOD, "c0", mac, lab.VIP, str(seconds)),
@@ -176,6 +200,9 @@ def run_variant(name: str, extra: list[str], seconds: float) -> dict:
                 p.wait(10)
     table.append(table_size())
     mem.append(rss_mib(pid))
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    alive = lab._alive(pid)
+    counters = stop_and_read_counters(pid)
     lat = sorted(t for ok, t in results if ok)
     ok = sum(1 for o, _ in results if o)
     return {
@@ -183,7 +210,7 @@ def run_variant(name: str, extra: list[str], seconds: float) -> dict:
         "requests": len(results), "success": ok / len(results) if results else 0.0,
         "p50_ms": statistics.median(lat) * 1000 if lat else float("nan"),
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan"),
-        "alive": lab._alive(pid),
+        "alive": alive, "counters": counters, "cpu": cpu,
     }
 
 
@@ -220,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"synflood_{name}_client_p50 {r['p50_ms']:.1f} ms")
             print(f"synflood_{name}_client_p99 {r['p99_ms']:.1f} ms")
             print(f"synflood_{name}_ipvsd_alive {int(r['alive'])} bool")
+            print(f"synflood_{name}_ipvsd_cpu {100 * r['cpu']:.0f} %")
+            for k in WHERE:
+                if r["counters"].get(k):
+                    print(f"synflood_{name}_{k.replace('-', '_')} {r['counters'][k]} count")
             sys.stdout.flush()
     finally:
         lab.down()
