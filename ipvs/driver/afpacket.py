@@ -265,7 +265,7 @@ class AFPacketDriver:
                  masq_nets: list[tuple[int, int]] | None = None,
                  masq_ports: tuple[int, int] = (PORT_MASQ_BEGIN, PORT_MASQ_END),
                  routes: list[tuple[int, int, int]] | None = None,
-                 forward: bool = False, batch: int = 256) -> None:
+                 forward: bool = False, batch: int = 256, syn_guard: bool = True) -> None:
         self.d = director
         self.ipvs = director.ipvs
         self.hz = self.ipvs.hz
@@ -286,6 +286,7 @@ class AFPacketDriver:
         self.frags = Reassembler(self.hz)
         self.icmp_limit = IcmpRateLimit(self.hz)
         self.guard = SynGuard(self.hz)
+        self.syn_guard = syn_guard
         self.masq = None
         if masq_nets:
             self.masq = Masq(masq_nets, self.outer.addr, self.hz, ports=masq_ports)
@@ -336,7 +337,7 @@ class AFPacketDriver:
         self.now = now
         ring = p.ring
         guard = self.guard
-        if p.role != "inner" and ring.holds(max(1, ring.nslots >> 2)):
+        if self.syn_guard and p.role != "inner" and ring.holds(max(1, ring.nslots >> 2)):
             guard.engage(now)
         ring.rx(p.rx_handler, self.batch)
         if guard.turns:
@@ -983,6 +984,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="1 MiB blocks per RX ring (512 slots of 2 KiB each) and per TX ring (15 slots each), "
                         "default %(default)s")
     g.add_argument("--batch", type=int, default=256, metavar="N", help="frames per ring drain (default %(default)s)")
+    g.add_argument("--no-syn-guard", action="store_true",
+                   help="never queue connection attempts per source under backlog (see docs/ipvsd.md, "
+                        "'Under a SYN flood'); for comparisons")
     g.add_argument("--direct-min", type=int, default=DIRECT_MIN, metavar="BYTES",
                    help="send frames of BYTES or more (GSO super-frames) through a plain socket instead of "
                         "the TX ring; 0: always the ring (default %(default)s)")
@@ -1099,7 +1103,7 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
                               direct_min=max(0, getattr(args, "direct_min", DIRECT_MIN)))
             ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
         drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
-                             args.forward, args.batch)
+                             args.forward, args.batch, not getattr(args, "no_syn_guard", False))
         drv._undo = undo
         drv._nft_ready = args.mode == "shared"
         drv.sync_services(force=True)
