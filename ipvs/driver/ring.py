@@ -224,7 +224,7 @@ class RingSocket:
                 if status & TP_STATUS_COPY:
                     # Larger than a slot: the whole frame is next in the
                     # socket's queue (taken even if it is then discarded).
-                    frame = self._rx_copied()
+                    frame = self._rx_copied(length)
                 if frame is None or status & TP_STATUS_VLAN_VALID:
                     # Truncated, or the NIC stripped an 802.1Q tag (the director
                     # runs on untagged ports; a VLAN device is the way to use a tag).
@@ -261,15 +261,20 @@ class RingSocket:
         """
         return bool(self.mm[self.rx_slots[(self.rx_head + k - 1) % self.nslots]] & TP_STATUS_USER)
 
-    def _rx_copied(self) -> bytearray | None:
-        """The frame the kernel queued on the socket for a ``TP_STATUS_COPY`` slot (vnet header first), or None."""
-        buf = bytearray(MAX_FRAME + VNET_HDR_LEN)
+    def _rx_copied(self, length: int) -> bytearray | None:
+        """The frame the kernel queued on the socket for a ``TP_STATUS_COPY`` slot (vnet header first), or None.
+
+        ``length`` is the slot's ``tp_len``, the whole frame's: it is
+        received straight into a buffer of its size (one copy).
+        """
+        buf = bytearray(min(length, MAX_FRAME) + VNET_HDR_LEN)
         try:
             n = self.sock.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
         except OSError:
             return None  # not queued (the receive buffer was full): counted as truncated
-        del buf[n:]
         self.stats.rx_copied += 1
+        if n < len(buf):
+            del buf[n:]
         return buf
 
     def _rx_odd(self, truncated: bool) -> None:
