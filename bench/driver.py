@@ -88,6 +88,7 @@ class MemRing(_ring.RingSocket):
         self.tx_slots = [self.ring_bytes + off for off in self.rx_slots]
         self.rx_head = self.tx_head = self.tx_pending = 0
         self.tx_max = size - _ring.TPACKET2_HDRLEN
+        self.early = None
         self.tx_batch = 64
         self.direct_min = _ring.DIRECT_MIN
         self.sent = 0

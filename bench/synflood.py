@@ -2,16 +2,18 @@
 """SYN flood against ipvsd in the lab, defenses off and on: prints ``name value unit`` lines.
 
     sudo IPVS_LAB_PREFIX=me .venv/bin/python bench/synflood.py [--seconds S] [--budget 256M]
-                                                              [--amemthresh PAGES] [--only off,on]
+                        [--amemthresh PAGES] [--ports N] [--only off,on,off-noguard,on-noguard,entry]
 
-For each variant the lab comes up (``tools/ipvs-lab``, spare mode, in the
-namespaces ``$IPVS_LAB_PREFIX-*``), ipvsd is restarted with the variant's
-options, and for ``--seconds`` (bounded) two things run in the client
-namespace only:
+For each variant the lab comes up (``ipvs_harness.lab``, spare mode, in
+the namespaces ``$IPVS_LAB_PREFIX-*``), ipvsd is restarted with the
+variant's options, and for ``--seconds`` (bounded) two things run in the
+client namespace only:
 
 * the flood: SYNs to VIP:80 as fast as one process sends them through an
   AF_PACKET socket, from 100 source addresses of 198.51.100.0/24 and
-  every source port, each SYN a new connection for the director;
+  ``--ports`` source ports each (100 x 600 = 60,000 distinct connections
+  by default, sent round and round), each SYN a new connection for the
+  director until its entry exists;
 * a second client fetching ``http://VIP/`` every 20 ms (1 s timeout),
   which records each request's success and latency.
 
@@ -22,20 +24,24 @@ active + inactive connections) and ipvsd's resident memory.  Variants:
   defense levels set);
 * ``on``: ``--memory-budget BUDGET --set amemthresh=PAGES --set
   drop_entry=1 --set drop_packet=1 --set secure_tcp=1``;
-* ``entry`` (with ``--only``): the same without ``drop_packet``.
+* ``entry``: the same without ``drop_packet``;
+* ``off-noguard``, ``on-noguard``: ``off`` and ``on`` with the data
+  path's SYN guard turned off (``--no-syn-guard``; docs/ipvsd.md, "Under
+  a SYN flood"), to see what it buys.
 
 Lines per variant: SYNs sent and their rate, the table's and the memory's
 peak, the second client's success rate and latency (median, 99th
-percentile).  The goal with defenses on: memory within the budget and at
-least 99% of the second client's requests served.  Everything is removed
-at the end, even on failure.
+percentile), ipvsd's CPU share, then the counters ipvsd's driver logged
+at exit that say where frames went (the kernel's ring drops, the SYN
+guard, the core's drops and defenses, the neighbour queue).  The goal
+with defenses on: memory within the budget and at least 99% of the
+second client's requests served.  Everything is removed at the end, even
+on failure.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import platform
@@ -48,15 +54,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_lab():
-    loader = importlib.machinery.SourceFileLoader("ipvs_lab", os.path.join(ROOT, "tools", "ipvs-lab"))
-    spec = importlib.util.spec_from_loader("ipvs_lab", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
-
-
-lab = _load_lab()
+sys.path.insert(0, ROOT)
+import ipvs_harness.lab as lab  # noqa: E402 - after the path (tools/ipvs-lab is only a launcher of it)
 
 FLOOD = textwrap.dedent("""
     import socket, struct, sys, time
@@ -74,7 +73,7 @@ FLOOD = textwrap.dedent("""
     frames = []
     for i in range(100):
         src = socket.inet_aton(f"198.51.100.{100 + i}")
-        for sport in range(1024, 1024 + 600):
+        for sport in range(1024, 1024 + int(sys.argv[5])):
             tcp = struct.pack("!HHIIBBHHH", sport, 80, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
             c = csum(src + dst + struct.pack("!BBH", 0, 6, 20) + tcp)
             tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
@@ -151,12 +150,45 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run_variant(name: str, extra: list[str], seconds: float) -> dict:
+def stop_and_read_counters(pid: int) -> dict[str, int]:
+    """Stop ipvsd (SIGTERM) and read the data path's counters from the line its driver logs when it closes."""
+    lab.stop_pid(pid)
+    out: dict[str, int] = {}
+    with open(os.path.join(lab.STATE, "director.log")) as f:
+        for line in f:
+            if "data path counters:" in line:
+                for item in line.split("data path counters:", 1)[1].split():
+                    k, _, v = item.partition("=")
+                    if v.isdigit():
+                        out[k] = int(v)
+    return out
+
+
+#: The counters that say where packets went, printed per variant when non-zero.
+WHERE = ("d_out_rx_frames", "d_out_rx_kernel_drops", "br-in_rx_frames", "br-in_rx_kernel_drops", "ipvs",
+         "drop_ipvs_drop", "drop_tx", "syn_guard_engaged", "syn_deferred", "syn_served", "drop_syn_full",
+         "drop_syn_sources", "core_drop_defense",
+         "core_drop_table_full", "conn_dropentry", "conn_max", "d_out_neigh_queue_drops", "d_out_neigh_unresolved",
+         "host_unreach", "drop_icmp_ratelimit")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run_variant(name: str, extra: list[str], seconds: float, ports: int) -> dict:
     restart_director(extra)
     pid = director_pid()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     mac = lab.run(*lab.nsexec(lab.NS_DIR, "cat", "/sys/class/net/d_out/address")).stdout.strip().replace(":", "")
     py = sys.executable
-    flood = subprocess.Popen(lab.nsexec(lab.NS_CLIENT, py, "-c", FLOOD, "c0", mac, lab.VIP, str(seconds)),
+    flood = subprocess.Popen(lab.nsexec(lab.NS_CLIENT, py, "-c", FLOOD, "c0", mac, lab.VIP, str(seconds), str(ports)),
                              stdout=subprocess.PIPE, text=True)
     fetch = subprocess.Popen(lab.nsexec(lab.NS_CLIENT, py, "-c", FETCH, f"http://{lab.VIP}/", str(seconds)),
                              stdout=subprocess.PIPE, text=True)
@@ -176,6 +208,9 @@ def run_variant(name: str, extra: list[str], seconds: float) -> dict:
                 p.wait(10)
     table.append(table_size())
     mem.append(rss_mib(pid))
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    alive = lab._alive(pid)
+    counters = stop_and_read_counters(pid)
     lat = sorted(t for ok, t in results if ok)
     ok = sum(1 for o, _ in results if o)
     return {
@@ -183,7 +218,7 @@ def run_variant(name: str, extra: list[str], seconds: float) -> dict:
         "requests": len(results), "success": ok / len(results) if results else 0.0,
         "p50_ms": statistics.median(lat) * 1000 if lat else float("nan"),
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan"),
-        "alive": lab._alive(pid),
+        "alive": alive, "counters": counters, "cpu": cpu,
     }
 
 
@@ -193,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="256M")
     p.add_argument("--amemthresh", type=int, default=16384, help="pages (default 16384 = 64 MiB)")
     p.add_argument("--only", default="off,on")
+    p.add_argument("--ports", type=int, default=600,
+                   help="source ports per flooding address (100 addresses): the flood's distinct connections "
+                        "are 100 times this (default %(default)s)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
@@ -204,13 +242,17 @@ def main(argv: list[str] | None = None) -> int:
         "entry": ["--memory-budget", args.budget, "--set", f"amemthresh={args.amemthresh}", "--set",
                   "drop_entry=1", "--set", "secure_tcp=1"],
     }
+    # The same as off and on without the data path's SYN guard (docs/ipvsd.md, "Under a SYN flood").
+    variants["off-noguard"] = variants["off"] + ["--no-syn-guard"]
+    variants["on-noguard"] = variants["on"] + ["--no-syn-guard"]
     print(f"# runtime of this script {platform.python_implementation()} {platform.python_version()}; "
           f"ipvsd runtime: {os.environ.get('IPVSD_RUNTIME', 'auto')}; {os.cpu_count()} CPUs; "
           f"load {os.getloadavg()[0]:.1f}")
     try:
         lab.up("spare", False)
         for name in args.only.split(","):
-            r = run_variant(name, variants[name], args.seconds)
+            r = run_variant(name, variants[name], args.seconds, args.ports)
+            name = name.replace("-", "_")
             print(f"synflood_{name}_syns_sent {r['sent']} frames")
             print(f"synflood_{name}_syn_rate {r['rate']:.0f} frames/s")
             print(f"synflood_{name}_table_max {r['table_max']} entries")
@@ -220,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"synflood_{name}_client_p50 {r['p50_ms']:.1f} ms")
             print(f"synflood_{name}_client_p99 {r['p99_ms']:.1f} ms")
             print(f"synflood_{name}_ipvsd_alive {int(r['alive'])} bool")
+            print(f"synflood_{name}_ipvsd_cpu {100 * r['cpu']:.0f} %")
+            for k in WHERE:
+                if r["counters"].get(k):
+                    print(f"synflood_{name}_{k.replace('-', '_')} {r['counters'][k]} count")
             sys.stdout.flush()
     finally:
         lab.down()

@@ -100,7 +100,6 @@ class ConnExt:
     in_seq: list | None = None
     out_seq: list | None = None
     old_state: int = 0
-    in_pkts: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -180,6 +179,8 @@ class Connection:
     dest: Dest | None
     # (addr_delta << 16) | port_delta of the DNAT rewrite (packet.nat_delta).
     nat_delta: int
+    # Packets from the client side (ip_vs_in counts them; todrop_entry reads them).
+    in_pkts: int
     ext: ConnExt | None
 
     def __init__(
@@ -199,6 +200,7 @@ class Connection:
         self.wheel_at = -1
         self.dest = None
         self.nat_delta = 0
+        self.in_pkts = 0
         self.ext = None
         if fwmark or old_state:
             self.ext = ConnExt(fwmark=fwmark, old_state=old_state)
@@ -281,7 +283,6 @@ class Connection:
     in_seq = _ext_field("in_seq", "[init_seq, delta, previous_delta] of the client's direction.")
     out_seq = _ext_field("out_seq", "[init_seq, delta, previous_delta] of the server's direction.")
     old_state = _ext_field("old_state", "The state before the last change (for sync).")
-    in_pkts = _ext_field("in_pkts", "Input packets (kept for sync; counted only when sync runs).")
     pe = _pe_field("pe", "The persistence engine of a template (:mod:`ipvs.pe`), or None.")
     pe_data = _pe_field("pe_data", "The engine's key of a template (SIP: the Call-ID), or None.")
 
@@ -687,9 +688,8 @@ class ConnTable:
     def todrop_entry(self, cp: Connection, now: int) -> bool:
         """``todrop_entry`` (6.1): an entry idle for at least 60 s whose
         incoming packet count ``i`` is in 1..8 is dropped one time in ``i``
-        (``todrop_rate[i] = i``; 0 packets: never).  PyIPVS counts
-        ``in_pkts`` only for the sync daemon it does not have, so this
-        drops nothing yet; the SYN_RECV entries of a flood go anyway."""
+        (``todrop_rate[i] = i``; 0 packets: never).  ``in_pkts`` is what
+        :meth:`ipvs.core.Director._in` counted, as ``ip_vs_in`` does."""
         if now + cp.timeout < cp.expires + 60 * self.hz:
             return False
         i = cp.in_pkts

@@ -254,8 +254,14 @@ class Director:
             verdict = NF_ACCEPT
         if tr is not None:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
-        # (The kernel counts in_pkts here for the sync daemon; PyIPVS has
-        # no sync yet, so that counter stays untouched on the fast path.)
+        # in_pkts, for todrop_entry (and the sync daemon PyIPVS lacks): a
+        # one-packet connection's packet counts on its template instead.
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            ctl_cp = cp.control
+            if ctl_cp is not None:
+                ctl_cp.in_pkts += 1
+        else:
+            cp.in_pkts += 1
         tab.conn_put(cp, now)
         return verdict
 

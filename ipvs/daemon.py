@@ -97,7 +97,13 @@ TURN_BUDGET_S = 0.002
 #: The state file is written at most this often (and at stop).
 STATE_INTERVAL_S = 1.0
 #: The comment lines a state file starts with.
-STATE_HEADER = ["# ipvsd state: the rules it ran last, restored at its start (ipvsadm -S -n format)."]
+STATE_HEADER = ["# ipvsd state: the rules it ran last, restored at its start (ipvsadm -S -n format,",
+                "# then --set if the timeouts were changed); the '# sysctl' lines are the net.ipv4.vs",
+                "# settings that differ from the defaults."]
+#: A setting in the state file's header: ``# sysctl net.ipv4.vs.NAME = VALUE``.
+SYSCTL_LINE = "# sysctl net.ipv4.vs."
+#: ``ipvsadm --set``'s defaults (tcp, tcpfin, udp): ESTABLISHED, FIN_WAIT, UDP.
+DEFAULT_TIMEOUTS = (900, 120, 300)
 #: Where state files live, one directory per network namespace; ``$IPVSD_STATE_DIR`` overrides it.
 STATE_DIR = "/var/lib/pyipvs"
 STATE_DIR_ENV = "IPVSD_STATE_DIR"
@@ -1062,6 +1068,7 @@ class Daemon:
             log.info("memory budget %d MiB (%s): %d MiB left, connection table capped at %d entries",
                      memory.limit >> 20, memory.source, memory.left() >> 20, ipvs.conn_tab.max_conns)
         self._dirty = False  # the rules changed since the state file was written
+        self._settings_restored = False  # restore_settings ran
         self._next_state = 0.0  # when the state file may be written again
         self.driver = None
         self.procfs = ProcfsWriter(ipvs, procfs_dir, clock=clock) if procfs_dir else None
@@ -1225,18 +1232,73 @@ class Daemon:
         self._next_state = now_s + STATE_INTERVAL_S
         try:
             os.makedirs(os.path.dirname(self.state_file) or ".", mode=0o700, exist_ok=True)
-            rules.write(self.state_file, ipvsadm.save(self.transport()), header=STATE_HEADER)
+            text, settings = self.state_text()
+            rules.write(self.state_file, text, header=STATE_HEADER + settings)
         except OSError as e:
             self._dirty = True
             if self.server.ratelimit():
                 log.error("writing the state file %s failed: %s", self.state_file, e)
 
+    def state_text(self) -> tuple[str, list[str]]:
+        """What the state file keeps: the rule lines (``ipvsadm -S -n``,
+        then ``--set TCP TCPFIN UDP`` when the timeouts are not the
+        defaults) and the header lines of the settings that differ from
+        their defaults.  See docs/ipvsd.md, "The state file", for why both
+        belong there."""
+        from ipvs.ctl import get_timeouts
+        from ipvs.ip_vs import Sysctls
+
+        text = ipvsadm.save(self.transport())
+        timeouts = get_timeouts(self.ipvs)
+        if timeouts != DEFAULT_TIMEOUTS:
+            text += "--set {} {} {}\n".format(*timeouts)
+        defaults = Sysctls()
+        sc = self.ipvs.sysctl
+        settings = []
+        for name in Sysctls.names():
+            value = getattr(sc, name)
+            if name in ("drop_entry", "drop_packet", "secure_tcp") and value == 2:
+                value = 1  # the automatic mode, caught while memory was short
+            if name != "conn_tab_bits" and value != getattr(defaults, name):
+                settings.append(f"{SYSCTL_LINE}{name} = {value}")
+        return text, settings
+
+    def restore_settings(self) -> int:
+        """Apply the state file's ``# sysctl`` lines (once, before the rules
+        and before ``ipvsd --set``, which wins); returns how many applied."""
+        if self._settings_restored:
+            return 0
+        self._settings_restored = True
+        if not self.state_file or not os.path.exists(self.state_file):
+            return 0
+        try:
+            header = rules.read(self.state_file).header
+        except OSError as e:
+            log.error("reading the settings of %s failed: %s", self.state_file, e)
+            return 0
+        done = 0
+        tr = self.transport()
+        for line in header:
+            if not line.startswith(SYSCTL_LINE):
+                continue
+            name, _, value = line[len(SYSCTL_LINE):].partition("=")
+            try:
+                reply = tr.call({"version": 1, "cmd": "SET_SYSCTL", "name": name.strip(), "value": int(value)})
+            except ValueError:
+                reply = {"ok": False, "message": "not an integer"}
+            if reply.get("ok"):
+                done += 1
+            else:
+                log.error("the state file's %r was not applied: %s", line, reply.get("message"))
+        return done
+
     def _restore_at_start(self) -> None:
-        """The newest of the state file and ``--rules``: the state file
-        holds what ran last (a SIGKILL skips ``--save``), but a rules file
-        edited since wins.  A failed restore turns ``--save`` off, so a
+        """The settings of the state file, then the rules of the newest of
+        the state file and ``--rules``: the state file holds what ran last
+        (a SIGKILL skips ``--save``), but a rules file edited since wins.  A failed restore turns ``--save`` off, so a
         broken or half-read file is never saved over; a broken state file
         is kept aside as ``<state>.bad``."""
+        self.restore_settings()
         source = self.rules_file
         if self.state_file and os.path.exists(self.state_file):
             if source is None or not os.path.exists(source) or _mtime(self.state_file) >= _mtime(source):
@@ -1633,6 +1695,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         tr = daemon.transport()
+        daemon.restore_settings()  # the state file's settings first: --set NAME=VALUE wins
         for name, value in settings:
             reply = tr.call({"version": 1, "cmd": "SET_SYSCTL", "name": name, "value": value})
             if not reply.get("ok"):

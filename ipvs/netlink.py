@@ -225,9 +225,11 @@ COMMANDS = uapi.IPVS_COMMANDS + (
 #: (``extensions``) so a client can tell an older director that lacks them.
 EXTENSIONS = ("BATCH", "stats")
 
-#: Commands that change the rule table (what ``ipvsadm -S`` writes): the
-#: daemon writes its state file after one of them succeeds.
-CHANGING = frozenset(("NEW_SERVICE", "SET_SERVICE", "DEL_SERVICE", "NEW_DEST", "SET_DEST", "DEL_DEST", "FLUSH"))
+#: Commands that change what the daemon's state file keeps (the rules
+#: ``ipvsadm -S`` writes, the ``--set`` timeouts, the settings): the daemon
+#: writes its state file after one of them succeeds.
+CHANGING = frozenset(("NEW_SERVICE", "SET_SERVICE", "DEL_SERVICE", "NEW_DEST", "SET_DEST", "DEL_DEST", "FLUSH",
+                      "SET_CONFIG", "SET_SYSCTL"))
 
 #: Most requests one BATCH may carry (its frame is limited in bytes anyway).
 MAX_BATCH = 65536

@@ -40,7 +40,7 @@ def golden_dir(name: str) -> str | None:
 #: replay cannot place them in time, so such runs are compared by the tests
 #: that model their steps (tests/sched/test_goldens.py, the tcp_states and
 #: udp_icmp tests in tests/core/test_core.py, tests/kernel/test_differential.py).
-MID_RUN = re.compile(r"^\s*(step |!sh|!hold|!release|!rst|!sleep|sh ipvsadm|.*modprobe|mark )", re.M)
+MID_RUN = re.compile(r"^\s*(step |!sh|!hold|!release|!rst|!sleep|sh ipvsadm|.*modprobe|mark |fwd_method_run)", re.M)
 
 
 def traffic_goldens() -> list[str]:

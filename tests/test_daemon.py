@@ -1203,6 +1203,38 @@ def test_ipvsd_sigkill_then_restart_serves_the_same_rules(tmp_path):
         d.kill()
 
 
+def test_ipvsd_state_file_keeps_the_timeouts_and_the_changed_settings(tmp_path):
+    """With the kernel, ``ipvsadm --set`` and the net.ipv4.vs sysctls outlive
+    anything short of a reboot; a restarted ipvsd must bring them back too.
+    The command line's --set NAME=VALUE still wins over the state file."""
+    sock, state = str(tmp_path / "s.sock"), tmp_path / "state" / "ipvsadm.rules"
+    d = IpvsdProcess(["--state", str(state)], sock)
+    try:
+        assert d.call(new_service(80))["ok"]
+        assert d.call({**V, "cmd": "SET_CONFIG", "timeout_tcp": 30, "timeout_tcp_fin": 10, "timeout_udp": 20})["ok"]
+        for name, value in (("expire_nodest_conn", 1), ("drop_entry", 2), ("sloppy_tcp", 1)):
+            assert d.call({**V, "cmd": "SET_SYSCTL", "name": name, "value": value})["ok"]
+        assert wait_for(lambda: state.exists() and "sloppy_tcp" in state.read_text(), 5)
+    finally:
+        d.p.send_signal(signal.SIGKILL)
+        d.kill()
+    text = state.read_text()
+    assert "# sysctl net.ipv4.vs.expire_nodest_conn = 1\n" in text
+    assert "# sysctl net.ipv4.vs.drop_entry = 1\n" in text  # 2 is the automatic mode caught under pressure
+    assert "pmtu_disc" not in text  # defaults are not written
+    assert text.endswith("-A -t 203.0.113.5:80 -s wlc\n--set 30 10 20\n")
+    d = IpvsdProcess(["--state", str(state), "--set", "sloppy_tcp=0"], sock)
+    try:
+        got = {n: d.call({**V, "cmd": "GET_SYSCTL", "name": n})["value"]
+               for n in ("expire_nodest_conn", "drop_entry", "sloppy_tcp")}
+        assert got == {"expire_nodest_conn": 1, "drop_entry": 1, "sloppy_tcp": 0}
+        cfg = d.call({**V, "cmd": "GET_CONFIG"})
+        assert (cfg["timeout_tcp"], cfg["timeout_tcp_fin"], cfg["timeout_udp"]) == (30, 10, 20)
+        assert [s["port"] for s in d.call({**V, "cmd": "GET_SERVICE"})["services"]] == [80]
+    finally:
+        d.kill()
+
+
 def test_the_procfs_dir_says_when_its_writer_died(tmp_path):
     """Issue 13: after a SIGKILL the /proc mirror stayed, stale, with
     nothing to tell a reader; the writer holds ipvsd.pid locked."""

@@ -39,6 +39,7 @@ from ipvs.uapi import (
     IPPROTO_TCP,
     IPPROTO_UDP,
 )
+from ipvs_harness.diff.report import PENDING_IPV6
 from tests.conftest import A, estimator_period
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,7 +356,10 @@ NOT_REBUILT = {
 }
 
 
-@pytest.mark.parametrize("scenario", scenarios())
+@pytest.mark.parametrize("scenario", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=PENDING_IPV6[n], strict=True)) if n in PENDING_IPV6 else n
+    for n in scenarios()
+])
 def test_after_traffic_matches_kernel(scenario):
     if scenario in NOT_REBUILT:
         pytest.skip(NOT_REBUILT[scenario])

@@ -96,6 +96,23 @@ def test_install_unit_names_the_running_command(tmp_path):
     assert "\nType=notify\n" in text and "@IPVSD@" not in text
 
 
+def test_unit_makes_the_directories_ipvsd_uses_by_default():
+    """/run/pyipvs (control socket, /proc mirror, offload notes) and
+    /var/lib/pyipvs (state file) are the unit's RuntimeDirectory and
+    StateDirectory, so systemd creates them inside its sandbox, and the
+    runtime one survives the restart after a crash."""
+    from ipvs import client, daemon
+    from ipvs.driver import afpacket
+
+    lines = systemd.unit_text(IPVSD).splitlines()
+    runtime = [x.split("=", 1)[1] for x in lines if x.startswith("RuntimeDirectory=")]
+    state = [x.split("=", 1)[1] for x in lines if x.startswith("StateDirectory=")]
+    assert ["/run/" + d for d in runtime] == [client.RUN_DIR] == [afpacket.STATE_DIR]
+    assert ["/var/lib/" + d for d in state] == [daemon.STATE_DIR]
+    assert "RuntimeDirectoryPreserve=restart" in lines
+    assert "--procfs-dir /run/pyipvs/proc" in systemd.unit_text(IPVSD)
+
+
 def test_install_unit_refuses_a_relative_command():
     with pytest.raises(ValueError):
         systemd.unit_text("ipvsd")

@@ -61,7 +61,11 @@ passes IPv6 through); 802.1Q-tagged frames are dropped (use a VLAN
 device); routes are the connected networks plus ``--route`` entries, not
 the kernel's FIB; the global ICMP limit (``icmp_msgs_per_sec`` 1000,
 burst 50, whose credit is taken at random) is not modelled, only the
-per-destination one.
+per-destination one.  Under backlog (a client-side RX ring a quarter
+full) TCP connection attempts wait per source and are served round robin
+after the other frames (:mod:`ipvs.driver.synguard`): the kernel's
+softirq keeps up with a SYN flood, a Python loop does not, and the
+overflowing ring would otherwise drop every flow's frames alike.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ from ipvs.driver.neigh import (
     parse_arp,
 )
 from ipvs.driver.ring import DIRECT_MIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
+from ipvs.driver.synguard import SynGuard
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
@@ -106,6 +111,7 @@ from ipvs.packet import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
+    Drop,
     IPHeader,
     csum_words,
     icmp_checksum,
@@ -266,7 +272,7 @@ class AFPacketDriver:
                  masq_nets: list[tuple[int, int]] | None = None,
                  masq_ports: tuple[int, int] = (PORT_MASQ_BEGIN, PORT_MASQ_END),
                  routes: list[tuple[int, int, int]] | None = None,
-                 forward: bool = False, batch: int = 256) -> None:
+                 forward: bool = False, batch: int = 256, syn_guard: bool = True) -> None:
         self.d = director
         self.ipvs = director.ipvs
         self.hz = self.ipvs.hz
@@ -286,6 +292,8 @@ class AFPacketDriver:
         self.counts: Counter = Counter()
         self.frags = Reassembler(self.hz)
         self.icmp_limit = IcmpRateLimit(self.hz)
+        self.guard = SynGuard(self.hz)
+        self.syn_guard = syn_guard
         self.masq = None
         if masq_nets:
             self.masq = Masq(masq_nets, self.outer.addr, self.hz, ports=masq_ports)
@@ -308,6 +316,8 @@ class AFPacketDriver:
         self.dst_cache: dict[int, tuple] = {}
         for p in ports:
             p.rx_handler = self._make_rx(p)
+            if p.role != "inner" and hasattr(p.ring, "early"):
+                p.ring.early = self._make_early()
         #: Commands that undo what from_args changed on the interfaces (offloads).
         self._undo: list[list[str]] = []
         #: Shared mode: the nft table is in place, so VIPs are kept in its set.
@@ -320,17 +330,35 @@ class AFPacketDriver:
         """The descriptors the daemon's loop polls for this driver (one per ring socket)."""
         return list(self.by_fd)
 
+    #: Queued connection attempts handed to the core per drain and per
+    #: idle turn while the SYN guard has some (:mod:`ipvs.driver.synguard`).
+    GUARD_SERVE = 32
+
     def on_readable(self, fd: int, now: int) -> None:
-        """Drain one interface's RX ring (one batch), then send what it produced."""
+        """Drain one interface's RX ring (one batch), then send what it produced.
+
+        A client-side ring a quarter full engages the SYN guard
+        (:mod:`ipvs.driver.synguard`): connection attempts then wait per
+        source while the other frames go through, and a few are served
+        after each drain.
+        """
         p = self.by_fd.get(fd)
         if p is None:
             return
         self.now = now
-        p.ring.rx(p.rx_handler, self.batch)
+        ring = p.ring
+        guard = self.guard
+        if self.syn_guard and p.role != "inner" and ring.holds(max(1, ring.nslots >> 2)):
+            guard.engage(now)
+        ring.rx(p.rx_handler, self.batch)
+        if guard.turns:
+            guard.serve(self.GUARD_SERVE)
         self._after_batch()
 
     def poll_timeout(self) -> float | None:
-        """Seconds until :meth:`on_idle` has neighbour or expiry work."""
+        """Seconds until :meth:`on_idle` has neighbour or expiry work (0 while SYNs wait in the guard)."""
+        if self.guard.turns:
+            return 0.0
         wait = 1.0
         for p in self.ports:
             t = p.neigh.next_event(self.now)
@@ -341,6 +369,8 @@ class AFPacketDriver:
     def on_idle(self, now: int) -> None:
         """Neighbour retransmissions and probes, expiry, filter updates, TX flush."""
         self.now = now
+        if self.guard.turns:
+            self.guard.serve(self.GUARD_SERVE)
         self.sync_services()
         if now >= self._next_tick:
             self._next_tick = now + max(1, self.hz // 10)
@@ -480,6 +510,8 @@ class AFPacketDriver:
         mac = p.mac
         unpack = _I.unpack_from
         min_mtu = min(q.mtu for q in self.ports)
+        guard = self.guard
+        guarded = p.role != "inner"
 
         def rx(buf: bytearray) -> None:
             if len(buf) < L3 + 20:
@@ -494,6 +526,16 @@ class AFPacketDriver:
             if buf[L3] != 0x45 or buf[L3 + 6] & 0x3F or buf[L3 + 7]:
                 self._ip_in(p, buf)  # options, fragments, garbage
                 return
+            # A connection attempt (TCP SYN without ACK, FIN, RST) from the
+            # clients' side waits its source's turn while the guard is on.
+            if guarded and guard.until and buf[L3 + 9] == IPPROTO_TCP and len(buf) >= L3 + 34 and \
+                    buf[L3 + 33] & 0x17 == TCP_SYN and guard.engaged(self.now):
+                guard.defer(unpack(buf, L3 + 12)[0], ipv4, buf)
+                return
+            ipv4(buf)
+
+        def ipv4(buf: bytearray) -> None:
+            """A plain IPv4 packet (no options, not a fragment)."""
             if buf[10:16] != mac and not buf[10] & 1:
                 drops["otherhost"] += 1
                 return
@@ -524,6 +566,22 @@ class AFPacketDriver:
                 drops["ipvs_drop"] += 1
 
         return rx
+
+    def _make_early(self):
+        """The ring's ``early(mm, l2, snaplen)`` test for a client-side port: True for a TCP connection attempt
+        whose source already has its share of SYNs waiting in the guard (dropped in the slot, never copied)."""
+        guard = self.guard
+        unpack = _I.unpack_from
+
+        def early(mm, l2: int, snaplen: int) -> bool:
+            if not guard.turns or snaplen < 48:
+                return False  # no SYN waits, so no queue is full
+            if mm[l2 + 12] != 8 or mm[l2 + 13] or mm[l2 + 14] != 0x45 or mm[l2 + 23] != IPPROTO_TCP or \
+                    mm[l2 + 47] & 0x17 != TCP_SYN or mm[l2 + 20] & 0x3F or mm[l2 + 21]:
+                return False
+            return guard.full(unpack(mm, l2 + 26)[0])
+
+        return early
 
     def _too_big(self, p: Port, buf: bytearray) -> bool:
         """``ip_forward``'s MTU check for what comes from the real servers' side.
@@ -878,8 +936,8 @@ class AFPacketDriver:
             if hasattr(p.ring, "kernel_drops") and p.ring.sock.fileno() >= 0:
                 p.ring.kernel_drops()
             if rs is not None:
-                for k in ("rx_frames", "rx_truncated", "rx_vlan", "rx_kernel_drops", "rx_errors", "tx_frames",
-                          "tx_direct", "tx_ring_full", "tx_too_big", "tx_errors"):
+                for k in ("rx_frames", "rx_copied", "rx_truncated", "rx_vlan", "rx_kernel_drops", "rx_errors",
+                          "tx_frames", "tx_direct", "tx_ring_full", "tx_too_big", "tx_errors"):
                     out[f"{p.name}_{k}"] = getattr(rs, k)
             ns = p.neigh.stats
             out[f"{p.name}_neigh_failed"] = ns.failed
@@ -890,6 +948,22 @@ class AFPacketDriver:
         if self.masq is not None:
             for k in ("created", "expired", "out_packets", "in_packets", "no_port", "table_full"):
                 out[f"masq_{k}"] = getattr(self.masq.stats, k)
+        # The core's own drops (ipvs.packet.Drop) and the table's defenses,
+        # so that one line of the log says where packets went.
+        for reason, n in self.ipvs.drops.items():
+            out[f"core_drop_{Drop(reason).name.lower()}"] = n
+        tab = self.ipvs.conn_tab
+        out["conn_count"] = tab.count
+        out["conn_max"] = tab.max_conns
+        out["conn_dropentry"] = tab.dropped
+        gs = self.guard.stats
+        out["syn_guard_engaged"] = gs.engaged
+        out["syn_deferred"] = gs.deferred
+        out["syn_served"] = gs.served
+        out["drop_syn_full"] = gs.dropped_full
+        out["drop_syn_sources"] = gs.dropped_sources
+        out["syn_guard_errors"] = gs.errors
+        out["syn_waiting"] = self.guard.waiting()
         return out
 
 
@@ -921,8 +995,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--strict-checksums", action="store_true",
                    help="turn TX checksum offload and TSO off on the director's interfaces for the run")
     g.add_argument("--ring-blocks", type=int, default=16, metavar="N",
-                   help="1 MiB blocks per RX and per TX ring (15 slots each, default %(default)s)")
+                   help="1 MiB blocks per RX ring (512 slots of 2 KiB each) and per TX ring (15 slots each), "
+                        "default %(default)s")
     g.add_argument("--batch", type=int, default=256, metavar="N", help="frames per ring drain (default %(default)s)")
+    g.add_argument("--no-syn-guard", action="store_true",
+                   help="never queue connection attempts per source under backlog (see docs/ipvsd.md, "
+                        "'Under a SYN flood'); for comparisons")
     g.add_argument("--direct-min", type=int, default=DIRECT_MIN, metavar="BYTES",
                    help="send frames of BYTES or more (GSO super-frames) through a plain socket instead of "
                         "the TX ring; 0: always the ring (default %(default)s)")
@@ -1039,7 +1117,7 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
                               direct_min=max(0, getattr(args, "direct_min", DIRECT_MIN)))
             ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
         drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
-                             args.forward, args.batch)
+                             args.forward, args.batch, not getattr(args, "no_syn_guard", False))
         drv._undo = undo
         drv._nft_ready = args.mode == "shared"
         drv.sync_services(force=True)

@@ -28,8 +28,16 @@ were measured on Debian 12 with kernel 6.18 (see ``docs/lab.md``):
   ``skb_copy_ubufs``, when veth passes it to another namespace).  perf
   under iperf3: memcpy fell from 36% to 17% of the daemon's samples.
 
-Slots are 69904 bytes (15 per 1 MiB block): an RX slot needs 76 + 65549
-bytes and a TX slot 42 + 65549 for the largest frame.
+* RX slots are 2048 bytes (512 per 1 MiB block, 8192 in the default 16
+  blocks): a SYN flood fills slots of 69904 bytes, 240 of them, in a
+  millisecond, and the kernel then drops frames of every flow while the
+  daemon waits for a CPU.  A frame larger than a slot (a GSO super-frame)
+  is put whole on the socket's receive queue by the kernel
+  (``PACKET_COPY_THRESH``), with a truncated copy marked
+  ``TP_STATUS_COPY`` in its slot to keep the order: :meth:`RingSocket.rx`
+  reads it from there with ``recv``.
+* TX slots are 69904 bytes (15 per 1 MiB block): 42 + 65549 for the
+  largest frame when :data:`DIRECT_MIN` is 0.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import attrs
 SOL_PACKET = 263
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
+PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
@@ -58,6 +67,7 @@ ETH_P_ALL = 0x0003
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 0x1
+TP_STATUS_COPY = 0x2
 TP_STATUS_LOSING = 0x4
 TP_STATUS_CSUMNOTREADY = 0x8
 TP_STATUS_VLAN_VALID = 0x10
@@ -74,6 +84,9 @@ VIRTIO_NET_HDR_GSO_NONE = 0
 #: TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where TX data starts in a slot.
 TPACKET2_HDRLEN = 32
 FRAME_SIZE = 69904
+#: RX slots: 512 per 1 MiB block, room for any frame of a 1500-byte MTU
+#: (76 + 1514 bytes); larger ones (GSO) come through the socket's queue.
+RX_FRAME_SIZE = 2048
 BLOCK_SIZE = 1 << 20
 #: Largest Ethernet frame the rings must carry: IPv4 tot_len 65535 + 14.
 MAX_FRAME = 65549
@@ -98,6 +111,8 @@ class RingStats:
     rx_vlan: int = 0
     rx_kernel_drops: int = 0
     rx_errors: int = 0
+    rx_copied: int = 0
+    rx_early_drops: int = 0
     tx_frames: int = 0
     tx_direct: int = 0
     tx_ring_full: int = 0
@@ -116,7 +131,8 @@ class RingSocket:
     """
 
     def __init__(self, ifname: str, blocks: int = 16, bpf: bytes | None = None,
-                 rcvbuf: int = 32 << 20, tx_batch: int = 64, direct_min: int = DIRECT_MIN) -> None:
+                 rcvbuf: int = 32 << 20, tx_batch: int = 64, direct_min: int = DIRECT_MIN,
+                 rx_frame_size: int = RX_FRAME_SIZE) -> None:
         self.ifname = ifname
         self.stats = RingStats()
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -130,13 +146,16 @@ class RingSocket:
                 sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, rcvbuf)
             except PermissionError:  # without CAP_NET_ADMIN: capped at rmem_max
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if rx_frame_size < FRAME_SIZE:
+                sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
             if bpf is not None:
                 self.attach(sock, bpf)
+            rx_per_block = BLOCK_SIZE // rx_frame_size
             per_block = BLOCK_SIZE // FRAME_SIZE
-            self.nslots = per_block * blocks
-            req = _TREQ.pack(BLOCK_SIZE, blocks, FRAME_SIZE, self.nslots)
-            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-            sock.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
+            self.nslots = rx_per_block * blocks
+            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _TREQ.pack(BLOCK_SIZE, blocks, rx_frame_size, self.nslots))
+            sock.setsockopt(SOL_PACKET, PACKET_TX_RING, _TREQ.pack(BLOCK_SIZE, blocks, FRAME_SIZE,
+                                                                   per_block * blocks))
             self.ring_bytes = BLOCK_SIZE * blocks
             self.mm = mmap.mmap(sock.fileno(), 2 * self.ring_bytes, mmap.MAP_SHARED,
                                 mmap.PROT_READ | mmap.PROT_WRITE)
@@ -153,9 +172,13 @@ class RingSocket:
             raise
         self.sock = sock
         self.mv = memoryview(self.mm)
-        self.rx_slots = [(i // per_block) * BLOCK_SIZE + (i % per_block) * FRAME_SIZE
+        self.rx_slots = [(i // rx_per_block) * BLOCK_SIZE + (i % rx_per_block) * rx_frame_size
                          for i in range(self.nslots)]
-        self.tx_slots = [self.ring_bytes + off for off in self.rx_slots]
+        self.tx_slots = [self.ring_bytes + (i // per_block) * BLOCK_SIZE + (i % per_block) * FRAME_SIZE
+                         for i in range(per_block * blocks)]
+        #: ``early(mm, l2, snaplen) -> bool``: a frame it says True for is
+        #: dropped in its slot, without a copy (the SYN guard's full queues).
+        self.early = None
         self.rx_head = 0
         self.tx_head = 0
         self.tx_pending = 0
@@ -188,6 +211,7 @@ class RingSocket:
         """Drain up to ``batch`` received frames; returns how many were seen."""
         mm, mv, slots = self.mm, self.mv, self.rx_slots
         head, nslots, unpack, release = self.rx_head, self.nslots, _RXHDR.unpack_from, _U32.pack_into
+        early = self.early
         n = bad = 0
         while n < batch:
             off = slots[head]
@@ -195,14 +219,25 @@ class RingSocket:
             if not status & TP_STATUS_USER:
                 break
             n += 1
+            frame = None
             if snaplen < length or mac < VNET_HDR_LEN or status & TP_STATUS_VLAN_VALID:
-                # Truncated, or the NIC stripped an 802.1Q tag (the director
-                # runs on untagged ports; a VLAN device is the way to use a tag).
-                self._rx_odd(snaplen < length or mac < VNET_HDR_LEN)
-                bad += 1
+                if status & TP_STATUS_COPY:
+                    # Larger than a slot: the whole frame is next in the
+                    # socket's queue (taken even if it is then discarded).
+                    frame = self._rx_copied(length)
+                if frame is None or status & TP_STATUS_VLAN_VALID:
+                    # Truncated, or the NIC stripped an 802.1Q tag (the director
+                    # runs on untagged ports; a VLAN device is the way to use a tag).
+                    self._rx_odd(not status & TP_STATUS_VLAN_VALID)
+                    bad += 1
+                    frame = None
+            elif early is not None and early(mm, off + mac, snaplen):
+                self.stats.rx_early_drops += 1
             else:
+                frame = bytearray(mv[off + mac - VNET_HDR_LEN : off + mac + snaplen])
+            if frame is not None:
                 try:
-                    handler(bytearray(mv[off + mac - VNET_HDR_LEN : off + mac + snaplen]))
+                    handler(frame)
                 except Exception:
                     # A bug must cost one frame, not the director: count it,
                     # log the first, go on with the ring.
@@ -216,6 +251,31 @@ class RingSocket:
         self.rx_head = head
         self.stats.rx_frames += n - bad
         return n
+
+    def holds(self, k: int) -> bool:
+        """Whether at least ``k`` received frames (1..nslots) wait in the RX ring.
+
+        The kernel fills the slots in order from the one after its last
+        and drops a frame when that slot is still ours, so the waiting
+        frames are the slots from :attr:`rx_head` on: one status read.
+        """
+        return bool(self.mm[self.rx_slots[(self.rx_head + k - 1) % self.nslots]] & TP_STATUS_USER)
+
+    def _rx_copied(self, length: int) -> bytearray | None:
+        """The frame the kernel queued on the socket for a ``TP_STATUS_COPY`` slot (vnet header first), or None.
+
+        ``length`` is the slot's ``tp_len``, the whole frame's: it is
+        received straight into a buffer of its size (one copy).
+        """
+        buf = bytearray(min(length, MAX_FRAME) + VNET_HDR_LEN)
+        try:
+            n = self.sock.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
+        except OSError:
+            return None  # not queued (the receive buffer was full): counted as truncated
+        self.stats.rx_copied += 1
+        if n < len(buf):
+            del buf[n:]
+        return buf
 
     def _rx_odd(self, truncated: bool) -> None:
         if truncated:
@@ -256,7 +316,7 @@ class RingSocket:
         # the TX ring only inside our own send() (flush), never meanwhile.
         _TXHDR.pack_into(mm, off, TP_STATUS_SEND_REQUEST, n, n)
         head = self.tx_head + 1
-        self.tx_head = 0 if head == self.nslots else head
+        self.tx_head = 0 if head == len(self.tx_slots) else head
         self.tx_pending += 1
         if self.tx_pending >= self.tx_batch:
             self.flush()

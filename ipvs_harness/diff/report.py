@@ -39,6 +39,18 @@ _CONNS = r"(.*-)?(ipvsadm-Lnc|proc-net-ip_vs_conn|proc-net-ip_vs_conn_sync)\.txt
 _SVC_ORDER = ("[inherent] service hash order: ip_vs_svc_hashkey mixes in the address of the kernel's netns_ipvs, "
               "so --nosort and /proc/net/ip_vs order change with every boot, and ipvsadm's sort (a wrapping, "
               "non-transitive comparator over 1.0.0.0..200.0.0.0) inherits that order")
+#: Goldens recorded ahead of the PyIPVS code they check (issue 17), with
+#: why: the tests that compare goldens expect these to differ (strict
+#: xfails), so each scenario leaves this table when its code lands.
+PENDING_IPV6: dict[str, str] = {
+    name: "issue 17: the IPv6 data path is being written" for name in ("nat6_classic", "dr6_classic", "tun6_ipip")
+}
+PENDING: dict[str, str] = {
+    **{name: "issue 17: VS/DR and VS/TUN forwarding are being written"
+       for name in ("dr_classic", "tun_ipip", "tun_gue", "tun_gre")},
+    **PENDING_IPV6,
+}
+
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     # Empty: every difference the goldens show is a recording artefact with
     # its evidence (below).  A new PyIPVS difference goes here, with its tag.

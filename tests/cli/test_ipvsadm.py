@@ -39,6 +39,7 @@ from ipvs.cli.ipvsadm import (
 from ipvs.netlink import LocalTransport
 from ipvs.netns import NetnsIPVS
 from ipvs.uapi import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP
+from ipvs_harness.diff.report import PENDING_IPV6
 from tests.conftest import estimator_period
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,10 @@ def listing_cases(prefix: str) -> list[tuple[str, str]]:
     base = golden_base()
     if base is None:
         return []
-    return [(f.parent.name, f.name) for f in sorted(base.glob(f"*/{prefix}ipvsadm-*.txt"))
+    return [pytest.param(f.parent.name, f.name,
+                         marks=[pytest.mark.xfail(reason=PENDING_IPV6[f.parent.name], strict=True)]
+                         if prefix == "" and f.parent.name in PENDING_IPV6 else [])
+            for f in sorted(base.glob(f"*/{prefix}ipvsadm-*.txt"))
             if f.parent.name != "listings" and f.name.startswith(prefix + "ipvsadm-")]
 
 

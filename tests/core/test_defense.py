@@ -6,6 +6,7 @@ flood would drive them."""
 from __future__ import annotations
 
 import random
+import socket
 
 import pytest
 
@@ -13,7 +14,8 @@ from ipvs import ctl
 from ipvs.core import NF_DROP, NF_STOLEN
 from ipvs.packet import Drop
 from ipvs.proto import tcp as tcp_proto
-from tests.conftest import HZ, tcp
+from ipvs.uapi import IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
+from tests.conftest import HZ, tcp, udp
 
 from .test_core import CLI, VIP, web
 
@@ -108,3 +110,69 @@ def test_drop_entry_3_and_secure_tcp_3_are_always_on():
     ctl.update_defense_level(lab.ipvs)
     assert lab.ipvs.dropentry is True
     assert lab.ipvs.proto_data[6].state_table is tcp_proto.TCP_STATES_DOS
+
+
+def test_in_pkts_counts_each_packet_from_the_client_side_only():
+    lab = web()
+    lab.send(tcp(CLI, 4100, VIP, 80))
+    lab.send(tcp(CLI, 4100, VIP, 80, flags="A"))
+    lab.send(tcp(CLI, 4100, VIP, 80, flags="PA", payload=b"GET / HTTP/1.0\r\n\r\n"))
+    (cp,) = lab.conns()
+    lab.send(tcp(socket.inet_ntoa(cp.daddr), cp.dport, CLI, 4100, flags="SA"))  # the real server's side
+    assert cp.in_pkts == 3
+
+
+def _established(lab, cport, packets):
+    """An ESTABLISHED connection whose client sent ``packets`` packets (SYN, ACK, then data)."""
+    lab.send(tcp(CLI, cport, VIP, 80))
+    for _ in range(packets - 1):
+        lab.send(tcp(CLI, cport, VIP, 80, flags="A"))
+    (cp,) = [c for c in lab.conns() if c.cport == cport]
+    assert cp.state == tcp_proto.ESTABLISHED and cp.in_pkts == packets
+    return cp
+
+
+def test_todrop_entry_drops_idle_established_entries_one_in_in_pkts():
+    """todrop_entry: idle 60 s, i packets in (1..8): dropped one time in i; 9 or more: never."""
+    lab = web()
+    tab = lab.ipvs.conn_tab
+    few = _established(lab, 4200, 2)
+    many = _established(lab, 4201, 9)
+    assert not tab.todrop_entry(few, lab.now)  # not idle for 60 s yet
+    later = lab.now + 61 * HZ
+    assert [tab.todrop_entry(few, later) for _ in range(4)] == [True, False, True, False]
+    assert not any(tab.todrop_entry(many, later) for _ in range(20))
+
+
+def test_random_dropentry_now_thins_idle_established_and_udp_entries():
+    lab = web()
+    tab = lab.ipvs.conn_tab
+    for port in range(5000, 5064):
+        _established(lab, port, 2 + port % 2)
+    su = lab.service(VIP, 53, proto=17)
+    lab.dest(su, "172.16.0.2", 53)
+    for port in range(6000, 6064):
+        lab.send(udp(CLI, port, VIP, 53))
+    n = len(lab.conns())
+    assert n == 128
+    # 61 s idle: every entry qualifies for todrop_entry (UDP's 300 s and
+    # ESTABLISHED's 900 s timeouts are far off).
+    rng = random.Random(1)
+    later = lab.now + 61 * HZ
+    for _ in range(40):
+        tab.random_dropentry(later, lambda k: rng.randrange(k))
+    lab.tick(later + 1)  # the dropped entries expire
+    left = lab.conns()
+    assert tab.dropped == n - len(left) > 0
+    assert sum(1 for c in left if c.protocol == 17) < 64 and sum(1 for c in left if c.protocol == 6) < 64
+
+
+def test_a_one_packet_connection_counts_on_its_template():
+    """ip_vs_in: for a ONE_PACKET conn the increment goes to its controlling template."""
+    lab = web()
+    su = lab.service(VIP, 53, proto=17, flags=IP_VS_SVC_F_ONEPACKET | IP_VS_SVC_F_PERSISTENT, timeout=300)
+    lab.dest(su, "172.16.0.2", 53)
+    for port in (7000, 7001, 7002):
+        lab.send(udp(CLI, port, VIP, 53))
+    (tpl,) = [c for c in lab.ipvs.conn_tab.all() if c.control is None and c.n_control == 0 and c.cport == 0]
+    assert tpl.in_pkts == 3

@@ -602,3 +602,56 @@ def test_one_gate_refuses_errors_as_icmp_send_does():
     r.rx_outer(frame(udp(CLIENT, 5555, OUTER, 53), MAC_D_OUT, MAC_CLIENT))
     (f,) = r.out_ring.take()
     assert Ether(f)[ICMP].type == 3 and Ether(f)[ICMP].code == 3
+
+
+def test_under_backlog_syns_wait_per_source_while_existing_flows_go_through():
+    r = Rig()
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40010, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    assert len(r.in_ring.take()) == 1  # a connection exists before the backlog
+    g = r.drv.guard
+    g.engage(r.now)
+    flooder = "198.51.100.77"
+    for port in range(1000, 1010):
+        r.rx_outer(frame(tcp(flooder, port, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    r.rx_outer(frame(tcp(CLIENT, 40011, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    # The open connection's ACK is not held behind the queued SYNs.
+    r.rx_outer(frame(tcp(CLIENT, 40010, VIP, 80, flags="A", seq=1001, ack=1), MAC_D_OUT, MAC_CLIENT))
+    (ack,) = r.in_ring.take()
+    assert Ether(ack)[TCP].sport == 40010 and Ether(ack)[TCP].flags == "A"
+    assert g.stats.deferred == g.PER_SOURCE + 1 and g.stats.dropped_full == 10 - g.PER_SOURCE
+    assert r.drv.poll_timeout() == 0.0  # SYNs wait: the loop must come back at once
+    r.drv.on_idle(r.now)  # serves them round robin: the client's SYN second
+    out = [Ether(f) for f in r.in_ring.take()]
+    assert [(e[IP].src, e[TCP].sport) for e in out[:2]] == [(flooder, 1000), (CLIENT, 40011)]
+    assert len(out) == g.PER_SOURCE + 1 and not g.turns
+    c = r.drv.counters()
+    assert (c["syn_deferred"], c["syn_served"], c["drop_syn_full"]) == (g.PER_SOURCE + 1, g.PER_SOURCE + 1, 6)
+
+
+def test_without_backlog_a_syn_is_handled_at_once():
+    r = Rig()
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40020, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    assert len(r.in_ring.take()) == 1 and r.drv.guard.stats.deferred == 0
+    r.drv.guard.engage(r.now)
+    r.now += r.drv.guard.hold
+    r.drv.now = r.now
+    r.rx_outer(frame(tcp(CLIENT, 40021, VIP, 80), MAC_D_OUT, MAC_CLIENT))  # the hold is over
+    assert len(r.in_ring.take()) == 1 and r.drv.guard.stats.deferred == 0
+
+
+def test_early_drop_reads_the_slot_of_a_syn_whose_source_queue_is_full():
+    r = Rig()
+    early = r.drv._make_early()
+    g = r.drv.guard
+    syn = bytes(frame(tcp("198.51.100.77", 1000, VIP, 80), MAC_D_OUT, MAC_CLIENT))[10:]  # the slot: no vnet header
+    ack = bytes(frame(tcp("198.51.100.77", 1000, VIP, 80, flags="A"), MAC_D_OUT, MAC_CLIENT))[10:]
+    mm = bytearray(8) + syn + bytearray(8) + ack
+    assert not early(mm, 8, len(syn))  # nothing waits
+    for _ in range(g.PER_SOURCE):
+        g.defer(ip4("198.51.100.77"), lambda b: None, bytearray())
+    assert early(mm, 8, len(syn))
+    assert not early(mm, 16 + len(syn), len(ack))  # not a connection attempt
+    assert not early(mm, 8, 40)  # too short to tell
+    assert g.stats.dropped_full == 1

@@ -46,6 +46,7 @@ def mem_ring(tx_batch: int = 16, direct: bool = True, fail: int = 0):
     r.tx_slots = [r.ring_bytes + off for off in r.rx_slots]
     r.rx_head = r.tx_head = r.tx_pending = 0
     r.tx_max = SLOT - R.TPACKET2_HDRLEN
+    r.early = None
     r.tx_batch = tx_batch
     r.direct_min = R.DIRECT_MIN
     log: list = []
@@ -210,3 +211,70 @@ def test_direct_threshold(n):
     r, log = mem_ring()
     assert r.queue(bytearray(n), n)
     assert r.stats.tx_direct == (n >= R.DIRECT_MIN)
+
+
+class QueueSock(FakeSock):
+    """A socket whose receive queue holds the frames the kernel copied there (``TP_STATUS_COPY``)."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        super().__init__("ring", [])
+        self.frames = frames
+
+    def recv_into(self, buf, n, flags=0) -> int:
+        if not self.frames:
+            raise BlockingIOError(errno.EAGAIN, "empty")
+        f = self.frames.pop(0)
+        buf[: len(f)] = f
+        return len(f)
+
+
+def test_a_frame_larger_than_its_slot_is_read_whole_from_the_socket_in_ring_order():
+    r, _ = mem_ring()
+    big = b"\0" * 10 + bytes(range(256)) * 40  # a GSO frame: the slot holds only its start
+    r.sock = QueueSock([big])
+    kernel_fill(r, b"\1" * 70, i=0)
+    kernel_fill(r, big[:200], status=R.TP_STATUS_USER | R.TP_STATUS_COPY, snaplen=100, i=1)
+    struct.pack_into("=I", r.mm, r.rx_slots[1] + 4, len(big) - R.VNET_HDR_LEN)  # tp_len: the whole frame
+    kernel_fill(r, b"\2" * 70, i=2)
+    got = []
+    assert r.rx(lambda b: got.append(bytes(b)), 16) == 3
+    assert got == [b"\1" * 70, big, b"\2" * 70]
+    assert (r.stats.rx_copied, r.stats.rx_truncated, r.stats.rx_frames) == (1, 0, 3)
+
+
+def test_a_copied_frame_missing_from_the_socket_counts_as_truncated():
+    r, _ = mem_ring()
+    r.sock = QueueSock([])
+    kernel_fill(r, b"\0" * 70, status=R.TP_STATUS_USER | R.TP_STATUS_COPY, snaplen=30, i=0)
+    got = []
+    assert r.rx(got.append, 16) == 1
+    assert got == [] and r.stats.rx_truncated == 1 and r.stats.rx_copied == 0
+
+
+def test_early_drops_a_frame_in_its_slot_and_sees_the_frame_where_the_kernel_put_it():
+    r, _ = mem_ring()
+    seen = []
+
+    def early(mm, l2, snaplen):
+        seen.append((bytes(mm[l2 : l2 + snaplen]), snaplen))
+        return mm[l2] == 0xEE
+
+    r.early = early
+    kernel_fill(r, b"\0" * 10 + b"\xee" * 60, i=0)
+    kernel_fill(r, b"\0" * 10 + b"\x11" * 60, i=1)
+    got = []
+    assert r.rx(lambda b: got.append(bytes(b)), 16) == 2
+    assert seen == [(b"\xee" * 60, 60), (b"\x11" * 60, 60)]
+    assert got == [b"\0" * 10 + b"\x11" * 60]
+    assert r.stats.rx_early_drops == 1
+    assert struct.unpack_from("=I", r.mm, r.rx_slots[0])[0] == R.TP_STATUS_KERNEL
+
+
+def test_holds_tells_how_deep_the_rx_ring_is_from_its_head():
+    r, _ = mem_ring()
+    assert not r.holds(1)
+    for i in range(3):
+        kernel_fill(r, b"\0" * 70, i=i)
+    assert r.holds(1) and r.holds(3) and not r.holds(4)
+    r.rx(lambda b: None, 2)
+    assert r.holds(1) and not r.holds(2)

@@ -32,14 +32,7 @@ NAMES = report.golden_names()
 #: Traffic scenarios whose traffic the offline backend does not model yet
 #: (their listings before traffic are still compared).
 OFFLINE_TODO: set[str] = set()
-#: Goldens recorded ahead of the PyIPVS code they check (issue 17: VS/DR
-#: and VS/TUN): expected to differ until that code lands, and strict, so a
-#: scenario that starts to match must leave this table.
-PENDING = {
-    **{name: "issue 17: VS/DR and VS/TUN forwarding are being written"
-       for name in ("dr_classic", "tun_ipip", "tun_gue", "tun_gre")},
-    **{name: "issue 17: the IPv6 data path is being written" for name in ("nat6_classic", "dr6_classic", "tun6_ipip")},
-}
+PENDING = report.PENDING
 _CACHE: dict[str, tuple[list[Item], list[str]]] = {}
 
 
