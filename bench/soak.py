@@ -240,7 +240,7 @@ def soak(minutes: float, interval: float, rate: float, quick: bool, rss_slack: f
         "entries_max": max((x[2] for x in loaded), default=0),
         "rss_max": max((x[3] for x in loaded), default=0.0),
         "fds_max": max((x[4] for x in loaded), default=0),
-        "alive": lab._alive(pid),
+        "alive": lab.alive(pid),
     }
     r["checks"] = {
         "entries back to start": end[2] == start[2],

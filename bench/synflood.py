@@ -209,7 +209,7 @@ def run_variant(name: str, extra: list[str], seconds: float, ports: int) -> dict
     table.append(table_size())
     mem.append(rss_mib(pid))
     cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-    alive = lab._alive(pid)
+    alive = lab.alive(pid)
     counters = stop_and_read_counters(pid)
     lat = sorted(t for ok, t in results if ok)
     ok = sum(1 for o, _ in results if o)
