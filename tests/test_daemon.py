@@ -1381,5 +1381,6 @@ def test_console_main_restarts_once_on_pypy_without_the_nursery(monkeypatch, tmp
 @pytest.mark.skipif(not (ROOT / ".venv-pypy" / "bin" / "python").exists(), reason="no .venv-pypy (tools/bootstrap)")
 def test_tools_ipvsd_on_pypy_runs_with_the_4m_nursery(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYPY_GC_NURSERY", "IPVS_SOCKET")}
+    env["IPVSD_RUNTIME"] = "pypy"  # tools/run-tests sets cpython for its CPython pass
     line = runtime_log_line([str(ROOT / ".venv-pypy" / "bin" / "python"), str(IPVSD)], tmp_path, env)
     assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M)"), line
