@@ -23,7 +23,7 @@ import enum
 import struct
 from typing import NamedTuple
 
-from ipvs.uapi import IPPROTO_TCP, IPPROTO_UDP
+from ipvs.uapi import IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -52,6 +52,40 @@ ICMP_TIME_EXCEEDED = 11
 ICMP_PORT_UNREACH = 3  # code of ICMP_DEST_UNREACH
 ICMP_FRAG_NEEDED = 4  # code of ICMP_DEST_UNREACH
 ICMP_EXC_TTL = 0  # code of ICMP_TIME_EXCEEDED
+
+# IPv6 next-header values of the extension headers (RFC 8200 4,
+# ``NEXTHDR_*`` in include/net/ipv6.h).
+NEXTHDR_HOP = 0
+NEXTHDR_ROUTING = 43
+NEXTHDR_FRAGMENT = 44
+NEXTHDR_ESP = 50
+NEXTHDR_AUTH = 51
+NEXTHDR_NONE = 59
+NEXTHDR_DEST = 60
+#: ``ipv6_ext_hdr()``: the headers ``ipv6_find_hdr`` walks through.  ESP is
+#: not one of them (what follows it is encrypted): the walk ends there and
+#: ESP is the packet's protocol, as is "no next header" (59).
+IPV6_EXT_HDRS = frozenset((NEXTHDR_HOP, NEXTHDR_ROUTING, NEXTHDR_FRAGMENT, NEXTHDR_AUTH, NEXTHDR_DEST))
+#: Fragment header: offset (8-byte units, already shifted) and M flag.
+IP6_OFFSET = 0xFFF8
+IP6_MF = 0x0001
+IPV6_HLEN = 40
+IPV6_MIN_MTU = 1280
+
+# ICMPv6 types and codes (RFC 4443, RFC 4861).
+ICMPV6_DEST_UNREACH = 1
+ICMPV6_PKT_TOOBIG = 2
+ICMPV6_TIME_EXCEED = 3
+ICMPV6_PARAMPROB = 4
+#: Types with this bit are informational (echo, neighbour discovery), the
+#: others errors (``ICMPV6_INFOMSG_MASK``).
+ICMPV6_INFOMSG_MASK = 0x80
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
+NDISC_NEIGHBOUR_SOLICITATION = 135
+NDISC_NEIGHBOUR_ADVERTISEMENT = 136
+ICMPV6_PORT_UNREACH = 4  # code of ICMPV6_DEST_UNREACH
+ICMPV6_EXC_HOPLIMIT = 0  # code of ICMPV6_TIME_EXCEED
 
 _H = struct.Struct("!H")
 _HH = struct.Struct("!HH")
@@ -87,6 +121,7 @@ class Drop(enum.IntEnum):
     TABLE_FULL = 13  #: connection table at its configured bound
     UNSUPPORTED = 14  #: valid but not handled (e.g. IPv6 extension chains)
     NO_PE_DATA = 15  #: the service's persistence engine found no key (SIP: no usable Call-ID)
+    BAD_EXTHDR = 16  #: IPv6 extension headers truncated, or a non-first fragment not followed by the protocol
 
 
 class IPHeader(NamedTuple):
@@ -133,15 +168,71 @@ def parse(buf: bytearray | bytes, l3: int) -> IPHeader | Drop:
             (frag & IP_OFFSET) << 3, bool(frag & IP_MF),
         )
     if ver == 6:
-        if n < l3 + 40:
+        if n < l3 + IPV6_HLEN:
             return Drop.TRUNCATED
         plen = (buf[l3 + 4] << 8) | buf[l3 + 5]
-        if l3 + 40 + plen > n:
+        end = l3 + IPV6_HLEN + plen
+        if end > n:
             return Drop.BAD_TOTLEN
-        # Extension headers are not walked yet: IPv6 is designed for (keys
-        # carry the family) but its data path comes with the IPv6 issue.
-        return IPHeader(10, l3, l3 + 40, l3 + 40 + plen, buf[l3 + 6], l3 + 8, l3 + 24, 16, 0, False)
+        found = ipv6_find_hdr(buf, l3, end)
+        if found is None:
+            return Drop.BAD_EXTHDR
+        protocol, l4, fragoffs, more = found
+        return IPHeader(10, l3, l4, end, protocol, l3 + 8, l3 + 24, 16, fragoffs, more)
     return Drop.BAD_VERSION
+
+
+def ipv6_find_hdr(buf: bytearray | bytes, l3: int, end: int) -> tuple[int, int, int, bool] | None:
+    """``ipv6_find_hdr(skb, &offset, -1, &fragoffs, &flags)`` as IPVS calls
+    it (``ip_vs_fill_iph_skb``): walk the extension headers after the IPv6
+    header at ``l3``; return (protocol, its offset, fragment offset, more
+    fragments), or None when a header runs past ``end`` (the kernel's
+    -EBADMSG) or a non-first fragment is followed by another extension
+    header (-ENOENT).
+
+    Hop-by-hop, routing and destination options are skipped by their
+    length field, ``(len + 1) * 8``; AH by its own, ``(len + 2) * 4``
+    (IPVS passes no ``IP6_FH_F_AUTH``: the protocol is what AH protects);
+    ESP and "no next header" end the walk as the protocol.  A routing
+    header is skipped whatever its segments left (no ``IP6_FH_F_SKIP_RH``),
+    and the pseudo-header of a checksum keeps the header's destination
+    address, as the kernel's IPVS does.  A first fragment (offset 0) is
+    walked through like any header; a later fragment ends the walk with
+    the fragment's next header as the protocol and its offset.
+
+    Differences: the kernel leaves the offset of a non-first fragment at
+    the IPv6 header; here it is the fragment's data, which nothing reads
+    as a transport header.  An atomic fragment (offset 0, no M flag,
+    RFC 6946) reads as unfragmented; the kernel only flags it.
+    """
+    nexthdr = buf[l3 + 6]
+    start = l3 + IPV6_HLEN
+    fragoffs = 0
+    more = False
+    while nexthdr in IPV6_EXT_HDRS:
+        # The kernel reads 2 bytes of a header (next header, length), 4 of
+        # a fragment or routing header; a length running past the packet
+        # shows at the next header, or in the transport offset at the end.
+        if start + (4 if nexthdr in (NEXTHDR_FRAGMENT, NEXTHDR_ROUTING) else 2) > end:
+            return None
+        nxt = buf[start]
+        if nexthdr == NEXTHDR_FRAGMENT:
+            frag = (buf[start + 2] << 8) | buf[start + 3]
+            more = bool(frag & IP6_MF)
+            if frag & IP6_OFFSET:
+                if nxt in IPV6_EXT_HDRS:
+                    return None
+                return nxt, start + 8, frag & IP6_OFFSET, more
+            hdrlen = 8
+        elif nexthdr == NEXTHDR_AUTH:
+            hdrlen = (buf[start + 1] + 2) << 2
+        else:
+            hdrlen = (buf[start + 1] + 1) << 3
+        nexthdr = nxt
+        start += hdrlen
+    if start > end:
+        return None
+    return nexthdr, start, fragoffs, more
 
 
 def ports(buf: bytearray | bytes, l4: int) -> tuple[int, int]:
@@ -205,10 +296,19 @@ def l4_checksum(buf: bytearray, h: IPHeader) -> int:
 
 
 def l4_csum_ok(buf: bytearray, h: IPHeader) -> bool:
-    """Verify a TCP/UDP checksum (a zero UDP checksum means "none", RFC 768)."""
+    """Verify a TCP/UDP checksum (a zero UDP checksum means "none", RFC 768).
+
+    The pseudo-header has the transport protocol and the transport length
+    from the descriptor, not the IPv6 header's next header and payload
+    length: with extension headers these differ (the kernel fixed its
+    ``*_csum_check`` for this in 2026, "ipvs: skip ipv6 extension headers
+    for csum checks").  Like ``udp_csum_check`` a zero UDP checksum passes
+    in both families, although RFC 8200 8.1 forbids it over IPv6: the
+    kernel's IPv6 stack drops those before IPVS sees them.
+    """
     coff = h.l4 + (16 if h.protocol == IPPROTO_TCP else 6)
     got = _H.unpack_from(buf, coff)[0]
-    if h.protocol == IPPROTO_UDP and got == 0 and h.af == 2:
+    if h.protocol == IPPROTO_UDP and got == 0:
         return True
     want = l4_checksum(buf, h)
     if h.protocol == IPPROTO_UDP and want == 0:
@@ -219,6 +319,17 @@ def l4_csum_ok(buf: bytearray, h: IPHeader) -> bool:
 def icmp_checksum(buf: bytearray, l4: int, end: int) -> int:
     """ICMP (v4) checksum over ``buf[l4:end]`` with the field taken as 0."""
     s = csum_words(buf[l4 : l4 + 2]) + csum_words(buf[l4 + 4 : end])
+    return ~fold(s) & 0xFFFF
+
+
+def icmp6_checksum(buf: bytearray, h: IPHeader) -> int:
+    """ICMPv6 checksum (RFC 4443 2.3) of the message at ``h.l4`` with the
+    field taken as 0: the IPv6 pseudo-header (``csum_ipv6_magic``) over the
+    addresses, the ICMPv6 length and next header 58, then the message."""
+    l4, end = h.l4, h.end
+    s = pseudo_sum(bytes(buf[h.saddr : h.saddr + 16]), bytes(buf[h.daddr : h.daddr + 16]),
+                   IPPROTO_ICMPV6, end - l4)
+    s += csum_words(buf[l4 : l4 + 2]) + csum_words(buf[l4 + 4 : end])
     return ~fold(s) & 0xFFFF
 
 

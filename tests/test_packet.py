@@ -260,3 +260,176 @@ def test_put_addr4_and_put_port_write_in_place_and_nothing_else(frame, addr, por
     P.put_addr4(buf, off, addr)
     P.put_port(buf, off + 6, port)
     assert buf == want and len(buf) == len(frame)
+
+
+# --------------------------------------------------------------- IPv6
+
+from scapy.layers.inet6 import (  # noqa: E402
+    ICMPv6DestUnreach,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.ipsec import AH, ESP  # noqa: E402
+
+C6, V6, R6 = "2001:db8:1::2", "2001:db8:5::5", "2001:db8:2::2"
+
+
+def v6(*layers) -> bytearray:
+    pkt = IPv6(src=C6, dst=V6, hlim=64)
+    for layer in layers:
+        pkt = pkt / layer
+    return bytearray(bytes(pkt))
+
+
+def pseudo6_csum(pkt: bytes, l4: int, proto: int, coff: int) -> int:
+    """The checksum an IPv6 host computes (header's own addresses,
+    transport length and protocol), by the word loop."""
+    seg = bytearray(pkt[l4:])
+    seg[coff : coff + 2] = b"\0\0"
+    ph = pkt[8:24] + pkt[24:40] + struct.pack("!IxxxB", len(seg), proto)
+    return inet_csum(ph + bytes(seg))
+
+
+def test_parse_ipv6_walks_hop_by_hop_destination_options_and_routing():
+    pkt = v6(IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(options=[]), IPv6ExtHdrRouting(addresses=[]),
+             TCP(sport=1234, dport=80))
+    h = P.parse(pkt, 0)
+    assert (h.protocol, h.l4, h.end, h.fragoffs, h.more_frags) == (6, 40 + 8 + 8 + 8, len(pkt), 0, False)
+    assert P.ports(pkt, h.l4) == (1234, 80)
+
+
+def test_parse_ipv6_option_lengths_are_in_8_byte_units_ah_in_4():
+    # A hop-by-hop header of 24 bytes of PadN (length field 2).
+    hbh = bytes([17, 2, 1, 20]) + bytes(20)
+    pkt = bytearray(bytes(IPv6(src=C6, dst=V6, nh=0, plen=24 + 8)) + hbh + bytes(UDP(sport=5, dport=53)))
+    h = P.parse(pkt, 0)
+    assert (h.protocol, h.l4) == (17, 64)
+    # AH: payload length in 4-byte units minus 2 (RFC 4302 2.2).
+    ah = AH(nh=6, payloadlen=4, spi=1, seq=1, icv=b"\0" * 12)
+    pkt = v6(ah, TCP(sport=1, dport=2))
+    h = P.parse(pkt, 0)
+    assert (h.protocol, h.l4) == (6, 40 + 24)
+
+
+def test_parse_ipv6_esp_and_no_next_header_end_the_walk():
+    pkt = v6(IPv6ExtHdrHopByHop(), ESP(spi=7, seq=1, data=b"x" * 16))
+    h = P.parse(pkt, 0)
+    assert (h.protocol, h.l4) == (P.NEXTHDR_ESP, 48)
+    pkt = bytearray(bytes(IPv6(src=C6, dst=V6, nh=59)))
+    h = P.parse(pkt, 0)
+    assert (h.protocol, h.l4, h.end) == (P.NEXTHDR_NONE, 40, 40)
+
+
+def test_parse_ipv6_fragments():
+    first = v6(IPv6ExtHdrFragment(nh=17, offset=0, m=1, id=9), UDP(sport=1, dport=2) / (b"a" * 16))
+    h = P.parse(first, 0)
+    assert (h.protocol, h.l4, h.fragoffs, h.more_frags) == (17, 48, 0, True)
+    later = v6(IPv6ExtHdrFragment(nh=17, offset=3, m=0, id=9), b"b" * 16)
+    h = P.parse(later, 0)
+    assert (h.protocol, h.l4, h.fragoffs, h.more_frags) == (17, 48, 24, False)
+    atomic = v6(IPv6ExtHdrFragment(nh=6, offset=0, m=0, id=9), TCP(sport=1, dport=2))
+    h = P.parse(atomic, 0)
+    assert (h.protocol, h.l4, h.fragoffs, h.more_frags) == (6, 48, 0, False)
+    # A later fragment followed by another extension header: -ENOENT.
+    odd = v6(IPv6ExtHdrFragment(nh=60, offset=3, m=0, id=9), IPv6ExtHdrDestOpt(nh=17), b"c" * 8)
+    assert P.parse(odd, 0) == P.Drop.BAD_EXTHDR
+
+
+def test_parse_ipv6_truncated_extension_headers():
+    pkt = v6(IPv6ExtHdrHopByHop(), TCP(sport=1, dport=2))
+    # The hop-by-hop header claims 64 bytes: its end runs past the packet.
+    pkt[41] = 7
+    assert P.parse(pkt, 0) == P.Drop.BAD_EXTHDR
+    # Nothing after the fixed header but a next-header value of hop-by-hop.
+    bare = bytearray(bytes(IPv6(src=C6, dst=V6, nh=0, plen=0)))
+    assert P.parse(bare, 0) == P.Drop.BAD_EXTHDR
+    one = bytearray(bytes(IPv6(src=C6, dst=V6, nh=44, plen=2))) + b"\x11\0"
+    assert P.parse(one, 0) == P.Drop.BAD_EXTHDR
+
+
+@given(st.binary(min_size=40, max_size=120), st.integers(0, 3))
+def test_parse_ipv6_never_raises(data, l3):
+    frame = bytearray(l3) + bytearray(data)
+    frame[l3] = 0x60 | (frame[l3] & 0x0F)
+    h = P.parse(frame, l3)
+    assert isinstance(h, (P.IPHeader, P.Drop))
+    if isinstance(h, P.IPHeader):
+        assert l3 + 40 <= h.l4 <= h.end <= len(frame)
+
+
+def test_csum_check_with_extension_headers_kernel_fix_2026():
+    """The kernel's *_csum_check took the transport header at offset 40 and
+    the IPv6 header's next header as the pseudo-header protocol; with a
+    hop-by-hop header both are wrong ("ipvs: skip ipv6 extension headers
+    for csum checks").  The descriptor's l4 and protocol are right."""
+    pkt = v6(IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), TCP(sport=1234, dport=80, flags="PA") / b"data")
+    assert pkt[6] == 0  # the IPv6 header says hop-by-hop, not TCP
+    h = P.parse(pkt, 0)
+    assert h.l4 == 56
+    want = pseudo6_csum(bytes(pkt), 56, 6, 16)
+    assert struct.unpack_from("!H", pkt, 56 + 16)[0] == want  # scapy agrees with the word loop
+    assert P.l4_csum_ok(pkt, h)
+    assert P.l4_checksum(pkt, h) == want
+    # What the unfixed kernel computed: offset 40, protocol 0 — not a match.
+    assert pseudo6_csum(bytes(pkt), 40, 0, 16) != want
+    bad = bytearray(pkt)
+    bad[-1] ^= 1
+    assert not P.l4_csum_ok(bad, P.parse(bad, 0))
+    u = v6(IPv6ExtHdrHopByHop(), UDP(sport=5, dport=53) / b"q")
+    hu = P.parse(u, 0)
+    assert hu.l4 == 48 and P.l4_csum_ok(u, hu)
+
+
+@given(
+    st.sampled_from(["tcp", "udp"]),
+    st.binary(max_size=64),
+    st.sampled_from([(), ("hbh",), ("hbh", "dst"), ("rt",), ("dst", "frag0")]),
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 0xFFFF),
+)
+def test_l4_csum_nat_ipv6_field_by_field_against_a_full_recompute(proto, payload, exts, new_addr, new_port):
+    """DNAT over IPv6: the 16-byte address and port change, the RFC 1624
+    update of the transport checksum equals a recompute from scratch."""
+    layers = {
+        "hbh": IPv6ExtHdrHopByHop(), "dst": IPv6ExtHdrDestOpt(), "rt": IPv6ExtHdrRouting(addresses=[]),
+        "frag0": IPv6ExtHdrFragment(offset=0, m=0, id=1),
+    }
+    l4 = TCP(sport=40000, dport=80, flags="A") if proto == "tcp" else UDP(sport=40000, dport=53)
+    pkt = v6(*[layers[e] for e in exts], l4 / payload)
+    h = P.parse(pkt, 0)
+    coff = h.l4 + (16 if proto == "tcp" else 6)
+    old_addr = bytes(pkt[24:40])
+    old_port = 80 if proto == "tcp" else 53
+    # nat_delta's precomputed change, applied as xmit applies it, first.
+    delta = P.nat_delta(old_addr, new_addr, old_port, new_port)
+    c = struct.unpack_from("!H", pkt, coff)[0]
+    by_delta = ~P.fold((~c & 0xFFFF) + (delta >> 16) + (delta & 0xFFFF)) & 0xFFFF
+    P.l4_csum_nat(pkt, coff, old_addr, new_addr, old_port, new_port, False)
+    assert struct.unpack_from("!H", pkt, coff)[0] == by_delta
+    pkt[24:40] = new_addr
+    struct.pack_into("!H", pkt, h.l4 + 2, new_port)
+    got = struct.unpack_from("!H", pkt, coff)[0]
+    want = pseudo6_csum(bytes(pkt), h.l4, h.protocol, coff - h.l4)
+    # Equal as ones'-complement numbers (0x0000 and 0xFFFF are both zero).
+    assert got == want or {got, want} == {0, 0xFFFF}
+    assert P.l4_csum_ok(pkt, P.parse(pkt, 0)) or (proto == "udp" and got == 0)
+
+
+def test_l4_csum_full_ipv6_partial_and_complete():
+    pkt = v6(IPv6ExtHdrHopByHop(), UDP(sport=1, dport=2) / b"abc")
+    h = P.parse(pkt, 0)
+    P.l4_csum_full(pkt, h)
+    assert struct.unpack_from("!H", pkt, h.l4 + 6)[0] == pseudo6_csum(bytes(pkt), h.l4, 17, 6)
+    P.l4_csum_full(pkt, h, partial=True)
+    ph = P.csum_words(bytes(pkt[8:40]) + struct.pack("!IxxxB", h.end - h.l4, 17))
+    assert struct.unpack_from("!H", pkt, h.l4 + 6)[0] == ph
+
+
+def test_icmp6_checksum_matches_scapy():
+    quoted = bytes(IPv6(src=V6, dst=C6) / TCP(sport=80, dport=1234))
+    pkt = bytearray(bytes(IPv6(src=R6, dst=C6) / IPv6ExtHdrHopByHop() / ICMPv6DestUnreach(code=4) / quoted))
+    h = P.parse(pkt, 0)
+    assert (h.protocol, h.l4) == (58, 48)
+    assert P.icmp6_checksum(pkt, h) == struct.unpack_from("!H", pkt, h.l4 + 2)[0]

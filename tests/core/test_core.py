@@ -793,6 +793,8 @@ def test_every_drop_reason_is_reachable_and_counted():
         Drop.BAD_IHL: bytearray(b"\x44" + good[1:]),
         Drop.BAD_TOTLEN: bytearray(good[:-1]),
         Drop.BAD_L4: bytearray(bytes(IP(src=CLI, dst=VIP, proto=17) / b"\0\1")),
+        # An IPv6 hop-by-hop header longer than the packet.
+        Drop.BAD_EXTHDR: bytearray(bytes(IPv6(nh=0, plen=8) / (b"\x06\x07" + bytes(6)))),
     }
     for reason, buf in cases.items():
         assert lab.send(buf) == NF_DROP, reason
