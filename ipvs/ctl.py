@@ -339,6 +339,9 @@ def flush(ipvs: NetnsIPVS) -> None:
 # Destinations
 
 
+_IN6ADDR_ANY = bytes(16)
+
+
 def _check_dest_user(svc: Service, u: DestUser) -> None:
     if u.weight < 0:
         raise IPVSError(errno.ERANGE, "weight below zero")
@@ -359,8 +362,14 @@ def _check_dest_user(svc: Service, u: DestUser) -> None:
         raise IPVSError(errno.EINVAL, "mixed address family needs tunnelling")
     # Multicast is 224.0.0.0/4 or ff00::/8 (tested on the first byte: an
     # ipaddress object per destination is a large part of a bulk restore).
-    multicast = (u.addr[0] & 0xF0) == 0xE0 if len(u.addr) == 4 else u.addr[0] == 0xFF
-    if multicast or (u.af == AF_INET and u.addr in (b"\xff\xff\xff\xff", b"\0\0\0\0")):
+    if len(u.addr) == 4:
+        not_unicast = (u.addr[0] & 0xF0) == 0xE0 or u.addr in (b"\xff\xff\xff\xff", b"\0\0\0\0")
+    else:
+        # ipv6_addr_type: multicast and :: are not unicast; a link-local
+        # (fe80::/10) real server is refused too (the kernel allows one
+        # that is a local address, which the control plane cannot know).
+        not_unicast = u.addr[0] == 0xFF or u.addr == _IN6ADDR_ANY or (u.addr[0] == 0xFE and u.addr[1] & 0xC0 == 0x80)
+    if not_unicast:
         # ip_vs_new_dest/__ip_vs_update checks: the real server must be unicast.
         raise IPVSError(errno.EINVAL, "real server address is not unicast")
 

@@ -753,8 +753,12 @@ def _get_service(ipvs, req, now, **_):
 def _dest_cmd(ipvs, req, full: bool) -> tuple[ServiceUser, ctl.Service, DestUser]:
     su, svc = _existing(ipvs, req, full=False)
     du = _parse_dest(req.get("dest"), svc, full=full)
-    if full and du.af != svc.af and du.conn_flags != uapi.IP_VS_CONN_F_TUNNEL:
-        raise IPVSError(errno.EINVAL, "a destination of another family must be tunnelled")
+    if full and du.af != svc.af:
+        if _sync_state(ipvs):
+            # The sync protocol cannot carry a connection of two families.
+            raise IPVSError(errno.EINVAL, "a destination of another family with a sync daemon running")
+        if du.conn_flags != uapi.IP_VS_CONN_F_TUNNEL:
+            raise IPVSError(errno.EINVAL, "a destination of another family must be tunnelled")
     if full and du.tun_type == uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE and du.tun_port == 0:
         raise IPVSError(errno.EINVAL, "GUE tunnel port is zero")
     return su, svc, du

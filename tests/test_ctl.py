@@ -361,3 +361,21 @@ def test_gue_tunnel_needs_a_port(ipvs):
     assert d.tun_port == 6080
     assert err(ctl.add_dest, ipvs, su(), du(2, tun_port=0, **gue)) == errno.EINVAL
     assert err(ctl.edit_dest, ipvs, su(), du(2, tun_port=0, **gue)) == errno.EINVAL
+
+
+def test_ipv6_real_servers_must_be_unicast_and_not_link_local(ipvs):
+    """ip_vs_new_dest for AF_INET6: ipv6_addr_type must say unicast and not
+    link-local (multicast, ::, fe80::/10 refused); a v4 real server under
+    a v6 service only with tunnelling (ip_vs_genl_set_cmd)."""
+    s6 = ctl.ServiceUser(af=10, protocol=6, addr=A("2001:db8:5::5"), port=80, sched_name="rr", netmask=128)
+    ctl.add_service(ipvs, s6)
+    for text in ("ff02::1", "::", "fe80::1", "febf::1"):
+        bad = ctl.DestUser(af=10, addr=A(text), port=80, conn_flags=IP_VS_CONN_F_MASQ)
+        assert err(ctl.add_dest, ipvs, s6, bad) == errno.EINVAL, text
+    for text in ("2001:db8:2::2", "fec0::1", "::1"):
+        ctl.add_dest(ipvs, s6, ctl.DestUser(af=10, addr=A(text), port=80, conn_flags=IP_VS_CONN_F_MASQ))
+    v4 = ctl.DestUser(af=2, addr=A("172.16.0.2"), port=80, conn_flags=IP_VS_CONN_F_MASQ)
+    assert err(ctl.add_dest, ipvs, s6, v4) == errno.EINVAL
+    ctl.add_dest(ipvs, s6, ctl.DestUser(af=2, addr=A("172.16.0.2"), port=80, conn_flags=uapi.IP_VS_CONN_F_TUNNEL))
+    newest = ipvs.svc_table[ip_vs.svc_key(6, A("2001:db8:5::5"), 80)].destinations[0]
+    assert (newest.af, newest.addr) == (2, A("172.16.0.2"))
