@@ -1,7 +1,7 @@
-"""ARP frames and the neighbour cache of one interface.
+"""ARP and neighbour discovery frames, and the neighbour cache of one interface.
 
-Mirrors, in a much smaller form, ``net/ipv4/arp.c`` and
-``net/core/neighbour.c``: the driver answers ARP requests for the
+Mirrors, in a much smaller form, ``net/ipv4/arp.c``, ``net/ipv6/ndisc.c``
+and ``net/core/neighbour.c``: the driver answers ARP requests for the
 addresses it owns (the VIPs on the outer side, the real servers' gateway
 on the inner side), learns the sender of every request aimed at it,
 resolves next hops with broadcast requests and refreshes resolved entries
@@ -25,6 +25,14 @@ Differences from the kernel, and why:
   entry starts a new resolution there too, which is what a new entry
   does here: the same requests, then the same errors.
 
+IPv6 uses the same table (addresses as 128-bit ints, one table per
+family) with neighbour solicitations to the solicited-node multicast
+address for resolution and unicast ones for probes, and advertisements
+(solicited, override) as answers (RFC 4861 7.2): :func:`ns_frame`,
+:func:`na_frame`, :func:`parse_ndisc`.  What ndisc.c does besides is left
+out: no router or redirect messages, no duplicate address detection of
+the director's own addresses, no NA learning of entries not asked for.
+
 Times are jiffies (``now``), as everywhere above the driver's clock.
 """
 
@@ -34,7 +42,18 @@ import struct
 
 import attrs
 
-from ipvs.packet import ETH_P_ARP, ETH_P_IP
+from ipvs.packet import (
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    NDISC_NEIGHBOUR_ADVERTISEMENT,
+    NDISC_NEIGHBOUR_SOLICITATION,
+    IPHeader,
+    icmp6_checksum,
+    parse,
+    put_u16,
+)
+from ipvs.uapi import IPPROTO_ICMPV6
 
 ARPOP_REQUEST = 1
 ARPOP_REPLY = 2
@@ -71,6 +90,94 @@ def parse_arp(buf: bytearray, l3: int):
     return op, sha, spa, tha, tpa
 
 
+# ---------------------------------------------------------------- ndisc
+
+#: Neighbour discovery options (RFC 4861 4.6.1): source / target link-layer address.
+ND_OPT_SOURCE_LL_ADDR = 1
+ND_OPT_TARGET_LL_ADDR = 2
+#: Advertisement flags (RFC 4861 4.4): router, solicited, override.
+NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x80000000, 0x40000000, 0x20000000
+#: Every neighbour discovery packet has hop limit 255 (RFC 4861 7.1.1).
+ND_HOPLIMIT = 255
+#: vnet header + Ethernet + IPv6 + NS/NA (24) + one link-layer option (8).
+ND_FRAME_LEN = 10 + 14 + 40 + 32
+ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
+_IP6 = struct.Struct("!IHBB16s16s")
+_ND = struct.Struct("!BBHI16sBB6s")
+
+
+def solicited_node(addr: bytes) -> bytes:
+    """ff02::1:ffXX:XXXX, the multicast group of ``addr`` (RFC 4291 2.7.1)."""
+    return bytes.fromhex("ff0200000000000000000001ff") + bytes(addr[13:16])
+
+
+def multicast_mac(addr6: bytes) -> bytes:
+    """33:33 and the group's low 32 bits (RFC 2464 7)."""
+    return b"\x33\x33" + bytes(addr6[12:16])
+
+
+def _nd_frame(src_mac: bytes, eth_dst: bytes, src: bytes, dst: bytes, icmp_type: int, flags: int,
+              target: bytes, opt: int) -> bytearray:
+    buf = bytearray(ND_FRAME_LEN)
+    _ETH.pack_into(buf, 10, eth_dst, src_mac, ETH_P_IPV6)
+    _IP6.pack_into(buf, 24, 6 << 28, 32, IPPROTO_ICMPV6, ND_HOPLIMIT, src, dst)
+    _ND.pack_into(buf, 64, icmp_type, 0, 0, flags, target, opt, 1, src_mac)
+    h = parse(buf, 24)
+    put_u16(buf, 66, icmp6_checksum(buf, h))
+    return buf
+
+
+def ns_frame(src_mac: bytes, src: bytes, target: bytes, mac: bytes | None = None) -> bytearray:
+    """A neighbour solicitation for ``target`` from ``src`` (vnet header
+    first): to its solicited-node group to resolve it, or to ``target``
+    at ``mac`` to probe it (``ndisc_solicit``)."""
+    if mac is None:
+        group = solicited_node(target)
+        return _nd_frame(src_mac, multicast_mac(group), src, group, NDISC_NEIGHBOUR_SOLICITATION, 0, target,
+                         ND_OPT_SOURCE_LL_ADDR)
+    return _nd_frame(src_mac, mac, src, target, NDISC_NEIGHBOUR_SOLICITATION, 0, target, ND_OPT_SOURCE_LL_ADDR)
+
+
+def na_frame(src_mac: bytes, target: bytes, dst: bytes, dst_mac: bytes | None, solicited: bool = True) -> bytearray:
+    """A neighbour advertisement of ``target`` at ``src_mac`` (from
+    ``target`` itself, ``ndisc_send_na``): solicited and override to the
+    solicitor, or unsolicited to all nodes (``dst_mac`` None) when an
+    address moves here (the IPv6 gratuitous ARP)."""
+    flags = NA_OVERRIDE | (NA_SOLICITED if solicited else 0)
+    eth_dst = dst_mac if dst_mac is not None else multicast_mac(dst)
+    return _nd_frame(src_mac, eth_dst, target, dst, NDISC_NEIGHBOUR_ADVERTISEMENT, flags, target,
+                     ND_OPT_TARGET_LL_ADDR)
+
+
+def parse_ndisc(buf: bytearray, h: IPHeader):
+    """(type, flags, target, link-layer address or None) of a neighbour
+    solicitation or advertisement, or None when it is not a valid one
+    (RFC 4861 7.1.1: hop limit 255, code 0, 24 bytes at least, a right
+    checksum, no extension headers before it, options of non-zero length
+    within the message)."""
+    l3, l4, end = h.l3, h.l4, h.end
+    if h.protocol != IPPROTO_ICMPV6 or l4 != l3 + 40 or end - l4 < 24 or buf[l3 + 7] != ND_HOPLIMIT:
+        return None
+    icmp_type = buf[l4]
+    if icmp_type not in (NDISC_NEIGHBOUR_SOLICITATION, NDISC_NEIGHBOUR_ADVERTISEMENT) or buf[l4 + 1]:
+        return None
+    if icmp6_checksum(buf, h) != (buf[l4 + 2] << 8) | buf[l4 + 3]:
+        return None
+    flags = struct.unpack_from("!I", buf, l4 + 4)[0]
+    target = bytes(buf[l4 + 8 : l4 + 24])
+    want = ND_OPT_SOURCE_LL_ADDR if icmp_type == NDISC_NEIGHBOUR_SOLICITATION else ND_OPT_TARGET_LL_ADDR
+    lladdr = None
+    pos = l4 + 24
+    while pos + 2 <= end:
+        olen = buf[pos + 1] << 3
+        if not olen or pos + olen > end:
+            return None
+        if buf[pos] == want and olen >= 8:
+            lladdr = bytes(buf[pos + 2 : pos + 8])
+        pos += olen
+    return icmp_type, flags, target, lladdr
+
+
 @attrs.define(slots=True, eq=False)
 class Neigh:
     """One neighbour: its MAC once known, and when it was last confirmed."""
@@ -96,7 +203,8 @@ class NeighStats:
 
 
 class NeighTable:
-    """Neighbour cache of one interface (IPv4 addresses as host-order ints).
+    """Neighbour cache of one interface and family (addresses as
+    host-order ints: 32-bit for ARP, 128-bit for neighbour discovery).
 
     ``mac`` is the fast-path dict of resolved entries; everything else goes
     through the methods, which return what the caller must transmit.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+
+from ipvs.driver import neigh
 from ipvs.driver.neigh import MAX_PROBES, QUEUE_FRAMES, NeighTable
 
 HZ = 250
@@ -52,3 +55,85 @@ def test_full_queue_drops_the_oldest_and_an_answer_releases_the_rest():
     assert [b[0] for b, _ in waiting] == list(range(2, QUEUE_FRAMES + 2))
     assert t.tick(10 * HZ) == ([], [])
     assert t.stats.unresolved == 0 and t.stats.failed == 0
+
+
+# ------------------------------------------------------------ ndisc
+
+from scapy.layers.inet6 import (  # noqa: E402
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+)
+from scapy.layers.l2 import Ether  # noqa: E402
+
+from ipvs import packet as P  # noqa: E402
+
+MAC = bytes.fromhex("020000000001")
+PEER = bytes.fromhex("020000000002")
+GW6, RS6 = "2001:db8:2::1", "2001:db8:2::2"
+
+
+def A6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+def _scapy_ok(frame: bytes, layer) -> object:
+    p = Ether(frame[10:])
+    got = p[layer].cksum
+    p[layer].cksum = None
+    assert Ether(bytes(p))[layer].cksum == got
+    return p
+
+
+def test_ns_frame_resolves_through_the_solicited_node_group():
+    f = neigh.ns_frame(MAC, A6(GW6), A6(RS6))
+    assert len(f) == neigh.ND_FRAME_LEN and f[:10] == bytes(10)
+    p = _scapy_ok(bytes(f), ICMPv6ND_NS)
+    assert (p.dst, p.src, p.type) == ("33:33:ff:00:00:02", "02:00:00:00:00:01", 0x86DD)
+    assert (p[IPv6].src, p[IPv6].dst, p[IPv6].hlim) == (GW6, "ff02::1:ff00:2", 255)
+    assert p[ICMPv6ND_NS].tgt == RS6 and p[ICMPv6NDOptSrcLLAddr].lladdr == "02:00:00:00:00:01"
+    probe = Ether(bytes(neigh.ns_frame(MAC, A6(GW6), A6(RS6), PEER))[10:])
+    assert (probe.dst, probe[IPv6].dst) == ("02:00:00:00:00:02", RS6)
+
+
+def test_na_frame_solicited_and_unsolicited():
+    p = _scapy_ok(bytes(neigh.na_frame(MAC, A6(GW6), A6(RS6), PEER)), ICMPv6ND_NA)
+    na = p[ICMPv6ND_NA]
+    assert (p.dst, p[IPv6].src, p[IPv6].dst, p[IPv6].hlim) == ("02:00:00:00:00:02", GW6, RS6, 255)
+    assert (na.tgt, na.R, na.S, na.O) == (GW6, 0, 1, 1)
+    assert p[ICMPv6NDOptDstLLAddr].lladdr == "02:00:00:00:00:01"
+    p = _scapy_ok(bytes(neigh.na_frame(MAC, A6(GW6), neigh.ALL_NODES, None, solicited=False)), ICMPv6ND_NA)
+    assert (p.dst, p[IPv6].dst, p[ICMPv6ND_NA].S) == ("33:33:00:00:00:01", "ff02::1", 0)
+
+
+def _frame(pkt) -> bytearray:
+    return bytearray(10) + bytearray(bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / pkt))
+
+
+def test_parse_ndisc_reads_scapy_messages_and_refuses_bad_ones():
+    ns = _frame(IPv6(src=RS6, dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt=GW6)
+                / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:02"))
+    assert neigh.parse_ndisc(ns, P.parse(ns, 24)) == (135, 0, A6(GW6), PEER)
+    na = _frame(IPv6(src=RS6, dst=GW6, hlim=255) / ICMPv6ND_NA(tgt=RS6, S=1, O=1, R=0)
+                / ICMPv6NDOptDstLLAddr(lladdr="02:00:00:00:00:02"))
+    t, flags, tgt, ll = neigh.parse_ndisc(na, P.parse(na, 24))
+    assert (t, flags & neigh.NA_SOLICITED, tgt, ll) == (136, neigh.NA_SOLICITED, A6(RS6), PEER)
+    no_opt = _frame(IPv6(src=RS6, dst=GW6, hlim=255) / ICMPv6ND_NS(tgt=GW6))
+    assert neigh.parse_ndisc(no_opt, P.parse(no_opt, 24))[3] is None
+    hop = _frame(IPv6(src=RS6, dst=GW6, hlim=64) / ICMPv6ND_NS(tgt=GW6))
+    assert neigh.parse_ndisc(hop, P.parse(hop, 24)) is None  # forwarded: not from the link
+    bad = bytearray(ns)
+    bad[-1] ^= 1
+    assert neigh.parse_ndisc(bad, P.parse(bad, 24)) is None
+    zero = _frame(IPv6(src=RS6, dst=GW6, hlim=255) / ICMPv6ND_NS(tgt=GW6) / (b"\x01\x00" + bytes(6)))
+    assert neigh.parse_ndisc(zero, P.parse(zero, 24)) is None  # an option of length 0
+
+
+def test_the_table_keys_ipv6_neighbours_by_128_bit_ints():
+    t = neigh.NeighTable(250)
+    ip = int.from_bytes(A6(RS6), "big")
+    assert t.enqueue(ip, bytearray(b"x"), 1, 0)
+    assert t.confirm(ip, PEER, 1, create=False) == [(bytearray(b"x"), 1)]
+    assert t.mac[ip] == PEER
