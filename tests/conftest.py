@@ -142,18 +142,24 @@ class Lab:
         self.d = Director(self.ipvs)
         self.now = 1000
 
-    def service(self, vip, port, proto=6, sched="wrr", flags=0, timeout=0, netmask=0xFFFFFFFF, fwmark=0):
+    def service(self, vip, port, proto=6, sched="wrr", flags=0, timeout=0, netmask=None, fwmark=0):
+        addr = A(vip)
+        af = uapi.AF_INET6 if len(addr) == 16 else uapi.AF_INET
+        if netmask is None:
+            netmask = 128 if af == uapi.AF_INET6 else 0xFFFFFFFF
         su = ctl.ServiceUser(
-            addr=A(vip), port=port, protocol=proto, sched_name=sched, flags=flags, timeout=timeout,
+            af=af, addr=addr, port=port, protocol=proto, sched_name=sched, flags=flags, timeout=timeout,
             netmask=netmask, fwmark=fwmark,
         )
         ctl.add_service(self.ipvs, su)
         return su
 
     def dest(self, su, rip, port, weight=1, u=0, l=0, fwd=MASQ):
+        addr = A(rip)
+        af = uapi.AF_INET6 if len(addr) == 16 else uapi.AF_INET
         return ctl.add_dest(
             self.ipvs, su,
-            ctl.DestUser(addr=A(rip), port=port, weight=weight, conn_flags=fwd, u_threshold=u, l_threshold=l),
+            ctl.DestUser(af=af, addr=addr, port=port, weight=weight, conn_flags=fwd, u_threshold=u, l_threshold=l),
         )
 
     def send(self, buf: bytearray, now: int | None = None, l3: int = 0, partial: bool = False) -> int:

@@ -56,8 +56,10 @@ partial.  ``--strict-checksums`` turns TX checksumming and TSO off on the
 director's interfaces for the run, so every checksum the driver emits is
 computed in software and a wrong one is caught by the receivers.
 
-Differences from the kernel, and why: no IPv6 data path yet (the core
-passes IPv6 through); 802.1Q-tagged frames are dropped (use a VLAN
+IPv6 frames go to :mod:`ipvs.driver.ip6` (neighbour discovery, routes,
+local answers) on the ports that have an IPv6 address.
+
+Differences from the kernel, and why: 802.1Q-tagged frames are dropped (use a VLAN
 device); routes are the connected networks plus ``--route`` entries, not
 the kernel's FIB; the global ICMP limit (``icmp_msgs_per_sec`` 1000,
 burst 50, whose credit is taken at random) is not modelled, only the
@@ -85,6 +87,7 @@ from collections.abc import Callable
 
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
+from ipvs.driver.ip6 import IPv6Path, parse_net6
 from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
 from ipvs.driver.neigh import (
     ARPOP_REPLY,
@@ -188,6 +191,16 @@ class Port:
         self.rx_handler: Callable[[bytearray], None] = _not_attached
         self.neigh = NeighTable(hz)
         self.arp_for: set[int] = {addr}
+        #: IPv6 (None: the port does not take part); the IPv6 path fills
+        #: in its neighbour table and the targets it answers.
+        self.addr6: bytes | None = None
+        self.plen6 = 0
+        self.neigh6: NeighTable | None = None
+        self.nd_for: set[bytes] = set()
+
+    def set_addr6(self, text: str) -> None:
+        """Give the port an IPv6 address ('2001:db8::1/64')."""
+        self.addr6, self.plen6 = parse_net6(text)
 
     def queue(self, buf: bytearray, n: int) -> bool:
         """Queue ``buf[:n]`` on this port's TX ring; False when the ring has no free slot (the frame is dropped and
@@ -272,7 +285,8 @@ class AFPacketDriver:
                  masq_nets: list[tuple[int, int]] | None = None,
                  masq_ports: tuple[int, int] = (PORT_MASQ_BEGIN, PORT_MASQ_END),
                  routes: list[tuple[int, int, int]] | None = None,
-                 forward: bool = False, batch: int = 256, syn_guard: bool = True) -> None:
+                 forward: bool = False, batch: int = 256, syn_guard: bool = True,
+                 routes6: list[tuple[bytes, int, bytes]] | None = None) -> None:
         self.d = director
         self.ipvs = director.ipvs
         self.hz = self.ipvs.hz
@@ -314,6 +328,8 @@ class AFPacketDriver:
         self._next_tick = 0
         #: daddr -> (ring, Ethernet header, MTU, the ring's queue method).
         self.dst_cache: dict[int, tuple] = {}
+        #: The IPv6 path, when a port has an IPv6 address.
+        self.v6 = IPv6Path(self, routes6) if any(p.addr6 is not None for p in ports) else None
         for p in ports:
             p.rx_handler = self._make_rx(p)
             if p.role != "inner" and hasattr(p.ring, "early"):
@@ -364,6 +380,10 @@ class AFPacketDriver:
             t = p.neigh.next_event(self.now)
             if t is not None:
                 wait = min(wait, max(0.0, (t - self.now) / self.hz))
+        if self.v6 is not None:
+            t = self.v6.next_event(self.now)
+            if t is not None:
+                wait = min(wait, max(0.0, (t - self.now) / self.hz))
         return wait
 
     def on_idle(self, now: int) -> None:
@@ -383,6 +403,8 @@ class AFPacketDriver:
                 if p.neigh.changed:
                     p.neigh.changed = False
                     self.dst_cache.clear()
+            if self.v6 is not None:
+                self.v6.tick(now)
             self.frags.expire(now)
             if self.icmp_limit.peers:
                 self.icmp_limit.expire(now)
@@ -429,6 +451,8 @@ class AFPacketDriver:
         self.outer.arp_for = {self.outer.addr} | self.vips
         if self.mode == "spare":
             self.local = {p.addr for p in self.ports} | self.vips
+        if self.v6 is not None:
+            self.v6.sync_services()
         for p in self.ports:
             ring = p.ring
             if hasattr(ring, "set_filter"):
@@ -485,9 +509,10 @@ class AFPacketDriver:
             src_nets.append((p.net, p.mask))
             if self.masq is not None:
                 src_nets += self.masq.nets
+        ipv6 = p.addr6 is not None
         if self.forward:
-            return bpf.build(all_ipv4=True)
-        return bpf.build(daddrs, src_nets, exclude, masq)
+            return bpf.build(all_ipv4=True, ipv6=ipv6)
+        return bpf.build(daddrs, src_nets, exclude, masq, ipv6=ipv6)
 
     # ------------------------------------------------------------ receive
 
@@ -520,6 +545,8 @@ class AFPacketDriver:
             if buf[22] != 8 or buf[23]:
                 if buf[22:24] == b"\x08\x06":
                     self._arp_in(p, buf)
+                elif buf[22:24] == b"\x86\xdd" and self.v6 is not None:
+                    self.v6.rx(p, buf)
                 else:
                     drops["not_ipv4"] += 1
                 return
@@ -897,6 +924,8 @@ class AFPacketDriver:
         self._send(port, buf, l3 + tot, mac, nh)
 
     def _own_address(self, dst: bytes) -> bytes | None:
+        if len(dst) == 16:
+            return self.v6.own_address(dst) if self.v6 is not None else None
         r = self.route(int.from_bytes(dst, "big")) if len(dst) == 4 else None
         return r[0].addr_b if r else None
 
@@ -917,6 +946,13 @@ class AFPacketDriver:
         box = self.ipvs.outbox
         while box:
             pkt = box.pop(0)
+            if pkt[0] >> 4 == 6:
+                if self.v6 is not None:
+                    self.counts["icmp6_out"] += 1
+                    self.v6.route_out(bytearray(L3) + pkt, L3)
+                else:
+                    self.drops["ipv6_off"] += 1
+                continue
             if pkt[9] == IPPROTO_ICMP and len(pkt) >= 28:
                 icmp = (pkt[0] & 15) << 2
                 if not self.icmp_limit.allow(_I.unpack_from(pkt, 16)[0], pkt[icmp], pkt[icmp + 1], self.now):
@@ -943,6 +979,9 @@ class AFPacketDriver:
             out[f"{p.name}_neigh_failed"] = ns.failed
             out[f"{p.name}_neigh_queue_drops"] = ns.queue_drops
             out[f"{p.name}_neigh_unresolved"] = ns.unresolved
+            if p.neigh6 is not None:
+                out[f"{p.name}_neigh6_failed"] = p.neigh6.stats.failed
+                out[f"{p.name}_neigh6_unresolved"] = p.neigh6.stats.unresolved
         for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):
             out[f"frag_{k}"] = getattr(self.frags.stats, k)
         if self.masq is not None:
@@ -985,6 +1024,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "nftables drop rules keep it off the stolen traffic (default spare)")
     g.add_argument("--route", action="append", default=[], metavar="NET/LEN,GATEWAY",
                    help="an extra route, e.g. 0.0.0.0/0,198.51.100.254 (repeatable)")
+    g.add_argument("--outer-addr6", metavar="ADDR6/LEN", help="the director's IPv6 address on the outer network "
+                   "(spare mode; IPv6 services are answered on the outer side)")
+    g.add_argument("--inner-addr6", metavar="ADDR6/LEN", help="the real servers' IPv6 gateway address")
+    g.add_argument("--addr6", metavar="ADDR6/LEN", help="the director's IPv6 address with --interface")
+    g.add_argument("--route6", action="append", default=[], metavar="NET6/LEN,GATEWAY6",
+                   help="an extra IPv6 route, e.g. ::/0,2001:db8:0:1::fe (repeatable)")
     g.add_argument("--masquerade", action="append", default=[], metavar="SUBNET",
                    help="masquerade outbound connections from SUBNET (repeatable), like "
                         "'ipchains -A forward -j MASQ -s SUBNET'")
@@ -1070,14 +1115,21 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
     """Build the driver from ``tools/ipvsd``'s options; None without interfaces."""
     hz = director.ipvs.hz
     specs: list[tuple[str, str, str]] = []
+    v6 = {}
     if getattr(args, "interface", None):
         if not args.addr:
             raise SystemExit("--interface needs --addr ADDR/LEN")
         specs.append((args.interface, "both", args.addr))
+        if getattr(args, "addr6", None):
+            v6[args.interface] = args.addr6
     elif getattr(args, "outer", None):
         if not args.outer_addr:
             raise SystemExit("--outer needs --outer-addr ADDR/LEN")
         specs.append((args.outer, "outer", args.outer_addr))
+        if getattr(args, "outer_addr6", None):
+            v6[args.outer] = args.outer_addr6
+        if getattr(args, "inner_addr6", None) and args.inner:
+            v6[args.inner] = args.inner_addr6
         if args.inner:
             if not args.inner_addr:
                 raise SystemExit("--inner needs --inner-addr ADDR/LEN")
@@ -1086,6 +1138,13 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
         return None
     if len(specs) == 1 and specs[0][1] == "outer":
         specs[0] = (specs[0][0], "both", specs[0][2])
+    if v6 and args.mode != "spare":
+        raise SystemExit("IPv6 addresses need --mode spare (shared mode has no ip6 nftables rules yet)")
+    routes6 = []
+    for r in getattr(args, "route6", None) or ():
+        net, _, gw = r.partition(",")
+        n6 = ipaddress.IPv6Network(net, strict=False)
+        routes6.append((n6.network_address.packed, n6.prefixlen, ipaddress.IPv6Address(gw).packed))
     routes = []
     for r in args.route:
         net, _, gw = r.partition(",")
@@ -1116,8 +1175,10 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
                               tx_batch=max(1, getattr(args, "tx_batch", 64)),
                               direct_min=max(0, getattr(args, "direct_min", DIRECT_MIN)))
             ports.append(Port(name, role, addr, mask, hz, mac, mtu, ring))
+            if name in v6:
+                ports[-1].set_addr6(v6[name])
         drv = AFPacketDriver(director, ports, args.mode, masq_nets, (int(lo), int(hi)), routes,
-                             args.forward, args.batch, not getattr(args, "no_syn_guard", False))
+                             args.forward, args.batch, not getattr(args, "no_syn_guard", False), routes6)
         drv._undo = undo
         drv._nft_ready = args.mode == "shared"
         drv.sync_services(force=True)

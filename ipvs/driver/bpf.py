@@ -8,6 +8,8 @@ counterpart: there the netfilter hooks see only IP packets routed to them.
 The program accepts:
 
 * every ARP frame (the driver answers ARP and learns neighbours);
+* with ``ipv6``, every IPv6 frame (the port has an IPv6 address; the
+  IPv6 path, :mod:`ipvs.driver.ip6`, sorts them);
 * IPv4 to one of ``daddrs`` (the VIPs, and in spare mode the addresses
   the driver owns), fragments included, since they are reassembled first;
 * IPv4 to the masquerading address when it is TCP/UDP to a port in the
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import struct
 
-from ipvs.packet import ETH_P_ARP, ETH_P_IP
+from ipvs.packet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
 
 # Instruction classes, sizes, modes, operations (linux/filter.h, bpf_common.h).
 BPF_LD, BPF_LDX, BPF_ALU, BPF_JMP, BPF_RET = 0x00, 0x01, 0x04, 0x05, 0x06
@@ -74,7 +76,7 @@ class Asm:
         return rel
 
 
-def build(daddrs=(), src_nets=(), exclude_daddrs=(), masq=None, all_ipv4: bool = False) -> bytes:
+def build(daddrs=(), src_nets=(), exclude_daddrs=(), masq=None, all_ipv4: bool = False, ipv6: bool = False) -> bytes:
     """Assemble the filter program (addresses as host-order ints).
 
     ``src_nets`` is a list of (network, mask); ``masq`` is (address,
@@ -86,6 +88,8 @@ def build(daddrs=(), src_nets=(), exclude_daddrs=(), masq=None, all_ipv4: bool =
     a = Asm()
     a.op(BPF_LD | BPF_H | BPF_ABS, 12)
     a.op(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_ARP, "accept", 0)
+    if ipv6:
+        a.op(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IPV6, "accept", 0)
     a.op(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, "drop")
     if all_ipv4:
         a.op(BPF_RET | BPF_K, ACCEPT_LEN)

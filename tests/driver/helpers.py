@@ -88,3 +88,32 @@ class Rig:
     def rx_inner(self, f: bytearray) -> None:
         self.drv.rx_frame(self.inner, f)
         self.drv._after_batch()
+
+
+# ------------------------------------------------------------ IPv6
+
+VIP6 = "2001:db8:0:5::5"
+CLIENT6 = "2001:db8:0:1::2"
+OUTER6 = "2001:db8:0:1::1"
+GW6 = "2001:db8:0:2::1"
+RS1_6, RS2_6 = "2001:db8:0:2::2", "2001:db8:0:2::3"
+
+
+class Rig6(Rig):
+    """The rig with IPv6 addresses on both ports and an IPv6 web service."""
+
+    def __init__(self, services6: bool = True) -> None:
+        self.lab = Lab()
+        self.services6 = services6
+        if services6:
+            su = self.lab.service(VIP6, 80, sched="rr")
+            self.lab.dest(su, RS1_6, 80)
+        self.out_ring, self.in_ring = FakeRing(), FakeRing()
+        self.outer = Port("d_out", "outer", ip4(OUTER), 0xFFFFFF00, HZ, MAC_D_OUT, 1500, self.out_ring)
+        self.inner = Port("br-in", "inner", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, self.in_ring)
+        self.outer.set_addr6(f"{OUTER6}/64")
+        self.inner.set_addr6(f"{GW6}/64")
+        self.drv = AFPacketDriver(self.lab.d, [self.outer, self.inner], "spare", None)
+        self.garps = self.out_ring.take()  # unsolicited NA for the IPv6 VIP at start
+        self.now = 1000
+        self.drv.now = self.now

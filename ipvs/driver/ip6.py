@@ -1,0 +1,315 @@
+"""The driver's IPv6 path: neighbour discovery, routes, local answers.
+
+What ``net/ipv6/`` (``ip6_input.c``, ``ip6_output.c``, ``ndisc.c``,
+``icmp.c``, ``route.c``) does around ``ip_vs_core.c`` for IPv6, beside
+the IPv4 path of :mod:`ipvs.driver.afpacket`, which owns the ports, the
+rings and the outbox and hands every frame of EtherType 0x86DD here.
+
+A port takes part when it has an IPv6 address (``--outer-addr6``,
+``--inner-addr6``, ``--addr6``):
+
+* neighbour discovery (:mod:`ipvs.driver.neigh`): solicitations for the
+  port's address (and, on the outer side, the IPv6 VIPs) are answered
+  and their senders learnt; next hops are resolved through their
+  solicited-node group and probed when stale; an unsolicited
+  advertisement goes out for each new VIP (IPv6's gratuitous ARP);
+* packets go to :meth:`ipvs.core.Director.process` as IPv4 ones do;
+  ``NF_STOLEN`` ones are routed (connected prefixes, then ``--route6``)
+  and sent, a packet larger than the link answered with Packet Too Big
+  (``ip6_forward``: routers never fragment IPv6);
+* ``NF_ACCEPT`` ones to the director's own addresses or a VIP get a
+  host's answers in spare mode: echo replies, TCP resets, port
+  unreachables (``icmpv6_send`` never answers an ICMPv6 error).
+
+Differences from the kernel, and why: spare mode only (shared mode would
+need ip6 nftables rules to keep the kernel off the stolen traffic);
+fragments are not reassembled (the core lets them pass, counted, and so
+does this path: IPVS sees reassembled packets only where nf_defrag_ipv6
+runs); no transit forwarding, no router advertisements, no rate limit
+on the ICMPv6 errors the driver makes; a next hop that never answers
+gets its waiting packets answered with address unreachable
+(``ndisc_error_report``), without the per-destination rate limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import TYPE_CHECKING
+
+from ipvs.driver.neigh import ALL_NODES, NeighTable, na_frame, ns_frame, parse_ndisc
+from ipvs.ip_vs import NF_ACCEPT, NF_STOLEN
+from ipvs.packet import (
+    ICMPV6_DEST_UNREACH,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    ICMPV6_PKT_TOOBIG,
+    ICMPV6_PORT_UNREACH,
+    NDISC_NEIGHBOUR_ADVERTISEMENT,
+    NDISC_NEIGHBOUR_SOLICITATION,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    IPHeader,
+    icmp6_checksum,
+    l4_csum_full,
+    parse,
+    put_u16,
+)
+from ipvs.proto.icmpv6 import IPV6_DEFAULT_HOPLIMIT, build_error6, is_ineligible
+from ipvs.uapi import AF_INET6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.driver.afpacket import AFPacketDriver, Port
+
+#: ``ICMPV6_ADDR_UNREACH``: the code of a destination unreachable for a
+#: neighbour that never answered.
+ICMPV6_ADDR_UNREACH = 3
+ETH_IPV6 = b"\x86\xdd"
+_ETH_HDR = struct.Struct("6s6s2s")
+
+
+def parse_net6(text: str) -> tuple[bytes, int]:
+    """'2001:db8::1/64' -> (packed address, prefix length)."""
+    iface = ipaddress.IPv6Interface(text)
+    return iface.ip.packed, iface.network.prefixlen
+
+
+def _mask(plen: int) -> int:
+    return ((1 << plen) - 1) << (128 - plen)
+
+
+class IPv6Path:
+    """The IPv6 half of one :class:`~ipvs.driver.afpacket.AFPacketDriver`."""
+
+    def __init__(self, drv: AFPacketDriver, routes: list[tuple[bytes, int, bytes]] | None = None) -> None:
+        self.drv = drv
+        self.d = drv.d
+        self.ipvs = drv.ipvs
+        self.ports = [p for p in drv.ports if p.addr6 is not None]
+        for p in self.ports:
+            p.neigh6 = NeighTable(drv.hz)
+            p.nd_for = {p.addr6}
+        self.outer = next((p for p in self.ports if p.role in ("outer", "both")), None)
+        #: (network, mask, prefix length, port, gateway or 0), longest prefix first.
+        self.routes: list[tuple[int, int, int, Port, int]] = []
+        for p in self.ports:
+            m = _mask(p.plen6)
+            self.routes.append((int.from_bytes(p.addr6, "big") & m, m, p.plen6, p, 0))
+        for net, plen, gw in routes or ():
+            gwi = int.from_bytes(gw, "big")
+            gp = next((r[3] for r in self.routes if gwi & r[1] == r[0]), None)
+            if gp is None:
+                raise ValueError(f"gateway {ipaddress.IPv6Address(gw)} is on no interface's network")
+            m = _mask(plen)
+            self.routes.append((int.from_bytes(net, "big") & m, m, plen, gp, gwi))
+        self.routes.sort(key=lambda r: -r[2])
+        self.vips: set[bytes] = set()
+        self.own = {p.addr6 for p in self.ports}
+        self.local: set[bytes] = set(self.own)
+
+    # ---------------------------------------------------------- services
+
+    def sync_services(self) -> None:
+        """The IPv6 VIPs: answered in neighbour discovery on the outer
+        side, announced by an unsolicited advertisement when new."""
+        vips = {s.addr for s in self.ipvs.svc_table.values() if s.af == AF_INET6 and not s.fwmark}
+        o = self.outer
+        if o is not None:
+            if o.ring is not None:
+                for vip in sorted(vips - self.vips):
+                    f = na_frame(o.mac, vip, ALL_NODES, None, solicited=False)
+                    o.queue(f, len(f))
+                    self.drv.counts["unsolicited_na"] += 1
+            o.nd_for = {o.addr6} | vips
+        self.vips = vips
+        if self.drv.mode == "spare":
+            self.local = self.own | vips
+
+    # ---------------------------------------------------------- receive
+
+    def rx(self, p: Port, buf: bytearray) -> None:
+        """One frame of EtherType 0x86DD (vnet header first) from ``p``."""
+        drv = self.drv
+        L3 = 24
+        if p.addr6 is None:
+            drv.drops["ipv6_off"] += 1
+            return
+        if buf[10:16] != p.mac and not buf[10] & 1:
+            drv.drops["otherhost"] += 1
+            return
+        h = parse(buf, L3)
+        if type(h) is not IPHeader:
+            drv.drops["bad_ip6"] += 1
+            return
+        if h.protocol == IPPROTO_ICMPV6 and h.l4 + 1 <= h.end and buf[h.l4] in (
+                NDISC_NEIGHBOUR_SOLICITATION, NDISC_NEIGHBOUR_ADVERTISEMENT):
+            self._ndisc_in(p, buf, h)
+            return
+        if buf[10] & 1:
+            drv.drops["ip6_multicast"] += 1  # (MLD, router solicitations, ...: not the director's business)
+            return
+        d = self.d
+        d.mtu = None if buf[1] else drv.inner_mtu
+        verdict = d.process(buf, L3, drv.now, bool(buf[0] & 1))
+        if verdict == NF_STOLEN:
+            drv.counts["ipvs6"] += 1
+            self.route_out(buf, L3)
+        elif verdict == NF_ACCEPT:
+            daddr = bytes(buf[L3 + 24 : L3 + 40])
+            if daddr in self.local and drv.mode == "spare":
+                self._local_in(buf, parse(buf, L3))
+            else:
+                drv.drops["not_forwarded6"] += 1
+        else:
+            drv.drops["ipvs_drop"] += 1
+
+    def _ndisc_in(self, p: Port, buf: bytearray, h: IPHeader) -> None:
+        drv = self.drv
+        nd = parse_ndisc(buf, h)
+        if nd is None:
+            drv.drops["bad_ndisc"] += 1
+            return
+        icmp_type, _flags, target, lladdr = nd
+        src = bytes(buf[h.saddr : h.saddr + 16])
+        ours = target in p.nd_for
+        if lladdr is not None and lladdr != p.mac and any(src):
+            # A solicitation aimed at us creates the sender's entry (as
+            # ndisc_recv_ns does); an advertisement only updates one.
+            ip = int.from_bytes(src if icmp_type == NDISC_NEIGHBOUR_SOLICITATION else target, "big")
+            for qbuf, n in p.neigh6.confirm(ip, lladdr, drv.now,
+                                            create=ours and icmp_type == NDISC_NEIGHBOUR_SOLICITATION):
+                self._send(p, qbuf, n, lladdr, 0)
+            if p.neigh6.changed:
+                p.neigh6.changed = False
+        if icmp_type == NDISC_NEIGHBOUR_SOLICITATION and ours:
+            drv.counts["na_sent"] += 1
+            if any(src):
+                f = na_frame(p.mac, target, src, bytes(buf[16:22]))
+            else:
+                # Duplicate address detection: answer all nodes, not solicited
+                # (RFC 4861 7.2.4).
+                f = na_frame(p.mac, target, ALL_NODES, None, solicited=False)
+            p.queue(f, len(f))
+
+    # ---------------------------------------------------------- local
+
+    def _local_in(self, buf: bytearray, h) -> None:
+        """Spare mode: the director's own IPv6 addresses and VIPs answer
+        like a host's (``icmpv6_echo_reply``, ``tcp_v6_send_reset``,
+        ``icmpv6_send`` port unreachable)."""
+        if type(h) is not IPHeader:
+            return
+        drv = self.drv
+        dst = bytes(buf[h.daddr : h.daddr + 16])
+        proto = h.protocol
+        if proto == IPPROTO_ICMPV6:
+            if h.end - h.l4 >= 8 and buf[h.l4] == ICMPV6_ECHO_REQUEST and not h.fragoffs:
+                out = bytearray(buf[h.l3 : h.end])
+                out[8:24], out[24:40] = buf[h.daddr : h.daddr + 16], buf[h.saddr : h.saddr + 16]
+                out[7] = IPV6_DEFAULT_HOPLIMIT
+                oh = parse(out, 0)
+                out[oh.l4] = ICMPV6_ECHO_REPLY
+                put_u16(out, oh.l4 + 2, 0)
+                put_u16(out, oh.l4 + 2, icmp6_checksum(out, oh))
+                drv.counts["echo6_reply"] += 1
+                self.ipvs.outbox.append(out)
+            return
+        if proto == IPPROTO_TCP:
+            self._tcp_reset(buf, h, dst)
+        elif proto == IPPROTO_UDP and not is_ineligible(buf, h):
+            self.ipvs.outbox.append(build_error6(buf, h.l3, h.end, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, dst))
+        else:
+            drv.drops["local6_unhandled"] += 1
+
+    def _tcp_reset(self, buf: bytearray, h: IPHeader, dst: bytes) -> None:
+        l4 = h.l4
+        if h.end - l4 < 20 or h.fragoffs:
+            return
+        flags = buf[l4 + 13]
+        if flags & TCP_RST:
+            return
+        sport, dport, seq, ack = struct.unpack_from("!HHII", buf, l4)
+        doff = (buf[l4 + 12] >> 4) << 2
+        out = bytearray(60)
+        struct.pack_into("!IHBB16s16s", out, 0, 6 << 28, 20, IPPROTO_TCP, IPV6_DEFAULT_HOPLIMIT, dst,
+                         bytes(buf[h.saddr : h.saddr + 16]))
+        if flags & TCP_ACK:
+            struct.pack_into("!HHIIBBH", out, 40, dport, sport, ack, 0, 5 << 4, TCP_RST, 0)
+        else:
+            seglen = h.end - l4 - doff + bool(flags & TCP_SYN) + bool(flags & TCP_FIN)
+            struct.pack_into("!HHIIBBH", out, 40, dport, sport, 0, (seq + seglen) & 0xFFFFFFFF, 5 << 4,
+                             TCP_RST | TCP_ACK, 0)
+        l4_csum_full(out, parse(out, 0))
+        self.drv.counts["tcp6_reset"] += 1
+        self.ipvs.outbox.append(out)
+
+    # ---------------------------------------------------------- transmit
+
+    def route(self, daddr: bytes) -> tuple[Port, int] | None:
+        """(port, next hop as an int) for ``daddr``: longest prefix match."""
+        a = int.from_bytes(daddr, "big")
+        for net, mask, _plen, port, gw in self.routes:
+            if a & mask == net:
+                return port, gw or a
+        return None
+
+    def own_address(self, dst: bytes) -> bytes | None:
+        """The director's address on the route towards ``dst``."""
+        r = self.route(dst)
+        return r[0].addr6 if r else None
+
+    def route_out(self, buf: bytearray, l3: int) -> None:
+        """Route the IPv6 packet at ``buf[l3:]`` and send it."""
+        drv = self.drv
+        daddr = bytes(buf[l3 + 24 : l3 + 40])
+        r = self.route(daddr)
+        if r is None:
+            drv.drops["no_route6"] += 1
+            return
+        port, nh = r
+        n = l3 + 40 + ((buf[l3 + 4] << 8) | buf[l3 + 5])
+        if n - l3 > port.mtu and not buf[1]:
+            # ip6_forward's MTU check: a router never fragments IPv6.
+            h = parse(buf, l3)
+            if type(h) is IPHeader and not is_ineligible(buf, h):
+                src = self.own_address(bytes(buf[l3 + 8 : l3 + 24])) or port.addr6
+                self.ipvs.outbox.append(build_error6(buf, l3, n, ICMPV6_PKT_TOOBIG, 0, src, info=port.mtu))
+            drv.drops["pkt_too_big6"] += 1
+            return
+        self._send(port, buf, n, port.neigh6.mac.get(nh), nh)
+
+    def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int) -> None:
+        if mac is None:
+            if port.neigh6.enqueue(nh, buf, n, self.drv.now):
+                self._solicit(port, nh, None)
+            return
+        _ETH_HDR.pack_into(buf, 10, mac, port.mac, ETH_IPV6)
+        if not port.queue(buf, n):
+            self.drv.drops["tx"] += 1
+
+    def _solicit(self, port: Port, ip: int, mac: bytes | None) -> None:
+        f = ns_frame(port.mac, port.addr6, ip.to_bytes(16, "big"), mac)
+        port.queue(f, len(f))
+
+    def tick(self, now: int) -> None:
+        """Neighbour retransmissions and probes; address unreachable for
+        what waited on a neighbour that never answered."""
+        for p in self.ports:
+            requests, unresolved = p.neigh6.tick(now)
+            for ip, mac in requests:
+                self._solicit(p, ip, mac)
+            for buf, _n in unresolved:
+                h = parse(buf, 24)
+                if type(h) is IPHeader and not is_ineligible(buf, h):
+                    src = self.own_address(bytes(buf[h.saddr : h.saddr + 16])) or p.addr6
+                    err = build_error6(buf, 24, h.end, ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, src)
+                    self.ipvs.outbox.append(err)
+                    self.drv.counts["addr_unreach6"] += 1
+            p.neigh6.changed = False
+
+    def next_event(self, now: int) -> int | None:
+        """Jiffies of the earliest neighbour event of the IPv6 tables."""
+        times = [t for t in (p.neigh6.next_event(now) for p in self.ports) if t is not None]
+        return min(times) if times else None
