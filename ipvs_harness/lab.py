@@ -34,6 +34,23 @@ the seed's rules with ``tools/ipvsadm``::
     -a -u 203.0.113.5:7 -r 172.16.0.2:7 -m
     -a -u 203.0.113.5:7 -r 172.16.0.3:7 -m
 
+``--ipv6`` (spare mode) adds the IPv6 plan, documentation prefixes
+(RFC 3849) inside the namespaces only, and the same services over IPv6::
+
+    client 2001:db8:0:1::2  ====  d_out 2001:db8:0:1::1   VIP 2001:db8:0:5::5
+    br-in 2001:db8:0:2::1 (gateway)  ====  rs1 2001:db8:0:2::2, rs2 2001:db8:0:2::3
+
+    -A -t [2001:db8:0:5::5]:80 -s wlc
+    -a -t [2001:db8:0:5::5]:80 -r [2001:db8:0:2::2]:80 -m -w 1
+    -a -t [2001:db8:0:5::5]:80 -r [2001:db8:0:2::3]:8000 -m -w 2
+    -A -u [2001:db8:0:5::5]:7 -s rr
+    -a -u [2001:db8:0:5::5]:7 -r [2001:db8:0:2::2]:7 -m
+    -a -u [2001:db8:0:5::5]:7 -r [2001:db8:0:2::3]:7 -m
+
+The director's kernel keeps IPv6 off (ipvsd answers neighbour discovery
+on its ports); the client's and the real servers' kernels get IPv6 on
+their lab interface only, addresses without duplicate address detection.
+
 ``--mode spare``: the director's kernel has no addresses on the lab NICs and
 the driver answers ARP; ``--mode shared``: the kernel keeps 198.51.100.1,
 the VIP and 172.16.0.1 (and forwards: ip_forward=1) and ipvsd installs its
@@ -78,6 +95,21 @@ VIP = "203.0.113.5"
 GATEWAY = "172.16.0.1"
 RS = {"rs1": (NS_RS1, "172.16.0.2", 80), "rs2": (NS_RS2, "172.16.0.3", 8000)}
 BIG_SIZE = 100 * 1000 * 1000
+
+CLIENT6 = "2001:db8:0:1::2"
+OUTER6 = "2001:db8:0:1::1"
+VIP6 = "2001:db8:0:5::5"
+GATEWAY6 = "2001:db8:0:2::1"
+RS6 = {"rs1": "2001:db8:0:2::2", "rs2": "2001:db8:0:2::3"}
+
+RULES6 = [
+    f"-A -t [{VIP6}]:80 -s wlc",
+    f"-a -t [{VIP6}]:80 -r [{RS6['rs1']}]:80 -m -w 1",
+    f"-a -t [{VIP6}]:80 -r [{RS6['rs2']}]:8000 -m -w 2",
+    f"-A -u [{VIP6}]:7 -s rr",
+    f"-a -u [{VIP6}]:7 -r [{RS6['rs1']}]:7 -m",
+    f"-a -u [{VIP6}]:7 -r [{RS6['rs2']}]:7 -m",
+]
 
 RULES = [
     f"-A -t {VIP}:80 -s wlc",
@@ -240,7 +272,7 @@ def down() -> None:
 # ---------------------------------------------------------------- up
 
 
-def build_net(mode: str, strict: bool) -> None:
+def build_net(mode: str, strict: bool, ipv6: bool = False) -> None:
     for ns in NAMESPACES:
         run("ip", "netns", "add", ns)
     # veth pairs created straight inside the namespaces: none ever exists in
@@ -270,6 +302,8 @@ def build_net(mode: str, strict: bool) -> None:
     sysctl(NS_DIR, dsys)
     for ns, dev in ((NS_CLIENT, "c0"), (NS_RS1, "eth0"), (NS_RS2, "eth0")):
         sysctl(ns, {f"net.ipv4.conf.{dev}.rp_filter": "0"})
+    if ipv6:
+        build_net6()
     if strict:
         eth = shutil.which("ethtool") or "ethtool"
         # Bridge ports too: the director's frames leave through them.
@@ -277,6 +311,21 @@ def build_net(mode: str, strict: bool) -> None:
             run(*nsexec(NS_DIR, eth, "-K", dev, "tx", "off", "tso", "off"))
         for ns, dev in ((NS_CLIENT, "c0"), (NS_RS1, "eth0"), (NS_RS2, "eth0")):
             run(*nsexec(ns, eth, "-K", dev, "rx", "off"))
+
+
+def build_net6() -> None:
+    """The IPv6 plan: IPv6 on the client's and the real servers' lab
+    interface only (no router solicitations, no autoconfiguration, no
+    duplicate address detection: the lab is up at once); the director's
+    kernel keeps IPv6 off and ipvsd answers for its addresses."""
+    on = {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "1",
+          "net.ipv6.conf.all.accept_ra": "0", "net.ipv6.conf.all.router_solicitations": "0"}
+    for ns, dev in ((NS_CLIENT, "c0"), (NS_RS1, "eth0"), (NS_RS2, "eth0")):
+        sysctl(ns, {**on, f"net.ipv6.conf.{dev}.disable_ipv6": "0", f"net.ipv6.conf.{dev}.accept_ra": "0",
+                    f"net.ipv6.conf.{dev}.router_solicitations": "0", "net.ipv6.conf.lo.disable_ipv6": "0"})
+    ip_batch(NS_CLIENT, [f"addr add {CLIENT6}/64 dev c0 nodad", f"route add {VIP6.rsplit(':', 2)[0]}::/64 dev c0"])
+    for name, (ns, _addr, _port) in RS.items():
+        ip_batch(ns, [f"addr add {RS6[name]}/64 dev eth0 nodad", f"route add default via {GATEWAY6} dev eth0"])
 
 
 NGINX_CONF = """\
@@ -296,7 +345,7 @@ http {{
     scgi_temp_path {state}/nginx-{name}-tmp;
     keepalive_requests 1000000;
     server {{
-        listen {addr}:{port} backlog=4096 reuseport;
+        listen {addr}:{port} backlog=4096 reuseport;{listen6}
         location = / {{ default_type text/plain; return 200 "server={name}\\n"; }}
         location / {{ root {state}/www; }}
     }}
@@ -304,7 +353,7 @@ http {{
 """
 
 
-def start_servers() -> None:
+def start_servers(ipv6: bool = False) -> None:
     os.makedirs(os.path.join(STATE, "www"), exist_ok=True)
     os.makedirs(os.path.join(STATE, "ftp"), exist_ok=True)
     big = os.path.join(STATE, "www", "big.bin")
@@ -330,13 +379,14 @@ def start_servers() -> None:
             os.makedirs(os.path.join(STATE, f"nginx-{name}-tmp"), exist_ok=True)
             conf = os.path.join(STATE, f"nginx-{name}.conf")
             with open(conf, "w") as f:
-                f.write(NGINX_CONF.format(state=STATE, name=name, addr=addr, port=port))
+                listen6 = f"\n        listen [{RS6[name]}]:{port} backlog=4096 reuseport;" if ipv6 else ""
+                f.write(NGINX_CONF.format(state=STATE, name=name, addr=addr, port=port, listen6=listen6))
             start(f"http-{name}", ns, [nginx, "-c", conf, "-e", os.path.join(STATE, f"nginx-{name}.err")])
         else:
-            start(f"http-{name}", ns, [sys.executable, me, "_serve", "--name", name, "--http", f"{addr}:{port}"],
-                  ready="ready")
-        start(f"udp-{name}", ns, [sys.executable, me, "_serve", "--name", name, "--udp", f"{addr}:7"],
-              ready="ready")
+            http = ["--http", f"{addr}:{port}"] + (["--http", f"{RS6[name]}:{port}"] if ipv6 else [])
+            start(f"http-{name}", ns, [sys.executable, me, "_serve", "--name", name, *http], ready="ready")
+        udp = ["--udp", f"{addr}:7"] + (["--udp", f"{RS6[name]}:7"] if ipv6 else [])
+        start(f"udp-{name}", ns, [sys.executable, me, "_serve", "--name", name, *udp], ready="ready")
     if importlib.util.find_spec("pyftpdlib") is not None:
         start("ftp-rs2", NS_RS2, [sys.executable, me, "_ftp", "172.16.0.3", os.path.join(STATE, "ftp")],
               ready="ready")
@@ -356,9 +406,11 @@ def wait_tcp(ns: str, addr: str, port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on {addr}:{port} in {ns}")
 
 
-def director_cmd(mode: str, strict: bool) -> list[str]:
+def director_cmd(mode: str, strict: bool, ipv6: bool = False) -> list[str]:
     opts = ["--outer", "d_out", "--outer-addr", f"{OUTER}/24", "--inner", "br-in",
             "--inner-addr", f"{GATEWAY}/24", "--mode", mode, "--masquerade", "172.16.0.0/24"]
+    if ipv6:
+        opts += ["--outer-addr6", f"{OUTER6}/64", "--inner-addr6", f"{GATEWAY6}/64"]
     if strict:
         opts.append("--strict-checksums")
     # --ftp: the FTP helper for VIP:21, as the seed's director loaded ip_vs_ftp.
@@ -372,9 +424,9 @@ def ipvsadm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(*nsexec(NS_DIR, sys.executable, os.path.join(TOOLS, "ipvsadm"), *args), check=check)
 
 
-def start_director(mode: str, strict: bool, rules: bool = True) -> None:
+def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = False) -> None:
     """Start ipvsd in the director's namespace and apply the seed's rules with ipvsadm."""
-    start("director", NS_DIR, director_cmd(mode, strict), ready=None, env={"PYTHONPATH": ROOT})
+    start("director", NS_DIR, director_cmd(mode, strict, ipv6), ready=None, env={"PYTHONPATH": ROOT})
     deadline = time.monotonic() + 30
     while ipvsadm("-Ln", check=False).returncode != 0:
         pid = int(open(os.path.join(STATE, "director.pid")).read())
@@ -384,21 +436,25 @@ def start_director(mode: str, strict: bool, rules: bool = True) -> None:
                                open(os.path.join(STATE, "director.log")).read()[-3000:])
         time.sleep(0.1)
     if rules:
-        for line in RULES:
+        for line in RULES + (RULES6 if ipv6 else []):
             ipvsadm(*line.split())
 
 
-def up(mode: str = "spare", strict: bool = False, rules: bool = True) -> None:
+def up(mode: str = "spare", strict: bool = False, rules: bool = True, ipv6: bool = False) -> None:
+    if ipv6 and mode != "spare":
+        raise RuntimeError("the IPv6 plan needs --mode spare (ipvsd has no ip6 nftables rules for shared mode)")
     down()
     os.makedirs(STATE, exist_ok=True)
     with open(os.path.join(STATE, "lab.json"), "w") as f:
-        json.dump({"mode": mode, "strict": strict}, f)
+        json.dump({"mode": mode, "strict": strict, "ipv6": ipv6}, f)
     try:
-        build_net(mode, strict)
-        start_servers()
-        start_director(mode, strict, rules)
+        build_net(mode, strict, ipv6)
+        start_servers(ipv6)
+        start_director(mode, strict, rules, ipv6)
         # Warm the neighbour caches so the first request is not an ARP race.
         run(*nsexec(NS_CLIENT, "ping", "-c", "1", "-W", "2", VIP), check=False)
+        if ipv6:
+            run(*nsexec(NS_CLIENT, "ping", "-6", "-c", "1", "-W", "2", VIP6), check=False)
     except BaseException:
         try:
             tail = open(os.path.join(STATE, "director.log")).read()[-3000:]
@@ -509,9 +565,9 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     threads = []
-    if args.http:
-        host, port = args.http.rsplit(":", 1)
-        name = args.name
+    name = args.name
+    for http in args.http:
+        host, port = http.rsplit(":", 1)
 
         class H(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
@@ -536,29 +592,33 @@ def _serve(args: argparse.Namespace) -> int:
             def log_message(self, *a):
                 pass
 
-        ThreadingHTTPServer.request_queue_size = 1024
-        srv = ThreadingHTTPServer((host, int(port)), H)
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            request_queue_size = 1024
+
+        srv = Server((host, int(port)), H)
         srv.daemon_threads = True
         t = threading.Thread(target=srv.serve_forever, daemon=True)
         t.start()
         threads.append(srv)
-    if args.udp:
-        host, port = args.udp.rsplit(":", 1)
-        us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sel = selectors.DefaultSelector()
+    for udp in args.udp:
+        host, port = udp.rsplit(":", 1)
+        us = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         us.bind((host, int(port)))
         us.setblocking(False)
-        sel = selectors.DefaultSelector()
         sel.register(us, selectors.EVENT_READ)
 
-        def udp_loop():
-            while not stop.is_set():
-                for _ in sel.select(0.5):
-                    try:
-                        data, peer = us.recvfrom(65535)
-                        us.sendto(f"{args.name}: ".encode() + data, peer)
-                    except OSError:
-                        pass
+    def udp_loop():
+        while not stop.is_set():
+            for key, _ in sel.select(0.5):
+                try:
+                    data, peer = key.fileobj.recvfrom(65535)
+                    key.fileobj.sendto(f"{args.name}: ".encode() + data, peer)
+                except OSError:
+                    pass
 
+    if args.udp:
         threading.Thread(target=udp_loop, daemon=True).start()
     print("ready", flush=True)
     while not stop.wait(0.5):
@@ -637,6 +697,7 @@ def _main(argv: list[str]) -> int:
     u.add_argument("--mode", choices=("spare", "shared"), default="spare")
     u.add_argument("--strict", action="store_true", help="software checksums (offloads off on the path)")
     u.add_argument("--no-rules", action="store_true", help="start the director without the seed's rules")
+    u.add_argument("--ipv6", action="store_true", help="add the IPv6 plan and services (spare mode)")
     dm = sub.add_parser("demo", help="curl and ab through the VIP, then the listings",
                         description="curl six times, ab with a live progress line, then ipvsadm's listings.")
     dm.add_argument("--requests", type=int, default=5000)
@@ -651,8 +712,8 @@ def _main(argv: list[str]) -> int:
                    "started (by PID) and delete its namespaces; also cleans up after a killed lab.")
     s = sub.add_parser("_serve", description="internal: a real server's HTTP or UDP echo (run in its namespace)")
     s.add_argument("--name")
-    s.add_argument("--http")
-    s.add_argument("--udp")
+    s.add_argument("--http", action="append", default=[])
+    s.add_argument("--udp", action="append", default=[])
     f = sub.add_parser("_ftp", description="internal: rs2's FTP server (run in its namespace)")
     f.add_argument("addr")
     f.add_argument("root")
@@ -673,7 +734,7 @@ def _main(argv: list[str]) -> int:
             down()
             log("down")
     elif args.cmd == "up":
-        up(args.mode, args.strict, not args.no_rules)
+        up(args.mode, args.strict, not args.no_rules, args.ipv6)
     elif args.cmd == "demo":
         demo(min(args.requests, 100000), min(args.concurrency, 200))
     elif args.cmd == "status":
