@@ -98,6 +98,8 @@ _I = struct.Struct("!I")
 #: ``bytearray_ass_subscript``), which costs more than the rest of a NAT
 #: rewrite; ``pack_into`` writes straight from it.
 put_addr4 = struct.Struct("4s").pack_into
+#: ``put_addr6(buf, offset, addr)``: a 16-byte IPv6 address.
+put_addr6 = struct.Struct("16s").pack_into
 put_port = struct.Struct("2s").pack_into
 #: ``put_u16(buf, offset, value)``: a 16-bit field (a checksum) in network order.
 put_u16 = _H.pack_into

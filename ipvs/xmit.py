@@ -27,6 +27,9 @@ from ipvs.packet import (
     ICMP_EXC_TTL,
     ICMP_FRAG_NEEDED,
     ICMP_TIME_EXCEEDED,
+    ICMPV6_EXC_HOPLIMIT,
+    ICMPV6_PKT_TOOBIG,
+    ICMPV6_TIME_EXCEED,
     IP_DF,
     Drop,
     IPHeader,
@@ -34,10 +37,12 @@ from ipvs.packet import (
     ip_send_check,
     l4_csum_full,
     put_addr4,
+    put_addr6,
     put_port,
     put_u16,
 )
 from ipvs.proto.icmp import Quoted, build_error
+from ipvs.proto.icmpv6 import build_error6, is_ineligible, nat_icmp_v6
 from ipvs.uapi import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,4 +242,121 @@ def icmp_xmit(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q: Q
     if not decrement_ttl(ipvs, buf, h, cp.vaddr):
         return NF_DROP
     nat_icmp(buf, h, q, cp, inout=False)
+    return NF_STOLEN
+
+
+# --------------------------------------------------------------------------
+# IPv6 (``ip_vs_nat_xmit_v6``, ``ip_vs_icmp_xmit_v6``, the IPv6 branches of
+# ``decrement_ttl``, ``ensure_mtu_is_adequate`` and ``handle_response``).
+# No header checksum, a hop limit at byte 7, 16-byte addresses, and the
+# transport header wherever the extension headers end (the descriptor's l4).
+
+
+def decrement_hoplimit(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes) -> bool:
+    """``decrement_ttl`` for IPv6: False (and a hop limit exceeded from
+    ``src`` queued, unless the packet is itself an ICMPv6 error) at a hop
+    limit <= 1; else one hop less."""
+    hl = h.l3 + 7
+    if buf[hl] <= 1:
+        if not is_ineligible(buf, h):
+            ipvs.outbox.append(build_error6(buf, h.l3, h.end, ICMPV6_TIME_EXCEED, ICMPV6_EXC_HOPLIMIT, src))
+        ipvs.drops[Drop.TTL_EXCEEDED] += 1
+        return False
+    buf[hl] -= 1
+    return True
+
+
+def mtu_ok_v6(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, mtu: int | None, src: bytes, icmp: bool = False) -> bool:
+    """``ensure_mtu_is_adequate`` for IPv6: a packet above the MTU is
+    dropped (IPv6 routers never fragment), with a Packet Too Big from
+    ``src`` for the first fragment of anything but an ICMPv6 error that
+    IPVS forwards (``ip_vs_iph_icmp``)."""
+    if mtu is None or h.end - h.l3 <= mtu:
+        return True
+    if not h.fragoffs and not icmp and not is_ineligible(buf, h):
+        ipvs.outbox.append(build_error6(buf, h.l3, h.end, ICMPV6_PKT_TOOBIG, 0, src, info=mtu))
+    return False
+
+
+def _rewrite6(
+    buf: bytearray, h: IPHeader, pp: IPVSProtocol, addr_off: int, port_off: int, new_addr: bytes,
+    new_port: bytes, da: int, dp: int, partial: bool, payload_changed: bool,
+) -> None:
+    """One NAT rewrite of a forwarded IPv6 TCP/UDP packet: address
+    (``addr_off`` 8 source, 24 destination), port, and the transport
+    checksum by the same RFC 1624 rules as :func:`_rewrite` (no header
+    checksum in IPv6).  The hop limit was decremented by the caller."""
+    l3, l4 = h.l3, h.l4
+    put_addr6(buf, l3 + addr_off, new_addr)
+    put_port(buf, l4 + port_off, new_port)
+    coff = l4 + pp.csum_offset
+    c = (buf[coff] << 8) | buf[coff + 1]
+    zero_is_none = pp.csum_zero_is_none
+    if payload_changed or (c == 0 and zero_is_none and not partial):
+        l4_csum_full(buf, parse(buf, l3), partial)
+        return
+    if partial:
+        s = c + da
+        s = (s - 1) % 0xFFFF + 1 if s else 0
+    else:
+        s = (c ^ 0xFFFF) + da + dp
+        s = ((s - 1) % 0xFFFF + 1 if s else 0) ^ 0xFFFF
+        if not s and zero_is_none:
+            s = 0xFFFF
+    put_u16(buf, coff, s)
+
+
+def nat_xmit_v6(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool,
+    mtu: int | None, app_ret: int,
+) -> int:
+    """``ip_vs_nat_xmit_v6``: DNAT a client packet towards the real server.
+
+    The route's order: hop limit first (``decrement_ttl``), then the MTU
+    (``ensure_mtu_is_adequate``); both answer from the VIP, the packet's
+    own destination, which ``icmp6_send`` picks when it is local.  A
+    non-first fragment keeps its transport bytes (the kernel's handlers
+    skip them): only the address changes.
+    """
+    if not decrement_hoplimit(ipvs, buf, h, cp.vaddr):
+        return NF_DROP
+    if not mtu_ok_v6(ipvs, buf, h, mtu, cp.vaddr):
+        return NF_DROP
+    if h.fragoffs:
+        put_addr6(buf, h.l3 + 24, cp.daddr)
+        return NF_STOLEN
+    delta = cp.nat_delta
+    k = cp.out_key  # proto | daddr | caddr | dport | cport
+    _rewrite6(buf, h, pp, 24, 2, k[1:17], k[33:35], delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
+    return NF_STOLEN
+
+
+def snat_response_v6(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool,
+    app_ret: int, own_addr: bytes,
+) -> int:
+    """``handle_response`` for IPv6: the reply leaves from VIP:vport.
+
+    ``ip6_forward`` runs before the FORWARD hook, so the hop limit goes
+    down here and a reply that runs out of hops gets its time exceeded
+    from the director's own address ``own_addr``.
+    """
+    if not decrement_hoplimit(ipvs, buf, h, own_addr):
+        return NF_DROP
+    delta = cp.nat_delta
+    k = cp.in_key  # proto | caddr | vaddr | cport | vport
+    _rewrite6(buf, h, pp, 8, 0, k[17:33], k[35:37], 0xFFFF - (delta >> 16), 0xFFFF - (delta & 0xFFFF),
+              partial, app_ret == 2)
+    return NF_STOLEN
+
+
+def icmp_xmit_v6(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q: Quoted, mtu: int | None) -> int:
+    """``ip_vs_icmp_xmit_v6`` for MASQ: an ICMPv6 error from the client
+    side goes in to the real server.  Errors are never answered with
+    errors: a spent hop limit or a too large packet only drops it."""
+    if not decrement_hoplimit(ipvs, buf, h, cp.vaddr):
+        return NF_DROP
+    if not mtu_ok_v6(ipvs, buf, h, mtu, cp.vaddr, icmp=True):
+        return NF_DROP
+    nat_icmp_v6(buf, h, q, cp, inout=False)
     return NF_STOLEN

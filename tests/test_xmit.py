@@ -129,3 +129,145 @@ def test_nat_icmp_both_ways():
     p = IP(bytes(err))
     assert (p.dst, p[IPerror].src, p[UDPerror].sport, p.ttl) == (RS, RS, 5353, 63)
     assert inet_csum(bytes(err[20:])) == 0 and inet_csum(bytes(err[:20])) == 0
+
+
+# ------------------------------------------------------------------ IPv6
+
+import struct  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from scapy.layers.inet6 import (  # noqa: E402
+    ICMPv6DestUnreach,
+    ICMPv6PacketTooBig,
+    ICMPv6TimeExceeded,
+    IPerror6,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    TCPerror,
+)
+
+from ipvs.proto.icmpv6 import parse_quoted6  # noqa: E402
+
+CLI6, VIP6, RS6 = "2001:db8:0:1::2", "2001:db8:0:5::5", "2001:db8:0:2::2"
+
+
+def conn6(proto=6, vport=80, dport=8080):
+    tab = ConnTable(250)
+    return tab.new(ConnParam(10, proto, A(CLI6), 3456, A(VIP6), vport), A(RS6), dport, 0, None)
+
+
+def l4_ok6(pkt: bytes) -> bool:
+    """The transport checksum of an IPv6 packet, recomputed by the word
+    loop over its own pseudo-header (through the extension headers)."""
+    h = parse(bytearray(pkt), 0)
+    coff = h.l4 + (16 if h.protocol == 6 else 6)
+    seg = bytearray(pkt[h.l4 : h.end])
+    got = struct.unpack_from("!H", seg, coff - h.l4)[0]
+    seg[coff - h.l4 : coff - h.l4 + 2] = b"\0\0"
+    want = inet_csum(pkt[8:40] + struct.pack("!IxxxB", len(seg), h.protocol) + bytes(seg))
+    return got == want or (h.protocol == 17 and want == 0 and got == 0xFFFF)
+
+
+@given(
+    st.sampled_from([6, 17]), st.binary(max_size=40), st.sampled_from([(), ("hbh",), ("hbh", "dst")]),
+    st.booleans(),
+)
+def test_nat_xmit_v6_field_by_field(proto, payload, exts, reply):
+    """DNAT (and the reply's SNAT) over IPv6 with extension headers: the
+    address, port, hop limit change and nothing else; the checksum equals
+    a full recompute."""
+    layers = {"hbh": IPv6ExtHdrHopByHop(), "dst": IPv6ExtHdrDestOpt()}
+    cp = conn6(proto)
+    if reply:
+        pkt = IPv6(src=RS6, dst=CLI6, hlim=64)
+        sport, dport = 8080, 3456
+    else:
+        pkt = IPv6(src=CLI6, dst=VIP6, hlim=64)
+        sport, dport = 3456, 80
+    for e in exts:
+        pkt = pkt / layers[e]
+    pkt = pkt / (TCP(sport=sport, dport=dport, flags="A") if proto == 6 else UDP(sport=sport, dport=dport)) / payload
+    buf = bytearray(bytes(pkt))
+    before = bytes(buf)
+    ipvs = NetnsIPVS()
+    h = parse(buf, 0)
+    if reply:
+        v = xmit.snat_response_v6(ipvs, cp, proto_get(proto), buf, h, False, 1, A("2001:db8:0:2::1"))
+    else:
+        v = xmit.nat_xmit_v6(ipvs, cp, proto_get(proto), buf, h, False, None, 1)
+    assert v == xmit.NF_STOLEN
+    p = IPv6(bytes(buf))
+    if reply:
+        assert (p.src, p.dst, p[proto == 6 and TCP or UDP].sport) == (VIP6, CLI6, 80)
+    else:
+        assert (p.src, p.dst, p[proto == 6 and TCP or UDP].dport) == (CLI6, RS6, 8080)
+    assert p.hlim == 63 and l4_ok6(bytes(buf))
+    coff = h.l4 + (16 if proto == 6 else 6)
+    changed = {i for i in range(len(buf)) if buf[i] != before[i]}
+    addr = range(8, 24) if reply else range(24, 40)
+    port = range(h.l4, h.l4 + 2) if reply else range(h.l4 + 2, h.l4 + 4)
+    assert changed <= {7, *addr, *port, coff, coff + 1}
+
+
+def test_nat_xmit_v6_udp_without_checksum_gets_one():
+    cp = conn6(17, 53, 5353)
+    buf = bytearray(bytes(IPv6(src=CLI6, dst=VIP6) / UDP(sport=3456, dport=53, chksum=0) / b"q"))
+    h = parse(buf, 0)
+    assert xmit.nat_xmit_v6(NetnsIPVS(), cp, proto_get(17), buf, h, False, None, 1) == xmit.NF_STOLEN
+    assert struct.unpack_from("!H", buf, 46)[0] != 0 and l4_ok6(bytes(buf))
+
+
+def test_nat_xmit_v6_partial_checksum_updates_the_pseudo_header_sum():
+    cp = conn6()
+    buf = bytearray(bytes(IPv6(src=CLI6, dst=VIP6) / TCP(sport=3456, dport=80) / b"data"))
+    h = parse(buf, 0)
+    xmit.l4_csum_full(buf, h, partial=True)
+    assert xmit.nat_xmit_v6(NetnsIPVS(), cp, proto_get(6), buf, h, True, None, 1) == xmit.NF_STOLEN
+    want = bytearray(buf)
+    xmit.l4_csum_full(want, parse(want, 0), partial=True)
+    assert buf == want
+
+
+def test_nat_xmit_v6_hop_limit_and_packet_too_big():
+    cp = conn6()
+    ipvs = NetnsIPVS()
+    low = bytearray(bytes(IPv6(src=CLI6, dst=VIP6, hlim=1) / TCP(sport=3456, dport=80)))
+    assert xmit.nat_xmit_v6(ipvs, cp, proto_get(6), low, parse(low, 0), False, None, 1) == xmit.NF_DROP
+    (err,) = ipvs.outbox
+    e = IPv6(bytes(err))
+    assert (e.src, e.dst, e[ICMPv6TimeExceeded].code) == (VIP6, CLI6, 0)
+    assert ipvs.drops[Drop.TTL_EXCEEDED] == 1
+    ipvs.outbox.clear()
+    big = bytearray(bytes(IPv6(src=CLI6, dst=VIP6) / TCP(sport=3456, dport=80) / (b"x" * 1400)))
+    assert xmit.nat_xmit_v6(ipvs, cp, proto_get(6), big, parse(big, 0), False, 1280, 1) == xmit.NF_DROP
+    (err,) = ipvs.outbox
+    e = IPv6(bytes(err))
+    assert (e.src, e[ICMPv6PacketTooBig].mtu, e[IPerror6].hlim) == (VIP6, 1280, 63)
+    ipvs.outbox.clear()
+    # A later fragment too big: dropped, no Packet Too Big (first fragment only).
+    frag = bytearray(bytes(IPv6(src=CLI6, dst=VIP6) / IPv6ExtHdrFragment(nh=6, offset=100) / (b"y" * 1400)))
+    assert xmit.nat_xmit_v6(ipvs, cp, proto_get(6), frag, parse(frag, 0), False, 1280, 1) == xmit.NF_DROP
+    assert ipvs.outbox == []
+    small = bytearray(bytes(IPv6(src=CLI6, dst=VIP6) / IPv6ExtHdrFragment(nh=6, offset=100) / (b"y" * 16)))
+    tail = bytes(small[48:])
+    assert xmit.nat_xmit_v6(ipvs, cp, proto_get(6), small, parse(small, 0), False, 1280, 1) == xmit.NF_STOLEN
+    assert IPv6(bytes(small)).dst == RS6 and bytes(small[48:]) == tail
+
+
+def test_icmp_xmit_v6_rewrites_an_error_for_the_real_server():
+    cp = conn6()
+    quoted = bytes(IPv6(src=VIP6, dst=CLI6) / TCP(sport=80, dport=3456))
+    buf = bytearray(bytes(IPv6(src="2001:db8:0:1::fe", dst=VIP6) / ICMPv6DestUnreach(code=1) / quoted))
+    h = parse(buf, 0)
+    q = parse_quoted6(buf, h.l4, h.end)
+    ipvs = NetnsIPVS()
+    assert xmit.icmp_xmit_v6(ipvs, cp, buf, h, q, None) == xmit.NF_STOLEN
+    p = IPv6(bytes(buf))
+    assert (p.dst, p.hlim, p[IPerror6].src, p[TCPerror].sport) == (RS6, 63, RS6, 8080)
+    spent = bytearray(bytes(IPv6(src="2001:db8:0:1::fe", dst=VIP6, hlim=1) / ICMPv6DestUnreach() / quoted))
+    h = parse(spent, 0)
+    assert xmit.icmp_xmit_v6(ipvs, cp, spent, h, parse_quoted6(spent, h.l4, h.end), None) == xmit.NF_DROP
+    assert ipvs.outbox == []  # no error about an error
