@@ -131,6 +131,25 @@ def addr_fold(addr: bytes) -> int:
     return v
 
 
+def addr_prefix(addr: bytes, netmask: int) -> bytes:
+    """A persistent service's client network: the IPv4 address masked by
+    ``netmask`` (a host-order mask), or the IPv6 one cut to ``netmask``
+    leading bits (``ipv6_addr_prefix``), as ``ip_vs_sched_persist`` keys
+    its templates."""
+    if len(addr) == 4:
+        return (int.from_bytes(addr, "big") & netmask).to_bytes(4, "big")
+    bits = max(0, min(netmask, 128))
+    keep = ((1 << bits) - 1) << (128 - bits)
+    return (int.from_bytes(addr, "big") & keep).to_bytes(16, "big")
+
+
+def fwmark_addr(af: int, fwmark: int) -> bytes:
+    """The virtual address of a fwmark template (``union nf_inet_addr`` with
+    ``.ip = htonl(fwmark)``): the mark in the first four bytes, zeros after
+    them for IPv6."""
+    return fwmark.to_bytes(4, "big") + (bytes(12) if af == AF_INET6 else b"")
+
+
 def svc_key(protocol: int, addr: bytes, port: int) -> bytes:
     """Key of the (proto, addr, port) service table.
 
