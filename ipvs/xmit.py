@@ -144,14 +144,14 @@ def dnat_handler(buf: bytearray, h: IPHeader, pp: IPVSProtocol, cp: Connection, 
     """``tcp_dnat_handler`` / ``udp_dnat_handler``: the destination port
     becomes the real server's and the checksum follows (its pseudo-header
     part included, as the kernel's update takes the addresses from ``cp``)."""
-    put_port(buf, h.l4 + 2, cp.out_key[9:11])  # out_key: proto | daddr | caddr | dport | cport
+    put_port(buf, h.l4 + 2, cp.out_key[-4:-2])  # out_key: proto | daddr | caddr | dport | cport
     _l4_csum_update(buf, h, pp, cp.nat_delta, partial, mangled)
 
 
 def snat_handler(buf: bytearray, h: IPHeader, pp: IPVSProtocol, cp: Connection, partial: bool, mangled: bool) -> None:
     """``tcp_snat_handler`` / ``udp_snat_handler``: the source port becomes
     the virtual port, the checksum follows."""
-    put_port(buf, h.l4, cp.in_key[11:13])  # in_key: proto | caddr | vaddr | cport | vport
+    put_port(buf, h.l4, cp.in_key[-2:])  # in_key: proto | caddr | vaddr | cport | vport
     _l4_csum_update(buf, h, pp, cp.nat_delta ^ 0xFFFFFFFF, partial, mangled)
 
 
@@ -249,7 +249,8 @@ def icmp_xmit(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q: Q
 # IPv6 (``ip_vs_nat_xmit_v6``, ``ip_vs_icmp_xmit_v6``, the IPv6 branches of
 # ``decrement_ttl``, ``ensure_mtu_is_adequate`` and ``handle_response``).
 # No header checksum, a hop limit at byte 7, 16-byte addresses, and the
-# transport header wherever the extension headers end (the descriptor's l4).
+# transport header wherever the extension headers end (the descriptor's
+# l4); the transport handlers are the ones above.
 
 
 def decrement_hoplimit(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes) -> bool:
@@ -278,56 +279,28 @@ def mtu_ok_v6(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, mtu: int | None, src
     return False
 
 
-def _rewrite6(
-    buf: bytearray, h: IPHeader, pp: IPVSProtocol, addr_off: int, port_off: int, new_addr: bytes,
-    new_port: bytes, da: int, dp: int, partial: bool, payload_changed: bool,
-) -> None:
-    """One NAT rewrite of a forwarded IPv6 TCP/UDP packet: address
-    (``addr_off`` 8 source, 24 destination), port, and the transport
-    checksum by the same RFC 1624 rules as :func:`_rewrite` (no header
-    checksum in IPv6).  The hop limit was decremented by the caller."""
-    l3, l4 = h.l3, h.l4
-    put_addr6(buf, l3 + addr_off, new_addr)
-    put_port(buf, l4 + port_off, new_port)
-    coff = l4 + pp.csum_offset
-    c = (buf[coff] << 8) | buf[coff + 1]
-    zero_is_none = pp.csum_zero_is_none
-    if payload_changed or (c == 0 and zero_is_none and not partial):
-        l4_csum_full(buf, parse(buf, l3), partial)
-        return
-    if partial:
-        s = c + da
-        s = (s - 1) % 0xFFFF + 1 if s else 0
-    else:
-        s = (c ^ 0xFFFF) + da + dp
-        s = ((s - 1) % 0xFFFF + 1 if s else 0) ^ 0xFFFF
-        if not s and zero_is_none:
-            s = 0xFFFF
-    put_u16(buf, coff, s)
-
-
 def nat_xmit_v6(
     ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool,
     mtu: int | None, app_ret: int,
 ) -> int:
-    """``ip_vs_nat_xmit_v6``: DNAT a client packet towards the real server.
+    """``ip_vs_nat_xmit_v6``: DNAT a client packet towards the real server
+    (the arguments of :func:`nat_xmit`).
 
     The route's order: hop limit first (``decrement_ttl``), then the MTU
     (``ensure_mtu_is_adequate``); both answer from the VIP, the packet's
-    own destination, which ``icmp6_send`` picks when it is local.  A
-    non-first fragment keeps its transport bytes (the kernel's handlers
-    skip them): only the address changes.
+    own destination, which ``icmp6_send`` picks when it is local.  Then
+    the address (no header checksum in IPv6) and the transport handler
+    shared with IPv4, whose checksum update covers the 16-byte address
+    through ``cp.nat_delta``.  A non-first fragment has no transport
+    header to rewrite: only its address changes.
     """
     if not decrement_hoplimit(ipvs, buf, h, cp.vaddr):
         return NF_DROP
     if not mtu_ok_v6(ipvs, buf, h, mtu, cp.vaddr):
         return NF_DROP
-    if h.fragoffs:
-        put_addr6(buf, h.l3 + 24, cp.daddr)
-        return NF_STOLEN
-    delta = cp.nat_delta
-    k = cp.out_key  # proto | daddr | caddr | dport | cport
-    _rewrite6(buf, h, pp, 24, 2, k[1:17], k[33:35], delta >> 16, delta & 0xFFFF, partial, app_ret == 2)
+    put_addr6(buf, h.daddr, cp.out_key[1:17])
+    if not h.fragoffs:
+        dnat_handler(buf, h, pp, cp, partial, app_ret == 2)
     return NF_STOLEN
 
 
@@ -335,7 +308,8 @@ def snat_response_v6(
     ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool,
     app_ret: int, own_addr: bytes,
 ) -> int:
-    """``handle_response`` for IPv6: the reply leaves from VIP:vport.
+    """``handle_response`` for IPv6: the reply leaves from VIP:vport (the
+    arguments of :func:`snat_response`).
 
     ``ip6_forward`` runs before the FORWARD hook, so the hop limit goes
     down here and a reply that runs out of hops gets its time exceeded
@@ -343,10 +317,8 @@ def snat_response_v6(
     """
     if not decrement_hoplimit(ipvs, buf, h, own_addr):
         return NF_DROP
-    delta = cp.nat_delta
-    k = cp.in_key  # proto | caddr | vaddr | cport | vport
-    _rewrite6(buf, h, pp, 8, 0, k[17:33], k[35:37], 0xFFFF - (delta >> 16), 0xFFFF - (delta & 0xFFFF),
-              partial, app_ret == 2)
+    put_addr6(buf, h.saddr, cp.in_key[17:33])
+    snat_handler(buf, h, pp, cp, partial, app_ret == 2)
     return NF_STOLEN
 
 
