@@ -462,8 +462,9 @@ class IPVSProtocol:
         sport = (buf[l4] << 8) | buf[l4 + 1]
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
         # key = proto | saddr | daddr | sport | dport
-        iph = IPHdr(AF_INET, self.protocol, key[1:5],
-                    svc.addr if svc.port == dport and not svc.fwmark else key[5:9], sport, dport)
+        n = h.alen
+        iph = IPHdr(h.af, self.protocol, key[1 : 1 + n],
+                    svc.addr if svc.port == dport and not svc.fwmark else key[1 + n : 1 + 2 * n], sport, dport)
         cp, ignored = director.schedule(svc, iph, now, key, buf, h, mark)
         if cp is None:
             if ignored > 0:
