@@ -203,19 +203,25 @@ class Director:
         return self._in(pd, buf, h, key, now, partial)
 
     def local_out(self, buf: bytearray, l3: int, now: int) -> int:
-        """The LOCAL_OUT hooks (``ip_vs_local_reply4``, ``ip_vs_local_request4``)
-        for an ICMP error the director itself generated, e.g. the host
-        unreachable the driver sends when a next hop does not resolve.
+        """The LOCAL_OUT hooks (``ip_vs_local_reply4``, ``ip_vs_local_request4``
+        and their IPv6 twins) for an ICMP error the director itself
+        generated, e.g. the host (address) unreachable the driver sends
+        when a next hop does not resolve.
 
         The related-ICMP rewrite of :meth:`process`, without the TTL step
         that stands for ``ip_forward`` there: a locally generated packet
         is not forwarded.  Anything else is NF_ACCEPT (send it as it is).
         """
         h = parse(buf, l3)
-        if type(h) is not IPHeader or h.protocol != IPPROTO_ICMP or not self.ipvs.enable:
+        if type(h) is not IPHeader or not self.ipvs.enable:
             return NF_ACCEPT
-        self.ipvs.now = now
-        return self._icmp(buf, h, now, forwarded=False)
+        if h.protocol == IPPROTO_ICMP and h.af == AF_INET:
+            self.ipvs.now = now
+            return self._icmp(buf, h, now, forwarded=False)
+        if h.protocol == IPPROTO_ICMPV6 and h.af == AF_INET6:
+            self.ipvs.now = now
+            return self._icmp6(buf, h, now, forwarded=False)
+        return NF_ACCEPT
 
     def _own_addr(self, dst: bytes) -> bytes:
         """The director's own address on the route towards ``dst``: what
@@ -716,8 +722,9 @@ class Director:
         # ip_vs_in_icmp also ends with __ip_vs_conn_put (no timer restart).
         return verdict
 
-    def _icmp6(self, buf: bytearray, h: IPHeader, now: int) -> int:
-        """``ip_vs_out_icmp_v6`` then ``ip_vs_in_icmp_v6``.
+    def _icmp6(self, buf: bytearray, h: IPHeader, now: int, forwarded: bool = True) -> int:
+        """``ip_vs_out_icmp_v6`` then ``ip_vs_in_icmp_v6`` (``forwarded``
+        False: generated here, see :meth:`local_out`).
 
         Every ICMPv6 error type may be related; informational messages
         (echo, neighbour discovery) are not.  A fragmented error is
@@ -761,11 +768,12 @@ class Director:
             if icmp6_checksum(buf, h) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1
                 return NF_DROP
-            if buf[h.l3 + 7] <= 1:
-                # ip6_forward before the FORWARD hook: no error about an error.
-                ipvs.drops[Drop.TTL_EXCEEDED] += 1
-                return NF_DROP
-            buf[h.l3 + 7] -= 1
+            if forwarded:
+                if buf[h.l3 + 7] <= 1:
+                    # ip6_forward before the FORWARD hook: no error about an error.
+                    ipvs.drops[Drop.TTL_EXCEEDED] += 1
+                    return NF_DROP
+                buf[h.l3 + 7] -= 1
             nat_icmp_v6(buf, h, q, cp, inout=True)
             self._out_stats(cp, h.end - h.l3)
             if self.trace is not None:

@@ -28,7 +28,8 @@ does this path: IPVS sees reassembled packets only where nf_defrag_ipv6
 runs); no transit forwarding, no router advertisements, no rate limit
 on the ICMPv6 errors the driver makes; a next hop that never answers
 gets its waiting packets answered with address unreachable
-(``ndisc_error_report``), without the per-destination rate limit.
+(``ndisc_error_report``, through the core's LOCAL_OUT step), without the
+per-destination rate limit.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ipvs.driver.neigh import ALL_NODES, NeighTable, na_frame, ns_frame, parse_ndisc
-from ipvs.ip_vs import NF_ACCEPT, NF_STOLEN
+from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
     ICMPV6_DEST_UNREACH,
     ICMPV6_ECHO_REPLY,
@@ -301,13 +302,30 @@ class IPv6Path:
             for ip, mac in requests:
                 self._solicit(p, ip, mac)
             for buf, _n in unresolved:
-                h = parse(buf, 24)
-                if type(h) is IPHeader and not is_ineligible(buf, h):
-                    src = self.own_address(bytes(buf[h.saddr : h.saddr + 16])) or p.addr6
-                    err = build_error6(buf, 24, h.end, ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, src)
-                    self.ipvs.outbox.append(err)
-                    self.drv.counts["addr_unreach6"] += 1
+                self._addr_unreach(p, buf)
             p.neigh6.changed = False
+
+    def _addr_unreach(self, p: Port, buf: bytearray) -> None:
+        """``ndisc_error_report`` -> ``icmpv6_send``: address unreachable
+        back to the sender of a packet whose next hop never answered, from
+        the director's address on the route back, through the core's
+        LOCAL_OUT step (``ip_vs_local_reply6``), which makes an error about
+        IPVS traffic come from the VIP and quote VIP:vport."""
+        drv = self.drv
+        h = parse(buf, 24)
+        if type(h) is not IPHeader or is_ineligible(buf, h) or buf[h.saddr] == 0xFF:
+            drv.counts["addr_unreach6_not_sent"] += 1
+            return
+        src = self.own_address(bytes(buf[h.saddr : h.saddr + 16])) or p.addr6
+        err = bytearray(24) + build_error6(buf, 24, h.end, ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, src)
+        if self.d.local_out(err, 24, drv.now) == NF_DROP:
+            drv.drops["addr_unreach6_ipvs"] += 1
+            return
+        if bytes(err[48:64]) in self.local:
+            drv.counts["addr_unreach6_local"] += 1  # for the director itself: nothing waits for it
+            return
+        drv.counts["addr_unreach6"] += 1
+        self.route_out(err, 24)
 
     def next_event(self, now: int) -> int | None:
         """Jiffies of the earliest neighbour event of the IPv6 tables."""

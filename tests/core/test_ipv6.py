@@ -31,6 +31,7 @@ from scapy.layers.inet6 import (
 from ipvs import procfs
 from ipvs.core import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import Drop
+from ipvs.proto.icmpv6 import build_error6
 from ipvs.uapi import IP_VS_SVC_F_PERSISTENT
 from tests.conftest import A, Lab, inet_csum
 
@@ -230,3 +231,21 @@ def test_ipv6_connections_in_the_proc_views():
     text = procfs.render(lab.ipvs, "ip_vs_conn", lab.now)
     assert ("TCP 2001:0db8:0000:0001:0000:0000:0000:0002 9C40 2001:0db8:0000:0005:0000:0000:0000:0005 0050 "
             "2001:0db8:0000:0002:0000:0000:0000:0003 1F90 SYN_RECV         60\n") in text
+
+
+def test_local_out_rewrites_the_directors_own_icmpv6_error_about_ipvs_traffic():
+    """ip_vs_local_reply6: the driver's address unreachable about a DNATed
+    packet (client -> RS2:8080) leaves from the VIP quoting client -> VIP:80,
+    without the forwarding hop."""
+    lab = web()
+    syn = pkt(CLI, VIP, TCP(sport=40000, dport=80, flags="S"))
+    lab.send(syn)
+    err = build_error6(syn, 0, len(syn), 1, 3, A("2001:db8:0:1::1"))
+    assert lab.d.local_out(err, 0, lab.now) == NF_STOLEN
+    e = IPv6(bytes(err))
+    q = e[IPerror6]
+    assert (e.src, e.dst, e.hlim, e[ICMPv6DestUnreach].code) == (VIP, CLI, 64, 3)
+    assert (q.src, q.dst, q[TCPerror].dport) == (CLI, VIP, 80) and icmp6_ok(err)
+    other = build_error6(pkt(CLI, "2001:db8:0:9::9", UDP(sport=1, dport=2)), 0, 48, 1, 3, A("2001:db8:0:1::1"))
+    before = bytes(other)
+    assert lab.d.local_out(other, 0, lab.now) == NF_ACCEPT and bytes(other) == before

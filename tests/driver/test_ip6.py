@@ -15,7 +15,9 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
+    IPerror6,
     IPv6,
+    TCPerror,
 )
 from scapy.layers.l2 import Ether
 
@@ -153,3 +155,23 @@ def test_the_filter_passes_ipv6_frames_only_when_asked():
     r = Rig6()
     assert r.drv.filter_for(r.outer) == bpf.build(
         r.drv.vips | {r.outer.addr}, [], set(), None, ipv6=True)
+
+
+def test_an_unresolved_real_server_answers_the_client_from_the_vip():
+    """ndisc_error_report -> icmpv6_send -> ip_vs_local_reply6: the client's
+    SYN went to RS1 (DNAT), RS1 never answers; the client hears address
+    unreachable from the VIP about its own SYN to VIP:80."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    (sol,) = r.in_ring.take()
+    assert Ether(sol)[ICMPv6ND_NS].tgt == RS1_6
+    for s in range(1, 5):
+        r.drv.on_idle(r.now + s * 250)
+    errs = [Ether(f) for f in r.out_ring.take() if Ether(f).haslayer(ICMPv6DestUnreach)]
+    assert len(errs) == 1
+    e = errs[0]
+    assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6DestUnreach].code) == (VIP6, CLIENT6, 3)
+    assert (e[IPerror6].dst, e[TCPerror].dport) == (VIP6, 80) and csum_ok(e, ICMPv6DestUnreach)
+    assert r.drv.counts["addr_unreach6"] == 1
