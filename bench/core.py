@@ -9,12 +9,16 @@ bytes_per_conn    memory per held connection over N connections: the
 traced_bytes_per_conn  the same from tracemalloc (CPython only)
 expire_us_per_conn  cost of expiring them
 
+With ``--ipv6`` the two rates run again over IPv6 (VS/NAT to the same
+kind of service on 2001:db8::/32 addresses) and print as
+``new_conn_pps_v6`` and ``established_pps_v6``.
+
 The two rates are the best of ``--repeat`` timed runs, timed in the
 thread's CPU time (wall-clock time counts what other jobs of a shared
 machine had the CPU): the best run is the one least disturbed by others.  On
 PyPy the first run includes the JIT's compiling; the best is a warm one.
 
-Run: .venv-pypy/bin/python bench/core.py [--conns N] [--repeat N] [--quick]
+Run: .venv-pypy/bin/python bench/core.py [--conns N] [--repeat N] [--quick] [--ipv6]
      .venv/bin/python bench/core.py --runtimes 3   (both runtimes, interleaved)
 """
 
@@ -37,6 +41,8 @@ from ipvs.packet import ip_send_check, l4_checksum, parse  # noqa: E402
 
 VIP = ipaddress.ip_address("203.0.113.5").packed
 RS = [ipaddress.ip_address(f"172.16.0.{i}").packed for i in (2, 3)]
+VIP6 = ipaddress.ip_address("2001:db8:0:5::5").packed
+RS6 = [ipaddress.ip_address(f"2001:db8:0:2::{i}").packed for i in (2, 3)]
 
 
 def tcp_frame(src: bytes, sport: int, dst: bytes, dport: int, flags: int, payload: bytes = b"") -> bytearray:
@@ -64,26 +70,60 @@ def tcp_frame(src: bytes, sport: int, dst: bytes, dport: int, flags: int, payloa
     return buf
 
 
-def director(sched: str = "rr") -> Director:
+def tcp_frame6(src: bytes, sport: int, dst: bytes, dport: int, flags: int, payload: bytes = b"") -> bytearray:
+    """The IPv6 twin of :func:`tcp_frame` (no extension headers)."""
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd"
+    ip = bytearray(40)
+    ip[0] = 0x60
+    ip[4:6] = (20 + len(payload)).to_bytes(2, "big")
+    ip[6] = 6
+    ip[7] = 64
+    ip[8:24] = src
+    ip[24:40] = dst
+    tcp = bytearray(20)
+    tcp[0:2] = sport.to_bytes(2, "big")
+    tcp[2:4] = dport.to_bytes(2, "big")
+    tcp[4:8] = (1000).to_bytes(4, "big")
+    tcp[12] = 5 << 4
+    tcp[13] = flags
+    tcp[14:16] = (64240).to_bytes(2, "big")
+    buf = bytearray(eth) + ip + tcp + payload
+    h = parse(buf, 14)
+    buf[14 + 40 + 16 : 14 + 40 + 18] = l4_checksum(buf, h).to_bytes(2, "big")
+    return buf
+
+
+#: Per family: (frame builder, VIP, real servers, client address of n, offset of the rewritten daddr).
+FAMILIES = {
+    4: (tcp_frame, VIP, RS, lambda n: (0xC6336400 + 2 + n).to_bytes(4, "big"), (30, 34)),
+    6: (tcp_frame6, VIP6, RS6, lambda n: bytes.fromhex("20010db8000000010000000000000000")[:12]
+        + (2 + n).to_bytes(4, "big"), (38, 54)),
+}
+
+
+def director(sched: str = "rr", family: int = 4) -> Director:
     d = Director()
-    su = ctl.ServiceUser(addr=VIP, port=80, sched_name=sched)
+    _frame, vip, rss, _c, _at = FAMILIES[family]
+    af = uapi.AF_INET6 if family == 6 else uapi.AF_INET
+    su = ctl.ServiceUser(af=af, addr=vip, port=80, sched_name=sched, netmask=128 if family == 6 else 0xFFFFFFFF)
     ctl.add_service(d.ipvs, su)
-    for rs in RS:
-        ctl.add_dest(d.ipvs, su, ctl.DestUser(addr=rs, port=80, conn_flags=uapi.IP_VS_CONN_F_MASQ))
+    for rs in rss:
+        ctl.add_dest(d.ipvs, su, ctl.DestUser(af=af, addr=rs, port=80, conn_flags=uapi.IP_VS_CONN_F_MASQ))
     d.ipvs.conn_tab.max_conns = 1 << 24
     return d
 
 
-def client(i: int) -> tuple[bytes, int]:
+def client(i: int, family: int = 4) -> tuple[bytes, int]:
     """The i-th distinct client address and port (60,000 ports per address)."""
-    return (0xC6336400 + 2 + i // 60000).to_bytes(4, "big"), 1024 + i % 60000
+    return FAMILIES[family][3](i // 60000), 1024 + i % 60000
 
 
-def bench_new(n: int, repeat: int = 1) -> float:
+def bench_new(n: int, repeat: int = 1, family: int = 4) -> float:
     best = 0.0
+    frame, vip = FAMILIES[family][:2]
     for _ in range(repeat):
-        d = director()
-        frames = [tcp_frame(*client(i), VIP, 80, 0x02) for i in range(n)]
+        d = director(family=family)
+        frames = [frame(*client(i, family), vip, 80, 0x02) for i in range(n)]
         t = time.thread_time()
         for f in frames:
             d.process(f, 14, 1000)
@@ -92,17 +132,18 @@ def bench_new(n: int, repeat: int = 1) -> float:
     return best
 
 
-def bench_established(nconn: int, rounds: int, repeat: int = 1) -> float:
-    d = director()
+def bench_established(nconn: int, rounds: int, repeat: int = 1, family: int = 4) -> float:
+    d = director(family=family)
+    frame, vip, _rss, _c, (a, b) = FAMILIES[family]
     ins = []
     outs = []
     for i in range(nconn):
-        c, p = client(i)
-        syn = tcp_frame(c, p, VIP, 80, 0x02)
+        c, p = client(i, family)
+        syn = frame(c, p, vip, 80, 0x02)
         assert d.process(syn, 14, 1000) == NF_STOLEN
-        rs = syn[30:34]
-        ins.append(bytes(tcp_frame(c, p, VIP, 80, 0x10, b"x" * 100)))
-        outs.append(bytes(tcp_frame(bytes(rs), 80, c, p, 0x10, b"y" * 500)))
+        rs = syn[a:b]
+        ins.append(bytes(frame(c, p, vip, 80, 0x10, b"x" * 100)))
+        outs.append(bytes(frame(bytes(rs), 80, c, p, 0x10, b"y" * 500)))
     pkts = [x for pair in zip(ins, outs) for x in pair]
     proc = d.process
     best = 0.0
@@ -158,6 +199,7 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of the two rates; the best is printed")
+    ap.add_argument("--ipv6", action="store_true", help="also the two rates over IPv6 (*_v6)")
     ap.add_argument("--runtimes", type=int, metavar="ROUNDS",
                     help="run this benchmark under CPython and PyPy, alternating, ROUNDS times each")
     a = ap.parse_args()
@@ -175,6 +217,9 @@ def main() -> None:
     n = 20_000 if a.quick else 100_000
     print(f"new_conn_pps {bench_new(n, a.repeat):.0f} pkt/s")
     print(f"established_pps {bench_established(1000, 20 if a.quick else 100, a.repeat):.0f} pkt/s")
+    if a.ipv6:
+        print(f"new_conn_pps_v6 {bench_new(n, a.repeat, 6):.0f} pkt/s")
+        print(f"established_pps_v6 {bench_established(1000, 20 if a.quick else 100, a.repeat, 6):.0f} pkt/s")
 
 
 if __name__ == "__main__":
