@@ -23,8 +23,9 @@ with ``ip_forward``, their TTL is decremented here too.
 
 Verdicts: ``NF_ACCEPT`` (not ours: let the host have it), ``NF_DROP``, or
 ``NF_STOLEN`` (rewritten: route it by its destination and send it).
-Generated ICMP errors are queued in ``ipvs.outbox``.  IPv4 only for now:
-IPv6 packets are passed on untouched and counted; the keys and tables
+Generated ICMP errors are queued in ``ipvs.outbox``.  IPv6 takes the
+same path (:meth:`Director._process6`, ``ip_vs_in_icmp_v6`` and
+``ip_vs_out_icmp_v6`` in :meth:`Director._icmp6`); the keys and tables
 already carry the address family.
 """
 
@@ -630,7 +631,7 @@ class Director:
         ``fill_param`` refuses the packet, or when the table is full.
         """
         if svc.fwmark or not svc.port or not dport or h.af != AF_INET:
-            return None  # (IPv4 only: the core has no IPv6 path yet)
+            return None  # (IPv4 only: conn_out over IPv6 is not done yet)
         ipvs = self.ipvs
         tab = ipvs.conn_tab
         now = ipvs.now

@@ -8,7 +8,10 @@ of ``include/net/checksum.h`` that ``ip_vs_proto_tcp.c`` and
 A packet is a ``bytearray`` and an offset to its IP header; nothing here
 allocates an object per packet on the fast path.  :func:`parse` checks a
 packet once and returns a plain tuple (:class:`IPHeader`) of offsets and
-fields, or a :class:`Drop` reason code.  Rewrites happen in place with
+fields, or a :class:`Drop` reason code; for IPv6 it walks the extension
+headers as ``ipv6_find_hdr`` does (:func:`ipv6_find_hdr`), so ``l4`` and
+``protocol`` are the transport's, which the checksum helpers use for the
+pseudo-header.  Rewrites happen in place with
 ``struct.pack_into`` and RFC 1624 incremental checksum updates, which give
 bit-for-bit the kernel's results (including 0x0000 vs 0xFFFF).
 

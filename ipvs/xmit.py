@@ -1,7 +1,8 @@
 """Forwarding methods: packets rewritten and handed back for transmission.
 
 Mirrors ``net/netfilter/ipvs/ip_vs_xmit.c`` for VS/NAT (``ip_vs_nat_xmit``
-and ``ip_vs_icmp_xmit``), plus the L4 NAT handlers of
+and ``ip_vs_icmp_xmit``, and their IPv6 twins ``ip_vs_nat_xmit_v6`` and
+``ip_vs_icmp_xmit_v6``), plus the L4 NAT handlers of
 ``ip_vs_proto_tcp.c`` / ``ip_vs_proto_udp.c`` (``tcp_dnat_handler``,
 ``tcp_snat_handler`` and the UDP twins), which share one implementation
 here because they differ only in the checksum offset and UDP's

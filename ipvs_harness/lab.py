@@ -46,6 +46,8 @@ the seed's rules with ``tools/ipvsadm``::
     -A -u [2001:db8:0:5::5]:7 -s rr
     -a -u [2001:db8:0:5::5]:7 -r [2001:db8:0:2::2]:7 -m
     -a -u [2001:db8:0:5::5]:7 -r [2001:db8:0:2::3]:7 -m
+    -A -t [2001:db8:0:5::5]:21 -p
+    -a -t [2001:db8:0:5::5]:21 -r [2001:db8:0:2::3]:21 -m
 
 The director's kernel keeps IPv6 off (ipvsd answers neighbour discovery
 on its ports); the client's and the real servers' kernels get IPv6 on
@@ -109,6 +111,8 @@ RULES6 = [
     f"-A -u [{VIP6}]:7 -s rr",
     f"-a -u [{VIP6}]:7 -r [{RS6['rs1']}]:7 -m",
     f"-a -u [{VIP6}]:7 -r [{RS6['rs2']}]:7 -m",
+    f"-A -t [{VIP6}]:21 -p",
+    f"-a -t [{VIP6}]:21 -r [{RS6['rs2']}]:21 -m",
 ]
 
 RULES = [
@@ -390,6 +394,9 @@ def start_servers(ipv6: bool = False) -> None:
     if importlib.util.find_spec("pyftpdlib") is not None:
         start("ftp-rs2", NS_RS2, [sys.executable, me, "_ftp", "172.16.0.3", os.path.join(STATE, "ftp")],
               ready="ready")
+        if ipv6:
+            start("ftp6-rs2", NS_RS2, [sys.executable, me, "_ftp", RS6["rs2"], os.path.join(STATE, "ftp")],
+                  ready="ready")
     else:
         log("pyftpdlib is not installed: no FTP server on rs2:21")
     for ns, addr, port in RS.values():
@@ -631,13 +638,24 @@ def _serve(args: argparse.Namespace) -> int:
 def _ftp(addr: str, root: str) -> int:
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP
     from pyftpdlib.servers import FTPServer
+
+    class FromDataPort(ActiveDTP):
+        """Active data connections from the control port minus one (20), as
+        vsftpd's connect_from_port_20 does: the port ip_vs_ftp expects them
+        from (pyftpdlib would pick any port)."""
+
+        def bind(self, addr):
+            self.set_reuse_addr()
+            return super().bind((addr[0], self.cmd_channel.socket.getsockname()[1] - 1))
 
     auth = DummyAuthorizer()
     auth.add_anonymous(root)
     handler = FTPHandler
     handler.authorizer = auth
     handler.passive_ports = range(50000, 50100)
+    handler.active_dtp = FromDataPort
     server = FTPServer((addr, 21), handler)
     signal.signal(signal.SIGTERM, lambda *a: server.close_all())
     print("ready", flush=True)

@@ -140,3 +140,36 @@ def test_hop_limit_spent_at_the_director_is_answered_from_the_vip(lab6):
     finally:
         s.close()
         raw.close()
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["epsv", "eprt"])
+def test_ftp_over_ipv6_in_both_modes(lab6, passive):
+    """ftplib over IPv6 speaks EPSV (passive) and EPRT |2| (active); the
+    helper expects the data connection in both, the file arrives whole, and
+    ``ipvsadm -Lnc`` lists the data connection it expected."""
+    import ftplib
+    import importlib.util
+    import io
+
+    if importlib.util.find_spec("pyftpdlib") is None:
+        pytest.skip("pyftpdlib is not installed: no FTP server on rs2")
+    got = io.BytesIO()
+    with netns(lab_mod.NS_CLIENT):
+        f = ftplib.FTP()
+        try:
+            f.connect(VIP6, 21, timeout=10)
+            f.login()
+            f.set_pasv(passive)
+            f.retrbinary("RETR hello.txt", got.write)
+            f.quit()
+        finally:
+            f.close()
+    assert got.getvalue() == b"hello from rs2 over FTP\n"
+    rs2 = lab_mod.RS6["rs2"]
+    data = [c for c in lab6.conns() if c["pro"] == "TCP" and c["destination"].startswith(f"[{rs2}]:")
+            and not c["destination"].endswith("]:21")]
+    if passive:
+        assert any(c["virtual"].startswith(f"[{VIP6}]:5") and c["destination"].startswith(f"[{rs2}]:5")
+                   for c in data), data
+    else:
+        assert any(c["virtual"] == f"[{VIP6}]:20" and c["destination"] == f"[{rs2}]:20" for c in data), data
