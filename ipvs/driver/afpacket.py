@@ -984,6 +984,8 @@ class AFPacketDriver:
                 out[f"{p.name}_neigh6_unresolved"] = p.neigh6.stats.unresolved
         for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):
             out[f"frag_{k}"] = getattr(self.frags.stats, k)
+            if self.v6 is not None:
+                out[f"frag6_{k}"] = getattr(self.v6.frags.stats, k)
         if self.masq is not None:
             for k in ("created", "expired", "out_packets", "in_packets", "no_port", "table_full"):
                 out[f"masq_{k}"] = getattr(self.masq.stats, k)

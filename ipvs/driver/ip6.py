@@ -21,11 +21,13 @@ A port takes part when it has an IPv6 address (``--outer-addr6``,
   host's answers in spare mode: echo replies, TCP resets, port
   unreachables (``icmpv6_send`` never answers an ICMPv6 error).
 
+Fragments are reassembled first and the result fragmented again no
+larger than the largest fragment that came (:mod:`ipvs.driver.frag6`), as
+``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.
+
 Differences from the kernel, and why: spare mode only (shared mode would
-need ip6 nftables rules to keep the kernel off the stolen traffic);
-fragments are not reassembled (the core lets them pass, counted, and so
-does this path: IPVS sees reassembled packets only where nf_defrag_ipv6
-runs); no transit forwarding, no router advertisements, no rate limit
+need ip6 nftables rules to keep the kernel off the stolen traffic); no
+transit forwarding, no router advertisements, no rate limit
 on the ICMPv6 errors the driver makes; a next hop that never answers
 gets its waiting packets answered with address unreachable
 (``ndisc_error_report``, through the core's LOCAL_OUT step), without the
@@ -38,6 +40,7 @@ import ipaddress
 import struct
 from typing import TYPE_CHECKING
 
+from ipvs.driver.frag6 import Reassembler6, fragment6
 from ipvs.driver.neigh import ALL_NODES, NeighTable, na_frame, ns_frame, parse_ndisc
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
@@ -106,6 +109,9 @@ class IPv6Path:
             m = _mask(plen)
             self.routes.append((int.from_bytes(net, "big") & m, m, plen, gp, gwi))
         self.routes.sort(key=lambda r: -r[2])
+        self.frags = Reassembler6(drv.hz)
+        #: Identification of the fragments this path makes (ipv6_select_ident).
+        self.frag_id = 0
         self.vips: set[bytes] = set()
         self.own = {p.addr6 for p in self.ports}
         self.local: set[bytes] = set(self.own)
@@ -151,12 +157,25 @@ class IPv6Path:
         if buf[10] & 1:
             drv.drops["ip6_multicast"] += 1  # (MLD, router solicitations, ...: not the director's business)
             return
+        maxfrag = 0
+        if h.fragoffs or h.more_frags:
+            got = self.frags.add(buf, L3, drv.now)
+            if got is None:
+                return
+            buf, maxfrag = got
+            h = parse(buf, L3)
+            if type(h) is not IPHeader:
+                drv.drops["bad_ip6"] += 1
+                return
         d = self.d
-        d.mtu = None if buf[1] else drv.inner_mtu
+        inner = drv.inner_mtu
+        # __mtu_check_toobig_v6: a reassembled datagram is too big only if
+        # one of its fragments was.
+        d.mtu = None if buf[1] or (maxfrag and inner is not None and maxfrag <= inner) else inner
         verdict = d.process(buf, L3, drv.now, bool(buf[0] & 1))
         if verdict == NF_STOLEN:
             drv.counts["ipvs6"] += 1
-            self.route_out(buf, L3)
+            self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
             daddr = bytes(buf[L3 + 24 : L3 + 40])
             if daddr in self.local and drv.mode == "spare":
@@ -261,8 +280,10 @@ class IPv6Path:
         r = self.route(dst)
         return r[0].addr6 if r else None
 
-    def route_out(self, buf: bytearray, l3: int) -> None:
-        """Route the IPv6 packet at ``buf[l3:]`` and send it."""
+    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0) -> None:
+        """Route the IPv6 packet at ``buf[l3:]`` and send it; a datagram
+        that came in fragments (``maxfrag``, its largest) leaves in
+        fragments no larger (``ip6_fragment``)."""
         drv = self.drv
         daddr = bytes(buf[l3 + 24 : l3 + 40])
         r = self.route(daddr)
@@ -271,6 +292,13 @@ class IPv6Path:
             return
         port, nh = r
         n = l3 + 40 + ((buf[l3 + 4] << 8) | buf[l3 + 5])
+        if maxfrag and not buf[1] and n - l3 > min(maxfrag, port.mtu):
+            self.frag_id = (self.frag_id + 1) & 0xFFFFFFFF
+            mac = port.neigh6.mac.get(nh)
+            for f in fragment6(buf, l3, min(maxfrag, port.mtu), self.frag_id):
+                self._send(port, f, len(f), mac, nh)
+            drv.counts["fragmented6"] += 1
+            return
         if n - l3 > port.mtu and not buf[1]:
             # ip6_forward's MTU check: a router never fragments IPv6.
             h = parse(buf, l3)
@@ -296,7 +324,9 @@ class IPv6Path:
 
     def tick(self, now: int) -> None:
         """Neighbour retransmissions and probes; address unreachable for
-        what waited on a neighbour that never answered."""
+        what waited on a neighbour that never answered; fragment queues
+        that ran out of time."""
+        self.frags.expire(now)
         for p in self.ports:
             requests, unresolved = p.neigh6.tick(now)
             for ip, mac in requests:

@@ -17,11 +17,14 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptSrcLLAddr,
     IPerror6,
     IPv6,
+    IPv6ExtHdrFragment,
     TCPerror,
+    fragment6,
 )
 from scapy.layers.l2 import Ether
 
 from ipvs.driver import bpf
+from ipvs.driver.frag6 import Reassembler6
 from tests.driver.helpers import (
     CLIENT6,
     GW6,
@@ -175,3 +178,29 @@ def test_an_unresolved_real_server_answers_the_client_from_the_vip():
     assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6DestUnreach].code) == (VIP6, CLIENT6, 3)
     assert (e[IPerror6].dst, e[TCPerror].dport) == (VIP6, 80) and csum_ok(e, ICMPv6DestUnreach)
     assert r.drv.counts["addr_unreach6"] == 1
+
+
+def test_fragmented_udp_is_reassembled_natted_and_fragmented_again():
+    """nf_defrag_ipv6 before IPVS and ip6_fragment after it: three
+    fragments in, the datagram DNATed whole, three fragments out no larger
+    than the largest that came."""
+    r = Rig6()
+    su = r.lab.service(VIP6, 7, proto=17, sched="rr")
+    r.lab.dest(su, RS1_6, 7)
+    r.rx_inner(ns(RS1_6, GW6, src_mac=MRS1))  # the real server is known
+    r.in_ring.take()
+    payload = bytes(range(256)) * 12
+    dgram = IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrFragment(id=77) / UDP(sport=4000, dport=7) / payload
+    frags = fragment6(dgram, 1280)
+    for f in frags:
+        r.rx_outer(f6(f))
+    out = [Ether(f) for f in r.in_ring.take()]
+    assert len(out) == len(frags) and all(len(bytes(e[IPv6])) <= 1280 for e in out)
+    assert all(e[IPv6].dst == RS1_6 and e.dst == MRS1 for e in out)
+    got = None
+    re6 = Reassembler6(250)
+    for e in out:
+        got = re6.add(bytearray(10) + bytearray(bytes(e)), 24, 0) or got
+    p = IPv6(bytes(got[0][24:]))
+    assert (p[UDP].dport, bytes(p[UDP].payload)) == (7, payload) and csum_ok(Ether(bytes(got[0][10:])), UDP)
+    assert r.drv.counters()["frag6_reassembled"] == 1

@@ -93,6 +93,24 @@ def test_udp_over_ipv6_both_ways(lab6):
     assert names == {b"rs1", b"rs2"}
 
 
+def test_fragmented_udp_over_ipv6_both_ways(lab6):
+    """3000-byte datagrams: fragmented by the client, reassembled, NATed and
+    fragmented again by the director (IPv6 routers never fragment, but the
+    kernel's nf_defrag_ipv6 + ip6_fragment do around IPVS), and the same
+    for the real server's echo."""
+    payload = bytes(range(256)) * 12
+    s = socket6_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(3)
+        s.connect((VIP6, 7))
+        s.send(payload)
+        data = s.recv(65535)
+    finally:
+        s.close()
+    name, _, echo = data.partition(b": ")
+    assert name in (b"rs1", b"rs2") and echo == payload
+
+
 def test_icmpv6_port_unreachable_from_a_real_server_reaches_the_client_rewritten(lab6):
     lab6.ipvsadm("-A", "-u", f"[{VIP6}]:9", "-s", "rr")
     try:
