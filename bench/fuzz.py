@@ -47,6 +47,9 @@ from ipvs.packet import ip_send_check  # noqa: E402
 VIP = bytes([203, 0, 113, 5])
 CLIENT = bytes([198, 51, 100, 2])
 RS = (bytes([172, 16, 0, 2]), bytes([172, 16, 0, 3]))
+VIP6 = bytes.fromhex("20010db8000000050000000000000005")
+CLIENT6 = bytes.fromhex("20010db8000000010000000000000002")
+RS6 = (bytes.fromhex("20010db8000000020000000000000002"), bytes.fromhex("20010db8000000020000000000000003"))
 HZ = 250
 
 
@@ -96,6 +99,50 @@ def _ip(src: bytes, dst: bytes, proto: int, l4: bytes, frag: int = 0x4000) -> by
     return bytes(buf)
 
 
+def _ip6(src: bytes, dst: bytes, proto: int, l4: bytes, hbh: bool = False, frag: int | None = None) -> bytes:
+    """An IPv6 frame, with a hop-by-hop header or a fragment header (offset|M) in front of ``l4``."""
+    exts = b""
+    nh = proto
+    if frag is not None:
+        exts = bytes([nh, 0]) + frag.to_bytes(2, "big") + (7).to_bytes(4, "big")
+        nh = 44
+    if hbh:
+        exts = bytes([nh, 0, 1, 4, 0, 0, 0, 0]) + exts
+        nh = 0
+    ip = bytearray(40)
+    ip[0] = 0x60
+    ip[4:6] = (len(exts) + len(l4)).to_bytes(2, "big")
+    ip[6] = nh
+    ip[7] = 64
+    ip[8:24] = src
+    ip[24:40] = dst
+    return bytes(bytearray(b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd") + ip + exts + l4)
+
+
+def packet_seeds6() -> list[bytes]:
+    """IPv6 seeds: TCP both ways (some behind a hop-by-hop header), UDP,
+    FTP's EPRT, an ICMPv6 error quoting a reply, an echo, a neighbour
+    solicitation and fragments."""
+    seeds = []
+    for sport in (1024, 40000):
+        for flags in (0x02, 0x10, 0x18, 0x11, 0x04):
+            tcp = struct.pack("!HHIIBBHHH", sport, 80, 1000, 0, 5 << 4, flags, 64240, 0, 0)
+            seeds.append(_ip6(CLIENT6, VIP6, 6, tcp, hbh=flags == 0x10))
+            back = struct.pack("!HHIIBBHHH", 80, sport, 5000, 1001, 5 << 4, flags, 64240, 0, 0)
+            seeds.append(_ip6(RS6[0], CLIENT6, 6, back))
+        seeds.append(_ip6(CLIENT6, VIP6, 17, struct.pack("!HHHH", sport, 53, 12, 0) + b"quer"))
+        seeds.append(_ip6(CLIENT6, VIP6, 6, struct.pack("!HHIIBBHHH", sport, 21, 1, 0, 5 << 4, 0x18, 512, 0, 0)
+                          + b"EPRT |2|2001:db8::2|1025|\r\n"))
+    quoted = _ip6(VIP6, CLIENT6, 6, struct.pack("!HHI", 80, 1024, 1))[14:]
+    seeds.append(_ip6(RS6[0], CLIENT6, 58, bytes([1, 4, 0, 0, 0, 0, 0, 0]) + quoted))
+    seeds.append(_ip6(CLIENT6, VIP6, 58, bytes([2, 0, 0, 0, 0, 0, 5, 0]) + quoted))
+    seeds.append(_ip6(CLIENT6, VIP6, 58, bytes([128, 0, 0, 0, 0, 1, 0, 1]) + b"ping"))
+    seeds.append(_ip6(CLIENT6, VIP6, 58, bytes([135, 0, 0, 0, 0, 0, 0, 0]) + VIP6))
+    seeds.append(_ip6(CLIENT6, VIP6, 17, struct.pack("!HHHH", 1024, 53, 1480, 0) + bytes(64), frag=1))
+    seeds.append(_ip6(CLIENT6, VIP6, 17, bytes(64), frag=8))
+    return seeds
+
+
 def packet_seeds() -> list[bytes]:
     seeds = []
     for sport in (1024, 40000):
@@ -112,7 +159,7 @@ def packet_seeds() -> list[bytes]:
     seeds.append(_ip(CLIENT, VIP, 1, bytes([8, 0, 0, 0, 0, 1, 0, 1]) + b"ping"))
     seeds.append(_ip(CLIENT, VIP, 17, struct.pack("!HHHH", 1024, 53, 1480, 0) + bytes(64), frag=0x2000))
     seeds.append(_ip(CLIENT, VIP, 17, bytes(64), frag=0x0008))
-    return seeds
+    return seeds + packet_seeds6()
 
 
 def packet_director() -> Director:
@@ -126,6 +173,11 @@ def packet_director() -> Director:
             ctl.add_service(ipvs, svc)
             for rs in RS:
                 ctl.add_dest(ipvs, svc, ctl.DestUser(addr=rs, port=port, conn_flags=fwd, weight=1))
+            svc6 = ctl.ServiceUser(af=10, protocol=proto, addr=VIP6, port=port, sched_name="wlc",
+                                   flags=uapi.IP_VS_SVC_F_PERSISTENT if port == 21 else 0, timeout=300, netmask=64)
+            ctl.add_service(ipvs, svc6)
+            for rs in RS6:
+                ctl.add_dest(ipvs, svc6, ctl.DestUser(af=10, addr=rs, port=port, conn_flags=fwd, weight=1))
     return d
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import given
+from hypothesis import strategies as st
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -204,3 +206,16 @@ def test_fragmented_udp_is_reassembled_natted_and_fragmented_again():
     p = IPv6(bytes(got[0][24:]))
     assert (p[UDP].dport, bytes(p[UDP].payload)) == (7, payload) and csum_ok(Ether(bytes(got[0][10:])), UDP)
     assert r.drv.counters()["frag6_reassembled"] == 1
+
+
+@given(st.binary(min_size=0, max_size=120), st.integers(0, 7), st.booleans())
+def test_any_ipv6_frame_is_handled_or_counted_never_raised(tail, nh_pick, inner):
+    """Garbage after an IPv6 header (any next header, extension headers,
+    neighbour discovery, ICMPv6, fragments) never raises out of the path."""
+    r = Rig6()
+    nh = (0, 6, 17, 43, 44, 58, 60, 59)[nh_pick]
+    hdr = bytearray(bytes(IPv6(src=CLIENT6, dst=VIP6, nh=nh, plen=len(tail), hlim=255)))
+    frame = bytearray(10) + bytearray(bytes(Ether(src=MCLIENT, dst="02:00:00:00:00:0a"))[:12]) + b"\x86\xdd"
+    frame += hdr + tail
+    (r.rx_inner if inner else r.rx_outer)(frame)
+    r.drv.on_idle(r.now + 250)
