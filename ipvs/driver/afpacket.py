@@ -191,11 +191,11 @@ class Port:
         self.rx_handler: Callable[[bytearray], None] = _not_attached
         self.neigh = NeighTable(hz)
         self.arp_for: set[int] = {addr}
-        #: IPv6 (None: the port does not take part); the IPv6 path fills
-        #: in its neighbour table and the targets it answers.
-        self.addr6: bytes | None = None
+        #: IPv6 (empty: the port does not take part); the IPv6 path uses
+        #: the neighbour table and fills in the targets it answers.
+        self.addr6 = b""
         self.plen6 = 0
-        self.neigh6: NeighTable | None = None
+        self.neigh6 = NeighTable(hz)
         self.nd_for: set[bytes] = set()
 
     def set_addr6(self, text: str) -> None:
@@ -329,7 +329,7 @@ class AFPacketDriver:
         #: daddr -> (ring, Ethernet header, MTU, the ring's queue method).
         self.dst_cache: dict[int, tuple] = {}
         #: The IPv6 path, when a port has an IPv6 address.
-        self.v6 = IPv6Path(self, routes6) if any(p.addr6 is not None for p in ports) else None
+        self.v6 = IPv6Path(self, routes6) if any(p.addr6 for p in ports) else None
         for p in ports:
             p.rx_handler = self._make_rx(p)
             if p.role != "inner" and hasattr(p.ring, "early"):
@@ -509,7 +509,7 @@ class AFPacketDriver:
             src_nets.append((p.net, p.mask))
             if self.masq is not None:
                 src_nets += self.masq.nets
-        ipv6 = p.addr6 is not None
+        ipv6 = bool(p.addr6)
         if self.forward:
             return bpf.build(all_ipv4=True, ipv6=ipv6)
         return bpf.build(daddrs, src_nets, exclude, masq, ipv6=ipv6)
@@ -979,7 +979,7 @@ class AFPacketDriver:
             out[f"{p.name}_neigh_failed"] = ns.failed
             out[f"{p.name}_neigh_queue_drops"] = ns.queue_drops
             out[f"{p.name}_neigh_unresolved"] = ns.unresolved
-            if p.neigh6 is not None:
+            if p.addr6:
                 out[f"{p.name}_neigh6_failed"] = p.neigh6.stats.failed
                 out[f"{p.name}_neigh6_unresolved"] = p.neigh6.stats.unresolved
         for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):

@@ -130,15 +130,18 @@ class Reassembler6:
             q = self.queues[key] = FragQueue6(now + self.timeout)
         if not more:
             if q.total >= 0 and q.total != off + plen:
-                return self._kill(key, q, overlap=True)
+                self._kill(key, q, overlap=True)
+                return None
             q.total = off + plen
         for o, p in q.parts.items():
             if o < off + plen and off < o + len(p):
                 if o == off and len(p) == plen:
                     return None  # exact duplicate
-                return self._kill(key, q, overlap=True)
+                self._kill(key, q, overlap=True)
+                return None
         if q.total >= 0 and off + plen > q.total:
-            return self._kill(key, q, overlap=True)
+            self._kill(key, q, overlap=True)
+            return None
         q.parts[off] = bytes(buf[data:end])
         q.meat += plen
         self.mem += plen
@@ -163,7 +166,6 @@ class Reassembler6:
         self.stats.overlaps += overlap
         self.mem -= q.meat
         del self.queues[key]
-        return None
 
     def expire(self, now: int) -> int:
         """Drop the queues whose 60 s have run out; returns how many."""

@@ -41,7 +41,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ipvs.driver.frag6 import Reassembler6, fragment6
-from ipvs.driver.neigh import ALL_NODES, NeighTable, na_frame, ns_frame, parse_ndisc
+from ipvs.driver.neigh import ALL_NODES, na_frame, ns_frame, parse_ndisc
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
     ICMPV6_DEST_UNREACH,
@@ -91,9 +91,8 @@ class IPv6Path:
         self.drv = drv
         self.d = drv.d
         self.ipvs = drv.ipvs
-        self.ports = [p for p in drv.ports if p.addr6 is not None]
+        self.ports = [p for p in drv.ports if p.addr6]
         for p in self.ports:
-            p.neigh6 = NeighTable(drv.hz)
             p.nd_for = {p.addr6}
         self.outer = next((p for p in self.ports if p.role in ("outer", "both")), None)
         #: (network, mask, prefix length, port, gateway or 0), longest prefix first.
@@ -140,7 +139,7 @@ class IPv6Path:
         """One frame of EtherType 0x86DD (vnet header first) from ``p``."""
         drv = self.drv
         L3 = 24
-        if p.addr6 is None:
+        if not p.addr6:
             drv.drops["ipv6_off"] += 1
             return
         if buf[10:16] != p.mac and not buf[10] & 1:
@@ -230,6 +229,8 @@ class IPv6Path:
                 out[8:24], out[24:40] = buf[h.daddr : h.daddr + 16], buf[h.saddr : h.saddr + 16]
                 out[7] = IPV6_DEFAULT_HOPLIMIT
                 oh = parse(out, 0)
+                if type(oh) is not IPHeader:
+                    return
                 out[oh.l4] = ICMPV6_ECHO_REPLY
                 put_u16(out, oh.l4 + 2, 0)
                 put_u16(out, oh.l4 + 2, icmp6_checksum(out, oh))
@@ -261,7 +262,9 @@ class IPv6Path:
             seglen = h.end - l4 - doff + bool(flags & TCP_SYN) + bool(flags & TCP_FIN)
             struct.pack_into("!HHIIBBH", out, 40, dport, sport, 0, (seq + seglen) & 0xFFFFFFFF, 5 << 4,
                              TCP_RST | TCP_ACK, 0)
-        l4_csum_full(out, parse(out, 0))
+        oh = parse(out, 0)
+        assert type(oh) is IPHeader  # (built right here: always parses)
+        l4_csum_full(out, oh)
         self.drv.counts["tcp6_reset"] += 1
         self.ipvs.outbox.append(out)
 

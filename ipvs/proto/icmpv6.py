@@ -108,6 +108,7 @@ def build_error6(
     struct.pack_into("!I", out, 44, info & 0xFFFFFFFF)
     out[48:] = quote
     h = parse(out, 0)
+    assert type(h) is IPHeader  # (built right here: always parses)
     put_u16(out, 42, icmp6_checksum(out, h))
     return out
 
