@@ -123,6 +123,7 @@ def _nd_frame(src_mac: bytes, eth_dst: bytes, src: bytes, dst: bytes, icmp_type:
     _IP6.pack_into(buf, 24, 6 << 28, 32, IPPROTO_ICMPV6, ND_HOPLIMIT, src, dst)
     _ND.pack_into(buf, 64, icmp_type, 0, 0, flags, target, opt, 1, src_mac)
     h = parse(buf, 24)
+    assert type(h) is IPHeader  # (built right here: always parses)
     put_u16(buf, 66, icmp6_checksum(buf, h))
     return buf
 
