@@ -266,7 +266,8 @@ def test_sysctl_follows_settings():
 
 
 def _hexaddr(h: str) -> bytes:
-    return bytes.fromhex(h)
+    """An address column: ``%08X`` for IPv4, ``%pI6`` (colon groups) for IPv6."""
+    return bytes.fromhex(h.replace(":", ""))
 
 
 def _dest_of(ipvs: NetnsIPVS, proto: int, vaddr: bytes, vport: int, daddr: bytes, dport: int):
@@ -275,9 +276,11 @@ def _dest_of(ipvs: NetnsIPVS, proto: int, vaddr: bytes, vport: int, daddr: bytes
     fwmark service; a dest of port 0 takes the packet's port.  None for
     dests deleted since (they sit in the trash)."""
     # The first service that exists decides (a conn of a deleted dest has none).
-    svc = next((s for p in (vport, 21, 0) if (s := ctl.service_find(ipvs, AF_INET, proto, vaddr, p))), None)
+    af = AF_INET6 if len(vaddr) == 16 else AF_INET
+    daf = AF_INET6 if len(daddr) == 16 else AF_INET
+    svc = next((s for p in (vport, 21, 0) if (s := ctl.service_find(ipvs, af, proto, vaddr, p))), None)
     for svc in [svc] if svc is not None else list(ipvs.fwm_table.values()):
-        dest = ctl.find_dest(svc, AF_INET, daddr, dport) or ctl.find_dest(svc, AF_INET, daddr, 0)
+        dest = ctl.find_dest(svc, daf, daddr, dport) or ctl.find_dest(svc, daf, daddr, 0)
         if dest is None and svc.port == 21:
             # FTP data connections: the helper binds them to the control
             # connection's dest, whatever their port.

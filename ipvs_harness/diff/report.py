@@ -42,12 +42,14 @@ _SVC_ORDER = ("[inherent] service hash order: ip_vs_svc_hashkey mixes in the add
 #: Goldens recorded ahead of the PyIPVS code they check (issue 17), with
 #: why: the tests that compare goldens expect these to differ (strict
 #: xfails), so each scenario leaves this table when its code lands.
-PENDING_IPV6: dict[str, str] = {
-    name: "issue 17: VS/DR and VS/TUN over IPv6 are being written" for name in ("dr6_classic", "tun6_ipip")
-}
+#: PENDING_IPV6 is what the listing tests (test_ipvsadm, test_procfs),
+#: which rebuild the kernel's state from its IPv6 dumps, cannot do yet:
+#: nothing now (they read IPv6 rows since the IPv6 data path landed).
+PENDING_IPV6: dict[str, str] = {}
 PENDING: dict[str, str] = {
     **{name: "issue 17: VS/DR and VS/TUN forwarding are being written"
        for name in ("dr_classic", "tun_ipip", "tun_gue", "tun_gre")},
+    **{name: "issue 17: VS/DR and VS/TUN over IPv6 are being written" for name in ("dr6_classic", "tun6_ipip")},
     **PENDING_IPV6,
 }
 

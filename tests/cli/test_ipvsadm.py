@@ -226,7 +226,19 @@ def svc_label(svc) -> str:
         mark = svc.fwmark - (1 << 32) if svc.fwmark & 0x80000000 else svc.fwmark
         return f"FWM  {mark}" + (" IPv6" if svc.af == AF_INET6 else "")
     proto = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}.get(svc.protocol, "SCTP")
-    return f"{proto:<4} {ip_vs.format_addr(svc.af, svc.addr)}:{svc.port}"
+    return f"{proto:<4} {_addr_port(svc.af, svc.addr, svc.port)}"
+
+
+def _addr_port(af: int, addr: bytes, port: int) -> str:
+    """``addr:port`` as ``-n`` listings print it (``[addr]:port`` for IPv6)."""
+    text = ip_vs.format_addr(af, addr)
+    return f"[{text}]:{port}" if af == AF_INET6 else f"{text}:{port}"
+
+
+def _proc_hex(field: str) -> str:
+    """An address column of /proc/net/ip_vs_conn as the upper-case hex the
+    IPv4 rows have: an IPv6 row's ``%pI6`` groups without their colons."""
+    return field.replace(":", "").upper()
 
 
 def parse_table(text: str) -> dict[str, tuple[tuple[int, ...], dict[str, tuple[int, ...]]]]:
@@ -265,6 +277,7 @@ def load_traffic(ipvs: NetnsIPVS, counts_text: str, rates_text: str, conn_text: 
     """
     counts, rates = parse_table(counts_text), parse_table(rates_text)
     conns = [ln.split() for ln in conn_text.splitlines()[1:] if ln.strip()]
+    conns = [[f[0], _proc_hex(f[1]), f[2], _proc_hex(f[3]), f[4], _proc_hex(f[5]), *f[6:]] for f in conns]
     # Connections that were there before the scenario's rules (left by an
     # earlier scenario in the same VM) are bound to other, deleted services.
     conns = [f for f in conns if tuple(f[:7]) not in leftovers]
@@ -276,7 +289,7 @@ def load_traffic(ipvs: NetnsIPVS, counts_text: str, rates_text: str, conn_text: 
         set_stats(svc.stats, svc_counts, svc_rates)
         total = [a + b for a, b in zip(total, svc_counts, strict=True)]
         for dest in svc.destinations:
-            name = f"{ip_vs.format_addr(dest.af, dest.addr)}:{dest.port}"
+            name = _addr_port(dest.af, dest.addr, dest.port)
             set_stats(dest.stats, dest_counts[name], dest_rates[name])
             # The conn's own ports are kept for fwmark, port-0 and FTP services;
             # an invalidated template has ports 0xffff.
