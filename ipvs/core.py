@@ -22,7 +22,9 @@ does for packets to a local address.  Because the kernel forwards replies
 with ``ip_forward``, their TTL is decremented here too.
 
 Verdicts: ``NF_ACCEPT`` (not ours: let the host have it), ``NF_DROP``, or
-``NF_STOLEN`` (rewritten: route it by its destination and send it).
+``NF_STOLEN`` (rewritten: route it by its destination and send it; but
+after a DR or TUN transmit :attr:`Director.xmit_to` names the real server
+to send it to, see :mod:`ipvs.xmit`).
 Generated ICMP errors are queued in ``ipvs.outbox``.  IPv4 only for now:
 IPv6 packets are passed on untouched and counted; the keys and tables
 already carry the address family.
@@ -64,19 +66,21 @@ from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
 from ipvs.sched import IPHdr
 from ipvs.uapi import (
     AF_INET,
+    IP_VS_CONN_F_DROUTE,
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NO_CPORT,
     IP_VS_CONN_F_ONE_PACKET,
     IP_VS_CONN_F_TEMPLATE,
+    IP_VS_CONN_F_TUNNEL,
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_SVC_F_ONEPACKET,
     IP_VS_SVC_F_PERSISTENT,
     IPPROTO_ICMP,
     IPPROTO_IP,
 )
-from ipvs.xmit import icmp_xmit, nat_icmp, nat_xmit, snat_response
+from ipvs.xmit import dr_xmit, icmp_xmit, nat_icmp, nat_xmit, snat_response, tunnel_xmit
 
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 
@@ -99,6 +103,14 @@ class Director:
         #: forwarded packets).
         self.own_address: Callable[[bytes], bytes | None] | None = None
         self.trace: Callable[[str], None] | None = None
+        #: Set with NF_STOLEN by a DR or TUN transmit (None otherwise, and
+        #: taken back to None by the driver): (the real server's address,
+        #: whether the packet was tunnelled).  The packet does not go where
+        #: its destination says (DR keeps the VIP) but to that address's
+        #: link-layer address; a tunnelled one has its outer headers in
+        #: front (the packet still starts at ``l3``) and no checksum left
+        #: for the NIC to complete.
+        self.xmit_to: tuple[bytes, bool] | None = None
         self.ipvs.conn_tab.on_expire = self._conn_expired
 
     # ------------------------------------------------------------------ API
@@ -250,8 +262,7 @@ class Director:
             else:
                 verdict = NF_DROP
         else:
-            # DR/TUN/local forwarding come with their own issue.
-            verdict = NF_ACCEPT
+            verdict = self._fwd_xmit(cp, pp, buf, h, partial)
         if tr is not None:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         # in_pkts, for todrop_entry (and the sync daemon PyIPVS lacks): a
@@ -651,12 +662,40 @@ class Director:
             return NF_DROP
         self._in_stats(cp, h.end - h.l3)
         if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
-            verdict = NF_ACCEPT
+            # ip_vs_icmp_xmit: DR and TUN pass the error on unchanged
+            # (cp->packet_xmit), with the quoted header's descriptor.
+            verdict = self._fwd_xmit(cp, ipvs.proto_data[q.protocol].pp, buf, h, False, icmp=True)
         else:
             verdict = icmp_xmit(ipvs, cp, buf, h, q)
         if self.trace is not None:
             self.trace(f"icmp-in {self._conn_text(cp)} type {buf[h.l4]} -> {_VERDICT[verdict]}")
         # ip_vs_in_icmp also ends with __ip_vs_conn_put (no timer restart).
+        return verdict
+
+    # ------------------------------------------------------- DR and TUN
+
+    def _fwd_xmit(
+        self, cp: _conn.Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool,
+        icmp: bool = False,
+    ) -> int:
+        """``cp->packet_xmit`` for the methods other than NAT (the choice of
+        ``ip_vs_bind_xmit``): :func:`ipvs.xmit.dr_xmit` or
+        :func:`ipvs.xmit.tunnel_xmit`.  Sent (NF_STOLEN), the packet goes
+        to the real server whatever its destination says, and
+        :attr:`xmit_to` tells the driver so.  A local node (the real
+        server is the director) is NF_ACCEPT: the host delivers it.
+        """
+        fwd = cp.flags & IP_VS_CONN_F_FWD_MASK
+        if fwd == IP_VS_CONN_F_DROUTE:
+            verdict = dr_xmit(self.ipvs, cp, pp, buf, h, self.mtu, icmp)
+            tunnelled = False
+        elif fwd == IP_VS_CONN_F_TUNNEL:
+            verdict = tunnel_xmit(self.ipvs, cp, pp, buf, h, self.mtu, partial, self._own_addr(cp.daddr), icmp)
+            tunnelled = True
+        else:
+            return NF_ACCEPT
+        if verdict == NF_STOLEN:
+            self.xmit_to = (cp.daddr, tunnelled)
         return verdict
 
     # ---------------------------------------------------------------- stats
