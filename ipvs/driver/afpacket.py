@@ -24,7 +24,10 @@ Two ways to sit on a NIC:
 For each received IPv4 frame: fragments are reassembled
 (:mod:`ipvs.driver.frag`), then the core decides.  ``NF_STOLEN``: the
 rewritten packet is routed by its destination and sent, refragmented if it
-was reassembled.  ``NF_ACCEPT``: the packet is not IPVS traffic, so the
+was reassembled; a direct-routed one (``-g``) is routed by the real
+server's address instead and keeps its VIP, a tunnelled one (``-i``)
+already carries the real server in its outer header
+(:attr:`ipvs.core.Director.xmit_to`).  ``NF_ACCEPT``: the packet is not IPVS traffic, so the
 driver does what the host would: masquerade the real servers' own
 connections (:mod:`ipvs.driver.masq`) and undo it for the answers, deliver
 to itself, route it if ``--forward`` says so, or drop it (counted, like a
@@ -550,9 +553,12 @@ class AFPacketDriver:
                 d.mtu = self.inner_mtu
             verdict = process(buf, L3, self.now, buf[0] & 1 == 1)
             if verdict == NF_STOLEN:
+                counts["ipvs"] += 1
+                if d.xmit_to is not None:
+                    self._fwd_out(buf, 0)  # DR or TUN
+                    return
                 # The core may have changed the length (application helpers).
                 tot = buf[L3 + 2] << 8 | buf[L3 + 3]
-                counts["ipvs"] += 1
                 e = dst_cache.get(unpack(buf, L3 + 16)[0])
                 if e is None or (tot > e[2] and not buf[1]):
                     self.route_out(buf, L3, 0)
@@ -633,7 +639,10 @@ class AFPacketDriver:
         verdict = d.process(buf, L3, self.now, bool(buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM))
         if verdict == NF_STOLEN:
             self.counts["ipvs"] += 1
-            self.route_out(buf, L3, maxfrag)
+            if d.xmit_to is not None:
+                self._fwd_out(buf, maxfrag)
+            else:
+                self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
             self._not_ipvs(p, buf, maxfrag)
         else:
@@ -864,9 +873,40 @@ class AFPacketDriver:
                 return p
         return None
 
-    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0) -> None:
-        """Route the IP packet at ``buf[l3:]`` (after vnet+Ethernet) and send it."""
-        daddr = _I.unpack_from(buf, l3 + 16)[0]
+    def _fwd_out(self, buf: bytearray, maxfrag: int) -> None:
+        """Send a packet the core direct-routed or tunnelled
+        (:attr:`ipvs.core.Director.xmit_to`): to the real server.
+
+        DR: the packet still says VIP; it is routed as if to the real
+        server and leaves with that neighbour's MAC (the kernel's route to
+        ``cp->daddr`` with ``IP_VS_RT_MODE_KNOWN_NH``).  TUN: the outer
+        header says the real server; the checksums are final (the core
+        completed the inner one), so the frame no longer asks for one.  A
+        GSO super-frame cannot be tunnelled through a packet socket
+        (``virtio_net_hdr`` has no tunnel segmentation types): it is
+        dropped and counted (``drop_tun_gso``).
+        """
+        d = self.d
+        nh, tunnelled = d.xmit_to
+        d.xmit_to = None
+        if tunnelled:
+            if buf[1]:
+                self.drops["tun_gso"] += 1
+                return
+            buf[0] &= ~VIRTIO_NET_HDR_F_NEEDS_CSUM
+            self.counts["tunnelled"] += 1
+            self.route_out(buf, L3, maxfrag)
+        else:
+            self.counts["direct_routed"] += 1
+            self.route_out(buf, L3, maxfrag, via=_I.unpack(nh)[0])
+
+    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0, via: int | None = None) -> None:
+        """Route the IP packet at ``buf[l3:]`` (after vnet+Ethernet) and send it.
+
+        ``via``: route it as if its destination were this address (direct
+        routing: the packet keeps the VIP).
+        """
+        daddr = _I.unpack_from(buf, l3 + 16)[0] if via is None else via
         r = self.route(daddr)
         if r is None:
             self.drops["no_route"] += 1
