@@ -104,13 +104,13 @@ class Director:
         self.own_address: Callable[[bytes], bytes | None] | None = None
         self.trace: Callable[[str], None] | None = None
         #: Set with NF_STOLEN by a DR or TUN transmit (None otherwise, and
-        #: taken back to None by the driver): (the real server's address,
-        #: whether the packet was tunnelled).  The packet does not go where
-        #: its destination says (DR keeps the VIP) but to that address's
-        #: link-layer address; a tunnelled one has its outer headers in
-        #: front (the packet still starts at ``l3``) and no checksum left
-        #: for the NIC to complete.
-        self.xmit_to: tuple[bytes, bool] | None = None
+        #: taken back to None by the driver): the connection whose real
+        #: server (``cp.daddr``) gets the packet, whatever its destination
+        #: says (DR keeps the VIP), at that address's link-layer address.
+        #: A tunnelled one (``IP_VS_CONN_F_TUNNEL``) has its outer headers
+        #: in front (the packet still starts at ``l3``) and no checksum
+        #: left for the NIC to complete.
+        self.xmit_to: _conn.Connection | None = None
         self.ipvs.conn_tab.on_expire = self._conn_expired
 
     # ------------------------------------------------------------------ API
@@ -688,14 +688,12 @@ class Director:
         fwd = cp.flags & IP_VS_CONN_F_FWD_MASK
         if fwd == IP_VS_CONN_F_DROUTE:
             verdict = dr_xmit(self.ipvs, cp, pp, buf, h, self.mtu, icmp)
-            tunnelled = False
         elif fwd == IP_VS_CONN_F_TUNNEL:
             verdict = tunnel_xmit(self.ipvs, cp, pp, buf, h, self.mtu, partial, self._own_addr(cp.daddr), icmp)
-            tunnelled = True
         else:
             return NF_ACCEPT
         if verdict == NF_STOLEN:
-            self.xmit_to = (cp.daddr, tunnelled)
+            self.xmit_to = cp
         return verdict
 
     # ---------------------------------------------------------------- stats

@@ -440,10 +440,31 @@ def tunnel_xmit(
             return NF_DROP
         if pmtu_disc and not icmp and not mtu_ok(ipvs, buf, h, mtu - overhead, cp.vaddr):
             return NF_DROP
-    inner_len = end - l3
-    if inner_len + overhead > 0xFFFF:
+    if end - l3 + overhead > 0xFFFF:
         ipvs.drops[Drop.BAD_TOTLEN] += 1
         return NF_DROP
+    tunnel_encap(ipvs, cp, pp, buf, h, partial, saddr)
+    return NF_STOLEN
+
+
+def tunnel_encap(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool, saddr: bytes,
+) -> None:
+    """The wrapping half of ``ip_vs_tunnel_xmit`` (from
+    ``ip_vs_prepare_tunneled_skb`` on), without its checks: the outer
+    headers of ``cp``'s real server go in front of the packet at ``h.l3``.
+
+    The driver also calls it for each segment of a GSO super-frame it had
+    to cut itself (see :mod:`ipvs.driver.afpacket`).
+    """
+    dest = cp.dest
+    l3, end = h.l3, h.end
+    tun_type, tun_flags = dest.tun_type, dest.tun_flags
+    remcsum = partial and tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
+        tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM) and h.protocol in (IPPROTO_TCP, IPPROTO_UDP)
+    overhead = tunnel_overhead(tun_type, tun_flags, remcsum)
+    pmtu_disc = ipvs.sysctl.pmtu_disc
+    inner_len = end - l3
     if partial and not remcsum and h.protocol in (IPPROTO_TCP, IPPROTO_UDP):
         l4_csum_full(buf, h)
     # ip_vs_prepare_tunneled_skb: DF (only with pmtu_disc), tos and TTL of the inner packet.
@@ -476,4 +497,3 @@ def tunnel_xmit(
     elif protocol == IPPROTO_GRE and tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM:
         # gre_build_header: the checksum of the GRE header and its payload.
         put_u16(buf, l3 + 24, ~csum_words(buf[l3 + 20 : l3 + overhead + inner_len]) & 0xFFFF)
-    return NF_STOLEN

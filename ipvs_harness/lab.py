@@ -348,6 +348,7 @@ http {{
     uwsgi_temp_path {state}/nginx-{name}-tmp;
     scgi_temp_path {state}/nginx-{name}-tmp;
     keepalive_requests 1000000;
+    client_max_body_size 16m;
     server {{
         listen {addr}:{port} backlog=4096 reuseport;
         location = / {{ default_type text/plain; return 200 "server={name}\\n"; }}

@@ -1,7 +1,7 @@
 """The driver with direct routing and tunnelling services (``-g``, ``-i``):
 frames leave for the real server's MAC, the DR packet keeping its VIP, the
 tunnelled one with its outer header, finished checksums and no offload
-request; GSO super-frames are not tunnelled; ARP resolution of the real
+request; GSO super-frames are cut before they are tunnelled; ARP resolution of the real
 server first; replies from the real servers are plain routed traffic."""
 
 from __future__ import annotations
@@ -87,16 +87,34 @@ def test_tunnelled_frame_leaves_finished_for_the_real_server():
         assert r.drv.counts["tunnelled"] == 1
 
 
-def test_gso_super_frame_is_not_tunnelled():
-    r = rig(uapi.IP_VS_CONN_F_TUNNEL)
-    r.learn()
-    r.rx_outer(frame(tcp(CLIENT, 40003, VIP, 80), MAC_D_OUT, MAC_CLIENT))
-    r.in_ring.take()
-    pkt = tcp(CLIENT, 40003, VIP, 80, flags="A", payload=b"x" * 3000)
-    _partial_frame(pkt)
-    vnet = struct.pack("=BBHHHH", 1, 1, 66, 1448, 34, 16)
-    r.rx_outer(frame(pkt, MAC_D_OUT, MAC_CLIENT, vnet=vnet))
-    assert r.in_ring.take() == [] and r.drv.drops["tun_gso"] == 1
+def test_gso_super_frame_is_cut_and_each_segment_tunnelled():
+    for tun_type in (0, 1, 2):
+        r = rig(uapi.IP_VS_CONN_F_TUNNEL, tun_type=tun_type, tun_port=6080,
+                tun_flags=uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM)
+        r.learn()
+        r.rx_outer(frame(tcp(CLIENT, 40003, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+        r.in_ring.take()
+        payload = bytes(range(256)) * 12  # 3072 bytes: segments of 1400, 1400, 272
+        pkt = tcp(CLIENT, 40003, VIP, 80, flags="PA", payload=payload, seq=5000)
+        _partial_frame(pkt)
+        vnet = struct.pack("=BBHHHH", 1, 1, 66, 1400, 34, 16)
+        r.rx_outer(frame(pkt, MAC_D_OUT, MAC_CLIENT, vnet=vnet))
+        sent = r.in_ring.sent[:]
+        r.in_ring.sent.clear()
+        assert len(sent) == 3 and r.drv.counts["tun_gso_segmented"] == 1
+        got = b""
+        for i, (f, v) in enumerate(sent):
+            assert v == bytes(10)  # a plain frame: nothing left to offload
+            e = Ether(f)
+            assert e.dst == "02:00:00:00:a0:01" and (e[IP].src, e[IP].dst) == (GW, RS1)
+            assert checksums_valid(f, 14)
+            overhead = {0: 20, 1: 32, 2: 28}[tun_type]
+            inner = IP(f[14 + overhead :])
+            assert checksums_valid(bytes(inner), 0) and inner.ttl == 63 and inner.dst == VIP
+            assert inner[TCP].seq == 5000 + 1400 * i
+            assert str(inner[TCP].flags) == ("PA" if i == 2 else "A")
+            got += bytes(inner[TCP].payload)
+        assert got == payload
 
 
 def test_direct_replies_are_routed_with_forward():
@@ -108,3 +126,22 @@ def test_direct_replies_are_routed_with_forward():
     (f,) = r.out_ring.take()
     e = Ether(f)
     assert (e.dst, e[IP].src, e[IP].dst, e[IP].ttl) == ("02:00:00:00:c0:01", VIP, CLIENT, 63)
+
+
+def test_gso_segments_too_big_for_the_tunnel_are_fragmented_not_answered():
+    """With the client's MSS the segments plus the outer header exceed the
+    MTU: the kernel's ignore_df fragments them (DF cleared), as
+    ip_finish_output_gso does; no "fragmentation needed" to anyone."""
+    r = rig(uapi.IP_VS_CONN_F_TUNNEL)
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40005, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    r.in_ring.take()
+    pkt = bytearray(bytes(IP(src=CLIENT, dst=VIP, flags="DF") / TCP(sport=40005, dport=80, flags="A")
+                          / (b"z" * 2920)))
+    _partial_frame(pkt)
+    r.rx_outer(frame(pkt, MAC_D_OUT, MAC_CLIENT, vnet=struct.pack("=BBHHHH", 1, 1, 54, 1460, 34, 16)))
+    frames = r.in_ring.take()
+    assert len(frames) == 4 and not r.out_ring.take()
+    for f in frames:
+        o = Ether(f)[IP]
+        assert o.dst == RS1 and not o.flags & 2 and len(f) - 14 <= 1500 and checksums_valid(f, 14)

@@ -128,6 +128,19 @@ def test_100mb_download_intact(flab):
     assert _csum_errors(flab) == before
 
 
+def test_upload_3mb(flab, tmp_path):
+    """A 3 MB request body: the client's TCP sends GSO super-frames (offloads
+    on), which the director passes whole for DR and cuts into segments
+    before tunnelling for TUN (the kernel's tunnel GSO)."""
+    body = tmp_path / "up.bin"
+    body.write_bytes(os.urandom(3_000_000))
+    before = _csum_errors(flab)
+    out = flab.client("curl", "-s", "-m", "30", "--data-binary", f"@{body}", "-o", "/dev/null",
+                      "-w", "%{http_code} %{size_upload}", f"http://{VIP}/", timeout=60)
+    assert out.split() == ["200", "3000000"]
+    assert _csum_errors(flab) == before
+
+
 def test_decapsulator_saw_its_tunnel_only(flab):
     """Stop rs1's decapsulator and read its counters: every packet of its
     own kind, none bad, and remote checksum offload applied where asked
