@@ -766,7 +766,10 @@ class AFPacketDriver:
             counts["host_unreach_local"] += 1
             return
         counts["host_unreach"] += 1
-        self.route_out(err, L3)
+        if verdict == NF_STOLEN and self.d.xmit_to is not None:
+            self._fwd_out(err, 0)  # an error about a DR/TUN connection, passed on to its real server
+        else:
+            self.route_out(err, L3)
 
     def _local_in(self, p: Port, buf: bytearray) -> None:
         """Spare mode: the director's own addresses answer like a host's."""

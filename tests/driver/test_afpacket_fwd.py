@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
 from ipvs import ctl, uapi
@@ -145,3 +145,24 @@ def test_gso_segments_too_big_for_the_tunnel_are_fragmented_not_answered():
     for f in frames:
         o = Ether(f)[IP]
         assert o.dst == RS1 and not o.flags & 2 and len(f) - 14 <= 1500 and checksums_valid(f, 14)
+
+
+def test_host_unreachable_about_a_direct_reply_goes_to_the_real_server():
+    """The real server's direct reply (VIP -> client) finds no client MAC:
+    the driver's host unreachable (to the VIP) is, like ip_vs_in_icmp at
+    LOCAL_OUT would have it, an error of the DR connection and is passed
+    on to the real server, which holds the VIP."""
+    r = rig(uapi.IP_VS_CONN_F_DROUTE, forward=True)
+    r.rx_inner(arp(1, MAC_RS1, RS1, b"\0" * 6, GW, b"\xff" * 6))
+    r.in_ring.take()
+    r.rx_outer(frame(tcp(CLIENT, 40006, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    assert len(r.in_ring.take()) == 1
+    r.rx_inner(frame(tcp(VIP, 80, CLIENT, 40006, flags="SA"), MAC_D_IN, MAC_RS1))
+    assert len(r.out_ring.take()) == 1  # the ARP request for the client
+    for t in range(1, 5):
+        r.drv.on_idle(r.now + t * 250 + 1)
+    r.out_ring.take()
+    (err,) = r.in_ring.take()
+    e = Ether(err)
+    assert e.dst == "02:00:00:00:a0:01" and e[IP].dst == VIP and e[ICMP].type == 3 and e[ICMP].code == 1
+    assert r.lab.d.xmit_to is None
