@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -126,6 +127,35 @@ def test_100mb_download_intact(flab):
     out = flab.client("sh", "-c", f"curl -s -m 60 http://{VIP}/big.bin | sha256sum", timeout=90)
     assert out.split()[0] == want
     assert _csum_errors(flab) == before
+
+
+#: The path MTU the client learns towards the VIP: 1500 less the tunnel's
+#: overhead (a remote checksum offload option when the client's UDP
+#: checksum is offloaded, as on these veths).
+TUNNEL_MTU = {"dr": 1500, "ipip": 1480, "gue": 1468, "gue-csum": 1468, "gue-remcsum": 1460, "gre": 1476,
+              "gre-csum": 1472}
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+
+
+def test_path_mtu_through_the_tunnel(flab):
+    """A full-size DF datagram: the director answers "fragmentation
+    needed" with the MTU less the tunnel's overhead (from the VIP), and
+    the client's kernel takes that as the path MTU; through DR it fits."""
+    s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        s.settimeout(3)
+        s.connect((VIP, 7))
+        s.send(b"m" * 1472)  # 1500 bytes with its headers, DF
+        if flab.method == "dr":
+            assert s.recv(2000).endswith(b"m" * 1472)
+        else:
+            deadline = time.monotonic() + 3
+            while s.getsockopt(socket.IPPROTO_IP, IP_MTU) == 1500 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert s.getsockopt(socket.IPPROTO_IP, IP_MTU) == TUNNEL_MTU[flab.method]
+    finally:
+        s.close()
 
 
 def test_upload_3mb(flab, tmp_path):
