@@ -162,7 +162,7 @@ class Director:
         cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
-                return NF_ACCEPT
+                return self._direct_response(cp, pd, buf, h, now)
             return self._handle_response(cp, pd, buf, h, now, csum_partial)
         if ipvs.conn_out_counter and pp.conn_out:
             # A real server may be starting a connection (a --pe with conn_out).
@@ -504,6 +504,24 @@ class Director:
         ipvs.conn_tab.conn_put(cp, now)
         return verdict
 
+    def _direct_response(self, cp: _conn.Connection, pd: ProtoData, buf: bytearray, h: IPHeader, now: int) -> int:
+        """``handle_response`` for a DR or TUN connection (5.10+, "inspect
+        reply packets from DR/TUN real servers"): the real server's direct
+        reply (from VIP:vport) passes the director, its gateway say.  It is
+        counted and walks the protocol's states like a NAT reply (the first
+        one clears ``NOOUTPUT``), but is not rewritten: NF_ACCEPT, the host
+        forwards it.  A reply whose TTL runs out never reaches the hook
+        (``ip_forward`` drops it first)."""
+        if buf[h.l3 + 8] <= 1:
+            return NF_ACCEPT
+        self._out_stats(cp, h.end - h.l3)
+        old = cp.state
+        pd.pp.state_transition(cp, IP_VS_DIR_OUTPUT, buf, h.l4, pd)
+        if self.trace is not None:
+            self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> ACCEPT (direct reply)")
+        self.ipvs.conn_tab.conn_put(cp, now)
+        return NF_ACCEPT
+
     def _nat_icmp_send(self, pp: IPVSProtocol, buf: bytearray, h: IPHeader) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
         sport, _ = ports(buf, h.l4)
@@ -638,6 +656,11 @@ class Director:
         if cp is not None:
             # An error from the real server about a packet it received.
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
+                # handle_response_icmp of a DR/TUN connection (5.10+): only
+                # counted; the host forwards it as it is (one whose TTL runs
+                # out never reaches the hook: ip_forward drops it first).
+                if not forwarded or buf[h.l3 + 8] > 1:
+                    self._out_stats(cp, h.end - h.l3)
                 return NF_ACCEPT
             if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1

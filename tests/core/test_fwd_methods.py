@@ -106,10 +106,47 @@ def test_masq_replies_still_go_through_ip_vs_out():
     assert lab.send(tcp(RS, 80, CLI, 3456, flags="SA")) == NF_STOLEN
 
 
-def test_reply_from_a_dr_real_server_is_not_ipvs():
+def test_direct_replies_seen_by_the_director_are_counted_not_rewritten():
+    """Kernel 5.10+ ("inspect reply packets from DR/TUN real servers"):
+    when the director sees a DR/TUN real server's reply from the VIP (as
+    its gateway), ip_vs_out finds the connection by VIP:vport, counts the
+    reply and walks the TCP states with it (the first reply clears
+    NOOUTPUT), and lets the host forward it unchanged."""
+    for fwd in (uapi.IP_VS_CONN_F_DROUTE, uapi.IP_VS_CONN_F_TUNNEL):
+        lab = lab_with(fwd)
+        lab.send(tcp(CLI, 3456, VIP, 80, flags="S"))
+        lab.d.xmit_to = None
+        [cp] = lab.conns()
+        reply = tcp(VIP, 80, CLI, 3456, flags="SA")
+        before = bytes(reply)
+        assert lab.send(reply) == NF_ACCEPT
+        assert bytes(reply) == before and lab.d.xmit_to is None
+        assert not cp.flags & uapi.IP_VS_CONN_F_NOOUTPUT
+        assert cp.dest.stats.outpkts == 1 and cp.dest.stats.outbytes == len(before)
+        lab.send(tcp(CLI, 3456, VIP, 80, flags="A"))
+        assert lab.tcp_states[cp.state] == "ESTABLISHED"
+        lab.send(tcp(VIP, 80, CLI, 3456, flags="FA"))
+        assert lab.tcp_states[cp.state] == "FIN_WAIT"  # the normal table: the server closed first
+        # One whose TTL runs out is the host's (ip_forward drops it before the hook).
+        assert lab.send(tcp(VIP, 80, CLI, 3456, flags="A", ttl=1)) == NF_ACCEPT
+        assert cp.dest.stats.outpkts == 2
+
+
+def test_icmp_error_from_a_dr_real_server_is_counted_and_forwarded():
     lab = lab_with(uapi.IP_VS_CONN_F_DROUTE)
     lab.send(tcp(CLI, 3456, VIP, 80, flags="S"))
-    lab.d.xmit_to = None
-    # The real server answers from the VIP straight to the client.
+    [cp] = lab.conns()
+    quoted = bytes(tcp(CLI, 3456, VIP, 80, flags="S"))[:28]
+    err = icmp_error(RS, CLI, quoted, type_=3, code=3)
+    before = bytes(err)
+    assert lab.send(err) == NF_ACCEPT and bytes(err) == before
+    assert cp.dest.stats.outpkts == 1
+
+
+def test_nat_connections_keep_their_out_key():
+    lab = lab_with(uapi.IP_VS_CONN_F_MASQ)
+    lab.send(tcp(CLI, 3456, VIP, 80, flags="S"))
+    # A packet from VIP:80 is no reply of a NAT connection.
     assert lab.send(tcp(VIP, 80, CLI, 3456, flags="SA")) == NF_ACCEPT
-    assert lab.d.xmit_to is None
+    [cp] = lab.conns()
+    assert cp.dest.stats.outpkts == 0
