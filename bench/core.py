@@ -3,6 +3,11 @@
 
 established_pps   client->VIP and RS->client packets of open connections
 new_conn_pps      SYNs that create a connection (rr scheduler)
+established_in_pps_METHOD  client->VIP packets of open connections only,
+                  by forwarding method: nat, dr, tun_ipip, tun_gue (with its
+                  UDP checksum), tun_gre (DR and TUN have no replies through
+                  the director: this is their whole load, and NAT's half)
+new_conn_pps_METHOD  SYNs that create a connection, by method (dr, tun_ipip)
 bytes_per_conn    memory per held connection over N connections: the
                   growth of the process's resident size (PyPy has no
                   tracemalloc; RSS means the same on both runtimes)
@@ -101,14 +106,28 @@ FAMILIES = {
 }
 
 
-def director(sched: str = "rr", family: int = 4) -> Director:
+
+#: The forwarding methods of the per-method figures: ipvsadm's real server options.
+METHODS = {
+    "nat": {"conn_flags": uapi.IP_VS_CONN_F_MASQ},
+    "dr": {"conn_flags": uapi.IP_VS_CONN_F_DROUTE},
+    "tun_ipip": {"conn_flags": uapi.IP_VS_CONN_F_TUNNEL},
+    "tun_gue": {"conn_flags": uapi.IP_VS_CONN_F_TUNNEL, "tun_type": uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE,
+                "tun_port": 6080, "tun_flags": uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM},
+    "tun_gre": {"conn_flags": uapi.IP_VS_CONN_F_TUNNEL, "tun_type": uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE},
+}
+DIRECTOR = ipaddress.ip_address("172.16.0.1").packed
+
+
+def director(sched: str = "rr", family: int = 4, method: str = "nat") -> Director:
     d = Director()
+    d.own_address = lambda dst: DIRECTOR  # the tunnels' source (the driver's route lookup)
     _frame, vip, rss, _c, _at = FAMILIES[family]
     af = uapi.AF_INET6 if family == 6 else uapi.AF_INET
     su = ctl.ServiceUser(af=af, addr=vip, port=80, sched_name=sched, netmask=128 if family == 6 else 0xFFFFFFFF)
     ctl.add_service(d.ipvs, su)
     for rs in rss:
-        ctl.add_dest(d.ipvs, su, ctl.DestUser(af=af, addr=rs, port=80, conn_flags=uapi.IP_VS_CONN_F_MASQ))
+        ctl.add_dest(d.ipvs, su, ctl.DestUser(af=af, addr=rs, port=80, **METHODS[method]))
     d.ipvs.conn_tab.max_conns = 1 << 24
     return d
 
@@ -118,11 +137,11 @@ def client(i: int, family: int = 4) -> tuple[bytes, int]:
     return FAMILIES[family][3](i // 60000), 1024 + i % 60000
 
 
-def bench_new(n: int, repeat: int = 1, family: int = 4) -> float:
+def bench_new(n: int, repeat: int = 1, family: int = 4, method: str = "nat") -> float:
     best = 0.0
     frame, vip = FAMILIES[family][:2]
     for _ in range(repeat):
-        d = director(family=family)
+        d = director(family=family, method=method)
         frames = [frame(*client(i, family), vip, 80, 0x02) for i in range(n)]
         t = time.thread_time()
         for f in frames:
@@ -155,6 +174,27 @@ def bench_established(nconn: int, rounds: int, repeat: int = 1, family: int = 4)
             for p in pkts:
                 proc(bytearray(p), 14, now)
         best = max(best, rounds * len(pkts) / (time.thread_time() - t))
+    return best
+
+
+def bench_established_in(nconn: int, rounds: int, repeat: int, method: str) -> float:
+    """Client->VIP packets of ``nconn`` open connections forwarded by ``method``."""
+    d = director(method=method)
+    ins = []
+    for i in range(nconn):
+        c, p = client(i)
+        assert d.process(tcp_frame(c, p, VIP, 80, 0x02), 14, 1000) == NF_STOLEN
+        ins.append(bytes(tcp_frame(c, p, VIP, 80, 0x10, b"x" * 100)))
+    proc = d.process
+    best = 0.0
+    now = 1000
+    for _ in range(repeat):
+        t = time.thread_time()
+        for _r in range(rounds):
+            now += 1
+            for p in ins:
+                proc(bytearray(p), 14, now)
+        best = max(best, rounds * len(ins) / (time.thread_time() - t))
     return best
 
 
@@ -220,6 +260,11 @@ def main() -> None:
     if a.ipv6:
         print(f"new_conn_pps_v6 {bench_new(n, a.repeat, 6):.0f} pkt/s")
         print(f"established_pps_v6 {bench_established(1000, 20 if a.quick else 100, a.repeat, 6):.0f} pkt/s")
+    for method in METHODS:
+        pps = bench_established_in(1000, 20 if a.quick else 100, a.repeat, method)
+        print(f"established_in_pps_{method} {pps:.0f} pkt/s")
+    for method in ("dr", "tun_ipip"):
+        print(f"new_conn_pps_{method} {bench_new(n, a.repeat, method=method):.0f} pkt/s")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ key with one slice of the header:
 * ``in_key``  = proto | caddr | vaddr | cport | vport   (client -> VIP)
 * ``out_key`` = proto | daddr | caddr | dport | cport   (real server -> client)
 
+A DR or TUN connection is filed in the out table under proto | vaddr |
+caddr | vport | cport instead (:func:`out_lookup_key`): its real server
+answers from the VIP itself, and ``ip_vs_conn_out_get`` (5.10+, "inspect
+reply packets from DR/TUN real servers") finds it by that source when the
+director happens to see the reply.
+
 Address length (4 or 16) makes the family part of every key.  Python
 hashes bytes with its per-process random SipHash key, so crafted addresses
 cannot aim at one bucket (the kernel uses jhash with a random seed for the
@@ -50,6 +56,7 @@ from ipvs.uapi import (
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_INACTIVE,
+    IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NO_CPORT,
     IP_VS_CONN_F_ONE_PACKET,
     IP_VS_CONN_F_SYNC,
@@ -76,6 +83,18 @@ def in_key(protocol: int, caddr: bytes, vaddr: bytes, cport: int, vport: int) ->
     client port, virtual port, as bytes.
     """
     return bytes((protocol,)) + caddr + vaddr + cport.to_bytes(2, "big") + vport.to_bytes(2, "big")
+
+
+def out_lookup_key(cp: Connection) -> bytes:
+    """The key ``ip_vs_conn_out_get`` finds ``cp`` by in the out table: its
+    ``out_key`` (the real server's reply from daddr:dport) for NAT; for the
+    other methods the direct reply from vaddr:vport (the in key's halves
+    swapped)."""
+    if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
+        return cp.out_key
+    k = cp.in_key
+    n = (len(k) - 5) >> 1
+    return k[:1] + k[1 + n : 1 + 2 * n] + k[1 : 1 + n] + k[-2:] + k[-4:-2]
 
 
 def out_key(protocol: int, daddr: bytes, caddr: bytes, dport: int, cport: int) -> bytes:
@@ -399,7 +418,7 @@ class ConnTable:
             self._put("tmpl", self.templates, self._tmpl_key(cp), cp)
         else:
             self._put("in", self.in_table, cp.in_key, cp)
-            self._put("out", self.out_table, cp.out_key, cp)
+            self._put("out", self.out_table, out_lookup_key(cp), cp)
         cp.flags |= IP_VS_CONN_F_HASHED
 
     def unhash(self, cp: Connection) -> None:
@@ -410,7 +429,7 @@ class ConnTable:
             self._drop("tmpl", self.templates, self._tmpl_key(cp), cp)
         else:
             self._drop("in", self.in_table, cp.in_key, cp)
-            self._drop("out", self.out_table, cp.out_key, cp)
+            self._drop("out", self.out_table, out_lookup_key(cp), cp)
         cp.flags &= ~IP_VS_CONN_F_HASHED
 
     # -------------------------------------------------------------- lookups

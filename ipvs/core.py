@@ -22,7 +22,9 @@ does for packets to a local address.  Because the kernel forwards replies
 with ``ip_forward``, their TTL is decremented here too.
 
 Verdicts: ``NF_ACCEPT`` (not ours: let the host have it), ``NF_DROP``, or
-``NF_STOLEN`` (rewritten: route it by its destination and send it).
+``NF_STOLEN`` (rewritten: route it by its destination and send it; but
+after a DR or TUN transmit :attr:`Director.xmit_to` names the real server
+to send it to, see :mod:`ipvs.xmit`).
 Generated ICMP errors are queued in ``ipvs.outbox``.  IPv6 takes the
 same path (:meth:`Director._process6`, ``ip_vs_in_icmp_v6`` and
 ``ip_vs_out_icmp_v6`` in :meth:`Director._icmp6`); the keys and tables
@@ -72,12 +74,14 @@ from ipvs.sched import IPHdr
 from ipvs.uapi import (
     AF_INET,
     AF_INET6,
+    IP_VS_CONN_F_DROUTE,
     IP_VS_CONN_F_FWD_MASK,
     IP_VS_CONN_F_HASHED,
     IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NO_CPORT,
     IP_VS_CONN_F_ONE_PACKET,
     IP_VS_CONN_F_TEMPLATE,
+    IP_VS_CONN_F_TUNNEL,
     IP_VS_DEST_F_AVAILABLE,
     IP_VS_SVC_F_ONEPACKET,
     IP_VS_SVC_F_PERSISTENT,
@@ -85,7 +89,17 @@ from ipvs.uapi import (
     IPPROTO_ICMPV6,
     IPPROTO_IP,
 )
-from ipvs.xmit import icmp_xmit, icmp_xmit_v6, nat_icmp, nat_xmit, nat_xmit_v6, snat_response, snat_response_v6
+from ipvs.xmit import (
+    dr_xmit,
+    icmp_xmit,
+    icmp_xmit_v6,
+    nat_icmp,
+    nat_xmit,
+    nat_xmit_v6,
+    snat_response,
+    snat_response_v6,
+    tunnel_xmit,
+)
 
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
 
@@ -108,6 +122,14 @@ class Director:
         #: forwarded packets).
         self.own_address: Callable[[bytes], bytes | None] | None = None
         self.trace: Callable[[str], None] | None = None
+        #: Set with NF_STOLEN by a DR or TUN transmit (None otherwise, and
+        #: taken back to None by the driver): the connection whose real
+        #: server (``cp.daddr``) gets the packet, whatever its destination
+        #: says (DR keeps the VIP), at that address's link-layer address.
+        #: A tunnelled one (``IP_VS_CONN_F_TUNNEL``) has its outer headers
+        #: in front (the packet still starts at ``l3``) and no checksum
+        #: left for the NIC to complete.
+        self.xmit_to: _conn.Connection | None = None
         self.ipvs.conn_tab.on_expire = self._conn_expired
 
     # ------------------------------------------------------------------ API
@@ -157,7 +179,7 @@ class Director:
         cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
-                return NF_ACCEPT
+                return self._direct_response(cp, pd, buf, h, now)
             return self._handle_response(cp, pd, buf, h, now, csum_partial)
         if ipvs.conn_out_counter and pp.conn_out:
             # A real server may be starting a connection (a --pe with conn_out).
@@ -300,8 +322,7 @@ class Director:
             else:
                 verdict = NF_DROP
         else:
-            # DR/TUN/local forwarding come with their own issue.
-            verdict = NF_ACCEPT
+            verdict = self._fwd_xmit(cp, pp, buf, h, partial)
         if tr is not None:
             tr(f"in  {self._conn_text(cp)} {self._state_text(cp, old)} -> {_VERDICT[verdict]}")
         # in_pkts, for todrop_entry (and the sync daemon PyIPVS lacks): a
@@ -555,6 +576,24 @@ class Director:
         ipvs.conn_tab.conn_put(cp, now)
         return verdict
 
+    def _direct_response(self, cp: _conn.Connection, pd: ProtoData, buf: bytearray, h: IPHeader, now: int) -> int:
+        """``handle_response`` for a DR or TUN connection (5.10+, "inspect
+        reply packets from DR/TUN real servers"): the real server's direct
+        reply (from VIP:vport) passes the director, its gateway say.  It is
+        counted and walks the protocol's states like a NAT reply (the first
+        one clears ``NOOUTPUT``), but is not rewritten: NF_ACCEPT, the host
+        forwards it.  A reply whose TTL runs out never reaches the hook
+        (``ip_forward`` drops it first)."""
+        if buf[h.l3 + 8] <= 1:
+            return NF_ACCEPT
+        self._out_stats(cp, h.end - h.l3)
+        old = cp.state
+        pd.pp.state_transition(cp, IP_VS_DIR_OUTPUT, buf, h.l4, pd)
+        if self.trace is not None:
+            self.trace(f"out {self._conn_text(cp)} {self._state_text(cp, old)} -> ACCEPT (direct reply)")
+        self.ipvs.conn_tab.conn_put(cp, now)
+        return NF_ACCEPT
+
     def _nat_icmp_send(self, pp: IPVSProtocol, buf: bytearray, h: IPHeader) -> bool:
         """No connection, but from a MASQ real server: answer port unreachable."""
         sport, _ = ports(buf, h.l4)
@@ -691,6 +730,11 @@ class Director:
         if cp is not None:
             # An error from the real server about a packet it received.
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
+                # handle_response_icmp of a DR/TUN connection (5.10+): only
+                # counted; the host forwards it as it is (one whose TTL runs
+                # out never reaches the hook: ip_forward drops it first).
+                if not forwarded or buf[h.l3 + 8] > 1:
+                    self._out_stats(cp, h.end - h.l3)
                 return NF_ACCEPT
             if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1
@@ -715,7 +759,9 @@ class Director:
             return NF_DROP
         self._in_stats(cp, h.end - h.l3)
         if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
-            verdict = NF_ACCEPT
+            # ip_vs_icmp_xmit: DR and TUN pass the error on unchanged
+            # (cp->packet_xmit), with the quoted header's descriptor.
+            verdict = self._fwd_xmit(cp, ipvs.proto_data[q.protocol].pp, buf, h, False, icmp=True)
         else:
             verdict = icmp_xmit(ipvs, cp, buf, h, q)
         if self.trace is not None:
@@ -790,6 +836,37 @@ class Director:
             verdict = icmp_xmit_v6(ipvs, cp, buf, h, q, self.mtu)
         if self.trace is not None:
             self.trace(f"icmp6-in {self._conn_text(cp)} type {buf[h.l4]} -> {_VERDICT[verdict]}")
+        return verdict
+
+    # ------------------------------------------------------- DR and TUN
+
+    def _fwd_xmit(
+        self, cp: _conn.Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool,
+        icmp: bool = False,
+    ) -> int:
+        """``cp->packet_xmit`` for the methods other than NAT (the choice of
+        ``ip_vs_bind_xmit``): :func:`ipvs.xmit.dr_xmit` or
+        :func:`ipvs.xmit.tunnel_xmit`.  Sent (NF_STOLEN), the packet goes
+        to the real server whatever its destination says, and
+        :attr:`xmit_to` tells the driver so.  A local node (the real
+        server is the director) is NF_ACCEPT: the host delivers it.
+
+        Over IPv6 both are still missing (``ip_vs_dr_xmit_v6``,
+        ``ip_vs_tunnel_xmit_v6``): such a packet is dropped and counted
+        (``Drop.UNSUPPORTED``) rather than sent with IPv4's offsets.
+        """
+        fwd = cp.flags & IP_VS_CONN_F_FWD_MASK
+        if h.af != AF_INET and fwd in (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_TUNNEL):
+            self.ipvs.drops[Drop.UNSUPPORTED] += 1
+            return NF_DROP
+        if fwd == IP_VS_CONN_F_DROUTE:
+            verdict = dr_xmit(self.ipvs, cp, pp, buf, h, self.mtu, icmp)
+        elif fwd == IP_VS_CONN_F_TUNNEL:
+            verdict = tunnel_xmit(self.ipvs, cp, pp, buf, h, self.mtu, partial, self._own_addr(cp.daddr), icmp)
+        else:
+            return NF_ACCEPT
+        if verdict == NF_STOLEN:
+            self.xmit_to = cp
         return verdict
 
     # ---------------------------------------------------------------- stats

@@ -73,6 +73,9 @@ class NetnsIPVS:
     old_secure_tcp: int = 0
     #: The jiffy of the next defense_work_handler run (every second).
     defense_at: int = 0
+    #: The IDs of the tunnels' outer headers (:func:`ipvs.xmit.ip_ident`):
+    #: (source, destination, protocol) -> the next ID.
+    ip_idents: dict = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.sysctl is None:

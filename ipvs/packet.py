@@ -124,7 +124,7 @@ class Drop(enum.IntEnum):
     DEFENSE = 11  #: drop_packet / drop_entry defence
     CONN_REUSE = 12  #: SYN dropped while an old connection is flushed
     TABLE_FULL = 13  #: connection table at its configured bound
-    UNSUPPORTED = 14  #: valid but not handled (IPv6 before its data path; no longer counted, the number kept)
+    UNSUPPORTED = 14  #: valid but not handled yet (IPv6 packets of DR and TUN connections)
     NO_PE_DATA = 15  #: the service's persistence engine found no key (SIP: no usable Call-ID)
     BAD_EXTHDR = 16  #: IPv6 extension headers truncated, or a non-first fragment not followed by the protocol
 

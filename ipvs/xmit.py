@@ -9,17 +9,50 @@ here because they differ only in the checksum offset and UDP's
 zero-checksum rule: both come from the protocol's operations
 (:class:`ipvs.ip_vs.IPVSProtocol` ``csum_offset`` and ``csum_zero_is_none``).
 
+Also the other two forwarding methods of IPv4, which leave the reply
+path to the real servers (their connections are ``NOOUTPUT``, see
+:mod:`ipvs.ctl`):
+
+* :func:`dr_xmit` (``ip_vs_dr_xmit``): direct routing.  The IP packet
+  goes on unchanged but for the TTL; only its link-layer destination
+  changes: the real server's.
+* :func:`tunnel_xmit` (``ip_vs_tunnel_xmit`` with
+  ``ip_vs_prepare_tunneled_skb``, ``ipvs_gue_encap``, ``ipvs_gre_encap``):
+  IP-in-IP, or GUE (RFC draft-ietf-intarea-gue: UDP to ``--tun-port``) or
+  GRE (RFC 2784) around it, with the kernel's outer header: TTL and DF
+  from the inner packet (DF only with the ``pmtu_disc`` sysctl), the tos
+  with the ECN bits encapsulated (``INET_ECN_encapsulate``), the ID of
+  ``ip_select_ident``, and the path MTU less the tunnel's overhead for
+  the "fragmentation needed" answers.
+
 Nothing here sends anything: a function rewrites the packet in place and
 returns a verdict; generated ICMP errors go to ``ipvs.outbox``.  Routing is
 the driver's job; the one routing fact the kernel's xmit uses, the path
-MTU, comes in as ``mtu`` (None: no MTU check).
+MTU, comes in as ``mtu`` (None: no MTU check), and the tunnel's source
+address (the route's preferred source towards the real server) as
+``saddr``.  The core then tells the driver where a DR or TUN packet goes
+(:attr:`ipvs.core.Director.xmit_to`): to the real server, not by the
+packet's destination.
 
-DR and TUN come with their own issue; their connections would get
-``NOOUTPUT`` already from the control plane.
+A tunnelled packet grows in place: the outer headers are inserted at the
+IP header's offset (``buf[l3:l3] = outer``), so ``l3`` stays the offset
+of the packet to send, whose destination is now the real server.  (The
+kernel pushes the headers into the skb's headroom; a ``bytearray`` has
+none to spare, and the move costs one ``memmove`` of a frame.)
+
+Where this differs from the kernel, and why: the GUE source port is
+``udp_flow_src_port``'s formula over a CRC-32 of the inner flow (the
+kernel's flow hash has a random per-boot seed: any port of the local
+range is as right); the outer ID counts per (source, destination,
+protocol) from a hash of them (``__ip_select_ident`` adds random steps);
+the real server as the director's own address (the kernel's local
+delivery, ``ip_vs_send_or_cont(..., 1)``) is the driver's to decide.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import TYPE_CHECKING
 
 from ipvs.ip_vs import NF_DROP, NF_STOLEN, IPVSProtocol
@@ -34,9 +67,11 @@ from ipvs.packet import (
     IP_DF,
     Drop,
     IPHeader,
+    csum_words,
     icmp_checksum,
     ip_send_check,
     l4_csum_full,
+    parse,
     put_addr4,
     put_addr6,
     put_port,
@@ -44,7 +79,15 @@ from ipvs.packet import (
 )
 from ipvs.proto.icmp import Quoted, build_error
 from ipvs.proto.icmpv6 import build_error6, is_ineligible, nat_icmp_v6
-from ipvs.uapi import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+from ipvs.uapi import (
+    IP_VS_CONN_F_TUNNEL_TYPE_GRE,
+    IP_VS_CONN_F_TUNNEL_TYPE_GUE,
+    IP_VS_TUNNEL_ENCAP_FLAG_CSUM,
+    IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
@@ -333,3 +376,219 @@ def icmp_xmit_v6(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q
         return NF_DROP
     nat_icmp_v6(buf, h, q, cp, inout=False)
     return NF_STOLEN
+
+
+# --------------------------------------------------------------------------
+# Direct routing and tunnelling (IPv4)
+
+#: IP protocol numbers of the outer header (``include/uapi/linux/in.h``).
+IPPROTO_IPIP = 4
+IPPROTO_GRE = 47
+#: ``include/net/gue.h``: the private-flags word, and remote checksum
+#: offload's option in it (start and offset of the inner checksum).
+GUE_FLAG_PRIV = 0x0001
+GUE_LEN_PRIV = 4
+GUE_PFLAG_REMCSUM = 0x80000000
+GUE_PLEN_REMCSUM = 4
+#: ``include/net/gre.h``: the C bit, and the protocol type of an IPv4 payload.
+GRE_CSUM = 0x8000
+ETH_P_IP = 0x0800
+#: ``net.ipv4.ip_local_port_range``'s default: where ``udp_flow_src_port``
+#: picks the GUE source port.
+LOCAL_PORT_MIN, LOCAL_PORT_MAX = 32768, 60999
+#: The smallest tunnel MTU ``__ip_vs_get_out_rt`` accepts (RFC 791's 68).
+TUNNEL_MIN_MTU = 68
+#: Outer (source, destination, protocol) triples whose ID counter is kept;
+#: beyond, the table starts afresh (the kernel's ``ip_idents`` is a fixed
+#: array of hashed counters too).
+IDENTS_MAX = 4096
+
+_OUTER = struct.Struct("!BBHHHBBH4s4s")
+_UDP = struct.Struct("!HHHH")
+_GUE = struct.Struct("!BBH")
+_GUE_REMCSUM = struct.Struct("!IHH")
+_GRE = struct.Struct("!HH")
+
+
+def _ttl_ok(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes, icmp: bool) -> bool:
+    """``decrement_ttl`` as ``__ip_vs_get_out_rt`` calls it for any method.
+
+    ``icmp``: the packet is an ICMP error being passed on (``ip_vs_in_icmp``);
+    ``icmp_send`` never answers one with another, so it is only dropped.
+    """
+    if icmp and buf[h.l3 + 8] <= 1:
+        ipvs.drops[Drop.TTL_EXCEEDED] += 1
+        return False
+    return decrement_ttl(ipvs, buf, h, src)
+
+
+def dr_xmit(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
+    mtu: int | None, icmp: bool = False,
+) -> int:
+    """``ip_vs_dr_xmit``: the packet goes to the real server as it is.
+
+    The kernel still forwards it: ``__ip_vs_get_out_rt`` decrements the
+    TTL (time exceeded from the VIP at TTL <= 1) and checks the path MTU
+    (a DF packet above it gets "fragmentation needed", except an ICMP error
+    passed on, ``ip_vs_iph_icmp``).  The addresses and ports stay: the real
+    server holds the VIP itself.  NF_STOLEN: send it to ``cp.daddr``'s
+    link-layer address (the core says so to the driver).
+    """
+    if not _ttl_ok(ipvs, buf, h, cp.vaddr, icmp):
+        return NF_DROP
+    if not icmp and not mtu_ok(ipvs, buf, h, mtu, cp.vaddr):
+        return NF_DROP
+    return NF_STOLEN
+
+
+def tunnel_overhead(tun_type: int, tun_flags: int, partial: bool) -> int:
+    """The bytes a tunnel puts in front of the inner packet: what
+    ``__ip_vs_get_out_rt`` takes off the route's MTU and
+    ``ip_vs_tunnel_xmit`` reserves as headroom.
+
+    IPIP: the outer IPv4 header (20).  GUE: and UDP (8) and the GUE header
+    (4), plus the private flags and the remote checksum option (4 + 4) when
+    ``--tun-remcsum`` meets an offloaded (partial) inner checksum.  GRE: and
+    the GRE header (4), plus checksum and reserved word (4) with
+    ``--tun-csum`` (``gre_calc_hlen``).
+    """
+    if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE:
+        if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM and partial:
+            return 20 + 8 + 4 + GUE_LEN_PRIV + GUE_PLEN_REMCSUM
+        return 20 + 8 + 4
+    if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GRE:
+        return 20 + (8 if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM else 4)
+    return 20
+
+
+def ecn_encapsulate(tos: int) -> int:
+    """``INET_ECN_encapsulate(tos, tos)``: the outer tos keeps the DSCP and
+    the ECN codepoint, except that CE becomes ECT(0) (RFC 6040's normal mode)."""
+    return (tos & 0xFC) | (2 if tos & 3 == 3 else tos & 3)
+
+
+def flow_src_port(buf: bytearray | bytes, h: IPHeader) -> int:
+    """``udp_flow_src_port``: a source port in the local port range from a
+    hash of the inner flow (addresses, protocol and, for TCP/UDP/SCTP,
+    ports), so one flow keeps one port and flows spread over the range."""
+    key = bytes(buf[h.saddr : h.saddr + 2 * h.alen]) + bytes((h.protocol,))
+    if h.protocol in _PORTS_QUOTED and h.l4 + 4 <= h.end:
+        key += bytes(buf[h.l4 : h.l4 + 4])
+    x = zlib.crc32(key)
+    x ^= (x << 16) & 0xFFFFFFFF
+    return ((x * (LOCAL_PORT_MAX - LOCAL_PORT_MIN)) >> 32) + LOCAL_PORT_MIN
+
+
+def ip_ident(ipvs: NetnsIPVS, saddr: bytes, daddr: bytes, protocol: int) -> int:
+    """``__ip_select_ident``: the next ID for an outer header without DF,
+    counted per (source, destination, protocol)."""
+    key = saddr + daddr + bytes((protocol,))
+    idents = ipvs.ip_idents
+    v = idents.get(key)
+    if v is None:
+        if len(idents) >= IDENTS_MAX:
+            idents.clear()
+        v = zlib.crc32(key) & 0xFFFF
+    idents[key] = (v + 1) & 0xFFFF
+    return v
+
+
+def tunnel_xmit(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
+    mtu: int | None, partial: bool, saddr: bytes, icmp: bool = False,
+) -> int:
+    """``ip_vs_tunnel_xmit``: wrap the packet for ``cp.daddr`` (IPv4 in IPv4).
+
+    The kernel's order: the inner TTL is decremented; the MTU towards the
+    real server less :func:`tunnel_overhead` must be at least 68, and
+    with ``pmtu_disc`` set a DF packet above it is answered "fragmentation
+    needed" with that MTU (without ``pmtu_disc`` the outer packet has no
+    DF and is fragmented on the way).  Then ``ip_vs_prepare_tunneled_skb``
+    (outer DF, tos, TTL from the inner header) and the encapsulation of
+    the connection's real server: ``--tun-type ipip`` (protocol 4),
+    ``gue`` (UDP from :func:`flow_src_port` to ``--tun-port``; checksum 0
+    unless ``--tun-csum`` or ``--tun-remcsum``) or ``gre`` (protocol type
+    0x0800; the checksum field with ``--tun-csum``).
+
+    ``partial``: the inner L4 checksum is offloaded (holds only the
+    pseudo-header sum).  The real server's tunnel sees bytes, so the inner
+    checksum is completed here, as the sending NIC or ``skb_checksum_help``
+    would; except with GUE ``--tun-remcsum``, where the GUE option tells
+    the real server where to complete it (remote checksum offload) and it
+    stays partial.  Either way the frame leaves with no checksum left to
+    offload.  ``saddr`` is the outer source.
+    """
+    dest = cp.dest
+    if dest is None:
+        return NF_DROP  # __ip_vs_get_out_rt: a tunnel needs its dest
+    if not _ttl_ok(ipvs, buf, h, cp.vaddr, icmp):
+        return NF_DROP
+    l3, end = h.l3, h.end
+    tun_type, tun_flags = dest.tun_type, dest.tun_flags
+    remcsum = partial and tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
+        tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM) and h.protocol in (IPPROTO_TCP, IPPROTO_UDP)
+    overhead = tunnel_overhead(tun_type, tun_flags, remcsum)
+    pmtu_disc = ipvs.sysctl.pmtu_disc
+    if mtu is not None:
+        if mtu - overhead < TUNNEL_MIN_MTU:
+            return NF_DROP
+        if pmtu_disc and not icmp and not mtu_ok(ipvs, buf, h, mtu - overhead, cp.vaddr):
+            return NF_DROP
+    if end - l3 + overhead > 0xFFFF:
+        ipvs.drops[Drop.BAD_TOTLEN] += 1
+        return NF_DROP
+    tunnel_encap(ipvs, cp, pp, buf, h, partial, saddr)
+    return NF_STOLEN
+
+
+def tunnel_encap(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool, saddr: bytes,
+) -> None:
+    """The wrapping half of ``ip_vs_tunnel_xmit`` (from
+    ``ip_vs_prepare_tunneled_skb`` on), without its checks: the outer
+    headers of ``cp``'s real server go in front of the packet at ``h.l3``.
+
+    The driver also calls it for each segment of a GSO super-frame it had
+    to cut itself (see :mod:`ipvs.driver.afpacket`).
+    """
+    dest = cp.dest
+    l3, end = h.l3, h.end
+    tun_type, tun_flags = dest.tun_type, dest.tun_flags
+    remcsum = partial and tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
+        tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM) and h.protocol in (IPPROTO_TCP, IPPROTO_UDP)
+    overhead = tunnel_overhead(tun_type, tun_flags, remcsum)
+    pmtu_disc = ipvs.sysctl.pmtu_disc
+    inner_len = end - l3
+    if partial and not remcsum and h.protocol in (IPPROTO_TCP, IPPROTO_UDP):
+        l4_csum_full(buf, h)
+    # ip_vs_prepare_tunneled_skb: DF (only with pmtu_disc), tos and TTL of the inner packet.
+    df = (buf[l3 + 6] << 8) & IP_DF if pmtu_disc else 0
+    tos = ecn_encapsulate(buf[l3 + 1])
+    ttl = buf[l3 + 8]
+    outer = bytearray(overhead)
+    if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE:
+        protocol = IPPROTO_UDP
+        optlen = GUE_LEN_PRIV + GUE_PLEN_REMCSUM if remcsum else 0
+        _UDP.pack_into(outer, 20, flow_src_port(buf, h), dest.tun_port, overhead - 20 + inner_len, 0)
+        _GUE.pack_into(outer, 28, optlen >> 2, IPPROTO_IPIP, GUE_FLAG_PRIV if remcsum else 0)
+        if remcsum:
+            # Offsets from the start of the GUE payload (the inner packet).
+            start = h.l4 - l3
+            _GUE_REMCSUM.pack_into(outer, 32, GUE_PFLAG_REMCSUM, start, start + pp.csum_offset)
+    elif tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GRE:
+        protocol = IPPROTO_GRE
+        _GRE.pack_into(outer, 20, GRE_CSUM if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM else 0, ETH_P_IP)
+    else:
+        protocol = IPPROTO_IPIP
+    # ip_select_ident before the "ignore_df" hack: DF means ID 0.
+    ident = 0 if df else ip_ident(ipvs, saddr, cp.daddr, protocol)
+    _OUTER.pack_into(outer, 0, 0x45, tos, overhead + inner_len, ident, df, ttl, protocol, 0, saddr, cp.daddr)
+    ip_send_check(outer, 0)
+    buf[l3:l3] = outer
+    if protocol == IPPROTO_UDP and tun_flags & (IP_VS_TUNNEL_ENCAP_FLAG_CSUM | IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM):
+        # udp_set_csum: the full checksum (0 goes out as 0xFFFF).
+        l4_csum_full(buf, parse(buf, l3))
+    elif protocol == IPPROTO_GRE and tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM:
+        # gre_build_header: the checksum of the GRE header and its payload.
+        put_u16(buf, l3 + 24, ~csum_words(buf[l3 + 20 : l3 + overhead + inner_len]) & 0xFFFF)

@@ -214,6 +214,9 @@ def _ip(r: pcap.Record):
         return None
     l3 = w[0]
     d = r.data
+    inner = _tunnel_inner(d, l3)
+    if inner is not None:
+        l3 = inner  # a VS/TUN frame: the flow is its inner packet's
     ihl = (d[l3] & 15) * 4
     proto = d[l3 + 9]
     l4 = l3 + ihl
@@ -255,8 +258,15 @@ class Split:
         cli, srv = ip(cli), ip(srv)
         to_vip = [r for r, s, d in cli if d in vips and not _inner(s)]
         to_cli = [r for r, s, d in cli if s in vips]
-        from_rs = [r for r, s, d in srv if _inner(s) and s != DIRECTOR_INNER and not _inner(d)]
-        to_rs = [r for r, s, d in srv if _inner(d) and not _inner(s)]
+        # A VS/DR or VS/TUN server answers from the VIP itself, and the
+        # director's frames to a DR server are addressed to the VIP (a
+        # TUN frame's outer header to the server: _ip reads its inner packet).
+        from_rs = [r for r, s, d in srv if ((_inner(s) and s != DIRECTOR_INNER) or s in vips) and not _inner(d)]
+        to_rs = [r for r, s, d in srv if ((_inner(d) or d in vips) and not _inner(s))
+                 or _tunnel_inner(r.data, pcap.l3_offset(r.data, r.linktype)[0]) is not None]
+        # Their answers reach the client by plain forwarding: not IPVS output.
+        bypass = {flow_of(r, vips) for r, (s, _d) in zip(from_rs, map(_outer, from_rs)) if s in vips}
+        to_cli = [r for r in to_cli if flow_of(r, vips) not in bypass]
         both = {flow_of(r, vips) for r in to_vip} & {flow_of(r, vips) for r in from_rs}
         keep = lambda rs: [r for r in rs if flow_of(r, vips) in both]  # noqa: E731
         drop = lambda rs: [r for r in rs if flow_of(r, vips) not in both]  # noqa: E731
@@ -269,6 +279,7 @@ class Split:
         self.missed_to_rs = drop(to_rs)
         self.missed_from_rs = drop(from_rs)
         self.flows = both
+        self.vips = vips
 
 
 def restore_rules(director, golden: str) -> set[bytes]:

@@ -1,6 +1,6 @@
 """ipvs-lab: the seed's LVS/NAT example, for real, in network namespaces.
 
-    ipvs-lab up [--mode spare|shared] [--strict] [--no-rules]
+    ipvs-lab up [--mode spare|shared] [--strict] [--no-rules] [--method nat|dr|ipip|gue|gre|...]
     ipvs-lab demo [--requests N] [--concurrency N]
     ipvs-lab run [--mode spare|shared] [--requests N]
     ipvs-lab status
@@ -60,6 +60,17 @@ early nftables drop rules.  ``--strict``: checksums in software (the
 director's egress with ``tx off tso off``, the receivers ``rx off``), so a
 checksum bug cannot hide behind offloads.
 
+``--method`` chooses the forwarding method of the real servers (see
+:data:`METHODS`): ``nat`` is the seed's example above; ``dr`` and the
+tunnels (``ipip``, ``gue``, ``gre`` and their ``-csum``/``-remcsum``
+variants) serve the same web and UDP echo services on port 80 and 7 of
+both real servers, which hold the VIP themselves: on ``lo`` for DR, on a
+tun device for the tunnels, fed by a user-space decapsulator
+(:mod:`ipvs_harness.decap`, since this kernel may lack the tunnel
+modules), with ``arp_ignore=1``/``arp_announce=2``.  The director is still
+their gateway, so their direct replies pass it as routed traffic
+(``ipvsd --forward``), never through IPVS.
+
 ``down`` stops every process started in the lab's namespaces (by PID) and
 deletes the namespaces; it is idempotent and also cleans up leftovers of a
 lab that was killed.  Traffic never leaves the namespaces; every load run
@@ -115,6 +126,21 @@ RULES6 = [
     f"-a -t [{VIP6}]:21 -r [{RS6['rs2']}]:21 -m",
 ]
 
+#: The forwarding method variants of ``up --method``: NAT (the seed's
+#: example), direct routing, and tunnelling by IPIP, GUE or GRE (with
+#: their checksum options): the ipvsadm options of the real servers.
+GUE_PORT = 6080
+METHODS = {
+    "nat": ["-m"],
+    "dr": ["-g"],
+    "ipip": ["-i"],
+    "gue": ["-i", "--tun-type", "gue", "--tun-port", str(GUE_PORT)],
+    "gue-csum": ["-i", "--tun-type", "gue", "--tun-port", str(GUE_PORT), "--tun-csum"],
+    "gue-remcsum": ["-i", "--tun-type", "gue", "--tun-port", str(GUE_PORT), "--tun-remcsum"],
+    "gre": ["-i", "--tun-type", "gre"],
+    "gre-csum": ["-i", "--tun-type", "gre", "--tun-csum"],
+}
+
 RULES = [
     f"-A -t {VIP}:80 -s wlc",
     f"-a -t {VIP}:80 -r 172.16.0.2:80 -m -w 1",
@@ -125,6 +151,25 @@ RULES = [
     f"-a -u {VIP}:7 -r 172.16.0.2:7 -m",
     f"-a -u {VIP}:7 -r 172.16.0.3:7 -m",
 ]
+
+
+def rules_for(method: str) -> list[str]:
+    """The lab's rules for a forwarding method.  NAT: the seed's rules.  DR
+    and TUN: the same web and UDP echo services on both real servers,
+    which hold the VIP themselves and so serve the service's own port (the
+    kernel forwards DR and TUN to the service's port); no FTP service (the
+    FTP helper is NAT's)."""
+    if method == "nat":
+        return list(RULES)
+    opts = " ".join(METHODS[method])
+    return [
+        f"-A -t {VIP}:80 -s wlc",
+        f"-a -t {VIP}:80 -r 172.16.0.2:80 {opts} -w 1",
+        f"-a -t {VIP}:80 -r 172.16.0.3:80 {opts} -w 2",
+        f"-A -u {VIP}:7 -s rr",
+        f"-a -u {VIP}:7 -r 172.16.0.2:7 {opts}",
+        f"-a -u {VIP}:7 -r 172.16.0.3:7 {opts}",
+    ]
 
 
 def log(msg: str) -> None:
@@ -276,7 +321,7 @@ def down() -> None:
 # ---------------------------------------------------------------- up
 
 
-def build_net(mode: str, strict: bool, ipv6: bool = False) -> None:
+def build_net(mode: str, strict: bool, ipv6: bool = False, method: str = "nat") -> None:
     for ns in NAMESPACES:
         run("ip", "netns", "add", ns)
     # veth pairs created straight inside the namespaces: none ever exists in
@@ -293,6 +338,14 @@ def build_net(mode: str, strict: bool, ipv6: bool = False) -> None:
     for ns, addr, _port in RS.values():
         ip_batch(ns, ["link set lo up", "link set eth0 up", f"addr add {addr}/24 dev eth0",
                       f"route add default via {GATEWAY}"])
+        if method != "nat":
+            # The real server holds the VIP (DR: on lo; TUN: on the
+            # decapsulator's tun device) but must never answer ARP for it,
+            # nor use it as the source of its own ARP requests.
+            sysctl(ns, {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2",
+                        "net.ipv4.conf.eth0.arp_ignore": "1", "net.ipv4.conf.eth0.arp_announce": "2"})
+            if method == "dr":
+                ip_batch(ns, [f"addr add {VIP}/32 dev lo"])
     d = ["link set lo up", "link add br-in type bridge stp_state 0 forward_delay 0",
          "link set d_rs1 master br-in", "link set d_rs2 master br-in",
          "link set d_rs1 up", "link set d_rs2 up", "link set br-in up", "link set d_out up"]
@@ -348,6 +401,7 @@ http {{
     uwsgi_temp_path {state}/nginx-{name}-tmp;
     scgi_temp_path {state}/nginx-{name}-tmp;
     keepalive_requests 1000000;
+    client_max_body_size 16m;
     server {{
         listen {addr}:{port} backlog=4096 reuseport;{listen6}
         location = / {{ default_type text/plain; return 200 "server={name}\\n"; }}
@@ -357,7 +411,17 @@ http {{
 """
 
 
-def start_servers(ipv6: bool = False) -> None:
+def start_decap(method: str) -> None:
+    """TUN: each real server's user-space decapsulator (:mod:`ipvs_harness.decap`),
+    which makes the ``vip0`` tun device holding the VIP."""
+    kind = method.split("-")[0]
+    opt = {"ipip": ["--ipip"], "gre": ["--gre"], "gue": ["--gue-port", str(GUE_PORT)]}[kind]
+    for name, (ns, _addr, _port) in RS.items():
+        start(f"decap-{name}", ns, [sys.executable, "-m", "ipvs_harness.decap", "--dev", "vip0",
+                                    "--addr", f"{VIP}/32", *opt], ready="ready", env={"PYTHONPATH": ROOT})
+
+
+def start_servers(ipv6: bool = False, method: str = "nat") -> None:
     os.makedirs(os.path.join(STATE, "www"), exist_ok=True)
     os.makedirs(os.path.join(STATE, "ftp"), exist_ok=True)
     big = os.path.join(STATE, "www", "big.bin")
@@ -378,7 +442,11 @@ def start_servers(ipv6: bool = False) -> None:
     # IPVS_LAB_HTTP=python uses the built-in Python server even where nginx is.
     nginx = shutil.which("nginx") if os.environ.get("IPVS_LAB_HTTP") != "python" else None
     me = os.path.join(TOOLS, "ipvs-lab")
+    if method not in ("nat", "dr"):
+        start_decap(method)
     for name, (ns, addr, port) in RS.items():
+        if method != "nat":
+            addr, port = VIP, 80  # DR/TUN: the real servers serve the VIP itself
         if nginx:
             os.makedirs(os.path.join(STATE, f"nginx-{name}-tmp"), exist_ok=True)
             conf = os.path.join(STATE, f"nginx-{name}.conf")
@@ -391,6 +459,10 @@ def start_servers(ipv6: bool = False) -> None:
             start(f"http-{name}", ns, [sys.executable, me, "_serve", "--name", name, *http], ready="ready")
         udp = ["--udp", f"{addr}:7"] + (["--udp", f"{RS6[name]}:7"] if ipv6 else [])
         start(f"udp-{name}", ns, [sys.executable, me, "_serve", "--name", name, *udp], ready="ready")
+    if method != "nat":
+        for ns, _addr, _port in RS.values():
+            wait_tcp(ns, VIP, 80)
+        return
     if importlib.util.find_spec("pyftpdlib") is not None:
         start("ftp-rs2", NS_RS2, [sys.executable, me, "_ftp", "172.16.0.3", os.path.join(STATE, "ftp")],
               ready="ready")
@@ -413,13 +485,18 @@ def wait_tcp(ns: str, addr: str, port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on {addr}:{port} in {ns}")
 
 
-def director_cmd(mode: str, strict: bool, ipv6: bool = False) -> list[str]:
+def director_cmd(mode: str, strict: bool, ipv6: bool = False, method: str = "nat") -> list[str]:
     opts = ["--outer", "d_out", "--outer-addr", f"{OUTER}/24", "--inner", "br-in",
             "--inner-addr", f"{GATEWAY}/24", "--mode", mode, "--masquerade", "172.16.0.0/24"]
     if ipv6:
         opts += ["--outer-addr6", f"{OUTER6}/64", "--inner-addr6", f"{GATEWAY6}/64"]
     if strict:
         opts.append("--strict-checksums")
+    if method != "nat":
+        # The director is still the real servers' gateway: their direct
+        # replies (from the VIP) pass it as plain routed traffic, as through
+        # a kernel director with ip_forward=1, never through IPVS.
+        opts.append("--forward")
     # --ftp: the FTP helper for VIP:21, as the seed's director loaded ip_vs_ftp.
     # --state in the lab's own directory: a restart after SIGKILL serves the
     # same rules, and `down` removes it, so every `up` starts with none.
@@ -431,9 +508,9 @@ def ipvsadm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(*nsexec(NS_DIR, sys.executable, os.path.join(TOOLS, "ipvsadm"), *args), check=check)
 
 
-def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = False) -> None:
-    """Start ipvsd in the director's namespace and apply the seed's rules with ipvsadm."""
-    start("director", NS_DIR, director_cmd(mode, strict, ipv6), ready=None, env={"PYTHONPATH": ROOT})
+def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = False, method: str = "nat") -> None:
+    """Start ipvsd in the director's namespace and apply the method's rules with ipvsadm."""
+    start("director", NS_DIR, director_cmd(mode, strict, ipv6, method), ready=None, env={"PYTHONPATH": ROOT})
     deadline = time.monotonic() + 30
     while ipvsadm("-Ln", check=False).returncode != 0:
         pid = int(open(os.path.join(STATE, "director.pid")).read())
@@ -443,21 +520,23 @@ def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = Fal
                                open(os.path.join(STATE, "director.log")).read()[-3000:])
         time.sleep(0.1)
     if rules:
-        for line in RULES + (RULES6 if ipv6 else []):
+        for line in rules_for(method) + (RULES6 if ipv6 else []):
             ipvsadm(*line.split())
 
 
-def up(mode: str = "spare", strict: bool = False, rules: bool = True, ipv6: bool = False) -> None:
+def up(mode: str = "spare", strict: bool = False, rules: bool = True, ipv6: bool = False, method: str = "nat") -> None:
     if ipv6 and mode != "spare":
         raise RuntimeError("the IPv6 plan needs --mode spare (ipvsd has no ip6 nftables rules for shared mode)")
+    if method not in METHODS:
+        raise RuntimeError(f"unknown forwarding method {method!r} (one of {', '.join(METHODS)})")
     down()
     os.makedirs(STATE, exist_ok=True)
     with open(os.path.join(STATE, "lab.json"), "w") as f:
-        json.dump({"mode": mode, "strict": strict, "ipv6": ipv6}, f)
+        json.dump({"mode": mode, "strict": strict, "ipv6": ipv6, "method": method}, f)
     try:
-        build_net(mode, strict, ipv6)
-        start_servers(ipv6)
-        start_director(mode, strict, rules, ipv6)
+        build_net(mode, strict, ipv6, method)
+        start_servers(ipv6, method)
+        start_director(mode, strict, rules, ipv6, method)
         # Warm the neighbour caches so the first request is not an ARP race.
         run(*nsexec(NS_CLIENT, "ping", "-c", "1", "-W", "2", VIP), check=False)
         if ipv6:
@@ -470,8 +549,9 @@ def up(mode: str = "spare", strict: bool = False, rules: bool = True, ipv6: bool
             pass
         down()
         raise
-    log(f"up ({mode} mode{', strict checksums' if strict else ''}): client {CLIENT} -> VIP {VIP} -> "
-        f"rs1 172.16.0.2:80, rs2 172.16.0.3:8000")
+    rs2_port = 8000 if method == "nat" else 80
+    log(f"up ({mode} mode{', strict checksums' if strict else ''}, {method}): client {CLIENT} -> VIP {VIP} -> "
+        f"rs1 172.16.0.2:80, rs2 172.16.0.3:{rs2_port}")
 
 
 # ---------------------------------------------------------------- demo
@@ -716,6 +796,9 @@ def _main(argv: list[str]) -> int:
     u.add_argument("--strict", action="store_true", help="software checksums (offloads off on the path)")
     u.add_argument("--no-rules", action="store_true", help="start the director without the seed's rules")
     u.add_argument("--ipv6", action="store_true", help="add the IPv6 plan and services (spare mode)")
+    u.add_argument("--method", choices=list(METHODS), default="nat",
+                   help="forwarding method: nat (the seed's example), dr, or a tunnel (ipip, gue, gre, "
+                        "and their checksum variants; the real servers decapsulate in user space)")
     dm = sub.add_parser("demo", help="curl and ab through the VIP, then the listings",
                         description="curl six times, ab with a live progress line, then ipvsadm's listings.")
     dm.add_argument("--requests", type=int, default=5000)
@@ -752,7 +835,7 @@ def _main(argv: list[str]) -> int:
             down()
             log("down")
     elif args.cmd == "up":
-        up(args.mode, args.strict, not args.no_rules, args.ipv6)
+        up(args.mode, args.strict, not args.no_rules, args.ipv6, args.method)
     elif args.cmd == "demo":
         demo(min(args.requests, 100000), min(args.concurrency, 200))
     elif args.cmd == "status":

@@ -332,3 +332,21 @@ def test_connection_repr_and_fwd():
     cp = Connection(2, 6, CLI, 1, VIP, 80, RS, 8080, flags=3)
     assert cp.fwd == 3
     assert "198.51.100.2:1" in repr(cp) and "172.16.0.2:8080" in repr(cp)
+
+
+def test_dr_and_tun_connections_are_found_by_the_vip_as_reply_source():
+    """ip_vs_conn_out_get (5.10+): a NAT connection's replies come from
+    daddr:dport, a DR/TUN one's from vaddr:vport; unhashing removes either."""
+    from ipvs.uapi import IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL
+
+    tab = ConnTable(HZ)
+    for fwd in (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_TUNNEL):
+        cp = new(tab, cport=2000 + fwd, d=dest(conn_flags=IP_VS_CONN_F_INACTIVE | fwd))
+        assert tab.out_get(6, VIP, CLI, 80, 2000 + fwd) is cp
+        assert tab.out_get(6, RS, CLI, 8080, 2000 + fwd) is None
+        assert cp.daddr == RS and cp.dport == 8080  # (the connection's own fields stay)
+        tab.unhash(cp)
+        assert tab.out_get(6, VIP, CLI, 80, 2000 + fwd) is None
+    nat = new(tab, cport=3000, d=dest(conn_flags=IP_VS_CONN_F_INACTIVE | IP_VS_CONN_F_MASQ))
+    assert tab.out_get(6, RS, CLI, 8080, 3000) is nat and tab.out_get(6, VIP, CLI, 80, 3000) is None
+    assert len(tab.out_table) == 1 and not tab.shadowed

@@ -4,7 +4,7 @@ after payload changes, offloaded checksums and ICMP error NAT."""
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 
-from ipvs import xmit
+from ipvs import uapi, xmit
 from ipvs.conn import ConnTable
 from ipvs.ip_vs import ConnParam
 from ipvs.netns import NetnsIPVS
@@ -271,3 +271,233 @@ def test_icmp_xmit_v6_rewrites_an_error_for_the_real_server():
     h = parse(spent, 0)
     assert xmit.icmp_xmit_v6(ipvs, cp, spent, h, parse_quoted6(spent, h.l4, h.end), None) == xmit.NF_DROP
     assert ipvs.outbox == []  # no error about an error
+
+
+# ---------------------------------------------------------------- DR and TUN
+
+DIR = "172.16.0.1"
+
+
+def fwd_conn(fwd, proto=6, tun_type=0, tun_port=0, tun_flags=0):
+    """A connection CLI:3456 -> VIP:80 => RS:80 whose dest forwards by ``fwd``."""
+    from ipvs.ip_vs import Dest
+
+    dest = Dest(2, A(RS), 80, conn_flags=fwd, tun_type=tun_type, tun_port=tun_port, tun_flags=tun_flags)
+    tab = ConnTable(250)
+    return tab.new(ConnParam(2, proto, A(CLI), 3456, A(VIP), 80), A(RS), 80, fwd | uapi.IP_VS_CONN_F_NOOUTPUT, dest)
+
+
+def _tun(buf, cp, mtu=None, partial=False, ipvs=None, icmp=False):
+    ipvs = ipvs or NetnsIPVS()
+    h = parse(buf, 0)
+    v = xmit.tunnel_xmit(ipvs, cp, proto_get(h.protocol), buf, h, mtu, partial, A(DIR), icmp)
+    return v, ipvs
+
+
+def test_dr_xmit_keeps_the_packet_but_the_ttl():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_DROUTE)
+    buf = tcp(CLI, 3456, VIP, 80, flags="PA", payload=b"GET /")
+    before = bytes(buf)
+    ipvs = NetnsIPVS()
+    assert xmit.dr_xmit(ipvs, cp, proto_get(6), buf, parse(buf, 0), 1500) == xmit.NF_STOLEN
+    p = IP(bytes(buf))
+    assert (p.src, p.dst, p[TCP].sport, p[TCP].dport, p.ttl) == (CLI, VIP, 3456, 80, 63)
+    assert buf[12:] == before[12:] and buf[:8] == before[:8]  # only TTL and header checksum moved
+    assert scapy_valid(buf)
+
+
+def test_dr_xmit_ttl_and_mtu_answers_come_from_the_vip():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_DROUTE)
+    low = tcp(CLI, 3456, VIP, 80, ttl=1)
+    ipvs = NetnsIPVS()
+    assert xmit.dr_xmit(ipvs, cp, proto_get(6), low, parse(low, 0), None) == xmit.NF_DROP
+    err = IP(bytes(ipvs.outbox.pop()))
+    assert (err.src, err.dst, err[ICMP].type) == (VIP, CLI, 11)
+    df = bytearray(bytes(IP(src=CLI, dst=VIP, flags="DF") / TCP(sport=3456, dport=80) / (b"x" * 100)))
+    assert xmit.dr_xmit(ipvs, cp, proto_get(6), df, parse(df, 0), 100) == xmit.NF_DROP
+    err = IP(bytes(ipvs.outbox.pop()))
+    assert (err.src, err[ICMP].type, err[ICMP].code, err[ICMP].nexthopmtu) == (VIP, 3, 4, 100)
+    # The quoted packet is the one the kernel had: its TTL already decremented.
+    assert err[IPerror].ttl == 63
+    # An ICMP error passed on is never answered "fragmentation needed".
+    e = icmp_error(CLI, VIP, bytes(tcp(VIP, 80, CLI, 3456))[:28])
+    e = bytearray(bytes(IP(bytes(e), flags="DF")))
+    assert xmit.dr_xmit(ipvs, cp, proto_get(6), e, parse(e, 0), 30, icmp=True) == xmit.NF_STOLEN
+    assert not ipvs.outbox
+
+
+def test_ipip_outer_header_field_by_field():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL)
+    inner = bytearray(bytes(IP(src=CLI, dst=VIP, ttl=40, tos=0xB9, flags="DF", id=77)
+                            / TCP(sport=3456, dport=80, flags="PA") / b"GET /"))
+    n = len(inner)
+    buf = bytearray(inner)
+    v, _ = _tun(buf, cp, mtu=1500)
+    assert v == xmit.NF_STOLEN and len(buf) == n + 20
+    o = IP(bytes(buf))
+    assert (o.version, o.ihl, o.proto, o.src, o.dst, o.len) == (4, 5, 4, DIR, RS, n + 20)
+    assert o.ttl == 39  # the inner TTL, after its decrement
+    assert o.flags == "DF" and o.id == 0  # DF copied (pmtu_disc=1); DF means ID 0
+    assert o.tos == 0xB9  # DSCP and ECT(1) kept
+    assert inet_csum(bytes(buf[:20])) == 0
+    i = IP(bytes(buf[20:]))
+    assert (i.src, i.dst, i.ttl, i.id, i[TCP].payload.load) == (CLI, VIP, 39, 77, b"GET /")
+    assert scapy_valid(buf[20:])
+
+
+def test_ipip_ecn_ce_becomes_ect0_and_no_df_gets_an_id():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL)
+    ipvs = NetnsIPVS()
+    ids = []
+    for _ in range(2):
+        buf = bytearray(bytes(IP(src=CLI, dst=VIP, tos=0x03) / UDP(sport=3456, dport=80) / b"x"))
+        _tun(buf, cp, ipvs=ipvs)
+        o = IP(bytes(buf))
+        assert o.tos == 0x02 and o.flags == 0
+        ids.append(o.id)
+    assert ids[1] == (ids[0] + 1) & 0xFFFF  # one counter per (src, dst, protocol)
+
+
+def test_pmtu_disc_off_clears_df_and_never_answers():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL)
+    ipvs = NetnsIPVS()
+    ipvs.sysctl.pmtu_disc = 0
+    buf = bytearray(bytes(IP(src=CLI, dst=VIP, flags="DF") / TCP(sport=3456, dport=80) / (b"x" * 1460)))
+    v, _ = _tun(buf, cp, mtu=1500, ipvs=ipvs)
+    assert v == xmit.NF_STOLEN and not ipvs.outbox
+    assert IP(bytes(buf)).flags == 0 and IP(bytes(buf[20:])).flags == "DF"
+
+
+def test_tunnel_mtu_less_overhead_frag_needed():
+    for tun_type, flags, overhead in ((0, 0, 20), (1, 0, 32), (2, 0, 24), (2, 1, 28)):
+        cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=tun_type, tun_port=6080, tun_flags=flags)
+        fits = bytearray(bytes(IP(src=CLI, dst=VIP, flags="DF") / TCP(sport=3456, dport=80)
+                               / (b"x" * (1500 - overhead - 40))))
+        v, ipvs = _tun(fits, cp, mtu=1500)
+        assert v == xmit.NF_STOLEN and len(fits) == 1500
+        big = bytearray(bytes(IP(src=CLI, dst=VIP, flags="DF") / TCP(sport=3456, dport=80)
+                              / (b"x" * (1501 - overhead - 40))))
+        v, ipvs = _tun(big, cp, mtu=1500)
+        assert v == xmit.NF_DROP
+        err = IP(bytes(ipvs.outbox[0]))
+        assert (err.src, err[ICMP].type, err[ICMP].code, err[ICMP].nexthopmtu) == (VIP, 3, 4, 1500 - overhead)
+    # Below 68 left for the inner packet: dropped, no answer.
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL)
+    v, ipvs = _tun(tcp(CLI, 3456, VIP, 80), cp, mtu=87)
+    assert v == xmit.NF_DROP and not ipvs.outbox
+
+
+def test_tunnel_ttl_exceeded():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL)
+    v, ipvs = _tun(tcp(CLI, 3456, VIP, 80, ttl=1), cp)
+    assert v == xmit.NF_DROP and IP(bytes(ipvs.outbox[0]))[ICMP].type == 11
+
+
+def _gue_fields(buf):
+    o = IP(bytes(buf))
+    u = o[UDP]
+    gue = bytes(buf[28:32])
+    return o, u, gue
+
+
+def test_gue_without_checksum():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=1, tun_port=6080)
+    inner = tcp(CLI, 3456, VIP, 80, flags="PA", payload=b"GET /")
+    buf = bytearray(inner)
+    assert _tun(buf, cp)[0] == xmit.NF_STOLEN
+    o, u, gue = _gue_fields(buf)
+    assert o.proto == 17 and o.len == len(inner) + 32
+    assert u.dport == 6080 and xmit.LOCAL_PORT_MIN <= u.sport <= xmit.LOCAL_PORT_MAX
+    assert u.len == len(inner) + 12 and u.chksum == 0
+    assert gue == b"\x00\x04\x00\x00"  # version 0, C 0, hlen 0, proto IPIP, no flags
+    assert bytes(buf[32:]) == bytes(inner[:8]) + b"\x3f" + bytes(inner[9:10]) + bytes(buf[42:44]) + bytes(inner[12:])
+    # The same flow keeps its source port; another flow spreads.
+    again = tcp(CLI, 3456, VIP, 80)
+    _tun(again, cp)
+    other = tcp(CLI, 3457, VIP, 80)
+    _tun(other, cp)
+    assert IP(bytes(again))[UDP].sport == u.sport != IP(bytes(other))[UDP].sport
+
+
+def test_gue_with_checksum():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=1, tun_port=6080, tun_flags=uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM)
+    buf = tcp(CLI, 3456, VIP, 80, flags="PA", payload=b"GET /")
+    _tun(buf, cp)
+    o, u, gue = _gue_fields(buf)
+    assert u.chksum != 0
+    pseudo = bytes(buf[12:20]) + b"\x00\x11" + u.len.to_bytes(2, "big")
+    assert inet_csum(pseudo + bytes(buf[20:])) == 0  # the checksum verifies
+    assert gue == b"\x00\x04\x00\x00"
+
+
+def _partial(buf):
+    """Make ``buf``'s TCP checksum an offloaded one (the pseudo-header sum)."""
+    words = bytes(buf[12:20]) + b"\x00\x06" + (len(buf) - 20).to_bytes(2, "big")
+    buf[36:38] = (~inet_csum(words) & 0xFFFF).to_bytes(2, "big")
+    return buf
+
+
+def test_partial_inner_checksum_is_completed_for_the_real_server():
+    for tun_type, flags in ((0, 0), (1, 0), (1, 1), (2, 0), (2, 1)):
+        cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=tun_type, tun_port=6080, tun_flags=flags)
+        buf = _partial(tcp(CLI, 3456, VIP, 80, flags="PA", payload=b"GET /"))
+        _tun(buf, cp, partial=True)
+        overhead = len(buf) - 45
+        assert scapy_valid(buf[overhead:]), (tun_type, flags)
+
+
+def test_gue_remote_checksum_offload():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=1, tun_port=6080, tun_flags=uapi.IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM)
+    inner = _partial(tcp(CLI, 3456, VIP, 80, flags="PA", payload=b"GET /"))
+    buf = bytearray(inner)
+    _tun(buf, cp, partial=True)
+    o, u, gue = _gue_fields(buf)
+    assert o.len == len(inner) + 40 and u.len == len(inner) + 20
+    # hlen 2 (8 bytes of options), proto IPIP, flags: private flags present.
+    assert gue == b"\x02\x04\x00\x01"
+    # The private flags word (REMCSUM) and the inner checksum's start and
+    # place, counted from the inner packet.
+    assert bytes(buf[32:40]) == b"\x80\x00\x00\x00" + (20).to_bytes(2, "big") + (36).to_bytes(2, "big")
+    # The inner checksum stays partial: the real server completes it.
+    assert buf[40 + 36 : 40 + 38] == inner[36:38]
+    # The outer UDP checksum covers the bytes as sent.
+    pseudo = bytes(buf[12:20]) + b"\x00\x11" + u.len.to_bytes(2, "big")
+    assert inet_csum(pseudo + bytes(buf[20:])) == 0
+    # Not partial: no option (the kernel adds it for an offloaded checksum only).
+    plain = tcp(CLI, 3456, VIP, 80)
+    _tun(plain, cp)
+    assert bytes(plain[28:32]) == b"\x00\x04\x00\x00" and IP(bytes(plain))[UDP].chksum != 0
+
+
+def test_gre_headers():
+    from scapy.layers.l2 import GRE
+
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=2)
+    inner = tcp(CLI, 3456, VIP, 80)
+    buf = bytearray(inner)
+    _tun(buf, cp)
+    o = IP(bytes(buf))
+    assert o.proto == 47 and o.len == len(inner) + 24
+    assert bytes(buf[20:24]) == b"\x00\x00\x08\x00"  # no flags, version 0, IPv4
+    assert o[GRE].proto == 0x0800
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL, tun_type=2, tun_flags=uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM)
+    buf = bytearray(inner)
+    _tun(buf, cp)
+    assert IP(bytes(buf)).len == len(inner) + 28
+    assert bytes(buf[20:24]) == b"\x80\x00\x08\x00" and bytes(buf[26:28]) == b"\0\0"  # C bit, reserved1
+    assert inet_csum(bytes(buf[20:])) == 0
+    g = IP(bytes(buf))[GRE]
+    assert g.chksum_present == 1
+    stored = g.chksum
+    g.chksum = None
+    assert bytes(g)[4:6] == stored.to_bytes(2, "big")  # scapy agrees
+
+
+def test_tunnel_passes_icmp_errors_without_frag_needed():
+    cp = fwd_conn(uapi.IP_VS_CONN_F_TUNNEL)
+    e = icmp_error(CLI, VIP, bytes(tcp(VIP, 80, CLI, 3456, payload=b"x" * 60)))
+    e = bytearray(bytes(IP(bytes(e), flags="DF")))
+    v, ipvs = _tun(bytearray(e), cp, mtu=87, icmp=True)
+    assert v == xmit.NF_DROP and not ipvs.outbox  # 87 - 20 < 68: no route for it
+    v, ipvs = _tun(e, cp, mtu=100, icmp=True)  # 128 bytes > 80, DF: passed on all the same
+    assert v == xmit.NF_STOLEN and not ipvs.outbox and IP(bytes(e)).proto == 4

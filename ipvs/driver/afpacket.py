@@ -24,7 +24,10 @@ Two ways to sit on a NIC:
 For each received IPv4 frame: fragments are reassembled
 (:mod:`ipvs.driver.frag`), then the core decides.  ``NF_STOLEN``: the
 rewritten packet is routed by its destination and sent, refragmented if it
-was reassembled.  ``NF_ACCEPT``: the packet is not IPVS traffic, so the
+was reassembled; a direct-routed one (``-g``) is routed by the real
+server's address instead and keeps its VIP, a tunnelled one (``-i``)
+already carries the real server in its outer header
+(:attr:`ipvs.core.Director.xmit_to`).  ``NF_ACCEPT``: the packet is not IPVS traffic, so the
 driver does what the host would: masquerade the real servers' own
 connections (:mod:`ipvs.driver.masq`) and undo it for the answers, deliver
 to itself, route it if ``--forward`` says so, or drop it (counted, like a
@@ -87,6 +90,7 @@ from collections.abc import Callable
 
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
+from ipvs.driver.gso import segment_tcp4
 from ipvs.driver.ip6 import IPv6Path, parse_net6
 from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
 from ipvs.driver.neigh import (
@@ -98,7 +102,14 @@ from ipvs.driver.neigh import (
     arp_frame,
     parse_arp,
 )
-from ipvs.driver.ring import DIRECT_MIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, RingSocket
+from ipvs.driver.ring import (
+    DIRECT_MIN,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VNET,
+    VNET_HDR_LEN,
+    RingSocket,
+)
 from ipvs.driver.synguard import SynGuard
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
@@ -123,7 +134,8 @@ from ipvs.packet import (
     parse,
 )
 from ipvs.proto.icmp import build_error
-from ipvs.uapi import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from ipvs.uapi import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_TUNNEL, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from ipvs.xmit import tunnel_encap, tunnel_overhead
 
 log = logging.getLogger("ipvs.driver")
 
@@ -577,9 +589,12 @@ class AFPacketDriver:
                 d.mtu = self.inner_mtu
             verdict = process(buf, L3, self.now, buf[0] & 1 == 1)
             if verdict == NF_STOLEN:
+                counts["ipvs"] += 1
+                if d.xmit_to is not None:
+                    self._fwd_out(buf, 0)  # DR or TUN
+                    return
                 # The core may have changed the length (application helpers).
                 tot = buf[L3 + 2] << 8 | buf[L3 + 3]
-                counts["ipvs"] += 1
                 e = dst_cache.get(unpack(buf, L3 + 16)[0])
                 if e is None or (tot > e[2] and not buf[1]):
                     self.route_out(buf, L3, 0)
@@ -660,7 +675,10 @@ class AFPacketDriver:
         verdict = d.process(buf, L3, self.now, bool(buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM))
         if verdict == NF_STOLEN:
             self.counts["ipvs"] += 1
-            self.route_out(buf, L3, maxfrag)
+            if d.xmit_to is not None:
+                self._fwd_out(buf, maxfrag)
+            else:
+                self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
             self._not_ipvs(p, buf, maxfrag)
         else:
@@ -775,7 +793,10 @@ class AFPacketDriver:
             counts["host_unreach_local"] += 1
             return
         counts["host_unreach"] += 1
-        self.route_out(err, L3)
+        if verdict == NF_STOLEN and self.d.xmit_to is not None:
+            self._fwd_out(err, 0)  # an error about a DR/TUN connection, passed on to its real server
+        else:
+            self.route_out(err, L3)
 
     def _local_in(self, p: Port, buf: bytearray) -> None:
         """Spare mode: the director's own addresses answer like a host's."""
@@ -891,9 +912,70 @@ class AFPacketDriver:
                 return p
         return None
 
-    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0) -> None:
-        """Route the IP packet at ``buf[l3:]`` (after vnet+Ethernet) and send it."""
-        daddr = _I.unpack_from(buf, l3 + 16)[0]
+    def _fwd_out(self, buf: bytearray, maxfrag: int) -> None:
+        """Send a packet the core direct-routed or tunnelled
+        (:attr:`ipvs.core.Director.xmit_to`): to the real server.
+
+        DR: the packet still says VIP; it is routed as if to the real
+        server and leaves with that neighbour's MAC (the kernel's route to
+        ``cp->daddr`` with ``IP_VS_RT_MODE_KNOWN_NH``).  TUN: the outer
+        header says the real server; the checksums are final (the core
+        completed the inner one), so the frame no longer asks for one.  A
+        GSO super-frame cannot be tunnelled through a packet socket
+        (``virtio_net_hdr`` has no tunnel segmentation types): its inner
+        packet is cut into segments here (:mod:`ipvs.driver.gso`) and each
+        is wrapped as the core wraps (:func:`ipvs.xmit.tunnel_encap`).
+        """
+        d = self.d
+        cp = d.xmit_to
+        d.xmit_to = None
+        if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_TUNNEL:
+            if buf[1]:
+                self._tunnel_gso(buf, cp)
+                return
+            buf[0] &= ~VIRTIO_NET_HDR_F_NEEDS_CSUM
+            self.counts["tunnelled"] += 1
+            self.route_out(buf, L3, maxfrag, ignore_df=True)
+        else:
+            self.counts["direct_routed"] += 1
+            self.route_out(buf, L3, maxfrag, via=_I.unpack(cp.daddr)[0], ignore_df=True)
+
+    def _tunnel_gso(self, buf: bytearray, cp) -> None:
+        """A tunnelled TCP/IPv4 GSO super-frame: unwrap, cut, wrap each segment."""
+        dest = cp.dest
+        if buf[1] & 0x7F != VIRTIO_NET_HDR_GSO_TCPV4 or dest is None:
+            self.drops["tun_gso"] += 1  # (UDP fragmentation offload: not sent by Linux hosts)
+            return
+        gso_size = VNET.unpack_from(buf, 0)[3]
+        # The core wrapped it as a partial (offloaded) TCP packet.
+        del buf[L3 : L3 + tunnel_overhead(dest.tun_type, dest.tun_flags, True)]
+        segs = segment_tcp4(buf, L3, gso_size)
+        if not segs:
+            self.drops["tun_gso"] += 1
+            return
+        saddr = self._own_address(cp.daddr) or self.inner[0].addr_b
+        pp = self.ipvs.proto_data[IPPROTO_TCP].pp
+        for seg in segs:
+            h = parse(seg, L3)
+            if not isinstance(h, IPHeader):  # (cannot be: segment_tcp4 built it)
+                continue
+            tunnel_encap(self.ipvs, cp, pp, seg, h, False, saddr)
+            self.route_out(seg, L3, ignore_df=True)
+        self.counts["tunnelled"] += len(segs)
+        self.counts["tun_gso_segmented"] += 1
+
+    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0, via: int | None = None,
+                  ignore_df: bool = False) -> None:
+        """Route the IP packet at ``buf[l3:]`` (after vnet+Ethernet) and send it.
+
+        ``via``: route it as if its destination were this address (direct
+        routing: the packet keeps the VIP).  ``ignore_df``: the kernel's
+        "avoid icmp_send in ip_fragment" hack of the IPVS transmitters
+        (``skb->ignore_df``): a DF packet too big for the link (only a GSO
+        segment can be: the core checked the others) is fragmented, its
+        fragments without DF, instead of answered.
+        """
+        daddr = _I.unpack_from(buf, l3 + 16)[0] if via is None else via
         r = self.route(daddr)
         if r is None:
             self.drops["no_route"] += 1
@@ -904,7 +986,9 @@ class AFPacketDriver:
         if maxfrag and maxfrag < limit:
             limit = maxfrag
         if tot > limit and not buf[1]:
-            if buf[l3 + 6] & 0x40 and not maxfrag:
+            if ignore_df:
+                buf[l3 + 6] &= ~0x40  # (fragment() recomputes each fragment's checksum)
+            elif buf[l3 + 6] & 0x40 and not maxfrag:
                 # DF and too big: the core checked the path towards the real
                 # servers; this is the other direction (or a routed packet).
                 self._icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, self._src_for(buf, l3), port.mtu)

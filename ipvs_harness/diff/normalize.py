@@ -31,6 +31,12 @@ a real difference does not belong here.
    summed into one row: which CPU counted a packet is the scheduler's
    choice of the moment (the VM has two; PyIPVS counts on CPU 0).  The
    ``~`` row (the estimator's snapshot) stays as it is.
+7. **GUE source ports** - a VS/TUN GUE packet's UDP source port comes from
+   ``udp_flow_src_port``, a hash of the inner flow with a per-boot random
+   seed: in frames to real servers each such port is replaced by its rank
+   of first appearance (so one flow must keep one port and two flows must
+   not share one, as in the kernel), and a UDP checksum that verified is
+   recomputed for the new port (one that did not is left to differ).
 """
 
 from __future__ import annotations
@@ -184,3 +190,51 @@ def fixed_ports_of(requests_text: str) -> set[int]:
             if p.isdigit():
                 ports.add(int(p))
     return ports
+
+
+def _ones(data: bytes) -> int:
+    """Folded ones'-complement sum of 16-bit words (0xFFFF for -0)."""
+    if len(data) & 1:
+        data += b"\0"
+    v = int.from_bytes(data, "big")
+    return (v % 0xFFFF or 0xFFFF) if v else 0
+
+
+def _is_gue(ip: bytes) -> bool:
+    """An IPv4/UDP packet whose payload is a GUE version 0 data message
+    carrying IPv4 (what ``ipvs_gue_encap`` builds)."""
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+        return False
+    ihl = (ip[0] & 15) * 4
+    if len(ip) < ihl + 12 + 20 or ip[ihl + 8] >> 5 != 0 or ip[ihl + 9] != 4:
+        return False
+    inner = ihl + 12 + (ip[ihl + 8] & 0x1F) * 4  # (GUE's hlen counts its options)
+    ulen = int.from_bytes(ip[ihl + 4 : ihl + 6], "big")
+    # The payload must be one whole IPv4 packet, not a datagram that looks like it.
+    return len(ip) >= inner + 20 and ip[inner] >> 4 == 4 and \
+        int.from_bytes(ip[inner + 2 : inner + 4], "big") == ulen - (inner - ihl)
+
+
+def gue_source_ports(frames: list[bytes]) -> list[bytes]:
+    """Rule 7: the GUE source ports of ``frames`` (IP packets) by rank."""
+    rank: dict[int, int] = {}
+    out = []
+    for ip in frames:
+        if not _is_gue(ip):
+            out.append(ip)
+            continue
+        ihl = (ip[0] & 15) * 4
+        b = bytearray(ip)
+        sport = int.from_bytes(b[ihl : ihl + 2], "big")
+        new = rank.setdefault(sport, len(rank) + 1)
+        ulen = int.from_bytes(b[ihl + 4 : ihl + 6], "big")
+        pseudo = bytes(b[12:20]) + b"\0\x11" + ulen.to_bytes(2, "big")
+        check = int.from_bytes(b[ihl + 6 : ihl + 8], "big")
+        valid = check and _ones(pseudo + bytes(b[ihl : ihl + ulen])) == 0xFFFF
+        b[ihl : ihl + 2] = new.to_bytes(2, "big")
+        if valid:
+            b[ihl + 6 : ihl + 8] = b"\0\0"
+            c = ~_ones(pseudo + bytes(b[ihl : ihl + ulen])) & 0xFFFF
+            b[ihl + 6 : ihl + 8] = (c or 0xFFFF).to_bytes(2, "big")
+        out.append(bytes(b))
+    return out

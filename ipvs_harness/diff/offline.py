@@ -85,13 +85,14 @@ from typing import NamedTuple
 from ipvs import procfs
 from ipvs.cli.ipvsadm import Resolver
 from ipvs.cli.ipvsadm import main as ipvsadm_main
-from ipvs.core import NF_STOLEN, Director
+from ipvs.core import NF_ACCEPT, NF_STOLEN, Director
 from ipvs.driver import pcap
 from ipvs.driver.replay import jiffies
 from ipvs.netlink import LocalTransport
 from ipvs.proto.icmp import build_error
 from ipvs_harness import sandbox
 from ipvs_harness.capture import parse_frame
+from ipvs_harness.diff import normalize
 from ipvs_harness.diff.compare import DIFFERENT, EQUAL, Item
 from ipvs_harness.diff.esttrace import guest_estimator
 from ipvs_harness.guest.transcript import entries as transcript_entries
@@ -491,9 +492,11 @@ class Neighbours:
         #: address -> [jiffies of the failure, held packets]
         self.pending: dict[bytes, list] = {}
 
-    def hold(self, pkt: bytes, now: int) -> bool:
-        """Hold ``pkt`` (an IP packet) if its destination is absent."""
-        daddr = _daddr(pkt)
+    def hold(self, pkt: bytes, now: int, daddr: bytes | None = None) -> bool:
+        """Hold ``pkt`` (an IP packet) if its destination (or the next hop
+        ``daddr`` it goes to, for direct routing) is absent."""
+        if daddr is None:
+            daddr = _daddr(pkt)
         if daddr not in self.requests:
             return False
         e = self.pending.get(daddr)
@@ -541,6 +544,9 @@ class OfflineRun:
         self.out = out
         self.name = name
         self.d = Director()
+        # The director's address towards the real servers (the guest's
+        # 172.16.0.1): what a tunnel's outer header comes from.
+        self.d.own_address = lambda dst: GATEWAY if _inner(dst) else None
         self.ipvs = self.d.ipvs
         self.now = 0
         #: The guest director's network devices (a sync daemon needs one):
@@ -908,14 +914,23 @@ class OfflineRun:
             verdict = self.d.process(buf, l3, now)
             if verdict == NF_STOLEN:
                 tot = _ip_len(buf, l3)
-                if not neigh.hold(bytes(buf[l3:l3 + tot]), now):
-                    sent.append((bytes(buf[l3:l3 + tot]), info))
-                to = _daddr(buf, l3)
+                pkt = bytes(buf[l3:l3 + tot])
+                # A DR or TUN transmit names the real server the packet goes
+                # to (a DR packet still says VIP): Director.xmit_to.
+                cp = self.d.xmit_to
+                self.d.xmit_to = None
+                to = cp.daddr if cp is not None else _daddr(buf, l3)
+                if not neigh.hold(pkt, now, to):
+                    sent.append((pkt, info) if cp is None else (pkt, info, True))
                 if self.decisions.get(flow) == "NONE" and _inner(to):
                     self.decisions[flow] = f"rs{to[-1] - 1}"
                 elif _inner(info.saddr) and info.proto in (6, 17):
                     # A server's TCP/UDP reply reached the client (ICMP errors do not count).
                     self.answered.add(flow)
+            elif verdict == NF_ACCEPT and info.saddr in t.vips and info.proto in (6, 17):
+                # A DR/TUN server's answer from the VIP itself: ip_vs_out
+                # counted it and let it pass on to the client.
+                self.answered.add(flow)
             for pkt in self.ipvs.outbox:
                 sent.append((bytes(pkt), info))
             self.ipvs.outbox.clear()
@@ -1015,10 +1030,15 @@ class OfflineRun:
     def _frames(self, sent: list[tuple[bytes, tuple]]) -> None:
         t = self.traffic
         assert t is not None
-        got_rs = [b for b, _ in sent if _inner(_daddr(b)) and self._flow_of(b) in t.both]
-        got_cli = [b for b, _ in sent if not _inner(_daddr(b)) and self._flow_of(b) in t.both]
+        # (A frame the core sent to a real server by Director.xmit_to is
+        # marked: a DR frame still says VIP.)
+        to_rs = [len(e) > 2 or _inner(_daddr(e[0])) for e in sent]
+        got_rs = [e[0] for e, rs in zip(sent, to_rs) if rs and self._flow_of(e[0]) in t.both]
+        got_cli = [e[0] for e, rs in zip(sent, to_rs) if not rs and self._flow_of(e[0]) in t.both]
         want_rs = [r.data[i.outer if i.outer >= 0 else i.l3:] for r, i in t.to_rs if t.flow(i) in t.both]
         want_cli = [r.data[i.l3:] for r, i in t.to_cli if t.flow(i) in t.both]
+        # (Normalisation 7: the GUE source ports the kernel hashed with its boot's seed.)
+        got_rs, want_rs = normalize.gue_source_ports(got_rs), normalize.gue_source_ports(want_rs)
         for label, got, want in (("frames to real servers", got_rs, want_rs), ("frames to clients", got_cli, want_cli)):
             if not want:
                 continue

@@ -362,3 +362,28 @@ def test_stats_lag_is_no_excuse_where_the_estimator_was_traced(tmp_path):
     # Offline the traced runs reproduce the lag; a live PyIPVS has its own phase.
     assert report.kernel_evidence(g) == set()
     assert report.kernel_evidence(g, offline=False) == {"stats_lag"}
+
+
+def test_gue_source_ports_by_rank_and_checksums_still_checked():
+    """Rule 7: the kernel's GUE source port is a seeded hash; only the
+    pattern (one port per flow, flows apart) and a valid checksum count."""
+    from scapy.layers.inet import IP, TCP, UDP
+
+    def gue(sport, cport, chk=True):
+        inner = bytes(IP(src="198.51.100.2", dst="203.0.113.5") / TCP(sport=cport, dport=80))
+        u = UDP(sport=sport, dport=6080) if chk else UDP(sport=sport, dport=6080, chksum=0)
+        return bytes(IP(src="172.16.0.1", dst="172.16.0.2", flags="DF") / u / (b"\x00\x04\x00\x00" + inner))
+
+    kernel = [gue(42668, 40001), gue(42668, 40001), gue(47037, 40002)]
+    ours = [gue(33000, 40001), gue(33000, 40001), gue(51000, 40002)]
+    assert normalize.gue_source_ports(kernel) == normalize.gue_source_ports(ours)
+    # Two flows sharing a port, or one flow changing it, still differ.
+    assert normalize.gue_source_ports(kernel) != normalize.gue_source_ports([ours[0], ours[1], gue(33000, 40002)])
+    assert normalize.gue_source_ports(kernel) != normalize.gue_source_ports([ours[0], gue(34000, 40001), ours[2]])
+    # A wrong UDP checksum is not repaired.
+    bad = bytearray(ours[2])
+    bad[26] ^= 1
+    assert normalize.gue_source_ports(kernel) != normalize.gue_source_ports([ours[0], ours[1], bytes(bad)])
+    # Other frames pass untouched.
+    plain = bytes(IP(src="172.16.0.1", dst="172.16.0.2") / UDP(sport=1, dport=53) / b"abcd")
+    assert normalize.gue_source_ports([plain]) == [plain]
