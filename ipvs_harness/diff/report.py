@@ -51,6 +51,18 @@ PENDING: dict[str, str] = {
     **PENDING_IPV6,
 }
 
+
+
+def _pending_note(per: dict) -> str:
+    """How many of the unexplained items belong to :data:`PENDING` scenarios
+    (goldens recorded ahead of their code), for the report's summary."""
+    n = sum(per[name]["different"] for name in PENDING if name in per)
+    if not n:
+        return ""
+    return f" (all {n} of them in scenarios whose code is not written yet: {', '.join(sorted(PENDING))})" \
+        if n == sum(c["different"] for c in per.values()) else f" ({n} of them in the pending {', '.join(sorted(PENDING))})"
+
+
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     # Empty: every difference the goldens show is a recording artefact with
     # its evidence (below).  A new PyIPVS difference goes here, with its tag.
@@ -404,8 +416,9 @@ def markdown(rows, notes, seconds: float | None = None, items: bool = False) -> 
           "(kernel VM and the PyIPVS namespace lab) and compares those.", "",
           f"**{compared} items compared in {len(per)} scenarios: {tot['equal']} equal, "
           f"{tot['known']} known differences and {tot['artefact']} recording artefacts (both explained "
-          f"below), {tot['different']} unexplained; {tot['not compared']} items the offline backend "
-          f"cannot produce.**{timing}  Every item with its status: `tools/ipvs-diff report --items FILE`.", "",
+          f"below), {tot['different']} unexplained{_pending_note(per)}; {tot['not compared']} items the "
+          f"offline backend cannot produce.**{timing}  Every item with its status: "
+          "`tools/ipvs-diff report --items FILE`.", "",
           "## Commands", "",
           "| command | does | time (measured here, 2 shared cores) |", "| --- | --- | --- |",
           "| `tools/ipvs-diff report` | every golden against the offline backend; prints the table, writes this page "
