@@ -53,13 +53,15 @@ from __future__ import annotations
 import errno
 import importlib
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ipvs.ip_vs import IPVSError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
-    from ipvs.ip_vs import ConnParam, Service
+    from ipvs.core import Director
+    from ipvs.ip_vs import ConnParam, Dest, Service
     from ipvs.packet import IPHeader
 
 __all__ = [
@@ -104,7 +106,9 @@ class PersistenceEngine:
         return 0
 
     #: ``ct_match(p, ct) -> bool``: does template ``ct`` serve the lookup ``p``?
-    ct_match = None
+    #: (An attribute, not a method, so that None can stand for the NULL hook;
+    #: a subclass defines it as a method.)
+    ct_match: Callable[[ConnParam, Connection], bool] | None = None
 
     def hashkey_raw(self, p: ConnParam, inverse: bool = False) -> bytes:
         """The bytes ``p`` is filed under (with the protocol and client address).
@@ -123,7 +127,7 @@ class PersistenceEngine:
     #: ``cport`` its destination port (the client's).  Engines that have it
     #: call :meth:`ipvs.core.Director.new_conn_out`.  Having it at all makes every service using
     #: the engine count in ``conn_out_counter``.
-    conn_out = None
+    conn_out: Callable[[Director, Service, Dest, bytearray, IPHeader, int, int], Connection | None] | None = None
 
     def __repr__(self) -> str:
         return f"<PersistenceEngine {self.name}>"

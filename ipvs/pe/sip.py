@@ -54,11 +54,17 @@ from __future__ import annotations
 
 import errno
 import re
+from typing import TYPE_CHECKING
 
 from ipvs.ip_vs import ConnParam
 from ipvs.packet import IPHeader
 from ipvs.pe import IP_VS_PEDATA_MAXLEN, PersistenceEngine, register_pe
 from ipvs.uapi import IP_VS_CONN_F_TEMPLATE, IPPROTO_UDP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.conn import Connection
+    from ipvs.core import Director
+    from ipvs.ip_vs import Dest, Service
 
 __all__ = ["SipPE", "get_callid", "get_header"]
 
@@ -156,7 +162,9 @@ def _word_len(d: bytes, i: int, limit: int) -> int:
     """``word_len``: how many word characters start at ``d[i]``."""
     if i >= limit:
         return 0
-    return _WORD_RUN.match(d, i, limit).end() - i
+    m = _WORD_RUN.match(d, i, limit)
+    assert m is not None  # a ``[...]*`` pattern matches everywhere, if only the empty run
+    return m.end() - i
 
 
 def _callid_len(d: bytes, i: int, limit: int) -> int:
@@ -252,7 +260,7 @@ class SipPE(PersistenceEngine):
         p.pe_data = data[off : off + n]
         return 0
 
-    def ct_match(self, p: ConnParam, ct) -> bool:
+    def ct_match(self, p: ConnParam, ct: Connection) -> bool:
         """``ip_vs_sip_ct_match``: same client net, VIP, port, protocol and Call-ID."""
         return (
             ct.af == p.af
@@ -269,12 +277,14 @@ class SipPE(PersistenceEngine):
         """``ip_vs_sip_hashkey_raw``: the Call-ID itself."""
         return p.pe_data or b""
 
-    def show_pe_data(self, cp) -> str:
+    def show_pe_data(self, cp: Connection) -> str:
         """``ip_vs_sip_show_pe_data``: the Call-ID bytes, one character each."""
         data = cp.pe_data
         return data.decode("latin-1") if data else ""
 
-    def conn_out(self, director, svc, dest, buf: bytearray, h: IPHeader, dport: int, cport: int):
+    def conn_out(
+        self, director: Director, svc: Service, dest: Dest, buf: bytearray, h: IPHeader, dport: int, cport: int,
+    ) -> Connection | None:
         """``ip_vs_sip_conn_out``: UDP only, through :meth:`ipvs.core.Director.new_conn_out`."""
         if h.protocol != IPPROTO_UDP:
             return None
