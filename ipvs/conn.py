@@ -67,6 +67,7 @@ from ipvs.uapi import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest, Service
+    from ipvs.pe import PersistenceEngine
 
 #: A connection that still controls others is re-armed with this timeout.
 EXPIRE_LATER_S = 60
@@ -127,7 +128,7 @@ class PEExt(ConnExt):
     the engine and its key.  A subclass, so other connections do not pay
     for the two fields."""
 
-    pe: object = None
+    pe: PersistenceEngine | None = None
     pe_data: bytes | None = None
 
 
@@ -333,7 +334,8 @@ class ConnTable:
     tab_bits: int = 12
     in_table: dict[bytes, Connection] = attrs.field(factory=dict)
     out_table: dict[bytes, Connection] = attrs.field(factory=dict)
-    templates: dict[bytes, Connection] = attrs.field(factory=dict)
+    # Keyed by in-key, or by a tuple for a persistence engine's template (:meth:`_tmpl_key`).
+    templates: dict[bytes | tuple, Connection] = attrs.field(factory=dict)
     # Unhashed connections still alive (one-packet ones in flight, and
     # invalidated templates): kept so their counters unwind on expiry.
     wheel: dict[int, list[Connection]] = attrs.field(factory=dict)
@@ -382,13 +384,13 @@ class ConnTable:
     # ones wait in ``shadowed`` (cold paths only) and move back into the
     # dict when the newer one goes.
 
-    def _put(self, tag: str, table: dict, key: bytes, cp: Connection) -> None:
+    def _put(self, tag: str, table: dict, key: bytes | tuple, cp: Connection) -> None:
         old = table.get(key)
         if old is not None and old is not cp:
             self.shadowed.setdefault((tag, key), []).append(old)
         table[key] = cp
 
-    def _drop(self, tag: str, table: dict, key: bytes, cp: Connection) -> None:
+    def _drop(self, tag: str, table: dict, key: bytes | tuple, cp: Connection) -> None:
         older = self.shadowed.get((tag, key))
         if table.get(key) is cp:
             if older:
@@ -406,7 +408,7 @@ class ConnTable:
         template (engine name, protocol|caddr, the engine's ``hashkey_raw``),
         the tuple :meth:`pe_ct_in_get` looks up (``ip_vs_conn_hashkey_conn``)."""
         ext = cp.ext
-        if type(ext) is not PEExt or ext.pe_data is None or ext.pe.ct_match is None:
+        if type(ext) is not PEExt or ext.pe is None or ext.pe_data is None or ext.pe.ct_match is None:
             return cp.in_key
         pe = ext.pe
         p = ConnParam(cp.af, cp.protocol, cp.caddr, cp.cport, b"", 0, pe, ext.pe_data)
@@ -451,20 +453,24 @@ class ConnTable:
         """``ip_vs_ct_in_get``: a persistence template."""
         return self.templates.get(in_key(protocol, caddr, vaddr, cport, vport))
 
-    def pe_ct_in_get(self, p) -> Connection | None:
+    def pe_ct_in_get(self, p: ConnParam) -> Connection | None:
         """``ip_vs_ct_in_get`` for a persistence engine's lookup (``p.pe_data``
         set, ``p.pe.ct_match`` present): the newest template of the same
         engine that ``ct_match`` accepts.  Older ones under the same key
         (invalidated templates) are walked as the kernel walks its chain."""
         pe = p.pe
+        # Both set, as the caller promises (a check on new connections
+        # only, never on the established-packet path).
+        assert pe is not None and pe.ct_match is not None
+        ct_match = pe.ct_match
         key = (pe.name, bytes((p.protocol,)) + p.caddr, pe.hashkey_raw(p))
         cp = self.templates.get(key)
         if cp is None:
             return None
-        if cp.pe is pe and pe.ct_match(p, cp):
+        if cp.pe is pe and ct_match(p, cp):
             return cp
         for older in reversed(self.shadowed.get(("tmpl", key), ())):
-            if older.pe is pe and pe.ct_match(p, older):
+            if older.pe is pe and ct_match(p, older):
                 return older
         return None
 
