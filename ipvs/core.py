@@ -48,6 +48,7 @@ from ipvs.ip_vs import (
     NF_STOLEN,
     PROTO_NAMES,
     ConnParam,
+    Dest,
     IPVSProtocol,
     ProtoData,
     addr_prefix,
@@ -67,7 +68,7 @@ from ipvs.packet import (
     parse,
     ports,
 )
-from ipvs.pe import service_pe
+from ipvs.pe import PersistenceEngine, service_pe
 from ipvs.proto.icmp import RELATED_TYPES, build_error, parse_quoted
 from ipvs.proto.icmpv6 import build_error6, is_error, nat_icmp_v6, parse_quoted6
 from ipvs.sched import IPHdr
@@ -246,7 +247,7 @@ class Director:
             return self._icmp6(buf, h, now, forwarded=False)
         return NF_ACCEPT
 
-    def _own_addr(self, dst: bytes) -> bytes:
+    def _own_addr(self, dst: bytes | bytearray) -> bytes:
         """The director's own address on the route towards ``dst``: what
         ``icmp_send`` picks for errors about forwarded packets.  The driver
         knows its interfaces and sets :attr:`own_address`; offline the
@@ -421,7 +422,7 @@ class Director:
         cp = self.ipvs.conn_tab.new(p, dest.addr, dest.port or iph.dport, flags, dest, mark, key)
         if cp is None:
             return None, -1
-        self._conn_stats(cp)
+        self._conn_stats(dest)
         return cp, 0
 
     def _sched_persist(
@@ -455,6 +456,9 @@ class Director:
             ct.timeout = svc.timeout
         else:
             dest = ct.dest
+            # _check_template has just accepted it, so it has its dest.  (Only
+            # the first packet of a connection comes here.)
+            assert dest is not None
             if self.trace is not None:
                 self.trace(f"persist {svc!r}: template says {dest!r}")
         dport = iph.dport
@@ -468,13 +472,13 @@ class Director:
             return None, -1
         tab.control_add(cp, ct)
         tab.put(ct, now)
-        self._conn_stats(cp)
+        self._conn_stats(dest)
         return cp, 0
 
     def _find_template(
         self, svc, af: int, protocol: int, snet: bytes, vaddr: bytes, vport: int,
         buf: bytearray | None, h: IPHeader | None,
-    ) -> tuple[_conn.Connection | None, object, bytes | None] | None:
+    ) -> tuple[_conn.Connection | None, PersistenceEngine | None, bytes | None] | None:
         """``ip_vs_conn_fill_param_persist`` and the template lookup of
         ``ip_vs_sched_persist`` / ``ip_vs_new_conn_out``: (the template or
         None, the service's engine, the key it read), or None when the
@@ -522,10 +526,12 @@ class Director:
         return 0
 
     @staticmethod
-    def _conn_stats(cp: _conn.Connection) -> None:
-        """``ip_vs_conn_stats``: one more connection for the dest (and so,
-        through Stats.push, for its service and the total)."""
-        cp.dest.stats.conns += 1
+    def _conn_stats(dest: Dest) -> None:
+        """``ip_vs_conn_stats``: one more connection for ``dest`` (and so,
+        through Stats.push, for its service and the total).  The kernel's
+        takes the connection and reads ``cp->dest``; callers here pass the
+        dest they have just bound the new connection to, which is never None."""
+        dest.stats.conns += 1
 
     def _no_dest(self, svc) -> None:
         # The scheduler has logged "no destination available" (its
@@ -638,7 +644,9 @@ class Director:
         if dest is None:
             return None
         svc = dest.svc
-        pe = service_pe(svc) if svc is not None else None
+        if svc is None:
+            return None
+        pe = service_pe(svc)
         if pe is None or pe.conn_out is None:
             return None
         daddr = bytes(buf[h.daddr : h.daddr + 4])
@@ -701,7 +709,7 @@ class Director:
         if ct is not None:
             tab.control_add(cp, ct)
             tab.put(ct, now)
-        self._conn_stats(cp)
+        self._conn_stats(dest)
         return cp
 
     # ----------------------------------------------------------------- ICMP
