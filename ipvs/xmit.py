@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ipvs.ip_vs import NF_DROP, NF_STOLEN, IPVSProtocol
 from ipvs.packet import (
@@ -91,6 +91,7 @@ from ipvs.uapi import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.conn import Connection
+    from ipvs.ip_vs import Dest
     from ipvs.netns import NetnsIPVS
 
 #: Protocols whose quoted ports ``ip_vs_nat_icmp`` rewrites (the kernel's
@@ -552,7 +553,9 @@ def tunnel_encap(
     The driver also calls it for each segment of a GSO super-frame it had
     to cut itself (see :mod:`ipvs.driver.afpacket`).
     """
-    dest = cp.dest
+    # Both callers have checked that the connection has its dest (a cast,
+    # not a check: this runs for every tunnelled packet).
+    dest = cast("Dest", cp.dest)
     l3, end = h.l3, h.end
     tun_type, tun_flags = dest.tun_type, dest.tun_flags
     remcsum = partial and tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
@@ -588,7 +591,8 @@ def tunnel_encap(
     buf[l3:l3] = outer
     if protocol == IPPROTO_UDP and tun_flags & (IP_VS_TUNNEL_ENCAP_FLAG_CSUM | IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM):
         # udp_set_csum: the full checksum (0 goes out as 0xFFFF).
-        l4_csum_full(buf, parse(buf, l3))
+        # (The outer header just built always parses: no Drop to handle.)
+        l4_csum_full(buf, cast(IPHeader, parse(buf, l3)))
     elif protocol == IPPROTO_GRE and tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM:
         # gre_build_header: the checksum of the GRE header and its payload.
         put_u16(buf, l3 + 24, ~csum_words(buf[l3 + 20 : l3 + overhead + inner_len]) & 0xFFFF)

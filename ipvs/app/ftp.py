@@ -446,6 +446,9 @@ class FTPApp(App):
             if res != 1:
                 return NF_ACCEPT, 0
             self.stats["eprt"] += 1
+        # res == 1: get_addrport returns the address it parsed.  (A PORT or
+        # EPRT command only, not the established-packet path.)
+        assert to is not None
         if to != cp.caddr:
             self.stats["foreign_addr"] += 1
 
@@ -461,7 +464,7 @@ class FTPApp(App):
                 return NF_DROP, 0
             tab.control_add(n_cp, cp)
             self.stats["data_conn"] += 1
-        tcp.conn_listen(n_cp, ipvs.proto_data_get(IPPROTO_TCP))
+        tcp.conn_listen(n_cp, ipvs.proto_data[IPPROTO_TCP])  # (always there: make_proto_data)
         tab.put(n_cp, now)
         return NF_ACCEPT, 0
 
@@ -494,6 +497,10 @@ class FTPApp(App):
                 return NF_ACCEPT, 0
         else:
             return NF_ACCEPT, 0
+        # res == 1: get_addrport returns the address it parsed, or for an
+        # EPSV reply without one the cp.daddr it was given.  (A PASV or EPSV
+        # reply only, not the established-packet path.)
+        assert frm is not None
         if frm != cp.daddr:
             self.stats["foreign_addr"] += 1
 
@@ -517,7 +524,7 @@ class FTPApp(App):
             self.stats["epsv_reply"] += 1
         diff = mangle_payload(buf, h, start, end, rep)
         cp.app_data = IP_VS_FTP_ACTIVE
-        tcp.conn_listen(n_cp, ipvs.proto_data_get(IPPROTO_TCP))
+        tcp.conn_listen(n_cp, ipvs.proto_data[IPPROTO_TCP])  # (always there: make_proto_data)
         tab.put(n_cp, now)
         if diff is None:
             self.stats["drop_too_big"] += 1
