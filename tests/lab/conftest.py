@@ -145,3 +145,21 @@ def lab(request):
         yield Lab(request.param, mode, strict)
     finally:
         lab_mod.down()
+
+
+#: The lab variants that run once per test command, in its PyPy pass, with
+#: ipvsd on PyPy (the data path's runtime): the forwarding methods, IPv6,
+#: the kernel selftest topologies and the soak.  tools/run-tests' CPython
+#: pass sets PYIPVS_LAB_SCOPE=core and runs the rest of the lab (the seed's
+#: lab in both modes, FTP, SIGKILL, cleanup, ldirectord) with ipvsd on
+#: CPython, which keeps the whole command well under CI's 20 minutes.
+VARIANTS = {"test_fwd_methods.py", "test_ipv6.py", "test_selftest_ipvs.py", "test_soak.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYIPVS_LAB_SCOPE") != "core":
+        return
+    skip = pytest.mark.skip(reason="a lab variant: run in the test command's PyPy pass (PYIPVS_LAB_SCOPE=core)")
+    for item in items:
+        if item.path.name in VARIANTS:
+            item.add_marker(skip)
