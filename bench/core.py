@@ -50,6 +50,19 @@ VIP6 = ipaddress.ip_address("2001:db8:0:5::5").packed
 RS6 = [ipaddress.ip_address(f"2001:db8:0:2::{i}").packed for i in (2, 3)]
 
 
+def tcp_header(sport: int, dport: int, flags: int) -> bytearray:
+    """A 20-byte TCP header (sequence 1000, window 64240), checksum left 0:
+    the part both frame builders share."""
+    tcp = bytearray(20)
+    tcp[0:2] = sport.to_bytes(2, "big")
+    tcp[2:4] = dport.to_bytes(2, "big")
+    tcp[4:8] = (1000).to_bytes(4, "big")
+    tcp[12] = 5 << 4
+    tcp[13] = flags
+    tcp[14:16] = (64240).to_bytes(2, "big")
+    return tcp
+
+
 def tcp_frame(src: bytes, sport: int, dst: bytes, dport: int, flags: int, payload: bytes = b"") -> bytearray:
     eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
     tot = 20 + 20 + len(payload)
@@ -61,14 +74,7 @@ def tcp_frame(src: bytes, sport: int, dst: bytes, dport: int, flags: int, payloa
     ip[9] = 6
     ip[12:16] = src
     ip[16:20] = dst
-    tcp = bytearray(20)
-    tcp[0:2] = sport.to_bytes(2, "big")
-    tcp[2:4] = dport.to_bytes(2, "big")
-    tcp[4:8] = (1000).to_bytes(4, "big")
-    tcp[12] = 5 << 4
-    tcp[13] = flags
-    tcp[14:16] = (64240).to_bytes(2, "big")
-    buf = bytearray(eth) + ip + tcp + payload
+    buf = bytearray(eth) + ip + tcp_header(sport, dport, flags) + payload
     ip_send_check(buf, 14)
     h = parse(buf, 14)
     buf[14 + 20 + 16 : 14 + 20 + 18] = l4_checksum(buf, h).to_bytes(2, "big")
@@ -85,14 +91,7 @@ def tcp_frame6(src: bytes, sport: int, dst: bytes, dport: int, flags: int, paylo
     ip[7] = 64
     ip[8:24] = src
     ip[24:40] = dst
-    tcp = bytearray(20)
-    tcp[0:2] = sport.to_bytes(2, "big")
-    tcp[2:4] = dport.to_bytes(2, "big")
-    tcp[4:8] = (1000).to_bytes(4, "big")
-    tcp[12] = 5 << 4
-    tcp[13] = flags
-    tcp[14:16] = (64240).to_bytes(2, "big")
-    buf = bytearray(eth) + ip + tcp + payload
+    buf = bytearray(eth) + ip + tcp_header(sport, dport, flags) + payload
     h = parse(buf, 14)
     buf[14 + 40 + 16 : 14 + 40 + 18] = l4_checksum(buf, h).to_bytes(2, "big")
     return buf
