@@ -29,6 +29,7 @@ import struct
 
 import attrs
 
+from ipvs.driver.frag import FragStats
 from ipvs.packet import IP6_MF, IP6_OFFSET, IPV6_EXT_HDRS, NEXTHDR_AUTH, NEXTHDR_FRAGMENT
 
 FRAG6_TIME_S = 60
@@ -71,19 +72,6 @@ class FragQueue6:
     max_size: int = 0  # largest fragment (IPv6 header + payload) seen
 
 
-@attrs.define(slots=True)
-class Frag6Stats:
-    """Reassembly counters: fragments seen, datagrams rebuilt, and why others were dropped."""
-
-    fragments: int = 0
-    reassembled: int = 0
-    timeouts: int = 0
-    overlaps: int = 0
-    mem_drops: int = 0
-    too_big: int = 0
-    bad: int = 0
-
-
 class Reassembler6:
     """The IPv6 fragment queues of one director."""
 
@@ -93,7 +81,7 @@ class Reassembler6:
         self.timeout = frag_time_s * hz
         self.queues: dict[bytes, FragQueue6] = {}
         self.mem = 0
-        self.stats = Frag6Stats()
+        self.stats = FragStats()  # the IPv4 reassembler's counters: the same reasons
 
     def add(self, buf: bytearray, l3: int, now: int) -> tuple[bytearray, int] | None:
         """Take one fragment; returns (datagram buffer, largest fragment
