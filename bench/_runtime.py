@@ -21,16 +21,38 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, ROOT)
 from _venv import VENVS  # noqa: E402 - the launchers' virtualenvs
 
-from ipvs.daemon import PYPY_ENV  # noqa: E402 - ipvsd's PyPy environment
+from ipvs.daemon import PYPY_ENV, tune_jit  # noqa: E402 - ipvsd's PyPy environment and JIT setting
 from ipvs.daemon import runtime as describe  # noqa: E402 - one description of the interpreter
 
 PYTHONS = {runtime: os.path.join(venv, "bin", "python") for runtime, venv in VENVS.items()}
 
+# Every benchmark runs PyPy's JIT as ipvsd does, and counts the traces the
+# JIT abandoned as too long: each is a path compiled in pieces.
+tune_jit()
+_TOO_LONG: list[str] = []
+if sys.implementation.name == "pypy":
+    import pypyjit  # type: ignore[import-not-found]
+
+    def _too_long(_driver: str, greenkey: object) -> None:
+        code = greenkey[0] if isinstance(greenkey, tuple) and greenkey else greenkey
+        _TOO_LONG.append(getattr(code, "co_name", repr(code)))
+
+    pypyjit.set_trace_too_long_hook(_too_long)
+
 
 def print_runtime() -> None:
     """The ``runtime`` line: the interpreter as ipvsd's log names it
-    (``PyPy 7.3.11 (Python 3.9.16, GC nursery 4M)``, ``CPython 3.11.7``)."""
+    (``PyPy 7.3.11 (Python 3.9.16, GC nursery 4M, JIT trace_limit 12000)``,
+    ``CPython 3.11.7``)."""
     print(f"runtime {describe()}", flush=True)
+
+
+def print_jit_traces_too_long() -> None:
+    """On PyPy, the ``jit_traces_too_long`` line: how many traces the JIT
+    gave up on so far, and the functions it compiled apart instead."""
+    if sys.implementation.name == "pypy":
+        names = ",".join(sorted(set(_TOO_LONG))) or "-"
+        print(f"jit_traces_too_long {len(_TOO_LONG)} traces ({names})", flush=True)
 
 
 def rss_bytes() -> int:
@@ -84,8 +106,12 @@ def run_both(script: str, argv: list[str], rounds: int) -> None:
     names = list(results["pypy"][0])
     print(f"runtimes cpython pypy rounds={rounds} (medians; ratio = pypy / cpython)")
     for name in names:
-        med = {rt: statistics.median(res[name][0] for res in results[rt] if name in res) for rt in PYTHONS}
         unit = results["pypy"][0][name][1]
+        seen = {rt: [res[name][0] for res in results[rt] if name in res] for rt in PYTHONS}
+        if not seen["cpython"]:  # a PyPy-only figure (the JIT's)
+            print(f"{name} pypy {statistics.median(seen['pypy']):.6g} {unit}")
+            continue
+        med = {rt: statistics.median(values) for rt, values in seen.items()}
         ratio = med["pypy"] / med["cpython"] if med["cpython"] else float("nan")
         print(f"{name} cpython {med['cpython']:.6g} pypy {med['pypy']:.6g} {unit} ratio {ratio:.2f}x")
 

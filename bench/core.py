@@ -13,6 +13,9 @@ bytes_per_conn    memory per held connection over N connections: the
                   tracemalloc; RSS means the same on both runtimes)
 traced_bytes_per_conn  the same from tracemalloc (CPython only)
 expire_us_per_conn  cost of expiring them
+jit_traces_too_long  (PyPy) traces the JIT abandoned as longer than ipvsd's
+                  trace limit, with the functions it compiled apart
+                  instead: a packet path split in pieces runs slower
 
 With ``--ipv6`` the two rates run again over IPv6 (VS/NAT to the same
 kind of service on 2001:db8::/32 addresses) and print as
@@ -38,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_runtime, rss_bytes, run_both, without_option  # noqa: E402
+from _runtime import print_jit_traces_too_long, print_runtime, rss_bytes, run_both, without_option  # noqa: E402
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import NF_STOLEN, Director  # noqa: E402
@@ -264,6 +267,7 @@ def main() -> None:
         print(f"established_in_pps_{method} {pps:.0f} pkt/s")
     for method in ("dr", "tun_ipip"):
         print(f"new_conn_pps_{method} {bench_new(n, a.repeat, method=method):.0f} pkt/s")
+    print_jit_traces_too_long()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_runtime, run_both, without_option  # noqa: E402
+from _runtime import print_jit_traces_too_long, print_runtime, run_both, without_option  # noqa: E402
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import Director  # noqa: E402
@@ -313,6 +313,7 @@ def main(argv: list[str]) -> int:
     for name, q in (("p50", 0.5), ("p999", 0.999)):
         print(f"driver.batch_us_{name} {times[int(q * (len(times) - 1))] * 1e6:.1f} us")
     print(f"driver.batch_us_max {times[-1] * 1e6:.1f} us")
+    print_jit_traces_too_long()
     return 0
 
 

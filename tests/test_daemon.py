@@ -1351,6 +1351,89 @@ def test_pypy_env_only_on_pypy_and_only_what_is_missing():
     assert pypy_env_missing("cpython", {}) == {}
 
 
+def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
+    """On PyPy the two settings reach pypyjit; elsewhere pypyjit is never
+    imported (CPython has none)."""
+    import types
+
+    from ipvs import daemon as dmod
+    from ipvs.core import Director
+
+    calls: list[tuple[str, object]] = []
+    fake = types.SimpleNamespace(
+        set_param=lambda arg: calls.append(("set_param", arg)),
+        dont_trace_here=lambda instr, profiled, code: calls.append(("dont_trace_here", (instr, profiled, code))),
+    )
+    monkeypatch.setitem(sys.modules, "pypyjit", fake)
+    monkeypatch.setattr(dmod.sys.implementation, "name", "cpython")
+    dmod.tune_jit()
+    assert calls == []
+    monkeypatch.setattr(dmod.sys.implementation, "name", "pypy")
+    dmod.tune_jit()
+    assert calls == [("set_param", "trace_limit=12000"), ("dont_trace_here", (0, False, Director.schedule.__code__))]
+
+
+_TRACE_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import pypyjit
+from ipvs import ctl, uapi
+from ipvs.core import Director
+from ipvs.daemon import tune_jit
+from ipvs.packet import ip_send_check, l4_checksum, parse
+if sys.argv[2] == "tuned":
+    tune_jit()
+too_long = []
+pypyjit.set_trace_too_long_hook(lambda driver, key: too_long.append(key[0].co_filename + ":" + key[0].co_name))
+
+def frame(src, sport, dst, dport, flags, payload):
+    ip = bytearray(20)
+    ip[0], ip[8], ip[9] = 0x45, 64, 6
+    ip[2:4] = (40 + len(payload)).to_bytes(2, "big")
+    ip[12:16], ip[16:20] = src, dst
+    tcp = bytearray(20)
+    tcp[0:2], tcp[2:4] = sport.to_bytes(2, "big"), dport.to_bytes(2, "big")
+    tcp[12], tcp[13], tcp[14:16] = 0x50, flags, b"\\xfa\\xf0"
+    buf = bytearray(14) + ip + tcp + payload
+    ip_send_check(buf, 14)
+    buf[50:52] = l4_checksum(buf, parse(buf, 14)).to_bytes(2, "big")
+    return bytes(buf)
+
+vip = bytes((203, 0, 113, 5))
+d = Director()
+su = ctl.ServiceUser(af=uapi.AF_INET, addr=vip, port=80, sched_name="rr")
+ctl.add_service(d.ipvs, su)
+rs = bytes((172, 16, 0, 2))
+ctl.add_dest(d.ipvs, su, ctl.DestUser(af=uapi.AF_INET, addr=rs, port=80, conn_flags=uapi.IP_VS_CONN_F_MASQ))
+d.ipvs.conn_tab.max_conns = 1 << 20
+frames, held = [], []  # new connections, each followed by packets of ten of the last 500
+for i in range(40000):
+    client = (0xC6336400 + 2 + i // 60000).to_bytes(4, "big"), 1024 + i % 60000
+    frames.append(frame(*client, vip, 80, 0x02, b""))
+    held.append((frame(*client, vip, 80, 0x10, b"x" * 100), frame(rs, 80, *client, 0x10, b"y" * 500)))
+    for pkts in held[-500::50]:
+        frames.extend(pkts)
+for i, p in enumerate(frames):  # as the driver's receive loop hands them over
+    d.process(bytearray(p), 14, 1000 + i // 1000)
+print([k for k in too_long if "/ipvs/" in k])
+"""
+
+
+@pytest.mark.skipif(sys.implementation.name != "pypy", reason="PyPy's JIT")
+def test_packet_paths_fit_in_one_trace_at_ipvsd_settings():
+    """With :func:`ipvs.daemon.tune_jit`, the JIT abandons no trace through
+    ``ipvs/`` while the core makes 40,000 connections and forwards the
+    established packets of the newest among them: a path that grows past the limit is compiled in
+    pieces and runs much slower (``ipvs.daemon.PYPY_JIT`` says how much).
+    A fresh PyPy, so the traces are this test's own."""
+    def probe(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", _TRACE_PROBE, str(ROOT), mode], capture_output=True,
+                              text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]
+
+    assert probe("tuned") == "[]"
+    assert probe("default") != "[]"  # the probe can tell: PyPy's defaults split the path
+
+
 def test_console_main_restarts_once_on_pypy_without_the_nursery(monkeypatch, tmp_path):
     """The exec: the same interpreter, the same script and arguments, the
     variable set; with the variable set, no exec and on to main()."""
@@ -1383,4 +1466,4 @@ def test_tools_ipvsd_on_pypy_runs_with_the_4m_nursery(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYPY_GC_NURSERY", "IPVS_SOCKET")}
     env["IPVSD_RUNTIME"] = "pypy"  # tools/run-tests sets cpython for its CPython pass
     line = runtime_log_line([str(ROOT / ".venv-pypy" / "bin" / "python"), str(IPVSD)], tmp_path, env)
-    assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M)"), line
+    assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M, JIT trace_limit 12000)"), line
