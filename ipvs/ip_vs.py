@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
@@ -348,12 +348,15 @@ class Service:
         return f"<Service {name} {format_addr(self.af, self.addr)}:{self.port} {self.sched_name}>"
 
 
-class IPHdr(NamedTuple):
+@attrs.define(slots=True)
+class IPHdr:
     """What a scheduler and the packet path look at in a packet (``struct ip_vs_iphdr``).
 
     Addresses are packed network-order bytes (4 or 16 long); ports are ints.
     ``inverse`` is set when the header came from inside an ICMP error, so
     source and destination are swapped relative to the connection.
+    A slotted class, not a NamedTuple, for the reason
+    :class:`ipvs.packet.IPHeader` gives (field reads are calls on PyPy).
     """
 
     af: int

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -215,7 +216,7 @@ def test_fwmark_service_with_sip():
     buf = udp(CLI, 5060, VIP, 5060, payload=invite(b"fw1"))
     iph = IPHdr(2, 17, A(CLI), A(VIP), 5060, 5060)
     cp1, ign = c(svc, iph, lab.now, buf, parse(buf, 0))
-    cp2, _ = c(svc, iph._replace(sport=5061), lab.now, buf, parse(buf, 0))
+    cp2, _ = c(svc, attrs.evolve(iph, sport=5061), lab.now, buf, parse(buf, 0))
     assert ign == 0 and cp1.daddr == cp2.daddr
     [ct] = lab.templates()
     assert (ct.protocol, ct.vaddr, ct.vport, ct.pe_data) == (0, (7).to_bytes(4, "big"), 0, b"fw1")
