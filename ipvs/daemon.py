@@ -66,6 +66,7 @@ from ipvs.client import (
     peer_credentials,
     socket_address,
 )
+from ipvs.core import Director
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.netns import NetnsIPVS
@@ -997,33 +998,6 @@ def parse_size(text: str) -> int:
     return value
 
 
-class _FallbackTimers:
-    """Timer work when :mod:`ipvs.core` is not available: the estimator and
-    the destination trash (there are no connections without a data path)."""
-
-    def __init__(self, ipvs: NetnsIPVS) -> None:
-        self.ipvs = ipvs
-
-    def run_timers(self, now: int) -> None:
-        from ipvs.ctl import dest_trash_expire
-
-        self.ipvs.est.run(now)
-        dest_trash_expire(self.ipvs, now)
-
-    def next_timer(self) -> int | None:
-        return None
-
-
-def make_director(ipvs: NetnsIPVS) -> Any:
-    """``ipvs.core.Director(ipvs)``, or a timer-only stand-in if the core is missing."""
-    try:
-        core = importlib.import_module("ipvs.core")
-        return core.Director(ipvs)
-    except (ImportError, AttributeError) as e:
-        log.warning("ipvs.core unavailable (%s): control plane and timers only", e)
-        return _FallbackTimers(ipvs)
-
-
 class Daemon:
     """The director's main loop.
 
@@ -1051,7 +1025,7 @@ class Daemon:
         max_request: int = MAX_REQUEST,
     ) -> None:
         self.ipvs = ipvs
-        self.director = director if director is not None else make_director(ipvs)
+        self.director = director if director is not None else Director(ipvs)
         self.clock = clock
         self.sel = selectors.DefaultSelector()
         self.server = ControlServer(
@@ -1578,8 +1552,6 @@ def _traced_apart() -> list[Callable[..., object]]:
     table).  Inlined, it makes the per-packet trace too long even at the
     limit above, and the JIT splits the established path instead.  The
     kernel keeps the same path out of line (``unlikely``)."""
-    from ipvs.core import Director
-
     return [Director.schedule]
 
 

@@ -391,25 +391,6 @@ def test_control_plane_runs_timers_when_due(tmp_path):
     assert all(g >= 25 for g in gaps)
 
 
-def test_without_core_timers_still_run_estimator(tmp_path, monkeypatch):
-    from ipvs import daemon as dmod
-
-    def no_core(name):
-        if name == "ipvs.core":
-            raise ImportError("no core here")
-        return __import__(name, fromlist=["x"])
-
-    monkeypatch.setattr(dmod.importlib, "import_module", no_core)
-    ipvs = NetnsIPVS()
-    d = Daemon(ipvs, socket_path=str(tmp_path / "s.sock"))
-    try:
-        assert isinstance(d.director, dmod._FallbackTimers)
-        d.run_once(timeout=0)
-        assert ipvs.est.next_run is not None
-    finally:
-        d.shutdown()
-
-
 def test_live_socket_is_not_stolen(served, tmp_path):
     with pytest.raises(OSError) as ei:
         ControlServer(NetnsIPVS(), None, served.path)
