@@ -82,3 +82,15 @@ def test_the_convention_reads_only_leading_names():
     ]
     assert ks.kernel_names("Run ``ip_vs_in`` later.") == []
     assert ks.kernel_names(None) == []
+
+
+def test_a_function_may_name_its_own_kernel_file():
+    """A function from another kernel file than its module's is filed under
+    its own (is_ineligible is net/ipv6/icmp.c's, in a module mirroring
+    ip_vs_core.c's ICMPv6 handling)."""
+    assert ks.own_file("``f`` (in ``net/ipv6/icmp.c``): what it does.") == "net/ipv6/icmp.c"
+    assert ks.own_file("``f`` / ``g`` (in ``a/b.h``): both.") == "a/b.h"
+    assert ks.own_file("``f``: what it does (in ``net/ipv6/icmp.c``).") == ""
+    assert ks.own_file("Not a kernel function (in ``a.c``).") == ""
+    rows = {(k, mod, qual): kfile for k, mod, qual, kfile in ks.collect()}
+    assert rows[("is_ineligible", "ipvs.proto.icmpv6", "is_ineligible")] == "net/ipv6/icmp.c"

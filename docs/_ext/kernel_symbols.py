@@ -34,6 +34,20 @@ LEADING = re.compile(rf"^{_NAME}((?:\s*(?:/|,|and|then)\s*{_NAME})*)")
 _ONE = re.compile(_NAME)
 #: The kernel file a module mirrors: the first source path its docstring names.
 _FILE = re.compile(r"``([\w/.-]+\.[ch])``")
+#: A function from another kernel file says so right after its names:
+#: ```is_ineligible`` (in ``net/ipv6/icmp.c``): ...``.
+_OWN_FILE = re.compile(r"\s*\(in ``([\w/.-]+\.[ch])``\)")
+
+
+def own_file(doc: str | None) -> str:
+    """The kernel file a docstring names for its own function (``(in
+    ``file.c``)`` after the leading names), or ""."""
+    if not doc:
+        return ""
+    text = inspect.cleandoc(doc)
+    m = LEADING.match(text)
+    own = _OWN_FILE.match(text, m.end()) if m else None
+    return own.group(1) if own else ""
 
 
 def kernel_names(doc: str | None) -> list[str]:
@@ -81,7 +95,7 @@ def collect() -> list[tuple[str, str, str, str]]:
         kfile = m.group(1) if m else ""
         for qual, obj in _members(mod):
             for k in kernel_names(obj.__doc__):
-                rows.append((k, modname, qual, kfile))
+                rows.append((k, modname, qual, own_file(obj.__doc__) or kfile))
     return sorted(set(rows), key=lambda r: (r[0].lstrip("_"), r[0], r[1], r[2]))
 
 
@@ -96,7 +110,8 @@ def render() -> str:
         "`tests/test_kernel_symbols.py` fails when this page is not current).",
         "A docstring that begins with a kernel name in double backquotes",
         "declares it.  The last column is the kernel file the Python module",
-        "mirrors (its docstring names it first).",
+        "mirrors (its docstring names it first), or the function's own file",
+        "when its docstring names one in parentheses right after the kernel names.",
         "",
         f"{len(rows)} entries.",
         "",

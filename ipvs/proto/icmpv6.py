@@ -82,7 +82,7 @@ def parse_quoted6(buf: bytearray | bytes, icmp_off: int, end: int) -> Quoted | N
 
 
 def is_ineligible(buf: bytearray | bytes, h: IPHeader) -> bool:
-    """``is_ineligible``: never answer an ICMPv6 error with another one
+    """``is_ineligible`` (in ``net/ipv6/icmp.c``): never answer an ICMPv6 error with another one
     (RFC 4443 2.4(e)).  A fragment without its ICMPv6 header is eligible."""
     if h.protocol != IPPROTO_ICMPV6:
         return False
