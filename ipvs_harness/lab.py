@@ -176,8 +176,18 @@ def log(msg: str) -> None:
     print(f"ipvs-lab: {msg}", file=sys.stderr, flush=True)
 
 
+#: How long :func:`run` waits on a command unless told otherwise: the lab's
+#: commands set things up and take well under a second; one that hangs (a
+#: namespace stuck, a tool waiting on input) must not hang the test or the
+#: bench that called it.
+RUN_TIMEOUT = 120.0
+
+
 def run(*cmd: str, check: bool = True, input: str | None = None, quiet: bool = True,
-        timeout: float | None = None) -> subprocess.CompletedProcess:
+        timeout: float | None = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (output captured); with ``check``, a failure raises
+    RuntimeError with its message.  ``subprocess.TimeoutExpired`` after
+    ``timeout`` seconds (None: no limit)."""
     r = subprocess.run(cmd, input=input, text=True, capture_output=True, timeout=timeout)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")

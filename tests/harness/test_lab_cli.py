@@ -61,3 +61,13 @@ def test_the_connection_count_reads_the_live_per_cpu_rows(tmp_path, monkeypatch)
     monkeypatch.setattr(lab, "STATE", str(tmp_path))
     # The per-CPU rows (8000 + 2), not the estimator's snapshot (~: 3000).
     assert lab.conn_count() == 8002
+
+
+def test_run_gives_up_on_a_hung_command():
+    """A command that never ends raises instead of hanging its caller."""
+    import ipvs_harness.lab as lab
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        lab.run("sleep", "30", timeout=0.2)
+    assert lab.run("true").returncode == 0  # the default timeout leaves quick commands alone
+    assert lab.RUN_TIMEOUT is not None
