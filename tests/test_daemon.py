@@ -830,7 +830,8 @@ def test_out_of_descriptors_pauses_accept_instead_of_spinning(tmp_path):
 def test_default_socket_is_per_network_namespace(tmp_path):
     """Like kernel IPVS per netns: ipvsd started in a namespace on the default
     (abstract) socket is the one ipvsadm in that namespace reaches, and only it."""
-    ns = f"pyipvs-t-{uuid.uuid4().hex[:8]}"
+    # Under the caller's lab prefix when one is set (parallel runs keep to their own names).
+    ns = f"{os.environ.get('IPVS_LAB_PREFIX', 'pyipvs-t')}-sock-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     pidfile = tmp_path / "ipvsd.pid"
     env = {k: v for k, v in os.environ.items() if k != "IPVS_SOCKET"}
