@@ -12,6 +12,10 @@ the sender's fragment sizes.  This module does both for the driver:
   dropped; overlapping fragments drop the whole queue (RFC 5722's rule,
   which Linux applies to IPv4 too since 4.19), exact duplicates are
   ignored; a datagram may not exceed 65535 bytes.
+* :class:`FragQueues` is the part both families share, as the kernel's
+  ``inet_fragment.c`` is: the queue table, its memory bound, the insertion
+  with its overlap and duplicate rules, expiry (:mod:`ipvs.driver.frag6`
+  builds IPv6's reassembler on it).
 * :func:`fragment` splits an IP packet for a given size limit.
 
 Differences: no ICMP "fragment reassembly time exceeded" is sent on
@@ -59,16 +63,84 @@ class FragStats:
     bad: int = 0
 
 
-class Reassembler:
-    """The fragment queues of one director."""
+class FragQueues:
+    """The fragment queues of one family (``struct fqdir``) and the insertion
+    both families share (``inet_frag_queue_insert`` in
+    ``net/ipv4/inet_fragment.c``): overlaps kill the queue, exact duplicates
+    are ignored, a second last fragment or one past the end is an overlap.
+    A family's reassembler parses its headers and calls :meth:`_insert`, sets
+    the queue's head from the first fragment, then :meth:`_complete`."""
 
-    def __init__(self, hz: int, high_thresh: int = HIGH_THRESH, frag_time_s: int = FRAG_TIME_S) -> None:
+    queue_class: type[FragQueue] = FragQueue
+
+    def __init__(self, hz: int, high_thresh: int, frag_time_s: int) -> None:
         self.hz = hz
         self.high_thresh = high_thresh
         self.timeout = frag_time_s * hz
         self.queues: dict[bytes, FragQueue] = {}
         self.mem = 0
         self.stats = FragStats()
+
+    def _insert(self, key: bytes, off: int, plen: int, more: bool, payload: bytes, size: int,
+                now: int) -> FragQueue | None:
+        """File one fragment (``payload`` at ``off``; ``size`` its whole
+        length on the wire) in the queue of ``key``, made if new; the queue,
+        or None when the fragment was dropped or was a duplicate."""
+        q = self.queues.get(key)
+        if q is None:
+            if self.mem + plen > self.high_thresh:
+                self.stats.mem_drops += 1
+                return None
+            q = self.queues[key] = self.queue_class(now + self.timeout)
+        if not more:
+            if q.total >= 0 and q.total != off + plen:
+                self._kill(key, q, overlap=True)
+                return None
+            q.total = off + plen
+        for o, p in q.parts.items():
+            if o < off + plen and off < o + len(p):
+                if o == off and len(p) == plen:
+                    return None  # exact duplicate
+                self._kill(key, q, overlap=True)
+                return None
+        if q.total >= 0 and off + plen > q.total:
+            self._kill(key, q, overlap=True)
+            return None
+        q.parts[off] = payload
+        q.meat += plen
+        self.mem += plen
+        q.max_size = max(q.max_size, size)
+        return q
+
+    def _complete(self, key: bytes, q: FragQueue) -> bytes | None:
+        """The reassembled payload once every byte and the first fragment
+        arrived (the queue leaves the table), else None."""
+        if q.total < 0 or q.meat != q.total or q.head is None:
+            return None
+        del self.queues[key]
+        self.mem -= q.meat
+        self.stats.reassembled += 1
+        return b"".join(q.parts[o] for o in sorted(q.parts))
+
+    def _kill(self, key: bytes, q: FragQueue, overlap: bool = False) -> None:
+        self.stats.overlaps += overlap
+        self.mem -= q.meat
+        del self.queues[key]
+
+    def expire(self, now: int) -> int:
+        """Drop the queues whose time has run out; returns how many."""
+        dead = [k for k, q in self.queues.items() if q.expires <= now]
+        for k in dead:
+            self._kill(k, self.queues[k])
+        self.stats.timeouts += len(dead)
+        return len(dead)
+
+
+class Reassembler(FragQueues):
+    """The IPv4 fragment queues of one director."""
+
+    def __init__(self, hz: int, high_thresh: int = HIGH_THRESH, frag_time_s: int = FRAG_TIME_S) -> None:
+        super().__init__(hz, high_thresh, frag_time_s)
 
     def add(self, buf: bytearray, l3: int, now: int) -> tuple[bytearray, int] | None:
         """Take one fragment; returns (datagram buffer, largest fragment size)
@@ -91,58 +163,23 @@ class Reassembler:
             st.bad += 1
             return None
         key = bytes(buf[l3 + 12 : l3 + 20]) + bytes(buf[l3 + 4 : l3 + 6]) + bytes(buf[l3 + 9 : l3 + 10])
-        q = self.queues.get(key)
+        q = self._insert(key, off, plen, more, bytes(buf[l3 + ihl : l3 + tot]), tot, now)
         if q is None:
-            if self.mem + plen > self.high_thresh:
-                st.mem_drops += 1
-                return None
-            q = self.queues[key] = FragQueue(now + self.timeout)
-        if not more:
-            if q.total >= 0 and q.total != off + plen:
-                self._kill(key, q, overlap=True)
-                return None
-            q.total = off + plen
-        for o, p in q.parts.items():
-            if o < off + plen and off < o + len(p):
-                if o == off and len(p) == plen:
-                    return None  # exact duplicate
-                self._kill(key, q, overlap=True)
-                return None
-        if q.total >= 0 and off + plen > q.total:
-            self._kill(key, q, overlap=True)
             return None
-        q.parts[off] = bytes(buf[l3 + ihl : l3 + tot])
-        q.meat += plen
-        self.mem += plen
-        q.max_size = max(q.max_size, tot)
         if off == 0:
             q.head = bytes(buf[: l3 + ihl])
-        if q.total < 0 or q.meat != q.total or q.head is None:
+        payload = self._complete(key, q)
+        if payload is None:
             return None
-        del self.queues[key]
-        self.mem -= q.meat
+        assert q.head is not None  # (_complete checked)
         head = bytearray(q.head)
         head[0:10] = bytes(10)
-        out = head + b"".join(q.parts[o] for o in sorted(q.parts))
+        out = head + payload
         hl = len(head) - l3
         _H.pack_into(out, l3 + 2, hl + q.total)
         _H.pack_into(out, l3 + 6, _H.unpack_from(out, l3 + 6)[0] & IP_DF)
         ip_send_check(out, l3)
-        st.reassembled += 1
         return out, q.max_size
-
-    def _kill(self, key: bytes, q: FragQueue, overlap: bool = False) -> None:
-        self.stats.overlaps += overlap
-        self.mem -= q.meat
-        del self.queues[key]
-
-    def expire(self, now: int) -> int:
-        """Drop the queues whose 30 s have run out; returns how many."""
-        dead = [k for k, q in self.queues.items() if q.expires <= now]
-        for k in dead:
-            self._kill(k, self.queues[k])
-        self.stats.timeouts += len(dead)
-        return len(dead)
 
 
 def fragment(buf: bytearray, l3: int, limit: int) -> list[bytearray]:

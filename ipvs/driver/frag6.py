@@ -29,7 +29,7 @@ import struct
 
 import attrs
 
-from ipvs.driver.frag import FragStats
+from ipvs.driver.frag import FragQueue, FragQueues
 from ipvs.packet import IP6_MF, IP6_OFFSET, IPV6_EXT_HDRS, NEXTHDR_AUTH, NEXTHDR_FRAGMENT
 
 FRAG6_TIME_S = 60
@@ -59,29 +59,24 @@ def find_frag_hdr(buf: bytearray | bytes, l3: int, end: int) -> tuple[int, int] 
 
 
 @attrs.define(slots=True, eq=False)
-class FragQueue6:
-    """The fragments of one IPv6 datagram being reassembled (``struct frag_queue``)."""
+class FragQueue6(FragQueue):
+    """The fragments of one IPv6 datagram being reassembled (``struct
+    frag_queue``): ``head`` is the unfragmentable part of the first fragment
+    (after the vnet and Ethernet headers), and two more fields rebuild the
+    header chain without the fragment header."""
 
-    expires: int
-    head: bytes | None = None  # vnet + Ethernet + unfragmentable part of the first fragment
     prev: int = 0  # where in ``head`` the header before the fragment header names the next one
     nexthdr: int = 0  # what the fragment header carried
-    parts: dict = attrs.field(factory=dict)  # offset -> payload bytes
-    total: int = -1
-    meat: int = 0
-    max_size: int = 0  # largest fragment (IPv6 header + payload) seen
 
 
-class Reassembler6:
-    """The IPv6 fragment queues of one director."""
+class Reassembler6(FragQueues):
+    """The IPv6 fragment queues of one director (the insertion is the
+    IPv4 reassembler's: :class:`ipvs.driver.frag.FragQueues`)."""
+
+    queue_class = FragQueue6
 
     def __init__(self, hz: int, high_thresh: int = HIGH_THRESH, frag_time_s: int = FRAG6_TIME_S) -> None:
-        self.hz = hz
-        self.high_thresh = high_thresh
-        self.timeout = frag_time_s * hz
-        self.queues: dict[bytes, FragQueue6] = {}
-        self.mem = 0
-        self.stats = FragStats()  # the IPv4 reassembler's counters: the same reasons
+        super().__init__(hz, high_thresh, frag_time_s)
 
     def add(self, buf: bytearray, l3: int, now: int) -> tuple[bytearray, int] | None:
         """Take one fragment; returns (datagram buffer, largest fragment
@@ -110,58 +105,24 @@ class Reassembler6:
             st.bad += 1
             return None
         key = bytes(buf[l3 + 8 : l3 + 40]) + ident.to_bytes(4, "big")
-        q = self.queues.get(key)
+        q = self._insert(key, off, plen, more, bytes(buf[data:end]), end - l3, now)
         if q is None:
-            if self.mem + plen > self.high_thresh:
-                st.mem_drops += 1
-                return None
-            q = self.queues[key] = FragQueue6(now + self.timeout)
-        if not more:
-            if q.total >= 0 and q.total != off + plen:
-                self._kill(key, q, overlap=True)
-                return None
-            q.total = off + plen
-        for o, p in q.parts.items():
-            if o < off + plen and off < o + len(p):
-                if o == off and len(p) == plen:
-                    return None  # exact duplicate
-                self._kill(key, q, overlap=True)
-                return None
-        if q.total >= 0 and off + plen > q.total:
-            self._kill(key, q, overlap=True)
             return None
-        q.parts[off] = bytes(buf[data:end])
-        q.meat += plen
-        self.mem += plen
-        q.max_size = max(q.max_size, end - l3)
         if off == 0:
+            assert isinstance(q, FragQueue6)
             q.head = bytes(buf[:fh])
             q.prev = prev
             q.nexthdr = nexthdr
-        if q.total < 0 or q.meat != q.total or q.head is None:
+        payload = self._complete(key, q)
+        if payload is None:
             return None
-        del self.queues[key]
-        self.mem -= q.meat
+        assert isinstance(q, FragQueue6) and q.head is not None
         out = bytearray(q.head)
         out[0:10] = bytes(10)
         out[q.prev] = q.nexthdr
-        out += b"".join(q.parts[o] for o in sorted(q.parts))
+        out += payload
         _H.pack_into(out, l3 + 4, len(out) - l3 - 40)
-        st.reassembled += 1
         return out, q.max_size
-
-    def _kill(self, key: bytes, q: FragQueue6, overlap: bool = False) -> None:
-        self.stats.overlaps += overlap
-        self.mem -= q.meat
-        del self.queues[key]
-
-    def expire(self, now: int) -> int:
-        """Drop the queues whose 60 s have run out; returns how many."""
-        dead = [k for k, q in self.queues.items() if q.expires <= now]
-        for k in dead:
-            self._kill(k, self.queues[k])
-        self.stats.timeouts += len(dead)
-        return len(dead)
 
 
 def fragment6(buf: bytearray, l3: int, limit: int, ident: int) -> list[bytearray]:
