@@ -17,7 +17,6 @@ kernel.  ``None`` as the cursor stands for the list head.
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import TYPE_CHECKING
 
 from ipvs.sched import IPHdr, Scheduler, register_scheduler, scheduler_err
@@ -93,10 +92,12 @@ class RoundRobin(Scheduler):
             last = -1
         elif not (0 <= last < n and dests[last] is cur):
             last = self._cursor_index()
-        # list_for_each_entry_continue from the cursor to the end, then a
-        # second pass from the head that stops after the cursor itself (no
-        # second pass when the cursor is the head).
-        for i in chain(range(last + 1, n), range(last + 1)):
+        # The kernel's two passes (list_for_each_entry_continue from the
+        # cursor to the end, then from the head up to the cursor itself; one
+        # pass when the cursor is the head) visit each destination once,
+        # starting after the cursor: one walk round the list.
+        for k in range(n):
+            i = (last + 1 + k) % n
             d = dests[i]
             if not d.flags & IP_VS_DEST_F_OVERLOAD and d.weight > 0:
                 self.cursor, self._idx = d, i
