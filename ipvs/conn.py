@@ -49,7 +49,7 @@ import attrs
 
 from ipvs import app
 from ipvs.ip_vs import ConnParam, format_addr
-from ipvs.packet import nat_delta
+from ipvs.packet import nat_delta, port_bytes
 from ipvs.proto import PROTOCOLS
 from ipvs.proto import tcp as _tcp
 from ipvs.uapi import (
@@ -83,7 +83,7 @@ def in_key(protocol: int, caddr: bytes, vaddr: bytes, cport: int, vport: int) ->
     """The key of the connection table's in lookup (``ip_vs_conn_in_get``): protocol, client address, virtual address,
     client port, virtual port, as bytes.
     """
-    return bytes((protocol,)) + caddr + vaddr + cport.to_bytes(2, "big") + vport.to_bytes(2, "big")
+    return bytes((protocol,)) + caddr + vaddr + port_bytes(cport) + port_bytes(vport)
 
 
 def out_lookup_key(cp: Connection) -> bytes:
@@ -102,7 +102,7 @@ def out_key(protocol: int, daddr: bytes, caddr: bytes, dport: int, cport: int) -
     """The key of the out lookup (``ip_vs_conn_out_get``), for replies: protocol, real server's address, client
     address, real server's port, client port, as bytes.
     """
-    return bytes((protocol,)) + daddr + caddr + dport.to_bytes(2, "big") + cport.to_bytes(2, "big")
+    return bytes((protocol,)) + daddr + caddr + port_bytes(dport) + port_bytes(cport)
 
 
 @attrs.define(slots=True, eq=False)
@@ -212,7 +212,7 @@ class Connection:
             key = in_key(protocol, caddr, vaddr, cport, vport)
         self.in_key = key
         # proto | daddr | caddr | dport | cport, reusing the in-key's bytes.
-        self.out_key = key[:1] + daddr + caddr + dport.to_bytes(2, "big") + key[-4:-2]
+        self.out_key = key[:1] + daddr + caddr + port_bytes(dport) + key[-4:-2]
         self.flags = flags
         self.state = state
         self.timeout = timeout

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 
 from ipvs.est import Stats
-from ipvs.packet import Drop, IPHeader, l4_csum_ok
+from ipvs.packet import Drop, IPHeader, l4_csum_ok, port_bytes
 from ipvs.uapi import (
     AF_INET,
     AF_INET6,
@@ -156,7 +156,7 @@ def svc_key(protocol: int, addr: bytes, port: int) -> bytes:
     The address length (4 or 16) carries the family, so the same bytes can
     be sliced straight out of a packet header on the fast path.
     """
-    return bytes((protocol,)) + addr + port.to_bytes(2, "big")
+    return bytes((protocol,)) + addr + port_bytes(port)
 
 
 def svc_hashkey(protocol: int, addr: bytes, port: int) -> int:

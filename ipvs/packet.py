@@ -107,6 +107,10 @@ put_addr6 = struct.Struct("16s").pack_into
 put_port = struct.Struct("2s").pack_into
 #: ``put_u16(buf, offset, value)``: a 16-bit field (a checksum) in network order.
 put_u16 = _H.pack_into
+#: ``port_bytes(port)``: a port (or any 16-bit field) as 2 bytes in network
+#: order.  ``int.to_bytes`` goes through PyPy's big-integer code (about
+#: 100 ns against 3 for the struct).
+port_bytes = _H.pack
 
 
 class Drop(enum.IntEnum):
