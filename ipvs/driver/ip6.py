@@ -174,7 +174,10 @@ class IPv6Path:
         verdict = d.process(buf, L3, drv.now, bool(buf[0] & 1))
         if verdict == NF_STOLEN:
             drv.counts["ipvs6"] += 1
-            self.route_out(buf, L3, maxfrag)
+            if d.xmit_to is not None:
+                drv.fwd_out(buf, maxfrag)  # DR or TUN: to the real server
+            else:
+                self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
             daddr = bytes(buf[L3 + 24 : L3 + 40])
             if daddr in self.local and drv.mode == "spare":
@@ -283,22 +286,29 @@ class IPv6Path:
         r = self.route(dst)
         return r[0].addr6 if r else None
 
-    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0) -> None:
+    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0, via: bytes | None = None,
+                  ignore_df: bool = False) -> None:
         """Route the IPv6 packet at ``buf[l3:]`` and send it; a datagram
         that came in fragments (``maxfrag``, its largest) leaves in
-        fragments no larger (``ip6_fragment``)."""
+        fragments no larger (``ip6_fragment``).  ``via``: route it as if
+        its destination were this address (direct routing: the packet
+        keeps the VIP and goes to the real server's MAC).  ``ignore_df``:
+        a tunnel's outer packet, which the director itself sends, is
+        fragmented when too big for the link (only a GSO segment can be:
+        the core checked the others) instead of answered, as
+        ``ip6_fragment`` does for the IPVS transmitters' ``skb->ignore_df``."""
         drv = self.drv
-        daddr = bytes(buf[l3 + 24 : l3 + 40])
+        daddr = bytes(buf[l3 + 24 : l3 + 40]) if via is None else via
         r = self.route(daddr)
         if r is None:
             drv.drops["no_route6"] += 1
             return
         port, nh = r
         n = l3 + 40 + ((buf[l3 + 4] << 8) | buf[l3 + 5])
-        if maxfrag and not buf[1] and n - l3 > min(maxfrag, port.mtu):
+        if (maxfrag or ignore_df) and not buf[1] and n - l3 > min(maxfrag or port.mtu, port.mtu):
             self.frag_id = (self.frag_id + 1) & 0xFFFFFFFF
             mac = port.neigh6.mac.get(nh)
-            for f in fragment6(buf, l3, min(maxfrag, port.mtu), self.frag_id):
+            for f in fragment6(buf, l3, min(maxfrag or port.mtu, port.mtu), self.frag_id):
                 self._send(port, f, len(f), mac, nh)
             drv.counts["fragmented6"] += 1
             return
@@ -351,14 +361,18 @@ class IPv6Path:
             return
         src = self.own_address(bytes(buf[h.saddr : h.saddr + 16])) or p.addr6
         err = bytearray(24) + build_error6(buf, 24, h.end, ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, src)
-        if self.d.local_out(err, 24, drv.now) == NF_DROP:
+        verdict = self.d.local_out(err, 24, drv.now)
+        if verdict == NF_DROP:
             drv.drops["addr_unreach6_ipvs"] += 1
             return
-        if bytes(err[48:64]) in self.local:
+        if verdict != NF_STOLEN and bytes(err[48:64]) in self.local:
             drv.counts["addr_unreach6_local"] += 1  # for the director itself: nothing waits for it
             return
         drv.counts["addr_unreach6"] += 1
-        self.route_out(err, 24)
+        if verdict == NF_STOLEN and self.d.xmit_to is not None:
+            drv.fwd_out(err, 0)  # an error about a DR/TUN connection, passed on to its real server
+        else:
+            self.route_out(err, 24)
 
     def next_event(self, now: int) -> int | None:
         """Jiffies of the earliest neighbour event of the IPv6 tables."""
