@@ -25,9 +25,13 @@ Fragments are reassembled first and the result fragmented again no
 larger than the largest fragment that came (:mod:`ipvs.driver.frag6`), as
 ``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.
 
+With ``--forward`` transit traffic is routed (``ip6_forward``: one hop
+less), which a DR or TUN real server's direct replies need when the
+director is its gateway.
+
 Differences from the kernel, and why: spare mode only (shared mode would
 need ip6 nftables rules to keep the kernel off the stolen traffic); no
-transit forwarding, no router advertisements, no rate limit
+router advertisements, no rate limit
 on the ICMPv6 errors the driver makes; a next hop that never answers
 gets its waiting packets answered with address unreachable
 (``ndisc_error_report``, through the core's LOCAL_OUT step), without the
@@ -47,8 +51,10 @@ from ipvs.packet import (
     ICMPV6_DEST_UNREACH,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    ICMPV6_EXC_HOPLIMIT,
     ICMPV6_PKT_TOOBIG,
     ICMPV6_PORT_UNREACH,
+    ICMPV6_TIME_EXCEED,
     NDISC_NEIGHBOUR_ADVERTISEMENT,
     NDISC_NEIGHBOUR_SOLICITATION,
     TCP_ACK,
@@ -78,6 +84,11 @@ def parse_net6(text: str) -> tuple[bytes, int]:
     """'2001:db8::1/64' -> (packed address, prefix length)."""
     iface = ipaddress.IPv6Interface(text)
     return iface.ip.packed, iface.network.prefixlen
+
+
+def _link_local(buf: bytearray, at: int) -> bool:
+    """Is the address at ``buf[at:]`` link-local (fe80::/10)?"""
+    return buf[at] == 0xFE and buf[at + 1] & 0xC0 == 0x80
 
 
 def _mask(plen: int) -> int:
@@ -182,6 +193,8 @@ class IPv6Path:
             daddr = bytes(buf[L3 + 24 : L3 + 40])
             if daddr in self.local and drv.mode == "spare":
                 self._local_in(buf, parse(buf, L3))
+            elif drv.forward and daddr not in self.own:
+                self._forward(buf, maxfrag)
             else:
                 drv.drops["not_forwarded6"] += 1
         else:
@@ -214,6 +227,30 @@ class IPv6Path:
                 # (RFC 4861 7.2.4).
                 f = na_frame(p.mac, target, ALL_NODES, None, solicited=False)
             p.queue(f, len(f))
+
+    def _forward(self, buf: bytearray, maxfrag: int) -> None:
+        """``ip6_forward`` for transit traffic (``--forward``), such as a
+        DR or TUN real server's direct replies from the VIP (which the core
+        has counted): nothing to or from a link-local address; at hop limit
+        1 or less a hop limit exceeded back to the sender (not about an
+        ICMPv6 error), else one hop less and routed."""
+        drv = self.drv
+        L3 = 24
+        h = parse(buf, L3)
+        if type(h) is not IPHeader or _link_local(buf, L3 + 8) or _link_local(buf, L3 + 24):
+            drv.drops["not_forwarded6"] += 1
+            return
+        if buf[L3 + 7] <= 1:
+            if not is_ineligible(buf, h):
+                src = self.own_address(bytes(buf[L3 + 8 : L3 + 24]))
+                if src is not None:
+                    self.ipvs.outbox.append(build_error6(buf, L3, h.end, ICMPV6_TIME_EXCEED, ICMPV6_EXC_HOPLIMIT,
+                                                         src))
+            drv.drops["hoplimit6"] += 1
+            return
+        buf[L3 + 7] -= 1
+        drv.counts["forwarded6"] += 1
+        self.route_out(buf, L3, maxfrag)
 
     # ---------------------------------------------------------- local
 

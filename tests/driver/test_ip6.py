@@ -19,6 +19,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
+    ICMPv6TimeExceeded,
     IPerror6,
     IPv6,
     IPv6ExtHdrFragment,
@@ -331,3 +332,39 @@ def test_ipv6_gso_super_frame_is_cut_tunnelled_and_fragmented_when_too_big():
         assert inner.dst == VIP6 and inner.hlim == 63 and csum_ok(Ether() / inner, TCP)
         got += bytes(inner[TCP].payload)
     assert got == payload
+
+
+def test_direct_replies_are_forwarded_with_forward():
+    """--forward: a DR real server's reply from the VIP (the director is its
+    gateway) is counted by the core and routed on, one hop less; one whose
+    hop limit runs out gets a hop limit exceeded from the director."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.drv.forward = True
+    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    r.in_ring.take()
+    reply = IPv6(src=VIP6, dst=CLIENT6, hlim=64) / TCP(sport=80, dport=40000, flags="SA")
+    r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
+    (out,) = r.out_ring.take()
+    e = Ether(out)
+    assert (e.dst, e[IPv6].src, e[IPv6].dst, e[IPv6].hlim) == (MCLIENT, VIP6, CLIENT6, 63)
+    assert r.drv.counts["forwarded6"] == 1
+    [cp] = r.lab.conns()
+    assert cp.dest.stats.outpkts == 1 and not cp.flags & uapi.IP_VS_CONN_F_NOOUTPUT
+    # Hop limit 1: not counted, not forwarded; the error to the VIP has no
+    # route (a kernel director would deliver it to itself).
+    reply.hlim = 1
+    r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
+    assert r.in_ring.take() == r.out_ring.take() == []
+    assert r.drv.drops["hoplimit6"] == 1 and cp.dest.stats.outpkts == 1
+    own = IPv6(src=RS1_6, dst=CLIENT6, hlim=1) / TCP(sport=5000, dport=40000, flags="S")
+    r.rx_inner(f6(own, src=MRS1, dst="02:00:00:00:00:0b"))
+    (err,) = r.in_ring.take()
+    e = Ether(err)
+    assert (e.dst, e[IPv6].src, e[IPv6].dst, e[ICMPv6TimeExceeded].code) == (MRS1, GW6, RS1_6, 0)
+    assert csum_ok(e, ICMPv6TimeExceeded)
+    r.drv.forward = False
+    reply.hlim = 64
+    r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
+    assert r.out_ring.take() == [] and r.drv.drops["not_forwarded6"] == 1
