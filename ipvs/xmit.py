@@ -451,8 +451,8 @@ def _out_rt(
     ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, mtu: int | None, icmp: bool,
     tunnel_min: int = 0,
 ) -> bool:
-    """What ``__ip_vs_get_out_rt`` / ``__ip_vs_get_out_rt_v6`` check of a
-    packet they route to a real server: ``decrement_ttl``, then (a tunnel)
+    """``__ip_vs_get_out_rt`` / ``__ip_vs_get_out_rt_v6``: what they check
+    of a packet they route to a real server: ``decrement_ttl``, then (a tunnel)
     the path MTU less the tunnel's overhead, ``mtu`` here, at least
     ``tunnel_min``, then ``ensure_mtu_is_adequate`` for the packet's family.
 
