@@ -17,9 +17,11 @@ jit_traces_too_long  (PyPy) traces the JIT abandoned as longer than ipvsd's
                   trace limit, with the functions it compiled apart
                   instead: a packet path split in pieces runs slower
 
-With ``--ipv6`` the two rates run again over IPv6 (VS/NAT to the same
-kind of service on 2001:db8::/32 addresses) and print as
-``new_conn_pps_v6`` and ``established_pps_v6``.
+With ``--ipv6`` the rates run again over IPv6 (the same kind of
+service on 2001:db8::/32 addresses) and print with ``_v6``:
+``new_conn_pps_v6`` and ``established_pps_v6`` (VS/NAT), and the
+per-method ones (``established_in_pps_METHOD_v6``, ``new_conn_pps_dr_v6``,
+``new_conn_pps_tun_ipip_v6``: DR, and IPv6-in-IPv6 tunnels).
 
 The two rates are the best of ``--repeat`` timed runs, timed in the
 thread's CPU time (wall-clock time counts what other jobs of a shared
@@ -119,11 +121,13 @@ METHODS = {
     "tun_gre": {"conn_flags": uapi.IP_VS_CONN_F_TUNNEL, "tun_type": uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE},
 }
 DIRECTOR = ipaddress.ip_address("172.16.0.1").packed
+DIRECTOR6 = ipaddress.ip_address("2001:db8:0:2::1").packed
 
 
 def director(sched: str = "rr", family: int = 4, method: str = "nat") -> Director:
     d = Director()
-    d.own_address = lambda dst: DIRECTOR  # the tunnels' source (the driver's route lookup)
+    # The tunnels' source (the driver's route lookup).
+    d.own_address = lambda dst: DIRECTOR6 if len(dst) == 16 else DIRECTOR
     _frame, vip, rss, _c, _at = FAMILIES[family]
     af = uapi.AF_INET6 if family == 6 else uapi.AF_INET
     su = ctl.ServiceUser(af=af, addr=vip, port=80, sched_name=sched, netmask=128 if family == 6 else 0xFFFFFFFF)
@@ -181,14 +185,15 @@ def bench_established(nconn: int, rounds: int, repeat: int = 1, family: int = 4)
     return best
 
 
-def bench_established_in(nconn: int, rounds: int, repeat: int, method: str) -> float:
+def bench_established_in(nconn: int, rounds: int, repeat: int, method: str, family: int = 4) -> float:
     """Client->VIP packets of ``nconn`` open connections forwarded by ``method``."""
-    d = director(method=method)
+    d = director(family=family, method=method)
+    frame, vip = FAMILIES[family][:2]
     ins = []
     for i in range(nconn):
-        c, p = client(i)
-        assert d.process(tcp_frame(c, p, VIP, 80, 0x02), 14, 1000) == NF_STOLEN
-        ins.append(bytes(tcp_frame(c, p, VIP, 80, 0x10, b"x" * 100)))
+        c, p = client(i, family)
+        assert d.process(frame(c, p, vip, 80, 0x02), 14, 1000) == NF_STOLEN
+        ins.append(bytes(frame(c, p, vip, 80, 0x10, b"x" * 100)))
     proc = d.process
     best = 0.0
     now = 1000
@@ -270,6 +275,12 @@ def main() -> None:
         print(f"established_in_pps_{method} {pps:.0f} pkt/s")
     for method in ("dr", "tun_ipip"):
         print(f"new_conn_pps_{method} {bench_new(n, a.repeat, method=method):.0f} pkt/s")
+    if a.ipv6:
+        for method in METHODS:
+            pps = bench_established_in(1000, 20 if a.quick else 100, a.repeat, method, 6)
+            print(f"established_in_pps_{method}_v6 {pps:.0f} pkt/s")
+        for method in ("dr", "tun_ipip"):
+            print(f"new_conn_pps_{method}_v6 {bench_new(n, a.repeat, 6, method):.0f} pkt/s")
     print_jit_traces_too_long()
 
 

@@ -254,8 +254,16 @@ class Connection:
 
     @property
     def daddr(self) -> bytes:
-        """The real server's address."""
-        return self.out_key[1 : 1 + self.alen]
+        """The real server's address: 4 or 16 bytes, whatever the
+        connection's family (a tunnel may mix them, the kernel's ``daf``)."""
+        k = self.out_key
+        return k[1 : len(k) - 4 - self.alen]
+
+    @property
+    def daf(self) -> int:
+        """The real server's address family (``cp->daf``): the
+        connection's own but for a tunnel to the other family."""
+        return 10 if len(self.out_key) - 5 - self.alen == 16 else 2
 
     @property
     def cport(self) -> int:
@@ -310,7 +318,7 @@ class Connection:
         return (
             f"<Connection {self.protocol} {format_addr(self.af, self.caddr)}:{self.cport} -> "
             f"{format_addr(self.af, self.vaddr)}:{self.vport} -> "
-            f"{format_addr(self.af, self.daddr)}:{self.dport} state={self.state} flags={self.flags:#x}>"
+            f"{format_addr(self.daf, self.daddr)}:{self.dport} state={self.state} flags={self.flags:#x}>"
         )
 
     @property

@@ -92,6 +92,7 @@ from ipvs.uapi import (
 )
 from ipvs.xmit import (
     dr_xmit,
+    dr_xmit_v6,
     icmp_xmit,
     icmp_xmit_v6,
     nat_icmp,
@@ -100,6 +101,7 @@ from ipvs.xmit import (
     snat_response,
     snat_response_v6,
     tunnel_xmit,
+    tunnel_xmit_v6,
 )
 
 __all__ = ["Director", "NF_ACCEPT", "NF_DROP", "NF_STOLEN"]
@@ -199,7 +201,8 @@ class Director:
         kernel's IPv6 order: ICMPv6 goes to :meth:`_icmp6` before the
         fragment test, since ``ip_vs_in_icmp_v6`` drops fragmented errors
         where IPv4's errors are reassembled first.  Connections real
-        servers start (``conn_out``) are IPv4 only for now.
+        servers start (``conn_out``) are IPv4 only for now; DR and TUN
+        connections' direct replies are counted as IPv4's are.
         """
         ipvs = self.ipvs
         proto = h.protocol
@@ -220,7 +223,7 @@ class Director:
         cp = ipvs.conn_tab.out_table.get(key)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
-                return NF_ACCEPT
+                return self._direct_response(cp, pd, buf, h, now)
             return self._handle_response(cp, pd, buf, h, now, partial)
         if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(pp, buf, h):
             return NF_DROP
@@ -588,9 +591,9 @@ class Director:
         reply (from VIP:vport) passes the director, its gateway say.  It is
         counted and walks the protocol's states like a NAT reply (the first
         one clears ``NOOUTPUT``), but is not rewritten: NF_ACCEPT, the host
-        forwards it.  A reply whose TTL runs out never reaches the hook
-        (``ip_forward`` drops it first)."""
-        if buf[h.l3 + 8] <= 1:
+        forwards it.  A reply whose TTL (IPv6: hop limit) runs out never
+        reaches the hook (``ip_forward``/``ip6_forward`` drop it first)."""
+        if buf[h.l3 + (8 if h.af == AF_INET else 7)] <= 1:
             return NF_ACCEPT
         self._out_stats(cp, h.end - h.l3)
         old = cp.state
@@ -819,6 +822,10 @@ class Director:
         cp = tab.out_table.get(qkey)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
+                # handle_response_icmp of a DR/TUN connection: counted only,
+                # as for IPv4 (see _icmp).
+                if not forwarded or buf[h.l3 + 7] > 1:
+                    self._out_stats(cp, h.end - h.l3)
                 return NF_ACCEPT
             if icmp6_checksum(buf, h) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
                 ipvs.drops[Drop.BAD_CSUM] += 1
@@ -839,7 +846,9 @@ class Director:
             return NF_ACCEPT
         self._in_stats(cp, h.end - h.l3)
         if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
-            verdict = NF_ACCEPT
+            # ip_vs_icmp_xmit_v6: DR and TUN pass the error on unchanged
+            # (cp->packet_xmit with the quoted header's descriptor).
+            verdict = self._fwd_xmit(cp, ipvs.proto_data[q.protocol].pp, buf, h, False, icmp=True)
         else:
             verdict = icmp_xmit_v6(ipvs, cp, buf, h, q, self.mtu)
         if self.trace is not None:
@@ -859,18 +868,20 @@ class Director:
         :attr:`xmit_to` tells the driver so.  A local node (the real
         server is the director) is NF_ACCEPT: the host delivers it.
 
-        Over IPv6 both are still missing (``ip_vs_dr_xmit_v6``,
-        ``ip_vs_tunnel_xmit_v6``): such a packet is dropped and counted
-        (``Drop.UNSUPPORTED``) rather than sent with IPv4's offsets.
+        The transmitter is the one ``ip_vs_bind_xmit`` (``_v6``) binds:
+        direct routing by the connection's family, a tunnel by the real
+        server's (``cp->daf``: an IPv4 service may tunnel to IPv6 real
+        servers and the reverse), its outer source the director's address
+        towards the real server.
         """
         fwd = cp.flags & IP_VS_CONN_F_FWD_MASK
-        if h.af != AF_INET and fwd in (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_TUNNEL):
-            self.ipvs.drops[Drop.UNSUPPORTED] += 1
-            return NF_DROP
         if fwd == IP_VS_CONN_F_DROUTE:
-            verdict = dr_xmit(self.ipvs, cp, pp, buf, h, self.mtu, icmp)
+            xmit = dr_xmit if h.af == AF_INET else dr_xmit_v6
+            verdict = xmit(self.ipvs, cp, pp, buf, h, self.mtu, icmp)
         elif fwd == IP_VS_CONN_F_TUNNEL:
-            verdict = tunnel_xmit(self.ipvs, cp, pp, buf, h, self.mtu, partial, self._own_addr(cp.daddr), icmp)
+            daddr = cp.daddr
+            txmit = tunnel_xmit if len(daddr) == 4 else tunnel_xmit_v6
+            verdict = txmit(self.ipvs, cp, pp, buf, h, self.mtu, partial, self._own_addr(daddr), icmp)
         else:
             return NF_ACCEPT
         if verdict == NF_STOLEN:
@@ -943,7 +954,7 @@ class Director:
         proto = PROTO_NAMES.get(cp.protocol, "IP")
         return (
             f"{proto} {format_addr(cp.af, cp.caddr)}:{cp.cport} -> {format_addr(cp.af, cp.vaddr)}:{cp.vport}"
-            f" => {format_addr(cp.af, cp.daddr)}:{cp.dport}"
+            f" => {format_addr(cp.daf, cp.daddr)}:{cp.dport}"
         )
 
     def _state_text(self, cp: _conn.Connection, old: int) -> str:

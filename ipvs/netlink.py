@@ -802,6 +802,11 @@ def _new_daemon(ipvs, req, now, interfaces: Collection[str] | None = None, **_):
     if state not in (uapi.IP_VS_STATE_MASTER, uapi.IP_VS_STATE_BACKUP):
         raise IPVSError(errno.EINVAL, f"bad daemon state {state}")
     running = _sync_state(ipvs)
+    if any(dest.af != svc.af for svc in (*ipvs.svc_table.values(), *ipvs.fwm_table.values())
+           for dest in svc.destinations):
+        # ipvs->mixed_address_family_dests: the sync protocol cannot carry
+        # a connection of two families.
+        raise IPVSError(errno.EINVAL, "a service has a destination of another family")
     # start_sync_thread looks the interface up before it checks for a running thread.
     if interfaces is not None and d["mcast_ifn"] not in interfaces:
         raise IPVSError(errno.ENODEV, f"no interface {d['mcast_ifn']!r}")

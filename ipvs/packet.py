@@ -129,7 +129,8 @@ class Drop(enum.IntEnum):
     DEFENSE = 11  #: drop_packet / drop_entry defence
     CONN_REUSE = 12  #: SYN dropped while an old connection is flushed
     TABLE_FULL = 13  #: connection table at its configured bound
-    UNSUPPORTED = 14  #: valid but not handled yet (IPv6 packets of DR and TUN connections)
+    # 14 was UNSUPPORTED (IPv6 packets of DR and TUN connections, before
+    # ip_vs_dr_xmit_v6 and ip_vs_tunnel_xmit_v6 were written): not reused.
     NO_PE_DATA = 15  #: the service's persistence engine found no key (SIP: no usable Call-ID)
     BAD_EXTHDR = 16  #: IPv6 extension headers truncated, or a non-first fragment not followed by the protocol
 

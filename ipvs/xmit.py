@@ -9,21 +9,25 @@ here because they differ only in the checksum offset and UDP's
 zero-checksum rule: both come from the protocol's operations
 (:class:`ipvs.ip_vs.IPVSProtocol` ``csum_offset`` and ``csum_zero_is_none``).
 
-Also the other two forwarding methods of IPv4, which leave the reply
-path to the real servers (their connections are ``NOOUTPUT``, see
-:mod:`ipvs.ctl`):
+Also the other two forwarding methods, which leave the reply path to
+the real servers (their connections are ``NOOUTPUT``, see
+:mod:`ipvs.ctl`), for both families:
 
-* :func:`dr_xmit` (``ip_vs_dr_xmit``): direct routing.  The IP packet
-  goes on unchanged but for the TTL; only its link-layer destination
-  changes: the real server's.
-* :func:`tunnel_xmit` (``ip_vs_tunnel_xmit`` with
-  ``ip_vs_prepare_tunneled_skb``, ``ipvs_gue_encap``, ``ipvs_gre_encap``):
-  IP-in-IP, or GUE (RFC draft-ietf-intarea-gue: UDP to ``--tun-port``) or
-  GRE (RFC 2784) around it, with the kernel's outer header: TTL and DF
-  from the inner packet (DF only with the ``pmtu_disc`` sysctl), the tos
-  with the ECN bits encapsulated (``INET_ECN_encapsulate``), the ID of
-  ``ip_select_ident``, and the path MTU less the tunnel's overhead for
-  the "fragmentation needed" answers.
+* :func:`dr_xmit` and :func:`dr_xmit_v6` (``ip_vs_dr_xmit``,
+  ``ip_vs_dr_xmit_v6``): direct routing.  The IP packet goes on unchanged
+  but for the TTL or hop limit; only its link-layer destination changes:
+  the real server's.
+* :func:`tunnel_xmit` and :func:`tunnel_xmit_v6` (``ip_vs_tunnel_xmit``,
+  ``ip_vs_tunnel_xmit_v6``, with ``ip_vs_prepare_tunneled_skb``,
+  ``ipvs_gue_encap``, ``ipvs_gre_encap``): IP-in-IP (IPv4 or IPv6 inside
+  an IPv4 or IPv6 outer header: the outer family is the real server's),
+  or GUE (RFC draft-ietf-intarea-gue: UDP to ``--tun-port``) or GRE
+  (RFC 2784) around it, with the kernel's outer header: TTL or hop limit
+  and (IPv4) DF from the inner packet (DF only with the ``pmtu_disc``
+  sysctl), the tos or traffic class with the ECN bits encapsulated
+  (``INET_ECN_encapsulate``), the ID of ``ip_select_ident``, IPv6's flow
+  label 0, and the path MTU less the tunnel's overhead for the
+  "fragmentation needed" and Packet Too Big answers.
 
 Nothing here sends anything: a function rewrites the packet in place and
 returns a verdict; generated ICMP errors go to ``ipvs.outbox``.  Routing is
@@ -80,6 +84,7 @@ from ipvs.packet import (
 from ipvs.proto.icmp import Quoted, build_error
 from ipvs.proto.icmpv6 import build_error6, is_ineligible, nat_icmp_v6
 from ipvs.uapi import (
+    AF_INET6,
     IP_VS_CONN_F_TUNNEL_TYPE_GRE,
     IP_VS_CONN_F_TUNNEL_TYPE_GUE,
     IP_VS_TUNNEL_ENCAP_FLAG_CSUM,
@@ -380,10 +385,21 @@ def icmp_xmit_v6(ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, q
 
 
 # --------------------------------------------------------------------------
-# Direct routing and tunnelling (IPv4)
+# Direct routing and tunnelling, both families
+#
+# The kernel has a transmitter per route family (``ip_vs_dr_xmit`` and
+# ``ip_vs_tunnel_xmit`` route over IPv4, their ``_v6`` twins over IPv6),
+# and each handles its packet by the packet's own family (``skb_af``):
+# ``__ip_vs_get_out_rt`` and ``__ip_vs_get_out_rt_v6`` call the same
+# ``decrement_ttl`` and ``ensure_mtu_is_adequate``, and the tunnels the
+# same ``ip_vs_prepare_tunneled_skb`` and encapsulations.  So here: the
+# shared steps are :func:`_out_rt` and :func:`tunnel_encap`, and the
+# outer header's family is the real server's (a mixed-family connection
+# tunnels an IPv4 packet to an IPv6 real server or the reverse).
 
 #: IP protocol numbers of the outer header (``include/uapi/linux/in.h``).
 IPPROTO_IPIP = 4
+IPPROTO_IPV6 = 41
 IPPROTO_GRE = 47
 #: ``include/net/gue.h``: the private-flags word, and remote checksum
 #: offload's option in it (start and offset of the inner checksum).
@@ -391,20 +407,24 @@ GUE_FLAG_PRIV = 0x0001
 GUE_LEN_PRIV = 4
 GUE_PFLAG_REMCSUM = 0x80000000
 GUE_PLEN_REMCSUM = 4
-#: ``include/net/gre.h``: the C bit, and the protocol type of an IPv4 payload.
+#: ``include/net/gre.h``: the C bit, and the protocol types of the payloads.
 GRE_CSUM = 0x8000
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 #: ``net.ipv4.ip_local_port_range``'s default: where ``udp_flow_src_port``
 #: picks the GUE source port.
 LOCAL_PORT_MIN, LOCAL_PORT_MAX = 32768, 60999
-#: The smallest tunnel MTU ``__ip_vs_get_out_rt`` accepts (RFC 791's 68).
+#: The smallest tunnel MTU ``__ip_vs_get_out_rt`` accepts (RFC 791's 68),
+#: and ``__ip_vs_get_out_rt_v6``'s (``IPV6_MIN_MTU``, RFC 8200).
 TUNNEL_MIN_MTU = 68
+IPV6_MIN_MTU = 1280
 #: Outer (source, destination, protocol) triples whose ID counter is kept;
 #: beyond, the table starts afresh (the kernel's ``ip_idents`` is a fixed
 #: array of hashed counters too).
 IDENTS_MAX = 4096
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
+_OUTER6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
 _GUE = struct.Struct("!BBH")
 _GUE_REMCSUM = struct.Struct("!IHH")
@@ -412,15 +432,48 @@ _GRE = struct.Struct("!HH")
 
 
 def _ttl_ok(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, src: bytes, icmp: bool) -> bool:
-    """``decrement_ttl`` as ``__ip_vs_get_out_rt`` calls it for any method.
+    """``decrement_ttl`` as ``__ip_vs_get_out_rt`` calls it for any method,
+    for the packet's family.
 
     ``icmp``: the packet is an ICMP error being passed on (``ip_vs_in_icmp``);
-    ``icmp_send`` never answers one with another, so it is only dropped.
+    ``icmp_send`` never answers one with another, so it is only dropped
+    (:func:`decrement_hoplimit` knows an ICMPv6 error by itself).
     """
+    if h.af == AF_INET6:
+        return decrement_hoplimit(ipvs, buf, h, src)
     if icmp and buf[h.l3 + 8] <= 1:
         ipvs.drops[Drop.TTL_EXCEEDED] += 1
         return False
     return decrement_ttl(ipvs, buf, h, src)
+
+
+def _out_rt(
+    ipvs: NetnsIPVS, cp: Connection, buf: bytearray, h: IPHeader, mtu: int | None, icmp: bool,
+    tunnel_min: int = 0,
+) -> bool:
+    """``__ip_vs_get_out_rt`` / ``__ip_vs_get_out_rt_v6``: what they check
+    of a packet they route to a real server: ``decrement_ttl``, then (a tunnel)
+    the path MTU less the tunnel's overhead, ``mtu`` here, at least
+    ``tunnel_min``, then ``ensure_mtu_is_adequate`` for the packet's family.
+
+    IPv6 is never fragmented on the way: above ``mtu`` it is dropped, with
+    a Packet Too Big from the VIP unless it is an ICMPv6 error passed on
+    or a later fragment.  IPv4 gets "fragmentation needed" only with DF
+    and not as an ICMP error passed on; a tunnelled one only with the
+    ``pmtu_disc`` sysctl (else the outer packet has no DF and may be
+    fragmented).  False: dropped (and any error queued).
+    """
+    if not _ttl_ok(ipvs, buf, h, cp.vaddr, icmp):
+        return False
+    if mtu is None:
+        return True
+    if tunnel_min and mtu < tunnel_min:
+        return False
+    if h.af == AF_INET6:
+        return mtu_ok_v6(ipvs, buf, h, mtu, cp.vaddr, icmp)
+    if icmp or (tunnel_min and not ipvs.sysctl.pmtu_disc):
+        return True
+    return mtu_ok(ipvs, buf, h, mtu, cp.vaddr)
 
 
 def dr_xmit(
@@ -436,31 +489,47 @@ def dr_xmit(
     server holds the VIP itself.  NF_STOLEN: send it to ``cp.daddr``'s
     link-layer address (the core says so to the driver).
     """
-    if not _ttl_ok(ipvs, buf, h, cp.vaddr, icmp):
-        return NF_DROP
-    if not icmp and not mtu_ok(ipvs, buf, h, mtu, cp.vaddr):
-        return NF_DROP
-    return NF_STOLEN
+    return NF_STOLEN if _out_rt(ipvs, cp, buf, h, mtu, icmp) else NF_DROP
 
 
-def tunnel_overhead(tun_type: int, tun_flags: int, partial: bool) -> int:
+def dr_xmit_v6(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
+    mtu: int | None, icmp: bool = False,
+) -> int:
+    """``ip_vs_dr_xmit_v6``: :func:`dr_xmit` over IPv6 (direct routing
+    never mixes families): the hop limit goes down (hop limit exceeded
+    from the VIP at 1), and a packet above the path MTU is dropped with a
+    Packet Too Big, DF or not, since IPv6 is not fragmented on the way."""
+    return NF_STOLEN if _out_rt(ipvs, cp, buf, h, mtu, icmp) else NF_DROP
+
+
+def _remcsum(dest: Dest, h: IPHeader, partial: bool) -> bool:
+    """GUE remote checksum offload applies: ``--tun-remcsum`` and an
+    offloaded (partial) inner TCP or UDP checksum."""
+    return partial and dest.tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
+        dest.tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM) and h.protocol in (IPPROTO_TCP, IPPROTO_UDP)
+
+
+def tunnel_overhead(tun_type: int, tun_flags: int, partial: bool, outer6: bool = False) -> int:
     """The bytes a tunnel puts in front of the inner packet: what
     ``__ip_vs_get_out_rt`` takes off the route's MTU and
     ``ip_vs_tunnel_xmit`` reserves as headroom.
 
-    IPIP: the outer IPv4 header (20).  GUE: and UDP (8) and the GUE header
-    (4), plus the private flags and the remote checksum option (4 + 4) when
-    ``--tun-remcsum`` meets an offloaded (partial) inner checksum.  GRE: and
-    the GRE header (4), plus checksum and reserved word (4) with
-    ``--tun-csum`` (``gre_calc_hlen``).
+    IPIP: the outer IPv4 header (20), or IPv6 header (40) with ``outer6``
+    (a real server with an IPv6 address).  GUE: and UDP (8) and the GUE
+    header (4), plus the private flags and the remote checksum option
+    (4 + 4) when ``--tun-remcsum`` meets an offloaded (partial) inner
+    checksum.  GRE: and the GRE header (4), plus checksum and reserved
+    word (4) with ``--tun-csum`` (``gre_calc_hlen``).
     """
+    ip = 40 if outer6 else 20
     if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE:
         if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM and partial:
-            return 20 + 8 + 4 + GUE_LEN_PRIV + GUE_PLEN_REMCSUM
-        return 20 + 8 + 4
+            return ip + 8 + 4 + GUE_LEN_PRIV + GUE_PLEN_REMCSUM
+        return ip + 8 + 4
     if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GRE:
-        return 20 + (8 if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM else 4)
-    return 20
+        return ip + (8 if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM else 4)
+    return ip
 
 
 def ecn_encapsulate(tos: int) -> int:
@@ -499,18 +568,17 @@ def tunnel_xmit(
     ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
     mtu: int | None, partial: bool, saddr: bytes, icmp: bool = False,
 ) -> int:
-    """``ip_vs_tunnel_xmit``: wrap the packet for ``cp.daddr`` (IPv4 in IPv4).
+    """``ip_vs_tunnel_xmit``: wrap the packet in IPv4 for ``cp.daddr``, an
+    IPv4 real server (the packet itself may be IPv4 or, for an IPv6
+    service with IPv4 real servers, IPv6).
 
-    The kernel's order: the inner TTL is decremented; the MTU towards the
-    real server less :func:`tunnel_overhead` must be at least 68, and
-    with ``pmtu_disc`` set a DF packet above it is answered "fragmentation
-    needed" with that MTU (without ``pmtu_disc`` the outer packet has no
-    DF and is fragmented on the way).  Then ``ip_vs_prepare_tunneled_skb``
-    (outer DF, tos, TTL from the inner header) and the encapsulation of
-    the connection's real server: ``--tun-type ipip`` (protocol 4),
-    ``gue`` (UDP from :func:`flow_src_port` to ``--tun-port``; checksum 0
-    unless ``--tun-csum`` or ``--tun-remcsum``) or ``gre`` (protocol type
-    0x0800; the checksum field with ``--tun-csum``).
+    The kernel's order: the inner TTL (hop limit) is decremented; the MTU
+    towards the real server less :func:`tunnel_overhead` must be at least
+    68; then :func:`_out_rt`'s MTU rules for the inner packet's family
+    against that MTU (IPv4: "fragmentation needed" only with
+    ``pmtu_disc`` and DF; IPv6: Packet Too Big).  Then
+    ``ip_vs_prepare_tunneled_skb`` and the encapsulation (see
+    :func:`tunnel_encap`).
 
     ``partial``: the inner L4 checksum is offloaded (holds only the
     pseudo-header sum).  The real server's tunnel sees bytes, so the inner
@@ -520,23 +588,35 @@ def tunnel_xmit(
     stays partial.  Either way the frame leaves with no checksum left to
     offload.  ``saddr`` is the outer source.
     """
+    return _tunnel_xmit(ipvs, cp, pp, buf, h, mtu, partial, saddr, icmp, False)
+
+
+def tunnel_xmit_v6(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
+    mtu: int | None, partial: bool, saddr: bytes, icmp: bool = False,
+) -> int:
+    """``ip_vs_tunnel_xmit_v6``: :func:`tunnel_xmit` with an outer IPv6
+    header, for an IPv6 real server (IPv6-in-IPv6, or IPv4-in-IPv6 for an
+    IPv4 service with IPv6 real servers): 40 bytes of outer header in the
+    overhead, and 1280 (``IPV6_MIN_MTU``) the smallest MTU left for the
+    inner packet.  ``saddr`` is the director's IPv6 address towards the
+    real server."""
+    return _tunnel_xmit(ipvs, cp, pp, buf, h, mtu, partial, saddr, icmp, True)
+
+
+def _tunnel_xmit(
+    ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader,
+    mtu: int | None, partial: bool, saddr: bytes, icmp: bool, outer6: bool,
+) -> int:
     dest = cp.dest
     if dest is None:
         return NF_DROP  # __ip_vs_get_out_rt: a tunnel needs its dest
-    if not _ttl_ok(ipvs, buf, h, cp.vaddr, icmp):
+    overhead = tunnel_overhead(dest.tun_type, dest.tun_flags, _remcsum(dest, h, partial), outer6)
+    if not _out_rt(ipvs, cp, buf, h, None if mtu is None else mtu - overhead, icmp,
+                   IPV6_MIN_MTU if outer6 else TUNNEL_MIN_MTU):
         return NF_DROP
-    l3, end = h.l3, h.end
-    tun_type, tun_flags = dest.tun_type, dest.tun_flags
-    remcsum = partial and tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
-        tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM) and h.protocol in (IPPROTO_TCP, IPPROTO_UDP)
-    overhead = tunnel_overhead(tun_type, tun_flags, remcsum)
-    pmtu_disc = ipvs.sysctl.pmtu_disc
-    if mtu is not None:
-        if mtu - overhead < TUNNEL_MIN_MTU:
-            return NF_DROP
-        if pmtu_disc and not icmp and not mtu_ok(ipvs, buf, h, mtu - overhead, cp.vaddr):
-            return NF_DROP
-    if end - l3 + overhead > 0xFFFF:
+    # The outer length field: IPv4's total length, IPv6's payload length.
+    if h.end - h.l3 + overhead - (40 if outer6 else 0) > 0xFFFF:
         ipvs.drops[Drop.BAD_TOTLEN] += 1
         return NF_DROP
     tunnel_encap(ipvs, cp, pp, buf, h, partial, saddr)
@@ -546,9 +626,22 @@ def tunnel_xmit(
 def tunnel_encap(
     ipvs: NetnsIPVS, cp: Connection, pp: IPVSProtocol, buf: bytearray, h: IPHeader, partial: bool, saddr: bytes,
 ) -> None:
-    """The wrapping half of ``ip_vs_tunnel_xmit`` (from
-    ``ip_vs_prepare_tunneled_skb`` on), without its checks: the outer
-    headers of ``cp``'s real server go in front of the packet at ``h.l3``.
+    """The wrapping half of ``ip_vs_tunnel_xmit`` and
+    ``ip_vs_tunnel_xmit_v6`` (from ``ip_vs_prepare_tunneled_skb`` on),
+    without their checks: the outer headers of ``cp``'s real server go in
+    front of the packet at ``h.l3``, of the real server's family.
+
+    ``ip_vs_prepare_tunneled_skb`` reads the inner header: the next
+    protocol (4 for IPv4, 41 for IPv6), the tos or traffic class with the
+    ECN bits encapsulated (:func:`ecn_encapsulate`), the TTL or hop limit,
+    and DF (IPv4 only, and only with ``pmtu_disc``).  Then the
+    encapsulation: ``--tun-type ipip`` (the next protocol itself), ``gue``
+    (UDP from :func:`flow_src_port` to ``--tun-port``, the GUE header's
+    protocol the next protocol; UDP checksum 0 unless ``--tun-csum`` or
+    ``--tun-remcsum``) or ``gre`` (protocol type 0x0800 or 0x86DD; the
+    checksum field with ``--tun-csum``).  The outer IPv4 header: that tos,
+    DF and TTL, the ID of ``ip_select_ident`` (0 with DF); the outer IPv6
+    header: that traffic class, flow label 0, that hop limit.
 
     The driver also calls it for each segment of a GSO super-frame it had
     to cut itself (see :mod:`ipvs.driver.afpacket`).
@@ -556,43 +649,55 @@ def tunnel_encap(
     # Both callers have checked that the connection has its dest (a cast,
     # not a check: this runs for every tunnelled packet).
     dest = cast("Dest", cp.dest)
+    daddr = cp.daddr
+    outer6 = len(daddr) == 16
     l3, end = h.l3, h.end
     tun_type, tun_flags = dest.tun_type, dest.tun_flags
-    remcsum = partial and tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE and bool(
-        tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM) and h.protocol in (IPPROTO_TCP, IPPROTO_UDP)
-    overhead = tunnel_overhead(tun_type, tun_flags, remcsum)
-    pmtu_disc = ipvs.sysctl.pmtu_disc
+    remcsum = _remcsum(dest, h, partial)
+    overhead = tunnel_overhead(tun_type, tun_flags, remcsum, outer6)
     inner_len = end - l3
     if partial and not remcsum and h.protocol in (IPPROTO_TCP, IPPROTO_UDP):
         l4_csum_full(buf, h)
-    # ip_vs_prepare_tunneled_skb: DF (only with pmtu_disc), tos and TTL of the inner packet.
-    df = (buf[l3 + 6] << 8) & IP_DF if pmtu_disc else 0
-    tos = ecn_encapsulate(buf[l3 + 1])
-    ttl = buf[l3 + 8]
+    # ip_vs_prepare_tunneled_skb.
+    if h.af == AF_INET6:
+        next_protocol = IPPROTO_IPV6
+        tos = ecn_encapsulate(((buf[l3] & 0x0F) << 4) | (buf[l3 + 1] >> 4))
+        ttl = buf[l3 + 7]
+        df = 0
+    else:
+        next_protocol = IPPROTO_IPIP
+        tos = ecn_encapsulate(buf[l3 + 1])
+        ttl = buf[l3 + 8]
+        df = (buf[l3 + 6] << 8) & IP_DF if ipvs.sysctl.pmtu_disc else 0
+    ip = 40 if outer6 else 20
     outer = bytearray(overhead)
     if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE:
         protocol = IPPROTO_UDP
         optlen = GUE_LEN_PRIV + GUE_PLEN_REMCSUM if remcsum else 0
-        _UDP.pack_into(outer, 20, flow_src_port(buf, h), dest.tun_port, overhead - 20 + inner_len, 0)
-        _GUE.pack_into(outer, 28, optlen >> 2, IPPROTO_IPIP, GUE_FLAG_PRIV if remcsum else 0)
+        _UDP.pack_into(outer, ip, flow_src_port(buf, h), dest.tun_port, overhead - ip + inner_len, 0)
+        _GUE.pack_into(outer, ip + 8, optlen >> 2, next_protocol, GUE_FLAG_PRIV if remcsum else 0)
         if remcsum:
             # Offsets from the start of the GUE payload (the inner packet).
             start = h.l4 - l3
-            _GUE_REMCSUM.pack_into(outer, 32, GUE_PFLAG_REMCSUM, start, start + pp.csum_offset)
+            _GUE_REMCSUM.pack_into(outer, ip + 12, GUE_PFLAG_REMCSUM, start, start + pp.csum_offset)
     elif tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GRE:
         protocol = IPPROTO_GRE
-        _GRE.pack_into(outer, 20, GRE_CSUM if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM else 0, ETH_P_IP)
+        _GRE.pack_into(outer, ip, GRE_CSUM if tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM else 0,
+                       ETH_P_IPV6 if next_protocol == IPPROTO_IPV6 else ETH_P_IP)
     else:
-        protocol = IPPROTO_IPIP
-    # ip_select_ident before the "ignore_df" hack: DF means ID 0.
-    ident = 0 if df else ip_ident(ipvs, saddr, cp.daddr, protocol)
-    _OUTER.pack_into(outer, 0, 0x45, tos, overhead + inner_len, ident, df, ttl, protocol, 0, saddr, cp.daddr)
-    ip_send_check(outer, 0)
+        protocol = next_protocol
+    if outer6:
+        _OUTER6.pack_into(outer, 0, (6 << 28) | (tos << 20), overhead - 40 + inner_len, protocol, ttl, saddr, daddr)
+    else:
+        # ip_select_ident before the "ignore_df" hack: DF means ID 0.
+        ident = 0 if df else ip_ident(ipvs, saddr, daddr, protocol)
+        _OUTER.pack_into(outer, 0, 0x45, tos, overhead + inner_len, ident, df, ttl, protocol, 0, saddr, daddr)
+        ip_send_check(outer, 0)
     buf[l3:l3] = outer
     if protocol == IPPROTO_UDP and tun_flags & (IP_VS_TUNNEL_ENCAP_FLAG_CSUM | IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM):
-        # udp_set_csum: the full checksum (0 goes out as 0xFFFF).
+        # udp_set_csum / udp6_set_csum: the full checksum (0 goes out as 0xFFFF).
         # (The outer header just built always parses: no Drop to handle.)
         l4_csum_full(buf, cast(IPHeader, parse(buf, l3)))
     elif protocol == IPPROTO_GRE and tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM:
         # gre_build_header: the checksum of the GRE header and its payload.
-        put_u16(buf, l3 + 24, ~csum_words(buf[l3 + 20 : l3 + overhead + inner_len]) & 0xFFFF)
+        put_u16(buf, l3 + ip + 4, ~csum_words(buf[l3 + ip : l3 + overhead + inner_len]) & 0xFFFF)

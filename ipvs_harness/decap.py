@@ -3,17 +3,26 @@
 The kernels the lab runs on may have no tunnel drivers (no ``ipip``,
 ``gre`` or ``fou`` modules: ``tunl0`` cannot be made), but ``/dev/net/tun``
 works.  So a real server of a tunnelling service runs this process: it
-creates a tun device holding the VIP (``--dev vip0 --addr VIP/32``) and
-takes the director's tunnel packets off its own address:
+creates a tun device holding the VIP (``--dev vip0 --addr VIP/32``, and
+``--addr VIP6/128`` for an IPv6 VIP) and takes the director's tunnel
+packets off its own address, with an outer IPv4 header, and with
+``--ipv6`` an outer IPv6 header too; the inner packet may be of either
+family (IPv4 or IPv6 in IPv4 or IPv6, as ``ip_vs_tunnel_xmit`` and
+``ip_vs_tunnel_xmit_v6`` send them):
 
-* IPIP (``--ipip``): a raw socket of protocol 4 gets each packet whole;
-  the outer IPv4 header goes, the inner packet is written to the tun device;
+* IPIP (``--ipip``): raw sockets of protocols 4 (IPv4 inside) and 41 (IPv6
+  inside); an IPv4 one gets each packet whole and the outer header goes,
+  an IPv6 one gets the payload only; the inner packet is written to the
+  tun device;
 * GRE (``--gre``): a raw socket of protocol 47; the GRE header (RFC 2784,
   with the key and sequence fields of RFC 2890 skipped) must carry IPv4
-  (0x0800), and with its C bit the GRE checksum must verify;
+  (0x0800) or IPv6 (0x86DD), and with its C bit the GRE checksum must
+  verify;
 * GUE (``--gue-port PORT``): a UDP socket on that port (the kernel verifies
-  the UDP checksum when there is one); the GUE header (version 0, data
-  message, ``proto_ctype`` 4) and its options go, and the remote checksum
+  the UDP checksum when there is one; over IPv6 the socket accepts the
+  zero checksum of RFC 6935, ``UDP_NO_CHECK6_RX``, which the director
+  sends without ``--tun-csum``); the GUE header (version 0, data message,
+  ``proto_ctype`` 4 or 41) and its options go, and the remote checksum
   offload option, when present, is applied: the inner checksum, left as the
   pseudo-header sum, is completed from its start to the end of the packet
   (``skb_remcsum_process``).
@@ -46,11 +55,15 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IPPROTO_IPIP = 4
+IPPROTO_IPV6 = 41
 IPPROTO_GRE = 47
+#: ``include/uapi/linux/udp.h``: accept UDP/IPv6 datagrams with a zero checksum.
+UDP_NO_CHECK6_RX = 102
 GRE_CSUM, GRE_KEY, GRE_SEQ = 0x8000, 0x2000, 0x1000
 GUE_FLAG_PRIV = 0x0001
 GUE_PFLAG_REMCSUM = 0x80000000
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 
 
 def ones_sum(data: bytes) -> int:
@@ -75,12 +88,12 @@ def strip_ip(pkt: bytes) -> bytes | None:
 
 
 def gre_payload(gre: bytes, counts: Counter) -> bytes | None:
-    """RFC 2784/2890: the IPv4 payload of a GRE packet, or None (counted)."""
+    """RFC 2784/2890: the IPv4 or IPv6 payload of a GRE packet, or None (counted)."""
     if len(gre) < 4:
         counts["bad_gre"] += 1
         return None
     flags, proto = struct.unpack_from("!HH", gre)
-    if flags & 0x0007 or proto != ETH_P_IP:
+    if flags & 0x0007 or proto not in (ETH_P_IP, ETH_P_IPV6):
         counts["bad_gre"] += 1
         return None
     off = 4
@@ -90,7 +103,11 @@ def gre_payload(gre: bytes, counts: Counter) -> bytes | None:
             return None
         off += 4
     off += 4 * bool(flags & GRE_KEY) + 4 * bool(flags & GRE_SEQ)
-    return gre[off:] if len(gre) > off else None
+    inner = gre[off:]
+    if not inner or inner[0] >> 4 != (4 if proto == ETH_P_IP else 6):
+        counts["bad_gre"] += 1  # (the protocol type says the other family)
+        return None
+    return inner
 
 
 def gue_payload(gue: bytes, counts: Counter) -> bytes | None:
@@ -99,14 +116,17 @@ def gue_payload(gue: bytes, counts: Counter) -> bytes | None:
         counts["bad_gue"] += 1
         return None
     b0, proto, flags = struct.unpack_from("!BBH", gue)
-    if b0 >> 6 != 0 or b0 & 0x20 or proto != IPPROTO_IPIP:
-        counts["bad_gue"] += 1  # another version, a control message, not IPv4
+    if b0 >> 6 != 0 or b0 & 0x20 or proto not in (IPPROTO_IPIP, IPPROTO_IPV6):
+        counts["bad_gue"] += 1  # another version, a control message, not IP
         return None
     hlen = 4 + (b0 & 0x1F) * 4
     if len(gue) < hlen + 20:
         counts["bad_gue"] += 1
         return None
     inner = bytearray(gue[hlen:])
+    if inner[0] >> 4 != (4 if proto == IPPROTO_IPIP else 6):
+        counts["bad_gue"] += 1  # (proto_ctype says the other family)
+        return None
     if flags & GUE_FLAG_PRIV and hlen >= 8:
         (pflags,) = struct.unpack_from("!I", gue, 4)
         if pflags & GUE_PFLAG_REMCSUM:
@@ -125,6 +145,41 @@ def gue_payload(gue: bytes, counts: Counter) -> bytes | None:
     return bytes(inner)
 
 
+def inner_ok(inner: bytes) -> bool:
+    """A whole IPv4 or IPv6 header at least (the tun device takes either:
+    without packet information it reads the family from the version)."""
+    v = inner[0] >> 4 if inner else 0
+    return (v == 4 and len(inner) >= 20) or (v == 6 and len(inner) >= 40)
+
+
+def open_sockets(ipip: bool, gre: bool, gue_port: int, ipv6: bool) -> list[tuple[socket.socket, str, bool]]:
+    """The sockets that take the tunnel packets: (socket, kind, outer IPv4?)."""
+    out: list[tuple[socket.socket, str, bool]] = []
+    families = [socket.AF_INET] + ([socket.AF_INET6] if ipv6 else [])
+    try:
+        for af in families:
+            v4 = af == socket.AF_INET
+            if ipip:
+                for proto in (IPPROTO_IPIP, IPPROTO_IPV6):
+                    out.append((socket.socket(af, socket.SOCK_RAW, proto), "ipip", v4))
+            if gre:
+                out.append((socket.socket(af, socket.SOCK_RAW, IPPROTO_GRE), "gre", v4))
+            if gue_port:
+                s = socket.socket(af, socket.SOCK_DGRAM)
+                out.append((s, "gue", v4))
+                if v4:
+                    s.bind(("0.0.0.0", gue_port))
+                else:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.setsockopt(socket.IPPROTO_UDP, UDP_NO_CHECK6_RX, 1)
+                    s.bind(("::", gue_port))
+    except OSError:
+        for s, _kind, _v4 in out:
+            s.close()
+        raise
+    return out
+
+
 def open_tun(name: str) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR)
     try:
@@ -138,7 +193,9 @@ def open_tun(name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="decap", description="A lab real server's IPIP/GUE/GRE decapsulator.")
     p.add_argument("--dev", default="vip0", help="the tun device to create (default %(default)s)")
-    p.add_argument("--addr", required=True, help="the VIP with its prefix, e.g. 203.0.113.5/32")
+    p.add_argument("--addr", required=True, action="append",
+                   help="the VIP with its prefix, e.g. 203.0.113.5/32 (repeatable: an IPv6 VIP too)")
+    p.add_argument("--ipv6", action="store_true", help="also take tunnel packets with an outer IPv6 header")
     p.add_argument("--ipip", action="store_true")
     p.add_argument("--gre", action="store_true")
     p.add_argument("--gue-port", type=int, default=0)
@@ -146,22 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     tun = open_tun(args.dev)
-    socks: dict[int, tuple[socket.socket, str]] = {}
+    socks: dict[int, tuple[socket.socket, str, bool]] = {}
     counts: Counter = Counter()
     try:
-        subprocess.run(["ip", "addr", "add", args.addr, "dev", args.dev], check=True)
+        if any(":" in a for a in args.addr):
+            # (New devices may start with IPv6 off: the lab's default.)
+            with open(f"/proc/sys/net/ipv6/conf/{args.dev}/disable_ipv6", "w") as f:
+                f.write("0\n")
+        for addr in args.addr:
+            subprocess.run(["ip", "addr", "add", addr, "dev", args.dev] + (["nodad"] if ":" in addr else []),
+                           check=True)
         subprocess.run(["ip", "link", "set", args.dev, "up"], check=True)
-        if args.ipip:
-            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
-            socks[s.fileno()] = (s, "ipip")
-        if args.gre:
-            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
-            socks[s.fileno()] = (s, "gre")
-        if args.gue_port:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("0.0.0.0", args.gue_port))
-            socks[s.fileno()] = (s, "gue")
-        for s, _kind in socks.values():
+        for s, kind, v4 in open_sockets(args.ipip, args.gre, args.gue_port, args.ipv6):
+            socks[s.fileno()] = (s, kind, v4)
+        for s, _kind, _v4 in socks.values():
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         print("ready", flush=True)
         while not stop:
@@ -170,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             except InterruptedError:
                 continue
             for fd in ready:
-                s, kind = socks[fd]
+                s, kind, v4 = socks[fd]
                 for _ in range(64):
                     try:
                         data = s.recv(65535, socket.MSG_DONTWAIT)
@@ -179,23 +234,24 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "gue":
                         inner = gue_payload(data, counts)
                     else:
-                        payload = strip_ip(data)
+                        # An IPv6 raw socket hands over the payload alone.
+                        payload = strip_ip(data) if v4 else data
                         if payload is None:
                             counts["bad_ip"] += 1
                             continue
                         inner = payload if kind == "ipip" else gre_payload(payload, counts)
                     if inner is None:
                         continue
-                    if len(inner) < 20 or inner[0] >> 4 != 4:
+                    if not inner_ok(inner):
                         counts["bad_inner"] += 1
                         continue
                     try:
                         os.write(tun, inner)
-                        counts[kind] += 1
+                        counts[kind if v4 else kind + "6"] += 1
                     except OSError:
                         counts["tun_write_errors"] += 1
     finally:
-        for s, _kind in socks.values():
+        for s, _kind, _v4 in socks.values():
             s.close()
         os.close(tun)
         print("decap: " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)

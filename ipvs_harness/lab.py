@@ -35,7 +35,8 @@ the seed's rules with ``tools/ipvsadm``::
     -a -u 203.0.113.5:7 -r 172.16.0.3:7 -m
 
 ``--ipv6`` (spare mode) adds the IPv6 plan, documentation prefixes
-(RFC 3849) inside the namespaces only, and the same services over IPv6::
+(RFC 3849) inside the namespaces only, and the same services over IPv6
+(with ``--method``, by that method: :func:`rules6_for`)::
 
     client 2001:db8:0:1::2  ====  d_out 2001:db8:0:1::1   VIP 2001:db8:0:5::5
     br-in 2001:db8:0:2::1 (gateway)  ====  rs1 2001:db8:0:2::2, rs2 2001:db8:0:2::3
@@ -115,6 +116,7 @@ VIP6 = "2001:db8:0:5::5"
 GATEWAY6 = "2001:db8:0:2::1"
 RS6 = {"rs1": "2001:db8:0:2::2", "rs2": "2001:db8:0:2::3"}
 
+#: The IPv6 services of the NAT plan (see :func:`rules6_for` for the others).
 RULES6 = [
     f"-A -t [{VIP6}]:80 -s wlc",
     f"-a -t [{VIP6}]:80 -r [{RS6['rs1']}]:80 -m -w 1",
@@ -169,6 +171,25 @@ def rules_for(method: str) -> list[str]:
         f"-A -u {VIP}:7 -s rr",
         f"-a -u {VIP}:7 -r 172.16.0.2:7 {opts}",
         f"-a -u {VIP}:7 -r 172.16.0.3:7 {opts}",
+    ]
+
+
+def rules6_for(method: str) -> list[str]:
+    """The IPv6 services of ``--ipv6`` for a forwarding method: NAT's
+    :data:`RULES6`, or for DR and TUN the same web and UDP echo services
+    as :func:`rules_for` on the IPv6 VIP and real servers (which hold the
+    IPv6 VIP themselves: on ``lo``, or on the decapsulator's tun device,
+    fed by IPv6-in-IPv6, GUE or GRE over IPv6)."""
+    if method == "nat":
+        return list(RULES6)
+    opts = " ".join(METHODS[method])
+    return [
+        f"-A -t [{VIP6}]:80 -s wlc",
+        f"-a -t [{VIP6}]:80 -r [{RS6['rs1']}]:80 {opts} -w 1",
+        f"-a -t [{VIP6}]:80 -r [{RS6['rs2']}]:80 {opts} -w 2",
+        f"-A -u [{VIP6}]:7 -s rr",
+        f"-a -u [{VIP6}]:7 -r [{RS6['rs1']}]:7 {opts}",
+        f"-a -u [{VIP6}]:7 -r [{RS6['rs2']}]:7 {opts}",
     ]
 
 
@@ -370,7 +391,7 @@ def build_net(mode: str, strict: bool, ipv6: bool = False, method: str = "nat") 
     for ns, dev in ((NS_CLIENT, "c0"), (NS_RS1, "eth0"), (NS_RS2, "eth0")):
         sysctl(ns, {f"net.ipv4.conf.{dev}.rp_filter": "0"})
     if ipv6:
-        build_net6()
+        build_net6(method)
     if strict:
         eth = shutil.which("ethtool") or "ethtool"
         # Bridge ports too: the director's frames leave through them.
@@ -380,11 +401,15 @@ def build_net(mode: str, strict: bool, ipv6: bool = False, method: str = "nat") 
             run(*nsexec(ns, eth, "-K", dev, "rx", "off"))
 
 
-def build_net6() -> None:
+def build_net6(method: str = "nat") -> None:
     """The IPv6 plan: IPv6 on the client's and the real servers' lab
     interface only (no router solicitations, no autoconfiguration, no
     duplicate address detection: the lab is up at once); the director's
-    kernel keeps IPv6 off and ipvsd answers for its addresses."""
+    kernel keeps IPv6 off and ipvsd answers for its addresses.  DR: the
+    real servers hold the IPv6 VIP on ``lo`` (IPv6 answers neighbour
+    solicitations only for the addresses of the interface asked, so no
+    ``arp_ignore`` is needed); the tunnels' decapsulator puts it on its
+    tun device."""
     on = {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "1",
           "net.ipv6.conf.all.accept_ra": "0", "net.ipv6.conf.all.router_solicitations": "0"}
     for ns, dev in ((NS_CLIENT, "c0"), (NS_RS1, "eth0"), (NS_RS2, "eth0")):
@@ -393,6 +418,8 @@ def build_net6() -> None:
     ip_batch(NS_CLIENT, [f"addr add {CLIENT6}/64 dev c0 nodad", f"route add {VIP6.rsplit(':', 2)[0]}::/64 dev c0"])
     for name, (ns, _addr, _port) in RS.items():
         ip_batch(ns, [f"addr add {RS6[name]}/64 dev eth0 nodad", f"route add default via {GATEWAY6} dev eth0"])
+        if method == "dr":
+            ip_batch(ns, [f"addr add {VIP6}/128 dev lo nodad"])
 
 
 NGINX_CONF = """\
@@ -421,11 +448,14 @@ http {{
 """
 
 
-def start_decap(method: str) -> None:
+def start_decap(method: str, ipv6: bool = False) -> None:
     """TUN: each real server's user-space decapsulator (:mod:`ipvs_harness.decap`),
-    which makes the ``vip0`` tun device holding the VIP."""
+    which makes the ``vip0`` tun device holding the VIP (and with ``ipv6``
+    the IPv6 VIP, and takes tunnel packets with an outer IPv6 header)."""
     kind = method.split("-")[0]
     opt = {"ipip": ["--ipip"], "gre": ["--gre"], "gue": ["--gue-port", str(GUE_PORT)]}[kind]
+    if ipv6:
+        opt += ["--ipv6", "--addr", f"{VIP6}/128"]
     for name, (ns, _addr, _port) in RS.items():
         start(f"decap-{name}", ns, [sys.executable, "-m", "ipvs_harness.decap", "--dev", "vip0",
                                     "--addr", f"{VIP}/32", *opt], ready="ready", env={"PYTHONPATH": ROOT})
@@ -453,25 +483,28 @@ def start_servers(ipv6: bool = False, method: str = "nat") -> None:
     nginx = shutil.which("nginx") if os.environ.get("IPVS_LAB_HTTP") != "python" else None
     me = os.path.join(TOOLS, "ipvs-lab")
     if method not in ("nat", "dr"):
-        start_decap(method)
+        start_decap(method, ipv6)
     for name, (ns, addr, port) in RS.items():
+        addr6 = RS6[name]
         if method != "nat":
-            addr, port = VIP, 80  # DR/TUN: the real servers serve the VIP itself
+            addr, addr6, port = VIP, VIP6, 80  # DR/TUN: the real servers serve the VIP itself
         if nginx:
             os.makedirs(os.path.join(STATE, f"nginx-{name}-tmp"), exist_ok=True)
             conf = os.path.join(STATE, f"nginx-{name}.conf")
             with open(conf, "w") as f:
-                listen6 = f"\n        listen [{RS6[name]}]:{port} backlog=4096 reuseport;" if ipv6 else ""
+                listen6 = f"\n        listen [{addr6}]:{port} backlog=4096 reuseport;" if ipv6 else ""
                 f.write(NGINX_CONF.format(state=STATE, name=name, addr=addr, port=port, listen6=listen6))
             start(f"http-{name}", ns, [nginx, "-c", conf, "-e", os.path.join(STATE, f"nginx-{name}.err")])
         else:
-            http = ["--http", f"{addr}:{port}"] + (["--http", f"{RS6[name]}:{port}"] if ipv6 else [])
+            http = ["--http", f"{addr}:{port}"] + (["--http", f"{addr6}:{port}"] if ipv6 else [])
             start(f"http-{name}", ns, [sys.executable, me, "_serve", "--name", name, *http], ready="ready")
-        udp = ["--udp", f"{addr}:7"] + (["--udp", f"{RS6[name]}:7"] if ipv6 else [])
+        udp = ["--udp", f"{addr}:7"] + (["--udp", f"{addr6}:7"] if ipv6 else [])
         start(f"udp-{name}", ns, [sys.executable, me, "_serve", "--name", name, *udp], ready="ready")
     if method != "nat":
         for ns, _addr, _port in RS.values():
             wait_tcp(ns, VIP, 80)
+            if ipv6:
+                wait_tcp(ns, f"[{VIP6}]", 80)
         return
     if importlib.util.find_spec("pyftpdlib") is not None:
         start("ftp-rs2", NS_RS2, [sys.executable, me, "_ftp", "172.16.0.3", os.path.join(STATE, "ftp")],
@@ -530,7 +563,7 @@ def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = Fal
                                open(os.path.join(STATE, "director.log")).read()[-3000:])
         time.sleep(0.1)
     if rules:
-        for line in rules_for(method) + (RULES6 if ipv6 else []):
+        for line in rules_for(method) + (rules6_for(method) if ipv6 else []):
             ipvsadm(*line.split())
 
 

@@ -36,7 +36,9 @@ REQUIRED = {
     "ip_vs_proto_get", "tcp_conn_schedule", "set_tcp_state", "tcp_state_transition", "udp_state_transition",
     "tcp_timeout_change", "ip_vs_control_assure_ct", "ip_vs_state_name",
     # ip_vs_xmit.c
-    "ip_vs_nat_xmit", "ip_vs_icmp_xmit", "ip_vs_nat_icmp", "decrement_ttl",
+    "ip_vs_nat_xmit", "ip_vs_icmp_xmit", "ip_vs_nat_icmp", "decrement_ttl", "ip_vs_nat_xmit_v6",
+    "ip_vs_dr_xmit", "ip_vs_dr_xmit_v6", "ip_vs_tunnel_xmit", "ip_vs_tunnel_xmit_v6", "__ip_vs_get_out_rt",
+    "__ip_vs_get_out_rt_v6",
     # ip_vs_ctl.c
     "ip_vs_service_find", "ip_vs_find_real_service", "ip_vs_dest_trash_expire",
 }

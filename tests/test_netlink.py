@@ -330,7 +330,8 @@ def test_compiled_checks_answer_as_the_generic_ones(request):
 def test_mixed_family_destinations(ipvs):
     """ip_vs_genl_set_cmd: a destination of the other family only with
     tunnelling, and never while a sync daemon runs (its protocol has one
-    family per connection); deleting one is always allowed."""
+    family per connection), nor does a daemon start while one exists;
+    deleting one is always allowed."""
     svc6 = {**FULL, "af": AF_INET6, "addr": "2001:db8:5::5", "netmask": 128}
     key6 = {k: svc6[k] for k in SVC}
     ok(ipvs, "NEW_SERVICE", service=svc6)
@@ -341,7 +342,14 @@ def test_mixed_family_destinations(ipvs):
     ok(ipvs, "NEW_DEST", service=key6, dest={**DEST, "addr": "2001:db8:2::2"})
     (d4,) = [d for d in ok(ipvs, "GET_DEST", service=key6)["dests"] if d["addr_family"] == AF_INET]
     assert (d4["addr"], d4["fwd_method"]) == ("172.16.0.2", 2)
-    ok(ipvs, "NEW_DAEMON", daemon={"state": 1, "mcast_ifn": "eth0", "sync_id": 3})
+    # ip_vs_genl_new_daemon: no sync daemon while a mixed-family destination exists.
+    daemon = {"state": 1, "mcast_ifn": "eth0", "sync_id": 3}
+    assert err(ipvs, "NEW_DAEMON", daemon=daemon) == errno.EINVAL
+    ok(ipvs, "DEL_DEST", service=key6, dest={"addr_family": AF_INET, "addr": "172.16.0.2", "port": 80})
+    ok(ipvs, "NEW_DAEMON", daemon=daemon)
+    assert err(ipvs, "NEW_DEST", service=key6, dest={**v4, "fwd_method": 2}) == errno.EINVAL
     assert err(ipvs, "SET_DEST", service=key6, dest={**v4, "fwd_method": 2, "weight": 3}) == errno.EINVAL
     ok(ipvs, "SET_DEST", service=key6, dest={**DEST, "addr": "2001:db8:2::2", "weight": 3})
-    ok(ipvs, "DEL_DEST", service=key6, dest={"addr_family": AF_INET, "addr": "172.16.0.2", "port": 80})
+    # Deleting is never refused for the family (none is left here: not found).
+    assert err(ipvs, "DEL_DEST", service=key6, dest={"addr_family": AF_INET, "addr": "172.16.0.2",
+                                                      "port": 80}) == errno.ENOENT

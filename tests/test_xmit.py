@@ -501,3 +501,237 @@ def test_tunnel_passes_icmp_errors_without_frag_needed():
     assert v == xmit.NF_DROP and not ipvs.outbox  # 87 - 20 < 68: no route for it
     v, ipvs = _tun(e, cp, mtu=100, icmp=True)  # 128 bytes > 80, DF: passed on all the same
     assert v == xmit.NF_STOLEN and not ipvs.outbox and IP(bytes(e)).proto == 4
+
+
+# ------------------------------------------------- DR and TUN over IPv6
+
+DIR6 = "2001:db8:0:2::1"
+
+
+def fwd_conn6(fwd, proto=6, tun_type=0, tun_port=0, tun_flags=0, client=CLI6, vip=VIP6, rs=RS6):
+    """A connection client:3456 -> vip:80 => rs:80 whose dest forwards by
+    ``fwd``; ``rs`` of the other family than ``vip`` makes a mixed-family
+    tunnel connection (``cp->daf``)."""
+    from ipvs.ip_vs import Dest
+
+    af, daf = (10 if ":" in vip else 2), (10 if ":" in rs else 2)
+    dest = Dest(daf, A(rs), 80, conn_flags=fwd, tun_type=tun_type, tun_port=tun_port, tun_flags=tun_flags)
+    tab = ConnTable(250)
+    return tab.new(ConnParam(af, proto, A(client), 3456, A(vip), 80), A(rs), 80, fwd | uapi.IP_VS_CONN_F_NOOUTPUT, dest)
+
+
+def _tun6(buf, cp, mtu=None, partial=False, ipvs=None, icmp=False):
+    """Through the transmitter ``ip_vs_bind_xmit`` picks: by the real server's family."""
+    ipvs = ipvs or NetnsIPVS()
+    h = parse(buf, 0)
+    outer6 = len(cp.daddr) == 16
+    f = xmit.tunnel_xmit_v6 if outer6 else xmit.tunnel_xmit
+    v = f(ipvs, cp, proto_get(h.protocol), buf, h, mtu, partial, A(DIR6 if outer6 else DIR), icmp)
+    return v, ipvs
+
+
+def tcp6(src=CLI6, dst=VIP6, payload=b"GET /", hlim=64, tc=0, fl=0, exts=()):
+    pkt = IPv6(src=src, dst=dst, hlim=hlim, tc=tc, fl=fl)
+    for e in exts:
+        pkt = pkt / e
+    return bytearray(bytes(pkt / TCP(sport=3456, dport=80, flags="PA") / payload))
+
+
+def test_mixed_family_connection_keeps_the_real_servers_family():
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, vip=VIP, client=CLI, rs=RS6)
+    assert (cp.af, cp.daf, cp.daddr, cp.caddr, cp.vaddr) == (2, 10, A(RS6), A(CLI), A(VIP))
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, rs=RS)
+    assert (cp.af, cp.daf, cp.daddr, cp.dport, cp.cport) == (10, 2, A(RS), 80, 3456)
+    assert fwd_conn6(uapi.IP_VS_CONN_F_DROUTE).daf == 10
+
+
+def test_dr_xmit_v6_keeps_the_packet_but_the_hop_limit():
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_DROUTE)
+    buf = tcp6(exts=(IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()))
+    before = bytes(buf)
+    h = parse(buf, 0)
+    assert xmit.dr_xmit_v6(NetnsIPVS(), cp, proto_get(6), buf, h, 1500) == xmit.NF_STOLEN
+    assert [i for i in range(len(buf)) if buf[i] != before[i]] == [7] and buf[7] == 63
+
+
+def test_dr_xmit_v6_hop_limit_and_packet_too_big_come_from_the_vip():
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_DROUTE)
+    ipvs = NetnsIPVS()
+    low = tcp6(hlim=1)
+    assert xmit.dr_xmit_v6(ipvs, cp, proto_get(6), low, parse(low, 0), None) == xmit.NF_DROP
+    (err,) = ipvs.outbox
+    e = IPv6(bytes(err))
+    assert (e.src, e.dst, e[ICMPv6TimeExceeded].code) == (VIP6, CLI6, 0)
+    ipvs.outbox.clear()
+    # IPv6 is never fragmented on the way: too big is dropped and answered, DF or not.
+    big = tcp6(payload=b"x" * 1400)
+    assert xmit.dr_xmit_v6(ipvs, cp, proto_get(6), big, parse(big, 0), 1280) == xmit.NF_DROP
+    (err,) = ipvs.outbox
+    e = IPv6(bytes(err))
+    assert (e.src, e.dst, e[ICMPv6PacketTooBig].mtu, e[IPerror6].hlim) == (VIP6, CLI6, 1280, 63)
+    ipvs.outbox.clear()
+    fits = tcp6(payload=b"x" * (1280 - 60))
+    assert xmit.dr_xmit_v6(ipvs, cp, proto_get(6), fits, parse(fits, 0), 1280) == xmit.NF_STOLEN
+    # An ICMPv6 error passed on (ip_vs_iph_icmp): dropped when too big, never answered.
+    quoted = bytes(IPv6(src=VIP6, dst=CLI6) / TCP(sport=80, dport=3456) / (b"y" * 1300))
+    e = bytearray(bytes(IPv6(src="2001:db8:0:1::fe", dst=VIP6) / ICMPv6DestUnreach() / quoted))
+    assert xmit.dr_xmit_v6(ipvs, cp, proto_get(6), e, parse(e, 0), 1280, icmp=True) == xmit.NF_DROP
+    assert ipvs.outbox == []
+
+
+def test_ip6ip6_outer_header_field_by_field():
+    """ip_vs_tunnel_xmit_v6: version 6, the inner traffic class (ECN
+    encapsulated), flow label 0 (whatever the inner one), payload length
+    the inner packet's, next header 41, hop limit the inner one after its
+    decrement, the director's address to the real server's."""
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL)
+    inner = tcp6(hlim=40, tc=0xB9, fl=0x12345, exts=(IPv6ExtHdrHopByHop(),))
+    n = len(inner)
+    buf = bytearray(inner)
+    v, ipvs = _tun6(buf, cp, mtu=1500)
+    assert v == xmit.NF_STOLEN and len(buf) == n + 40 and not ipvs.outbox
+    assert struct.unpack_from("!IHBB", buf, 0) == ((6 << 28) | (0xB9 << 20), n, 41, 39)
+    assert (bytes(buf[8:24]), bytes(buf[24:40])) == (A(DIR6), A(RS6))
+    assert bytes(buf[40:]) == bytes(inner[:7]) + b"\x27" + bytes(inner[8:])  # only the hop limit went down
+    o = IPv6(bytes(buf))
+    assert (o.tc, o.fl, o.nh, o[IPv6:2].dst, o[IPv6:2].fl) == (0xB9, 0, 41, VIP6, 0x12345)
+
+
+def test_ip6ip6_ecn_ce_becomes_ect0():
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL)
+    buf = tcp6(tc=0x03 | 0x28)
+    _tun6(buf, cp)
+    assert IPv6(bytes(buf)).tc == 0x2A and IPv6(bytes(buf[40:])).tc == 0x2B
+
+
+def test_tunnel_v6_mtu_less_overhead_packet_too_big():
+    """The overhead over IPv6: 40 (IPIP), 52 (GUE), 44 (GRE), 48 (GRE
+    with checksum); a packet one byte above the rest gets a Packet Too
+    Big with that MTU; less than 1280 left: dropped without an answer."""
+    for tun_type, flags, overhead in ((0, 0, 40), (1, 0, 52), (2, 0, 44), (2, 1, 48)):
+        cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=tun_type, tun_port=6080, tun_flags=flags)
+        fits = tcp6(payload=b"x" * (1500 - overhead - 60))
+        v, ipvs = _tun6(fits, cp, mtu=1500)
+        assert v == xmit.NF_STOLEN and len(fits) == 1500
+        big = tcp6(payload=b"x" * (1501 - overhead - 60))
+        v, ipvs = _tun6(big, cp, mtu=1500)
+        assert v == xmit.NF_DROP
+        e = IPv6(bytes(ipvs.outbox[0]))
+        assert (e.src, e[ICMPv6PacketTooBig].mtu) == (VIP6, 1500 - overhead)
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL)
+    v, ipvs = _tun6(tcp6(), cp, mtu=1280 + 40 - 1)
+    assert v == xmit.NF_DROP and not ipvs.outbox
+    v, ipvs = _tun6(tcp6(hlim=1), cp)
+    assert v == xmit.NF_DROP and IPv6(bytes(ipvs.outbox[0]))[ICMPv6TimeExceeded].code == 0
+
+
+def test_gue_over_ipv6():
+    """GUE in IPv6: UDP to the tunnel port, the GUE header's protocol 41;
+    checksum 0 without --tun-csum (RFC 6935's zero checksum for tunnels,
+    udp6_set_csum), and one over the IPv6 pseudo-header with it."""
+    inner = tcp6()
+    for flags in (0, uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM):
+        cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=1, tun_port=6080, tun_flags=flags)
+        buf = bytearray(inner)
+        assert _tun6(buf, cp)[0] == xmit.NF_STOLEN
+        o = IPv6(bytes(buf))
+        assert (o.nh, o.plen) == (17, len(inner) + 12)
+        sport, dport, ulen, csum = struct.unpack_from("!HHHH", buf, 40)
+        assert dport == 6080 and xmit.LOCAL_PORT_MIN <= sport <= xmit.LOCAL_PORT_MAX and ulen == len(inner) + 12
+        assert bytes(buf[48:52]) == b"\x00\x29\x00\x00"  # version 0, hlen 0, proto IPv6, no flags
+        assert bytes(buf[52:]) == bytes(inner[:7]) + b"\x3f" + bytes(inner[8:])
+        if flags:
+            assert csum != 0 and l4_ok6(bytes(buf))
+        else:
+            assert csum == 0
+
+
+def test_gue_remote_checksum_offload_over_ipv6():
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=1, tun_port=6080, tun_flags=uapi.IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM)
+    inner = tcp6()
+    xmit.l4_csum_full(inner, parse(inner, 0), partial=True)
+    buf = bytearray(inner)
+    assert _tun6(buf, cp, partial=True)[0] == xmit.NF_STOLEN
+    assert IPv6(bytes(buf)).plen == len(inner) + 20
+    assert bytes(buf[48:52]) == b"\x02\x29\x00\x01"
+    # The inner TCP checksum starts at 40 and sits at 56 of the inner packet.
+    assert bytes(buf[52:60]) == b"\x80\x00\x00\x00" + (40).to_bytes(2, "big") + (56).to_bytes(2, "big")
+    assert buf[60 + 56 : 60 + 58] == inner[56:58] and l4_ok6(bytes(buf))
+
+
+def test_gre_over_ipv6():
+    inner = tcp6()
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=2)
+    buf = bytearray(inner)
+    _tun6(buf, cp)
+    assert (IPv6(bytes(buf)).nh, IPv6(bytes(buf)).plen) == (47, len(inner) + 4)
+    assert bytes(buf[40:44]) == b"\x00\x00\x86\xdd"  # no flags, version 0, IPv6
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=2, tun_flags=uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM)
+    buf = bytearray(inner)
+    _tun6(buf, cp)
+    assert IPv6(bytes(buf)).plen == len(inner) + 8
+    assert bytes(buf[40:44]) == b"\x80\x00\x86\xdd" and bytes(buf[46:48]) == b"\0\0"
+    assert inet_csum(bytes(buf[40:])) == 0  # no pseudo-header in GRE's checksum
+
+
+def test_ipv4_in_ipv6_tunnel():
+    """An IPv4 service's packet to an IPv6 real server: next header 4 (GRE:
+    0x0800, GUE: proto 4), the outer traffic class and hop limit from the
+    IPv4 tos and TTL.  Its MTU rules stay IPv4's: DF with pmtu_disc gets
+    "fragmentation needed" with the path MTU less the IPv6 overhead."""
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, vip=VIP, client=CLI, rs=RS6)
+    inner = bytearray(bytes(IP(src=CLI, dst=VIP, ttl=40, tos=0xB9, flags="DF", id=7)
+                            / TCP(sport=3456, dport=80, flags="PA") / b"GET /"))
+    buf = bytearray(inner)
+    v, ipvs = _tun6(buf, cp, mtu=1500)
+    assert v == xmit.NF_STOLEN
+    assert struct.unpack_from("!IHBB", buf, 0) == ((6 << 28) | (0xB9 << 20), len(inner), 4, 39)
+    assert (bytes(buf[8:24]), bytes(buf[24:40])) == (A(DIR6), A(RS6))
+    i = IP(bytes(buf[40:]))
+    assert (i.ttl, i.dst, i.id, i.flags) == (39, VIP, 7, "DF") and inet_csum(bytes(buf[40:60])) == 0
+    for tun_type, head in ((1, b"\x00\x04\x00\x00"), (2, b"\x00\x00\x08\x00")):
+        cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=tun_type, tun_port=6080, vip=VIP, client=CLI, rs=RS6)
+        buf = bytearray(inner)
+        _tun6(buf, cp)
+        assert bytes(buf[48:52] if tun_type == 1 else buf[40:44]) == head
+    big = bytearray(bytes(IP(src=CLI, dst=VIP, flags="DF") / TCP(sport=3456, dport=80) / (b"x" * 1421)))
+    v, ipvs = _tun6(big, cp, mtu=1500)  # (cp: GRE, 44 bytes)
+    assert v == xmit.NF_DROP
+    err = IP(bytes(ipvs.outbox[0]))
+    assert (err.src, err[ICMP].type, err[ICMP].code, err[ICMP].nexthopmtu) == (VIP, 3, 4, 1456)
+    nodf = bytearray(bytes(IP(src=CLI, dst=VIP) / TCP(sport=3456, dport=80) / (b"x" * 1421)))
+    assert _tun6(nodf, cp, mtu=1500)[0] == xmit.NF_STOLEN  # may be fragmented before the tunnel
+    # But the IPv6 route's minimum stays 1280.
+    assert _tun6(tcp(CLI, 3456, VIP, 80), cp, mtu=1280 + 44 - 1)[0] == xmit.NF_DROP
+
+
+def test_ipv6_in_ipv4_tunnel():
+    """An IPv6 service's packet to an IPv4 real server (ip_vs_tunnel_xmit
+    with an IPv6 skb): protocol 41, no DF (ip_vs_prepare_tunneled_skb's
+    df = 0 for IPv6), so an ID; tos the traffic class, TTL the hop limit.
+    The inner packet's MTU rules are IPv6's: Packet Too Big with the path
+    MTU less 20, pmtu_disc or not; the IPv4 route's minimum is 68."""
+    cp = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, rs=RS)
+    inner = tcp6(hlim=40, tc=0xB9)
+    buf = bytearray(inner)
+    v, ipvs = _tun6(buf, cp, mtu=1500)
+    assert v == xmit.NF_STOLEN and len(buf) == len(inner) + 20
+    o = IP(bytes(buf))
+    assert (o.version, o.ihl, o.proto, o.src, o.dst, o.len) == (4, 5, 41, DIR, RS, len(inner) + 20)
+    assert (o.tos, o.ttl, o.flags) == (0xB9, 39, 0) and inet_csum(bytes(buf[:20])) == 0
+    first = o.id
+    again = tcp6()
+    _tun6(again, cp, ipvs=ipvs)
+    assert IP(bytes(again)).id == (first + 1) & 0xFFFF
+    assert bytes(buf[20:]) == bytes(inner[:7]) + b"\x27" + bytes(inner[8:])
+    gre = fwd_conn6(uapi.IP_VS_CONN_F_TUNNEL, tun_type=2, rs=RS)
+    buf = tcp6()
+    _tun6(buf, gre)
+    assert bytes(buf[20:24]) == b"\x00\x00\x86\xdd"
+    big = tcp6(payload=b"x" * (1500 - 20 - 60 + 1))
+    ipvs = NetnsIPVS()
+    ipvs.sysctl.pmtu_disc = 0
+    v, ipvs = _tun6(big, cp, mtu=1500, ipvs=ipvs)
+    assert v == xmit.NF_DROP and IPv6(bytes(ipvs.outbox[0]))[ICMPv6PacketTooBig].mtu == 1480
+    v, ipvs = _tun6(tcp6(), cp, mtu=87)
+    assert v == xmit.NF_DROP and not ipvs.outbox

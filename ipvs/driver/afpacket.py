@@ -90,7 +90,7 @@ from collections.abc import Callable
 
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
-from ipvs.driver.gso import segment_tcp4
+from ipvs.driver.gso import segment_tcp
 from ipvs.driver.ip6 import IPv6Path, parse_net6
 from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
 from ipvs.driver.neigh import (
@@ -106,6 +106,7 @@ from ipvs.driver.ring import (
     DIRECT_MIN,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
     VNET,
     VNET_HDR_LEN,
     RingSocket,
@@ -591,7 +592,7 @@ class AFPacketDriver:
             if verdict == NF_STOLEN:
                 counts["ipvs"] += 1
                 if d.xmit_to is not None:
-                    self._fwd_out(buf, 0)  # DR or TUN
+                    self.fwd_out(buf, 0)  # DR or TUN
                     return
                 # The core may have changed the length (application helpers).
                 tot = buf[L3 + 2] << 8 | buf[L3 + 3]
@@ -676,7 +677,7 @@ class AFPacketDriver:
         if verdict == NF_STOLEN:
             self.counts["ipvs"] += 1
             if d.xmit_to is not None:
-                self._fwd_out(buf, maxfrag)
+                self.fwd_out(buf, maxfrag)
             else:
                 self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
@@ -794,7 +795,7 @@ class AFPacketDriver:
             return
         counts["host_unreach"] += 1
         if verdict == NF_STOLEN and self.d.xmit_to is not None:
-            self._fwd_out(err, 0)  # an error about a DR/TUN connection, passed on to its real server
+            self.fwd_out(err, 0)  # an error about a DR/TUN connection, passed on to its real server
         else:
             self.route_out(err, L3)
 
@@ -912,14 +913,16 @@ class AFPacketDriver:
                 return p
         return None
 
-    def _fwd_out(self, buf: bytearray, maxfrag: int) -> None:
+    def fwd_out(self, buf: bytearray, maxfrag: int) -> None:
         """Send a packet the core direct-routed or tunnelled
-        (:attr:`ipvs.core.Director.xmit_to`): to the real server.
+        (:attr:`ipvs.core.Director.xmit_to`): to the real server; either
+        family (the IPv6 path of :mod:`ipvs.driver.ip6` comes here too).
 
         DR: the packet still says VIP; it is routed as if to the real
         server and leaves with that neighbour's MAC (the kernel's route to
         ``cp->daddr`` with ``IP_VS_RT_MODE_KNOWN_NH``).  TUN: the outer
-        header says the real server; the checksums are final (the core
+        header says the real server, in its family, which may not be the
+        packet's (a mixed-family tunnel); the checksums are final (the core
         completed the inner one), so the frame no longer asks for one.  A
         GSO super-frame cannot be tunnelled through a packet socket
         (``virtio_net_hdr`` has no tunnel segmentation types): its inner
@@ -935,32 +938,50 @@ class AFPacketDriver:
                 return
             buf[0] &= ~VIRTIO_NET_HDR_F_NEEDS_CSUM
             self.counts["tunnelled"] += 1
-            self.route_out(buf, L3, maxfrag, ignore_df=True)
+            self._out_any(buf, maxfrag)
+        elif len(cp.daddr) == 16:
+            if self.v6 is not None:  # (it is: only its IPv6 path sees IPv6 packets)
+                self.counts["direct_routed6"] += 1
+                self.v6.route_out(buf, L3, maxfrag, via=cp.daddr)
         else:
             self.counts["direct_routed"] += 1
             self.route_out(buf, L3, maxfrag, via=_I.unpack(cp.daddr)[0], ignore_df=True)
 
+    def _out_any(self, buf: bytearray, maxfrag: int = 0) -> None:
+        """Route a tunnelled packet by its outer header's family (the
+        IPVS transmitters' ``ignore_df``: IPv4 may be fragmented)."""
+        if buf[L3] >> 4 == 6:
+            if self.v6 is None:
+                self.drops["ipv6_off"] += 1
+                return
+            self.v6.route_out(buf, L3, maxfrag, ignore_df=True)
+        else:
+            self.route_out(buf, L3, maxfrag, ignore_df=True)
+
     def _tunnel_gso(self, buf: bytearray, cp) -> None:
-        """A tunnelled TCP/IPv4 GSO super-frame: unwrap, cut, wrap each segment."""
+        """A tunnelled TCP GSO super-frame (IPv4 or IPv6 inside): unwrap,
+        cut, wrap each segment."""
         dest = cp.dest
-        if buf[1] & 0x7F != VIRTIO_NET_HDR_GSO_TCPV4 or dest is None:
+        gso = buf[1] & 0x7F
+        if gso not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or dest is None:
             self.drops["tun_gso"] += 1  # (UDP fragmentation offload: not sent by Linux hosts)
             return
         gso_size = VNET.unpack_from(buf, 0)[3]
         # The core wrapped it as a partial (offloaded) TCP packet.
-        del buf[L3 : L3 + tunnel_overhead(dest.tun_type, dest.tun_flags, True)]
-        segs = segment_tcp4(buf, L3, gso_size)
+        daddr = cp.daddr
+        del buf[L3 : L3 + tunnel_overhead(dest.tun_type, dest.tun_flags, True, len(daddr) == 16)]
+        segs = segment_tcp(buf, L3, gso_size)
         if not segs:
             self.drops["tun_gso"] += 1
             return
-        saddr = self._own_address(cp.daddr) or self.inner[0].addr_b
+        saddr = self._own_address(daddr) or (self.inner[0].addr_b if len(daddr) == 4 else bytes(16))
         pp = self.ipvs.proto_data[IPPROTO_TCP].pp
         for seg in segs:
             h = parse(seg, L3)
-            if not isinstance(h, IPHeader):  # (cannot be: segment_tcp4 built it)
+            if not isinstance(h, IPHeader):  # (cannot be: segment_tcp built it)
                 continue
             tunnel_encap(self.ipvs, cp, pp, seg, h, False, saddr)
-            self.route_out(seg, L3, ignore_df=True)
+            self._out_any(seg)
         self.counts["tunnelled"] += len(segs)
         self.counts["tun_gso_segmented"] += 1
 

@@ -25,9 +25,13 @@ Fragments are reassembled first and the result fragmented again no
 larger than the largest fragment that came (:mod:`ipvs.driver.frag6`), as
 ``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.
 
+With ``--forward`` transit traffic is routed (``ip6_forward``: one hop
+less), which a DR or TUN real server's direct replies need when the
+director is its gateway.
+
 Differences from the kernel, and why: spare mode only (shared mode would
 need ip6 nftables rules to keep the kernel off the stolen traffic); no
-transit forwarding, no router advertisements, no rate limit
+router advertisements, no rate limit
 on the ICMPv6 errors the driver makes; a next hop that never answers
 gets its waiting packets answered with address unreachable
 (``ndisc_error_report``, through the core's LOCAL_OUT step), without the
@@ -47,8 +51,10 @@ from ipvs.packet import (
     ICMPV6_DEST_UNREACH,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    ICMPV6_EXC_HOPLIMIT,
     ICMPV6_PKT_TOOBIG,
     ICMPV6_PORT_UNREACH,
+    ICMPV6_TIME_EXCEED,
     NDISC_NEIGHBOUR_ADVERTISEMENT,
     NDISC_NEIGHBOUR_SOLICITATION,
     TCP_ACK,
@@ -78,6 +84,11 @@ def parse_net6(text: str) -> tuple[bytes, int]:
     """'2001:db8::1/64' -> (packed address, prefix length)."""
     iface = ipaddress.IPv6Interface(text)
     return iface.ip.packed, iface.network.prefixlen
+
+
+def _link_local(buf: bytearray, at: int) -> bool:
+    """Is the address at ``buf[at:]`` link-local (fe80::/10)?"""
+    return buf[at] == 0xFE and buf[at + 1] & 0xC0 == 0x80
 
 
 def _mask(plen: int) -> int:
@@ -174,11 +185,16 @@ class IPv6Path:
         verdict = d.process(buf, L3, drv.now, bool(buf[0] & 1))
         if verdict == NF_STOLEN:
             drv.counts["ipvs6"] += 1
-            self.route_out(buf, L3, maxfrag)
+            if d.xmit_to is not None:
+                drv.fwd_out(buf, maxfrag)  # DR or TUN: to the real server
+            else:
+                self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
             daddr = bytes(buf[L3 + 24 : L3 + 40])
             if daddr in self.local and drv.mode == "spare":
                 self._local_in(buf, parse(buf, L3))
+            elif drv.forward and daddr not in self.own:
+                self._forward(buf, maxfrag)
             else:
                 drv.drops["not_forwarded6"] += 1
         else:
@@ -211,6 +227,30 @@ class IPv6Path:
                 # (RFC 4861 7.2.4).
                 f = na_frame(p.mac, target, ALL_NODES, None, solicited=False)
             p.queue(f, len(f))
+
+    def _forward(self, buf: bytearray, maxfrag: int) -> None:
+        """``ip6_forward`` for transit traffic (``--forward``), such as a
+        DR or TUN real server's direct replies from the VIP (which the core
+        has counted): nothing to or from a link-local address; at hop limit
+        1 or less a hop limit exceeded back to the sender (not about an
+        ICMPv6 error), else one hop less and routed."""
+        drv = self.drv
+        L3 = 24
+        h = parse(buf, L3)
+        if type(h) is not IPHeader or _link_local(buf, L3 + 8) or _link_local(buf, L3 + 24):
+            drv.drops["not_forwarded6"] += 1
+            return
+        if buf[L3 + 7] <= 1:
+            if not is_ineligible(buf, h):
+                src = self.own_address(bytes(buf[L3 + 8 : L3 + 24]))
+                if src is not None:
+                    self.ipvs.outbox.append(build_error6(buf, L3, h.end, ICMPV6_TIME_EXCEED, ICMPV6_EXC_HOPLIMIT,
+                                                         src))
+            drv.drops["hoplimit6"] += 1
+            return
+        buf[L3 + 7] -= 1
+        drv.counts["forwarded6"] += 1
+        self.route_out(buf, L3, maxfrag)
 
     # ---------------------------------------------------------- local
 
@@ -283,22 +323,29 @@ class IPv6Path:
         r = self.route(dst)
         return r[0].addr6 if r else None
 
-    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0) -> None:
+    def route_out(self, buf: bytearray, l3: int, maxfrag: int = 0, via: bytes | None = None,
+                  ignore_df: bool = False) -> None:
         """Route the IPv6 packet at ``buf[l3:]`` and send it; a datagram
         that came in fragments (``maxfrag``, its largest) leaves in
-        fragments no larger (``ip6_fragment``)."""
+        fragments no larger (``ip6_fragment``).  ``via``: route it as if
+        its destination were this address (direct routing: the packet
+        keeps the VIP and goes to the real server's MAC).  ``ignore_df``:
+        a tunnel's outer packet, which the director itself sends, is
+        fragmented when too big for the link (only a GSO segment can be:
+        the core checked the others) instead of answered, as
+        ``ip6_fragment`` does for the IPVS transmitters' ``skb->ignore_df``."""
         drv = self.drv
-        daddr = bytes(buf[l3 + 24 : l3 + 40])
+        daddr = bytes(buf[l3 + 24 : l3 + 40]) if via is None else via
         r = self.route(daddr)
         if r is None:
             drv.drops["no_route6"] += 1
             return
         port, nh = r
         n = l3 + 40 + ((buf[l3 + 4] << 8) | buf[l3 + 5])
-        if maxfrag and not buf[1] and n - l3 > min(maxfrag, port.mtu):
+        if (maxfrag or ignore_df) and not buf[1] and n - l3 > min(maxfrag or port.mtu, port.mtu):
             self.frag_id = (self.frag_id + 1) & 0xFFFFFFFF
             mac = port.neigh6.mac.get(nh)
-            for f in fragment6(buf, l3, min(maxfrag, port.mtu), self.frag_id):
+            for f in fragment6(buf, l3, min(maxfrag or port.mtu, port.mtu), self.frag_id):
                 self._send(port, f, len(f), mac, nh)
             drv.counts["fragmented6"] += 1
             return
@@ -351,14 +398,18 @@ class IPv6Path:
             return
         src = self.own_address(bytes(buf[h.saddr : h.saddr + 16])) or p.addr6
         err = bytearray(24) + build_error6(buf, 24, h.end, ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, src)
-        if self.d.local_out(err, 24, drv.now) == NF_DROP:
+        verdict = self.d.local_out(err, 24, drv.now)
+        if verdict == NF_DROP:
             drv.drops["addr_unreach6_ipvs"] += 1
             return
-        if bytes(err[48:64]) in self.local:
+        if verdict != NF_STOLEN and bytes(err[48:64]) in self.local:
             drv.counts["addr_unreach6_local"] += 1  # for the director itself: nothing waits for it
             return
         drv.counts["addr_unreach6"] += 1
-        self.route_out(err, 24)
+        if verdict == NF_STOLEN and self.d.xmit_to is not None:
+            drv.fwd_out(err, 0)  # an error about a DR/TUN connection, passed on to its real server
+        else:
+            self.route_out(err, 24)
 
     def next_event(self, now: int) -> int | None:
         """Jiffies of the earliest neighbour event of the IPv6 tables."""

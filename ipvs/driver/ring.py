@@ -81,6 +81,7 @@ VNET = struct.Struct("=BBHHHH")
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
 
 #: TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where TX data starts in a slot.
 TPACKET2_HDRLEN = 32

@@ -47,7 +47,6 @@ _SVC_ORDER = ("[inherent] service hash order: ip_vs_svc_hashkey mixes in the add
 #: nothing now (they read IPv6 rows since the IPv6 data path landed).
 PENDING_IPV6: dict[str, str] = {}
 PENDING: dict[str, str] = {
-    **{name: "issue 17: VS/DR and VS/TUN over IPv6 are being written" for name in ("dr6_classic", "tun6_ipip")},
     **PENDING_IPV6,
 }
 

@@ -838,10 +838,9 @@ def test_every_drop_reason_is_reachable_and_counted():
     for reason in reached:
         assert lab.ipvs.drops[reason] >= 1, reason
     # CONN_REUSE is the kernel's "drop the SYN while old conntrack must be
-    # kept", which needs conntrack (not in PyIPVS): never counted; nor is
-    # UNSUPPORTED since IPv6 has its data path (kept: the numbers are stable).
-    assert set(Drop) - reached == {Drop.CONN_REUSE, Drop.UNSUPPORTED}
-    assert lab.ipvs.drops[Drop.CONN_REUSE] == lab.ipvs.drops[Drop.UNSUPPORTED] == 0
+    # kept", which needs conntrack (not in PyIPVS): never counted.
+    assert set(Drop) - reached == {Drop.CONN_REUSE}
+    assert lab.ipvs.drops[Drop.CONN_REUSE] == 0
 
 
 def test_nat_icmp_send_error_does_not_claim_to_come_from_the_real_server():

@@ -1,14 +1,16 @@
 """ipvs/driver/ip6.py on fake ports: neighbour discovery for the director's
 addresses and the IPv6 VIPs, local answers, routing and neighbour
-resolution of what it sends, and the IPv6 BPF filter switch."""
+resolution of what it sends (direct-routed and tunnelled packets to the
+real server, in its family), and the IPv6 BPF filter switch."""
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
@@ -17,6 +19,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
+    ICMPv6TimeExceeded,
     IPerror6,
     IPv6,
     IPv6ExtHdrFragment,
@@ -25,8 +28,10 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import Ether
 
+from ipvs import ctl, uapi
 from ipvs.driver import bpf
 from ipvs.driver.frag6 import Reassembler6
+from ipvs.packet import l4_csum_full, parse
 from tests.driver.helpers import (
     CLIENT6,
     GW6,
@@ -35,9 +40,11 @@ from tests.driver.helpers import (
     MAC_D_OUT,
     MAC_RS1,
     OUTER6,
+    RS1,
     RS1_6,
     VIP6,
     Rig6,
+    arp,
 )
 
 MCLIENT = "02:00:00:00:c0:01"
@@ -219,3 +226,145 @@ def test_any_ipv6_frame_is_handled_or_counted_never_raised(tail, nh_pick, inner)
     frame += hdr + tail
     (r.rx_inner if inner else r.rx_outer)(frame)
     r.drv.on_idle(r.now + 250)
+
+
+# ------------------------------------------------ direct routing, tunnels
+
+def fwd_rig(fwd, vip=VIP6, rs=RS1_6, tun_type=0, learn=True):
+    """Rig6 whose one service on ``vip`` forwards to ``rs`` by ``fwd``, the
+    real server resolved (its solicitation for the director's address)."""
+    r = Rig6(services6=False)
+    su = r.lab.service(vip, 80, sched="rr")
+    af = 10 if ":" in rs else 2
+    ctl.add_dest(r.lab.ipvs, su, ctl.DestUser(af=af, addr=ipaddress.ip_address(rs).packed, port=80, conn_flags=fwd,
+                                              tun_type=tun_type, tun_port=6080))
+    r.drv.sync_services(force=True)
+    if af == 10 and learn:
+        r.rx_inner(ns(RS1_6, GW6, src_mac=MRS1, eth_dst="02:00:00:00:00:0b"))
+    r.out_ring.take()
+    r.in_ring.take()
+    return r
+
+
+def test_dr6_frame_goes_to_the_real_servers_mac_keeping_the_vip():
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE, learn=False)
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    (sol,) = r.in_ring.take()
+    assert Ether(sol)[ICMPv6ND_NS].tgt == RS1_6  # the real server is resolved, not the VIP
+    r.rx_inner(f6(IPv6(src=RS1_6, dst=GW6, hlim=255) / ICMPv6ND_NA(tgt=RS1_6, S=1, O=1, R=0)
+                  / ICMPv6NDOptDstLLAddr(lladdr=MRS1), src=MRS1, dst="02:00:00:00:00:0b"))
+    (out,) = r.in_ring.take()
+    e = Ether(out)
+    assert (e.dst, e.type, e[IPv6].src, e[IPv6].dst, e[IPv6].hlim, e[TCP].dport) == (MRS1, 0x86DD, CLIENT6, VIP6, 63, 80)
+    assert csum_ok(e, TCP) and r.drv.counts["direct_routed6"] == 1
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="A")))
+    (out,) = r.in_ring.take()
+    assert Ether(out).dst == MRS1 and r.lab.d.xmit_to is None
+
+
+def test_dr6_too_big_for_the_real_servers_link_is_answered_from_the_vip():
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S") / (b"x" * 1460)))
+    assert r.in_ring.take() == []
+    (err,) = r.out_ring.take()
+    e = Ether(err)
+    assert (e[IPv6].src, e[IPv6].dst) == (VIP6, CLIENT6) and e.haslayer(IPerror6)
+
+
+def test_tunnelled_ipv6_frames_leave_in_the_real_servers_family():
+    """IPv6-in-IPv6 (and GRE), IPv4-in-IPv6 for an IPv4 service with an
+    IPv6 real server, IPv6-in-IPv4 for the reverse: the EtherType is the
+    outer header's, the checksums finished (no offload request left)."""
+    T = uapi.IP_VS_CONN_F_TUNNEL
+    for vip, rs, tun_type, etype, nh in ((VIP6, RS1_6, 0, 0x86DD, 41), (VIP6, RS1_6, 2, 0x86DD, 47),
+                                         ("203.0.113.5", RS1_6, 0, 0x86DD, 4)):
+        r = fwd_rig(T, vip=vip, rs=rs, tun_type=tun_type)
+        if ":" in vip:
+            pkt = IPv6(src=CLIENT6, dst=vip) / TCP(sport=40000, dport=80, flags="S")
+            r.rx_outer(f6(pkt))
+        else:
+            pkt = IP(src="198.51.100.2", dst=vip) / TCP(sport=40000, dport=80, flags="S")
+            r.rx_outer(bytearray(10) + bytearray(bytes(Ether(src=MCLIENT, dst="02:00:00:00:00:0a") / pkt)))
+        ((out, vnet),) = r.in_ring.sent
+        e = Ether(out)
+        assert (e.dst, e.type, e[IPv6].src, e[IPv6].dst, e[IPv6].nh) == (MRS1, etype, GW6, RS1_6, nh)
+        assert vnet[0] == 0 and r.drv.counts["tunnelled"] == 1
+    r = fwd_rig(T, rs="172.16.0.2")
+    r.rx_inner(arp(1, MAC_RS1, RS1, b"\0" * 6, "172.16.0.1", b"\xff" * 6))
+    r.in_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    (out,) = r.in_ring.take()
+    e = Ether(out)
+    assert (e.type, e[IP].src, e[IP].dst, e[IP].proto, e[IP][IPv6].dst) == (0x0800, "172.16.0.1", RS1, 41, VIP6)
+
+
+def test_ipv6_gso_super_frame_is_cut_tunnelled_and_fragmented_when_too_big():
+    """A TCP/IPv6 GSO super-frame for an IPv6 tunnel: its segments are cut
+    (no tunnel GSO types in virtio_net_hdr) and each is wrapped; segments
+    of the client's full MSS plus the 40-byte outer header exceed the
+    link, and the director, their source, fragments them (ignore_df)."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_TUNNEL)
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    r.in_ring.take()
+    payload = bytes(range(256)) * 12  # 3072: segments of 1440, 1440, 192
+    pkt = bytearray(bytes(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="PA", seq=9) / payload))
+    h = parse(pkt, 0)
+    l4_csum_full(pkt, h, partial=True)
+    vnet = struct.pack("=BBHHHH", 1, 4, 74, 1440, 54, 16)  # NEEDS_CSUM, GSO_TCPV6
+    r.rx_outer(bytearray(vnet) + bytearray(bytes(Ether(src=MCLIENT, dst="02:00:00:00:00:0a", type=0x86DD))) + pkt)
+    frames = r.in_ring.sent[:]
+    assert r.drv.counts["tun_gso_segmented"] == 1 and r.drv.counts["tunnelled"] == 4  # SYN + 3 segments
+    assert all(v == bytes(10) and len(f) - 14 <= 1500 for f, v in frames)
+    # Two segments came in two fragments each, the last one whole.
+    assert len(frames) == 5
+    re = Reassembler6(250)
+    got = b""
+    for f, _ in frames:
+        buf = bytearray(10) + bytearray(f)
+        e = Ether(f)
+        assert (e[IPv6].src, e[IPv6].dst) == (GW6, RS1_6)
+        whole = re.add(buf, 24, 1000) if e[IPv6].nh == 44 else (buf, 0)
+        if whole is None:
+            continue
+        inner = IPv6(bytes(whole[0][24 + 40 :]))
+        assert inner.dst == VIP6 and inner.hlim == 63 and csum_ok(Ether() / inner, TCP)
+        got += bytes(inner[TCP].payload)
+    assert got == payload
+
+
+def test_direct_replies_are_forwarded_with_forward():
+    """--forward: a DR real server's reply from the VIP (the director is its
+    gateway) is counted by the core and routed on, one hop less; one whose
+    hop limit runs out gets a hop limit exceeded from the director."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.drv.forward = True
+    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    r.in_ring.take()
+    reply = IPv6(src=VIP6, dst=CLIENT6, hlim=64) / TCP(sport=80, dport=40000, flags="SA")
+    r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
+    (out,) = r.out_ring.take()
+    e = Ether(out)
+    assert (e.dst, e[IPv6].src, e[IPv6].dst, e[IPv6].hlim) == (MCLIENT, VIP6, CLIENT6, 63)
+    assert r.drv.counts["forwarded6"] == 1
+    [cp] = r.lab.conns()
+    assert cp.dest.stats.outpkts == 1 and not cp.flags & uapi.IP_VS_CONN_F_NOOUTPUT
+    # Hop limit 1: not counted, not forwarded; the error to the VIP has no
+    # route (a kernel director would deliver it to itself).
+    reply.hlim = 1
+    r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
+    assert r.in_ring.take() == r.out_ring.take() == []
+    assert r.drv.drops["hoplimit6"] == 1 and cp.dest.stats.outpkts == 1
+    own = IPv6(src=RS1_6, dst=CLIENT6, hlim=1) / TCP(sport=5000, dport=40000, flags="S")
+    r.rx_inner(f6(own, src=MRS1, dst="02:00:00:00:00:0b"))
+    (err,) = r.in_ring.take()
+    e = Ether(err)
+    assert (e.dst, e[IPv6].src, e[IPv6].dst, e[ICMPv6TimeExceeded].code) == (MRS1, GW6, RS1_6, 0)
+    assert csum_ok(e, ICMPv6TimeExceeded)
+    r.drv.forward = False
+    reply.hlim = 64
+    r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
+    assert r.out_ring.take() == [] and r.drv.drops["not_forwarded6"] == 1

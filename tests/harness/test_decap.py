@@ -64,3 +64,45 @@ def test_gue_refuses_other_versions_and_control_messages():
     for bad in (bytes([0x40]) + gue[1:], bytes([0x20]) + gue[1:], gue[:1] + b"\x29" + gue[2:], gue[:3]):
         assert decap.gue_payload(bad, c) is None
     assert c["bad_gue"] == 4
+
+
+def tunnelled6(tun_type, tun_flags=0, outer6=True):
+    """An IPv6 client's packet as ip_vs_tunnel_xmit_v6 (or, ``outer6``
+    False, ip_vs_tunnel_xmit) wraps it."""
+    from scapy.layers.inet6 import IPv6
+
+    rs, saddr = ("2001:db8:0:2::2", "2001:db8:0:2::1") if outer6 else (RS, DIR)
+    dest = Dest(10 if outer6 else 2, A(rs), 80, conn_flags=uapi.IP_VS_CONN_F_TUNNEL, tun_type=tun_type,
+                tun_port=6080, tun_flags=tun_flags)
+    cp = ConnTable(250).new(ConnParam(10, 6, A("2001:db8:0:1::2"), 3456, A("2001:db8:0:5::5"), 80), A(rs), 80,
+                            uapi.IP_VS_CONN_F_TUNNEL, dest)
+    inner = bytearray(bytes(IPv6(src="2001:db8:0:1::2", dst="2001:db8:0:5::5") / TCP(sport=3456, dport=80)))
+    buf = bytearray(inner)
+    f = xmit.tunnel_xmit_v6 if outer6 else xmit.tunnel_xmit
+    assert f(NetnsIPVS(), cp, proto_get(6), buf, parse(buf, 0), 1500, False, A(saddr)) == xmit.NF_STOLEN
+    return bytes(buf), bytes(inner[:7]) + b"\x3f" + bytes(inner[8:])
+
+
+def test_ipv6_inner_packets_over_either_outer_family():
+    """What an IPv6 raw socket hands over is the payload after the outer
+    IPv6 header; an IPv4 one the whole packet.  GRE's protocol type and
+    GUE's proto_ctype say IPv6; the inner packet must be of that family."""
+    c = Counter()
+    for outer6 in (True, False):
+        pkt, want = tunnelled6(uapi.IP_VS_CONN_F_TUNNEL_TYPE_IPIP, outer6=outer6)
+        payload = pkt[40:] if outer6 else decap.strip_ip(pkt)
+        assert payload == want and decap.inner_ok(payload)
+        for flags in (0, uapi.IP_VS_TUNNEL_ENCAP_FLAG_CSUM):
+            pkt, want = tunnelled6(uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE, flags, outer6=outer6)
+            assert decap.gre_payload(pkt[40:] if outer6 else decap.strip_ip(pkt), c) == want
+        pkt, want = tunnelled6(uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE, outer6=outer6)
+        gue = pkt[48:] if outer6 else decap.strip_ip(pkt)[8:]
+        assert decap.gue_payload(gue, c) == want
+    assert not c
+    # The protocol says IPv4 but the packet is IPv6 (and the reverse): refused.
+    pkt, _ = tunnelled6(uapi.IP_VS_CONN_F_TUNNEL_TYPE_GRE)
+    assert decap.gre_payload(pkt[40:42] + b"\x08\x00" + pkt[44:], c) is None
+    gue = tunnelled(uapi.IP_VS_CONN_F_TUNNEL_TYPE_GUE)[28:]
+    assert decap.gue_payload(gue[:1] + b"\x29" + gue[2:], c) is None
+    assert c == Counter(bad_gre=1, bad_gue=1)
+    assert not decap.inner_ok(b"\x60" + bytes(30)) and not decap.inner_ok(b"")

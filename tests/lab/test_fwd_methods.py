@@ -1,6 +1,9 @@
 """End to end through direct routing and tunnelling (``ipvs-lab up --method``):
 real clients (curl, ab, UDP sockets) and real servers (nginx, UDP echo)
-that hold the VIP themselves and answer the client directly.
+that hold the VIP themselves and answer the client directly; over IPv4,
+and over IPv6 (``--ipv6``: the IPv6 VIP on the real servers' ``lo`` or
+tun device, IPv6-in-IPv6, GUE and GRE over IPv6, Packet Too Big with the
+tunnel's overhead, the director routing the direct replies).
 
 DR: the real servers hold the VIP on ``lo``.  TUN: on a tun device fed by
 the user-space decapsulator (:mod:`ipvs_harness.decap`) for IPIP, GUE
@@ -16,61 +19,66 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 
 import pytest
 
-from .conftest import MODES, Lab, _skip_reason, lab_mod, socket_in
+from .conftest import MODES, Lab, _skip_reason, lab_mod, socket_in, udp_echo
 
 pytestmark = pytest.mark.lab
 
-VIP = lab_mod.VIP
+#: (method, mode, IPv6): the IPv6 ones run the lab with ``--ipv6`` and
+#: test its IPv6 services, by the same method.
 VARIANTS = [
-    ("dr", "spare"), ("dr", "shared"), ("dr", "strict"),
-    ("ipip", "spare"), ("ipip", "shared"), ("ipip", "strict"),
-    ("gue", "spare"), ("gue-csum", "strict"), ("gue-remcsum", "spare"),
-    ("gre", "spare"), ("gre-csum", "strict"),
+    ("dr", "spare", False), ("dr", "shared", False), ("dr", "strict", False),
+    ("ipip", "spare", False), ("ipip", "shared", False), ("ipip", "strict", False),
+    ("gue", "spare", False), ("gue-csum", "strict", False), ("gue-remcsum", "spare", False),
+    ("gre", "spare", False), ("gre-csum", "strict", False),
+    ("dr", "spare", True), ("ipip", "strict", True), ("gue-remcsum", "spare", True), ("gre-csum", "spare", True),
 ]
 FORWARD_NAME = {"dr": "Route"}
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=[f"{m}-{n}" for m, n in VARIANTS])
+@pytest.fixture(scope="module", params=VARIANTS, ids=[f"{m}-{n}{'-ipv6' * v6}" for m, n, v6 in VARIANTS])
 def flab(request):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    method, name = request.param
+    method, name, ipv6 = request.param
     mode, strict = MODES[name]
     try:
-        lab_mod.up(mode, strict, method=method)
+        lab_mod.up(mode, strict, ipv6=ipv6, method=method)
         lab = Lab(name, mode, strict)
-        lab.method = method
+        lab.method, lab.ipv6 = method, ipv6
+        #: The service's address, as a URL's host and in ipvsadm's listings.
+        lab.vip = lab_mod.VIP6 if ipv6 else lab_mod.VIP
+        lab.host = f"[{lab.vip}]" if ipv6 else lab.vip
+        lab.rs = [f"[{lab_mod.RS6[n]}]" for n in ("rs1", "rs2")] if ipv6 else ["172.16.0.2", "172.16.0.3"]
         yield lab
     finally:
         lab_mod.down()
 
 
 def _csum_errors(lab) -> dict:
-    return {ns: lab.nstat(ns, "TcpInCsumErrors", "UdpInCsumErrors")
-            for ns in (lab_mod.NS_CLIENT, lab_mod.NS_RS1, lab_mod.NS_RS2)}
+    return lab.csum_errors(*(("TcpInCsumErrors", "Udp6InCsumErrors") if lab.ipv6 else ()))
 
 
 def test_listing_names_the_method(flab):
     out = flab.ipvsadm("-Ln")
     want = FORWARD_NAME.get(flab.method, "Tunnel")
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith("->") and "172.16" in line]
+    rows = [line.split() for line in out.splitlines()
+            if line.strip().startswith("->") and line.split()[1].startswith(tuple(flab.rs))]
     assert len(rows) == 4 and {r[2] for r in rows} == {want}
 
 
 def test_curl_reaches_both_real_servers(flab):
     before = _csum_errors(flab)
-    got = [flab.client("curl", "-s", "-m", "5", f"http://{VIP}/").strip() for _ in range(6)]
+    got = [flab.client("curl", "-s", "-m", "5", f"http://{flab.host}/").strip() for _ in range(6)]
     # wlc over weights 1 and 2 with every connection finished: rs2 twice as often.
     assert sorted(got) == ["server=rs1"] * 2 + ["server=rs2"] * 4
-    conns = [c for c in flab.conns() if c["pro"] == "TCP"]
-    assert {c["destination"] for c in conns} == {"172.16.0.2:80", "172.16.0.3:80"}
-    assert {c["virtual"] for c in conns} == {f"{VIP}:80"}
+    conns = [c for c in flab.conns() if c["pro"] == "TCP" and c["virtual"].startswith(flab.host)]
+    assert {c["destination"] for c in conns} == {f"{rs}:80" for rs in flab.rs}
+    assert {c["virtual"] for c in conns} == {f"{flab.host}:80"}
     # The director is the real servers' gateway, so it sees their direct
     # replies: ip_vs_out counts them and walks the states with them (5.10+),
     # and the connections close as through NAT (the client-only states would
@@ -81,10 +89,7 @@ def test_curl_reaches_both_real_servers(flab):
 
 def test_ab_2000_short_connections(flab):
     before = _csum_errors(flab)
-    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_CLIENT, "ab", "-q", "-n", "2000", "-c", "20", "-s", "20",
-                        f"http://{VIP}/"], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr + r.stdout[-1500:]
-    fields = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+    fields = flab.ab(f"http://{flab.host}/", 2000, 20)
     assert int(fields["Complete requests"]) == 2000
     assert int(fields["Failed requests"]) == 0
     assert _csum_errors(flab) == before
@@ -93,17 +98,8 @@ def test_ab_2000_short_connections(flab):
 def test_udp_echo_from_both(flab):
     names = set()
     for i in range(4):
-        s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
-        try:
-            s.settimeout(3)
-            s.connect((VIP, 7))
-            s.send(b"ping %d" % i)
-            data, peer = s.recvfrom(100)
-        finally:
-            s.close()
-        assert peer == (VIP, 7)
-        name, _, echo = data.partition(b": ")
-        assert echo == b"ping %d" % i
+        name, echo, peer = udp_echo(flab.vip, 7, b"ping %d" % i)
+        assert peer[:2] == (flab.vip, 7) and echo == b"ping %d" % i
         names.add(name)
     assert names == {b"rs1", b"rs2"}
 
@@ -112,24 +108,17 @@ def test_fragmented_udp(flab):
     """3000-byte datagrams: reassembled by the director, forwarded (and for
     TUN wrapped, then fragmented as the outer packet), answered directly."""
     payload = bytes(range(256)) * 12
-    s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
-    try:
-        s.settimeout(3)
-        s.connect((VIP, 7))
-        s.send(payload)
-        data = s.recv(65535)
-    finally:
-        s.close()
-    name, _, echo = data.partition(b": ")
+    name, echo, _peer = udp_echo(flab.vip, 7, payload)
     assert name in (b"rs1", b"rs2") and echo == payload
 
 
 def test_100mb_download_intact(flab):
-    if (flab.method, flab.name) not in (("dr", "spare"), ("gue-remcsum", "spare"), ("gre-csum", "strict")):
-        pytest.skip("the large download runs in three variants only (the replies bypass IPVS in all)")
+    if (flab.method, flab.name, flab.ipv6) not in (("dr", "spare", False), ("gue-remcsum", "spare", False),
+                                                   ("gre-csum", "strict", False), ("ipip", "strict", True)):
+        pytest.skip("the large download runs in four variants only (the replies bypass IPVS in all)")
     want = open(os.path.join(lab_mod.STATE, "www", "big.bin.sha256")).read().split()[0]
     before = _csum_errors(flab)
-    out = flab.client("sh", "-c", f"curl -s -m 60 http://{VIP}/big.bin | sha256sum", timeout=90)
+    out = flab.client("sh", "-c", f"curl -s -m 60 http://{flab.host}/big.bin | sha256sum", timeout=90)
     assert out.split()[0] == want
     assert _csum_errors(flab) == before
 
@@ -139,26 +128,37 @@ def test_100mb_download_intact(flab):
 #: checksum is offloaded, as on these veths).
 TUNNEL_MTU = {"dr": 1500, "ipip": 1480, "gue": 1468, "gue-csum": 1468, "gue-remcsum": 1460, "gre": 1476,
               "gre-csum": 1472}
+#: Over IPv6 the outer header is 40 bytes, not 20.
+TUNNEL_MTU6 = {m: mtu if m == "dr" else mtu - 20 for m, mtu in TUNNEL_MTU.items()}
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_MTU = 23, 2, 24
 
 
 def test_path_mtu_through_the_tunnel(flab):
-    """A full-size DF datagram: the director answers "fragmentation
-    needed" with the MTU less the tunnel's overhead (from the VIP), and
-    the client's kernel takes that as the path MTU; through DR it fits."""
-    s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
+    """A full-size datagram (IPv4: DF): the director answers "fragmentation
+    needed" (IPv6: Packet Too Big) with the MTU less the tunnel's overhead
+    (from the VIP), and the client's kernel takes that as the path MTU;
+    through DR it fits."""
+    if flab.ipv6:
+        family, level, opts, table, size = socket.AF_INET6, socket.IPPROTO_IPV6, (
+            IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_MTU), TUNNEL_MTU6, 1452
+    else:
+        family, level, opts, table, size = socket.AF_INET, socket.IPPROTO_IP, (
+            IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU), TUNNEL_MTU, 1472
+    discover, do, mtu = opts
+    s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM, family)
     try:
-        s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        s.setsockopt(level, discover, do)
         s.settimeout(3)
-        s.connect((VIP, 7))
-        s.send(b"m" * 1472)  # 1500 bytes with its headers, DF
+        s.connect((flab.vip, 7))
+        s.send(b"m" * size)  # 1500 bytes with its headers
         if flab.method == "dr":
-            assert s.recv(2000).endswith(b"m" * 1472)
+            assert s.recv(2000).endswith(b"m" * size)
         else:
             deadline = time.monotonic() + 3
-            while s.getsockopt(socket.IPPROTO_IP, IP_MTU) == 1500 and time.monotonic() < deadline:
+            while s.getsockopt(level, mtu) == 1500 and time.monotonic() < deadline:
                 time.sleep(0.05)
-        assert s.getsockopt(socket.IPPROTO_IP, IP_MTU) == TUNNEL_MTU[flab.method]
+        assert s.getsockopt(level, mtu) == table[flab.method]
     finally:
         s.close()
 
@@ -171,7 +171,7 @@ def test_upload_3mb(flab, tmp_path):
     body.write_bytes(os.urandom(3_000_000))
     before = _csum_errors(flab)
     out = flab.client("curl", "-s", "-m", "30", "--data-binary", f"@{body}", "-o", "/dev/null",
-                      "-w", "%{http_code} %{size_upload}", f"http://{VIP}/", timeout=60)
+                      "-w", "%{http_code} %{size_upload}", f"http://{flab.host}/", timeout=60)
     assert out.split() == ["200", "3000000"]
     assert _csum_errors(flab) == before
 
@@ -187,7 +187,7 @@ def test_decapsulator_saw_its_tunnel_only(flab):
     lab_mod.stop_pid(pid)
     line = open(os.path.join(lab_mod.STATE, "decap-rs1.log")).read().splitlines()[-1]
     counts = dict(kv.split("=") for kv in line.split()[1:])
-    kind = flab.method.split("-")[0]
+    kind = flab.method.split("-")[0] + ("6" if flab.ipv6 else "")  # (an outer IPv6 header: ipip6, gue6, gre6)
     assert int(counts.pop(kind)) > 0
     remcsum = int(counts.pop("remcsum", 0))
     assert counts == {}, line

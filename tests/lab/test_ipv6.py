@@ -12,12 +12,11 @@ director gets its time exceeded from the VIP (``decrement_ttl``).
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import pytest
 
-from .conftest import Lab, _skip_reason, lab_mod, netns
+from .conftest import Lab, _skip_reason, lab_mod, netns, socket_in, udp_echo
 
 pytestmark = pytest.mark.lab
 
@@ -43,14 +42,7 @@ def lab6(request):
 
 def _csum_errors(lab) -> dict[str, int]:
     """The receivers' IPv6 checksum error counters (client and real servers)."""
-    names = ("TcpInCsumErrors", "Udp6InCsumErrors", "Icmp6InCsumErrors")
-    return {f"{ns}:{k}": v for ns in (lab_mod.NS_CLIENT, lab_mod.NS_RS1, lab_mod.NS_RS2)
-            for k, v in lab.nstat(ns, *names).items()}
-
-
-def socket6_in(ns: str, type_=socket.SOCK_STREAM) -> socket.socket:
-    with netns(ns):
-        return socket.socket(socket.AF_INET6, type_)
+    return lab.csum_errors("TcpInCsumErrors", "Udp6InCsumErrors", "Icmp6InCsumErrors")
 
 
 def test_curl_over_ipv6_reaches_both_real_servers_with_the_port_mapping(lab6):
@@ -66,10 +58,7 @@ def test_curl_over_ipv6_reaches_both_real_servers_with_the_port_mapping(lab6):
 
 def test_ab_over_ipv6(lab6):
     before = _csum_errors(lab6)
-    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_CLIENT, "ab", "-q", "-n", "2000", "-c", "20", "-s", "20",
-                        f"http://[{VIP6}]/"], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr + r.stdout[-1500:]
-    fields = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+    fields = lab6.ab(f"http://[{VIP6}]/", 2000, 20)
     assert int(fields["Complete requests"]) == 2000
     assert int(fields["Failed requests"]) == 0
     assert _csum_errors(lab6) == before
@@ -78,17 +67,8 @@ def test_ab_over_ipv6(lab6):
 def test_udp_over_ipv6_both_ways(lab6):
     names = set()
     for i in range(4):
-        s = socket6_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
-        try:
-            s.settimeout(3)
-            s.connect((VIP6, 7))
-            s.send(b"ping %d" % i)
-            data, peer = s.recvfrom(100)
-        finally:
-            s.close()
-        assert peer[:2] == (VIP6, 7)
-        name, _, echo = data.partition(b": ")
-        assert echo == b"ping %d" % i
+        name, echo, peer = udp_echo(VIP6, 7, b"ping %d" % i)
+        assert peer[:2] == (VIP6, 7) and echo == b"ping %d" % i
         names.add(name)
     assert names == {b"rs1", b"rs2"}
 
@@ -99,15 +79,7 @@ def test_fragmented_udp_over_ipv6_both_ways(lab6):
     kernel's nf_defrag_ipv6 + ip6_fragment do around IPVS), and the same
     for the real server's echo."""
     payload = bytes(range(256)) * 12
-    s = socket6_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
-    try:
-        s.settimeout(3)
-        s.connect((VIP6, 7))
-        s.send(payload)
-        data = s.recv(65535)
-    finally:
-        s.close()
-    name, _, echo = data.partition(b": ")
+    name, echo, _peer = udp_echo(VIP6, 7, payload)
     assert name in (b"rs1", b"rs2") and echo == payload
 
 
@@ -116,7 +88,7 @@ def test_icmpv6_port_unreachable_from_a_real_server_reaches_the_client_rewritten
     try:
         lab6.ipvsadm("-a", "-u", f"[{VIP6}]:9", "-r", f"[{lab_mod.RS6['rs1']}]:9", "-m")
         time.sleep(0.3)  # the driver follows the service table at its next idle pass
-        s = socket6_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
+        s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM, socket.AF_INET6)
         try:
             s.settimeout(3)
             s.connect((VIP6, 9))

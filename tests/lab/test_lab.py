@@ -23,7 +23,7 @@ from ipvs import ctl, uapi
 from ipvs.netns import NetnsIPVS
 from ipvs.sched.wlc import wlc_pick
 
-from .conftest import lab_mod, socket_in
+from .conftest import lab_mod, socket_in, udp_echo
 
 pytestmark = pytest.mark.lab
 
@@ -77,47 +77,25 @@ def test_port_mapping_80_to_8000(lab):
 
 def test_100mb_download_intact(lab):
     want = open(os.path.join(lab_mod.STATE, "www", "big.bin.sha256")).read().split()[0]
-    before = _csum_errors(lab)
+    before = lab.csum_errors()
     out = lab.client("sh", "-c", f"curl -s -m 60 http://{VIP}/big.bin | sha256sum", timeout=90)
     assert out.split()[0] == want
-    assert _csum_errors(lab) == before
-
-
-def _csum_errors(lab) -> dict:
-    out = {}
-    for ns in (lab_mod.NS_CLIENT, lab_mod.NS_RS1, lab_mod.NS_RS2):
-        out[ns] = lab.nstat(ns, "TcpInCsumErrors", "UdpInCsumErrors")
-    return out
+    assert lab.csum_errors() == before
 
 
 def test_ab_5000_short_connections(lab):
-    before = _csum_errors(lab)
-    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_CLIENT, "ab", "-q", "-n", "5000", "-c", "50", "-s", "20",
-                        f"http://{VIP}/"], capture_output=True, text=True, timeout=180)
-    diag = (f"ab: {r.stderr.strip()}\n{r.stdout[-1500:]}\nclient: "
-            f"{lab.nstat(lab_mod.NS_CLIENT, 'TcpRetransSegs', 'TcpExtTCPSynRetrans', 'TcpExtTCPTimeouts')}")
-    assert r.returncode == 0, diag
-    out = r.stdout
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    before = lab.csum_errors()
+    fields = lab.ab(f"http://{VIP}/", 5000, 50)
     assert int(fields["Complete requests"]) == 5000
     assert int(fields["Failed requests"]) == 0
-    assert _csum_errors(lab) == before
+    assert lab.csum_errors() == before
 
 
 def test_udp_both_ways(lab):
     names = set()
     for i in range(4):
-        s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
-        try:
-            s.settimeout(3)
-            s.connect((VIP, 7))
-            s.send(b"ping %d" % i)
-            data, peer = s.recvfrom(100)
-        finally:
-            s.close()
-        assert peer == (VIP, 7)
-        name, _, echo = data.partition(b": ")
-        assert echo == b"ping %d" % i
+        name, echo, peer = udp_echo(VIP, 7, b"ping %d" % i)
+        assert peer == (VIP, 7) and echo == b"ping %d" % i
         names.add(name)
     assert names == {b"rs1", b"rs2"}
 
@@ -126,15 +104,7 @@ def test_fragmented_udp_both_ways(lab):
     """3000-byte datagrams: fragmented by the client, reassembled and
     refragmented by the director, and the same for the real server's echo."""
     payload = bytes(range(256)) * 12
-    s = socket_in(lab_mod.NS_CLIENT, socket.SOCK_DGRAM)
-    try:
-        s.settimeout(3)
-        s.connect((VIP, 7))
-        s.send(payload)
-        data = s.recv(65535)
-    finally:
-        s.close()
-    name, _, echo = data.partition(b": ")
+    name, echo, _peer = udp_echo(VIP, 7, payload)
     assert name in (b"rs1", b"rs2") and echo == payload
 
 
