@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_jit_traces_too_long, print_runtime, run_both, without_option  # noqa: E402
+from _runtime import print_jit_traces_too_long, print_runtime, run_as_ipvsd, run_both, without_option  # noqa: E402
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import Director  # noqa: E402
@@ -270,6 +270,7 @@ def short_conns(seconds: float, batch: int) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> int:
+    run_as_ipvsd()  # on PyPy, as ipvsd runs: its GC nursery and malloc threshold
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=64)
