@@ -1537,7 +1537,7 @@ RUNTIMES = ("auto", "pypy", "cpython")
 #:   and by default glibc raises its threshold to the size of the first
 #:   such array freed, so the later ones come from the heap and, freed,
 #:   stay resident there: 15 bytes per held connection (``bench/core.py``'s
-#:   bytes_per_conn, 321 against 306).  With the threshold fixed, a block
+#:   bytes_per_conn, 321 against 302).  With the threshold fixed, a block
 #:   of 1 MiB or more is a mapping of its own, returned when freed; smaller
 #:   ones (64 KB frames among them) come from the heap as before.
 PYPY_ENV = {"PYPY_GC_NURSERY": "4M", "MALLOC_MMAP_THRESHOLD_": "1048576"}
