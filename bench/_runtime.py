@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, ROOT)
 from _venv import VENVS  # noqa: E402 - the launchers' virtualenvs
 
-from ipvs.daemon import PYPY_ENV, tune_jit  # noqa: E402 - ipvsd's PyPy environment and JIT setting
+from ipvs.daemon import PYPY_ENV, pypy_env_missing, tune_jit  # noqa: E402 - ipvsd's PyPy environment and JIT setting
 from ipvs.daemon import runtime as describe  # noqa: E402 - one description of the interpreter
 
 PYTHONS = {runtime: os.path.join(venv, "bin", "python") for runtime, venv in VENVS.items()}
@@ -38,6 +38,17 @@ if sys.implementation.name == "pypy":
         _TOO_LONG.append(getattr(code, "co_name", repr(code)))
 
     pypyjit.set_trace_too_long_hook(_too_long)
+
+
+def run_as_ipvsd() -> None:
+    """On PyPy, start this benchmark again once with the environment ipvsd
+    runs with (:data:`ipvs.daemon.PYPY_ENV`: its GC nursery, its malloc
+    threshold) where part of it is missing, so that a direct run measures
+    what ``--runtimes`` and the daemon get; values the caller set stand."""
+    missing = pypy_env_missing(sys.implementation.name, os.environ)
+    if missing:
+        os.environ.update(missing)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 def print_runtime() -> None:

@@ -43,7 +43,14 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_jit_traces_too_long, print_runtime, rss_bytes, run_both, without_option  # noqa: E402
+from _runtime import (  # noqa: E402
+    print_jit_traces_too_long,
+    print_runtime,
+    rss_bytes,
+    run_as_ipvsd,
+    run_both,
+    without_option,
+)
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import NF_STOLEN, Director  # noqa: E402
@@ -245,6 +252,7 @@ def bench_memory(n: int) -> tuple[float, float | None, float]:
 
 
 def main() -> None:
+    run_as_ipvsd()  # on PyPy, as ipvsd runs: its GC nursery and malloc threshold
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")

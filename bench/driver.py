@@ -15,13 +15,22 @@ conn_per_s        the same as connections per second
 bulk_gbps         64,000-byte GSO super-frames of one connection, client to
                   real server (the iperf3 load), payload Gbit/s: the cost of
                   copying a large frame out of its RX slot shows here
+warm_first_conn_per_s, warm_steady_conn_per_s, warm_t90_s
+                  with ``--warm S`` only (a fresh process: the JIT compiles
+                  as it goes): short connections for S seconds of driver
+                  time, in windows of 0.25 s; the first window's rate, the
+                  steady rate (median of the last third) and the end of
+                  the first window at 90% of it, in seconds of driver time
+                  since the first frame (the daemon's "90% of its steady
+                  rate within 2 s of its first packet", with the machine's
+                  other work left out)
 batch_us_p50, _p999, _max
                   CPU time of one RX batch in the last (warm) run of each
                   figure above: the tail is where garbage collection pauses
                   show (PyPy's minor and major collections, CPython's
                   cyclic collector), not the JIT's compiling
 
-Run: .venv-pypy/bin/python bench/driver.py [--seconds S] [--batch N] [--repeat N] [--profile]
+Run: .venv-pypy/bin/python bench/driver.py [--seconds S] [--batch N] [--repeat N] [--profile] [--warm S]
      .venv/bin/python bench/driver.py --runtimes 3   (both runtimes, interleaved)
 
 Times are the thread's CPU time (not wall-clock, which counts the time
@@ -35,13 +44,14 @@ import argparse
 import ipaddress
 import mmap
 import os
+import statistics
 import struct
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_jit_traces_too_long, print_runtime, run_both, without_option  # noqa: E402
+from _runtime import print_jit_traces_too_long, print_runtime, run_as_ipvsd, run_both, without_option  # noqa: E402
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import Director  # noqa: E402
@@ -231,8 +241,9 @@ def bulk(seconds: float, batch: int) -> float:
     return n * len(payload) * 8 / spent / 1e9
 
 
-def short_conns(seconds: float, batch: int) -> tuple[float, float]:
-    """Frames/s and connections/s for the ab exchange, ``batch`` connections in flight."""
+def short_conns(seconds: float, batch: int, curve: list[tuple[float, int]] | None = None) -> tuple[float, float]:
+    """Frames/s and connections/s for the ab exchange, ``batch`` connections in flight;
+    ``curve`` gets (driver seconds, connections) so far after each round."""
     d, drv, outer, inner = rig(batch)
     port = 20000
     n = conns = 0
@@ -265,16 +276,45 @@ def short_conns(seconds: float, batch: int) -> tuple[float, float]:
             spent += run_batches(drv, p, [make(*x) for x in peers], batch, now)
         n += 8 * batch
         conns += batch
+        if curve is not None:
+            curve.append((spent, conns))
     assert not drv.drops, dict(drv.drops)
     return n / spent, conns / spent
 
 
+#: The warm-up curve's resolution: seconds of driver time per rate.
+WARM_WINDOW = 0.25
+
+
+def warm_up(seconds: float, batch: int) -> tuple[float, float, float]:
+    """A fresh director's short connections for ``seconds`` of driver time:
+    the rate of its first window, the steady rate (median of the last
+    third of the windows) and the driver time at the end of the first
+    window at 90% of it, as ``bench/lab.py``'s warm load reads its curve.
+    Meaningful in a fresh process only (the JIT has compiled nothing yet)."""
+    curve: list[tuple[float, int]] = []
+    short_conns(seconds, batch, curve)
+    rates = []
+    t0 = c0 = 0
+    for t, c in curve:
+        if t - t0 >= WARM_WINDOW:
+            rates.append((t, (c - c0) / (t - t0)))
+            t0, c0 = t, c
+    values = [r for _, r in rates]
+    steady = statistics.median(values[len(values) * 2 // 3 :])
+    t90 = next(t for t, r in rates if r >= 0.9 * steady)
+    return values[0], steady, t90
+
+
 def main(argv: list[str]) -> int:
+    run_as_ipvsd()  # on PyPy, as ipvsd runs: its GC nursery and malloc threshold
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3, help="best of N runs (default %(default)s)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--warm", type=float, metavar="S",
+                   help="only the warm-up figures, over S seconds of driver time (run in a fresh process)")
     p.add_argument("--runtimes", type=int, metavar="ROUNDS",
                    help="run this benchmark under CPython and PyPy, alternating, ROUNDS times each")
     args = p.parse_args(argv)
@@ -291,6 +331,12 @@ def main(argv: list[str]) -> int:
         cProfile.runctx("short_conns(seconds, batch)", globals(), {"seconds": seconds, "batch": batch},
                         "/tmp/driver.prof")
         pstats.Stats("/tmp/driver.prof").sort_stats("tottime").print_stats(25)
+        return 0
+    if args.warm:
+        first, steady, t90 = warm_up(max(1.0, min(args.warm, 60.0)), batch)
+        print(f"driver.warm_first_conn_per_s {first:.0f} conn/s")
+        print(f"driver.warm_steady_conn_per_s {steady:.0f} conn/s")
+        print(f"driver.warm_t90_s {t90:.2f} s")
         return 0
     rep = max(1, min(args.repeat, 10))
     warm: list[float] = []

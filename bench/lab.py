@@ -5,7 +5,8 @@
                               [--variant NAME="IPVSD OPTIONS"]...
 
 Builds the lab (``tools/ipvs-lab up --no-rules``, in namespaces named
-``ipvsb-*`` so that lab tests may run meanwhile), then for each round runs
+``ipvsb-*`` so that lab tests may run meanwhile, or ``$IPVS_LAB_PREFIX-*``
+where that is set), then for each round runs
 every path through the director in turn (forward order on even rounds,
 reverse on odd ones, so drifts of the shared 2-vCPU machine hit all paths
 alike):
@@ -70,10 +71,13 @@ from _runtime import describe  # noqa: E402 - the interpreter, as ipvsd names it
 # Namespaces and state of its own, so a benchmark never collides with a lab
 # test or an ``ipvs-lab`` run going on at the same time (their names are
 # ipvs-*; everything in tools/ipvs-lab reads these globals when called).
-lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2 = "ipvsb-client", "ipvsb-director", "ipvsb-rs1", "ipvsb-rs2"
-lab.NAMESPACES = (lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2)
-lab.RS = {"rs1": (lab.NS_RS1, "172.16.0.2", 80), "rs2": (lab.NS_RS2, "172.16.0.3", 8000)}
-lab.STATE = os.environ.get("IPVS_BENCH_STATE", "/run/ipvs-bench")
+# With IPVS_LAB_PREFIX set, the namespaces are that prefix's (PREFIX-client,
+# ...), as for the lab, so that several benchmarks can run side by side.
+if "IPVS_LAB_PREFIX" not in os.environ:
+    lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2 = "ipvsb-client", "ipvsb-director", "ipvsb-rs1", "ipvsb-rs2"
+    lab.NAMESPACES = (lab.NS_CLIENT, lab.NS_DIR, lab.NS_RS1, lab.NS_RS2)
+    lab.RS = {"rs1": (lab.NS_RS1, "172.16.0.2", 80), "rs2": (lab.NS_RS2, "172.16.0.3", 8000)}
+lab.STATE = os.environ.get("IPVS_BENCH_STATE", f"/run/{lab.PREFIX}-bench")
 VIP, OUTER, GW = lab.VIP, lab.OUTER, lab.GATEWAY
 PATHS = ("route", "nft", "haproxy", "pyipvs", "pyipvs-cpython")
 

@@ -50,7 +50,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_runtime, run_both, without_option  # noqa: E402
+from _runtime import print_runtime, run_as_ipvsd, run_both, without_option  # noqa: E402
 
 from ipvs import ctl  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
@@ -204,6 +204,7 @@ FIGURES = (*SCHEDULER_NAMES, "nq_busy", "wrr_skewed", "mh_cold", "mh_build")
 
 
 def main() -> None:
+    run_as_ipvsd()  # on PyPy, as ipvsd runs: its GC nursery and malloc threshold
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,10,100,1000")
     ap.add_argument("--budget", type=float, default=0.3, help="timed seconds per figure (plus as much warm-up)")

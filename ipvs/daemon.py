@@ -1525,13 +1525,22 @@ def build_parser(driver_mod=None):
 
 
 RUNTIMES = ("auto", "pypy", "cpython")
-#: The environment ipvsd's PyPy starts with, unless the caller set it: a
-#: 4 MB young generation.  With PyPy's default, sized from the L2 cache,
-#: every 64 KB GSO super-frame copied out of its RX slot is a "large"
-#: object allocated outside the nursery, and bulk traffic ran at half the
-#: rate (``bench/driver.py``'s bulk figure: 26 against 60 Gbit/s of driver
-#: time; short connections gained too).
-PYPY_ENV = {"PYPY_GC_NURSERY": "4M"}
+#: The environment ipvsd's PyPy starts with, unless the caller set it:
+#:
+#: * a 4 MB young generation.  With PyPy's default, sized from the L2
+#:   cache, every 64 KB GSO super-frame copied out of its RX slot is a
+#:   "large" object allocated outside the nursery, and bulk traffic ran at
+#:   half the rate (``bench/driver.py``'s bulk figure: 26 against 60 Gbit/s
+#:   of driver time; short connections gained too);
+#: * glibc's mmap threshold fixed at 1 MiB.  The connection table's dicts
+#:   grow by moving to larger arrays (tens of MB at a million connections),
+#:   and by default glibc raises its threshold to the size of the first
+#:   such array freed, so the later ones come from the heap and, freed,
+#:   stay resident there: 15 bytes per held connection (``bench/core.py``'s
+#:   bytes_per_conn, 321 against 302).  With the threshold fixed, a block
+#:   of 1 MiB or more is a mapping of its own, returned when freed; smaller
+#:   ones (64 KB frames among them) come from the heap as before.
+PYPY_ENV = {"PYPY_GC_NURSERY": "4M", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 
 #: The JIT settings ipvsd's PyPy runs with (:func:`tune_jit`): the longest
 #: trace PyPy records, in operations.  One packet's path through the core
@@ -1641,10 +1650,11 @@ def console_main() -> int:
     ``tools/ipvsd``): :func:`main` on ``sys.argv``, on PyPy with
     :data:`PYPY_ENV`.
 
-    PyPy reads ``PYPY_GC_NURSERY`` only when it starts, so where it is not
-    set this process starts again once, the same command line under the
-    same interpreter with the variable added (the new process finds it set
-    and goes on); the log's ``running on`` line names the nursery.
+    PyPy reads ``PYPY_GC_NURSERY`` only when it starts (and glibc its
+    ``MALLOC_MMAP_THRESHOLD_``), so where one is not set this process
+    starts again once, the same command line under the same interpreter
+    with the variables added (the new process finds them set and goes on);
+    the log's ``running on`` line names the nursery.
     """
     missing = pypy_env_missing(sys.implementation.name, os.environ)
     if missing and os.path.isfile(sys.argv[0]):

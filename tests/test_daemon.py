@@ -1327,9 +1327,11 @@ def runtime_log_line(cmd: list[str], cwd: Path, env: dict[str, str], timeout: fl
 def test_pypy_env_only_on_pypy_and_only_what_is_missing():
     from ipvs.daemon import PYPY_ENV, pypy_env_missing
 
-    assert PYPY_ENV == {"PYPY_GC_NURSERY": "4M"}
+    assert PYPY_ENV == {"PYPY_GC_NURSERY": "4M", "MALLOC_MMAP_THRESHOLD_": "1048576"}
     assert pypy_env_missing("pypy", {}) == PYPY_ENV
-    assert pypy_env_missing("pypy", {"PYPY_GC_NURSERY": "1M"}) == {}  # the caller's own choice stands
+    # The caller's own choices stand.
+    assert pypy_env_missing("pypy", {"PYPY_GC_NURSERY": "1M"}) == {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+    assert pypy_env_missing("pypy", {"PYPY_GC_NURSERY": "1M", "MALLOC_MMAP_THRESHOLD_": "0"}) == {}
     assert pypy_env_missing("cpython", {}) == {}
 
 
@@ -1423,10 +1425,10 @@ def test_console_main_restarts_once_on_pypy_without_the_nursery(monkeypatch, tmp
 
     script = tmp_path / "ipvsd"
     script.write_text("# a console script\n")
-    execs: list[tuple[str, list[str], str | None]] = []
+    execs: list[tuple[str, list[str], str | None, str | None]] = []
 
     def fake_execv(path, args):
-        execs.append((path, list(args), os.environ.get("PYPY_GC_NURSERY")))
+        execs.append((path, list(args), os.environ.get("PYPY_GC_NURSERY"), os.environ.get("MALLOC_MMAP_THRESHOLD_")))
         raise SystemExit("exec")
 
     monkeypatch.setattr(dmod.os, "execv", fake_execv)
@@ -1434,10 +1436,12 @@ def test_console_main_restarts_once_on_pypy_without_the_nursery(monkeypatch, tmp
     monkeypatch.setattr(dmod.sys.implementation, "name", "pypy")
     monkeypatch.setattr(dmod.sys, "argv", [str(script), "--foreground", "--socket", "/x"])
     monkeypatch.delenv("PYPY_GC_NURSERY", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     with pytest.raises(SystemExit, match="exec"):
         dmod.console_main()
-    assert execs == [(sys.executable, [sys.executable, str(script), "--foreground", "--socket", "/x"], "4M")]
-    # The new process finds the variable set and runs the daemon.
+    argv = [sys.executable, str(script), "--foreground", "--socket", "/x"]
+    assert execs == [(sys.executable, argv, "4M", "1048576")]
+    # The new process finds the variables set and runs the daemon.
     assert dmod.console_main() == 7
     assert len(execs) == 1
 
