@@ -103,10 +103,11 @@ FETCH = textwrap.dedent("""
     end = t_start + seconds
     while time.monotonic() < end:
         t0 = time.monotonic()
-        step, why = "connect", "ok"
+        step, why, t_conn = "connect", "ok", None
         c = http.client.HTTPConnection(host, 80, timeout=1.0)
         try:
             c.connect()
+            t_conn = round(time.monotonic() - t0, 4)
             step = "response"
             c.request("GET", "/")
             r = c.getresponse()
@@ -125,7 +126,7 @@ FETCH = textwrap.dedent("""
         finally:
             c.close()
         t1 = time.monotonic()
-        out.append((round(t0 - t_start, 3), why, round(t1 - t0, 4)))
+        out.append((round(t0 - t_start, 3), why, round(t1 - t0, 4), t_conn))
         time.sleep(max(0.0, 0.02 - (time.monotonic() - t0)))
     print(json.dumps(out))
 """)
@@ -284,7 +285,9 @@ def run_variant(name: str, extra: list[str], seconds: float, ports: int, capture
     tcp1 = client_tcp()
     alive = lab.alive(pid)
     counters = stop_and_read_counters(pid)
-    lat = sorted(t for _, why, t in results if why == "ok")
+    lat = sorted(t for _, why, t, _ in results if why == "ok")
+    # The handshake's time: how long the SYN took through the director (and the SYN guard).
+    conn = sorted(c for _, why, _, c in results if c is not None)
     ok = len(lat)
     last = samples[-1] if samples else {}
     return {
@@ -295,12 +298,15 @@ def run_variant(name: str, extra: list[str], seconds: float, ports: int, capture
         "requests": len(results), "success": ok / len(results) if results else 0.0,
         "p50_ms": statistics.median(lat) * 1000 if lat else float("nan"),
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan"),
+        "connect_p50_ms": statistics.median(conn) * 1000 if conn else float("nan"),
+        "connect_p99_ms": conn[min(len(conn) - 1, int(len(conn) * 0.99))] * 1000 if conn else float("nan"),
         "alive": alive, "counters": counters, "cpu": cpu,
-        "failures": [(t, why, lat_s) for t, why, lat_s in results if why != "ok"],
+        "failures": [(t, why, lat_s) for t, why, lat_s, _ in results if why != "ok"],
         "tcp": {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in TCP_COUNTERS},
         "loop_turn_max_ms": last.get("loop.turn_max_us", 0) / 1000,
         "loop_timers_max_ms": last.get("loop.timers_max_us", 0) / 1000,
         "loop_turns_over_100ms": last.get("loop.turns_over_100ms", 0),
+        "reclaims": last.get("memory.reclaims", 0),
         "drop_defense_max_rate": max((r["defense_drop_rate"] for r in samples), default=0),
         "samples": samples, "results": results,
     }
@@ -373,12 +379,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"synflood_{name}_client_success {100 * r['success']:.1f} %")
             print(f"synflood_{name}_client_p50 {r['p50_ms']:.1f} ms")
             print(f"synflood_{name}_client_p99 {r['p99_ms']:.1f} ms")
+            print(f"synflood_{name}_client_connect_p50 {r['connect_p50_ms']:.1f} ms")
+            print(f"synflood_{name}_client_connect_p99 {r['connect_p99_ms']:.1f} ms")
             print(f"synflood_{name}_ipvsd_alive {int(r['alive'])} bool")
             print(f"synflood_{name}_ipvsd_cpu {100 * r['cpu']:.0f} %")
             print(f"synflood_{name}_loop_turn_max {r['loop_turn_max_ms']:.0f} ms")
             print(f"synflood_{name}_loop_timers_max {r['loop_timers_max_ms']:.0f} ms")
             print(f"synflood_{name}_loop_turns_over_100ms {r['loop_turns_over_100ms']} count")
             print(f"synflood_{name}_drop_packet_rate_max {r['drop_defense_max_rate']} 1/n")
+            print(f"synflood_{name}_gc_reclaims {r['reclaims']} count")
             for why, n in sorted(Counter(why for _, why, _ in r["failures"]).items()):
                 print(f"synflood_{name}_client_failed_{why} {n} requests")
             for k, v in r["tcp"].items():
