@@ -3,6 +3,7 @@
 
     sudo IPVS_LAB_PREFIX=me .venv/bin/python bench/synflood.py [--seconds S] [--budget 256M]
                         [--amemthresh PAGES] [--ports N] [--only off,on,off-noguard,on-noguard,entry]
+                        [--timeline PREFIX] [--capture PREFIX]
 
 For each variant the lab comes up (``ipvs_harness.lab``, spare mode, in
 the namespaces ``$IPVS_LAB_PREFIX-*``), ipvsd is restarted with the
@@ -15,10 +16,20 @@ client namespace only:
   by default, sent round and round), each SYN a new connection for the
   director until its entry exists;
 * a second client fetching ``http://VIP/`` every 20 ms (1 s timeout),
-  which records each request's success and latency.
+  which records each request's outcome (``ok``, or why not: a timeout
+  of the handshake or of the response, a reset, ...), its latency and
+  its handshake's.
 
-Every second the bench reads the director's table size (``ipvsadm -Ln``:
-active + inactive connections) and ipvsd's resident memory.  Variants:
+Every half second a sampler in the director's namespace reads ipvsd's
+counters (``GET_COUNTERS``, what ``tools/ipvs-counters`` prints: the
+table, the defenses' state, the core's drops, the driver's ring drops
+and SYN guard, the loop's turn times, the memory counted against the
+budget), its resident memory and its CPU time and run-queue wait
+(``/proc/PID/schedstat``: how long it waited for a CPU).  ``--timeline``
+keeps these samples and the requests as JSON; ``--capture`` records the
+second client's packets at the client and at the real servers (tcpdump),
+which tells a packet lost on the way in from one lost on the way back.
+Variants:
 
 * ``off``: ipvsd as it comes (no budget given: the machine's memory, no
   defense levels set);
@@ -30,13 +41,17 @@ active + inactive connections) and ipvsd's resident memory.  Variants:
   a SYN flood"), to see what it buys.
 
 Lines per variant: SYNs sent and their rate, the table's and the memory's
-peak, the second client's success rate and latency (median, 99th
-percentile), ipvsd's CPU share, then the counters ipvsd's driver logged
-at exit that say where frames went (the kernel's ring drops, the SYN
-guard, the core's drops and defenses, the neighbour queue).  The goal
-with defenses on: memory within the budget and at least 99% of the
-second client's requests served.  Everything is removed at the end, even
-on failure.
+peak (resident, and what counts against the budget), the second client's
+success rate, latency and handshake time (median, 99th percentile), its
+failures by reason and its kernel's TCP counters (the flood uses a packet
+socket, so they are the second client's alone), ipvsd's CPU share, its
+longest loop turn, the highest ``drop_packet`` rate and the GC reclaims,
+then the counters ipvsd's driver logged at exit that say where frames
+went (the kernel's ring drops, the SYN guard, the core's drops and
+defenses, the neighbour queue); then one comment line per failed request
+with what the samples around it say.  The goal with defenses on: memory
+within the budget and at least 99% of the second client's requests
+served.  Everything is removed at the end, even on failure.
 """
 
 from __future__ import annotations
@@ -367,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab.up("spare", False)
         for name in args.only.split(","):
+            # The machine may be shared: its load before each run says how much CPU there was to have.
+            print(f"# {name}: {time.strftime('%H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()[0]:.1f}")
             r = run_variant(name, variants[name], args.seconds, args.ports, args.capture)
             name = name.replace("-", "_")
             print(f"synflood_{name}_syns_sent {r['sent']} frames")

@@ -932,9 +932,9 @@ class MemoryBudget:
     GC's, the JIT's code) plus :attr:`pinned`, the rings the data path
     mapped (the daemon sets it from the driver), not its whole resident
     size: that also counts the pages of the interpreter's files, which
-    are shared and clean (PyPy's library is about 50 MiB of them), so the
-    kernel keeps them as page cache and reclaims them as it needs, as it
-    would not count them against IPVS's ``amemthresh`` either.
+    are clean and shared with every process that maps the same files
+    (PyPy's library is about 35 MiB of them), and the kernel drops and
+    reads them again as it needs.
     """
 
     #: Bytes one connection entry costs at most (bench/core.py measures
@@ -1506,7 +1506,8 @@ class Daemon:
         about 10 ms at most), so that garbage the GC would collect later is
         reused now instead of growing the heap towards the budget: the
         defenses then compare ``amemthresh`` with memory that is really
-        taken, as the kernel's ``si_meminfo`` counts memory after reclaim.
+        taken, as the kernel's free memory is what is left after its page
+        reclaim has run.
         CPython frees most memory at once (reference counting), so this
         runs on PyPy only."""
         assert self._collect_step is not None
