@@ -1062,6 +1062,7 @@ class LoopStats:
                     self.over[i] += 1
 
     def counters(self) -> dict[str, int]:
+        """The figures as ``loop.*`` counters: turns, the longest turn and timer run (µs), the long turns."""
         out = {"turns": self.turns, "turn_max_us": self.max_us, "timers_max_us": self.timers_max_us}
         for ms, n in zip(self.OVER_MS, self.over):
             out[f"turns_over_{ms}ms"] = n
@@ -1159,8 +1160,9 @@ class Daemon:
         """Serve a data-path plug-in's descriptors from this loop."""
         self.driver = driver
         mapped = getattr(driver, "mapped_bytes", None)
-        if self.memory is not None and mapped is not None:
-            # The rings count against the budget: the table's cap shrinks by what they take.
+        if self.memory is not None and self.memory.source == "configured" and mapped is not None:
+            # The rings count against a configured budget (a cgroup's memory.current and the
+            # machine's MemAvailable see them already): the table's cap shrinks by what they take.
             self.memory.pinned = mapped()
             self.ipvs.conn_tab.max_conns = min(self.ipvs.conn_tab.max_conns, self.memory.table_cap())
             log.info("the data path's rings take %d MiB of the budget: %d MiB left, connection table capped at "

@@ -1589,3 +1589,33 @@ def test_memory_pressure_reclaims_the_gcs_garbage_first(tmp_path):
         assert (len(steps), d.reclaims) == (6, 2)
     finally:
         d.shutdown()
+
+
+def test_the_rings_count_against_a_configured_budget(tmp_path):
+    """attach_driver: the driver's mapped rings join what ipvsd holds, and the table's cap shrinks by them."""
+    from ipvs.daemon import MemoryBudget
+
+    class Budget(MemoryBudget):
+        def __init__(self):
+            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
+
+        def private(self):
+            return 1 << 20
+
+    class Driver:
+        def fds(self):
+            return []
+
+        def mapped_bytes(self):
+            return 32 << 20
+
+    budget = Budget()
+    d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget)
+    try:
+        assert d.ipvs.conn_tab.max_conns == (63 << 20) // 1024
+        d.attach_driver(Driver())
+        assert budget.pinned == 32 << 20 and budget.left() == 31 << 20
+        assert d.ipvs.conn_tab.max_conns == (31 << 20) // 1024
+    finally:
+        d.driver = None
+        d.shutdown()
