@@ -262,7 +262,9 @@ class ControlServer:
     server registers its sockets there (the :class:`Daemon` does this);
     otherwise call :meth:`serve` to run it.  ``handler`` replaces
     :func:`ipvs.netlink.dispatch` (tests).  ``on_change`` is called after
-    a request that may have changed the rules ran.
+    a request that may have changed the rules ran.  ``counters`` returns
+    what the daemon adds to a ``GET_COUNTERS`` reply (the data path's and
+    the loop's counters, next to the core's ``counters``).
     """
 
     def __init__(
@@ -277,9 +279,11 @@ class ControlServer:
         clock: Callable[[], float] = time.monotonic,
         handler: Callable[[NetnsIPVS, dict, int], dict] | None = None,
         on_change: Callable[[], None] | None = None,
+        counters: Callable[[], dict] | None = None,
     ) -> None:
         self.ipvs = ipvs
         self.director = director
+        self.counters = counters
         self.allowed_gid = allowed_gid
         self.max_request = max_request
         self.clock = clock
@@ -700,8 +704,11 @@ class ControlServer:
         if not isinstance(reply, dict):
             self.errors += 1
             return error_reply(errno.EIO, "internal error: dispatch returned no reply object")
-        if reply.get("ok") and self.on_change is not None and self._changes(req):
-            self.on_change()
+        if reply.get("ok"):
+            if self.on_change is not None and self._changes(req):
+                self.on_change()
+            if self.counters is not None and req.get("cmd") == "GET_COUNTERS":
+                reply.update(self.counters())
         return reply
 
     def _changes(self, req: Any) -> bool:
@@ -897,16 +904,37 @@ class ProcfsWriter:
         self.created.clear()
 
 
+def resident_bytes(proc: str = "/proc", private: bool = False) -> int:
+    """This process's resident memory in bytes (0 if unknown); with
+    ``private``, less its resident pages that map files (``statm``'s
+    ``shared``: the interpreter's and libraries' code and data, and the
+    data path's rings)."""
+    try:
+        with open(os.path.join(proc, "self", "statm")) as f:
+            fields = f.read().split()
+        return (int(fields[1]) - (int(fields[2]) if private else 0)) * MemoryBudget.PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class MemoryBudget:
     """The memory PyIPVS may use and how much of it is left: the daemon's
     stand-in for the kernel's ``si_meminfo`` in ``update_defense_level``.
 
     The budget is, in this order: ``limit`` (``--memory-budget``), the
     memory limit of the process's cgroup (v2 ``memory.max``), else the
-    machine's.  What is left is the limit less the process's resident
-    memory, the cgroup's limit less its ``memory.current``, or the
+    machine's.  What is left is the limit less what the process holds
+    (:meth:`used`), the cgroup's limit less its ``memory.current``, or the
     machine's ``MemAvailable``.  :meth:`left_pages` is what
     ``ipvs.availmem`` gets every second, compared with ``amemthresh``.
+
+    What the process holds is its private resident memory (the heap, the
+    GC's, the JIT's code) plus :attr:`pinned`, the rings the data path
+    mapped (the daemon sets it from the driver), not its whole resident
+    size: that also counts the pages of the interpreter's files, which
+    are clean and shared with every process that maps the same files
+    (PyPy's library is about 35 MiB of them), and the kernel drops and
+    reads them again as it needs.
     """
 
     #: Bytes one connection entry costs at most (bench/core.py measures
@@ -917,6 +945,8 @@ class MemoryBudget:
     def __init__(self, limit: int | None = None, proc: str = "/proc", cgroup_fs: str = "/sys/fs/cgroup") -> None:
         self.proc = proc
         self.cgroup: str | None = None
+        #: Bytes the data path mapped into the process (its rings), counted in :meth:`used`.
+        self.pinned = 0
         if limit is not None:
             self.limit, self.source = limit, "configured"
             return
@@ -925,7 +955,7 @@ class MemoryBudget:
             self.cgroup = cg
             self.limit, self.source = self._read_int(os.path.join(cg, "memory.max")) or 0, "cgroup"
             return
-        self.limit = (self._meminfo("MemAvailable") or 0) + self.rss()
+        self.limit = (self._meminfo("MemAvailable") or 0) + self.private()
         self.source = "machine"
 
     def _cgroup_dir(self, cgroup_fs: str) -> str | None:
@@ -962,16 +992,20 @@ class MemoryBudget:
 
     def rss(self) -> int:
         """This process's resident memory in bytes."""
-        try:
-            with open(os.path.join(self.proc, "self", "statm")) as f:
-                return int(f.read().split()[1]) * self.PAGE
-        except (OSError, ValueError, IndexError):
-            return 0
+        return resident_bytes(self.proc)
+
+    def private(self) -> int:
+        """This process's resident memory that maps no file, in bytes."""
+        return resident_bytes(self.proc, private=True)
+
+    def used(self) -> int:
+        """Bytes the process holds of a configured budget: :meth:`private` and :attr:`pinned`."""
+        return self.private() + self.pinned
 
     def left(self) -> int:
         """Bytes left to PyIPVS (negative when over the budget)."""
         if self.source == "configured":
-            return self.limit - self.rss()
+            return self.limit - self.used()
         if self.source == "cgroup":
             assert self.cgroup is not None
             return self.limit - (self._read_int(os.path.join(self.cgroup, "memory.current")) or 0)
@@ -996,6 +1030,43 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ValueError("a size must be positive")
     return value
+
+
+class LoopStats:
+    """How long the loop's turns took: the work of a turn (what it handled
+    after ``select`` returned), so a turn that holds the data path back
+    (a large control reply, a timer that expires many connections at
+    once, a garbage collection) shows here while the daemon runs
+    (``GET_COUNTERS``, ``ipvs-counters``)."""
+
+    #: Turns longer than these many milliseconds are counted.
+    OVER_MS = (10, 100, 1000)
+
+    __slots__ = ("turns", "max_us", "over", "timers_max_us")
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.max_us = 0  #: the longest turn so far
+        self.over = [0] * len(self.OVER_MS)  #: turns longer than each of OVER_MS
+        self.timers_max_us = 0  #: the longest run of the director's timers so far
+
+    def add(self, seconds: float) -> None:
+        """Count one turn of ``seconds``."""
+        self.turns += 1
+        us = int(seconds * 1e6)
+        if us > self.max_us:
+            self.max_us = us
+        if us >= 10000:
+            for i, ms in enumerate(self.OVER_MS):
+                if us >= ms * 1000:
+                    self.over[i] += 1
+
+    def counters(self) -> dict[str, int]:
+        """The figures as ``loop.*`` counters: turns, the longest turn and timer run (µs), the long turns."""
+        out = {"turns": self.turns, "turn_max_us": self.max_us, "timers_max_us": self.timers_max_us}
+        for ms, n in zip(self.OVER_MS, self.over):
+            out[f"turns_over_{ms}ms"] = n
+        return out
 
 
 class Daemon:
@@ -1030,7 +1101,7 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         self.server = ControlServer(
             ipvs, self.director, socket_path, allowed_gid, max_request=max_request, selector=self.sel, clock=clock,
-            on_change=self._changed,
+            on_change=self._changed, counters=self.counters,
         )
         self.state_file = state_file
         #: The memory model of the defenses (None: no budget, memory is never short).
@@ -1064,6 +1135,13 @@ class Daemon:
         self._due: int | None = None  # next_timer() after that run
         self.failures: dict[str, int] = {}  # callback name -> exceptions caught
         self.ticks = 0
+        self.loop = LoopStats()
+        #: Reclaiming the GC's garbage under memory pressure (PyPy only; see _reclaim_step).
+        self._collect_step: Callable[[], Any] | None = getattr(gc, "collect_step", None)
+        self._reclaiming = False
+        self._next_reclaim = 0.0
+        self.reclaims = 0  # major collections done by _reclaim_step
+        self.reclaim_steps = 0
         if driver is not None:
             self.attach_driver(driver)
 
@@ -1081,6 +1159,14 @@ class Daemon:
     def attach_driver(self, driver: Any) -> None:
         """Serve a data-path plug-in's descriptors from this loop."""
         self.driver = driver
+        mapped = getattr(driver, "mapped_bytes", None)
+        if self.memory is not None and self.memory.source == "configured" and mapped is not None:
+            # The rings count against a configured budget (a cgroup's memory.current and the
+            # machine's MemAvailable see them already): the table's cap shrinks by what they take.
+            self.memory.pinned = mapped()
+            self.ipvs.conn_tab.max_conns = min(self.ipvs.conn_tab.max_conns, self.memory.table_cap())
+            log.info("the data path's rings take %d MiB of the budget: %d MiB left, connection table capped at "
+                     "%d entries", self.memory.pinned >> 20, self.memory.left() >> 20, self.ipvs.conn_tab.max_conns)
         for fd in driver.fds():
             self.sel.register(fd, selectors.EVENT_READ,
                               lambda m, fd=fd: self._guard("driver.on_readable", driver.on_readable, fd, self.now()))
@@ -1341,7 +1427,11 @@ class Daemon:
             return
         if self.driver is None and (self._due is None or now < self._due) and now - self._last_timer < self.ipvs.hz:
             return
+        t0 = self.clock()
         self._guard("director.run_timers", self.director.run_timers, now)
+        us = int((self.clock() - t0) * 1e6)
+        if us > self.loop.timers_max_us:
+            self.loop.timers_max_us = us
         self._last_timer = now
         self.ticks += 1
         if self.driver is None:
@@ -1352,7 +1442,9 @@ class Daemon:
         """Wait for events (at most ``timeout`` or until a timer is due), handle them, run timers."""
         wait = self._timeout() if timeout is None else timeout
         self.server.begin_turn()
-        for key, mask in self.sel.select(wait):
+        events = self.sel.select(wait)
+        t0 = self.clock()
+        for key, mask in events:
             key.data(mask)
         self.server.run_pending()
         now = self.now()
@@ -1370,8 +1462,13 @@ class Daemon:
             self._next_procfs = now_s + self.procfs_interval
         if self.memory is not None and now_s >= self._next_memory:
             # update_defense_level reads this on its next run (every second).
-            self.ipvs.availmem = self.memory.left_pages()
+            self.ipvs.availmem = left = self.memory.left_pages()
             self._next_memory = now_s + 1.0
+            if left < self.reclaim_watermark() and now_s >= self._next_reclaim and self._collect_step is not None:
+                self._reclaiming = True
+                self._next_reclaim = now_s + self.RECLAIM_INTERVAL_S
+        if self._reclaiming:
+            self._reclaim_step()
         if now_s >= self._next_sweep:
             self.server.sweep()
             self._next_sweep = now_s + 1.0
@@ -1394,6 +1491,62 @@ class Daemon:
                     self.load_marks(self.marks_file)
                 except OSError as e:
                     log.error("reloading %s failed: %s", self.marks_file, e)
+        self.loop.add(self.clock() - t0)
+
+    #: Seconds between the starts of two reclaims (a full collection of a
+    #: 100 MiB PyPy heap costs about 50 ms: at most 2.5% of the time).
+    RECLAIM_INTERVAL_S = 2.0
+
+    def reclaim_watermark(self) -> int:
+        """Pages left under which the GC's garbage is reclaimed: 1.5 times
+        ``amemthresh``, as the kernel's page reclaim (kswapd) works to keep
+        free memory above its high watermark, 1.5 times the minimum."""
+        return self.ipvs.sysctl.amemthresh * 3 // 2
+
+    def _reclaim_step(self) -> None:
+        """One bounded step of a major collection (PyPy's ``gc.collect_step``,
+        about 10 ms at most), so that garbage the GC would collect later is
+        reused now instead of growing the heap towards the budget: the
+        defenses then compare ``amemthresh`` with memory that is really
+        taken, as the kernel's free memory is what is left after its page
+        reclaim has run.
+        CPython frees most memory at once (reference counting), so this
+        runs on PyPy only."""
+        assert self._collect_step is not None
+        self.reclaim_steps += 1
+        if self._collect_step().major_is_done:
+            self._reclaiming = False
+            self.reclaims += 1
+
+    def counters(self) -> dict:
+        """What the daemon adds to a ``GET_COUNTERS`` reply: the data path's
+        counters (``driver``, when it has some) and the loop's (``loop``)."""
+        out: dict = {"loop": self.loop.counters(), "memory": self.memory_counters()}
+        fn = getattr(self.driver, "counters", None)
+        if fn is not None:
+            out["driver"] = fn()
+        if self.failures:
+            out["loop"].update({f"failures_{k}": n for k, n in self.failures.items()})
+        return out
+
+    def memory_counters(self) -> dict[str, int]:
+        """The process's memory in KiB: resident, the budget and what is left
+        of it (with a memory model), and on PyPy what its GC holds (in use,
+        obtained from the system) and the milliseconds it ran so far."""
+        out = {"rss_kib": (self.memory.rss() if self.memory is not None else resident_bytes()) >> 10}
+        if self.memory is not None:
+            out["budget_kib"] = self.memory.limit >> 10
+            out["left_kib"] = self.memory.left() >> 10
+            if self.memory.source == "configured":
+                out["used_kib"] = self.memory.used() >> 10
+            out["reclaims"] = self.reclaims
+            out["reclaim_steps"] = self.reclaim_steps
+        gs = getattr(gc.get_stats(), "_s", None)  # PyPy's raw GC figures (CPython's get_stats is a list)
+        if gs is not None:
+            out["gc_used_kib"] = gs.total_gc_memory >> 10
+            out["gc_allocated_kib"] = gs.total_allocated_memory >> 10
+            out["gc_time_ms"] = gs.total_gc_time
+        return out
 
     def run(self) -> None:
         """Serve until :meth:`request_stop` (or SIGTERM), then shut down."""

@@ -54,6 +54,9 @@ GET_INFO        —                             ``info``: ``version``, ``conn_ta
 ZERO            service (optional)            —
 FLUSH           —                             —
 GET_PROC        name                          ``text``
+GET_COUNTERS    —                             ``counters``: the core's drops and
+                                              defenses; the daemon adds
+                                              ``driver`` and ``loop``
 GET_SYSCTL      name (optional)               ``value``, or ``sysctls`` (all)
 SET_SYSCTL      name, value                   —
 BATCH           requests                      ``replies`` (one per request)
@@ -64,10 +67,13 @@ FLUSH_MARK      —                             —
 =============== ============================= =====================================
 
 ``SET_INFO`` exists in the kernel only as the reply to ``GET_INFO``;
-sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL`` and
-``SET_SYSCTL`` are PyIPVS extensions: the text of
-``/proc/net/<name>`` (one of :data:`ipvs.procfs.PROC_NAMES`) and the
-``net.ipv4.vs.*`` settings (:class:`ipvs.ip_vs.Sysctls`).  The ``*_MARK``
+sending it gives ``EINVAL``.  ``GET_PROC``, ``GET_SYSCTL``,
+``SET_SYSCTL`` and ``GET_COUNTERS`` are PyIPVS extensions: the text of
+``/proc/net/<name>`` (one of :data:`ipvs.procfs.PROC_NAMES`), the
+``net.ipv4.vs.*`` settings (:class:`ipvs.ip_vs.Sysctls`), and the
+counters the kernel has no file for (:func:`core_counters`: packets the
+core dropped, by :class:`ipvs.packet.Drop` reason, and the state of the
+defenses), which ``ipvs-counters`` prints.  The ``*_MARK``
 commands are PyIPVS's stand-in for iptables' MARK target, which the
 kernel's fwmark services depend on: a ``mark`` is an object with the
 fields of :class:`ipvs.fwmark.MarkRule` (``mark``, ``af``, ``protocol``,
@@ -206,6 +212,7 @@ from typing import TYPE_CHECKING, Any
 from ipvs import ctl, ip_vs, procfs, uapi
 from ipvs.ctl import DestUser, ServiceUser
 from ipvs.ip_vs import IPVSError
+from ipvs.packet import Drop
 from ipvs.uapi import AF_INET, AF_INET6
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -219,6 +226,7 @@ SCHEMA_VERSION = 1
 #: The kernel's commands (``enum IPVS_CMD_*``) plus the PyIPVS extensions.
 COMMANDS = uapi.IPVS_COMMANDS + (
     "GET_PROC", "GET_SYSCTL", "SET_SYSCTL", "BATCH", "NEW_MARK", "DEL_MARK", "GET_MARK", "FLUSH_MARK",
+    "GET_COUNTERS",
 )
 
 #: Schema extensions this side understands, announced in the GET_INFO reply
@@ -862,6 +870,32 @@ def _get_info(ipvs, req, now, **_):
             "extensions": list(EXTENSIONS)}
 
 
+def core_counters(ipvs: NetnsIPVS) -> dict[str, int]:
+    """What the core counted that no kernel file shows: each
+    :class:`ipvs.packet.Drop` reason (``drop_<reason>``, zeros included),
+    the connection table (entries, cap, ``ip_vs_random_dropentry``'s
+    drops), and the defenses' state as ``update_defense_level`` last set
+    it (memory left in pages, -1 with no budget; ``ip_vs_todrop``'s rate,
+    0 when off; whether entries are dropped; whether TCP uses the defense
+    state table)."""
+    drops = ipvs.drops
+    out = {f"drop_{r.name.lower()}": drops.get(r, 0) for r in Drop}
+    tab = ipvs.conn_tab
+    out["conn_count"] = tab.count
+    out["conn_max"] = tab.max_conns
+    out["conn_dropentry"] = tab.dropped
+    out["defense_availmem"] = -1 if ipvs.availmem is None else ipvs.availmem
+    out["defense_amemthresh"] = ipvs.sysctl.amemthresh
+    out["defense_drop_rate"] = ipvs.drop_rate
+    out["defense_dropentry"] = int(ipvs.dropentry)
+    out["defense_secure_tcp"] = int(ipvs.old_secure_tcp > 1)
+    return out
+
+
+def _get_counters(ipvs, req, now, **_):
+    return {"counters": core_counters(ipvs)}
+
+
 def _set_info(ipvs, req, now, **_):
     raise SchemaError(errno.EINVAL, "SET_INFO is only a reply")
 
@@ -976,6 +1010,7 @@ _HANDLERS: dict[str, Callable[..., dict]] = {
     "DEL_MARK": _mark_cmd,
     "GET_MARK": _mark_cmd,
     "FLUSH_MARK": _mark_cmd,
+    "GET_COUNTERS": _get_counters,
     "BATCH": _batch,
 }
 

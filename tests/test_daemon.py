@@ -1274,11 +1274,11 @@ def test_the_daemon_feeds_availmem_and_caps_the_table(tmp_path):
 
     class Budget(MemoryBudget):
         def __init__(self):
-            self.limit, self.source, self.cgroup = 64 << 20, "configured", None
-            self.used = 1 << 20
+            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
+            self.held = 1 << 20
 
-        def rss(self):
-            return self.used
+        def private(self):
+            return self.held
 
     budget = Budget()
     d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget)
@@ -1453,3 +1453,169 @@ def test_tools_ipvsd_on_pypy_runs_with_the_4m_nursery(tmp_path):
     env["IPVSD_RUNTIME"] = "pypy"  # tools/run-tests sets cpython for its CPython pass
     line = runtime_log_line([str(ROOT / ".venv-pypy" / "bin" / "python"), str(IPVSD)], tmp_path, env)
     assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M, JIT trace_limit 12000)"), line
+
+
+# ------------------------------------------------- counters while running (issue 13)
+
+
+def test_get_counters_adds_the_data_paths_the_loops_and_the_memorys(tmp_path):
+    """The daemon's GET_COUNTERS reply: the core's counters, the driver's, the loop's turns, the memory."""
+    from ipvs.packet import Drop
+
+    class Driver:
+        def fds(self):
+            return []
+
+        def counters(self):
+            return {"d_out_rx_kernel_drops": 7}
+
+        def poll_timeout(self):
+            return 0.0
+
+        def on_idle(self, now):
+            pass
+
+        def close(self):
+            pass
+
+    ipvs = NetnsIPVS()
+    d = Daemon(ipvs, socket_path=str(tmp_path / "s.sock"))
+    try:
+        ipvs.drops[Drop.TABLE_FULL] += 3
+        reply = d.transport().call({**V, "cmd": "GET_COUNTERS"})
+        assert reply["ok"] and reply["counters"]["drop_table_full"] == 3 and "driver" not in reply
+        assert reply["memory"]["rss_kib"] > 0 and "budget_kib" not in reply["memory"]
+        d.attach_driver(Driver())
+        for _ in range(3):
+            d.run_once(0)
+        reply = d.transport().call({**V, "cmd": "GET_COUNTERS"})
+        assert reply["driver"] == {"d_out_rx_kernel_drops": 7}
+        loop = reply["loop"]
+        assert loop["turns"] == 3 and loop["turn_max_us"] >= 0 and loop["turns_over_1000ms"] == 0
+    finally:
+        d.shutdown()
+
+
+def test_loop_stats_count_long_turns():
+    from ipvs.daemon import LoopStats
+
+    s = LoopStats()
+    for seconds in (0.0005, 0.012, 0.25, 1.5, 0.004):
+        s.add(seconds)
+    c = s.counters()
+    assert (c["turns"], c["turn_max_us"]) == (5, 1500000)
+    assert (c["turns_over_10ms"], c["turns_over_100ms"], c["turns_over_1000ms"]) == (3, 2, 1)
+
+
+def test_ipvs_counters_prints_what_the_director_counted(tmp_path):
+    from ipvs.packet import Drop
+
+    sock = str(tmp_path / "s.sock")
+    d = ThreadDaemon(sock)
+    try:
+        d.ipvs.drops[Drop.DEFENSE] += 5
+        run = [sys.executable, str(ROOT / "tools" / "ipvs-counters"), "--socket", sock]
+        p = subprocess.run(run, capture_output=True, text=True, timeout=30)
+        lines = dict(line.split() for line in p.stdout.splitlines())
+        assert p.returncode == 0 and lines["drop_defense"] == "5" and "drop_truncated" not in lines
+        assert int(lines["memory.rss_kib"]) > 0 and int(lines["loop.turns"]) > 0
+        p = subprocess.run(run + ["-a"], capture_output=True, text=True, timeout=30)
+        assert "drop_truncated 0\n" in p.stdout
+        p = subprocess.run(run + ["--json", "drop_defense", "conn_count"], capture_output=True, text=True, timeout=30)
+        assert json.loads(p.stdout) == {"drop_defense": 5, "conn_count": 0}
+        p = subprocess.run(run + ["nope"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 255 and "no counter nope" in p.stderr
+    finally:
+        d.stop()
+    p = subprocess.run(run, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 255 and "cannot reach the director" in p.stderr
+
+
+def test_memory_budget_counts_private_memory_and_the_rings(tmp_path):
+    """Shared file pages (the interpreter's code) are not PyIPVS's use of its budget; the rings are."""
+    from ipvs.daemon import MemoryBudget
+
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    page = MemoryBudget.PAGE
+    # resident 160 MiB, of which 96 MiB map files
+    (proc / "self" / "statm").write_text(f"99999 {(160 << 20) // page} {(96 << 20) // page} 0 0 0 0\n")
+    m = MemoryBudget(256 << 20, proc=str(proc))
+    assert (m.rss(), m.private(), m.used(), m.left()) == (160 << 20, 64 << 20, 64 << 20, 192 << 20)
+    m.pinned = 32 << 20
+    assert (m.used(), m.left()) == (96 << 20, 160 << 20)
+
+
+def test_memory_pressure_reclaims_the_gcs_garbage_first(tmp_path):
+    """Under 1.5 x amemthresh pages left, a major collection runs in steps, one per loop turn, at most every
+    RECLAIM_INTERVAL_S; above it, none."""
+    from types import SimpleNamespace
+
+    from ipvs.daemon import MemoryBudget
+
+    class Budget(MemoryBudget):
+        def __init__(self):
+            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
+            self.held = 1 << 20
+
+        def private(self):
+            return self.held
+
+    steps = []
+
+    def collect_step():
+        steps.append(1)
+        return SimpleNamespace(major_is_done=len(steps) % 3 == 0)
+
+    t = [100.0]
+    budget = Budget()
+    d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget, clock=lambda: t[0])
+    d._collect_step = collect_step
+    d.ipvs.sysctl.amemthresh = 4096  # 16 MiB: reclaim under 24 MiB left
+    try:
+        d.run_once(0)
+        assert steps == [] and d.reclaims == 0
+        budget.held = 44 << 20  # 20 MiB left
+        t[0] += 1.0
+        for _ in range(5):
+            d.run_once(0)
+        assert (len(steps), d.reclaims) == (3, 1)  # one collection in three steps, then none
+        t[0] += 1.0
+        d.run_once(0)
+        assert len(steps) == 3  # not again within RECLAIM_INTERVAL_S
+        t[0] += d.RECLAIM_INTERVAL_S
+        for _ in range(4):
+            d.run_once(0)
+        assert (len(steps), d.reclaims) == (6, 2)
+    finally:
+        d.shutdown()
+
+
+def test_the_rings_count_against_a_configured_budget(tmp_path):
+    """attach_driver: the driver's mapped rings join what ipvsd holds, and the table's cap shrinks by them."""
+    from ipvs.daemon import MemoryBudget
+
+    class Budget(MemoryBudget):
+        def __init__(self):
+            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
+
+        def private(self):
+            return 1 << 20
+
+    class Driver:
+        def fds(self):
+            return []
+
+        def mapped_bytes(self):
+            return 32 << 20
+
+    budget = Budget()
+    d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget)
+    try:
+        assert d.ipvs.conn_tab.max_conns == (63 << 20) // 1024
+        d.attach_driver(Driver())
+        assert budget.pinned == 32 << 20 and budget.left() == 31 << 20
+        assert d.ipvs.conn_tab.max_conns == (31 << 20) // 1024
+    finally:
+        d.driver = None
+        d.shutdown()

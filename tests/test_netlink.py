@@ -353,3 +353,24 @@ def test_mixed_family_destinations(ipvs):
     # Deleting is never refused for the family (none is left here: not found).
     assert err(ipvs, "DEL_DEST", service=key6, dest={"addr_family": AF_INET, "addr": "172.16.0.2",
                                                       "port": 80}) == errno.ENOENT
+
+
+def test_get_counters_shows_the_cores_drops_and_defenses_while_running():
+    """GET_COUNTERS (issue 13): the core's drops by reason and the defenses' state, as the core left them."""
+    from ipvs.core import NF_DROP
+    from ipvs.packet import Drop
+    from tests.conftest import HZ
+    from tests.core.test_core import web
+    from tests.core.test_defense import flood
+
+    lab = web(drop_packet=1)
+    c = ok(lab.ipvs, "GET_COUNTERS")["counters"]
+    assert {f"drop_{r.name.lower()}" for r in Drop} <= set(c)
+    assert (c["drop_defense"], c["conn_count"], c["defense_availmem"], c["defense_drop_rate"]) == (0, 0, -1, 0)
+    lab.ipvs.availmem = 768  # 1024 - 768: drop_packet drops one new connection in 4
+    lab.tick(lab.now + HZ)
+    verdicts = flood(lab, 8)
+    c = ok(lab.ipvs, "GET_COUNTERS")["counters"]
+    assert c["drop_defense"] == verdicts.count(NF_DROP) == 2
+    assert (c["conn_count"], c["defense_availmem"], c["defense_amemthresh"], c["defense_drop_rate"]) == (6, 768, 1024, 4)
+    assert c["conn_max"] == lab.ipvs.conn_tab.max_conns and c["defense_dropentry"] == 0

@@ -355,6 +355,10 @@ class AFPacketDriver:
 
     # ------------------------------------------------------------ plug-in API
 
+    def mapped_bytes(self) -> int:
+        """Bytes of the rings the kernel mapped into this process (for the daemon's memory budget)."""
+        return sum(len(p.ring.mm) for p in self.ports if hasattr(p.ring, "mm"))
+
     def fds(self) -> list[int]:
         """The descriptors the daemon's loop polls for this driver (one per ring socket)."""
         return list(self.by_fd)
