@@ -53,7 +53,7 @@ def run_as_ipvsd() -> None:
 
 def print_runtime() -> None:
     """The ``runtime`` line: the interpreter as ipvsd's log names it
-    (``PyPy 7.3.11 (Python 3.9.16, GC nursery 4M, JIT trace_limit 12000)``,
+    (``PyPy 7.3.11 (Python 3.9.16, GC nursery 4M, JIT trace_limit 10000)``,
     ``CPython 3.11.7``)."""
     print(f"runtime {describe()}", flush=True)
 

@@ -1704,7 +1704,17 @@ PYPY_ENV = {"PYPY_GC_NURSERY": "4M", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 #: then abandons the trace and compiles the function it spent most time in
 #: (``_handle_response``, ``process``) as a loop of its own, entered with its
 #: arguments boxed.  PyPy refuses more than 16384.
-PYPY_JIT = {"trace_limit": 12000}
+#:
+#: 10000 is where the data path's two costs meet (``bench/driver.py``, a
+#: shared 2-core machine, 6 Dec 2026).  The driver's receive loop with the
+#: core in it ran 20-30% faster at 10000 than at 6000 and no faster at
+#: 11000-12000.  The warm-up got slower above 10000: the first quarter
+#: second of a fresh director ran at 2-8k conn/s instead of 10-34k while the
+#: JIT recorded and compiled the longer traces, and it reached 90% of its
+#: steady rate after 1.0-3.0 s of CPU time instead of 0.75-1.0 s (issue 11
+#: asks for 2 s).  ``bench/core.py``'s own loop fits whole only from 11000
+#: (established 6.0 M pkt/s there against 4.6-5.2 M at 10000).
+PYPY_JIT = {"trace_limit": 10000}
 
 
 def _traced_apart() -> list[Callable[..., object]]:
@@ -1722,11 +1732,12 @@ def tune_jit() -> None:
     JIT, on PyPy (elsewhere nothing).  Unlike the nursery, PyPy takes these
     at run time.
 
-    Measured on PyPy 7.3.11 (6 Dec 2026, a shared 2-core machine): with
-    both, no trace is abandoned in ``bench/core.py``, established packets
-    ran 50-60% faster and new connections 30-40% (3.9 M → 6.0-6.4 M pkt/s,
-    500k → 620-730k conn/s), the driver's established frames 20-30%
-    (``bench/driver.py``); each bench prints ``jit_traces_too_long``.
+    Measured on PyPy 7.3.11 (6 Dec 2026, a shared 2-core machine), against
+    PyPy's defaults: the driver's established frames 20-30% faster, its
+    short connections 10-20% (``bench/driver.py``); in ``bench/core.py``
+    established packets 25-30% and new connections 20-30% (3.9 M → 4.6-5.2 M
+    pkt/s, 500k → 570-700k conn/s).  Each bench prints
+    ``jit_traces_too_long``.
     """
     if sys.implementation.name != "pypy":
         return

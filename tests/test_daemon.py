@@ -1354,7 +1354,7 @@ def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
     assert calls == []
     monkeypatch.setattr(dmod.sys.implementation, "name", "pypy")
     dmod.tune_jit()
-    assert calls == [("set_param", "trace_limit=12000"), ("dont_trace_here", (0, False, Director.schedule.__code__))]
+    assert calls == [("set_param", "trace_limit=10000"), ("dont_trace_here", (0, False, Director.schedule.__code__))]
 
 
 _TRACE_PROBE = """
@@ -1452,7 +1452,7 @@ def test_tools_ipvsd_on_pypy_runs_with_the_4m_nursery(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYPY_GC_NURSERY", "IPVS_SOCKET")}
     env["IPVSD_RUNTIME"] = "pypy"  # tools/run-tests sets cpython for its CPython pass
     line = runtime_log_line([str(ROOT / ".venv-pypy" / "bin" / "python"), str(IPVSD)], tmp_path, env)
-    assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M, JIT trace_limit 12000)"), line
+    assert line.startswith("ipvsd: INFO running on PyPy ") and line.endswith(", GC nursery 4M, JIT trace_limit 10000)"), line
 
 
 # ------------------------------------------------- counters while running (issue 13)

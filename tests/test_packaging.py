@@ -94,7 +94,7 @@ def test_installed_ipvsd_starts_pypy_with_the_4m_nursery(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "IPVS_SOCKET", "PYPY_GC_NURSERY")}
     line = runtime_log_line([str(installed / "bin" / "ipvsd")], tmp_path, env)
     if sys.implementation.name == "pypy":
-        assert line.endswith(", GC nursery 4M, JIT trace_limit 12000)"), line
+        assert line.endswith(", GC nursery 4M, JIT trace_limit 10000)"), line
     else:
         assert line.startswith("ipvsd: INFO running on CPython ") and "nursery" not in line, line
 
