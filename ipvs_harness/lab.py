@@ -155,6 +155,20 @@ RULES = [
 ]
 
 
+def _direct_rules(vip: str, rs1: str, rs2: str, opts: str) -> list[str]:
+    """The web (wlc, weights 1 and 2) and UDP echo (rr) services of a DR or
+    TUN lab on ``vip`` over ``rs1`` and ``rs2``, addresses as ipvsadm
+    writes them (``[...]`` for IPv6), each real server with ``opts``."""
+    return [
+        f"-A -t {vip}:80 -s wlc",
+        f"-a -t {vip}:80 -r {rs1}:80 {opts} -w 1",
+        f"-a -t {vip}:80 -r {rs2}:80 {opts} -w 2",
+        f"-A -u {vip}:7 -s rr",
+        f"-a -u {vip}:7 -r {rs1}:7 {opts}",
+        f"-a -u {vip}:7 -r {rs2}:7 {opts}",
+    ]
+
+
 def rules_for(method: str) -> list[str]:
     """The lab's rules for a forwarding method.  NAT: the seed's rules.  DR
     and TUN: the same web and UDP echo services on both real servers,
@@ -163,15 +177,7 @@ def rules_for(method: str) -> list[str]:
     FTP helper is NAT's)."""
     if method == "nat":
         return list(RULES)
-    opts = " ".join(METHODS[method])
-    return [
-        f"-A -t {VIP}:80 -s wlc",
-        f"-a -t {VIP}:80 -r 172.16.0.2:80 {opts} -w 1",
-        f"-a -t {VIP}:80 -r 172.16.0.3:80 {opts} -w 2",
-        f"-A -u {VIP}:7 -s rr",
-        f"-a -u {VIP}:7 -r 172.16.0.2:7 {opts}",
-        f"-a -u {VIP}:7 -r 172.16.0.3:7 {opts}",
-    ]
+    return _direct_rules(VIP, "172.16.0.2", "172.16.0.3", " ".join(METHODS[method]))
 
 
 def rules6_for(method: str) -> list[str]:
@@ -182,15 +188,7 @@ def rules6_for(method: str) -> list[str]:
     fed by IPv6-in-IPv6, GUE or GRE over IPv6)."""
     if method == "nat":
         return list(RULES6)
-    opts = " ".join(METHODS[method])
-    return [
-        f"-A -t [{VIP6}]:80 -s wlc",
-        f"-a -t [{VIP6}]:80 -r [{RS6['rs1']}]:80 {opts} -w 1",
-        f"-a -t [{VIP6}]:80 -r [{RS6['rs2']}]:80 {opts} -w 2",
-        f"-A -u [{VIP6}]:7 -s rr",
-        f"-a -u [{VIP6}]:7 -r [{RS6['rs1']}]:7 {opts}",
-        f"-a -u [{VIP6}]:7 -r [{RS6['rs2']}]:7 {opts}",
-    ]
+    return _direct_rules(f"[{VIP6}]", f"[{RS6['rs1']}]", f"[{RS6['rs2']}]", " ".join(METHODS[method]))
 
 
 def log(msg: str) -> None:
