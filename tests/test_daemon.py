@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from ipvs import client, procfs
 from ipvs.client import Client
-from ipvs.daemon import ControlServer, Daemon, ProcfsWriter
+from ipvs.daemon import ControlServer, Daemon, MemoryBudget, ProcfsWriter
 from ipvs.netns import NetnsIPVS
 
 netlink = pytest.importorskip("ipvs.netlink", reason="the message schema (ipvs.netlink) is not there yet")
@@ -1241,7 +1241,7 @@ def test_the_procfs_dir_says_when_its_writer_died(tmp_path):
 
 def test_memory_budget_sources(tmp_path):
     """The defenses' memory model: a configured limit, the cgroup's, the machine's."""
-    from ipvs.daemon import MemoryBudget, parse_size
+    from ipvs.daemon import parse_size
 
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
@@ -1269,18 +1269,20 @@ def test_memory_budget_sources(tmp_path):
     assert parse_size("64k") == 65536 and parse_size("1GiB") == 1 << 30
 
 
+class FixedBudget(MemoryBudget):
+    """A configured 64 MiB budget of which the process holds ``held`` bytes
+    of private memory (1 MiB unless a test changes it), whatever it really holds."""
+
+    def __init__(self) -> None:
+        self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
+        self.held = 1 << 20
+
+    def private(self) -> int:
+        return self.held
+
+
 def test_the_daemon_feeds_availmem_and_caps_the_table(tmp_path):
-    from ipvs.daemon import MemoryBudget
-
-    class Budget(MemoryBudget):
-        def __init__(self):
-            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
-            self.held = 1 << 20
-
-        def private(self):
-            return self.held
-
-    budget = Budget()
+    budget = FixedBudget()
     d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget)
     try:
         assert d.ipvs.conn_tab.max_conns == (63 << 20) // 1024
@@ -1533,8 +1535,6 @@ def test_ipvs_counters_prints_what_the_director_counted(tmp_path):
 
 def test_memory_budget_counts_private_memory_and_the_rings(tmp_path):
     """Shared file pages (the interpreter's code) are not PyIPVS's use of its budget; the rings are."""
-    from ipvs.daemon import MemoryBudget
-
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
     page = MemoryBudget.PAGE
@@ -1551,16 +1551,6 @@ def test_memory_pressure_reclaims_the_gcs_garbage_first(tmp_path):
     RECLAIM_INTERVAL_S; above it, none."""
     from types import SimpleNamespace
 
-    from ipvs.daemon import MemoryBudget
-
-    class Budget(MemoryBudget):
-        def __init__(self):
-            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
-            self.held = 1 << 20
-
-        def private(self):
-            return self.held
-
     steps = []
 
     def collect_step():
@@ -1568,7 +1558,7 @@ def test_memory_pressure_reclaims_the_gcs_garbage_first(tmp_path):
         return SimpleNamespace(major_is_done=len(steps) % 3 == 0)
 
     t = [100.0]
-    budget = Budget()
+    budget = FixedBudget()
     d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget, clock=lambda: t[0])
     d._collect_step = collect_step
     d.ipvs.sysctl.amemthresh = 4096  # 16 MiB: reclaim under 24 MiB left
@@ -1593,15 +1583,6 @@ def test_memory_pressure_reclaims_the_gcs_garbage_first(tmp_path):
 
 def test_the_rings_count_against_a_configured_budget(tmp_path):
     """attach_driver: the driver's mapped rings join what ipvsd holds, and the table's cap shrinks by them."""
-    from ipvs.daemon import MemoryBudget
-
-    class Budget(MemoryBudget):
-        def __init__(self):
-            self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
-
-        def private(self):
-            return 1 << 20
-
     class Driver:
         def fds(self):
             return []
@@ -1609,7 +1590,7 @@ def test_the_rings_count_against_a_configured_budget(tmp_path):
         def mapped_bytes(self):
             return 32 << 20
 
-    budget = Budget()
+    budget = FixedBudget()
     d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget)
     try:
         assert d.ipvs.conn_tab.max_conns == (63 << 20) // 1024
