@@ -324,13 +324,20 @@ def extract_events(scenario: str, timeout: float = 60, prefill: dict[str, str] |
                    DIFF_GOLDEN=os.path.abspath(golden) if golden else "")
         # In a mount namespace of its own: the script may edit /etc (hosts).
         proc = subprocess.run(sandbox.wrap(["bash", "-o", "pipefail", os.path.abspath(scenario)], tmp), cwd=out,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
                               check=False)
         sandbox.check(proc)
         if hosts is not None:
             hosts[:] = sandbox.hosts(tmp)
         with open(ev, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
+    if not lines and proc.returncode != 0:
+        # Every scenario sets rules before anything else, so a run that
+        # recorded nothing failed before its first command: say how, rather
+        # than hand the caller an empty scenario.
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{scenario} recorded nothing under the stub (exit status {proc.returncode}): "
+                           + " | ".join(tail))
     out: list[Event] = []
     for line in lines:
         kind, *args = line.split("\t")
