@@ -186,7 +186,7 @@ def lab(request):
 #: the kernel selftest topologies and the soak.  tools/run-tests' CPython
 #: pass sets PYIPVS_LAB_SCOPE=core and runs the rest of the lab (the seed's
 #: lab in both modes, FTP, SIGKILL, cleanup, ldirectord) with ipvsd on
-#: CPython, which keeps the whole command well under CI's 20 minutes.
+#: CPython; the two passes run side by side (tools/run-tests).
 VARIANTS = {"test_fwd_methods.py", "test_ipv6.py", "test_selftest_ipvs.py", "test_soak.py"}
 
 
