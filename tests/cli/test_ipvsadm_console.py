@@ -79,8 +79,11 @@ def test_closed_pipe_on_help_too():
 
 def test_sigint_ends_by_sigint_without_a_traceback(tmp_path):
     """Ctrl-C while ``ipvsadm -R`` waits on its input."""
+    # SIGINT's default action, as a terminal's shell gives it (a job run in
+    # the background with & would have it ignored, and ipvsadm with it).
     p = subprocess.Popen([sys.executable, TOOL, "-R", "--socket", str(tmp_path / "none")], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(1.0)  # let it reach the read of stdin
         p.send_signal(signal.SIGINT)
