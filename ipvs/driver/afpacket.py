@@ -455,6 +455,8 @@ class AFPacketDriver:
         self.svc_keys = keys
         svcs = {(s.addr, s.protocol, s.port) for s in ipvs.svc_table.values()
                 if s.af == socket.AF_INET and not s.fwmark}
+        svcs6 = {(s.addr, s.protocol, s.port) for s in ipvs.svc_table.values()
+                 if s.af == socket.AF_INET6 and not s.fwmark}
         fw_vips = self.fwmark_vips()
         vips = {_I.unpack(a)[0] for a, _, _ in svcs} | fw_vips
         if self.outer.ring is not None:
@@ -477,7 +479,7 @@ class AFPacketDriver:
         if self.mode == "shared" and self._nft_ready:
             try:
                 # fwmark VIPs join the drop set like any VIP (it is by address).
-                nft.sync_services(svcs | {(_I.pack(a), socket.IPPROTO_TCP, 0) for a in fw_vips})
+                nft.sync_services(svcs | svcs6 | {(_I.pack(a), socket.IPPROTO_TCP, 0) for a in fw_vips})
             except (OSError, RuntimeError) as e:
                 # The kernel then also answers the new services: loud, not fatal.
                 log.error("updating the nftables service set failed: %s", e)
@@ -1136,7 +1138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--route", action="append", default=[], metavar="NET/LEN,GATEWAY",
                    help="an extra route, e.g. 0.0.0.0/0,198.51.100.254 (repeatable)")
     g.add_argument("--outer-addr6", metavar="ADDR6/LEN", help="the director's IPv6 address on the outer network "
-                   "(spare mode; IPv6 services are answered on the outer side)")
+                   "(IPv6 services are answered on the outer side; shared mode adds the ip6 nftables table)")
     g.add_argument("--inner-addr6", metavar="ADDR6/LEN", help="the real servers' IPv6 gateway address")
     g.add_argument("--addr6", metavar="ADDR6/LEN", help="the director's IPv6 address with --interface")
     g.add_argument("--route6", action="append", default=[], metavar="NET6/LEN,GATEWAY6",
@@ -1249,8 +1251,6 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
         return None
     if len(specs) == 1 and specs[0][1] == "outer":
         specs[0] = (specs[0][0], "both", specs[0][2])
-    if v6 and args.mode != "spare":
-        raise SystemExit("IPv6 addresses need --mode spare (shared mode has no ip6 nftables rules yet)")
     routes6 = []
     for r in getattr(args, "route6", None) or ():
         net, _, gw = r.partition(",")
@@ -1278,7 +1278,12 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
             masq = None
             if masq_nets:
                 masq = (str(ipaddress.IPv4Interface(specs[0][2]).ip), int(lo), int(hi))
-            nft.install(inner_ifs if len(specs) > 1 else [], masq, ifaces=[name for name, _r, _a in specs])
+            if len(specs) == 1:
+                inner_ifs = []
+            # The ip6 table only where IPv6 is configured, its inner rule on
+            # the inner interfaces that have an IPv6 address.
+            inner_ifs6 = [name for name in inner_ifs if name in v6] if v6 else None
+            nft.install(inner_ifs, masq, ifaces=[name for name, _r, _a in specs], inner_ifs6=inner_ifs6)
         for name, role, a in specs:
             addr, mask, _plen = _net(a)
             mac, mtu = if_info(name)
@@ -1301,5 +1306,6 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
         for u in undo:
             _run_undo(u)
         raise
-    log.info("AF_PACKET data path on %s (%s mode)", ", ".join(f"{n} ({r})" for n, r, _ in specs), args.mode)
+    log.info("AF_PACKET data path on %s (%s mode)%s", ", ".join(f"{n} ({r})" for n, r, _ in specs), args.mode,
+             f"; IPv6 on {', '.join(v6)}" if v6 else "")
     return drv

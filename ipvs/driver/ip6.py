@@ -19,7 +19,11 @@ A port takes part when it has an IPv6 address (``--outer-addr6``,
   (``ip6_forward``: routers never fragment IPv6);
 * ``NF_ACCEPT`` ones to the director's own addresses or a VIP get a
   host's answers in spare mode: echo replies, TCP resets, port
-  unreachables (``icmpv6_send`` never answers an ICMPv6 error).
+  unreachables (``icmpv6_send`` never answers an ICMPv6 error).  In
+  shared mode the kernel holds those addresses and answers them, except
+  TCP, UDP and SCTP to a VIP, which the ip6 nftables table
+  (:mod:`ipvs.driver.nft`) hides from it: the driver answers those
+  (resets, port unreachables), as the IPv4 path does.
 
 Fragments are reassembled first and the result fragmented again no
 larger than the largest fragment that came (:mod:`ipvs.driver.frag6`), as
@@ -29,10 +33,8 @@ With ``--forward`` transit traffic is routed (``ip6_forward``: one hop
 less), which a DR or TUN real server's direct replies need when the
 director is its gateway.
 
-Differences from the kernel, and why: spare mode only (shared mode would
-need ip6 nftables rules to keep the kernel off the stolen traffic); no
-router advertisements, no rate limit
-on the ICMPv6 errors the driver makes; a next hop that never answers
+Differences from the kernel, and why: no router advertisements, no
+rate limit on the ICMPv6 errors the driver makes; a next hop that never answers
 gets its waiting packets answered with address unreachable
 (``ndisc_error_report``, through the core's LOCAL_OUT step), without the
 per-destination rate limit.
@@ -191,8 +193,17 @@ class IPv6Path:
                 self.route_out(buf, L3, maxfrag)
         elif verdict == NF_ACCEPT:
             daddr = bytes(buf[L3 + 24 : L3 + 40])
-            if daddr in self.local and drv.mode == "spare":
-                self._local_in(buf, parse(buf, L3))
+            if daddr in self.local:
+                if drv.mode == "spare":
+                    self._local_in(buf, parse(buf, L3))
+                # (shared: the kernel has the address and answers it)
+            elif daddr in self.vips:
+                # Shared mode: the nftables rules hide TCP, UDP and SCTP to
+                # a VIP from the kernel, so answer closed ports in its
+                # place; it keeps ICMPv6 (echo, errors).
+                h = parse(buf, L3)
+                if type(h) is IPHeader and h.protocol != IPPROTO_ICMPV6:
+                    self._local_in(buf, h)
             elif drv.forward and daddr not in self.own:
                 self._forward(buf, maxfrag)
             else:

@@ -8,30 +8,56 @@ netfilter, so a drop in ``prerouting`` at priority -500 (before
 connection tracking's -400 and defragmentation) hides these packets from
 the kernel without hiding them from the driver.
 
-Everything lives in one table, ``ip pyipvs``, that only the daemon can
-leave behind by accident, and the kernel removes it then: the table has
-the ``owner`` flag (Linux 5.12+, nftables 1.0+), so it belongs to the
-netlink socket that created it and goes with that socket.  ipvsd talks to
-nftables through libnftables in its own process (``ctypes``), so that
-socket is ipvsd's: a SIGKILL, a crash or an OOM kill closes it and the
-drop rules are gone at once, and the kernel answers the VIP again instead
-of dropping its traffic.  (``nft -f`` in a child would not do: the table
-would go when the child exits.)  Without libnftables the table is made by
-``nft -f`` without the flag, as before: deleted on exit and by the next
-start, with a warning that a SIGKILL leaves it.
+Everything lives in one table per address family, ``ip pyipvs`` and,
+when a port has an IPv6 address, ``ip6 pyipvs``, that only the daemon
+can leave behind by accident, and the kernel removes them then: the
+tables have the ``owner`` flag (Linux 5.12+, nftables 1.0+), so they
+belong to the netlink socket that created them and go with that socket.
+ipvsd talks to nftables through libnftables in its own process
+(``ctypes``), so that socket is ipvsd's: a SIGKILL, a crash or an OOM
+kill closes it and the drop rules are gone at once, and the kernel
+answers the VIP again instead of dropping its traffic.  (``nft -f`` in a
+child would not do: the table would go when the child exits.)  Without
+libnftables the tables are made by ``nft -f`` without the flag, as
+before: deleted on exit and by the next start, with a warning that a
+SIGKILL leaves them.
+
+Why two tables and not one ``inet`` table: both are made in one
+transaction through the same session, so they come, are owned and go
+together, and the crash safety is the same; but the IPv4 table stays
+exactly what it was (its name, which older daemons' leftovers and the
+operators' tools know, and its rules), the ip6 table exists only where
+IPv6 is configured (an IPv4-only director never touches the IPv6 the
+host routes), and no rule needs a family qualifier.
 
 The rules drop:
 
-* TCP, UDP and SCTP to a VIP (the ``vips`` set, which the driver keeps
-  in step with the service table), whatever the port: besides the
-  services themselves, connections the FTP helper expects (passive data
-  ports) arrive on ports no rule could know in advance, and the kernel
-  would reset them.  The kernel keeps the VIP for everything else (ping);
-  the driver answers closed ports on a VIP as the host would;
+* TCP, UDP and SCTP to a VIP (the ``vips`` set of each table, which the
+  driver keeps in step with the service table), whatever the port:
+  besides the services themselves, connections the FTP helper expects
+  (passive data ports) arrive on ports no rule could know in advance,
+  and the kernel would reset them.  The kernel keeps the VIP for
+  everything else (ping, ICMP errors, neighbour discovery); the driver
+  answers closed ports on a VIP as the host would.  (For IPv6 nftables
+  finds the protocol behind the extension headers, in every fragment
+  whose fragment header names it.)
 * non-first fragments to a VIP (their protocol header is in the first);
-* TCP/UDP to the masquerading address and port range;
+  for IPv6 not those of ICMPv6, so that a large ping to a VIP, which the
+  kernel answers, still reassembles;
+* TCP/UDP to the masquerading address and port range (IPv4 only: the
+  driver masquerades IPv4 only);
 * from the inner interfaces, packets not addressed to the kernel itself
-  (the replies and masqueraded traffic the driver routes).
+  (the replies and masqueraded traffic the driver routes): for IPv6 on
+  the inner interfaces that have an IPv6 address, anything but local,
+  anycast and multicast destinations (neighbour discovery, router
+  solicitations and MLD go to multicast groups or the host's own
+  addresses).
+
+The ip6 table accepts the five neighbour discovery messages first, so no
+later rule can ever hide them from the kernel: IPv6 does not work at all
+without them.  ICMPv6 errors (Packet Too Big among them) to the host's
+own addresses are never dropped: they are local, and ICMPv6 is not
+among the protocols dropped to a VIP.
 
 There is no kernel IPVS counterpart: in the kernel, IPVS *is* the hook.
 """
@@ -52,6 +78,12 @@ PROTO = {6: "tcp", 17: "udp", 132: "sctp"}
 LIBNFTABLES = "libnftables.so.1"
 #: Where ``br_netfilter`` shows whether bridged IPv4 goes through the ip hooks.
 BRIDGE_NF_CALL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+#: The same for bridged IPv6 and the ip6 hooks.
+BRIDGE_NF_CALL6 = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
+#: The tables' families, in the order they are made.
+FAMILIES = ("ip", "ip6")
+#: Neighbour discovery (RFC 4861): the ip6 table accepts it before any drop.
+ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect"
 
 
 class Session:
@@ -89,6 +121,8 @@ class Session:
 
 
 _session: Session | None = None
+#: The families whose table :func:`install` made (their sets follow the services).
+_installed: tuple[str, ...] = ()
 
 
 def _open_session() -> Session | None:
@@ -120,30 +154,43 @@ def _run(script: str) -> None:
 
 
 def remove() -> None:
-    """Delete the table (at exit), and one left by an older daemon that
-    made it without the owner flag.  Closing the session removes an owned
-    table; a table another live daemon owns cannot be deleted (EPERM) and
-    stays."""
-    global _session
+    """Delete the tables of both families (at exit), and those left by an
+    older daemon that made them without the owner flag.  Closing the
+    session removes owned tables; a table another live daemon owns cannot
+    be deleted (EPERM) and stays.  One deletion per family: a missing
+    table fails its own command only."""
+    global _session, _installed
+    _installed = ()
     if _session is not None:
         session, _session = _session, None
-        try:
-            session.run(f"delete table ip {TABLE}")
-        except RuntimeError:
-            pass
+        for family in FAMILIES:
+            try:
+                session.run(f"delete table {family} {TABLE}")
+            except RuntimeError:
+                pass
         session.close()
         return
     nft = shutil.which("nft")
     if nft is None:
         return
-    subprocess.run([nft, "delete", "table", "ip", TABLE], capture_output=True)
+    for family in FAMILIES:
+        subprocess.run([nft, "delete", "table", family, TABLE], capture_output=True)
 
 
-def check_br_netfilter(ifaces: list[str], proc: str = BRIDGE_NF_CALL, sys_net: str = "/sys/class/net") -> None:
+def check_br_netfilter(ifaces: list[str], proc: str = BRIDGE_NF_CALL, sys_net: str = "/sys/class/net",
+                       proc6: str | None = None) -> None:
     """Refuse shared mode on a bridge when ``br_netfilter`` hands bridged
-    IPv4 to the ip hooks: the table's drop rule for traffic not addressed
-    to the host would then drop every real server's reply, silently.
-    Warn when it is loaded but none of ``ifaces`` is a bridge or a port."""
+    IPv4 to the ip hooks (or, with ``proc6``, the ip6 table's
+    ``bridge-nf-call-ip6tables``, bridged IPv6 to the ip6 hooks): the
+    table's drop rule for traffic not addressed to the host would then
+    drop every real server's reply, silently.  Warn when it is loaded but
+    none of ``ifaces`` is a bridge or a port."""
+    for path in (proc, proc6):
+        if path is not None:
+            _check_bridge_call(ifaces, path, sys_net)
+
+
+def _check_bridge_call(ifaces: list[str], proc: str, sys_net: str) -> None:
     try:
         with open(proc) as f:
             on = f.read().strip() == "1"
@@ -151,7 +198,7 @@ def check_br_netfilter(ifaces: list[str], proc: str = BRIDGE_NF_CALL, sys_net: s
         return  # br_netfilter is not loaded (or not in this namespace)
     if not on:
         return
-    fix = ("sysctl -w net.bridge.bridge-nf-call-iptables=0 (or rmmod br_netfilter), or run ipvsd in spare "
+    fix = (f"sysctl -w net.bridge.{os.path.basename(proc)}=0 (or rmmod br_netfilter), or run ipvsd in spare "
            "mode")
     bridged = [i for i in ifaces
                if any(os.path.exists(os.path.join(sys_net, i, part)) for part in ("bridge", "brport"))]
@@ -162,38 +209,77 @@ def check_br_netfilter(ifaces: list[str], proc: str = BRIDGE_NF_CALL, sys_net: s
                 "shared mode drops the real servers' replies; fix: %s", fix)
 
 
-def install(inner_ifs: list[str], masq: tuple[str, int, int] | None, ifaces: list[str] | None = None) -> None:
-    """Create the table with an empty service set (removing any old one).
+def table_script(family: str, inner_ifs: list[str], masq: tuple[str, int, int] | None = None,
+                 owner: bool = True) -> str:
+    """The nft text of one family's table (``ip`` or ``ip6``), its ``vips``
+    set empty.  ``inner_ifs``: the inner interfaces (of that family) whose
+    traffic not addressed to the host is the driver's; ``masq``: the
+    masquerading (address, first port, last port), IPv4 only."""
+    if family == "ip":
+        addr_type = "ipv4_addr"
+        rules = ["ip daddr @vips meta l4proto { tcp, udp, sctp } drop",
+                 "ip daddr @vips ip frag-off & 0x1fff != 0 drop"]
+        if masq is not None:
+            addr, lo, hi = masq
+            rules.append(f"ip daddr {addr} meta l4proto {{ tcp, udp }} th dport {lo}-{hi} drop")
+        local = "local, broadcast, multicast"
+    elif family == "ip6":
+        if masq is not None:
+            raise ValueError("the driver masquerades IPv4 only")
+        addr_type = "ipv6_addr"
+        rules = [f"icmpv6 type {{ {ND_TYPES} }} accept",
+                 "ip6 daddr @vips meta l4proto { tcp, udp, sctp } drop",
+                 "ip6 daddr @vips frag frag-off != 0 frag nexthdr != ipv6-icmp drop"]
+        local = "local, anycast, multicast"
+    else:
+        raise ValueError(f"no table for family {family!r}")
+    rules += [f'iifname "{ifname}" fib daddr type != {{ {local} }} drop' for ifname in inner_ifs]
+    lines = [f"table {family} {TABLE} {{"]
+    if owner:
+        lines.append("  flags owner;")
+    lines += [f"  set vips {{ type {addr_type}; }}",
+              "  chain pre {",
+              "    type filter hook prerouting priority -500; policy accept;"]
+    lines += [f"    {r}" for r in rules]
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def install(inner_ifs: list[str], masq: tuple[str, int, int] | None, ifaces: list[str] | None = None,
+            inner_ifs6: list[str] | None = None) -> None:
+    """Create the ip table and, unless ``inner_ifs6`` is None (no port has
+    an IPv6 address), the ip6 table, with empty service sets (removing
+    any old ones), in one transaction.
 
     ``ifaces`` (every interface of the data path) are checked for
-    ``br_netfilter`` first.
+    ``br_netfilter`` first (for IPv6 too with ``inner_ifs6``).
     """
-    check_br_netfilter(list(ifaces or inner_ifs))
+    global _installed
+    check_br_netfilter(list(ifaces or inner_ifs), proc6=BRIDGE_NF_CALL6 if inner_ifs6 is not None else None)
     remove()
     session = _open_session()
-    lines = [
-        f"table ip {TABLE} {{",
-        "  flags owner;" if session is not None else "",
-        "  set vips { type ipv4_addr; }",
-        "  chain pre {",
-        "    type filter hook prerouting priority -500; policy accept;",
-        "    ip daddr @vips meta l4proto { tcp, udp, sctp } drop",
-        "    ip daddr @vips ip frag-off & 0x1fff != 0 drop",
-    ]
-    if masq is not None:
-        addr, lo, hi = masq
-        lines.append(f"    ip daddr {addr} meta l4proto {{ tcp, udp }} th dport {lo}-{hi} drop")
-    for ifname in inner_ifs:
-        lines.append(f'    iifname "{ifname}" fib daddr type != {{ local, broadcast, multicast }} drop')
-    lines += ["  }", "}"]
-    _run("\n".join(lines) + "\n")
+    families = FAMILIES if inner_ifs6 is not None else ("ip",)
+    script = table_script("ip", inner_ifs, masq, owner=session is not None)
+    if inner_ifs6 is not None:
+        script += table_script("ip6", inner_ifs6, owner=session is not None)
+    _run(script)
+    _installed = families
+
+
+def sets_script(svcs: set[tuple[bytes, int, int]], families: tuple[str, ...] = FAMILIES) -> str:
+    """The nft text that makes each family's ``vips`` set hold exactly the
+    addresses (4 bytes: IPv4, 16: IPv6) of these services."""
+    cmds = []
+    for family, size, cls in (("ip", 4, ipaddress.IPv4Address), ("ip6", 16, ipaddress.IPv6Address)):
+        if family not in families:
+            continue
+        vips = sorted({cls(addr) for addr, proto, _port in svcs if proto in PROTO and len(addr) == size})
+        cmds.append(f"flush set {family} {TABLE} vips")
+        if vips:
+            cmds.append(f"add element {family} {TABLE} vips {{ {', '.join(map(str, vips))} }}")
+    return "\n".join(cmds) + "\n"
 
 
 def sync_services(svcs: set[tuple[bytes, int, int]]) -> None:
-    """Make the ``vips`` set hold exactly the addresses of these services."""
-    vips = sorted({str(ipaddress.IPv4Address(addr)) for addr, proto, _port in svcs
-                   if proto in PROTO and len(addr) == 4})
-    cmds = [f"flush set ip {TABLE} vips"]
-    if vips:
-        cmds.append(f"add element ip {TABLE} vips {{ {', '.join(vips)} }}")
-    _run("\n".join(cmds) + "\n")
+    """Make the ``vips`` set of each installed table hold exactly the addresses of these services."""
+    _run(sets_script(svcs, _installed or ("ip",)))

@@ -102,7 +102,7 @@ RS1_6, RS2_6 = "2001:db8:0:2::2", "2001:db8:0:2::3"
 class Rig6(Rig):
     """The rig with IPv6 addresses on both ports and an IPv6 web service."""
 
-    def __init__(self, services6: bool = True) -> None:
+    def __init__(self, services6: bool = True, mode: str = "spare") -> None:
         self.lab = Lab()
         self.services6 = services6
         if services6:
@@ -113,7 +113,7 @@ class Rig6(Rig):
         self.inner = Port("br-in", "inner", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, self.in_ring)
         self.outer.set_addr6(f"{OUTER6}/64")
         self.inner.set_addr6(f"{GW6}/64")
-        self.drv = AFPacketDriver(self.lab.d, [self.outer, self.inner], "spare", None)
+        self.drv = AFPacketDriver(self.lab.d, [self.outer, self.inner], mode, None)
         self.garps = self.out_ring.take()  # unsolicited NA for the IPv6 VIP at start
         self.now = 1000
         self.drv.now = self.now

@@ -397,6 +397,24 @@ def test_shared_mode_hides_fwmark_vips_from_the_kernel_too(monkeypatch):
     assert {ipaddress.ip_address(f"203.0.113.{i}") for i in range(16, 20)} | {ipaddress.ip_address(VIP)} <= addrs
 
 
+def test_shared_mode_hides_ipv6_vips_from_the_kernel_too(monkeypatch):
+    """The IPv6 services' addresses join the drop sets beside the IPv4 ones."""
+    import ipaddress
+
+    from ipvs.driver import nft
+    from tests.driver.helpers import VIP6, Rig6
+
+    seen = []
+    monkeypatch.setattr(nft, "sync_services", lambda svcs: seen.append(set(svcs)))
+    r = Rig6(mode="shared")
+    r.drv._nft_ready = True
+    su = r.lab.service(VIP, 80, sched="rr")
+    r.lab.dest(su, RS1, 80)
+    r.drv.on_idle(r.now)
+    assert {ipaddress.ip_address(a) for a, _p, _port in seen[-1]} == {ipaddress.ip_address(VIP),
+                                                                       ipaddress.ip_address(VIP6)}
+
+
 # ---------------------------------------------------------------- host unreachable
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "kernel", "goldens", "sched_sh")

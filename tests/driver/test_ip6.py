@@ -128,6 +128,29 @@ def test_echo_to_the_vip_and_closed_ports_answered_like_a_host():
     assert (e[IPv6].src, e[ICMPv6DestUnreach].code) == (VIP6, 4) and csum_ok(e, ICMPv6DestUnreach)
 
 
+def test_shared_mode_answers_closed_ports_on_the_vip_and_leaves_the_rest_to_the_kernel():
+    """Shared mode: the ip6 nftables table hides TCP/UDP to the VIP from the
+    kernel, so the driver answers closed ports there; echo to the VIP and
+    everything to the kernel's own addresses is the kernel's (no answer,
+    no drop counted), even with --forward."""
+    r = Rig6(mode="shared")
+    r.drv.forward = True
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=4000, dport=22, flags="S", seq=10)))
+    (f,) = r.out_ring.take()
+    e = Ether(f)
+    assert (e[IPv6].src, e[TCP].flags, e[TCP].ack) == (VIP6, "RA", 11) and csum_ok(e, TCP)
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=4000, dport=9) / b"x"))
+    (f,) = r.out_ring.take()
+    assert Ether(f)[ICMPv6DestUnreach].code == 4
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / ICMPv6EchoRequest(id=7, seq=1, data=b"ping")))
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=OUTER6) / TCP(sport=4001, dport=22, flags="S")))
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=OUTER6) / ICMPv6EchoRequest(id=7, seq=2)))
+    assert r.out_ring.take() == [] and r.in_ring.take() == []
+    assert not r.drv.drops["not_forwarded6"] and not r.drv.counts["forwarded6"]
+
+
 def test_an_unresolved_next_hop_is_solicited_and_the_packet_sent_once_advertised():
     r = Rig6()
     # The director's own echo request is the simplest packet to route out.
