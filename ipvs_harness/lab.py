@@ -34,7 +34,7 @@ the seed's rules with ``tools/ipvsadm``::
     -a -u 203.0.113.5:7 -r 172.16.0.2:7 -m
     -a -u 203.0.113.5:7 -r 172.16.0.3:7 -m
 
-``--ipv6`` (spare mode) adds the IPv6 plan, documentation prefixes
+``--ipv6`` (either mode) adds the IPv6 plan, documentation prefixes
 (RFC 3849) inside the namespaces only, and the same services over IPv6
 (with ``--method``, by that method: :func:`rules6_for`)::
 
@@ -50,9 +50,12 @@ the seed's rules with ``tools/ipvsadm``::
     -A -t [2001:db8:0:5::5]:21 -p
     -a -t [2001:db8:0:5::5]:21 -r [2001:db8:0:2::3]:21 -m
 
-The director's kernel keeps IPv6 off (ipvsd answers neighbour discovery
-on its ports); the client's and the real servers' kernels get IPv6 on
-their lab interface only, addresses without duplicate address detection.
+In spare mode the director's kernel keeps IPv6 off (ipvsd answers
+neighbour discovery on its ports); in shared mode it holds
+2001:db8:0:1::1, the VIP and 2001:db8:0:2::1 on ``d_out`` and ``br-in``
+and forwards, beside ipvsd's ``ip6 pyipvs`` table.  The client's and the
+real servers' kernels get IPv6 on their lab interface only, addresses
+without duplicate address detection.
 
 ``--mode spare``: the director's kernel has no addresses on the lab NICs and
 the driver answers ARP; ``--mode shared``: the kernel keeps 198.51.100.1,
@@ -382,14 +385,14 @@ def build_net(mode: str, strict: bool, ipv6: bool = False, method: str = "nat") 
         d += [f"addr add {OUTER}/24 dev d_out", f"addr add {VIP}/32 dev d_out", f"addr add {GATEWAY}/24 dev br-in"]
     ip_batch(NS_DIR, d)
     dsys = {"net.bridge.bridge-nf-call-iptables": "0", "net.bridge.bridge-nf-call-arptables": "0",
-            "net.ipv4.ip_forward": "1" if mode == "shared" else "0"}
+            "net.ipv4.ip_forward": "1" if mode == "shared" else "0", "net.bridge.bridge-nf-call-ip6tables": "0"}
     for dev in ("d_out", "br-in", "d_rs1", "d_rs2"):
         dsys[f"net.ipv4.conf.{dev}.rp_filter"] = "0"
     sysctl(NS_DIR, dsys)
     for ns, dev in ((NS_CLIENT, "c0"), (NS_RS1, "eth0"), (NS_RS2, "eth0")):
         sysctl(ns, {f"net.ipv4.conf.{dev}.rp_filter": "0"})
     if ipv6:
-        build_net6(method)
+        build_net6(method, mode)
     if strict:
         eth = shutil.which("ethtool") or "ethtool"
         # Bridge ports too: the director's frames leave through them.
@@ -399,11 +402,14 @@ def build_net(mode: str, strict: bool, ipv6: bool = False, method: str = "nat") 
             run(*nsexec(ns, eth, "-K", dev, "rx", "off"))
 
 
-def build_net6(method: str = "nat") -> None:
+def build_net6(method: str = "nat", mode: str = "spare") -> None:
     """The IPv6 plan: IPv6 on the client's and the real servers' lab
     interface only (no router solicitations, no autoconfiguration, no
-    duplicate address detection: the lab is up at once); the director's
-    kernel keeps IPv6 off and ipvsd answers for its addresses.  DR: the
+    duplicate address detection: the lab is up at once); in spare mode
+    the director's kernel keeps IPv6 off and ipvsd answers for its
+    addresses; in shared mode the kernel holds them too (and the VIP,
+    which it answers for ping) on ``d_out`` and ``br-in``, not on the
+    bridge's ports, and forwards, as for IPv4.  DR: the
     real servers hold the IPv6 VIP on ``lo`` (IPv6 answers neighbour
     solicitations only for the addresses of the interface asked, so no
     ``arp_ignore`` is needed); the tunnels' decapsulator puts it on its
@@ -418,6 +424,14 @@ def build_net6(method: str = "nat") -> None:
         ip_batch(ns, [f"addr add {RS6[name]}/64 dev eth0 nodad", f"route add default via {GATEWAY6} dev eth0"])
         if method == "dr":
             ip_batch(ns, [f"addr add {VIP6}/128 dev lo nodad"])
+    if mode == "shared":
+        dsys = {"net.ipv6.conf.all.forwarding": "1", "net.ipv6.conf.all.accept_ra": "0"}
+        for dev in ("lo", "d_out", "br-in"):
+            dsys.update({f"net.ipv6.conf.{dev}.accept_dad": "0", f"net.ipv6.conf.{dev}.accept_ra": "0",
+                         f"net.ipv6.conf.{dev}.router_solicitations": "0", f"net.ipv6.conf.{dev}.disable_ipv6": "0"})
+        sysctl(NS_DIR, dsys)
+        ip_batch(NS_DIR, [f"addr add {OUTER6}/64 dev d_out nodad", f"addr add {VIP6}/128 dev d_out nodad",
+                          f"addr add {GATEWAY6}/64 dev br-in nodad"])
 
 
 NGINX_CONF = """\
@@ -566,8 +580,6 @@ def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = Fal
 
 
 def up(mode: str = "spare", strict: bool = False, rules: bool = True, ipv6: bool = False, method: str = "nat") -> None:
-    if ipv6 and mode != "spare":
-        raise RuntimeError("the IPv6 plan needs --mode spare (ipvsd has no ip6 nftables rules for shared mode)")
     if method not in METHODS:
         raise RuntimeError(f"unknown forwarding method {method!r} (one of {', '.join(METHODS)})")
     down()
@@ -836,7 +848,7 @@ def _main(argv: list[str]) -> int:
     u.add_argument("--mode", choices=("spare", "shared"), default="spare")
     u.add_argument("--strict", action="store_true", help="software checksums (offloads off on the path)")
     u.add_argument("--no-rules", action="store_true", help="start the director without the seed's rules")
-    u.add_argument("--ipv6", action="store_true", help="add the IPv6 plan and services (spare mode)")
+    u.add_argument("--ipv6", action="store_true", help="add the IPv6 plan and services")
     u.add_argument("--method", choices=list(METHODS), default="nat",
                    help="forwarding method: nat (the seed's example), dr, or a tunnel (ipip, gue, gre, "
                         "and their checksum variants; the real servers decapsulate in user space)")

@@ -1,4 +1,5 @@
-"""Nothing of ipvsd stays on the machine: clean stop, and SIGKILL then restart."""
+"""Nothing of ipvsd stays on the machine: clean stop, and SIGKILL then
+restart; in shared mode with IPv6 services, for the ip and the ip6 table."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def shared_lab():
     if reason:
         pytest.skip(reason)
     try:
-        lab_mod.up("shared", False)
+        lab_mod.up("shared", False, ipv6=True)
         yield Lab("shared", "shared", False)
     finally:
         lab_mod.down()
@@ -31,7 +32,7 @@ def _director_pid() -> int:
 
 
 def _start(strict: bool) -> int:
-    cmd = lab_mod.director_cmd("shared", strict)
+    cmd = lab_mod.director_cmd("shared", strict, ipv6=True)
     pid = lab_mod.start("director", lab_mod.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
     deadline = time.monotonic() + 20
     while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
@@ -54,10 +55,18 @@ def _kill9(pid: int) -> None:
         time.sleep(0.05)
 
 
+def _listing(family: str) -> str | None:
+    """``nft list table FAMILY pyipvs`` in the director, None without the table."""
+    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_DIR, "nft", "list", "table", family, "pyipvs"],
+                       capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
 def _table(lab) -> bool:
-    r = subprocess.run(["ip", "netns", "exec", lab_mod.NS_DIR, "nft", "list", "table", "ip", "pyipvs"],
-                       capture_output=True)
-    return r.returncode == 0
+    """Both families' tables are there (and a check that neither is, when False)."""
+    have = [_listing(f) is not None for f in ("ip", "ip6")]
+    assert have[0] == have[1], f"one table without the other: ip {have[0]}, ip6 {have[1]}"
+    return have[0]
 
 
 def _tx(lab) -> str:
@@ -74,12 +83,19 @@ def test_sigkill_leftovers_are_cleaned_by_the_next_start(shared_lab):
     assert _tx(lab) == "off"
     _kill9(pid)
     assert _tx(lab) == "off"
+    # Tables an older daemon made without the owner flag (nft -f) outlive
+    # it: the next start deletes them before making its own.
+    stale = "".join(f"table {f} pyipvs {{\n  chain stale {{ type filter hook prerouting priority -500; }}\n}}\n"
+                    for f in ("ip", "ip6"))
+    subprocess.run(["ip", "netns", "exec", lab_mod.NS_DIR, "nft", "-f", "-"], input=stale, text=True, check=True,
+                   timeout=30)
+    assert "chain stale" in _listing("ip6")
     pid = _start(strict=False)
     assert _tx(lab) == "on", "a later start restores the offloads a killed daemon turned off"
     assert _table(lab)
-    rules = subprocess.run(["ip", "netns", "exec", lab_mod.NS_DIR, "nft", "list", "table", "ip", "pyipvs"],
-                           capture_output=True, text=True).stdout
-    assert rules.count("chain pre") == 1
+    for family in ("ip", "ip6"):
+        rules = _listing(family)
+        assert rules.count("chain pre") == 1 and "chain stale" not in rules and "flags owner" in rules, rules
     lab_mod.stop_pid(pid)
     assert not _table(lab), "a clean stop removes the table"
     ino = os.stat(f"/run/netns/{lab_mod.NS_DIR}").st_ino

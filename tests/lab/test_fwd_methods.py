@@ -9,7 +9,8 @@ DR: the real servers hold the VIP on ``lo``.  TUN: on a tun device fed by
 the user-space decapsulator (:mod:`ipvs_harness.decap`) for IPIP, GUE
 (with and without its checksum, and with remote checksum offload) and GRE
 (with and without its checksum).  Each variant runs in spare mode; some
-in shared mode (the director's kernel keeps its addresses) and strict mode
+in shared mode (the director's kernel keeps its addresses; DR also over
+IPv6, behind ipvsd's ip6 nftables table) and strict mode
 (software checksums on the whole path: the receivers' checksum error
 counters must not move, and a wrong outer UDP checksum would be dropped
 by the real server's kernel before the decapsulator saw it).
@@ -34,7 +35,8 @@ VARIANTS = [
     ("ipip", "spare", False), ("ipip", "shared", False), ("ipip", "strict", False),
     ("gue", "spare", False), ("gue-csum", "strict", False), ("gue-remcsum", "spare", False),
     ("gre", "spare", False), ("gre-csum", "strict", False),
-    ("dr", "spare", True), ("ipip", "strict", True), ("gue-remcsum", "spare", True), ("gre-csum", "spare", True),
+    ("dr", "spare", True), ("dr", "shared", True), ("ipip", "strict", True), ("gue-remcsum", "spare", True),
+    ("gre-csum", "spare", True),
 ]
 FORWARD_NAME = {"dr": "Route"}
 

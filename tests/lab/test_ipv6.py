@@ -1,6 +1,8 @@
 """End to end over IPv6: VS/NAT with real clients and servers, the lab's
-IPv6 plan (``ipvs-lab up --ipv6``, spare mode: the director's kernel has
-IPv6 off and ipvsd answers neighbour discovery on its ports).
+IPv6 plan (``ipvs-lab up --ipv6``), in spare mode (the director's kernel
+has IPv6 off and ipvsd answers neighbour discovery on its ports) and in
+shared mode (the kernel holds the director's addresses and the VIP, and
+ipvsd's ``ip6 pyipvs`` table keeps it off the stolen traffic).
 
 curl and ab reach the IPv6 VIP and the answers come back from it; the
 port mapping 80 -> 8000 holds; UDP goes both ways; an ICMPv6 port
@@ -12,11 +14,12 @@ director gets its time exceeded from the VIP (``decrement_ttl``).
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 import pytest
 
-from .conftest import Lab, _skip_reason, lab_mod, netns, socket_in, udp_echo
+from .conftest import MODES, Lab, _skip_reason, lab_mod, netns, socket_in, udp_echo
 
 pytestmark = pytest.mark.lab
 
@@ -24,18 +27,18 @@ VIP6 = lab_mod.VIP6
 SERVER_OF = {f"[{lab_mod.RS6['rs1']}]:80": "rs1", f"[{lab_mod.RS6['rs2']}]:8000": "rs2"}
 
 
-@pytest.fixture(scope="module", params=["spare", "strict"])
+@pytest.fixture(scope="module", params=["spare", "strict", "shared"])
 def lab6(request):
-    """The lab with its IPv6 plan, offloads on (spare) or checksums in
+    """The lab with its IPv6 plan, offloads on (spare), checksums in
     software on the whole path (strict: a wrong checksum is dropped by
-    the receivers and counted)."""
+    the receivers and counted), or in shared mode."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    strict = request.param == "strict"
+    mode, strict = MODES[request.param]
     try:
-        lab_mod.up("spare", strict, ipv6=True)
-        yield Lab(f"ipv6-{request.param}", "spare", strict)
+        lab_mod.up(mode, strict, ipv6=True)
+        yield Lab(f"ipv6-{request.param}", mode, strict)
     finally:
         lab_mod.down()
 
@@ -62,6 +65,23 @@ def test_ab_over_ipv6(lab6):
     assert int(fields["Complete requests"]) == 2000
     assert int(fields["Failed requests"]) == 0
     assert _csum_errors(lab6) == before
+
+
+def test_closed_ports_and_ping_on_the_ipv6_vip(lab6):
+    """A port of the VIP that is no service is refused at once (the driver
+    answers in spare mode, and in shared mode too, where the ip6 table
+    hides TCP to the VIP from the kernel); pings to the VIP are answered,
+    in shared mode by the kernel, also a fragmented one (the table passes
+    the ICMPv6 fragments).  (Spare mode: the driver's echo reply larger
+    than the link is not fragmented yet, so no large ping there.)"""
+    r = subprocess.run(lab_mod.nsexec(lab_mod.NS_CLIENT, "curl", "-s", "-m", "5", f"http://[{VIP6}]:9/"),
+                       capture_output=True, timeout=30)
+    assert r.returncode == 7, f"curl exit {r.returncode}: not refused"
+    for size in ("56", "3000") if lab6.mode == "shared" else ("56",):
+        lab6.client("ping", "-6", "-n", "-c", "1", "-W", "3", "-s", size, VIP6)
+    if lab6.mode == "shared":
+        out = lab6.run(lab_mod.NS_DIR, "nft", "list", "table", "ip6", "pyipvs")
+        assert "flags owner" in out and VIP6 in out
 
 
 def test_udp_over_ipv6_both_ways(lab6):

@@ -1,9 +1,11 @@
-"""SIGKILL of ipvsd under load, in both NIC modes (issue 13).
+"""SIGKILL of ipvsd under load, in both NIC modes (issue 13), with IPv4
+and IPv6 services (the lab's IPv6 plan).
 
-After the kill nothing may be left that drops traffic (in shared mode the
-kernel answers the VIP itself: a refused connection, not a timeout), and a
-restart serves the same rules with nobody re-adding them (the state file).
-The load is ``ab`` from the client namespace, bounded in count and time.
+After the kill nothing may be left that drops traffic (in shared mode
+neither the ip nor the ip6 table: the kernel answers both VIPs itself, a
+refused connection, not a timeout), and a restart serves the same rules
+with nobody re-adding them (the state file).  The load is ``ab`` from the
+client namespace, bounded in count and time.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def lab(request):
     if reason:
         pytest.skip(reason)
     try:
-        lab_mod.up(request.param, False)
+        lab_mod.up(request.param, False, ipv6=True)
         yield Lab(request.param, request.param, False)
     finally:
         lab_mod.down()
@@ -58,7 +60,10 @@ def _rules() -> str:
 
 def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
     before = _rules()
-    assert f"-A -t {lab.VIP}:80" in before
+    assert f"-A -t {lab.VIP}:80" in before and f"-A -t [{lab_mod.VIP6}]:80" in before
+    if lab.mode == "shared":
+        tables = lab.run(lab_mod.NS_DIR, "nft", "list", "tables")
+        assert "table ip pyipvs" in tables and "table ip6 pyipvs" in tables
     state = os.path.join(lab_mod.STATE, "ipvsadm.rules")
     deadline = time.monotonic() + 10
     while not (os.path.exists(state) and open(state).read().endswith(before)):
@@ -75,11 +80,13 @@ def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
         if lab.mode == "shared":
             tables = lab.run(lab_mod.NS_DIR, "nft", "list", "tables")
             assert "pyipvs" not in tables, "a killed ipvsd left its drop rules"
-            # The kernel answers the VIP itself now: refused at once, not dropped.
-            r = subprocess.run(lab_mod.nsexec(lab_mod.NS_CLIENT, "curl", "-s", "-m", "5", f"http://{lab.VIP}:9/"),
-                               capture_output=True, timeout=30)
-            assert r.returncode == 7, f"curl exit {r.returncode}: the VIP's traffic is dropped"
-        lab_mod.start("director", lab_mod.NS_DIR, lab_mod.director_cmd(lab.mode, False), env={"PYTHONPATH": ROOT})
+            # The kernel answers the VIPs itself now: refused at once, not dropped.
+            for host in (lab.VIP, f"[{lab_mod.VIP6}]"):
+                r = subprocess.run(lab_mod.nsexec(lab_mod.NS_CLIENT, "curl", "-s", "-m", "5", f"http://{host}:9/"),
+                                   capture_output=True, timeout=30)
+                assert r.returncode == 7, f"curl exit {r.returncode}: the traffic of {host} is dropped"
+        lab_mod.start("director", lab_mod.NS_DIR, lab_mod.director_cmd(lab.mode, False, ipv6=True),
+                      env={"PYTHONPATH": ROOT})
         deadline = time.monotonic() + 30
         while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
             assert time.monotonic() < deadline, open(os.path.join(lab_mod.STATE, "director.log")).read()[-2000:]
@@ -89,5 +96,6 @@ def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
         if ab.poll() is None:
             ab.kill()
         ab.wait(30)
-    out = lab.client("curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", f"http://{lab.VIP}/")
-    assert out == "200"
+    for host in (lab.VIP, f"[{lab_mod.VIP6}]"):
+        out = lab.client("curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", f"http://{host}/")
+        assert out == "200", host
