@@ -16,7 +16,9 @@ A port takes part when it has an IPv6 address (``--outer-addr6``,
 * packets go to :meth:`ipvs.core.Director.process` as IPv4 ones do;
   ``NF_STOLEN`` ones are routed (connected prefixes, then ``--route6``)
   and sent, a packet larger than the link answered with Packet Too Big
-  (``ip6_forward``: routers never fragment IPv6);
+  (``ip6_forward``: routers never fragment IPv6); for what comes from the
+  real servers' side that check comes first, before the core, as
+  ``ip6_forward`` makes it before the FORWARD hook;
 * ``NF_ACCEPT`` ones to the director's own addresses or a VIP get a
   host's answers in spare mode: echo replies, TCP resets, port
   unreachables (``icmpv6_send`` never answers an ICMPv6 error).  In
@@ -126,6 +128,8 @@ class IPv6Path:
         self.frag_id = 0
         self.vips: set[bytes] = set()
         self.own = {p.addr6 for p in self.ports}
+        #: Packets no longer than this fit every link (the MTU checks are skipped).
+        self.min_mtu = min((p.mtu for p in self.ports), default=0)
         self.local: set[bytes] = set(self.own)
 
     # ---------------------------------------------------------- services
@@ -179,6 +183,8 @@ class IPv6Path:
             if type(h) is not IPHeader:
                 drv.drops["bad_ip6"] += 1
                 return
+        if p.role != "outer" and 40 + (buf[L3 + 4] << 8 | buf[L3 + 5]) > self.min_mtu and self._too_big(buf, maxfrag):
+            return
         d = self.d
         inner = drv.inner_mtu
         # __mtu_check_toobig_v6: a reassembled datagram is too big only if
@@ -210,6 +216,37 @@ class IPv6Path:
                 drv.drops["not_forwarded6"] += 1
         else:
             drv.drops["ipvs_drop"] += 1
+
+    def _too_big(self, buf: bytearray, maxfrag: int) -> bool:
+        """``ip6_forward``'s MTU check (``ip6_pkt_too_big``) for what comes
+        from the real servers' side and is not for the director itself.
+
+        The kernel checks before the FORWARD hook, where IPVS sees the real
+        servers' replies (NAT's to rewrite, DR/TUN's direct ones to count),
+        so a reply too big for the clients' link is answered with Packet
+        Too Big quoting it as the real server sent it, back to its source,
+        and IPVS never sees it.  (Towards the real servers the core checks,
+        with ``Director.mtu``; the IPv4 path's ``_too_big`` is the same
+        step.)  A GSO super-frame's segments fit; a reassembled datagram is
+        too big only if one of its fragments was.  True: the packet was
+        answered and dropped."""
+        L3 = 24
+        daddr = bytes(buf[L3 + 24 : L3 + 40])
+        if buf[1] or daddr in self.local or daddr in self.vips:
+            return False  # GSO, or delivered to the director (LOCAL_IN): not forwarded
+        r = self.route(daddr)
+        if r is None:
+            return False
+        mtu = r[0].mtu
+        n = 40 + ((buf[L3 + 4] << 8) | buf[L3 + 5])
+        if n <= mtu or (maxfrag and maxfrag <= mtu):
+            return False
+        h = parse(buf, L3)
+        if type(h) is IPHeader and not is_ineligible(buf, h):
+            src = self.own_address(bytes(buf[L3 + 8 : L3 + 24])) or r[0].addr6
+            self.ipvs.outbox.append(build_error6(buf, L3, L3 + n, ICMPV6_PKT_TOOBIG, 0, src, info=mtu))
+        self.drv.drops["pkt_too_big6"] += 1
+        return True
 
     def _ndisc_in(self, p: Port, buf: bytearray, h: IPHeader) -> None:
         drv = self.drv

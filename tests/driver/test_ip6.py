@@ -19,6 +19,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
     ICMPv6TimeExceeded,
     IPerror6,
     IPv6,
@@ -294,6 +295,52 @@ def test_dr6_too_big_for_the_real_servers_link_is_answered_from_the_vip():
     (err,) = r.out_ring.take()
     e = Ether(err)
     assert (e[IPv6].src, e[IPv6].dst) == (VIP6, CLIENT6) and e.haslayer(IPerror6)
+
+
+def test_a_nat_reply_too_big_for_the_clients_link_is_answered_before_the_core():
+    """ip6_forward checks the MTU before the FORWARD hook where IPVS
+    rewrites the reply: the Packet Too Big goes back to the real server
+    (from the director's address towards it) quoting the reply as it was
+    sent, and the core never counts it."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
+    r.rx_inner(ns(RS1_6, GW6, src_mac=MRS1, eth_dst="02:00:00:00:00:0b"))
+    r.out_ring.take()
+    r.in_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    assert len(r.in_ring.take()) == 1
+    [cp] = r.lab.conns()
+    big = IPv6(src=RS1_6, dst=CLIENT6) / TCP(sport=80, dport=40000, flags="A") / (b"x" * 1441)
+    r.rx_inner(f6(big, src=MRS1, dst="02:00:00:00:00:0b"))
+    assert r.out_ring.take() == []
+    (err,) = r.in_ring.take()
+    e = Ether(err)
+    assert (e.dst, e[IPv6].src, e[IPv6].dst) == (MRS1, GW6, RS1_6)
+    assert e[ICMPv6PacketTooBig].mtu == 1500 and csum_ok(e, ICMPv6PacketTooBig)
+    assert (e[IPerror6].src, e[IPerror6].dst) == (RS1_6, CLIENT6)  # as the real server sent it
+    assert cp.dest.stats.outpkts == 0 and r.drv.drops["pkt_too_big6"] == 1
+    # One byte less fits: rewritten and sent to the client.
+    r.rx_inner(f6(IPv6(src=RS1_6, dst=CLIENT6) / TCP(sport=80, dport=40000, flags="A") / (b"x" * 1440),
+                  src=MRS1, dst="02:00:00:00:00:0b"))
+    (out,) = r.out_ring.take()
+    assert Ether(out)[IPv6].src == VIP6 and cp.dest.stats.outpkts == 1
+
+
+def test_a_direct_reply_too_big_for_the_clients_link_is_not_counted():
+    """--forward: a DR real server's direct reply too big for the clients'
+    link is answered (to the VIP it came from: a kernel director delivers
+    that to itself) before the core, which does not count it."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.drv.forward = True
+    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    r.in_ring.take()
+    [cp] = r.lab.conns()
+    big = IPv6(src=VIP6, dst=CLIENT6) / TCP(sport=80, dport=40000, flags="SA") / (b"x" * 1441)
+    r.rx_inner(f6(big, src=MRS1, dst="02:00:00:00:00:0b"))
+    assert r.out_ring.take() == []
+    assert cp.dest.stats.outpkts == 0 and r.drv.drops["pkt_too_big6"] == 1 and not r.drv.counts["forwarded6"]
 
 
 def test_tunnelled_ipv6_frames_leave_in_the_real_servers_family():
