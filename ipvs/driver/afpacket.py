@@ -48,10 +48,10 @@ to a source that is not unicast; one that would reach the director
 itself is only counted (``host_unreach_local``).
 
 ICMP errors the director generates are rate limited per destination as
-``icmpv4_xrlim_allow`` does (:class:`IcmpRateLimit`: the kernel's token
-bucket, ``icmp_ratelimit`` 1000 ms, burst 6, ``icmp_ratemask`` 0x1818,
-frag-needed exempt); the refused ones are counted in
-``drop_icmp_ratelimit``.
+``icmpv4_xrlim_allow`` does (:class:`ipvs.driver.icmplimit.IcmpRateLimit`:
+the kernel's token bucket, ``icmp_ratelimit`` 1000 ms, burst 6,
+``icmp_ratemask`` 0x1818, frag-needed exempt); the refused ones are
+counted in ``drop_icmp_ratelimit`` (ICMPv6: :mod:`ipvs.driver.ip6`).
 
 Offloads stay on: frames carry a ``virtio_net_hdr`` (:mod:`ipvs.driver.ring`),
 GSO super-frames are handled whole and the core is told when a checksum is
@@ -91,6 +91,7 @@ from collections.abc import Callable
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
 from ipvs.driver.gso import segment_tcp
+from ipvs.driver.icmplimit import NR_ICMP_TYPES, IcmpRateLimit
 from ipvs.driver.ip6 import IPv6Path, parse_net6
 from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
 from ipvs.driver.neigh import (
@@ -148,12 +149,6 @@ ICMP_PROT_UNREACH = 2
 #: ICMP types that are errors (``icmp_pointers[type].error``): destination
 #: unreachable, source quench, redirect, time exceeded, parameter problem.
 ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
-NR_ICMP_TYPES = 18
-#: ``net.ipv4.icmp_ratelimit`` (ms) and ``net.ipv4.icmp_ratemask`` defaults:
-#: destination unreachable, source quench, time exceeded, parameter problem.
-ICMP_RATELIMIT_MS = 1000
-ICMP_RATEMASK = 0x1818
-XRLIM_BURST_FACTOR = 6
 
 _I = struct.Struct("!I")
 _H = struct.Struct("!H")
@@ -224,66 +219,6 @@ class Port:
     def flush(self) -> None:
         """Hand the queued TX slots to the kernel (one ``send``)."""
         self.ring.flush()
-
-
-class IcmpRateLimit:
-    """``icmpv4_xrlim_allow``: a token bucket per destination of ICMP errors.
-
-    The kernel keeps the bucket in the destination's ``inet_peer``
-    (``inet_peer_xrlim_allow``): tokens are jiffies, one message costs
-    ``icmp_ratelimit`` of them, the bucket holds six messages and a new
-    peer starts full.  Types outside ``icmp_ratemask``, unknown types and
-    frag-needed (path MTU discovery) are never limited.  At most
-    :attr:`MAX_PEERS` destinations are remembered (about the kernel's
-    ``inet_peer_threshold``): a full bucket is the same as no bucket, so
-    those go first, then all (a flood of distinct destinations then gets
-    its first messages through, as after the kernel's garbage collection).
-    """
-
-    MAX_PEERS = 65536
-
-    def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK) -> None:
-        self.hz = hz
-        self.cost = ratelimit_ms * hz // 1000  # msecs_to_jiffies
-        self.full = XRLIM_BURST_FACTOR * self.cost
-        self.mask = ratemask
-        #: destination -> [tokens, jiffies of the last message]
-        self.peers: dict[int, list[int]] = {}
-        self.next_gc = 0
-
-    def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
-        """``icmpv4_xrlim_allow``: whether an ICMP error of this type and code may go to ``daddr`` now (a token bucket
-        per destination, for the types of ``icmp_ratemask`` except fragmentation needed).
-        """
-        if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
-                (icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED):
-            return True
-        p = self.peers.get(daddr)
-        if p is None:
-            if len(self.peers) >= self.MAX_PEERS:
-                self.next_gc = 0
-                self.expire(now)
-                if len(self.peers) >= self.MAX_PEERS:
-                    self.peers.clear()
-            p = self.peers[daddr] = [self.full, now]
-        tokens = min(p[0] + now - p[1], self.full)
-        p[1] = now
-        ok = tokens >= self.cost
-        if ok:
-            tokens -= self.cost
-        p[0] = tokens
-        return ok
-
-    def expire(self, now: int) -> None:
-        """Forget the peers whose bucket has refilled: a new one starts full
-        anyway (the kernel's inet_peer garbage collection, simplified).
-        At most once a second."""
-        if now < self.next_gc:
-            return
-        self.next_gc = now + self.hz
-        full = self.full
-        for daddr in [a for a, p in self.peers.items() if p[0] + now - p[1] >= full]:
-            del self.peers[daddr]
 
 
 class AFPacketDriver:
@@ -1057,8 +992,7 @@ class AFPacketDriver:
             pkt = box.pop(0)
             if pkt[0] >> 4 == 6:
                 if self.v6 is not None:
-                    self.counts["icmp6_out"] += 1
-                    self.v6.route_out(bytearray(L3) + pkt, L3)
+                    self.v6.send_own(pkt)
                 else:
                     self.drops["ipv6_off"] += 1
                 continue

@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 
 from ipvs.driver import neigh, pcap
-from ipvs.driver.afpacket import L3, IcmpRateLimit
+from ipvs.driver.afpacket import L3
 from tests.conftest import checksums_valid, inet_csum, tcp, udp
 
 from .helpers import (
@@ -543,40 +543,6 @@ def test_no_host_unreachable_about_an_icmp_error_or_a_later_fragment():
     assert got[0][IPerror].frag == 0 and got[0][IPerror].flags == "MF"
     c = r.drv.counters()
     assert c["host_unreach_not_sent"] == 2 and c["host_unreach"] == 2 and c["br-in_neigh_unresolved"] == 4
-
-
-@given(st.lists(st.integers(0, 3 * HZ), min_size=1, max_size=40))
-def test_icmp_rate_limit_is_a_six_deep_one_per_second_bucket(gaps):
-    """Per destination: never more than 6 messages plus one per second
-    elapsed in any span, and a message a second or slower always passes."""
-    lim = IcmpRateLimit(HZ)
-    t, allowed = 0, []
-    for g in gaps:
-        t += g
-        if lim.allow(1, 3, 3, t):
-            allowed.append(t)
-    for i in range(len(allowed)):
-        for j in range(i, len(allowed)):
-            assert j - i + 1 <= 6 + (allowed[j] - allowed[i]) // HZ
-    slow = IcmpRateLimit(HZ)
-    t = 0
-    for g in gaps:
-        t += HZ + g
-        assert slow.allow(2, 11, 0, t)
-
-
-def test_icmp_rate_limit_forgets_refilled_destinations_and_stays_bounded():
-    lim = IcmpRateLimit(HZ)
-    lim.MAX_PEERS = 4
-    for a in range(4):
-        assert lim.allow(a, 3, 1, 0) and lim.allow(a, 3, 1, 0)
-    lim.expire(HZ)
-    assert len(lim.peers) == 4  # two messages each, one second: not refilled yet
-    assert lim.allow(9, 3, 1, 7 * HZ)  # full: the refilled ones make room
-    assert set(lim.peers) == {9}
-    for a in range(10, 14):
-        lim.allow(a, 3, 1, 7 * HZ)
-    assert len(lim.peers) <= 4
 
 
 def test_one_gate_refuses_errors_as_icmp_send_does():

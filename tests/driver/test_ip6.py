@@ -19,6 +19,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
     ICMPv6TimeExceeded,
     IPerror6,
     IPv6,
@@ -35,6 +36,7 @@ from ipvs.packet import l4_csum_full, parse
 from tests.driver.helpers import (
     CLIENT6,
     GW6,
+    HZ,
     MAC_CLIENT,
     MAC_D_IN,
     MAC_D_OUT,
@@ -126,6 +128,44 @@ def test_echo_to_the_vip_and_closed_ports_answered_like_a_host():
     (f,) = r.out_ring.take()
     e = Ether(f)
     assert (e[IPv6].src, e[ICMPv6DestUnreach].code) == (VIP6, 4) and csum_ok(e, ICMPv6DestUnreach)
+
+
+def test_icmpv6_errors_the_director_makes_are_rate_limited_like_the_kernels():
+    """icmpv6_xrlim_allow: the client is on the outer /64, so an error costs
+    1000 ms >> 2; of 10 datagrams to a closed port 6 are answered and 4
+    counted; one timeout later one more token has come back.  Echo replies
+    (informational) are never limited."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for i in range(10):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=4000 + i, dport=9) / b"x"))
+    got = [Ether(f) for f in r.out_ring.take()]
+    assert [e[ICMPv6DestUnreach].code for e in got] == [4] * 6
+    assert r.drv.counters()["drop_icmp6_ratelimit"] == 4
+    for i in range(10):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / ICMPv6EchoRequest(id=7, seq=i)))
+    assert len([f for f in r.out_ring.take() if Ether(f).haslayer(ICMPv6EchoReply)]) == 10
+    r.drv.now += (HZ >> 2) - 1
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=5000, dport=9) / b"x"))
+    assert r.out_ring.take() == []
+    r.drv.now += 1
+    for i in range(2):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=5001 + i, dport=9) / b"x"))
+    assert len(r.out_ring.take()) == 1 and r.drv.counters()["drop_icmp6_ratelimit"] == 6
+
+
+def test_packet_too_big_is_never_rate_limited():
+    """Path MTU discovery is left out of icmpv6_ratemask: every oversized
+    packet for a direct-routed real server gets its Packet Too Big."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for i in range(10):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000 + i, dport=80, flags="S") / (b"x" * 1460)))
+    got = [Ether(f) for f in r.out_ring.take()]
+    assert len(got) == 10 and all(e.haslayer(ICMPv6PacketTooBig) and e[ICMPv6PacketTooBig].mtu == 1500 for e in got)
+    assert r.drv.counters().get("drop_icmp6_ratelimit", 0) == 0
 
 
 def test_an_unresolved_next_hop_is_solicited_and_the_packet_sent_once_advertised():
