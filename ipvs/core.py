@@ -120,6 +120,10 @@ class Director:
     def __init__(self, ipvs: NetnsIPVS | None = None) -> None:
         self.ipvs = ipvs if ipvs is not None else NetnsIPVS()
         self.mtu: int | None = None
+        #: The largest fragment of the IPv6 packet being processed, when the
+        #: driver reassembled it (0: it came whole): the packet's
+        #: ``IP6CB(skb)->frag_max_size``, set by the driver as :attr:`mtu` is.
+        self.frag_max = 0
         #: ``own_address(dst) -> bytes | None``: the director's address towards
         #: ``dst`` (set by the driver; used as the source of ICMP errors about
         #: forwarded packets).
@@ -206,6 +210,8 @@ class Director:
         """
         ipvs = self.ipvs
         proto = h.protocol
+        if self.frag_max:
+            h.frag_max = self.frag_max
         if proto == IPPROTO_ICMPV6:
             return self._icmp6(buf, h, now)
         if h.fragoffs or h.more_frags:
@@ -948,6 +954,7 @@ class Director:
         if type(nh) is not IPHeader:
             self.ipvs.drops[nh] += 1
             return 0, h
+        nh.frag_max = h.frag_max  # (the skb's control block outlives the resize)
         return ret, nh
 
     # ------------------------------------------------------------- expiry

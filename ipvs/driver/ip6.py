@@ -23,7 +23,12 @@ A port takes part when it has an IPv6 address (``--outer-addr6``,
 
 Fragments are reassembled first and the result fragmented again no
 larger than the largest fragment that came (:mod:`ipvs.driver.frag6`), as
-``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.
+``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.  The largest
+fragment goes to the core with the packet
+(:attr:`ipvs.core.Director.frag_max`, the kernel's ``frag_max_size``):
+it is what meets the MTU (less a tunnel's overhead) in
+``ensure_mtu_is_adequate``, so a datagram whose fragments are too big for
+a tunnel gets Packet Too Big, as from the kernel.
 
 With ``--forward`` transit traffic is routed (``ip6_forward``: one hop
 less), which a DR or TUN real server's direct replies need when the
@@ -184,10 +189,12 @@ class IPv6Path:
                 drv.drops["bad_ip6"] += 1
                 return
         d = self.d
-        inner = drv.inner_mtu
-        # __mtu_check_toobig_v6: a reassembled datagram is too big only if
-        # one of its fragments was.
-        d.mtu = None if buf[1] or (maxfrag and inner is not None and maxfrag <= inner) else inner
+        # GSO super-frames are not checked (skb_is_gso); a reassembled
+        # datagram is too big only if its largest fragment is
+        # (__mtu_check_toobig_v6), against the MTU the core works out for
+        # the connection's method (less a tunnel's overhead).
+        d.mtu = None if buf[1] else drv.inner_mtu
+        d.frag_max = maxfrag
         verdict = d.process(buf, L3, drv.now, bool(buf[0] & 1))
         if verdict == NF_STOLEN:
             drv.counts["ipvs6"] += 1

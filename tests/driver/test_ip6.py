@@ -340,6 +340,40 @@ def test_tunnelled_ipv6_frames_leave_in_the_real_servers_family():
     assert (e.type, e[IP].src, e[IP].dst, e[IP].proto, e[IP][IPv6].dst) == (0x0800, "172.16.0.1", RS1, 41, VIP6)
 
 
+def test_reassembled_ipv6_for_a_tunnel_is_too_big_when_a_fragment_exceeds_the_mtu_less_the_overhead():
+    """ensure_mtu_is_adequate with frag_max_size in ip_vs_tunnel_xmit_v6:
+    the MTU is the link's less the 40-byte outer header (1460), and a
+    datagram the client sent in fragments of 1480 gets Packet Too Big for
+    1460 from the VIP, nothing reaching the real server; in fragments of
+    1400 it is tunnelled, and the outer packet leaves in fragments no
+    larger, which the real server reassembles into the whole datagram."""
+    payload = bytes(range(256)) * 12
+    dgram = IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrFragment(id=78) / TCP(sport=40000, dport=80, flags="S") / payload
+    r = fwd_rig(uapi.IP_VS_CONN_F_TUNNEL)
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for f in fragment6(dgram, 1480):
+        r.rx_outer(f6(f))
+    assert r.in_ring.take() == []
+    (err,) = r.out_ring.take()
+    e = Ether(err)
+    assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6PacketTooBig].mtu) == (VIP6, CLIENT6, 1460)
+    assert e[IPerror6].dst == VIP6 and csum_ok(e, ICMPv6PacketTooBig)
+    r = fwd_rig(uapi.IP_VS_CONN_F_TUNNEL)
+    for f in fragment6(dgram, 1400):
+        r.rx_outer(f6(f))
+    out = [Ether(f) for f in r.in_ring.take()]
+    assert len(out) >= 3 and all(len(bytes(e[IPv6])) <= 1400 and e[IPv6].dst == RS1_6 for e in out)
+    assert r.out_ring.take() == []
+    re6, got = Reassembler6(250), None
+    for e in out:
+        got = re6.add(bytearray(10) + bytearray(bytes(e)), 24, 0) or got
+    outer = IPv6(bytes(got[0][24:]))
+    assert (outer.src, outer.dst, outer.nh) == (GW6, RS1_6, 41)
+    inner = outer[IPv6].payload
+    assert (inner.dst, bytes(inner[TCP].payload)) == (VIP6, payload)
+
+
 def test_ipv6_gso_super_frame_is_cut_tunnelled_and_fragmented_when_too_big():
     """A TCP/IPv6 GSO super-frame for an IPv6 tunnel: its segments are cut
     (no tunnel GSO types in virtio_net_hdr) and each is wrapped; segments
