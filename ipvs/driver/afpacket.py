@@ -66,7 +66,11 @@ Differences from the kernel, and why: 802.1Q-tagged frames are dropped (use a VL
 device); routes are the connected networks plus ``--route`` entries, not
 the kernel's FIB; the global ICMP limit (``icmp_msgs_per_sec`` 1000,
 burst 50, whose credit is taken at random) is not modelled, only the
-per-destination one.  Under backlog (a client-side RX ring a quarter
+per-destination one.  A real server at one of the director's own
+addresses (the kernel's local node, delivered to the host's sockets) is
+not served: its packets are dropped, counted and explained once
+(:meth:`AFPacketDriver.to_self`), as the driver has no way into the
+host's stack and back.  Under backlog (a client-side RX ring a quarter
 full) TCP connection attempts wait per source and are served round robin
 after the other frames (:mod:`ipvs.driver.synguard`): the kernel's
 softirq keeps up with a SYN flood, a Python loop does not, and the
@@ -273,6 +277,11 @@ class AFPacketDriver:
         self.svc_keys: frozenset = frozenset()
         self.vips: set[int] = set()
         self.local: set[int] = {p.addr for p in ports}
+        #: The ports' own addresses as ints (IPv4, IPv6): a next hop among
+        #: them is a real server on the director itself.
+        self.own_addrs = frozenset(p.addr for p in ports)
+        self.own_addrs6 = frozenset(int.from_bytes(p.addr6, "big") for p in ports if p.addr6)
+        self._warned_self: set[int] = set()
         self._next_tick = 0
         #: daddr -> (ring, Ethernet header, MTU, the ring's queue method).
         self.dst_cache: dict[int, tuple] = {}
@@ -979,12 +988,33 @@ class AFPacketDriver:
 
     def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int = 0) -> None:
         if mac is None:
+            if nh in self.own_addrs:
+                self.to_self(nh, 4)
+                return
             if port.neigh.enqueue(nh, buf, n, self.now):
                 self._arp_request(port, nh, None)
             return
         _ETH_HDR.pack_into(buf, 10, mac, port.mac, ETH_IP)
         if not port.queue(buf, n):
             self.drops["tx"] += 1
+
+    def to_self(self, nh: int, version: int) -> None:
+        """A packet whose next hop is one of the director's own addresses:
+        what IPVS sends there is for a real server that is the director
+        itself (the kernel's local node: ``__ip_vs_get_out_rt`` finds a
+        local route and the transmitter returns NF_ACCEPT, handing the
+        packet, DNATed for NAT, to the host's own sockets).  The driver
+        has no way into the host's stack with the connection's replies
+        coming back through IPVS, so it drops the packet, counted in
+        ``drop_local_real_server``, and says why once per address
+        instead of resolving its own address on the wire."""
+        self.drops["local_real_server"] += 1
+        if nh not in self._warned_self:
+            self._warned_self.add(nh)
+            addr = ipaddress.IPv4Address(nh) if version == 4 else ipaddress.IPv6Address(nh)
+            log.warning("real server %s is this director's own address: PyIPVS does not deliver to a real "
+                        "server on the director itself (the kernel's local node); its packets are dropped "
+                        "(drop_local_real_server)", addr)
 
     def _after_batch(self) -> None:
         box = self.ipvs.outbox

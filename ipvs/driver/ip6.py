@@ -399,6 +399,9 @@ class IPv6Path:
 
     def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int) -> None:
         if mac is None:
+            if nh in self.drv.own_addrs6:
+                self.drv.to_self(nh, 6)  # (a real server on the director itself)
+                return
             if port.neigh6.enqueue(nh, buf, n, self.drv.now):
                 self._solicit(port, nh, None)
             return

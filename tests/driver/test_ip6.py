@@ -374,6 +374,15 @@ def test_reassembled_ipv6_for_a_tunnel_is_too_big_when_a_fragment_exceeds_the_mt
     assert (inner.dst, bytes(inner[TCP].payload)) == (VIP6, payload)
 
 
+def test_an_ipv6_real_server_on_the_director_itself_is_a_counted_drop():
+    """As for IPv4: the director's own inner address as a NAT or DR real
+    server is not solicited on the wire; its packets are counted."""
+    for fwd in (uapi.IP_VS_CONN_F_MASQ, uapi.IP_VS_CONN_F_DROUTE):
+        r = fwd_rig(fwd, rs=GW6, learn=False)
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+        assert r.in_ring.take() == [] and r.drv.counters()["drop_local_real_server"] == 1
+
+
 def test_ipv6_gso_super_frame_is_cut_tunnelled_and_fragmented_when_too_big():
     """A TCP/IPv6 GSO super-frame for an IPv6 tunnel: its segments are cut
     (no tunnel GSO types in virtio_net_hdr) and each is wrapped; segments
