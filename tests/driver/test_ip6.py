@@ -25,6 +25,7 @@ from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrFragment,
     TCPerror,
+    UDPerror,
     fragment6,
 )
 from scapy.layers.l2 import Ether
@@ -198,6 +199,24 @@ def test_a_neighbour_that_never_answers_gets_address_unreachable_back_to_the_sen
     e = errs[0]
     assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6DestUnreach].code) == (OUTER6, CLIENT6, 3)
     assert r.drv.counters()["br-in_neigh6_failed"] == 1
+
+
+def test_address_unreachables_are_rate_limited_too():
+    """Ten packets waited for the neighbour that never answered: six
+    errors to their sender, four counted (icmpv6_xrlim_allow in
+    icmp6_send, before the LOCAL_OUT step)."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for i in range(10):
+        pkt = bytearray(24) + bytearray(bytes(IPv6(src=CLIENT6, dst=RS1_6, hlim=63) / UDP(sport=1000 + i, dport=2)))
+        r.drv.v6.route_out(pkt, 24)
+    r.in_ring.take()
+    for s in range(1, 5):
+        r.drv.on_idle(r.now + s * 250)
+    errs = [Ether(f) for f in r.out_ring.take() if Ether(f).haslayer(ICMPv6DestUnreach)]
+    assert [e[UDPerror].sport for e in errs] == list(range(1000, 1006))
+    assert r.drv.counters()["drop_icmp6_ratelimit"] == 4
 
 
 def test_the_filter_passes_ipv6_frames_only_when_asked():
