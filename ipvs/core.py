@@ -120,6 +120,10 @@ class Director:
     def __init__(self, ipvs: NetnsIPVS | None = None) -> None:
         self.ipvs = ipvs if ipvs is not None else NetnsIPVS()
         self.mtu: int | None = None
+        #: The largest fragment of the IPv6 packet being processed, when the
+        #: driver reassembled it (0: it came whole): the packet's
+        #: ``IP6CB(skb)->frag_max_size``, set by the driver as :attr:`mtu` is.
+        self.frag_max = 0
         #: ``own_address(dst) -> bytes | None``: the director's address towards
         #: ``dst`` (set by the driver; used as the source of ICMP errors about
         #: forwarded packets).
@@ -201,11 +205,13 @@ class Director:
         kernel's IPv6 order: ICMPv6 goes to :meth:`_icmp6` before the
         fragment test, since ``ip_vs_in_icmp_v6`` drops fragmented errors
         where IPv4's errors are reassembled first.  Connections real
-        servers start (``conn_out``) are IPv4 only for now; DR and TUN
-        connections' direct replies are counted as IPv4's are.
+        servers start (``conn_out``) and DR and TUN connections' direct
+        replies are handled as IPv4's are.
         """
         ipvs = self.ipvs
         proto = h.protocol
+        if self.frag_max:
+            h.frag_max = self.frag_max
         if proto == IPPROTO_ICMPV6:
             return self._icmp6(buf, h, now)
         if h.fragoffs or h.more_frags:
@@ -225,6 +231,10 @@ class Director:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return self._direct_response(cp, pd, buf, h, now)
             return self._handle_response(cp, pd, buf, h, now, partial)
+        if ipvs.conn_out_counter and pp.conn_out:
+            verdict = self._rs_conn_out(pd, buf, h, now, partial)
+            if verdict is not None:
+                return verdict
         if ipvs.sysctl.nat_icmp_send and self._nat_icmp_send(pp, buf, h):
             return NF_DROP
         return self._in(pd, buf, h, key, now, partial)
@@ -635,15 +645,19 @@ class Director:
         ``__ip_vs_rs_conn_out`` skips packets of the LOCAL_IN hook (to the
         director itself).  This core sees all packets in one call, so it
         skips packets to a virtual address instead (they go on to
-        ``ip_vs_in``, as in the kernel), and packets whose TTL runs out
-        (``ip_forward`` drops those before the FORWARD hook).
+        ``ip_vs_in``, as in the kernel), and packets whose TTL or hop limit
+        runs out (``ip_forward`` and ``ip6_forward`` drop those before the
+        FORWARD hook).  Either family: the kernel's ``ip_vs_out_hook``
+        takes this branch for IPv4 and IPv6 alike.
         """
         l3, l4 = h.l3, h.l4
-        if buf[l3 + 8] <= 1:
+        af = h.af
+        if buf[l3 + 8 if af == AF_INET else l3 + 7] <= 1:
             return None
         ipvs = self.ipvs
         sport = (buf[l4] << 8) | buf[l4 + 1]
-        dest = find_real_service(ipvs, AF_INET, pd.pp.protocol, bytes(buf[h.saddr : h.saddr + 4]), sport)
+        alen = 4 if af == AF_INET else 16
+        dest = find_real_service(ipvs, af, pd.pp.protocol, bytes(buf[h.saddr : h.saddr + alen]), sport)
         if dest is None:
             return None
         svc = dest.svc
@@ -652,7 +666,7 @@ class Director:
         pe = service_pe(svc)
         if pe is None or pe.conn_out is None:
             return None
-        daddr = bytes(buf[h.daddr : h.daddr + 4])
+        daddr = bytes(buf[h.daddr : h.daddr + alen])
         if any(s.addr == daddr for s in ipvs.svc_table.values()):
             return None  # (LOCAL_IN: to a virtual address)
         cp = pe.conn_out(self, svc, dest, buf, h, sport, (buf[l4 + 2] << 8) | buf[l4 + 3])
@@ -678,32 +692,36 @@ class Director:
         engine's ``fill_param`` reads from this packet), and pointing at
         ``dest``: a template naming another server is invalidated and
         replaced.  None when the service is a fwmark one or has port zero, when
-        ``fill_param`` refuses the packet, or when the table is full.
+        ``fill_param`` refuses the packet, or when the table is full.  The
+        packet, the service and ``dest`` are of one family (a MASQ real
+        server is always of its service's).
         """
-        if svc.fwmark or not svc.port or not dport or h.af != AF_INET:
-            return None  # (IPv4 only: conn_out over IPv6 is not done yet)
+        if svc.fwmark or not svc.port or not dport or h.af != svc.af:
+            return None
         ipvs = self.ipvs
         tab = ipvs.conn_tab
         now = ipvs.now
         protocol = h.protocol
-        daddr = bytes(buf[h.saddr : h.saddr + 4])
-        caddr = bytes(buf[h.daddr : h.daddr + 4])
+        af = svc.af
+        alen = 4 if af == AF_INET else 16
+        daddr = bytes(buf[h.saddr : h.saddr + alen])
+        caddr = bytes(buf[h.daddr : h.daddr + alen])
         vaddr, vport = svc.addr, svc.port
         ct = None
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
-            snet = (int.from_bytes(caddr, "big") & svc.netmask).to_bytes(4, "big")
-            found = self._find_template(svc, AF_INET, protocol, snet, vaddr, vport, buf, h)
+            snet = addr_prefix(caddr, svc.netmask)
+            found = self._find_template(svc, af, protocol, snet, vaddr, vport, buf, h)
             if found is None:
                 return None
             ct, pe, pe_data = found
             if ct is None or not self._check_template(ct, dest):
-                p = ConnParam(AF_INET, protocol, snet, 0, vaddr, vport, pe, pe_data, ipvs)
+                p = ConnParam(af, protocol, snet, 0, vaddr, vport, pe, pe_data, ipvs)
                 ct = tab.new(p, daddr, dport, IP_VS_CONN_F_TEMPLATE, dest)
                 if ct is None:
                     return None
                 ct.timeout = svc.timeout
         flags = self._one_packet(svc, protocol)
-        p = ConnParam(AF_INET, protocol, caddr, cport, vaddr, vport, None, None, ipvs)
+        p = ConnParam(af, protocol, caddr, cport, vaddr, vport, None, None, ipvs)
         cp = tab.new(p, daddr, dport, flags, dest)
         if cp is None:
             if ct is not None:
@@ -936,6 +954,7 @@ class Director:
         if type(nh) is not IPHeader:
             self.ipvs.drops[nh] += 1
             return 0, h
+        nh.frag_max = h.frag_max  # (the skb's control block outlives the resize)
         return ret, nh
 
     # ------------------------------------------------------------- expiry

@@ -162,6 +162,10 @@ class IPHeader:
     alen: int
     fragoffs: int  # 0 for unfragmented and first fragments
     more_frags: bool
+    #: IPv6: the largest fragment of a packet the driver reassembled
+    #: (``IP6CB(skb)->frag_max_size``), 0 for one that came whole; what
+    #: ``ensure_mtu_is_adequate`` compares with the MTU in its place.
+    frag_max: int = 0
 
 
 def parse(buf: bytearray | bytes, l3: int) -> IPHeader | Drop:

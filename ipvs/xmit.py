@@ -321,8 +321,11 @@ def mtu_ok_v6(ipvs: NetnsIPVS, buf: bytearray, h: IPHeader, mtu: int | None, src
     """``ensure_mtu_is_adequate`` for IPv6: a packet above the MTU is
     dropped (IPv6 routers never fragment), with a Packet Too Big from
     ``src`` for the first fragment of anything but an ICMPv6 error that
-    IPVS forwards (``ip_vs_iph_icmp``)."""
-    if mtu is None or h.end - h.l3 <= mtu:
+    IPVS forwards (``ip_vs_iph_icmp``).  A packet the driver reassembled
+    is too big when its largest fragment is (``__mtu_check_toobig_v6``
+    with ``frag_max_size``): against the path MTU less the tunnel's
+    overhead for a tunnel, as for the other methods."""
+    if mtu is None or (h.frag_max or h.end - h.l3) <= mtu:
         return True
     if not h.fragoffs and not icmp and not is_ineligible(buf, h):
         ipvs.outbox.append(build_error6(buf, h.l3, h.end, ICMPV6_PKT_TOOBIG, 0, src, info=mtu))

@@ -48,10 +48,10 @@ to a source that is not unicast; one that would reach the director
 itself is only counted (``host_unreach_local``).
 
 ICMP errors the director generates are rate limited per destination as
-``icmpv4_xrlim_allow`` does (:class:`IcmpRateLimit`: the kernel's token
-bucket, ``icmp_ratelimit`` 1000 ms, burst 6, ``icmp_ratemask`` 0x1818,
-frag-needed exempt); the refused ones are counted in
-``drop_icmp_ratelimit``.
+``icmpv4_xrlim_allow`` does (:class:`ipvs.driver.icmplimit.IcmpRateLimit`:
+the kernel's token bucket, ``icmp_ratelimit`` 1000 ms, burst 6,
+``icmp_ratemask`` 0x1818, frag-needed exempt); the refused ones are
+counted in ``drop_icmp_ratelimit`` (ICMPv6: :mod:`ipvs.driver.ip6`).
 
 Offloads stay on: frames carry a ``virtio_net_hdr`` (:mod:`ipvs.driver.ring`),
 GSO super-frames are handled whole and the core is told when a checksum is
@@ -66,7 +66,11 @@ Differences from the kernel, and why: 802.1Q-tagged frames are dropped (use a VL
 device); routes are the connected networks plus ``--route`` entries, not
 the kernel's FIB; the global ICMP limit (``icmp_msgs_per_sec`` 1000,
 burst 50, whose credit is taken at random) is not modelled, only the
-per-destination one.  Under backlog (a client-side RX ring a quarter
+per-destination one.  A real server at one of the director's own
+addresses (the kernel's local node, delivered to the host's sockets) is
+not served: its packets are dropped, counted and explained once
+(:meth:`AFPacketDriver.to_self`), as the driver has no way into the
+host's stack and back.  Under backlog (a client-side RX ring a quarter
 full) TCP connection attempts wait per source and are served round robin
 after the other frames (:mod:`ipvs.driver.synguard`): the kernel's
 softirq keeps up with a SYN flood, a Python loop does not, and the
@@ -91,6 +95,7 @@ from collections.abc import Callable
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
 from ipvs.driver.gso import segment_tcp
+from ipvs.driver.icmplimit import NR_ICMP_TYPES, IcmpRateLimit
 from ipvs.driver.ip6 import IPv6Path, parse_net6
 from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
 from ipvs.driver.neigh import (
@@ -148,12 +153,6 @@ ICMP_PROT_UNREACH = 2
 #: ICMP types that are errors (``icmp_pointers[type].error``): destination
 #: unreachable, source quench, redirect, time exceeded, parameter problem.
 ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
-NR_ICMP_TYPES = 18
-#: ``net.ipv4.icmp_ratelimit`` (ms) and ``net.ipv4.icmp_ratemask`` defaults:
-#: destination unreachable, source quench, time exceeded, parameter problem.
-ICMP_RATELIMIT_MS = 1000
-ICMP_RATEMASK = 0x1818
-XRLIM_BURST_FACTOR = 6
 
 _I = struct.Struct("!I")
 _H = struct.Struct("!H")
@@ -226,66 +225,6 @@ class Port:
         self.ring.flush()
 
 
-class IcmpRateLimit:
-    """``icmpv4_xrlim_allow``: a token bucket per destination of ICMP errors.
-
-    The kernel keeps the bucket in the destination's ``inet_peer``
-    (``inet_peer_xrlim_allow``): tokens are jiffies, one message costs
-    ``icmp_ratelimit`` of them, the bucket holds six messages and a new
-    peer starts full.  Types outside ``icmp_ratemask``, unknown types and
-    frag-needed (path MTU discovery) are never limited.  At most
-    :attr:`MAX_PEERS` destinations are remembered (about the kernel's
-    ``inet_peer_threshold``): a full bucket is the same as no bucket, so
-    those go first, then all (a flood of distinct destinations then gets
-    its first messages through, as after the kernel's garbage collection).
-    """
-
-    MAX_PEERS = 65536
-
-    def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK) -> None:
-        self.hz = hz
-        self.cost = ratelimit_ms * hz // 1000  # msecs_to_jiffies
-        self.full = XRLIM_BURST_FACTOR * self.cost
-        self.mask = ratemask
-        #: destination -> [tokens, jiffies of the last message]
-        self.peers: dict[int, list[int]] = {}
-        self.next_gc = 0
-
-    def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
-        """``icmpv4_xrlim_allow``: whether an ICMP error of this type and code may go to ``daddr`` now (a token bucket
-        per destination, for the types of ``icmp_ratemask`` except fragmentation needed).
-        """
-        if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
-                (icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED):
-            return True
-        p = self.peers.get(daddr)
-        if p is None:
-            if len(self.peers) >= self.MAX_PEERS:
-                self.next_gc = 0
-                self.expire(now)
-                if len(self.peers) >= self.MAX_PEERS:
-                    self.peers.clear()
-            p = self.peers[daddr] = [self.full, now]
-        tokens = min(p[0] + now - p[1], self.full)
-        p[1] = now
-        ok = tokens >= self.cost
-        if ok:
-            tokens -= self.cost
-        p[0] = tokens
-        return ok
-
-    def expire(self, now: int) -> None:
-        """Forget the peers whose bucket has refilled: a new one starts full
-        anyway (the kernel's inet_peer garbage collection, simplified).
-        At most once a second."""
-        if now < self.next_gc:
-            return
-        self.next_gc = now + self.hz
-        full = self.full
-        for daddr in [a for a, p in self.peers.items() if p[0] + now - p[1] >= full]:
-            del self.peers[daddr]
-
-
 class AFPacketDriver:
     """The daemon's data-path plug-in (see :mod:`ipvs.daemon`).
 
@@ -338,6 +277,11 @@ class AFPacketDriver:
         self.svc_keys: frozenset = frozenset()
         self.vips: set[int] = set()
         self.local: set[int] = {p.addr for p in ports}
+        #: The ports' own addresses as ints (IPv4, IPv6): a next hop among
+        #: them is a real server on the director itself.
+        self.own_addrs = frozenset(p.addr for p in ports)
+        self.own_addrs6 = frozenset(int.from_bytes(p.addr6, "big") for p in ports if p.addr6)
+        self._warned_self: set[int] = set()
         self._next_tick = 0
         #: daddr -> (ring, Ethernet header, MTU, the ring's queue method).
         self.dst_cache: dict[int, tuple] = {}
@@ -1046,6 +990,9 @@ class AFPacketDriver:
 
     def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int = 0) -> None:
         if mac is None:
+            if nh in self.own_addrs:
+                self.to_self(nh, 4)
+                return
             if port.neigh.enqueue(nh, buf, n, self.now):
                 self._arp_request(port, nh, None)
             return
@@ -1053,14 +1000,31 @@ class AFPacketDriver:
         if not port.queue(buf, n):
             self.drops["tx"] += 1
 
+    def to_self(self, nh: int, version: int) -> None:
+        """A packet whose next hop is one of the director's own addresses:
+        what IPVS sends there is for a real server that is the director
+        itself (the kernel's local node: ``__ip_vs_get_out_rt`` finds a
+        local route and the transmitter returns NF_ACCEPT, handing the
+        packet, DNATed for NAT, to the host's own sockets).  The driver
+        has no way into the host's stack with the connection's replies
+        coming back through IPVS, so it drops the packet, counted in
+        ``drop_local_real_server``, and says why once per address
+        instead of resolving its own address on the wire."""
+        self.drops["local_real_server"] += 1
+        if nh not in self._warned_self:
+            self._warned_self.add(nh)
+            addr = ipaddress.IPv4Address(nh) if version == 4 else ipaddress.IPv6Address(nh)
+            log.warning("real server %s is this director's own address: PyIPVS does not deliver to a real "
+                        "server on the director itself (the kernel's local node); its packets are dropped "
+                        "(drop_local_real_server)", addr)
+
     def _after_batch(self) -> None:
         box = self.ipvs.outbox
         while box:
             pkt = box.pop(0)
             if pkt[0] >> 4 == 6:
                 if self.v6 is not None:
-                    self.counts["icmp6_out"] += 1
-                    self.v6.route_out(bytearray(L3) + pkt, L3)
+                    self.v6.send_own(pkt)
                 else:
                     self.drops["ipv6_off"] += 1
                 continue

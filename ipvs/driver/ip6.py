@@ -29,17 +29,26 @@ A port takes part when it has an IPv6 address (``--outer-addr6``,
 
 Fragments are reassembled first and the result fragmented again no
 larger than the largest fragment that came (:mod:`ipvs.driver.frag6`), as
-``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.
+``nf_defrag_ipv6`` and ``ip6_fragment`` do around IPVS.  The largest
+fragment goes to the core with the packet
+(:attr:`ipvs.core.Director.frag_max`, the kernel's ``frag_max_size``):
+it is what meets the MTU (less a tunnel's overhead) in
+``ensure_mtu_is_adequate``, so a datagram whose fragments are too big for
+a tunnel gets Packet Too Big, as from the kernel.
 
 With ``--forward`` transit traffic is routed (``ip6_forward``: one hop
 less), which a DR or TUN real server's direct replies need when the
 director is its gateway.
 
-Differences from the kernel, and why: no router advertisements, no
-rate limit on the ICMPv6 errors the driver makes; a next hop that never answers
-gets its waiting packets answered with address unreachable
-(``ndisc_error_report``, through the core's LOCAL_OUT step), without the
-per-destination rate limit.
+The ICMPv6 errors the director makes (its own and the core's, but Packet
+Too Big) are rate limited per destination as ``icmpv6_xrlim_allow`` does
+(:class:`ipvs.driver.icmplimit.Icmp6RateLimit`: ``icmpv6_time`` 1000 ms
+shifted by the route's prefix length, burst 6, ``icmpv6_ratemask``
+"0-1,3-127"); the refused ones are counted in ``drop_icmp6_ratelimit``.
+
+Differences from the kernel, and why: no router advertisements; a next
+hop that never answers gets its waiting packets answered with address
+unreachable (``ndisc_error_report``, through the core's LOCAL_OUT step).
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ipvs.driver.frag6 import Reassembler6, fragment6
+from ipvs.driver.icmplimit import Icmp6RateLimit
 from ipvs.driver.neigh import ALL_NODES, na_frame, ns_frame, parse_ndisc
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
@@ -124,6 +134,7 @@ class IPv6Path:
             self.routes.append((int.from_bytes(net, "big") & m, m, plen, gp, gwi))
         self.routes.sort(key=lambda r: -r[2])
         self.frags = Reassembler6(drv.hz)
+        self.icmp_limit = Icmp6RateLimit(drv.hz)
         #: Identification of the fragments this path makes (ipv6_select_ident).
         self.frag_id = 0
         self.vips: set[bytes] = set()
@@ -186,10 +197,12 @@ class IPv6Path:
         if p.role != "outer" and 40 + (buf[L3 + 4] << 8 | buf[L3 + 5]) > self.min_mtu and self._too_big(buf, maxfrag):
             return
         d = self.d
-        inner = drv.inner_mtu
-        # __mtu_check_toobig_v6: a reassembled datagram is too big only if
-        # one of its fragments was.
-        d.mtu = None if buf[1] or (maxfrag and inner is not None and maxfrag <= inner) else inner
+        # GSO super-frames are not checked (skb_is_gso); a reassembled
+        # datagram is too big only if its largest fragment is
+        # (__mtu_check_toobig_v6), against the MTU the core works out for
+        # the connection's method (less a tunnel's overhead).
+        d.mtu = None if buf[1] else drv.inner_mtu
+        d.frag_max = maxfrag
         verdict = d.process(buf, L3, drv.now, bool(buf[0] & 1))
         if verdict == NF_STOLEN:
             drv.counts["ipvs6"] += 1
@@ -366,6 +379,31 @@ class IPv6Path:
                 return port, gw or a
         return None
 
+    def route_plen(self, daddr: bytes) -> int | None:
+        """The prefix length of the route to ``daddr`` (None: no route)."""
+        a = int.from_bytes(daddr, "big")
+        return next((plen for net, mask, plen, _port, _gw in self.routes if a & mask == net), None)
+
+    def icmp_allowed(self, daddr: bytes, icmp_type: int) -> bool:
+        """``icmpv6_xrlim_allow`` (in ``net/ipv6/icmp.c``) for an ICMPv6 message the director makes
+        to ``daddr``; a refused one is counted (``drop_icmp6_ratelimit``).
+        Without a route the kernel refuses it too; here route_out drops and
+        counts it (``no_route6``)."""
+        plen = self.route_plen(daddr)
+        if plen is None or self.icmp_limit.allow(daddr, icmp_type, plen, self.drv.now):
+            return True
+        self.drv.drops["icmp6_ratelimit"] += 1
+        return False
+
+    def send_own(self, pkt: bytearray) -> None:
+        """Route and send an IPv6 packet the director made (the outbox): an
+        ICMPv6 message passes the rate limit first, as ``icmp6_send`` and
+        ``icmpv6_echo_reply`` check it."""
+        if pkt[6] == IPPROTO_ICMPV6 and len(pkt) >= 41 and not self.icmp_allowed(bytes(pkt[24:40]), pkt[40]):
+            return
+        self.drv.counts["icmp6_out"] += 1
+        self.route_out(bytearray(24) + pkt, 24)
+
     def own_address(self, dst: bytes) -> bytes | None:
         """The director's address on the route towards ``dst``."""
         r = self.route(dst)
@@ -409,6 +447,9 @@ class IPv6Path:
 
     def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int) -> None:
         if mac is None:
+            if nh in self.drv.own_addrs6:
+                self.drv.to_self(nh, 6)  # (a real server on the director itself)
+                return
             if port.neigh6.enqueue(nh, buf, n, self.drv.now):
                 self._solicit(port, nh, None)
             return
@@ -444,7 +485,10 @@ class IPv6Path:
         if type(h) is not IPHeader or is_ineligible(buf, h) or buf[h.saddr] == 0xFF:
             drv.counts["addr_unreach6_not_sent"] += 1
             return
-        src = self.own_address(bytes(buf[h.saddr : h.saddr + 16])) or p.addr6
+        saddr = bytes(buf[h.saddr : h.saddr + 16])
+        if not self.icmp_allowed(saddr, ICMPV6_DEST_UNREACH):
+            return
+        src = self.own_address(saddr) or p.addr6
         err = bytearray(24) + build_error6(buf, 24, h.end, ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, src)
         verdict = self.d.local_out(err, 24, drv.now)
         if verdict == NF_DROP:

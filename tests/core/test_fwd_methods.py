@@ -8,7 +8,7 @@ import errno
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, IPv6
 
 from ipvs import ctl, uapi
 from ipvs.core import NF_ACCEPT, NF_STOLEN
@@ -263,3 +263,24 @@ def test_icmpv6_errors_of_dr6_connections():
     before = bytes(err)
     assert lab.send(err) == NF_ACCEPT and bytes(err) == before
     assert cp.dest.stats.outpkts == 1
+
+
+@pytest.mark.parametrize("fwd,rs,limit", [(uapi.IP_VS_CONN_F_TUNNEL, RS6, 1460), (uapi.IP_VS_CONN_F_TUNNEL, RS, 1480),
+                                          (uapi.IP_VS_CONN_F_DROUTE, RS6, 1500)])
+def test_a_reassembled_ipv6_packet_is_judged_by_its_largest_fragment(fwd, rs, limit):
+    """__mtu_check_toobig_v6: with frag_max_size, the largest fragment and
+    not the datagram's length meets the MTU the method leaves (1500 less
+    the outer IPv6 or IPv4 header for a tunnel)."""
+    for frag_max, whole, verdict in ((limit, 3000, NF_STOLEN), (limit + 1, 200, "ptb"), (0, limit + 1, "ptb")):
+        lab = lab6_with(fwd, rs=rs)
+        lab.d.mtu = 1500
+        lab.d.frag_max = frag_max
+        buf = bytearray(bytes(IPv6(src=CLI6, dst=VIP6) / TCP(sport=3456, dport=80, flags="S")
+                              / bytes(whole - 60)))
+        got = lab.send(buf)
+        if verdict == NF_STOLEN:
+            assert got == NF_STOLEN and not lab.ipvs.outbox
+        else:
+            [err] = lab.ipvs.outbox
+            e = IPv6(bytes(err))
+            assert got != NF_STOLEN and (e.src, e.dst, e[ICMPv6PacketTooBig].mtu) == (VIP6, CLI6, limit)

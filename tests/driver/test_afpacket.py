@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 
 from ipvs.driver import neigh, pcap
-from ipvs.driver.afpacket import L3, IcmpRateLimit
+from ipvs.driver.afpacket import L3
 from tests.conftest import checksums_valid, inet_csum, tcp, udp
 
 from .helpers import (
@@ -563,40 +563,6 @@ def test_no_host_unreachable_about_an_icmp_error_or_a_later_fragment():
     assert c["host_unreach_not_sent"] == 2 and c["host_unreach"] == 2 and c["br-in_neigh_unresolved"] == 4
 
 
-@given(st.lists(st.integers(0, 3 * HZ), min_size=1, max_size=40))
-def test_icmp_rate_limit_is_a_six_deep_one_per_second_bucket(gaps):
-    """Per destination: never more than 6 messages plus one per second
-    elapsed in any span, and a message a second or slower always passes."""
-    lim = IcmpRateLimit(HZ)
-    t, allowed = 0, []
-    for g in gaps:
-        t += g
-        if lim.allow(1, 3, 3, t):
-            allowed.append(t)
-    for i in range(len(allowed)):
-        for j in range(i, len(allowed)):
-            assert j - i + 1 <= 6 + (allowed[j] - allowed[i]) // HZ
-    slow = IcmpRateLimit(HZ)
-    t = 0
-    for g in gaps:
-        t += HZ + g
-        assert slow.allow(2, 11, 0, t)
-
-
-def test_icmp_rate_limit_forgets_refilled_destinations_and_stays_bounded():
-    lim = IcmpRateLimit(HZ)
-    lim.MAX_PEERS = 4
-    for a in range(4):
-        assert lim.allow(a, 3, 1, 0) and lim.allow(a, 3, 1, 0)
-    lim.expire(HZ)
-    assert len(lim.peers) == 4  # two messages each, one second: not refilled yet
-    assert lim.allow(9, 3, 1, 7 * HZ)  # full: the refilled ones make room
-    assert set(lim.peers) == {9}
-    for a in range(10, 14):
-        lim.allow(a, 3, 1, 7 * HZ)
-    assert len(lim.peers) <= 4
-
-
 def test_one_gate_refuses_errors_as_icmp_send_does():
     """Every error the driver makes (its own port unreachables, time
     exceeded, host unreachables) passes _may_answer: not about a later
@@ -673,3 +639,43 @@ def test_early_drop_reads_the_slot_of_a_syn_whose_source_queue_is_full():
     assert not early(mm, 16 + len(syn), len(ack))  # not a connection attempt
     assert not early(mm, 8, 40)  # too short to tell
     assert g.stats.dropped_full == 1
+
+
+def test_a_real_server_on_the_director_itself_is_a_counted_drop_said_once(caplog):
+    """The kernel hands a local real server's packets to its own stack
+    (local node); the driver cannot, and neither resolves its own address
+    on the wire: NAT and DR to the director's inner address are dropped,
+    counted, and logged once."""
+    r = Rig(services=False)
+    for port, fwd in ((80, 0), (81, 3)):
+        su = r.lab.service(VIP, port, sched="rr")
+        r.lab.dest(su, GW, port, fwd=fwd)
+    r.drv.sync_services(force=True)
+    r.learn()
+    for sport in (40000, 40001):
+        for port in (80, 81):
+            r.rx_outer(frame(tcp(CLIENT, sport, VIP, port), MAC_D_OUT, MAC_CLIENT))
+    assert r.in_ring.take() == [] and r.out_ring.take() == []
+    assert r.drv.counters()["drop_local_real_server"] == 4
+    assert ip4(GW) not in r.inner.neigh.entries
+    said = [m for m in caplog.messages if "own address" in m]
+    assert said == [f"real server {GW} is this director's own address: PyIPVS does not deliver to a real server "
+                    "on the director itself (the kernel's local node); its packets are dropped "
+                    "(drop_local_real_server)"]
+
+
+def test_a_local_node_real_server_is_answered_as_by_a_host_with_nothing_listening():
+    """IP_VS_CONN_F_LOCALNODE (raw netlink only): ip_vs_null_xmit's
+    NF_ACCEPT hands the packet to the host, which in spare mode is the
+    driver: a SYN to the VIP gets a reset, nothing goes to the inner side."""
+    r = Rig(services=False)
+    su = r.lab.service(VIP, 80, sched="rr")
+    r.lab.dest(su, GW, 80, fwd=1)
+    r.drv.sync_services(force=True)
+    r.learn()
+    r.rx_outer(frame(tcp(CLIENT, 40000, VIP, 80), MAC_D_OUT, MAC_CLIENT))
+    assert r.in_ring.take() == []
+    (f,) = r.out_ring.take()
+    t = Ether(f)[TCP]
+    assert Ether(f)[IP].src == VIP and (t.sport, t.dport, t.flags) == (80, 40000, "RA")
+    assert len(r.lab.conns()) == 1 and "drop_local_real_server" not in r.drv.counters()

@@ -25,6 +25,7 @@ from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrFragment,
     TCPerror,
+    UDPerror,
     fragment6,
 )
 from scapy.layers.l2 import Ether
@@ -36,6 +37,7 @@ from ipvs.packet import l4_csum_full, parse
 from tests.driver.helpers import (
     CLIENT6,
     GW6,
+    HZ,
     MAC_CLIENT,
     MAC_D_IN,
     MAC_D_OUT,
@@ -152,6 +154,44 @@ def test_shared_mode_answers_closed_ports_on_the_vip_and_leaves_the_rest_to_the_
     assert not r.drv.drops["not_forwarded6"] and not r.drv.counts["forwarded6"]
 
 
+def test_icmpv6_errors_the_director_makes_are_rate_limited_like_the_kernels():
+    """icmpv6_xrlim_allow: the client is on the outer /64, so an error costs
+    1000 ms >> 2; of 10 datagrams to a closed port 6 are answered and 4
+    counted; one timeout later one more token has come back.  Echo replies
+    (informational) are never limited."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for i in range(10):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=4000 + i, dport=9) / b"x"))
+    got = [Ether(f) for f in r.out_ring.take()]
+    assert [e[ICMPv6DestUnreach].code for e in got] == [4] * 6
+    assert r.drv.counters()["drop_icmp6_ratelimit"] == 4
+    for i in range(10):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / ICMPv6EchoRequest(id=7, seq=i)))
+    assert len([f for f in r.out_ring.take() if Ether(f).haslayer(ICMPv6EchoReply)]) == 10
+    r.drv.now += (HZ >> 2) - 1
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=5000, dport=9) / b"x"))
+    assert r.out_ring.take() == []
+    r.drv.now += 1
+    for i in range(2):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=5001 + i, dport=9) / b"x"))
+    assert len(r.out_ring.take()) == 1 and r.drv.counters()["drop_icmp6_ratelimit"] == 6
+
+
+def test_packet_too_big_is_never_rate_limited():
+    """Path MTU discovery is left out of icmpv6_ratemask: every oversized
+    packet for a direct-routed real server gets its Packet Too Big."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for i in range(10):
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000 + i, dport=80, flags="S") / (b"x" * 1460)))
+    got = [Ether(f) for f in r.out_ring.take()]
+    assert len(got) == 10 and all(e.haslayer(ICMPv6PacketTooBig) and e[ICMPv6PacketTooBig].mtu == 1500 for e in got)
+    assert r.drv.counters().get("drop_icmp6_ratelimit", 0) == 0
+
+
 def test_an_unresolved_next_hop_is_solicited_and_the_packet_sent_once_advertised():
     r = Rig6()
     # The director's own echo request is the simplest packet to route out.
@@ -182,6 +222,24 @@ def test_a_neighbour_that_never_answers_gets_address_unreachable_back_to_the_sen
     e = errs[0]
     assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6DestUnreach].code) == (OUTER6, CLIENT6, 3)
     assert r.drv.counters()["br-in_neigh6_failed"] == 1
+
+
+def test_address_unreachables_are_rate_limited_too():
+    """Ten packets waited for the neighbour that never answered: six
+    errors to their sender, four counted (icmpv6_xrlim_allow in
+    icmp6_send, before the LOCAL_OUT step)."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for i in range(10):
+        pkt = bytearray(24) + bytearray(bytes(IPv6(src=CLIENT6, dst=RS1_6, hlim=63) / UDP(sport=1000 + i, dport=2)))
+        r.drv.v6.route_out(pkt, 24)
+    r.in_ring.take()
+    for s in range(1, 5):
+        r.drv.on_idle(r.now + s * 250)
+    errs = [Ether(f) for f in r.out_ring.take() if Ether(f).haslayer(ICMPv6DestUnreach)]
+    assert [e[UDPerror].sport for e in errs] == list(range(1000, 1006))
+    assert r.drv.counters()["drop_icmp6_ratelimit"] == 4
 
 
 def test_the_filter_passes_ipv6_frames_only_when_asked():
@@ -368,6 +426,49 @@ def test_tunnelled_ipv6_frames_leave_in_the_real_servers_family():
     (out,) = r.in_ring.take()
     e = Ether(out)
     assert (e.type, e[IP].src, e[IP].dst, e[IP].proto, e[IP][IPv6].dst) == (0x0800, "172.16.0.1", RS1, 41, VIP6)
+
+
+def test_reassembled_ipv6_for_a_tunnel_is_too_big_when_a_fragment_exceeds_the_mtu_less_the_overhead():
+    """ensure_mtu_is_adequate with frag_max_size in ip_vs_tunnel_xmit_v6:
+    the MTU is the link's less the 40-byte outer header (1460), and a
+    datagram the client sent in fragments of 1480 gets Packet Too Big for
+    1460 from the VIP, nothing reaching the real server; in fragments of
+    1400 it is tunnelled, and the outer packet leaves in fragments no
+    larger, which the real server reassembles into the whole datagram."""
+    payload = bytes(range(256)) * 12
+    dgram = IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrFragment(id=78) / TCP(sport=40000, dport=80, flags="S") / payload
+    r = fwd_rig(uapi.IP_VS_CONN_F_TUNNEL)
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    for f in fragment6(dgram, 1480):
+        r.rx_outer(f6(f))
+    assert r.in_ring.take() == []
+    (err,) = r.out_ring.take()
+    e = Ether(err)
+    assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6PacketTooBig].mtu) == (VIP6, CLIENT6, 1460)
+    assert e[IPerror6].dst == VIP6 and csum_ok(e, ICMPv6PacketTooBig)
+    r = fwd_rig(uapi.IP_VS_CONN_F_TUNNEL)
+    for f in fragment6(dgram, 1400):
+        r.rx_outer(f6(f))
+    out = [Ether(f) for f in r.in_ring.take()]
+    assert len(out) >= 3 and all(len(bytes(e[IPv6])) <= 1400 and e[IPv6].dst == RS1_6 for e in out)
+    assert r.out_ring.take() == []
+    re6, got = Reassembler6(250), None
+    for e in out:
+        got = re6.add(bytearray(10) + bytearray(bytes(e)), 24, 0) or got
+    outer = IPv6(bytes(got[0][24:]))
+    assert (outer.src, outer.dst, outer.nh) == (GW6, RS1_6, 41)
+    inner = outer[IPv6].payload
+    assert (inner.dst, bytes(inner[TCP].payload)) == (VIP6, payload)
+
+
+def test_an_ipv6_real_server_on_the_director_itself_is_a_counted_drop():
+    """As for IPv4: the director's own inner address as a NAT or DR real
+    server is not solicited on the wire; its packets are counted."""
+    for fwd in (uapi.IP_VS_CONN_F_MASQ, uapi.IP_VS_CONN_F_DROUTE):
+        r = fwd_rig(fwd, rs=GW6, learn=False)
+        r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+        assert r.in_ring.take() == [] and r.drv.counters()["drop_local_real_server"] == 1
 
 
 def test_ipv6_gso_super_frame_is_cut_tunnelled_and_fragmented_when_too_big():

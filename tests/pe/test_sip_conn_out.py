@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, UDPerror
+from scapy.layers.inet6 import IPv6
 
 from ipvs import ctl, uapi
 from ipvs.core import NF_ACCEPT, NF_DROP, NF_STOLEN
@@ -32,6 +33,7 @@ from ipvs.uapi import (
     IP_VS_SVC_F_PERSISTENT,
 )
 from tests.conftest import HZ, A, Lab, checksums_valid, scapy_valid, tcp, udp
+from tests.core.test_ipv6 import l4_ok
 from tests.pe.test_persistence_sip import CLI, CLI2, RS1, RS2, VIP, invite, ipvsadm, server_of, sip_lab
 
 VIP2 = "203.0.113.6"
@@ -464,3 +466,92 @@ def test_random_payloads_from_a_server_never_raise(sends):
     tmpls = [c for c in lab.ipvs.conn_tab.all() if c.flags & IP_VS_CONN_F_TEMPLATE]
     assert sum(ct.n_control for ct in tmpls) == len(lab.conns())
     assert all(ct.flags & IP_VS_CONN_F_TEMPLATE and not ct.flags & IP_VS_CONN_F_ONE_PACKET for ct in tmpls)
+
+
+# --------------------------------------------------------------------------
+# IPv6: ip_vs_out_hook takes the conn_out branch for either family
+
+VIP6, CLI6, CLI6B = "2001:db8:0:5::5", "2001:db8:0:1::2", "2001:db8:0:1::99"
+RS6_1, RS6_2 = "2001:db8:0:2::2", "2001:db8:0:2::3"
+
+
+def sip6_lab(netmask=128, flags=IP_VS_SVC_F_PERSISTENT):
+    lab = Lab()
+    su = ctl.ServiceUser(af=uapi.AF_INET6, addr=A(VIP6), port=5060, protocol=17, sched_name="rr", flags=flags,
+                         timeout=300, netmask=netmask, pe_name="sip")
+    ctl.add_service(lab.ipvs, su)
+    lab.su = su
+    lab.rs1 = lab.dest(su, RS6_1, 5060)
+    lab.rs2 = lab.dest(su, RS6_2, 5060)
+    return lab
+
+
+def udp6(src, sport, dst, dport, payload, hlim=64) -> bytearray:
+    return bytearray(bytes(IPv6(src=src, dst=dst, hlim=hlim) / UDP(sport=sport, dport=dport) / payload))
+
+
+@pytest.mark.parametrize("rs", [RS6_1, RS6_2])
+def test_ipv6_server_invite_leaves_from_the_vip_and_the_clients_answer_reaches_it(rs):
+    lab = sip6_lab()
+    buf = udp6(rs, 5060, CLI6, 5070, invite(b"v6-call@srv"))
+    assert lab.send(buf) == NF_STOLEN
+    p = IPv6(bytes(buf))
+    assert (p.src, p[UDP].sport, p.dst, p[UDP].dport, p.hlim) == (VIP6, 5060, CLI6, 5070, 63)
+    assert l4_ok(buf)
+    [cp] = lab.conns()
+    dest = lab.rs1 if rs == RS6_1 else lab.rs2
+    assert (cp.af, cp.caddr, cp.cport, cp.vaddr, cp.vport, cp.daddr, cp.dport) == (
+        uapi.AF_INET6, A(CLI6), 5070, A(VIP6), 5060, A(rs), 5060)
+    assert cp.dest is dest and cp.flags == 0x140
+    [ct] = lab.templates()
+    assert cp.control is ct and ct.af == uapi.AF_INET6 and ct.caddr == A(CLI6) and ct.pe_data == b"v6-call@srv"
+    assert (dest.stats.conns, dest.stats.outpkts, dest.persistconns) == (1, 1, 1)
+    ok = udp6(CLI6, 5070, VIP6, 5060, b"SIP/2.0 200 OK\r\nCall-ID: v6-call@srv\r\n\r\n")
+    assert lab.send(ok) == NF_STOLEN
+    assert (IPv6(bytes(ok)).dst, IPv6(bytes(ok))[UDP].dport) == (rs, 5060) and l4_ok(ok)
+    # another connection of the call from the client: the template's server
+    again = udp6(CLI6, 5071, VIP6, 5060, invite(b"v6-call@srv"))
+    assert lab.send(again) == NF_STOLEN and IPv6(bytes(again)).dst == rs
+
+
+def test_ipv6_template_is_keyed_by_the_clients_prefix():
+    lab = sip6_lab(netmask=64)
+    assert lab.send(udp6(RS6_2, 5060, CLI6, 5070, invite(b"c1"))) == NF_STOLEN
+    [ct] = lab.templates()
+    assert ct.caddr == A("2001:db8:0:1::")
+    for sport in (7000, 7001):  # rr would alternate; the template holds
+        buf = udp6(CLI6B, sport, VIP6, 5060, invite(b"c1"))
+        assert lab.send(buf) == NF_STOLEN and IPv6(bytes(buf)).dst == RS6_2
+
+
+def test_ipv6_what_makes_no_connection():
+    """Hop limit 1 (ip6_forward answers first), a datagram to the VIP (a
+    client's), one without a Call-ID, another port, an IPv4 datagram from
+    the same server's IPv4 twin: none is a server-started connection."""
+    lab = sip6_lab()
+    for buf in (udp6(RS6_1, 5060, CLI6, 5070, invite(b"c1"), hlim=1),
+                udp6(RS6_1, 5060, CLI6, 5070, b"hello"),
+                udp6(RS6_1, 5061, CLI6, 5070, invite(b"c1")),
+                udp(RS1, 5060, CLI, 5070, payload=invite(b"c1"))):
+        before = bytes(buf)
+        assert lab.send(buf) == NF_ACCEPT and bytes(buf) == before
+    assert lab.conns() == [] and lab.templates() == []
+    buf = udp6(RS6_1, 5060, VIP6, 5060, invite(b"c1"))
+    assert lab.send(buf) == NF_STOLEN
+    [cp] = lab.conns()
+    assert cp.caddr == A(RS6_1)  # scheduled as a client of the service
+
+
+def test_ipv6_one_packet_service_and_the_listing():
+    lab = sip6_lab(flags=IP_VS_SVC_F_PERSISTENT | IP_VS_SVC_F_ONEPACKET)
+    assert lab.send(udp6(RS6_1, 5060, CLI6, 5070, invite(b"ops"))) == NF_STOLEN
+    assert lab.conns() == []
+    [ct] = lab.templates()
+    assert ct.dest is lab.rs1 and ct.n_control == 0
+    lab = sip6_lab()
+    lab.send(udp6(RS6_2, 5060, CLI6, 5070, invite(b"c6")))
+    lines = ipvsadm(lab, "-Lnc", "--persistent-conn").splitlines()
+    assert sorted(lines[2:]) == sorted([
+        f"UDP 05:00  UDP         [{CLI6}]:5070 [{VIP6}]:5060 [{RS6_2}]:5060",
+        f"UDP 05:00  ASSURED     [{CLI6}]:0 [{VIP6}]:5060 [{RS6_2}]:5060 {'sip':<18} c6",
+    ])
