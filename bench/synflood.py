@@ -231,7 +231,8 @@ def stop_and_read_counters(pid: int) -> dict[str, int]:
 WHERE = ("d_out_rx_frames", "d_out_rx_kernel_drops", "br-in_rx_frames", "br-in_rx_kernel_drops", "ipvs",
          "drop_ipvs_drop", "drop_tx", "syn_guard_engaged", "syn_deferred", "syn_served", "drop_syn_full",
          "drop_syn_sources", "core_drop_defense",
-         "core_drop_table_full", "conn_dropentry", "conn_max", "d_out_neigh_queue_drops", "d_out_neigh_unresolved",
+         "core_drop_table_full", "conn_dropentry", "conn_room_passes", "conn_max", "d_out_neigh_queue_drops",
+         "d_out_neigh_unresolved",
          "host_unreach", "drop_icmp_ratelimit")
 
 

@@ -176,3 +176,53 @@ def test_a_one_packet_connection_counts_on_its_template():
         lab.send(udp(CLI, port, VIP, 53))
     (tpl,) = [c for c in lab.ipvs.conn_tab.all() if c.control is None and c.n_control == 0 and c.cport == 0]
     assert tpl.in_pkts == 3
+
+
+# --------------------------------------------- a full table and drop_entry (ConnTable.make_room)
+
+
+def test_a_full_table_makes_room_for_a_new_client_when_drop_entry_is_on():
+    """At the cap, half-open flood entries are dropped at once (ip_vs_random_dropentry's pass), so a new
+    client's SYN still finds a place; without it every new connection is refused until the flood's entries
+    expire (60 s in SYN_RECV)."""
+    lab = web(drop_entry=1)
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 640
+    lab.tick(lab.now + 1)
+    flood(lab, 640)
+    assert len(tab) == 640 and lab.ipvs.dropentry is False  # memory is not short: no budget
+    assert lab.send(tcp(CLI, 4100, VIP, 80)) == NF_STOLEN
+    assert 4100 in [c.cport for c in lab.conns()] and len(tab) == 640 - tab.dropped + 1
+    assert tab.room_passes == 1 and 0 < tab.dropped <= 20 and lab.ipvs.drops[Drop.TABLE_FULL] == 0
+    # The room one pass made is used; the next pass comes a tenth of a second later, not per packet.
+    verdicts = flood(lab, 40, first=20000)
+    assert tab.room_passes == 1 and NF_DROP in verdicts
+    lab.tick(lab.now + HZ // 10)
+    assert lab.send(tcp(CLI, 4101, VIP, 80)) == NF_STOLEN
+    assert tab.room_passes == 2
+
+
+def test_a_full_table_refuses_when_drop_entry_is_off():
+    lab = web()
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 64
+    flood(lab, 64)
+    assert lab.send(tcp(CLI, 4100, VIP, 80)) == NF_DROP
+    assert (tab.room_passes, tab.dropped, lab.ipvs.drops[Drop.TABLE_FULL]) == (0, 0, 1)
+
+
+def test_a_table_full_of_established_connections_refuses_and_looks_again_a_second_later():
+    lab = web(drop_entry=1)
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 4
+    for port in range(4200, 4204):
+        _established(lab, port, 9)
+    lab.tick(lab.now + 1)
+    assert lab.send(tcp(CLI, 4300, VIP, 80)) == NF_DROP
+    assert (tab.room_passes, tab.dropped) == (1, 0)
+    lab.tick(lab.now + HZ // 10)
+    assert lab.send(tcp(CLI, 4301, VIP, 80)) == NF_DROP
+    assert tab.room_passes == 1  # nothing was freed: the next look is a second after the last
+    lab.tick(lab.now + HZ)
+    assert lab.send(tcp(CLI, 4302, VIP, 80)) == NF_DROP
+    assert (tab.room_passes, len(tab)) == (2, 4)
