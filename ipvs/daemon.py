@@ -955,6 +955,15 @@ class MemoryBudget:
     are clean and shared with every process that maps the same files
     (PyPy's library is about 35 MiB of them), and the kernel drops and
     reads them again as it needs.
+
+    The private memory can fall: the daemon's reclaim under pressure
+    (``Daemon._reclaim_step``: PyPy's major collection, then
+    :func:`malloc_trim`) gives the pages of freed entries back to the
+    system, as the kernel's freed slab pages go back to its page
+    allocator, so the memory left grows again once a flood's entries are
+    gone.  Without the trim both runtimes keep those pages resident (PyPy
+    frees the GC's emptied arenas into malloc's heap), and what is left
+    would stay at its lowest.
     """
 
     #: Bytes one connection entry costs at most (bench/core.py measures
