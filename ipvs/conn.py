@@ -800,9 +800,12 @@ class ConnTable:
         freed = self.random_dropentry(now)
         self.room_at = now + (max(1, self.hz // 10) if freed else self.hz)
         # The dropped entries are filed to expire at the next run of the timers (as the kernel's
-        # ip_vs_conn_expire_now arms theirs); the new connection needs their places now.
+        # ip_vs_conn_expire_now arms theirs); the new connection needs their places now.  Templates
+        # wait for the timers as in the kernel: the packet being handled may have just found one of
+        # them, and binds its new connection to it after this.
         at = now + 1
-        for cp in [cp for cp in self.wheel.get(at, ()) if cp.wheel_at == at and cp.expires <= now]:
+        for cp in [cp for cp in self.wheel.get(at, ())
+                   if cp.wheel_at == at and cp.expires <= now and not cp.flags & IP_VS_CONN_F_TEMPLATE]:
             cp.wheel_at = -1  # its filing in the slot is now stale: due() skips it
             self.conn_expire(cp, now)
         return self.count < self.max_conns

@@ -14,7 +14,7 @@ from ipvs import ctl
 from ipvs.core import NF_DROP, NF_STOLEN
 from ipvs.packet import Drop
 from ipvs.proto import tcp as tcp_proto
-from ipvs.uapi import IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
+from ipvs.uapi import IP_VS_CONN_F_HASHED, IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
 from tests.conftest import HZ, tcp, udp
 
 from .test_core import CLI, VIP, web
@@ -226,3 +226,26 @@ def test_a_table_full_of_established_connections_refuses_and_looks_again_a_secon
     lab.tick(lab.now + HZ)
     assert lab.send(tcp(CLI, 4302, VIP, 80)) == NF_DROP
     assert (tab.room_passes, len(tab)) == (2, 4)
+
+
+def test_making_room_leaves_the_templates_to_the_timers():
+    """Only the dropped connections go at once; a persistence template they leave without connections
+    expires at the next run of the timers, as in the kernel, so a new connection of the same client that
+    binds to it (in the same packet) never holds a template already freed."""
+    lab = web()
+    su = lab.service(VIP, 443, flags=IP_VS_SVC_F_PERSISTENT, timeout=300)
+    lab.dest(su, "172.16.0.2", 443)
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 400
+    lab.tick(lab.now + 1)
+    for i in range(400):  # one template and one connection per client
+        lab.send(tcp(f"198.51.100.{2 + i % 200}", 10000 + i, VIP, 443))
+    assert (len(tab), len(tab.templates)) == (400, 200)
+    templates = list(tab.templates.values())
+    lab.ipvs.sysctl.drop_entry = 1
+    lab.send(tcp("198.51.100.2", 30000, VIP, 443))
+    assert tab.room_passes == 1 and tab.dropped > 0
+    assert all(t.flags & IP_VS_CONN_F_HASHED for t in templates)  # none freed in the packet's path
+    assert len(tab.templates) == 200 and len(lab.conns()) == 200 - tab.dropped + 1
+    lab.tick(lab.now + 1)  # the templates left without connections go now
+    assert len(tab.templates) == 200 - tab.dropped
