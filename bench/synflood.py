@@ -3,7 +3,7 @@
 
     sudo IPVS_LAB_PREFIX=me .venv/bin/python bench/synflood.py [--seconds S] [--budget 256M]
                         [--amemthresh PAGES] [--ports N] [--only off,on,off-noguard,on-noguard,entry]
-                        [--timeline PREFIX] [--capture PREFIX]
+                        [--timeline PREFIX] [--capture PREFIX] [--ipvsd-args ARGS]
 
 For each variant the lab comes up (``ipvs_harness.lab``, spare mode, in
 the namespaces ``$IPVS_LAB_PREFIX-*``), ipvsd is restarted with the
@@ -231,7 +231,8 @@ def stop_and_read_counters(pid: int) -> dict[str, int]:
 WHERE = ("d_out_rx_frames", "d_out_rx_kernel_drops", "br-in_rx_frames", "br-in_rx_kernel_drops", "ipvs",
          "drop_ipvs_drop", "drop_tx", "syn_guard_engaged", "syn_deferred", "syn_served", "drop_syn_full",
          "drop_syn_sources", "core_drop_defense",
-         "core_drop_table_full", "conn_dropentry", "conn_max", "d_out_neigh_queue_drops", "d_out_neigh_unresolved",
+         "core_drop_table_full", "conn_dropentry", "conn_room_passes", "conn_max", "d_out_neigh_queue_drops",
+         "d_out_neigh_unresolved",
          "host_unreach", "drop_icmp_ratelimit")
 
 
@@ -361,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capture", metavar="PREFIX",
                    help="capture the second client's packets (tcpdump) at the client and at the real servers "
                         "to PREFIX.VARIANT.NAMESPACE.pcap")
+    p.add_argument("--ipvsd-args", default="", metavar="ARGS",
+                   help="more ipvsd options for every variant, e.g. '--ring-blocks 32' (split on spaces)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
@@ -384,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only.split(","):
             # The machine may be shared: its load before each run says how much CPU there was to have.
             print(f"# {name}: {time.strftime('%H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()[0]:.1f}")
-            r = run_variant(name, variants[name], args.seconds, args.ports, args.capture)
+            r = run_variant(name, variants[name] + args.ipvsd_args.split(), args.seconds, args.ports, args.capture)
             name = name.replace("-", "_")
             print(f"synflood_{name}_syns_sent {r['sent']} frames")
             print(f"synflood_{name}_syn_rate {r['rate']:.0f} frames/s")

@@ -35,7 +35,10 @@ connection holds outside the table (its application helper,
 ``ip_vs_unbind_app``) before it goes.
 
 Bounded.  ``max_conns`` caps the table (the kernel is bounded by memory and
-its defence modes); a full table refuses new connections, counted.
+its defence modes); a full table refuses new connections, counted.  When
+``drop_entry`` is on (any level), a full table first makes room as memory
+running out would: :meth:`ConnTable.random_dropentry` at once, not at the
+next second (see :meth:`ConnTable.make_room`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from ipvs.uapi import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.ip_vs import Dest, Service
+    from ipvs.netns import NetnsIPVS
     from ipvs.pe import PersistenceEngine
 
 #: A connection that still controls others is re-armed with this timeout.
@@ -356,6 +360,9 @@ class ConnTable:
     # ip_vs_random_dropentry: entries dropped, and todrop_entry's countdowns.
     dropped: int = 0
     todrop_counter: list = attrs.field(factory=lambda: [0] * 9)
+    # make_room: the passes run at the cap, and the jiffy before which none runs again.
+    room_passes: int = 0
+    room_at: int = 0
     # NAT checksum deltas by (vaddr, daddr, vport, dport): one int object
     # shared by every connection with the same rewrite.
     deltas: dict = attrs.field(factory=dict)
@@ -498,7 +505,7 @@ class ConnTable:
         in ``p.ipvs`` (``ip_vs_bind_app``).  Returns None when the table is
         full (counted in ``refused``).
         """
-        if self.count >= self.max_conns:
+        if self.count >= self.max_conns and not self.make_room(p.ipvs):
             self.refused += 1
             return None
         vaddr, vport = p.vaddr, p.vport
@@ -767,6 +774,41 @@ class ConnTable:
             dropped += 1
         self.dropped += dropped
         return dropped
+
+    def make_room(self, ipvs: NetnsIPVS | None) -> bool:
+        """A full table with ``drop_entry`` on (levels 1-3): run
+        :meth:`random_dropentry` now, and say whether a new entry fits.
+
+        The kernel has no cap: its table grows until memory is short, and
+        then ``drop_entry`` thins it every second.  PyIPVS's cap is the
+        budget's room for entries, so reaching it is memory running out
+        for the table; waiting for the next second (or for memory to be
+        short as well) would refuse every new connection meanwhile, a
+        legitimate client's as much as a flood's.  As ``nf_conntrack``'s
+        ``early_drop`` evicts a connection not yet assured when its table is
+        full, the half-open entries (and the idle ones ``todrop_entry``
+        picks) make room for new ones.  A pass looks at 1/32 of the table,
+        so it runs at most every tenth of a second, or every second after
+        one that freed nothing (a table full of established connections
+        then refuses new ones, as before)."""
+        if ipvs is None or not ipvs.sysctl.drop_entry:
+            return False
+        now = self.wheel_now
+        if now < self.room_at:
+            return False
+        self.room_passes += 1
+        freed = self.random_dropentry(now)
+        self.room_at = now + (max(1, self.hz // 10) if freed else self.hz)
+        # The dropped entries are filed to expire at the next run of the timers (as the kernel's
+        # ip_vs_conn_expire_now arms theirs); the new connection needs their places now.  Templates
+        # wait for the timers as in the kernel: the packet being handled may have just found one of
+        # them, and binds its new connection to it after this.
+        at = now + 1
+        for cp in [cp for cp in self.wheel.get(at, ())
+                   if cp.wheel_at == at and cp.expires <= now and not cp.flags & IP_VS_CONN_F_TEMPLATE]:
+            cp.wheel_at = -1  # its filing in the slot is now stale: due() skips it
+            self.conn_expire(cp, now)
+        return self.count < self.max_conns
 
     def _del(self, cp: Connection, now: int) -> None:
         """``ip_vs_conn_del``: expire ``cp``; a controlled conn goes with

@@ -20,6 +20,18 @@ Differences from the kernel, and why:
   zero, since the real value is an address and not reproducible anyway.
 * The destination trash is a dict; its 60 s cleanup runs from the
   instance's timer processing (``now`` in jiffies), not a kernel timer.
+* :func:`update_defense_level` keeps the kernel's levels and transitions,
+  but its "memory left" is not the machine's free pages: it is what is
+  left of PyIPVS's budget (``ipvs.availmem``, which the daemon's
+  :class:`ipvs.daemon.MemoryBudget` computes from ipvsd's private resident
+  memory and its rings).  The kernel's freed slab pages return to the page
+  allocator; a Python process keeps what it frees in malloc's heap, so
+  under pressure the daemon first reclaims (PyPy's major collection, then
+  ``malloc_trim``) and only then counts: without that, the entries a
+  flood left behind would count as used long after they were freed, and
+  ``drop_packet`` would stay at 1 in 1.  A table at PyIPVS's cap (which
+  the kernel does not have) runs ``drop_entry``'s pass at once
+  (:meth:`ipvs.conn.ConnTable.make_room`).
 """
 
 from __future__ import annotations

@@ -917,6 +917,26 @@ def resident_bytes(proc: str = "/proc", private: bool = False) -> int:
         return 0
 
 
+def malloc_trim() -> Callable[[], int] | None:
+    """The C library's ``malloc_trim(0)`` (glibc), or None where there is none.
+
+    It hands the free pages of malloc's heap back to the system
+    (``MADV_DONTNEED`` on every free chunk of a page or more, not only at
+    the heap's top).  Both runtimes keep memory they freed there: PyPy
+    frees the GC's emptied arenas with ``free()``, CPython its larger
+    objects (dict tables, buffers), and without a trim the resident size
+    stays at its peak after a flood's entries are gone.  The kernel's
+    freed slab pages go back to its page allocator; this is that step."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):  # not glibc (musl has none), or no ctypes
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: fn(0)
+
+
 class MemoryBudget:
     """The memory PyIPVS may use and how much of it is left: the daemon's
     stand-in for the kernel's ``si_meminfo`` in ``update_defense_level``.
@@ -935,6 +955,15 @@ class MemoryBudget:
     are clean and shared with every process that maps the same files
     (PyPy's library is about 35 MiB of them), and the kernel drops and
     reads them again as it needs.
+
+    The private memory can fall: the daemon's reclaim under pressure
+    (``Daemon._reclaim_step``: PyPy's major collection, then
+    :func:`malloc_trim`) gives the pages of freed entries back to the
+    system, as the kernel's freed slab pages go back to its page
+    allocator, so the memory left grows again once a flood's entries are
+    gone.  Without the trim both runtimes keep those pages resident (PyPy
+    frees the GC's emptied arenas into malloc's heap), and what is left
+    would stay at its lowest.
     """
 
     #: Bytes one connection entry costs at most (bench/core.py measures
@@ -1136,12 +1165,16 @@ class Daemon:
         self.failures: dict[str, int] = {}  # callback name -> exceptions caught
         self.ticks = 0
         self.loop = LoopStats()
-        #: Reclaiming the GC's garbage under memory pressure (PyPy only; see _reclaim_step).
+        #: Reclaiming memory under pressure (see _reclaim_step): PyPy's GC collects its
+        #: garbage, then malloc's free pages go back to the system.
         self._collect_step: Callable[[], Any] | None = getattr(gc, "collect_step", None)
+        self._trim: Callable[[], int] | None = malloc_trim() if memory is not None else None
         self._reclaiming = False
         self._next_reclaim = 0.0
-        self.reclaims = 0  # major collections done by _reclaim_step
+        self.reclaims = 0  # reclaims done by _reclaim_step (on PyPy: major collections)
         self.reclaim_steps = 0
+        self.trimmed = 0  # bytes of private memory the trims gave back, in all
+        self.trim_max_us = 0  # the longest trim so far
         if driver is not None:
             self.attach_driver(driver)
 
@@ -1464,7 +1497,8 @@ class Daemon:
             # update_defense_level reads this on its next run (every second).
             self.ipvs.availmem = left = self.memory.left_pages()
             self._next_memory = now_s + 1.0
-            if left < self.reclaim_watermark() and now_s >= self._next_reclaim and self._collect_step is not None:
+            if (left < self.reclaim_watermark() and now_s >= self._next_reclaim
+                    and (self._collect_step is not None or self._trim is not None)):
                 self._reclaiming = True
                 self._next_reclaim = now_s + self.RECLAIM_INTERVAL_S
         if self._reclaiming:
@@ -1504,19 +1538,29 @@ class Daemon:
         return self.ipvs.sysctl.amemthresh * 3 // 2
 
     def _reclaim_step(self) -> None:
-        """One bounded step of a major collection (PyPy's ``gc.collect_step``,
+        """One bounded step of reclaiming memory, as the kernel's page
+        reclaim frees what can be freed before the defenses count what is
+        left: on PyPy one step of a major collection (``gc.collect_step``,
         about 10 ms at most), so that garbage the GC would collect later is
-        reused now instead of growing the heap towards the budget: the
-        defenses then compare ``amemthresh`` with memory that is really
-        taken, as the kernel's free memory is what is left after its page
-        reclaim has run.
-        CPython frees most memory at once (reference counting), so this
-        runs on PyPy only."""
-        assert self._collect_step is not None
-        self.reclaim_steps += 1
-        if self._collect_step().major_is_done:
-            self._reclaiming = False
-            self.reclaims += 1
+        freed now; once the collection is done (at once on CPython, which
+        frees by reference counting), :func:`malloc_trim` gives malloc's
+        free pages back to the system.  The memory of the entries a flood
+        left behind then leaves ipvsd's resident size, as freed slab pages
+        go back to the kernel's page allocator, and the memory left, which
+        ``amemthresh`` is compared with, grows again: without it the
+        resident size stays at its peak and ``drop_packet`` at 1 in 1."""
+        if self._collect_step is not None:
+            self.reclaim_steps += 1
+            if not self._collect_step().major_is_done:
+                return
+        self._reclaiming = False
+        self.reclaims += 1
+        if self._trim is not None and self.memory is not None:
+            before, t0 = self.memory.private(), time.perf_counter()
+            self._trim()
+            self.trim_max_us = max(self.trim_max_us, int((time.perf_counter() - t0) * 1e6))
+            self.trimmed += max(0, before - self.memory.private())
+            self._next_memory = 0.0  # the defenses see what is left now, not in a second
 
     def counters(self) -> dict:
         """What the daemon adds to a ``GET_COUNTERS`` reply: the data path's
@@ -1541,6 +1585,8 @@ class Daemon:
                 out["used_kib"] = self.memory.used() >> 10
             out["reclaims"] = self.reclaims
             out["reclaim_steps"] = self.reclaim_steps
+            out["trimmed_kib"] = self.trimmed >> 10
+            out["trim_max_us"] = self.trim_max_us
         gs = getattr(gc.get_stats(), "_s", None)  # PyPy's raw GC figures (CPython's get_stats is a list)
         if gs is not None:
             out["gc_used_kib"] = gs.total_gc_memory >> 10

@@ -874,7 +874,7 @@ def core_counters(ipvs: NetnsIPVS) -> dict[str, int]:
     """What the core counted that no kernel file shows: each
     :class:`ipvs.packet.Drop` reason (``drop_<reason>``, zeros included),
     the connection table (entries, cap, ``ip_vs_random_dropentry``'s
-    drops), and the defenses' state as ``update_defense_level`` last set
+    drops, and its passes at the cap: ``make_room``), and the defenses' state as ``update_defense_level`` last set
     it (memory left in pages, -1 with no budget; ``ip_vs_todrop``'s rate,
     0 when off; whether entries are dropped; whether TCP uses the defense
     state table)."""
@@ -884,6 +884,7 @@ def core_counters(ipvs: NetnsIPVS) -> dict[str, int]:
     out["conn_count"] = tab.count
     out["conn_max"] = tab.max_conns
     out["conn_dropentry"] = tab.dropped
+    out["conn_room_passes"] = tab.room_passes
     out["defense_availmem"] = -1 if ipvs.availmem is None else ipvs.availmem
     out["defense_amemthresh"] = ipvs.sysctl.amemthresh
     out["defense_drop_rate"] = ipvs.drop_rate

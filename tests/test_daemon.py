@@ -1274,7 +1274,7 @@ class FixedBudget(MemoryBudget):
     of private memory (1 MiB unless a test changes it), whatever it really holds."""
 
     def __init__(self) -> None:
-        self.limit, self.source, self.cgroup, self.pinned = 64 << 20, "configured", None, 0
+        self.limit, self.source, self.cgroup, self.pinned, self.proc = 64 << 20, "configured", None, 0, "/proc"
         self.held = 1 << 20
 
     def private(self) -> int:
@@ -1579,6 +1579,89 @@ def test_memory_pressure_reclaims_the_gcs_garbage_first(tmp_path):
         assert (len(steps), d.reclaims) == (6, 2)
     finally:
         d.shutdown()
+
+
+def test_a_reclaim_gives_the_freed_memory_back_and_the_defenses_stand_down(tmp_path):
+    """After the flood's entries are gone, the memory they took leaves ipvsd's resident size (the collection,
+    then malloc_trim) and update_defense_level sees it: drop_packet, drop_entry and secure_tcp go back to
+    their level 1, as in the kernel when freed slab pages return to the page allocator."""
+    from types import SimpleNamespace
+
+    from ipvs.ctl import update_defense_level
+
+    budget = FixedBudget()
+    budget.held = 60 << 20  # 4 MiB left of 64: under amemthresh (16 MiB)
+    d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget, clock=lambda: 100.0)
+    steps, trims = [], []
+    d._collect_step = lambda: steps.append(1) or SimpleNamespace(major_is_done=len(steps) == 2)
+
+    def trim():
+        trims.append(budget.held)
+        budget.held = 8 << 20  # what the GC freed goes back to the system
+        return 1
+
+    d._trim = trim
+    sc = d.ipvs.sysctl
+    sc.amemthresh, sc.drop_packet, sc.drop_entry, sc.secure_tcp = 4096, 1, 1, 1
+    try:
+        d.run_once(0)  # reads 4 MiB left, starts a reclaim: its first step
+        update_defense_level(d.ipvs)
+        assert (sc.drop_packet, sc.drop_entry, sc.secure_tcp) == (2, 2, 2) and d.ipvs.drop_rate == 1
+        d.run_once(0)  # the second step ends the collection: the trim follows at once
+        assert (len(steps), trims, d.reclaims) == (2, [60 << 20], 1)
+        assert d.trimmed == 52 << 20
+        d.run_once(0)  # what is left is read again at once, not a second later
+        assert d.ipvs.availmem == (56 << 20) // MemoryBudget.PAGE
+        update_defense_level(d.ipvs)
+        assert (sc.drop_packet, sc.drop_entry, sc.secure_tcp) == (1, 1, 1)
+        assert (d.ipvs.drop_rate, d.ipvs.dropentry) == (0, False)
+        counters = d.memory_counters()
+        assert (counters["reclaims"], counters["trimmed_kib"]) == (1, 52 << 10)
+    finally:
+        d.shutdown()
+
+
+def test_without_collect_step_a_reclaim_is_the_trim_alone(tmp_path):
+    """CPython frees by reference counting: under pressure the reclaim is malloc_trim, at most every
+    RECLAIM_INTERVAL_S."""
+    budget = FixedBudget()
+    budget.held = 44 << 20  # 20 MiB left: under 1.5 x amemthresh (24 MiB)
+    t = [100.0]
+    d = Daemon(NetnsIPVS(), socket_path=str(tmp_path / "s.sock"), memory=budget, clock=lambda: t[0])
+    trims = []
+    d._collect_step, d._trim = None, lambda: trims.append(1) or 1
+    d.ipvs.sysctl.amemthresh = 4096
+    try:
+        for _ in range(3):
+            d.run_once(0)
+        assert (len(trims), d.reclaims) == (1, 1)
+        t[0] += d.RECLAIM_INTERVAL_S
+        for _ in range(2):
+            d.run_once(0)
+        assert (len(trims), d.reclaims) == (2, 2)
+    finally:
+        d.shutdown()
+
+
+def test_malloc_trim_returns_freed_heap_pages_to_the_system():
+    """The real call: memory freed in the middle of malloc's heap stays resident until the trim."""
+    import gc
+
+    from ipvs.daemon import malloc_trim, resident_bytes
+
+    trim = malloc_trim()
+    if trim is None:
+        pytest.skip("no malloc_trim (not glibc)")
+    # 2 KiB buffers come from malloc's heap on both runtimes (CPython's small-object arenas stop at 512
+    # bytes); the last one stays alive, so the heap's top is in use and only a trim can free the rest.
+    blocks = [bytearray(2048) for _ in range(40000)]  # about 80 MiB
+    keep = blocks[-1]
+    del blocks
+    gc.collect()
+    before = resident_bytes(private=True)
+    trim()
+    after = resident_bytes(private=True)
+    assert keep is not None and before - after > 40 << 20, (before >> 20, after >> 20)
 
 
 def test_the_rings_count_against_a_configured_budget(tmp_path):

@@ -15,7 +15,8 @@ Names without a prefix are the core's: ``drop_<reason>`` for each
 :class:`ipvs.packet.Drop` (``drop_defense``: ``drop_packet`` refused a new
 connection; ``drop_table_full``: the table is at its cap), the table
 (``conn_count``, ``conn_max``, ``conn_dropentry``: entries
-``drop_entry`` removed) and the defenses' state (``defense_availmem`` in
+``drop_entry`` removed, ``conn_room_passes``: its passes run because the
+table was at its cap) and the defenses' state (``defense_availmem`` in
 pages, -1 without a budget; ``defense_drop_rate``: one new connection in
 that many is dropped, 0 = off; ``defense_dropentry``,
 ``defense_secure_tcp``: 1 when on).  ``driver.*`` are the AF_PACKET data

@@ -1072,6 +1072,7 @@ class AFPacketDriver:
         out["conn_count"] = tab.count
         out["conn_max"] = tab.max_conns
         out["conn_dropentry"] = tab.dropped
+        out["conn_room_passes"] = tab.room_passes
         gs = self.guard.stats
         out["syn_guard_engaged"] = gs.engaged
         out["syn_deferred"] = gs.deferred

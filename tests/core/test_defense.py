@@ -14,7 +14,7 @@ from ipvs import ctl
 from ipvs.core import NF_DROP, NF_STOLEN
 from ipvs.packet import Drop
 from ipvs.proto import tcp as tcp_proto
-from ipvs.uapi import IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
+from ipvs.uapi import IP_VS_CONN_F_HASHED, IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT
 from tests.conftest import HZ, tcp, udp
 
 from .test_core import CLI, VIP, web
@@ -176,3 +176,76 @@ def test_a_one_packet_connection_counts_on_its_template():
         lab.send(udp(CLI, port, VIP, 53))
     (tpl,) = [c for c in lab.ipvs.conn_tab.all() if c.control is None and c.n_control == 0 and c.cport == 0]
     assert tpl.in_pkts == 3
+
+
+# --------------------------------------------- a full table and drop_entry (ConnTable.make_room)
+
+
+def test_a_full_table_makes_room_for_a_new_client_when_drop_entry_is_on():
+    """At the cap, half-open flood entries are dropped at once (ip_vs_random_dropentry's pass), so a new
+    client's SYN still finds a place; without it every new connection is refused until the flood's entries
+    expire (60 s in SYN_RECV)."""
+    lab = web(drop_entry=1)
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 640
+    lab.tick(lab.now + 1)
+    flood(lab, 640)
+    assert len(tab) == 640 and lab.ipvs.dropentry is False  # memory is not short: no budget
+    assert lab.send(tcp(CLI, 4100, VIP, 80)) == NF_STOLEN
+    assert 4100 in [c.cport for c in lab.conns()] and len(tab) == 640 - tab.dropped + 1
+    assert tab.room_passes == 1 and 0 < tab.dropped <= 20 and lab.ipvs.drops[Drop.TABLE_FULL] == 0
+    # The room one pass made is used; the next pass comes a tenth of a second later, not per packet.
+    verdicts = flood(lab, 40, first=20000)
+    assert tab.room_passes == 1 and NF_DROP in verdicts
+    lab.tick(lab.now + HZ // 10)
+    assert lab.send(tcp(CLI, 4101, VIP, 80)) == NF_STOLEN
+    assert tab.room_passes == 2
+
+
+def test_a_full_table_refuses_when_drop_entry_is_off():
+    lab = web()
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 64
+    flood(lab, 64)
+    assert lab.send(tcp(CLI, 4100, VIP, 80)) == NF_DROP
+    assert (tab.room_passes, tab.dropped, lab.ipvs.drops[Drop.TABLE_FULL]) == (0, 0, 1)
+
+
+def test_a_table_full_of_established_connections_refuses_and_looks_again_a_second_later():
+    lab = web(drop_entry=1)
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 4
+    for port in range(4200, 4204):
+        _established(lab, port, 9)
+    lab.tick(lab.now + 1)
+    assert lab.send(tcp(CLI, 4300, VIP, 80)) == NF_DROP
+    assert (tab.room_passes, tab.dropped) == (1, 0)
+    lab.tick(lab.now + HZ // 10)
+    assert lab.send(tcp(CLI, 4301, VIP, 80)) == NF_DROP
+    assert tab.room_passes == 1  # nothing was freed: the next look is a second after the last
+    lab.tick(lab.now + HZ)
+    assert lab.send(tcp(CLI, 4302, VIP, 80)) == NF_DROP
+    assert (tab.room_passes, len(tab)) == (2, 4)
+
+
+def test_making_room_leaves_the_templates_to_the_timers():
+    """Only the dropped connections go at once; a persistence template they leave without connections
+    expires at the next run of the timers, as in the kernel, so a new connection of the same client that
+    binds to it (in the same packet) never holds a template already freed."""
+    lab = web()
+    su = lab.service(VIP, 443, flags=IP_VS_SVC_F_PERSISTENT, timeout=300)
+    lab.dest(su, "172.16.0.2", 443)
+    tab = lab.ipvs.conn_tab
+    tab.max_conns = 400
+    lab.tick(lab.now + 1)
+    for i in range(400):  # one template and one connection per client
+        lab.send(tcp(f"198.51.100.{2 + i % 200}", 10000 + i, VIP, 443))
+    assert (len(tab), len(tab.templates)) == (400, 200)
+    templates = list(tab.templates.values())
+    lab.ipvs.sysctl.drop_entry = 1
+    lab.send(tcp("198.51.100.2", 30000, VIP, 443))
+    assert tab.room_passes == 1 and tab.dropped > 0
+    assert all(t.flags & IP_VS_CONN_F_HASHED for t in templates)  # none freed in the packet's path
+    assert len(tab.templates) == 200 and len(lab.conns()) == 200 - tab.dropped + 1
+    lab.tick(lab.now + 1)  # the templates left without connections go now
+    assert len(tab.templates) == 200 - tab.dropped
