@@ -42,6 +42,7 @@ import struct
 
 import attrs
 
+from ipvs.driver.ring import kept
 from ipvs.packet import (
     ETH_P_ARP,
     ETH_P_IP,
@@ -254,7 +255,7 @@ class NeighTable:
         if len(e.queue) >= QUEUE_FRAMES:
             e.queue.pop(0)
             self.stats.queue_drops += 1
-        e.queue.append((buf, n))
+        e.queue.append((kept(buf), n))  # (a ring's lent buffer is reused: a copy of it)
         return new
 
     def tick(self, now: int) -> tuple[list[tuple[int, bytes | None]], list]:

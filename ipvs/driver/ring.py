@@ -104,6 +104,27 @@ _TREQ = struct.Struct("=IIII")  # block_size, block_nr, frame_size, frame_nr
 _STATS = struct.Struct("=II")  # tp_packets, tp_drops
 
 
+class LentFrame(bytearray):
+    """A ring's receive buffer for frames larger than an RX slot, lent to
+    the frame handler for one frame and reused for the next large one.
+
+    A fresh 64 KB ``bytearray`` for each GSO super-frame cost more than
+    its copy: PyPy allocates a buffer that large outside its nursery and
+    counts it towards the next major collection, so a bulk transfer ran a
+    full-heap collection every few hundred frames.  The handler sees it as
+    any frame (its length is the frame's); one that keeps a frame past its
+    return (a neighbour's queue, the SYN guard) keeps :func:`kept` of it.
+    """
+
+    __slots__ = ()
+
+
+def kept(buf: bytearray) -> bytearray:
+    """``buf`` as a frame its receiver may keep after handling it: a copy
+    of a ring's :class:`LentFrame`, any other frame itself."""
+    return bytearray(buf) if type(buf) is LentFrame else buf
+
+
 @attrs.define(slots=True)
 class RingStats:
     """What one ring socket counted (``rx_*`` from the RX ring, ``tx_*`` TX)."""
@@ -126,11 +147,15 @@ class RingSocket:
     """An AF_PACKET socket on one interface with RX and TX rings.
 
     ``rx(handler, batch)`` hands each received frame to ``handler(buf)``
-    as a new ``bytearray`` that starts with the vnet header;
+    as a ``bytearray`` that starts with the vnet header (a new one, or for
+    a frame larger than a slot the ring's :class:`LentFrame`);
     ``queue(buf, n)`` copies the first ``n`` bytes of such a buffer into
     the next free TX slot and ``flush()`` asks the kernel to send every
     queued slot with one system call.
     """
+
+    #: The receive buffer of frames larger than a slot (made on first use).
+    lent: LentFrame | None = None
 
     def __init__(self, ifname: str, blocks: int = 16, bpf: bytes | None = None,
                  rcvbuf: int = 32 << 20, tx_batch: int = 64, direct_min: int = DIRECT_MIN,
@@ -266,16 +291,31 @@ class RingSocket:
     def _rx_copied(self, length: int) -> bytearray | None:
         """The frame the kernel queued on the socket for a ``TP_STATUS_COPY`` slot (vnet header first), or None.
 
-        ``length`` is the slot's ``tp_len``, the whole frame's: it is
-        received straight into a buffer of its size (one copy).
+        ``length`` is the slot's ``tp_len``, the whole frame's.  It is
+        received into :attr:`lent` (one copy, no new buffer) and lent
+        with its length cut to the frame's; one that fills less than half
+        of that buffer is copied out instead, since shortening a buffer
+        by more than half makes both runtimes reallocate it.
         """
-        buf = bytearray(min(length, MAX_FRAME) + VNET_HDR_LEN)
+        full = MAX_FRAME + VNET_HDR_LEN
+        buf = self.lent
+        if buf is None:
+            buf = self.lent = LentFrame(full)
+        elif len(buf) != full:
+            # Back to its size after the last frame (or what a handler made
+            # of it): bytes past a frame's end are stale, never shown.
+            if len(buf) < full:
+                buf += bytes(full - len(buf))
+            else:
+                del buf[full:]
         try:
-            n = self.sock.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
+            n = self.sock.recv_into(buf, min(length, MAX_FRAME) + VNET_HDR_LEN, socket.MSG_DONTWAIT)
         except OSError:
             return None  # not queued (the receive buffer was full): counted as truncated
         self.stats.rx_copied += 1
-        if n < len(buf):
+        if n < full >> 1:
+            return buf[:n]  # (a slice of it is a plain bytearray, a copy)
+        if n < full:
             del buf[n:]
         return buf
 

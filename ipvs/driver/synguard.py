@@ -40,6 +40,8 @@ from typing import Callable
 
 import attrs
 
+from ipvs.driver.ring import kept
+
 log = logging.getLogger("ipvs.driver")
 
 
@@ -97,7 +99,7 @@ class SynGuard:
         elif len(q) >= self.PER_SOURCE:
             self.stats.dropped_full += 1
             return
-        q.append((handler, buf))
+        q.append((handler, kept(buf)))  # (a ring's lent buffer is reused: a copy of it)
         self.stats.deferred += 1
 
     def full(self, saddr: int) -> bool:

@@ -137,3 +137,15 @@ def test_the_table_keys_ipv6_neighbours_by_128_bit_ints():
     assert t.enqueue(ip, bytearray(b"x"), 1, 0)
     assert t.confirm(ip, PEER, 1, create=False) == [(bytearray(b"x"), 1)]
     assert t.mac[ip] == PEER
+
+
+def test_a_lent_frame_waits_as_a_copy():
+    # A ring's lent buffer is reused for its next large frame: the queue keeps its own copy.
+    from ipvs.driver.ring import LentFrame
+
+    t = NeighTable(HZ)
+    lent = LentFrame(b"frame")
+    t.enqueue(IP, lent, 5, 0)
+    lent[:] = b"other"
+    _, failed = _fail(t, 0)
+    assert failed == [(bytearray(b"frame"), 5)] and type(failed[0][0]) is bytearray

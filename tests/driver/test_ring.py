@@ -278,3 +278,48 @@ def test_holds_tells_how_deep_the_rx_ring_is_from_its_head():
     assert r.holds(1) and r.holds(3) and not r.holds(4)
     r.rx(lambda b: None, 2)
     assert r.holds(1) and not r.holds(2)
+
+
+def _copied(r, frame: bytes, i: int) -> None:
+    """``frame`` as the kernel passes one larger than a slot: its start in slot ``i``, the whole on the queue."""
+    r.sock.frames.append(frame)
+    kernel_fill(r, frame[:200], status=R.TP_STATUS_USER | R.TP_STATUS_COPY, snaplen=100, i=i)
+    struct.pack_into("=I", r.mm, r.rx_slots[i] + 4, len(frame) - R.VNET_HDR_LEN)
+
+
+def test_large_copied_frames_come_in_one_reused_buffer_cut_to_each_frame():
+    r, _ = mem_ring()
+    r.sock = QueueSock([])
+    first = b"\0" * 10 + b"\xaa" * 60000
+    second = b"\0" * 10 + b"\xbb" * 50000  # shorter: nothing of the first shows past its end
+    _copied(r, first, 0)
+    _copied(r, second, 1)
+    got = []
+    assert r.rx(lambda b: got.append((b, bytes(b))), 16) == 2
+    (buf1, seen1), (buf2, seen2) = got
+    assert seen1 == first and seen2 == second
+    assert buf1 is buf2 is r.lent and type(buf1) is R.LentFrame
+    # Grown back for the next frame, whatever the handler made of it.
+    del r.lent[100:]
+    third = b"\0" * 10 + b"\xcc" * (R.MAX_FRAME - 100)
+    _copied(r, third, 2)
+    assert r.rx(lambda b: got.append((b, bytes(b))), 16) == 1
+    assert got[2][1] == third and got[2][0] is r.lent
+
+
+def test_a_copied_frame_under_half_the_buffer_is_a_plain_copy():
+    r, _ = mem_ring()
+    r.sock = QueueSock([])
+    small = b"\0" * 10 + b"\x11" * 3000
+    _copied(r, small, 0)
+    got = []
+    assert r.rx(got.append, 16) == 1
+    assert got == [bytearray(small)] and type(got[0]) is bytearray and got[0] is not r.lent
+
+
+def test_kept_copies_only_a_lent_buffer():
+    lent = R.LentFrame(b"abc")
+    own = bytearray(b"abc")
+    assert R.kept(own) is own
+    k = R.kept(lent)
+    assert k == lent and k is not lent and type(k) is bytearray

@@ -64,3 +64,16 @@ def test_a_handler_that_raises_costs_one_frame():
     g.defer(2, got.append, bytearray(b"b"))
     assert g.serve(10) == 2
     assert got == [bytearray(b"b")] and g.stats.errors == 1
+
+
+def test_a_lent_frame_waits_as_a_copy():
+    # A ring's lent buffer is reused for its next large frame: the guard keeps its own copy.
+    from ipvs.driver.ring import LentFrame
+
+    g = SynGuard(HZ)
+    got = []
+    lent = LentFrame(b"syn")
+    g.defer(1, got.append, lent)
+    lent[:] = b"xxx"
+    assert g.serve(1) == 1
+    assert got == [bytearray(b"syn")] and got[0] is not lent
