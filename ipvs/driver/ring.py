@@ -120,8 +120,8 @@ class LentFrame(bytearray):
 
 
 def kept(buf: bytearray) -> bytearray:
-    """``buf`` as a frame its receiver may keep after handling it: a copy
-    of a ring's :class:`LentFrame`, any other frame itself."""
+    """The frame *buf* in a form its receiver may keep after handling it:
+    a copy of a ring's :class:`LentFrame`, any other frame itself."""
     return bytearray(buf) if type(buf) is LentFrame else buf
 
 
