@@ -41,9 +41,9 @@ The rules drop:
   answers closed ports on a VIP as the host would.  (For IPv6 nftables
   finds the protocol behind the extension headers, in every fragment
   whose fragment header names it.)
-* non-first fragments to a VIP (their protocol header is in the first);
-  for IPv6 not those of ICMPv6, so that a large ping to a VIP, which the
-  kernel answers, still reassembles;
+* non-first fragments to a VIP (their protocol header is in the first),
+  but not those of ICMP and ICMPv6, so that a large ping to a VIP, which
+  the kernel answers, still reassembles;
 * TCP/UDP to the masquerading address and port range (IPv4 only: the
   driver masquerades IPv4 only);
 * from the inner interfaces, packets not addressed to the kernel itself
@@ -218,7 +218,7 @@ def table_script(family: str, inner_ifs: list[str], masq: tuple[str, int, int] |
     if family == "ip":
         addr_type = "ipv4_addr"
         rules = ["ip daddr @vips meta l4proto { tcp, udp, sctp } drop",
-                 "ip daddr @vips ip frag-off & 0x1fff != 0 drop"]
+                 "ip daddr @vips ip frag-off & 0x1fff != 0 ip protocol != icmp drop"]
         if masq is not None:
             addr, lo, hi = masq
             rules.append(f"ip daddr {addr} meta l4proto {{ tcp, udp }} th dport {lo}-{hi} drop")

@@ -37,7 +37,7 @@ def test_the_ip_table_rules():
     assert "type filter hook prerouting priority -500; policy accept;" in script
     assert _rules(script) == [
         "ip daddr @vips meta l4proto { tcp, udp, sctp } drop",
-        "ip daddr @vips ip frag-off & 0x1fff != 0 drop",
+        "ip daddr @vips ip frag-off & 0x1fff != 0 ip protocol != icmp drop",
         "ip daddr 198.51.100.1 meta l4proto { tcp, udp } th dport 50000-50100 drop",
         'iifname "br-in" fib daddr type != { local, broadcast, multicast } drop',
     ]
