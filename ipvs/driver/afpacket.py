@@ -276,11 +276,10 @@ class AFPacketDriver:
         self.route_cache: dict[int, tuple[Port, int] | None] = {}
         self.svc_keys: frozenset = frozenset()
         self.vips: set[int] = set()
-        self.local: set[int] = {p.addr for p in ports}
-        #: The ports' own addresses as ints (IPv4, IPv6): a next hop among
-        #: them is a real server on the director itself.
+        #: The ports' own addresses: a next hop among them is a real server
+        #: on the director itself (IPv6: :attr:`IPv6Path.own_nh`).
         self.own_addrs = frozenset(p.addr for p in ports)
-        self.own_addrs6 = frozenset(int.from_bytes(p.addr6, "big") for p in ports if p.addr6)
+        self.local: set[int] = set(self.own_addrs)
         self._warned_self: set[int] = set()
         self._next_tick = 0
         #: daddr -> (ring, Ethernet header, MTU, the ring's queue method).
@@ -413,7 +412,7 @@ class AFPacketDriver:
         self.vips = vips
         self.outer.arp_for = {self.outer.addr} | self.vips
         if self.mode == "spare":
-            self.local = {p.addr for p in self.ports} | self.vips
+            self.local = self.vips | self.own_addrs
         if self.v6 is not None:
             self.v6.sync_services()
         for p in self.ports:

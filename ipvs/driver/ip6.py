@@ -139,6 +139,9 @@ class IPv6Path:
         self.frag_id = 0
         self.vips: set[bytes] = set()
         self.own = {p.addr6 for p in self.ports}
+        #: The same as next hops are held (ints): one of them is a real
+        #: server on the director itself.
+        self.own_nh = frozenset(int.from_bytes(a, "big") for a in self.own)
         #: Packets no longer than this fit every link (the MTU checks are skipped).
         self.min_mtu = min((p.mtu for p in self.ports), default=0)
         self.local: set[bytes] = set(self.own)
@@ -447,7 +450,7 @@ class IPv6Path:
 
     def _send(self, port: Port, buf: bytearray, n: int, mac: bytes | None, nh: int) -> None:
         if mac is None:
-            if nh in self.drv.own_addrs6:
+            if nh in self.own_nh:
                 self.drv.to_self(nh, 6)  # (a real server on the director itself)
                 return
             if port.neigh6.enqueue(nh, buf, n, self.drv.now):

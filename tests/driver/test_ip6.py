@@ -328,6 +328,19 @@ def fwd_rig(fwd, vip=VIP6, rs=RS1_6, tun_type=0, learn=True):
     return r
 
 
+def dr_gateway_rig():
+    """A DR fwd_rig with ``--forward`` (the director is the real server's
+    gateway), the client resolved and one connection to the real server
+    open (client port 40000)."""
+    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
+    r.drv.forward = True
+    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
+    r.out_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
+    r.in_ring.take()
+    return r
+
+
 def test_dr6_frame_goes_to_the_real_servers_mac_keeping_the_vip():
     r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE, learn=False)
     r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
@@ -388,12 +401,7 @@ def test_a_direct_reply_too_big_for_the_clients_link_is_not_counted():
     """--forward: a DR real server's direct reply too big for the clients'
     link is answered (to the VIP it came from: a kernel director delivers
     that to itself) before the core, which does not count it."""
-    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
-    r.drv.forward = True
-    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
-    r.out_ring.take()
-    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
-    r.in_ring.take()
+    r = dr_gateway_rig()
     [cp] = r.lab.conns()
     big = IPv6(src=VIP6, dst=CLIENT6) / TCP(sport=80, dport=40000, flags="SA") / (b"x" * 1441)
     r.rx_inner(f6(big, src=MRS1, dst="02:00:00:00:00:0b"))
@@ -509,12 +517,7 @@ def test_direct_replies_are_forwarded_with_forward():
     """--forward: a DR real server's reply from the VIP (the director is its
     gateway) is counted by the core and routed on, one hop less; one whose
     hop limit runs out gets a hop limit exceeded from the director."""
-    r = fwd_rig(uapi.IP_VS_CONN_F_DROUTE)
-    r.drv.forward = True
-    r.rx_outer(ns(CLIENT6, OUTER6, eth_dst="33:33:ff:00:00:01"))
-    r.out_ring.take()
-    r.rx_outer(f6(IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=80, flags="S")))
-    r.in_ring.take()
+    r = dr_gateway_rig()
     reply = IPv6(src=VIP6, dst=CLIENT6, hlim=64) / TCP(sport=80, dport=40000, flags="SA")
     r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
     (out,) = r.out_ring.take()
