@@ -650,10 +650,12 @@ class AFPacketDriver:
                 self._local_in(p, buf)
             return
         if self.mode == "shared":
-            if daddr in self.vips and buf[L3 + 9] != IPPROTO_ICMP:
+            if daddr in self.vips:
                 # The nftables rules hide TCP/UDP to a VIP from the kernel:
-                # answer closed ports in its place.
-                self._local_in(p, buf)
+                # answer closed ports in its place.  ICMP (a ping) is the
+                # kernel's, which holds the VIP: never forwarded as well.
+                if buf[L3 + 9] != IPPROTO_ICMP:
+                    self._local_in(p, buf)
                 return
             if daddr in {q.addr for q in self.ports}:
                 return

@@ -334,6 +334,22 @@ def test_shared_mode_answers_closed_tcp_ports_on_the_vip_but_leaves_ping_to_the_
     assert r.out_ring.take() == []
 
 
+def test_shared_mode_with_forward_leaves_ping_to_the_vip_to_the_kernel_alone():
+    """The kernel holds the VIP and answers the ping itself: forwarding a
+    copy as well would send it back out towards the VIP (a second echo
+    request, or an unreachable from the next router)."""
+    r = Rig(mode="shared")
+    r.drv.forward = True
+    r.learn()
+    ping = bytes(IP(src=CLIENT, dst=VIP) / ICMP(type=8))
+    r.rx_outer(frame(ping, MAC_D_OUT, MAC_CLIENT))
+    assert (r.out_ring.take(), r.in_ring.take()) == ([], [])
+    assert r.drv.counts["forwarded"] == 0
+    # Transit traffic is still forwarded.
+    r.rx_outer(frame(bytes(IP(src=CLIENT, dst=RS1) / ICMP(type=8)), MAC_D_OUT, MAC_CLIENT))
+    assert len(r.in_ring.take()) == 1 and r.drv.counts["forwarded"] == 1
+
+
 def test_core_errors_about_forwarded_packets_come_from_the_directors_address():
     """The driver tells the core its own address towards a destination, which
     the core uses as the source of ICMP errors about forwarded packets."""
