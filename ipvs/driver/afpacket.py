@@ -401,7 +401,7 @@ class AFPacketDriver:
         svcs6 = {(s.addr, s.protocol, s.port) for s in ipvs.svc_table.values()
                  if s.af == socket.AF_INET6 and not s.fwmark}
         fw_vips = self.fwmark_vips()
-        vips = {_I.unpack(a)[0] for a, _, _ in svcs} | fw_vips
+        vips = {_I.unpack(a)[0] for a in fw_vips} | {_I.unpack(a)[0] for a, _, _ in svcs}
         if self.outer.ring is not None:
             # Gratuitous ARP for each new VIP, so neighbours that knew it at
             # another MAC (a director that failed over) learn ours at once.
@@ -422,33 +422,36 @@ class AFPacketDriver:
         if self.mode == "shared" and self._nft_ready:
             try:
                 # fwmark VIPs join the drop set like any VIP (it is by address).
-                nft.sync_services(svcs | svcs6 | {(_I.pack(a), socket.IPPROTO_TCP, 0) for a in fw_vips})
+                fw_all = fw_vips | self.fwmark_vips(socket.AF_INET6)
+                nft.sync_services(svcs | svcs6 | {(a, socket.IPPROTO_TCP, 0) for a in fw_all})
             except (OSError, RuntimeError) as e:
                 # The kernel then also answers the new services: loud, not fatal.
                 log.error("updating the nftables service set failed: %s", e)
                 self.drops["nft_sync_failed"] += 1
 
-    #: The longest mark-rule prefix whose addresses are taken as VIPs.
-    FWMARK_VIP_MAX_PREFIX = 24
+    #: The most addresses of one mark rule's prefix taken as VIPs (a /24, or an IPv6 /120).
+    FWMARK_VIP_MAX_ADDRS = 256
 
-    def fwmark_vips(self) -> set[int]:
-        """The addresses of fwmark services: every IPv4 address of a mark
-        rule's destination prefix whose mark has a fwmark service.
+    def fwmark_vips(self, af: int = socket.AF_INET) -> set[bytes]:
+        """The addresses of fwmark services of family ``af`` (packed): every
+        address of a mark rule's destination prefix whose mark has a
+        fwmark service of that family.
 
         For the kernel these VIPs are addresses configured on the director
         and marked by iptables; here the mark rules (ipvs.fwmark) name them.
-        Prefixes shorter than /24 are not expanded (a director does not
-        answer ARP for a whole network): use narrower rules for those.
+        Prefixes of more than 256 addresses are not expanded (a director
+        does not answer ARP or neighbour solicitations for a whole
+        network): use narrower rules for those.
         """
         ipvs = self.ipvs
-        marks = {m for (af, m) in ipvs.fwm_table if af == socket.AF_INET}
-        out: set[int] = set()
+        marks = {m for (f, m) in ipvs.fwm_table if f == af}
+        out: set[bytes] = set()
         for r in ipvs.marks.rules:
-            if r.af != socket.AF_INET or r.mark not in marks or r.daddr is None:
+            if r.af != af or r.mark not in marks or r.daddr is None:
                 continue
             net = ipaddress.ip_network(r.daddr)
-            if net.prefixlen >= self.FWMARK_VIP_MAX_PREFIX:
-                out.update(int(a) for a in net)
+            if net.num_addresses <= self.FWMARK_VIP_MAX_ADDRS:
+                out.update(a.packed for a in net)
         return out
 
     def filter_for(self, p: Port) -> bytes:

@@ -149,9 +149,11 @@ class IPv6Path:
     # ---------------------------------------------------------- services
 
     def sync_services(self) -> None:
-        """The IPv6 VIPs: answered in neighbour discovery on the outer
-        side, announced by an unsolicited advertisement when new."""
+        """The IPv6 VIPs (of fwmark services too, as named by the mark
+        rules): answered in neighbour discovery on the outer side,
+        announced by an unsolicited advertisement when new."""
         vips = {s.addr for s in self.ipvs.svc_table.values() if s.af == AF_INET6 and not s.fwmark}
+        vips |= self.drv.fwmark_vips(AF_INET6)
         o = self.outer
         if o is not None:
             if o.ring is not None:

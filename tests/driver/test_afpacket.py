@@ -413,6 +413,26 @@ def test_shared_mode_hides_fwmark_vips_from_the_kernel_too(monkeypatch):
     assert {ipaddress.ip_address(f"203.0.113.{i}") for i in range(16, 20)} | {ipaddress.ip_address(VIP)} <= addrs
 
 
+def test_shared_mode_hides_ipv6_fwmark_vips_from_the_kernel_too(monkeypatch):
+    import ipaddress
+
+    from ipvs import uapi
+    from ipvs.driver import nft
+    from ipvs.fwmark import MarkRule
+    from tests.driver.helpers import RS1_6, Rig6
+
+    seen = []
+    monkeypatch.setattr(nft, "sync_services", lambda svcs: seen.append(set(svcs)))
+    r = Rig6(services6=False, mode="shared")
+    r.drv._nft_ready = True
+    su = r.lab.service("::", 0, sched="rr", fwmark=4)
+    r.lab.dest(su, RS1_6, 0)
+    r.lab.ipvs.marks.add(MarkRule(4, af=uapi.AF_INET6, daddr="2001:db8:0:5::20/126"))
+    r.drv.on_idle(r.now)
+    addrs = {ipaddress.ip_address(a) for a, _p, _port in seen[-1]}
+    assert addrs == {ipaddress.ip_address(f"2001:db8:0:5::{i:x}") for i in range(0x20, 0x24)}
+
+
 def test_shared_mode_hides_ipv6_vips_from_the_kernel_too(monkeypatch):
     """The IPv6 services' addresses join the drop sets beside the IPv4 ones."""
     import ipaddress

@@ -542,3 +542,32 @@ def test_direct_replies_are_forwarded_with_forward():
     reply.hlim = 64
     r.rx_inner(f6(reply, src=MRS1, dst="02:00:00:00:00:0b"))
     assert r.out_ring.take() == [] and r.drv.drops["not_forwarded6"] == 1
+
+
+def test_fwmark_vips_are_solicited_and_balanced_like_any_vip():
+    """An IPv6 fwmark service's addresses come from the mark rules, as the
+    IPv4 ones do: answered in neighbour discovery, announced when new, and
+    a SYN to one of them goes to the service's real server."""
+    from ipvs.fwmark import MarkRule
+
+    r = Rig6(services6=False)
+    su = r.lab.service("::", 0, sched="rr", fwmark=5)
+    r.lab.dest(su, RS1_6, 80)
+    r.lab.ipvs.marks.add(MarkRule(5, af=uapi.AF_INET6, protocol=6, daddr="2001:db8:0:5::10/127"))
+    r.drv.sync_services(force=True)
+    announced = {Ether(f)[ICMPv6ND_NA].tgt for f in r.out_ring.take() if Ether(f).haslayer(ICMPv6ND_NA)}
+    assert announced == {"2001:db8:0:5::10", "2001:db8:0:5::11"}
+    r.rx_outer(ns(CLIENT6, "2001:db8:0:5::11", eth_dst="33:33:ff:00:00:11"))
+    (f,) = r.out_ring.take()
+    assert Ether(f)[ICMPv6ND_NA].tgt == "2001:db8:0:5::11"
+    r.rx_inner(ns(RS1_6, GW6, src_mac=MRS1))
+    r.in_ring.take()
+    r.rx_outer(f6(IPv6(src=CLIENT6, dst="2001:db8:0:5::11") / TCP(sport=40000, dport=80, flags="S")))
+    (out,) = r.in_ring.take()
+    e = Ether(out)
+    assert (e.dst, e[IPv6].dst, e[TCP].dport) == (MRS1, RS1_6, 80)
+    assert csum_ok(e, TCP)
+    # A prefix of more than 256 addresses is not taken as VIPs.
+    r.lab.ipvs.marks.add(MarkRule(5, af=uapi.AF_INET6, protocol=6, daddr="2001:db8:0:6::/64"))
+    r.drv.sync_services(force=True)
+    assert r.drv.v6.vips == {ipaddress.IPv6Address(f"2001:db8:0:5::{x}").packed for x in ("10", "11")}
