@@ -403,11 +403,13 @@ class IPv6Path:
     def send_own(self, pkt: bytearray) -> None:
         """Route and send an IPv6 packet the director made (the outbox): an
         ICMPv6 message passes the rate limit first, as ``icmp6_send`` and
-        ``icmpv6_echo_reply`` check it."""
+        ``icmpv6_echo_reply`` check it.  The director is its source, so one
+        too big for the link (an echo reply to a large ping) leaves in
+        fragments, as a host's own packets do (``ip6_fragment``)."""
         if pkt[6] == IPPROTO_ICMPV6 and len(pkt) >= 41 and not self.icmp_allowed(bytes(pkt[24:40]), pkt[40]):
             return
         self.drv.counts["icmp6_out"] += 1
-        self.route_out(bytearray(24) + pkt, 24)
+        self.route_out(bytearray(24) + pkt, 24, ignore_df=True)
 
     def own_address(self, dst: bytes) -> bytes | None:
         """The director's address on the route towards ``dst``."""
@@ -421,10 +423,11 @@ class IPv6Path:
         fragments no larger (``ip6_fragment``).  ``via``: route it as if
         its destination were this address (direct routing: the packet
         keeps the VIP and goes to the real server's MAC).  ``ignore_df``:
-        a tunnel's outer packet, which the director itself sends, is
-        fragmented when too big for the link (only a GSO segment can be:
-        the core checked the others) instead of answered, as
-        ``ip6_fragment`` does for the IPVS transmitters' ``skb->ignore_df``."""
+        a packet the director itself sends is fragmented when too big for
+        the link instead of answered: a tunnel's outer packet (only a GSO
+        segment can be: the core checked the others), as ``ip6_fragment``
+        does for the IPVS transmitters' ``skb->ignore_df``, and the
+        director's own replies (:meth:`send_own`)."""
         drv = self.drv
         daddr = bytes(buf[l3 + 24 : l3 + 40]) if via is None else via
         r = self.route(daddr)

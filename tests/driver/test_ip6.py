@@ -297,6 +297,29 @@ def test_fragmented_udp_is_reassembled_natted_and_fragmented_again():
     assert r.drv.counters()["frag6_reassembled"] == 1
 
 
+def test_a_large_ping_to_the_vip_is_answered_in_fragments():
+    """A host fragments what it sends itself (ip6_fragment on the output
+    path): the echo reply to a 3,000-byte ping leaves in fragments that
+    fit the link, and is not refused with a "packet too big" to itself."""
+    r = Rig6()
+    r.rx_outer(ns(CLIENT6, VIP6))
+    r.out_ring.take()
+    data = bytes(range(256)) * 12
+    req = IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrFragment(id=9) / ICMPv6EchoRequest(id=7, seq=1, data=data)
+    for f in fragment6(req, 1280):
+        r.rx_outer(f6(f))
+    out = r.out_ring.take()
+    assert len(out) == 3 and all(len(f) - 14 <= 1500 for f in out)
+    got = None
+    re6 = Reassembler6(250)
+    for f in out:
+        got = re6.add(bytearray(10) + bytearray(f), 24, 0) or got
+    e = Ether(bytes(got[0][10:]))
+    assert (e[IPv6].src, e[IPv6].dst, e[ICMPv6EchoReply].data) == (VIP6, CLIENT6, data)
+    assert csum_ok(e, ICMPv6EchoReply)
+    assert r.drv.drops["pkt_too_big6"] == 0
+
+
 @given(st.binary(min_size=0, max_size=120), st.integers(0, 7), st.booleans())
 def test_any_ipv6_frame_is_handled_or_counted_never_raised(tail, nh_pick, inner):
     """Garbage after an IPv6 header (any next header, extension headers,
