@@ -50,8 +50,12 @@ itself is only counted (``host_unreach_local``).
 ICMP errors the director generates are rate limited per destination as
 ``icmpv4_xrlim_allow`` does (:class:`ipvs.driver.icmplimit.IcmpRateLimit`:
 the kernel's token bucket, ``icmp_ratelimit`` 1000 ms, burst 6,
-``icmp_ratemask`` 0x1818, frag-needed exempt); the refused ones are
-counted in ``drop_icmp_ratelimit`` (ICMPv6: :mod:`ipvs.driver.ip6`).
+``icmp_ratemask`` 0x1818, frag-needed exempt), after the host-wide
+bucket of ``icmp_global_allow`` that both families share
+(:class:`ipvs.driver.icmplimit.GlobalCredit`, 1000 a second, burst 50);
+the refused ones are counted in ``drop_icmp_ratelimit``, those the global
+bucket refused also in ``icmp_ratelimit_global`` (ICMPv6:
+:mod:`ipvs.driver.ip6`).
 
 Offloads stay on: frames carry a ``virtio_net_hdr`` (:mod:`ipvs.driver.ring`),
 GSO super-frames are handled whole and the core is told when a checksum is
@@ -95,7 +99,7 @@ from collections.abc import Callable
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
 from ipvs.driver.gso import segment_tcp
-from ipvs.driver.icmplimit import NR_ICMP_TYPES, IcmpRateLimit
+from ipvs.driver.icmplimit import NR_ICMP_TYPES, GlobalCredit, IcmpRateLimit
 from ipvs.driver.ip6 import IPv6Path, parse_net6
 from ipvs.driver.masq import PORT_MASQ_BEGIN, PORT_MASQ_END, Masq
 from ipvs.driver.neigh import (
@@ -257,7 +261,9 @@ class AFPacketDriver:
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
         self.frags = Reassembler(self.hz)
-        self.icmp_limit = IcmpRateLimit(self.hz)
+        #: icmp_global: one bucket for the errors of both families.
+        self.icmp_global = GlobalCredit(self.hz)
+        self.icmp_limit = IcmpRateLimit(self.hz, global_credit=self.icmp_global)
         self.guard = SynGuard(self.hz)
         self.syn_guard = syn_guard
         self.masq = None
@@ -1061,6 +1067,7 @@ class AFPacketDriver:
             if p.addr6:
                 out[f"{p.name}_neigh6_failed"] = p.neigh6.stats.failed
                 out[f"{p.name}_neigh6_unresolved"] = p.neigh6.stats.unresolved
+        out["icmp_ratelimit_global"] = self.icmp_global.refused
         for k in ("fragments", "reassembled", "timeouts", "overlaps", "mem_drops"):
             out[f"frag_{k}"] = getattr(self.frags.stats, k)
             if self.v6 is not None:

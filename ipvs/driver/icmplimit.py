@@ -21,16 +21,25 @@ limited and in the timeout:
   destination ("give more bandwidth to wider prefixes": a /64 allows a
   message every 250 ms, a default route every 62 ms).
 
-Differences from the kernel, and why: the kernel's global limit
-(``icmp_global_allow``: ``icmp_msgs_per_sec`` 1000, burst 50, credits
-taken at random) is not modelled, for either family; a destination
-reached through the loopback device (never limited by the kernel) does
-not arise, as the driver delivers nothing to itself through a route; the
-peer table is bounded (:attr:`PeerBuckets.MAX_PEERS`) and forgets full
-buckets instead of the kernel's inet_peer garbage collection.
+Before the per-destination bucket, a message of a limited type asks the
+host-wide one, :class:`GlobalCredit` (``icmp_global_allow``, as in 6.1:
+``icmp_msgs_per_sec`` 1000, ``icmp_msgs_burst`` 50, a message taking 0,
+1 or 2 credits at random so the bucket is no clean oracle for an
+attacker).  Both families share it, as they share the kernel's
+``icmp_global``; it is what keeps a flood from spoofed sources, each one
+new to the per-destination table, from drawing an error apiece.
+
+Differences from the kernel, and why: a destination reached through the
+loopback device (never limited by the kernel) does not arise, as the
+driver delivers nothing to itself through a route; the peer table is
+bounded (:attr:`PeerBuckets.MAX_PEERS`) and forgets full buckets instead
+of the kernel's inet_peer garbage collection; the global bucket's random
+numbers come from a :class:`random.Random` of its own, which tests seed.
 """
 
 from __future__ import annotations
+
+import random
 
 from ipvs.packet import ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED
 
@@ -48,6 +57,51 @@ ICMPV6_ERRMSG_MAX = 127
 #: (``bitmap_set(0, ICMPV6_ERRMSG_MAX + 1)``, then ``bitmap_clear`` of
 #: Packet Too Big, in ``inet6_net_init``).
 ICMPV6_RATEMASK = ((1 << (ICMPV6_ERRMSG_MAX + 1)) - 1) & ~(1 << ICMPV6_PKT_TOOBIG)
+
+
+#: ``net.ipv4.icmp_msgs_per_sec`` and ``net.ipv4.icmp_msgs_burst`` defaults.
+ICMP_MSGS_PER_SEC = 1000
+ICMP_MSGS_BURST = 50
+
+
+class GlobalCredit:
+    """``icmp_global_allow`` (``net/ipv4/icmp.c``, 6.1): the host's one token
+    bucket for the ICMP and ICMPv6 errors it sends, whatever their
+    destination.
+
+    Refilled at ``msgs_per_sec`` by whole credits, never in steps shorter
+    than a fiftieth of a second, up to ``burst``; a message is allowed
+    while any credit is left and then takes 0, 1 or 2 of them (one on
+    average).  ``refused`` counts the messages it stopped (the kernel's
+    ``IcmpMsgRateLimitGlobal`` counter).
+    """
+
+    def __init__(self, hz: int, msgs_per_sec: int = ICMP_MSGS_PER_SEC, burst: int = ICMP_MSGS_BURST,
+                 rng: random.Random | None = None) -> None:
+        self.hz = hz
+        self.msgs_per_sec = msgs_per_sec
+        self.burst = burst
+        self.rng = rng if rng is not None else random.Random()
+        self.credit = burst
+        self.stamp = 0
+        self.refused = 0
+
+    def allow(self, now: int) -> bool:
+        """Whether one more ICMP error may be sent at ``now`` (jiffies)."""
+        incr = 0
+        delta = min(now - self.stamp, self.hz)
+        if delta >= self.hz // 50:
+            incr = self.msgs_per_sec * delta // self.hz
+            if incr:
+                self.stamp = now
+        credit = min(self.credit + incr, self.burst)
+        ok = credit > 0
+        if ok:
+            credit = max(credit - self.rng.randrange(3), 0)
+        else:
+            self.refused += 1
+        self.credit = credit
+        return ok
 
 
 class PeerBuckets:
@@ -114,16 +168,22 @@ class IcmpRateLimit(PeerBuckets):
     """``icmpv4_xrlim_allow``: the IPv4 errors of ``icmp_ratemask`` but
     fragmentation needed, ``icmp_ratelimit`` apart per destination."""
 
-    def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK) -> None:
+    def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK,
+                 global_credit: GlobalCredit | None = None) -> None:
         super().__init__(hz)
         self.cost = msecs_to_jiffies(ratelimit_ms, hz)
         self.mask = ratemask
+        #: The host-wide bucket asked first (``icmpv4_global_allow``); None: none.
+        self.global_credit = global_credit
 
     def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
         """Whether an ICMP message of this type and code may go to ``daddr`` now."""
         if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
                 (icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED):
             return True
+        g = self.global_credit
+        if g is not None and not g.allow(now):
+            return False
         return self.take(daddr, self.cost, now)
 
 
@@ -140,10 +200,13 @@ class Icmp6RateLimit(PeerBuckets):
     (a PMTU exception or a redirect), which PyIPVS never makes.
     """
 
-    def __init__(self, hz: int, ratelimit_ms: int = ICMPV6_RATELIMIT_MS, ratemask: int = ICMPV6_RATEMASK) -> None:
+    def __init__(self, hz: int, ratelimit_ms: int = ICMPV6_RATELIMIT_MS, ratemask: int = ICMPV6_RATEMASK,
+                 global_credit: GlobalCredit | None = None) -> None:
         super().__init__(hz)
         self.time = msecs_to_jiffies(ratelimit_ms, hz)
         self.mask = ratemask
+        #: The host-wide bucket asked first (``icmpv6_global_allow``); None: none.
+        self.global_credit = global_credit
 
     def timeout(self, plen: int) -> int:
         """The timeout ``icmpv6_xrlim_allow`` uses for a route of prefix length ``plen``: "give more bandwidth to
@@ -154,4 +217,7 @@ class Icmp6RateLimit(PeerBuckets):
         """Whether an ICMPv6 message of this type may go to ``daddr``, reached by a route of prefix ``plen``, now."""
         if icmp_type > 255 or not (self.mask >> icmp_type) & 1:  # icmpv6_mask_allow
             return True
+        g = self.global_credit
+        if g is not None and not g.allow(now):
+            return False
         return self.take(daddr, self.timeout(plen), now)

@@ -44,7 +44,9 @@ The ICMPv6 errors the director makes (its own and the core's, but Packet
 Too Big) are rate limited per destination as ``icmpv6_xrlim_allow`` does
 (:class:`ipvs.driver.icmplimit.Icmp6RateLimit`: ``icmpv6_time`` 1000 ms
 shifted by the route's prefix length, burst 6, ``icmpv6_ratemask``
-"0-1,3-127"); the refused ones are counted in ``drop_icmp6_ratelimit``.
+"0-1,3-127"), after the host-wide bucket the IPv4 errors use too
+(``icmpv6_global_allow``); the refused ones are counted in
+``drop_icmp6_ratelimit``.
 
 Differences from the kernel, and why: no router advertisements; a next
 hop that never answers gets its waiting packets answered with address
@@ -134,7 +136,7 @@ class IPv6Path:
             self.routes.append((int.from_bytes(net, "big") & m, m, plen, gp, gwi))
         self.routes.sort(key=lambda r: -r[2])
         self.frags = Reassembler6(drv.hz)
-        self.icmp_limit = Icmp6RateLimit(drv.hz)
+        self.icmp_limit = Icmp6RateLimit(drv.hz, global_credit=drv.icmp_global)
         #: Identification of the fragments this path makes (ipv6_select_ident).
         self.frag_id = 0
         self.vips: set[bytes] = set()

@@ -101,3 +101,49 @@ def test_icmpv6_bucket_is_six_timeouts_deep_for_any_prefix(gaps, plen):
     for g in gaps:
         t += tmo + g
         assert slow.allow(A6, 3, plen, t)
+
+
+@given(st.lists(st.integers(0, HZ // 5), min_size=1, max_size=200), st.integers(0, 2**32))
+def test_global_credit_allows_about_the_rate_plus_the_burst(gaps, seed):
+    """icmp_global_allow: over any span, at most the burst plus the refill
+    (each message takes 0-2 credits, so up to three times that many may
+    pass when the draws are zeros, never more); with nothing but refused
+    messages for a second the bucket is full again."""
+    import random
+
+    from ipvs.driver.icmplimit import GlobalCredit
+
+    g = GlobalCredit(HZ, msgs_per_sec=100, burst=5, rng=random.Random(seed))
+    t, allowed = 0, []
+    for gap in gaps:
+        t += gap
+        if g.allow(t):
+            allowed.append(t)
+    assert allowed, "a full bucket lets the first message through"
+    assert len(allowed) + g.refused == len(gaps)
+    # Credits taken: at least 0 per message, at most 2; credits ever given:
+    # the burst plus 100 a second of the span (whole steps of >= HZ/50).
+    span = allowed[-1] - allowed[0]
+    assert len(allowed) <= 3 * (5 + 100 * span // HZ) + 1
+
+
+def test_global_credit_stops_a_flood_of_new_destinations_and_refills():
+    import random
+
+    from ipvs.driver.icmplimit import GlobalCredit
+
+    g = GlobalCredit(HZ, rng=random.Random(1))
+    lim = IcmpRateLimit(HZ, global_credit=g)
+    lim6 = Icmp6RateLimit(HZ, global_credit=g)
+    # Port unreachables to 10,000 distinct sources in one jiffy: each new
+    # source has a full bucket of its own, so only the global one stops them.
+    # (Each message takes 0-2 of the 50 credits: at least 25 pass.)
+    sent = sum(lim.allow(a, 3, 3, 0) for a in range(10_000))
+    assert 25 <= sent <= 150 and g.refused == 10_000 - sent
+    # The families share the bucket: an IPv6 error is refused now too ...
+    assert not lim6.allow(A6, 1, 64, 0)
+    # ... but Packet Too Big and frag-needed are never limited.
+    assert lim6.allow(A6, 2, 64, 0) and lim.allow(1, 3, 4, 0)
+    # After a second the bucket holds its burst again (1000/s, capped at 50).
+    sent = sum(lim.allow(20_000 + a, 3, 3, HZ) for a in range(1_000))
+    assert 25 <= sent <= 150
