@@ -66,14 +66,15 @@ def print_jit_traces_too_long() -> None:
         print(f"jit_traces_too_long {len(_TOO_LONG)} traces ({names})", flush=True)
 
 
-def rss_bytes() -> int:
-    """This process's resident set size (``VmRSS``): the one memory figure
-    that means the same on both runtimes (PyPy has no tracemalloc)."""
-    with open("/proc/self/status") as f:
+def rss_bytes(pid: int | str = "self") -> int:
+    """The resident set size (``VmRSS``) of this process or of ``pid``: the
+    one memory figure that means the same on both runtimes (PyPy has no
+    tracemalloc).  OSError when the process is gone."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def parse_figures(text: str) -> dict[str, tuple[float, str]]:

@@ -48,7 +48,7 @@ from ipvs.client import Client  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from _runtime import print_runtime, start_daemon, stop_daemon  # noqa: E402
+from _runtime import print_runtime, rss_bytes, start_daemon, stop_daemon  # noqa: E402
 from _venv import daemon_runtime  # noqa: E402
 
 
@@ -60,14 +60,6 @@ def rules(services: int, dests: int) -> str:
         for k in range(dests):
             out.append(f"-a -t {vip} -r 172.16.{k // 250}.{2 + k % 250}:80 -m -w {1 + k}")
     return "\n".join(out) + "\n"
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Recorder:
@@ -161,7 +153,7 @@ def main() -> None:
             if len(reply["text"].splitlines()) != nlines + 3:
                 raise SystemExit("GET_PROC ip_vs has the wrong number of lines")
             print(f"proc_ip_vs_s {dt:.3f} s")
-            print(f"daemon_rss_mib {rss_mib(daemon.pid):.1f} MiB")
+            print(f"daemon_rss_mib {rss_bytes(daemon.pid) / 2**20:.1f} MiB")
         finally:
             stop_daemon(daemon)
 

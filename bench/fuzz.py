@@ -44,6 +44,9 @@ from ipvs.netlink import LocalTransport  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
 from ipvs.packet import ip_send_check  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _runtime import rss_bytes  # noqa: E402
+
 VIP = bytes([203, 0, 113, 5])
 CLIENT = bytes([198, 51, 100, 2])
 RS = (bytes([172, 16, 0, 2]), bytes([172, 16, 0, 3]))
@@ -51,12 +54,6 @@ VIP6 = bytes.fromhex("20010db8000000050000000000000005")
 CLIENT6 = bytes.fromhex("20010db8000000010000000000000002")
 RS6 = (bytes.fromhex("20010db8000000020000000000000002"), bytes.fromhex("20010db8000000020000000000000003"))
 HZ = 250
-
-
-def rss_kib() -> int:
-    """Resident memory of this process (KiB), from /proc (tracemalloc is not on PyPy)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:
@@ -188,7 +185,7 @@ def fuzz_packets(n: int, seed: int) -> dict:
     errors = 0
     now = 1000
     gc.collect()
-    before = rss_kib()
+    before = rss_bytes() // 1024
     t0 = time.perf_counter()
     for i in range(n):
         frame = bytearray(mutate(rng, rng.choice(seeds), seeds) if i % 8 else rng.choice(seeds))
@@ -206,7 +203,7 @@ def fuzz_packets(n: int, seed: int) -> dict:
     for step in range(0, 3600 * HZ, HZ):  # let every entry time out
         d.run_timers(now + step)
     gc.collect()
-    return {"inputs": n, "per_s": n / elapsed, "errors": errors, "rss_before": before, "rss_after": rss_kib(),
+    return {"inputs": n, "per_s": n / elapsed, "errors": errors, "rss_before": before, "rss_after": rss_bytes() // 1024,
             "conns_peak": conns, "conns_left": len(d.ipvs.conn_tab)}
 
 
@@ -249,7 +246,7 @@ def fuzz_control(n: int, seed: int, path: str) -> dict:
     seeds = control_seeds()
     errors = 0
     gc.collect()
-    before = rss_kib()
+    before = rss_bytes() // 1024
     t0 = time.perf_counter()
     try:
         for i in range(n):
@@ -279,7 +276,7 @@ def fuzz_control(n: int, seed: int, path: str) -> dict:
         server.close()
     elapsed = time.perf_counter() - t0
     gc.collect()
-    return {"inputs": n, "per_s": n / elapsed, "errors": errors, "rss_before": before, "rss_after": rss_kib()}
+    return {"inputs": n, "per_s": n / elapsed, "errors": errors, "rss_before": before, "rss_after": rss_bytes() // 1024}
 
 
 # -------------------------------------------------------------------- rules
@@ -301,7 +298,7 @@ def fuzz_rules(n: int, seed: int) -> dict:
     seeds = [RULES_SEED.encode(), b"-A -t 203.0.113.5:80\n", b"-a -t 203.0.113.5:80 -r 172.16.0.9 -x 5 -y 2\n"]
     errors = 0
     gc.collect()
-    before = rss_kib()
+    before = rss_bytes() // 1024
     t0 = time.perf_counter()
     for i in range(n):
         data = mutate(rng, rng.choice(seeds), seeds) if i % 4 else rng.choice(seeds)
@@ -323,7 +320,7 @@ def fuzz_rules(n: int, seed: int) -> dict:
                 print(f"# rules {i}: {type(e).__name__}: {e}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
     gc.collect()
-    return {"inputs": n, "per_s": n / elapsed, "errors": errors, "rss_before": before, "rss_after": rss_kib()}
+    return {"inputs": n, "per_s": n / elapsed, "errors": errors, "rss_before": before, "rss_after": rss_bytes() // 1024}
 
 
 def report(name: str, r: dict) -> None:

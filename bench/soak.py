@@ -49,6 +49,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import ipvs_harness.lab as lab  # noqa: E402 - after the path
 
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from _runtime import rss_bytes  # noqa: E402
+
 #: The longest timeout the load's entries can be left in (TIME_WAIT, fixed).
 LONGEST_TIMEOUT_S = 120
 
@@ -148,14 +151,11 @@ def conn_entries() -> int:
 
 
 def rss_mib(pid: int) -> float:
+    """ipvsd's resident memory, or -1 once it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+        return rss_bytes(pid) / 2**20
     except OSError:
-        pass
-    return -1.0
+        return -1.0
 
 
 def open_fds(pid: int) -> int:
