@@ -252,7 +252,7 @@ def established(seconds: float, batch: int) -> float:
     run_batches(drv, outer, syn, batch, 1000)
     back = []
     for i in range(conns):
-        cp = d.ipvs.conn_tab.in_table[b"\x06" + A(CLIENT) + A(VIP) + struct.pack("!HH", 10000 + i, 80)]
+        cp = d.ipvs.conn_tab.in_find(b"\x06" + A(CLIENT) + A(VIP) + struct.pack("!HH", 10000 + i, 80))
         rs = str(ipaddress.IPv4Address(cp.daddr))
         back.append(tcp(rs, cp.dport, CLIENT, 10000 + i, 0x10, b"x" * 200, MAC_IN,
                         MAC_RS[RS.index(rs)]))
@@ -304,7 +304,7 @@ def short_conns(seconds: float, batch: int, curve: list[tuple[float, int]] | Non
                              batch, now)
         peers = []
         for s in sports:
-            cp = d.ipvs.conn_tab.in_table[b"\x06" + A(CLIENT) + A(VIP) + struct.pack("!HH", s, 80)]
+            cp = d.ipvs.conn_tab.in_find(b"\x06" + A(CLIENT) + A(VIP) + struct.pack("!HH", s, 80))
             rs = str(ipaddress.IPv4Address(cp.daddr))
             peers.append((s, rs, cp.dport, MAC_RS[RS.index(rs)]))
         steps = [

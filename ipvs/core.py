@@ -183,7 +183,7 @@ class Director:
         else:
             key = _PFX[proto] + buf[l3 + 12 : l3 + 20] + buf[l4 : l4 + 4]
         # ip_vs_out first: is this a reply of a connection?
-        cp = ipvs.conn_tab.out_table.get(key)
+        cp = ipvs.conn_tab.out_find(key)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return self._direct_response(cp, pd, buf, h, now)
@@ -226,7 +226,7 @@ class Director:
             ipvs.drops[Drop.BAD_L4] += 1
             return NF_DROP
         key = _PFX[proto] + buf[h.saddr : h.saddr + 32] + buf[l4 : l4 + 4]
-        cp = ipvs.conn_tab.out_table.get(key)
+        cp = ipvs.conn_tab.out_find(key)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 return self._direct_response(cp, pd, buf, h, now)
@@ -294,10 +294,10 @@ class Director:
         """``ip_vs_in``: a packet towards a virtual service."""
         ipvs = self.ipvs
         tab = ipvs.conn_tab
-        cp = tab.in_table.get(key)
+        cp = tab.in_find(key)
         if cp is None and tab.no_cport_count:
             # An expected connection (FTP data) whose client port is not known yet.
-            cp = tab.in_table.get(key[:-4] + b"\0\0" + key[-2:])
+            cp = tab.in_find(key[:-4] + b"\0\0" + key[-2:])
             if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
                 cp = None
         pp = pd.pp
@@ -755,7 +755,7 @@ class Director:
         qkey = _PFX[q.protocol] + buf[q.daddr : q.daddr + 4] + buf[q.saddr : q.saddr + 4]
         qkey += buf[q.l4 + 2 : q.l4 + 4] + buf[q.l4 : q.l4 + 2]
         tab = ipvs.conn_tab
-        cp = tab.out_table.get(qkey)
+        cp = tab.out_find(qkey)
         if cp is not None:
             # An error from the real server about a packet it received.
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
@@ -780,7 +780,7 @@ class Director:
             # handle_response_icmp ends with __ip_vs_conn_put: the timer is
             # not restarted by an error.
             return NF_STOLEN
-        cp = tab.in_table.get(qkey)
+        cp = tab.in_find(qkey)
         if cp is None:
             return NF_ACCEPT
         if icmp_checksum(buf, h.l4, h.end) != ((buf[h.l4 + 2] << 8) | buf[h.l4 + 3]):
@@ -837,7 +837,7 @@ class Director:
         qkey = _PFX[q.protocol] + buf[q.daddr : q.daddr + 16] + buf[q.saddr : q.saddr + 16]
         qkey += buf[q.l4 + 2 : q.l4 + 4] + buf[q.l4 : q.l4 + 2]
         tab = ipvs.conn_tab
-        cp = tab.out_table.get(qkey)
+        cp = tab.out_find(qkey)
         if cp is not None:
             if cp.flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_MASQ:
                 # handle_response_icmp of a DR/TUN connection: counted only,
@@ -859,7 +859,7 @@ class Director:
             if self.trace is not None:
                 self.trace(f"icmp6-out {self._conn_text(cp)} type {buf[h.l4]} rewritten")
             return NF_STOLEN
-        cp = tab.in_table.get(qkey)
+        cp = tab.in_find(qkey)
         if cp is None:
             return NF_ACCEPT
         self._in_stats(cp, h.end - h.l3)

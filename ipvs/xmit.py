@@ -194,7 +194,7 @@ def dnat_handler(buf: bytearray, h: IPHeader, pp: IPVSProtocol, cp: Connection, 
     """``tcp_dnat_handler`` / ``udp_dnat_handler``: the destination port
     becomes the real server's and the checksum follows (its pseudo-header
     part included, as the kernel's update takes the addresses from ``cp``)."""
-    put_port(buf, h.l4 + 2, cp.out_key[-4:-2])  # out_key: proto | daddr | caddr | dport | cport
+    put_u16(buf, h.l4 + 2, cp.dport)
     _l4_csum_update(buf, h, pp, cp.nat_delta, partial, mangled)
 
 
@@ -226,7 +226,7 @@ def nat_xmit(
     # The kernel's order is the other way round (dnat_handler, then the
     # header); here the header first, so a full L4 recompute reads the
     # new destination address.
-    _ip_nat(buf, l3, h.daddr, cp.out_key[1:5], cp.nat_delta >> 16)
+    _ip_nat(buf, l3, h.daddr, cp.daddr, cp.nat_delta >> 16)
     dnat_handler(buf, h, pp, cp, partial, app_ret == 2)
     return NF_STOLEN
 
@@ -351,7 +351,7 @@ def nat_xmit_v6(
         return NF_DROP
     if not mtu_ok_v6(ipvs, buf, h, mtu, cp.vaddr):
         return NF_DROP
-    put_addr6(buf, h.daddr, cp.out_key[1:17])
+    put_addr6(buf, h.daddr, cp.daddr)
     if not h.fragoffs:
         dnat_handler(buf, h, pp, cp, partial, app_ret == 2)
     return NF_STOLEN

@@ -91,7 +91,7 @@ def test_each_flow_reaches_the_kernels_server(run):
         pytest.skip("VS/DR: the frames to the real servers say only the VIP at L3 "
                     "(test_differential compares the servers chosen, order.txt)")
     conns = {(c.caddr, c.cport): c.daddr + c.dport.to_bytes(2, "big")
-             for c in d.ipvs.conn_tab.in_table.values()}
+             for c in d.ipvs.conn_tab.table.values()}
     assert kernel and all(conns.get(f) == rs for f, rs in kernel.items())
 
 
@@ -106,7 +106,7 @@ def test_connection_states_equal_kernel(run):
                 want[parts[3]] = parts[2]
     names = {6: d.ipvs.proto_data[6].state_names, 17: d.ipvs.proto_data[17].state_names}
     got = {f"{ipaddress.ip_address(c.caddr)}:{c.cport}": names[c.protocol][c.state]
-           for c in d.ipvs.conn_tab.in_table.values()}
+           for c in d.ipvs.conn_tab.table.values()}
     assert got and all(want[k] == v for k, v in got.items() if k in want)
 
 
