@@ -176,8 +176,9 @@ class Director:
         if not pp.header_ok(buf, l4, h.end):
             ipvs.drops[Drop.BAD_L4] += 1
             return NF_DROP
-        # The header slice saddr|daddr|sport|dport is the key of both tables
-        # (one slice when no IP options sit between the addresses and ports).
+        # The header slice saddr|daddr|sport|dport (one slice when no IP
+        # options sit between the addresses and ports) is the key of both
+        # lookups: a reply's out key, a request's in key.
         if l4 == l3 + 20:
             key = _PFX[proto] + buf[l3 + 12 : l3 + 24]
         else:
