@@ -128,6 +128,17 @@ def out_key(protocol: int, daddr: bytes, caddr: bytes, dport: int, cport: int) -
     return bytes((protocol,)) + daddr + caddr + port_bytes(dport) + port_bytes(cport)
 
 
+def out_lookup_key(cp: Connection) -> bytes:
+    """The out key of the replies that belong to ``cp`` (:func:`out_matches`
+    as one key): from ``daddr:dport`` for NAT, from ``vaddr:vport`` for the
+    other methods."""
+    if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
+        return out_key(cp.protocol, cp.daddr, cp.caddr, cp.dport, cp.cport)
+    k = cp.in_key
+    n = (len(k) - 5) >> 1
+    return k[:1] + k[1 + n : 1 + 2 * n] + k[1 : 1 + n] + k[-2:] + k[-4:-2]
+
+
 def out_matches(cp: Connection, key: bytes) -> bool:
     """Whether the reply of out key ``key`` (whose client half matched
     ``cp``'s) belongs to ``cp``: it comes from the real server's
@@ -390,8 +401,14 @@ class ConnTable:
     # NAT checksum deltas by (vaddr, daddr, vport, dport): one int object
     # shared by every connection with the same rewrite.
     deltas: dict = attrs.field(factory=dict)
-    # Older connections whose key a newer one took: (table tag, key) -> [conns].
+    # Older templates whose key a newer one took: ("tmpl", key) -> [templates].
     shadowed: dict = attrs.field(factory=dict)
+    # Older connections whose client key a newer one took: client key ->
+    # {conn: the out key it is filed under}, oldest first; and the same
+    # connections by their in key and by that out key, [conns] oldest first.
+    older: dict = attrs.field(factory=dict)
+    older_in: dict = attrs.field(factory=dict)
+    older_out: dict = attrs.field(factory=dict)
     on_expire: Callable[[Connection], None] | None = None
 
     # ---------------------------------------------------------------- sizes
@@ -407,6 +424,8 @@ class ConnTable:
     def all(self) -> list[Connection]:
         """Every hashed connection and template (order is not meaningful)."""
         out = list(self.table.values()) + list(self.templates.values())
+        for older in self.older.values():
+            out.extend(older)
         for older in self.shadowed.values():
             out.extend(older)
         return out
@@ -420,9 +439,17 @@ class ConnTable:
     # entry's tuple makes a new connection while the old one still waits
     # for its timer, and invalidated templates all carry vport 0xFFFF.
     # The kernel inserts at the head, so lookups find the newest; the
-    # older ones live on until they expire.  Here the older ones wait in
-    # ``shadowed`` (walked only when the newest does not match) and move
-    # back into the dict when the newer one goes.
+    # older ones live on until they expire.  Here the older ones wait
+    # aside (``older``, ``shadowed``) and move back into the dict when the
+    # newer one goes.
+    #
+    # The kernel walks its chain and compares.  Here a lookup that misses
+    # the newest connection of a client key finds the older ones by their
+    # own in key or out key (``older_in``, ``older_out``): one client
+    # address and port may open a connection to every port of a port-0 or
+    # fwmark service, and a walk of tens of thousands of them on every
+    # packet would stall the data path.  (Templates are few per key: their
+    # walk stays.)
 
     def _put(self, tag: str, table: dict, key: bytes | tuple, cp: Connection) -> None:
         old = table.get(key)
@@ -454,12 +481,37 @@ class ConnTable:
         p = ConnParam(cp.af, cp.protocol, cp.caddr, cp.cport, b"", 0, pe, ext.pe_data)
         return (pe.name, cp.in_key[: 1 + cp.alen], pe.hashkey_raw(p))
 
+    def _set_aside(self, ck: bytes, cp: Connection) -> None:
+        """File ``cp`` among the older connections of client key ``ck``."""
+        okey = out_lookup_key(cp)
+        self.older.setdefault(ck, {})[cp] = okey
+        self.older_in.setdefault(cp.in_key, []).append(cp)
+        self.older_out.setdefault(okey, []).append(cp)
+
+    def _take_back(self, ck: bytes, cp: Connection) -> None:
+        """Remove ``cp`` from the older connections of client key ``ck``."""
+        aside = self.older[ck]
+        # (The out key it was filed under: a method or real server that
+        # changed meanwhile must not lose it.)
+        okey = aside.pop(cp)
+        if not aside:
+            del self.older[ck]
+        for index, key in ((self.older_in, cp.in_key), (self.older_out, okey)):
+            same = index[key]
+            same.remove(cp)  # (a list of connections with one key: a reused tuple's few)
+            if not same:
+                del index[key]
+
     def hash(self, cp: Connection) -> None:
         """``ip_vs_conn_hash``: file ``cp`` under its keys (at the head)."""
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
             self._put("tmpl", self.templates, self._tmpl_key(cp), cp)
         else:
-            self._put("conn", self.table, hashkey(cp), cp)
+            ck = hashkey(cp)
+            old = self.table.get(ck)
+            if old is not None and old is not cp:
+                self._set_aside(ck, old)
+            self.table[ck] = cp
         cp.flags |= IP_VS_CONN_F_HASHED
 
     def unhash(self, cp: Connection) -> None:
@@ -469,7 +521,17 @@ class ConnTable:
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
             self._drop("tmpl", self.templates, self._tmpl_key(cp), cp)
         else:
-            self._drop("conn", self.table, hashkey(cp), cp)
+            ck = hashkey(cp)
+            aside = self.older.get(ck)
+            if self.table.get(ck) is cp:
+                if aside:
+                    newest = next(reversed(aside))
+                    self._take_back(ck, newest)
+                    self.table[ck] = newest
+                else:
+                    del self.table[ck]
+            elif aside and cp in aside:
+                self._take_back(ck, cp)
         cp.flags &= ~IP_VS_CONN_F_HASHED
 
     # -------------------------------------------------------------- lookups
@@ -481,10 +543,8 @@ class ConnTable:
         cp = self.table.get(ck)
         if cp is None or cp.in_key == key:
             return cp
-        for older in reversed(self.shadowed.get(("conn", ck), ())):
-            if older.in_key == key:
-                return older
-        return None
+        same = self.older_in.get(key)
+        return same[-1] if same else None
 
     def out_find(self, key: bytes) -> Connection | None:
         """``ip_vs_conn_out_get`` by the out key of a reply (:func:`out_key`):
@@ -495,10 +555,8 @@ class ConnTable:
         cp = self.table.get(ck)
         if cp is None or out_matches(cp, key):
             return cp
-        for older in reversed(self.shadowed.get(("conn", ck), ())):
-            if out_matches(older, key):
-                return older
-        return None
+        same = self.older_out.get(key)
+        return same[-1] if same else None
 
     def in_get(self, protocol: int, saddr: bytes, daddr: bytes, sport: int, dport: int) -> Connection | None:
         """``ip_vs_conn_in_get`` with the NO_CPORT retry."""

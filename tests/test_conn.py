@@ -3,6 +3,8 @@ NO_CPORT, templates, dest binding with the OVERLOAD rules (digest 5.15),
 the timer wheel and the table bound."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ipvs.conn import CONN_NEW_TIMEOUT_S, Connection, ConnTable
 from ipvs.ip_vs import ConnParam, Dest, Sysctls
@@ -52,6 +54,55 @@ def test_in_and_out_lookups():
     tab.unhash(cp)  # a second unhash is harmless
     tab.hash(cp)
     assert tab.in_get(6, CLI, VIP, 1000, 80) is cp
+
+
+def test_one_client_port_to_many_service_ports_all_found_and_all_removed():
+    """A client address and port may open a connection to every port of a
+    port-0 service: all of them share one client key (the kernel's hash
+    chain).  Each is found by its own in key and reply key, whatever the
+    order they go in, and nothing is left once they have all gone."""
+    import random
+
+    tab = ConnTable(HZ)
+    conns = [tab.new(ConnParam(2, 6, CLI, 1000, VIP, port), RS, port, 0, None) for port in range(1, 2001)]
+    assert len(tab.table) == 1
+    for cp in conns[::97]:
+        assert tab.in_get(6, CLI, VIP, 1000, cp.vport) is cp
+        assert tab.out_get(6, RS, CLI, cp.dport, 1000) is cp
+    rng = random.Random(5)
+    rng.shuffle(conns)
+    for i, cp in enumerate(conns):
+        tab.unhash(cp)
+        assert tab.in_get(6, CLI, VIP, 1000, cp.vport) is None
+        for other in conns[i + 1 : i + 3]:
+            assert tab.in_get(6, CLI, VIP, 1000, other.vport) is other
+            assert tab.out_get(6, RS, CLI, other.dport, 1000) is other
+    assert (tab.table, tab.older, tab.older_in, tab.older_out) == ({}, {}, {}, {})
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5), st.integers(0, 3)), max_size=60))
+def test_lookups_find_the_newest_hashed_connection_of_their_keys(ops):
+    """Hashing and unhashing connections that share a client key, some with
+    the same addresses (a reused tuple): a lookup finds the most recently
+    hashed connection still hashed with its in key (its reply key), as the
+    kernel's chain, filled at the head, does."""
+    tab = ConnTable(HZ)
+    live = []  # hashed connections, oldest first
+    pool = []
+    for add, vport, pick in ops:
+        if add or not live:
+            cp = Connection(2, 6, CLI, 1000, VIP, 80 + vport, RS, 8000 + vport)
+            pool.append(cp)
+            tab.hash(cp)
+            live.append(cp)
+        else:
+            cp = live.pop(pick % len(live))
+            tab.unhash(cp)
+        for v in range(6):
+            want = [c for c in live if c.vport == 80 + v]
+            assert tab.in_get(6, CLI, VIP, 1000, 80 + v) is (want[-1] if want else None)
+            assert tab.out_get(6, RS, CLI, 8000 + v, 1000) is (want[-1] if want else None)
+        assert sorted(map(id, tab.all())) == sorted(map(id, live))
 
 
 def test_ipv6_keys_carry_the_family():
