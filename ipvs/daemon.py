@@ -1726,11 +1726,14 @@ def build_parser(driver_mod=None):
 RUNTIMES = ("auto", "pypy", "cpython")
 #: The environment ipvsd's PyPy starts with, unless the caller set it:
 #:
-#: * a 4 MB young generation.  With PyPy's default, sized from the L2
-#:   cache, every 64 KB GSO super-frame copied out of its RX slot is a
-#:   "large" object allocated outside the nursery, and bulk traffic ran at
-#:   half the rate (``bench/driver.py``'s bulk figure: 26 against 60 Gbit/s
-#:   of driver time; short connections gained too);
+#: * a 4 MB young generation.  Chosen when every 64 KB GSO super-frame
+#:   was copied out of its RX slot into a new object, "large" for PyPy's
+#:   default nursery (sized from the L2 cache), and bulk ran at half the
+#:   rate.  Measured again after the driver came to reuse one receive
+#:   buffer (December 2026, 3 and 5 interleaved runs): bulk and the
+#:   driver's short connections no longer depend on it, but new
+#:   connections in ``bench/core.py`` do, with fewer minor collections
+#:   for the objects a connection leaves (1003k/s against 771k/s, median);
 #: * glibc's mmap threshold fixed at 1 MiB.  The connection table's dicts
 #:   grow by moving to larger arrays (tens of MB at a million connections),
 #:   and by default glibc raises its threshold to the size of the first
