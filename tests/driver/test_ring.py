@@ -64,6 +64,14 @@ def kernel_fill(r, frame: bytes, status: int = R.TP_STATUS_USER, snaplen: int | 
     struct.pack_into("=IIIHH", r.mm, off, status, n, n if snaplen is None else snaplen, mac, mac + 14)
 
 
+def as_sent(frame: bytes) -> bytes:
+    """``frame`` as queue() leaves it in a TX slot: one of up to LINEAR_MAX bytes
+    with its vnet header's ``hdr_len`` set to the frame after that header."""
+    if len(frame) > R.LINEAR_MAX:
+        return bytes(frame)
+    return bytes(frame[:2]) + struct.pack("=H", len(frame) - R.VNET_HDR_LEN) + bytes(frame[4:])
+
+
 def tx_slot(r, i: int) -> tuple[int, bytes]:
     off = r.tx_slots[i]
     status, n, snap = struct.unpack_from("=III", r.mm, off)
@@ -117,7 +125,7 @@ def test_small_frames_fill_slots_and_go_out_every_tx_batch():
         assert r.queue(f, len(f))
     assert log == [("ring", b"")]  # the third frame triggered the send
     assert r.queue(frames[3], len(frames[3]))
-    assert [tx_slot(r, i) for i in range(4)] == [(R.TP_STATUS_SEND_REQUEST, bytes(f)) for f in frames]
+    assert [tx_slot(r, i) for i in range(4)] == [(R.TP_STATUS_SEND_REQUEST, as_sent(f)) for f in frames]
     r.flush()
     assert log == [("ring", b""), ("ring", b"")]
     assert r.stats.tx_frames == 4 and r.stats.tx_direct == 0
@@ -127,7 +135,29 @@ def test_queue_copies_only_the_first_n_bytes():
     r, _ = mem_ring()
     buf = bytearray(b"a" * 100 + b"tail")
     assert r.queue(buf, 100)
-    assert tx_slot(r, 0)[1] == b"a" * 100
+    assert tx_slot(r, 0)[1] == as_sent(b"a" * 100)
+    assert buf == b"a" * 100 + b"tail"  # the caller's buffer is left as it was
+
+
+@pytest.mark.parametrize("n", [14 + R.VNET_HDR_LEN, 1514 + R.VNET_HDR_LEN, R.LINEAR_MAX])
+def test_a_small_frame_asks_for_a_linear_skb(n):
+    """hdr_len = the whole frame: tpacket_snd copies it into the skb's head
+    instead of mapping ring pages that veth would copy again."""
+    r, _ = mem_ring()
+    frame = bytearray(b"\x01\x00" + struct.pack("=H", 54) + bytes(range(6)) + b"f" * (n - R.VNET_HDR_LEN))
+    assert r.queue(frame, n)
+    status, got = tx_slot(r, 0)
+    assert struct.unpack_from("=H", got, 2)[0] == n - R.VNET_HDR_LEN
+    assert got[:2] + got[4:] == frame[:2] + frame[4:]  # flags, GSO fields and the frame untouched
+    assert struct.unpack_from("=H", frame, 2)[0] == 54
+
+
+def test_a_larger_ring_frame_keeps_its_hdr_len():
+    r, _ = mem_ring()
+    n = R.LINEAR_MAX + 1
+    frame = bytearray(b"\x01\x01" + struct.pack("=H", 66) + bytes(6) + b"g" * (n - R.VNET_HDR_LEN))
+    assert r.queue(frame, n)
+    assert tx_slot(r, 0)[1] == bytes(frame)
 
 
 def test_a_super_frame_leaves_through_the_direct_socket_after_what_was_queued():
@@ -203,7 +233,7 @@ def test_frames_leave_in_queue_order(sizes):
     for f in frames:
         assert r.queue(f, len(f))
     r.flush()
-    assert sent == [bytes(f) for f in frames]
+    assert sent == [as_sent(f) for f in frames]
 
 
 @pytest.mark.parametrize("n", [R.DIRECT_MIN - 1, R.DIRECT_MIN])
