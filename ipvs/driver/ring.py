@@ -326,7 +326,11 @@ class RingSocket:
             else:
                 del buf[full:]
         try:
-            n = self.sock.recv_into(buf, min(length, MAX_FRAME) + VNET_HDR_LEN, socket.MSG_DONTWAIT)
+            # Into a memoryview of it: given the bytearray itself, PyPy
+            # receives into a buffer of its own and copies that over (1.4 of
+            # 5.4 us for 64 KB).  Released before the buffer is cut below.
+            with memoryview(buf) as view:
+                n = self.sock.recv_into(view, min(length, MAX_FRAME) + VNET_HDR_LEN, socket.MSG_DONTWAIT)
         except OSError:
             return None  # not queued (the receive buffer was full): counted as truncated
         self.stats.rx_copied += 1
@@ -392,7 +396,10 @@ class RingSocket:
             return False
         self.flush()
         try:
-            direct.send(buf if n == len(buf) else memoryview(buf)[:n], socket.MSG_DONTWAIT)
+            # From a memoryview: given the bytearray itself, PyPy copies it
+            # first (2.4 of 8.7 us for 64 KB).
+            with memoryview(buf) as view:
+                direct.send(view if n == len(buf) else view[:n], socket.MSG_DONTWAIT)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.ENOBUFS):
                 self.stats.tx_ring_full += 1

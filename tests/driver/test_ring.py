@@ -353,3 +353,33 @@ def test_kept_copies_only_a_lent_buffer():
     assert R.kept(own) is own
     k = R.kept(lent)
     assert k == lent and k is not lent and type(k) is bytearray
+
+
+def test_large_frames_reach_the_sockets_as_memoryviews():
+    """recv_into and the direct send get a memoryview of the frame, never
+    the bytearray itself (PyPy copies a bytearray once more), and the
+    view is released, so that the buffer can be cut to the next frame."""
+    r, log = mem_ring()
+    types = []
+
+    class Spy(QueueSock):
+        def recv_into(self, buf, n, flags=0) -> int:
+            types.append(type(buf))
+            return super().recv_into(buf, n, flags)
+
+        def send(self, data, flags=0) -> int:
+            types.append(type(data))
+            return len(data)
+
+    r.sock = Spy([])
+    frames = [b"\0" * 10 + bytes([k]) * (60000 - k * 1000) for k in range(3)]
+    for i, f in enumerate(frames):
+        _copied(r, f, i)
+    got = []
+    r.rx(lambda b: got.append(bytes(b)), 16)  # CPython raises BufferError if a view were kept
+    assert got == frames
+    r.direct = Spy([])
+    big = bytearray(b"d" * 30000)
+    assert r.queue(big, 20000)
+    assert types == [memoryview] * 4
+    del big[10:]  # the sent frame's view is released too
