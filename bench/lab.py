@@ -2,7 +2,7 @@
 
     sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf]
                               [--paths route,nft,haproxy,pyipvs,pyipvs-cpython] [--warm-seconds S]
-                              [--variant NAME="IPVSD OPTIONS"]...
+                              [--variant NAME="IPVSD OPTIONS"]... [--iperf-bitrate RATE]
 
 Builds the lab (``tools/ipvs-lab up --no-rules``, in namespaces named
 ``ipvsb-*`` so that lab tests may run meanwhile, or ``$IPVS_LAB_PREFIX-*``
@@ -46,7 +46,9 @@ gigabytes the load moved): ``cpu_us_per_conn``, ``cpu_us_per_req``,
 ``cpu_ms_per_gb``; and from its counters the loop's wake-ups
 (``loop.turns``) per unit and the frames received per wake-up.  On a
 2-core machine shared with the load generator and the servers, that CPU
-is what the other paths leave to them.  Everything is removed at the end, even
+is what the other paths leave to them.  ``--iperf-bitrate`` (iperf3's
+``-b``, e.g. ``2G``) caps the bulk load, so that every path moves the same
+data and ``cpu_ms_per_gb`` compares them at equal work on a busy machine.  Everything is removed at the end, even
 on failure.
 """
 
@@ -266,11 +268,11 @@ class Bench:
             counters = {}
         return cpu, counters
 
-    def account(self, load: str, before: tuple[float, dict[str, int]] | None) -> None:
-        """Record what the load just run cost ipvsd per unit (see the docstring's figures)."""
+    def account(self, load: str, before: tuple[float, dict[str, int]] | None) -> dict[str, float]:
+        """Record what the load just run cost ipvsd per unit (see the docstring's figures) and return it."""
         after = self.probe()
         if before is None or after is None or self.units <= 0:
-            return
+            return {}
         name, scale = {"ab": ("cpu_us_per_conn", 1e6), "wrk": ("cpu_us_per_req", 1e6),
                        "iperf": ("cpu_ms_per_gb", 1e3)}[load]
         units = self.units / 1e9 if load == "iperf" else self.units
@@ -285,6 +287,7 @@ class Bench:
                    "frames_per_wakeup": frames / turns if turns else 0.0}
         for fig, v in figures.items():
             self.cost.setdefault((self.current, load, fig), []).append(v)
+        return figures
 
     # -- loads
 
@@ -317,7 +320,8 @@ class Bench:
         return float(m.group(1)) if m else 0.0
 
     def iperf(self, target: str) -> float:
-        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), "-J", check=False,
+        cap = ["-b", self.args.iperf_bitrate] if self.args.iperf_bitrate else []
+        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), *cap, "-J", check=False,
                          timeout=self.args.seconds + 60)
         self.units = 0.0
         try:
@@ -339,6 +343,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warm-seconds", type=int, default=3,
                    help="warm-up before each path's measured loads, and the length of the warm load's curve")
     p.add_argument("--only", default="ab,wrk,iperf")
+    p.add_argument("--iperf-bitrate", metavar="RATE", help="iperf3 -b: a capped bulk load (e.g. 2G)")
     p.add_argument("--paths", default=",".join(PATHS))
     p.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
                    help="also measure ipvsd with extra options, as path pyipvs-NAME (repeatable)")
@@ -351,6 +356,8 @@ def main(argv: list[str]) -> int:
     args.seconds = max(1, min(args.seconds, 30))
     args.warm_seconds = max(1, min(args.warm_seconds, 30))
     args.ab_requests = max(100, min(args.ab_requests, 50000))
+    if args.iperf_bitrate and not re.fullmatch(r"\d+(\.\d+)?[KMG]?", args.iperf_bitrate):
+        raise SystemExit(f"--iperf-bitrate: {args.iperf_bitrate!r} is not an iperf3 rate such as 2G or 500M")
     if os.geteuid() != 0:
         raise SystemExit("bench/lab.py needs root (network namespaces)")
     for tool in ("ab", "wrk", "iperf3", "haproxy", "nft"):
@@ -384,9 +391,10 @@ def main(argv: list[str]) -> int:
                 for load in loads:
                     before = b.probe()
                     v = getattr(b, LOADS[load][1])(target)
-                    b.account(load, before)
+                    cost = b.account(load, before)
                     results.setdefault((path, load), []).append(v)
-                    print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}", file=sys.stderr, flush=True)
+                    print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}"
+                          + "".join(f" {k}={x:.2f}" for k, x in cost.items()), file=sys.stderr, flush=True)
         b.leave()
     finally:
         b.leave()

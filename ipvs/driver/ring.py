@@ -55,8 +55,10 @@ from __future__ import annotations
 import errno
 import logging
 import mmap
+import os
 import socket
 import struct
+import sys
 
 import attrs
 
@@ -118,6 +120,43 @@ _U16 = struct.Struct("=H")
 VNET_HDR_LEN_AT = 2
 _TREQ = struct.Struct("=IIII")  # block_size, block_nr, frame_size, frame_nr
 _STATS = struct.Struct("=II")  # tp_packets, tp_drops
+
+
+def _libc_send():
+    """``send(fd, buf, n, flags)``: libc's send(2) on a pointer into ``buf``
+    itself, through cffi, on PyPy (which ships cffi); None elsewhere.
+
+    PyPy's ``socket.send`` copies a bytearray (or a memoryview of one) into
+    a string of its own before the system call: for a 64 KB GSO frame
+    (socketpair, PyPy 7.3.11) 6.7 us against 4.4 us this way, and perf of
+    ipvsd under iperf3 showed that copy loop at 9% of its samples.
+    CPython's ``send`` uses the buffer in place (and has no cffi here).
+    """
+    if sys.implementation.name != "pypy":
+        return None
+    try:
+        import cffi
+    except ImportError:
+        return None
+    ffi = cffi.FFI()
+    ffi.cdef("ssize_t send(int, const void *, size_t, int);")
+    libc = ffi.dlopen(None)
+
+    def send(fd: int, buf: bytearray, n: int, flags: int) -> int:
+        """Send ``buf[:n]`` on descriptor ``fd``; the bytes sent, or OSError as ``socket.send`` raises it."""
+        if not 0 <= n <= len(buf):
+            raise ValueError("n must be within the buffer")
+        sent = libc.send(fd, ffi.from_buffer(buf), n, flags)
+        if sent < 0:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        return sent
+
+    return send
+
+
+#: See :func:`_libc_send` (None: ``socket.send``).
+LIBC_SEND = _libc_send()
 
 
 class LentFrame(bytearray):
@@ -396,10 +435,11 @@ class RingSocket:
             return False
         self.flush()
         try:
-            # From a memoryview: given the bytearray itself, PyPy copies it
-            # first (2.4 of 8.7 us for 64 KB).
-            with memoryview(buf) as view:
-                direct.send(view if n == len(buf) else view[:n], socket.MSG_DONTWAIT)
+            if LIBC_SEND is not None and isinstance(direct, socket.socket):
+                LIBC_SEND(direct.fileno(), buf, n, socket.MSG_DONTWAIT)
+            else:
+                with memoryview(buf) as view:
+                    direct.send(view if n == len(buf) else view[:n], socket.MSG_DONTWAIT)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.ENOBUFS):
                 self.stats.tx_ring_full += 1

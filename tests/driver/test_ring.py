@@ -383,3 +383,26 @@ def test_large_frames_reach_the_sockets_as_memoryviews():
     assert r.queue(big, 20000)
     assert types == [memoryview] * 4
     del big[10:]  # the sent frame's view is released too
+
+
+@pytest.mark.skipif(R.LIBC_SEND is None, reason="socket.send is used on this runtime (CPython)")
+def test_libc_send_sends_the_first_n_bytes_and_raises_errors_as_socket_send():
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        buf = R.LentFrame(b"frame" + bytes(range(200)) * 300)
+        assert R.LIBC_SEND(a.fileno(), buf, 50000, socket.MSG_DONTWAIT) == 50000
+        assert b.recv(70000) == bytes(buf[:50000])
+        with pytest.raises(ValueError):
+            R.LIBC_SEND(a.fileno(), buf, len(buf) + 1, 0)
+        b.close()
+        with pytest.raises(OSError) as e:
+            R.LIBC_SEND(a.fileno(), buf, 100, socket.MSG_DONTWAIT)
+        assert e.value.errno == errno.ECONNREFUSED
+
+
+def test_libc_send_is_pypy_only():
+    import sys
+
+    assert (R.LIBC_SEND is not None) == (sys.implementation.name == "pypy")
