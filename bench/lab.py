@@ -2,7 +2,7 @@
 
     sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf]
                               [--paths route,nft,haproxy,pyipvs,pyipvs-cpython] [--warm-seconds S]
-                              [--variant NAME="IPVSD OPTIONS"]...
+                              [--variant NAME="IPVSD OPTIONS"]... [--iperf-bitrate RATE]
 
 Builds the lab (``tools/ipvs-lab up --no-rules``, in namespaces named
 ``ipvsb-*`` so that lab tests may run meanwhile, or ``$IPVS_LAB_PREFIX-*``
@@ -39,7 +39,16 @@ stderr, the steady rate (median of the last third of the bursts) and
 of the first burst (the director has seen one curl request before).
 
 Prints ``name value unit`` lines: the median of each load per path, and
-each path's ratio to nftables DNAT.  Everything is removed at the end, even
+each path's ratio to nftables DNAT.  For each ipvsd path also what one
+unit of load cost ipvsd (its utime + stime from ``/proc/PID/stat``,
+across the measured load, divided by the connections, requests or
+gigabytes the load moved): ``cpu_us_per_conn``, ``cpu_us_per_req``,
+``cpu_ms_per_gb``; and from its counters the loop's wake-ups
+(``loop.turns``) per unit and the frames received per wake-up.  On a
+2-core machine shared with the load generator and the servers, that CPU
+is what the other paths leave to them.  ``--iperf-bitrate`` (iperf3's
+``-b``, e.g. ``2G``) caps the bulk load, so that every path moves the same
+data and ``cpu_ms_per_gb`` compares them at equal work on a busy machine.  Everything is removed at the end, even
 on failure.
 """
 
@@ -146,6 +155,10 @@ class Bench:
         self.current = None
         #: (path, "wrk_p99" or "wrk_max") -> milliseconds per round
         self.latency: dict[tuple[str, str], list[float]] = {}
+        #: What the last load moved: connections, requests or bytes.
+        self.units = 0.0
+        #: (path, load, figure) -> per round, for ipvsd's paths (see probe/cost).
+        self.cost: dict[tuple[str, str, str], list[float]] = {}
 
     def leave(self) -> None:
         cur = self.current
@@ -238,9 +251,48 @@ class Bench:
             curve.append((time.monotonic() - t0, rate))
         return curve
 
+    # -- ipvsd's cost per unit of load
+
+    def probe(self) -> tuple[float, dict[str, int]] | None:
+        """ipvsd's CPU seconds so far and its counters (None on other paths)."""
+        if self.current is None or not self.current.startswith("pyipvs"):
+            return None
+        pid = int(open(os.path.join(lab.STATE, "director.pid")).read())
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        out = d(sys.executable, os.path.join(lab.TOOLS, "ipvs-counters"), "--json", "-a", check=False).stdout
+        try:
+            counters = json.loads(out)
+        except ValueError:
+            counters = {}
+        return cpu, counters
+
+    def account(self, load: str, before: tuple[float, dict[str, int]] | None) -> dict[str, float]:
+        """Record what the load just run cost ipvsd per unit (see the docstring's figures) and return it."""
+        after = self.probe()
+        if before is None or after is None or self.units <= 0:
+            return {}
+        name, scale = {"ab": ("cpu_us_per_conn", 1e6), "wrk": ("cpu_us_per_req", 1e6),
+                       "iperf": ("cpu_ms_per_gb", 1e3)}[load]
+        units = self.units / 1e9 if load == "iperf" else self.units
+        unit = name.rpartition("_")[2]
+
+        def delta(key: str) -> int:
+            return after[1].get(key, 0) - before[1].get(key, 0)
+
+        turns = delta("loop.turns")
+        frames = sum(delta(k) for k in after[1] if k.startswith("driver.") and k.endswith("_rx_frames"))
+        figures = {name: (after[0] - before[0]) * scale / units, f"wakeups_per_{unit}": turns / units,
+                   "frames_per_wakeup": frames / turns if turns else 0.0}
+        for fig, v in figures.items():
+            self.cost.setdefault((self.current, load, fig), []).append(v)
+        return figures
+
     # -- loads
 
     def ab(self, target: str) -> float:
+        self.units = self.args.ab_requests
         return self._ab_rate(target, self.args.ab_requests)
 
     def _ab_rate(self, target: str, n: int) -> float:
@@ -263,13 +315,19 @@ class Bench:
                 ms = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
                 self.latency.setdefault((self.current, name), []).append(ms)
         m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        n = re.search(r"^\s*(\d+) requests in", out, re.M)
+        self.units = float(n.group(1)) if n else 0.0
         return float(m.group(1)) if m else 0.0
 
     def iperf(self, target: str) -> float:
-        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), "-J", check=False,
+        cap = ["-b", self.args.iperf_bitrate] if self.args.iperf_bitrate else []
+        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), *cap, "-J", check=False,
                          timeout=self.args.seconds + 60)
+        self.units = 0.0
         try:
-            return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+            end = json.loads(out)["end"]["sum_received"]
+            self.units = float(end["bytes"])
+            return end["bits_per_second"] / 1e9
         except (ValueError, KeyError):
             return 0.0
 
@@ -285,6 +343,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warm-seconds", type=int, default=3,
                    help="warm-up before each path's measured loads, and the length of the warm load's curve")
     p.add_argument("--only", default="ab,wrk,iperf")
+    p.add_argument("--iperf-bitrate", metavar="RATE", help="iperf3 -b: a capped bulk load (e.g. 2G)")
     p.add_argument("--paths", default=",".join(PATHS))
     p.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
                    help="also measure ipvsd with extra options, as path pyipvs-NAME (repeatable)")
@@ -297,6 +356,8 @@ def main(argv: list[str]) -> int:
     args.seconds = max(1, min(args.seconds, 30))
     args.warm_seconds = max(1, min(args.warm_seconds, 30))
     args.ab_requests = max(100, min(args.ab_requests, 50000))
+    if args.iperf_bitrate and not re.fullmatch(r"\d+(\.\d+)?[KMG]?", args.iperf_bitrate):
+        raise SystemExit(f"--iperf-bitrate: {args.iperf_bitrate!r} is not an iperf3 rate such as 2G or 500M")
     if os.geteuid() != 0:
         raise SystemExit("bench/lab.py needs root (network namespaces)")
     for tool in ("ab", "wrk", "iperf3", "haproxy", "nft"):
@@ -328,9 +389,12 @@ def main(argv: list[str]) -> int:
                     continue
                 b.warm_up(target)
                 for load in loads:
+                    before = b.probe()
                     v = getattr(b, LOADS[load][1])(target)
+                    cost = b.account(load, before)
                     results.setdefault((path, load), []).append(v)
-                    print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}", file=sys.stderr, flush=True)
+                    print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}"
+                          + "".join(f" {k}={x:.2f}" for k, x in cost.items()), file=sys.stderr, flush=True)
         b.leave()
     finally:
         b.leave()
@@ -358,6 +422,10 @@ def main(argv: list[str]) -> int:
                 print(f"lab.{load}.{path}.vs_nft {med / base:.2f} x")
     for (path, name), vals in b.latency.items():
         print(f"lab.{name}.{path} {statistics.median(vals):.2f} ms")
+    units = {"cpu_us_per_conn": "us", "cpu_us_per_req": "us", "cpu_ms_per_gb": "ms",
+             "frames_per_wakeup": "frames"}
+    for (path, load, fig), vals in b.cost.items():
+        print(f"lab.{load}.{path}.{fig} {statistics.median(vals):.2f} {units.get(fig, 'wakeups')}")
     return 0
 
 

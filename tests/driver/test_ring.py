@@ -64,6 +64,14 @@ def kernel_fill(r, frame: bytes, status: int = R.TP_STATUS_USER, snaplen: int | 
     struct.pack_into("=IIIHH", r.mm, off, status, n, n if snaplen is None else snaplen, mac, mac + 14)
 
 
+def as_sent(frame: bytes) -> bytes:
+    """``frame`` as queue() leaves it in a TX slot: one of up to LINEAR_MAX bytes
+    with its vnet header's ``hdr_len`` set to the frame after that header."""
+    if len(frame) > R.LINEAR_MAX:
+        return bytes(frame)
+    return bytes(frame[:2]) + struct.pack("=H", len(frame) - R.VNET_HDR_LEN) + bytes(frame[4:])
+
+
 def tx_slot(r, i: int) -> tuple[int, bytes]:
     off = r.tx_slots[i]
     status, n, snap = struct.unpack_from("=III", r.mm, off)
@@ -117,7 +125,7 @@ def test_small_frames_fill_slots_and_go_out_every_tx_batch():
         assert r.queue(f, len(f))
     assert log == [("ring", b"")]  # the third frame triggered the send
     assert r.queue(frames[3], len(frames[3]))
-    assert [tx_slot(r, i) for i in range(4)] == [(R.TP_STATUS_SEND_REQUEST, bytes(f)) for f in frames]
+    assert [tx_slot(r, i) for i in range(4)] == [(R.TP_STATUS_SEND_REQUEST, as_sent(f)) for f in frames]
     r.flush()
     assert log == [("ring", b""), ("ring", b"")]
     assert r.stats.tx_frames == 4 and r.stats.tx_direct == 0
@@ -127,7 +135,29 @@ def test_queue_copies_only_the_first_n_bytes():
     r, _ = mem_ring()
     buf = bytearray(b"a" * 100 + b"tail")
     assert r.queue(buf, 100)
-    assert tx_slot(r, 0)[1] == b"a" * 100
+    assert tx_slot(r, 0)[1] == as_sent(b"a" * 100)
+    assert buf == b"a" * 100 + b"tail"  # the caller's buffer is left as it was
+
+
+@pytest.mark.parametrize("n", [14 + R.VNET_HDR_LEN, 1514 + R.VNET_HDR_LEN, R.LINEAR_MAX])
+def test_a_small_frame_asks_for_a_linear_skb(n):
+    """hdr_len = the whole frame: tpacket_snd copies it into the skb's head
+    instead of mapping ring pages that veth would copy again."""
+    r, _ = mem_ring()
+    frame = bytearray(b"\x01\x00" + struct.pack("=H", 54) + bytes(range(6)) + b"f" * (n - R.VNET_HDR_LEN))
+    assert r.queue(frame, n)
+    status, got = tx_slot(r, 0)
+    assert struct.unpack_from("=H", got, 2)[0] == n - R.VNET_HDR_LEN
+    assert got[:2] + got[4:] == frame[:2] + frame[4:]  # flags, GSO fields and the frame untouched
+    assert struct.unpack_from("=H", frame, 2)[0] == 54
+
+
+def test_a_larger_ring_frame_keeps_its_hdr_len():
+    r, _ = mem_ring()
+    n = R.LINEAR_MAX + 1
+    frame = bytearray(b"\x01\x01" + struct.pack("=H", 66) + bytes(6) + b"g" * (n - R.VNET_HDR_LEN))
+    assert r.queue(frame, n)
+    assert tx_slot(r, 0)[1] == bytes(frame)
 
 
 def test_a_super_frame_leaves_through_the_direct_socket_after_what_was_queued():
@@ -203,7 +233,7 @@ def test_frames_leave_in_queue_order(sizes):
     for f in frames:
         assert r.queue(f, len(f))
     r.flush()
-    assert sent == [bytes(f) for f in frames]
+    assert sent == [as_sent(f) for f in frames]
 
 
 @pytest.mark.parametrize("n", [R.DIRECT_MIN - 1, R.DIRECT_MIN])
@@ -323,3 +353,56 @@ def test_kept_copies_only_a_lent_buffer():
     assert R.kept(own) is own
     k = R.kept(lent)
     assert k == lent and k is not lent and type(k) is bytearray
+
+
+def test_large_frames_reach_the_sockets_as_memoryviews():
+    """recv_into and the direct send get a memoryview of the frame, never
+    the bytearray itself (PyPy copies a bytearray once more), and the
+    view is released, so that the buffer can be cut to the next frame."""
+    r, log = mem_ring()
+    types = []
+
+    class Spy(QueueSock):
+        def recv_into(self, buf, n, flags=0) -> int:
+            types.append(type(buf))
+            return super().recv_into(buf, n, flags)
+
+        def send(self, data, flags=0) -> int:
+            types.append(type(data))
+            return len(data)
+
+    r.sock = Spy([])
+    frames = [b"\0" * 10 + bytes([k]) * (60000 - k * 1000) for k in range(3)]
+    for i, f in enumerate(frames):
+        _copied(r, f, i)
+    got = []
+    r.rx(lambda b: got.append(bytes(b)), 16)  # CPython raises BufferError if a view were kept
+    assert got == frames
+    r.direct = Spy([])
+    big = bytearray(b"d" * 30000)
+    assert r.queue(big, 20000)
+    assert types == [memoryview] * 4
+    del big[10:]  # the sent frame's view is released too
+
+
+@pytest.mark.skipif(R.LIBC_SEND is None, reason="socket.send is used on this runtime (CPython)")
+def test_libc_send_sends_the_first_n_bytes_and_raises_errors_as_socket_send():
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        buf = R.LentFrame(b"frame" + bytes(range(200)) * 300)
+        assert R.LIBC_SEND(a.fileno(), buf, 50000, socket.MSG_DONTWAIT) == 50000
+        assert b.recv(70000) == bytes(buf[:50000])
+        with pytest.raises(ValueError):
+            R.LIBC_SEND(a.fileno(), buf, len(buf) + 1, 0)
+        b.close()
+        with pytest.raises(OSError) as e:
+            R.LIBC_SEND(a.fileno(), buf, 100, socket.MSG_DONTWAIT)
+        assert e.value.errno == errno.ECONNREFUSED
+
+
+def test_libc_send_is_pypy_only():
+    import sys
+
+    assert (R.LIBC_SEND is not None) == (sys.implementation.name == "pypy")
