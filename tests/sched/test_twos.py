@@ -92,7 +92,7 @@ def kernel_twos(dests, rweight1, rweight2):
     st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.integers(0, 3), st.integers(0, 9)), min_size=1, max_size=8),
     st.data(),
 )
-def test_one_sum_walk_picks_as_the_kernels_loop(spec, data):
+def test_the_running_sums_pick_as_the_kernels_loop(spec, data):
     lab = Lab("twos")
     for i, (w, over, act, inact) in enumerate(spec, 1):
         d = lab.add(i, weight=w)
