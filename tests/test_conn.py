@@ -400,4 +400,4 @@ def test_dr_and_tun_connections_are_found_by_the_vip_as_reply_source():
         assert tab.out_get(6, VIP, CLI, 80, 2000 + fwd) is None
     nat = new(tab, cport=3000, d=dest(conn_flags=IP_VS_CONN_F_INACTIVE | IP_VS_CONN_F_MASQ))
     assert tab.out_get(6, RS, CLI, 8080, 3000) is nat and tab.out_get(6, VIP, CLI, 80, 3000) is None
-    assert len(tab.table) == 1 and not tab.shadowed
+    assert len(tab.table) == 1 and not tab.older
