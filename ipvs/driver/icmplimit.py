@@ -116,11 +116,22 @@ class PeerBuckets:
 
     MAX_PEERS = 65536
 
-    def __init__(self, hz: int) -> None:
+    def __init__(self, hz: int, global_credit: GlobalCredit | None = None) -> None:
         self.hz = hz
         #: destination -> [tokens, jiffies of the last message, bucket size]
         self.peers: dict = {}
         self.next_gc = 0
+        #: The host-wide bucket asked first (``icmpv4_global_allow``,
+        #: ``icmpv6_global_allow``); None: none.
+        self.global_credit = global_credit
+
+    def limited(self, daddr, timeout: int, now: int) -> bool:
+        """A message of a limited type to ``daddr``: whether the host-wide
+        bucket, then ``daddr``'s, lets it go (``__icmp_send``'s order)."""
+        g = self.global_credit
+        if g is not None and not g.allow(now):
+            return False
+        return self.take(daddr, timeout, now)
 
     def take(self, daddr, timeout: int, now: int) -> bool:
         """One message of cost ``timeout`` jiffies to ``daddr`` at ``now``: whether its bucket has the tokens."""
@@ -170,21 +181,16 @@ class IcmpRateLimit(PeerBuckets):
 
     def __init__(self, hz: int, ratelimit_ms: int = ICMP_RATELIMIT_MS, ratemask: int = ICMP_RATEMASK,
                  global_credit: GlobalCredit | None = None) -> None:
-        super().__init__(hz)
+        super().__init__(hz, global_credit)
         self.cost = msecs_to_jiffies(ratelimit_ms, hz)
         self.mask = ratemask
-        #: The host-wide bucket asked first (``icmpv4_global_allow``); None: none.
-        self.global_credit = global_credit
 
     def allow(self, daddr: int, icmp_type: int, code: int, now: int) -> bool:
         """Whether an ICMP message of this type and code may go to ``daddr`` now."""
         if icmp_type > NR_ICMP_TYPES or not (1 << icmp_type) & self.mask or \
                 (icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED):
             return True
-        g = self.global_credit
-        if g is not None and not g.allow(now):
-            return False
-        return self.take(daddr, self.cost, now)
+        return self.limited(daddr, self.cost, now)
 
 
 class Icmp6RateLimit(PeerBuckets):
@@ -202,11 +208,9 @@ class Icmp6RateLimit(PeerBuckets):
 
     def __init__(self, hz: int, ratelimit_ms: int = ICMPV6_RATELIMIT_MS, ratemask: int = ICMPV6_RATEMASK,
                  global_credit: GlobalCredit | None = None) -> None:
-        super().__init__(hz)
+        super().__init__(hz, global_credit)
         self.time = msecs_to_jiffies(ratelimit_ms, hz)
         self.mask = ratemask
-        #: The host-wide bucket asked first (``icmpv6_global_allow``); None: none.
-        self.global_credit = global_credit
 
     def timeout(self, plen: int) -> int:
         """The timeout ``icmpv6_xrlim_allow`` uses for a route of prefix length ``plen``: "give more bandwidth to
@@ -217,7 +221,4 @@ class Icmp6RateLimit(PeerBuckets):
         """Whether an ICMPv6 message of this type may go to ``daddr``, reached by a route of prefix ``plen``, now."""
         if icmp_type > 255 or not (self.mask >> icmp_type) & 1:  # icmpv6_mask_allow
             return True
-        g = self.global_credit
-        if g is not None and not g.allow(now):
-            return False
-        return self.take(daddr, self.timeout(plen), now)
+        return self.limited(daddr, self.timeout(plen), now)

@@ -12,24 +12,32 @@ HZ = 250
 A6 = bytes.fromhex("20010db8000000000000000000000002")
 
 
+def assert_six_deep(allow, slow_allow, timeout, gaps, each=lambda: None):
+    """Messages at the gaps through ``allow(t)``: never more than 6 plus one
+    per ``timeout`` elapsed in any span.  Through ``slow_allow(t)`` (a fresh
+    limiter), at the gaps each lengthened by ``timeout``: every one passes.
+    ``each()`` runs after every message of the first series."""
+    t, allowed = 0, []
+    for g in gaps:
+        t += g
+        if allow(t):
+            allowed.append(t)
+        each()
+    for i in range(len(allowed)):
+        for j in range(i, len(allowed)):
+            assert j - i + 1 <= 6 + (allowed[j] - allowed[i]) // timeout
+    t = 0
+    for g in gaps:
+        t += timeout + g
+        assert slow_allow(t)
+
+
 @given(st.lists(st.integers(0, 3 * HZ), min_size=1, max_size=40))
 def test_icmp_rate_limit_is_a_six_deep_one_per_second_bucket(gaps):
     """Per destination: never more than 6 messages plus one per second
     elapsed in any span, and a message a second or slower always passes."""
-    lim = IcmpRateLimit(HZ)
-    t, allowed = 0, []
-    for g in gaps:
-        t += g
-        if lim.allow(1, 3, 3, t):
-            allowed.append(t)
-    for i in range(len(allowed)):
-        for j in range(i, len(allowed)):
-            assert j - i + 1 <= 6 + (allowed[j] - allowed[i]) // HZ
-    slow = IcmpRateLimit(HZ)
-    t = 0
-    for g in gaps:
-        t += HZ + g
-        assert slow.allow(2, 11, 0, t)
+    lim, slow = IcmpRateLimit(HZ), IcmpRateLimit(HZ)
+    assert_six_deep(lambda t: lim.allow(1, 3, 3, t), lambda t: slow.allow(2, 11, 0, t), HZ, gaps)
 
 
 def test_icmp_rate_limit_forgets_refilled_destinations_and_stays_bounded():
@@ -85,22 +93,13 @@ def test_packet_too_big_and_informational_icmpv6_are_never_limited():
 def test_icmpv6_bucket_is_six_timeouts_deep_for_any_prefix(gaps, plen):
     """For a route of any prefix: never more than 6 messages plus one per
     timeout elapsed in any span; one a timeout or slower always passes."""
-    lim = Icmp6RateLimit(HZ)
-    tmo = lim.timeout(plen)
-    t, allowed = 0, []
-    for g in gaps:
-        t += g
-        if lim.allow(A6, 1, plen, t):
-            allowed.append(t)
+    lim, slow = Icmp6RateLimit(HZ), Icmp6RateLimit(HZ)
+
+    def tokens_never_negative() -> None:
         assert lim.peers[A6][0] >= 0
-    for i in range(len(allowed)):
-        for j in range(i, len(allowed)):
-            assert j - i + 1 <= 6 + (allowed[j] - allowed[i]) // tmo
-    slow = Icmp6RateLimit(HZ)
-    t = 0
-    for g in gaps:
-        t += tmo + g
-        assert slow.allow(A6, 3, plen, t)
+
+    assert_six_deep(lambda t: lim.allow(A6, 1, plen, t), lambda t: slow.allow(A6, 3, plen, t), lim.timeout(plen),
+                    gaps, tokens_never_negative)
 
 
 @given(st.lists(st.integers(0, HZ // 5), min_size=1, max_size=200), st.integers(0, 2**32))
