@@ -407,6 +407,7 @@ class AFPacketDriver:
         svcs6 = {(s.addr, s.protocol, s.port) for s in ipvs.svc_table.values()
                  if s.af == socket.AF_INET6 and not s.fwmark}
         fw_vips = self.fwmark_vips()
+        fw_vips6 = self.fwmark_vips(socket.AF_INET6)
         vips = {_I.unpack(a)[0] for a in fw_vips} | {_I.unpack(a)[0] for a, _, _ in svcs}
         if self.outer.ring is not None:
             # Gratuitous ARP for each new VIP, so neighbours that knew it at
@@ -420,7 +421,7 @@ class AFPacketDriver:
         if self.mode == "spare":
             self.local = self.vips | self.own_addrs
         if self.v6 is not None:
-            self.v6.sync_services()
+            self.v6.sync_services(fw_vips6)
         for p in self.ports:
             ring = p.ring
             if hasattr(ring, "set_filter"):
@@ -428,8 +429,7 @@ class AFPacketDriver:
         if self.mode == "shared" and self._nft_ready:
             try:
                 # fwmark VIPs join the drop set like any VIP (it is by address).
-                fw_all = fw_vips | self.fwmark_vips(socket.AF_INET6)
-                nft.sync_services(svcs | svcs6 | {(a, socket.IPPROTO_TCP, 0) for a in fw_all})
+                nft.sync_services(svcs | svcs6 | {(a, socket.IPPROTO_TCP, 0) for a in fw_vips | fw_vips6})
             except (OSError, RuntimeError) as e:
                 # The kernel then also answers the new services: loud, not fatal.
                 log.error("updating the nftables service set failed: %s", e)

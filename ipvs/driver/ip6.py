@@ -150,12 +150,12 @@ class IPv6Path:
 
     # ---------------------------------------------------------- services
 
-    def sync_services(self) -> None:
-        """The IPv6 VIPs (of fwmark services too, as named by the mark
-        rules): answered in neighbour discovery on the outer side,
-        announced by an unsolicited advertisement when new."""
-        vips = {s.addr for s in self.ipvs.svc_table.values() if s.af == AF_INET6 and not s.fwmark}
-        vips |= self.drv.fwmark_vips(AF_INET6)
+    def sync_services(self, fw_vips: set[bytes]) -> None:
+        """The IPv6 VIPs, with ``fw_vips``, those of the fwmark services
+        (as the mark rules name them, ``fwmark_vips``): answered in
+        neighbour discovery on the outer side, announced by an unsolicited
+        advertisement when new."""
+        vips = {s.addr for s in self.ipvs.svc_table.values() if s.af == AF_INET6 and not s.fwmark} | fw_vips
         o = self.outer
         if o is not None:
             if o.ring is not None:
