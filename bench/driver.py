@@ -123,7 +123,6 @@ class MemRing(_ring.RingSocket):
         self.nslots = SLOTS
         self.ring_bytes = size * SLOTS
         self.mm = mmap.mmap(-1, 2 * self.ring_bytes)
-        self.mv = memoryview(self.mm)
         self.rx_slots = [i * size for i in range(SLOTS)]
         self.tx_slots = [self.ring_bytes + off for off in self.rx_slots]
         self.rx_head = self.tx_head = self.tx_pending = 0

@@ -253,7 +253,6 @@ class RingSocket:
             sock.close()
             raise
         self.sock = sock
-        self.mv = memoryview(self.mm)
         self.rx_slots = [(i // rx_per_block) * BLOCK_SIZE + (i % rx_per_block) * rx_frame_size
                          for i in range(self.nslots)]
         self.tx_slots = [self.ring_bytes + (i // per_block) * BLOCK_SIZE + (i % per_block) * FRAME_SIZE
@@ -492,7 +491,6 @@ class RingSocket:
         self.flush()
         if self.direct is not None:
             self.direct.close()
-        self.mv.release()
         self.mm.close()
         self.sock.close()
 

@@ -41,7 +41,6 @@ def mem_ring(tx_batch: int = 16, direct: bool = True, fail: int = 0):
     r.nslots = NSLOTS
     r.ring_bytes = SLOT * NSLOTS
     r.mm = mmap.mmap(-1, 2 * r.ring_bytes)
-    r.mv = memoryview(r.mm)
     r.rx_slots = [i * SLOT for i in range(NSLOTS)]
     r.tx_slots = [r.ring_bytes + off for off in r.rx_slots]
     r.rx_head = r.tx_head = r.tx_pending = 0
