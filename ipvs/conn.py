@@ -311,12 +311,6 @@ class Connection:
         return 10 if len(self.daddr) == 16 else 2
 
     @property
-    def out_key(self) -> bytes:
-        """The key of a NAT reply from the real server (:func:`out_key`):
-        proto | daddr | caddr | dport | cport."""
-        return out_key(self.protocol, self.daddr, self.caddr, self.dport, self.cport)
-
-    @property
     def cport(self) -> int:
         """The client's port; setting it re-keys the connection."""
         k = self.in_key
