@@ -16,7 +16,8 @@ Two ways to sit on a NIC:
 * ``--mode spare``: the NIC has no kernel addresses; the driver is the
   host there.  It answers ARP, replies to pings to its addresses and sends
   TCP resets and ICMP port unreachables for closed ports, as the kernel
-  would.
+  would.  An nftables ingress drop (:func:`ipvs.driver.nft.install_spare`)
+  keeps the kernel's own stacks off the NIC.
 * ``--mode shared``: the kernel keeps its addresses (and everything not
   stolen); early nftables drop rules (:mod:`ipvs.driver.nft`) keep it off
   the services, the masquerading ports and the traffic the driver routes.
@@ -300,6 +301,8 @@ class AFPacketDriver:
         self._undo: list[list[str]] = []
         #: Shared mode: the nft table is in place, so VIPs are kept in its set.
         self._nft_ready = False
+        #: Spare mode: the netdev table hides the NICs' frames from the kernel.
+        self.kernel_off = False
         self.sync_services(force=True)
 
     # ------------------------------------------------------------ plug-in API
@@ -389,6 +392,8 @@ class AFPacketDriver:
                 p.ring.close()
         if self.mode == "shared":
             nft.remove()
+        elif self.kernel_off:
+            nft.remove(("netdev",))
         for undo in self._undo:
             _run_undo(undo)
         self._undo = []
@@ -1274,6 +1279,9 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
         drv._undo = undo
         drv._nft_ready = args.mode == "shared"
         drv.sync_services(force=True)
+        if args.mode == "spare":
+            # After the rings are bound: the drop is behind their taps.
+            drv.kernel_off = nft.install_spare([name for name, _r, _a in specs])
     except BaseException:
         for p in ports:
             p.ring.close()

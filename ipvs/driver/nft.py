@@ -1,4 +1,4 @@
-"""Shared mode: early nftables drop rules so the kernel ignores what we steal.
+"""Early nftables drop rules, so the kernel ignores what the driver takes.
 
 When the director's NIC keeps its kernel addresses (the VIP among them),
 the kernel would answer the stolen traffic too: a SYN to VIP:80 reaches
@@ -59,6 +59,20 @@ without them.  ICMPv6 errors (Packet Too Big among them) to the host's
 own addresses are never dropped: they are local, and ICMPv6 is not
 among the protocols dropped to a VIP.
 
+Spare mode (the NICs have no kernel addresses) has a table of its own,
+``netdev pyipvs``: one chain per NIC on the ``ingress`` hook, policy
+drop, no rules.  The ingress hook runs after the packet taps, so the
+driver still sees every frame, and before the kernel's IP and IPv6
+stacks, which then never see the spare NICs' traffic at all.  Without it
+the kernel runs ``ip_rcv`` and a route lookup for each frame only to
+drop it (with ``ip_forward=0``, which spare mode needed), or forwards an
+un-NATed copy (with ``ip_forward=1``), and answers neighbour discovery
+for its own IPv6 link-local addresses beside the driver.  This table is
+made only as an owned one (through libnftables): a table left behind by
+a killed daemon would silently cut the kernel off a NIC that an operator
+gives back to it.  Where it cannot be made, spare mode runs as before,
+with a warning.
+
 There is no kernel IPVS counterpart: in the kernel, IPVS *is* the hook.
 """
 
@@ -80,8 +94,10 @@ LIBNFTABLES = "libnftables.so.1"
 BRIDGE_NF_CALL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 #: The same for bridged IPv6 and the ip6 hooks.
 BRIDGE_NF_CALL6 = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
-#: The tables' families, in the order they are made.
+#: The shared-mode tables' families, in the order they are made.
 FAMILIES = ("ip", "ip6")
+#: Every family a table of ours may have: spare mode's is ``netdev``.
+ALL_FAMILIES = FAMILIES + ("netdev",)
 #: Neighbour discovery (RFC 4861): the ip6 table accepts it before any drop.
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect"
 
@@ -125,14 +141,18 @@ _session: Session | None = None
 _installed: tuple[str, ...] = ()
 
 
-def _open_session() -> Session | None:
+def _open_session(spare: bool = False) -> Session | None:
     global _session
     if _session is None:
         try:
             _session = Session()
         except OSError as e:
-            log.warning("libnftables unavailable (%s): the nftables table is made by nft -f, and a daemon "
-                        "killed with SIGKILL leaves it until the next start (apt install libnftables1)", e)
+            if spare:
+                log.warning("libnftables unavailable (%s): the kernel still receives the spare NICs' frames; "
+                            "keep ip_forward=0 (apt install libnftables1)", e)
+            else:
+                log.warning("libnftables unavailable (%s): the nftables table is made by nft -f, and a daemon "
+                            "killed with SIGKILL leaves it until the next start (apt install libnftables1)", e)
             return None
     return _session
 
@@ -153,8 +173,8 @@ def _run(script: str) -> None:
         _run_nft(script)
 
 
-def remove() -> None:
-    """Delete the tables of both families (at exit), and those left by an
+def remove(families: tuple[str, ...] = ALL_FAMILIES) -> None:
+    """Delete our tables of these families (at exit), and those left by an
     older daemon that made them without the owner flag.  Closing the
     session removes owned tables; a table another live daemon owns cannot
     be deleted (EPERM) and stays.  One deletion per family: a missing
@@ -163,7 +183,7 @@ def remove() -> None:
     _installed = ()
     if _session is not None:
         session, _session = _session, None
-        for family in FAMILIES:
+        for family in families:
             try:
                 session.run(f"delete table {family} {TABLE}")
             except RuntimeError:
@@ -173,7 +193,7 @@ def remove() -> None:
     nft = shutil.which("nft")
     if nft is None:
         return
-    for family in FAMILIES:
+    for family in families:
         subprocess.run([nft, "delete", "table", family, TABLE], capture_output=True)
 
 
@@ -264,6 +284,43 @@ def install(inner_ifs: list[str], masq: tuple[str, int, int] | None, ifaces: lis
         script += table_script("ip6", inner_ifs6, owner=session is not None)
     _run(script)
     _installed = families
+
+
+def spare_script(ifaces: list[str], owner: bool = True) -> str:
+    """The nft text of spare mode's table: each NIC's ingress hook drops
+    everything, after the packet taps and before the kernel's stacks."""
+    for name in ifaces:
+        if not name or any(ch in name for ch in '"\\ '):
+            raise ValueError(f"interface name {name!r} cannot be quoted for nft")
+    lines = [f"table netdev {TABLE} {{"]
+    if owner:
+        lines.append("  flags owner;")
+    for i, name in enumerate(ifaces):
+        lines += [f"  chain port{i} {{",
+                  f'    type filter hook ingress device "{name}" priority -500; policy drop;',
+                  "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def install_spare(ifaces: list[str]) -> bool:
+    """Spare mode: make the owned ``netdev`` table that keeps the kernel's
+    stacks off these NICs.  Returns whether it is in place; without
+    libnftables, or where the kernel refuses it (another daemon's table
+    of that name, a kernel before 5.12), spare mode runs without it and a
+    warning says so.  No old table is deleted first: this one is only ever
+    made owned, so none outlives its daemon."""
+    session = _open_session(spare=True)
+    if session is None:
+        return False
+    try:
+        session.run(spare_script(ifaces))
+    except (RuntimeError, ValueError) as e:
+        log.warning("the kernel still receives the frames on %s, keep ip_forward=0 there: %s", ", ".join(ifaces), e)
+        remove(())  # closes the session, which owns nothing
+        return False
+    log.info("the kernel's stacks no longer see the frames on %s (table netdev %s)", ", ".join(ifaces), TABLE)
+    return True
 
 
 def sets_script(svcs: set[tuple[bytes, int, int]], families: tuple[str, ...] = FAMILIES) -> str:

@@ -1,7 +1,8 @@
 """ipvs/driver/nft.py: the rules of both families' tables, the owner
-tables go with ipvsd, br_netfilter is refused, and the ip6 table keeps
+tables go with ipvsd, br_netfilter is refused, the ip6 table keeps
 neighbour discovery and ping for the kernel while it drops the traffic
-the driver takes.
+the driver takes, and spare mode's netdev table hides a NIC's frames from
+the kernel but not from the packet tap.
 
 The nftables tests run in network namespaces of their own (named with
 ``$IPVS_LAB_PREFIX``) and delete them when done.
@@ -232,4 +233,89 @@ def test_the_ip6_table_keeps_neighbour_discovery_and_ping_for_the_kernel():
         assert not ping(r, "2001:db8:0:1::2"), "the real server's traffic through the host is dropped"
     finally:
         for ns in (c, h, r):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_the_spare_table_drops_everything_on_each_nic_at_ingress():
+    script = nft.spare_script(["d_out", "br-in"])
+    assert script.startswith("table netdev pyipvs {\n  flags owner;\n")
+    chains = [line.strip() for line in script.splitlines() if line.strip().startswith("type ")]
+    assert chains == ['type filter hook ingress device "d_out" priority -500; policy drop;',
+                      'type filter hook ingress device "br-in" priority -500; policy drop;']
+    assert "flags owner" not in nft.spare_script(["eth1"], owner=False)
+    for bad in ("", 'a"b', "a b", "a\\b"):
+        with pytest.raises(ValueError, match="cannot be quoted"):
+            nft.spare_script([bad])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or any(shutil.which(t) is None for t in ("ip", "nft", "ping")),
+                    reason="needs root, iproute2, nft and ping")
+def test_the_spare_table_hides_frames_from_the_kernel_not_from_the_tap_and_goes_with_its_daemon():
+    """A host whose NIC has a kernel address (so the kernel would answer a
+    ping) and a packet tap on it: with the spare table the tap still gets
+    the pings, the kernel answers none, nobody else may delete the table,
+    and after SIGKILL of its owner the kernel answers again."""
+    if not _libnftables():
+        pytest.skip("libnftables is not installed")
+    c, h = _netns("sparec"), _netns("spareh")
+    for ns in (c, h):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", "h0", "netns", h, "type", "veth", "peer", "name", "c0", "netns", c],
+                       check=True)
+        for ns, dev, addr in ((h, "h0", "198.51.100.1/24"), (c, "c0", "198.51.100.2/24")):
+            subprocess.run(["ip", "-n", ns, "-batch", "-"], text=True, check=True,
+                           input=f"link set lo up\nlink set {dev} up\naddr add {addr} dev {dev}\n")
+
+        def ping() -> bool:
+            return subprocess.run(["ip", "netns", "exec", c, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1",
+                                   "198.51.100.1"], capture_output=True, timeout=30).returncode == 0
+
+        assert ping(), "the kernel answers before the table"
+        code = textwrap.dedent("""
+            import os, select, signal, socket, subprocess, sys, time
+            from ipvs.driver import nft
+            tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            tap.bind(("h0", 0x0003))
+            sys.stdout.write("installed %s\\n" % nft.install_spare(["h0"]))
+            other = subprocess.run(["nft", "delete", "table", "netdev", "pyipvs"], capture_output=True)
+            sys.stdout.write("other delete: %d\\n" % other.returncode)
+            sys.stdout.write("ready\\n")
+            sys.stdout.flush()
+            echoes = 0
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and echoes < 3:
+                if select.select([tap], [], [], 0.2)[0]:
+                    frame = tap.recv(2048)
+                    # IPv4, ICMP, echo request to the host's address
+                    if frame[12:14] == b"\\x08\\x00" and frame[23] == 1 and frame[34] == 8:
+                        echoes += 1
+            sys.stdout.write("tap saw %d echo requests\\n" % echoes)
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        p = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", code], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            while not lines or lines[-1] != "ready":
+                line = p.stdout.readline()
+                assert line, p.stderr.read()
+                lines.append(line.strip())
+            answered = ping()
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert lines[:2] == ["installed True", "other delete: 1"], (lines, err)
+        assert not answered, "the kernel answered through the spare table"
+        assert "tap saw 3 echo requests" in out, (out, err)
+        assert p.returncode == -9, err
+        tables = subprocess.run(["ip", "netns", "exec", h, "nft", "list", "tables"], capture_output=True,
+                                text=True, timeout=30)
+        assert "pyipvs" not in tables.stdout, tables.stdout
+        assert ping(), "the kernel answers again once the table's owner is gone"
+    finally:
+        for ns in (c, h):
             subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -78,6 +78,28 @@ def test_pings_to_the_vip_are_answered_also_fragmented(lab):
         assert " 0% packet loss" in out, out
 
 
+def test_the_directors_kernel_never_sees_the_spare_nics_traffic(lab):
+    """Spare mode: ipvsd's netdev table drops every frame on its NICs at
+    ingress, behind its packet taps, so the director's own IP stack counts
+    none of the connections it balances (it would count each of their
+    frames in ``ip_rcv`` before dropping them)."""
+    if lab.mode != "spare":
+        pytest.skip("shared mode: the kernel keeps its addresses and its own traffic")
+    listing = lab.run(lab_mod.NS_DIR, "nft", "list", "table", "netdev", "pyipvs")
+    assert "flags owner" in listing and listing.count("hook ingress") == 2, listing
+    assert "d_out" in listing and "br-in" in listing and listing.count("policy drop") == 2, listing
+
+    def in_receives() -> int:
+        rows = [line.split() for line in lab.run(lab_mod.NS_DIR, "cat", "/proc/net/snmp").splitlines()
+                if line.startswith("Ip:")]
+        return int(rows[1][rows[0].index("InReceives")])
+
+    before = in_receives()
+    for _ in range(10):
+        assert lab.client("curl", "-s", "-m", "5", f"http://{VIP}/").startswith("server=")
+    assert in_receives() - before <= 2  # loopback at most, never the NICs' 100 or so frames
+
+
 def test_port_mapping_80_to_8000(lab):
     lab.client("curl", "-s", "-m", "5", f"http://{VIP}/")
     seen = {(c["virtual"], c["destination"]) for c in lab.conns() if c["pro"] == "TCP"}
