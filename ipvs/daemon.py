@@ -67,6 +67,7 @@ from ipvs.client import (
     socket_address,
 )
 from ipvs.core import Director
+from ipvs.ip_vs import IPVSProtocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.netns import NetnsIPVS
@@ -1768,12 +1769,21 @@ PYPY_JIT = {"trace_limit": 10000}
 
 def _traced_apart() -> list[Callable[..., object]]:
     """The functions ipvsd's JIT compiles on their own instead of inlining
-    them into the trace of each packet: ``ip_vs_schedule``, a new
-    connection's slow path (scheduler, persistence, a new entry in the
-    table).  Inlined, it makes the per-packet trace too long even at the
-    limit above, and the JIT splits the established path instead.  The
-    kernel keeps the same path out of line (``unlikely``)."""
-    return [Director.schedule]
+    them into the trace of each packet: a new connection's slow path,
+    ``conn_schedule``'s shared body (service lookup, ``ip_vs_todrop``,
+    ``ip_vs_leave``) and within it ``ip_vs_schedule`` (scheduler,
+    persistence, a new entry in the table).  The kernel keeps the same path
+    out of line too: ``pp->conn_schedule`` is an indirect call, and
+    ``ip_vs_try_to_schedule`` is ``unlikely``.
+
+    Inlined, they make a SYN's trace too long even at the limit above, and
+    the JIT then gives up on inlining the function it finds biggest in it,
+    ``Director.process`` itself: every established packet afterwards pays
+    a call into it.  ``bench/core.py`` on PyPy (6 Dec 2026), established
+    packets measured after the SYNs of the memory figure: 4.9-5.0 M pkt/s
+    with ``schedule`` alone apart, 5.9-6.0 M with ``conn_schedule`` too
+    (new connections unchanged, 1.1-1.3 M/s), and no trace too long."""
+    return [IPVSProtocol.conn_schedule, Director.schedule]
 
 
 def tune_jit() -> None:

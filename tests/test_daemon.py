@@ -1344,6 +1344,7 @@ def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
 
     from ipvs import daemon as dmod
     from ipvs.core import Director
+    from ipvs.ip_vs import IPVSProtocol
 
     calls: list[tuple[str, object]] = []
     fake = types.SimpleNamespace(
@@ -1356,7 +1357,9 @@ def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
     assert calls == []
     monkeypatch.setattr(dmod.sys.implementation, "name", "pypy")
     dmod.tune_jit()
-    assert calls == [("set_param", "trace_limit=10000"), ("dont_trace_here", (0, False, Director.schedule.__code__))]
+    assert calls == [("set_param", "trace_limit=10000"),
+                     ("dont_trace_here", (0, False, IPVSProtocol.conn_schedule.__code__)),
+                     ("dont_trace_here", (0, False, Director.schedule.__code__))]
 
 
 _TRACE_PROBE = """
@@ -1401,6 +1404,9 @@ for i in range(40000):
         frames.extend(pkts)
 for i, p in enumerate(frames):  # as the driver's receive loop hands them over
     d.process(bytearray(p), 14, 1000 + i // 1000)
+for i in range(20000):  # then only new connections, as from a burst of clients
+    client = (0xC6336400 + 20 + i // 60000).to_bytes(4, "big"), 1024 + i % 60000
+    d.process(bytearray(frame(*client, vip, 80, 0x02, b"")), 14, 2000)
 print([k for k in too_long if "/ipvs/" in k])
 """
 
@@ -1409,9 +1415,10 @@ print([k for k in too_long if "/ipvs/" in k])
 def test_packet_paths_fit_in_one_trace_at_ipvsd_settings():
     """With :func:`ipvs.daemon.tune_jit`, the JIT abandons no trace through
     ``ipvs/`` while the core makes 40,000 connections and forwards the
-    established packets of the newest among them: a path that grows past the limit is compiled in
-    pieces and runs much slower (``ipvs.daemon.PYPY_JIT`` says how much).
-    A fresh PyPy, so the traces are this test's own."""
+    established packets of the newest among them, then takes 20,000 SYNs
+    alone: a path that grows past the limit is compiled in pieces and runs
+    much slower (``ipvs.daemon.PYPY_JIT`` and ``_traced_apart`` say how
+    much).  A fresh PyPy, so the traces are this test's own."""
     def probe(mode: str) -> str:
         return subprocess.run([sys.executable, "-c", _TRACE_PROBE, str(ROOT), mode], capture_output=True,
                               text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]
