@@ -171,7 +171,7 @@ class Bench:
             name = "haproxy" if cur == "haproxy" else "director"
             pidf = os.path.join(lab.STATE, f"{name}.pid")
             if os.path.exists(pidf):
-                lab.stop_pid(int(open(pidf).read()))
+                lab.stop_pid(lab.read_pid(name))
                 os.unlink(pidf)
 
     def enter(self, path: str) -> str:
@@ -216,8 +216,7 @@ class Bench:
             deadline = time.monotonic() + 30
             while lab.ipvsadm("-Ln", check=False).returncode != 0:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the director did not start:\n" +
-                                       open(os.path.join(lab.STATE, "director.log")).read()[-3000:])
+                    raise RuntimeError("the director did not start:\n" + lab.log_tail("director"))
                 time.sleep(0.1)
             for line in RULES:
                 lab.ipvsadm(*line.split())
@@ -257,7 +256,7 @@ class Bench:
         """ipvsd's CPU seconds so far and its counters (None on other paths)."""
         if self.current is None or not self.current.startswith("pyipvs"):
             return None
-        pid = int(open(os.path.join(lab.STATE, "director.pid")).read())
+        pid = lab.read_pid("director")
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
@@ -372,7 +371,7 @@ def main(argv: list[str]) -> int:
     try:
         lab.up("spare", False, rules=False)
         # The director started by up() has no rules; the bench starts its own.
-        lab.stop_pid(int(open(os.path.join(lab.STATE, "director.pid")).read()))
+        lab.stop_pid(lab.read_pid("director"))
         os.unlink(os.path.join(lab.STATE, "director.pid"))
         lab.start("iperf3-rs1", lab.NS_RS1, ["iperf3", "-s", "-B", "172.16.0.2"])
         lab.run(*lab.nsexec(lab.NS_CLIENT, "ip", "route", "replace", "172.16.0.0/24", "via", OUTER))

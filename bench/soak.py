@@ -138,8 +138,7 @@ LOAD = textwrap.dedent("""
 
 
 def director_pid() -> int:
-    with open(os.path.join(lab.STATE, "director.pid")) as f:
-        return int(f.read())
+    return lab.read_pid("director")
 
 
 def conn_entries() -> int:

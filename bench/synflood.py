@@ -196,8 +196,7 @@ def client_tcp() -> dict[str, int]:
 
 
 def director_pid() -> int:
-    with open(os.path.join(lab.STATE, "director.pid")) as f:
-        return int(f.read())
+    return lab.read_pid("director")
 
 
 def restart_director(extra: list[str]) -> None:

@@ -243,9 +243,9 @@ def start(name: str, ns: str, cmd: list[str], ready: str | None = None, timeout:
           env: dict | None = None) -> int:
     """Start ``cmd`` in ``ns`` holding its real PID (ip netns exec execs it)."""
     os.makedirs(STATE, exist_ok=True)
-    out = open(os.path.join(STATE, f"{name}.log"), "w")
-    p = subprocess.Popen(nsexec(ns, *cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env={**os.environ, **(env or {})})
+    with open(os.path.join(STATE, f"{name}.log"), "w") as out:  # the child keeps its own copy
+        p = subprocess.Popen(nsexec(ns, *cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env={**os.environ, **(env or {})})
     with open(os.path.join(STATE, f"{name}.pid"), "w") as f:
         f.write(f"{p.pid}\n")
     if ready:
@@ -257,10 +257,20 @@ def start(name: str, ns: str, cmd: list[str], ready: str | None = None, timeout:
             if p.poll() is not None:
                 break
             time.sleep(0.05)
-        with open(os.path.join(STATE, f"{name}.log")) as f:
-            tail = f.read()[-2000:]
-        raise RuntimeError(f"{name} did not become ready:\n{tail}")
+        raise RuntimeError(f"{name} did not become ready:\n{log_tail(name, 2000)}")
     return p.pid
+
+
+def read_pid(name: str) -> int:
+    """The PID :func:`start` recorded for ``name``."""
+    with open(os.path.join(STATE, f"{name}.pid")) as f:
+        return int(f.read())
+
+
+def log_tail(name: str, chars: int = 3000) -> str:
+    """The end of ``name``'s log (what it printed before failing)."""
+    with open(os.path.join(STATE, f"{name}.log")) as f:
+        return f.read()[-chars:]
 
 
 def alive(pid: int) -> bool:
@@ -568,11 +578,10 @@ def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = Fal
     start("director", NS_DIR, director_cmd(mode, strict, ipv6, method), ready=None, env={"PYTHONPATH": ROOT})
     deadline = time.monotonic() + 30
     while ipvsadm("-Ln", check=False).returncode != 0:
-        pid = int(open(os.path.join(STATE, "director.pid")).read())
+        pid = read_pid("director")
         if not alive(pid) or time.monotonic() > deadline:
             state = "exited" if not alive(pid) else "no answer to ipvsadm -Ln"
-            raise RuntimeError(f"the director did not start ({state}):\n" +
-                               open(os.path.join(STATE, "director.log")).read()[-3000:])
+            raise RuntimeError(f"the director did not start ({state}):\n" + log_tail("director"))
         time.sleep(0.1)
     if rules:
         for line in rules_for(method) + (rules6_for(method) if ipv6 else []):

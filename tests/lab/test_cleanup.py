@@ -28,7 +28,7 @@ def shared_lab():
 
 
 def _director_pid() -> int:
-    return int(open(os.path.join(lab_mod.STATE, "director.pid")).read())
+    return lab_mod.read_pid("director")
 
 
 def _start(strict: bool) -> int:

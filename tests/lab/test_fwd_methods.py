@@ -213,9 +213,8 @@ def test_decapsulator_saw_its_tunnel_only(flab):
     variant's lab goes down after it."""
     if flab.method == "dr":
         pytest.skip("no tunnel in DR")
-    pid = int(open(os.path.join(lab_mod.STATE, "decap-rs1.pid")).read())
-    lab_mod.stop_pid(pid)
-    line = open(os.path.join(lab_mod.STATE, "decap-rs1.log")).read().splitlines()[-1]
+    lab_mod.stop_pid(lab_mod.read_pid("decap-rs1"))
+    line = lab_mod.log_tail("decap-rs1").splitlines()[-1]
     counts = dict(kv.split("=") for kv in line.split()[1:])
     kind = flab.method.split("-")[0] + ("6" if flab.ipv6 else "")  # (an outer IPv6 header: ipip6, gue6, gre6)
     assert int(counts.pop(kind)) > 0

@@ -35,8 +35,7 @@ def lab(request):
 
 
 def _director_pid() -> int:
-    with open(os.path.join(lab_mod.STATE, "director.pid")) as f:
-        return int(f.read())
+    return lab_mod.read_pid("director")
 
 
 def _gone(pid: int, timeout: float = 10.0) -> bool:
