@@ -556,9 +556,16 @@ class ConnTable:
 
     def in_get(self, protocol: int, saddr: bytes, daddr: bytes, sport: int, dport: int) -> Connection | None:
         """``ip_vs_conn_in_get`` with the NO_CPORT retry."""
-        cp = self.in_find(in_key(protocol, saddr, daddr, sport, dport))
+        return self.in_get_key(in_key(protocol, saddr, daddr, sport, dport))
+
+    def in_get_key(self, key: bytes) -> Connection | None:
+        """:meth:`in_get` by a packet's in key (:func:`in_key`): when no
+        connection has it, the one expected with client port 0 (an FTP
+        data connection whose client port is not known yet), as
+        ``ip_vs_conn_in_get`` retries with ``IP_VS_CONN_F_NO_CPORT``."""
+        cp = self.in_find(key)
         if cp is None and self.no_cport_count:
-            cp = self.in_find(in_key(protocol, saddr, daddr, 0, dport))
+            cp = self.in_find(key[:-4] + b"\0\0" + key[-2:])
             if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
                 cp = None
         return cp

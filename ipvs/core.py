@@ -295,12 +295,7 @@ class Director:
         """``ip_vs_in``: a packet towards a virtual service."""
         ipvs = self.ipvs
         tab = ipvs.conn_tab
-        cp = tab.in_find(key)
-        if cp is None and tab.no_cport_count:
-            # An expected connection (FTP data) whose client port is not known yet.
-            cp = tab.in_find(key[:-4] + b"\0\0" + key[-2:])
-            if cp is not None and not cp.flags & IP_VS_CONN_F_NO_CPORT:
-                cp = None
+        cp = tab.in_get_key(key)
         pp = pd.pp
         if cp is not None and ipvs.sysctl.conn_reuse_mode and pp.is_new_conn(buf, h.l4):
             cp = self._conn_reuse(cp, pp, now)
