@@ -141,19 +141,12 @@ _session: Session | None = None
 _installed: tuple[str, ...] = ()
 
 
-def _open_session(spare: bool = False) -> Session | None:
+def _open_session() -> Session:
+    """The daemon's libnftables session, made on first use (OSError
+    without libnftables: each caller says what that costs it)."""
     global _session
     if _session is None:
-        try:
-            _session = Session()
-        except OSError as e:
-            if spare:
-                log.warning("libnftables unavailable (%s): the kernel still receives the spare NICs' frames; "
-                            "keep ip_forward=0 (apt install libnftables1)", e)
-            else:
-                log.warning("libnftables unavailable (%s): the nftables table is made by nft -f, and a daemon "
-                            "killed with SIGKILL leaves it until the next start (apt install libnftables1)", e)
-            return None
+        _session = Session()
     return _session
 
 
@@ -277,7 +270,13 @@ def install(inner_ifs: list[str], masq: tuple[str, int, int] | None, ifaces: lis
     global _installed
     check_br_netfilter(list(ifaces or inner_ifs), proc6=BRIDGE_NF_CALL6 if inner_ifs6 is not None else None)
     remove()
-    session = _open_session()
+    session: Session | None
+    try:
+        session = _open_session()
+    except OSError as e:
+        log.warning("libnftables unavailable (%s): the nftables table is made by nft -f, and a daemon "
+                    "killed with SIGKILL leaves it until the next start (apt install libnftables1)", e)
+        session = None
     families = FAMILIES if inner_ifs6 is not None else ("ip",)
     script = table_script("ip", inner_ifs, masq, owner=session is not None)
     if inner_ifs6 is not None:
@@ -310,8 +309,11 @@ def install_spare(ifaces: list[str]) -> bool:
     of that name, a kernel before 5.12), spare mode runs without it and a
     warning says so.  No old table is deleted first: this one is only ever
     made owned, so none outlives its daemon."""
-    session = _open_session(spare=True)
-    if session is None:
+    try:
+        session = _open_session()
+    except OSError as e:
+        log.warning("libnftables unavailable (%s): the kernel still receives the spare NICs' frames; "
+                    "keep ip_forward=0 (apt install libnftables1)", e)
         return False
     try:
         session.run(spare_script(ifaces))
