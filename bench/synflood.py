@@ -206,7 +206,7 @@ def restart_director(extra: list[str]) -> None:
     deadline = time.monotonic() + 30
     while lab.ipvsadm("-Ln", check=False).returncode != 0:
         if time.monotonic() > deadline:
-            raise RuntimeError(open(os.path.join(lab.STATE, "director.log")).read()[-2000:])
+            raise RuntimeError(lab.log_tail("director", 2000))
         time.sleep(0.1)
     for line in lab.RULES:
         lab.ipvsadm(*line.split(), check=False)

@@ -36,7 +36,7 @@ def _start(strict: bool) -> int:
     pid = lab_mod.start("director", lab_mod.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
     deadline = time.monotonic() + 20
     while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
-        assert time.monotonic() < deadline, open(os.path.join(lab_mod.STATE, "director.log")).read()[-2000:]
+        assert time.monotonic() < deadline, lab_mod.log_tail("director", 2000)
         time.sleep(0.1)
     return pid
 

@@ -88,7 +88,7 @@ def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
                       env={"PYTHONPATH": ROOT})
         deadline = time.monotonic() + 30
         while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
-            assert time.monotonic() < deadline, open(os.path.join(lab_mod.STATE, "director.log")).read()[-2000:]
+            assert time.monotonic() < deadline, lab_mod.log_tail("director", 2000)
             time.sleep(0.1)
         assert _rules() == before
     finally:
