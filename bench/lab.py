@@ -48,8 +48,8 @@ gigabytes the load moved): ``cpu_us_per_conn``, ``cpu_us_per_req``,
 2-core machine shared with the load generator and the servers, that CPU
 is what the other paths leave to them.  ``--iperf-bitrate`` (iperf3's
 ``-b``, e.g. ``2G``) caps the bulk load, so that every path moves the same
-data and ``cpu_ms_per_gb`` compares them at equal work on a busy machine.  Everything is removed at the end, even
-on failure.
+data and ``cpu_ms_per_gb`` compares them at equal work on a busy machine.
+Everything is removed at the end, even on failure.
 """
 
 from __future__ import annotations

@@ -29,11 +29,11 @@ Differences from the kernel:
   against both draws in a second walk (5.6-5.9 us with the kernel's own
   loop); the two calls to ``bisect_left`` cost some 50 ns more where the
   list is short (0.18 against 0.13 us at one destination, 0.25 against
-  0.19 at ten).  What is
-  left is the first walk, about 2 ns a destination: what PyPy takes for a
-  loop over objects that reads two of their fields.  The sums live in a
-  list the scheduler keeps between decisions (rebuilt when the number of
-  destinations changes), so a decision allocates nothing.
+  0.19 at ten).  What is left is the first walk, about 2 ns a
+  destination: what PyPy takes for a loop over objects that reads two of
+  their fields.  The sums live in a list the scheduler keeps between
+  decisions (rebuilt when the number of destinations changes), so a
+  decision allocates nothing.
 """
 
 from __future__ import annotations
