@@ -1,6 +1,6 @@
 """Lab benchmark: plain routing, nftables DNAT, HAProxy and PyIPVS on one lab.
 
-    sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf]
+    sudo python3 bench/lab.py [--rounds N] [--ab-requests N] [--seconds S] [--only ab,wrk,iperf,iperf-bbr]
                               [--paths route,nft,haproxy,pyipvs,pyipvs-cpython] [--warm-seconds S]
                               [--variant NAME="IPVSD OPTIONS"]... [--iperf-bitrate RATE]
 
@@ -27,6 +27,16 @@ alike):
 Loads, each bounded: ``ab -n N -c 50`` short connections, ``wrk -t2 -c50
 -dS`` keep-alive requests, ``iperf3 -t S`` bulk to rs1 (through VIP:5201
 where a balancer is in the path).  Offloads stay on (veth defaults).
+
+The bulk load names its sender's TCP congestion control (``iperf3 -C``)
+instead of taking the machine's default, which is a kernel build option:
+``iperf`` runs CUBIC, the default of Linux and of Debian's kernels, and
+``iperf-bbr`` the same with BBR, the default of the kernel this project's
+machine runs.  They are not alike for a balancer in user space: BBR
+paces the sender at the delivery rate it has seen, and a path that
+delivers in batches after each wake-up keeps that estimate, and with it
+the transfer, low (in this lab CUBIC moved PyIPVS at about nftables'
+rate, BBR at 0.65-0.8x of it; see ``docs/lab.md``).
 Every path is warmed up before its measured loads, each round (``wrk``
 for ``--warm-seconds`` and a 2,000-connection ``ab``): a fresh ipvsd on
 PyPy runs interpreted until its JIT has compiled the data path.
@@ -273,8 +283,8 @@ class Bench:
         if before is None or after is None or self.units <= 0:
             return {}
         name, scale = {"ab": ("cpu_us_per_conn", 1e6), "wrk": ("cpu_us_per_req", 1e6),
-                       "iperf": ("cpu_ms_per_gb", 1e3)}[load]
-        units = self.units / 1e9 if load == "iperf" else self.units
+                       "iperf": ("cpu_ms_per_gb", 1e3), "iperf-bbr": ("cpu_ms_per_gb", 1e3)}[load]
+        units = self.units / 1e9 if load.startswith("iperf") else self.units
         unit = name.rpartition("_")[2]
 
         def delta(key: str) -> int:
@@ -319,19 +329,31 @@ class Bench:
         return float(m.group(1)) if m else 0.0
 
     def iperf(self, target: str) -> float:
+        return self._iperf(target, "cubic")
+
+    def iperf_bbr(self, target: str) -> float:
+        return self._iperf(target, "bbr")
+
+    def _iperf(self, target: str, cc: str) -> float:
+        """Gbit/s of one ``iperf3`` run whose sender uses congestion control ``cc`` (see the docstring)."""
         cap = ["-b", self.args.iperf_bitrate] if self.args.iperf_bitrate else []
-        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), *cap, "-J", check=False,
-                         timeout=self.args.seconds + 60)
+        out = lab.client("iperf3", "-c", target, "-t", str(self.args.seconds), "-C", cc, *cap, "-J",
+                         check=False, timeout=self.args.seconds + 60)
         self.units = 0.0
         try:
-            end = json.loads(out)["end"]["sum_received"]
-            self.units = float(end["bytes"])
-            return end["bits_per_second"] / 1e9
-        except (ValueError, KeyError):
+            result = json.loads(out)
+        except ValueError:
+            result = {"error": out[-300:]}
+        end = result.get("end", {}).get("sum_received", {})
+        if "bytes" not in end:
+            print(f"# iperf3 -C {cc}: no result: {result.get('error')}", file=sys.stderr)
             return 0.0
+        self.units = float(end["bytes"])
+        return end["bits_per_second"] / 1e9
 
 
-LOADS = {"ab": ("conn/s", "ab"), "wrk": ("req/s", "wrk"), "iperf": ("Gbit/s", "iperf")}
+LOADS = {"ab": ("conn/s", "ab"), "wrk": ("req/s", "wrk"), "iperf": ("Gbit/s", "iperf"),
+         "iperf-bbr": ("Gbit/s", "iperf_bbr")}
 
 
 def main(argv: list[str]) -> int:
@@ -341,7 +363,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--warm-seconds", type=int, default=3,
                    help="warm-up before each path's measured loads, and the length of the warm load's curve")
-    p.add_argument("--only", default="ab,wrk,iperf")
+    p.add_argument("--only", default="ab,wrk,iperf,iperf-bbr")
     p.add_argument("--iperf-bitrate", metavar="RATE", help="iperf3 -b: a capped bulk load (e.g. 2G)")
     p.add_argument("--paths", default=",".join(PATHS))
     p.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
