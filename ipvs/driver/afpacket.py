@@ -286,6 +286,7 @@ class AFPacketDriver:
         #: The ports' own addresses: a next hop among them is a real server
         #: on the director itself (IPv6: :attr:`IPv6Path.own_nh`).
         self.own_addrs = frozenset(p.addr for p in ports)
+        #: Addresses that are the director's own: its ports' always, the VIPs too in spare mode.
         self.local: set[int] = set(self.own_addrs)
         self._warned_self: set[int] = set()
         self._next_tick = 0
@@ -481,7 +482,7 @@ class AFPacketDriver:
             if self.mode == "spare":
                 daddrs.add(p.addr)
             else:
-                exclude = {q.addr for q in self.ports} | self.vips
+                exclude = self.vips | self.own_addrs
             src_nets.append((p.net, p.mask))
             if self.masq is not None:
                 src_nets += self.masq.nets
@@ -671,8 +672,6 @@ class AFPacketDriver:
                 if buf[L3 + 9] != IPPROTO_ICMP:
                     self._local_in(p, buf)
                 return
-            if daddr in {q.addr for q in self.ports}:
-                return
         saddr = _I.unpack_from(buf, L3 + 12)[0]
         if masq is not None and masq.matches(saddr) and p.role != "outer":
             if not self._forward_ttl(p, buf):
@@ -752,8 +751,7 @@ class AFPacketDriver:
             self.drops["host_unreach_ipvs"] += 1
             return
         daddr = _I.unpack_from(err, L3 + 16)[0]
-        if verdict != NF_STOLEN and (daddr in self.local or daddr in self.vips
-                                     or any(daddr == q.addr for q in self.ports)):
+        if verdict != NF_STOLEN and (daddr in self.local or daddr in self.vips):
             # For the director itself: the kernel delivers it to its own
             # stack, where nothing waits for it.
             counts["host_unreach_local"] += 1
