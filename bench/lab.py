@@ -27,16 +27,6 @@ alike):
 Loads, each bounded: ``ab -n N -c 50`` short connections, ``wrk -t2 -c50
 -dS`` keep-alive requests, ``iperf3 -t S`` bulk to rs1 (through VIP:5201
 where a balancer is in the path).  Offloads stay on (veth defaults).
-
-The bulk load names its sender's TCP congestion control (``iperf3 -C``)
-instead of taking the machine's default, which is a kernel build option:
-``iperf`` runs CUBIC, the default of Linux and of Debian's kernels, and
-``iperf-bbr`` the same with BBR, the default of the kernel this project's
-machine runs.  They are not alike for a balancer in user space: BBR
-paces the sender at the delivery rate it has seen, and a path that
-delivers in batches after each wake-up keeps that estimate, and with it
-the transfer, low (in this lab CUBIC moved PyIPVS at about nftables'
-rate, BBR at 0.65-0.8x of it; see ``docs/lab.md``).
 Every path is warmed up before its measured loads, each round (``wrk``
 for ``--warm-seconds`` and a 2,000-connection ``ab``): a fresh ipvsd on
 PyPy runs interpreted until its JIT has compiled the data path.
@@ -47,6 +37,16 @@ bursts for ``--warm-seconds`` seconds; it prints each burst's rate on
 stderr, the steady rate (median of the last third of the bursts) and
 ``t90``, the end of the first burst at 90% of it, counted from the start
 of the first burst (the director has seen one curl request before).
+
+The bulk load names its sender's TCP congestion control (``iperf3 -C``)
+instead of taking the machine's default, which is a kernel build option:
+``iperf`` runs CUBIC, the default of Linux and of Debian's kernels, and
+``iperf-bbr`` the same with BBR, the default of the kernel this project's
+machine runs.  They are not alike for a balancer in user space: BBR
+paces the sender at the delivery rate it has seen, and a path that
+delivers in batches after each wake-up keeps that estimate, and with it
+the transfer, low (in this lab CUBIC moved PyIPVS at about nftables'
+rate, BBR at 0.65-0.8x of it; see ``docs/lab.md``).
 
 Prints ``name value unit`` lines: the median of each load per path, and
 each path's ratio to nftables DNAT.  For each ipvsd path also what one
