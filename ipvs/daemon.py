@@ -304,6 +304,8 @@ class ControlServer:
         self._deadline = float("inf")
         self._pending: dict[int, _Peer] = {}  # peers with requests left for a later turn
         self._listen = self._bind(self.address, allowed_gid)
+        #: The namespace's directory of the default socket (None for a named one).
+        self._netns_dir = os.path.dirname(self.address) if self.address == default_socket() else None
         self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
 
     # ---------------------------------------------------------- socket
@@ -386,6 +388,15 @@ class ControlServer:
                     os.unlink(self.address)
                 except FileNotFoundError:
                     pass
+                if self._netns_dir is not None:
+                    # The namespace's own directory goes with its daemon, as
+                    # systemd's RuntimeDirectory= would (test namespaces have
+                    # names of their own, and left one each); not if it holds
+                    # anything else.
+                    try:
+                        os.rmdir(self._netns_dir)
+                    except OSError:
+                        pass
         if self._own_selector:
             self.sel.close()
 

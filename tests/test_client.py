@@ -268,6 +268,29 @@ def test_default_socket_is_out_of_reach_of_other_users(tmp_path, monkeypatch):
         assert os.WEXITSTATUS(status) == 0
     finally:
         server.close()
+    assert not os.path.exists(os.path.dirname(path))  # the namespace's directory went with it
+
+
+def test_the_default_sockets_directory_goes_with_the_daemon_unless_it_holds_more(tmp_path, monkeypatch):
+    from ipvs.daemon import ControlServer
+    from ipvs.netns import NetnsIPVS
+
+    monkeypatch.setenv(client.RUN_DIR_ENV, str(tmp_path / "run"))
+    monkeypatch.delenv(client.SOCKET_ENV, raising=False)
+    tmp_path.chmod(0o755)
+    path = client.default_socket()
+    server = ControlServer(NetnsIPVS(), path=None)
+    other = os.path.join(os.path.dirname(path), "state")
+    with open(other, "w") as f:
+        f.write("kept")
+    server.close()
+    assert os.listdir(os.path.dirname(path)) == ["state"]
+    os.unlink(other)
+    server = ControlServer(NetnsIPVS(), path=None)
+    assert os.path.exists(path)
+    server.close()
+    assert not os.path.exists(os.path.dirname(path))
+    assert os.path.isdir(tmp_path / "run")  # only the namespace's own directory
 
 
 def test_connect_retries_a_full_backlog(tmp_path):
