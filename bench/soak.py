@@ -137,10 +137,6 @@ LOAD = textwrap.dedent("""
 """)
 
 
-def director_pid() -> int:
-    return lab.read_pid("director")
-
-
 def conn_entries() -> int:
     """Every entry of the table (``ipvsadm -Lnc``: connections and templates)."""
     r = lab.ipvsadm("-Lnc", check=False)
@@ -215,7 +211,7 @@ def soak(minutes: float, interval: float, rate: float, quick: bool, rss_slack: f
     """Run the three phases on a lab that is up; returns the figures and the verdict."""
     for cmd in (["--set", "30", "10", "10"], ["-E", "-t", f"{lab.VIP}:21", "-p", "20"]):
         lab.ipvsadm(*cmd)
-    pid = director_pid()
+    pid = lab.read_pid("director")
     s = Sampler(pid, interval)
     seconds = minutes * 60
     drain_limit = (15 if quick else LONGEST_TIMEOUT_S) + 30

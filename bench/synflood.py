@@ -195,12 +195,8 @@ def client_tcp() -> dict[str, int]:
     return out
 
 
-def director_pid() -> int:
-    return lab.read_pid("director")
-
-
 def restart_director(extra: list[str]) -> None:
-    lab.stop_pid(director_pid())
+    lab.stop_pid(lab.read_pid("director"))
     cmd = lab.director_cmd("spare", False) + extra
     lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
     deadline = time.monotonic() + 30
@@ -257,7 +253,7 @@ def at(samples: list[dict], t: float) -> dict:
 
 def run_variant(name: str, extra: list[str], seconds: float, ports: int, capture: str | None = None) -> dict:
     restart_director(extra)
-    pid = director_pid()
+    pid = lab.read_pid("director")
     dumps = []
     if capture:
         # The second client's packets only (the flood's sources are other addresses), as each end saw them.

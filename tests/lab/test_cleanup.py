@@ -27,10 +27,6 @@ def shared_lab():
         lab_mod.down()
 
 
-def _director_pid() -> int:
-    return lab_mod.read_pid("director")
-
-
 def _start(strict: bool) -> int:
     cmd = lab_mod.director_cmd("shared", strict, ipv6=True)
     pid = lab_mod.start("director", lab_mod.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
@@ -77,7 +73,7 @@ def _tx(lab) -> str:
 def test_sigkill_leftovers_are_cleaned_by_the_next_start(shared_lab):
     lab = shared_lab
     assert _table(lab) and _tx(lab) == "on"
-    _kill9(_director_pid())
+    _kill9(lab_mod.read_pid("director"))
     assert not _table(lab), "the kernel removes the killed daemon's owner table with its netlink socket"
     pid = _start(strict=True)
     assert _tx(lab) == "off"

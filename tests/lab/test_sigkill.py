@@ -34,10 +34,6 @@ def lab(request):
         lab_mod.down()
 
 
-def _director_pid() -> int:
-    return lab_mod.read_pid("director")
-
-
 def _gone(pid: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,7 +69,7 @@ def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.5)  # mid-load
-        pid = _director_pid()
+        pid = lab_mod.read_pid("director")
         os.kill(pid, signal.SIGKILL)
         assert _gone(pid)
         if lab.mode == "shared":
