@@ -303,22 +303,25 @@ class ControlServer:
         self._accept_paused_until: float | None = None
         self._deadline = float("inf")
         self._pending: dict[int, _Peer] = {}  # peers with requests left for a later turn
-        self._listen = self._bind(self.address, allowed_gid)
+        default = self.address == default_socket()
+        self._listen = self._bind(self.address, allowed_gid, default)
         #: The namespace's directory of the default socket (None for a named one).
-        self._netns_dir = os.path.dirname(self.address) if self.address == default_socket() else None
+        self._netns_dir = os.path.dirname(self.address) if default else None
         self.sel.register(self._listen, selectors.EVENT_READ, self._on_accept)
 
     # ---------------------------------------------------------- socket
 
     @staticmethod
-    def _bind(address: str, allowed_gid: int | None = None) -> socket.socket:
+    def _bind(address: str, allowed_gid: int | None = None, default: bool = False) -> socket.socket:
+        """Bind and listen on ``address``; ``default``: it is the namespace's
+        default socket, whose directories are made here if missing."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if not address.startswith("\0"):
                 parent = os.path.dirname(address) or "."
-                if address == default_socket():
+                if default:
                     _secure_dir(os.path.dirname(parent), create=True)
-                _secure_dir(parent, create=address == default_socket())
+                _secure_dir(parent, create=default)
                 ControlServer._remove_stale(address)
             try:
                 s.bind(address)
