@@ -56,10 +56,20 @@ gigabytes the load moved): ``cpu_us_per_conn``, ``cpu_us_per_req``,
 ``cpu_ms_per_gb``; and from its counters the loop's wake-ups
 (``loop.turns``) per unit and the frames received per wake-up.  On a
 2-core machine shared with the load generator and the servers, that CPU
-is what the other paths leave to them.  ``--iperf-bitrate`` (iperf3's
-``-b``, e.g. ``2G``) caps the bulk load, so that every path moves the same
-data and ``cpu_ms_per_gb`` compares them at equal work on a busy machine.
-Everything is removed at the end, even on failure.
+is what the other paths leave to them.  For every path, what the unit
+cost the whole machine: its busy CPU time (``/proc/stat``: user, nice,
+system, irq, softirq; not idle, iowait or steal) across the load, per
+unit: ``machine_us_per_conn``, ``machine_us_per_req``,
+``machine_ms_per_gb``.  Where the load keeps both CPUs busy, a path's rate
+is about their two seconds a second divided by that figure, so the
+difference between two paths' figures is what one path costs more than
+the other, the load generator's and the servers' work included (on
+nftables' path the kernel forwards in the senders' own system calls and
+softirqs; on PyIPVS's, the daemon's ``send`` delivers to the receivers'
+TCP).  ``--iperf-bitrate`` (iperf3's ``-b``, e.g. ``2G``) caps the bulk
+load, so that every path moves the same data and ``cpu_ms_per_gb``
+compares them at equal work on a busy machine.  Everything is removed at
+the end, even on failure.
 """
 
 from __future__ import annotations
@@ -262,10 +272,21 @@ class Bench:
 
     # -- ipvsd's cost per unit of load
 
-    def probe(self) -> tuple[float, dict[str, int]] | None:
-        """ipvsd's CPU seconds so far and its counters (None on other paths)."""
+    @staticmethod
+    def machine_busy() -> float:
+        """CPU seconds the machine has been busy, all CPUs and everybody
+        (``/proc/stat``'s user, nice, system, irq and softirq: not idle,
+        iowait or what the hypervisor stole)."""
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+    def probe(self) -> tuple[float, float | None, dict[str, int]]:
+        """The machine's busy CPU seconds so far, and on ipvsd's paths
+        ipvsd's CPU seconds and its counters (None and {} on the others)."""
+        busy = self.machine_busy()
         if self.current is None or not self.current.startswith("pyipvs"):
-            return None
+            return busy, None, {}
         pid = lab.read_pid("director")
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
@@ -275,25 +296,28 @@ class Bench:
             counters = json.loads(out)
         except ValueError:
             counters = {}
-        return cpu, counters
+        return busy, cpu, counters
 
-    def account(self, load: str, before: tuple[float, dict[str, int]] | None) -> dict[str, float]:
-        """Record what the load just run cost ipvsd per unit (see the docstring's figures) and return it."""
+    def account(self, load: str, before: tuple[float, float | None, dict[str, int]]) -> dict[str, float]:
+        """Record what the load just run cost per unit (see the docstring's figures) and return it."""
         after = self.probe()
-        if before is None or after is None or self.units <= 0:
+        if self.units <= 0:
             return {}
-        name, scale = {"ab": ("cpu_us_per_conn", 1e6), "wrk": ("cpu_us_per_req", 1e6),
-                       "iperf": ("cpu_ms_per_gb", 1e3), "iperf-bbr": ("cpu_ms_per_gb", 1e3)}[load]
+        name, scale = {"ab": ("us_per_conn", 1e6), "wrk": ("us_per_req", 1e6),
+                       "iperf": ("ms_per_gb", 1e3), "iperf-bbr": ("ms_per_gb", 1e3)}[load]
         units = self.units / 1e9 if load.startswith("iperf") else self.units
         unit = name.rpartition("_")[2]
+        figures = {f"machine_{name}": (after[0] - before[0]) * scale / units}
+        if before[1] is not None and after[1] is not None:
 
-        def delta(key: str) -> int:
-            return after[1].get(key, 0) - before[1].get(key, 0)
+            def delta(key: str) -> int:
+                return after[2].get(key, 0) - before[2].get(key, 0)
 
-        turns = delta("loop.turns")
-        frames = sum(delta(k) for k in after[1] if k.startswith("driver.") and k.endswith("_rx_frames"))
-        figures = {name: (after[0] - before[0]) * scale / units, f"wakeups_per_{unit}": turns / units,
-                   "frames_per_wakeup": frames / turns if turns else 0.0}
+            turns = delta("loop.turns")
+            frames = sum(delta(k) for k in after[2] if k.startswith("driver.") and k.endswith("_rx_frames"))
+            figures.update({f"cpu_{name}": (after[1] - before[1]) * scale / units,
+                            f"wakeups_per_{unit}": turns / units,
+                            "frames_per_wakeup": frames / turns if turns else 0.0})
         for fig, v in figures.items():
             self.cost.setdefault((self.current, load, fig), []).append(v)
         return figures
@@ -443,10 +467,10 @@ def main(argv: list[str]) -> int:
                 print(f"lab.{load}.{path}.vs_nft {med / base:.2f} x")
     for (path, name), vals in b.latency.items():
         print(f"lab.{name}.{path} {statistics.median(vals):.2f} ms")
-    units = {"cpu_us_per_conn": "us", "cpu_us_per_req": "us", "cpu_ms_per_gb": "ms",
-             "frames_per_wakeup": "frames"}
     for (path, load, fig), vals in b.cost.items():
-        print(f"lab.{load}.{path}.{fig} {statistics.median(vals):.2f} {units.get(fig, 'wakeups')}")
+        # (cpu_us_per_conn, machine_ms_per_gb: the second word)
+        unit = {"frames_per_wakeup": "frames"}.get(fig, "wakeups" if fig.startswith("wakeups") else fig.split("_")[1])
+        print(f"lab.{load}.{path}.{fig} {statistics.median(vals):.2f} {unit}")
     return 0
 
 
