@@ -77,6 +77,14 @@ def rss_bytes(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of this process or of ``pid`` so far
+    (``/proc/PID/stat``'s utime and stime).  OSError when the process is gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold anything
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def parse_figures(text: str) -> dict[str, tuple[float, str]]:
     figures = {}
     for line in text.splitlines():

@@ -95,7 +95,7 @@ def _load_lab():
 
 
 lab = _load_lab()
-from _runtime import describe  # noqa: E402 - the interpreter, as ipvsd names it
+from _runtime import cpu_seconds, describe  # noqa: E402 - ipvsd's CPU time; the interpreter, as ipvsd names it
 
 # Namespaces and state of its own, so a benchmark never collides with a lab
 # test or an ``ipvs-lab`` run going on at the same time (their names are
@@ -287,10 +287,7 @@ class Bench:
         busy = self.machine_busy()
         if self.current is None or not self.current.startswith("pyipvs"):
             return busy, None, {}
-        pid = lab.read_pid("director")
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        cpu = cpu_seconds(lab.read_pid("director"))
         out = d(sys.executable, os.path.join(lab.TOOLS, "ipvs-counters"), "--json", "-a", check=False).stdout
         try:
             counters = json.loads(out)

@@ -72,6 +72,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 sys.path.insert(0, ROOT)
+import _runtime  # noqa: E402 - the benches' helpers (this file's directory is on the path)
+
 import ipvs_harness.lab as lab  # noqa: E402 - after the path (tools/ipvs-lab is only a launcher of it)
 
 FLOOD = textwrap.dedent("""
@@ -232,11 +234,9 @@ WHERE = ("d_out_rx_frames", "d_out_rx_kernel_drops", "br-in_rx_frames", "br-in_r
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+    """User + system CPU time of a process so far; 0.0 once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _runtime.cpu_seconds(pid)
     except (OSError, IndexError, ValueError):
         return 0.0
 
