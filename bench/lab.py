@@ -373,6 +373,15 @@ class Bench:
         return end["bits_per_second"] / 1e9
 
 
+def figure_unit(fig: str) -> str:
+    """The unit of a cost figure (see :meth:`Bench.account`), from its name."""
+    if fig == "frames_per_wakeup":
+        return "frames"
+    if fig.startswith("wakeups_per_"):
+        return "wakeups"
+    return fig.split("_")[1]  # cpu_us_per_conn, machine_ms_per_gb
+
+
 LOADS = {"ab": ("conn/s", "ab"), "wrk": ("req/s", "wrk"), "iperf": ("Gbit/s", "iperf"),
          "iperf-bbr": ("Gbit/s", "iperf_bbr")}
 
@@ -465,9 +474,7 @@ def main(argv: list[str]) -> int:
     for (path, name), vals in b.latency.items():
         print(f"lab.{name}.{path} {statistics.median(vals):.2f} ms")
     for (path, load, fig), vals in b.cost.items():
-        # (cpu_us_per_conn, machine_ms_per_gb: the second word)
-        unit = {"frames_per_wakeup": "frames"}.get(fig, "wakeups" if fig.startswith("wakeups") else fig.split("_")[1])
-        print(f"lab.{load}.{path}.{fig} {statistics.median(vals):.2f} {unit}")
+        print(f"lab.{load}.{path}.{fig} {statistics.median(vals):.2f} {figure_unit(fig)}")
     return 0
 
 
