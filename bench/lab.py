@@ -49,26 +49,34 @@ the transfer, low (in this lab CUBIC moved PyIPVS at about nftables'
 rate, BBR at 0.65-0.8x of it; see ``docs/lab.md``).
 
 Prints ``name value unit`` lines: the median of each load per path, and
-each path's ratio to nftables DNAT.  For each ipvsd path also what one
-unit of load cost ipvsd (its utime + stime from ``/proc/PID/stat``,
-across the measured load, divided by the connections, requests or
-gigabytes the load moved): ``cpu_us_per_conn``, ``cpu_us_per_req``,
-``cpu_ms_per_gb``; and from its counters the loop's wake-ups
-(``loop.turns``) per unit and the frames received per wake-up.  On a
-2-core machine shared with the load generator and the servers, that CPU
-is what the other paths leave to them.  For every path, what the unit
-cost the whole machine: its busy CPU time (``/proc/stat``: user, nice,
-system, irq, softirq; not idle, iowait or steal) across the load, per
-unit: ``machine_us_per_conn``, ``machine_us_per_req``,
-``machine_ms_per_gb``.  Where the load keeps both CPUs busy, a path's rate
-is about their two seconds a second divided by that figure, so the
-difference between two paths' figures is what one path costs more than
-the other, the load generator's and the servers' work included (on
-nftables' path the kernel forwards in the senders' own system calls and
-softirqs; on PyIPVS's, the daemon's ``send`` delivers to the receivers'
-TCP).  ``--iperf-bitrate`` (iperf3's ``-b``, e.g. ``2G``) caps the bulk
-load, so that every path moves the same data and ``cpu_ms_per_gb``
-compares them at equal work on a busy machine.  Everything is removed at
+each path's ratio to nftables DNAT, then what one unit of load (a
+connection, a request, a gigabyte) cost, across the measured load:
+
+* ``machine_*``: the whole machine's busy CPU time (``/proc/stat``: user,
+  nice, system, irq, softirq; not idle, iowait or steal).  Where the load
+  keeps both CPUs busy, a path's rate is about their two seconds a second
+  divided by this figure, so the difference between two paths' figures
+  is what one costs more than the other, everybody's work included;
+* ``client_*``: the load generator's own CPU time (ab, wrk or iperf3,
+  from the children's ``getrusage``);
+* ``servers_*``: the processes in the real servers' namespaces (nginx,
+  iperf3's server);
+* ``director_*``: the processes in the director's namespace: ipvsd, or
+  HAProxy; nothing on the kernel's paths, whose forwarding is billed to
+  the senders' system calls and softirqs.
+
+Each process's figure is its utime + stime from ``/proc/PID/stat``, which
+includes the kernel work done in its system calls: on nftables' path the
+client's sends run the forwarding and the servers' TCP, on PyIPVS's the
+daemon's ``send`` delivers to the receivers' TCP.  What the machine spent
+beyond the three (softirqs run outside any system call, kernel threads)
+is the difference.  Figures are named ``lab.LOAD.PATH.ROLE_UNIT`` (e.g.
+``lab.ab.nft.machine_us_per_conn``, ``lab.iperf.pyipvs.director_ms_per_gb``).
+For each ipvsd path also, from its counters, the loop's wake-ups
+(``loop.turns``) per unit and the frames received per wake-up.
+``--iperf-bitrate`` (iperf3's ``-b``, e.g. ``2G``) caps the bulk load, so
+that every path moves the same data and the figures compare them at equal
+work on a busy machine.  Everything is removed at
 the end, even on failure.
 """
 
@@ -78,11 +86,13 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +105,7 @@ def _load_lab():
 
 
 lab = _load_lab()
-from _runtime import cpu_seconds, describe  # noqa: E402 - ipvsd's CPU time; the interpreter, as ipvsd names it
+from _runtime import cpu_seconds, describe  # noqa: E402 - a process's CPU time; the interpreter, as ipvsd names it
 
 # Namespaces and state of its own, so a benchmark never collides with a lab
 # test or an ``ipvs-lab`` run going on at the same time (their names are
@@ -150,6 +160,36 @@ RULES = [
     f"-A -t {VIP}:5201 -s rr",
     f"-a -t {VIP}:5201 -r 172.16.0.2:5201 -m",
 ]
+
+
+class Probe(NamedTuple):
+    """CPU seconds so far (see :meth:`Bench.probe`)."""
+
+    busy: float
+    director: float
+    servers: float
+    counters: dict[str, int]
+
+
+def ns_cpu_seconds(ns: str) -> float:
+    """User + system CPU seconds of the processes now in network namespace ``ns``."""
+    ino = os.stat(f"/run/netns/{ns}").st_ino
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
+                total += cpu_seconds(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's waited-for children (the loads)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def d(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -281,22 +321,25 @@ class Bench:
             user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
         return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
-    def probe(self) -> tuple[float, float | None, dict[str, int]]:
-        """The machine's busy CPU seconds so far, and on ipvsd's paths
-        ipvsd's CPU seconds and its counters (None and {} on the others)."""
+    def probe(self) -> Probe:
+        """The CPU seconds spent so far by the machine, the director's
+        namespace and the servers' namespaces, and on ipvsd's paths ipvsd's
+        counters ({} on the others)."""
         busy = self.machine_busy()
-        if self.current is None or not self.current.startswith("pyipvs"):
-            return busy, None, {}
-        cpu = cpu_seconds(lab.read_pid("director"))
-        out = d(sys.executable, os.path.join(lab.TOOLS, "ipvs-counters"), "--json", "-a", check=False).stdout
-        try:
-            counters = json.loads(out)
-        except ValueError:
-            counters = {}
-        return busy, cpu, counters
+        director = ns_cpu_seconds(lab.NS_DIR)
+        servers = ns_cpu_seconds(lab.NS_RS1) + ns_cpu_seconds(lab.NS_RS2)
+        counters: dict[str, int] = {}
+        if self.current is not None and self.current.startswith("pyipvs"):
+            out = d(sys.executable, os.path.join(lab.TOOLS, "ipvs-counters"), "--json", "-a", check=False).stdout
+            try:
+                counters = json.loads(out)
+            except ValueError:
+                pass
+        return Probe(busy, director, servers, counters)
 
-    def account(self, load: str, before: tuple[float, float | None, dict[str, int]]) -> dict[str, float]:
-        """Record what the load just run cost per unit (see the docstring's figures) and return it."""
+    def account(self, load: str, before: Probe, client: float) -> dict[str, float]:
+        """Record what the load just run cost per unit (see the docstring's
+        figures) and return it; ``client`` is the CPU the load generator spent."""
         after = self.probe()
         if self.units <= 0:
             return {}
@@ -304,16 +347,18 @@ class Bench:
                        "iperf": ("ms_per_gb", 1e3), "iperf-bbr": ("ms_per_gb", 1e3)}[load]
         units = self.units / 1e9 if load.startswith("iperf") else self.units
         unit = name.rpartition("_")[2]
-        figures = {f"machine_{name}": (after[0] - before[0]) * scale / units}
-        if before[1] is not None and after[1] is not None:
+        figures = {f"{role}_{name}": seconds * scale / units
+                   for role, seconds in (("machine", after.busy - before.busy), ("client", client),
+                                         ("servers", after.servers - before.servers),
+                                         ("director", after.director - before.director))}
+        if after.counters:
 
             def delta(key: str) -> int:
-                return after[2].get(key, 0) - before[2].get(key, 0)
+                return after.counters.get(key, 0) - before.counters.get(key, 0)
 
             turns = delta("loop.turns")
-            frames = sum(delta(k) for k in after[2] if k.startswith("driver.") and k.endswith("_rx_frames"))
-            figures.update({f"cpu_{name}": (after[1] - before[1]) * scale / units,
-                            f"wakeups_per_{unit}": turns / units,
+            frames = sum(delta(k) for k in after.counters if k.startswith("driver.") and k.endswith("_rx_frames"))
+            figures.update({f"wakeups_per_{unit}": turns / units,
                             "frames_per_wakeup": frames / turns if turns else 0.0})
         for fig, v in figures.items():
             self.cost.setdefault((self.current, load, fig), []).append(v)
@@ -441,8 +486,10 @@ def main(argv: list[str]) -> int:
                 b.warm_up(target)
                 for load in loads:
                     before = b.probe()
+                    client = children_cpu_seconds()
                     v = getattr(b, LOADS[load][1])(target)
-                    cost = b.account(load, before)
+                    client = children_cpu_seconds() - client
+                    cost = b.account(load, before, client)
                     results.setdefault((path, load), []).append(v)
                     print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}"
                           + "".join(f" {k}={x:.2f}" for k, x in cost.items()), file=sys.stderr, flush=True)
