@@ -28,8 +28,9 @@ Pieces:
 
 The data-path plug-in interface (implemented by :mod:`ipvs.driver`):
 ``fds() -> list[int]``, ``on_readable(fd, now)``, ``poll_timeout() ->
-float | None`` (seconds), ``on_idle(now)`` and ``close()``; ``now`` is in
-jiffies.
+float | None`` (seconds), ``spin() -> bool`` (busy polling before the
+loop sleeps: True when there is work after all), ``on_idle(now)`` and
+``close()``; ``now`` is in jiffies.
 
 Time: the daemon is the only place above the driver that reads a clock;
 ``now`` in jiffies is ``int(time.monotonic() * hz)``.
@@ -1489,6 +1490,8 @@ class Daemon:
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for events (at most ``timeout`` or until a timer is due), handle them, run timers."""
         wait = self._timeout() if timeout is None else timeout
+        if wait > 0 and self.driver is not None and self.driver.spin():
+            wait = 0.0  # a frame came while the driver watched its rings
         self.server.begin_turn()
         events = self.sel.select(wait)
         t0 = self.clock()

@@ -334,6 +334,9 @@ class FakeDriver:
         self.readable: list[bytes] = []
         self.idle = 0
         self.closed = False
+        self.spins = 0
+        #: What :meth:`spin` answers.
+        self.spin_finds = False
 
     def fds(self) -> list[int]:
         return [self.r.fileno()]
@@ -344,6 +347,11 @@ class FakeDriver:
 
     def poll_timeout(self) -> float | None:
         return 0.5
+
+    def spin(self) -> bool:
+        self.spins += 1
+        return self.spin_finds
+
 
     def on_idle(self, now: int) -> None:
         self.idle += 1
@@ -374,6 +382,28 @@ def test_loop_ticks_every_jiffy_with_a_driver(tmp_path):
     assert drv.idle >= len(director.calls)
     assert drv.closed
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_loop_asks_the_driver_to_spin_before_it_sleeps(tmp_path):
+    """A driver whose busy polling found a frame keeps the loop from sleeping
+    (the turn polls with no wait); one that found nothing lets it sleep."""
+    director = FakeDirector(due_in=10**9)
+    drv = FakeDriver()
+    d = Daemon(NetnsIPVS(), director, socket_path=str(tmp_path / "s.sock"), driver=drv)
+    waits = []
+    try:
+        d.start()
+        d.run_once()  # the first turn runs the timers
+        select = d.sel.select
+        d.sel.select = lambda timeout=None: waits.append(timeout) or select(timeout)
+        drv.spin_finds = True
+        d.run_once()
+        drv.spin_finds = False
+        d.run_once()
+    finally:
+        d.shutdown()
+    assert drv.spins >= 2
+    assert waits[0] == 0.0 and waits[1] > 0.0
 
 
 def test_control_plane_runs_timers_when_due(tmp_path):
@@ -1480,6 +1510,9 @@ def test_get_counters_adds_the_data_paths_the_loops_and_the_memorys(tmp_path):
 
         def poll_timeout(self):
             return 0.0
+
+        def spin(self):
+            return False
 
         def on_idle(self, now):
             pass

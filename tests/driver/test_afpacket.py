@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,8 +13,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 
 from ipvs.driver import neigh, pcap
-from ipvs.driver.afpacket import L3
-from tests.conftest import checksums_valid, inet_csum, tcp, udp
+from ipvs.driver.afpacket import L3, AFPacketDriver, Port
+from tests.conftest import Lab, checksums_valid, inet_csum, tcp, udp
 
 from .helpers import (
     CLIENT,
@@ -25,6 +26,7 @@ from .helpers import (
     OUTER,
     RS1,
     VIP,
+    FakeRing,
     Rig,
     arp,
     frame,
@@ -715,3 +717,70 @@ def test_a_local_node_real_server_is_answered_as_by_a_host_with_nothing_listenin
     t = Ether(f)[TCP]
     assert Ether(f)[IP].src == VIP and (t.sport, t.dport, t.flags) == (80, 40000, "RA")
     assert len(r.lab.conns()) == 1 and "drop_local_real_server" not in r.drv.counters()
+
+
+class PolledRing(FakeRing):
+    """A fake ring the loop polls: :meth:`rx` reports ``pending`` frames,
+    :meth:`holds` says whether one has come by ``arrives`` (a monotonic time)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.nslots = 512
+        self.pending = 0
+        self.arrives: float | None = None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def rx(self, handler, batch: int = 256) -> int:
+        n, self.pending = self.pending, 0
+        return n
+
+    def holds(self, k: int) -> bool:
+        return self.arrives is not None and time.monotonic() >= self.arrives
+
+
+def _polled_driver(busy_poll_us: int) -> tuple[AFPacketDriver, PolledRing, PolledRing]:
+    out_ring, in_ring = PolledRing(100), PolledRing(101)
+    ports = [Port("d_out", "outer", ip4(OUTER), 0xFFFFFF00, HZ, MAC_D_OUT, 1500, out_ring),
+             Port("br-in", "inner", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, in_ring)]
+    return AFPacketDriver(Lab().d, ports, "spare", busy_poll_us=busy_poll_us), out_ring, in_ring
+
+
+def test_busy_polling_after_a_turn_with_frames_catches_the_next_one():
+    drv, out_ring, in_ring = _polled_driver(busy_poll_us=2_000_000)
+    assert not drv.spin()  # no frames yet: the loop may sleep at once
+    out_ring.pending = 3
+    drv.on_readable(100, 1000)
+    in_ring.arrives = time.monotonic() + 0.01  # on the other port, 10 ms later
+    t0 = time.monotonic()
+    assert drv.spin()
+    assert time.monotonic() - t0 < 1.0  # back with the frame, not at the end of the 2 s
+    assert drv.counters()["busy_poll_hits"] == 1
+
+
+def test_busy_polling_gives_up_after_its_time_and_an_idle_loop_never_spins():
+    drv, out_ring, _in_ring = _polled_driver(busy_poll_us=20_000)
+    out_ring.pending = 1
+    drv.on_readable(100, 1000)
+    t0 = time.monotonic()
+    assert not drv.spin()
+    assert time.monotonic() - t0 >= 0.019  # watched the rings for its 20 ms
+    t0 = time.monotonic()
+    assert not drv.spin()  # no frame since: no second spin
+    assert time.monotonic() - t0 < 0.019
+    out_ring.pending = 0
+    drv.on_readable(100, 1001)  # an empty turn (the ring was readable, then drained elsewhere)
+    assert not drv.spin()
+    c = drv.counters()
+    assert c["busy_poll_misses"] == 1 and "busy_poll_hits" not in c
+
+
+def test_busy_polling_off_never_spins():
+    drv, out_ring, in_ring = _polled_driver(busy_poll_us=0)
+    out_ring.pending = 1
+    drv.on_readable(100, 1000)
+    in_ring.arrives = time.monotonic()
+    assert not drv.spin()  # the frame waits for the loop's next poll instead
+    assert "busy_poll_misses" not in drv.counters()
