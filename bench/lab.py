@@ -424,7 +424,7 @@ def figure_unit(fig: str) -> str:
         return "frames"
     if fig.startswith("wakeups_per_"):
         return "wakeups"
-    return fig.split("_")[1]  # cpu_us_per_conn, machine_ms_per_gb
+    return fig.split("_")[1]  # director_us_per_conn, machine_ms_per_gb
 
 
 LOADS = {"ab": ("conn/s", "ab"), "wrk": ("req/s", "wrk"), "iperf": ("Gbit/s", "iperf"),
