@@ -754,10 +754,9 @@ def test_busy_polling_after_a_turn_with_frames_catches_the_next_one():
     out_ring.pending = 3
     drv.on_readable(100, 1000)
     in_ring.arrives = time.monotonic() + 0.01  # on the other port, 10 ms later
-    t0 = time.monotonic()
-    assert drv.spin()
-    assert time.monotonic() - t0 < 1.0  # back with the frame, not at the end of the 2 s
-    assert drv.counters()["busy_poll_hits"] == 1
+    assert drv.spin()  # back with the frame, not at the end of the 2 s (that would be a miss)
+    c = drv.counters()
+    assert c["busy_poll_hits"] == 1 and "busy_poll_misses" not in c
 
 
 def test_busy_polling_gives_up_after_its_time_and_an_idle_loop_never_spins():
@@ -767,9 +766,8 @@ def test_busy_polling_gives_up_after_its_time_and_an_idle_loop_never_spins():
     t0 = time.monotonic()
     assert not drv.spin()
     assert time.monotonic() - t0 >= 0.019  # watched the rings for its 20 ms
-    t0 = time.monotonic()
-    assert not drv.spin()  # no frame since: no second spin
-    assert time.monotonic() - t0 < 0.019
+    assert not drv.spin()  # no frame since: no second spin (a spin counts a miss)
+    assert drv.counters()["busy_poll_misses"] == 1
     out_ring.pending = 0
     drv.on_readable(100, 1001)  # an empty turn (the ring was readable, then drained elsewhere)
     assert not drv.spin()
