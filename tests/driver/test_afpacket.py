@@ -741,18 +741,22 @@ class PolledRing(FakeRing):
         return self.arrives is not None and time.monotonic() >= self.arrives
 
 
-def _polled_driver(busy_poll_us: int) -> tuple[AFPacketDriver, PolledRing, PolledRing]:
+def _polled_driver(busy_poll_us: int, turn_with_frames: bool = True) -> tuple[AFPacketDriver, PolledRing, PolledRing]:
+    """A driver on two polled rings, after a turn that received a frame on the outer one (or none)."""
     out_ring, in_ring = PolledRing(100), PolledRing(101)
     ports = [Port("d_out", "outer", ip4(OUTER), 0xFFFFFF00, HZ, MAC_D_OUT, 1500, out_ring),
              Port("br-in", "inner", ip4(GW), 0xFFFFFF00, HZ, MAC_D_IN, 1500, in_ring)]
-    return AFPacketDriver(Lab().d, ports, "spare", busy_poll_us=busy_poll_us), out_ring, in_ring
+    drv = AFPacketDriver(Lab().d, ports, "spare", busy_poll_us=busy_poll_us)
+    if turn_with_frames:
+        out_ring.pending = 1
+        drv.on_readable(100, 1000)
+    return drv, out_ring, in_ring
 
 
 def test_busy_polling_after_a_turn_with_frames_catches_the_next_one():
-    drv, out_ring, in_ring = _polled_driver(busy_poll_us=2_000_000)
-    assert not drv.spin()  # no frames yet: the loop may sleep at once
-    out_ring.pending = 3
-    drv.on_readable(100, 1000)
+    fresh, _out, _in = _polled_driver(busy_poll_us=2_000_000, turn_with_frames=False)
+    assert not fresh.spin()  # no frames yet: the loop may sleep at once
+    drv, _out, in_ring = _polled_driver(busy_poll_us=2_000_000)
     in_ring.arrives = time.monotonic() + 0.01  # on the other port, 10 ms later
     assert drv.spin()  # back with the frame, not at the end of the 2 s (that would be a miss)
     c = drv.counters()
@@ -760,9 +764,7 @@ def test_busy_polling_after_a_turn_with_frames_catches_the_next_one():
 
 
 def test_busy_polling_gives_up_after_its_time_and_an_idle_loop_never_spins():
-    drv, out_ring, _in_ring = _polled_driver(busy_poll_us=20_000)
-    out_ring.pending = 1
-    drv.on_readable(100, 1000)
+    drv, out_ring, _in = _polled_driver(busy_poll_us=20_000)
     t0 = time.monotonic()
     assert not drv.spin()
     assert time.monotonic() - t0 >= 0.019  # watched the rings for its 20 ms
@@ -776,9 +778,7 @@ def test_busy_polling_gives_up_after_its_time_and_an_idle_loop_never_spins():
 
 
 def test_busy_polling_off_never_spins():
-    drv, out_ring, in_ring = _polled_driver(busy_poll_us=0)
-    out_ring.pending = 1
-    drv.on_readable(100, 1000)
+    drv, _out, in_ring = _polled_driver(busy_poll_us=0)
     in_ring.arrives = time.monotonic()
     assert not drv.spin()  # the frame waits for the loop's next poll instead
     assert "busy_poll_misses" not in drv.counters()
