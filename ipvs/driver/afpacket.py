@@ -361,9 +361,10 @@ class AFPacketDriver:
         wake-up; and the wake-up is not only the daemon's cost: the
         kernel runs it in the sender's context (``sock_def_readable``
         from the packet socket's ``tpacket_rcv``), where on a VM it costs
-        an interprocessor interrupt.  Under a bulk transfer, iperf3's
-        sender spent about 200 ms a GB waking ipvsd (docs/lab.md).  A
-        turn without frames never spins, so an idle director sleeps.
+        an interprocessor interrupt.  Under a bulk transfer, a loop that
+        never slept took about 200 ms a GB off iperf3's sender
+        (docs/lab.md).  A turn without frames never spins, so an idle
+        director sleeps.
         Off by default: when frames come close together anyway (keep-alive
         requests), a frame caught at once is a turn of its own and its own
         ``send``, where a sleep would have let several share one.
