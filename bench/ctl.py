@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from ipvs.client import Client  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from _runtime import cpu_seconds, print_runtime, rss_bytes, start_daemon, stop_daemon  # noqa: E402
+from _runtime import children_cpu_seconds, cpu_seconds, print_runtime, rss_bytes, start_daemon, stop_daemon  # noqa: E402
 from _venv import daemon_runtime  # noqa: E402
 
 
@@ -75,23 +74,18 @@ class Recorder:
         return {"version": 1, "ok": True}
 
 
-def children_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def timed(cmd: list[str], env: dict, stdin: str | None = None,
           daemon: subprocess.Popen | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """Run a tool; print its CPU time and the daemon's as ``<name>_cpu`` lines
     (the wall time on a shared machine is mostly other people's load)."""
-    c0 = children_cpu_s()
+    c0 = children_cpu_seconds()
     d0 = cpu_seconds(daemon.pid) if daemon is not None else 0.0
     t0 = time.perf_counter()
     p = subprocess.run(cmd, input=stdin, env=env, capture_output=True, text=True, timeout=600)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[:500]}")
-    p.tool_cpu = children_cpu_s() - c0
+    p.tool_cpu = children_cpu_seconds() - c0
     p.daemon_cpu = cpu_seconds(daemon.pid) - d0 if daemon is not None else 0.0
     return dt, p
 

@@ -86,7 +86,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -105,7 +104,7 @@ def _load_lab():
 
 
 lab = _load_lab()
-from _runtime import cpu_seconds, describe  # noqa: E402 - a process's CPU time; the interpreter, as ipvsd names it
+from _runtime import children_cpu_seconds, cpu_seconds, describe  # noqa: E402 - CPU times; the interpreter, as ipvsd names it
 
 # Namespaces and state of its own, so a benchmark never collides with a lab
 # test or an ``ipvs-lab`` run going on at the same time (their names are
@@ -184,12 +183,6 @@ def ns_cpu_seconds(ns: str) -> float:
         except OSError:
             continue  # gone meanwhile
     return total
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of this process's waited-for children (the loads)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def d(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
