@@ -76,8 +76,8 @@ For each ipvsd path also, from its counters, the loop's wake-ups
 (``loop.turns``) per unit and the frames received per wake-up.
 ``--iperf-bitrate`` (iperf3's ``-b``, e.g. ``2G``) caps the bulk load, so
 that every path moves the same data and the figures compare them at equal
-work on a busy machine.  Everything is removed at
-the end, even on failure.
+work on a busy machine.  Everything is removed at the end, even on
+failure.
 """
 
 from __future__ import annotations

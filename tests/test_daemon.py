@@ -352,7 +352,6 @@ class FakeDriver:
         self.spins += 1
         return self.spin_finds
 
-
     def on_idle(self, now: int) -> None:
         self.idle += 1
 

@@ -166,8 +166,8 @@ _H = struct.Struct("!H")
 #: assignment of ``bytes`` would copy each into a temporary bytearray).
 _ETH_HDR = struct.Struct("6s6s2s")
 #: ``--busy-poll``'s default, in microseconds: off.  50 moved a bulk
-#: transfer about 30% faster in the lab (its next super-frame comes within
-#: it) but cost keep-alive requests about 10% (docs/lab.md).
+#: transfer 18% faster in the lab (its next super-frame often comes within
+#: it) but cost keep-alive requests 6% (docs/lab.md).
 BUSY_POLL_US = 0
 SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
@@ -364,10 +364,10 @@ class AFPacketDriver:
         an interprocessor interrupt.  Under a bulk transfer, a loop that
         never slept took about 200 ms a GB off iperf3's sender
         (docs/lab.md).  A turn without frames never spins, so an idle
-        director sleeps.
-        Off by default: when frames come close together anyway (keep-alive
-        requests), a frame caught at once is a turn of its own and its own
-        ``send``, where a sleep would have let several share one.
+        director sleeps.  Off by default: when frames come close together
+        anyway (keep-alive requests), a frame caught at once is a turn of
+        its own and its own ``send``, where a sleep would have let several
+        share one.
         """
         if not self._received or not self.busy_poll:
             return False
