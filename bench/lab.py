@@ -164,7 +164,6 @@ RULES = [
 class Probe(NamedTuple):
     """CPU seconds so far (see :meth:`Bench.probe`)."""
 
-    busy: float
     director: float
     servers: float
     counters: dict[str, int]
@@ -315,10 +314,10 @@ class Bench:
         return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
     def probe(self) -> Probe:
-        """The CPU seconds spent so far by the machine, the director's
-        namespace and the servers' namespaces, and on ipvsd's paths ipvsd's
-        counters ({} on the others)."""
-        busy = self.machine_busy()
+        """The CPU seconds spent so far by the director's namespace and the
+        servers' namespaces, and on ipvsd's paths ipvsd's counters ({} on the
+        others).  Not the machine's: reading the counters runs a process,
+        which the machine figure must not count (see :meth:`account`)."""
         director = ns_cpu_seconds(lab.NS_DIR)
         servers = ns_cpu_seconds(lab.NS_RS1) + ns_cpu_seconds(lab.NS_RS2)
         counters: dict[str, int] = {}
@@ -328,11 +327,12 @@ class Bench:
                 counters = json.loads(out)
             except ValueError:
                 pass
-        return Probe(busy, director, servers, counters)
+        return Probe(director, servers, counters)
 
-    def account(self, load: str, before: Probe, client: float) -> dict[str, float]:
+    def account(self, load: str, before: Probe, busy: float, client: float) -> dict[str, float]:
         """Record what the load just run cost per unit (see the docstring's
-        figures) and return it; ``client`` is the CPU the load generator spent."""
+        figures) and return it; ``busy`` is what the machine spent during the
+        load alone, ``client`` what the load generator spent."""
         after = self.probe()
         if self.units <= 0:
             return {}
@@ -341,7 +341,7 @@ class Bench:
         units = self.units / 1e9 if load.startswith("iperf") else self.units
         unit = name.rpartition("_")[2]
         figures = {f"{role}_{name}": seconds * scale / units
-                   for role, seconds in (("machine", after.busy - before.busy), ("client", client),
+                   for role, seconds in (("machine", busy), ("client", client),
                                          ("servers", after.servers - before.servers),
                                          ("director", after.director - before.director))}
         if after.counters:
@@ -479,10 +479,10 @@ def main(argv: list[str]) -> int:
                 b.warm_up(target)
                 for load in loads:
                     before = b.probe()
-                    client = children_cpu_seconds()
+                    busy, client = b.machine_busy(), children_cpu_seconds()
                     v = getattr(b, LOADS[load][1])(target)
-                    client = children_cpu_seconds() - client
-                    cost = b.account(load, before, client)
+                    busy, client = b.machine_busy() - busy, children_cpu_seconds() - client
+                    cost = b.account(load, before, busy, client)
                     results.setdefault((path, load), []).append(v)
                     print(f"# round {r} {path} {load} {v:.2f} {LOADS[load][0]}"
                           + "".join(f" {k}={x:.2f}" for k, x in cost.items()), file=sys.stderr, flush=True)
