@@ -67,6 +67,46 @@ def print_jit_traces_too_long() -> None:
         print(f"jit_traces_too_long {len(_TOO_LONG)} traces ({names})", flush=True)
 
 
+#: Iterations of :func:`_reference_loop` in one window: about 5 ms on either runtime.
+_LOOP_N = 4_000_000 if sys.implementation.name == "pypy" else 60_000
+
+
+def _reference_loop(n: int) -> int:
+    """A fixed integer loop: no allocation, no memory beyond registers, the
+    same work on every machine; its time tracks only the CPU's speed."""
+    s = 0
+    for i in range(n):
+        s = (s + ((i * i) ^ (s >> 3))) & 0xFFFFFFFF
+    return s
+
+
+def print_machine_speed(when: str, seconds: float = 1.0) -> None:
+    """``machine_<when>_fast`` and ``machine_<when>_slow_share``: a fixed
+    loop timed in windows of about 5 ms over ``seconds``; its fastest
+    window in ns an iteration of this thread's CPU time, and the share of
+    windows that took over 1.5 times that.
+
+    Some virtual machines run a thread at half speed for spells of a
+    fraction of a second to seconds (seen here: a tenth of the windows of a
+    30-second run took twice the median), which the thread's CPU time
+    cannot tell from the code being slower.  Printed before and after a
+    benchmark's figures, these tell whether its runs may have met such a
+    spell: a slow share well above 0, or a fast figure that moved from one
+    run to the next.
+    """
+    _reference_loop(_LOOP_N)  # compiled by the JIT before the first window
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.thread_time()
+        _reference_loop(_LOOP_N)
+        times.append(time.thread_time() - t)
+    fast = min(times)
+    slow = sum(1 for t in times if t > 1.5 * fast)
+    print(f"machine_{when}_fast {fast / _LOOP_N * 1e9:.3f} ns/iteration", flush=True)
+    print(f"machine_{when}_slow_share {slow / len(times):.2f} of windows", flush=True)
+
+
 def rss_bytes(pid: int | str = "self") -> int:
     """The resident set size (``VmRSS``) of this process or of ``pid``: the
     one memory figure that means the same on both runtimes (PyPy has no

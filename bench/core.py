@@ -13,6 +13,10 @@ bytes_per_conn    memory per held connection over N connections: the
                   tracemalloc; RSS means the same on both runtimes)
 traced_bytes_per_conn  the same from tracemalloc (CPython only)
 expire_us_per_conn  cost of expiring them
+machine_start_fast, _slow_share, machine_end_*
+                  the machine's speed before and after the figures
+                  (bench/_runtime.py: print_machine_speed): a slow share
+                  above 0 says some figures may come from a half-speed spell
 jit_traces_too_long  (PyPy) traces the JIT abandoned as longer than ipvsd's
                   trace limit, with the functions it compiled apart
                   instead: a packet path split in pieces runs slower
@@ -45,6 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from _runtime import (  # noqa: E402
     print_jit_traces_too_long,
+    print_machine_speed,
     print_runtime,
     rss_bytes,
     run_as_ipvsd,
@@ -260,6 +265,7 @@ def main() -> None:
         run_both(os.path.abspath(__file__), without_option(sys.argv[1:], "--runtimes"), a.runtimes)
         return
     print_runtime()
+    print_machine_speed("start")
     # Memory first: memory the rate runs freed stays in the process and
     # would hide the growth of the resident size.
     per, traced, exp = bench_memory(20_000 if a.quick else a.conns)
@@ -284,6 +290,7 @@ def main() -> None:
             print(f"established_in_pps_{method}_v6 {pps:.0f} pkt/s")
         for method in ("dr", "tun_ipip"):
             print(f"new_conn_pps_{method}_v6 {bench_new(n, a.repeat, 6, method):.0f} pkt/s")
+    print_machine_speed("end")
     print_jit_traces_too_long()
 
 

@@ -29,6 +29,10 @@ warm_first_conn_per_s, warm_steady_conn_per_s, warm_t90_s
                   since the first frame (the daemon's "90% of its steady
                   rate within 2 s of its first packet", with the machine's
                   other work left out)
+machine_start_fast, _slow_share, machine_end_*
+                  the machine's speed before and after the figures
+                  (bench/_runtime.py: print_machine_speed): a slow share
+                  above 0 says some figures may come from a half-speed spell
 batch_us_p50, _p999, _max
                   CPU time of one RX batch in the last (warm) run of each
                   figure above: the tail is where garbage collection pauses
@@ -57,7 +61,14 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_jit_traces_too_long, print_runtime, run_as_ipvsd, run_both, without_option  # noqa: E402
+from _runtime import (  # noqa: E402
+    print_jit_traces_too_long,
+    print_machine_speed,
+    print_runtime,
+    run_as_ipvsd,
+    run_both,
+    without_option,
+)
 
 from ipvs import ctl, uapi  # noqa: E402
 from ipvs.core import Director  # noqa: E402
@@ -393,6 +404,7 @@ def main(argv: list[str]) -> int:
                 warm.extend(BATCH_TIMES[start:])
         return max(results)
 
+    print_machine_speed("start")
     print(f"driver.established_pps {best(lambda: established(seconds, batch)):.0f} pps")
     fps, cps = best(lambda: short_conns(seconds, batch))
     print(f"driver.short_conn_pps {fps:.0f} pps")
@@ -402,6 +414,7 @@ def main(argv: list[str]) -> int:
     for name, q in (("p50", 0.5), ("p999", 0.999)):
         print(f"driver.batch_us_{name} {times[int(q * (len(times) - 1))] * 1e6:.1f} us")
     print(f"driver.batch_us_max {times[-1] * 1e6:.1f} us")
+    print_machine_speed("end")
     print_jit_traces_too_long()
     return 0
 

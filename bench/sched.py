@@ -3,6 +3,9 @@
 
 runtime <impl> <version>  the interpreter that ran the figures (bench/_runtime.py)
 loadavg_<when> <1 min>    the machine's load before and after (shared cores)
+machine_<when>_fast, _slow_share  its speed before and after (bench/_runtime.py:
+                       print_machine_speed): a slow share above 0 says some
+                       figures may come from a half-speed spell
 sched_<name>_n<N>      cost of one scheduling decision with N destinations
                        (us/decision), clients and VIP-side addresses cycling
                        through 1024 values; weights 1..4 in turn; each chosen
@@ -50,7 +53,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _runtime import print_runtime, run_as_ipvsd, run_both, without_option  # noqa: E402
+from _runtime import print_machine_speed, print_runtime, run_as_ipvsd, run_both, without_option  # noqa: E402
 
 from ipvs import ctl  # noqa: E402
 from ipvs.netns import NetnsIPVS  # noqa: E402
@@ -228,6 +231,7 @@ def main() -> None:
         ap.error(f"unknown figures: {', '.join(sorted(unknown))}")
     print_runtime()
     print(f"loadavg_start {loadavg()} load", flush=True)
+    print_machine_speed("start")
     for fig in figs:
         for n in sizes:
             # A fresh interpreter per figure: see the module docstring.
@@ -235,6 +239,7 @@ def main() -> None:
             cmd += ["--budget", str(args.budget), "--rounds", str(args.rounds)]
             subprocess.run(cmd, check=True)
     print(f"loadavg_end {loadavg()} load", flush=True)
+    print_machine_speed("end")
 
 
 if __name__ == "__main__":
