@@ -73,7 +73,9 @@ beyond the three (softirqs run outside any system call, kernel threads)
 is the difference.  Figures are named ``lab.LOAD.PATH.ROLE_UNIT`` (e.g.
 ``lab.ab.nft.machine_us_per_conn``, ``lab.iperf.pyipvs.director_ms_per_gb``).
 For each ipvsd path also, from its counters, the loop's wake-ups
-(``loop.turns``) per unit and the frames received per wake-up.
+(``loop.turns``) per unit and the frames received per wake-up, and on
+PyPy the part of ``director_*`` its garbage collector ran (``gc_*``,
+from ``memory.gc_time_ms``: ms, so coarse for a short load).
 ``--iperf-bitrate`` (iperf3's ``-b``, e.g. ``2G``) caps the bulk load, so
 that every path moves the same data and the figures compare them at equal
 work on a busy machine.  Everything is removed at the end, even on
@@ -353,6 +355,8 @@ class Bench:
             frames = sum(delta(k) for k in after.counters if k.startswith("driver.") and k.endswith("_rx_frames"))
             figures.update({f"wakeups_per_{unit}": turns / units,
                             "frames_per_wakeup": frames / turns if turns else 0.0})
+            if "memory.gc_time_ms" in after.counters:  # PyPy's
+                figures[f"gc_{name}"] = delta("memory.gc_time_ms") / 1e3 * scale / units
         for fig, v in figures.items():
             self.cost.setdefault((self.current, load, fig), []).append(v)
         return figures
