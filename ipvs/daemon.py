@@ -69,6 +69,7 @@ from ipvs.client import (
 )
 from ipvs.core import Director
 from ipvs.ip_vs import IPVSProtocol
+from ipvs.xmit import tunnel_encap
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipvs.netns import NetnsIPVS
@@ -1799,8 +1800,17 @@ def _traced_apart() -> list[Callable[..., object]]:
     a call into it.  ``bench/core.py`` on PyPy (6 Dec 2026), established
     packets measured after the SYNs of the memory figure: 4.9-5.0 M pkt/s
     with ``schedule`` alone apart, 5.9-6.0 M with ``conn_schedule`` too
-    (new connections unchanged, 1.1-1.3 M/s), and no trace too long."""
-    return [IPVSProtocol.conn_schedule, Director.schedule]
+    (new connections unchanged, 1.1-1.3 M/s), and no trace too long.
+
+    A tunnel's encapsulation (:func:`ipvs.xmit.tunnel_encap`, the body of
+    ``ip_vs_tunnel_xmit``, which the kernel reaches through
+    ``cp->packet_xmit``) is compiled apart for the same reason.  Inlined, a
+    VS/TUN packet's trace grew too long and the JIT stopped inlining
+    ``process`` (or ``_in``): on PyPy, NAT packets after some tunnelled
+    traffic ran at 3.0-3.2 M pkt/s instead of 3.8-4.1 M (``bench/core.py``'s
+    per-method figures, 8 interleaved pairs, 7 Dec 2026), the tunnels' own
+    rate unchanged."""
+    return [IPVSProtocol.conn_schedule, Director.schedule, tunnel_encap]
 
 
 def tune_jit() -> None:

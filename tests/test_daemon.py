@@ -1366,7 +1366,7 @@ def test_pypy_env_only_on_pypy_and_only_what_is_missing():
     assert pypy_env_missing("cpython", {}) == {}
 
 
-def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
+def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_and_encapsulation_apart(monkeypatch):
     """On PyPy the two settings reach pypyjit; elsewhere pypyjit is never
     imported (CPython has none)."""
     import types
@@ -1374,6 +1374,7 @@ def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
     from ipvs import daemon as dmod
     from ipvs.core import Director
     from ipvs.ip_vs import IPVSProtocol
+    from ipvs.xmit import tunnel_encap
 
     calls: list[tuple[str, object]] = []
     fake = types.SimpleNamespace(
@@ -1388,7 +1389,8 @@ def test_tune_jit_sets_the_trace_limit_and_keeps_scheduling_apart(monkeypatch):
     dmod.tune_jit()
     assert calls == [("set_param", "trace_limit=10000"),
                      ("dont_trace_here", (0, False, IPVSProtocol.conn_schedule.__code__)),
-                     ("dont_trace_here", (0, False, Director.schedule.__code__))]
+                     ("dont_trace_here", (0, False, Director.schedule.__code__)),
+                     ("dont_trace_here", (0, False, tunnel_encap.__code__))]
 
 
 _TRACE_PROBE = """
@@ -1418,17 +1420,21 @@ def frame(src, sport, dst, dport, flags, payload):
     return bytes(buf)
 
 vip = bytes((203, 0, 113, 5))
+tunnel = sys.argv[3] == "tun"  # VS/TUN (IPIP): no replies come through the director
 d = Director()
+d.own_address = lambda dst: bytes((172, 16, 0, 1))  # the tunnel's outer source
 su = ctl.ServiceUser(af=uapi.AF_INET, addr=vip, port=80, sched_name="rr")
 ctl.add_service(d.ipvs, su)
 rs = bytes((172, 16, 0, 2))
-ctl.add_dest(d.ipvs, su, ctl.DestUser(af=uapi.AF_INET, addr=rs, port=80, conn_flags=uapi.IP_VS_CONN_F_MASQ))
+method = uapi.IP_VS_CONN_F_TUNNEL if tunnel else uapi.IP_VS_CONN_F_MASQ
+ctl.add_dest(d.ipvs, su, ctl.DestUser(af=uapi.AF_INET, addr=rs, port=80, conn_flags=method))
 d.ipvs.conn_tab.max_conns = 1 << 20
 frames, held = [], []  # new connections, each followed by packets of ten of the last 500
 for i in range(40000):
     client = (0xC6336400 + 2 + i // 60000).to_bytes(4, "big"), 1024 + i % 60000
     frames.append(frame(*client, vip, 80, 0x02, b""))
-    held.append((frame(*client, vip, 80, 0x10, b"x" * 100), frame(rs, 80, *client, 0x10, b"y" * 500)))
+    held.append((frame(*client, vip, 80, 0x10, b"x" * 100),) if tunnel else
+                (frame(*client, vip, 80, 0x10, b"x" * 100), frame(rs, 80, *client, 0x10, b"y" * 500)))
     for pkts in held[-500::50]:
         frames.extend(pkts)
 for i, p in enumerate(frames):  # as the driver's receive loop hands them over
@@ -1448,12 +1454,23 @@ def test_packet_paths_fit_in_one_trace_at_ipvsd_settings():
     alone: a path that grows past the limit is compiled in pieces and runs
     much slower (``ipvs.daemon.PYPY_JIT`` and ``_traced_apart`` say how
     much).  A fresh PyPy, so the traces are this test's own."""
-    def probe(mode: str) -> str:
-        return subprocess.run([sys.executable, "-c", _TRACE_PROBE, str(ROOT), mode], capture_output=True,
-                              text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]
+    assert _trace_probe("tuned", "nat") == "[]"
+    assert _trace_probe("default", "nat") != "[]"  # the probe can tell: PyPy's defaults split the path
 
-    assert probe("tuned") == "[]"
-    assert probe("default") != "[]"  # the probe can tell: PyPy's defaults split the path
+
+@pytest.mark.skipif(sys.implementation.name != "pypy", reason="PyPy's JIT")
+def test_tunnelled_packets_fit_in_one_trace_at_ipvsd_settings():
+    """The same through a VS/TUN service: the encapsulation is compiled
+    apart (``_traced_apart``), or it makes the trace of each tunnelled
+    packet too long and the JIT stops inlining ``Director.process`` for
+    every packet after it, NAT's too."""
+    assert _trace_probe("tuned", "tun") == "[]"
+
+
+def _trace_probe(mode: str, method: str) -> str:
+    """The traces through ``ipvs/`` that :data:`_TRACE_PROBE` saw abandoned, in a fresh PyPy."""
+    return subprocess.run([sys.executable, "-c", _TRACE_PROBE, str(ROOT), mode, method], capture_output=True,
+                          text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]
 
 
 def test_console_main_restarts_once_on_pypy_without_the_nursery(monkeypatch, tmp_path):
