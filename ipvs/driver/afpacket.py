@@ -166,8 +166,9 @@ _H = struct.Struct("!H")
 #: assignment of ``bytes`` would copy each into a temporary bytearray).
 _ETH_HDR = struct.Struct("6s6s2s")
 #: ``--busy-poll``'s default, in microseconds: off.  50 moved a bulk
-#: transfer 18% faster in the lab (its next super-frame often comes within
-#: it) but cost keep-alive requests 6% (docs/lab.md).
+#: transfer 18% faster in the lab one day (its next super-frame often comes
+#: within it) but cost keep-alive requests 6%; on the same kind of machine
+#: the next day it cost both, bulk 17% (docs/lab.md).
 BUSY_POLL_US = 0
 SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
@@ -1185,7 +1186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the TX ring; 0: always the ring (default %(default)s)")
     g.add_argument("--busy-poll", type=int, default=BUSY_POLL_US, metavar="US",
                    help="after a turn with frames, watch the rings for up to US microseconds before "
-                        "sleeping (e.g. 50: faster bulk transfers, more CPU); 0: sleep at once "
+                        "sleeping (e.g. 50: faster bulk transfers where waking the daemon costs its senders much, "
+                        "more CPU); 0: sleep at once "
                         "(default %(default)s)")
     g.add_argument("--tx-batch", type=int, default=64, metavar="N",
                    help="send as soon as N frames are queued on a port, before the batch ends "
