@@ -88,7 +88,7 @@ def print_machine_speed(when: str, seconds: float = 1.0) -> None:
 
     Some virtual machines run a thread at half speed for spells of a
     fraction of a second to seconds (seen here: a tenth of the windows of a
-    30-second run took twice the median), which the thread's CPU time
+    30-second run took 1.7 times the median or more), which the thread's CPU time
     cannot tell from the code being slower.  Printed before and after a
     benchmark's figures, these tell whether its runs may have met such a
     spell: a slow share well above 0, or a fast figure that moved from one
