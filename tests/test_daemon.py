@@ -1433,8 +1433,8 @@ frames, held = [], []  # new connections, each followed by packets of ten of the
 for i in range(40000):
     client = (0xC6336400 + 2 + i // 60000).to_bytes(4, "big"), 1024 + i % 60000
     frames.append(frame(*client, vip, 80, 0x02, b""))
-    held.append((frame(*client, vip, 80, 0x10, b"x" * 100),) if tunnel else
-                (frame(*client, vip, 80, 0x10, b"x" * 100), frame(rs, 80, *client, 0x10, b"y" * 500)))
+    request = frame(*client, vip, 80, 0x10, b"x" * 100)
+    held.append((request,) if tunnel else (request, frame(rs, 80, *client, 0x10, b"y" * 500)))
     for pkts in held[-500::50]:
         frames.extend(pkts)
 for i, p in enumerate(frames):  # as the driver's receive loop hands them over
