@@ -291,7 +291,7 @@ class AFPacketDriver:
             self.routes.append((net & mask, mask, bin(mask).count("1"), gp, gw))
         self.routes.sort(key=lambda r: -r[2])
         self.route_cache: dict[int, tuple[Port, int] | None] = {}
-        self.svc_keys: frozenset = frozenset()
+        self.svc_keys: tuple = (frozenset(), frozenset(), ())
         self.vips: set[int] = set()
         #: The ports' own addresses: a next hop among them is a real server
         #: on the director itself (IPv6: :attr:`IPv6Path.own_nh`).
@@ -447,7 +447,13 @@ class AFPacketDriver:
     def sync_services(self, force: bool = False) -> None:
         """Follow the service table: VIPs to answer ARP for, filters, nft sets."""
         ipvs = self.ipvs
-        keys = frozenset(ipvs.svc_table) | frozenset(ipvs.fwm_table) | frozenset(ipvs.marks.rules)
+        # Three sets side by side, never one set copied from another: on PyPy
+        # 7.3.11 a set made from a dict or list whose keys go from none to
+        # bytes or ints and back, then copied in the same trace (``|``,
+        # ``-``, ``.copy()``), crashes the JIT's code (a segfault, reading
+        # the empty strategy's storage as a dict: PyPy issue 5245's family).
+        # Every service flushed after some 2000 idle turns did that here.
+        keys = (frozenset(ipvs.svc_table), frozenset(ipvs.fwm_table), tuple(ipvs.marks.rules))
         if keys == self.svc_keys and not force:
             return
         self.svc_keys = keys

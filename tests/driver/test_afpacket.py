@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -782,3 +785,58 @@ def test_busy_polling_off_never_spins():
     in_ring.arrives = time.monotonic()
     assert not drv.spin()  # the frame waits for the loop's next poll instead
     assert "busy_poll_misses" not in drv.counters()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# Services and mark rules come and go while the driver turns, as when
+# ldirectord or keepalived flushes a director it has driven for a while.
+_SERVICES_PROBE = """
+import ipaddress, sys
+sys.path.insert(0, sys.argv[1])
+from ipvs import ctl
+from ipvs.daemon import tune_jit
+from ipvs.driver import nft
+from ipvs.fwmark import MarkRule
+from tests.driver.helpers import Rig6
+tune_jit()  # ipvsd's JIT settings (nothing on CPython)
+nft.sync_services = lambda svcs: None  # no nftables here: the shared-mode call is still made
+r = Rig6(services6=False, mode="shared")
+r.drv._nft_ready = True
+want = set()
+for i in range(60000):
+    r.drv.on_idle(r.now)
+    if i % 1000 == 1 and r.drv.vips != want:
+        sys.exit(f"turn {i}: VIPs {sorted(r.drv.vips)}, want {sorted(want)}")
+    step, k = i % 1000, i // 1000
+    if step == 200:
+        r.lab.service(f"203.0.113.{k % 200 + 1}", 80, sched="rr")
+        want.add(int(ipaddress.ip_address(f"203.0.113.{k % 200 + 1}")))
+    elif step == 400 and k % 2:
+        net = ipaddress.ip_network(f"203.0.113.{16 + 4 * (k % 8)}/30")
+        r.lab.service("0.0.0.0", 0, sched="rr", fwmark=3)
+        r.lab.ipvs.marks.add(MarkRule(3, daddr=str(net)))
+        want.update(int(a) for a in net)
+    elif step == 600 and k % 3:
+        r.lab.service(f"2001:db8:0:5::{k % 100 + 1:x}", 80, sched="rr")
+    elif step == 999:
+        ctl.flush(r.lab.ipvs)
+        r.lab.ipvs.marks.flush()
+        want.clear()
+    r.out_ring.sent.clear()
+    r.in_ring.sent.clear()
+print("ok")
+"""
+
+
+def test_the_driver_follows_services_that_come_and_go_on_a_hot_loop():
+    """Sixty flushes of a director whose idle turns the JIT compiled: the
+    VIPs follow the services each time, and the process lives.  On PyPy
+    7.3.11 the old change check (one frozenset of the tables, copied by
+    ``|``) segfaulted here within 2000 turns, as ipvsd did when ldirectord
+    removed its service (:meth:`AFPacketDriver.sync_services`).  A fresh
+    interpreter, so the JIT's traces are this test's own."""
+    p = subprocess.run([sys.executable, "-c", _SERVICES_PROBE, str(ROOT)], capture_output=True, text=True,
+                       timeout=300)
+    assert (p.returncode, p.stdout.strip()) == (0, "ok"), p.stderr[-2000:]
