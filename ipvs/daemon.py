@@ -39,6 +39,7 @@ Time: the daemon is the only place above the driver that reads a clock;
 from __future__ import annotations
 
 import errno
+import faulthandler
 import gc
 import importlib
 import io
@@ -1865,6 +1866,12 @@ def _setup_logging(level: int, log_file: str | None, foreground: bool) -> None:
         handler.setFormatter(logging.Formatter("ipvsd[%(process)d]: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
+    # A fatal signal in the runtime itself (a segfault in PyPy's JIT, say)
+    # ends the director without a word from Python: this way the Python
+    # stack it died in goes where the log goes (the file, or stderr, which
+    # is the journal under systemd; syslog cannot take it from a signal
+    # handler).
+    faulthandler.enable(file=(handler.stream if isinstance(handler, logging.FileHandler) else None) or sys.stderr)
 
 
 def _detach() -> int | None:

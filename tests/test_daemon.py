@@ -1214,6 +1214,23 @@ def test_ipvsd_sigkill_then_restart_serves_the_same_rules(tmp_path):
         d.kill()
 
 
+@pytest.mark.parametrize("to_file", [False, True], ids=["stderr", "log-file"])
+def test_a_fatal_signal_leaves_the_python_stack_in_the_log(tmp_path, to_file):
+    """A crash in the runtime (here a SIGSEGV sent from outside, as a fault
+    in PyPy's JIT would raise it) leaves the stack ipvsd died in where its
+    log goes, instead of nothing at all."""
+    sock, log = str(tmp_path / "s.sock"), tmp_path / "ipvsd.log"
+    d = IpvsdProcess(["--no-state", *(["--log-file", str(log)] if to_file else [])], sock)
+    try:
+        d.p.send_signal(signal.SIGSEGV)
+        assert d.p.wait(10) == -signal.SIGSEGV
+        text = log.read_text() if to_file else d.p.stderr.read()
+        assert "Fatal Python error: Segmentation fault" in text, text
+        assert "daemon.py" in text and "in run" in text, text
+    finally:
+        d.kill()
+
+
 def test_ipvsd_state_file_keeps_the_timeouts_and_the_changed_settings(tmp_path):
     """With the kernel, ``ipvsadm --set`` and the net.ipv4.vs sysctls outlive
     anything short of a reboot; a restarted ipvsd must bring them back too.
