@@ -200,3 +200,20 @@ def pytest_collection_modifyitems(config, items):
         # test_fwd_methods.py and a test_ipv6.py of its own.)
         if item.path.name in VARIANTS and str(item.path.parent) == here:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed lab test shows the end of the director's log: the lab's
+    teardown deletes it, and what ipvsd said last (a traceback, or the
+    stack of a fatal signal) is often the cause."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    try:
+        with open(os.path.join(lab_mod.STATE, "director.log"), errors="replace") as f:
+            tail = f.read()[-3000:]
+    except OSError:
+        return
+    rep.sections.append(("the end of the director's log", tail))
