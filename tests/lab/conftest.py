@@ -183,11 +183,12 @@ def lab(request):
 
 #: The lab variants that run once per test command, in its PyPy pass, with
 #: ipvsd on PyPy (the data path's runtime): the forwarding methods, IPv6,
-#: the kernel selftest topologies and the soak.  tools/run-tests' CPython
+#: the kernel selftest topologies, the soak and the rules' churn (which
+#: is about PyPy's JIT).  tools/run-tests' CPython
 #: pass sets PYIPVS_LAB_SCOPE=core and runs the rest of the lab (the seed's
 #: lab in both modes, FTP, SIGKILL, cleanup, ldirectord) with ipvsd on
 #: CPython; the two passes run side by side (tools/run-tests).
-VARIANTS = {"test_fwd_methods.py", "test_ipv6.py", "test_selftest_ipvs.py", "test_soak.py"}
+VARIANTS = {"test_fwd_methods.py", "test_ipv6.py", "test_selftest_ipvs.py", "test_soak.py", "test_churn.py"}
 
 
 def pytest_collection_modifyitems(config, items):
