@@ -52,6 +52,25 @@ def test_scenario_edits_a_private_etc_and_values_come_from_the_golden(tmp_path):
     assert ("ipvsadm", ["-A", "-t", "203.0.113.5:1234"], []) in events
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private /etc needs root here")
+def test_records_keep_their_lines_while_a_background_helper_records_too(tmp_path):
+    """A helper a scenario starts with ``&`` (ftp.py's server) appends its
+    own records to the same file; one that landed between ``ipvs_rules``
+    and its lines took them as its own, and the scenario ran without its
+    rules (the CI of 7 Dec 2026, under load).  The stub writes a record and
+    its lines at once."""
+    rules = [f"-A -t 203.0.113.5:{port} -s rr" for port in range(1000, 1030)]
+    body = "\n".join(rules)
+    scen = tmp_path / "s.sh"
+    scen.write_text('. "$LIB/oracle.sh"\n'
+                    '(for i in $(seq 3000); do printf "ftp_server\\n" >> "$DIFF_EVENTS"; done) &\n'
+                    + f"for i in $(seq 40); do ipvs_rules <<'EOF'\n{body}\nEOF\ndone\nwait\n")
+    events = extract_events(str(scen))
+    assert [e.stdin for e in events if e.kind == "ipvs_rules"] == [rules] * 40
+    assert all(not e.stdin for e in events if e.kind == "ftp_server")
+    assert sum(e.kind == "ftp_server" for e in events) == 3000
+
+
 def test_sandbox_refuses_loudly_when_it_cannot_isolate():
     class P:
         returncode = sandbox.NO_SANDBOX

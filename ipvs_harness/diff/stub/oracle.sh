@@ -15,16 +15,29 @@ CLIENTS=
 # /etc/hosts as the script left it before each record ("hosts" and its
 # lines), when it changed: names resolve offline as they did at that point
 # in the VM (the script runs in a private /etc, see ipvs_harness/sandbox.py).
+#
+# A record and its "+" lines go to the file in one write: helpers a
+# scenario starts in the background (ftp.py's server stub) append records
+# of their own, and one that landed between a record and its lines would
+# take them (a scenario then ran without its rules, under load).
 _HOSTS_LAST=
 _hosts_check() {
     mapfile -t _HOSTS < /etc/hosts 2>/dev/null
     [ "${_HOSTS[*]}" = "$_HOSTS_LAST" ] && return
     _HOSTS_LAST="${_HOSTS[*]}"
-    printf 'hosts\n' >&9
-    printf '+\t%s\n' "${_HOSTS[@]}" >&9
+    local block=$'hosts\n' h
+    for h in "${_HOSTS[@]}"; do block+=$'+\t'"$h"$'\n'; done
+    printf '%s' "$block" >&9
 }
 ev() { _hosts_check; local IFS=$'\t'; printf '%s\n' "$*" >&9; }
-ev_stdin() { local l; while IFS= read -r l || [ -n "$l" ]; do printf '+\t%s\n' "$l" >&9; done; }
+# ev, with the lines of standard input (a here-document) as the record's lines.
+ev_stdin() {
+    _hosts_check
+    local IFS=$'\t' l block
+    block="$*"$'\n'
+    while IFS= read -r l || [ -n "$l" ]; do block+=$'+\t'"$l"$'\n'; done
+    printf '%s' "$block" >&9
+}
 
 # Scenario scripts wait for their own helpers; nothing runs here.
 sleep() { :; }
@@ -55,21 +68,21 @@ rs_vip6() { ev rs_vip6 "$@"; }
 add_vip6() { ev add_vip6 "$@"; }
 start_servers() { ev start_servers "$@"; }
 start_httpd() { start_servers "$@"; }
-ipvs_rules() { ev ipvs_rules; ev_stdin; }
+ipvs_rules() { ev_stdin ipvs_rules; }
 ipvsadm() {
     # Where does this call's stdout go?  A file under $OUT is an output the
     # kernel run also wrote (ipvsadm -S > "$OUT/x.txt"): record its name.
-    local me=$BASHPID to
+    local me=$BASHPID to record=ev
+    case " $* " in *" -R "*|*" --restore "*) record=ev_stdin ;; esac
     to=$(readlink "/proc/$me/fd/1" 2>/dev/null)
     case "$to" in
         "$OUT"/*)
-            ev ipvsadm_to "${to#"$OUT"/}" "$@"
+            $record ipvsadm_to "${to#"$OUT"/}" "$@"
             # What PyIPVS wrote there on the previous pass, for scripts that read it back.
             [ -f "$DIFF_PREFILL/${to#"$OUT"/}" ] && cat "$DIFF_PREFILL/${to#"$OUT"/}"
             ;;
-        *) ev ipvsadm "$@" ;;
+        *) $record ipvsadm "$@" ;;
     esac
-    case " $* " in *" -R "*|*" --restore "*) ev_stdin ;; esac
     return 0
 }
 vs_sysctl() { ev vs_sysctl "$@"; }
@@ -79,10 +92,10 @@ dump_ipvs() { ev dump_ipvs "${1:-}"; }
 dump_conn() { ev dump_conn "${1:-}"; }
 capture_start() { ev capture_start "$@"; }
 capture_stop() { ev capture_stop; }
-http_seq() { ev client_steps "${1:-0}"; ev_stdin; }
-client_steps() { ev client_steps "${1:-0}"; ev_stdin; }
+http_seq() { ev_stdin client_steps "${1:-0}"; }
+client_steps() { ev_stdin client_steps "${1:-0}"; }
 http_get() { ev http_get "$@"; }
-transcript() { ev transcript "$1"; ev_stdin; }
+transcript() { ev_stdin transcript "$1"; }
 order_summary() { ev order_summary; }
 cleanup() { ev cleanup; }
 mark_dst() { ev mark_dst "$@"; }
