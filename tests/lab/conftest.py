@@ -168,17 +168,26 @@ class Lab:
         return vals
 
 
-@pytest.fixture(scope="module", params=list(MODES))
-def lab(request):
+@contextlib.contextmanager
+def lab_up(mode: str, strict: bool = False, **kw):
+    """The lab up in ``mode`` (``lab_mod.up``'s other keywords: rules, ipv6,
+    method) for a module's tests, and always torn down; the tests are
+    skipped, with the reason, where it cannot run."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    mode, strict = MODES[request.param]
     try:
-        lab_mod.up(mode, strict)
-        yield Lab(request.param, mode, strict)
+        lab_mod.up(mode, strict, **kw)
+        yield
     finally:
         lab_mod.down()
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def lab(request):
+    mode, strict = MODES[request.param]
+    with lab_up(mode, strict):
+        yield Lab(request.param, mode, strict)
 
 
 #: The lab variants that run once per test command, in its PyPy pass, with

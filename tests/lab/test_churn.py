@@ -31,7 +31,7 @@ import pytest
 from ipvs.cli import ipvsadm
 from ipvs.client import Client
 
-from .conftest import _skip_reason, lab_mod
+from .conftest import lab_mod, lab_up
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -42,15 +42,8 @@ FLUSHES = 40
 
 @pytest.fixture(scope="module")
 def shared_lab():
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        lab_mod.up("shared", False)
-        with Client(os.path.join("/run/pyipvs", lab_mod.NS_DIR, "ipvsd.sock")) as client:
-            yield client
-    finally:
-        lab_mod.down()
+    with lab_up("shared"), Client(os.path.join("/run/pyipvs", lab_mod.NS_DIR, "ipvsd.sock")) as client:
+        yield client
 
 
 def adm(client: Client, *args: str, stdin: str = "") -> str:

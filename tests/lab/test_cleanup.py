@@ -10,21 +10,15 @@ import time
 
 import pytest
 
-from .conftest import ROOT, Lab, _skip_reason, lab_mod
+from .conftest import ROOT, Lab, lab_mod, lab_up
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def shared_lab():
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        lab_mod.up("shared", False, ipv6=True)
+    with lab_up("shared", ipv6=True):
         yield Lab("shared", "shared", False)
-    finally:
-        lab_mod.down()
 
 
 def _start(strict: bool) -> int:

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tests.lab.conftest import ROOT, _skip_reason, lab_mod
+from tests.lab.conftest import ROOT, _skip_reason, lab_mod, lab_up
 
 LDIRECTORD = "/usr/sbin/ldirectord"
 VIP = lab_mod.VIP
@@ -65,13 +65,10 @@ def bare_lab():
     reason = _reason()
     if reason:
         pytest.skip(reason)
-    try:
-        # shared: the director namespace's own stack has addresses on the lab's
-        # networks, so ldirectord's health checks (kernel sockets) reach the real servers.
-        lab_mod.up("shared", False, rules=False)
+    # shared: the director namespace's own stack has addresses on the lab's
+    # networks, so ldirectord's health checks (kernel sockets) reach the real servers.
+    with lab_up("shared", rules=False):
         yield lab_mod
-    finally:
-        lab_mod.down()
 
 
 def ipvsadm_ln() -> str:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .conftest import ROOT, _skip_reason, lab_mod
+from .conftest import ROOT, lab_up
 
 _spec = importlib.util.spec_from_file_location("bench_soak", os.path.join(ROOT, "bench", "soak.py"))
 soak = importlib.util.module_from_spec(_spec)
@@ -17,14 +17,8 @@ _spec.loader.exec_module(soak)
 
 @pytest.fixture(scope="module")
 def spare_lab():
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        lab_mod.up("spare", False)
+    with lab_up("spare"):
         yield
-    finally:
-        lab_mod.down()
 
 
 def test_quick_soak_comes_back_to_its_start(spare_lab):
