@@ -29,7 +29,7 @@ import time
 import pytest
 
 from ipvs.cli import ipvsadm
-from ipvs.client import Client
+from ipvs.client import RUN_DIR, Client
 
 from .conftest import lab_mod, lab_up
 
@@ -42,7 +42,7 @@ FLUSHES = 40
 
 @pytest.fixture(scope="module")
 def shared_lab():
-    with lab_up("shared"), Client(os.path.join("/run/pyipvs", lab_mod.NS_DIR, "ipvsd.sock")) as client:
+    with lab_up("shared"), Client(os.path.join(RUN_DIR, lab_mod.NS_DIR, "ipvsd.sock")) as client:
         yield client
 
 
@@ -56,12 +56,7 @@ def adm(client: Client, *args: str, stdin: str = "") -> str:
 
 def director_alive() -> bool:
     with open(os.path.join(lab_mod.STATE, "director.pid")) as f:
-        pid = int(f.read())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        return lab_mod.alive(int(f.read()))
 
 
 def curl(timeout: float = 3.0) -> subprocess.Popen:
