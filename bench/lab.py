@@ -266,12 +266,7 @@ class Bench:
                 i = cmd.index("--state")
                 cmd[i : i + 2] = ["--no-state"]
             cmd[1] = os.path.join(root, "tools", "ipvsd")
-            lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": root})
-            deadline = time.monotonic() + 30
-            while lab.ipvsadm("-Ln", check=False).returncode != 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the director did not start:\n" + lab.log_tail("director"))
-                time.sleep(0.1)
+            lab.wait_answering(lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": root}))
             for line in RULES:
                 lab.ipvsadm(*line.split())
             time.sleep(0.3)

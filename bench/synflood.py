@@ -200,12 +200,7 @@ def client_tcp() -> dict[str, int]:
 def restart_director(extra: list[str]) -> None:
     lab.stop_pid(lab.read_pid("director"))
     cmd = lab.director_cmd("spare", False) + extra
-    lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
-    deadline = time.monotonic() + 30
-    while lab.ipvsadm("-Ln", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(lab.log_tail("director", 2000))
-        time.sleep(0.1)
+    lab.wait_answering(lab.start("director", lab.NS_DIR, cmd, env={"PYTHONPATH": ROOT}))
     for line in lab.RULES:
         lab.ipvsadm(*line.split(), check=False)
 

@@ -291,6 +291,33 @@ def alive(pid: int) -> bool:
         return True
 
 
+def gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` has ended within ``timeout`` seconds (see :func:`alive`)."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def wait_answering(pid: int, tool=None, log_end=None, timeout: float = 30.0) -> None:
+    """Wait until the ipvsd of ``pid`` answers ``ipvsadm -Ln``.
+
+    ``tool`` runs ipvsadm where that ipvsd is (by default :func:`ipvsadm`,
+    in this lab's director), ``log_end`` returns the end of its log.  A
+    RuntimeError, with that log, if it exits or has not answered within
+    ``timeout`` seconds.
+    """
+    tool = tool or ipvsadm
+    deadline = time.monotonic() + timeout
+    while tool("-Ln", check=False).returncode != 0:
+        if not alive(pid) or time.monotonic() > deadline:
+            state = "exited" if not alive(pid) else "no answer to ipvsadm -Ln"
+            raise RuntimeError(f"ipvsd did not start ({state}):\n" + (log_end or (lambda: log_tail("director")))())
+        time.sleep(0.1)
+
+
 def stop_pid(pid: int, grace: float = 5.0) -> None:
     """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL (a child of
     ours is reaped either way, so no zombie is left behind)."""
@@ -298,10 +325,7 @@ def stop_pid(pid: int, grace: float = 5.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.05)
-    if alive(pid):
+    if not gone(pid, grace):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -575,14 +599,7 @@ def ipvsadm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def start_director(mode: str, strict: bool, rules: bool = True, ipv6: bool = False, method: str = "nat") -> None:
     """Start ipvsd in the director's namespace and apply the method's rules with ipvsadm."""
-    start("director", NS_DIR, director_cmd(mode, strict, ipv6, method), ready=None, env={"PYTHONPATH": ROOT})
-    deadline = time.monotonic() + 30
-    while ipvsadm("-Ln", check=False).returncode != 0:
-        pid = read_pid("director")
-        if not alive(pid) or time.monotonic() > deadline:
-            state = "exited" if not alive(pid) else "no answer to ipvsadm -Ln"
-            raise RuntimeError(f"the director did not start ({state}):\n" + log_tail("director"))
-        time.sleep(0.1)
+    wait_answering(start("director", NS_DIR, director_cmd(mode, strict, ipv6, method), env={"PYTHONPATH": ROOT}))
     if rules:
         for line in rules_for(method) + (rules6_for(method) if ipv6 else []):
             ipvsadm(*line.split())

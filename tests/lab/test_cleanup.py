@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -24,25 +23,13 @@ def shared_lab():
 def _start(strict: bool) -> int:
     cmd = lab_mod.director_cmd("shared", strict, ipv6=True)
     pid = lab_mod.start("director", lab_mod.NS_DIR, cmd, env={"PYTHONPATH": ROOT})
-    deadline = time.monotonic() + 20
-    while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
-        assert time.monotonic() < deadline, lab_mod.log_tail("director", 2000)
-        time.sleep(0.1)
+    lab_mod.wait_answering(pid)
     return pid
 
 
 def _kill9(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+    assert lab_mod.gone(pid, 5), f"ipvsd {pid} outlived SIGKILL"
 
 
 def _listing(family: str) -> str | None:

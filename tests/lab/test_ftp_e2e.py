@@ -42,7 +42,7 @@ import time
 
 import pytest
 
-from ipvs_harness.lab import alive, ip_batch, nsexec, run, stop_pid
+from ipvs_harness.lab import alive, ip_batch, nsexec, run, stop_pid, wait_answering
 
 pytestmark = pytest.mark.lab
 
@@ -289,11 +289,7 @@ def build(lab: FTPLab) -> None:
                                 "--outer", "d_out", "--outer-addr", f"{OUTER}/24",
                                 "--inner", "d_rs", "--inner-addr", f"{GATEWAY}/24", "--mode", "spare"],
               env={"PYTHONPATH": ROOT})
-    deadline = time.monotonic() + 30
-    while lab.ipvsadm("-Ln", check=False).returncode != 0:
-        if not alive(lab.pids["ipvsd"]) or time.monotonic() > deadline:
-            raise RuntimeError(f"ipvsd did not start:\n{lab.log_tail('ipvsd')}")
-        time.sleep(0.1)
+    wait_answering(lab.pids["ipvsd"], lab.ipvsadm, lambda: lab.log_tail("ipvsd"))
     for _svc, (vip, vport, port, _dp, _r) in SERVICES.items():
         lab.ipvsadm("-A", "-t", f"{vip}:{vport}", "-s", "rr")
         lab.ipvsadm("-a", "-t", f"{vip}:{vport}", "-r", f"{RS}:{port}", "-m")

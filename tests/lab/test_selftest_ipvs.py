@@ -104,10 +104,7 @@ class Topology:
         self.start("ipvsd", NS1, [sys.executable, os.path.join(ROOT, "tools", "ipvsd"), "--foreground",
                                   "--no-state", "--outer", "veth10", "--outer-addr", f"{GIP}/24",
                                   "--inner", "veth12", "--inner-addr", f"{DIP}/24", "--mode", "shared"])
-        deadline = time.monotonic() + 30
-        while self.ipvsadm("-Ln", check=False).returncode:
-            assert time.monotonic() < deadline, open(os.path.join(self.tmp, "ipvsd.log")).read()[-2000:]
-            time.sleep(0.1)
+        lab_mod.wait_answering(self.pids[-1], self.ipvsadm, lambda: open(os.path.join(self.tmp, "ipvsd.log")).read()[-2000:])
 
     def ipvsadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return nsx(NS1, sys.executable, os.path.join(ROOT, "tools", "ipvsadm"), *args, check=check)

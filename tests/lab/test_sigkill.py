@@ -17,36 +17,15 @@ import time
 
 import pytest
 
-from .conftest import ROOT, Lab, _skip_reason, lab_mod
+from .conftest import ROOT, Lab, lab_mod, lab_up
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module", params=["spare", "shared"])
 def lab(request):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        lab_mod.up(request.param, False, ipv6=True)
+    with lab_up(request.param, ipv6=True):
         yield Lab(request.param, request.param, False)
-    finally:
-        lab_mod.down()
-
-
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _rules() -> str:
@@ -71,7 +50,7 @@ def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
         time.sleep(1.5)  # mid-load
         pid = lab_mod.read_pid("director")
         os.kill(pid, signal.SIGKILL)
-        assert _gone(pid)
+        assert lab_mod.gone(pid, 10)
         if lab.mode == "shared":
             tables = lab.run(lab_mod.NS_DIR, "nft", "list", "tables")
             assert "pyipvs" not in tables, "a killed ipvsd left its drop rules"
@@ -80,12 +59,8 @@ def test_sigkill_under_load_leaves_no_drop_and_restarts_with_the_rules(lab):
                 r = subprocess.run(lab_mod.nsexec(lab_mod.NS_CLIENT, "curl", "-s", "-m", "5", f"http://{host}:9/"),
                                    capture_output=True, timeout=30)
                 assert r.returncode == 7, f"curl exit {r.returncode}: the traffic of {host} is dropped"
-        lab_mod.start("director", lab_mod.NS_DIR, lab_mod.director_cmd(lab.mode, False, ipv6=True),
-                      env={"PYTHONPATH": ROOT})
-        deadline = time.monotonic() + 30
-        while lab_mod.ipvsadm("-Ln", check=False).returncode != 0:
-            assert time.monotonic() < deadline, lab_mod.log_tail("director", 2000)
-            time.sleep(0.1)
+        lab_mod.wait_answering(lab_mod.start("director", lab_mod.NS_DIR, lab_mod.director_cmd(lab.mode, False, ipv6=True),
+                                             env={"PYTHONPATH": ROOT}))
         assert _rules() == before
     finally:
         if ab.poll() is None:
