@@ -215,9 +215,8 @@ class RingSocket:
     def __init__(self, ifname: str, blocks: int = 16, bpf: bytes | None = None,
                  rcvbuf: int = 32 << 20, tx_batch: int = 64, direct_min: int = DIRECT_MIN,
                  rx_frame_size: int = RX_FRAME_SIZE) -> None:
-        self.ifname = ifname
-        self.stats = RingStats()
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        mm = None
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
@@ -234,24 +233,53 @@ class RingSocket:
                 self.attach(sock, bpf)
             rx_per_block = BLOCK_SIZE // rx_frame_size
             per_block = BLOCK_SIZE // FRAME_SIZE
-            self.nslots = rx_per_block * blocks
-            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _TREQ.pack(BLOCK_SIZE, blocks, rx_frame_size, self.nslots))
+            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _TREQ.pack(BLOCK_SIZE, blocks, rx_frame_size,
+                                                                   rx_per_block * blocks))
             sock.setsockopt(SOL_PACKET, PACKET_TX_RING, _TREQ.pack(BLOCK_SIZE, blocks, FRAME_SIZE,
                                                                    per_block * blocks))
-            self.ring_bytes = BLOCK_SIZE * blocks
-            self.mm = mmap.mmap(sock.fileno(), 2 * self.ring_bytes, mmap.MAP_SHARED,
-                                mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(sock.fileno(), 2 * BLOCK_SIZE * blocks, mmap.MAP_SHARED,
+                           mmap.PROT_READ | mmap.PROT_WRITE)
             sock.bind((ifname, ETH_P_ALL))
         except BaseException:
+            if mm is not None:
+                mm.close()
             sock.close()
             raise
         #: A second socket, without rings, for large frames (see :meth:`queue`).
         try:
-            self.direct = self._direct_socket(ifname) if direct_min else None
+            direct = self._direct_socket(ifname) if direct_min else None
         except BaseException:
-            self.mm.close()
+            mm.close()
             sock.close()
             raise
+        self._setup(ifname, sock, direct, mm, blocks, rx_frame_size, tx_batch, direct_min)
+
+    @classmethod
+    def in_memory(cls, ifname: str, sock: socket.socket, blocks: int = 1, tx_batch: int = 64,
+                  direct_min: int = DIRECT_MIN, rx_frame_size: int = RX_FRAME_SIZE) -> RingSocket:
+        """A ring socket whose rings are an anonymous map and whose system
+        calls (``send`` to flush, ``recv_into`` for frames larger than a
+        slot, the direct socket's ``send``) go to ``sock``: the same class,
+        built by the same assignments as one on a NIC, so that code the JIT
+        compiled for one serves the other.  Whoever holds it plays the
+        kernel's part (:mod:`ipvs.driver.warm`)."""
+        ring = cls.__new__(cls)
+        mm = mmap.mmap(-1, 2 * BLOCK_SIZE * blocks)
+        ring._setup(ifname, sock, sock if direct_min else None, mm, blocks, rx_frame_size, tx_batch, direct_min)
+        return ring
+
+    def _setup(self, ifname: str, sock: socket.socket, direct: socket.socket | None, mm: mmap.mmap, blocks: int,
+               rx_frame_size: int, tx_batch: int, direct_min: int) -> None:
+        """Every attribute, in one order for every ring (PyPy lays out
+        instances with the same attributes set in the same order alike)."""
+        rx_per_block = BLOCK_SIZE // rx_frame_size
+        per_block = BLOCK_SIZE // FRAME_SIZE
+        self.ifname = ifname
+        self.stats = RingStats()
+        self.nslots = rx_per_block * blocks
+        self.ring_bytes = BLOCK_SIZE * blocks
+        self.mm = mm
+        self.direct = direct
         self.sock = sock
         self.rx_slots = [(i // rx_per_block) * BLOCK_SIZE + (i % rx_per_block) * rx_frame_size
                          for i in range(self.nslots)]
