@@ -94,9 +94,11 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ipvs.driver import bpf, nft
 from ipvs.driver.frag import Reassembler, fragment
@@ -123,6 +125,9 @@ from ipvs.driver.ring import (
     RingSocket,
 )
 from ipvs.driver.synguard import SynGuard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipvs.driver.warm import WarmUp
 from ipvs.ip_vs import NF_ACCEPT, NF_DROP, NF_STOLEN
 from ipvs.packet import (
     ICMP_DEST_UNREACH,
@@ -263,6 +268,10 @@ class AFPacketDriver:
         self.busy_poll = max(0, busy_poll_us) / 1e6
         #: Whether frames came in since the last :meth:`spin`.
         self._received = False
+        #: Whether frames came in since the last :meth:`on_idle`.
+        self._busy = False
+        #: The JIT's warm-up (:mod:`ipvs.driver.warm`) while it runs.
+        self.warm: WarmUp | None = None
         self.forward = forward
         self.outer = next(p for p in ports if p.role in ("outer", "both"))
         self.inner = [p for p in ports if p.role in ("inner", "both")]
@@ -347,7 +356,7 @@ class AFPacketDriver:
         if self.syn_guard and p.role != "inner" and ring.holds(max(1, ring.nslots >> 2)):
             guard.engage(now)
         if ring.rx(p.rx_handler, self.batch):
-            self._received = True
+            self._received = self._busy = True
         if guard.turns:
             guard.serve(self.GUARD_SERVE)
         self._after_batch()
@@ -385,8 +394,9 @@ class AFPacketDriver:
                 return False
 
     def poll_timeout(self) -> float | None:
-        """Seconds until :meth:`on_idle` has neighbour or expiry work (0 while SYNs wait in the guard)."""
-        if self.guard.turns:
+        """Seconds until :meth:`on_idle` has neighbour or expiry work (0 while
+        SYNs wait in the guard, or while the warm-up runs)."""
+        if self.guard.turns or self.warm is not None:
             return 0.0
         wait = 1.0
         for p in self.ports:
@@ -424,6 +434,21 @@ class AFPacketDriver:
             if self.masq is not None:
                 self.masq.expire(now)
         self._after_batch()
+        if self.warm is not None and not self._busy:
+            self._warm_step(self.warm)
+        self._busy = False
+
+    def _warm_step(self, warm: WarmUp) -> None:
+        """A round of the JIT's warm-up, in a turn that received no frame."""
+        try:
+            done = warm.step()
+        except Exception:
+            log.exception("JIT warm-up failed; going on without it")
+            warm.failed = True
+            warm.finish()
+            done = True
+        if done:
+            self.warm = None
 
     def close(self) -> None:
         """Close the sockets and remove everything installed on the machine."""
@@ -1195,9 +1220,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sleeping (e.g. 50: faster bulk transfers where waking the daemon costs its senders much, "
                         "more CPU); 0: sleep at once "
                         "(default %(default)s)")
+    g.add_argument("--warm-up", type=float, default=None, metavar="SECONDS",
+                   help="after the start, in turns with nothing else to do, run synthetic connections "
+                        "through a director of its own so that PyPy's JIT compiles the data path before real "
+                        "traffic needs it, for at most SECONDS of CPU time; 0: off "
+                        f"(default {WARM_UP_PYPY_S:g} on PyPy, 0 elsewhere)")
     g.add_argument("--tx-batch", type=int, default=64, metavar="N",
                    help="send as soon as N frames are queued on a port, before the batch ends "
                         "(default %(default)s)")
+
+
+#: ``--warm-up``'s default on PyPy, in seconds of CPU time (see
+#: :mod:`ipvs.driver.warm`): its connections took 1.3-2.4 s here, up to
+#: twice that while the machine ran at half speed.
+WARM_UP_PYPY_S = 5.0
+
+
+def warm_up_budget(option: float | None) -> float:
+    """The warm-up's CPU seconds: the option's, else :data:`WARM_UP_PYPY_S`
+    on PyPy and none elsewhere (CPython has no JIT to warm)."""
+    if option is not None:
+        return max(0.0, min(option, 30.0))
+    return WARM_UP_PYPY_S if sys.implementation.name == "pypy" else 0.0
 
 
 #: Where ``--strict-checksums`` notes how to restore each interface, so
@@ -1331,6 +1375,11 @@ def from_args(args: argparse.Namespace, director) -> AFPacketDriver | None:
                              busy_poll_us=getattr(args, "busy_poll", BUSY_POLL_US))
         drv._undo = undo
         drv._nft_ready = args.mode == "shared"
+        budget = warm_up_budget(getattr(args, "warm_up", None))
+        if budget > 0:
+            from ipvs.driver.warm import WarmUp  # (it builds a driver of this module's)
+
+            drv.warm = WarmUp(drv, budget)
         drv.sync_services(force=True)
         if args.mode == "spare":
             # After the rings are bound: the drop is behind their taps.
