@@ -29,6 +29,14 @@ warm_first_conn_per_s, warm_steady_conn_per_s, warm_t90_s
                   since the first frame (the daemon's "90% of its steady
                   rate within 2 s of its first packet", with the machine's
                   other work left out)
+warm_up_conns, warm_up_s, after_warm_up_first_conn_per_s,
+after_warm_up_steady_conn_per_s, after_warm_up_t90_s
+                  with ``--warm-up S2`` only (a fresh process): what
+                  ipvsd's JIT warm-up (ipvs/driver/warm.py) did in up to S2
+                  seconds of CPU time (0: nothing), then the same figures as
+                  above for the warm-up's own connections as traffic after
+                  it, for ``--warm`` seconds (4 by default) of CPU time with
+                  the frames' making counted, on rings of a NIC's class
 machine_start_fast, _slow_share, machine_end_*
                   the machine's speed before and after the figures
                   (bench/_runtime.py: print_machine_speed): a slow share
@@ -39,7 +47,7 @@ batch_us_p50, _p999, _max
                   show (PyPy's minor and major collections, CPython's
                   cyclic collector), not the JIT's compiling
 
-Run: .venv-pypy/bin/python bench/driver.py [--seconds S] [--batch N] [--repeat N] [--profile] [--warm S]
+Run: .venv-pypy/bin/python bench/driver.py [--seconds S] [--batch N] [--repeat N] [--profile] [--warm S] [--warm-up S2]
      .venv/bin/python bench/driver.py --runtimes 3   (both runtimes, interleaved)
 
 Times are the thread's CPU time (not wall-clock, which counts the time
@@ -75,7 +83,7 @@ from ipvs.core import Director  # noqa: E402
 from ipvs.driver import ring as _ring  # noqa: E402
 from ipvs.driver.afpacket import AFPacketDriver, Port  # noqa: E402
 from ipvs.driver.neigh import ARPOP_REQUEST, arp_frame  # noqa: E402
-from ipvs.packet import ip_send_check  # noqa: E402
+from ipvs.driver.warm import WarmUp, tcp_frame  # noqa: E402
 
 
 def ip4(text: str) -> int:
@@ -195,17 +203,8 @@ class MemRing(_ring.RingSocket):
 
 def tcp(src: str, sport: int, dst: str, dport: int, flags: int, payload: bytes, dmac: bytes, smac: bytes,
         seq: int = 1000, ack: int = 0, gso_size: int = 0) -> bytes:
-    """vnet (NEEDS_CSUM) + Ethernet + IPv4 + TCP with a partial checksum, as veth hands it over
-    (a TCPv4 GSO super-frame when ``gso_size`` is given)."""
-    tot = 40 + len(payload)
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, tot, 1, 0x4000, 64, 6, 0, A(src), A(dst)))
-    ip_send_check(ip, 0)
-    pseudo = sum(struct.unpack("!4H", A(src) + A(dst))) + 6 + 20 + len(payload)
-    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-    th = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, pseudo & 0xFFFF, 0)
-    gso = (1, 66, gso_size) if gso_size else (0, 0, 0)  # VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size
-    vnet = struct.pack("=BBHHHH", 1, *gso, 34, 16)
-    return vnet + dmac + smac + b"\x08\x00" + bytes(ip) + th + payload
+    """:func:`ipvs.driver.warm.tcp_frame` between dotted addresses."""
+    return tcp_frame(A(src), sport, A(dst), dport, flags, payload, dmac, smac, seq, ack, gso_size)
 
 
 def rig(batch: int, slot: int = 2048):
@@ -348,6 +347,11 @@ def warm_up(seconds: float, batch: int) -> tuple[float, float, float]:
     Meaningful in a fresh process only (the JIT has compiled nothing yet)."""
     curve: list[tuple[float, int]] = []
     short_conns(seconds, batch, curve)
+    return curve_figures(curve)
+
+
+def curve_figures(curve: list[tuple[float, int]]) -> tuple[float, float, float]:
+    """The first window's rate, the steady rate and t90 of (seconds, connections) points."""
     rates = []
     t0 = c0 = 0
     for t, c in curve:
@@ -360,6 +364,28 @@ def warm_up(seconds: float, batch: int) -> tuple[float, float, float]:
     return values[0], steady, t90
 
 
+def warm_up_effect(seconds: float, budget: float, batch: int) -> tuple[int, float, tuple[float, float, float]]:
+    """ipvsd's JIT warm-up for up to ``budget`` seconds of CPU time, then
+    the warm-up's own short connections through fresh directors for
+    ``seconds`` more, as traffic after it: on rings of the class a NIC's
+    are (the bench's other figures use a subclass, which the JIT compiles
+    apart), in CPU time with the frames' making and the kernel's part
+    counted.  The connections and seconds the warm-up took, and the
+    traffic's figures as :func:`warm_up` reads them."""
+    like = rig(batch)[1]
+    pre = WarmUp(like, budget)
+    while not pre.step():
+        pass
+    curve: list[tuple[float, int]] = []
+    spent, conns = 0.0, 0
+    while spent < seconds:  # a fresh director each time one has used its client ports
+        traffic = WarmUp(like, seconds - spent)
+        while not traffic.step():
+            curve.append((spent + traffic.spent, conns + traffic.conns))
+        spent, conns = spent + traffic.spent, conns + traffic.conns
+    return pre.conns, pre.spent, curve_figures(curve)
+
+
 def main(argv: list[str]) -> int:
     run_as_ipvsd()  # on PyPy, as ipvsd runs: its GC nursery and malloc threshold
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -369,6 +395,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--warm", type=float, metavar="S",
                    help="only the warm-up figures, over S seconds of driver time (run in a fresh process)")
+    p.add_argument("--warm-up", type=float, metavar="S",
+                   help="only the warm-up's effect: ipvsd's JIT warm-up (ipvs/driver/warm.py) for up to S "
+                        "seconds of CPU time (0: none), then --warm seconds (default 4) of its connections as "
+                        "traffic (run in a fresh process)")
     p.add_argument("--runtimes", type=int, metavar="ROUNDS",
                    help="run this benchmark under CPython and PyPy, alternating, ROUNDS times each")
     args = p.parse_args(argv)
@@ -385,6 +415,15 @@ def main(argv: list[str]) -> int:
         cProfile.runctx("short_conns(seconds, batch)", globals(), {"seconds": seconds, "batch": batch},
                         "/tmp/driver.prof")
         pstats.Stats("/tmp/driver.prof").sort_stats("tottime").print_stats(25)
+        return 0
+    if args.warm_up is not None:
+        conns, spent, (first, steady, t90) = warm_up_effect(max(1.0, min(args.warm or 4.0, 60.0)),
+                                                            max(0.0, min(args.warm_up, 30.0)), batch)
+        print(f"driver.warm_up_conns {conns} conn")
+        print(f"driver.warm_up_s {spent:.2f} s")
+        print(f"driver.after_warm_up_first_conn_per_s {first:.0f} conn/s")
+        print(f"driver.after_warm_up_steady_conn_per_s {steady:.0f} conn/s")
+        print(f"driver.after_warm_up_t90_s {t90:.2f} s")
         return 0
     if args.warm:
         first, steady, t90 = warm_up(max(1.0, min(args.warm, 60.0)), batch)
