@@ -12,6 +12,7 @@ from __future__ import annotations
 import ftplib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,6 +66,24 @@ def test_curl_follows_scheduler_order(lab):
         got.append(body.removeprefix("server="))
     assert got == want
     assert {"rs1", "rs2"} <= set(got)
+
+
+def test_a_director_on_pypy_warms_its_jit_and_one_on_cpython_does_not(lab):
+    """ipvsd's warm-up (ipvs/driver/warm.py) on the runtime its log names:
+    on PyPy, synthetic connections that all went through (a warning says
+    otherwise); on CPython, none."""
+    deadline = time.monotonic() + 60
+    while True:
+        log = lab_mod.log_tail("director", 1 << 20)
+        if "running on CPython" in log or "JIT warm-up" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if "running on CPython" in log:
+        assert "JIT warm-up" not in log
+        return
+    assert "running on PyPy" in log, log[-2000:]
+    line = next((x for x in log.splitlines() if "JIT warm-up" in x), "")
+    assert re.search(r"JIT warm-up: [1-9]\d* synthetic connections in \d+\.\d\d s", line), log[-2000:]
 
 
 def test_pings_to_the_vip_are_answered_also_fragmented(lab):
