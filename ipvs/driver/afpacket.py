@@ -270,8 +270,10 @@ class AFPacketDriver:
         self._received = False
         #: Whether frames came in since the last :meth:`on_idle`.
         self._busy = False
-        #: The JIT's warm-up (:mod:`ipvs.driver.warm`) while it runs.
+        #: The JIT's warm-up (:mod:`ipvs.driver.warm`) while it runs, and
+        #: the real frames received meanwhile.
         self.warm: WarmUp | None = None
+        self.frames_while_warming = 0
         self.forward = forward
         self.outer = next(p for p in ports if p.role in ("outer", "both"))
         self.inner = [p for p in ports if p.role in ("inner", "both")]
@@ -355,8 +357,11 @@ class AFPacketDriver:
         guard = self.guard
         if self.syn_guard and p.role != "inner" and ring.holds(max(1, ring.nslots >> 2)):
             guard.engage(now)
-        if ring.rx(p.rx_handler, self.batch):
+        n = ring.rx(p.rx_handler, self.batch)
+        if n:
             self._received = self._busy = True
+            if self.warm is not None:
+                self.frames_while_warming += n
         if guard.turns:
             guard.serve(self.GUARD_SERVE)
         self._after_batch()
@@ -434,9 +439,18 @@ class AFPacketDriver:
             if self.masq is not None:
                 self.masq.expire(now)
         self._after_batch()
-        if self.warm is not None and not self._busy:
-            self._warm_step(self.warm)
+        if self.warm is not None:
+            if self.frames_while_warming >= self.WARM_UP_YIELDS_AT:
+                self.warm.finish(f"{self.frames_while_warming} real frames came meanwhile")
+                self.warm = None
+            elif not self._busy:
+                self._warm_step(self.warm)
         self._busy = False
+
+    #: Real frames after which the warm-up stops: traffic that came first
+    #: compiles the data path itself, and the warm-up's rounds in the turns
+    #: between its frames would only take CPU time from it.
+    WARM_UP_YIELDS_AT = 10000
 
     def _warm_step(self, warm: WarmUp) -> None:
         """A round of the JIT's warm-up, in a turn that received no frame."""

@@ -38,7 +38,8 @@ Differences from running cold, and why:
   to 2.7 seconds of it here, at most ``--warm-up`` seconds (5 by
   default on PyPy), spent only in turns with nothing else to do; a frame
   or a control request that comes meanwhile waits for one round (16
-  connections) at most.  It raised a PyPy process's resident size by 16
+  connections) at most.  Real traffic that comes first compiles the data
+  path itself: after 10,000 real frames the warm-up stops.  It raised a PyPy process's resident size by 16
   MiB at its peak and left 7 MiB of it (compiled code among it).
 
 With it, in three interleaved rounds of the same bench, the first
@@ -257,10 +258,11 @@ class WarmUp:
         self.conns += len(peers)
         self.expected += FRAMES_PER_CONN * len(peers)
 
-    def finish(self) -> None:
-        """Drop the throwaway director and its rings."""
+    def finish(self, cut_short: str = "") -> None:
+        """Drop the throwaway director and its rings (``cut_short``: why it stops before its end)."""
         if not self.failed:
-            log.info("JIT warm-up: %d synthetic connections in %.2f s of CPU time", self.conns, self.spent)
+            log.info("JIT warm-up: %d synthetic connections in %.2f s of CPU time%s", self.conns, self.spent,
+                     f" (stopped: {cut_short})" if cut_short else "")
         self.done = True
         for k in self.kernels.values():
             k.close()

@@ -106,6 +106,26 @@ def test_the_driver_runs_the_warm_up_only_in_turns_without_frames():
     host.finish()
 
 
+def test_real_traffic_that_comes_first_ends_the_warm_up(caplog, monkeypatch):
+    host = _host()
+    drv = host.drv
+    monkeypatch.setattr(drv, "WARM_UP_YIELDS_AT", 3)
+    drv.warm = warm = WarmUp(drv, budget=30)
+    syns = [tcp_frame(CLIENT, 40000 + i, VIP, 80, SYN, b"", MAC_OUTER, MAC_CLIENT) for i in range(3)]
+    host.kernels["outer"].fill(syns[:2])
+    drv.on_readable(host.outer.ring.fileno(), host.now)
+    drv.on_idle(host.now)
+    drv.on_idle(host.now)
+    assert drv.warm is warm and warm.conns == warm.conns_per_round  # two real frames: it goes on
+    host.kernels["outer"].fill(syns[2:])
+    drv.on_readable(host.outer.ring.fileno(), host.now)
+    with caplog.at_level(logging.INFO, logger="ipvs.driver"):
+        drv.on_idle(host.now)
+    assert drv.warm is None and warm.kernels == {} and warm.conns == warm.conns_per_round
+    assert "(stopped: 3 real frames came meanwhile)" in caplog.text
+    host.finish()
+
+
 def test_a_warm_up_that_raises_is_dropped_and_logged(caplog):
     host = _host()
     drv = host.drv
