@@ -57,16 +57,18 @@ def test_records_keep_their_lines_while_a_background_helper_records_too(tmp_path
     """A helper a scenario starts with ``&`` (ftp.py's server) appends its
     own records to the same file; one that landed between ``ipvs_rules``
     and its lines took them as its own, and the scenario ran without its
-    rules (the CI of 7 Dec 2026, under load).  The stub writes a record and
-    its lines at once."""
-    rules = [f"-A -t 203.0.113.5:{port} -s rr" for port in range(1000, 1030)]
+    rules (the CI of 7 Dec 2026, under load, twice: bash's printf writes a
+    block line by line).  The stub writes a record and its lines in one
+    write(2).  Records of 300 lines: with one write per line the helper's
+    records land among them in every run."""
+    rules = [f"-A -t 203.0.113.5:{port} -s rr" for port in range(1000, 1300)]
     body = "\n".join(rules)
     scen = tmp_path / "s.sh"
     scen.write_text('. "$LIB/oracle.sh"\n'
                     '(for i in $(seq 3000); do printf "ftp_server\\n" >> "$DIFF_EVENTS"; done) &\n'
-                    + f"for i in $(seq 40); do ipvs_rules <<'EOF'\n{body}\nEOF\ndone\nwait\n")
+                    + f"for i in $(seq 20); do ipvs_rules <<'EOF'\n{body}\nEOF\ndone\nwait\n")
     events = extract_events(str(scen))
-    assert [e.stdin for e in events if e.kind == "ipvs_rules"] == [rules] * 40
+    assert [e.stdin for e in events if e.kind == "ipvs_rules"] == [rules] * 20
     assert all(not e.stdin for e in events if e.kind == "ftp_server")
     assert sum(e.kind == "ftp_server" for e in events) == 3000
 

@@ -16,10 +16,19 @@ CLIENTS=
 # lines), when it changed: names resolve offline as they did at that point
 # in the VM (the script runs in a private /etc, see ipvs_harness/sandbox.py).
 #
-# A record and its "+" lines go to the file in one write: helpers a
+# A record and its "+" lines go to the file in one write(2): helpers a
 # scenario starts in the background (ftp.py's server stub) append records
 # of their own, and one that landed between a record and its lines would
-# take them (a scenario then ran without its rules, under load).
+# take them (a scenario then ran without its rules, under load).  bash's
+# own printf and echo write line by line (its stdout is line-buffered), so
+# the block goes to a file of this shell's own first, and dd reads it whole
+# and writes it at once.
+_emit() {
+    local tmp="$DIFF_EVENTS.block.$BASHPID"
+    printf '%s' "$1" > "$tmp"
+    dd if="$tmp" bs=16M status=none >&9
+    rm -f "$tmp"
+}
 _HOSTS_LAST=
 _hosts_check() {
     mapfile -t _HOSTS < /etc/hosts 2>/dev/null
@@ -27,7 +36,7 @@ _hosts_check() {
     _HOSTS_LAST="${_HOSTS[*]}"
     local block=$'hosts\n' h
     for h in "${_HOSTS[@]}"; do block+=$'+\t'"$h"$'\n'; done
-    printf '%s' "$block" >&9
+    _emit "$block"
 }
 ev() { _hosts_check; local IFS=$'\t'; printf '%s\n' "$*" >&9; }
 # ev, with the lines of standard input (a here-document) as the record's lines.
@@ -36,7 +45,7 @@ ev_stdin() {
     local IFS=$'\t' l block
     block="$*"$'\n'
     while IFS= read -r l || [ -n "$l" ]; do block+=$'+\t'"$l"$'\n'; done
-    printf '%s' "$block" >&9
+    _emit "$block"
 }
 
 # Scenario scripts wait for their own helpers; nothing runs here.
