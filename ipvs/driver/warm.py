@@ -163,6 +163,7 @@ class MemoryKernel:
                 self.sent += 1
 
     def close(self) -> None:
+        """Unmap the ring and close both ends of the socket pair."""
         self.ring.mm.close()
         self.sock.close()
         self.peer.close()
@@ -207,6 +208,7 @@ class WarmUp:
         self.expected = self.sent()
 
     def sent(self) -> int:
+        """Frames its driver has sent so far, on both rings."""
         return sum(k.sent for k in self.kernels.values())
 
     def _give(self, port: Port, frames: list[bytes]) -> None:
