@@ -1234,11 +1234,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sleeping (e.g. 50: faster bulk transfers where waking the daemon costs its senders much, "
                         "more CPU); 0: sleep at once "
                         "(default %(default)s)")
-    g.add_argument("--warm-up", type=float, default=None, metavar="SECONDS",
+    g.add_argument("--warm-up", type=float, default=os.environ.get("IPVSD_WARM_UP"), metavar="SECONDS",
                    help="after the start, in turns with nothing else to do, run synthetic connections "
                         "through a director of its own so that PyPy's JIT compiles the data path before real "
                         "traffic needs it, for at most SECONDS of CPU time; 0: off "
-                        f"(default {WARM_UP_PYPY_S:g} on PyPy, 0 elsewhere)")
+                        f"(default: $IPVSD_WARM_UP, else {WARM_UP_PYPY_S:g} on PyPy and 0 elsewhere)")
     g.add_argument("--tx-batch", type=int, default=64, metavar="N",
                    help="send as soon as N frames are queued on a port, before the batch ends "
                         "(default %(default)s)")

@@ -147,6 +147,19 @@ def test_the_warm_up_budget(monkeypatch, option, runtime, budget):
     assert afpacket.warm_up_budget(option) == budget
 
 
+@pytest.mark.parametrize("env, args, value", [(None, [], None), ("0.5", [], 0.5), ("0.5", ["--warm-up", "3"], 3.0)])
+def test_the_warm_up_option_defaults_to_its_environment_variable(monkeypatch, env, args, value):
+    import argparse
+
+    if env is None:
+        monkeypatch.delenv("IPVSD_WARM_UP", raising=False)
+    else:
+        monkeypatch.setenv("IPVSD_WARM_UP", env)
+    p = argparse.ArgumentParser()
+    afpacket.add_arguments(p)
+    assert p.parse_args(args).warm_up == value
+
+
 _LAYOUT = """
 import sys
 sys.path.insert(0, sys.argv[1])
