@@ -1238,7 +1238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="after the start, in turns with nothing else to do, run synthetic connections "
                         "through a director of its own so that PyPy's JIT compiles the data path before real "
                         "traffic needs it, for at most SECONDS of CPU time; 0: off "
-                        f"(default: $IPVSD_WARM_UP, else {WARM_UP_PYPY_S:g} on PyPy and 0 elsewhere)")
+                        f"(default: $IPVSD_WARM_UP, else {WARM_UP_PYPY_S:g}; on PyPy only)")
     g.add_argument("--tx-batch", type=int, default=64, metavar="N",
                    help="send as soon as N frames are queued on a port, before the batch ends "
                         "(default %(default)s)")
@@ -1251,11 +1251,12 @@ WARM_UP_PYPY_S = 5.0
 
 
 def warm_up_budget(option: float | None) -> float:
-    """The warm-up's CPU seconds: the option's, else :data:`WARM_UP_PYPY_S`
-    on PyPy and none elsewhere (CPython has no JIT to warm)."""
-    if option is not None:
-        return max(0.0, min(option, 30.0))
-    return WARM_UP_PYPY_S if sys.implementation.name == "pypy" else 0.0
+    """The warm-up's CPU seconds on PyPy: the option's, else
+    :data:`WARM_UP_PYPY_S`; none elsewhere, whatever the option (CPython
+    has no JIT to warm)."""
+    if sys.implementation.name != "pypy":
+        return 0.0
+    return WARM_UP_PYPY_S if option is None else max(0.0, min(option, 30.0))
 
 
 #: Where ``--strict-checksums`` notes how to restore each interface, so

@@ -139,7 +139,8 @@ def test_a_warm_up_that_raises_is_dropped_and_logged(caplog):
 
 
 @pytest.mark.parametrize("option, runtime, budget", [
-    (None, "pypy", afpacket.WARM_UP_PYPY_S), (None, "cpython", 0.0), (0.5, "cpython", 0.5), (0, "pypy", 0.0),
+    (None, "pypy", afpacket.WARM_UP_PYPY_S), (None, "cpython", 0.0), (0.5, "cpython", 0.0), (0.5, "pypy", 0.5),
+    (0, "pypy", 0.0),
     (-1, "pypy", 0.0), (1e9, "pypy", 30.0),
 ])
 def test_the_warm_up_budget(monkeypatch, option, runtime, budget):
